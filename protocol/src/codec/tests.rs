@@ -1,0 +1,121 @@
+use super::*;
+use crate::frames::{Entry, EntryKind};
+
+fn both() -> [Encoding; 2] {
+    [Encoding::Json, Encoding::MessagePack]
+}
+
+#[test]
+fn client_frames_round_trip_in_both_encodings() {
+    let frames = vec![
+        ClientFrame::Hello { versions: vec![1], client: Some("test".into()) },
+        ClientFrame::Send { req: 7, room: "r_a".into(), id: "m-1".into(), body: "hello".into() },
+        ClientFrame::History { req: 2, room: "r_a".into(), before: Some(10), after: None, limit: Some(5) },
+        ClientFrame::Authenticate { req: 1, token: "t".into(), cursor: Some(42) },
+        ClientFrame::LogoutAll { req: 3 },
+    ];
+    for encoding in both() {
+        for frame in &frames {
+            let bytes = encode_client(encoding, frame);
+            assert_eq!(&decode_client(encoding, &bytes).unwrap(), frame, "{encoding:?}");
+        }
+    }
+}
+
+#[test]
+fn server_frames_round_trip_in_both_encodings() {
+    let entry = Entry {
+        room: "r_a".into(),
+        seq: 3,
+        id: "m-1".into(),
+        from: "alice".into(),
+        kind: EntryKind::Text,
+        user: None,
+        body: "hi".into(),
+        ts: 1,
+    };
+    let frames = vec![
+        ServerFrame::Message { cursor: 9, entry: entry.clone() },
+        ServerFrame::History { req: 1, room: "r_a".into(), entries: vec![entry], more: false },
+        ServerFrame::Error { req: None, code: ErrorCode::NotMember, message: "x".into(), retry_after_ms: None },
+        ServerFrame::Ack { req: 4, room: "r_a".into(), id: "m".into(), seq: 1, ts: 2, duplicate: true },
+    ];
+    for encoding in both() {
+        for frame in &frames {
+            let bytes = encode_server(encoding, frame);
+            assert_eq!(&decode_server(encoding, &bytes).unwrap(), frame, "{encoding:?}");
+        }
+    }
+}
+
+#[test]
+fn json_shape_is_the_documented_one() {
+    let bytes = encode_server(Encoding::Json, &ServerFrame::Pong { req: 5 });
+    assert_eq!(std::str::from_utf8(&bytes).unwrap(), r#"{"type":"pong","req":5}"#);
+    let frame = decode_client(Encoding::Json, br#"{"type":"ping"}"#).unwrap();
+    assert_eq!(frame, ClientFrame::Ping { req: 0 }, "req defaults to zero");
+}
+
+#[test]
+fn malformed_bytes_are_classified() {
+    let err = decode_client(Encoding::Json, b"{not json").unwrap_err();
+    assert_eq!(err.code, ErrorCode::MalformedFrame);
+    let err = decode_client(Encoding::MessagePack, &[0xc1, 0xff, 0x00]).unwrap_err();
+    assert_eq!(err.code, ErrorCode::MalformedFrame);
+    let err = decode_client(Encoding::Json, b"[1,2]").unwrap_err();
+    assert_eq!(err.code, ErrorCode::MalformedFrame);
+}
+
+#[test]
+fn unknown_type_is_named_and_keeps_req() {
+    let err = decode_client(Encoding::Json, br#"{"type":"teleport","req":9}"#).unwrap_err();
+    assert_eq!(err.code, ErrorCode::UnknownType);
+    assert_eq!(err.req, Some(9));
+    assert!(err.message.contains("teleport"), "{}", err.message);
+}
+
+#[test]
+fn missing_field_is_named() {
+    let err = decode_client(Encoding::Json, br#"{"type":"send","req":3,"room":"r"}"#).unwrap_err();
+    assert_eq!(err.code, ErrorCode::InvalidField);
+    assert_eq!(err.req, Some(3));
+    assert!(err.message.contains("`id`"), "{}", err.message);
+    let err = decode_client(Encoding::Json, br#"{"type":"mark_read","room":"r","seq":"x"}"#).unwrap_err();
+    assert_eq!(err.code, ErrorCode::InvalidField);
+}
+
+#[test]
+fn msgpack_errors_are_classified_too() {
+    #[derive(serde::Serialize)]
+    struct Bad<'a> {
+        r#type: &'a str,
+        req: u64,
+    }
+    let bytes = rmp_serde::to_vec_named(&Bad { r#type: "send", req: 4 }).unwrap();
+    let err = decode_client(Encoding::MessagePack, &bytes).unwrap_err();
+    assert_eq!((err.code, err.req), (ErrorCode::InvalidField, Some(4)));
+    let bytes = rmp_serde::to_vec_named(&Bad { r#type: "nope", req: 4 }).unwrap();
+    assert_eq!(decode_client(Encoding::MessagePack, &bytes).unwrap_err().code, ErrorCode::UnknownType);
+}
+
+#[test]
+fn every_type_name_decodes_to_its_variant() {
+    // Guards TYPE_NAMES against drifting from the enum: each name must reach serde and fail only
+    // on fields, never as an unknown variant.
+    for name in ClientFrame::TYPE_NAMES {
+        let doc = format!(r#"{{"type":"{name}"}}"#);
+        match decode_client(Encoding::Json, doc.as_bytes()) {
+            Ok(_) => {}
+            Err(err) => {
+                assert_eq!(err.code, ErrorCode::InvalidField, "{name}: {}", err.message);
+                assert!(!err.message.contains("unknown variant"), "{name}: {}", err.message);
+            }
+        }
+    }
+}
+
+#[test]
+fn version_negotiation_picks_newest_common() {
+    assert_eq!(crate::negotiate_version(&[1, 2, 99]), Some(1));
+    assert_eq!(crate::negotiate_version(&[99]), None);
+}

@@ -1,0 +1,401 @@
+//! The frames of palaver's client protocol, version 1.
+//!
+//! Two closed enums: [`ClientFrame`] (client → node) and [`ServerFrame`] (node → client). Both are
+//! internally tagged by a `type` field in snake case, so the JSON form reads
+//! `{"type":"send","room":"r_x","id":"m1","body":"hi"}` and the MessagePack form is the same map.
+//! Requests carry a client-chosen `req` number that the node echoes in the reply, so a client
+//! can pipeline requests. docs/PROTOCOL.md describes every frame with an example.
+
+use serde::{Deserialize, Serialize};
+
+/// The protocol versions this build speaks, newest last.
+pub const SUPPORTED_VERSIONS: &[u32] = &[1];
+
+/// A client-chosen request number, echoed in the reply. Zero when the client did not set one.
+pub type ReqId = u64;
+
+/// A position in a user's log: the number of log entries the client has seen. Dense per user.
+pub type Cursor = u64;
+
+/// Frames a client sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientFrame {
+    /// First frame of every connection: the versions the client speaks. Its WebSocket frame
+    /// kind (text or binary) picks the encoding the node answers in (JSON or MessagePack).
+    Hello {
+        versions: Vec<u32>,
+        /// Free-form client name, for logs only.
+        #[serde(default)]
+        client: Option<String>,
+    },
+    /// Create an account.
+    Register {
+        #[serde(default)]
+        req: ReqId,
+        user: String,
+        password: String,
+    },
+    /// Exchange a user name and password for a signed, expiring token.
+    Login {
+        #[serde(default)]
+        req: ReqId,
+        user: String,
+        password: String,
+    },
+    /// Bind this connection to the token's user. With `cursor`, the node first replays every
+    /// log entry after it, then continues live; without, it continues live from now.
+    Authenticate {
+        #[serde(default)]
+        req: ReqId,
+        token: String,
+        #[serde(default)]
+        cursor: Option<Cursor>,
+    },
+    /// Revoke every token of the user and close all of the user's connections.
+    LogoutAll {
+        #[serde(default)]
+        req: ReqId,
+    },
+    /// Create a group room; the creator becomes its first member.
+    CreateRoom {
+        #[serde(default)]
+        req: ReqId,
+        name: String,
+        /// A private room can be entered only by invitation.
+        #[serde(default)]
+        private: bool,
+    },
+    /// Join a public room.
+    Join {
+        #[serde(default)]
+        req: ReqId,
+        room: String,
+    },
+    /// Leave a room.
+    Leave {
+        #[serde(default)]
+        req: ReqId,
+        room: String,
+    },
+    /// Add another user to a room the sender is a member of.
+    Invite {
+        #[serde(default)]
+        req: ReqId,
+        room: String,
+        user: String,
+    },
+    /// Open (or find) the direct conversation with another user.
+    OpenDirect {
+        #[serde(default)]
+        req: ReqId,
+        user: String,
+    },
+    /// List the rooms the user is a member of.
+    ListRooms {
+        #[serde(default)]
+        req: ReqId,
+    },
+    /// List a room's members.
+    ListMembers {
+        #[serde(default)]
+        req: ReqId,
+        room: String,
+    },
+    /// Post a message. `id` is chosen by the client and reused on every retry.
+    Send {
+        #[serde(default)]
+        req: ReqId,
+        room: String,
+        id: String,
+        body: String,
+    },
+    /// Page through a room's history by room sequence number.
+    History {
+        #[serde(default)]
+        req: ReqId,
+        room: String,
+        /// Entries with a sequence number below this one, newest page first.
+        #[serde(default)]
+        before: Option<u64>,
+        /// Entries with a sequence number above this one, oldest page first.
+        #[serde(default)]
+        after: Option<u64>,
+        #[serde(default)]
+        limit: Option<u32>,
+    },
+    /// Record how far the user has read in a room; synced to the user's other connections.
+    MarkRead {
+        #[serde(default)]
+        req: ReqId,
+        room: String,
+        seq: u64,
+    },
+    /// Liveness probe.
+    Ping {
+        #[serde(default)]
+        req: ReqId,
+    },
+}
+
+impl ClientFrame {
+    /// The `type` names of every client frame, for precise "unknown type" errors.
+    pub const TYPE_NAMES: &'static [&'static str] = &[
+        "hello",
+        "register",
+        "login",
+        "authenticate",
+        "logout_all",
+        "create_room",
+        "join",
+        "leave",
+        "invite",
+        "open_direct",
+        "list_rooms",
+        "list_members",
+        "send",
+        "history",
+        "mark_read",
+        "ping",
+    ];
+
+    /// The request number of this frame (zero for `hello`).
+    pub fn req(&self) -> ReqId {
+        match self {
+            ClientFrame::Hello { .. } => 0,
+            ClientFrame::Register { req, .. }
+            | ClientFrame::Login { req, .. }
+            | ClientFrame::Authenticate { req, .. }
+            | ClientFrame::LogoutAll { req }
+            | ClientFrame::CreateRoom { req, .. }
+            | ClientFrame::Join { req, .. }
+            | ClientFrame::Leave { req, .. }
+            | ClientFrame::Invite { req, .. }
+            | ClientFrame::OpenDirect { req, .. }
+            | ClientFrame::ListRooms { req }
+            | ClientFrame::ListMembers { req, .. }
+            | ClientFrame::Send { req, .. }
+            | ClientFrame::History { req, .. }
+            | ClientFrame::MarkRead { req, .. }
+            | ClientFrame::Ping { req } => *req,
+        }
+    }
+}
+
+/// What a room log entry records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryKind {
+    /// A chat message; `body` holds its text.
+    Text,
+    /// `user` became a member (by creating, joining, being invited or a direct conversation).
+    Join,
+    /// `user` stopped being a member.
+    Leave,
+}
+
+/// One entry of a room's log, as clients see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub room: String,
+    /// Dense per room: 1, 2, 3 …
+    pub seq: u64,
+    /// The client's message id for text entries; a node-made id for membership entries.
+    pub id: String,
+    /// The user who caused the entry.
+    pub from: String,
+    pub kind: EntryKind,
+    /// For join and leave: the user whose membership changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub body: String,
+    /// Commit time, milliseconds since the Unix epoch.
+    pub ts: u64,
+}
+
+/// Whether a room is a group room or a direct conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RoomKind {
+    Group,
+    Direct,
+}
+
+/// A room as listed to a member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomInfo {
+    pub id: String,
+    pub name: String,
+    pub kind: RoomKind,
+    pub private: bool,
+    /// Sequence number of the room's newest entry.
+    pub last_seq: u64,
+    /// How far this user has read (0 when never marked).
+    pub read_seq: u64,
+    pub members: u32,
+}
+
+/// Stable error codes. Clients branch on these; the message is for people.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The bytes are not JSON / MessagePack, or not an object with a `type`.
+    MalformedFrame,
+    /// The `type` names no client frame.
+    UnknownType,
+    /// A field is missing, of the wrong type, or not allowed in this frame.
+    InvalidField,
+    /// The frame exceeded `limits.max_frame_bytes`; the connection closes with code 1009.
+    FrameTooLarge,
+    /// `hello` offered no version this node speaks; the connection closes.
+    UnsupportedVersion,
+    /// The first frame must be `hello`.
+    HelloRequired,
+    /// A second `hello`.
+    AlreadyGreeted,
+    /// The operation needs an authenticated connection.
+    NotAuthenticated,
+    /// The connection is already bound to a user.
+    AlreadyAuthenticated,
+    /// Unknown user or wrong password (deliberately not saying which).
+    InvalidCredentials,
+    /// Too many attempts; `retry_after_ms` says when to try again.
+    RateLimited,
+    UserExists,
+    /// A user or room name breaks the naming rules.
+    InvalidName,
+    /// The password is too short or too long.
+    InvalidPassword,
+    TokenInvalid,
+    TokenExpired,
+    /// The token was revoked by "log out everywhere".
+    TokenRevoked,
+    NoSuchRoom,
+    NoSuchUser,
+    NotMember,
+    /// Private room without invitation, or another operation the user may not do.
+    Forbidden,
+    /// The room has `limits.max_room_members` members.
+    RoomFull,
+    /// The user is in `limits.max_rooms_per_user` rooms.
+    TooManyRooms,
+    EmptyBody,
+    BodyTooLarge,
+    /// A client message id that is empty, too long or has characters outside `[A-Za-z0-9_.:-]`.
+    InvalidMessageId,
+    /// A cursor beyond the end of the user's log.
+    CursorAhead,
+    /// Too many requests on this connection; slow down.
+    SlowDown,
+    /// The node is shutting down or the room is moving; retry (on another node).
+    Unavailable,
+    /// A server-side fault; the request may be retried with the same ids.
+    Internal,
+}
+
+/// Frames the node sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    /// Reply to `hello`: the chosen version and the limits the client must respect.
+    Welcome {
+        version: u32,
+        node: String,
+        max_frame_bytes: u32,
+        max_body_bytes: u32,
+    },
+    Registered {
+        req: ReqId,
+        user: String,
+    },
+    LoggedIn {
+        req: ReqId,
+        user: String,
+        token: String,
+        /// Token expiry, milliseconds since the Unix epoch.
+        expires_at: u64,
+    },
+    /// The connection is bound to `user`. `cursor` is the end of the user's log right now;
+    /// when the client asked to resume, replayed entries follow, then `live`.
+    Authenticated {
+        req: ReqId,
+        user: String,
+        cursor: Cursor,
+    },
+    /// Generic success for requests without a richer reply.
+    Ok {
+        req: ReqId,
+    },
+    Error {
+        #[serde(default)]
+        req: Option<ReqId>,
+        code: ErrorCode,
+        message: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
+    },
+    /// Reply to `create_room`, `join`, `invite` and `open_direct`.
+    Room {
+        req: ReqId,
+        room: RoomInfo,
+    },
+    Rooms {
+        req: ReqId,
+        rooms: Vec<RoomInfo>,
+    },
+    Members {
+        req: ReqId,
+        room: String,
+        members: Vec<String>,
+    },
+    /// The message is committed with room sequence number `seq`. `duplicate` is true when this
+    /// is a retry of an id the room already stored; the fields are then the original ones.
+    Ack {
+        req: ReqId,
+        room: String,
+        id: String,
+        seq: u64,
+        ts: u64,
+        duplicate: bool,
+    },
+    /// An entry of the user's log, replayed or live. `cursor` is its position in the user's log;
+    /// a client stores the highest cursor it has processed and resumes from it.
+    Message {
+        cursor: Cursor,
+        #[serde(flatten)]
+        entry: Entry,
+    },
+    /// Replay after a resume is complete up to `cursor`; what follows is live.
+    Live {
+        req: ReqId,
+        cursor: Cursor,
+    },
+    /// The resume cursor is older than what retention kept (`floor` is the oldest cursor that
+    /// can be resumed from). The client must reload rooms and history; live delivery continues
+    /// from `cursor`.
+    Resync {
+        req: ReqId,
+        floor: Cursor,
+        cursor: Cursor,
+    },
+    History {
+        req: ReqId,
+        room: String,
+        entries: Vec<Entry>,
+        /// True when more entries exist beyond this page in the paging direction.
+        more: bool,
+    },
+    /// The user's read position in `room` moved (sent to all of the user's connections).
+    Read {
+        room: String,
+        seq: u64,
+    },
+    /// The node is going away: reconnect (to any node) and resume from your cursor.
+    Reconnect {
+        reason: String,
+    },
+    Pong {
+        req: ReqId,
+    },
+}
