@@ -1,1 +1,2 @@
-//! placeholder
+//! palaver's actors and store.
+pub mod store;

@@ -1,0 +1,223 @@
+//! The store: everything palaver keeps durably, behind one interface with two backends.
+//!
+//! [`Store`] is the only way the rest of palaver reads or writes durable state: accounts, rooms
+//! and memberships, room logs, per-user logs, client message ids (for idempotent sends), read
+//! positions and room ownership epochs (for fencing). `sqlite` is the embedded default; `fdb`
+//! (cargo feature `fdb`) is the multi-host backend. Both pass the suite in `conformance`.
+//!
+//! The data model, in the words of shared/DESIGN.md §4:
+//! - every room has a log of [`Entry`]s with a dense sequence number (1, 2, 3 …);
+//! - every user has a log of pointers to room entries with a dense cursor (1, 2, 3 …), written
+//!   in the same transaction as the room entry, one pointer per member ("fan out on write");
+//! - an append carries the room owner's epoch and fails with [`StoreError::Fenced`] unless that
+//!   epoch is still the room's current one, so a stale owner can never write;
+//! - a text entry is keyed by (room, sender, client message id): appending the same key again
+//!   returns the original entry with `duplicate = true` and writes nothing.
+//!
+//! Architecture Invariant: only this module (and its backends) knows how state is laid out;
+//! actors hold caches, never the truth.
+
+use async_trait::async_trait;
+use protocol::{Cursor, Entry, EntryKind, RoomKind};
+
+#[cfg(test)]
+pub mod conformance;
+pub mod sqlite;
+
+/// The owner epoch of a room: bumped by every [`Store::claim_room`].
+pub type Epoch = u64;
+
+/// An account as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRecord {
+    pub name: String,
+    /// PHC string of the argon2id hash.
+    pub password_hash: String,
+    /// Tokens carry the epoch they were issued under; "log out everywhere" bumps it.
+    pub token_epoch: u64,
+    pub created_ms: u64,
+}
+
+/// A room as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomRecord {
+    pub id: String,
+    pub name: String,
+    pub kind: RoomKind,
+    pub private: bool,
+    pub created_by: String,
+    /// Sequence number of the newest entry (0 for none).
+    pub last_seq: u64,
+    pub members: u32,
+}
+
+/// A room to create, with its first members. Each initial member gets a `join` entry, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewRoom {
+    pub id: String,
+    pub name: String,
+    pub kind: RoomKind,
+    pub private: bool,
+    pub creator: String,
+    /// Members at creation, the creator first. Must not be empty.
+    pub members: Vec<String>,
+    pub ts: u64,
+}
+
+/// Limits enforced inside the write transaction, so they hold under concurrency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MembershipLimits {
+    pub max_room_members: u32,
+    pub max_rooms_per_user: u32,
+}
+
+/// One append to a room log.
+///
+/// - `Text`: `from` must be a member; keyed by (room, from, id) for idempotence.
+/// - `Join`: `user` becomes a member. When `from == user` it is a self-join, refused for private
+///   rooms; otherwise it is an invitation and `from` must be a member. Joining while already a
+///   member fails with [`StoreError::AlreadyMember`] and writes nothing.
+/// - `Leave`: `user` (== `from`) stops being a member; the leave entry still reaches the leaving
+///   user's log so their other devices learn of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppendRequest {
+    pub room: String,
+    /// The epoch the appending owner claimed; must equal the room's current epoch.
+    pub epoch: Epoch,
+    pub kind: EntryKind,
+    pub from: String,
+    /// Client message id for text; for join/leave the node makes one (it is not deduplicated).
+    pub id: String,
+    /// For join and leave: the user whose membership changes.
+    pub user: Option<String>,
+    pub body: String,
+    pub ts: u64,
+    pub limits: MembershipLimits,
+}
+
+/// A committed entry and the user-log position it got in each recipient's log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub entry: Entry,
+    /// (user, cursor in that user's log), one per member at commit time.
+    pub recipients: Vec<(String, Cursor)>,
+}
+
+/// The outcome of an append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    /// For a duplicate text append: the original entry and no recipients (nothing was written).
+    pub delivery: Delivery,
+    pub duplicate: bool,
+}
+
+/// One entry of a user's log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogEntry {
+    pub cursor: Cursor,
+    pub entry: Entry,
+}
+
+/// The span of a user's log that can be read: entries with `floor < cursor <= head`.
+/// `floor` rises when retention trims old entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LogBounds {
+    pub floor: Cursor,
+    pub head: Cursor,
+}
+
+/// Which way to page a room's history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HistoryPage {
+    /// Entries with seq < n, returned oldest first (the newest `limit` of them).
+    Before(u64),
+    /// Entries with seq > n, oldest first.
+    After(u64),
+}
+
+/// A room and the user's read position in it, for "list my rooms".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MyRoom {
+    pub room: RoomRecord,
+    pub read_seq: u64,
+}
+
+/// Errors at the store boundary. The variants the client can cause map to protocol error codes;
+/// `Unavailable` is retryable; `Backend` is a fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("user `{0}` already exists")]
+    UserExists(String),
+    #[error("no user `{0}`")]
+    NoSuchUser(String),
+    #[error("no room `{0}`")]
+    NoSuchRoom(String),
+    #[error("`{user}` is not a member of `{room}`")]
+    NotMember { room: String, user: String },
+    #[error("`{user}` is already a member of `{room}`")]
+    AlreadyMember { room: String, user: String },
+    #[error("room `{0}` is private; ask a member to invite you")]
+    Forbidden(String),
+    #[error("room `{room}` has reached its limit of {limit} members")]
+    RoomFull { room: String, limit: u32 },
+    #[error("`{user}` is in {limit} rooms, the limit")]
+    TooManyRooms { user: String, limit: u32 },
+    #[error("room `{room}` is owned under epoch {current}, not {epoch}")]
+    Fenced { room: String, epoch: Epoch, current: Epoch },
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("store failure: {0}")]
+    Backend(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The store interface. Every method is one transaction (or a read of one consistent snapshot).
+/// Methods are async so a networked backend fits; the embedded one runs its work on its own
+/// threads, never on the async runtime.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// A short name for logs and metrics: "sqlite", "fdb".
+    fn backend(&self) -> &'static str;
+
+    // Accounts.
+    async fn create_user(&self, name: &str, password_hash: &str, created_ms: u64) -> StoreResult<()>;
+    async fn user(&self, name: &str) -> StoreResult<Option<UserRecord>>;
+    /// Bump the user's token epoch (revoking every token issued before) and return the new one.
+    async fn revoke_tokens(&self, name: &str) -> StoreResult<u64>;
+
+    // Rooms.
+    /// Create a room with its initial members (a join entry each). If a room with this id
+    /// exists already, nothing is written and `Ok((existing, None))` comes back: direct
+    /// conversations use this to be created once whoever opens them first.
+    async fn create_room(&self, room: NewRoom, limits: MembershipLimits) -> StoreResult<(RoomRecord, Option<Vec<Delivery>>)>;
+    async fn room(&self, id: &str) -> StoreResult<Option<RoomRecord>>;
+    /// Members in join order.
+    async fn members(&self, room: &str) -> StoreResult<Vec<String>>;
+    async fn is_member(&self, room: &str, user: &str) -> StoreResult<bool>;
+    async fn rooms_of(&self, user: &str) -> StoreResult<Vec<MyRoom>>;
+
+    // Logs.
+    /// Append one entry to a room log, fanning out a pointer to every member's user log, all in
+    /// one transaction that first checks `epoch` (see [`AppendRequest`] for the kinds' rules).
+    async fn append(&self, request: AppendRequest) -> StoreResult<Appended>;
+    /// Up to `limit` entries of a room's log and whether more lie beyond in that direction.
+    async fn history(&self, room: &str, page: HistoryPage, limit: u32) -> StoreResult<(Vec<Entry>, bool)>;
+    /// Up to `limit` entries of the user's log with cursor > `after`, oldest first.
+    async fn user_log(&self, user: &str, after: Cursor, limit: u32) -> StoreResult<Vec<LogEntry>>;
+    async fn user_log_bounds(&self, user: &str) -> StoreResult<LogBounds>;
+    /// Drop the user's log entries with cursor <= `through` (retention); returns how many.
+    async fn trim_user_log(&self, user: &str, through: Cursor) -> StoreResult<u64>;
+
+    // Read positions.
+    /// Raise the user's read position in a room to `seq` (clamped to the room's last seq; never
+    /// lowered) and return the position now stored.
+    async fn mark_read(&self, user: &str, room: &str, seq: u64) -> StoreResult<u64>;
+
+    // Ownership.
+    /// Make `node` the room's owner under a new epoch, which is returned. Every later append
+    /// with an older epoch fails with `Fenced`.
+    async fn claim_room(&self, room: &str, node: &str) -> StoreResult<Epoch>;
+    /// The current owner and epoch, if the room was ever claimed.
+    async fn room_owner(&self, room: &str) -> StoreResult<Option<(String, Epoch)>>;
+}
