@@ -1,2 +1,22 @@
-//! palaver's actors and store.
+//! palaver's application core: the actors that carry chat traffic and the store they persist to.
+//!
+//! - [`hub`]: one per node; finds room actors and live connections by id.
+//! - [`room`]: one actor per active room; the single, fenced writer of the room's log.
+//! - [`session`]: one per connection; the protocol state machine, resume and live delivery.
+//! - [`requests`]: the handlers behind each client frame.
+//! - [`auth`]: passwords, tokens, login rate limits.
+//! - [`store`]: the durable state behind one interface (SQLite embedded; FoundationDB with the
+//!   `fdb` feature).
+//!
+//! This crate knows nothing of sockets or HTTP: the node crate adapts WebSocket messages to
+//! [`session::Wire`]. See ARCHITECTURE.md for the whole picture.
+
+pub mod auth;
+pub mod hub;
+pub mod limits;
+pub mod metrics;
+pub mod names;
+pub mod requests;
+pub mod room;
+pub mod session;
 pub mod store;

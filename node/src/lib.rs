@@ -1,1 +1,103 @@
-//! placeholder
+//! The palaver node: configuration, the client port (HTTP and WebSocket), start-up and
+//! graceful shutdown. The binary in `main.rs` is a thin wrapper around [`run`].
+
+pub mod config;
+pub mod http;
+pub mod web;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actors::auth::{AuthConfig, Authenticator};
+use actors::hub::Hub;
+use actors::store::Store;
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::config::Config;
+
+/// Open the configured store backend.
+pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    match config.store.backend.as_str() {
+        "sqlite" => {
+            let path = config.sqlite_path();
+            if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).with_context(|| format!("creating node.data_dir {}", dir.display()))?;
+            }
+            let options = actors::store::sqlite::SqliteOptions {
+                path: path.clone(),
+                busy_timeout_ms: config.store.sqlite_busy_timeout_ms,
+                user_log_max_entries: config.store.user_log_max_entries,
+                ..actors::store::sqlite::SqliteOptions::new(path.clone())
+            };
+            let store = actors::store::sqlite::SqliteStore::open(options)
+                .with_context(|| format!("opening the SQLite store at {}", path.display()))?;
+            Ok(Arc::new(store))
+        }
+        other => anyhow::bail!("store.backend `{other}` is not available in this build"),
+    }
+}
+
+/// The token key from the environment/configuration, from `auth.token_key_file`, or random.
+fn token_key(config: &Config) -> anyhow::Result<Vec<u8>> {
+    if let Some(key) = &config.auth.token_key {
+        return Ok(key.as_bytes().to_vec());
+    }
+    if let Some(file) = &config.auth.token_key_file {
+        let key = std::fs::read(file).with_context(|| format!("reading auth.token_key_file {}", file.display()))?;
+        let key = key.trim_ascii().to_vec();
+        anyhow::ensure!(key.len() >= 32, "auth.token_key_file {}: the key must be at least 32 bytes", file.display());
+        return Ok(key);
+    }
+    warn!("no auth.token_key configured: using a random key; tokens will not survive a restart or work on other nodes");
+    Ok(rand::random::<[u8; 32]>().to_vec())
+}
+
+/// Build the hub from the configuration.
+pub async fn build_hub(config: &Config) -> anyhow::Result<Arc<Hub>> {
+    let store = open_store(config).await?;
+    let auth = Authenticator::new(AuthConfig {
+        token_key: token_key(config)?,
+        token_ttl_secs: config.auth.token_ttl_secs,
+        argon2_memory_kib: config.auth.argon2_memory_kib,
+        argon2_iterations: config.auth.argon2_iterations,
+        password_min_chars: config.auth.password_min_chars,
+        password_max_chars: 256,
+        login_max_failures: config.auth.login_max_failures,
+        login_window_secs: config.auth.login_window_secs,
+    })?;
+    Ok(Hub::new(config.node.name.clone(), config.limits.clone(), store, auth))
+}
+
+/// Run a node until `stop` turns true: serve, then drain.
+pub async fn run(config: Config, stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let hub = build_hub(&config).await?;
+    let listener = TcpListener::bind(config.client.listen)
+        .await
+        .with_context(|| format!("binding client.listen {}", config.client.listen))?;
+    let addr = listener.local_addr()?;
+    info!(node = config.node.name, %addr, store = hub.store.backend(), "listening");
+    // A machine-readable line for scripts and tests that start the node on port 0.
+    println!("palaver node {} listening on {addr}", config.node.name);
+    let mut hub_stop = stop.clone();
+    let shutdown_hub = hub.clone();
+    tokio::spawn(async move {
+        if hub_stop.wait_for(|stop| *stop).await.is_ok() {
+            info!("shutting down: telling clients to reconnect");
+            shutdown_hub.begin_shutdown();
+        }
+    });
+    http::serve(listener, hub, stop, Duration::from_millis(config.node.drain_timeout_ms)).await;
+    info!("stopped");
+    Ok(())
+}
+
+/// Where the configuration file comes from: `--config PATH`, else `PALAVER_CONFIG`, else
+/// `cluster.toml` in the working directory if present, else defaults only.
+pub fn config_path(arg: Option<PathBuf>) -> Option<PathBuf> {
+    arg.or_else(|| std::env::var_os("PALAVER_CONFIG").map(PathBuf::from))
+        .or_else(|| Some(PathBuf::from("cluster.toml")).filter(|path| path.exists()))
+}

@@ -1,1 +1,100 @@
-fn main(){}
+//! `palaver`: run one palaver node.
+//!
+//! ```text
+//! palaver [--config PATH]     run a node (configuration: see cluster.toml)
+//! palaver check-config [--config PATH]   load and validate the configuration, then exit
+//! ```
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use node::config::Config;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+use tracing_subscriber::EnvFilter;
+
+const USAGE: &str = "usage: palaver [check-config] [--config PATH]\n\
+  Runs a palaver node. Configuration: defaults, then the TOML file (--config, PALAVER_CONFIG,\n\
+  or ./cluster.toml), then PALAVER_* environment variables (PALAVER_LIMITS__MAX_FRAME_BYTES=...).";
+
+fn main() -> ExitCode {
+    let mut args = std::env::args().skip(1);
+    let mut config_arg = None;
+    let mut check_only = false;
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--config" | "-c" => match args.next() {
+                Some(path) => config_arg = Some(PathBuf::from(path)),
+                None => return usage_error("--config needs a path"),
+            },
+            "check-config" => check_only = true,
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                return ExitCode::SUCCESS;
+            }
+            "--version" | "-V" => {
+                println!("palaver {}", env!("CARGO_PKG_VERSION"));
+                return ExitCode::SUCCESS;
+            }
+            other => return usage_error(&format!("unknown argument `{other}`")),
+        }
+    }
+    let path = node::config_path(config_arg);
+    let config = match Config::load(path.as_deref()) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("palaver: configuration error: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    if check_only {
+        println!("configuration OK ({})", path.map_or("defaults and environment".into(), |p| p.display().to_string()));
+        return ExitCode::SUCCESS;
+    }
+    init_tracing(&config);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("palaver: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run_until_signal(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = format!("{err:#}"), "node failed");
+            eprintln!("palaver: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_until_signal(config: Config) -> anyhow::Result<()> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM"),
+            _ = int.recv() => tracing::info!("SIGINT"),
+        }
+        let _ = stop_tx.send(true);
+    });
+    node::run(config, stop_rx).await
+}
+
+fn init_tracing(config: &Config) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.filter));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    if config.log.format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn usage_error(message: &str) -> ExitCode {
+    eprintln!("palaver: {message}\n{USAGE}");
+    ExitCode::from(2)
+}

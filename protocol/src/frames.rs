@@ -391,9 +391,12 @@ pub enum ServerFrame {
         room: String,
         seq: u64,
     },
-    /// The node is going away: reconnect (to any node) and resume from your cursor.
+    /// The node is going away: reconnect (to any node) and resume from `cursor`, the last
+    /// position this connection delivered (absent before authentication).
     Reconnect {
         reason: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cursor: Option<Cursor>,
     },
     Pong {
         req: ReqId,

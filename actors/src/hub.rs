@@ -1,0 +1,245 @@
+//! The hub: one per node, the place application code goes to reach a room or a user by id.
+//!
+//! It owns the node's registries: room actors by room id (spawned on first use, stopped when
+//! idle) and live connections by user. Sessions call [`Hub::append`] to reach a room and never
+//! ask where the room lives; rooms call [`Hub::deliver`] to reach members and never ask where
+//! their connections are. On a single node both are local; the cluster adds a router behind
+//! the same two calls.
+//!
+//! Supervision: the hub is not an actor; it holds the room actors' references, and each room
+//! actor removes itself from the registry when it stops. Connections register themselves when
+//! they authenticate and unregister when they end.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use protocol::{Cursor, Entry, ServerFrame};
+use ractor::{Actor, ActorRef};
+use tokio::sync::{mpsc, oneshot, watch, Notify, OnceCell};
+
+use crate::auth::Authenticator;
+use crate::limits::Limits;
+use crate::metrics::Metrics;
+use crate::room::{AppendCommand, RoomActor, RoomArgs, RoomMessage};
+use crate::store::{Appended, Delivery, Store, StoreError};
+
+/// What the hub pushes to a connection.
+#[derive(Debug)]
+pub enum Outbound {
+    /// A committed entry at `cursor` of the connection's user's log.
+    Deliver { cursor: Cursor, entry: Arc<Entry> },
+    /// A frame to send as is (read-position sync).
+    Frame(ServerFrame),
+}
+
+/// Out-of-band signals to a connection, which work even when its queue is full.
+#[derive(Debug, Default)]
+pub struct ConnSignals {
+    pub notify: Notify,
+    /// A delivery was dropped on a full queue: catch up from the store.
+    pub lagged: AtomicBool,
+    /// The user logged out everywhere: close.
+    pub revoked: AtomicBool,
+}
+
+/// The hub's side of one live connection.
+#[derive(Debug, Clone)]
+struct ConnHandle {
+    id: u64,
+    queue: mpsc::Sender<Outbound>,
+    signals: Arc<ConnSignals>,
+}
+
+/// A connection's side of its registration.
+pub struct Registration {
+    pub id: u64,
+    pub inbox: mpsc::Receiver<Outbound>,
+    pub signals: Arc<ConnSignals>,
+}
+
+type RoomSlot = Arc<OnceCell<ActorRef<RoomMessage>>>;
+
+/// The node's registries and shared services.
+pub struct Hub {
+    pub node: String,
+    pub limits: Limits,
+    pub store: Arc<dyn Store>,
+    pub auth: Authenticator,
+    pub metrics: Metrics,
+    rooms: Mutex<HashMap<String, RoomSlot>>,
+    connections: Mutex<HashMap<String, Vec<ConnHandle>>>,
+    next_conn_id: AtomicU64,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Hub {
+    pub fn new(node: String, limits: Limits, store: Arc<dyn Store>, auth: Authenticator) -> Arc<Hub> {
+        Arc::new(Hub {
+            node,
+            limits,
+            store,
+            auth,
+            metrics: Metrics::default(),
+            rooms: Mutex::new(HashMap::new()),
+            connections: Mutex::new(HashMap::new()),
+            next_conn_id: AtomicU64::new(1),
+            shutdown: watch::channel(false).0,
+        })
+    }
+
+    /// Hand a command to the room's actor and return where its outcome will arrive. The command
+    /// is in the room's mailbox when this returns, so commands given in order are applied in
+    /// order, while the caller waits for replies as it likes (pipelining).
+    pub async fn append(
+        self: &Arc<Self>,
+        room: &str,
+        command: AppendCommand,
+    ) -> Result<oneshot::Receiver<Result<Appended, StoreError>>, StoreError> {
+        let mut command = Some(command);
+        // A room actor may stop (idle, fenced) between lookup and send; one fresh lookup fixes it.
+        for _ in 0..2 {
+            let actor = self.room_actor(room).await?;
+            let (reply, outcome) = oneshot::channel();
+            let message = RoomMessage::Append(command.take().expect("command present"), reply.into());
+            match actor.send_message(message) {
+                Ok(()) => return Ok(outcome),
+                Err(err) => {
+                    self.forget_room(room, actor.get_id());
+                    command = match err {
+                        ractor::MessagingErr::SendErr(RoomMessage::Append(command, _)) => Some(command),
+                        _ => return Err(StoreError::Unavailable(format!("room `{room}` is restarting"))),
+                    };
+                }
+            }
+        }
+        Err(StoreError::Unavailable(format!("room `{room}` is restarting")))
+    }
+
+    /// The running actor of `room`, spawned if needed. Fails with `NoSuchRoom` for unknown ids.
+    async fn room_actor(self: &Arc<Self>, room: &str) -> Result<ActorRef<RoomMessage>, StoreError> {
+        let slot = {
+            let mut rooms = self.rooms.lock().expect("rooms lock");
+            rooms.entry(room.to_string()).or_default().clone()
+        };
+        let spawned = slot
+            .get_or_try_init(|| async {
+                if self.store.room(room).await?.is_none() {
+                    return Err(StoreError::NoSuchRoom(room.to_string()));
+                }
+                let args = RoomArgs { hub: self.clone(), room: room.to_string() };
+                let (actor, _) = Actor::spawn(None, RoomActor, args)
+                    .await
+                    .map_err(|err| StoreError::Unavailable(format!("starting room `{room}`: {err}")))?;
+                Ok(actor)
+            })
+            .await;
+        match spawned {
+            Ok(actor) => Ok(actor.clone()),
+            Err(err) => {
+                // Drop the empty slot so the map does not collect ids of rooms that don't exist.
+                let mut rooms = self.rooms.lock().expect("rooms lock");
+                if rooms.get(room).is_some_and(|current| Arc::ptr_eq(current, &slot)) {
+                    rooms.remove(room);
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// Remove `room`'s registry entry if it still points at the actor `id` (called by a room
+    /// actor as it stops, and by senders that found it stopped).
+    pub(crate) fn forget_room(&self, room: &str, id: ractor::ActorId) {
+        let mut rooms = self.rooms.lock().expect("rooms lock");
+        let same = rooms.get(room).and_then(|slot| slot.get()).is_some_and(|actor| actor.get_id() == id);
+        if same {
+            rooms.remove(room);
+        }
+    }
+
+    /// Room ids with a running actor on this node (operator view).
+    pub fn active_rooms(&self) -> Vec<String> {
+        let rooms = self.rooms.lock().expect("rooms lock");
+        let mut ids: Vec<String> = rooms.iter().filter(|(_, slot)| slot.get().is_some()).map(|(id, _)| id.clone()).collect();
+        ids.sort();
+        ids
+    }
+
+    /// Hand a committed entry to every live connection of its recipients. Never blocks: a full
+    /// queue marks the connection lagged, and it reads what it missed from the store.
+    pub fn deliver(&self, delivery: &Delivery) {
+        let entry = Arc::new(delivery.entry.clone());
+        let connections = self.connections.lock().expect("connections lock");
+        let mut delivered = 0;
+        for (user, cursor) in &delivery.recipients {
+            for conn in connections.get(user).into_iter().flatten() {
+                match conn.queue.try_send(Outbound::Deliver { cursor: *cursor, entry: entry.clone() }) {
+                    Ok(()) => delivered += 1,
+                    Err(_) => {
+                        conn.signals.lagged.store(true, Ordering::Release);
+                        conn.signals.notify.notify_one();
+                        Metrics::inc(&self.metrics.deliveries_lagged_total);
+                    }
+                }
+            }
+        }
+        Metrics::add(&self.metrics.deliveries_total, delivered);
+    }
+
+    /// Register a connection of `user` for live delivery.
+    pub fn register(&self, user: &str) -> Registration {
+        let id = self.next_conn_id.fetch_add(1, Ordering::Relaxed);
+        let (queue, inbox) = mpsc::channel(self.limits.outbound_queue_len);
+        let signals = Arc::new(ConnSignals::default());
+        let handle = ConnHandle { id, queue, signals: signals.clone() };
+        self.connections.lock().expect("connections lock").entry(user.to_string()).or_default().push(handle);
+        Registration { id, inbox, signals }
+    }
+
+    pub fn unregister(&self, user: &str, id: u64) {
+        let mut connections = self.connections.lock().expect("connections lock");
+        if let Some(list) = connections.get_mut(user) {
+            list.retain(|conn| conn.id != id);
+            if list.is_empty() {
+                connections.remove(user);
+            }
+        }
+    }
+
+    /// Tell the user's other connections that a read position moved. Best effort: a full
+    /// queue drops the notice (the position itself is stored).
+    pub fn broadcast_read(&self, user: &str, room: &str, seq: u64, except: u64) {
+        let connections = self.connections.lock().expect("connections lock");
+        for conn in connections.get(user).into_iter().flatten().filter(|conn| conn.id != except) {
+            let _ = conn.queue.try_send(Outbound::Frame(ServerFrame::Read { room: room.to_string(), seq }));
+        }
+    }
+
+    /// Close every connection of `user` (log out everywhere).
+    pub fn revoke_user(&self, user: &str) {
+        let connections = self.connections.lock().expect("connections lock");
+        for conn in connections.get(user).into_iter().flatten() {
+            conn.signals.revoked.store(true, Ordering::Release);
+            conn.signals.notify.notify_one();
+        }
+    }
+
+    /// (users, connections) currently registered.
+    pub fn connection_counts(&self) -> (usize, usize) {
+        let connections = self.connections.lock().expect("connections lock");
+        (connections.len(), connections.values().map(Vec::len).sum())
+    }
+
+    /// Ask every connection to send `reconnect` and close (SIGTERM).
+    pub fn begin_shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+}

@@ -1,0 +1,119 @@
+//! Every bound the node enforces, in one place (shared/DESIGN.md §1.6: bounded resources).
+//!
+//! The node's configuration section `[limits]` maps onto [`Limits`] field by field; each default
+//! is explained where it is set, in `node`'s configuration module.
+
+use serde::{Deserialize, Serialize};
+
+use crate::store::MembershipLimits;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest WebSocket message accepted; a larger one closes the connection with code 1009.
+    pub max_frame_bytes: u32,
+    /// Largest message body, in UTF-8 bytes.
+    pub max_body_bytes: u32,
+    /// Entries queued for one connection before it is marked lagged and catches up from the
+    /// store instead (bounds memory per connection).
+    pub outbound_queue_len: usize,
+    /// Entries read from the store per page when resuming or catching up.
+    pub replay_page_len: u32,
+    /// Largest history page a client may ask for.
+    pub history_page_max: u32,
+    pub max_room_members: u32,
+    pub max_rooms_per_user: u32,
+    /// Requests of one connection whose replies are still outstanding; beyond it the node stops
+    /// reading that socket until replies go out (back-pressure through TCP).
+    pub max_inflight_per_connection: usize,
+    /// Sustained frames per second per connection; bursts of twice that are allowed.
+    pub frames_per_second: u32,
+    /// A connection whose socket does not accept a write within this time is closed.
+    pub slow_client_timeout_ms: u64,
+    /// A connection must send `hello` within this time.
+    pub hello_timeout_ms: u64,
+    /// A room actor with no work for this long stops (its state is all in the store).
+    pub room_idle_ms: u64,
+    /// Open WebSocket connections per node. The default stays under this machine's
+    /// 20,000 open files per process.
+    pub max_connections: usize,
+    /// How long a request may wait for its room's actor before failing with `unavailable`.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_frame_bytes: 64 * 1024,
+            max_body_bytes: 16 * 1024,
+            outbound_queue_len: 256,
+            replay_page_len: 256,
+            history_page_max: 200,
+            max_room_members: 1_000,
+            max_rooms_per_user: 500,
+            max_inflight_per_connection: 64,
+            frames_per_second: 100,
+            slow_client_timeout_ms: 10_000,
+            hello_timeout_ms: 10_000,
+            room_idle_ms: 300_000,
+            max_connections: 19_000,
+            request_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl Limits {
+    pub fn membership(&self) -> MembershipLimits {
+        MembershipLimits { max_room_members: self.max_room_members, max_rooms_per_user: self.max_rooms_per_user }
+    }
+
+    /// Check the values against each other; the error names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive: [(&str, u64); 12] = [
+            ("limits.max_frame_bytes", self.max_frame_bytes.into()),
+            ("limits.max_body_bytes", self.max_body_bytes.into()),
+            ("limits.outbound_queue_len", self.outbound_queue_len as u64),
+            ("limits.replay_page_len", self.replay_page_len.into()),
+            ("limits.history_page_max", self.history_page_max.into()),
+            ("limits.max_room_members", self.max_room_members.into()),
+            ("limits.max_rooms_per_user", self.max_rooms_per_user.into()),
+            ("limits.max_inflight_per_connection", self.max_inflight_per_connection as u64),
+            ("limits.frames_per_second", self.frames_per_second.into()),
+            ("limits.slow_client_timeout_ms", self.slow_client_timeout_ms),
+            ("limits.max_connections", self.max_connections as u64),
+            ("limits.request_timeout_ms", self.request_timeout_ms),
+        ];
+        if let Some((key, _)) = positive.iter().find(|(_, value)| *value == 0) {
+            return Err(format!("{key} must be greater than 0"));
+        }
+        if self.max_room_members < 2 {
+            return Err("limits.max_room_members must be at least 2 (direct conversations have two)".into());
+        }
+        // A body must fit in a frame with room for the rest of the `send` frame.
+        if u64::from(self.max_body_bytes) + 512 > u64::from(self.max_frame_bytes) {
+            return Err(format!(
+                "limits.max_body_bytes ({}) must be at least 512 bytes below limits.max_frame_bytes ({})",
+                self.max_body_bytes, self.max_frame_bytes
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Limits::default().validate().unwrap();
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let err = Limits { replay_page_len: 0, ..Limits::default() }.validate().unwrap_err();
+        assert!(err.starts_with("limits.replay_page_len"), "{err}");
+        let err = Limits { max_body_bytes: 64 * 1024, ..Limits::default() }.validate().unwrap_err();
+        assert!(err.contains("limits.max_body_bytes"), "{err}");
+    }
+}

@@ -1,0 +1,101 @@
+//! Process-wide counters and gauges, rendered in the Prometheus text format on `/metrics`.
+//!
+//! Plain atomics: a counter bump on the delivery path costs one relaxed add, and no metrics
+//! library is needed for a dozen numbers.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+macro_rules! metrics {
+    ($( $(#[doc = $doc:literal])* $kind:ident $name:ident ),* $(,)?) => {
+        /// Counters (monotonic) and gauges (up and down) of one node.
+        #[derive(Default, Debug)]
+        pub struct Metrics {
+            $( $(#[doc = $doc])* pub $name: metrics!(@type $kind), )*
+        }
+
+        impl Metrics {
+            /// The Prometheus text exposition of every metric, prefixed `palaver_`.
+            pub fn render(&self) -> String {
+                let mut out = String::new();
+                $(
+                    let help = concat!($($doc),*).trim();
+                    let _ = writeln!(out, "# HELP palaver_{} {}", stringify!($name), help);
+                    let _ = writeln!(out, "# TYPE palaver_{} {}", stringify!($name), metrics!(@prom $kind));
+                    let _ = writeln!(out, "palaver_{} {}", stringify!($name), self.$name.load(Ordering::Relaxed));
+                )*
+                out
+            }
+        }
+    };
+    (@type counter) => { AtomicU64 };
+    (@type gauge) => { AtomicI64 };
+    (@prom counter) => { "counter" };
+    (@prom gauge) => { "gauge" };
+}
+
+metrics! {
+    /// WebSocket connections currently open.
+    gauge connections_open,
+    /// WebSocket connections accepted since start.
+    counter connections_total,
+    /// Connections refused because `limits.max_connections` were open.
+    counter connections_refused_total,
+    /// Client frames received.
+    counter frames_in_total,
+    /// Client frames that failed to decode (malformed, unknown type, invalid field).
+    counter frames_invalid_total,
+    /// Error frames sent to clients.
+    counter errors_sent_total,
+    /// Entries committed to room logs (messages and membership changes).
+    counter entries_appended_total,
+    /// Sends answered from the idempotence index without writing.
+    counter duplicate_sends_total,
+    /// Entries handed to live connections.
+    counter deliveries_total,
+    /// Deliveries dropped because a connection's queue was full (the connection then catches
+    /// up from the store, so nothing is lost).
+    counter deliveries_lagged_total,
+    /// Entries sent from the store while resuming or catching up.
+    counter replayed_total,
+    /// Room actors currently running.
+    gauge rooms_active,
+    /// Appends refused because the room's owner epoch moved on (fencing).
+    counter fenced_appends_total,
+    /// Store operations that failed.
+    counter store_errors_total,
+    /// Failed logins.
+    counter login_failures_total,
+    /// Connections closed because the client did not read fast enough.
+    counter slow_clients_closed_total,
+}
+
+impl Metrics {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn gauge(gauge: &AtomicI64, delta: i64) {
+        gauge.fetch_add(delta, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let metrics = Metrics::default();
+        Metrics::inc(&metrics.frames_in_total);
+        Metrics::gauge(&metrics.connections_open, 2);
+        let text = metrics.render();
+        assert!(text.contains("# TYPE palaver_frames_in_total counter\npalaver_frames_in_total 1\n"), "{text}");
+        assert!(text.contains("palaver_connections_open 2\n"), "{text}");
+        assert!(text.contains("# HELP palaver_connections_open WebSocket connections currently open."), "{text}");
+    }
+}

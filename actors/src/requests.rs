@@ -1,0 +1,362 @@
+//! The request handlers a session runs for its client, one function per frame kind.
+//!
+//! Each takes what it needs (the hub, the user, the request's fields) and returns the reply
+//! frame, an error frame included: handlers never fail in any other way, so a bad request costs
+//! at most its own error reply. Sessions decide ordering and pipelining; rooms decide what gets
+//! written; these functions validate, ask, and translate the answers into protocol frames.
+
+use std::sync::Arc;
+
+use protocol::{EntryKind, ErrorCode, ReqId, RoomInfo, ServerFrame};
+use tracing::{error, info};
+
+use crate::hub::Hub;
+use crate::limits::Limits;
+use crate::metrics::Metrics;
+use crate::names::{self, now_ms};
+use crate::store::{Appended, HistoryPage, MyRoom, NewRoom, RoomRecord, StoreError};
+
+/// Who is asking: the hub, the authenticated user and the connection.
+#[derive(Clone)]
+pub struct Ctx {
+    pub hub: Arc<Hub>,
+    pub user: String,
+    pub conn_id: u64,
+}
+
+/// An error frame.
+pub fn error_frame(req: Option<ReqId>, code: ErrorCode, message: impl Into<String>) -> ServerFrame {
+    ServerFrame::Error { req, code, message: message.into(), retry_after_ms: None }
+}
+
+/// The error frame for a store refusal. Faults are logged here and shown to the client only as
+/// "internal", without the store's details.
+pub fn store_error_frame(hub: &Hub, req: Option<ReqId>, err: StoreError) -> ServerFrame {
+    let code = match &err {
+        StoreError::UserExists(_) => ErrorCode::UserExists,
+        StoreError::NoSuchUser(_) => ErrorCode::NoSuchUser,
+        StoreError::NoSuchRoom(_) => ErrorCode::NoSuchRoom,
+        StoreError::NotMember { .. } => ErrorCode::NotMember,
+        StoreError::AlreadyMember { .. } | StoreError::Forbidden(_) => ErrorCode::Forbidden,
+        StoreError::RoomFull { .. } => ErrorCode::RoomFull,
+        StoreError::TooManyRooms { .. } => ErrorCode::TooManyRooms,
+        StoreError::Fenced { .. } | StoreError::Unavailable(_) => ErrorCode::Unavailable,
+        StoreError::Backend(detail) => {
+            Metrics::inc(&hub.metrics.store_errors_total);
+            error!(error = %detail, "store failure");
+            return error_frame(req, ErrorCode::Internal, "internal error; retry the request with the same ids");
+        }
+    };
+    error_frame(req, code, err.to_string())
+}
+
+/// Create an account.
+pub async fn register(hub: &Arc<Hub>, req: ReqId, user: String, password: String) -> ServerFrame {
+    if let Err(message) = names::validate_user_name(&user) {
+        return error_frame(Some(req), ErrorCode::InvalidName, message);
+    }
+    if let Err(message) = hub.auth.validate_password(&password) {
+        return error_frame(Some(req), ErrorCode::InvalidPassword, message);
+    }
+    let hasher = hub.clone();
+    let hash = match tokio::task::spawn_blocking(move || hasher.auth.hash_password(&password)).await {
+        Ok(Ok(hash)) => hash,
+        Ok(Err(err)) => return internal(req, err),
+        Err(err) => return internal(req, err),
+    };
+    match hub.store.create_user(&user, &hash, now_ms()).await {
+        Ok(()) => {
+            info!(user, "registered");
+            ServerFrame::Registered { req, user }
+        }
+        Err(err) => store_error_frame(hub, Some(req), err),
+    }
+}
+
+/// Check a password and issue a token. Failures are counted per user name and per client
+/// address; past the limit the request is refused before any hashing.
+pub async fn login(hub: &Arc<Hub>, req: ReqId, user: String, password: String, addr: String) -> ServerFrame {
+    let limiter = hub.auth.limiter();
+    let addr_key = format!("addr:{addr}");
+    let user_key = format!("user:{user}");
+    if let Err(retry_after) = limiter.check(&user_key).and(limiter.check(&addr_key)) {
+        let message = "too many failed logins; wait before trying again".to_string();
+        return ServerFrame::Error {
+            req: Some(req),
+            code: ErrorCode::RateLimited,
+            message,
+            retry_after_ms: Some(retry_after.as_millis() as u64),
+        };
+    }
+    let record = match hub.store.user(&user).await {
+        Ok(record) => record,
+        Err(err) => return store_error_frame(hub, Some(req), err),
+    };
+    let verifier = hub.clone();
+    let stored_hash = record.as_ref().map(|record| record.password_hash.clone());
+    let verified = tokio::task::spawn_blocking(move || match stored_hash {
+        Some(hash) => verifier.auth.verify_password(&hash, &password),
+        None => {
+            // Spend the same time on unknown users, so timing does not tell which names exist.
+            let _ = verifier.auth.hash_password(&password);
+            false
+        }
+    })
+    .await
+    .unwrap_or(false);
+    match record {
+        Some(record) if verified => {
+            limiter.record_success(&user_key);
+            let (token, expires_at) = hub.auth.issue_token(&user, record.token_epoch, now_ms());
+            ServerFrame::LoggedIn { req, user, token, expires_at }
+        }
+        _ => {
+            limiter.record_failure(&user_key);
+            limiter.record_failure(&addr_key);
+            Metrics::inc(&hub.metrics.login_failures_total);
+            info!(user, addr, "login failed");
+            error_frame(Some(req), ErrorCode::InvalidCredentials, "unknown user or wrong password")
+        }
+    }
+}
+
+/// Check a token's signature, expiry and epoch; the user name on success.
+pub async fn verify_token(hub: &Hub, req: ReqId, token: &str) -> Result<String, ServerFrame> {
+    let claims = hub.auth.verify_token(token, now_ms()).map(Some).or_else(|err| match err {
+        crate::auth::TokenError::Expired => Err(error_frame(Some(req), ErrorCode::TokenExpired, err.to_string())),
+        crate::auth::TokenError::Invalid => Err(error_frame(Some(req), ErrorCode::TokenInvalid, err.to_string())),
+    })?;
+    let claims = claims.expect("checked above");
+    match hub.store.user(&claims.sub).await {
+        Ok(Some(record)) if record.token_epoch == claims.epo => Ok(claims.sub),
+        Ok(Some(_)) => Err(error_frame(Some(req), ErrorCode::TokenRevoked, "token was revoked; log in again")),
+        Ok(None) => Err(error_frame(Some(req), ErrorCode::TokenInvalid, "token names an unknown user")),
+        Err(err) => Err(store_error_frame(hub, Some(req), err)),
+    }
+}
+
+pub async fn create_room(ctx: &Ctx, req: ReqId, name: String, private: bool) -> ServerFrame {
+    let name = match names::validate_room_name(&name) {
+        Ok(name) => name,
+        Err(message) => return error_frame(Some(req), ErrorCode::InvalidName, message),
+    };
+    // Ids are random; on the rare collision the store refuses to overwrite and we draw again.
+    for _ in 0..3 {
+        let room = NewRoom {
+            id: names::new_room_id(),
+            name: name.clone(),
+            kind: protocol::RoomKind::Group,
+            private,
+            creator: ctx.user.clone(),
+            members: vec![ctx.user.clone()],
+            ts: now_ms(),
+        };
+        match ctx.hub.store.create_room(room, ctx.hub.limits.membership()).await {
+            Ok((record, Some(deliveries))) => {
+                deliveries.iter().for_each(|delivery| ctx.hub.deliver(delivery));
+                info!(user = ctx.user, room = record.id, "room created");
+                return ServerFrame::Room { req, room: room_info(record, 0) };
+            }
+            Ok((_, None)) => continue,
+            Err(err) => return store_error_frame(&ctx.hub, Some(req), err),
+        }
+    }
+    error_frame(Some(req), ErrorCode::Internal, "could not allocate a room id; retry")
+}
+
+/// Find or create the direct conversation with `other`.
+pub async fn open_direct(ctx: &Ctx, req: ReqId, other: String) -> ServerFrame {
+    if let Err(message) = names::validate_user_name(&other) {
+        return error_frame(Some(req), ErrorCode::InvalidName, message);
+    }
+    if other == ctx.user {
+        return error_frame(Some(req), ErrorCode::Forbidden, "a direct conversation needs another user");
+    }
+    match ctx.hub.store.user(&other).await {
+        Ok(Some(_)) => {}
+        Ok(None) => return error_frame(Some(req), ErrorCode::NoSuchUser, format!("no user `{other}`")),
+        Err(err) => return store_error_frame(&ctx.hub, Some(req), err),
+    }
+    let id = names::direct_room_id(&ctx.user, &other);
+    let room = NewRoom {
+        id: id.clone(),
+        name: id.trim_start_matches("dm:").replace(':', " & "),
+        kind: protocol::RoomKind::Direct,
+        private: true,
+        creator: ctx.user.clone(),
+        members: vec![ctx.user.clone(), other],
+        ts: now_ms(),
+    };
+    match ctx.hub.store.create_room(room, ctx.hub.limits.membership()).await {
+        Ok((record, Some(deliveries))) => {
+            deliveries.iter().for_each(|delivery| ctx.hub.deliver(delivery));
+            ServerFrame::Room { req, room: room_info(record, 0) }
+        }
+        // It existed: both users are members for good (direct conversations cannot be left).
+        Ok((record, None)) => ServerFrame::Room { req, room: my_room_info(ctx, record).await },
+        Err(err) => store_error_frame(&ctx.hub, Some(req), err),
+    }
+}
+
+pub async fn list_rooms(ctx: &Ctx, req: ReqId) -> ServerFrame {
+    match ctx.hub.store.rooms_of(&ctx.user).await {
+        Ok(rooms) => ServerFrame::Rooms {
+            req,
+            rooms: rooms.into_iter().map(|MyRoom { room, read_seq }| room_info(room, read_seq)).collect(),
+        },
+        Err(err) => store_error_frame(&ctx.hub, Some(req), err),
+    }
+}
+
+pub async fn list_members(ctx: &Ctx, req: ReqId, room: String) -> ServerFrame {
+    if let Err(frame) = require_member(ctx, req, &room).await {
+        return frame;
+    }
+    match ctx.hub.store.members(&room).await {
+        Ok(members) => ServerFrame::Members { req, room, members },
+        Err(err) => store_error_frame(&ctx.hub, Some(req), err),
+    }
+}
+
+pub async fn history(
+    ctx: &Ctx,
+    req: ReqId,
+    room: String,
+    before: Option<u64>,
+    after: Option<u64>,
+    limit: Option<u32>,
+) -> ServerFrame {
+    let page = match (before, after) {
+        (Some(_), Some(_)) => {
+            return error_frame(Some(req), ErrorCode::InvalidField, "give `before` or `after`, not both");
+        }
+        (Some(before), None) => HistoryPage::Before(before),
+        (None, Some(after)) => HistoryPage::After(after),
+        (None, None) => HistoryPage::Before(u64::MAX),
+    };
+    let max = ctx.hub.limits.history_page_max;
+    let limit = match limit {
+        None => max.min(50),
+        Some(0) => return error_frame(Some(req), ErrorCode::InvalidField, "`limit` must be at least 1"),
+        Some(limit) if limit > max => {
+            let message = format!("`limit` must be at most limits.history_page_max ({max})");
+            return error_frame(Some(req), ErrorCode::InvalidField, message);
+        }
+        Some(limit) => limit,
+    };
+    if let Err(frame) = require_member(ctx, req, &room).await {
+        return frame;
+    }
+    match ctx.hub.store.history(&room, page, limit).await {
+        Ok((entries, more)) => ServerFrame::History { req, room, entries, more },
+        Err(err) => store_error_frame(&ctx.hub, Some(req), err),
+    }
+}
+
+/// Store the read position and tell the user's other connections.
+pub async fn mark_read(ctx: &Ctx, req: ReqId, room: String, seq: u64) -> ServerFrame {
+    if let Err(frame) = require_member(ctx, req, &room).await {
+        return frame;
+    }
+    match ctx.hub.store.mark_read(&ctx.user, &room, seq).await {
+        Ok(stored) => {
+            ctx.hub.broadcast_read(&ctx.user, &room, stored, ctx.conn_id);
+            ServerFrame::Ok { req }
+        }
+        Err(err) => store_error_frame(&ctx.hub, Some(req), err),
+    }
+}
+
+/// Validate a `send` before it goes to the room.
+pub fn check_send(limits: &Limits, req: ReqId, room: &str, id: &str, body: &str) -> Result<(), ServerFrame> {
+    if let Err(message) = names::validate_room_id(room) {
+        return Err(error_frame(Some(req), ErrorCode::NoSuchRoom, message));
+    }
+    if let Err(message) = names::validate_message_id(id) {
+        return Err(error_frame(Some(req), ErrorCode::InvalidMessageId, message));
+    }
+    if body.trim().is_empty() {
+        return Err(error_frame(Some(req), ErrorCode::EmptyBody, "message body is empty"));
+    }
+    if body.len() > limits.max_body_bytes as usize {
+        let message = format!("message body has {} bytes; limits.max_body_bytes is {}", body.len(), limits.max_body_bytes);
+        return Err(error_frame(Some(req), ErrorCode::BodyTooLarge, message));
+    }
+    Ok(())
+}
+
+/// A node-made id for a membership entry (not deduplicated, so only unique).
+pub fn membership_entry_id(prefix: &str) -> String {
+    format!("{prefix}.{:016x}", rand::random::<u64>())
+}
+
+/// Translate a room's answer to the reply frame of the request that caused it.
+pub async fn room_reply(
+    ctx: &Ctx,
+    req: ReqId,
+    room: &str,
+    kind: EntryKind,
+    invited: Option<String>,
+    result: Result<Appended, StoreError>,
+) -> ServerFrame {
+    match (kind, invited, result) {
+        (EntryKind::Text, _, Ok(Appended { delivery, duplicate })) => {
+            let entry = delivery.entry;
+            ServerFrame::Ack { req, room: entry.room, id: entry.id, seq: entry.seq, ts: entry.ts, duplicate }
+        }
+        // Joining twice is not an error: the reply is the room either way.
+        (EntryKind::Join, None, Ok(_)) | (EntryKind::Join, None, Err(StoreError::AlreadyMember { .. })) => {
+            match ctx.hub.store.room(room).await {
+                Ok(Some(record)) => ServerFrame::Room { req, room: my_room_info(ctx, record).await },
+                Ok(None) => error_frame(Some(req), ErrorCode::NoSuchRoom, format!("no room `{room}`")),
+                Err(err) => store_error_frame(&ctx.hub, Some(req), err),
+            }
+        }
+        (EntryKind::Join, Some(_), Ok(_)) | (EntryKind::Join, Some(_), Err(StoreError::AlreadyMember { .. })) => {
+            ServerFrame::Ok { req }
+        }
+        (EntryKind::Leave, _, Ok(_)) => ServerFrame::Ok { req },
+        (_, _, Err(err)) => store_error_frame(&ctx.hub, Some(req), err),
+    }
+}
+
+async fn require_member(ctx: &Ctx, req: ReqId, room: &str) -> Result<(), ServerFrame> {
+    if let Err(message) = names::validate_room_id(room) {
+        return Err(error_frame(Some(req), ErrorCode::NoSuchRoom, message));
+    }
+    match ctx.hub.store.is_member(room, &ctx.user).await {
+        Ok(true) => Ok(()),
+        Ok(false) => match ctx.hub.store.room(room).await {
+            Ok(Some(_)) => Err(error_frame(Some(req), ErrorCode::NotMember, format!("you are not a member of `{room}`"))),
+            Ok(None) => Err(error_frame(Some(req), ErrorCode::NoSuchRoom, format!("no room `{room}`"))),
+            Err(err) => Err(store_error_frame(&ctx.hub, Some(req), err)),
+        },
+        Err(err) => Err(store_error_frame(&ctx.hub, Some(req), err)),
+    }
+}
+
+/// The room as this user sees it, with their read position.
+async fn my_room_info(ctx: &Ctx, record: RoomRecord) -> RoomInfo {
+    let read_seq = match ctx.hub.store.rooms_of(&ctx.user).await {
+        Ok(rooms) => rooms.into_iter().find(|mine| mine.room.id == record.id).map_or(0, |mine| mine.read_seq),
+        Err(_) => 0,
+    };
+    room_info(record, read_seq)
+}
+
+fn room_info(record: RoomRecord, read_seq: u64) -> RoomInfo {
+    RoomInfo {
+        id: record.id,
+        name: record.name,
+        kind: record.kind,
+        private: record.private,
+        last_seq: record.last_seq,
+        read_seq,
+        members: record.members,
+    }
+}
+
+fn internal(req: ReqId, err: impl std::fmt::Display) -> ServerFrame {
+    error!(error = %err, "request failed");
+    error_frame(Some(req), ErrorCode::Internal, "internal error; retry")
+}

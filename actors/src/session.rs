@@ -1,0 +1,704 @@
+//! The session: one per WebSocket connection, the client's representative on the node.
+//!
+//! A session is an actor in the plain sense: a task that owns its state and handles one event
+//! at a time from a `select!` over the client's socket, its delivery inbox, its out-of-band
+//! signals, the replies of its pipelined requests and the node's shutdown. It is generic over
+//! the socket (a `Sink` and a `Stream` of [`Wire`] messages), so the node plugs in a WebSocket
+//! and tests plug in channels.
+//!
+//! The seam between replay and live delivery, which is where resume bugs live:
+//! 1. On `authenticate` the session registers with the hub *before* reading the store, so every
+//!    entry committed from then on also lands in its inbox.
+//! 2. It replays the user's log from the client's cursor, page by page, while the inbox fills.
+//! 3. It then takes inbox entries in cursor order: a cursor at or below the last one sent is a
+//!    duplicate and is skipped; the next cursor is sent; a cursor beyond the next one means
+//!    something is missing (entries of different rooms can race), so it reads the store again.
+//! 4. A full inbox drops deliveries but raises the `lagged` signal, which also sends it back to
+//!    the store. The store, not the inbox, is the truth; so no gap and no duplicate.
+//!
+//! Requests are answered in the order they came. Those that only read or that go to a room are
+//! pipelined (up to `limits.max_inflight_per_connection`); commands to a room enter the room's
+//! mailbox in arrival order, so one connection's sends to one room keep their order.
+
+use std::fmt::Display;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesOrdered;
+use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
+use protocol::{decode_client, encode_server, ClientFrame, Cursor, Encoding, EntryKind, ErrorCode, ReqId, ServerFrame};
+use tracing::{debug, info, warn};
+
+use crate::hub::{Hub, Outbound, Registration};
+use crate::metrics::Metrics;
+use crate::requests::{self, error_frame, store_error_frame, Ctx};
+use crate::room::AppendCommand;
+use crate::store::{LogEntry, StoreResult};
+
+/// A WebSocket message as the session sees it, independent of the WebSocket library.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Wire {
+    Text(String),
+    Binary(Bytes),
+    Close { code: u16, reason: String },
+}
+
+/// Why reading from the socket failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WireError {
+    /// The message exceeded `limits.max_frame_bytes`.
+    TooLarge(String),
+    /// Anything else: the connection is unusable.
+    Broken(String),
+}
+
+/// WebSocket close codes the session uses (RFC 6455 §7.4.1).
+pub mod close_code {
+    pub const NORMAL: u16 = 1000;
+    pub const GOING_AWAY: u16 = 1001;
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    pub const POLICY_VIOLATION: u16 = 1008;
+    pub const TOO_BIG: u16 = 1009;
+    pub const INTERNAL_ERROR: u16 = 1011;
+}
+
+/// Where the connection comes from, for logs and per-address login limits.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub addr: String,
+}
+
+/// Serve one connection until it closes.
+pub async fn run_session<Tx, Rx>(hub: Arc<Hub>, peer: Peer, tx: Tx, rx: Rx)
+where
+    Tx: Sink<Wire> + Unpin + Send,
+    Tx::Error: Display,
+    Rx: Stream<Item = Result<Wire, WireError>> + Unpin + Send,
+{
+    Metrics::gauge(&hub.metrics.connections_open, 1);
+    Metrics::inc(&hub.metrics.connections_total);
+    let mut session = Session::new(hub.clone(), peer, tx);
+    let reason = session.run(rx).await;
+    debug!(peer = %session.peer.addr, user = session.user().unwrap_or("-"), reason, "session ended");
+    drop(session);
+    Metrics::gauge(&hub.metrics.connections_open, -1);
+}
+
+/// The session's hold on its registration; unregisters when dropped, whatever ends the session.
+struct Bound {
+    hub: Arc<Hub>,
+    user: String,
+    registration: Registration,
+}
+
+impl Drop for Bound {
+    fn drop(&mut self) {
+        self.hub.unregister(&self.user, self.registration.id);
+    }
+}
+
+/// The replay in progress, if any.
+struct CatchUp {
+    /// `Some(req)` when this replay answers a resume and must end with `live`.
+    announce: Option<ReqId>,
+    page: BoxFuture<'static, StoreResult<Vec<LogEntry>>>,
+}
+
+/// What woke the session.
+enum Event {
+    Shutdown,
+    HelloTimeout,
+    Client(Option<Result<Wire, WireError>>),
+    Reply(Vec<ServerFrame>),
+    Page(StoreResult<Vec<LogEntry>>),
+    Inbox(Option<Outbound>),
+    Signal,
+}
+
+/// Whether the session goes on.
+type Flow = Result<(), &'static str>;
+
+struct Session<Tx> {
+    hub: Arc<Hub>,
+    peer: Peer,
+    tx: Tx,
+    /// Chosen by the kind of the `hello` frame; `None` until then.
+    encoding: Option<Encoding>,
+    bound: Option<Bound>,
+    /// Highest cursor of the user's log sent on this connection.
+    last_cursor: Cursor,
+    catch_up: Option<CatchUp>,
+    pending: FuturesOrdered<BoxFuture<'static, Vec<ServerFrame>>>,
+    bucket: TokenBucket,
+}
+
+impl<Tx> Session<Tx>
+where
+    Tx: Sink<Wire> + Unpin + Send,
+    Tx::Error: Display,
+{
+    fn new(hub: Arc<Hub>, peer: Peer, tx: Tx) -> Self {
+        let bucket = TokenBucket::new(hub.limits.frames_per_second);
+        Session {
+            hub,
+            peer,
+            tx,
+            encoding: None,
+            bound: None,
+            last_cursor: 0,
+            catch_up: None,
+            pending: FuturesOrdered::new(),
+            bucket,
+        }
+    }
+
+    fn user(&self) -> Option<&str> {
+        self.bound.as_ref().map(|bound| bound.user.as_str())
+    }
+
+    async fn run<Rx>(&mut self, mut rx: Rx) -> &'static str
+    where
+        Rx: Stream<Item = Result<Wire, WireError>> + Unpin + Send,
+    {
+        let mut shutdown = self.hub.shutdown_signal();
+        let hello_deadline = tokio::time::sleep(Duration::from_millis(self.hub.limits.hello_timeout_ms));
+        tokio::pin!(hello_deadline);
+        let max_inflight = self.hub.limits.max_inflight_per_connection;
+        loop {
+            let catching_up = self.catch_up.is_some();
+            let greeted = self.encoding.is_some();
+            let event = {
+                let signals = self.bound.as_ref().map(|bound| bound.registration.signals.clone());
+                let inbox = self.bound.as_mut().map(|bound| &mut bound.registration.inbox);
+                let page = self.catch_up.as_mut().map(|catch_up| &mut catch_up.page);
+                tokio::select! {
+                    biased;
+                    _ = shutdown.wait_for(|down| *down) => Event::Shutdown,
+                    _ = &mut hello_deadline, if !greeted => Event::HelloTimeout,
+                    _ = notified(signals) => Event::Signal,
+                    Some(frames) = self.pending.next(), if !self.pending.is_empty() => Event::Reply(frames),
+                    result = poll_page(page), if catching_up => Event::Page(result),
+                    outbound = recv_inbox(inbox), if !catching_up => Event::Inbox(outbound),
+                    wire = rx.next(), if self.pending.len() < max_inflight => Event::Client(wire),
+                }
+            };
+            let flow = match event {
+                Event::Shutdown => {
+                    let cursor = self.bound.as_ref().map(|_| self.last_cursor);
+                    let reason = "node is shutting down; reconnect to any node and resume".to_string();
+                    let _ = self.send(vec![ServerFrame::Reconnect { reason, cursor }]).await;
+                    self.close(close_code::GOING_AWAY, "shutting down").await;
+                    Err("shutdown")
+                }
+                Event::HelloTimeout => {
+                    self.close(close_code::POLICY_VIOLATION, "no hello within limits.hello_timeout_ms").await;
+                    Err("hello timeout")
+                }
+                Event::Client(None) => Err("client went away"),
+                Event::Client(Some(Err(WireError::TooLarge(detail)))) => {
+                    let message = format!("frame exceeds limits.max_frame_bytes ({}): {detail}", self.hub.limits.max_frame_bytes);
+                    let _ = self.send(vec![error_frame(None, ErrorCode::FrameTooLarge, message)]).await;
+                    self.close(close_code::TOO_BIG, "frame too large").await;
+                    Err("frame too large")
+                }
+                Event::Client(Some(Err(WireError::Broken(_)))) => Err("socket error"),
+                Event::Client(Some(Ok(wire))) => self.on_wire(wire).await,
+                Event::Reply(frames) => self.send(frames).await,
+                Event::Page(result) => self.on_page(result).await,
+                Event::Inbox(Some(outbound)) => self.on_outbound(outbound).await,
+                Event::Inbox(None) => Err("inbox closed"),
+                Event::Signal => self.on_signal().await,
+            };
+            if let Err(reason) = flow {
+                return reason;
+            }
+        }
+    }
+
+    /// A message from the client.
+    async fn on_wire(&mut self, wire: Wire) -> Flow {
+        let (encoding, result) = match &wire {
+            Wire::Text(text) => (Encoding::Json, decode_client(Encoding::Json, text.as_bytes())),
+            Wire::Binary(bytes) => (Encoding::MessagePack, decode_client(Encoding::MessagePack, bytes)),
+            Wire::Close { .. } => return Err("client closed"),
+        };
+        Metrics::inc(&self.hub.metrics.frames_in_total);
+        if let Err(retry_after) = self.bucket.take() {
+            let mut frame = error_frame(
+                result.as_ref().ok().map(ClientFrame::req),
+                ErrorCode::SlowDown,
+                format!("more than limits.frames_per_second ({}) frames per second", self.hub.limits.frames_per_second),
+            );
+            if let ServerFrame::Error { retry_after_ms, .. } = &mut frame {
+                *retry_after_ms = Some(retry_after.as_millis() as u64);
+            }
+            return self.reply_in_order(vec![frame]);
+        }
+        let frame = match result {
+            Ok(frame) => frame,
+            Err(err) => {
+                Metrics::inc(&self.hub.metrics.frames_invalid_total);
+                if self.encoding.is_none() {
+                    return self.send_in(encoding, vec![error_frame(err.req, err.code, err.message)]).await;
+                }
+                return self.reply_in_order(vec![error_frame(err.req, err.code, err.message)]);
+            }
+        };
+        if self.encoding.is_none() {
+            return self.greet(encoding, frame).await;
+        }
+        self.on_frame(frame).await
+    }
+
+    /// The first frame: version negotiation.
+    async fn greet(&mut self, encoding: Encoding, frame: ClientFrame) -> Flow {
+        let ClientFrame::Hello { versions, client } = frame else {
+            let message = "the first frame must be `hello`, e.g. {\"type\":\"hello\",\"versions\":[1]}".to_string();
+            return self.send_in(encoding, vec![error_frame(Some(frame.req()), ErrorCode::HelloRequired, message)]).await;
+        };
+        match protocol::negotiate_version(&versions) {
+            Some(version) => {
+                self.encoding = Some(encoding);
+                debug!(peer = %self.peer.addr, client = client.as_deref().unwrap_or("-"), version, ?encoding, "greeted");
+                let limits = &self.hub.limits;
+                self.send(vec![ServerFrame::Welcome {
+                    version,
+                    node: self.hub.node.clone(),
+                    max_frame_bytes: limits.max_frame_bytes,
+                    max_body_bytes: limits.max_body_bytes,
+                }])
+                .await
+            }
+            None => {
+                let message =
+                    format!("no common protocol version: client offers {versions:?}, node speaks {:?}", protocol::SUPPORTED_VERSIONS);
+                let _ = self.send_in(encoding, vec![error_frame(None, ErrorCode::UnsupportedVersion, message)]).await;
+                self.close(close_code::PROTOCOL_ERROR, "unsupported protocol version").await;
+                Err("unsupported version")
+            }
+        }
+    }
+
+    /// A decoded frame after `hello`.
+    async fn on_frame(&mut self, frame: ClientFrame) -> Flow {
+        let hub = self.hub.clone();
+        let req = frame.req();
+        // Frames that need no account.
+        match frame {
+            ClientFrame::Hello { .. } => {
+                return self.reply_in_order(vec![error_frame(Some(req), ErrorCode::AlreadyGreeted, "`hello` was already sent")])
+            }
+            ClientFrame::Ping { req } => return self.reply_in_order(vec![ServerFrame::Pong { req }]),
+            ClientFrame::Register { req, user, password } => {
+                return self.pipeline(async move { vec![requests::register(&hub, req, user, password).await] }.boxed())
+            }
+            ClientFrame::Login { req, user, password } => {
+                let addr = self.peer.addr.clone();
+                return self.pipeline(async move { vec![requests::login(&hub, req, user, password, addr).await] }.boxed());
+            }
+            ClientFrame::Authenticate { req, token, cursor } => return self.authenticate(req, token, cursor).await,
+            _ => {}
+        }
+        let Some(bound) = &self.bound else {
+            let message = "authenticate first: log in for a token, then send `authenticate`";
+            return self.reply_in_order(vec![error_frame(Some(req), ErrorCode::NotAuthenticated, message)]);
+        };
+        let ctx = Ctx { hub: hub.clone(), user: bound.user.clone(), conn_id: bound.registration.id };
+        match frame {
+            ClientFrame::LogoutAll { req } => self.logout_all(req).await,
+            ClientFrame::CreateRoom { req, name, private } => {
+                self.pipeline(async move { vec![requests::create_room(&ctx, req, name, private).await] }.boxed())
+            }
+            ClientFrame::OpenDirect { req, user } => {
+                self.pipeline(async move { vec![requests::open_direct(&ctx, req, user).await] }.boxed())
+            }
+            ClientFrame::ListRooms { req } => self.pipeline(async move { vec![requests::list_rooms(&ctx, req).await] }.boxed()),
+            ClientFrame::ListMembers { req, room } => {
+                self.pipeline(async move { vec![requests::list_members(&ctx, req, room).await] }.boxed())
+            }
+            ClientFrame::History { req, room, before, after, limit } => {
+                self.pipeline(async move { vec![requests::history(&ctx, req, room, before, after, limit).await] }.boxed())
+            }
+            ClientFrame::MarkRead { req, room, seq } => {
+                self.pipeline(async move { vec![requests::mark_read(&ctx, req, room, seq).await] }.boxed())
+            }
+            ClientFrame::Send { req, room, id, body } => {
+                if let Err(frame) = requests::check_send(&hub.limits, req, &room, &id, &body) {
+                    return self.reply_in_order(vec![frame]);
+                }
+                let command = AppendCommand { kind: EntryKind::Text, from: ctx.user.clone(), id, user: None, body };
+                self.to_room(req, room, command).await
+            }
+            ClientFrame::Join { req, room } => {
+                let command = AppendCommand {
+                    kind: EntryKind::Join,
+                    from: ctx.user.clone(),
+                    id: requests::membership_entry_id("join"),
+                    user: Some(ctx.user.clone()),
+                    body: String::new(),
+                };
+                self.to_room(req, room, command).await
+            }
+            ClientFrame::Leave { req, room } => {
+                if room.starts_with("dm:") {
+                    let message = "direct conversations cannot be left";
+                    return self.reply_in_order(vec![error_frame(Some(req), ErrorCode::Forbidden, message)]);
+                }
+                let command = AppendCommand {
+                    kind: EntryKind::Leave,
+                    from: ctx.user.clone(),
+                    id: requests::membership_entry_id("leave"),
+                    user: Some(ctx.user.clone()),
+                    body: String::new(),
+                };
+                self.to_room(req, room, command).await
+            }
+            ClientFrame::Invite { req, room, user } => {
+                if let Err(message) = crate::names::validate_user_name(&user) {
+                    return self.reply_in_order(vec![error_frame(Some(req), ErrorCode::InvalidName, message)]);
+                }
+                match hub.store.user(&user).await {
+                    Ok(Some(_)) => {}
+                    Ok(None) => {
+                        let frame = error_frame(Some(req), ErrorCode::NoSuchUser, format!("no user `{user}`"));
+                        return self.reply_in_order(vec![frame]);
+                    }
+                    Err(err) => return self.reply_in_order(vec![store_error_frame(&hub, Some(req), err)]),
+                }
+                let command = AppendCommand {
+                    kind: EntryKind::Join,
+                    from: ctx.user.clone(),
+                    id: requests::membership_entry_id("invite"),
+                    user: Some(user),
+                    body: String::new(),
+                };
+                self.to_room(req, room, command).await
+            }
+            ClientFrame::Hello { .. }
+            | ClientFrame::Ping { .. }
+            | ClientFrame::Register { .. }
+            | ClientFrame::Login { .. }
+            | ClientFrame::Authenticate { .. } => {
+                // Answered before the authentication check above; kept exhaustive on purpose.
+                self.reply_in_order(vec![error_frame(Some(req), ErrorCode::Internal, "frame routed twice")])
+            }
+        }
+    }
+
+    /// Put a command in the room's mailbox now; answer when the room has applied it.
+    async fn to_room(&mut self, req: ReqId, room: String, command: AppendCommand) -> Flow {
+        if let Err(message) = crate::names::validate_room_id(&room) {
+            return self.reply_in_order(vec![error_frame(Some(req), ErrorCode::NoSuchRoom, message)]);
+        }
+        let Some(bound) = &self.bound else { return Ok(()) };
+        let ctx = Ctx { hub: self.hub.clone(), user: bound.user.clone(), conn_id: bound.registration.id };
+        let kind = command.kind;
+        let invited = command.user.clone().filter(|user| *user != command.from);
+        match self.hub.append(&room, command).await {
+            Ok(outcome) => self.pipeline(
+                async move {
+                    let timeout = Duration::from_millis(ctx.hub.limits.request_timeout_ms);
+                    let result = match tokio::time::timeout(timeout, outcome).await {
+                        Ok(Ok(result)) => result,
+                        Ok(Err(_)) | Err(_) => {
+                            Err(crate::store::StoreError::Unavailable(format!("room `{room}` did not answer; retry")))
+                        }
+                    };
+                    vec![requests::room_reply(&ctx, req, &room, kind, invited, result).await]
+                }
+                .boxed(),
+            ),
+            Err(err) => self.reply_in_order(vec![store_error_frame(&self.hub, Some(req), err)]),
+        }
+    }
+
+    /// Bind the connection to a user, then resume from `cursor` if given.
+    async fn authenticate(&mut self, req: ReqId, token: String, cursor: Option<Cursor>) -> Flow {
+        self.drain_pending().await?;
+        if self.bound.is_some() {
+            return self.send(vec![error_frame(Some(req), ErrorCode::AlreadyAuthenticated, "this connection is already authenticated")]).await;
+        }
+        let user = match requests::verify_token(&self.hub, req, &token).await {
+            Ok(user) => user,
+            Err(frame) => return self.send(vec![frame]).await,
+        };
+        // Register before reading the log: from here on every commit also reaches the inbox.
+        let registration = self.hub.register(&user);
+        self.bound = Some(Bound { hub: self.hub.clone(), user: user.clone(), registration });
+        let bounds = match self.hub.store.user_log_bounds(&user).await {
+            Ok(bounds) => bounds,
+            Err(err) => {
+                self.bound = None;
+                return self.send(vec![store_error_frame(&self.hub, Some(req), err)]).await;
+            }
+        };
+        info!(peer = %self.peer.addr, user, cursor = ?cursor, head = bounds.head, "authenticated");
+        let mut frames = vec![ServerFrame::Authenticated { req, user: user.clone(), cursor: bounds.head }];
+        match cursor {
+            None => self.last_cursor = bounds.head,
+            Some(cursor) if cursor > bounds.head => {
+                self.last_cursor = bounds.head;
+                let message = format!("cursor {cursor} is beyond the end of your log ({}); continuing live from there", bounds.head);
+                frames.push(error_frame(Some(req), ErrorCode::CursorAhead, message));
+            }
+            Some(cursor) if cursor < bounds.floor => {
+                self.last_cursor = bounds.head;
+                frames.push(ServerFrame::Resync { req, floor: bounds.floor, cursor: bounds.head });
+            }
+            Some(cursor) => {
+                self.last_cursor = cursor;
+                self.start_catch_up(Some(req));
+            }
+        }
+        self.send(frames).await
+    }
+
+    async fn logout_all(&mut self, req: ReqId) -> Flow {
+        self.drain_pending().await?;
+        let Some(user) = self.user().map(str::to_string) else { return Ok(()) };
+        match self.hub.store.revoke_tokens(&user).await {
+            Ok(_) => {
+                info!(user, "logged out everywhere");
+                // Every connection of the user, this one included, closes on the signal.
+                self.hub.revoke_user(&user);
+                self.send(vec![ServerFrame::Ok { req }]).await
+            }
+            Err(err) => self.send(vec![store_error_frame(&self.hub, Some(req), err)]).await,
+        }
+    }
+
+    /// Begin reading the user's log from `last_cursor`.
+    fn start_catch_up(&mut self, announce: Option<ReqId>) {
+        let Some(bound) = &self.bound else { return };
+        // Anything dropped from now on is covered by this read or flagged again.
+        bound.registration.signals.lagged.store(false, Ordering::Release);
+        let announce = self.catch_up.take().and_then(|previous| previous.announce).or(announce);
+        let page = self.read_page(bound.user.clone());
+        self.catch_up = Some(CatchUp { announce, page });
+    }
+
+    fn read_page(&self, user: String) -> BoxFuture<'static, StoreResult<Vec<LogEntry>>> {
+        let store = self.hub.store.clone();
+        let after = self.last_cursor;
+        let limit = self.hub.limits.replay_page_len;
+        async move { store.user_log(&user, after, limit).await }.boxed()
+    }
+
+    /// A page of the user's log arrived.
+    async fn on_page(&mut self, result: StoreResult<Vec<LogEntry>>) -> Flow {
+        let entries = match result {
+            Ok(entries) => entries,
+            Err(err) => {
+                warn!(user = self.user().unwrap_or("-"), error = %err, "replay failed; closing so the client resumes");
+                let cursor = Some(self.last_cursor);
+                let reason = format!("replay failed ({err}); reconnect and resume");
+                let _ = self.send(vec![ServerFrame::Reconnect { reason, cursor }]).await;
+                self.close(close_code::INTERNAL_ERROR, "replay failed").await;
+                return Err("replay failed");
+            }
+        };
+        let full_page = entries.len() as u32 >= self.hub.limits.replay_page_len;
+        let mut frames = Vec::with_capacity(entries.len() + 1);
+        for LogEntry { cursor, entry } in entries {
+            debug_assert_eq!(cursor, self.last_cursor + 1, "user log cursors are dense");
+            if cursor <= self.last_cursor {
+                continue;
+            }
+            self.last_cursor = cursor;
+            frames.push(ServerFrame::Message { cursor, entry });
+        }
+        Metrics::add(&self.hub.metrics.replayed_total, frames.len() as u64);
+        if full_page {
+            let user = self.user().unwrap_or_default().to_string();
+            let page = self.read_page(user);
+            if let Some(catch_up) = &mut self.catch_up {
+                catch_up.page = page;
+            }
+        } else {
+            let announce = self.catch_up.take().and_then(|catch_up| catch_up.announce);
+            if let Some(req) = announce {
+                frames.push(ServerFrame::Live { req, cursor: self.last_cursor });
+            }
+            let lagged = self.bound.as_ref().is_some_and(|bound| bound.registration.signals.lagged.load(Ordering::Acquire));
+            if lagged {
+                self.start_catch_up(None);
+            }
+        }
+        // Writing with back-pressure is the flow control: the next page is read only once this
+        // one is in the socket.
+        self.send(frames).await
+    }
+
+    /// Live traffic from the hub; takes whatever else is already queued too, then flushes once.
+    async fn on_outbound(&mut self, first: Outbound) -> Flow {
+        let mut frames = Vec::new();
+        let mut next = Some(first);
+        while let Some(outbound) = next.take() {
+            match outbound {
+                Outbound::Frame(frame) => frames.push(frame),
+                Outbound::Deliver { cursor, entry } => {
+                    if cursor <= self.last_cursor {
+                        // Already sent by the replay.
+                    } else if cursor == self.last_cursor + 1 {
+                        self.last_cursor = cursor;
+                        frames.push(ServerFrame::Message { cursor, entry: (*entry).clone() });
+                    } else {
+                        // Something before this entry has not arrived: read it from the store.
+                        self.start_catch_up(None);
+                        break;
+                    }
+                }
+            }
+            if frames.len() < 64 {
+                next = self.bound.as_mut().and_then(|bound| bound.registration.inbox.try_recv().ok());
+            }
+        }
+        self.send(frames).await
+    }
+
+    /// Out-of-band: revoked or lagged.
+    async fn on_signal(&mut self) -> Flow {
+        let Some(bound) = &self.bound else { return Ok(()) };
+        let signals = bound.registration.signals.clone();
+        if signals.revoked.load(Ordering::Acquire) {
+            let message = "you logged out everywhere; log in again";
+            let _ = self.send(vec![error_frame(None, ErrorCode::TokenRevoked, message)]).await;
+            self.close(close_code::POLICY_VIOLATION, "logged out").await;
+            return Err("logged out");
+        }
+        if signals.lagged.load(Ordering::Acquire) && self.catch_up.is_none() {
+            self.start_catch_up(None);
+        }
+        Ok(())
+    }
+
+    /// Queue a request's reply future behind earlier ones.
+    fn pipeline(&mut self, reply: BoxFuture<'static, Vec<ServerFrame>>) -> Flow {
+        self.pending.push_back(reply);
+        Ok(())
+    }
+
+    /// A reply that is ready now but must not overtake earlier replies.
+    fn reply_in_order(&mut self, frames: Vec<ServerFrame>) -> Flow {
+        self.pipeline(futures_util::future::ready(frames).boxed())
+    }
+
+    /// Finish every pipelined request (before a request that changes the session's state).
+    async fn drain_pending(&mut self) -> Flow {
+        while let Some(frames) = self.pending.next().await {
+            self.send(frames).await?;
+        }
+        Ok(())
+    }
+
+    async fn send(&mut self, frames: Vec<ServerFrame>) -> Flow {
+        let encoding = self.encoding.unwrap_or(Encoding::Json);
+        self.send_in(encoding, frames).await
+    }
+
+    /// Write frames with one flush; a socket that takes longer than the slow-client limit is
+    /// closed (its cursor lets the client resume elsewhere).
+    async fn send_in(&mut self, encoding: Encoding, frames: Vec<ServerFrame>) -> Flow {
+        if frames.is_empty() {
+            return Ok(());
+        }
+        let deadline = Instant::now() + Duration::from_millis(self.hub.limits.slow_client_timeout_ms);
+        for frame in &frames {
+            if matches!(frame, ServerFrame::Error { .. }) {
+                Metrics::inc(&self.hub.metrics.errors_sent_total);
+            }
+            let bytes = encode_server(encoding, frame);
+            let wire = match encoding {
+                Encoding::Json => Wire::Text(String::from_utf8(bytes).expect("JSON is UTF-8")),
+                Encoding::MessagePack => Wire::Binary(Bytes::from(bytes)),
+            };
+            self.write(deadline, WriteOp::Feed(wire)).await?;
+        }
+        self.write(deadline, WriteOp::Flush).await
+    }
+
+    async fn write(&mut self, deadline: Instant, op: WriteOp) -> Flow {
+        let result = match op {
+            WriteOp::Feed(wire) => tokio::time::timeout_at(deadline.into(), self.tx.feed(wire)).await,
+            WriteOp::Flush => tokio::time::timeout_at(deadline.into(), self.tx.flush()).await,
+        };
+        match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(err)) => {
+                debug!(peer = %self.peer.addr, error = %err, "write failed");
+                Err("write failed")
+            }
+            Err(_) => {
+                Metrics::inc(&self.hub.metrics.slow_clients_closed_total);
+                warn!(peer = %self.peer.addr, user = self.user().unwrap_or("-"), "client too slow; closing");
+                Err("slow client")
+            }
+        }
+    }
+
+    async fn close(&mut self, code: u16, reason: &str) {
+        let deadline = Instant::now() + Duration::from_millis(1_000);
+        let _ = self.write(deadline, WriteOp::Feed(Wire::Close { code, reason: reason.to_string() })).await;
+        let _ = self.write(deadline, WriteOp::Flush).await;
+    }
+}
+
+enum WriteOp {
+    Feed(Wire),
+    Flush,
+}
+
+async fn notified(signals: Option<Arc<crate::hub::ConnSignals>>) {
+    match signals {
+        Some(signals) => signals.notify.notified().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn recv_inbox(inbox: Option<&mut tokio::sync::mpsc::Receiver<Outbound>>) -> Option<Outbound> {
+    match inbox {
+        Some(inbox) => inbox.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn poll_page(page: Option<&mut BoxFuture<'static, StoreResult<Vec<LogEntry>>>>) -> StoreResult<Vec<LogEntry>> {
+    match page {
+        Some(page) => page.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A token bucket: `rate` tokens per second, holding at most twice that.
+struct TokenBucket {
+    rate: f64,
+    capacity: f64,
+    tokens: f64,
+    refilled: Instant,
+}
+
+impl TokenBucket {
+    fn new(rate: u32) -> Self {
+        let rate = f64::from(rate.max(1));
+        TokenBucket { rate, capacity: rate * 2.0, tokens: rate * 2.0, refilled: Instant::now() }
+    }
+
+    /// Take a token, or say how long until one is there.
+    fn take(&mut self) -> Result<(), Duration> {
+        let now = Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.refilled).as_secs_f64() * self.rate).min(self.capacity);
+        self.refilled = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - self.tokens) / self.rate))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,246 @@
+//! The node's configuration: defaults, then a TOML file, then `PALAVER_` environment variables
+//! (`__` separates nesting: `PALAVER_LIMITS__MAX_FRAME_BYTES=131072`), loaded with figment and
+//! checked once by [`Config::validate`], whose errors name the key.
+//!
+//! Secrets (the token signing key) come from the environment or a file named in the
+//! configuration, never from the configuration file itself, which is meant to be committed.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use actors::limits::Limits;
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration. Every section has defaults, so an empty file is a valid one.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub node: NodeSection,
+    pub client: ClientSection,
+    pub store: StoreSection,
+    pub auth: AuthSection,
+    pub limits: Limits,
+    pub log: LogSection,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeSection {
+    /// Unique within a cluster; shown to clients in `welcome` and used as the room owner's name.
+    pub name: String,
+    /// Where the embedded store and other node files live.
+    pub data_dir: PathBuf,
+    /// On SIGTERM, how long to wait for connections to take their `reconnect` frame and close.
+    pub drain_timeout_ms: u64,
+}
+
+impl Default for NodeSection {
+    fn default() -> Self {
+        NodeSection { name: "palaver-1".into(), data_dir: PathBuf::from("data"), drain_timeout_ms: 5_000 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientSection {
+    /// HTTP and WebSocket for clients: `/ws`, `/healthz`, `/readyz`, `/metrics`, `/status`, `/`.
+    /// Port 0 picks a free port; the node logs and prints the one it got.
+    pub listen: SocketAddr,
+}
+
+impl Default for ClientSection {
+    fn default() -> Self {
+        ClientSection { listen: SocketAddr::from(([127, 0, 0, 1], 7600)) }
+    }
+}
+
+/// Which store backend, and its settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSection {
+    /// `sqlite` (embedded, the default) or `fdb` (FoundationDB; needs the `fdb` build feature).
+    pub backend: String,
+    /// SQLite database file; default `<node.data_dir>/palaver.db`. Nodes on one host may share it.
+    pub sqlite_path: Option<PathBuf>,
+    /// How long a SQLite writer waits for another process's transaction before giving up.
+    pub sqlite_busy_timeout_ms: u64,
+    /// Entries kept per user log; older ones are trimmed and resuming from before them answers
+    /// `resync`. 0 keeps everything. 100,000 covers weeks of a busy user while bounding storage.
+    pub user_log_max_entries: u64,
+    /// FoundationDB cluster file; default: the client library's own default lookup.
+    pub fdb_cluster_file: Option<PathBuf>,
+    /// FoundationDB transaction timeout and retry limit (a transaction retries forever otherwise).
+    pub fdb_transaction_timeout_ms: u64,
+    pub fdb_transaction_retry_limit: u32,
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        StoreSection {
+            backend: "sqlite".into(),
+            sqlite_path: None,
+            sqlite_busy_timeout_ms: 5_000,
+            user_log_max_entries: 100_000,
+            fdb_cluster_file: None,
+            fdb_transaction_timeout_ms: 5_000,
+            fdb_transaction_retry_limit: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSection {
+    /// Token signing key (at least 32 bytes). Set it through `PALAVER_AUTH__TOKEN_KEY` or
+    /// `token_key_file`; all nodes of a cluster need the same key. Without one the node makes a
+    /// random key, and tokens die with the process.
+    pub token_key: Option<String>,
+    pub token_key_file: Option<PathBuf>,
+    pub token_ttl_secs: u64,
+    pub argon2_memory_kib: u32,
+    pub argon2_iterations: u32,
+    pub password_min_chars: usize,
+    pub login_max_failures: u32,
+    pub login_window_secs: u64,
+}
+
+impl Default for AuthSection {
+    fn default() -> Self {
+        AuthSection {
+            token_key: None,
+            token_key_file: None,
+            token_ttl_secs: 86_400,
+            argon2_memory_kib: 19_456,
+            argon2_iterations: 2,
+            password_min_chars: 8,
+            login_max_failures: 5,
+            login_window_secs: 60,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    /// A tracing filter, e.g. `info` or `info,actors::session=debug`; `RUST_LOG` overrides it.
+    pub filter: String,
+    /// `text` for people, `json` for log collectors.
+    pub format: String,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        LogSection { filter: "info".into(), format: "text".into() }
+    }
+}
+
+/// A configuration problem, naming the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Load(String),
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+impl ConfigError {
+    fn invalid(key: &str, message: &str) -> Self {
+        ConfigError::Invalid { key: key.to_string(), message: message.to_string() }
+    }
+}
+
+impl Config {
+    /// Defaults, then `file` (if any), then the `PALAVER_` environment.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        if let Some(file) = file {
+            check_no_secrets_in_file(file)?;
+        }
+        Self::from_figment(Self::figment(file).merge(Env::prefixed("PALAVER_").split("__")))
+    }
+
+    /// Defaults and `file`, without the environment (tests layer explicit values on this).
+    pub fn figment(file: Option<&Path>) -> Figment {
+        let figment = Figment::from(Serialized::defaults(Config::default()));
+        match file {
+            Some(file) => figment.merge(Toml::file_exact(file)),
+            None => figment,
+        }
+    }
+
+    pub fn from_figment(figment: Figment) -> Result<Config, ConfigError> {
+        let config: Config = figment.extract().map_err(|err| ConfigError::Load(flatten_figment_error(err)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Check values that types alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: &str| Err(ConfigError::invalid(key, message));
+        if actors::names::validate_user_name(&self.node.name).is_err() {
+            return invalid("node.name", "use 2 to 32 characters of a-z, 0-9, `_`, `.`, `-`");
+        }
+        match self.store.backend.as_str() {
+            "sqlite" => {}
+            "fdb" if cfg!(feature = "fdb") => {}
+            "fdb" => return invalid("store.backend", "`fdb` needs a binary built with `--features fdb`"),
+            other => {
+                return invalid("store.backend", &format!("unknown backend `{other}`; expected `sqlite` or `fdb`"));
+            }
+        }
+        if self.store.sqlite_busy_timeout_ms == 0 {
+            return invalid("store.sqlite_busy_timeout_ms", "must be greater than 0");
+        }
+        if let Some(key) = &self.auth.token_key {
+            if key.len() < 32 {
+                return invalid("auth.token_key", "must be at least 32 bytes");
+            }
+        }
+        if self.auth.token_ttl_secs == 0 {
+            return invalid("auth.token_ttl_secs", "must be greater than 0");
+        }
+        if self.auth.argon2_memory_kib < 8 || self.auth.argon2_iterations == 0 {
+            return invalid("auth.argon2_memory_kib", "argon2 needs at least 8 KiB and 1 iteration");
+        }
+        if self.auth.login_max_failures == 0 {
+            return invalid("auth.login_max_failures", "must be greater than 0");
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return invalid("log.format", "expected `text` or `json`");
+        }
+        // Limits::validate starts its message with the key.
+        self.limits.validate().map_err(|message| match message.split_once(' ') {
+            Some((key, rest)) => ConfigError::invalid(key, rest),
+            None => ConfigError::invalid("limits", &message),
+        })
+    }
+
+    pub fn sqlite_path(&self) -> PathBuf {
+        self.store.sqlite_path.clone().unwrap_or_else(|| self.node.data_dir.join("palaver.db"))
+    }
+}
+
+/// Refuse a configuration file that holds the signing key: such files get committed.
+fn check_no_secrets_in_file(file: &Path) -> Result<(), ConfigError> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|err| ConfigError::Load(format!("reading configuration file {}: {err}", file.display())))?;
+    let value: toml::Value =
+        text.parse().map_err(|err| ConfigError::Load(format!("configuration file {}: {err}", file.display())))?;
+    if value.get("auth").and_then(|auth| auth.get("token_key")).is_some() {
+        let message = format!(
+            "is a secret and must not be in {}; set PALAVER_AUTH__TOKEN_KEY or auth.token_key_file",
+            file.display()
+        );
+        return Err(ConfigError::invalid("auth.token_key", &message));
+    }
+    Ok(())
+}
+
+/// figment's errors can chain; show them all on one line, each naming its key.
+fn flatten_figment_error(err: figment::Error) -> String {
+    err.into_iter().map(|err| err.to_string()).collect::<Vec<_>>().join("; ")
+}
+
+#[cfg(test)]
+mod tests;

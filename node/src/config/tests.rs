@@ -1,0 +1,71 @@
+use std::io::Write;
+
+use figment::providers::{Format, Serialized, Toml};
+
+use super::*;
+
+fn shipped() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../cluster.toml")
+}
+
+#[test]
+fn shipped_cluster_toml_parses_and_equals_the_defaults() {
+    let config = Config::from_figment(Config::figment(Some(&shipped()))).unwrap();
+    assert_eq!(config, Config::default(), "cluster.toml documents the defaults; keep them in step");
+}
+
+#[test]
+fn explicit_layers_override_the_file() {
+    let figment = Config::figment(Some(&shipped()))
+        .merge(Serialized::default("limits.max_frame_bytes", 131_072))
+        .merge(Serialized::default("node.name", "palaver-7"));
+    let config = Config::from_figment(figment).unwrap();
+    assert_eq!(config.limits.max_frame_bytes, 131_072);
+    assert_eq!(config.node.name, "palaver-7");
+}
+
+#[test]
+fn unknown_keys_are_named() {
+    let figment = Config::figment(None).merge(Toml::string("[limits]\nmax_frame_byte = 1\n"));
+    let err = Config::from_figment(figment).unwrap_err().to_string();
+    assert!(err.contains("max_frame_byte"), "{err}");
+}
+
+#[test]
+fn wrong_types_are_named() {
+    let figment = Config::figment(None).merge(Toml::string("[limits]\nmax_frame_bytes = \"big\"\n"));
+    let err = Config::from_figment(figment).unwrap_err().to_string();
+    assert!(err.contains("max_frame_bytes"), "{err}");
+}
+
+#[test]
+fn invalid_values_are_named() {
+    let cases = [
+        ("[limits]\nreplay_page_len = 0\n", "limits.replay_page_len"),
+        ("[store]\nbackend = \"postgres\"\n", "store.backend"),
+        ("[node]\nname = \"Bad Name\"\n", "node.name"),
+        ("[log]\nformat = \"xml\"\n", "log.format"),
+        ("[limits]\nmax_body_bytes = 65536\n", "limits.max_body_bytes"),
+    ];
+    for (toml, key) in cases {
+        let err = Config::from_figment(Config::figment(None).merge(Toml::string(toml))).unwrap_err();
+        match err {
+            ConfigError::Invalid { key: named, .. } => assert_eq!(named, key, "{toml}"),
+            other => panic!("{toml}: expected an invalid-value error, got {other}"),
+        }
+    }
+}
+
+#[test]
+fn a_token_key_in_the_file_is_refused() {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    writeln!(file, "[auth]\ntoken_key = \"0123456789abcdef0123456789abcdef\"").unwrap();
+    let err = Config::load(Some(file.path())).unwrap_err().to_string();
+    assert!(err.starts_with("auth.token_key: is a secret"), "{err}");
+}
+
+#[test]
+fn a_missing_file_is_named() {
+    let err = Config::load(Some(std::path::Path::new("/nonexistent/palaver.toml"))).unwrap_err().to_string();
+    assert!(err.contains("/nonexistent/palaver.toml"), "{err}");
+}

@@ -1,0 +1,243 @@
+//! The client port: a small HTTP/1.1 server that upgrades `/ws` to WebSocket and answers the
+//! operational endpoints.
+//!
+//! Routes: `GET /ws` (WebSocket, the protocol of docs/PROTOCOL.md), `/healthz` (the process
+//! answers), `/readyz` (the store answers and the node is not draining), `/metrics`
+//! (Prometheus), `/status` (JSON operator view of this node), and `/` plus `/app/*` (the
+//! bundled web client, when present).
+//!
+//! The HTTP side is deliberately minimal: one request per connection, `Connection: close`, a
+//! bounded request head. The handshake is done here rather than by tungstenite so that one
+//! port serves both, and the WebSocket is then built with the configured limits (frame size,
+//! small buffers: memory per idle connection is a target).
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actors::hub::Hub;
+use actors::session::{run_session, Peer, Wire, WireError};
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::WebSocketStream;
+use tracing::{debug, info, warn};
+
+use crate::web;
+
+/// Longest request head accepted.
+const MAX_HEAD_BYTES: usize = 8 * 1024;
+
+/// Accept connections until `stop` turns true, then wait for open connections to finish (the
+/// hub's shutdown makes WebSocket sessions send `reconnect` and close) for at most `drain`.
+pub async fn serve(listener: TcpListener, hub: Arc<Hub>, mut stop: watch::Receiver<bool>, drain: Duration) {
+    let permits = Arc::new(Semaphore::new(hub.limits.max_connections));
+    let mut tasks = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|stop| *stop) => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let hub = hub.clone();
+                    let permits = permits.clone();
+                    tasks.spawn(async move {
+                        if let Err(err) = handle(stream, peer, hub, permits).await {
+                            debug!(%peer, error = %err, "http connection ended with an error");
+                        }
+                    });
+                }
+                // Out of file descriptors and the like: back off instead of spinning.
+                Err(err) => {
+                    warn!(error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+        }
+    }
+    drop(listener);
+    info!(open = tasks.len(), "listener closed; draining connections");
+    let drained = tokio::time::timeout(drain, async { while tasks.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        warn!(open = tasks.len(), "drain timeout; closing the remaining connections");
+        tasks.abort_all();
+    }
+}
+
+/// One TCP connection: read the request head, then route.
+async fn handle(mut stream: TcpStream, peer: SocketAddr, hub: Arc<Hub>, permits: Arc<Semaphore>) -> io::Result<()> {
+    let _ = stream.set_nodelay(true);
+    let timeout = Duration::from_millis(hub.limits.hello_timeout_ms);
+    let (head, rest) = match tokio::time::timeout(timeout, read_head(&mut stream)).await {
+        Ok(Ok(Some(read))) => read,
+        Ok(Ok(None)) => return Ok(()),
+        Ok(Err(err)) if err.kind() == io::ErrorKind::InvalidData => {
+            return respond(&mut stream, 431, "text/plain", b"request head too large\n").await;
+        }
+        Ok(Err(err)) => return Err(err),
+        Err(_) => return Ok(()),
+    };
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut request = httparse::Request::new(&mut headers);
+    if !matches!(request.parse(&head), Ok(httparse::Status::Complete(_))) {
+        return respond(&mut stream, 400, "text/plain", b"malformed HTTP request\n").await;
+    }
+    let method = request.method.unwrap_or("");
+    let path = request.path.unwrap_or("/").split('?').next().unwrap_or("/");
+    let header = |name: &str| {
+        request.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).and_then(|h| std::str::from_utf8(h.value).ok())
+    };
+    if method != "GET" {
+        return respond(&mut stream, 405, "text/plain", b"only GET is served here\n").await;
+    }
+    match path {
+        "/ws" => {
+            let upgrade = header("upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+            let (Some(key), true) = (header("sec-websocket-key"), upgrade) else {
+                return respond(&mut stream, 426, "text/plain", b"this endpoint speaks WebSocket; see docs/PROTOCOL.md\n").await;
+            };
+            if header("sec-websocket-version") != Some("13") {
+                return respond(&mut stream, 426, "text/plain", b"WebSocket version 13 required\n").await;
+            }
+            let accept = derive_accept_key(key.as_bytes());
+            let Ok(permit) = permits.try_acquire_owned() else {
+                actors::metrics::Metrics::inc(&hub.metrics.connections_refused_total);
+                return respond(&mut stream, 503, "text/plain", b"node at limits.max_connections; try another node\n").await;
+            };
+            if hub.is_shutting_down() {
+                return respond(&mut stream, 503, "text/plain", b"node is shutting down\n").await;
+            }
+            let response = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+            );
+            stream.write_all(response.as_bytes()).await?;
+            websocket(stream, rest, peer, hub).await;
+            drop(permit);
+            Ok(())
+        }
+        "/healthz" => respond(&mut stream, 200, "text/plain", b"ok\n").await,
+        "/readyz" => {
+            let (status, body) = readiness(&hub).await;
+            respond(&mut stream, status, "text/plain", body.as_bytes()).await
+        }
+        "/metrics" => {
+            let (users, connections) = hub.connection_counts();
+            let mut body = hub.metrics.render();
+            body.push_str(&format!("# HELP palaver_users_online Users with at least one authenticated connection.\n# TYPE palaver_users_online gauge\npalaver_users_online {users}\n"));
+            body.push_str(&format!("# HELP palaver_connections_authenticated Authenticated connections.\n# TYPE palaver_connections_authenticated gauge\npalaver_connections_authenticated {connections}\n"));
+            respond(&mut stream, 200, "text/plain; version=0.0.4", body.as_bytes()).await
+        }
+        "/status" => {
+            let (users, connections) = hub.connection_counts();
+            let body = serde_json::json!({
+                "node": hub.node,
+                "store": hub.store.backend(),
+                "draining": hub.is_shutting_down(),
+                "users_online": users,
+                "connections": connections,
+                "rooms": hub.active_rooms(),
+            });
+            respond(&mut stream, 200, "application/json", body.to_string().as_bytes()).await
+        }
+        _ => match web::asset(path) {
+            Some((content_type, body)) => respond(&mut stream, 200, content_type, body).await,
+            None => respond(&mut stream, 404, "text/plain", b"not found\n").await,
+        },
+    }
+}
+
+/// Ready when not draining and the store answers a read.
+async fn readiness(hub: &Hub) -> (u16, String) {
+    if hub.is_shutting_down() {
+        return (503, "draining\n".into());
+    }
+    match tokio::time::timeout(Duration::from_secs(2), hub.store.room("readyz-probe")).await {
+        Ok(Ok(_)) => (200, "ready\n".into()),
+        Ok(Err(err)) => (503, format!("store: {err}\n")),
+        Err(_) => (503, "store: no answer within 2 s\n".into()),
+    }
+}
+
+/// Read until the end of the request head. Returns the head and any bytes read past it.
+async fn read_head(stream: &mut TcpStream) -> io::Result<Option<(Vec<u8>, Vec<u8>)>> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        let searched_from = buf.len().saturating_sub(3);
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf[searched_from..].windows(4).position(|w| w == b"\r\n\r\n") {
+            let end = searched_from + end + 4;
+            let rest = buf.split_off(end);
+            return Ok(Some((buf, rest)));
+        }
+        if buf.len() > MAX_HEAD_BYTES {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "request head too large"));
+        }
+    }
+}
+
+async fn respond(stream: &mut TcpStream, status: u16, content_type: &str, body: &[u8]) -> io::Result<()> {
+    let reason = match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        426 => "Upgrade Required",
+        431 => "Request Header Fields Too Large",
+        _ => "Service Unavailable",
+    };
+    let head = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body).await?;
+    stream.shutdown().await
+}
+
+/// Run a session over the upgraded connection, adapting tungstenite's messages to [`Wire`].
+async fn websocket(stream: TcpStream, rest: Vec<u8>, peer: SocketAddr, hub: Arc<Hub>) {
+    let max_frame = hub.limits.max_frame_bytes as usize;
+    // Small buffers: tungstenite's defaults (128 KiB each) would cost far more than the whole
+    // per-connection budget. Reads of larger messages grow the buffer as needed.
+    let config = WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(8 * 1024)
+        .max_write_buffer_size(max_frame.max(64 * 1024) * 4)
+        .max_message_size(Some(max_frame))
+        .max_frame_size(Some(max_frame));
+    let ws = WebSocketStream::from_partially_read(stream, rest, Role::Server, Some(config)).await;
+    let (sink, stream) = ws.split();
+    let sink = sink.with(|wire: Wire| async move {
+        Ok::<Message, tungstenite::Error>(match wire {
+            Wire::Text(text) => Message::Text(text.into()),
+            Wire::Binary(bytes) => Message::Binary(bytes),
+            Wire::Close { code, reason } => Message::Close(Some(CloseFrame { code: code.into(), reason: reason.into() })),
+        })
+    });
+    let stream = stream.filter_map(|message| async move {
+        match message {
+            Ok(Message::Text(text)) => Some(Ok(Wire::Text(text.as_str().to_owned()))),
+            Ok(Message::Binary(bytes)) => Some(Ok(Wire::Binary(bytes))),
+            Ok(Message::Close(frame)) => Some(Ok(Wire::Close {
+                code: frame.as_ref().map_or(1005, |f| f.code.into()),
+                reason: frame.map(|f| f.reason.as_str().to_owned()).unwrap_or_default(),
+            })),
+            // tungstenite answers pings itself.
+            Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => None,
+            Err(tungstenite::Error::Capacity(err)) => Some(Err(WireError::TooLarge(err.to_string()))),
+            Err(err) => Some(Err(WireError::Broken(err.to_string()))),
+        }
+    });
+    run_session(hub, Peer { addr: peer.to_string() }, Box::pin(sink), Box::pin(stream)).await;
+}
