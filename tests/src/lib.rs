@@ -1,1 +1,461 @@
-//! placeholder
+//! The black-box test harness: start real `palaver` processes and talk to them over real
+//! WebSocket connections, in either encoding.
+//!
+//! - [`Node`] starts the built binary on port 0 with its own data directory (or a shared one),
+//!   learns its address from the line it prints, and can stop it with SIGTERM or kill -9.
+//! - [`Client`] is a protocol client: it greets, correlates replies by `req`, and keeps every
+//!   `message` it receives in a ledger (cursor → entry) so tests can check "nothing lost,
+//!   nothing doubled, order kept".
+//!
+//! Nothing here is a mock: the node is the same binary users run.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use futures_util::{SinkExt, StreamExt};
+pub use protocol::{ClientFrame, Encoding, Entry, EntryKind, ErrorCode, ServerFrame};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// How long any single wait in a test may take. Generous: tests run on a noisy 2-core machine
+/// and assert outcomes, never speed.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// Path of the `palaver` binary: `PALAVER_BIN`, else next to the test executable's directory
+/// (`target/<profile>/palaver`; build it first with `cargo build -p node`).
+pub fn palaver_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("PALAVER_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>/palaver
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target profile directory");
+    profile_dir.join("palaver")
+}
+
+/// How to start a node.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    pub name: String,
+    /// The data directory; `None` makes a fresh temporary one.
+    pub data_dir: Option<PathBuf>,
+    /// Extra `PALAVER_…` environment variables (e.g. `("LIMITS__MAX_BODY_BYTES", "100")`).
+    pub env: Vec<(String, String)>,
+    /// Port to listen on (0 = any free one).
+    pub port: u16,
+}
+
+impl Default for NodeOptions {
+    fn default() -> Self {
+        NodeOptions { name: "palaver-1".into(), data_dir: None, env: Vec::new(), port: 0 }
+    }
+}
+
+impl NodeOptions {
+    pub fn env(mut self, key: &str, value: impl ToString) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+}
+
+/// A running `palaver` process.
+pub struct Node {
+    child: Child,
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    pub options: NodeOptions,
+    _temp: Option<tempfile::TempDir>,
+    log_path: PathBuf,
+}
+
+/// The token key every test node shares, so tokens work across restarts and nodes.
+pub const TEST_TOKEN_KEY: &str = "palaver-test-token-key-0123456789abcdef";
+
+impl Node {
+    pub async fn start(options: NodeOptions) -> anyhow::Result<Node> {
+        let (data_dir, temp) = match &options.data_dir {
+            Some(dir) => (dir.clone(), None),
+            None => {
+                let temp = tempfile::tempdir()?;
+                (temp.path().to_path_buf(), Some(temp))
+            }
+        };
+        std::fs::create_dir_all(&data_dir)?;
+        let log_path = data_dir.join(format!("{}.log", options.name));
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+        let mut command = Command::new(palaver_binary());
+        command
+            .current_dir(&data_dir)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("PALAVER_NODE__NAME", &options.name)
+            .env("PALAVER_NODE__DATA_DIR", &data_dir)
+            .env("PALAVER_CLIENT__LISTEN", format!("127.0.0.1:{}", options.port))
+            .env("PALAVER_AUTH__TOKEN_KEY", TEST_TOKEN_KEY)
+            // Cheap hashing keeps tests fast; production defaults are exercised by unit tests.
+            .env("PALAVER_AUTH__ARGON2_MEMORY_KIB", "1024")
+            .env("PALAVER_AUTH__ARGON2_ITERATIONS", "1")
+            .env("PALAVER_LOG__FILTER", "info,actors=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true);
+        for (key, value) in &options.env {
+            command.env(format!("PALAVER_{key}"), value);
+        }
+        let mut child = command.spawn().with_context(|| format!("starting {}", palaver_binary().display()))?;
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = tokio::time::timeout(WAIT, async {
+            while let Some(line) = lines.next_line().await? {
+                if let Some(addr) = line.split(" listening on ").nth(1) {
+                    return Ok::<_, anyhow::Error>(addr.trim().parse::<SocketAddr>()?);
+                }
+            }
+            bail!("node exited before listening; log: {}", std::fs::read_to_string(&log_path).unwrap_or_default())
+        })
+        .await
+        .map_err(|_| anyhow!("node did not start within {WAIT:?}"))??;
+        // Keep draining stdout so the node never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(Node { child, addr, data_dir, options, _temp: temp, log_path })
+    }
+
+    /// Start again with the same options and data directory (after a kill or stop).
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        let mut options = self.options.clone();
+        options.data_dir = Some(self.data_dir.clone());
+        let temp = self._temp.take();
+        let mut fresh = Node::start(options).await?;
+        fresh._temp = temp;
+        *self = fresh;
+        Ok(())
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    /// kill -9: no shutdown code runs.
+    pub async fn kill9(&mut self) -> anyhow::Result<()> {
+        self.child.start_kill()?;
+        self.child.wait().await?;
+        Ok(())
+    }
+
+    /// SIGTERM, then wait for the exit status.
+    pub async fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let pid = self.child.id().ok_or_else(|| anyhow!("node already exited"))?;
+        let status = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status()?;
+        anyhow::ensure!(status.success(), "kill -TERM failed");
+        Ok(tokio::time::timeout(WAIT, self.child.wait()).await??)
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// GET a path on the client port; returns (status, body).
+    pub async fn http_get(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = TcpStream::connect(self.addr).await?;
+        stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes()).await?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await?;
+        let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default();
+        Ok((status, body))
+    }
+}
+
+/// How a connection ended, as seen by the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Closed {
+    pub code: Option<u16>,
+    pub reason: String,
+}
+
+/// A protocol client over a real WebSocket.
+pub struct Client {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pub encoding: Encoding,
+    next_req: u64,
+    /// Frames received but not yet taken by `recv`/`request`.
+    backlog: VecDeque<ServerFrame>,
+    /// Every `message` frame received, in arrival order.
+    pub ledger: Vec<(u64, Entry)>,
+    /// Highest cursor received (what a real client would persist and resume from).
+    pub cursor: u64,
+    pub user: Option<String>,
+}
+
+impl Client {
+    /// Connect and greet with `hello`.
+    pub async fn connect(node: &Node, encoding: Encoding) -> anyhow::Result<Client> {
+        let mut client = Client::connect_raw(&node.ws_url(), encoding).await?;
+        match client.request_raw(ClientFrame::Hello { versions: vec![1], client: Some("tests".into()) }).await? {
+            ServerFrame::Welcome { version: 1, .. } => Ok(client),
+            other => bail!("expected welcome, got {other:?}"),
+        }
+    }
+
+    /// Connect without greeting.
+    pub async fn connect_raw(url: &str, encoding: Encoding) -> anyhow::Result<Client> {
+        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url)).await??;
+        Ok(Client { ws, encoding, next_req: 1, backlog: VecDeque::new(), ledger: Vec::new(), cursor: 0, user: None })
+    }
+
+    pub fn next_req(&mut self) -> u64 {
+        self.next_req += 1;
+        self.next_req
+    }
+
+    /// Send a frame in this client's encoding.
+    pub async fn send(&mut self, frame: &ClientFrame) -> anyhow::Result<()> {
+        let bytes = protocol::encode_client(self.encoding, frame);
+        let message = match self.encoding {
+            Encoding::Json => Message::Text(String::from_utf8(bytes)?.into()),
+            Encoding::MessagePack => Message::Binary(bytes.into()),
+        };
+        self.ws.send(message).await?;
+        Ok(())
+    }
+
+    /// Send raw WebSocket data (for malformed-input tests).
+    pub async fn send_raw(&mut self, message: Message) -> anyhow::Result<()> {
+        self.ws.send(message).await?;
+        Ok(())
+    }
+
+    /// The next frame from the server (backlog first). Records `message` frames in the ledger.
+    pub async fn recv(&mut self) -> anyhow::Result<ServerFrame> {
+        if let Some(frame) = self.backlog.pop_front() {
+            return Ok(frame);
+        }
+        self.recv_wire().await
+    }
+
+    async fn recv_wire(&mut self) -> anyhow::Result<ServerFrame> {
+        loop {
+            let message = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .map_err(|_| anyhow!("no frame within {WAIT:?}"))?
+                .ok_or_else(|| anyhow!("connection ended"))??;
+            let frame = match message {
+                Message::Text(text) => protocol::decode_server(Encoding::Json, text.as_bytes())?,
+                Message::Binary(bytes) => protocol::decode_server(Encoding::MessagePack, &bytes)?,
+                Message::Close(frame) => {
+                    let closed = Closed {
+                        code: frame.as_ref().map(|f| u16::from(f.code)),
+                        reason: frame.map(|f| f.reason.to_string()).unwrap_or_default(),
+                    };
+                    bail!("connection closed: {closed:?}")
+                }
+                _ => continue,
+            };
+            if let ServerFrame::Message { cursor, entry } = &frame {
+                self.ledger.push((*cursor, entry.clone()));
+                self.cursor = self.cursor.max(*cursor);
+            }
+            return Ok(frame);
+        }
+    }
+
+    /// Wait for the connection to close; returns the close frame's code and reason. Frames
+    /// before it go to the backlog.
+    pub async fn closed(&mut self) -> anyhow::Result<Closed> {
+        loop {
+            let message = tokio::time::timeout(WAIT, self.ws.next()).await.map_err(|_| anyhow!("not closed within {WAIT:?}"))?;
+            match message {
+                None => return Ok(Closed { code: None, reason: String::new() }),
+                Some(Err(err)) => return Ok(Closed { code: None, reason: err.to_string() }),
+                Some(Ok(Message::Close(frame))) => {
+                    return Ok(Closed {
+                        code: frame.as_ref().map(|f| u16::from(f.code)),
+                        reason: frame.map(|f| f.reason.to_string()).unwrap_or_default(),
+                    })
+                }
+                Some(Ok(Message::Text(text))) => {
+                    let frame = protocol::decode_server(Encoding::Json, text.as_bytes())?;
+                    self.backlog.push_back(frame);
+                }
+                Some(Ok(Message::Binary(bytes))) => {
+                    let frame = protocol::decode_server(Encoding::MessagePack, &bytes)?;
+                    self.backlog.push_back(frame);
+                }
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+
+    /// Send a request and wait for the reply with the same `req`; other frames are kept.
+    pub async fn request(&mut self, frame: ClientFrame) -> anyhow::Result<ServerFrame> {
+        let req = frame.req();
+        self.send(&frame).await?;
+        self.reply_to(req).await
+    }
+
+    /// The reply to `req` (an error frame counts), keeping other frames in the backlog.
+    pub async fn reply_to(&mut self, req: u64) -> anyhow::Result<ServerFrame> {
+        if let Some(index) = self.backlog.iter().position(|frame| reply_req(frame) == Some(req)) {
+            return Ok(self.backlog.remove(index).expect("index in range"));
+        }
+        loop {
+            let frame = self.recv_wire().await?;
+            if reply_req(&frame) == Some(req) {
+                return Ok(frame);
+            }
+            self.backlog.push_back(frame);
+        }
+    }
+
+    /// `hello` has no req; its reply is the first frame.
+    async fn request_raw(&mut self, frame: ClientFrame) -> anyhow::Result<ServerFrame> {
+        self.send(&frame).await?;
+        self.recv().await
+    }
+
+    /// Register (ignoring "already exists") and log in; returns the token.
+    pub async fn register_and_login(&mut self, user: &str, password: &str) -> anyhow::Result<String> {
+        let req = self.next_req();
+        match self.request(ClientFrame::Register { req, user: user.into(), password: password.into() }).await? {
+            ServerFrame::Registered { .. } => {}
+            ServerFrame::Error { code: ErrorCode::UserExists, .. } => {}
+            other => bail!("register: {other:?}"),
+        }
+        self.login(user, password).await
+    }
+
+    pub async fn login(&mut self, user: &str, password: &str) -> anyhow::Result<String> {
+        let req = self.next_req();
+        match self.request(ClientFrame::Login { req, user: user.into(), password: password.into() }).await? {
+            ServerFrame::LoggedIn { token, .. } => Ok(token),
+            other => bail!("login: {other:?}"),
+        }
+    }
+
+    /// Authenticate; with a cursor, also wait for the replay to finish (`live`) and return it.
+    pub async fn authenticate(&mut self, token: &str, cursor: Option<u64>) -> anyhow::Result<ServerFrame> {
+        let req = self.next_req();
+        let reply = self.request(ClientFrame::Authenticate { req, token: token.into(), cursor }).await?;
+        let ServerFrame::Authenticated { user, cursor: head, .. } = &reply else { bail!("authenticate: {reply:?}") };
+        self.user = Some(user.clone());
+        if cursor.is_none() {
+            self.cursor = *head;
+        }
+        Ok(reply)
+    }
+
+    /// Wait for the `live` (or `resync`) that ends a resume.
+    pub async fn until_live(&mut self) -> anyhow::Result<ServerFrame> {
+        loop {
+            let frame = self.recv().await?;
+            if matches!(frame, ServerFrame::Live { .. } | ServerFrame::Resync { .. }) {
+                return Ok(frame);
+            }
+        }
+    }
+
+    /// Connect, register/log in and authenticate in one go.
+    pub async fn user(node: &Node, encoding: Encoding, user: &str) -> anyhow::Result<(Client, String)> {
+        let mut client = Client::connect(node, encoding).await?;
+        let token = client.register_and_login(user, &format!("password-of-{user}")).await?;
+        client.authenticate(&token, None).await?;
+        Ok((client, token))
+    }
+
+    pub async fn create_room(&mut self, name: &str) -> anyhow::Result<String> {
+        let req = self.next_req();
+        match self.request(ClientFrame::CreateRoom { req, name: name.into(), private: false }).await? {
+            ServerFrame::Room { room, .. } => Ok(room.id),
+            other => bail!("create_room: {other:?}"),
+        }
+    }
+
+    pub async fn join(&mut self, room: &str) -> anyhow::Result<()> {
+        let req = self.next_req();
+        match self.request(ClientFrame::Join { req, room: room.into() }).await? {
+            ServerFrame::Room { .. } => Ok(()),
+            other => bail!("join: {other:?}"),
+        }
+    }
+
+    /// Send a text message and wait for its ack; returns (seq, duplicate).
+    pub async fn say(&mut self, room: &str, id: &str, body: &str) -> anyhow::Result<(u64, bool)> {
+        let req = self.next_req();
+        match self.request(ClientFrame::Send { req, room: room.into(), id: id.into(), body: body.into() }).await? {
+            ServerFrame::Ack { seq, duplicate, .. } => Ok((seq, duplicate)),
+            other => bail!("send: {other:?}"),
+        }
+    }
+
+    /// Receive until the ledger holds a text entry with client id `id` in `room`.
+    pub async fn wait_for_message(&mut self, room: &str, id: &str) -> anyhow::Result<Entry> {
+        loop {
+            if let Some((_, entry)) = self.ledger.iter().find(|(_, e)| e.room == room && e.id == id) {
+                return Ok(entry.clone());
+            }
+            let frame = self.recv_wire().await?;
+            if !matches!(frame, ServerFrame::Message { .. }) {
+                self.backlog.push_back(frame);
+            }
+        }
+    }
+
+    /// Close politely.
+    pub async fn close(mut self) -> anyhow::Result<()> {
+        let _ = self.ws.close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame { code: CloseCode::Normal, reason: "".into() })).await;
+        Ok(())
+    }
+}
+
+/// The `req` a server frame answers, if it is a reply.
+pub fn reply_req(frame: &ServerFrame) -> Option<u64> {
+    match frame {
+        ServerFrame::Registered { req, .. }
+        | ServerFrame::LoggedIn { req, .. }
+        | ServerFrame::Authenticated { req, .. }
+        | ServerFrame::Ok { req }
+        | ServerFrame::Room { req, .. }
+        | ServerFrame::Rooms { req, .. }
+        | ServerFrame::Members { req, .. }
+        | ServerFrame::Ack { req, .. }
+        | ServerFrame::History { req, .. }
+        | ServerFrame::Pong { req } => Some(*req),
+        ServerFrame::Error { req, .. } => *req,
+        ServerFrame::Welcome { .. }
+        | ServerFrame::Message { .. }
+        | ServerFrame::Live { .. }
+        | ServerFrame::Resync { .. }
+        | ServerFrame::Read { .. }
+        | ServerFrame::Reconnect { .. } => None,
+    }
+}
+
+/// Check a client's ledger: cursors strictly increasing by one from `from + 1`, and within each
+/// room, sequence numbers strictly increasing. Returns the number of entries checked.
+pub fn check_ledger(ledger: &[(u64, Entry)], from: u64) -> anyhow::Result<usize> {
+    let mut expected = from + 1;
+    let mut last_seq: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
+    for (cursor, entry) in ledger {
+        anyhow::ensure!(*cursor == expected, "cursor {cursor} where {expected} was expected (gap or duplicate)");
+        expected += 1;
+        let last = last_seq.entry(entry.room.as_str()).or_insert(0);
+        anyhow::ensure!(entry.seq > *last, "room {} seq {} after {} (reordered or doubled)", entry.room, entry.seq, last);
+        *last = entry.seq;
+    }
+    Ok(ledger.len())
+}
