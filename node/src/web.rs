@@ -19,6 +19,20 @@ mod tests {
     fn index_and_assets_are_served() {
         assert!(super::asset("/").is_some_and(|(kind, body)| kind.starts_with("text/html") && !body.is_empty()));
         assert!(super::asset("/app/app.js").is_some());
+        assert!(super::asset("/app/style.css").is_some_and(|(kind, _)| kind.starts_with("text/css")));
         assert!(super::asset("/../Cargo.toml").is_none());
+    }
+
+    /// Every `/app/…` file the page refers to is one the node serves, so a renamed file cannot
+    /// leave the bundled client half-loaded.
+    #[test]
+    fn every_asset_the_page_names_is_served() {
+        let (_, page) = super::asset("/").expect("index is served");
+        let page = std::str::from_utf8(page).expect("index.html is UTF-8");
+        let named: Vec<&str> = page.split('"').filter(|part| part.starts_with("/app/")).collect();
+        assert!(named.len() >= 2, "index.html names its script and stylesheet: {named:?}");
+        for path in named {
+            assert!(super::asset(path).is_some(), "index.html names {path}, which is not served");
+        }
     }
 }
