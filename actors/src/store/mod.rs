@@ -22,6 +22,9 @@ use protocol::{Cursor, Entry, EntryKind, RoomKind};
 
 #[cfg(test)]
 pub mod conformance;
+#[cfg(feature = "fdb")]
+pub mod fdb;
+pub mod fdb_keys;
 pub mod sqlite;
 
 /// The owner epoch of a room: bumped by every [`Store::claim_room`].

@@ -1,1 +1,404 @@
-//! placeholder, written by the sqlite backend work
+//! The embedded store backend: one SQLite database file (bundled SQLite, WAL mode) that every
+//! node process on a host may share.
+//!
+//! The node opens a [`SqliteStore`] at start-up and hands it to the actors as an
+//! `Arc<dyn Store>`. It owns one writer thread and a few reader threads (see `threads`); no
+//! SQLite call ever runs on the async runtime.
+//!
+//! # Schema (version 1, kept in `PRAGMA user_version`)
+//!
+//! One table per concept. Names (user names, room ids) are interned to integer ids once, in
+//! `users` and `rooms`, so the tables that grow with traffic (`entries`, `user_log`) carry small
+//! integer keys rather than repeated strings: a fan-out to 100 members writes 100 rows of four
+//! integers each.
+//!
+//! | table       | key                                         | holds                                  |
+//! |-------------|---------------------------------------------|----------------------------------------|
+//! | `users`     | `uid` (rowid); `name` unique                | password hash, token epoch             |
+//! | `user_logs` | `uid` (rowid)                               | `head` and `floor` of the user's log   |
+//! | `user_log`  | (`uid`, `cursor`), WITHOUT ROWID            | pointer (`rid`, `seq`) to an entry     |
+//! | `rooms`     | `rid` (rowid); `id` unique                  | name, kind, `last_seq`, member count, owner, epoch |
+//! | `members`   | (`rid`, `uid`), WITHOUT ROWID; (`uid`, `rid`) | `joined_seq`, `read_seq`             |
+//! | `entries`   | `eid` (rowid); unique (`rid`, `seq`); unique (`rid`, `sender`, `id`) where text | room logs |
+//!
+//! Why this shape:
+//! - `rooms` holds everything an append must check or bump (epoch, `last_seq`, member count,
+//!   privacy) so the append reads and updates exactly one room row; owner and epoch live there
+//!   rather than in a table of their own for that reason.
+//! - `user_logs` is apart from `users` so the row updated once per recipient per append is a
+//!   few bytes, not the account row with its password hash.
+//! - `user_log` and `members` are WITHOUT ROWID: small rows, always reached by their key, so
+//!   the key's b-tree is the table and a page read or a range scan costs one b-tree walk.
+//! - `entries` is a rowid table with a unique index on (`rid`, `seq`) rather than a WITHOUT
+//!   ROWID table: rows carry message bodies of up to a frame's size, and SQLite's guidance is
+//!   that WITHOUT ROWID pays off only for rows under about 1/20 of a page, since the whole row
+//!   lives in the b-tree's cells. The unique (`rid`, `seq`) index also makes a duplicate seq
+//!   impossible, not just unlikely.
+//! - The partial unique index on (`rid`, `sender`, `id`) `WHERE kind = 'text'` is the
+//!   idempotent-send key; join and leave ids are not deduplicated, so they stay out of it.
+//! - `user_log` rows point at (`rid`, `seq`), the entry's meaning, rather than at `eid`, so
+//!   they stay right even if room logs are ever trimmed and rowids reused.
+//! - Read positions live in the membership row: they exist exactly as long as the membership,
+//!   and `rooms_of` gets them with no extra lookup.
+//! - Foreign keys guard `members` and `user_logs`; the per-message tables have none (see
+//!   `schema::open_connection`).
+//!
+//! # Sharing the file between processes
+//!
+//! Every write transaction is `BEGIN IMMEDIATE`, which takes SQLite's single write lock up
+//! front (waiting up to `busy_timeout_ms` for another process), and every value another process
+//! could change (room seq, user log heads and floors, epochs, member counts) is read inside the
+//! transaction that uses it. Nothing is cached across transactions, so two processes appending
+//! to one room still produce a dense seq.
+//!
+//! # Durability
+//!
+//! `synchronous = FULL` with WAL: each commit syncs the WAL before the writer replies, so an
+//! acknowledged write survives kill -9 and power loss. Group commit (see `threads`) spreads that
+//! fsync over every request in the batch.
+//!
+//! # Retention
+//!
+//! With `user_log_max_entries = n > 0`, a user's log is trimmed to its newest `n` entries
+//! whenever its head reaches a multiple of 64, in the transaction that appends. Amortised: one
+//! range delete per 64 appends rather than a one-row delete per append. So a log always keeps
+//! at least its newest `n` entries (the promise a resuming client relies on) and never holds
+//! more than `n + 63`. `trim_user_log` trims explicitly. The floor records what was trimmed so a
+//! cursor below it gets an explicit resync answer rather than a silent gap.
+
+mod invariants;
+mod ops;
+mod schema;
+mod threads;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use protocol::{Cursor, Entry};
+use rusqlite::Connection;
+use tokio::sync::{mpsc, oneshot};
+
+use self::threads::{sqlite_error, BatchLimits, Job, ReadJob, WriteJob, WriterCounters};
+use crate::store::{
+    AppendRequest, Appended, Delivery, Epoch, HistoryPage, LogBounds, LogEntry, MembershipLimits, MyRoom, NewRoom,
+    RoomRecord, Store, StoreError, StoreResult, UserRecord,
+};
+
+pub use self::invariants::{bounds_ordered, is_dense, read_within_room, seq_follows};
+
+/// How to open the SQLite store. Build with [`SqliteOptions::new`] and adjust fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SqliteOptions {
+    /// The database file, created if missing (with its parent directory). Node processes on one
+    /// host may point at the same file. It must be on a local file system: WAL needs shared
+    /// memory between the processes, which network file systems do not provide.
+    pub path: PathBuf,
+    /// Each user's log keeps at least its newest this-many entries (0 keeps everything).
+    /// Default 100 000: a pointer row costs about 20 bytes, so a user's log stays under a few
+    /// megabytes, while a client would need to miss 100 000 messages before it has to resync;
+    /// a client that far behind is better served by a fresh room history anyway.
+    pub user_log_max_entries: u64,
+    /// How long a transaction waits for another process's write lock before failing with
+    /// `Unavailable`. Default 5 000 ms: a write batch holds the lock for milliseconds, so this is
+    /// far beyond normal contention between node processes, yet short enough that a wedged
+    /// process holding the lock turns into a retryable error well within a client's patience.
+    pub busy_timeout_ms: u64,
+    /// Reader threads, each with its own connection. Default 2, the core count of this
+    /// project's machines: SQLite reads of cached pages are CPU-bound, so more threads than
+    /// cores only add switching, while WAL lets these run alongside the writer.
+    pub read_connections: usize,
+    /// Writes queued for the writer before callers wait (back-pressure). Default 1 024: four
+    /// full batches, enough to keep the writer busy through one slow fsync.
+    pub write_queue_capacity: usize,
+    /// Reads queued for the readers before callers wait. Default 1 024, for the same reason.
+    pub read_queue_capacity: usize,
+    /// Most requests committed in one transaction. Default 256: enough to spread one fsync (a
+    /// few milliseconds) over a busy node's traffic, small enough that one transaction, which
+    /// holds the write lock every process shares, stays short.
+    pub max_batch_requests: usize,
+    /// Most payload bytes (ids and bodies) committed in one transaction. Default 1 MiB, which
+    /// bounds the WAL written per commit and the time the lock is held when messages are large.
+    pub max_batch_bytes: usize,
+}
+
+impl SqliteOptions {
+    /// The defaults, with the given database file.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        SqliteOptions {
+            path: path.into(),
+            user_log_max_entries: 100_000,
+            busy_timeout_ms: 5_000,
+            read_connections: 2,
+            write_queue_capacity: 1_024,
+            read_queue_capacity: 1_024,
+            max_batch_requests: 256,
+            max_batch_bytes: 1 << 20,
+        }
+    }
+
+    fn validate(&self) -> StoreResult<()> {
+        let at_least_one = [
+            ("read_connections", self.read_connections),
+            ("write_queue_capacity", self.write_queue_capacity),
+            ("read_queue_capacity", self.read_queue_capacity),
+            ("max_batch_requests", self.max_batch_requests),
+            ("max_batch_bytes", self.max_batch_bytes),
+        ];
+        for (key, value) in at_least_one {
+            if value == 0 {
+                return Err(StoreError::Backend(format!("invalid sqlite option `{key}`: must be at least 1")));
+            }
+        }
+        if self.path.as_os_str().is_empty() || self.path.as_os_str() == ":memory:" {
+            return Err(StoreError::Backend(
+                "invalid sqlite option `path`: must name a file (WAL mode and sharing need one)".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Counters of the write path, for metrics: `write_requests / write_transactions` is the mean
+/// group-commit batch size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SqliteStats {
+    /// Write transactions committed.
+    pub write_transactions: u64,
+    /// Write requests taken off the queue into a transaction (committed, refused or failed).
+    pub write_requests: u64,
+    /// Write transactions that failed to begin or commit (their requests all got an error).
+    pub failed_transactions: u64,
+    /// Writes waiting in the queue right now.
+    pub queued_writes: usize,
+}
+
+/// The SQLite store. Dropping it closes the queues; the threads finish what is queued and
+/// exit, closing their connections.
+pub struct SqliteStore {
+    writes: mpsc::Sender<Box<dyn WriteJob>>,
+    reads: mpsc::Sender<ReadJob>,
+    counters: Arc<WriterCounters>,
+    user_log_max_entries: u64,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Open (creating or migrating) the database and start the writer and reader threads.
+    ///
+    /// This blocks: it opens files and may wait up to `busy_timeout_ms` for another process to
+    /// finish creating the schema. Call it at start-up, or through `spawn_blocking` from async
+    /// code. A database written by a newer palaver (higher schema version) is refused.
+    pub fn open(options: SqliteOptions) -> StoreResult<SqliteStore> {
+        options.validate()?;
+        let path = options.path.clone();
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| StoreError::Backend(format!("sqlite: create directory `{}`: {e}", parent.display())))?;
+        }
+        let busy_timeout = Duration::from_millis(options.busy_timeout_ms);
+        let writer = schema::open_connection(&path, busy_timeout, false)?;
+        schema::prepare_database(&writer, busy_timeout)?;
+        let readers = (0..options.read_connections)
+            .map(|_| schema::open_connection(&path, busy_timeout, true))
+            .collect::<StoreResult<Vec<Connection>>>()?;
+
+        let counters = Arc::new(WriterCounters::default());
+        let (writes, write_queue) = mpsc::channel(options.write_queue_capacity);
+        let limits = BatchLimits { max_requests: options.max_batch_requests, max_bytes: options.max_batch_bytes };
+        let writer_counters = Arc::clone(&counters);
+        thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || threads::writer_loop(writer, write_queue, limits, writer_counters))
+            .map_err(|e| StoreError::Backend(format!("sqlite: start writer thread: {e}")))?;
+
+        let (reads, read_queue) = mpsc::channel(options.read_queue_capacity);
+        let read_queue = Arc::new(Mutex::new(read_queue));
+        for (index, conn) in readers.into_iter().enumerate() {
+            let queue = Arc::clone(&read_queue);
+            thread::Builder::new()
+                .name(format!("sqlite-reader-{index}"))
+                .spawn(move || threads::reader_loop(conn, queue))
+                .map_err(|e| StoreError::Backend(format!("sqlite: start reader thread: {e}")))?;
+        }
+        tracing::info!(
+            path = %path.display(),
+            read_connections = options.read_connections,
+            user_log_max_entries = options.user_log_max_entries,
+            "sqlite store open"
+        );
+        Ok(SqliteStore { writes, reads, counters, user_log_max_entries: options.user_log_max_entries, path })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// Write-path counters.
+    pub fn stats(&self) -> SqliteStats {
+        SqliteStats {
+            write_transactions: self.counters.transactions.load(Ordering::Relaxed),
+            write_requests: self.counters.requests.load(Ordering::Relaxed),
+            failed_transactions: self.counters.failed_transactions.load(Ordering::Relaxed),
+            queued_writes: self.writes.max_capacity() - self.writes.capacity(),
+        }
+    }
+
+    /// Run `op` in a read snapshot on a reader thread.
+    async fn read<T, F>(&self, op: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let (reply, response) = oneshot::channel();
+        let job: ReadJob = Box::new(move |conn: &mut Connection| {
+            // One deferred transaction per read, so a read of several statements (a page and
+            // its "more" flag, a room and its members) sees one snapshot. Dropping it rolls back,
+            // which for a reader only ends the snapshot.
+            let result = match conn.transaction() {
+                Ok(snapshot) => op(&snapshot),
+                Err(e) => Err(sqlite_error(e, "begin read transaction")),
+            };
+            let _ = reply.send(result);
+        });
+        self.reads
+            .send(job)
+            .await
+            .map_err(|_| StoreError::Backend("sqlite: the reader threads have stopped".into()))?;
+        response.await.map_err(|_| StoreError::Backend("sqlite: a reader failed before answering".into()))?
+    }
+
+    /// Queue `op` for the writer's next batch and wait until that batch commits. If the caller
+    /// stops waiting, the write still happens; callers make writes idempotent (client message
+    /// ids) so a retry after a lost reply is safe.
+    async fn write<T, F>(&self, cost_bytes: usize, op: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let (reply, response) = oneshot::channel();
+        let job: Box<dyn WriteJob> = Box::new(Job::new(op, reply, cost_bytes));
+        self.writes.send(job).await.map_err(|_| StoreError::Backend("sqlite: the writer thread has stopped".into()))?;
+        response.await.map_err(|_| StoreError::Backend("sqlite: the writer failed before committing".into()))?
+    }
+}
+
+/// Fixed per-request overhead counted against `max_batch_bytes`, on top of strings.
+const REQUEST_OVERHEAD_BYTES: usize = 64;
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn create_user(&self, name: &str, password_hash: &str, created_ms: u64) -> StoreResult<()> {
+        let (name, password_hash) = (name.to_owned(), password_hash.to_owned());
+        let cost = REQUEST_OVERHEAD_BYTES + name.len() + password_hash.len();
+        self.write(cost, move |conn| ops::create_user(conn, &name, &password_hash, created_ms)).await
+    }
+
+    async fn user(&self, name: &str) -> StoreResult<Option<UserRecord>> {
+        let name = name.to_owned();
+        self.read(move |conn| ops::user(conn, &name)).await
+    }
+
+    async fn revoke_tokens(&self, name: &str) -> StoreResult<u64> {
+        let name = name.to_owned();
+        self.write(REQUEST_OVERHEAD_BYTES + name.len(), move |conn| ops::revoke_tokens(conn, &name)).await
+    }
+
+    async fn create_room(
+        &self,
+        room: NewRoom,
+        limits: MembershipLimits,
+    ) -> StoreResult<(RoomRecord, Option<Vec<Delivery>>)> {
+        let retention = self.user_log_max_entries;
+        let cost = REQUEST_OVERHEAD_BYTES
+            + room.id.len()
+            + room.name.len()
+            + room.members.iter().map(|m| m.len() + REQUEST_OVERHEAD_BYTES).sum::<usize>();
+        self.write(cost, move |conn| ops::create_room(conn, &room, limits, retention)).await
+    }
+
+    async fn room(&self, id: &str) -> StoreResult<Option<RoomRecord>> {
+        let id = id.to_owned();
+        self.read(move |conn| ops::room(conn, &id)).await
+    }
+
+    async fn members(&self, room: &str) -> StoreResult<Vec<String>> {
+        let room = room.to_owned();
+        self.read(move |conn| ops::members(conn, &room)).await
+    }
+
+    async fn is_member(&self, room: &str, user: &str) -> StoreResult<bool> {
+        let (room, user) = (room.to_owned(), user.to_owned());
+        self.read(move |conn| ops::is_member(conn, &room, &user)).await
+    }
+
+    async fn rooms_of(&self, user: &str) -> StoreResult<Vec<MyRoom>> {
+        let user = user.to_owned();
+        self.read(move |conn| ops::rooms_of(conn, &user)).await
+    }
+
+    async fn append(&self, request: AppendRequest) -> StoreResult<Appended> {
+        let retention = self.user_log_max_entries;
+        let cost = REQUEST_OVERHEAD_BYTES
+            + request.room.len()
+            + request.from.len()
+            + request.id.len()
+            + request.body.len()
+            + request.user.as_ref().map_or(0, String::len);
+        self.write(cost, move |conn| ops::append(conn, &request, retention)).await
+    }
+
+    async fn history(&self, room: &str, page: HistoryPage, limit: u32) -> StoreResult<(Vec<Entry>, bool)> {
+        let room = room.to_owned();
+        self.read(move |conn| ops::history(conn, &room, page, limit)).await
+    }
+
+    async fn user_log(&self, user: &str, after: Cursor, limit: u32) -> StoreResult<Vec<LogEntry>> {
+        let user = user.to_owned();
+        self.read(move |conn| ops::user_log(conn, &user, after, limit)).await
+    }
+
+    async fn user_log_bounds(&self, user: &str) -> StoreResult<LogBounds> {
+        let user = user.to_owned();
+        self.read(move |conn| ops::user_log_bounds(conn, &user)).await
+    }
+
+    async fn trim_user_log(&self, user: &str, through: Cursor) -> StoreResult<u64> {
+        let user = user.to_owned();
+        self.write(REQUEST_OVERHEAD_BYTES + user.len(), move |conn| ops::trim_user_log(conn, &user, through)).await
+    }
+
+    async fn mark_read(&self, user: &str, room: &str, seq: u64) -> StoreResult<u64> {
+        let (user, room) = (user.to_owned(), room.to_owned());
+        let cost = REQUEST_OVERHEAD_BYTES + user.len() + room.len();
+        self.write(cost, move |conn| ops::mark_read(conn, &user, &room, seq)).await
+    }
+
+    async fn claim_room(&self, room: &str, node: &str) -> StoreResult<Epoch> {
+        let (room, node) = (room.to_owned(), node.to_owned());
+        let cost = REQUEST_OVERHEAD_BYTES + room.len() + node.len();
+        self.write(cost, move |conn| ops::claim_room(conn, &room, &node)).await
+    }
+
+    async fn room_owner(&self, room: &str) -> StoreResult<Option<(String, Epoch)>> {
+        let room = room.to_owned();
+        self.read(move |conn| ops::room_owner(conn, &room)).await
+    }
+}

@@ -1,0 +1,293 @@
+//! Where each piece of state lives: every key of the FoundationDB backend is built here.
+//!
+//! All keys are tuples under one subspace, `(prefix,)`, `("palaver",)` by default; docs/STORAGE.md
+//! has the full table with the reasoning. Each family of keys starts with a short text tag so
+//! families never interleave and `fdbcli` output stays readable:
+//!
+//! ```text
+//! (P, "acct",  user)                 account
+//! (P, "room",  room)                 room metadata (name, kind, private, creator)
+//! (P, "head",  room)                 room head: last seq, member count
+//! (P, "rlog",  room, seq)            room log entry
+//! (P, "dedup", room, from, id)       seq of the text entry with that client message id
+//! (P, "mem",   room, user)           membership, room → user (value: seq of the join)
+//! (P, "memof", user, room)           membership, user → room (value: join seq, read position)
+//! (P, "uhead", user)                 user log head, floor and room count
+//! (P, "ulog",  user, cursor)         user log pointer → (room, seq)
+//! (P, "owner", room)                 owner node and epoch
+//! ```
+
+use super::tuple::{TupleError, TupleReader, TupleWriter};
+
+/// The default subspace prefix: every key starts with the tuple `("palaver",)`.
+pub const DEFAULT_SUBSPACE_PREFIX: &str = "palaver";
+
+const ACCOUNT: &str = "acct";
+const ROOM: &str = "room";
+const ROOM_HEAD: &str = "head";
+const ROOM_LOG: &str = "rlog";
+const DEDUP: &str = "dedup";
+const MEMBER: &str = "mem";
+const MEMBER_OF: &str = "memof";
+const USER_HEAD: &str = "uhead";
+const USER_LOG: &str = "ulog";
+const OWNER: &str = "owner";
+
+/// A half-open key range `[begin, end)`, as FoundationDB range reads and clears take it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRange {
+    pub begin: Vec<u8>,
+    pub end: Vec<u8>,
+}
+
+impl KeyRange {
+    /// Every key that extends the tuple `prefix` by at least one element: `prefix\x00` to
+    /// `prefix\xff`, the same range as the tuple layer's `Subspace::range`. Every element type
+    /// code lies strictly between those two bytes.
+    pub fn children(prefix: &[u8]) -> Self {
+        let mut begin = prefix.to_vec();
+        begin.push(0x00);
+        let mut end = prefix.to_vec();
+        end.push(0xff);
+        KeyRange { begin, end }
+    }
+
+    pub fn contains(&self, key: &[u8]) -> bool {
+        self.begin.as_slice() <= key && key < self.end.as_slice()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.begin >= self.end
+    }
+}
+
+/// The keys of one palaver deployment (one subspace). Cheap to clone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keyspace {
+    root: Vec<u8>,
+}
+
+impl Keyspace {
+    /// The subspace `(prefix,)`. Tests use a random prefix each so they never see each other.
+    pub fn new(prefix: &str) -> Self {
+        Keyspace { root: TupleWriter::default().str(prefix).into_bytes() }
+    }
+
+    /// The encoded subspace prefix.
+    pub fn root(&self) -> &[u8] {
+        &self.root
+    }
+
+    /// Every key of this deployment (for clearing a test subspace).
+    pub fn everything(&self) -> KeyRange {
+        KeyRange::children(&self.root)
+    }
+
+    fn tag(&self, tag: &str) -> TupleWriter {
+        TupleWriter::from_prefix(&self.root).str(tag)
+    }
+
+    pub fn account(&self, user: &str) -> Vec<u8> {
+        self.tag(ACCOUNT).str(user).into_bytes()
+    }
+
+    pub fn room(&self, room: &str) -> Vec<u8> {
+        self.tag(ROOM).str(room).into_bytes()
+    }
+
+    pub fn room_head(&self, room: &str) -> Vec<u8> {
+        self.tag(ROOM_HEAD).str(room).into_bytes()
+    }
+
+    pub fn room_log(&self, room: &str, seq: u64) -> Vec<u8> {
+        self.tag(ROOM_LOG).str(room).uint(seq).into_bytes()
+    }
+
+    fn room_log_prefix(&self, room: &str) -> Vec<u8> {
+        self.tag(ROOM_LOG).str(room).into_bytes()
+    }
+
+    /// Room log entries with `first <= seq < end` (`end = None`: to the end of the log).
+    pub fn room_log_range(&self, room: &str, first: u64, end: Option<u64>) -> KeyRange {
+        let all = KeyRange::children(&self.room_log_prefix(room));
+        KeyRange { begin: self.room_log(room, first), end: end.map_or(all.end, |end| self.room_log(room, end)) }
+    }
+
+    /// The seq of a key from [`Self::room_log_range`].
+    pub fn room_log_seq(&self, room: &str, key: &[u8]) -> Result<u64, TupleError> {
+        last_uint(&self.room_log_prefix(room), key)
+    }
+
+    pub fn dedup(&self, room: &str, from: &str, id: &str) -> Vec<u8> {
+        self.tag(DEDUP).str(room).str(from).str(id).into_bytes()
+    }
+
+    pub fn member(&self, room: &str, user: &str) -> Vec<u8> {
+        self.tag(MEMBER).str(room).str(user).into_bytes()
+    }
+
+    /// All `member` keys of a room.
+    pub fn members_range(&self, room: &str) -> KeyRange {
+        KeyRange::children(&self.tag(MEMBER).str(room).into_bytes())
+    }
+
+    /// The user of a key from [`Self::members_range`].
+    pub fn member_user(&self, room: &str, key: &[u8]) -> Result<String, TupleError> {
+        last_str(self.tag(MEMBER).str(room).as_bytes(), key)
+    }
+
+    pub fn member_of(&self, user: &str, room: &str) -> Vec<u8> {
+        self.tag(MEMBER_OF).str(user).str(room).into_bytes()
+    }
+
+    /// All `memof` keys of a user.
+    pub fn member_of_range(&self, user: &str) -> KeyRange {
+        KeyRange::children(&self.tag(MEMBER_OF).str(user).into_bytes())
+    }
+
+    /// The room of a key from [`Self::member_of_range`].
+    pub fn member_of_room(&self, user: &str, key: &[u8]) -> Result<String, TupleError> {
+        last_str(self.tag(MEMBER_OF).str(user).as_bytes(), key)
+    }
+
+    pub fn user_head(&self, user: &str) -> Vec<u8> {
+        self.tag(USER_HEAD).str(user).into_bytes()
+    }
+
+    pub fn user_log(&self, user: &str, cursor: u64) -> Vec<u8> {
+        self.tag(USER_LOG).str(user).uint(cursor).into_bytes()
+    }
+
+    fn user_log_prefix(&self, user: &str) -> Vec<u8> {
+        self.tag(USER_LOG).str(user).into_bytes()
+    }
+
+    /// The user's log entries with cursor > `after`, for a replay page: paged by the last key
+    /// seen, never by offset, so a page costs the same however deep in the log it starts.
+    pub fn user_log_after(&self, user: &str, after: u64) -> KeyRange {
+        let all = KeyRange::children(&self.user_log_prefix(user));
+        match after.checked_add(1) {
+            Some(first) => KeyRange { begin: self.user_log(user, first), end: all.end },
+            // Nothing lies after the largest cursor: an empty range.
+            None => KeyRange { begin: all.end.clone(), end: all.end },
+        }
+    }
+
+    /// The user's log entries with cursor <= `through`: what retention clears in one range clear.
+    pub fn user_log_through(&self, user: &str, through: u64) -> KeyRange {
+        let all = KeyRange::children(&self.user_log_prefix(user));
+        match through.checked_add(1) {
+            Some(end) => KeyRange { begin: all.begin, end: self.user_log(user, end) },
+            None => all,
+        }
+    }
+
+    /// The cursor of a key from [`Self::user_log_after`].
+    pub fn user_log_cursor(&self, user: &str, key: &[u8]) -> Result<u64, TupleError> {
+        last_uint(&self.user_log_prefix(user), key)
+    }
+
+    pub fn owner(&self, room: &str) -> Vec<u8> {
+        self.tag(OWNER).str(room).into_bytes()
+    }
+}
+
+/// The one integer that follows `prefix` in `key`.
+fn last_uint(prefix: &[u8], key: &[u8]) -> Result<u64, TupleError> {
+    let rest = key.strip_prefix(prefix).ok_or(TupleError::Missing("the expected key prefix"))?;
+    let mut reader = TupleReader::new(rest);
+    let n = reader.uint()?;
+    reader.finish()?;
+    Ok(n)
+}
+
+/// The one text element that follows `prefix` in `key`.
+fn last_str(prefix: &[u8], key: &[u8]) -> Result<String, TupleError> {
+    let rest = key.strip_prefix(prefix).ok_or(TupleError::Missing("the expected key prefix"))?;
+    let mut reader = TupleReader::new(rest);
+    let s = reader.str()?;
+    reader.finish()?;
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ks() -> Keyspace {
+        Keyspace::new(DEFAULT_SUBSPACE_PREFIX)
+    }
+
+    #[test]
+    fn keys_are_tuples_under_the_subspace() {
+        assert_eq!(ks().root(), b"\x02palaver\x00");
+        assert_eq!(ks().user_log("bob", 7), b"\x02palaver\x00\x02ulog\x00\x02bob\x00\x15\x07");
+        assert_eq!(ks().room_log("r1", 0), b"\x02palaver\x00\x02rlog\x00\x02r1\x00\x14");
+        assert_eq!(ks().dedup("r", "a", "m1"), b"\x02palaver\x00\x02dedup\x00\x02r\x00\x02a\x00\x02m1\x00");
+        let other = Keyspace::new("palaver-test-1");
+        assert!(!ks().everything().contains(&other.account("bob")));
+        assert!(ks().everything().contains(&ks().account("bob")));
+    }
+
+    #[test]
+    fn user_log_keys_sort_by_cursor_numerically() {
+        let cursors = [1u64, 2, 9, 10, 255, 256, 1_000, 65_536, 1 << 40, u64::MAX];
+        let keys: Vec<_> = cursors.iter().map(|&c| ks().user_log("alice", c)).collect();
+        assert!(keys.windows(2).all(|p| p[0] < p[1]));
+        for (c, key) in cursors.iter().zip(&keys) {
+            assert_eq!(ks().user_log_cursor("alice", key).unwrap(), *c);
+        }
+    }
+
+    #[test]
+    fn a_user_name_that_prefixes_another_does_not_interleave() {
+        let range = ks().user_log_after("bob", 0);
+        for c in [1u64, 2, 300, u64::MAX] {
+            assert!(range.contains(&ks().user_log("bob", c)));
+            assert!(!range.contains(&ks().user_log("bobby", c)));
+            assert!(!range.contains(&ks().user_log("bo", c)));
+            // bob's whole log sorts before bobby's first entry.
+            assert!(ks().user_log("bob", c) < ks().user_log("bobby", 1));
+        }
+        assert!(!ks().members_range("r").contains(&ks().member("r2", "x")));
+        assert!(ks().members_range("r").contains(&ks().member("r", "x")));
+        assert!(!ks().member_of_range("al").contains(&ks().member_of("alice", "r")));
+    }
+
+    #[test]
+    fn replay_ranges_start_after_the_cursor_and_retention_ends_after_through() {
+        let after = ks().user_log_after("u", 5);
+        assert!(!after.contains(&ks().user_log("u", 5)));
+        assert!(after.contains(&ks().user_log("u", 6)));
+        assert!(after.contains(&ks().user_log("u", u64::MAX)));
+        assert!(ks().user_log_after("u", u64::MAX).is_empty());
+
+        let trim = ks().user_log_through("u", 5);
+        assert!(trim.contains(&ks().user_log("u", 0)));
+        assert!(trim.contains(&ks().user_log("u", 5)));
+        assert!(!trim.contains(&ks().user_log("u", 6)));
+        assert!(!trim.contains(&ks().user_head("u")));
+        assert!(ks().user_log_through("u", u64::MAX).contains(&ks().user_log("u", u64::MAX)));
+    }
+
+    #[test]
+    fn room_log_ranges() {
+        let before = ks().room_log_range("r", 1, Some(4));
+        assert!(!before.contains(&ks().room_log("r", 0)));
+        assert!(before.contains(&ks().room_log("r", 1)));
+        assert!(before.contains(&ks().room_log("r", 3)));
+        assert!(!before.contains(&ks().room_log("r", 4)));
+        let after = ks().room_log_range("r", 4, None);
+        assert!(after.contains(&ks().room_log("r", u64::MAX)));
+        assert!(!after.contains(&ks().room_log("r2", 5)));
+        assert_eq!(ks().room_log_seq("r", &ks().room_log("r", 300)).unwrap(), 300);
+    }
+
+    #[test]
+    fn key_parts_read_back() {
+        assert_eq!(ks().member_user("r", &ks().member("r", "zoe")).unwrap(), "zoe");
+        assert_eq!(ks().member_of_room("zoe", &ks().member_of("zoe", "dm:a:b")).unwrap(), "dm:a:b");
+        assert!(ks().member_user("r", &ks().member("q", "zoe")).is_err());
+        assert!(ks().user_log_cursor("u", &ks().user_head("u")).is_err());
+    }
+}

@@ -1,0 +1,877 @@
+//! The store's operations over an ordered key-value transaction: the FoundationDB backend's
+//! logic, one function per [`Store`] method, each one attempt of one transaction.
+//!
+//! Every function reads what it decides on inside its transaction (room head, owner epoch,
+//! memberships, user-log heads), collects its writes in a [`WriteSet`], checks them against
+//! FoundationDB's limits and only then sends them, so a refused request writes nothing. The
+//! rules (error precedence, ids of creation joins, automatic retention) are those of the SQLite
+//! backend, so both pass one conformance suite.
+//!
+//! `commit_unknown_result`: FoundationDB may not know whether a commit was applied, and then
+//! runs the attempt again with [`Attempt::maybe_committed`] set. Each write that is not
+//! naturally idempotent carries the means to recognise itself:
+//! - a text append finds its client message id in the dedup index;
+//! - every entry stores a `writer` number drawn once per call, so a retried join, leave or
+//!   room creation recognises the entry its own first attempt wrote and answers with that
+//!   delivery (recipients recovered from their logs) instead of `AlreadyMember`, `NotMember`
+//!   or "room existed";
+//! - a retried account creation recognises its own password hash (salted, so unique);
+//! - a retried `claim_room` recognises its own claim by the same kind of number;
+//! - `mark_read` is idempotent; a retried `trim_user_log` leaves the same floor but may count
+//!   0 dropped entries; a retried `revoke_tokens` bumps once more, which only revokes more.
+
+use async_trait::async_trait;
+use protocol::{Cursor, Entry, EntryKind};
+
+use super::kv::{corrupt, Attempt, KvDb, KvTxn, TxnResult};
+use super::layout::Keyspace;
+use super::limits::{auto_trim_through, history_scan, page_rows, split_page, trim_plan, WriteSet, RECOVERY_SCAN_ROWS};
+use super::values::{
+    decode_u64, encode_u64, AccountValue, CodecError, EntryValue, MembershipValue, OwnerValue, Pointer, RoomHead,
+    RoomMeta, UserHead,
+};
+use crate::store::{
+    AppendRequest, Appended, Delivery, Epoch, HistoryPage, LogBounds, LogEntry, MembershipLimits, MyRoom, NewRoom,
+    RoomRecord, Store, StoreError, StoreResult, UserRecord,
+};
+
+type R<T, X> = TxnResult<T, <X as KvTxn>::Error>;
+
+/// The [`Store`] over any [`KvDb`]: `FdbStore` in production, an in-memory map in tests.
+pub struct KvStore<D> {
+    db: D,
+    keys: Keyspace,
+    /// Automatic retention per user log (0: keep everything); see `FdbOptions`.
+    user_log_max_entries: u64,
+}
+
+impl<D: KvDb> KvStore<D> {
+    pub fn new(db: D, keys: Keyspace, user_log_max_entries: u64) -> Self {
+        KvStore { db, keys, user_log_max_entries }
+    }
+
+    pub fn db(&self) -> &D {
+        &self.db
+    }
+
+    pub fn keyspace(&self) -> &Keyspace {
+        &self.keys
+    }
+}
+
+/// Positions that follow each other with no gap (room seqs in a page, cursors in a page).
+fn is_dense(positions: impl IntoIterator<Item = u64>) -> bool {
+    let mut previous: Option<u64> = None;
+    positions.into_iter().all(|p| {
+        let ok = match previous {
+            Some(q) => q.checked_add(1) == Some(p),
+            None => true,
+        };
+        previous = Some(p);
+        ok
+    })
+}
+
+fn decode_at<X: KvTxn, V>(
+    key: &[u8],
+    bytes: Option<Vec<u8>>,
+    decode: fn(&[u8]) -> Result<V, CodecError>,
+) -> R<Option<V>, X> {
+    bytes.map(|b| decode(&b).map_err(|e| corrupt(key, e))).transpose()
+}
+
+async fn read<X: KvTxn, V>(t: &X, key: &[u8], decode: fn(&[u8]) -> Result<V, CodecError>) -> R<Option<V>, X> {
+    let bytes = t.get(key).await?;
+    decode_at::<X, V>(key, bytes, decode)
+}
+
+/// A room as one transaction sees it.
+struct RoomState {
+    meta: RoomMeta,
+    head: RoomHead,
+    /// 0 until the room is first claimed (the SQLite backend starts rooms at epoch 0 too).
+    epoch: Epoch,
+}
+
+impl RoomState {
+    fn record(&self, id: &str) -> RoomRecord {
+        RoomRecord {
+            id: id.to_string(),
+            name: self.meta.name.clone(),
+            kind: self.meta.kind,
+            private: self.meta.private,
+            created_by: self.meta.created_by.clone(),
+            last_seq: self.head.last_seq,
+            members: self.head.members,
+        }
+    }
+}
+
+/// Meta, head and owner of a room in one round trip, the three keys counted as reads.
+async fn load_room<X: KvTxn>(t: &X, ks: &Keyspace, room: &str, writes: &mut WriteSet) -> R<Option<RoomState>, X> {
+    let keys = vec![ks.room(room), ks.room_head(room), ks.owner(room)];
+    for key in &keys {
+        writes.read(key);
+    }
+    let mut values = t.get_many(&keys).await?.into_iter();
+    let meta = decode_at::<X, _>(&keys[0], values.next().flatten(), RoomMeta::decode)?;
+    let head = decode_at::<X, _>(&keys[1], values.next().flatten(), RoomHead::decode)?;
+    let owner = decode_at::<X, _>(&keys[2], values.next().flatten(), OwnerValue::decode)?;
+    match (meta, head) {
+        (None, _) => Ok(None),
+        (Some(meta), Some(head)) => Ok(Some(RoomState { meta, head, epoch: owner.map_or(0, |o| o.epoch) })),
+        (Some(_), None) => Err(corrupt(&keys[1], CodecError::Empty)),
+    }
+}
+
+async fn require_room<X: KvTxn>(t: &X, ks: &Keyspace, room: &str, writes: &mut WriteSet) -> R<RoomState, X> {
+    load_room(t, ks, room, writes).await?.ok_or_else(|| StoreError::NoSuchRoom(room.to_string()).into())
+}
+
+/// Each user's log head; a user without one does not exist.
+async fn user_heads<X: KvTxn>(
+    t: &X,
+    ks: &Keyspace,
+    users: &[String],
+    writes: &mut WriteSet,
+) -> R<Vec<Option<UserHead>>, X> {
+    let keys: Vec<Vec<u8>> = users.iter().map(|u| ks.user_head(u)).collect();
+    for key in &keys {
+        writes.read(key);
+    }
+    let values = t.get_many(&keys).await?;
+    keys.iter().zip(values).map(|(key, value)| decode_at::<X, _>(key, value, UserHead::decode)).collect()
+}
+
+async fn require_user_head<X: KvTxn>(t: &X, ks: &Keyspace, user: &str) -> R<UserHead, X> {
+    read(t, &ks.user_head(user), UserHead::decode).await?.ok_or_else(|| StoreError::NoSuchUser(user.to_string()).into())
+}
+
+/// The room's members with the seq of their join, in join order.
+async fn member_list<X: KvTxn>(t: &X, ks: &Keyspace, room: &str, writes: &mut WriteSet) -> R<Vec<(String, u64)>, X> {
+    let range = ks.members_range(room);
+    writes.read_range(&range);
+    let mut members = Vec::new();
+    for (key, value) in t.get_range(&range, None, false).await? {
+        let user = ks.member_user(room, &key).map_err(|e| corrupt(&key, e))?;
+        let join_seq = decode_u64(&value).map_err(|e| corrupt(&key, e))?;
+        members.push((user, join_seq));
+    }
+    members.sort_by_key(|&(_, join_seq)| join_seq);
+    Ok(members)
+}
+
+/// The entry at `seq` of a room log, with the writer number it was stored with.
+async fn entry_at<X: KvTxn>(t: &X, ks: &Keyspace, room: &str, seq: u64) -> R<Option<(Entry, u64)>, X> {
+    Ok(read(t, &ks.room_log(room, seq), EntryValue::decode).await?.map(|v| {
+        let writer = v.writer;
+        (v.into_entry(room, seq), writer)
+    }))
+}
+
+/// Append a pointer to (room, seq) to each user's log, moving their heads; applies automatic
+/// retention. Returns each recipient's new cursor, in the order given.
+fn fan_out(
+    ks: &Keyspace,
+    writes: &mut WriteSet,
+    heads: &mut [(String, UserHead)],
+    room: &str,
+    seq: u64,
+    max_entries: u64,
+) -> Vec<(String, Cursor)> {
+    let pointer = Pointer { room: room.to_string(), seq }.encode();
+    let mut recipients = Vec::with_capacity(heads.len());
+    for (user, head) in heads.iter_mut() {
+        head.head += 1;
+        writes.set(ks.user_log(user, head.head), pointer.clone());
+        if let Some(through) = auto_trim_through(head.floor, head.head, max_entries) {
+            writes.clear_range(ks.user_log_through(user, through));
+            head.floor = through;
+        }
+        debug_assert!(head.floor <= head.head, "user {user} log floor {} above head {}", head.floor, head.head);
+        recipients.push((user.clone(), head.head));
+    }
+    recipients
+}
+
+/// After `commit_unknown_result`: the cursors at which the entry (room, seq) that this call's
+/// earlier attempt committed reached each candidate, found by reading back from each log's
+/// head. A pointer already trimmed or buried deeper than [`RECOVERY_SCAN_ROWS`] is left out
+/// (that device then catches up from its cursor).
+async fn recover_recipients<X: KvTxn>(
+    t: &X,
+    ks: &Keyspace,
+    room: &str,
+    seq: u64,
+    candidates: &[String],
+) -> R<Vec<(String, Cursor)>, X> {
+    let mut recipients = Vec::with_capacity(candidates.len());
+    for user in candidates {
+        let rows = t.get_range(&ks.user_log_after(user, 0), Some(RECOVERY_SCAN_ROWS), true).await?;
+        let mut found = None;
+        for (key, value) in rows {
+            let pointer = Pointer::decode(&value).map_err(|e| corrupt(&key, e))?;
+            if pointer.room == room && pointer.seq == seq {
+                found = Some(ks.user_log_cursor(user, &key).map_err(|e| corrupt(&key, e))?);
+                break;
+            }
+        }
+        match found {
+            Some(cursor) => recipients.push((user.clone(), cursor)),
+            None => tracing::warn!(room, seq, user, "recovered delivery: pointer not found near the log head"),
+        }
+    }
+    Ok(recipients)
+}
+
+// Accounts.
+
+async fn create_user<X: KvTxn>(
+    t: &X,
+    ks: &Keyspace,
+    name: &str,
+    password_hash: &str,
+    created_ms: u64,
+    attempt: Attempt,
+) -> R<(), X> {
+    let key = ks.account(name);
+    if let Some(existing) = read(t, &key, AccountValue::decode).await? {
+        // A hash is salted, so an account with this very hash and time is our own earlier
+        // attempt, committed after all.
+        if attempt.maybe_committed && existing.password_hash == password_hash && existing.created_ms == created_ms {
+            return Ok(());
+        }
+        return Err(StoreError::UserExists(name.to_string()).into());
+    }
+    let mut writes = WriteSet::new();
+    writes.read(&key);
+    writes.set(key, AccountValue { password_hash: password_hash.to_string(), token_epoch: 0, created_ms }.encode());
+    writes.set(ks.user_head(name), UserHead::default().encode());
+    writes.check("create user")?;
+    t.apply(writes);
+    Ok(())
+}
+
+async fn user<X: KvTxn>(t: &X, ks: &Keyspace, name: &str) -> R<Option<UserRecord>, X> {
+    Ok(read(t, &ks.account(name), AccountValue::decode).await?.map(|a| UserRecord {
+        name: name.to_string(),
+        password_hash: a.password_hash,
+        token_epoch: a.token_epoch,
+        created_ms: a.created_ms,
+    }))
+}
+
+async fn revoke_tokens<X: KvTxn>(t: &X, ks: &Keyspace, name: &str) -> R<u64, X> {
+    let key = ks.account(name);
+    let mut account =
+        read(t, &key, AccountValue::decode).await?.ok_or_else(|| StoreError::NoSuchUser(name.to_string()))?;
+    account.token_epoch += 1;
+    t.set(&key, &account.encode());
+    Ok(account.token_epoch)
+}
+
+// Rooms.
+
+/// The id of the join entries `create_room` writes (as in the SQLite backend).
+fn creation_join_id(seq: u64) -> String {
+    format!("join-{seq}")
+}
+
+/// Initial members without repeats, each at its first place.
+fn distinct_members(members: &[String]) -> Vec<String> {
+    let mut names: Vec<String> = Vec::with_capacity(members.len());
+    for name in members {
+        if !names.contains(name) {
+            names.push(name.clone());
+        }
+    }
+    names
+}
+
+async fn create_room<X: KvTxn>(
+    t: &X,
+    ks: &Keyspace,
+    room: &NewRoom,
+    limits: MembershipLimits,
+    max_entries: u64,
+    writer: u64,
+    attempt: Attempt,
+) -> R<(RoomRecord, Option<Vec<Delivery>>), X> {
+    let mut writes = WriteSet::new();
+    if let Some(existing) = load_room(t, ks, &room.id, &mut writes).await? {
+        if attempt.maybe_committed {
+            if let Some(deliveries) = recover_creation(t, ks, room, writer).await? {
+                return Ok((existing.record(&room.id), Some(deliveries)));
+            }
+        }
+        return Ok((existing.record(&room.id), None));
+    }
+    let names = distinct_members(&room.members);
+    if names.is_empty() {
+        return Err(StoreError::Backend(format!("invalid room `{}`: no initial members", room.id)).into());
+    }
+    if names.len() as u64 > u64::from(limits.max_room_members) {
+        return Err(StoreError::RoomFull { room: room.id.clone(), limit: limits.max_room_members }.into());
+    }
+    let heads = user_heads(t, ks, &names, &mut writes).await?;
+    let mut heads: Vec<(String, UserHead)> = names
+        .iter()
+        .zip(heads)
+        .map(|(name, head)| match head {
+            None => Err(StoreError::NoSuchUser(name.clone())),
+            Some(head) if head.rooms >= limits.max_rooms_per_user => {
+                Err(StoreError::TooManyRooms { user: name.clone(), limit: limits.max_rooms_per_user })
+            }
+            Some(head) => Ok((name.clone(), head)),
+        })
+        .collect::<Result<_, _>>()?;
+
+    let meta =
+        RoomMeta { name: room.name.clone(), kind: room.kind, private: room.private, created_by: room.creator.clone() };
+    writes.set(ks.room(&room.id), meta.encode());
+    let mut entries = Vec::with_capacity(names.len());
+    for (i, name) in names.iter().enumerate() {
+        let seq = i as u64 + 1;
+        writes.set(ks.member(&room.id, name), encode_u64(seq));
+        writes.set(ks.member_of(name, &room.id), MembershipValue { join_seq: seq, read_seq: 0 }.encode());
+        let value = EntryValue {
+            kind: EntryKind::Join,
+            from: room.creator.clone(),
+            id: creation_join_id(seq),
+            user: Some(name.clone()),
+            body: String::new(),
+            ts: room.ts,
+            writer,
+        };
+        writes.set(ks.room_log(&room.id, seq), value.encode());
+        entries.push(value.into_entry(&room.id, seq));
+    }
+    // Every initial member is a member when the transaction commits, so each join reaches all
+    // of them, entry by entry so every log lists the joins in seq order.
+    let mut deliveries = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let recipients = fan_out(ks, &mut writes, &mut heads, &room.id, entry.seq, max_entries);
+        deliveries.push(Delivery { entry, recipients });
+    }
+    for (name, head) in &mut heads {
+        head.rooms += 1;
+        writes.set(ks.user_head(name), head.encode());
+    }
+    let head = RoomHead { last_seq: names.len() as u64, members: names.len() as u32 };
+    writes.set(ks.room_head(&room.id), head.encode());
+    writes.check("create room")?;
+    t.apply(writes);
+    let state = RoomState { meta, head, epoch: 0 };
+    Ok((state.record(&room.id), Some(deliveries)))
+}
+
+/// The deliveries of a room creation that this call's earlier attempt committed, if it did.
+async fn recover_creation<X: KvTxn>(t: &X, ks: &Keyspace, room: &NewRoom, writer: u64) -> R<Option<Vec<Delivery>>, X> {
+    match entry_at(t, ks, &room.id, 1).await? {
+        Some((_, stored)) if stored == writer => {}
+        _ => return Ok(None),
+    }
+    let names = distinct_members(&room.members);
+    let mut deliveries = Vec::with_capacity(names.len());
+    for seq in 1..=names.len() as u64 {
+        let Some((entry, _)) = entry_at(t, ks, &room.id, seq).await? else { break };
+        let recipients = recover_recipients(t, ks, &room.id, seq, &names).await?;
+        deliveries.push(Delivery { entry, recipients });
+    }
+    Ok(Some(deliveries))
+}
+
+async fn room<X: KvTxn>(t: &X, ks: &Keyspace, id: &str) -> R<Option<RoomRecord>, X> {
+    Ok(load_room(t, ks, id, &mut WriteSet::new()).await?.map(|s| s.record(id)))
+}
+
+async fn members<X: KvTxn>(t: &X, ks: &Keyspace, room: &str) -> R<Vec<String>, X> {
+    let mut reads = WriteSet::new();
+    require_room(t, ks, room, &mut reads).await?;
+    Ok(member_list(t, ks, room, &mut reads).await?.into_iter().map(|(user, _)| user).collect())
+}
+
+async fn is_member<X: KvTxn>(t: &X, ks: &Keyspace, room: &str, user: &str) -> R<bool, X> {
+    require_room(t, ks, room, &mut WriteSet::new()).await?;
+    Ok(t.get(&ks.member(room, user)).await?.is_some())
+}
+
+async fn rooms_of<X: KvTxn>(t: &X, ks: &Keyspace, user: &str) -> R<Vec<MyRoom>, X> {
+    require_user_head(t, ks, user).await?;
+    let mut memberships = Vec::new();
+    for (key, value) in t.get_range(&ks.member_of_range(user), None, false).await? {
+        let room = ks.member_of_room(user, &key).map_err(|e| corrupt(&key, e))?;
+        let membership = MembershipValue::decode(&value).map_err(|e| corrupt(&key, e))?;
+        memberships.push((room, membership));
+    }
+    let keys: Vec<Vec<u8>> = memberships.iter().flat_map(|(room, _)| [ks.room(room), ks.room_head(room)]).collect();
+    let mut values = t.get_many(&keys).await?.into_iter();
+    let mut rooms = Vec::with_capacity(memberships.len());
+    for ((room, membership), keys) in memberships.into_iter().zip(keys.chunks(2)) {
+        let meta = decode_at::<X, _>(&keys[0], values.next().flatten(), RoomMeta::decode)?;
+        let head = decode_at::<X, _>(&keys[1], values.next().flatten(), RoomHead::decode)?;
+        let (Some(meta), Some(head)) = (meta, head) else {
+            return Err(corrupt(&keys[0], CodecError::Empty));
+        };
+        let state = RoomState { meta, head, epoch: 0 };
+        debug_assert!(membership.read_seq <= head.last_seq, "read position past the room's last entry");
+        rooms.push(MyRoom { room: state.record(&room), read_seq: membership.read_seq });
+    }
+    Ok(rooms)
+}
+
+// Logs.
+
+/// Everything an append needs besides the transaction.
+struct AppendContext<'a> {
+    ks: &'a Keyspace,
+    request: &'a AppendRequest,
+    max_entries: u64,
+    /// Drawn once per call, stored in the entry: how a retry recognises its own commit.
+    writer: u64,
+    attempt: Attempt,
+}
+
+async fn append<X: KvTxn>(t: &X, cx: &AppendContext<'_>) -> R<Appended, X> {
+    let AppendContext { ks, request, attempt, writer, .. } = *cx;
+    let mut writes = WriteSet::new();
+    let state = require_room(t, ks, &request.room, &mut writes).await?;
+    // Fencing first, inside the transaction: the owner key was read above, so a concurrent
+    // claim conflicts with this transaction and its retry sees the new epoch. A stale owner
+    // learns it is stale before anything else and writes nothing. (A client retrying through
+    // the new owner still gets its original ack from the dedup index.)
+    if state.epoch != request.epoch {
+        return Err(
+            StoreError::Fenced { room: request.room.clone(), epoch: request.epoch, current: state.epoch }.into()
+        );
+    }
+    match request.kind {
+        EntryKind::Text => {
+            // Dedup before the membership check: a retry of an acknowledged send gets its ack
+            // back even if the sender has left since.
+            let dedup_key = ks.dedup(&request.room, &request.from, &request.id);
+            writes.read(&dedup_key);
+            if let Some(seq) = read(t, &dedup_key, decode_u64).await? {
+                let (entry, stored_writer) = entry_at(t, ks, &request.room, seq)
+                    .await?
+                    .ok_or_else(|| corrupt::<X::Error>(&dedup_key, CodecError::Empty))?;
+                if attempt.maybe_committed && stored_writer == writer {
+                    return recovered(t, ks, entry).await;
+                }
+                return Ok(Appended { delivery: Delivery { entry, recipients: Vec::new() }, duplicate: true });
+            }
+            let from_key = ks.member(&request.room, &request.from);
+            writes.read(&from_key);
+            if t.get(&from_key).await?.is_none() {
+                return Err(StoreError::NotMember { room: request.room.clone(), user: request.from.clone() }.into());
+            }
+            commit_entry(t, cx, state, writes, None).await
+        }
+        EntryKind::Join | EntryKind::Leave => {
+            if attempt.maybe_committed {
+                if let Some((entry, stored_writer)) = entry_at(t, ks, &request.room, state.head.last_seq).await? {
+                    if stored_writer == writer {
+                        return recovered(t, ks, entry).await;
+                    }
+                }
+            }
+            let user = request.user.clone().unwrap_or_else(|| request.from.clone());
+            if request.kind == EntryKind::Join {
+                check_join(t, cx, &state, &user, &mut writes).await?;
+            } else {
+                check_leave(t, cx, &user, &mut writes).await?;
+            }
+            commit_entry(t, cx, state, writes, Some(user)).await
+        }
+    }
+}
+
+/// The rules of a join, in the SQLite backend's order.
+async fn check_join<X: KvTxn>(
+    t: &X,
+    cx: &AppendContext<'_>,
+    state: &RoomState,
+    user: &str,
+    writes: &mut WriteSet,
+) -> R<(), X> {
+    let (ks, request) = (cx.ks, cx.request);
+    let room = &request.room;
+    let head_key = ks.user_head(user);
+    let user_key = ks.member(room, user);
+    let from_key = ks.member(room, &request.from);
+    for key in [&head_key, &user_key, &from_key] {
+        writes.read(key);
+    }
+    let mut got = t.get_many(&[head_key.clone(), user_key, from_key]).await?.into_iter();
+    let head = decode_at::<X, _>(&head_key, got.next().flatten(), UserHead::decode)?
+        .ok_or_else(|| StoreError::NoSuchUser(user.to_string()))?;
+    let (is_member, from_is_member) = (got.next().flatten().is_some(), got.next().flatten().is_some());
+    if is_member {
+        return Err(StoreError::AlreadyMember { room: room.clone(), user: user.to_string() }.into());
+    }
+    if user == request.from {
+        if state.meta.private {
+            return Err(StoreError::Forbidden(room.clone()).into());
+        }
+    } else if !from_is_member {
+        return Err(StoreError::NotMember { room: room.clone(), user: request.from.clone() }.into());
+    }
+    let limits = request.limits;
+    if state.head.members >= limits.max_room_members {
+        return Err(StoreError::RoomFull { room: room.clone(), limit: limits.max_room_members }.into());
+    }
+    if head.rooms >= limits.max_rooms_per_user {
+        return Err(StoreError::TooManyRooms { user: user.to_string(), limit: limits.max_rooms_per_user }.into());
+    }
+    Ok(())
+}
+
+/// The rules of a leave, in the SQLite backend's order.
+async fn check_leave<X: KvTxn>(t: &X, cx: &AppendContext<'_>, user: &str, writes: &mut WriteSet) -> R<(), X> {
+    let request = cx.request;
+    if user != request.from {
+        // Removing someone else is not a feature; refusing keeps a caller bug from silently
+        // removing the wrong member.
+        return Err(StoreError::Backend(format!(
+            "invalid append to `{}`: `{}` cannot leave on behalf of `{user}`",
+            request.room, request.from
+        ))
+        .into());
+    }
+    let key = cx.ks.member(&request.room, user);
+    writes.read(&key);
+    if t.get(&key).await?.is_none() {
+        return Err(StoreError::NotMember { room: request.room.clone(), user: user.to_string() }.into());
+    }
+    Ok(())
+}
+
+/// Write the entry at the next seq, fan it out to every member (the joiner included, the
+/// leaver included) and change the membership, then check the limits and send it all.
+async fn commit_entry<X: KvTxn>(
+    t: &X,
+    cx: &AppendContext<'_>,
+    state: RoomState,
+    mut writes: WriteSet,
+    subject: Option<String>,
+) -> R<Appended, X> {
+    let (ks, request) = (cx.ks, cx.request);
+    let room = &request.room;
+    let seq = state.head.last_seq + 1;
+    let mut members: Vec<String> =
+        member_list(t, ks, room, &mut writes).await?.into_iter().map(|(user, _)| user).collect();
+    let mut head = state.head;
+    head.last_seq = seq;
+    let joiner = subject.as_ref().filter(|_| request.kind == EntryKind::Join);
+    if let Some(joiner) = joiner {
+        // The new member is a member at commit time: their log starts with their own join.
+        members.push(joiner.clone());
+        head.members += 1;
+    } else if request.kind == EntryKind::Leave {
+        head.members = head.members.saturating_sub(1);
+    }
+    let found = user_heads(t, ks, &members, &mut writes).await?;
+    let mut heads = Vec::with_capacity(members.len());
+    for (user, user_head) in members.into_iter().zip(found) {
+        let user_head = user_head.ok_or_else(|| corrupt::<X::Error>(&ks.user_head(&user), CodecError::Empty))?;
+        heads.push((user, user_head));
+    }
+
+    let value = EntryValue {
+        kind: request.kind,
+        from: request.from.clone(),
+        id: request.id.clone(),
+        user: subject.clone(),
+        body: request.body.clone(),
+        ts: request.ts,
+        writer: cx.writer,
+    };
+    writes.set(ks.room_log(room, seq), value.encode());
+    if request.kind == EntryKind::Text {
+        writes.set(ks.dedup(room, &request.from, &request.id), encode_u64(seq));
+    }
+    let recipients = fan_out(ks, &mut writes, &mut heads, room, seq, cx.max_entries);
+    match (request.kind, subject.as_deref()) {
+        (EntryKind::Join, Some(user)) => {
+            writes.set(ks.member(room, user), encode_u64(seq));
+            writes.set(ks.member_of(user, room), MembershipValue { join_seq: seq, read_seq: 0 }.encode());
+        }
+        (EntryKind::Leave, Some(user)) => {
+            writes.clear(ks.member(room, user));
+            writes.clear(ks.member_of(user, room));
+        }
+        _ => {}
+    }
+    for (user, user_head) in &mut heads {
+        match (request.kind, subject.as_deref()) {
+            (EntryKind::Join, Some(s)) if s == user => user_head.rooms += 1,
+            (EntryKind::Leave, Some(s)) if s == user => user_head.rooms = user_head.rooms.saturating_sub(1),
+            _ => {}
+        }
+        writes.set(ks.user_head(user), user_head.encode());
+    }
+    writes.set(ks.room_head(room), head.encode());
+    writes.check("append")?;
+    t.apply(writes);
+    debug_assert_eq!(seq, state.head.last_seq + 1, "room {room} seq must follow its last seq");
+    Ok(Appended { delivery: Delivery { entry: value.into_entry(room, seq), recipients }, duplicate: false })
+}
+
+/// The answer to an append whose earlier attempt committed after all: the original entry, as
+/// a fresh (not duplicate) delivery, so the caller still fans it out live.
+async fn recovered<X: KvTxn>(t: &X, ks: &Keyspace, entry: Entry) -> R<Appended, X> {
+    let mut candidates: Vec<String> =
+        member_list(t, ks, &entry.room, &mut WriteSet::new()).await?.into_iter().map(|(user, _)| user).collect();
+    if entry.kind == EntryKind::Leave {
+        // The leaver got the entry before the membership ended.
+        candidates.extend(entry.user.clone());
+    }
+    let recipients = recover_recipients(t, ks, &entry.room, entry.seq, &candidates).await?;
+    Ok(Appended { delivery: Delivery { entry, recipients }, duplicate: false })
+}
+
+async fn history<X: KvTxn>(
+    t: &X,
+    ks: &Keyspace,
+    room: &str,
+    page: HistoryPage,
+    limit: u32,
+) -> R<(Vec<Entry>, bool), X> {
+    require_room(t, ks, room, &mut WriteSet::new()).await?;
+    let Some(scan) = history_scan(page) else { return Ok((Vec::new(), false)) };
+    let rows = page_rows(limit);
+    // One row past the limit tells whether more lie beyond, without a second read.
+    let range = ks.room_log_range(room, scan.first, scan.end);
+    let mut entries = Vec::new();
+    for (key, value) in t.get_range(&range, Some(rows + 1), scan.reverse).await? {
+        let seq = ks.room_log_seq(room, &key).map_err(|e| corrupt(&key, e))?;
+        let value = EntryValue::decode(&value).map_err(|e| corrupt(&key, e))?;
+        entries.push(value.into_entry(room, seq));
+    }
+    let (entries, more) = split_page(entries, rows, scan.reverse);
+    debug_assert!(is_dense(entries.iter().map(|e| e.seq)), "room {room} history has a gap");
+    Ok((entries, more))
+}
+
+async fn user_log<X: KvTxn>(t: &X, ks: &Keyspace, user: &str, after: Cursor, limit: u32) -> R<Vec<LogEntry>, X> {
+    require_user_head(t, ks, user).await?;
+    let rows = page_rows(limit);
+    if rows == 0 {
+        return Ok(Vec::new());
+    }
+    // Paged by the last key: a range read from (user, after + 1), never an offset.
+    let mut pointers = Vec::new();
+    for (key, value) in t.get_range(&ks.user_log_after(user, after), Some(rows), false).await? {
+        let cursor = ks.user_log_cursor(user, &key).map_err(|e| corrupt(&key, e))?;
+        let pointer = Pointer::decode(&value).map_err(|e| corrupt(&key, e))?;
+        pointers.push((cursor, pointer));
+    }
+    let keys: Vec<Vec<u8>> = pointers.iter().map(|(_, p)| ks.room_log(&p.room, p.seq)).collect();
+    let values = t.get_many(&keys).await?;
+    let mut entries = Vec::with_capacity(pointers.len());
+    for (((cursor, pointer), key), value) in pointers.into_iter().zip(&keys).zip(values) {
+        let value = decode_at::<X, _>(key, value, EntryValue::decode)?.ok_or_else(|| {
+            StoreError::Backend(format!(
+                "fdb: user `{user}` log entry {cursor} points at missing entry {} of room `{}`",
+                pointer.seq, pointer.room
+            ))
+        })?;
+        entries.push(LogEntry { cursor, entry: value.into_entry(&pointer.room, pointer.seq) });
+    }
+    debug_assert!(is_dense(entries.iter().map(|e| e.cursor)), "user {user} log has a gap");
+    Ok(entries)
+}
+
+async fn user_log_bounds<X: KvTxn>(t: &X, ks: &Keyspace, user: &str) -> R<LogBounds, X> {
+    let head = require_user_head(t, ks, user).await?;
+    Ok(LogBounds { floor: head.floor, head: head.head })
+}
+
+async fn trim_user_log<X: KvTxn>(t: &X, ks: &Keyspace, user: &str, through: Cursor) -> R<u64, X> {
+    let mut head = require_user_head(t, ks, user).await?;
+    let Some((through, dropped)) = trim_plan(head.floor, head.head, through) else { return Ok(0) };
+    // One range clear, whatever the number of entries: retention costs the same at any depth.
+    t.clear_range(&ks.user_log_through(user, through));
+    head.floor = through;
+    t.set(&ks.user_head(user), &head.encode());
+    Ok(dropped)
+}
+
+// Read positions.
+
+async fn mark_read<X: KvTxn>(t: &X, ks: &Keyspace, user: &str, room: &str, seq: u64) -> R<u64, X> {
+    let state = require_room(t, ks, room, &mut WriteSet::new()).await?;
+    require_user_head(t, ks, user).await?;
+    let key = ks.member_of(user, room);
+    let mut membership = read(t, &key, MembershipValue::decode)
+        .await?
+        .ok_or_else(|| StoreError::NotMember { room: room.to_string(), user: user.to_string() })?;
+    // Raised, never lowered, never past the room's newest entry: idempotent under retries.
+    let stored = membership.read_seq.max(seq.min(state.head.last_seq));
+    if stored != membership.read_seq {
+        membership.read_seq = stored;
+        t.set(&key, &membership.encode());
+    }
+    Ok(stored)
+}
+
+// Ownership.
+
+async fn claim_room<X: KvTxn>(
+    t: &X,
+    ks: &Keyspace,
+    room: &str,
+    node: &str,
+    writer: u64,
+    attempt: Attempt,
+) -> R<Epoch, X> {
+    let key = ks.owner(room);
+    if read(t, &ks.room(room), RoomMeta::decode).await?.is_none() {
+        return Err(StoreError::NoSuchRoom(room.to_string()).into());
+    }
+    let owner = read(t, &key, OwnerValue::decode).await?;
+    if let Some(owner) = &owner {
+        if attempt.maybe_committed && owner.writer == writer {
+            // Our earlier attempt's claim committed: claiming again would hand out an epoch
+            // nobody uses and fence our own first one.
+            return Ok(owner.epoch);
+        }
+    }
+    let epoch = owner.map_or(0, |o| o.epoch) + 1;
+    let mut writes = WriteSet::new();
+    writes.set(key, OwnerValue { node: node.to_string(), epoch, writer }.encode());
+    writes.check("claim room")?;
+    t.apply(writes);
+    Ok(epoch)
+}
+
+async fn room_owner<X: KvTxn>(t: &X, ks: &Keyspace, room: &str) -> R<Option<(String, Epoch)>, X> {
+    Ok(read(t, &ks.owner(room), OwnerValue::decode).await?.map(|o| (o.node, o.epoch)))
+}
+
+#[async_trait]
+impl<D: KvDb> Store for KvStore<D> {
+    fn backend(&self) -> &'static str {
+        D::NAME
+    }
+
+    async fn create_user(&self, name: &str, password_hash: &str, created_ms: u64) -> StoreResult<()> {
+        let ks = &self.keys;
+        self.db
+            .transact("create user", |t, attempt| async move {
+                create_user(&t, ks, name, password_hash, created_ms, attempt).await
+            })
+            .await
+    }
+
+    async fn user(&self, name: &str) -> StoreResult<Option<UserRecord>> {
+        let ks = &self.keys;
+        self.db.transact("read user", |t, _| async move { user(&t, ks, name).await }).await
+    }
+
+    async fn revoke_tokens(&self, name: &str) -> StoreResult<u64> {
+        let ks = &self.keys;
+        self.db.transact("revoke tokens", |t, _| async move { revoke_tokens(&t, ks, name).await }).await
+    }
+
+    async fn create_room(
+        &self,
+        room: NewRoom,
+        limits: MembershipLimits,
+    ) -> StoreResult<(RoomRecord, Option<Vec<Delivery>>)> {
+        let (ks, max_entries, room) = (&self.keys, self.user_log_max_entries, &room);
+        let writer: u64 = rand::random();
+        self.db
+            .transact("create room", |t, attempt| async move {
+                create_room(&t, ks, room, limits, max_entries, writer, attempt).await
+            })
+            .await
+    }
+
+    async fn room(&self, id: &str) -> StoreResult<Option<RoomRecord>> {
+        let ks = &self.keys;
+        self.db.transact("read room", |t, _| async move { room(&t, ks, id).await }).await
+    }
+
+    async fn members(&self, room: &str) -> StoreResult<Vec<String>> {
+        let ks = &self.keys;
+        self.db.transact("read members", |t, _| async move { members(&t, ks, room).await }).await
+    }
+
+    async fn is_member(&self, room: &str, user: &str) -> StoreResult<bool> {
+        let ks = &self.keys;
+        self.db.transact("read membership", |t, _| async move { is_member(&t, ks, room, user).await }).await
+    }
+
+    async fn rooms_of(&self, user: &str) -> StoreResult<Vec<MyRoom>> {
+        let ks = &self.keys;
+        self.db.transact("read rooms of user", |t, _| async move { rooms_of(&t, ks, user).await }).await
+    }
+
+    async fn append(&self, request: AppendRequest) -> StoreResult<Appended> {
+        let (ks, max_entries, request) = (&self.keys, self.user_log_max_entries, &request);
+        let writer: u64 = rand::random();
+        self.db
+            .transact("append", |t, attempt| async move {
+                append(&t, &AppendContext { ks, request, max_entries, writer, attempt }).await
+            })
+            .await
+    }
+
+    async fn history(&self, room: &str, page: HistoryPage, limit: u32) -> StoreResult<(Vec<Entry>, bool)> {
+        let ks = &self.keys;
+        self.db.transact("read history", |t, _| async move { history(&t, ks, room, page, limit).await }).await
+    }
+
+    async fn user_log(&self, user: &str, after: Cursor, limit: u32) -> StoreResult<Vec<LogEntry>> {
+        let ks = &self.keys;
+        self.db.transact("read user log", |t, _| async move { user_log(&t, ks, user, after, limit).await }).await
+    }
+
+    async fn user_log_bounds(&self, user: &str) -> StoreResult<LogBounds> {
+        let ks = &self.keys;
+        self.db.transact("read user log bounds", |t, _| async move { user_log_bounds(&t, ks, user).await }).await
+    }
+
+    async fn trim_user_log(&self, user: &str, through: Cursor) -> StoreResult<u64> {
+        let ks = &self.keys;
+        self.db.transact("trim user log", |t, _| async move { trim_user_log(&t, ks, user, through).await }).await
+    }
+
+    async fn mark_read(&self, user: &str, room: &str, seq: u64) -> StoreResult<u64> {
+        let ks = &self.keys;
+        self.db.transact("mark read", |t, _| async move { mark_read(&t, ks, user, room, seq).await }).await
+    }
+
+    async fn claim_room(&self, room: &str, node: &str) -> StoreResult<Epoch> {
+        let ks = &self.keys;
+        let writer: u64 = rand::random();
+        self.db
+            .transact("claim room", |t, attempt| async move { claim_room(&t, ks, room, node, writer, attempt).await })
+            .await
+    }
+
+    async fn room_owner(&self, room: &str) -> StoreResult<Option<(String, Epoch)>> {
+        let ks = &self.keys;
+        self.db.transact("read room owner", |t, _| async move { room_owner(&t, ks, room).await }).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dense_positions() {
+        assert!(is_dense([]));
+        assert!(is_dense([4, 5, 6]));
+        assert!(!is_dense([4, 6]));
+        assert!(!is_dense([u64::MAX, 0]));
+    }
+
+    #[test]
+    fn initial_members_are_distinct_in_first_place_order() {
+        let names = ["b", "a", "b", "c", "a"].map(String::from);
+        assert_eq!(distinct_members(&names), ["b", "a", "c"].map(String::from));
+    }
+}

@@ -1,0 +1,257 @@
+//! The FoundationDB backend's logic over the in-memory map: the conformance suite, the suite
+//! again with every write's commit reporting `commit_unknown_result`, and what only this
+//! backend has (limits, retention by range clear, subspaces).
+
+use std::sync::Arc;
+
+use protocol::{EntryKind, RoomKind};
+
+use super::kv::KvDb;
+use super::kv::KvTxn;
+use super::limits::VALUE_BYTES_MAX;
+use super::mem::MemKv;
+use super::{Keyspace, KvStore};
+use crate::store::conformance::Fixture;
+use crate::store::{AppendRequest, Epoch, LogBounds, MembershipLimits, NewRoom, Store, StoreError};
+
+/// Every operation that writes, by the name `ops` gives its transaction.
+const WRITES: &[&str] =
+    &["create user", "revoke tokens", "create room", "append", "trim user log", "mark read", "claim room"];
+
+/// Writes that answer exactly as if the commit had been known: all but `revoke tokens` (which
+/// bumps once more, revoking more) and `trim user log` (whose count may read 0 on the retry).
+const EXACT_UNDER_UNKNOWN_RESULT: &[&str] = &["create user", "create room", "append", "mark read", "claim room"];
+
+fn mem_store(max_entries: u64) -> (Arc<MemKv>, KvStore<Arc<MemKv>>) {
+    let kv = Arc::new(MemKv::default());
+    (Arc::clone(&kv), KvStore::new(kv, Keyspace::new("palaver-test"), max_entries))
+}
+
+async fn fresh_store() -> Fixture {
+    Fixture::new(Arc::new(mem_store(0).1))
+}
+
+async fn store_with_unknown_results() -> Fixture {
+    let (kv, store) = mem_store(0);
+    kv.report_unknown_results(EXACT_UNDER_UNKNOWN_RESULT);
+    Fixture::new(Arc::new(store))
+}
+
+mod conformance {
+    crate::store::conformance::conformance_tests!(super::fresh_store);
+}
+
+/// The whole suite again, with every commit of every write reporting an unknown result after
+/// it applied: each write must recognise its own earlier attempt and answer as the first time.
+mod conformance_under_commit_unknown_result {
+    crate::store::conformance::conformance_tests!(super::store_with_unknown_results);
+}
+
+const LIMITS: MembershipLimits = MembershipLimits { max_room_members: 100_000, max_rooms_per_user: 1_000 };
+
+async fn setup(store: &dyn Store, room: &str, names: &[String]) -> Epoch {
+    for name in names {
+        store.create_user(name, &format!("hash-{name}"), 1).await.expect("create user");
+    }
+    let new_room = NewRoom {
+        id: room.into(),
+        name: room.into(),
+        kind: RoomKind::Group,
+        private: false,
+        creator: names[0].clone(),
+        members: names.to_vec(),
+        ts: 1,
+    };
+    store.create_room(new_room, LIMITS).await.expect("create room");
+    store.claim_room(room, "node-1").await.expect("claim")
+}
+
+fn named(names: &[&str]) -> Vec<String> {
+    names.iter().map(|n| (*n).to_string()).collect()
+}
+
+fn text(room: &str, epoch: Epoch, from: &str, id: &str, body: &str) -> AppendRequest {
+    AppendRequest {
+        room: room.into(),
+        epoch,
+        kind: EntryKind::Text,
+        from: from.into(),
+        id: id.into(),
+        user: None,
+        body: body.into(),
+        ts: 2,
+        limits: LIMITS,
+    }
+}
+
+#[tokio::test]
+async fn an_unknown_result_still_delivers_the_original_once() {
+    let (kv, store) = mem_store(0);
+    let epoch = setup(&store, "r", &named(&["a", "b", "c"])).await;
+    kv.report_unknown_results(WRITES);
+
+    let sent = store.append(text("r", epoch, "a", "m1", "hello")).await.expect("append");
+    assert!(!sent.duplicate, "the caller never saw the first commit: not a duplicate for it");
+    assert_eq!(sent.delivery.entry.seq, 4);
+    let mut recipients = sent.delivery.recipients.clone();
+    recipients.sort();
+    assert_eq!(recipients, vec![("a".into(), 4), ("b".into(), 4), ("c".into(), 4)]);
+    assert_eq!(kv.unknown_results_reported(), 1);
+    for user in ["a", "b", "c"] {
+        assert_eq!(store.user_log_bounds(user).await.unwrap(), LogBounds { floor: 0, head: 4 }, "written once");
+    }
+
+    // A client retry of the same message afterwards is a plain duplicate.
+    let again = store.append(text("r", epoch, "a", "m1", "hello")).await.expect("append");
+    assert!(again.duplicate && again.delivery.recipients.is_empty());
+    assert_eq!(again.delivery.entry, sent.delivery.entry);
+
+    // Joins and leaves recognise their own entry instead of failing as already done.
+    store.create_user("d", "h", 1).await.expect("create user");
+    let mut join = text("r", epoch, "d", "j1", "");
+    (join.kind, join.user) = (EntryKind::Join, Some("d".into()));
+    let joined = store.append(join).await.expect("join after an unknown result");
+    assert_eq!(
+        (joined.delivery.entry.kind, joined.duplicate, joined.delivery.recipients.len()),
+        (EntryKind::Join, false, 4)
+    );
+    let mut leave = text("r", epoch, "b", "l1", "");
+    (leave.kind, leave.user) = (EntryKind::Leave, Some("b".into()));
+    let left = store.append(leave).await.expect("leave after an unknown result");
+    assert_eq!(left.delivery.recipients.len(), 4, "the leaver gets the leave too");
+    assert_eq!(store.members("r").await.unwrap(), named(&["a", "c", "d"]));
+
+    // Claims keep the epoch they got; account creation is not refused as existing.
+    assert_eq!(store.claim_room("r", "node-2").await, Ok(epoch + 1));
+    assert_eq!(store.room_owner("r").await.unwrap(), Some(("node-2".into(), epoch + 1)));
+    assert_eq!(store.create_user("e", "salted-hash", 9).await, Ok(()));
+    assert_eq!(store.create_user("e", "other-hash", 9).await, Err(StoreError::UserExists("e".into())));
+}
+
+/// Make `count` users with names of `name_bytes` bytes members of `room` directly in the map
+/// (the fast way to a big room): what fan-out sees, without `count` joins.
+async fn seed_members(kv: &MemKv, ks: &Keyspace, room: &str, count: usize, name_bytes: usize) {
+    let ks = ks.clone();
+    kv.transact("seed", |t, _| {
+        let ks = ks.clone();
+        async move {
+            for i in 0..count {
+                let name = format!("{i:0>name_bytes$}");
+                t.set(&ks.member(room, &name), &super::values::encode_u64(1_000 + i as u64));
+                t.set(&ks.user_head(&name), &super::values::UserHead::default().encode());
+            }
+            Ok(())
+        }
+    })
+    .await
+    .expect("seed");
+}
+
+#[tokio::test]
+async fn oversize_entries_are_refused_before_writing() {
+    let (kv, store) = mem_store(0);
+    let epoch = setup(&store, "r", &named(&["a", "b"])).await;
+    let before = kv.snapshot().await;
+    let body = "x".repeat(VALUE_BYTES_MAX);
+    let err = store.append(text("r", epoch, "a", "big", &body)).await.unwrap_err();
+    assert!(matches!(&err, StoreError::Backend(m) if m.contains("100000")), "{err}");
+    assert_eq!(kv.snapshot().await, before, "a refused append wrote something");
+    let long_id = "i".repeat(10_000);
+    let err = store.append(text("r", epoch, "a", &long_id, "hi")).await.unwrap_err();
+    assert!(matches!(&err, StoreError::Backend(m) if m.contains("key of")), "{err}");
+    assert_eq!(kv.snapshot().await, before, "a refused append wrote something");
+}
+
+/// Fan-out on write puts one pointer per member in the append's transaction, so the 1 MB
+/// budget bounds a room: about 1,850 members with the longest names (32 bytes) in a room with
+/// the longest id (80 bytes), as docs/STORAGE.md computes. Past it the append is refused,
+/// writing nothing, instead of failing at the cluster.
+#[tokio::test]
+async fn the_transaction_budget_bounds_fan_out() {
+    let room = "r".repeat(80);
+    for (members, fits) in [(1_800, true), (1_900, false)] {
+        let (kv, store) = mem_store(0);
+        let epoch = setup(&store, &room, &named(&["a"])).await;
+        seed_members(&kv, store.keyspace(), &room, members - 1, 32).await;
+        let before = kv.snapshot().await;
+        match store.append(text(&room, epoch, "a", "m", "hello")).await {
+            Ok(sent) => {
+                assert!(fits, "{members} members fit one transaction");
+                assert_eq!(sent.delivery.recipients.len(), members);
+            }
+            Err(e) => {
+                assert!(!fits, "{members} members refused: {e}");
+                assert!(matches!(&e, StoreError::Backend(m) if m.contains("budget")), "{e}");
+                assert_eq!(kv.snapshot().await, before, "a refused append wrote something");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn automatic_retention_range_clears_every_period() {
+    let (kv, store) = mem_store(10);
+    let epoch = setup(&store, "r", &named(&["a"])).await;
+    for n in 2..=63 {
+        store.append(text("r", epoch, "a", &format!("m{n}"), "x")).await.unwrap();
+    }
+    assert_eq!(store.user_log_bounds("a").await.unwrap(), LogBounds { floor: 0, head: 63 });
+    store.append(text("r", epoch, "a", "m64", "x")).await.unwrap();
+    assert_eq!(store.user_log_bounds("a").await.unwrap(), LogBounds { floor: 54, head: 64 });
+    let log = store.user_log("a", 0, 100).await.unwrap();
+    assert_eq!(log.iter().map(|e| e.cursor).collect::<Vec<_>>(), (55..=64).collect::<Vec<_>>());
+    // The trimmed pointers are gone from the map, not just hidden.
+    let ks = store.keyspace();
+    let snapshot = kv.snapshot().await;
+    let range = ks.user_log_after("a", 0);
+    assert_eq!(snapshot.keys().filter(|k| range.contains(k)).count(), 10);
+    // The room log keeps everything.
+    assert_eq!(store.room("r").await.unwrap().unwrap().last_seq, 64);
+}
+
+#[tokio::test]
+async fn deployments_in_different_subspaces_never_meet() {
+    let kv = Arc::new(MemKv::default());
+    let one = KvStore::new(Arc::clone(&kv), Keyspace::new("palaver-one"), 0);
+    let two = KvStore::new(Arc::clone(&kv), Keyspace::new("palaver"), 0);
+    setup(&one, "r", &named(&["a", "ab"])).await;
+    assert_eq!(two.user("a").await, Ok(None));
+    assert_eq!(two.room("r").await, Ok(None));
+    setup(&two, "r", &named(&["a"])).await;
+    assert_eq!(one.members("r").await.unwrap(), named(&["a", "ab"]));
+    assert_eq!(two.members("r").await.unwrap(), named(&["a"]));
+
+    // Every key lies in its store's subspace; clearing one subspace leaves the other whole.
+    let snapshot = kv.snapshot().await;
+    let (r1, r2) = (one.keyspace().everything(), two.keyspace().everything());
+    assert!(snapshot.keys().all(|k| r1.contains(k) != r2.contains(k)));
+    kv.transact("clear", |t, _| {
+        let r1 = r1.clone();
+        async move {
+            t.clear_range(&r1);
+            Ok(())
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(one.user("a").await, Ok(None));
+    assert_eq!(two.members("r").await.unwrap(), named(&["a"]));
+}
+
+#[tokio::test]
+async fn corrupt_values_are_errors_that_name_the_key() {
+    let (kv, store) = mem_store(0);
+    setup(&store, "r", &named(&["a"])).await;
+    let key = store.keyspace().room_head("r");
+    kv.transact("corrupt", |t, _| {
+        let key = key.clone();
+        async move {
+            t.set(&key, b"\x07garbage");
+            Ok(())
+        }
+    })
+    .await
+    .unwrap();
+    let err = store.room("r").await.unwrap_err();
+    assert!(matches!(&err, StoreError::Backend(m) if m.contains("\\x02head\\x00") && m.contains("format 7")), "{err}");
+}

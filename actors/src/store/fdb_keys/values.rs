@@ -1,0 +1,362 @@
+//! How values are encoded: a format byte, then a tuple of fields.
+//!
+//! Every value starts with [`FORMAT_V1`]. The fields follow in the tuple encoding of the `tuple`
+//! module, in the order each type below lists them. The rules for changing a value:
+//!
+//! - **Additive change** (a new field): append it at the end, keep the format byte, and read it
+//!   with a default (`TupleReader::uint_or`) so values written before still decode. Readers
+//!   ignore fields after the ones they know, so old nodes read values that new nodes wrote.
+//! - **Breaking change** (a field removed, reordered or reinterpreted): a new format byte. A
+//!   node that meets a format it does not know reports [`CodecError::UnknownFormat`] instead of
+//!   misreading the value.
+
+use protocol::{Entry, EntryKind, RoomKind};
+
+use super::tuple::{TupleError, TupleReader, TupleWriter};
+
+/// The first byte of every value written by this version of palaver.
+pub const FORMAT_V1: u8 = 1;
+
+/// A value that could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CodecError {
+    #[error("empty value")]
+    Empty,
+    #[error("value format {0} is unknown to this version (it knows {FORMAT_V1})")]
+    UnknownFormat(u8),
+    #[error("unknown {what} code {code}")]
+    UnknownCode { what: &'static str, code: u64 },
+    #[error(transparent)]
+    Tuple(#[from] TupleError),
+}
+
+fn writer() -> TupleWriter {
+    TupleWriter::from_prefix(&[FORMAT_V1])
+}
+
+fn reader(bytes: &[u8]) -> Result<TupleReader<'_>, CodecError> {
+    match bytes.split_first() {
+        None => Err(CodecError::Empty),
+        Some((&FORMAT_V1, rest)) => Ok(TupleReader::new(rest)),
+        Some((&other, _)) => Err(CodecError::UnknownFormat(other)),
+    }
+}
+
+/// A bare counter or position (join seq of a membership, a read position, a dedup seq).
+pub fn encode_u64(n: u64) -> Vec<u8> {
+    writer().uint(n).into_bytes()
+}
+
+pub fn decode_u64(bytes: &[u8]) -> Result<u64, CodecError> {
+    Ok(reader(bytes)?.uint()?)
+}
+
+/// `(P, "acct", user)`: (password hash, token epoch, created ms).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountValue {
+    pub password_hash: String,
+    pub token_epoch: u64,
+    pub created_ms: u64,
+}
+
+impl AccountValue {
+    pub fn encode(&self) -> Vec<u8> {
+        writer().str(&self.password_hash).uint(self.token_epoch).uint(self.created_ms).into_bytes()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
+        let mut r = reader(bytes)?;
+        Ok(AccountValue { password_hash: r.str()?, token_epoch: r.uint()?, created_ms: r.uint()? })
+    }
+}
+
+/// `(P, "room", room)`: (name, kind, private, created by). Written once, when the room is made;
+/// the counters that change with every append live in [`RoomHead`] so this value is never
+/// rewritten on the hot path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomMeta {
+    pub name: String,
+    pub kind: RoomKind,
+    pub private: bool,
+    pub created_by: String,
+}
+
+impl RoomMeta {
+    pub fn encode(&self) -> Vec<u8> {
+        writer()
+            .str(&self.name)
+            .uint(room_kind_code(self.kind))
+            .boolean(self.private)
+            .str(&self.created_by)
+            .into_bytes()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
+        let mut r = reader(bytes)?;
+        Ok(RoomMeta { name: r.str()?, kind: room_kind(r.uint()?)?, private: r.boolean()?, created_by: r.str()? })
+    }
+}
+
+/// `(P, "head", room)`: (last seq, members). Read and written by every append of the room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RoomHead {
+    pub last_seq: u64,
+    pub members: u32,
+}
+
+impl RoomHead {
+    pub fn encode(&self) -> Vec<u8> {
+        writer().uint(self.last_seq).uint(u64::from(self.members)).into_bytes()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
+        let mut r = reader(bytes)?;
+        Ok(RoomHead { last_seq: r.uint()?, members: r.u32()? })
+    }
+}
+
+/// `(P, "rlog", room, seq)`: (kind, from, id, user or null, body, ts, writer). Room and seq are
+/// in the key and not repeated. `writer` is a random number drawn once per append call: after
+/// `commit_unknown_result` the retry finds out whether the entry at hand is its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryValue {
+    pub kind: EntryKind,
+    pub from: String,
+    pub id: String,
+    pub user: Option<String>,
+    pub body: String,
+    pub ts: u64,
+    pub writer: u64,
+}
+
+impl EntryValue {
+    pub fn encode(&self) -> Vec<u8> {
+        writer()
+            .uint(entry_kind_code(self.kind))
+            .str(&self.from)
+            .str(&self.id)
+            .opt_str(self.user.as_deref())
+            .str(&self.body)
+            .uint(self.ts)
+            .uint(self.writer)
+            .into_bytes()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
+        let mut r = reader(bytes)?;
+        Ok(EntryValue {
+            kind: entry_kind(r.uint()?)?,
+            from: r.str()?,
+            id: r.str()?,
+            user: r.opt_str()?,
+            body: r.str()?,
+            ts: r.uint()?,
+            writer: r.uint()?,
+        })
+    }
+
+    pub fn into_entry(self, room: &str, seq: u64) -> Entry {
+        Entry {
+            room: room.to_string(),
+            seq,
+            id: self.id,
+            from: self.from,
+            kind: self.kind,
+            user: self.user,
+            body: self.body,
+            ts: self.ts,
+        }
+    }
+}
+
+/// `(P, "uhead", user)`: (head, floor, rooms). The user's log holds cursors `floor < c <= head`;
+/// `rooms` counts the user's memberships for the rooms-per-user limit. One key, so an append
+/// reads and writes a single key per recipient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct UserHead {
+    pub head: u64,
+    pub floor: u64,
+    pub rooms: u32,
+}
+
+impl UserHead {
+    pub fn encode(&self) -> Vec<u8> {
+        writer().uint(self.head).uint(self.floor).uint(u64::from(self.rooms)).into_bytes()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
+        let mut r = reader(bytes)?;
+        Ok(UserHead { head: r.uint()?, floor: r.uint()?, rooms: r.u32()? })
+    }
+}
+
+/// `(P, "ulog", user, cursor)`: (room, seq), a pointer to the room log entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pointer {
+    pub room: String,
+    pub seq: u64,
+}
+
+impl Pointer {
+    pub fn encode(&self) -> Vec<u8> {
+        writer().str(&self.room).uint(self.seq).into_bytes()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
+        let mut r = reader(bytes)?;
+        Ok(Pointer { room: r.str()?, seq: r.uint()? })
+    }
+}
+
+/// `(P, "memof", user, room)`: (join seq, read seq). The read position lives in the user's side
+/// of the membership: "list my rooms" reads it in the same range read, and it ends with the
+/// membership, as in the SQLite backend (a member who leaves and rejoins starts unread).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MembershipValue {
+    pub join_seq: u64,
+    pub read_seq: u64,
+}
+
+impl MembershipValue {
+    pub fn encode(&self) -> Vec<u8> {
+        writer().uint(self.join_seq).uint(self.read_seq).into_bytes()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
+        let mut r = reader(bytes)?;
+        Ok(MembershipValue { join_seq: r.uint()?, read_seq: r.uint()? })
+    }
+}
+
+/// `(P, "owner", room)`: (node, epoch, writer). `writer` is drawn once per claim call, so a claim
+/// retried after `commit_unknown_result` returns the epoch it got instead of claiming again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnerValue {
+    pub node: String,
+    pub epoch: u64,
+    pub writer: u64,
+}
+
+impl OwnerValue {
+    pub fn encode(&self) -> Vec<u8> {
+        writer().str(&self.node).uint(self.epoch).uint(self.writer).into_bytes()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
+        let mut r = reader(bytes)?;
+        Ok(OwnerValue { node: r.str()?, epoch: r.uint()?, writer: r.uint()? })
+    }
+}
+
+// Codes are part of the stored format: never renumber, only add.
+fn entry_kind_code(kind: EntryKind) -> u64 {
+    match kind {
+        EntryKind::Text => 0,
+        EntryKind::Join => 1,
+        EntryKind::Leave => 2,
+    }
+}
+
+fn entry_kind(code: u64) -> Result<EntryKind, CodecError> {
+    match code {
+        0 => Ok(EntryKind::Text),
+        1 => Ok(EntryKind::Join),
+        2 => Ok(EntryKind::Leave),
+        code => Err(CodecError::UnknownCode { what: "entry kind", code }),
+    }
+}
+
+fn room_kind_code(kind: RoomKind) -> u64 {
+    match kind {
+        RoomKind::Group => 0,
+        RoomKind::Direct => 1,
+    }
+}
+
+fn room_kind(code: u64) -> Result<RoomKind, CodecError> {
+    match code {
+        0 => Ok(RoomKind::Group),
+        1 => Ok(RoomKind::Direct),
+        code => Err(CodecError::UnknownCode { what: "room kind", code }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry() -> EntryValue {
+        EntryValue {
+            kind: EntryKind::Leave,
+            from: "alice".into(),
+            id: "n-17".into(),
+            user: Some("alice".into()),
+            body: "bye\0for now ✓".into(),
+            ts: 1_700_000_000_000,
+            writer: u64::MAX,
+        }
+    }
+
+    #[test]
+    fn values_round_trip() {
+        let e = entry();
+        assert_eq!(EntryValue::decode(&e.encode()).unwrap(), e);
+        let text = EntryValue { kind: EntryKind::Text, user: None, body: String::new(), ..entry() };
+        assert_eq!(EntryValue::decode(&text.encode()).unwrap(), text);
+        let a = AccountValue { password_hash: "$argon2id$v=19$...".into(), token_epoch: 3, created_ms: 9 };
+        assert_eq!(AccountValue::decode(&a.encode()).unwrap(), a);
+        for (kind, private) in [(RoomKind::Group, true), (RoomKind::Direct, false)] {
+            let m = RoomMeta { name: "Lobby".into(), kind, private, created_by: "bob".into() };
+            assert_eq!(RoomMeta::decode(&m.encode()).unwrap(), m);
+        }
+        let h = RoomHead { last_seq: 1 << 33, members: u32::MAX };
+        assert_eq!(RoomHead::decode(&h.encode()).unwrap(), h);
+        let u = UserHead { head: 70_000, floor: 12, rooms: 5 };
+        assert_eq!(UserHead::decode(&u.encode()).unwrap(), u);
+        let p = Pointer { room: "dm:a:b".into(), seq: 42 };
+        assert_eq!(Pointer::decode(&p.encode()).unwrap(), p);
+        let m = MembershipValue { join_seq: 3, read_seq: 99 };
+        assert_eq!(MembershipValue::decode(&m.encode()).unwrap(), m);
+        let o = OwnerValue { node: "node-1".into(), epoch: 7, writer: 1 << 60 };
+        assert_eq!(OwnerValue::decode(&o.encode()).unwrap(), o);
+        assert_eq!(decode_u64(&encode_u64(123_456)).unwrap(), 123_456);
+    }
+
+    #[test]
+    fn entry_becomes_the_protocol_entry() {
+        let got = entry().into_entry("r", 5);
+        assert_eq!(
+            (got.room.as_str(), got.seq, got.kind, got.user.as_deref()),
+            ("r", 5, EntryKind::Leave, Some("alice"))
+        );
+    }
+
+    #[test]
+    fn every_value_starts_with_the_format_byte() {
+        assert_eq!(encode_u64(0), [FORMAT_V1, 0x14]);
+        assert_eq!(Pointer { room: "r".into(), seq: 1 }.encode(), b"\x01\x02r\x00\x15\x01");
+    }
+
+    #[test]
+    fn unknown_formats_are_refused() {
+        let mut bytes = entry().encode();
+        bytes[0] = 2;
+        assert_eq!(EntryValue::decode(&bytes), Err(CodecError::UnknownFormat(2)));
+        assert_eq!(decode_u64(b""), Err(CodecError::Empty));
+        assert_eq!(decode_u64(b"\x00\x14"), Err(CodecError::UnknownFormat(0)));
+        let bad_kind = writer().uint(9).str("a").str("b").null().str("").uint(0).uint(0).into_bytes();
+        assert_eq!(EntryValue::decode(&bad_kind), Err(CodecError::UnknownCode { what: "entry kind", code: 9 }));
+    }
+
+    #[test]
+    fn additive_changes_stay_readable() {
+        // A later version appends a field: this version ignores it.
+        let newer = TupleWriter::from_prefix(&entry().encode()).str("a field from the future").into_bytes();
+        assert_eq!(EntryValue::decode(&newer).unwrap(), entry());
+        // Truncated values are errors, not panics.
+        let full = entry().encode();
+        for len in 0..full.len() {
+            assert!(EntryValue::decode(&full[..len]).is_err());
+        }
+    }
+}

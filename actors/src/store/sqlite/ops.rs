@@ -1,0 +1,672 @@
+//! The store's operations as SQL, one function per [`Store`](crate::store::Store) method.
+//!
+//! Each function runs inside a transaction its caller opened: writes inside the writer's
+//! `BEGIN IMMEDIATE` batch (within their own savepoint), reads inside a reader's snapshot. They
+//! read everything another process could change (sequence numbers, log heads, epochs, member
+//! counts) afresh inside that transaction and cache nothing across transactions, which is what
+//! makes one database file safe to share between node processes.
+
+use rusqlite::types::Type;
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use super::invariants;
+use super::threads::Context;
+use crate::store::{
+    AppendRequest, Appended, Delivery, Epoch, HistoryPage, LogBounds, LogEntry, MembershipLimits, MyRoom, NewRoom,
+    RoomRecord, StoreError, StoreResult, UserRecord,
+};
+use protocol::{Cursor, Entry, EntryKind, RoomKind};
+
+/// Automatic retention trims a user's log only when its head reaches a multiple of this, so the
+/// cost is one range delete per 64 appends instead of a one-row delete on every append, and
+/// between trims a log holds at most `user_log_max_entries + TRIM_PERIOD - 1` entries.
+pub(super) const TRIM_PERIOD: u64 = 64;
+
+// The statements. Each one on a hot path is an index lookup or an index range scan; the
+// `hot_queries_use_indexes` test runs EXPLAIN QUERY PLAN over `HOT_QUERIES` to keep it so.
+
+const USER_INSERT: &str = "INSERT INTO users (name, password_hash, created_ms) VALUES (?1, ?2, ?3) \
+                           ON CONFLICT (name) DO NOTHING RETURNING uid";
+const USER_LOG_INSERT: &str = "INSERT INTO user_logs (uid) VALUES (?1)";
+const USER_BY_NAME: &str = "SELECT name, password_hash, token_epoch, created_ms FROM users WHERE name = ?1";
+const UID_BY_NAME: &str = "SELECT uid FROM users WHERE name = ?1";
+const REVOKE_TOKENS: &str = "UPDATE users SET token_epoch = token_epoch + 1 WHERE name = ?1 RETURNING token_epoch";
+
+const ROOM_BY_ID: &str = "SELECT rid, id, name, kind, private, created_by, last_seq, members, epoch, owner \
+                          FROM rooms WHERE id = ?1";
+const ROOM_INSERT: &str = "INSERT INTO rooms (id, name, kind, private, created_by, created_ms) \
+                           VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING rid";
+const ROOM_ADVANCE: &str =
+    "UPDATE rooms SET last_seq = last_seq + 1, members = members + ?2 WHERE rid = ?1 RETURNING last_seq, members";
+const ROOM_CLAIM: &str = "UPDATE rooms SET epoch = epoch + 1, owner = ?2 WHERE id = ?1 RETURNING epoch";
+
+const MEMBER_EXISTS: &str = "SELECT 1 FROM members WHERE rid = ?1 AND uid = ?2";
+const MEMBER_INSERT: &str = "INSERT INTO members (rid, uid, joined_seq) VALUES (?1, ?2, ?3)";
+const MEMBER_DELETE: &str = "DELETE FROM members WHERE rid = ?1 AND uid = ?2";
+const MEMBER_RECIPIENTS: &str = "SELECT m.uid, u.name FROM members m JOIN users u ON u.uid = m.uid WHERE m.rid = ?1";
+const MEMBERS_IN_JOIN_ORDER: &str =
+    "SELECT u.name FROM members m JOIN users u ON u.uid = m.uid WHERE m.rid = ?1 ORDER BY m.joined_seq";
+const ROOM_COUNT_OF_USER: &str = "SELECT count(*) FROM members WHERE uid = ?1";
+const MARK_READ: &str =
+    "UPDATE members SET read_seq = max(read_seq, min(?3, ?4)) WHERE rid = ?1 AND uid = ?2 RETURNING read_seq";
+const ROOMS_OF_USER: &str = "SELECT r.rid, r.id, r.name, r.kind, r.private, r.created_by, r.last_seq, r.members, \
+                             r.epoch, r.owner, m.read_seq \
+                             FROM members m JOIN rooms r ON r.rid = m.rid WHERE m.uid = ?1 ORDER BY m.rid";
+
+const ENTRY_INSERT: &str =
+    "INSERT INTO entries (rid, seq, id, sender, kind, subject, body, ts) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+// `kind = 'text'` spelled exactly as in the partial index's WHERE, so the planner can use it.
+const ENTRY_BY_CLIENT_ID: &str = "SELECT seq, id, sender, kind, subject, body, ts FROM entries \
+                                  WHERE rid = ?1 AND sender = ?2 AND id = ?3 AND kind = 'text'";
+const HISTORY_BEFORE: &str = "SELECT seq, id, sender, kind, subject, body, ts FROM entries \
+                              WHERE rid = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3";
+const HISTORY_AFTER: &str = "SELECT seq, id, sender, kind, subject, body, ts FROM entries \
+                             WHERE rid = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3";
+
+const LOG_ADVANCE: &str = "UPDATE user_logs SET head = head + 1 WHERE uid = ?1 RETURNING head, floor";
+const LOG_POINTER_INSERT: &str = "INSERT INTO user_log (uid, cursor, rid, seq) VALUES (?1, ?2, ?3, ?4)";
+const LOG_BOUNDS_BY_NAME: &str =
+    "SELECT u.uid, l.floor, l.head FROM users u JOIN user_logs l ON l.uid = u.uid WHERE u.name = ?1";
+const LOG_TRIM: &str = "DELETE FROM user_log WHERE uid = ?1 AND cursor > ?2 AND cursor <= ?3";
+const LOG_SET_FLOOR: &str = "UPDATE user_logs SET floor = ?2 WHERE uid = ?1";
+const LOG_PAGE: &str = "SELECT l.cursor, r.id, e.seq, e.id, e.sender, e.kind, e.subject, e.body, e.ts \
+                        FROM user_log l \
+                        JOIN entries e ON e.rid = l.rid AND e.seq = l.seq \
+                        JOIN rooms r ON r.rid = l.rid \
+                        WHERE l.uid = ?1 AND l.cursor > ?2 ORDER BY l.cursor LIMIT ?3";
+
+/// Statements that run on every append or every page read, for the query-plan test.
+#[cfg(test)]
+pub(super) const HOT_QUERIES: &[&str] = &[
+    UID_BY_NAME,
+    ROOM_BY_ID,
+    ROOM_ADVANCE,
+    MEMBER_EXISTS,
+    MEMBER_RECIPIENTS,
+    MEMBERS_IN_JOIN_ORDER,
+    ROOM_COUNT_OF_USER,
+    MARK_READ,
+    ROOMS_OF_USER,
+    ENTRY_BY_CLIENT_ID,
+    HISTORY_BEFORE,
+    HISTORY_AFTER,
+    LOG_ADVANCE,
+    LOG_BOUNDS_BY_NAME,
+    LOG_TRIM,
+    LOG_PAGE,
+];
+
+/// A u64 as an SQLite integer parameter. Stored values never exceed `i64::MAX`, so clamping
+/// keeps comparisons right: `seq < u64::MAX` must mean "every entry", not an overflow error.
+fn sql_int(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn room_kind_str(kind: RoomKind) -> &'static str {
+    match kind {
+        RoomKind::Group => "group",
+        RoomKind::Direct => "direct",
+    }
+}
+
+fn entry_kind_str(kind: EntryKind) -> &'static str {
+    match kind {
+        EntryKind::Text => "text",
+        EntryKind::Join => "join",
+        EntryKind::Leave => "leave",
+    }
+}
+
+/// A value the schema's CHECK constraints should have made impossible.
+#[derive(Debug)]
+struct CorruptValue(String);
+
+impl std::fmt::Display for CorruptValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "unexpected value `{}`", self.0)
+    }
+}
+
+impl std::error::Error for CorruptValue {}
+
+fn room_kind_column(row: &Row<'_>, index: usize) -> rusqlite::Result<RoomKind> {
+    let text: String = row.get(index)?;
+    match text.as_str() {
+        "group" => Ok(RoomKind::Group),
+        "direct" => Ok(RoomKind::Direct),
+        _ => Err(rusqlite::Error::FromSqlConversionFailure(index, Type::Text, Box::new(CorruptValue(text)))),
+    }
+}
+
+fn entry_kind_column(row: &Row<'_>, index: usize) -> rusqlite::Result<EntryKind> {
+    let text: String = row.get(index)?;
+    match text.as_str() {
+        "text" => Ok(EntryKind::Text),
+        "join" => Ok(EntryKind::Join),
+        "leave" => Ok(EntryKind::Leave),
+        _ => Err(rusqlite::Error::FromSqlConversionFailure(index, Type::Text, Box::new(CorruptValue(text)))),
+    }
+}
+
+/// An entry from the columns `seq, id, sender, kind, subject, body, ts` starting at `first`.
+fn entry_columns(room: String, row: &Row<'_>, first: usize) -> rusqlite::Result<Entry> {
+    Ok(Entry {
+        room,
+        seq: row.get(first)?,
+        id: row.get(first + 1)?,
+        from: row.get(first + 2)?,
+        kind: entry_kind_column(row, first + 3)?,
+        user: row.get(first + 4)?,
+        body: row.get(first + 5)?,
+        ts: row.get(first + 6)?,
+    })
+}
+
+/// A room header as the transaction sees it.
+struct RoomRow {
+    rid: i64,
+    record: RoomRecord,
+    epoch: Epoch,
+    owner: Option<String>,
+}
+
+/// A room from the columns `rid, id, name, kind, private, created_by, last_seq, members, epoch,
+/// owner` (the order of `ROOM_BY_ID` and `ROOMS_OF_USER`).
+fn room_columns(row: &Row<'_>) -> rusqlite::Result<RoomRow> {
+    Ok(RoomRow {
+        rid: row.get(0)?,
+        record: RoomRecord {
+            id: row.get(1)?,
+            name: row.get(2)?,
+            kind: room_kind_column(row, 3)?,
+            private: row.get(4)?,
+            created_by: row.get(5)?,
+            last_seq: row.get(6)?,
+            members: row.get(7)?,
+        },
+        epoch: row.get(8)?,
+        owner: row.get(9)?,
+    })
+}
+
+fn find_room(conn: &Connection, id: &str) -> StoreResult<Option<RoomRow>> {
+    conn.prepare_cached(ROOM_BY_ID).and_then(|mut s| s.query_row([id], room_columns).optional()).ctx("read room")
+}
+
+fn require_room(conn: &Connection, id: &str) -> StoreResult<RoomRow> {
+    find_room(conn, id)?.ok_or_else(|| StoreError::NoSuchRoom(id.to_owned()))
+}
+
+fn find_uid(conn: &Connection, name: &str) -> StoreResult<Option<i64>> {
+    conn.prepare_cached(UID_BY_NAME).and_then(|mut s| s.query_row([name], |r| r.get(0)).optional()).ctx("read user id")
+}
+
+fn require_uid(conn: &Connection, name: &str) -> StoreResult<i64> {
+    find_uid(conn, name)?.ok_or_else(|| StoreError::NoSuchUser(name.to_owned()))
+}
+
+fn member_exists(conn: &Connection, rid: i64, uid: i64) -> StoreResult<bool> {
+    conn.prepare_cached(MEMBER_EXISTS).and_then(|mut s| s.exists(params![rid, uid])).ctx("read membership")
+}
+
+/// Whether the named user exists and is a member (an unknown user is nobody's member).
+fn is_named_member(conn: &Connection, rid: i64, name: &str) -> StoreResult<bool> {
+    match find_uid(conn, name)? {
+        Some(uid) => member_exists(conn, rid, uid),
+        None => Ok(false),
+    }
+}
+
+fn rooms_count(conn: &Connection, uid: i64) -> StoreResult<u64> {
+    conn.prepare_cached(ROOM_COUNT_OF_USER)
+        .and_then(|mut s| s.query_row([uid], |r| r.get(0)))
+        .ctx("count rooms of user")
+}
+
+/// Give the room its next seq and change its member count by `member_delta`; returns the new
+/// seq. The caller read `room` in this same transaction.
+fn advance_room(conn: &Connection, room: &RoomRow, member_delta: i64) -> StoreResult<u64> {
+    let (seq, members): (u64, u64) = conn
+        .prepare_cached(ROOM_ADVANCE)
+        .and_then(|mut s| s.query_row(params![room.rid, member_delta], |r| Ok((r.get(0)?, r.get(1)?))))
+        .ctx("advance room seq")?;
+    debug_assert!(
+        invariants::seq_follows(room.record.last_seq, seq),
+        "room {} seq {} after last_seq {}",
+        room.record.id,
+        seq,
+        room.record.last_seq
+    );
+    debug_assert_eq!(
+        i128::from(members),
+        i128::from(room.record.members) + i128::from(member_delta),
+        "room {} member count",
+        room.record.id
+    );
+    Ok(seq)
+}
+
+fn insert_entry(conn: &Connection, rid: i64, entry: &Entry) -> StoreResult<()> {
+    conn.prepare_cached(ENTRY_INSERT)
+        .and_then(|mut s| {
+            s.execute(params![
+                rid,
+                sql_int(entry.seq),
+                entry.id,
+                entry.from,
+                entry_kind_str(entry.kind),
+                entry.user,
+                entry.body,
+                sql_int(entry.ts),
+            ])
+        })
+        .ctx("insert entry")?;
+    Ok(())
+}
+
+/// Append a pointer to entry (`rid`, `seq`) to the log of every current member, in this
+/// transaction; returns each member's new cursor. With retention on, trims a log whose head
+/// just reached a multiple of [`TRIM_PERIOD`].
+fn fan_out(conn: &Connection, rid: i64, seq: u64, retention: u64) -> StoreResult<Vec<(String, Cursor)>> {
+    let members: Vec<(i64, String)> = conn
+        .prepare_cached(MEMBER_RECIPIENTS)
+        .and_then(|mut s| s.query_map([rid], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+        .ctx("read room members")?;
+    let mut recipients = Vec::with_capacity(members.len());
+    let mut advance = conn.prepare_cached(LOG_ADVANCE).ctx("prepare log advance")?;
+    let mut insert = conn.prepare_cached(LOG_POINTER_INSERT).ctx("prepare log insert")?;
+    for (uid, name) in members {
+        let (head, floor): (u64, u64) =
+            advance.query_row([uid], |r| Ok((r.get(0)?, r.get(1)?))).ctx("advance user log head")?;
+        debug_assert!(invariants::bounds_ordered(floor, head), "user {name} log floor {floor} above head {head}");
+        insert.execute(params![uid, sql_int(head), rid, sql_int(seq)]).ctx("insert user log pointer")?;
+        if retention > 0 && head % TRIM_PERIOD == 0 && head - floor > retention {
+            trim_range(conn, uid, floor, head - retention)?;
+        }
+        recipients.push((name, head));
+    }
+    Ok(recipients)
+}
+
+/// Delete the user's log entries with `floor < cursor <= through` and raise the floor to
+/// `through`. The caller ensures `floor < through <= head`.
+fn trim_range(conn: &Connection, uid: i64, floor: u64, through: u64) -> StoreResult<u64> {
+    let deleted = conn
+        .prepare_cached(LOG_TRIM)
+        .and_then(|mut s| s.execute(params![uid, sql_int(floor), sql_int(through)]))
+        .ctx("trim user log")?;
+    conn.prepare_cached(LOG_SET_FLOOR)
+        .and_then(|mut s| s.execute(params![uid, sql_int(through)]))
+        .ctx("raise user log floor")?;
+    let deleted = deleted as u64;
+    // Every cursor in floor+1..=head has a row (cursors are dense and only trimming removes
+    // rows, from the bottom), so the range held exactly this many.
+    debug_assert_eq!(deleted, through - floor, "user log {uid} has a gap between {floor} and {through}");
+    Ok(deleted)
+}
+
+// Accounts.
+
+pub(super) fn create_user(conn: &Connection, name: &str, password_hash: &str, created_ms: u64) -> StoreResult<()> {
+    let uid: Option<i64> = conn
+        .prepare_cached(USER_INSERT)
+        .and_then(|mut s| s.query_row(params![name, password_hash, sql_int(created_ms)], |r| r.get(0)).optional())
+        .ctx("insert user")?;
+    let uid = uid.ok_or_else(|| StoreError::UserExists(name.to_owned()))?;
+    conn.prepare_cached(USER_LOG_INSERT).and_then(|mut s| s.execute([uid])).ctx("insert user log")?;
+    Ok(())
+}
+
+pub(super) fn user(conn: &Connection, name: &str) -> StoreResult<Option<UserRecord>> {
+    conn.prepare_cached(USER_BY_NAME)
+        .and_then(|mut s| {
+            s.query_row([name], |r| {
+                Ok(UserRecord {
+                    name: r.get(0)?,
+                    password_hash: r.get(1)?,
+                    token_epoch: r.get(2)?,
+                    created_ms: r.get(3)?,
+                })
+            })
+            .optional()
+        })
+        .ctx("read user")
+}
+
+pub(super) fn revoke_tokens(conn: &Connection, name: &str) -> StoreResult<u64> {
+    conn.prepare_cached(REVOKE_TOKENS)
+        .and_then(|mut s| s.query_row([name], |r| r.get(0)).optional())
+        .ctx("bump token epoch")?
+        .ok_or_else(|| StoreError::NoSuchUser(name.to_owned()))
+}
+
+// Rooms.
+
+/// The id of the join entries `create_room` writes: the node makes ids for membership entries,
+/// and these are not deduplicated, so the seq keeps them readable and unique.
+fn creation_join_id(seq: u64) -> String {
+    format!("join-{seq}")
+}
+
+pub(super) fn create_room(
+    conn: &Connection,
+    room: &NewRoom,
+    limits: MembershipLimits,
+    retention: u64,
+) -> StoreResult<(RoomRecord, Option<Vec<Delivery>>)> {
+    if let Some(existing) = find_room(conn, &room.id)? {
+        return Ok((existing.record, None));
+    }
+    // A name listed twice joins once, at its first place.
+    let mut names: Vec<&str> = Vec::with_capacity(room.members.len());
+    for name in &room.members {
+        if !names.contains(&name.as_str()) {
+            names.push(name);
+        }
+    }
+    if names.is_empty() {
+        return Err(StoreError::Backend(format!("invalid room `{}`: no initial members", room.id)));
+    }
+    if names.len() as u64 > u64::from(limits.max_room_members) {
+        return Err(StoreError::RoomFull { room: room.id.clone(), limit: limits.max_room_members });
+    }
+    let mut uids = Vec::with_capacity(names.len());
+    for name in &names {
+        let uid = require_uid(conn, name)?;
+        if rooms_count(conn, uid)? >= u64::from(limits.max_rooms_per_user) {
+            return Err(StoreError::TooManyRooms { user: (*name).to_owned(), limit: limits.max_rooms_per_user });
+        }
+        uids.push(uid);
+    }
+
+    let rid: i64 = conn
+        .prepare_cached(ROOM_INSERT)
+        .and_then(|mut s| {
+            s.query_row(
+                params![room.id, room.name, room_kind_str(room.kind), room.private, room.creator, sql_int(room.ts)],
+                |r| r.get(0),
+            )
+        })
+        .ctx("insert room")?;
+    let mut header = RoomRow {
+        rid,
+        record: RoomRecord {
+            id: room.id.clone(),
+            name: room.name.clone(),
+            kind: room.kind,
+            private: room.private,
+            created_by: room.creator.clone(),
+            last_seq: 0,
+            members: 0,
+        },
+        epoch: 0,
+        owner: None,
+    };
+    // Every initial member is a member at commit time, so each join entry reaches all of them:
+    // first all memberships and entries, then the pointers, entry by entry so every user's log
+    // lists the joins in seq order.
+    let mut entries = Vec::with_capacity(names.len());
+    for (name, uid) in names.iter().zip(&uids) {
+        let seq = advance_room(conn, &header, 1)?;
+        header.record.last_seq = seq;
+        header.record.members += 1;
+        conn.prepare_cached(MEMBER_INSERT)
+            .and_then(|mut s| s.execute(params![rid, uid, sql_int(seq)]))
+            .ctx("insert member")?;
+        let entry = Entry {
+            room: room.id.clone(),
+            seq,
+            id: creation_join_id(seq),
+            from: room.creator.clone(),
+            kind: EntryKind::Join,
+            user: Some((*name).to_owned()),
+            body: String::new(),
+            ts: room.ts,
+        };
+        insert_entry(conn, rid, &entry)?;
+        entries.push(entry);
+    }
+    let mut deliveries = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let recipients = fan_out(conn, rid, entry.seq, retention)?;
+        deliveries.push(Delivery { entry, recipients });
+    }
+    Ok((header.record, Some(deliveries)))
+}
+
+pub(super) fn room(conn: &Connection, id: &str) -> StoreResult<Option<RoomRecord>> {
+    Ok(find_room(conn, id)?.map(|r| r.record))
+}
+
+pub(super) fn members(conn: &Connection, room: &str) -> StoreResult<Vec<String>> {
+    let rid = require_room(conn, room)?.rid;
+    conn.prepare_cached(MEMBERS_IN_JOIN_ORDER)
+        .and_then(|mut s| s.query_map([rid], |r| r.get(0))?.collect())
+        .ctx("read members")
+}
+
+pub(super) fn is_member(conn: &Connection, room: &str, user: &str) -> StoreResult<bool> {
+    let rid = require_room(conn, room)?.rid;
+    is_named_member(conn, rid, user)
+}
+
+pub(super) fn rooms_of(conn: &Connection, user: &str) -> StoreResult<Vec<MyRoom>> {
+    let uid = require_uid(conn, user)?;
+    let rooms: Vec<MyRoom> = conn
+        .prepare_cached(ROOMS_OF_USER)
+        .and_then(|mut s| {
+            s.query_map([uid], |r| Ok(MyRoom { room: room_columns(r)?.record, read_seq: r.get(10)? }))?.collect()
+        })
+        .ctx("read rooms of user")?;
+    debug_assert!(rooms.iter().all(|r| invariants::read_within_room(r.read_seq, r.room.last_seq)));
+    Ok(rooms)
+}
+
+// Logs.
+
+pub(super) fn append(conn: &Connection, request: &AppendRequest, retention: u64) -> StoreResult<Appended> {
+    let room = require_room(conn, &request.room)?;
+    // Fencing first: a stale owner learns it is stale before anything else, and writes nothing.
+    if room.epoch != request.epoch {
+        return Err(StoreError::Fenced { room: room.record.id, epoch: request.epoch, current: room.epoch });
+    }
+    match request.kind {
+        EntryKind::Text => append_text(conn, &room, request, retention),
+        EntryKind::Join => append_join(conn, &room, request, retention),
+        EntryKind::Leave => append_leave(conn, &room, request, retention),
+    }
+}
+
+fn append_text(conn: &Connection, room: &RoomRow, request: &AppendRequest, retention: u64) -> StoreResult<Appended> {
+    // Dedup before the membership check: a retry of an acknowledged send gets its ack back
+    // even if the sender has left the room since.
+    let original = conn
+        .prepare_cached(ENTRY_BY_CLIENT_ID)
+        .and_then(|mut s| {
+            s.query_row(params![room.rid, request.from, request.id], |r| entry_columns(room.record.id.clone(), r, 0))
+                .optional()
+        })
+        .ctx("look up client message id")?;
+    if let Some(entry) = original {
+        return Ok(Appended { delivery: Delivery { entry, recipients: Vec::new() }, duplicate: true });
+    }
+    if !is_named_member(conn, room.rid, &request.from)? {
+        return Err(StoreError::NotMember { room: room.record.id.clone(), user: request.from.clone() });
+    }
+    let seq = advance_room(conn, room, 0)?;
+    let entry = Entry {
+        room: room.record.id.clone(),
+        seq,
+        id: request.id.clone(),
+        from: request.from.clone(),
+        kind: EntryKind::Text,
+        user: None,
+        body: request.body.clone(),
+        ts: request.ts,
+    };
+    insert_entry(conn, room.rid, &entry)?;
+    let recipients = fan_out(conn, room.rid, seq, retention)?;
+    Ok(Appended { delivery: Delivery { entry, recipients }, duplicate: false })
+}
+
+fn append_join(conn: &Connection, room: &RoomRow, request: &AppendRequest, retention: u64) -> StoreResult<Appended> {
+    let room_id = &room.record.id;
+    let user = request.user.as_deref().unwrap_or(&request.from);
+    let uid = require_uid(conn, user)?;
+    if member_exists(conn, room.rid, uid)? {
+        return Err(StoreError::AlreadyMember { room: room_id.clone(), user: user.to_owned() });
+    }
+    if user == request.from {
+        if room.record.private {
+            return Err(StoreError::Forbidden(room_id.clone()));
+        }
+    } else if !is_named_member(conn, room.rid, &request.from)? {
+        return Err(StoreError::NotMember { room: room_id.clone(), user: request.from.clone() });
+    }
+    let limits = request.limits;
+    if room.record.members >= limits.max_room_members {
+        return Err(StoreError::RoomFull { room: room_id.clone(), limit: limits.max_room_members });
+    }
+    if rooms_count(conn, uid)? >= u64::from(limits.max_rooms_per_user) {
+        return Err(StoreError::TooManyRooms { user: user.to_owned(), limit: limits.max_rooms_per_user });
+    }
+    let seq = advance_room(conn, room, 1)?;
+    conn.prepare_cached(MEMBER_INSERT)
+        .and_then(|mut s| s.execute(params![room.rid, uid, sql_int(seq)]))
+        .ctx("insert member")?;
+    let entry = membership_entry(room, request, EntryKind::Join, user, seq);
+    insert_entry(conn, room.rid, &entry)?;
+    // The new member is a member at commit time, so their log starts with their own join.
+    let recipients = fan_out(conn, room.rid, seq, retention)?;
+    Ok(Appended { delivery: Delivery { entry, recipients }, duplicate: false })
+}
+
+fn append_leave(conn: &Connection, room: &RoomRow, request: &AppendRequest, retention: u64) -> StoreResult<Appended> {
+    let user = request.user.as_deref().unwrap_or(&request.from);
+    if user != request.from {
+        // Removing someone else is not a feature (yet); refusing keeps a caller bug from
+        // silently removing the wrong member.
+        return Err(StoreError::Backend(format!(
+            "invalid append to `{}`: `{}` cannot leave on behalf of `{user}`",
+            room.record.id, request.from
+        )));
+    }
+    let uid = find_uid(conn, user)?;
+    let uid = match uid {
+        Some(uid) if member_exists(conn, room.rid, uid)? => uid,
+        _ => return Err(StoreError::NotMember { room: room.record.id.clone(), user: user.to_owned() }),
+    };
+    let seq = advance_room(conn, room, -1)?;
+    let entry = membership_entry(room, request, EntryKind::Leave, user, seq);
+    insert_entry(conn, room.rid, &entry)?;
+    // Fan out while the leaver is still a member, so their other devices learn of the leave,
+    // then drop the membership in the same transaction.
+    let recipients = fan_out(conn, room.rid, seq, retention)?;
+    conn.prepare_cached(MEMBER_DELETE).and_then(|mut s| s.execute(params![room.rid, uid])).ctx("delete member")?;
+    Ok(Appended { delivery: Delivery { entry, recipients }, duplicate: false })
+}
+
+fn membership_entry(room: &RoomRow, request: &AppendRequest, kind: EntryKind, user: &str, seq: u64) -> Entry {
+    Entry {
+        room: room.record.id.clone(),
+        seq,
+        id: request.id.clone(),
+        from: request.from.clone(),
+        kind,
+        user: Some(user.to_owned()),
+        body: request.body.clone(),
+        ts: request.ts,
+    }
+}
+
+pub(super) fn history(conn: &Connection, room: &str, page: HistoryPage, limit: u32) -> StoreResult<(Vec<Entry>, bool)> {
+    let rid = require_room(conn, room)?.rid;
+    // One row past the limit tells whether more lie beyond, without a second query.
+    let fetch = i64::from(limit) + 1;
+    let (sql, bound) = match page {
+        HistoryPage::Before(n) => (HISTORY_BEFORE, n),
+        HistoryPage::After(n) => (HISTORY_AFTER, n),
+    };
+    let mut entries: Vec<Entry> = conn
+        .prepare_cached(sql)
+        .and_then(|mut s| {
+            s.query_map(params![rid, sql_int(bound), fetch], |r| entry_columns(room.to_owned(), r, 0))?.collect()
+        })
+        .ctx("read history")?;
+    let more = entries.len() > limit as usize;
+    entries.truncate(limit as usize);
+    if matches!(page, HistoryPage::Before(_)) {
+        entries.reverse();
+    }
+    debug_assert!(invariants::is_dense(entries.iter().map(|e| e.seq)), "room {room} history has a gap");
+    Ok((entries, more))
+}
+
+pub(super) fn user_log(conn: &Connection, user: &str, after: Cursor, limit: u32) -> StoreResult<Vec<LogEntry>> {
+    let uid = require_uid(conn, user)?;
+    let entries: Vec<LogEntry> = conn
+        .prepare_cached(LOG_PAGE)
+        .and_then(|mut s| {
+            s.query_map(params![uid, sql_int(after), i64::from(limit)], |r| {
+                Ok(LogEntry { cursor: r.get(0)?, entry: entry_columns(r.get(1)?, r, 2)? })
+            })?
+            .collect()
+        })
+        .ctx("read user log")?;
+    debug_assert!(invariants::is_dense(entries.iter().map(|e| e.cursor)), "user {user} log has a gap");
+    Ok(entries)
+}
+
+fn log_bounds(conn: &Connection, user: &str) -> StoreResult<(i64, LogBounds)> {
+    conn.prepare_cached(LOG_BOUNDS_BY_NAME)
+        .and_then(|mut s| {
+            s.query_row([user], |r| Ok((r.get(0)?, LogBounds { floor: r.get(1)?, head: r.get(2)? }))).optional()
+        })
+        .ctx("read user log bounds")?
+        .ok_or_else(|| StoreError::NoSuchUser(user.to_owned()))
+}
+
+pub(super) fn user_log_bounds(conn: &Connection, user: &str) -> StoreResult<LogBounds> {
+    Ok(log_bounds(conn, user)?.1)
+}
+
+pub(super) fn trim_user_log(conn: &Connection, user: &str, through: Cursor) -> StoreResult<u64> {
+    let (uid, bounds) = log_bounds(conn, user)?;
+    // Never past the head: the floor above the head would claim entries were trimmed that do
+    // not exist yet, and the next append would land below the floor.
+    let through = through.min(bounds.head);
+    if through <= bounds.floor {
+        return Ok(0);
+    }
+    trim_range(conn, uid, bounds.floor, through)
+}
+
+// Read positions.
+
+pub(super) fn mark_read(conn: &Connection, user: &str, room: &str, seq: u64) -> StoreResult<u64> {
+    let header = require_room(conn, room)?;
+    let uid = require_uid(conn, user)?;
+    let stored: Option<u64> = conn
+        .prepare_cached(MARK_READ)
+        .and_then(|mut s| {
+            s.query_row(params![header.rid, uid, sql_int(seq), sql_int(header.record.last_seq)], |r| r.get(0))
+                .optional()
+        })
+        .ctx("update read position")?;
+    let stored = stored.ok_or_else(|| StoreError::NotMember { room: room.to_owned(), user: user.to_owned() })?;
+    debug_assert!(invariants::read_within_room(stored, header.record.last_seq));
+    Ok(stored)
+}
+
+// Ownership.
+
+pub(super) fn claim_room(conn: &Connection, room: &str, node: &str) -> StoreResult<Epoch> {
+    conn.prepare_cached(ROOM_CLAIM)
+        .and_then(|mut s| s.query_row([room, node], |r| r.get(0)).optional())
+        .ctx("claim room")?
+        .ok_or_else(|| StoreError::NoSuchRoom(room.to_owned()))
+}
+
+pub(super) fn room_owner(conn: &Connection, room: &str) -> StoreResult<Option<(String, Epoch)>> {
+    Ok(find_room(conn, room)?.and_then(|r| r.owner.map(|owner| (owner, r.epoch))))
+}

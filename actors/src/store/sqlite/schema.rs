@@ -1,0 +1,212 @@
+//! Opening connections and creating or migrating the schema.
+//!
+//! Every connection gets the same pragmas (busy timeout, `synchronous = FULL`, foreign keys);
+//! the writer connection additionally switches the file to WAL and brings the schema to
+//! [`SCHEMA_VERSION`] inside one `BEGIN IMMEDIATE` transaction, so two processes opening a fresh
+//! file at the same moment cannot both create it.
+
+use std::path::Path;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, ErrorCode, OpenFlags};
+
+use super::threads::Context;
+use crate::store::{StoreError, StoreResult};
+
+/// The schema this build reads and writes, stored in `PRAGMA user_version`.
+pub(super) const SCHEMA_VERSION: i64 = 1;
+
+/// `PRAGMA application_id` of a palaver database ("plvr"), so that pointing `path` at some
+/// other application's SQLite file fails on open instead of growing palaver tables inside it.
+pub(super) const APPLICATION_ID: i64 = 0x706c_7672;
+
+/// Statements cached per connection. The store issues about 40 distinct statements; a few spare
+/// slots keep the cache from thrashing if that grows.
+const STATEMENT_CACHE_CAPACITY: usize = 64;
+
+/// Version 1 of the schema. See the module documentation of `sqlite` for the reasons behind
+/// each table and index.
+const SCHEMA_V1: &str = "
+CREATE TABLE users (
+    uid           INTEGER PRIMARY KEY,
+    name          TEXT NOT NULL UNIQUE,
+    password_hash TEXT NOT NULL,
+    token_epoch   INTEGER NOT NULL DEFAULT 0,
+    created_ms    INTEGER NOT NULL
+);
+
+CREATE TABLE user_logs (
+    uid   INTEGER PRIMARY KEY REFERENCES users (uid),
+    head  INTEGER NOT NULL DEFAULT 0,
+    floor INTEGER NOT NULL DEFAULT 0,
+    CHECK (0 <= floor AND floor <= head)
+);
+
+CREATE TABLE user_log (
+    uid    INTEGER NOT NULL,
+    cursor INTEGER NOT NULL,
+    rid    INTEGER NOT NULL,
+    seq    INTEGER NOT NULL,
+    PRIMARY KEY (uid, cursor)
+) WITHOUT ROWID;
+
+CREATE TABLE rooms (
+    rid        INTEGER PRIMARY KEY,
+    id         TEXT NOT NULL UNIQUE,
+    name       TEXT NOT NULL,
+    kind       TEXT NOT NULL CHECK (kind IN ('group', 'direct')),
+    private    INTEGER NOT NULL CHECK (private IN (0, 1)),
+    created_by TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    last_seq   INTEGER NOT NULL DEFAULT 0 CHECK (last_seq >= 0),
+    members    INTEGER NOT NULL DEFAULT 0 CHECK (members >= 0),
+    epoch      INTEGER NOT NULL DEFAULT 0,
+    owner      TEXT
+);
+
+CREATE TABLE members (
+    rid        INTEGER NOT NULL REFERENCES rooms (rid),
+    uid        INTEGER NOT NULL REFERENCES users (uid),
+    joined_seq INTEGER NOT NULL,
+    read_seq   INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (rid, uid)
+) WITHOUT ROWID;
+
+CREATE INDEX members_by_user ON members (uid, rid);
+
+CREATE TABLE entries (
+    eid     INTEGER PRIMARY KEY,
+    rid     INTEGER NOT NULL,
+    seq     INTEGER NOT NULL,
+    id      TEXT NOT NULL,
+    sender  TEXT NOT NULL,
+    kind    TEXT NOT NULL CHECK (kind IN ('text', 'join', 'leave')),
+    subject TEXT,
+    body    TEXT NOT NULL,
+    ts      INTEGER NOT NULL
+);
+
+CREATE UNIQUE INDEX entries_by_seq ON entries (rid, seq);
+
+CREATE UNIQUE INDEX entries_by_client_id ON entries (rid, sender, id) WHERE kind = 'text';
+";
+
+/// Migrations from version `n` to `n + 1`, indexed by `n - 1`. Empty while version 1 is the
+/// only one; a future version appends its `ALTER`/`CREATE` script here and bumps
+/// [`SCHEMA_VERSION`], and `migrate` applies every step in the same transaction.
+const MIGRATIONS: &[&str] = &[];
+
+/// Open a connection with palaver's per-connection settings.
+pub(super) fn open_connection(path: &Path, busy_timeout: Duration, read_only: bool) -> StoreResult<Connection> {
+    // NO_MUTEX: each connection lives on exactly one thread, so SQLite's own per-connection
+    // mutex would only cost time.
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags)
+        .map_err(|e| StoreError::Backend(format!("sqlite: open `{}`: {e}", path.display())))?;
+    // Wait for another process's write transaction instead of failing at once. Set before any
+    // other statement, since even reading the schema can meet a lock.
+    conn.busy_timeout(busy_timeout).ctx("set busy timeout")?;
+    // FULL: in WAL mode, NORMAL already survives a process crash (kill -9), but after a power
+    // loss or kernel panic the last transactions may roll back because the WAL is not synced at
+    // each commit. We ack a message only after commit and promise it survives power loss, so
+    // every commit syncs the WAL. Group commit pays that fsync once per batch, not per message.
+    conn.pragma_update(None, "synchronous", "FULL").ctx("set synchronous = FULL")?;
+    // Membership rows reference users and rooms; the hot, many-row tables (entries, user_log)
+    // carry no foreign keys because only this module writes them, from ids it just read in the
+    // same transaction, and a check per fanned-out pointer would cost a lookup each.
+    conn.pragma_update(None, "foreign_keys", "ON").ctx("enable foreign keys")?;
+    if read_only {
+        // Reader connections must never write: a bug that tried would otherwise bypass the
+        // writer's group commit and take the write lock behind its back.
+        conn.pragma_update(None, "query_only", "ON").ctx("set query_only")?;
+    }
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
+    Ok(conn)
+}
+
+/// Switch the file to WAL (a persistent property of the file) and bring the schema to
+/// [`SCHEMA_VERSION`]. Runs on the writer connection before any reader opens.
+pub(super) fn prepare_database(conn: &Connection, busy_timeout: Duration) -> StoreResult<()> {
+    enable_wal(conn, busy_timeout)?;
+    conn.execute_batch("BEGIN IMMEDIATE").ctx("begin schema transaction")?;
+    match migrate(conn) {
+        Ok(()) => conn.execute_batch("COMMIT").ctx("commit schema"),
+        Err(e) => {
+            // The error being reported matters more than a failed rollback, which SQLite
+            // completes anyway when the connection closes.
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
+}
+
+/// `PRAGMA journal_mode = WAL`. Changing the journal mode needs a lock that another process
+/// opening the same fresh file may hold, and SQLite may report `SQLITE_BUSY` for it without
+/// consulting the busy handler, so retry until the busy timeout has passed.
+fn enable_wal(conn: &Connection, busy_timeout: Duration) -> StoreResult<()> {
+    let deadline = Instant::now() + busy_timeout;
+    loop {
+        let result = conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get::<_, String>(0));
+        match result {
+            Ok(mode) if mode.eq_ignore_ascii_case("wal") => return Ok(()),
+            Ok(mode) => {
+                return Err(StoreError::Backend(format!(
+                    "sqlite: could not switch to WAL mode (journal mode is `{mode}`); the store needs a file on a \
+                     local file system"
+                )))
+            }
+            Err(e)
+                if matches!(e.sqlite_error_code(), Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked))
+                    && Instant::now() < deadline =>
+            {
+                thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => return Err(e).ctx("switch to WAL mode"),
+        }
+    }
+}
+
+/// Check the file is ours and at a version we understand, then create or migrate. Runs inside
+/// the caller's `BEGIN IMMEDIATE`, so it sees a stable file.
+fn migrate(conn: &Connection) -> StoreResult<()> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0)).ctx("read user_version")?;
+    let application_id: i64 =
+        conn.pragma_query_value(None, "application_id", |row| row.get(0)).ctx("read application_id")?;
+    if application_id != 0 && application_id != APPLICATION_ID {
+        return Err(StoreError::Backend(format!(
+            "sqlite: the database belongs to another application (application_id {application_id:#x}, palaver's is \
+             {APPLICATION_ID:#x}); refusing to open it"
+        )));
+    }
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::Backend(format!(
+            "sqlite: database schema version {version} is newer than this build of palaver supports \
+             ({SCHEMA_VERSION}); run a newer palaver, or restore a backup made before the upgrade"
+        )));
+    }
+    if version == 0 {
+        let tables: i64 = conn
+            .query_row("SELECT count(*) FROM sqlite_schema WHERE type = 'table'", [], |row| row.get(0))
+            .ctx("inspect schema")?;
+        if tables > 0 {
+            return Err(StoreError::Backend(
+                "sqlite: the database has tables but no palaver schema version; refusing to open a file palaver \
+                 did not create"
+                    .into(),
+            ));
+        }
+        conn.execute_batch(SCHEMA_V1).ctx("create schema")?;
+    } else {
+        for step in version..SCHEMA_VERSION {
+            let index = usize::try_from(step - 1).map_err(|_| StoreError::Backend("sqlite: bad schema step".into()))?;
+            let script = MIGRATIONS.get(index).ok_or_else(|| {
+                StoreError::Backend(format!("sqlite: no migration from schema version {step} to {}", step + 1))
+            })?;
+            conn.execute_batch(script).ctx("migrate schema")?;
+        }
+    }
+    conn.pragma_update(None, "application_id", APPLICATION_ID).ctx("write application_id")?;
+    conn.pragma_update(None, "user_version", SCHEMA_VERSION).ctx("write user_version")?;
+    Ok(())
+}

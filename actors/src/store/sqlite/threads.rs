@@ -1,0 +1,251 @@
+//! The threads that own the SQLite connections: one writer doing group commit, a few readers.
+//!
+//! SQLite calls block (on disk, on fsync, on another process's lock for up to the busy
+//! timeout), so none of them runs on the async runtime. The async side sends a job over a
+//! bounded tokio channel (waiting when it is full: back-pressure) and awaits a oneshot reply.
+//!
+//! Writer: one thread, one connection. It takes the first queued job, then drains up to
+//! `max_batch_requests` jobs or `max_batch_bytes` of payload without waiting, and runs them in
+//! one `BEGIN IMMEDIATE` transaction with one `SAVEPOINT` per job, so one job's refusal
+//! (not a member, fenced, …) rolls back only that job. Replies go out after `COMMIT` returns,
+//! so nothing is acknowledged before it is durable. Under load the batch grows by itself: while
+//! a commit syncs, new requests queue up and go into the next one.
+//!
+//! Readers: a fixed set of threads, each owning a connection, all taking jobs from one shared
+//! queue (so a slow read never holds up a fast one queued behind it on the same thread). WAL
+//! lets them read a consistent snapshot while the writer commits. Dedicated threads rather
+//! than `spawn_blocking` plus a connection pool: each connection keeps its statement cache warm
+//! on one thread, the thread count is a fixed, configured limit instead of tokio's blocking
+//! pool (shared with everything else in the process, up to 512 threads), and the store works
+//! under any executor because the only runtime-facing parts are tokio's channels.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, ErrorCode};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::store::{StoreError, StoreResult};
+
+/// Attach what the store was doing to a SQLite error and sort it: a lock still held by another
+/// connection after the busy timeout is [`StoreError::Unavailable`] (retryable); anything else
+/// is [`StoreError::Backend`].
+pub(super) trait Context<T> {
+    fn ctx(self, doing: &str) -> StoreResult<T>;
+}
+
+impl<T> Context<T> for rusqlite::Result<T> {
+    fn ctx(self, doing: &str) -> StoreResult<T> {
+        self.map_err(|e| sqlite_error(e, doing))
+    }
+}
+
+pub(super) fn sqlite_error(e: rusqlite::Error, doing: &str) -> StoreError {
+    match e.sqlite_error_code() {
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
+            StoreError::Unavailable(format!("sqlite: database still locked after the busy timeout ({doing}): {e}"))
+        }
+        _ => StoreError::Backend(format!("sqlite: {doing}: {e}")),
+    }
+}
+
+/// Counters of the writer, for metrics and for the test that checks group commit batches.
+#[derive(Debug, Default)]
+pub(super) struct WriterCounters {
+    pub transactions: AtomicU64,
+    pub requests: AtomicU64,
+    pub failed_transactions: AtomicU64,
+}
+
+/// A write the writer thread runs inside a batch transaction.
+pub(super) trait WriteJob: Send {
+    /// Payload size, counted against `max_batch_bytes`.
+    fn cost_bytes(&self) -> usize;
+    /// Run the operation; `true` if it succeeded and its writes are to be kept.
+    fn apply(&mut self, conn: &Connection) -> bool;
+    /// Reply: the operation's own result if the batch committed, else the commit's error.
+    fn finish(self: Box<Self>, committed: Result<(), StoreError>);
+}
+
+/// The one implementation of [`WriteJob`]: a closure, its result and where to send it.
+pub(super) struct Job<T, F> {
+    op: Option<F>,
+    result: Option<StoreResult<T>>,
+    reply: oneshot::Sender<StoreResult<T>>,
+    cost_bytes: usize,
+}
+
+impl<T, F> Job<T, F> {
+    pub(super) fn new(op: F, reply: oneshot::Sender<StoreResult<T>>, cost_bytes: usize) -> Self {
+        Job { op: Some(op), result: None, reply, cost_bytes }
+    }
+}
+
+impl<T, F> WriteJob for Job<T, F>
+where
+    T: Send,
+    F: FnOnce(&Connection) -> StoreResult<T> + Send,
+{
+    fn cost_bytes(&self) -> usize {
+        self.cost_bytes
+    }
+
+    fn apply(&mut self, conn: &Connection) -> bool {
+        let result = match self.op.take() {
+            Some(op) => op(conn),
+            None => Err(StoreError::Backend("sqlite: write job applied twice".into())),
+        };
+        let ok = result.is_ok();
+        self.result = Some(result);
+        ok
+    }
+
+    fn finish(self: Box<Self>, committed: Result<(), StoreError>) {
+        let outcome = match committed {
+            Ok(()) => self.result.unwrap_or_else(|| Err(StoreError::Backend("sqlite: write job never ran".into()))),
+            Err(e) => Err(e),
+        };
+        // The caller may have given up waiting (its future was dropped); the write stands.
+        let _ = self.reply.send(outcome);
+    }
+}
+
+/// A read: runs on a reader thread with that thread's connection.
+pub(super) type ReadJob = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// Batch bounds for the writer.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct BatchLimits {
+    pub max_requests: usize,
+    pub max_bytes: usize,
+}
+
+/// The writer thread's loop: until every sender is gone, take a batch and commit it.
+pub(super) fn writer_loop(
+    conn: Connection,
+    mut queue: mpsc::Receiver<Box<dyn WriteJob>>,
+    limits: BatchLimits,
+    counters: Arc<WriterCounters>,
+) {
+    let mut batch: Vec<Box<dyn WriteJob>> = Vec::with_capacity(limits.max_requests);
+    while let Some(first) = queue.blocking_recv() {
+        let mut bytes = first.cost_bytes();
+        batch.push(first);
+        // Take what is already queued, without waiting: waiting for more would add latency
+        // when idle, and under load the queue refills while the previous commit syncs.
+        while batch.len() < limits.max_requests && bytes < limits.max_bytes {
+            match queue.try_recv() {
+                Ok(job) => {
+                    bytes += job.cost_bytes();
+                    batch.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        let jobs = std::mem::take(&mut batch);
+        let requests = jobs.len() as u64;
+        counters.requests.fetch_add(requests, Ordering::Relaxed);
+        // A panic (a failed debug assertion, a bug) drops the batch's reply senders, so every
+        // caller in it gets an error instead of an ack; the thread rolls back and carries on.
+        if catch_unwind(AssertUnwindSafe(|| commit_batch(&conn, jobs, &counters))).is_err() {
+            counters.failed_transactions.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(requests, "sqlite writer panicked inside a batch; its requests failed");
+            rollback(&conn);
+        }
+    }
+    tracing::debug!("sqlite writer stopped: every sender is gone");
+}
+
+/// Run one batch in one transaction; every job has its reply either way. The counters are
+/// updated before the replies go out, so a caller that got its reply sees them counted.
+fn commit_batch(conn: &Connection, mut jobs: Vec<Box<dyn WriteJob>>, counters: &WriterCounters) {
+    let failed = |jobs: Vec<Box<dyn WriteJob>>, e: StoreError| {
+        counters.failed_transactions.fetch_add(1, Ordering::Relaxed);
+        finish_all(jobs, Err(e));
+    };
+    // IMMEDIATE takes the write lock now, waiting up to the busy timeout for another process's
+    // writer. A DEFERRED transaction would take it at its first write, and if another process
+    // wrote in between, SQLite would have to fail it (SQLITE_BUSY_SNAPSHOT) without waiting.
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE").ctx("begin write transaction") {
+        tracing::warn!(error = %e, requests = jobs.len(), "sqlite write batch could not start");
+        failed(jobs, e);
+        return;
+    }
+    for index in 0..jobs.len() {
+        if let Err(e) = run_in_savepoint(conn, jobs[index].as_mut()) {
+            // SQLite rolled the whole transaction back (it does so after I/O errors, a full
+            // disk, or running out of memory), or the savepoint itself failed: none of the
+            // batch's writes can be trusted to commit, so none is acknowledged.
+            tracing::error!(error = %e, requests = jobs.len(), "sqlite write batch aborted");
+            rollback(conn);
+            failed(jobs, e);
+            return;
+        }
+    }
+    match conn.execute_batch("COMMIT").ctx("commit write transaction") {
+        Ok(()) => {
+            counters.transactions.fetch_add(1, Ordering::Relaxed);
+            finish_all(jobs, Ok(()));
+        }
+        Err(e) => {
+            tracing::error!(error = %e, requests = jobs.len(), "sqlite write batch failed to commit");
+            rollback(conn);
+            failed(jobs, e);
+        }
+    }
+}
+
+/// Apply one job between `SAVEPOINT` and `RELEASE`, rolling back to the savepoint if the job
+/// refused. `Err` means the batch transaction is no longer usable.
+fn run_in_savepoint(conn: &Connection, job: &mut dyn WriteJob) -> StoreResult<()> {
+    conn.prepare_cached("SAVEPOINT request").and_then(|mut s| s.execute([])).ctx("open savepoint")?;
+    let ok = job.apply(conn);
+    if conn.is_autocommit() {
+        return Err(StoreError::Backend(
+            "sqlite: the write transaction was rolled back by SQLite after an error; retry".into(),
+        ));
+    }
+    if !ok {
+        conn.prepare_cached("ROLLBACK TO request").and_then(|mut s| s.execute([])).ctx("roll back savepoint")?;
+    }
+    conn.prepare_cached("RELEASE request").and_then(|mut s| s.execute([])).ctx("release savepoint")?;
+    Ok(())
+}
+
+fn finish_all(jobs: Vec<Box<dyn WriteJob>>, committed: Result<(), StoreError>) {
+    for job in jobs {
+        job.finish(committed.clone());
+    }
+}
+
+fn rollback(conn: &Connection) {
+    if !conn.is_autocommit() {
+        if let Err(e) = conn.execute_batch("ROLLBACK") {
+            tracing::error!(error = %e, "sqlite rollback failed");
+        }
+    }
+}
+
+/// A reader thread's loop: take the next job from the shared queue and run it.
+pub(super) fn reader_loop(mut conn: Connection, queue: Arc<Mutex<mpsc::Receiver<ReadJob>>>) {
+    loop {
+        // Hold the lock only while waiting for a job: the thread holding it waits on the
+        // channel, the others wait on the lock, and each job goes to exactly one thread.
+        let job = {
+            let mut receiver = match queue.lock() {
+                Ok(guard) => guard,
+                // Jobs run outside the lock, so a poisoned lock only means another reader
+                // panicked while waiting, which leaves the receiver intact.
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            receiver.blocking_recv()
+        };
+        let Some(job) = job else { break };
+        if catch_unwind(AssertUnwindSafe(|| job(&mut conn))).is_err() {
+            tracing::error!("sqlite reader panicked; its request failed");
+            rollback(&conn);
+        }
+    }
+    tracing::debug!("sqlite reader stopped: every sender is gone");
+}
