@@ -19,6 +19,7 @@ use ractor::{Actor, ActorRef};
 use tokio::sync::{mpsc, oneshot, watch, Notify, OnceCell};
 
 use crate::auth::Authenticator;
+use crate::cluster::{Cluster, Route};
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::room::{AppendCommand, RoomActor, RoomArgs, RoomMessage};
@@ -29,8 +30,10 @@ use crate::store::{Appended, Delivery, Store, StoreError};
 pub enum Outbound {
     /// A committed entry at `cursor` of the connection's user's log.
     Deliver { cursor: Cursor, entry: Arc<Entry> },
-    /// A frame to send as is (read-position sync).
-    Frame(ServerFrame),
+    /// A frame to send as is (read-position sync). Boxed to keep `Outbound` small: every
+    /// connection's inbox allocates its slots up front, so the variant size is memory per
+    /// connection.
+    Frame(Box<ServerFrame>),
 }
 
 /// Out-of-band signals to a connection, which work even when its queue is full.
@@ -71,6 +74,8 @@ pub struct Hub {
     connections: Mutex<HashMap<String, Vec<ConnHandle>>>,
     next_conn_id: AtomicU64,
     shutdown: watch::Sender<bool>,
+    /// Set when the node runs in a cluster (actors/src/cluster); unset on a single node.
+    cluster: std::sync::OnceLock<Arc<Cluster>>,
 }
 
 impl Hub {
@@ -85,13 +90,44 @@ impl Hub {
             connections: Mutex::new(HashMap::new()),
             next_conn_id: AtomicU64::new(1),
             shutdown: watch::channel(false).0,
+            cluster: std::sync::OnceLock::new(),
         })
     }
 
-    /// Hand a command to the room's actor and return where its outcome will arrive. The command
-    /// is in the room's mailbox when this returns, so commands given in order are applied in
-    /// order, while the caller waits for replies as it likes (pipelining).
+    /// Join a cluster: from now on `append` and `deliver` reach other nodes too.
+    pub fn set_cluster(&self, cluster: Arc<Cluster>) {
+        let _ = self.cluster.set(cluster);
+    }
+
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.get()
+    }
+
+    /// Hand a command to the room's actor and return where its outcome will arrive. For a local
+    /// room the command is in the room's mailbox when this returns; for a room another node owns
+    /// it is queued, in order, to that node's router, which applies forwarded commands in
+    /// arrival order. Either way commands given in order are applied in order, while the caller
+    /// waits for replies as it likes (pipelining).
     pub async fn append(
+        self: &Arc<Self>,
+        room: &str,
+        command: AppendCommand,
+    ) -> Result<oneshot::Receiver<Result<Appended, StoreError>>, StoreError> {
+        // Cluster: location transparency. A room another node owns is reached through that
+        // node's router, and the reply comes back on the same kind of receiver.
+        if let Some(cluster) = self.cluster.get() {
+            match cluster.route(room) {
+                Route::Local => {}
+                Route::Remote(owner) => return cluster.forward_append(&owner, room, command),
+                Route::Unavailable(reason) => return Err(StoreError::Unavailable(reason)),
+            }
+        }
+        self.append_here(room, command).await
+    }
+
+    /// [`Hub::append`] to this node's own room actor (the cluster's router calls this for
+    /// appends forwarded to this node, after checking that it owns the room).
+    pub(crate) async fn append_here(
         self: &Arc<Self>,
         room: &str,
         command: AppendCommand,
@@ -160,14 +196,24 @@ impl Hub {
     /// Room ids with a running actor on this node (operator view).
     pub fn active_rooms(&self) -> Vec<String> {
         let rooms = self.rooms.lock().expect("rooms lock");
-        let mut ids: Vec<String> = rooms.iter().filter(|(_, slot)| slot.get().is_some()).map(|(id, _)| id.clone()).collect();
+        let mut ids: Vec<String> =
+            rooms.iter().filter(|(_, slot)| slot.get().is_some()).map(|(id, _)| id.clone()).collect();
         ids.sort();
         ids
     }
 
-    /// Hand a committed entry to every live connection of its recipients. Never blocks: a full
-    /// queue marks the connection lagged, and it reads what it missed from the store.
+    /// Hand a committed entry to every live connection of its recipients, on every node (in a
+    /// cluster, each other live node gets it once and fans out locally). Never blocks.
     pub fn deliver(&self, delivery: &Delivery) {
+        self.deliver_local(delivery);
+        if let Some(cluster) = self.cluster.get() {
+            cluster.broadcast_delivery(delivery);
+        }
+    }
+
+    /// Hand a committed entry to this node's live connections of its recipients. Never blocks:
+    /// a full queue marks the connection lagged, and it reads what it missed from the store.
+    pub fn deliver_local(&self, delivery: &Delivery) {
         let entry = Arc::new(delivery.entry.clone());
         let connections = self.connections.lock().expect("connections lock");
         let mut delivered = 0;
@@ -184,6 +230,30 @@ impl Hub {
             }
         }
         Metrics::add(&self.metrics.deliveries_total, delivered);
+    }
+
+    /// Stop the room actors of rooms for which `moved` is true (the cluster calls this when
+    /// ownership changes); returns how many. Commands already queued fail as `unavailable`.
+    pub(crate) fn stop_rooms_where(&self, moved: impl Fn(&str) -> bool) -> usize {
+        let rooms = self.rooms.lock().expect("rooms lock");
+        let mut stopped = 0;
+        for (room, slot) in rooms.iter() {
+            if let Some(actor) = slot.get().filter(|_| moved(room)) {
+                actor.stop(Some("room moved to another node".into()));
+                stopped += 1;
+            }
+        }
+        stopped
+    }
+
+    /// Make every connection re-read its log from the store (the cluster calls this when the
+    /// live set changes, since a delivery in flight from a lost node may be gone).
+    pub(crate) fn catch_up_all(&self) {
+        let connections = self.connections.lock().expect("connections lock");
+        for conn in connections.values().flatten() {
+            conn.signals.lagged.store(true, Ordering::Release);
+            conn.signals.notify.notify_one();
+        }
     }
 
     /// Register a connection of `user` for live delivery.
@@ -211,7 +281,7 @@ impl Hub {
     pub fn broadcast_read(&self, user: &str, room: &str, seq: u64, except: u64) {
         let connections = self.connections.lock().expect("connections lock");
         for conn in connections.get(user).into_iter().flatten().filter(|conn| conn.id != except) {
-            let _ = conn.queue.try_send(Outbound::Frame(ServerFrame::Read { room: room.to_string(), seq }));
+            let _ = conn.queue.try_send(Outbound::Frame(Box::new(ServerFrame::Read { room: room.to_string(), seq })));
         }
     }
 

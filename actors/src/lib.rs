@@ -1,6 +1,7 @@
 //! palaver's application core: the actors that carry chat traffic and the store they persist to.
 //!
 //! - [`hub`]: one per node; finds room actors and live connections by id.
+//! - [`cluster`]: membership, placement and the router that make many nodes one.
 //! - [`room`]: one actor per active room; the single, fenced writer of the room's log.
 //! - [`session`]: one per connection; the protocol state machine, resume and live delivery.
 //! - [`requests`]: the handlers behind each client frame.
@@ -12,6 +13,7 @@
 //! [`session::Wire`]. See ARCHITECTURE.md for the whole picture.
 
 pub mod auth;
+pub mod cluster;
 pub mod hub;
 pub mod limits;
 pub mod metrics;

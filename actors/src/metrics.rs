@@ -68,6 +68,16 @@ metrics! {
     counter login_failures_total,
     /// Connections closed because the client did not read fast enough.
     counter slow_clients_closed_total,
+    /// Cluster: nodes in this node's live set (itself included; 0 without a cluster).
+    gauge cluster_nodes_live,
+    /// Cluster: appends sent to the room's owner on another node.
+    counter cluster_forwarded_total,
+    /// Cluster: deliveries sent to other nodes (one per node per entry).
+    counter cluster_deliveries_sent_total,
+    /// Cluster: deliveries received from other nodes.
+    counter cluster_deliveries_received_total,
+    /// Cluster: inter-node messages that did not decode, or were refused (dropped and logged).
+    counter cluster_invalid_messages_total,
 }
 
 impl Metrics {
@@ -81,6 +91,10 @@ impl Metrics {
 
     pub fn gauge(gauge: &AtomicI64, delta: i64) {
         gauge.fetch_add(delta, Ordering::Relaxed);
+    }
+
+    pub fn set(gauge: &AtomicI64, value: i64) {
+        gauge.store(value, Ordering::Relaxed);
     }
 }
 

@@ -77,7 +77,10 @@ pub async fn register(hub: &Arc<Hub>, req: ReqId, user: String, password: String
 /// address; past the limit the request is refused before any hashing.
 pub async fn login(hub: &Arc<Hub>, req: ReqId, user: String, password: String, addr: String) -> ServerFrame {
     let limiter = hub.auth.limiter();
-    let addr_key = format!("addr:{addr}");
+    // Per IP address: `addr` is the peer's `ip:port`, and the port is new on every connection,
+    // so keying on it would let a guesser reset the count by reconnecting.
+    let ip = addr.parse::<std::net::SocketAddr>().map_or(addr.clone(), |peer| peer.ip().to_string());
+    let addr_key = format!("addr:{ip}");
     let user_key = format!("user:{user}");
     if let Err(retry_after) = limiter.check(&user_key).and(limiter.check(&addr_key)) {
         let message = "too many failed logins; wait before trying again".to_string();
@@ -120,18 +123,20 @@ pub async fn login(hub: &Arc<Hub>, req: ReqId, user: String, password: String, a
     }
 }
 
-/// Check a token's signature, expiry and epoch; the user name on success.
-pub async fn verify_token(hub: &Hub, req: ReqId, token: &str) -> Result<String, ServerFrame> {
-    let claims = hub.auth.verify_token(token, now_ms()).map(Some).or_else(|err| match err {
-        crate::auth::TokenError::Expired => Err(error_frame(Some(req), ErrorCode::TokenExpired, err.to_string())),
-        crate::auth::TokenError::Invalid => Err(error_frame(Some(req), ErrorCode::TokenInvalid, err.to_string())),
-    })?;
-    let claims = claims.expect("checked above");
+/// Check a token's signature, expiry and epoch; the user name on success, else the error
+/// frame to send (boxed: frames are large, and this is the rare path).
+pub async fn verify_token(hub: &Hub, req: ReqId, token: &str) -> Result<String, Box<ServerFrame>> {
+    let refuse = |code, message: String| Err(Box::new(error_frame(Some(req), code, message)));
+    let claims = match hub.auth.verify_token(token, now_ms()) {
+        Ok(claims) => claims,
+        Err(err @ crate::auth::TokenError::Expired) => return refuse(ErrorCode::TokenExpired, err.to_string()),
+        Err(err @ crate::auth::TokenError::Invalid) => return refuse(ErrorCode::TokenInvalid, err.to_string()),
+    };
     match hub.store.user(&claims.sub).await {
         Ok(Some(record)) if record.token_epoch == claims.epo => Ok(claims.sub),
-        Ok(Some(_)) => Err(error_frame(Some(req), ErrorCode::TokenRevoked, "token was revoked; log in again")),
-        Ok(None) => Err(error_frame(Some(req), ErrorCode::TokenInvalid, "token names an unknown user")),
-        Err(err) => Err(store_error_frame(hub, Some(req), err)),
+        Ok(Some(_)) => refuse(ErrorCode::TokenRevoked, "token was revoked; log in again".into()),
+        Ok(None) => refuse(ErrorCode::TokenInvalid, "token names an unknown user".into()),
+        Err(err) => Err(Box::new(store_error_frame(hub, Some(req), err))),
     }
 }
 
@@ -268,19 +273,20 @@ pub async fn mark_read(ctx: &Ctx, req: ReqId, room: String, seq: u64) -> ServerF
 }
 
 /// Validate a `send` before it goes to the room.
-pub fn check_send(limits: &Limits, req: ReqId, room: &str, id: &str, body: &str) -> Result<(), ServerFrame> {
+pub fn check_send(limits: &Limits, req: ReqId, room: &str, id: &str, body: &str) -> Result<(), Box<ServerFrame>> {
     if let Err(message) = names::validate_room_id(room) {
-        return Err(error_frame(Some(req), ErrorCode::NoSuchRoom, message));
+        return Err(Box::new(error_frame(Some(req), ErrorCode::NoSuchRoom, message)));
     }
     if let Err(message) = names::validate_message_id(id) {
-        return Err(error_frame(Some(req), ErrorCode::InvalidMessageId, message));
+        return Err(Box::new(error_frame(Some(req), ErrorCode::InvalidMessageId, message)));
     }
     if body.trim().is_empty() {
-        return Err(error_frame(Some(req), ErrorCode::EmptyBody, "message body is empty"));
+        return Err(Box::new(error_frame(Some(req), ErrorCode::EmptyBody, "message body is empty")));
     }
     if body.len() > limits.max_body_bytes as usize {
-        let message = format!("message body has {} bytes; limits.max_body_bytes is {}", body.len(), limits.max_body_bytes);
-        return Err(error_frame(Some(req), ErrorCode::BodyTooLarge, message));
+        let message =
+            format!("message body has {} bytes; limits.max_body_bytes is {}", body.len(), limits.max_body_bytes);
+        return Err(Box::new(error_frame(Some(req), ErrorCode::BodyTooLarge, message)));
     }
     Ok(())
 }
@@ -312,8 +318,16 @@ pub async fn room_reply(
                 Err(err) => store_error_frame(&ctx.hub, Some(req), err),
             }
         }
-        (EntryKind::Join, Some(_), Ok(_)) | (EntryKind::Join, Some(_), Err(StoreError::AlreadyMember { .. })) => {
-            ServerFrame::Ok { req }
+        (EntryKind::Join, Some(_), Ok(_)) => ServerFrame::Ok { req },
+        // The store answers "already a member" before it checks the inviter. Only a member may
+        // hear that (as `ok`): anyone else is told they are not a member, or an outsider could
+        // learn who is in any room by inviting them.
+        (EntryKind::Join, Some(_), Err(StoreError::AlreadyMember { .. })) => {
+            match ctx.hub.store.is_member(room, &ctx.user).await {
+                Ok(true) => ServerFrame::Ok { req },
+                Ok(false) => error_frame(Some(req), ErrorCode::NotMember, format!("you are not a member of `{room}`")),
+                Err(err) => store_error_frame(&ctx.hub, Some(req), err),
+            }
         }
         (EntryKind::Leave, _, Ok(_)) => ServerFrame::Ok { req },
         (_, _, Err(err)) => store_error_frame(&ctx.hub, Some(req), err),
@@ -327,7 +341,9 @@ async fn require_member(ctx: &Ctx, req: ReqId, room: &str) -> Result<(), ServerF
     match ctx.hub.store.is_member(room, &ctx.user).await {
         Ok(true) => Ok(()),
         Ok(false) => match ctx.hub.store.room(room).await {
-            Ok(Some(_)) => Err(error_frame(Some(req), ErrorCode::NotMember, format!("you are not a member of `{room}`"))),
+            Ok(Some(_)) => {
+                Err(error_frame(Some(req), ErrorCode::NotMember, format!("you are not a member of `{room}`")))
+            }
             Ok(None) => Err(error_frame(Some(req), ErrorCode::NoSuchRoom, format!("no room `{room}`"))),
             Err(err) => Err(store_error_frame(&ctx.hub, Some(req), err)),
         },

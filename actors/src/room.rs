@@ -42,6 +42,10 @@ pub enum RoomMessage {
     IdleCheck,
 }
 
+// Local-only (never serialized): with ractor's `cluster` feature on (ractor_cluster needs it),
+// message types opt in to `Message` explicitly; the defaults keep this one off the wire.
+impl ractor::Message for RoomMessage {}
+
 pub struct RoomArgs {
     pub hub: Arc<Hub>,
     pub room: String,

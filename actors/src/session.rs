@@ -199,7 +199,8 @@ where
                 }
                 Event::Client(None) => Err("client went away"),
                 Event::Client(Some(Err(WireError::TooLarge(detail)))) => {
-                    let message = format!("frame exceeds limits.max_frame_bytes ({}): {detail}", self.hub.limits.max_frame_bytes);
+                    let message =
+                        format!("frame exceeds limits.max_frame_bytes ({}): {detail}", self.hub.limits.max_frame_bytes);
                     let _ = self.send(vec![error_frame(None, ErrorCode::FrameTooLarge, message)]).await;
                     self.close(close_code::TOO_BIG, "frame too large").await;
                     Err("frame too large")
@@ -223,7 +224,15 @@ where
         let (encoding, result) = match &wire {
             Wire::Text(text) => (Encoding::Json, decode_client(Encoding::Json, text.as_bytes())),
             Wire::Binary(bytes) => (Encoding::MessagePack, decode_client(Encoding::MessagePack, bytes)),
-            Wire::Close { .. } => return Err("client closed"),
+            Wire::Close { .. } => {
+                // Answer the close (RFC 6455 §5.5.1). The WebSocket layer has queued its echo of
+                // the client's close frame and sends it on the next flush (it refuses a close
+                // frame of ours now); ending without that flush makes every close the client
+                // starts look abnormal (1006) to the client.
+                let deadline = Instant::now() + Duration::from_millis(1_000);
+                let _ = self.write(deadline, WriteOp::Flush).await;
+                return Err("client closed");
+            }
         };
         Metrics::inc(&self.hub.metrics.frames_in_total);
         if let Err(retry_after) = self.bucket.take() {
@@ -257,7 +266,9 @@ where
     async fn greet(&mut self, encoding: Encoding, frame: ClientFrame) -> Flow {
         let ClientFrame::Hello { versions, client } = frame else {
             let message = "the first frame must be `hello`, e.g. {\"type\":\"hello\",\"versions\":[1]}".to_string();
-            return self.send_in(encoding, vec![error_frame(Some(frame.req()), ErrorCode::HelloRequired, message)]).await;
+            return self
+                .send_in(encoding, vec![error_frame(Some(frame.req()), ErrorCode::HelloRequired, message)])
+                .await;
         };
         match protocol::negotiate_version(&versions) {
             Some(version) => {
@@ -273,8 +284,10 @@ where
                 .await
             }
             None => {
-                let message =
-                    format!("no common protocol version: client offers {versions:?}, node speaks {:?}", protocol::SUPPORTED_VERSIONS);
+                let message = format!(
+                    "no common protocol version: client offers {versions:?}, node speaks {:?}",
+                    protocol::SUPPORTED_VERSIONS
+                );
                 let _ = self.send_in(encoding, vec![error_frame(None, ErrorCode::UnsupportedVersion, message)]).await;
                 self.close(close_code::PROTOCOL_ERROR, "unsupported protocol version").await;
                 Err("unsupported version")
@@ -289,7 +302,11 @@ where
         // Frames that need no account.
         match frame {
             ClientFrame::Hello { .. } => {
-                return self.reply_in_order(vec![error_frame(Some(req), ErrorCode::AlreadyGreeted, "`hello` was already sent")])
+                return self.reply_in_order(vec![error_frame(
+                    Some(req),
+                    ErrorCode::AlreadyGreeted,
+                    "`hello` was already sent",
+                )])
             }
             ClientFrame::Ping { req } => return self.reply_in_order(vec![ServerFrame::Pong { req }]),
             ClientFrame::Register { req, user, password } => {
@@ -297,7 +314,8 @@ where
             }
             ClientFrame::Login { req, user, password } => {
                 let addr = self.peer.addr.clone();
-                return self.pipeline(async move { vec![requests::login(&hub, req, user, password, addr).await] }.boxed());
+                return self
+                    .pipeline(async move { vec![requests::login(&hub, req, user, password, addr).await] }.boxed());
             }
             ClientFrame::Authenticate { req, token, cursor } => return self.authenticate(req, token, cursor).await,
             _ => {}
@@ -315,22 +333,23 @@ where
             ClientFrame::OpenDirect { req, user } => {
                 self.pipeline(async move { vec![requests::open_direct(&ctx, req, user).await] }.boxed())
             }
-            ClientFrame::ListRooms { req } => self.pipeline(async move { vec![requests::list_rooms(&ctx, req).await] }.boxed()),
+            ClientFrame::ListRooms { req } => {
+                self.pipeline(async move { vec![requests::list_rooms(&ctx, req).await] }.boxed())
+            }
             ClientFrame::ListMembers { req, room } => {
                 self.pipeline(async move { vec![requests::list_members(&ctx, req, room).await] }.boxed())
             }
-            ClientFrame::History { req, room, before, after, limit } => {
-                self.pipeline(async move { vec![requests::history(&ctx, req, room, before, after, limit).await] }.boxed())
-            }
+            ClientFrame::History { req, room, before, after, limit } => self
+                .pipeline(async move { vec![requests::history(&ctx, req, room, before, after, limit).await] }.boxed()),
             ClientFrame::MarkRead { req, room, seq } => {
                 self.pipeline(async move { vec![requests::mark_read(&ctx, req, room, seq).await] }.boxed())
             }
             ClientFrame::Send { req, room, id, body } => {
                 if let Err(frame) = requests::check_send(&hub.limits, req, &room, &id, &body) {
-                    return self.reply_in_order(vec![frame]);
+                    return self.reply_in_order(vec![*frame]);
                 }
                 let command = AppendCommand { kind: EntryKind::Text, from: ctx.user.clone(), id, user: None, body };
-                self.to_room(req, room, command).await
+                self.forward_to_room(req, room, command).await
             }
             ClientFrame::Join { req, room } => {
                 let command = AppendCommand {
@@ -340,7 +359,7 @@ where
                     user: Some(ctx.user.clone()),
                     body: String::new(),
                 };
-                self.to_room(req, room, command).await
+                self.forward_to_room(req, room, command).await
             }
             ClientFrame::Leave { req, room } => {
                 if room.starts_with("dm:") {
@@ -354,9 +373,15 @@ where
                     user: Some(ctx.user.clone()),
                     body: String::new(),
                 };
-                self.to_room(req, room, command).await
+                self.forward_to_room(req, room, command).await
             }
             ClientFrame::Invite { req, room, user } => {
+                // A direct conversation is its two users for good (its id names them), so no one
+                // is invited in, as no one leaves. The store alone would add a third member.
+                if room.starts_with("dm:") {
+                    let message = "direct conversations have exactly two members; create a group room";
+                    return self.reply_in_order(vec![error_frame(Some(req), ErrorCode::Forbidden, message)]);
+                }
                 if let Err(message) = crate::names::validate_user_name(&user) {
                     return self.reply_in_order(vec![error_frame(Some(req), ErrorCode::InvalidName, message)]);
                 }
@@ -375,7 +400,7 @@ where
                     user: Some(user),
                     body: String::new(),
                 };
-                self.to_room(req, room, command).await
+                self.forward_to_room(req, room, command).await
             }
             ClientFrame::Hello { .. }
             | ClientFrame::Ping { .. }
@@ -389,7 +414,7 @@ where
     }
 
     /// Put a command in the room's mailbox now; answer when the room has applied it.
-    async fn to_room(&mut self, req: ReqId, room: String, command: AppendCommand) -> Flow {
+    async fn forward_to_room(&mut self, req: ReqId, room: String, command: AppendCommand) -> Flow {
         if let Err(message) = crate::names::validate_room_id(&room) {
             return self.reply_in_order(vec![error_frame(Some(req), ErrorCode::NoSuchRoom, message)]);
         }
@@ -419,11 +444,17 @@ where
     async fn authenticate(&mut self, req: ReqId, token: String, cursor: Option<Cursor>) -> Flow {
         self.drain_pending().await?;
         if self.bound.is_some() {
-            return self.send(vec![error_frame(Some(req), ErrorCode::AlreadyAuthenticated, "this connection is already authenticated")]).await;
+            return self
+                .send(vec![error_frame(
+                    Some(req),
+                    ErrorCode::AlreadyAuthenticated,
+                    "this connection is already authenticated",
+                )])
+                .await;
         }
         let user = match requests::verify_token(&self.hub, req, &token).await {
             Ok(user) => user,
-            Err(frame) => return self.send(vec![frame]).await,
+            Err(frame) => return self.send(vec![*frame]).await,
         };
         // Register before reading the log: from here on every commit also reaches the inbox.
         let registration = self.hub.register(&user);
@@ -441,7 +472,10 @@ where
             None => self.last_cursor = bounds.head,
             Some(cursor) if cursor > bounds.head => {
                 self.last_cursor = bounds.head;
-                let message = format!("cursor {cursor} is beyond the end of your log ({}); continuing live from there", bounds.head);
+                let message = format!(
+                    "cursor {cursor} is beyond the end of your log ({}); continuing live from there",
+                    bounds.head
+                );
                 frames.push(error_frame(Some(req), ErrorCode::CursorAhead, message));
             }
             Some(cursor) if cursor < bounds.floor => {
@@ -522,7 +556,8 @@ where
             if let Some(req) = announce {
                 frames.push(ServerFrame::Live { req, cursor: self.last_cursor });
             }
-            let lagged = self.bound.as_ref().is_some_and(|bound| bound.registration.signals.lagged.load(Ordering::Acquire));
+            let lagged =
+                self.bound.as_ref().is_some_and(|bound| bound.registration.signals.lagged.load(Ordering::Acquire));
             if lagged {
                 self.start_catch_up(None);
             }
@@ -538,7 +573,7 @@ where
         let mut next = Some(first);
         while let Some(outbound) = next.take() {
             match outbound {
-                Outbound::Frame(frame) => frames.push(frame),
+                Outbound::Frame(frame) => frames.push(*frame),
                 Outbound::Deliver { cursor, entry } => {
                     if cursor <= self.last_cursor {
                         // Already sent by the replay.

@@ -23,6 +23,8 @@ pub struct Config {
     pub auth: AuthSection,
     pub limits: Limits,
     pub log: LogSection,
+    /// Joining a cluster (off by default); see `crate::cluster`.
+    pub cluster: crate::cluster::ClusterSection,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,6 +73,8 @@ pub struct StoreSection {
     pub user_log_max_entries: u64,
     /// FoundationDB cluster file; default: the client library's own default lookup.
     pub fdb_cluster_file: Option<PathBuf>,
+    /// Every FoundationDB key lives under the tuple `(prefix,)`, so deployments can share a cluster.
+    pub fdb_subspace_prefix: String,
     /// FoundationDB transaction timeout and retry limit (a transaction retries forever otherwise).
     pub fdb_transaction_timeout_ms: u64,
     pub fdb_transaction_retry_limit: u32,
@@ -84,6 +88,7 @@ impl Default for StoreSection {
             sqlite_busy_timeout_ms: 5_000,
             user_log_max_entries: 100_000,
             fdb_cluster_file: None,
+            fdb_subspace_prefix: "palaver".into(),
             fdb_transaction_timeout_ms: 5_000,
             fdb_transaction_retry_limit: 10,
         }
@@ -206,6 +211,9 @@ impl Config {
         if self.auth.login_max_failures == 0 {
             return invalid("auth.login_max_failures", "must be greater than 0");
         }
+        if let Err((key, message)) = self.cluster.validate() {
+            return invalid(key, &message);
+        }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return invalid("log.format", "expected `text` or `json`");
         }
@@ -233,6 +241,14 @@ fn check_no_secrets_in_file(file: &Path) -> Result<(), ConfigError> {
             file.display()
         );
         return Err(ConfigError::invalid("auth.token_key", &message));
+    }
+    // The cluster cookie is a secret too.
+    if value.get("cluster").and_then(|cluster| cluster.get("cookie")).is_some() {
+        let message = format!(
+            "is a secret and must not be in {}; set PALAVER_CLUSTER__COOKIE or cluster.cookie_file",
+            file.display()
+        );
+        return Err(ConfigError::invalid("cluster.cookie", &message));
     }
     Ok(())
 }

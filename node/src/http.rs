@@ -3,7 +3,8 @@
 //!
 //! Routes: `GET /ws` (WebSocket, the protocol of docs/PROTOCOL.md), `/healthz` (the process
 //! answers), `/readyz` (the store answers and the node is not draining), `/metrics`
-//! (Prometheus), `/status` (JSON operator view of this node), and `/` plus `/app/*` (the
+//! (Prometheus), `/status` (JSON operator view of this node), `/cluster` (the cluster as this
+//! node sees it; `?room=ID` names the room's owner), and `/` plus `/app/*` (the
 //! bundled web client, when present).
 //!
 //! The HTTP side is deliberately minimal: one request per connection, `Connection: close`, a
@@ -91,7 +92,11 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, hub: Arc<Hub>, permits:
     let method = request.method.unwrap_or("");
     let path = request.path.unwrap_or("/").split('?').next().unwrap_or("/");
     let header = |name: &str| {
-        request.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).and_then(|h| std::str::from_utf8(h.value).ok())
+        request
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .and_then(|h| std::str::from_utf8(h.value).ok())
     };
     if method != "GET" {
         return respond(&mut stream, 405, "text/plain", b"only GET is served here\n").await;
@@ -100,7 +105,13 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, hub: Arc<Hub>, permits:
         "/ws" => {
             let upgrade = header("upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
             let (Some(key), true) = (header("sec-websocket-key"), upgrade) else {
-                return respond(&mut stream, 426, "text/plain", b"this endpoint speaks WebSocket; see docs/PROTOCOL.md\n").await;
+                return respond(
+                    &mut stream,
+                    426,
+                    "text/plain",
+                    b"this endpoint speaks WebSocket; see docs/PROTOCOL.md\n",
+                )
+                .await;
             };
             if header("sec-websocket-version") != Some("13") {
                 return respond(&mut stream, 426, "text/plain", b"WebSocket version 13 required\n").await;
@@ -108,7 +119,8 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, hub: Arc<Hub>, permits:
             let accept = derive_accept_key(key.as_bytes());
             let Ok(permit) = permits.try_acquire_owned() else {
                 actors::metrics::Metrics::inc(&hub.metrics.connections_refused_total);
-                return respond(&mut stream, 503, "text/plain", b"node at limits.max_connections; try another node\n").await;
+                return respond(&mut stream, 503, "text/plain", b"node at limits.max_connections; try another node\n")
+                    .await;
             };
             if hub.is_shutting_down() {
                 return respond(&mut stream, 503, "text/plain", b"node is shutting down\n").await;
@@ -143,6 +155,12 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, hub: Arc<Hub>, permits:
                 "connections": connections,
                 "rooms": hub.active_rooms(),
             });
+            respond(&mut stream, 200, "application/json", body.to_string().as_bytes()).await
+        }
+        // Cluster operator view (node/src/cluster.rs); `?room=ID` adds that room's owner.
+        "/cluster" => {
+            let query = request.path.and_then(|path| path.split_once('?')).map(|(_, query)| query);
+            let body = crate::cluster::status(&hub, query).await;
             respond(&mut stream, 200, "application/json", body.to_string().as_bytes()).await
         }
         _ => match web::asset(path) {
@@ -222,7 +240,9 @@ async fn websocket(stream: TcpStream, rest: Vec<u8>, peer: SocketAddr, hub: Arc<
         Ok::<Message, tungstenite::Error>(match wire {
             Wire::Text(text) => Message::Text(text.into()),
             Wire::Binary(bytes) => Message::Binary(bytes),
-            Wire::Close { code, reason } => Message::Close(Some(CloseFrame { code: code.into(), reason: reason.into() })),
+            Wire::Close { code, reason } => {
+                Message::Close(Some(CloseFrame { code: code.into(), reason: reason.into() }))
+            }
         })
     });
     let stream = stream.filter_map(|message| async move {

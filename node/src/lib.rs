@@ -1,8 +1,10 @@
 //! The palaver node: configuration, the client port (HTTP and WebSocket), start-up and
 //! graceful shutdown. The binary in `main.rs` is a thin wrapper around [`run`].
 
+pub mod cluster;
 pub mod config;
 pub mod http;
+pub mod store;
 pub mod web;
 
 use std::path::PathBuf;
@@ -11,35 +13,12 @@ use std::time::Duration;
 
 use actors::auth::{AuthConfig, Authenticator};
 use actors::hub::Hub;
-use actors::store::Store;
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::config::Config;
-
-/// Open the configured store backend.
-pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
-    match config.store.backend.as_str() {
-        "sqlite" => {
-            let path = config.sqlite_path();
-            if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir).with_context(|| format!("creating node.data_dir {}", dir.display()))?;
-            }
-            let options = actors::store::sqlite::SqliteOptions {
-                path: path.clone(),
-                busy_timeout_ms: config.store.sqlite_busy_timeout_ms,
-                user_log_max_entries: config.store.user_log_max_entries,
-                ..actors::store::sqlite::SqliteOptions::new(path.clone())
-            };
-            let store = actors::store::sqlite::SqliteStore::open(options)
-                .with_context(|| format!("opening the SQLite store at {}", path.display()))?;
-            Ok(Arc::new(store))
-        }
-        other => anyhow::bail!("store.backend `{other}` is not available in this build"),
-    }
-}
 
 /// The token key from the environment/configuration, from `auth.token_key_file`, or random.
 fn token_key(config: &Config) -> anyhow::Result<Vec<u8>> {
@@ -58,7 +37,7 @@ fn token_key(config: &Config) -> anyhow::Result<Vec<u8>> {
 
 /// Build the hub from the configuration.
 pub async fn build_hub(config: &Config) -> anyhow::Result<Arc<Hub>> {
-    let store = open_store(config).await?;
+    let store = store::open_store(config).await?;
     let auth = Authenticator::new(AuthConfig {
         token_key: token_key(config)?,
         token_ttl_secs: config.auth.token_ttl_secs,
@@ -82,15 +61,23 @@ pub async fn run(config: Config, stop: watch::Receiver<bool>) -> anyhow::Result<
     info!(node = config.node.name, %addr, store = hub.store.backend(), "listening");
     // A machine-readable line for scripts and tests that start the node on port 0.
     println!("palaver node {} listening on {addr}", config.node.name);
+    // Cluster (off unless configured): join before serving clients.
+    let cluster = cluster::start(&config.cluster, &config.node.name, &hub, config.limits.request_timeout_ms).await?;
     let mut hub_stop = stop.clone();
     let shutdown_hub = hub.clone();
-    tokio::spawn(async move {
+    let shutdown = tokio::spawn(async move {
         if hub_stop.wait_for(|stop| *stop).await.is_ok() {
+            // Leave first: peers take this node's rooms over while its clients move.
+            if let Some(cluster) = &cluster {
+                cluster.leave().await;
+            }
             info!("shutting down: telling clients to reconnect");
             shutdown_hub.begin_shutdown();
         }
     });
     http::serve(listener, hub, stop, Duration::from_millis(config.node.drain_timeout_ms)).await;
+    // With no connections to drain, serving ends at once: let the cluster goodbye finish.
+    let _ = tokio::time::timeout(Duration::from_secs(2), shutdown).await;
     info!("stopped");
     Ok(())
 }

@@ -59,7 +59,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run_until_signal(config)) {
+    let result = runtime.block_on(run_until_signal(config));
+    // Every task holding the store ends with the runtime; only then may backends stop.
+    drop(runtime);
+    node::store::shutdown_backends();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(error = format!("{err:#}"), "node failed");

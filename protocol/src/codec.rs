@@ -99,10 +99,21 @@ fn parse_document(encoding: Encoding, bytes: &[u8]) -> Result<Value, DecodeError
     match encoding {
         Encoding::Json => serde_json::from_slice(bytes)
             .map_err(|err| DecodeError::new(ErrorCode::MalformedFrame, format!("malformed JSON: {err}"), None)),
-        Encoding::MessagePack => rmp_serde::from_slice(bytes)
-            .map_err(|err| DecodeError::new(ErrorCode::MalformedFrame, format!("malformed MessagePack: {err}"), None)),
+        Encoding::MessagePack => {
+            let mut deserializer = rmp_serde::Deserializer::new(bytes);
+            deserializer.set_max_depth(MAX_MESSAGEPACK_DEPTH);
+            serde::Deserialize::deserialize(&mut deserializer).map_err(|err| {
+                DecodeError::new(ErrorCode::MalformedFrame, format!("malformed MessagePack: {err}"), None)
+            })
+        }
     }
 }
+
+/// How deeply a MessagePack client frame may nest (frames use three levels). With rmp-serde's
+/// default of 1,024, a frame of a few hundred nested arrays (600 bytes) overflowed a worker
+/// thread's stack while it was parsed into a document, which aborts the whole node (seen in a
+/// debug build; tests/tests/bad_input.rs sends such frames). serde_json stops at 128 itself.
+const MAX_MESSAGEPACK_DEPTH: usize = 32;
 
 #[cfg(test)]
 mod tests;

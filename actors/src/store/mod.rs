@@ -193,7 +193,11 @@ pub trait Store: Send + Sync + 'static {
     /// Create a room with its initial members (a join entry each). If a room with this id
     /// exists already, nothing is written and `Ok((existing, None))` comes back: direct
     /// conversations use this to be created once whoever opens them first.
-    async fn create_room(&self, room: NewRoom, limits: MembershipLimits) -> StoreResult<(RoomRecord, Option<Vec<Delivery>>)>;
+    async fn create_room(
+        &self,
+        room: NewRoom,
+        limits: MembershipLimits,
+    ) -> StoreResult<(RoomRecord, Option<Vec<Delivery>>)>;
     async fn room(&self, id: &str) -> StoreResult<Option<RoomRecord>>;
     /// Members in join order.
     async fn members(&self, room: &str) -> StoreResult<Vec<String>>;

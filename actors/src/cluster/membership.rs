@@ -1,0 +1,225 @@
+//! Membership: who is alive, who is known, and whether this node may serve rooms. A pure state
+//! machine (time is passed in), driven by the router's heartbeats and tested here.
+//!
+//! - A peer is **live** while its last heartbeat is younger than `heartbeat_timeout`. This is
+//!   what catches a hung (SIGSTOP) or cut-off peer whose TCP link stays open, which
+//!   ractor_cluster alone does not notice (shared/DESIGN.md §3).
+//! - A peer is **known** once heard of (directly, or in another node's heartbeat) until it
+//!   leaves gracefully (a heartbeat with `leaving`). Known peers that stop answering stay known:
+//!   they count towards the quorum size.
+//! - This node **serves** rooms only with a quorum: more than half of the known nodes live.
+//!   The store's fencing already stops two owners from interleaving writes; the quorum is what
+//!   keeps the minority side of a partition (which may still reach a shared store) from
+//!   writing at all.
+//! - A node started with seeds serves only once it has heard from a peer, so a node that has
+//!   not joined yet does not claim the whole cluster's rooms for itself.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use super::wire::Heartbeat;
+
+#[derive(Debug, Clone)]
+struct Peer {
+    incarnation: u64,
+    last_seen: Instant,
+    /// Whether the peer's last heartbeat listed this node as live.
+    sees_me: bool,
+}
+
+/// The part of membership the rest of the node reads: cheap to clone and compare.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct View {
+    /// Live nodes, this one included, sorted.
+    pub live: Vec<String>,
+    /// Known nodes (the quorum's denominator), this one included.
+    pub known: usize,
+    /// Whether this node may own rooms: joined, quorum, not leaving.
+    pub serving: bool,
+    /// Live peers whose latest heartbeat lists this node (they send it deliveries).
+    pub seen_by: Vec<String>,
+    /// Why not serving, for errors and the operator view.
+    pub reason: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct Membership {
+    me: String,
+    timeout: Duration,
+    /// False until a peer is heard from, if `cluster.seeds` is non-empty.
+    joined: bool,
+    leaving: bool,
+    peers: HashMap<String, Peer>,
+    /// Known nodes and their advertised addresses (this one included).
+    known: BTreeMap<String, String>,
+    /// Nodes that left gracefully, with the incarnation that left: gossip from peers that
+    /// have not heard of the leave yet must not bring them back.
+    left: HashMap<String, u64>,
+}
+
+impl Membership {
+    pub fn new(me: &str, addr: &str, timeout: Duration, needs_join: bool) -> Self {
+        let mut known = BTreeMap::new();
+        known.insert(me.to_string(), addr.to_string());
+        Membership {
+            me: me.to_string(),
+            timeout,
+            joined: !needs_join,
+            leaving: false,
+            peers: HashMap::new(),
+            known,
+            left: HashMap::new(),
+        }
+    }
+
+    /// A heartbeat arrived. Returns an error message if it claims this node's name (two nodes
+    /// with one name), in which case it is ignored.
+    pub fn on_heartbeat(&mut self, hb: &Heartbeat, my_incarnation: u64, now: Instant) -> Result<(), String> {
+        if hb.from == self.me {
+            if hb.incarnation != my_incarnation {
+                return Err(format!(
+                    "another node also calls itself `{}` (at {}); node names must be unique in a cluster",
+                    hb.from, hb.addr
+                ));
+            }
+            return Ok(());
+        }
+        if hb.leaving {
+            self.peers.remove(&hb.from);
+            self.known.remove(&hb.from);
+            self.left.insert(hb.from.clone(), hb.incarnation);
+            return Ok(());
+        }
+        if self.left.get(&hb.from).is_some_and(|&incarnation| incarnation == hb.incarnation) {
+            // A late heartbeat from before its leave.
+            return Ok(());
+        }
+        self.left.remove(&hb.from);
+        self.joined = true;
+        let sees_me = hb.live.contains(&self.me);
+        self.peers.insert(hb.from.clone(), Peer { incarnation: hb.incarnation, last_seen: now, sees_me });
+        self.known.insert(hb.from.clone(), hb.addr.clone());
+        for (name, addr) in &hb.known {
+            if *name != self.me && !self.left.contains_key(name) {
+                self.known.entry(name.clone()).or_insert_with(|| addr.clone());
+            }
+        }
+        Ok(())
+    }
+
+    /// The node is draining: it stops serving and tells peers it leaves.
+    pub fn leave(&mut self) {
+        self.leaving = true;
+    }
+
+    pub fn is_leaving(&self) -> bool {
+        self.leaving
+    }
+
+    /// Forget a peer the operator says is gone for good (it no longer counts for the quorum).
+    pub fn forget(&mut self, name: &str) -> bool {
+        let incarnation = self.peers.remove(name).map_or(0, |peer| peer.incarnation);
+        self.left.insert(name.to_string(), incarnation);
+        self.known.remove(name).is_some()
+    }
+
+    pub fn is_live(&self, name: &str, now: Instant) -> bool {
+        name == self.me || self.peers.get(name).is_some_and(|peer| now.duration_since(peer.last_seen) < self.timeout)
+    }
+
+    /// Known nodes with their addresses (this one included).
+    pub fn known(&self) -> Vec<(String, String)> {
+        self.known.iter().map(|(name, addr)| (name.clone(), addr.clone())).collect()
+    }
+
+    pub fn view(&self, now: Instant) -> View {
+        let live: BTreeSet<String> =
+            self.known.keys().filter(|name| self.is_live(name, now)).cloned().chain([self.me.clone()]).collect();
+        let known = self.known.len();
+        let quorum = live.len() * 2 > known;
+        let reason = if self.leaving {
+            Some("node is leaving the cluster".to_string())
+        } else if !self.joined {
+            Some("node has not joined the cluster yet (no peer heard)".to_string())
+        } else if !quorum {
+            Some(format!("no quorum: {} of {} known nodes live", live.len(), known))
+        } else {
+            None
+        };
+        let seen_by = self
+            .peers
+            .iter()
+            .filter(|(name, peer)| peer.sees_me && live.contains(*name))
+            .map(|(name, _)| name.clone())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        View { live: live.into_iter().collect(), known, serving: reason.is_none(), seen_by, reason }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hb(from: &str, incarnation: u64, live: &[&str]) -> Heartbeat {
+        Heartbeat {
+            from: from.into(),
+            incarnation,
+            addr: format!("{from}:1"),
+            live: live.iter().map(|s| s.to_string()).collect(),
+            known: vec![],
+            leaving: false,
+        }
+    }
+
+    const T: Duration = Duration::from_millis(1000);
+
+    #[test]
+    fn heartbeats_make_peers_live_and_silence_makes_them_dead() {
+        let t0 = Instant::now();
+        let mut m = Membership::new("a", "a:1", T, true);
+        assert!(!m.view(t0).serving, "waits to join");
+        m.on_heartbeat(&hb("b", 1, &["a", "b"]), 9, t0).unwrap();
+        m.on_heartbeat(&hb("c", 1, &["b", "c"]), 9, t0).unwrap();
+        let view = m.view(t0);
+        assert_eq!(view.live, ["a", "b", "c"]);
+        assert!(view.serving);
+        assert_eq!(view.seen_by, ["b"]);
+        // c goes quiet (hung or cut off): dead after the timeout, still known; 2 of 3 is a quorum.
+        m.on_heartbeat(&hb("b", 1, &["a", "b"]), 9, t0 + T).unwrap();
+        let view = m.view(t0 + T + Duration::from_millis(1));
+        assert_eq!((view.live.len(), view.known, view.serving), (2, 3, true));
+        // b too: 1 of 3 is no quorum (the minority must not write).
+        let view = m.view(t0 + 3 * T);
+        assert!(!view.serving, "{view:?}");
+        assert!(view.reason.unwrap().contains("no quorum"));
+    }
+
+    #[test]
+    fn leaving_shrinks_the_cluster_and_late_gossip_does_not_undo_it() {
+        let t0 = Instant::now();
+        let mut m = Membership::new("a", "a:1", T, false);
+        m.on_heartbeat(&hb("b", 1, &["a", "b"]), 9, t0).unwrap();
+        let mut leave = hb("b", 1, &["a", "b"]);
+        leave.leaving = true;
+        m.on_heartbeat(&leave, 9, t0).unwrap();
+        // A late heartbeat of the same incarnation and gossip from c are ignored.
+        m.on_heartbeat(&hb("b", 1, &["a", "b"]), 9, t0).unwrap();
+        let mut gossip = hb("c", 1, &["a", "c"]);
+        gossip.known = vec![("b".into(), "b:1".into())];
+        m.on_heartbeat(&gossip, 9, t0).unwrap();
+        let view = m.view(t0);
+        assert_eq!((view.live, view.known), (vec!["a".to_string(), "c".to_string()], 2));
+        // b restarted (new incarnation): it is back.
+        m.on_heartbeat(&hb("b", 2, &["a", "b"]), 9, t0).unwrap();
+        assert_eq!(m.view(t0).live.len(), 3);
+    }
+
+    #[test]
+    fn same_name_is_refused() {
+        let mut m = Membership::new("a", "a:1", T, false);
+        assert!(m.on_heartbeat(&hb("a", 9, &[]), 9, Instant::now()).is_ok());
+        assert!(m.on_heartbeat(&hb("a", 10, &[]), 9, Instant::now()).unwrap_err().contains("unique"));
+    }
+}

@@ -1,0 +1,405 @@
+//! The cluster: many nodes serving as one, behind the hub's two calls.
+//!
+//! Application code never asks where a room lives. [`Hub::append`] asks [`Cluster::route`]:
+//! a room this node owns goes to its local room actor as on a single node; a room another node
+//! owns goes to that node's **router** ([`router`]), which runs it through its own hub and
+//! replies. [`Hub::deliver`] hands a committed entry to the local connections and to every
+//! other live node's router, which hands it to its own connections (two-tier fan-out).
+//!
+//! Pieces (one file each):
+//! - [`wire`]: the inter-node message and its versioned encoding (ours, not ractor's).
+//! - [`placement`]: rendezvous hashing of room ids over the live set.
+//! - [`membership`]: heartbeats → live set, known set, quorum: whether this node may serve.
+//! - [`router`]: the one remotable actor per node (process groups `palaver.routers` and
+//!   `palaver.router.<node>`); everything else (rooms, sessions) stays local-only, because every
+//!   remotable actor costs a proxy on every other node (shared/DESIGN.md §3).
+//! - [`link`]: ractor_cluster's `NodeServer`, the reconnect loop, and the heartbeat ticker.
+//!
+//! Supervision: the node starts the cluster after the hub ([`start`]); the `NodeServer` and the
+//! router are unsupervised top-level actors living as long as the process; a ticker task sends
+//! heartbeats, re-evaluates membership, reconnects links and expires forwarded requests.
+//!
+//! Safety comes from the store, not from agreement: each room actor claims the room with a new
+//! epoch and every append is fenced by it, so two nodes that disagree about an owner (views
+//! differ for a heartbeat or two; a paused node wakes up believing it still owns rooms) can
+//! cost a retry, never a lost or doubled message. The quorum rule keeps a partition's minority
+//! from writing at all.
+
+pub mod link;
+pub mod membership;
+pub mod placement;
+pub mod router;
+pub mod wire;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
+use std::time::{Duration, Instant};
+
+use ractor::ActorRef;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, warn};
+
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::room::AppendCommand;
+use crate::store::{Appended, Delivery, StoreError};
+use membership::{Membership, View};
+use wire::{AppendReply, ForwardedAppend, Heartbeat, RouterMessage};
+
+/// Process group of every node's router.
+pub const ROUTERS_GROUP: &str = "palaver.routers";
+
+/// Process group of one node's router: how a node finds another by name.
+pub fn router_group(node: &str) -> String {
+    format!("palaver.router.{node}")
+}
+
+/// What the cluster needs from the configuration (the node crate fills it in).
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    pub node: String,
+    /// Where the node listens for other nodes.
+    pub listen: SocketAddr,
+    /// `host:port` other nodes use to reach this one (default: `listen`).
+    pub advertise: String,
+    /// `host:port` of nodes to join through; empty for the first node of a cluster.
+    pub seeds: Vec<String>,
+    /// Shared secret of the cluster's node links.
+    pub cookie: String,
+    pub heartbeat_interval: Duration,
+    pub heartbeat_timeout: Duration,
+    /// How long a forwarded append may wait for its owner's reply before `unavailable`.
+    pub request_timeout: Duration,
+    /// Forwarded appends awaiting a reply, at most (flow control above ractor_cluster's
+    /// unbounded writer queue): beyond it new ones are refused with `unavailable`.
+    pub max_pending_requests: usize,
+}
+
+/// Where a room's commands go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    Local,
+    Remote(String),
+    /// This node serves no rooms right now (joining, no quorum, leaving).
+    Unavailable(String),
+}
+
+struct Pending {
+    node: String,
+    reply: oneshot::Sender<Result<Appended, StoreError>>,
+    deadline: Instant,
+}
+
+/// One node's membership in the cluster, shared by the hub, the router and the ticker.
+pub struct Cluster {
+    pub settings: ClusterSettings,
+    /// Random per process start: tells a restarted node from a hiccup, and two nodes that
+    /// were given the same name from one.
+    pub incarnation: u64,
+    membership: Mutex<Membership>,
+    view: RwLock<Arc<View>>,
+    pending: Mutex<HashMap<u64, Pending>>,
+    next_request: AtomicU64,
+    hub: OnceLock<Weak<Hub>>,
+    /// Forwarded appends from other nodes, applied in arrival order by one task so that
+    /// commands keep their order into the room's mailbox.
+    forwarded: mpsc::UnboundedSender<ForwardedAppend>,
+    forwarded_rx: Mutex<Option<mpsc::UnboundedReceiver<ForwardedAppend>>>,
+    pub(crate) node_server: OnceLock<ActorRef<ractor_cluster::NodeServerMessage>>,
+}
+
+impl Cluster {
+    pub fn new(settings: ClusterSettings) -> Arc<Cluster> {
+        let membership = Membership::new(
+            &settings.node,
+            &settings.advertise,
+            settings.heartbeat_timeout,
+            !settings.seeds.is_empty(),
+        );
+        let view = membership.view(Instant::now());
+        let (forwarded, forwarded_rx) = mpsc::unbounded_channel();
+        Arc::new(Cluster {
+            settings,
+            incarnation: rand::random(),
+            membership: Mutex::new(membership),
+            view: RwLock::new(Arc::new(view)),
+            pending: Mutex::new(HashMap::new()),
+            next_request: AtomicU64::new(1),
+            hub: OnceLock::new(),
+            forwarded,
+            forwarded_rx: Mutex::new(Some(forwarded_rx)),
+            node_server: OnceLock::new(),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.settings.node
+    }
+
+    fn hub(&self) -> Option<Arc<Hub>> {
+        self.hub.get().and_then(Weak::upgrade)
+    }
+
+    /// The current view (live set, quorum) — what placement uses.
+    pub fn view(&self) -> Arc<View> {
+        self.view.read().expect("view lock").clone()
+    }
+
+    /// Which node owns `room` now, by this node's view.
+    pub fn owner(&self, room: &str) -> Option<String> {
+        let view = self.view();
+        placement::owner(room, view.live.iter().map(String::as_str)).map(str::to_string)
+    }
+
+    /// Where commands for `room` go.
+    pub fn route(&self, room: &str) -> Route {
+        let view = self.view();
+        if let Some(reason) = &view.reason {
+            return Route::Unavailable(format!("{reason}; retry, or reconnect to another node"));
+        }
+        match placement::owner(room, view.live.iter().map(String::as_str)) {
+            Some(owner) if owner == self.settings.node => Route::Local,
+            Some(owner) => Route::Remote(owner.to_string()),
+            None => Route::Unavailable("no live node".into()),
+        }
+    }
+
+    /// Send an append to `node`'s router; the outcome arrives on the returned receiver (or the
+    /// sender is dropped on timeout or when the node dies, which the session reports as
+    /// `unavailable`, and the client retries with the same message id).
+    pub fn forward_append(
+        &self,
+        node: &str,
+        room: &str,
+        command: AppendCommand,
+    ) -> Result<oneshot::Receiver<Result<Appended, StoreError>>, StoreError> {
+        let unavailable = |why: &str| StoreError::Unavailable(format!("room `{room}` lives on `{node}`, {why}; retry"));
+        let router = router_of(node).ok_or_else(|| unavailable("which is not reachable"))?;
+        let id = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let (reply, outcome) = oneshot::channel();
+        {
+            let mut pending = self.pending.lock().expect("pending lock");
+            if pending.len() >= self.settings.max_pending_requests {
+                return Err(unavailable("and too many requests wait for other nodes"));
+            }
+            let deadline = Instant::now() + self.settings.request_timeout;
+            pending.insert(id, Pending { node: node.to_string(), reply, deadline });
+        }
+        let message = RouterMessage::Append(ForwardedAppend {
+            id,
+            from: self.settings.node.clone(),
+            room: room.to_string(),
+            kind: command.kind,
+            sender: command.from,
+            message_id: command.id,
+            user: command.user,
+            body: command.body,
+            trace: id ^ self.incarnation,
+        });
+        if router.cast(message).is_err() {
+            self.pending.lock().expect("pending lock").remove(&id);
+            return Err(unavailable("and its link just closed"));
+        }
+        if let Some(hub) = self.hub() {
+            Metrics::inc(&hub.metrics.cluster_forwarded_total);
+        }
+        Ok(outcome)
+    }
+
+    /// Hand a committed entry to every other live node (each fans out to its own connections).
+    /// Encoded once; every node gets the same bytes. Broadcast rather than "nodes with
+    /// recipients online": it needs no presence table to keep consistent, and a node without
+    /// recipients spends one hash lookup per recipient on it.
+    pub fn broadcast_delivery(&self, delivery: &Delivery) {
+        let view = self.view();
+        let mut bytes = None;
+        let mut sent = 0;
+        for node in view.live.iter().filter(|node| **node != self.settings.node) {
+            let Some(router) = router_of(node) else { continue };
+            let bytes = bytes.get_or_insert_with(|| wire::encode_delivery(delivery)).clone();
+            if router.cast(RouterMessage::Deliver(bytes)).is_ok() {
+                sent += 1;
+            }
+        }
+        if let Some(hub) = self.hub() {
+            Metrics::add(&hub.metrics.cluster_deliveries_sent_total, sent);
+        }
+    }
+
+    /// A reply to one of this node's forwarded appends.
+    fn complete(&self, reply: AppendReply) {
+        let pending = self.pending.lock().expect("pending lock").remove(&reply.id);
+        if let Some(pending) = pending {
+            let _ = pending.reply.send(reply.outcome.into());
+        }
+    }
+
+    /// A heartbeat arrived.
+    fn on_heartbeat(&self, hb: &Heartbeat) {
+        let result =
+            self.membership.lock().expect("membership lock").on_heartbeat(hb, self.incarnation, Instant::now());
+        if let Err(message) = result {
+            if let Some(hub) = self.hub() {
+                Metrics::inc(&hub.metrics.cluster_invalid_messages_total);
+            }
+            tracing::error!(node = %self.settings.node, "{message}");
+            return;
+        }
+        self.refresh();
+    }
+
+    /// Recompute the view; if it changed, act on it.
+    pub fn refresh(&self) {
+        let new = self.membership.lock().expect("membership lock").view(Instant::now());
+        let old = {
+            let mut view = self.view.write().expect("view lock");
+            if **view == new {
+                return;
+            }
+            std::mem::replace(&mut *view, Arc::new(new.clone()))
+        };
+        if old.live != new.live || old.serving != new.serving {
+            info!(
+                node = %self.settings.node,
+                live = ?new.live,
+                known = new.known,
+                serving = new.serving,
+                reason = new.reason.as_deref().unwrap_or("-"),
+                "cluster view changed"
+            );
+        }
+        let Some(hub) = self.hub() else { return };
+        Metrics::set(&hub.metrics.cluster_nodes_live, new.live.len() as i64);
+        // Rooms this node no longer owns: stop their actors (queued commands fail as
+        // `unavailable` and are retried at the new owner, which claims the next epoch).
+        let me = self.settings.node.clone();
+        let stopped = hub.stop_rooms_where(|room| {
+            !new.serving || placement::owner(room, new.live.iter().map(String::as_str)) != Some(me.as_str())
+        });
+        if stopped > 0 {
+            info!(stopped, "stopped room actors of rooms that moved");
+        }
+        // Requests waiting on nodes that are gone will never be answered.
+        self.fail_pending(|pending| !new.live.contains(&pending.node));
+        // A delivery in flight from a node that died, or sent while a peer did not count this
+        // node as live, may be lost: every connection re-reads its log from the store (the
+        // truth), which costs one read each and closes any such gap.
+        if old.live != new.live || old.seen_by != new.seen_by {
+            hub.catch_up_all();
+        }
+    }
+
+    fn fail_pending(&self, mut which: impl FnMut(&Pending) -> bool) {
+        let mut pending = self.pending.lock().expect("pending lock");
+        let ids: Vec<u64> = pending.iter().filter(|(_, p)| which(p)).map(|(id, _)| *id).collect();
+        for id in ids {
+            if let Some(p) = pending.remove(&id) {
+                let _ = p
+                    .reply
+                    .send(Err(StoreError::Unavailable(format!("node `{}` left before answering; retry", p.node))));
+            }
+        }
+    }
+
+    /// Drop forwarded requests past their deadline (their sessions have given up already).
+    fn expire_pending(&self) {
+        let now = Instant::now();
+        self.fail_pending(|pending| pending.deadline <= now);
+    }
+
+    /// The heartbeat this node sends now.
+    fn heartbeat(&self) -> Heartbeat {
+        let membership = self.membership.lock().expect("membership lock");
+        let live = self.view().live.clone();
+        Heartbeat {
+            from: self.settings.node.clone(),
+            incarnation: self.incarnation,
+            addr: self.settings.advertise.clone(),
+            live,
+            known: membership.known(),
+            leaving: membership.is_leaving(),
+        }
+    }
+
+    /// Known nodes and their addresses.
+    pub fn known(&self) -> Vec<(String, String)> {
+        self.membership.lock().expect("membership lock").known()
+    }
+
+    /// SIGTERM: stop serving rooms, and tell every peer that this node leaves (so they re-home
+    /// its rooms at once and stop counting it for the quorum).
+    pub async fn leave(&self) {
+        self.membership.lock().expect("membership lock").leave();
+        self.refresh();
+        // Said a few times: a lost "leaving" only costs the peers a heartbeat timeout.
+        for _ in 0..3 {
+            link::send_heartbeats(self);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        info!(node = %self.settings.node, "left the cluster");
+    }
+
+    /// Operator: forget a node that is gone for good, so that it no longer counts towards the
+    /// quorum.
+    pub fn forget(&self, node: &str) -> bool {
+        let forgotten = self.membership.lock().expect("membership lock").forget(node);
+        self.refresh();
+        forgotten
+    }
+
+    /// Apply an append forwarded by another node, in arrival order (one task; see `forwarded`).
+    async fn run_forwarded(self: Arc<Self>) {
+        let Some(mut rx) = self.forwarded_rx.lock().expect("forwarded lock").take() else { return };
+        while let Some(append) = rx.recv().await {
+            let Some(hub) = self.hub() else { return };
+            let reply_to = append.from.clone();
+            let id = append.id;
+            let room = append.room.clone();
+            let outcome = match self.route(&room) {
+                Route::Local => hub.append_here(&room, append.command()).await,
+                Route::Remote(owner) => {
+                    Err(StoreError::Unavailable(format!("room `{room}` moved to `{owner}`; retry")))
+                }
+                Route::Unavailable(reason) => Err(StoreError::Unavailable(reason)),
+            };
+            let me = self.settings.node.clone();
+            let timeout = self.settings.request_timeout;
+            tracing::debug!(room, from = %reply_to, trace = append.trace, "forwarded append");
+            tokio::spawn(async move {
+                let result = match outcome {
+                    Ok(receiver) => match tokio::time::timeout(timeout, receiver).await {
+                        Ok(Ok(result)) => result,
+                        _ => Err(StoreError::Unavailable(format!("room `{room}` did not answer; retry"))),
+                    },
+                    Err(err) => Err(err),
+                };
+                match router_of(&reply_to) {
+                    Some(router) => {
+                        let reply = AppendReply { id, from: me, outcome: result.into() };
+                        let _ = router.cast(RouterMessage::Reply(reply));
+                    }
+                    None => warn!(node = %reply_to, "cannot reply to a forwarded append: no route to its node"),
+                }
+            });
+        }
+    }
+}
+
+/// The router of `node`, if a link to it is up.
+pub fn router_of(node: &str) -> Option<ActorRef<RouterMessage>> {
+    ractor::pg::get_members(&router_group(node)).into_iter().next().map(ActorRef::from)
+}
+
+/// Start the cluster for `hub`: node links, the router, the ticker. The node calls this once,
+/// before it accepts clients.
+pub async fn start(hub: &Arc<Hub>, settings: ClusterSettings) -> anyhow::Result<Arc<Cluster>> {
+    let cluster = Cluster::new(settings);
+    let _ = cluster.hub.set(Arc::downgrade(hub));
+    hub.set_cluster(cluster.clone());
+    link::start(&cluster, hub.clone()).await?;
+    tokio::spawn(cluster.clone().run_forwarded());
+    cluster.refresh();
+    Ok(cluster)
+}

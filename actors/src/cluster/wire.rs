@@ -1,0 +1,382 @@
+//! The inter-node message: what one node's router says to another's, and its encoding.
+//!
+//! ractor_cluster moves opaque bytes between nodes; this module decides what they mean. The
+//! encoding is ours (shared/DESIGN.md §3): ractor drops undecodable messages silently and its
+//! `blanket_serde` feature panics on bad bytes, while `BytesConvertable::from_bytes` cannot
+//! fail. So decoding never fails either: bytes that do not decode become
+//! [`RouterMessage::Invalid`], which the router counts (`palaver_cluster_invalid_messages_total`)
+//! and logs.
+//!
+//! Layout: one version byte ([`WIRE_VERSION`]), then a MessagePack map (`rmp_serde` with field
+//! names) of [`Envelope`]. Changes are additive only: a new field gets `#[serde(default)]` so
+//! old senders still decode, unknown fields are ignored so old receivers still decode, and a
+//! new variant is unknown to old receivers, which count it as invalid rather than
+//! misunderstanding it. A higher version byte is refused the same way.
+
+use bytes::Bytes;
+use protocol::{Entry, EntryKind};
+use serde::{Deserialize, Serialize};
+
+use crate::room::AppendCommand;
+use crate::store::{Appended, Delivery, StoreError};
+
+/// The version byte in front of every inter-node message.
+pub const WIRE_VERSION: u8 = 1;
+
+/// A message to a router, as the router handles it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RouterMessage {
+    /// Liveness, membership gossip and the sender's advertised address.
+    Heartbeat(Heartbeat),
+    /// Run an append on this node (its owner) and reply to `from`.
+    Append(ForwardedAppend),
+    /// The outcome of an [`RouterMessage::Append`] this node forwarded.
+    Reply(AppendReply),
+    /// A committed entry for this node's live connections, encoded once by the room's node
+    /// ([`encode_delivery`]) and shared between all the nodes it goes to.
+    Deliver(Bytes),
+    /// Bytes that did not decode; `reason` says why.
+    Invalid(String),
+}
+
+/// Every sender says who it is, which incarnation (a random number per process start, so a
+/// restart is told from a hiccup), where to reach it, and whom it sees.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub from: String,
+    pub incarnation: u64,
+    /// `host:port` other nodes use to connect to the sender (`cluster.advertise`).
+    pub addr: String,
+    /// The sender's live set (itself included), sorted.
+    pub live: Vec<String>,
+    /// Every node the sender knows of with its address, for the mesh and the quorum size.
+    #[serde(default)]
+    pub known: Vec<(String, String)>,
+    /// The sender is draining (SIGTERM) and leaving the cluster for good.
+    #[serde(default)]
+    pub leaving: bool,
+}
+
+/// An append forwarded to the room's owner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForwardedAppend {
+    /// Unique per origin node; the reply carries it back.
+    pub id: u64,
+    /// The origin node's name, where the reply goes.
+    pub from: String,
+    pub room: String,
+    pub kind: EntryKind,
+    pub sender: String,
+    pub message_id: String,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub body: String,
+    /// Carried into the owner's logs so one request can be followed across nodes.
+    #[serde(default)]
+    pub trace: u64,
+}
+
+impl ForwardedAppend {
+    pub fn command(&self) -> AppendCommand {
+        AppendCommand {
+            kind: self.kind,
+            from: self.sender.clone(),
+            id: self.message_id.clone(),
+            user: self.user.clone(),
+            body: self.body.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppendReply {
+    pub id: u64,
+    /// The replying (owner) node.
+    pub from: String,
+    pub outcome: WireOutcome,
+}
+
+/// [`Appended`] or [`StoreError`] on the wire. The reply needs only the entry: the owner
+/// already delivered it to every node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WireOutcome {
+    Appended { entry: Entry, duplicate: bool },
+    Error(WireError),
+}
+
+/// [`StoreError`] on the wire.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WireError {
+    UserExists(String),
+    NoSuchUser(String),
+    NoSuchRoom(String),
+    NotMember { room: String, user: String },
+    AlreadyMember { room: String, user: String },
+    Forbidden(String),
+    RoomFull { room: String, limit: u32 },
+    TooManyRooms { user: String, limit: u32 },
+    Fenced { room: String, epoch: u64, current: u64 },
+    Unavailable(String),
+    Backend(String),
+}
+
+impl From<Result<Appended, StoreError>> for WireOutcome {
+    fn from(result: Result<Appended, StoreError>) -> Self {
+        match result {
+            Ok(appended) => WireOutcome::Appended { entry: appended.delivery.entry, duplicate: appended.duplicate },
+            Err(err) => WireOutcome::Error(match err {
+                StoreError::UserExists(a) => WireError::UserExists(a),
+                StoreError::NoSuchUser(a) => WireError::NoSuchUser(a),
+                StoreError::NoSuchRoom(a) => WireError::NoSuchRoom(a),
+                StoreError::NotMember { room, user } => WireError::NotMember { room, user },
+                StoreError::AlreadyMember { room, user } => WireError::AlreadyMember { room, user },
+                StoreError::Forbidden(a) => WireError::Forbidden(a),
+                StoreError::RoomFull { room, limit } => WireError::RoomFull { room, limit },
+                StoreError::TooManyRooms { user, limit } => WireError::TooManyRooms { user, limit },
+                StoreError::Fenced { room, epoch, current } => WireError::Fenced { room, epoch, current },
+                StoreError::Unavailable(a) => WireError::Unavailable(a),
+                StoreError::Backend(a) => WireError::Backend(a),
+            }),
+        }
+    }
+}
+
+impl From<WireOutcome> for Result<Appended, StoreError> {
+    fn from(outcome: WireOutcome) -> Self {
+        match outcome {
+            WireOutcome::Appended { entry, duplicate } => {
+                Ok(Appended { delivery: Delivery { entry, recipients: Vec::new() }, duplicate })
+            }
+            WireOutcome::Error(err) => Err(match err {
+                WireError::UserExists(a) => StoreError::UserExists(a),
+                WireError::NoSuchUser(a) => StoreError::NoSuchUser(a),
+                WireError::NoSuchRoom(a) => StoreError::NoSuchRoom(a),
+                WireError::NotMember { room, user } => StoreError::NotMember { room, user },
+                WireError::AlreadyMember { room, user } => StoreError::AlreadyMember { room, user },
+                WireError::Forbidden(a) => StoreError::Forbidden(a),
+                WireError::RoomFull { room, limit } => StoreError::RoomFull { room, limit },
+                WireError::TooManyRooms { user, limit } => StoreError::TooManyRooms { user, limit },
+                WireError::Fenced { room, epoch, current } => StoreError::Fenced { room, epoch, current },
+                WireError::Unavailable(a) => StoreError::Unavailable(a),
+                WireError::Backend(a) => StoreError::Backend(a),
+            }),
+        }
+    }
+}
+
+/// [`Delivery`] on the wire.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct WireDelivery {
+    entry: Entry,
+    recipients: Vec<(String, u64)>,
+}
+
+/// The serde shape behind [`RouterMessage`].
+#[derive(Debug, Serialize, Deserialize)]
+enum Envelope {
+    Heartbeat(Heartbeat),
+    Append(ForwardedAppend),
+    Reply(AppendReply),
+    Deliver(#[serde(with = "serde_bytes_compat")] Vec<u8>),
+}
+
+/// Encode a delivery once; the bytes go into a [`RouterMessage::Deliver`] for every node.
+pub fn encode_delivery(delivery: &Delivery) -> Bytes {
+    let wire = WireDelivery { entry: delivery.entry.clone(), recipients: delivery.recipients.clone() };
+    Bytes::from(rmp_serde::to_vec_named(&wire).expect("a delivery always encodes"))
+}
+
+/// Decode the payload of a [`RouterMessage::Deliver`].
+pub fn decode_delivery(bytes: &[u8]) -> Result<Delivery, String> {
+    let wire: WireDelivery = rmp_serde::from_slice(bytes).map_err(|err| format!("delivery: {err}"))?;
+    Ok(Delivery { entry: wire.entry, recipients: wire.recipients })
+}
+
+/// Encode a message: the version byte, then the envelope.
+pub fn encode(message: &RouterMessage) -> Vec<u8> {
+    let envelope = match message {
+        RouterMessage::Heartbeat(hb) => Envelope::Heartbeat(hb.clone()),
+        RouterMessage::Append(append) => Envelope::Append(append.clone()),
+        RouterMessage::Reply(reply) => Envelope::Reply(reply.clone()),
+        RouterMessage::Deliver(bytes) => Envelope::Deliver(bytes.to_vec()),
+        // Never sent on purpose; if it is, the receiver counts it as invalid too.
+        RouterMessage::Invalid(_) => return vec![0],
+    };
+    let mut out = vec![WIRE_VERSION];
+    rmp_serde::encode::write_named(&mut out, &envelope).expect("an envelope always encodes");
+    out
+}
+
+/// Decode a message; never fails: what does not decode is [`RouterMessage::Invalid`].
+pub fn decode(bytes: &[u8]) -> RouterMessage {
+    let Some((&version, body)) = bytes.split_first() else {
+        return RouterMessage::Invalid("empty message".into());
+    };
+    if version != WIRE_VERSION {
+        return RouterMessage::Invalid(format!("unsupported wire version {version} (this node speaks {WIRE_VERSION})"));
+    }
+    match rmp_serde::from_slice::<Envelope>(body) {
+        Ok(Envelope::Heartbeat(hb)) => RouterMessage::Heartbeat(hb),
+        Ok(Envelope::Append(append)) => RouterMessage::Append(append),
+        Ok(Envelope::Reply(reply)) => RouterMessage::Reply(reply),
+        Ok(Envelope::Deliver(bytes)) => RouterMessage::Deliver(Bytes::from(bytes)),
+        Err(err) => RouterMessage::Invalid(format!("undecodable message of {} bytes: {err}", bytes.len())),
+    }
+}
+
+/// What makes the router remotable: ractor's blanket `Message` impl for `BytesConvertable`
+/// types serializes casts to remote actors with these two functions.
+impl ractor::BytesConvertable for RouterMessage {
+    fn into_bytes(self) -> Vec<u8> {
+        encode(&self)
+    }
+
+    fn from_bytes(bytes: Vec<u8>) -> Self {
+        decode(&bytes)
+    }
+}
+
+/// `Vec<u8>` as a MessagePack bin (not an array of integers) without the serde_bytes crate.
+mod serde_bytes_compat {
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(bytes)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(v)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+                let mut out = Vec::new();
+                while let Some(byte) = seq.next_element::<u8>()? {
+                    out.push(byte);
+                }
+                Ok(out)
+            }
+        }
+        deserializer.deserialize_byte_buf(Visitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry() -> Entry {
+        Entry {
+            room: "r1".into(),
+            seq: 7,
+            id: "m1".into(),
+            from: "alice".into(),
+            kind: EntryKind::Text,
+            user: None,
+            body: "hi".into(),
+            ts: 1,
+        }
+    }
+
+    #[test]
+    fn every_variant_round_trips() {
+        let delivery = Delivery { entry: entry(), recipients: vec![("alice".into(), 3), ("bob".into(), 9)] };
+        let messages = vec![
+            RouterMessage::Heartbeat(Heartbeat {
+                from: "a".into(),
+                incarnation: 42,
+                addr: "127.0.0.1:1".into(),
+                live: vec!["a".into(), "b".into()],
+                known: vec![("b".into(), "127.0.0.1:2".into())],
+                leaving: true,
+            }),
+            RouterMessage::Append(ForwardedAppend {
+                id: 5,
+                from: "a".into(),
+                room: "r1".into(),
+                kind: EntryKind::Text,
+                sender: "alice".into(),
+                message_id: "m1".into(),
+                user: None,
+                body: "hi".into(),
+                trace: 9,
+            }),
+            RouterMessage::Reply(AppendReply {
+                id: 5,
+                from: "b".into(),
+                outcome: Ok(Appended { delivery: delivery.clone(), duplicate: false }).into(),
+            }),
+            RouterMessage::Reply(AppendReply {
+                id: 6,
+                from: "b".into(),
+                outcome: Err(StoreError::Fenced { room: "r1".into(), epoch: 1, current: 2 }).into(),
+            }),
+            RouterMessage::Deliver(encode_delivery(&delivery)),
+        ];
+        for message in messages {
+            assert_eq!(decode(&encode(&message)), message);
+        }
+        let RouterMessage::Deliver(bytes) = decode(&encode(&RouterMessage::Deliver(encode_delivery(&delivery)))) else {
+            panic!("not a delivery");
+        };
+        assert_eq!(decode_delivery(&bytes).unwrap(), delivery);
+    }
+
+    #[test]
+    fn bad_bytes_are_invalid_never_a_panic() {
+        for bytes in
+            [vec![], vec![WIRE_VERSION], vec![WIRE_VERSION, 0xc1], vec![9, 1, 2], vec![WIRE_VERSION, 0x92, 1, 2]]
+        {
+            assert!(matches!(decode(&bytes), RouterMessage::Invalid(_)), "{bytes:?}");
+        }
+        let mut truncated = encode(&RouterMessage::Heartbeat(Heartbeat {
+            from: "a".into(),
+            incarnation: 1,
+            addr: "x".into(),
+            live: vec![],
+            known: vec![],
+            leaving: false,
+        }));
+        truncated.truncate(truncated.len() / 2);
+        assert!(matches!(decode(&truncated), RouterMessage::Invalid(_)));
+        assert!(decode_delivery(&[1, 2, 3]).is_err());
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored_and_new_fields_default() {
+        // A heartbeat from a "newer" node with an extra field, and from an "older" one without
+        // the optional fields: both decode.
+        #[derive(Serialize)]
+        struct NewerHeartbeat {
+            from: String,
+            incarnation: u64,
+            addr: String,
+            live: Vec<String>,
+            zone: String,
+        }
+        #[derive(Serialize)]
+        enum NewerEnvelope {
+            Heartbeat(NewerHeartbeat),
+        }
+        let newer = NewerEnvelope::Heartbeat(NewerHeartbeat {
+            from: "n".into(),
+            incarnation: 3,
+            addr: "h:1".into(),
+            live: vec!["n".into()],
+            zone: "eu".into(),
+        });
+        let mut bytes = vec![WIRE_VERSION];
+        rmp_serde::encode::write_named(&mut bytes, &newer).unwrap();
+        let RouterMessage::Heartbeat(hb) = decode(&bytes) else { panic!("not decoded") };
+        assert_eq!((hb.from.as_str(), hb.known.len(), hb.leaving), ("n", 0, false));
+    }
+}
