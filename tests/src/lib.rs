@@ -9,6 +9,12 @@
 //!
 //! Nothing here is a mock: the node is the same binary users run.
 
+pub mod load;
+
+pub mod cluster;
+
+pub mod docker;
+
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -168,6 +174,19 @@ impl Node {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
+    /// Send `request` (a raw HTTP/1.1 request head and body) to the client port; returns
+    /// (status, body). For requests [`Node::http_get`] cannot make.
+    pub async fn http_raw(&self, request: &str) -> anyhow::Result<(u16, String)> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = TcpStream::connect(self.addr).await?;
+        stream.write_all(request.as_bytes()).await?;
+        let mut response = String::new();
+        tokio::time::timeout(WAIT, stream.read_to_string(&mut response)).await??;
+        let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default();
+        Ok((status, body))
+    }
+
     /// GET a path on the client port; returns (status, body).
     pub async fn http_get(&self, path: &str) -> anyhow::Result<(u16, String)> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -266,11 +285,16 @@ impl Client {
                 }
                 _ => continue,
             };
-            if let ServerFrame::Message { cursor, entry } = &frame {
-                self.ledger.push((*cursor, entry.clone()));
-                self.cursor = self.cursor.max(*cursor);
-            }
+            self.record(&frame);
             return Ok(frame);
+        }
+    }
+
+    /// Keep a `message` frame in the ledger (every path that reads the wire calls this).
+    fn record(&mut self, frame: &ServerFrame) {
+        if let ServerFrame::Message { cursor, entry } = frame {
+            self.ledger.push((*cursor, entry.clone()));
+            self.cursor = self.cursor.max(*cursor);
         }
     }
 
@@ -278,7 +302,8 @@ impl Client {
     /// before it go to the backlog.
     pub async fn closed(&mut self) -> anyhow::Result<Closed> {
         loop {
-            let message = tokio::time::timeout(WAIT, self.ws.next()).await.map_err(|_| anyhow!("not closed within {WAIT:?}"))?;
+            let message =
+                tokio::time::timeout(WAIT, self.ws.next()).await.map_err(|_| anyhow!("not closed within {WAIT:?}"))?;
             match message {
                 None => return Ok(Closed { code: None, reason: String::new() }),
                 Some(Err(err)) => return Ok(Closed { code: None, reason: err.to_string() }),
@@ -290,10 +315,12 @@ impl Client {
                 }
                 Some(Ok(Message::Text(text))) => {
                     let frame = protocol::decode_server(Encoding::Json, text.as_bytes())?;
+                    self.record(&frame);
                     self.backlog.push_back(frame);
                 }
                 Some(Ok(Message::Binary(bytes))) => {
                     let frame = protocol::decode_server(Encoding::MessagePack, &bytes)?;
+                    self.record(&frame);
                     self.backlog.push_back(frame);
                 }
                 Some(Ok(_)) => {}
@@ -415,9 +442,119 @@ impl Client {
         }
     }
 
+    /// Ping and expect the matching pong: the connection is still usable. Frames that arrive
+    /// first (deliveries, notices) are kept.
+    pub async fn ping(&mut self) -> anyhow::Result<()> {
+        let req = self.next_req();
+        match self.request(ClientFrame::Ping { req }).await? {
+            ServerFrame::Pong { req: got } if got == req => Ok(()),
+            other => bail!("ping {req}: expected pong, got {other:?}"),
+        }
+    }
+
+    /// Send any document (a `serde_json::Value`) in this client's encoding: JSON text, or a
+    /// MessagePack map with the same keys. For transcripts and for frames the typed
+    /// [`ClientFrame`] cannot express (unknown types, missing or mistyped fields).
+    pub async fn send_value(&mut self, value: &serde_json::Value) -> anyhow::Result<()> {
+        let message = match self.encoding {
+            Encoding::Json => Message::Text(serde_json::to_string(value)?.into()),
+            Encoding::MessagePack => Message::Binary(rmp_serde::to_vec_named(value)?.into()),
+        };
+        self.ws.send(message).await?;
+        Ok(())
+    }
+
+    /// The next frame exactly as the node encoded it, as a document. It must also decode as a
+    /// [`ServerFrame`] (and a `message` is recorded in the ledger), so the generic and the typed
+    /// views of the wire cannot drift apart. Refuses to run while typed frames wait in the
+    /// backlog, whose wire form is gone.
+    pub async fn recv_value(&mut self) -> anyhow::Result<serde_json::Value> {
+        anyhow::ensure!(self.backlog.is_empty(), "recv_value with typed frames in the backlog: {:?}", self.backlog);
+        loop {
+            let message = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .map_err(|_| anyhow!("no frame within {WAIT:?}"))?
+                .ok_or_else(|| anyhow!("connection ended"))??;
+            let (value, frame): (serde_json::Value, ServerFrame) = match message {
+                Message::Text(text) => {
+                    (serde_json::from_str(text.as_str())?, protocol::decode_server(Encoding::Json, text.as_bytes())?)
+                }
+                Message::Binary(bytes) => {
+                    (rmp_serde::from_slice(&bytes)?, protocol::decode_server(Encoding::MessagePack, &bytes)?)
+                }
+                Message::Close(frame) => bail!("connection closed: {frame:?}"),
+                _ => continue,
+            };
+            self.record(&frame);
+            return Ok(value);
+        }
+    }
+
+    /// The first frame (backlog first, then the wire) for which `wanted` holds; the others are
+    /// kept in the backlog, in order.
+    pub async fn recv_matching(&mut self, wanted: impl Fn(&ServerFrame) -> bool) -> anyhow::Result<ServerFrame> {
+        if let Some(index) = self.backlog.iter().position(&wanted) {
+            return Ok(self.backlog.remove(index).expect("index in range"));
+        }
+        loop {
+            let frame = self.recv_wire().await?;
+            if wanted(&frame) {
+                return Ok(frame);
+            }
+            self.backlog.push_back(frame);
+        }
+    }
+
+    /// Send text messages `(room, id, body)` with up to `window` requests in flight (pipelined,
+    /// as a real client would), and return each one's ack as `(seq, duplicate)`, in order.
+    pub async fn say_many(
+        &mut self,
+        messages: &[(String, String, String)],
+        window: usize,
+    ) -> anyhow::Result<Vec<(u64, bool)>> {
+        let mut acks = Vec::with_capacity(messages.len());
+        for chunk in messages.chunks(window.max(1)) {
+            let mut reqs = Vec::with_capacity(chunk.len());
+            for (room, id, body) in chunk {
+                let req = self.next_req();
+                self.send(&ClientFrame::Send { req, room: room.clone(), id: id.clone(), body: body.clone() }).await?;
+                reqs.push((req, id));
+            }
+            for (req, id) in reqs {
+                match self.reply_to(req).await? {
+                    ServerFrame::Ack { seq, duplicate, id: acked, .. } if acked == *id => acks.push((seq, duplicate)),
+                    other => bail!("send {id}: {other:?}"),
+                }
+            }
+        }
+        Ok(acks)
+    }
+
+    /// Receive until the ledger holds at least `len` entries; other frames go to the backlog.
+    pub async fn wait_ledger_len(&mut self, len: usize) -> anyhow::Result<()> {
+        while self.ledger.len() < len {
+            let frame = self.recv_wire().await?;
+            if !matches!(frame, ServerFrame::Message { .. }) {
+                self.backlog.push_back(frame);
+            }
+        }
+        Ok(())
+    }
+
+    /// Frames received but not taken yet (deliveries are also in the ledger).
+    pub fn backlog(&self) -> impl Iterator<Item = &ServerFrame> {
+        self.backlog.iter()
+    }
+
     /// Close politely.
     pub async fn close(mut self) -> anyhow::Result<()> {
-        let _ = self.ws.close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame { code: CloseCode::Normal, reason: "".into() })).await;
+        let _ = self
+            .ws
+            .close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+                code: CloseCode::Normal,
+                reason: "".into(),
+            }))
+            .await;
         Ok(())
     }
 }
@@ -448,13 +585,17 @@ pub fn reply_req(frame: &ServerFrame) -> Option<u64> {
 /// Check a client's ledger: cursors strictly increasing by one from `from + 1`, and within each
 /// room, sequence numbers strictly increasing. Returns the number of entries checked.
 pub fn check_ledger(ledger: &[(u64, Entry)], from: u64) -> anyhow::Result<usize> {
-    let mut expected = from + 1;
     let mut last_seq: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
-    for (cursor, entry) in ledger {
+    for (expected, (cursor, entry)) in (from + 1..).zip(ledger) {
         anyhow::ensure!(*cursor == expected, "cursor {cursor} where {expected} was expected (gap or duplicate)");
-        expected += 1;
         let last = last_seq.entry(entry.room.as_str()).or_insert(0);
-        anyhow::ensure!(entry.seq > *last, "room {} seq {} after {} (reordered or doubled)", entry.room, entry.seq, last);
+        anyhow::ensure!(
+            entry.seq > *last,
+            "room {} seq {} after {} (reordered or doubled)",
+            entry.room,
+            entry.seq,
+            last
+        );
         *last = entry.seq;
     }
     Ok(ledger.len())

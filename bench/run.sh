@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Regenerate docs/BENCHMARKS.md: install the peers, build, start each server on 127.0.0.1,
+# run every scenario against palaver and its peers in one go, render the report.
+#
+#   bench/run.sh                 the full run (10,000 idle connections, 1,000-member fan-out …)
+#   QUICK=1 bench/run.sh         the same scenarios, small (a few minutes)
+#   SCENARIOS="idle fanout" bench/run.sh     only some of them
+#   SKIP_SETUP=1 …               do not install or build
+#
+# Results: bench/results/<scenario>.json (and .txt with the load generator's output).
+# Every server is started fresh for each scenario and stopped when it ends (also on ^C).
+set -euo pipefail
+source "$(dirname "$0")/servers.sh"
+trap stop_servers EXIT
+cd "$ROOT"
+
+QUICK="${QUICK:-0}"
+SCENARIOS="${SCENARIOS:-idle fanout fanout-xmpp saturation many-rooms reconnect-storm}"
+RESULTS="${RESULTS:-$BENCH_DIR/results}"
+mkdir -p "$RESULTS"
+chmod 755 "$WORK"
+
+if [[ "${SKIP_SETUP:-0}" != 1 ]]; then
+  "$BENCH_DIR/setup.sh"
+fi
+export NATS_VERSION="$(nats-server --version 2>/dev/null | awk '{print $2}')"
+export EJABBERD_VERSION="$(dpkg-query -W -f='${Version}' ejabberd 2>/dev/null || echo '?')"
+export SOCKETIO_VERSION="$(python3 -c 'import socketio; print(socketio.__version__)' 2>/dev/null || pip show python-socketio 2>/dev/null | awk '/^Version/{print $2}')"
+
+if [[ "$QUICK" == 1 ]]; then
+  IDLE_N=1000; FAN_N=200; FAN_RATES=100,0; FAN_DUR=5; XMPP_N=50; SAT_N=50; SAT_STEPS=5; ROOMS=20; STORM=200; BACKLOG=50
+else
+  IDLE_N=10000; FAN_N=1000; FAN_RATES=200,0; FAN_DUR=10; XMPP_N=300; SAT_N=100; SAT_STEPS=10; ROOMS=100; STORM=1000; BACKLOG=200
+fi
+
+# Start the servers a scenario needs; sets TARGETS to the load generator's server options.
+servers() {
+  TARGETS=()
+  start_palaver 17600
+  TARGETS+=(--palaver "$PALAVER_URL" --palaver-pid "$PALAVER_PID")
+  local peer
+  for peer in "$@"; do
+    case "$peer" in
+      nats) start_nats && TARGETS+=(--nats "$NATS_URL" --nats-pid "$NATS_PID") || echo "skipping NATS" ;;
+      socketio) start_socketio && TARGETS+=(--socketio "$SOCKETIO_URL" --socketio-pid "$SOCKETIO_PID") || echo "skipping Socket.IO" ;;
+      xmpp) start_ejabberd && TARGETS+=(--xmpp "$XMPP_URL" --xmpp-pid "$EJABBERD_PID") || echo "skipping ejabberd" ;;
+    esac
+  done
+}
+
+run() { # name, loadgen arguments…
+  local name="$1"; shift
+  echo "== $name: loadgen $*"
+  ( ulimit -n 20000; "$LOADGEN" "$@" --json "$RESULTS/$name.json" ) 2>&1 | tee "$RESULTS/$name.txt"
+}
+
+for scenario in $SCENARIOS; do
+  case "$scenario" in
+    idle)
+      # Accounts first, on a node that is then restarted: the measured node never hashed a
+      # password (argon2's freed buffers would sit in its allocator).
+      start_palaver 17600
+      ( ulimit -n 20000; "$LOADGEN" accounts --n "$IDLE_N" --concurrency 8 --palaver "$PALAVER_URL" --tokens "$WORK/tokens" )
+      stop_pid "$PALAVER_PID"
+      servers nats socketio xmpp
+      run idle idle --n "$IDLE_N" --procs 2 --sources 4 --settle 5 --tokens "$WORK/tokens" "${TARGETS[@]}"
+      ;;
+    fanout)
+      servers nats socketio
+      run fanout fanout --n "$FAN_N" --rate "$FAN_RATES" --window 64 --duration "$FAN_DUR" "${TARGETS[@]}"
+      ;;
+    fanout-xmpp)
+      servers xmpp
+      run fanout-xmpp fanout --n "$XMPP_N" --rate 100,0 --window 64 --duration "$FAN_DUR" --concurrency 8 "${TARGETS[@]}"
+      ;;
+    saturation)
+      servers nats
+      run saturation saturation --n "$SAT_N" --from 10 --factor 1.6 --steps "$SAT_STEPS" --p99-ms 50 --duration 5 --full "${TARGETS[@]}"
+      ;;
+    many-rooms)
+      servers nats socketio
+      run many-rooms many-rooms --rooms "$ROOMS" --size 10 --rate 1 --duration 10 "${TARGETS[@]}"
+      ;;
+    reconnect-storm)
+      servers
+      run reconnect-storm reconnect-storm --clients "$STORM" --backlog "$BACKLOG" "${TARGETS[@]}"
+      ;;
+    *) echo "unknown scenario $scenario" >&2; exit 2 ;;
+  esac
+  stop_servers
+  sleep 2
+done
+
+python3 "$BENCH_DIR/report.py" "$RESULTS" "$ROOT/docs/BENCHMARKS.md"

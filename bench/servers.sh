@@ -1,0 +1,87 @@
+# Sourced by bench/run.sh and bench/smoke.sh: start and stop the servers under test.
+# Each start_* sets <NAME>_PID and <NAME>_URL; everything listens on 127.0.0.1 only, and
+# stop_servers (run on exit) ends exactly the processes started here.
+BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$BENCH_DIR/.." && pwd)"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/work/target}"
+NODE_BIN="${NODE_BIN:-$CARGO_TARGET_DIR/release/palaver}"  # not PALAVER_…: the node reads those as configuration
+LOADGEN="${LOADGEN:-$CARGO_TARGET_DIR/release/loadgen}"
+WORK="${BENCH_WORK:-$(mktemp -d /tmp/palaver-bench.XXXXXX)}"
+mkdir -p "$WORK"
+STARTED_PIDS=()
+
+wait_port() { # host port seconds
+  local deadline=$((SECONDS + ${3:-30}))
+  until (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; do
+    ((SECONDS < deadline)) || { echo "nothing listens on $1:$2 after ${3:-30} s" >&2; return 1; }
+    sleep 0.2
+  done
+}
+
+start_palaver() { # [port] [name]
+  local port="${1:-17600}" name="${2:-palaver-1}"
+  mkdir -p "$WORK/$name"
+  (
+    ulimit -n 20000
+    cd "$WORK/$name"
+    PALAVER_NODE__NAME="$name" \
+    PALAVER_NODE__DATA_DIR="$WORK/$name" \
+    PALAVER_CLIENT__LISTEN="127.0.0.1:$port" \
+    PALAVER_AUTH__TOKEN_KEY="bench-token-key-0123456789abcdef-0123456789" \
+    PALAVER_AUTH__ARGON2_MEMORY_KIB=1024 \
+    PALAVER_AUTH__ARGON2_ITERATIONS=1 \
+    PALAVER_LIMITS__MAX_ROOM_MEMBERS=20000 \
+    PALAVER_LIMITS__FRAMES_PER_SECOND=1000000 \
+    PALAVER_LIMITS__MAX_CONNECTIONS=19500 \
+    PALAVER_LOG__FILTER="${NODE_LOG_FILTER:-warn}" \
+    exec env -u PALAVER_BIN "$NODE_BIN" >"$WORK/$name.out" 2>"$WORK/$name.log"
+  ) &
+  PALAVER_PID=$!
+  STARTED_PIDS+=("$PALAVER_PID")
+  wait_port 127.0.0.1 "$port" 60
+  PALAVER_URL="ws://127.0.0.1:$port/ws"
+}
+
+start_nats() {
+  command -v nats-server >/dev/null || { echo "nats-server not installed (bench/setup.sh)"; return 1; }
+  ( ulimit -n 20000; exec nats-server -c "$BENCH_DIR/nats.conf" >"$WORK/nats.log" 2>&1 ) &
+  NATS_PID=$!
+  STARTED_PIDS+=("$NATS_PID")
+  wait_port 127.0.0.1 17601 30
+  NATS_URL="ws://127.0.0.1:17601"
+}
+
+start_socketio() {
+  python3 -c 'import socketio, aiohttp' 2>/dev/null || { echo "python-socketio not installed (bench/setup.sh)"; return 1; }
+  ( ulimit -n 20000; exec python3 "$BENCH_DIR/socketio_server.py" --port 17602 >"$WORK/socketio.log" 2>&1 ) &
+  SOCKETIO_PID=$!
+  STARTED_PIDS+=("$SOCKETIO_PID")
+  wait_port 127.0.0.1 17602 30
+  SOCKETIO_URL="ws://127.0.0.1:17602/socket.io/?EIO=4&transport=websocket"
+}
+
+start_ejabberd() {
+  "$BENCH_DIR/ejabberd.sh" start "$WORK/ejabberd" || return 1
+  EJABBERD_PID="$(cat "$WORK/ejabberd/pid")"
+  XMPP_URL="ws://127.0.0.1:17603/ws"
+}
+
+stop_pid() { # end one process started here
+  kill -TERM "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
+  local kept=() pid
+  for pid in "${STARTED_PIDS[@]}"; do [[ "$pid" == "$1" ]] || kept+=("$pid"); done
+  STARTED_PIDS=("${kept[@]}")
+}
+
+stop_servers() {
+  local pid
+  for pid in "${STARTED_PIDS[@]}"; do
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  [[ -f "$WORK/ejabberd/pid" ]] && "$BENCH_DIR/ejabberd.sh" stop "$WORK/ejabberd" || true
+  for pid in "${STARTED_PIDS[@]}"; do
+    wait "$pid" 2>/dev/null || true
+  done
+  STARTED_PIDS=()
+}

@@ -1,0 +1,717 @@
+//! The multi-process cluster harness: N real `palaver` processes on loopback sharing one SQLite
+//! file, plus the faults the cluster must survive.
+//!
+//! - [`Cluster::start`] starts nodes `n1`, `n2`, … each with its own cluster port; later nodes
+//!   seed from the running ones. [`Cluster::add_node`] scales up; [`Cluster::kill`] (kill -9),
+//!   [`Cluster::terminate`] (SIGTERM), [`Cluster::pause`]/[`Cluster::resume`]
+//!   (SIGSTOP/SIGCONT) and [`Cluster::partition`]/[`Cluster::heal`] inject faults.
+//! - Partitions go through a fault-injecting TCP proxy run by the harness: node `nK` listens for
+//!   peers on `127.0.0.(10+K)`, binds its outgoing links to that address, and advertises the
+//!   proxy in front of it. The proxy tells links apart by source address, so it can cut any
+//!   pair of nodes: a cut link stops carrying bytes but stays open (what a real partition
+//!   looks like: only the heartbeat timeout notices).
+//! - [`Chatter`] is a client that keeps going through all of that: it retries `unavailable`
+//!   with the same message id, and when its node goes away it reconnects to another and
+//!   resumes from its cursor, keeping one ledger across connections.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::{check_ledger, Client, ClientFrame, Encoding, Entry, ErrorCode, Node, NodeOptions, ServerFrame};
+
+/// The cookie of test clusters.
+pub const TEST_COOKIE: &str = "palaver-test-cluster-cookie-0123456789";
+
+/// How a test cluster is set up.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    pub heartbeat_interval_ms: u64,
+    pub heartbeat_timeout_ms: u64,
+    /// Put the fault-injecting proxy between nodes (needed for [`Cluster::partition`]).
+    pub proxied: bool,
+    /// Extra `PALAVER_…` variables for every node.
+    pub env: Vec<(String, String)>,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        // Short enough for quick failover in tests, long enough (6 intervals) that a loaded
+        // 2-core machine does not see false deaths.
+        ClusterOptions { heartbeat_interval_ms: 250, heartbeat_timeout_ms: 2_000, proxied: true, env: Vec::new() }
+    }
+}
+
+/// One node of a test cluster.
+pub struct Member {
+    pub name: String,
+    pub node: Node,
+    /// What peers dial (the proxy's address when proxied).
+    pub advertise: String,
+    pub paused: bool,
+}
+
+impl Member {
+    pub fn pid(&self) -> Option<u32> {
+        self.node.child.id()
+    }
+}
+
+pub struct Cluster {
+    pub options: ClusterOptions,
+    /// Index k holds node `n{k+1}`; `None` once it was killed or terminated.
+    pub members: Vec<Option<Member>>,
+    shared: tempfile::TempDir,
+    proxy: Proxy,
+}
+
+impl Cluster {
+    /// Start `n` nodes and wait until every one sees all of them live.
+    pub async fn start(n: usize) -> anyhow::Result<Cluster> {
+        Cluster::start_with(n, ClusterOptions::default()).await
+    }
+
+    pub async fn start_with(n: usize, options: ClusterOptions) -> anyhow::Result<Cluster> {
+        let mut cluster =
+            Cluster { options, members: Vec::new(), shared: tempfile::tempdir()?, proxy: Proxy::default() };
+        for _ in 0..n {
+            cluster.spawn_node(Vec::new()).await?;
+        }
+        cluster.wait_converged().await?;
+        Ok(cluster)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.shared.path().to_path_buf()
+    }
+
+    /// Start one more node (scale up) and wait until the cluster converges on it.
+    pub async fn add_node(&mut self) -> anyhow::Result<usize> {
+        let index = self.spawn_node(Vec::new()).await?;
+        self.wait_converged().await?;
+        Ok(index)
+    }
+
+    /// Start a node with extra environment, without waiting for convergence (bad-input tests).
+    pub async fn spawn_node(&mut self, extra_env: Vec<(String, String)>) -> anyhow::Result<usize> {
+        let index = self.members.len();
+        let name = format!("n{}", index + 1);
+        let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 10 + index as u8));
+        let listen = free_port(ip)?;
+        let advertise =
+            if self.options.proxied { self.proxy.front(index, listen).await?.to_string() } else { listen.to_string() };
+        let seeds: Vec<String> = self.members.iter().flatten().map(|member| member.advertise.clone()).collect();
+        let mut node_options =
+            NodeOptions { name: name.clone(), data_dir: Some(self.data_dir()), ..NodeOptions::default() }
+                .env("CLUSTER__ENABLED", "true")
+                .env("CLUSTER__LISTEN", listen)
+                .env("CLUSTER__ADVERTISE", &advertise)
+                .env("CLUSTER__COOKIE", TEST_COOKIE)
+                .env("CLUSTER__HEARTBEAT_INTERVAL_MS", self.options.heartbeat_interval_ms)
+                .env("CLUSTER__HEARTBEAT_TIMEOUT_MS", self.options.heartbeat_timeout_ms)
+                .env("LIMITS__REQUEST_TIMEOUT_MS", 5_000);
+        if !seeds.is_empty() {
+            node_options = node_options.env(
+                "CLUSTER__SEEDS",
+                format!("[{}]", seeds.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(",")),
+            );
+        }
+        for (key, value) in self.options.env.iter().chain(&extra_env) {
+            node_options = node_options.env(key, value);
+        }
+        let node = Node::start(node_options).await?;
+        self.members.push(Some(Member { name, node, advertise, paused: false }));
+        Ok(index)
+    }
+
+    pub fn member(&self, index: usize) -> &Member {
+        self.members[index].as_ref().expect("node is running")
+    }
+
+    pub fn node(&self, index: usize) -> &Node {
+        &self.member(index).node
+    }
+
+    /// Indexes of running, unpaused nodes.
+    pub fn running(&self) -> Vec<usize> {
+        self.members.iter().enumerate().filter(|(_, m)| m.as_ref().is_some_and(|m| !m.paused)).map(|(i, _)| i).collect()
+    }
+
+    /// WebSocket URLs of running, unpaused nodes.
+    pub fn urls(&self) -> Vec<String> {
+        self.running().into_iter().map(|i| self.node(i).ws_url()).collect()
+    }
+
+    /// kill -9.
+    pub async fn kill(&mut self, index: usize) -> anyhow::Result<()> {
+        let mut member = self.members[index].take().context("node not running")?;
+        member.node.kill9().await
+    }
+
+    /// SIGTERM, and wait for a clean exit.
+    pub async fn terminate(&mut self, index: usize) -> anyhow::Result<()> {
+        let mut member = self.members[index].take().context("node not running")?;
+        let status = member.node.terminate().await?;
+        anyhow::ensure!(status.success(), "{} exited with {status}; log:\n{}", member.name, member.node.log());
+        Ok(())
+    }
+
+    /// SIGSTOP: the process hangs with its sockets open.
+    pub fn pause(&mut self, index: usize) -> anyhow::Result<()> {
+        self.signal(index, "-STOP")?;
+        self.members[index].as_mut().expect("running").paused = true;
+        Ok(())
+    }
+
+    /// SIGCONT.
+    pub fn resume(&mut self, index: usize) -> anyhow::Result<()> {
+        self.signal(index, "-CONT")?;
+        self.members[index].as_mut().expect("running").paused = false;
+        Ok(())
+    }
+
+    fn signal(&self, index: usize, signal: &str) -> anyhow::Result<()> {
+        let pid = self.member(index).pid().context("no pid")?;
+        let status = std::process::Command::new("kill").args([signal, &pid.to_string()]).status()?;
+        anyhow::ensure!(status.success(), "kill {signal} {pid} failed");
+        Ok(())
+    }
+
+    /// Cut every link between `side` and the other nodes (both directions); links stay open
+    /// but carry nothing, and new ones are refused, until [`Cluster::heal`].
+    pub fn partition(&self, side: &[usize]) {
+        assert!(self.options.proxied, "partition needs ClusterOptions::proxied");
+        self.proxy.cut(side.iter().copied().collect());
+    }
+
+    pub fn heal(&self) {
+        self.proxy.cut(HashSet::new());
+    }
+
+    /// GET `/cluster` of a node, parsed.
+    pub async fn status(&self, index: usize, query: &str) -> anyhow::Result<serde_json::Value> {
+        let (code, body) = self.node(index).http_get(&format!("/cluster{query}")).await?;
+        anyhow::ensure!(code == 200, "/cluster answered {code}: {body}");
+        Ok(serde_json::from_str(&body)?)
+    }
+
+    /// The live set and serving flag a node reports.
+    pub async fn view(&self, index: usize) -> anyhow::Result<(Vec<String>, bool)> {
+        let status = self.status(index, "").await?;
+        let live = status["cluster"]["live"]
+            .as_array()
+            .context("no live set")?
+            .iter()
+            .filter_map(|v| v.as_str().map(String::from))
+            .collect();
+        Ok((live, status["cluster"]["serving"].as_bool().unwrap_or(false)))
+    }
+
+    /// Wait until every running node reports the same live set: exactly the running nodes,
+    /// all serving.
+    pub async fn wait_converged(&self) -> anyhow::Result<()> {
+        let expected: Vec<String> = {
+            let mut names: Vec<String> = self.running().into_iter().map(|i| self.member(i).name.clone()).collect();
+            names.sort();
+            names
+        };
+        self.wait_for_views(&self.running(), &expected, true).await
+    }
+
+    /// Wait until each of `nodes` reports `live` and `serving`.
+    pub async fn wait_for_views(&self, nodes: &[usize], live: &[String], serving: bool) -> anyhow::Result<()> {
+        let deadline = Instant::now() + crate::WAIT;
+        loop {
+            let mut last = Vec::new();
+            let mut all = true;
+            for &i in nodes {
+                let view = self.view(i).await?;
+                if view.0 != live || view.1 != serving {
+                    all = false;
+                }
+                last.push((self.member(i).name.clone(), view));
+            }
+            if all {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("cluster did not converge on {live:?} (serving {serving}) within {:?}: {last:?}", crate::WAIT);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The node a room belongs to, as `index` sees it.
+    pub async fn owner(&self, index: usize, room: &str) -> anyhow::Result<String> {
+        let status = self.status(index, &format!("?room={room}")).await?;
+        status["room"]["owner"].as_str().map(String::from).context("no owner")
+    }
+
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.members.iter().position(|m| m.as_ref().is_some_and(|m| m.name == name))
+    }
+
+    /// Every node's log, for failure messages.
+    pub fn logs(&self) -> String {
+        self.members.iter().flatten().map(|m| format!("===== {} =====\n{}", m.name, tail(&m.node.log(), 80))).collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // Paused processes must be woken to die.
+        for member in self.members.iter().flatten().filter(|m| m.paused) {
+            if let Some(pid) = member.pid() {
+                let _ = std::process::Command::new("kill").args(["-CONT", &pid.to_string()]).status();
+            }
+        }
+    }
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// A free TCP port on `ip` (bound and released; the node binds it right after).
+fn free_port(ip: IpAddr) -> anyhow::Result<SocketAddr> {
+    let listener = std::net::TcpListener::bind(SocketAddr::new(ip, 0)).with_context(|| format!("binding {ip}:0"))?;
+    Ok(listener.local_addr()?)
+}
+
+/// The fault-injecting proxy: one listener in front of each node's cluster port.
+#[derive(Default)]
+struct Proxy {
+    /// Nodes on the cut side (by index); links crossing the cut carry nothing.
+    cut: Arc<Mutex<watch::Sender<HashSet<usize>>>>,
+}
+
+impl Proxy {
+    /// Start the listener in front of node `index` (which listens on `target`).
+    async fn front(&self, index: usize, target: SocketAddr) -> anyhow::Result<SocketAddr> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let cut = self.cut.lock().expect("proxy lock").subscribe();
+        tokio::spawn(async move {
+            while let Ok((inbound, peer)) = listener.accept().await {
+                let from = match peer.ip() {
+                    IpAddr::V4(ip) if ip.octets()[3] >= 10 => ip.octets()[3] as usize - 10,
+                    _ => usize::MAX,
+                };
+                let cut = cut.clone();
+                tokio::spawn(async move {
+                    let _ = relay(inbound, target, from, index, cut).await;
+                });
+            }
+        });
+        Ok(addr)
+    }
+
+    fn cut(&self, side: HashSet<usize>) {
+        self.cut.lock().expect("proxy lock").send_replace(side);
+    }
+}
+
+fn crosses(cut: &HashSet<usize>, a: usize, b: usize) -> bool {
+    cut.contains(&a) != cut.contains(&b)
+}
+
+/// Carry bytes between `inbound` and the node until the link is cut; then hold both sockets
+/// open, silent, until the cut heals, and close them.
+async fn relay(
+    inbound: TcpStream,
+    target: SocketAddr,
+    from: usize,
+    to: usize,
+    mut cut: watch::Receiver<HashSet<usize>>,
+) -> anyhow::Result<()> {
+    let refused = crosses(&cut.borrow(), from, to);
+    if refused {
+        return Ok(());
+    }
+    let outbound = TcpStream::connect(target).await?;
+    let _ = (inbound.set_nodelay(true), outbound.set_nodelay(true));
+    let (mut in_read, mut in_write) = inbound.into_split();
+    let (mut out_read, mut out_write) = outbound.into_split();
+    let forward = async {
+        tokio::select! {
+            _ = tokio::io::copy(&mut in_read, &mut out_write) => {},
+            _ = tokio::io::copy(&mut out_read, &mut in_write) => {},
+        }
+    };
+    tokio::select! {
+        _ = forward => {
+            let _ = in_write.shutdown().await;
+            let _ = out_write.shutdown().await;
+            return Ok(());
+        }
+        _ = until_cut(&mut cut, from, to, true) => {}
+    }
+    // Cut: nothing flows; keep the sockets until healed, then drop them.
+    until_cut(&mut cut, from, to, false).await;
+    Ok(())
+}
+
+async fn until_cut(cut: &mut watch::Receiver<HashSet<usize>>, from: usize, to: usize, cut_now: bool) {
+    let _ = cut.wait_for(|cut| crosses(cut, from, to) == cut_now).await.map(|_| ());
+}
+
+/// A client that survives node failures: retries, reconnects, resumes; one ledger throughout.
+pub struct Chatter {
+    pub user: String,
+    token: String,
+    client: Option<Client>,
+    /// Where to connect; replaced by the test as nodes come and go.
+    urls: Arc<Mutex<Vec<String>>>,
+    next_url: usize,
+    /// Messages received over all connections, in order.
+    pub ledger: Vec<(u64, Entry)>,
+    /// The cursor the first connection started from.
+    pub start_cursor: u64,
+    pub cursor: u64,
+    /// (room, message id, seq, duplicate) of every acked send.
+    pub acked: Vec<(String, String, u64, bool)>,
+    pub reconnects: usize,
+    pub unavailable: usize,
+}
+
+/// How long one request may take before the chatter gives up on its node.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(8);
+
+impl Chatter {
+    /// Register and log in on the first URL, authenticate.
+    pub async fn new(urls: Arc<Mutex<Vec<String>>>, user: &str, start: usize) -> anyhow::Result<Chatter> {
+        let url = {
+            let list = urls.lock().expect("urls");
+            list.get(start % list.len().max(1)).cloned().context("no url")?
+        };
+        let mut client = Client::connect_url(&url, Encoding::MessagePack).await?;
+        let token = client.register_and_login(user, &format!("password-of-{user}")).await?;
+        client.authenticate(&token, None).await?;
+        let cursor = client.cursor;
+        Ok(Chatter {
+            user: user.to_string(),
+            token,
+            client: Some(client),
+            urls,
+            next_url: start + 1,
+            ledger: Vec::new(),
+            start_cursor: cursor,
+            cursor,
+            acked: Vec::new(),
+            reconnects: 0,
+            unavailable: 0,
+        })
+    }
+
+    /// Keep what the current connection received, and drop it.
+    fn retire(&mut self) {
+        if let Some(client) = self.client.take() {
+            self.absorb(client);
+        }
+    }
+
+    fn absorb(&mut self, mut client: Client) {
+        for (cursor, entry) in client.ledger.drain(..) {
+            self.cursor = self.cursor.max(cursor);
+            self.ledger.push((cursor, entry));
+        }
+        // Dropped without a close frame: the server sees the socket end.
+        drop(client);
+    }
+
+    fn take_received(&mut self) {
+        if let Some(client) = &mut self.client {
+            for (cursor, entry) in client.ledger.drain(..) {
+                self.cursor = self.cursor.max(cursor);
+                self.ledger.push((cursor, entry));
+            }
+        }
+    }
+
+    /// Connect to the next URL that answers and resume from the cursor.
+    async fn reconnect(&mut self, deadline: Instant) -> anyhow::Result<()> {
+        self.retire();
+        loop {
+            if Instant::now() > deadline {
+                bail!("{}: no node to reconnect to before the deadline", self.user);
+            }
+            let urls = self.urls.lock().expect("urls").clone();
+            if urls.is_empty() {
+                bail!("no urls");
+            }
+            let url = urls[self.next_url % urls.len()].clone();
+            self.next_url += 1;
+            let attempt = async {
+                let mut client = Client::connect_url(&url, Encoding::MessagePack).await?;
+                client.authenticate(&self.token, Some(self.cursor)).await?;
+                client.cursor = self.cursor;
+                client.until_live().await?;
+                Ok::<_, anyhow::Error>(client)
+            };
+            match tokio::time::timeout(REQUEST_TIMEOUT, attempt).await {
+                Ok(Ok(client)) => {
+                    self.reconnects += 1;
+                    self.client = Some(client);
+                    self.take_received();
+                    return Ok(());
+                }
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
+    /// Send `body` as message `id` to `room` until it is acked (retrying with the same id, on
+    /// this node or another). Returns the seq.
+    pub async fn say(&mut self, room: &str, id: &str, body: &str) -> anyhow::Result<u64> {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            if Instant::now() > deadline {
+                bail!("{}: message {id} not acked within 90 s", self.user);
+            }
+            if self.client.is_none() {
+                self.reconnect(deadline).await?;
+            }
+            let client = self.client.as_mut().expect("connected");
+            let req = client.next_req();
+            let frame = ClientFrame::Send { req, room: room.into(), id: id.into(), body: body.into() };
+            let reply = tokio::time::timeout(REQUEST_TIMEOUT, client.request(frame)).await;
+            self.take_received();
+            match reply {
+                Ok(Ok(ServerFrame::Ack { seq, duplicate, .. })) => {
+                    self.acked.push((room.to_string(), id.to_string(), seq, duplicate));
+                    return Ok(seq);
+                }
+                Ok(Ok(ServerFrame::Error {
+                    code: ErrorCode::Unavailable | ErrorCode::Internal | ErrorCode::SlowDown,
+                    ..
+                })) => {
+                    self.unavailable += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Ok(Ok(other)) => bail!("{}: send {id}: {other:?}", self.user),
+                // The connection broke or the node hangs: go elsewhere and retry the same id.
+                Ok(Err(_)) | Err(_) => self.retire(),
+            }
+        }
+    }
+
+    /// Join a room (retrying like `say`).
+    pub async fn join(&mut self, room: &str) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if Instant::now() > deadline {
+                bail!("{}: join {room} timed out", self.user);
+            }
+            if self.client.is_none() {
+                self.reconnect(deadline).await?;
+            }
+            let client = self.client.as_mut().expect("connected");
+            let req = client.next_req();
+            let reply =
+                tokio::time::timeout(REQUEST_TIMEOUT, client.request(ClientFrame::Join { req, room: room.into() }))
+                    .await;
+            self.take_received();
+            match reply {
+                Ok(Ok(ServerFrame::Room { .. })) => return Ok(()),
+                Ok(Ok(ServerFrame::Error { code: ErrorCode::Unavailable | ErrorCode::Internal, .. })) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Ok(Ok(other)) => bail!("{}: join {room}: {other:?}", self.user),
+                Ok(Err(_)) | Err(_) => self.retire(),
+            }
+        }
+    }
+
+    /// Create a room (on whichever node this chatter is on).
+    pub async fn create_room(&mut self, name: &str) -> anyhow::Result<String> {
+        let client = self.client.as_mut().context("not connected")?;
+        let room = client.create_room(name).await?;
+        self.take_received();
+        Ok(room)
+    }
+
+    /// Receive until the ledger holds every (room, id) in `expected`, reconnecting as needed.
+    pub async fn receive_all(&mut self, expected: &HashSet<(String, String)>) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            self.take_received();
+            let have: HashSet<(String, String)> =
+                self.ledger.iter().map(|(_, e)| (e.room.clone(), e.id.clone())).collect();
+            let missing: Vec<_> = expected.difference(&have).collect();
+            if missing.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{}: {} acked messages never arrived, e.g. {:?}",
+                    self.user,
+                    missing.len(),
+                    missing.iter().take(5).collect::<Vec<_>>()
+                );
+            }
+            if self.client.is_none() {
+                self.reconnect(deadline).await?;
+                continue;
+            }
+            let client = self.client.as_mut().expect("connected");
+            match tokio::time::timeout(Duration::from_millis(500), client.recv()).await {
+                Ok(Ok(_)) | Err(_) => {}
+                Ok(Err(_)) => self.retire(),
+            }
+        }
+    }
+
+    /// Check the ledger: dense cursors from the start, room order kept, and each (room, id)
+    /// exactly once.
+    pub fn check(&self) -> anyhow::Result<()> {
+        check_ledger(&self.ledger, self.start_cursor).map_err(|err| anyhow!("{}: {err}", self.user))?;
+        let mut seen = HashSet::new();
+        for (_, entry) in &self.ledger {
+            anyhow::ensure!(
+                seen.insert((entry.room.clone(), entry.id.clone())),
+                "{}: {}/{} received twice",
+                self.user,
+                entry.room,
+                entry.id
+            );
+        }
+        Ok(())
+    }
+
+    pub async fn close(mut self) {
+        if let Some(client) = self.client.take() {
+            let _ = client.close().await;
+        }
+    }
+}
+
+/// Check a set of chatters that all joined the rooms of their sends: every acked message
+/// arrived at every chatter exactly once, acks agree on seqs, and ledgers are sound.
+pub async fn check_everyone(chatters: &mut [Chatter]) -> anyhow::Result<usize> {
+    let mut acked: HashMap<(String, String), u64> = HashMap::new();
+    let mut seqs: HashMap<(String, u64), String> = HashMap::new();
+    for chatter in chatters.iter() {
+        for (room, id, seq, _) in &chatter.acked {
+            if let Some(previous) = acked.insert((room.clone(), id.clone()), *seq) {
+                anyhow::ensure!(previous == *seq, "{room}/{id} acked with seq {previous} and {seq}");
+            }
+            if let Some(other) = seqs.insert((room.clone(), *seq), id.clone()) {
+                anyhow::ensure!(other == *id, "{room} seq {seq} acked for both {other} and {id}");
+            }
+        }
+    }
+    let expected: HashSet<(String, String)> = acked.keys().cloned().collect();
+    for chatter in chatters.iter_mut() {
+        chatter.receive_all(&expected).await?;
+        chatter.check()?;
+        for (_, entry) in &chatter.ledger {
+            if let Some(seq) = acked.get(&(entry.room.clone(), entry.id.clone())) {
+                anyhow::ensure!(
+                    *seq == entry.seq,
+                    "{}: {}/{} delivered with seq {} but acked with {seq}",
+                    chatter.user,
+                    entry.room,
+                    entry.id,
+                    entry.seq
+                );
+            }
+        }
+    }
+    Ok(expected.len())
+}
+
+impl Client {
+    /// Connect to a URL and greet.
+    pub async fn connect_url(url: &str, encoding: Encoding) -> anyhow::Result<Client> {
+        let mut client = tokio::time::timeout(Duration::from_secs(5), Client::connect_raw(url, encoding))
+            .await
+            .map_err(|_| anyhow!("connect to {url} timed out"))??;
+        match tokio::time::timeout(
+            Duration::from_secs(5),
+            client.request_raw(ClientFrame::Hello { versions: vec![1], client: Some("tests".into()) }),
+        )
+        .await
+        {
+            Ok(Ok(ServerFrame::Welcome { .. })) => Ok(client),
+            other => bail!("expected welcome from {url}, got {other:?}"),
+        }
+    }
+}
+
+/// Chatters sending in the background: each sends `per_chatter` messages round-robin over
+/// `rooms` (ids `<user>-<k>`), one at a time, `gap` apart.
+pub struct Traffic {
+    handles: Vec<tokio::task::JoinHandle<anyhow::Result<Chatter>>>,
+    /// Acked sends so far, over all chatters.
+    pub acked: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Traffic {
+    pub fn start(chatters: Vec<Chatter>, rooms: &[String], per_chatter: usize, gap: Duration) -> Traffic {
+        let acked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let handles = chatters
+            .into_iter()
+            .map(|mut chatter| {
+                let rooms = rooms.to_vec();
+                let acked = acked.clone();
+                tokio::spawn(async move {
+                    for k in 0..per_chatter {
+                        let room = &rooms[k % rooms.len()];
+                        let id = format!("{}-{k}", chatter.user);
+                        chatter.say(room, &id, &format!("message {k} of {}", chatter.user)).await?;
+                        acked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tokio::time::sleep(gap).await;
+                    }
+                    Ok(chatter)
+                })
+            })
+            .collect();
+        Traffic { handles, acked }
+    }
+
+    /// Wait until at least `n` sends were acked.
+    pub async fn wait_acked(&self, n: usize) -> anyhow::Result<()> {
+        let deadline = Instant::now() + crate::WAIT;
+        while self.acked.load(std::sync::atomic::Ordering::Relaxed) < n {
+            anyhow::ensure!(Instant::now() < deadline, "fewer than {n} acks within {:?}", crate::WAIT);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+
+    /// Wait for every chatter to finish sending.
+    pub async fn finish(self) -> anyhow::Result<Vec<Chatter>> {
+        let mut chatters = Vec::new();
+        for handle in self.handles {
+            chatters.push(handle.await??);
+        }
+        Ok(chatters)
+    }
+}
+
+/// The owner of `room` among `nodes`: a copy of the node's rendezvous hashing
+/// (actors/src/cluster/placement.rs), so tests can pick rooms that will move. Tests compare it
+/// with what nodes answer on `/cluster?room=`, so a drift shows.
+pub fn placement_owner<'a>(room: &str, nodes: &[&'a str]) -> &'a str {
+    fn weight(node: &str, room: &str) -> u64 {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for byte in node.bytes().chain([0xff]).chain(room.bytes()) {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        hash ^= hash >> 30;
+        hash = hash.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        hash ^= hash >> 27;
+        hash = hash.wrapping_mul(0x94d0_49bb_1331_11eb);
+        hash ^ (hash >> 31)
+    }
+    nodes.iter().copied().max_by(|a, b| weight(a, room).cmp(&weight(b, room)).then_with(|| b.cmp(a))).expect("nodes")
+}

@@ -1,0 +1,504 @@
+//! Thin adapters: one per server, each speaking that server's own protocol over a WebSocket.
+//!
+//! | kind       | wire                                   | "room"              | login            |
+//! |------------|----------------------------------------|---------------------|------------------|
+//! | `palaver`  | palaver frames (JSON or MessagePack)   | room id             | register, login, authenticate |
+//! | `nats`     | NATS text protocol in WebSocket frames | subject             | `CONNECT`        |
+//! | `socketio` | Engine.IO v4 / Socket.IO v5 packets    | Socket.IO room      | namespace connect |
+//! | `xmpp`     | RFC 7395 framing, XMPP stanzas         | MUC room JID        | SASL ANONYMOUS, bind |
+//!
+//! After set-up every connection is just a WebSocket: [`publish`] makes the frame that posts a
+//! body to a room and [`keepalive`] answers the server's application-level pings (NATS `PING`,
+//! Engine.IO `2`). Received bodies are found by the marker scan, whatever the framing.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use futures_util::{SinkExt, StreamExt};
+use protocol::{ClientFrame, Encoding, ErrorCode, ServerFrame};
+use serde::{Deserialize, Serialize};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+pub type Ws = WebSocketStream<TcpStream>;
+
+/// How long one set-up step (connect, a request and its reply) may take.
+pub const STEP_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Palaver,
+    Nats,
+    Socketio,
+    Xmpp,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Palaver => "palaver",
+            Kind::Nats => "nats",
+            Kind::Socketio => "socketio",
+            Kind::Xmpp => "xmpp",
+        }
+    }
+}
+
+/// One server (or, for palaver, the nodes of one cluster) to measure.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Target {
+    pub kind: Kind,
+    /// WebSocket URLs; connection `i` uses `urls[i % len]` unless a scenario says otherwise.
+    pub urls: Vec<String>,
+    /// Server processes whose resident memory is measured.
+    pub pids: Vec<u32>,
+    /// palaver: `json` or `msgpack`.
+    pub encoding: String,
+    /// xmpp: the virtual host; rooms live on `conference.<domain>`.
+    pub xmpp_domain: String,
+}
+
+impl Target {
+    pub fn label(&self) -> String {
+        match self.kind {
+            Kind::Palaver if self.encoding == "msgpack" => "palaver (msgpack)".into(),
+            Kind::Socketio => "socket.io (python)".into(),
+            Kind::Xmpp => "ejabberd (muc)".into(),
+            Kind::Nats => "nats (ws)".into(),
+            Kind::Palaver => "palaver".into(),
+        }
+    }
+
+    pub fn palaver_encoding(&self) -> Encoding {
+        if self.encoding == "msgpack" {
+            Encoding::MessagePack
+        } else {
+            Encoding::Json
+        }
+    }
+
+    /// The identifier of a logical room for this server.
+    pub fn room_name(&self, logical: &str) -> String {
+        match self.kind {
+            Kind::Xmpp => format!("{logical}@conference.{}", self.xmpp_domain),
+            Kind::Nats => logical.replace('-', "."),
+            _ => logical.to_string(),
+        }
+    }
+}
+
+/// The `k`-th source address: 127.0.0.1, then 127.0.1.1, 127.0.2.1 … (`sources` of them).
+/// Each source address has its own range of ephemeral ports towards one server port.
+pub fn source_addr(index: usize, sources: usize) -> Option<Ipv4Addr> {
+    if sources <= 1 {
+        return None;
+    }
+    let k = (index % sources) as u8;
+    Some(Ipv4Addr::new(127, 0, k, 1))
+}
+
+/// Open a WebSocket from `src` with small buffers (the client side of 20,000 connections must
+/// fit too).
+pub async fn ws_connect(url: &str, src: Option<Ipv4Addr>, subprotocol: Option<&str>) -> anyhow::Result<Ws> {
+    let mut request = url.into_client_request()?;
+    if let Some(subprotocol) = subprotocol {
+        request.headers_mut().insert("Sec-WebSocket-Protocol", subprotocol.parse()?);
+    }
+    let host = request.uri().host().ok_or_else(|| anyhow!("no host in {url}"))?.trim_matches(|c| c == '[' || c == ']');
+    let port = request.uri().port_u16().unwrap_or(80);
+    let addr: SocketAddr = tokio::net::lookup_host((host, port))
+        .await?
+        .find(SocketAddr::is_ipv4)
+        .ok_or_else(|| anyhow!("{host} has no IPv4 address"))?;
+    let socket = TcpSocket::new_v4()?;
+    if let Some(src) = src {
+        socket.bind(SocketAddr::new(src.into(), 0)).with_context(|| format!("binding {src}"))?;
+    }
+    let config = WebSocketConfig::default()
+        .read_buffer_size(16 * 1024)
+        .write_buffer_size(16 * 1024)
+        .max_write_buffer_size(64 << 20)
+        .max_message_size(Some(16 << 20))
+        .max_frame_size(Some(16 << 20));
+    let work = async {
+        let stream = socket.connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
+        stream.set_nodelay(true)?;
+        let (ws, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(config)).await?;
+        Ok::<_, anyhow::Error>(ws)
+    };
+    tokio::time::timeout(STEP_TIMEOUT, work)
+        .await
+        .map_err(|_| anyhow!("WebSocket to {url} not open within {STEP_TIMEOUT:?}"))?
+}
+
+/// The next data payload (text or binary), answering nothing; fails on close or timeout.
+pub async fn next_payload(ws: &mut Ws) -> anyhow::Result<Vec<u8>> {
+    loop {
+        let message = tokio::time::timeout(STEP_TIMEOUT, ws.next())
+            .await
+            .map_err(|_| anyhow!("no frame within {STEP_TIMEOUT:?}"))?
+            .ok_or_else(|| anyhow!("connection ended"))??;
+        match message {
+            Message::Text(text) => return Ok(text.as_bytes().to_vec()),
+            Message::Binary(bytes) => return Ok(bytes.to_vec()),
+            Message::Close(frame) => bail!("closed by server: {frame:?}"),
+            _ => {}
+        }
+    }
+}
+
+/// The frame that publishes `body` to `room`; `seq` numbers the connection's publications.
+pub fn publish(target: &Target, room: &str, run: &str, seq: u64, body: &str) -> Message {
+    match target.kind {
+        Kind::Palaver => {
+            let frame = ClientFrame::Send {
+                req: seq + 1_000,
+                room: room.to_string(),
+                id: format!("{run}-{seq}"),
+                body: body.to_string(),
+            };
+            palaver_message(target.palaver_encoding(), &frame)
+        }
+        Kind::Nats => Message::Binary(format!("PUB {room} {}\r\n{body}\r\n", body.len()).into_bytes().into()),
+        Kind::Socketio => Message::Text(format!("42[\"msg\",{{\"room\":\"{room}\",\"body\":\"{body}\"}}]").into()),
+        Kind::Xmpp => Message::Text(
+            format!("<message to='{room}' type='groupchat' id='{run}-{seq}'><body>{body}</body></message>").into(),
+        ),
+    }
+}
+
+/// The answer to an application-level keep-alive in `payload`, if it is one.
+pub fn keepalive(kind: Kind, payload: &[u8]) -> Option<Message> {
+    match kind {
+        Kind::Nats => {
+            let ping = payload.starts_with(b"PING\r\n") || memchr::memmem::find(payload, b"\r\nPING\r\n").is_some();
+            ping.then(|| Message::Binary(b"PONG\r\n".to_vec().into()))
+        }
+        Kind::Socketio => (payload == b"2").then(|| Message::Text("3".into())),
+        Kind::Palaver | Kind::Xmpp => None,
+    }
+}
+
+/// What a connection is after set-up.
+pub struct Opened {
+    pub ws: Ws,
+    /// palaver: the user's log head when it authenticated (where a resume would start).
+    pub cursor: u64,
+    /// The rooms it is in, in this server's naming (direct rooms included).
+    pub rooms: Vec<String>,
+}
+
+/// Credentials of connection `index` of a run.
+pub fn user_name(run: &str, index: usize) -> String {
+    format!("u{run}-{index}")
+}
+
+pub fn password(user: &str) -> String {
+    format!("password-of-{user}")
+}
+
+/// Connect as user `index`, log in (palaver: with `token` if given, else register and log in
+/// first), join `rooms`, open a direct room with `direct_with` if given.
+// Eight plain arguments read better at the call sites than a one-use options struct.
+#[allow(clippy::too_many_arguments)]
+pub async fn open(
+    target: &Target,
+    url: &str,
+    src: Option<Ipv4Addr>,
+    run: &str,
+    index: usize,
+    token: Option<&str>,
+    rooms: &[String],
+    direct_with: Option<usize>,
+) -> anyhow::Result<Opened> {
+    match target.kind {
+        Kind::Palaver => {
+            let enc = target.palaver_encoding();
+            let user = user_name(run, index);
+            let mut ws = ws_connect(url, src, None).await?;
+            palaver_hello(&mut ws, enc).await?;
+            let token = match token {
+                Some(token) => token.to_string(),
+                None => palaver_account(&mut ws, enc, &user).await?,
+            };
+            let cursor = palaver_authenticate(&mut ws, enc, &token, None).await?;
+            let mut joined = Vec::new();
+            for room in rooms {
+                palaver_join(&mut ws, enc, room).await?;
+                joined.push(room.clone());
+            }
+            if let Some(peer) = direct_with {
+                let reply =
+                    palaver_request(&mut ws, enc, ClientFrame::OpenDirect { req: 7, user: user_name(run, peer) })
+                        .await?;
+                match reply {
+                    ServerFrame::Room { room, .. } => joined.push(room.id),
+                    other => bail!("open_direct: {other:?}"),
+                }
+            }
+            Ok(Opened { ws, cursor, rooms: joined })
+        }
+        Kind::Nats => {
+            let mut ws = ws_connect(url, src, None).await?;
+            let info = next_payload(&mut ws).await?;
+            if !info.starts_with(b"INFO") {
+                bail!("NATS: expected INFO, got {:?}", String::from_utf8_lossy(&info));
+            }
+            let mut setup = String::from(
+                "CONNECT {\"verbose\":false,\"pedantic\":false,\"protocol\":1,\"echo\":true,\"name\":\"loadgen\",\"lang\":\"rust\",\"version\":\"0\"}\r\n",
+            );
+            let mut joined: Vec<String> = rooms.to_vec();
+            if let Some(peer) = direct_with {
+                joined.push(target.room_name(&direct_room(run, index, peer)));
+            }
+            for (sid, room) in joined.iter().enumerate() {
+                setup.push_str(&format!("SUB {room} {}\r\n", sid + 1));
+            }
+            setup.push_str("PING\r\n");
+            ws.send(Message::Binary(setup.into_bytes().into())).await?;
+            loop {
+                let payload = next_payload(&mut ws).await?;
+                if memchr::memmem::find(&payload, b"PONG").is_some() {
+                    break;
+                }
+                if payload.starts_with(b"-ERR") {
+                    bail!("NATS: {}", String::from_utf8_lossy(&payload));
+                }
+                if let Some(reply) = keepalive(Kind::Nats, &payload) {
+                    ws.send(reply).await?;
+                }
+            }
+            Ok(Opened { ws, cursor: 0, rooms: joined })
+        }
+        Kind::Socketio => {
+            let mut ws = ws_connect(url, src, None).await?;
+            let open = next_payload(&mut ws).await?;
+            if !open.starts_with(b"0") {
+                bail!("Engine.IO: expected open packet, got {:?}", String::from_utf8_lossy(&open));
+            }
+            ws.send(Message::Text("40".into())).await?;
+            loop {
+                let payload = next_payload(&mut ws).await?;
+                if payload.starts_with(b"40") {
+                    break;
+                }
+                if payload.starts_with(b"44") {
+                    bail!("Socket.IO connect refused: {}", String::from_utf8_lossy(&payload));
+                }
+                if let Some(reply) = keepalive(Kind::Socketio, &payload) {
+                    ws.send(reply).await?;
+                }
+            }
+            let mut joined: Vec<String> = rooms.to_vec();
+            if let Some(peer) = direct_with {
+                joined.push(direct_room(run, index, peer));
+            }
+            for (ack, room) in joined.iter().enumerate() {
+                ws.send(Message::Text(format!("42{ack}[\"join\",\"{room}\"]").into())).await?;
+                let want = format!("43{ack}[");
+                loop {
+                    let payload = next_payload(&mut ws).await?;
+                    if payload.starts_with(want.as_bytes()) {
+                        break;
+                    }
+                    if let Some(reply) = keepalive(Kind::Socketio, &payload) {
+                        ws.send(reply).await?;
+                    }
+                }
+            }
+            Ok(Opened { ws, cursor: 0, rooms: joined })
+        }
+        Kind::Xmpp => {
+            let mut ws = ws_connect(url, src, Some("xmpp")).await?;
+            let domain = &target.xmpp_domain;
+            let open = format!("<open xmlns='urn:ietf:params:xml:ns:xmpp-framing' to='{domain}' version='1.0'/>");
+            ws.send(Message::Text(open.clone().into())).await?;
+            xmpp_until(&mut ws, "</stream:features>").await?;
+            ws.send(Message::Text("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='ANONYMOUS'/>".into()))
+                .await?;
+            let reply = xmpp_until_any(&mut ws, &["<success", "<failure"]).await?;
+            if reply.contains("<failure") {
+                bail!("XMPP SASL ANONYMOUS refused: {reply}");
+            }
+            ws.send(Message::Text(open.into())).await?;
+            xmpp_until(&mut ws, "</stream:features>").await?;
+            ws.send(Message::Text(
+                "<iq type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>".into(),
+            ))
+            .await?;
+            xmpp_until(&mut ws, "bind1").await?;
+            let mut joined: Vec<String> = rooms.to_vec();
+            if let Some(peer) = direct_with {
+                joined.push(target.room_name(&direct_room(run, index, peer)));
+            }
+            let nick = user_name(run, index);
+            for room in &joined {
+                let presence = format!(
+                    "<presence to='{room}/{nick}'><x xmlns='http://jabber.org/protocol/muc'><history maxstanzas='0'/></x></presence>"
+                );
+                ws.send(Message::Text(presence.into())).await?;
+                // The self-presence (status 110) ends the join; others' presences come before it.
+                let reply = xmpp_until_any(
+                    &mut ws,
+                    &["status code='110'", "status code=\"110\"", "type='error'", "type=\"error\""],
+                )
+                .await?;
+                if reply.contains("error") && !reply.contains("110") {
+                    bail!("XMPP join of {room} refused: {reply}");
+                }
+            }
+            Ok(Opened { ws, cursor: 0, rooms: joined })
+        }
+    }
+}
+
+/// The logical name of the direct room of users `a` and `b` (peers without direct rooms model
+/// one as a two-member room).
+pub fn direct_room(run: &str, a: usize, b: usize) -> String {
+    format!("dm-{run}-{}-{}", a.min(b), a.max(b))
+}
+
+async fn xmpp_until(ws: &mut Ws, needle: &str) -> anyhow::Result<String> {
+    xmpp_until_any(ws, &[needle]).await
+}
+
+async fn xmpp_until_any(ws: &mut Ws, needles: &[&str]) -> anyhow::Result<String> {
+    loop {
+        let payload = next_payload(ws).await?;
+        let text = String::from_utf8_lossy(&payload).into_owned();
+        if needles.iter().any(|needle| text.contains(needle)) {
+            return Ok(text);
+        }
+        if text.contains("<close") || text.contains("stream:error") {
+            bail!("XMPP stream closed: {text}");
+        }
+    }
+}
+
+// ---- palaver ------------------------------------------------------------------------------
+
+pub fn palaver_message(enc: Encoding, frame: &ClientFrame) -> Message {
+    let bytes = protocol::encode_client(enc, frame);
+    match enc {
+        Encoding::Json => Message::Text(String::from_utf8(bytes).expect("JSON is UTF-8").into()),
+        Encoding::MessagePack => Message::Binary(bytes.into()),
+    }
+}
+
+pub async fn palaver_recv(ws: &mut Ws) -> anyhow::Result<ServerFrame> {
+    loop {
+        let message = tokio::time::timeout(STEP_TIMEOUT, ws.next())
+            .await
+            .map_err(|_| anyhow!("no frame within {STEP_TIMEOUT:?}"))?
+            .ok_or_else(|| anyhow!("connection ended"))??;
+        return Ok(match message {
+            Message::Text(text) => protocol::decode_server(Encoding::Json, text.as_bytes())?,
+            Message::Binary(bytes) => protocol::decode_server(Encoding::MessagePack, &bytes)?,
+            Message::Close(frame) => bail!("closed by node: {frame:?}"),
+            _ => continue,
+        });
+    }
+}
+
+/// Send a request and wait for its reply, skipping deliveries and other frames.
+pub async fn palaver_request(ws: &mut Ws, enc: Encoding, frame: ClientFrame) -> anyhow::Result<ServerFrame> {
+    let req = frame.req();
+    ws.send(palaver_message(enc, &frame)).await?;
+    loop {
+        let reply = palaver_recv(ws).await?;
+        if crate::reply_req(&reply) == Some(req) {
+            return Ok(reply);
+        }
+    }
+}
+
+pub async fn palaver_hello(ws: &mut Ws, enc: Encoding) -> anyhow::Result<()> {
+    ws.send(palaver_message(enc, &ClientFrame::Hello { versions: vec![1], client: Some("loadgen".into()) })).await?;
+    match palaver_recv(ws).await? {
+        ServerFrame::Welcome { .. } => Ok(()),
+        other => bail!("hello: {other:?}"),
+    }
+}
+
+/// Register (an existing account is fine) and log in; returns the token.
+pub async fn palaver_account(ws: &mut Ws, enc: Encoding, user: &str) -> anyhow::Result<String> {
+    let password = password(user);
+    for attempt in 0..20 {
+        match palaver_request(ws, enc, ClientFrame::Register { req: 1, user: user.into(), password: password.clone() })
+            .await?
+        {
+            ServerFrame::Registered { .. } | ServerFrame::Error { code: ErrorCode::UserExists, .. } => break,
+            ServerFrame::Error {
+                code: ErrorCode::RateLimited | ErrorCode::SlowDown | ErrorCode::Unavailable, ..
+            } if attempt < 19 => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            other => bail!("register {user}: {other:?}"),
+        }
+    }
+    for attempt in 0..20 {
+        match palaver_request(ws, enc, ClientFrame::Login { req: 2, user: user.into(), password: password.clone() })
+            .await?
+        {
+            ServerFrame::LoggedIn { token, .. } => return Ok(token),
+            ServerFrame::Error {
+                code: ErrorCode::RateLimited | ErrorCode::SlowDown | ErrorCode::Unavailable,
+                retry_after_ms,
+                ..
+            } if attempt < 19 => {
+                tokio::time::sleep(Duration::from_millis(retry_after_ms.unwrap_or(200).min(5_000))).await;
+            }
+            other => bail!("login {user}: {other:?}"),
+        }
+    }
+    bail!("login {user}: rate limited too long")
+}
+
+/// Authenticate; returns the user's log head. With a cursor, the replay follows (not read here).
+pub async fn palaver_authenticate(ws: &mut Ws, enc: Encoding, token: &str, cursor: Option<u64>) -> anyhow::Result<u64> {
+    match palaver_request(ws, enc, ClientFrame::Authenticate { req: 3, token: token.into(), cursor }).await? {
+        ServerFrame::Authenticated { cursor, .. } => Ok(cursor),
+        other => bail!("authenticate: {other:?}"),
+    }
+}
+
+pub async fn palaver_join(ws: &mut Ws, enc: Encoding, room: &str) -> anyhow::Result<()> {
+    for attempt in 0..20 {
+        match palaver_request(ws, enc, ClientFrame::Join { req: 4, room: room.into() }).await? {
+            ServerFrame::Room { .. } => return Ok(()),
+            ServerFrame::Error { code: ErrorCode::SlowDown | ErrorCode::Unavailable, .. } if attempt < 19 => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            other => bail!("join {room}: {other:?}"),
+        }
+    }
+    bail!("join {room}: node kept refusing")
+}
+
+pub async fn palaver_create_room(ws: &mut Ws, enc: Encoding, name: &str) -> anyhow::Result<String> {
+    match palaver_request(ws, enc, ClientFrame::CreateRoom { req: 5, name: name.into(), private: false }).await? {
+        ServerFrame::Room { room, .. } => Ok(room.id),
+        other => bail!("create_room {name}: {other:?}"),
+    }
+}
+
+/// A fresh connection of user `index` that creates a room and returns its id (the creator is
+/// its first member).
+pub async fn palaver_new_room(
+    target: &Target,
+    url: &str,
+    run: &str,
+    index: usize,
+    name: &str,
+) -> anyhow::Result<String> {
+    let opened = open(target, url, None, run, index, None, &[], None).await?;
+    let mut ws = opened.ws;
+    let id = palaver_create_room(&mut ws, target.palaver_encoding(), name).await?;
+    let _ = ws.close(None).await;
+    Ok(id)
+}

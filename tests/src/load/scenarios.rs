@@ -1,0 +1,1064 @@
+//! The scenarios. Each takes the servers to measure ([`Target`]s, palaver first) and runs the
+//! same procedure against each, one after another, then prints a summary and the ratios.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use futures_util::future::join_all;
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+use super::args::Args;
+use super::group::{split, Group, GroupResult, GroupSpec, RoomPlan};
+use super::peers::{self, keepalive, Kind, Target, Ws};
+use super::report::{latency, latency_text, ratio_line, write_json, Progress};
+use super::{human, now_ns, rss_kib, run_id, secs, Marker};
+
+/// Options every scenario shares.
+struct Common {
+    procs: usize,
+    sources: usize,
+    concurrency: usize,
+    body: usize,
+    json: Option<String>,
+}
+
+impl Common {
+    fn from(args: &Args) -> anyhow::Result<Common> {
+        Ok(Common {
+            procs: args.get("procs", 1usize)?,
+            sources: args.get("sources", 1usize)?,
+            concurrency: args.get("concurrency", 64usize)?,
+            body: args.get("body", 100usize)?,
+            json: args.str("json").map(str::to_string),
+        })
+    }
+}
+
+/// Groups for connections `first .. first + total`, split over `procs` processes.
+async fn make_groups(common: &Common, template: &GroupSpec, total: usize, first: usize) -> anyhow::Result<Vec<Group>> {
+    let remote = common.procs > 1;
+    let mut groups = Vec::new();
+    for (start, count) in split(total, common.procs, first) {
+        let mut spec = template.clone();
+        spec.first = start;
+        spec.count = count;
+        groups.push(Group::new(spec, remote).await?);
+    }
+    Ok(groups)
+}
+
+fn probe_line(groups: &[Group]) -> (u64, u64) {
+    groups.iter().map(Group::counters).fold((0, 0), |(a, b), (c, d)| (a + c, b + d))
+}
+
+/// Run `f` on every group at once.
+async fn on_all<T>(
+    groups: &mut [Group],
+    f: impl Fn(&mut Group) -> futures_util::future::BoxFuture<'_, anyhow::Result<T>>,
+) -> anyhow::Result<Vec<T>> {
+    join_all(groups.iter_mut().map(f)).await.into_iter().collect()
+}
+
+async fn collect_all(groups: &mut [Group]) -> anyhow::Result<GroupResult> {
+    let results = on_all(groups, |g| Box::pin(g.collect())).await?;
+    let mut merged = GroupResult::default();
+    for result in &results {
+        merged.merge(result);
+    }
+    Ok(merged)
+}
+
+async fn close_all(groups: Vec<Group>) {
+    join_all(groups.into_iter().map(Group::close)).await;
+}
+
+/// A progress line over groups, refreshed by the [`Progress`] task.
+fn group_progress(label: String, probes: Vec<ProbeHandle>, extra: Option<Arc<AtomicU64>>) -> Progress {
+    let last = Arc::new(AtomicU64::new(0));
+    Progress::start(label, move |_| {
+        let (open, deliveries) = probes.iter().map(|p| p.get()).fold((0, 0), |(a, b), (c, d)| (a + c, b + d));
+        let before = last.swap(deliveries, Ordering::Relaxed);
+        let mut line =
+            format!("open {open}, deliveries {deliveries} (+{}/s)", human(deliveries.saturating_sub(before) as f64));
+        if let Some(extra) = &extra {
+            line.push_str(&format!(", published {}", extra.load(Ordering::Relaxed)));
+        }
+        line
+    })
+}
+
+/// Read-only access to a group's counters for the progress task (groups are busy meanwhile).
+#[derive(Clone)]
+struct ProbeHandle(Arc<dyn Fn() -> (u64, u64) + Send + Sync>);
+
+impl ProbeHandle {
+    fn get(&self) -> (u64, u64) {
+        (self.0)()
+    }
+}
+
+fn probes(groups: &[Group]) -> Vec<ProbeHandle> {
+    groups.iter().map(|g| ProbeHandle(g.probe())).collect()
+}
+
+// ---- idle -----------------------------------------------------------------------------------
+
+/// N authenticated idle connections: the server's resident memory before and after, per
+/// connection. Connections open in two rounds (a tenth, then the rest) so the marginal cost per
+/// connection is reported beside the average one. With `--tokens FILE` (from
+/// `loadgen accounts`, against a node since restarted) palaver's accounts exist already and
+/// the node never ran argon2, whose freed buffers would otherwise both inflate the "before"
+/// reading and hide connection memory in the allocator's free lists.
+pub async fn idle(args: &Args, command: &str) -> anyhow::Result<()> {
+    let common = Common::from(args)?;
+    let n: usize = args.get("n", 1_000)?;
+    let settle = secs(args.get("settle", 5.0)?);
+    let tokens = args.str("tokens").map(str::to_string);
+    let mut rows = Vec::new();
+    for target in args.targets()? {
+        let label = target.label();
+        if target.pids.is_empty() {
+            eprintln!("warning: no --{}-pid given; resident memory of {label} cannot be measured", target.kind.name());
+        }
+        let (run, tokens_file) = match (&tokens, target.kind) {
+            (Some(path), Kind::Palaver) => (super::group::read_tokens(path)?.0, Some(path.clone())),
+            _ => (run_id(), None),
+        };
+        let template = GroupSpec {
+            target: target.clone(),
+            run: run.clone(),
+            first: 0,
+            count: 0,
+            urls: target.urls.clone(),
+            sources: common.sources,
+            rooms: RoomPlan::None,
+            publish_rate: 0.0,
+            body_bytes: common.body,
+            concurrency: common.concurrency,
+            tokens_file,
+        };
+        let warm_n = (n / 10).max(1).min(n);
+        let mut warm = make_groups(&common, &template, warm_n, 1).await?;
+        let mut main = make_groups(&common, &template, n - warm_n, 1 + warm_n).await?;
+        let mut all_probes = probes(&warm);
+        all_probes.extend(probes(&main));
+        let progress = group_progress(format!("idle {label}"), all_probes, None);
+        progress.phase("accounts");
+        let started = Instant::now();
+        on_all(&mut warm, |g| Box::pin(g.prepare())).await.context("setting up accounts")?;
+        on_all(&mut main, |g| Box::pin(g.prepare())).await.context("setting up accounts")?;
+        let accounts_s = started.elapsed().as_secs_f64();
+        progress.phase("settling before");
+        tokio::time::sleep(settle.min(Duration::from_secs(3))).await;
+        let before = rss_kib(&target.pids);
+        progress.phase("connecting (first tenth)");
+        let started = Instant::now();
+        let opened_warm = on_all(&mut warm, |g| Box::pin(g.connect())).await?;
+        tokio::time::sleep(settle.min(Duration::from_secs(3))).await;
+        let middle = rss_kib(&target.pids);
+        progress.phase("connecting (the rest)");
+        let opened_main = on_all(&mut main, |g| Box::pin(g.connect())).await?;
+        let connect_s = started.elapsed().as_secs_f64();
+        let (ok_warm, failed_warm) = opened_warm.iter().fold((0, 0), |(a, b), (c, d)| (a + c, b + d));
+        let (ok_main, failed_main) = opened_main.iter().fold((0, 0), |(a, b), (c, d)| (a + c, b + d));
+        progress.phase("settling after");
+        tokio::time::sleep(settle).await;
+        let after = rss_kib(&target.pids);
+        let result_warm = collect_all(&mut warm).await?;
+        let result_main = collect_all(&mut main).await?;
+        progress.stop();
+        let open_warm = ok_warm.saturating_sub(result_warm.closed);
+        let open_main = ok_main.saturating_sub(result_main.closed);
+        let open_now = open_warm + open_main;
+        let failed = failed_warm + failed_main;
+        let per_conn_kib = if open_now > 0 { after.saturating_sub(before) as f64 / open_now as f64 } else { f64::NAN };
+        let marginal_kib =
+            if open_main > 0 { after.saturating_sub(middle) as f64 / open_main as f64 } else { f64::NAN };
+        println!(
+            "idle {label}: {open_now} connections open ({failed} failed), RSS {:.1} → {:.1} → {:.1} MiB: {:.2} KiB per connection (marginal {:.2} KiB over the last {open_main}); accounts {accounts_s:.1} s, connect {connect_s:.1} s",
+            before as f64 / 1024.0,
+            middle as f64 / 1024.0,
+            after as f64 / 1024.0,
+            per_conn_kib,
+            marginal_kib
+        );
+        let first_error = result_warm.first_error.or(result_main.first_error);
+        if let Some(err) = &first_error {
+            println!("  first error: {err}");
+        }
+        rows.push(json!({
+            "target": label, "kind": target.kind.name(), "connections": open_now, "failed": failed,
+            "rss_before_kib": before, "rss_tenth_kib": middle, "rss_after_kib": after,
+            "kib_per_connection": per_conn_kib, "marginal_kib_per_connection": marginal_kib,
+            "accounts_s": accounts_s, "connect_s": connect_s, "first_error": first_error,
+            "prepared_tokens": tokens.is_some() && target.kind == Kind::Palaver,
+        }));
+        close_all(warm).await;
+        close_all(main).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    print_ratios(&rows, "memory per idle connection (KiB)", "kib_per_connection", false);
+    write_json(common.json.as_deref(), "idle", command, &rows, json!({ "n": n }))
+}
+
+/// `loadgen accounts --palaver URL --n N --tokens FILE`: register and log in users 1..=N and
+/// write their tokens, for an `idle` run against a freshly restarted node.
+pub async fn accounts(args: &Args) -> anyhow::Result<()> {
+    let common = Common::from(args)?;
+    let n: usize = args.get("n", 1_000)?;
+    let path = args.str("tokens").ok_or_else(|| anyhow!("--tokens FILE is required"))?.to_string();
+    let target = args
+        .targets()?
+        .into_iter()
+        .find(|t| t.kind == Kind::Palaver)
+        .ok_or_else(|| anyhow!("--palaver URL is required"))?;
+    let run = run_id();
+    let spec = GroupSpec {
+        target: target.clone(),
+        run: run.clone(),
+        first: 1,
+        count: n,
+        urls: target.urls.clone(),
+        sources: common.sources,
+        rooms: RoomPlan::None,
+        publish_rate: 0.0,
+        body_bytes: common.body,
+        concurrency: common.concurrency,
+        tokens_file: None,
+    };
+    let started = Instant::now();
+    let tokens = super::group::LocalGroup::new(spec).accounts().await?;
+    let mut text = format!("run {run}\n");
+    for token in tokens {
+        text.push_str(&token);
+        text.push('\n');
+    }
+    std::fs::write(&path, text)?;
+    println!("accounts: {n} users of run {run} in {:.1} s; tokens in {path}", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn print_ratios(rows: &[Value], what: &str, key: &str, higher_is_better: bool) {
+    let Some(palaver) = rows.iter().find(|r| r["kind"] == "palaver") else { return };
+    let ours = palaver[key].as_f64().unwrap_or(f64::NAN);
+    for peer in rows.iter().filter(|r| r["kind"] != "palaver") {
+        let theirs = peer[key].as_f64().unwrap_or(f64::NAN);
+        println!("{}", ratio_line(what, ours, peer["target"].as_str().unwrap_or("?"), theirs, higher_is_better));
+    }
+}
+
+// ---- fan-out, saturation, cross-node -------------------------------------------------------
+
+/// One room (or subject) of N receivers and one publisher, set up once for several phases.
+struct Fanout {
+    target: Target,
+    run: String,
+    marker: Marker,
+    room: String,
+    groups: Vec<Group>,
+    publisher: Ws,
+    subscribers: u64,
+    body: usize,
+    seq: u64,
+    label: String,
+    /// Publications of earlier phases not yet acknowledged (palaver) or echoed (peers).
+    backlog: u64,
+}
+
+/// What the publisher did in one phase.
+#[derive(Debug, Default, Clone)]
+struct Published {
+    in_window: u64,
+    total: u64,
+    /// Acks (palaver) or own copies (peers) received back.
+    echoes: u64,
+    errors: u64,
+    /// Sends skipped because the publisher was held back more than a second (open loop).
+    skipped: u64,
+}
+
+impl Fanout {
+    async fn setup(common: &Common, target: &Target, n: usize, cross: bool) -> anyhow::Result<Fanout> {
+        let run = run_id();
+        let label = target.label();
+        let publisher_url = target.urls[0].clone();
+        let sub_urls = if cross && target.urls.len() > 1 { target.urls[1..].to_vec() } else { target.urls.clone() };
+        let room = match target.kind {
+            Kind::Palaver => {
+                peers::palaver_new_room(target, &publisher_url, &run, 0, "fanout").await.context("creating the room")?
+            }
+            _ => target.room_name(&format!("fanout-{run}")),
+        };
+        let template = GroupSpec {
+            target: target.clone(),
+            run: run.clone(),
+            first: 0,
+            count: 0,
+            urls: sub_urls,
+            sources: common.sources,
+            rooms: RoomPlan::All(vec![room.clone()]),
+            publish_rate: 0.0,
+            body_bytes: common.body,
+            concurrency: common.concurrency,
+            tokens_file: None,
+        };
+        let mut groups = make_groups(common, &template, n, 1).await?;
+        let progress = group_progress(format!("fanout {label}"), probes(&groups), None);
+        progress.phase("accounts");
+        let result = async {
+            on_all(&mut groups, |g| Box::pin(g.prepare())).await.context("setting up accounts")?;
+            progress.phase("joining");
+            on_all(&mut groups, |g| Box::pin(g.connect())).await
+        }
+        .await;
+        progress.stop();
+        let opened = result?;
+        let (ok, failed) = opened.iter().fold((0, 0), |(a, b), (c, d)| (a + c, b + d));
+        if failed > 0 {
+            let result = collect_all(&mut groups).await?;
+            eprintln!("warning: {failed} of {n} receivers failed to join: {}", result.first_error.unwrap_or_default());
+        }
+        if ok == 0 {
+            bail!("no receiver could join");
+        }
+        let publisher_rooms = if target.kind == Kind::Palaver { Vec::new() } else { vec![room.clone()] };
+        let opened = peers::open(target, &publisher_url, None, &run, 0, None, &publisher_rooms, None)
+            .await
+            .context("publisher")?;
+        Ok(Fanout {
+            target: target.clone(),
+            marker: Marker::new(&run),
+            run,
+            room,
+            groups,
+            publisher: opened.ws,
+            subscribers: ok,
+            body: common.body,
+            seq: 0,
+            label,
+            backlog: 0,
+        })
+    }
+
+    /// One phase: publish at `rate` (0: as fast as `window` allows) for warm-up + duration,
+    /// wait for the deliveries to drain, collect.
+    async fn phase(&mut self, rate: f64, window: u64, warmup: Duration, duration: Duration) -> anyhow::Result<Value> {
+        self.catch_up(Duration::from_secs(120)).await?;
+        let pub_start = now_ns() + 200_000_000;
+        let win_start = pub_start + warmup.as_nanos() as u64;
+        let win_end = win_start + duration.as_nanos() as u64;
+        on_all(&mut self.groups, |g| Box::pin(g.start(win_start, win_end, 0))).await?;
+        let (_, deliveries_before) = probe_line(&self.groups);
+        let sent = Arc::new(AtomicU64::new(0));
+        let progress = group_progress(
+            format!("fanout {} @{}", self.label, if rate > 0.0 { human(rate) } else { "max".into() }),
+            probes(&self.groups),
+            Some(sent.clone()),
+        );
+        progress.phase("publishing");
+        let published = self.publish(rate, window, pub_start, win_start, win_end, &sent).await;
+        progress.phase("draining");
+        // Wait until every copy arrived or nothing arrived for a second (10 s at most).
+        let expected = published.as_ref().map(|p| p.total).unwrap_or(0) * self.subscribers;
+        let drain_deadline = Instant::now() + Duration::from_secs(10);
+        let mut last = (probe_line(&self.groups).1, Instant::now());
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let now = probe_line(&self.groups).1;
+            if now - deliveries_before >= expected || Instant::now() > drain_deadline {
+                break;
+            }
+            if now != last.0 {
+                last = (now, Instant::now());
+            } else if last.1.elapsed() > Duration::from_secs(1) {
+                break;
+            }
+        }
+        progress.stop();
+        let published = published?;
+        self.backlog = published.total.saturating_sub(published.echoes);
+        let result = collect_all(&mut self.groups).await?;
+        let hist = result.histogram();
+        let seconds = duration.as_secs_f64();
+        let expected_window = published.in_window * self.subscribers;
+        let delivered = hist.len();
+        let row = json!({
+            "target": self.label, "kind": self.target.kind.name(), "receivers": self.subscribers,
+            "offered_rate": rate, "window": window, "body_bytes": self.body,
+            "published_per_s": published.in_window as f64 / seconds,
+            "deliveries_per_s": delivered as f64 / seconds,
+            "delivered": delivered, "expected": expected_window,
+            "delivered_pct": if expected_window > 0 { 100.0 * delivered as f64 / expected_window as f64 } else { 0.0 },
+            "latency": latency(&hist),
+            "receivers_closed": result.closed, "publish_errors": published.errors, "publish_skipped": published.skipped,
+            "duration_s": seconds,
+        });
+        println!(
+            "fanout {} x{} @{}: published {}/s, delivered {}/s ({:.1}% of {}), {}{}",
+            self.label,
+            self.subscribers,
+            if rate > 0.0 { format!("{}/s", human(rate)) } else { "max".into() },
+            human(row["published_per_s"].as_f64().unwrap_or(0.0)),
+            human(row["deliveries_per_s"].as_f64().unwrap_or(0.0)),
+            row["delivered_pct"].as_f64().unwrap_or(0.0),
+            expected_window,
+            latency_text(&row["latency"]),
+            if result.closed > 0 { format!(", {} receivers closed", result.closed) } else { String::new() }
+        );
+        if published.skipped > 0 {
+            println!(
+                "  the publisher could not keep {rate}/s: {} sends skipped after falling a second behind",
+                published.skipped
+            );
+        }
+        Ok(row)
+    }
+
+    /// Wait until the server has answered every earlier publication (an overloaded phase leaves
+    /// a queue behind; the next phase must not measure it).
+    async fn catch_up(&mut self, limit: Duration) -> anyhow::Result<()> {
+        if self.backlog == 0 {
+            return Ok(());
+        }
+        eprintln!("[fanout {}] waiting for {} earlier publications to be answered", self.label, self.backlog);
+        let kind = self.target.kind;
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.backlog > 0 {
+            let message = match tokio::time::timeout_at(deadline, self.publisher.next()).await {
+                Ok(message) => message.ok_or_else(|| anyhow!("publisher connection ended"))??,
+                Err(_) => {
+                    eprintln!("[fanout {}] {} publications still unanswered after {limit:?}", self.label, self.backlog);
+                    break;
+                }
+            };
+            let payload: &[u8] = match &message {
+                Message::Text(text) => text.as_bytes(),
+                Message::Binary(bytes) => bytes,
+                _ => continue,
+            };
+            let answered = match kind {
+                Kind::Palaver => {
+                    let hit = |needle: &[u8]| memchr::memmem::find(payload, needle).is_some();
+                    u64::from(
+                        hit(b"\"type\":\"ack\"") || hit(b"\"type\":\"error\"") || hit(b"\xa3ack") || hit(b"\xa5error"),
+                    )
+                }
+                _ => {
+                    let mut found = 0;
+                    self.marker.scan(payload, |_| found += 1);
+                    if let Some(reply) = keepalive(kind, payload) {
+                        self.publisher.send(reply).await?;
+                    }
+                    found
+                }
+            };
+            self.backlog = self.backlog.saturating_sub(answered);
+        }
+        // Let the receivers drain what was delivered meanwhile.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        Ok(())
+    }
+
+    async fn publish(
+        &mut self,
+        rate: f64,
+        window: u64,
+        pub_start: u64,
+        win_start: u64,
+        win_end: u64,
+        sent: &AtomicU64,
+    ) -> anyhow::Result<Published> {
+        let kind = self.target.kind;
+        let json = self.target.palaver_encoding() == protocol::Encoding::Json;
+        let ack_json = memchr::memmem::Finder::new(b"\"type\":\"ack\"");
+        let err_json = memchr::memmem::Finder::new(b"\"type\":\"error\"");
+        let ack_mp = memchr::memmem::Finder::new(b"\xa3ack");
+        let err_mp = memchr::memmem::Finder::new(b"\xa5error");
+        let mut done = Published::default();
+        let window = window.max(1);
+        let period_ns = if rate > 0.0 { (1e9 / rate) as u64 } else { 0 };
+        let mut next_due = pub_start;
+        tokio::time::sleep_until(
+            tokio::time::Instant::now() + Duration::from_nanos(pub_start.saturating_sub(now_ns())),
+        )
+        .await;
+        let ws = &mut self.publisher;
+        let mut draining_until: Option<Instant> = None;
+        loop {
+            let now = now_ns();
+            let sending = now < win_end;
+            if !sending && draining_until.is_none() {
+                draining_until = Some(Instant::now() + Duration::from_secs(5));
+            }
+            if let Some(until) = draining_until {
+                if done.echoes >= done.total || Instant::now() > until {
+                    break;
+                }
+            }
+            // Send what is due (open loop at `rate`, stamped with the scheduled time so a
+            // stalled publisher shows up as latency), within the window.
+            let mut fed = 0;
+            while sending && done.total - done.echoes.min(done.total) < window && fed < 256 {
+                let stamp = if let Some(period) = std::num::NonZeroU64::new(period_ns) {
+                    let period_ns = period.get();
+                    let now = now_ns();
+                    if next_due > now {
+                        break;
+                    }
+                    // More than a second behind the schedule: the server holds the publisher
+                    // back; skip what is overdue (counted) rather than stamp it ever later.
+                    if now - next_due > 1_000_000_000 {
+                        let overdue = (now - next_due) / period_ns;
+                        done.skipped += overdue;
+                        next_due += overdue * period_ns;
+                    }
+                    let stamp = next_due;
+                    next_due += period_ns;
+                    stamp
+                } else {
+                    now_ns()
+                };
+                if stamp >= win_end {
+                    break;
+                }
+                let body = self.marker.body(stamp, self.body);
+                let message = peers::publish(&self.target, &self.room, &self.run, self.seq, &body);
+                self.seq += 1;
+                ws.feed(message).await?;
+                fed += 1;
+                done.total += 1;
+                if stamp >= win_start {
+                    done.in_window += 1;
+                }
+            }
+            if fed > 0 {
+                ws.flush().await?;
+                sent.store(done.total, Ordering::Relaxed);
+            }
+            // Wait for the next due time or for something from the server.
+            let wait = if !sending || done.total - done.echoes.min(done.total) >= window {
+                Duration::from_millis(50)
+            } else if period_ns > 0 {
+                Duration::from_nanos(next_due.saturating_sub(now_ns()))
+            } else {
+                Duration::ZERO
+            };
+            let message = if wait.is_zero() {
+                match futures_util::FutureExt::now_or_never(ws.next()) {
+                    Some(message) => message,
+                    None => continue,
+                }
+            } else {
+                match tokio::time::timeout(wait, ws.next()).await {
+                    Ok(message) => message,
+                    Err(_) => continue,
+                }
+            };
+            let message = message.ok_or_else(|| anyhow!("publisher connection ended"))??;
+            let payload: &[u8] = match &message {
+                Message::Text(text) => text.as_bytes(),
+                Message::Binary(bytes) => bytes,
+                Message::Close(frame) => bail!("publisher closed by server: {frame:?}"),
+                _ => continue,
+            };
+            match kind {
+                Kind::Palaver => {
+                    let (ack, err) = if json { (&ack_json, &err_json) } else { (&ack_mp, &err_mp) };
+                    if ack.find(payload).is_some() {
+                        done.echoes += 1;
+                    } else if err.find(payload).is_some() {
+                        done.echoes += 1;
+                        done.errors += 1;
+                        if done.errors <= 3 {
+                            eprintln!("publisher error: {}", String::from_utf8_lossy(payload));
+                        }
+                    }
+                }
+                _ => {
+                    self.marker.scan(payload, |_| done.echoes += 1);
+                    if let Some(reply) = keepalive(kind, payload) {
+                        ws.send(reply).await?;
+                    }
+                }
+            }
+        }
+        Ok(done)
+    }
+
+    async fn close(mut self) {
+        let _ = self.publisher.close(None).await;
+        close_all(std::mem::take(&mut self.groups)).await;
+    }
+}
+
+/// One room, N receivers, one publisher at M messages per second (0: as fast as the window
+/// allows): deliveries per second and latency.
+pub async fn fanout(args: &Args, command: &str, cross: bool) -> anyhow::Result<()> {
+    let common = Common::from(args)?;
+    let n: usize = args.get("n", 1_000)?;
+    let rates: Vec<f64> =
+        args.str("rate").unwrap_or("0").split(',').map(|r| r.trim().parse::<f64>()).collect::<Result<_, _>>()?;
+    let window: u64 = args.get("window", 64)?;
+    let warmup = secs(args.get("warmup", 2.0)?);
+    let duration = secs(args.get("duration", 10.0)?);
+    let scenario = if cross { "cross-node" } else { "fanout" };
+    let mut rows = Vec::new();
+    for target in args.targets()? {
+        if cross && target.kind == Kind::Palaver && target.urls.len() < 2 {
+            eprintln!("note: cross-node with one palaver node: receivers and publisher share it");
+        }
+        let mut fanout = match Fanout::setup(&common, &target, n, cross).await {
+            Ok(fanout) => fanout,
+            Err(err) => {
+                println!("{scenario} {}: set-up failed: {err:#}", target.label());
+                rows.push(json!({ "target": target.label(), "kind": target.kind.name(), "error": format!("{err:#}") }));
+                continue;
+            }
+        };
+        for &rate in &rates {
+            match fanout.phase(rate, window, warmup, duration).await {
+                Ok(row) => rows.push(row),
+                Err(err) => {
+                    println!("{scenario} {} @{rate}: failed: {err:#}", target.label());
+                    rows.push(json!({ "target": target.label(), "kind": target.kind.name(), "offered_rate": rate, "error": format!("{err:#}") }));
+                    break;
+                }
+            }
+        }
+        fanout.close().await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    for &rate in &rates {
+        let same: Vec<Value> = rows.iter().filter(|r| r["offered_rate"].as_f64() == Some(rate)).cloned().collect();
+        print_ratios(
+            &same,
+            &format!("deliveries/s @{}", if rate > 0.0 { human(rate) } else { "max".into() }),
+            "deliveries_per_s",
+            true,
+        );
+    }
+    write_json(
+        common.json.as_deref(),
+        scenario,
+        command,
+        &rows,
+        json!({ "n": n, "window": window, "duration_s": duration.as_secs_f64() }),
+    )
+}
+
+/// Raise the publish rate step by step until p99 passes `--p99-ms`; report the highest rate
+/// that held, then p99 at half of it.
+pub async fn saturation(args: &Args, command: &str) -> anyhow::Result<()> {
+    let common = Common::from(args)?;
+    let n: usize = args.get("n", 100)?;
+    let from: f64 = args.get("from", 50.0)?;
+    let factor: f64 = args.get("factor", 1.5)?;
+    let steps: usize = args.get("steps", 14)?;
+    let bound_ms: f64 = args.get("p99-ms", 20.0)?;
+    // --full: run every step (the whole latency curve) instead of stopping at the bound.
+    let full = args.flag("full");
+    let warmup = secs(args.get("warmup", 1.0)?);
+    let duration = secs(args.get("duration", 5.0)?);
+    let mut rows = Vec::new();
+    let mut summary = Vec::new();
+    for target in args.targets()? {
+        let mut fanout = match Fanout::setup(&common, &target, n, false).await {
+            Ok(fanout) => fanout,
+            Err(err) => {
+                println!("saturation {}: set-up failed: {err:#}", target.label());
+                continue;
+            }
+        };
+        let mut best: Option<f64> = None;
+        let mut rate = from;
+        let mut retried = false;
+        let mut failed_once = false;
+        for _ in 0..steps.min(40) {
+            let row = match fanout.phase(rate, 100_000, warmup, duration).await {
+                Ok(row) => row,
+                Err(err) => {
+                    println!("saturation {} @{rate}: failed: {err:#}", target.label());
+                    break;
+                }
+            };
+            let p99 = row["latency"]["p99_ms"].as_f64().unwrap_or(f64::INFINITY);
+            let kept_up = row["published_per_s"].as_f64().unwrap_or(0.0) >= 0.9 * rate
+                && row["delivered_pct"].as_f64().unwrap_or(0.0) >= 99.0;
+            let holds = p99 <= bound_ms && kept_up;
+            let mut row = row;
+            row["holds"] = json!(holds);
+            row["phase"] = json!(if retried { "sweep (retry)" } else { "sweep" });
+            rows.push(row);
+            if !holds {
+                if full {
+                    // The whole curve: go on to the next rate; `best` stays the last that held
+                    // before the first failure.
+                    failed_once = true;
+                    rate *= factor;
+                    continue;
+                }
+                // A shared machine has hiccups: a step must fail twice in a row to end the sweep.
+                if !retried {
+                    retried = true;
+                    continue;
+                }
+                break;
+            }
+            retried = false;
+            if !failed_once {
+                best = Some(rate);
+            }
+            rate *= factor;
+        }
+        let mut half_p99 = Value::Null;
+        if let Some(best) = best {
+            if let Ok(mut row) = fanout.phase(best / 2.0, 100_000, warmup, duration).await {
+                half_p99 = row["latency"]["p99_ms"].clone();
+                row["phase"] = json!("half");
+                rows.push(row);
+            }
+        }
+        let label = target.label();
+        let line = match best {
+            Some(best) => format!(
+                "saturation {label} x{}: highest rate with p99 ≤ {bound_ms} ms: {}/s ({} deliveries/s); p99 at half of it: {} ms",
+                fanout.subscribers,
+                human(best),
+                human(best * fanout.subscribers as f64),
+                half_p99
+            ),
+            None => format!("saturation {label}: even {from}/s did not hold p99 ≤ {bound_ms} ms"),
+        };
+        println!("{line}");
+        summary.push(json!({ "target": label, "kind": target.kind.name(), "receivers": fanout.subscribers, "saturation_rate": best,
+            "saturation_deliveries_per_s": best.map(|b| b * fanout.subscribers as f64), "p99_at_half_ms": half_p99, "p99_bound_ms": bound_ms }));
+        fanout.close().await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    print_ratios(&summary, "saturation deliveries/s", "saturation_deliveries_per_s", true);
+    write_json(common.json.as_deref(), "saturation", command, &rows, json!({ "n": n, "summary": summary }))
+}
+
+// ---- many rooms -----------------------------------------------------------------------------
+
+/// Many small rooms and direct conversations at once: every connection posts at a low rate,
+/// alternating between its room and its direct room.
+pub async fn many_rooms(args: &Args, command: &str) -> anyhow::Result<()> {
+    let common = Common::from(args)?;
+    let rooms_n: usize = args.get("rooms", 100)?;
+    let size: usize = args.get("size", 10)?;
+    let rate: f64 = args.get("rate", 1.0)?;
+    let direct = !args.flag("no-direct");
+    let warmup = secs(args.get("warmup", 2.0)?);
+    let duration = secs(args.get("duration", 10.0)?);
+    let total = rooms_n * size;
+    let mut rows = Vec::new();
+    for target in args.targets()? {
+        let label = target.label();
+        let run = run_id();
+        let rooms: Vec<String> = match target.kind {
+            Kind::Palaver => {
+                let made = futures_util::stream::iter((0..rooms_n).map(|r| {
+                    let target = target.clone();
+                    let run = run.clone();
+                    async move {
+                        let url = target.urls[(r * size) % target.urls.len()].clone();
+                        peers::palaver_new_room(&target, &url, &run, r * size, &format!("room {r}")).await
+                    }
+                }))
+                .buffered(common.concurrency.clamp(1, 32))
+                .collect::<Vec<_>>()
+                .await;
+                match made.into_iter().collect::<anyhow::Result<Vec<_>>>() {
+                    Ok(rooms) => rooms,
+                    Err(err) => {
+                        println!("many-rooms {label}: creating rooms failed: {err:#}");
+                        continue;
+                    }
+                }
+            }
+            _ => (0..rooms_n).map(|r| target.room_name(&format!("room-{run}-{r}"))).collect(),
+        };
+        let template = GroupSpec {
+            target: target.clone(),
+            run: run.clone(),
+            first: 0,
+            count: 0,
+            urls: target.urls.clone(),
+            sources: common.sources,
+            rooms: RoomPlan::Groups { rooms, size, direct, total },
+            publish_rate: rate,
+            body_bytes: common.body,
+            concurrency: common.concurrency,
+            tokens_file: None,
+        };
+        let mut groups = make_groups(&common, &template, total, 0).await?;
+        let progress = group_progress(format!("many-rooms {label}"), probes(&groups), None);
+        progress.phase("accounts");
+        let setup = async {
+            on_all(&mut groups, |g| Box::pin(g.prepare())).await?;
+            progress.phase("joining");
+            on_all(&mut groups, |g| Box::pin(g.connect())).await
+        }
+        .await;
+        let opened = match setup {
+            Ok(opened) => opened,
+            Err(err) => {
+                progress.stop();
+                println!("many-rooms {label}: set-up failed: {err:#}");
+                close_all(groups).await;
+                continue;
+            }
+        };
+        let (ok, failed) = opened.iter().fold((0, 0), |(a, b), (c, d)| (a + c, b + d));
+        progress.phase("publishing");
+        let pub_start = now_ns() + 200_000_000;
+        let win_start = pub_start + warmup.as_nanos() as u64;
+        let win_end = win_start + duration.as_nanos() as u64;
+        on_all(&mut groups, |g| Box::pin(g.start(win_start, win_end, win_end))).await?;
+        tokio::time::sleep(Duration::from_nanos(win_end.saturating_sub(now_ns())) + Duration::from_secs(2)).await;
+        progress.phase("draining");
+        let result = collect_all(&mut groups).await?;
+        progress.stop();
+        let hist = result.histogram();
+        let seconds = duration.as_secs_f64();
+        // Alternating room and direct room: half the posts reach `size` members, half reach 2.
+        let fan = if direct { (size as f64 + 2.0) / 2.0 } else { size as f64 };
+        let expected = result.published as f64 * fan;
+        let row = json!({
+            "target": label, "kind": target.kind.name(), "connections": ok, "failed": failed,
+            "rooms": rooms_n, "room_size": size, "direct": direct, "rate_per_connection": rate,
+            "published_per_s": result.published as f64 / seconds,
+            "deliveries_per_s": hist.len() as f64 / seconds,
+            "delivered_pct": if expected > 0.0 { 100.0 * hist.len() as f64 / expected } else { 0.0 },
+            "latency": latency(&hist), "closed": result.closed, "first_error": result.first_error,
+        });
+        let mut row = row;
+        row["p99"] = row["latency"]["p99_ms"].clone();
+        println!(
+            "many-rooms {label}: {ok} connections in {rooms_n} rooms of {size}{}: published {}/s, delivered {}/s ({:.1}% of ≈{expected:.0}), {}",
+            if direct { " + direct rooms" } else { "" },
+            human(row["published_per_s"].as_f64().unwrap_or(0.0)),
+            human(row["deliveries_per_s"].as_f64().unwrap_or(0.0)),
+            row["delivered_pct"].as_f64().unwrap_or(0.0),
+            latency_text(&row["latency"])
+        );
+        rows.push(row);
+        close_all(groups).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    print_ratios(&rows, "many-rooms p99 latency (ms)", "p99", false);
+    write_json(
+        common.json.as_deref(),
+        "many-rooms",
+        command,
+        &rows,
+        json!({ "rooms": rooms_n, "size": size, "rate": rate }),
+    )
+}
+
+// ---- reconnect storm ------------------------------------------------------------------------
+
+/// K clients of one room go away, a backlog accumulates, and all of them resume at once with
+/// their cursors: replayed messages per second and the time until every one is live. palaver
+/// only: none of the peers replays a per-user log on reconnect.
+pub async fn reconnect_storm(args: &Args, command: &str) -> anyhow::Result<()> {
+    let common = Common::from(args)?;
+    let k: usize = args.get("clients", 1_000)?;
+    let backlog: u64 = args.get("backlog", 100)?;
+    let mut rows = Vec::new();
+    for target in args.targets()? {
+        if target.kind != Kind::Palaver {
+            println!("reconnect-storm {}: skipped (no resume from a per-user cursor in this peer)", target.label());
+            continue;
+        }
+        let row = storm_one(&common, &target, k, backlog).await?;
+        rows.push(row);
+    }
+    write_json(common.json.as_deref(), "reconnect-storm", command, &rows, json!({ "clients": k, "backlog": backlog }))
+}
+
+async fn storm_one(common: &Common, target: &Target, k: usize, backlog: u64) -> anyhow::Result<Value> {
+    let run = run_id();
+    let enc = target.palaver_encoding();
+    let urls = target.urls.clone();
+    let room = peers::palaver_new_room(target, &urls[0], &run, 0, "storm").await?;
+    let progress_count = Arc::new(AtomicU64::new(0));
+    let progress = {
+        let count = progress_count.clone();
+        Progress::start(format!("reconnect-storm {}", target.label()), move |_| {
+            format!("{} clients done", count.load(Ordering::Relaxed))
+        })
+    };
+    // 1. Accounts, membership, and each client's cursor at the end of set-up.
+    progress.phase("accounts and joins");
+    let sources = common.sources;
+    let clients: Vec<anyhow::Result<(usize, String)>> = futures_util::stream::iter((1..=k).map(|i| {
+        let (target, run, room, url, count) =
+            (target.clone(), run.clone(), room.clone(), urls[i % urls.len()].clone(), progress_count.clone());
+        async move {
+            let mut ws = peers::ws_connect(&url, peers::source_addr(i, sources), None).await?;
+            peers::palaver_hello(&mut ws, enc).await?;
+            let token = peers::palaver_account(&mut ws, enc, &peers::user_name(&run, i)).await?;
+            peers::palaver_authenticate(&mut ws, enc, &token, None).await?;
+            peers::palaver_join(&mut ws, enc, &room).await?;
+            let _ = ws.close(None).await;
+            count.fetch_add(1, Ordering::Relaxed);
+            let _ = &target;
+            Ok((i, token))
+        }
+    }))
+    .buffer_unordered(common.concurrency.max(1))
+    .collect()
+    .await;
+    let clients: Vec<(usize, String)> = clients.into_iter().collect::<anyhow::Result<_>>()?;
+    progress_count.store(0, Ordering::Relaxed);
+    progress.phase("reading cursors");
+    let cursors: Vec<anyhow::Result<(usize, String, u64)>> =
+        futures_util::stream::iter(clients.into_iter().map(|(i, token)| {
+            let (url, count) = (urls[i % urls.len()].clone(), progress_count.clone());
+            async move {
+                let mut ws = peers::ws_connect(&url, peers::source_addr(i, sources), None).await?;
+                peers::palaver_hello(&mut ws, enc).await?;
+                let head = peers::palaver_authenticate(&mut ws, enc, &token, None).await?;
+                let _ = ws.close(None).await;
+                count.fetch_add(1, Ordering::Relaxed);
+                Ok((i, token, head))
+            }
+        }))
+        .buffer_unordered(common.concurrency.max(1))
+        .collect()
+        .await;
+    let cursors: Vec<(usize, String, u64)> = cursors.into_iter().collect::<anyhow::Result<_>>()?;
+    // 2. The backlog, while everyone is away.
+    progress.phase("posting the backlog");
+    let marker = Marker::new(&run);
+    let opened = peers::open(target, &urls[0], None, &run, 0, None, &[], None).await?;
+    let mut ws = opened.ws;
+    let posted_at = Instant::now();
+    let mut acked = 0u64;
+    let mut sent = 0u64;
+    while acked < backlog {
+        while sent < backlog && sent - acked < 64 {
+            ws.feed(peers::publish(target, &room, &run, sent, &marker.body(now_ns(), common.body))).await?;
+            sent += 1;
+        }
+        ws.flush().await?;
+        match peers::palaver_recv(&mut ws).await? {
+            protocol::ServerFrame::Ack { .. } => acked += 1,
+            protocol::ServerFrame::Error { message, .. } => bail!("posting the backlog: {message}"),
+            _ => {}
+        }
+    }
+    let post_s = posted_at.elapsed().as_secs_f64();
+    let _ = ws.close(None).await;
+    // 3. The storm: everyone at once.
+    progress_count.store(0, Ordering::Relaxed);
+    progress.phase("storm");
+    let storm_start = Instant::now();
+    let tasks: Vec<_> = cursors
+        .into_iter()
+        .map(|(i, token, head)| {
+            let url = urls[i % urls.len()].clone();
+            let marker = marker.clone();
+            let count = progress_count.clone();
+            tokio::spawn(async move {
+                let result = resume_one(&url, peers::source_addr(i, sources), enc, &token, head, &marker).await;
+                count.fetch_add(1, Ordering::Relaxed);
+                result.map(|(replayed, _)| (replayed, storm_start.elapsed()))
+            })
+        })
+        .collect();
+    let mut replayed_total = 0u64;
+    let mut times = Histogram::<u64>::new_with_bounds(1, 3_600_000, 3)?;
+    let mut failures = 0;
+    let mut first_error = None;
+    for task in tasks {
+        match task.await? {
+            Ok((replayed, elapsed)) => {
+                replayed_total += replayed;
+                let _ = times.record((elapsed.as_millis() as u64).max(1));
+            }
+            Err(err) => {
+                failures += 1;
+                first_error.get_or_insert(format!("{err:#}"));
+            }
+        }
+    }
+    progress.stop();
+    let all_live_s = times.max() as f64 / 1000.0;
+    let nodes = urls.len() as f64;
+    let rate = if all_live_s > 0.0 { replayed_total as f64 / all_live_s } else { 0.0 };
+    println!(
+        "reconnect-storm {}: {} clients × backlog {backlog} on {nodes} node(s): replayed {replayed_total} in {all_live_s:.2} s = {}/s ({}/s per node); time to live p50 {} ms, p99 {} ms, max {} ms; {failures} failed (backlog posted at {:.0} msg/s)",
+        target.label(),
+        k,
+        human(rate),
+        human(rate / nodes),
+        times.value_at_quantile(0.5),
+        times.value_at_quantile(0.99),
+        times.max(),
+        backlog as f64 / post_s
+    );
+    if let Some(err) = &first_error {
+        println!("  first error: {err}");
+    }
+    Ok(json!({
+        "target": target.label(), "kind": "palaver", "clients": k, "backlog": backlog, "nodes": urls.len(),
+        "replayed": replayed_total, "expected": backlog * k as u64, "all_live_s": all_live_s,
+        "replayed_per_s": rate, "replayed_per_s_per_node": rate / nodes,
+        "live_p50_ms": times.value_at_quantile(0.5), "live_p99_ms": times.value_at_quantile(0.99), "live_max_ms": times.max(),
+        "failed": failures, "first_error": first_error, "backlog_post_rate": backlog as f64 / post_s,
+    }))
+}
+
+/// Reconnect with `cursor` and read until `live`: returns (marked messages replayed, frames).
+async fn resume_one(
+    url: &str,
+    src: Option<std::net::Ipv4Addr>,
+    enc: protocol::Encoding,
+    token: &str,
+    cursor: u64,
+    marker: &Marker,
+) -> anyhow::Result<(u64, u64)> {
+    let mut ws = peers::ws_connect(url, src, None).await?;
+    peers::palaver_hello(&mut ws, enc).await?;
+    ws.send(peers::palaver_message(
+        enc,
+        &protocol::ClientFrame::Authenticate { req: 9, token: token.into(), cursor: Some(cursor) },
+    ))
+    .await?;
+    let (mut replayed, mut frames) = (0u64, 0u64);
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(120), ws.next())
+            .await
+            .map_err(|_| anyhow!("no live within 120 s"))?
+            .ok_or_else(|| anyhow!("connection ended"))??;
+        let payload: &[u8] = match &message {
+            Message::Text(text) => text.as_bytes(),
+            Message::Binary(bytes) => bytes,
+            Message::Close(frame) => bail!("closed: {frame:?}"),
+            _ => continue,
+        };
+        frames += 1;
+        let mut found = 0;
+        marker.scan(payload, |_| found += 1);
+        if found > 0 {
+            replayed += found;
+            continue;
+        }
+        match protocol::decode_server(enc, payload)? {
+            protocol::ServerFrame::Live { .. } => break,
+            protocol::ServerFrame::Resync { .. } => bail!("resync: the backlog is beyond the log's retention"),
+            protocol::ServerFrame::Error { code, message, .. } => bail!("{code:?}: {message}"),
+            _ => {}
+        }
+    }
+    let _ = ws.close(None).await;
+    Ok((replayed, frames))
+}

@@ -1,0 +1,99 @@
+//! Cross-node chat: users connected to different nodes of one cluster talk in rooms owned by
+//! any node; order holds and nothing is lost or doubled (the ledger says so). Also the
+//! operator view and the single-node default (no cluster port unless configured).
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use tests::cluster::{check_everyone, Chatter, Cluster};
+use tests::{Client, Encoding, Node, NodeOptions};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_on_different_nodes_chat_in_order() -> anyhow::Result<()> {
+    let cluster = Cluster::start(3).await?;
+    let result = async {
+        // One user per node; rooms created on each node, so owners differ from creators.
+        let urls = Arc::new(Mutex::new(cluster.urls()));
+        let mut chatters = Vec::new();
+        for (i, name) in ["ann", "ben", "cat"].iter().enumerate() {
+            chatters.push(Chatter::new(urls.clone(), name, i).await?);
+        }
+        let mut rooms = Vec::new();
+        for i in 0..6 {
+            let creator = i % 3;
+            let room = chatters[creator].create_room(&format!("room {i}")).await?;
+            for (j, chatter) in chatters.iter_mut().enumerate() {
+                if j != creator {
+                    chatter.join(&room).await?;
+                }
+            }
+            rooms.push(room);
+        }
+        // Rooms are spread over nodes: at least two distinct owners among six rooms.
+        let mut owners = HashSet::new();
+        for room in &rooms {
+            let owner = cluster.owner(0, room).await?;
+            // Every node agrees on the owner.
+            for i in 1..3 {
+                assert_eq!(cluster.owner(i, room).await?, owner, "nodes disagree on the owner of {room}");
+            }
+            owners.insert(owner);
+        }
+        assert!(owners.len() >= 2, "six rooms all on {owners:?}");
+        // Everyone sends to every room, interleaved.
+        for round in 0..10 {
+            for (c, chatter) in chatters.iter_mut().enumerate() {
+                for room in &rooms {
+                    chatter.say(room, &format!("{c}-{round}"), &format!("round {round} from {c}")).await?;
+                }
+            }
+        }
+        let count = check_everyone(&mut chatters).await?;
+        assert_eq!(count, 3 * 10 * 6);
+        for chatter in &chatters {
+            assert_eq!(chatter.reconnects, 0, "{} had to reconnect in a stable cluster", chatter.user);
+            assert!(chatter.acked.iter().all(|(_, _, _, duplicate)| !duplicate));
+        }
+        // Cross-node traffic really happened.
+        let (_, metrics) = cluster.node(0).http_get("/metrics").await?;
+        assert!(
+            metrics.lines().any(|l| l.starts_with("palaver_cluster_deliveries_received_total ") && !l.ends_with(" 0")),
+            "{metrics}"
+        );
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    result.map_err(|err| anyhow::anyhow!("{err:#}\n{}", cluster.logs()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_view_shows_nodes_rooms_and_owners() -> anyhow::Result<()> {
+    let cluster = Cluster::start(2).await?;
+    let (mut alice, _) = Client::user(cluster.node(0), Encoding::Json, "alice").await?;
+    let room = alice.create_room("ops").await?;
+    alice.say(&room, "m1", "hello").await?;
+    let status = cluster.status(1, &format!("?room={room}")).await?;
+    assert_eq!(status["node"], "n2");
+    assert_eq!(status["cluster"]["live"], serde_json::json!(["n1", "n2"]));
+    assert_eq!(status["cluster"]["serving"], true);
+    let owner = status["room"]["owner"].as_str().unwrap().to_string();
+    assert_eq!(status["room"]["claimed"]["node"], owner.as_str(), "{status}");
+    let owner_index = cluster.index_of(&owner).unwrap();
+    let owner_status = cluster.status(owner_index, "").await?;
+    assert!(owner_status["rooms"].as_array().unwrap().iter().any(|r| r == room.as_str()), "{owner_status}");
+    let n1 = cluster.status(0, "").await?;
+    assert_eq!(n1["connections"], 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_single_node_has_no_cluster() -> anyhow::Result<()> {
+    let node = Node::start(NodeOptions::default()).await?;
+    let (code, body) = node.http_get("/cluster?room=x").await?;
+    assert_eq!(code, 200);
+    let status: serde_json::Value = serde_json::from_str(&body)?;
+    assert!(status["cluster"].is_null(), "{status}");
+    assert_eq!(status["room"]["owner"], "palaver-1");
+    assert!(!node.log().contains("cluster started"));
+    Ok(())
+}

@@ -1,0 +1,136 @@
+//! Nodes leaving and joining under traffic: kill -9 of a room's owner, SIGTERM scale-down,
+//! scale-up. In each, every acked message reaches every member exactly once, in room order.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tests::cluster::{check_everyone, placement_owner, Chatter, Cluster, Traffic};
+
+/// One chatter per running node (chatter i starts on node i), all members of `rooms` rooms
+/// created by the first.
+async fn setup(
+    cluster: &Cluster,
+    urls: &Arc<Mutex<Vec<String>>>,
+    rooms: usize,
+) -> anyhow::Result<(Vec<Chatter>, Vec<String>)> {
+    let mut chatters = Vec::new();
+    for i in 0..cluster.running().len() {
+        chatters.push(Chatter::new(urls.clone(), &format!("u{i}"), i).await?);
+    }
+    let mut ids = Vec::new();
+    for r in 0..rooms {
+        let room = chatters[0].create_room(&format!("room {r}")).await?;
+        for chatter in chatters.iter_mut().skip(1) {
+            chatter.join(&room).await?;
+        }
+        ids.push(room);
+    }
+    Ok((chatters, ids))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_a_rooms_owner_under_traffic_loses_nothing() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(3).await?;
+    let urls = Arc::new(Mutex::new(cluster.urls()));
+    let result = async {
+        let (chatters, rooms) = setup(&cluster, &urls, 3).await?;
+        let victim_name = cluster.owner(0, &rooms[0]).await?;
+        let victim = cluster.index_of(&victim_name).unwrap();
+        let traffic = Traffic::start(chatters, &rooms, 40, Duration::from_millis(20));
+        traffic.wait_acked(20).await?;
+        cluster.kill(victim).await?;
+        let killed_at = Instant::now();
+        *urls.lock().unwrap() = cluster.urls();
+        // Time until the victim's room takes a message again, through a survivor.
+        let survivor = cluster.running()[0];
+        let mut probe = Chatter::new(urls.clone(), "probe", survivor).await?;
+        probe.join(&rooms[0]).await?;
+        probe.say(&rooms[0], "probe-1", "after the kill").await?;
+        let rehomed = killed_at.elapsed();
+        let mut chatters = traffic.finish().await?;
+        let count = check_everyone(&mut chatters).await?;
+        assert_eq!(count, 3 * 40);
+        assert!(chatters[victim].reconnects >= 1, "the victim's client must have moved");
+        let new_owner = cluster.owner(survivor, &rooms[0]).await?;
+        assert_ne!(new_owner, victim_name);
+        cluster.wait_converged().await?;
+        println!(
+            "kill -9 of {victim_name} → first ack in its re-homed room after {rehomed:?} (heartbeat timeout {} ms)",
+            cluster.options.heartbeat_timeout_ms
+        );
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    result.map_err(|err| anyhow::anyhow!("{err:#}\n{}", cluster.logs()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_scale_down_3_to_2_under_traffic_loses_nothing() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(3).await?;
+    let urls = Arc::new(Mutex::new(cluster.urls()));
+    let result = async {
+        let (chatters, rooms) = setup(&cluster, &urls, 4).await?;
+        // Leave with the node that owns the most rooms' traffic: the owner of the first room.
+        let leaver = cluster.index_of(&cluster.owner(0, &rooms[0]).await?).unwrap();
+        let traffic = Traffic::start(chatters, &rooms, 40, Duration::from_millis(20));
+        traffic.wait_acked(20).await?;
+        *urls.lock().unwrap() =
+            cluster.running().into_iter().filter(|&i| i != leaver).map(|i| cluster.node(i).ws_url()).collect();
+        cluster.terminate(leaver).await?;
+        // The remaining two agree at once (the leaver said goodbye) and keep a quorum.
+        cluster.wait_converged().await?;
+        // It said goodbye: it no longer counts towards the quorum (one more failure would
+        // otherwise stop the remaining two).
+        for i in cluster.running() {
+            let known = cluster.status(i, "").await?["cluster"]["known"].as_array().map_or(0, Vec::len);
+            assert_eq!(known, 2, "{} still counts the leaver", cluster.member(i).name);
+        }
+        let mut chatters = traffic.finish().await?;
+        let count = check_everyone(&mut chatters).await?;
+        assert_eq!(count, 3 * 40);
+        assert!(chatters[leaver].reconnects >= 1, "the leaver's client must have been sent elsewhere");
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    result.map_err(|err| anyhow::anyhow!("{err:#}\n{}", cluster.logs()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_up_2_to_3_under_traffic_moves_rooms_without_reconnects() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(2).await?;
+    let urls = Arc::new(Mutex::new(cluster.urls()));
+    let result = async {
+        let (mut chatters, mut rooms) = setup(&cluster, &urls, 2).await?;
+        // Make sure some rooms will move to the new node n3.
+        while rooms.iter().filter(|room| placement_owner(room, &["n1", "n2", "n3"]) == "n3").count() < 2 {
+            let room = chatters[0].create_room("more").await?;
+            chatters[1].join(&room).await?;
+            rooms.push(room);
+        }
+        let traffic = Traffic::start(chatters, &rooms, 120, Duration::from_millis(25));
+        traffic.wait_acked(20).await?;
+        let joined_at = Instant::now();
+        let n3 = cluster.add_node().await?;
+        let converged = joined_at.elapsed();
+        let mut chatters = traffic.finish().await?;
+        let count = check_everyone(&mut chatters).await?;
+        assert_eq!(count, 2 * 120);
+        for chatter in &chatters {
+            assert_eq!(chatter.reconnects, 0, "{} reconnected; scale-up must not disturb clients", chatter.user);
+        }
+        let moved: Vec<&String> =
+            rooms.iter().filter(|room| placement_owner(room, &["n1", "n2", "n3"]) == "n3").collect();
+        let served = cluster.status(n3, "").await?;
+        for room in &moved {
+            assert_eq!(cluster.owner(0, room).await?, "n3", "placement differs between harness and node");
+            assert!(
+                served["rooms"].as_array().unwrap().iter().any(|r| r == room.as_str()),
+                "n3 did not take {room}: {served}"
+            );
+        }
+        println!("scale-up: n3 started, joined and was live on every node after {converged:?}");
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    result.map_err(|err| anyhow::anyhow!("{err:#}\n{}", cluster.logs()))
+}

@@ -1,0 +1,44 @@
+//! The operational HTTP endpoints on the client port, next to the WebSocket endpoint.
+
+use anyhow::ensure;
+use tests::{Client, Encoding, Node, NodeOptions};
+
+/// The value of an unlabelled metric in a Prometheus text exposition.
+fn metric(text: &str, name: &str) -> Option<u64> {
+    text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[tokio::test]
+async fn health_readiness_metrics_and_errors() -> anyhow::Result<()> {
+    let node = Node::start(NodeOptions::default()).await?;
+
+    let (status, body) = node.http_get("/healthz").await?;
+    ensure!(status == 200, "/healthz: {status} {body}");
+    let (status, body) = node.http_get("/readyz").await?;
+    ensure!(status == 200, "/readyz: {status} {body}");
+
+    // Metrics count WebSocket connections: one open now.
+    let client = Client::connect(&node, Encoding::Json).await?;
+    let (status, body) = node.http_get("/metrics").await?;
+    ensure!(status == 200, "/metrics: {status}");
+    ensure!(body.contains("# TYPE palaver_connections_open gauge"), "/metrics declares its gauge:\n{body}");
+    ensure!(metric(&body, "palaver_connections_open") == Some(1), "one connection open:\n{body}");
+    client.close().await?;
+
+    // /ws is WebSocket only: a plain GET is told to upgrade.
+    let (status, body) = node.http_get("/ws").await?;
+    ensure!(status == 426, "/ws without upgrade: {status} {body}");
+    let (status, _) = node.http_get("/no/such/path").await?;
+    ensure!(status == 404, "unknown path: {status}");
+    let (status, _) = node.http_raw("POST /healthz HTTP/1.1\r\nHost: test\r\nContent-Length: 0\r\n\r\n").await?;
+    ensure!(status == 405, "POST: {status}");
+    let (status, _) = node.http_raw("this is not HTTP\r\n\r\n").await?;
+    ensure!(status == 400, "garbage request: {status}");
+
+    // None of that hurt the node.
+    let (status, _) = node.http_get("/healthz").await?;
+    ensure!(status == 200, "/healthz after bad requests: {status}");
+    let mut client = Client::connect(&node, Encoding::MessagePack).await?;
+    client.ping().await?;
+    Ok(())
+}
