@@ -129,6 +129,8 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, hub: Arc<Hub>, permits:
                 "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
             );
             stream.write_all(response.as_bytes()).await?;
+            // The request head is not needed any more; don't hold it for the connection's life.
+            drop(head);
             websocket(stream, rest, peer, hub).await;
             drop(permit);
             Ok(())
@@ -171,14 +173,37 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, hub: Arc<Hub>, permits:
 }
 
 /// Ready when not draining and the store answers a read.
+/// Ready when not draining, serving rooms (in a cluster: linked to a quorum of its nodes) and
+/// the store answers a read. A load balancer checks this, so an unready node is taken out of
+/// rotation; the reason goes into the body and, at most every 30 s, into the log.
 async fn readiness(hub: &Hub) -> (u16, String) {
     if hub.is_shutting_down() {
         return (503, "draining\n".into());
     }
-    match tokio::time::timeout(Duration::from_secs(2), hub.store.room("readyz-probe")).await {
-        Ok(Ok(_)) => (200, "ready\n".into()),
-        Ok(Err(err)) => (503, format!("store: {err}\n")),
-        Err(_) => (503, "store: no answer within 2 s\n".into()),
+    if let Some(reason) = hub.cluster().and_then(|cluster| cluster.view().reason.clone()) {
+        log_unready(&format!("cluster: {reason}"));
+        return (503, format!("cluster: {reason}\n"));
+    }
+    let unready = match tokio::time::timeout(Duration::from_secs(2), hub.store.room("readyz-probe")).await {
+        Ok(Ok(_)) => return (200, "ready\n".into()),
+        Ok(Err(err)) => format!("store: {err}"),
+        Err(_) => "store: no answer within 2 s".to_string(),
+    };
+    log_unready(&unready);
+    (503, format!("{unready}\n"))
+}
+
+/// Warn that the node is not ready, at most every 30 seconds (health checks come every second).
+fn log_unready(reason: &str) {
+    static LAST_WARNED_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let now = actors::names::now_ms();
+    let last = LAST_WARNED_MS.load(std::sync::atomic::Ordering::Relaxed);
+    if now.saturating_sub(last) >= 30_000
+        && LAST_WARNED_MS
+            .compare_exchange(last, now, std::sync::atomic::Ordering::Relaxed, std::sync::atomic::Ordering::Relaxed)
+            .is_ok()
+    {
+        warn!(reason, "not ready: /readyz answers 503");
     }
 }
 
@@ -227,9 +252,9 @@ async fn respond(stream: &mut TcpStream, status: u16, content_type: &str, body: 
 async fn websocket(stream: TcpStream, rest: Vec<u8>, peer: SocketAddr, hub: Arc<Hub>) {
     let max_frame = hub.limits.max_frame_bytes as usize;
     // Small buffers: tungstenite's defaults (128 KiB each) would cost far more than the whole
-    // per-connection budget. Reads of larger messages grow the buffer as needed.
+    // per-connection budget. Client frames are small; a larger one grows the buffer as needed.
     let config = WebSocketConfig::default()
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(1024)
         .write_buffer_size(8 * 1024)
         .max_write_buffer_size(max_frame.max(64 * 1024) * 4)
         .max_message_size(Some(max_frame))

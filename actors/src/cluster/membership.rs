@@ -140,7 +140,7 @@ impl Membership {
         let reason = if self.leaving {
             Some("node is leaving the cluster".to_string())
         } else if !self.joined {
-            Some("node has not joined the cluster yet (no peer heard)".to_string())
+            Some("node has not joined the cluster yet: no seed or peer has answered".to_string())
         } else if !quorum {
             Some(format!("no quorum: {} of {} known nodes live", live.len(), known))
         } else {

@@ -116,6 +116,10 @@ pub(super) fn open_connection(path: &Path, busy_timeout: Duration, read_only: bo
     // carry no foreign keys because only this module writes them, from ids it just read in the
     // same transaction, and a check per fanned-out pointer would cost a lookup each.
     conn.pragma_update(None, "foreign_keys", "ON").ctx("enable foreign keys")?;
+    // Statement journals (one per SAVEPOINT in a group commit) and temporary b-trees stay in
+    // memory: on disk they were 15% of the fan-out profile (docs/BENCHMARKS.md), and they are
+    // never needed after a crash, so nothing durable depends on them.
+    conn.pragma_update(None, "temp_store", "MEMORY").ctx("set temp_store = MEMORY")?;
     if read_only {
         // Reader connections must never write: a bug that tried would otherwise bypass the
         // writer's group commit and take the write lock behind its back.
