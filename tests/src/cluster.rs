@@ -697,21 +697,30 @@ impl Traffic {
     }
 }
 
-/// The owner of `room` among `nodes`: a copy of the node's rendezvous hashing
-/// (actors/src/cluster/placement.rs), so tests can pick rooms that will move. Tests compare it
-/// with what nodes answer on `/cluster?room=`, so a drift shows.
+/// The owner of `room` among `nodes`, by the node's own rendezvous hashing, so tests can pick
+/// rooms that will move. Tests also compare it with what nodes answer on `/cluster?room=`.
 pub fn placement_owner<'a>(room: &str, nodes: &[&'a str]) -> &'a str {
-    fn weight(node: &str, room: &str) -> u64 {
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for byte in node.bytes().chain([0xff]).chain(room.bytes()) {
-            hash ^= u64::from(byte);
-            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        hash ^= hash >> 30;
-        hash = hash.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        hash ^= hash >> 27;
-        hash = hash.wrapping_mul(0x94d0_49bb_1331_11eb);
-        hash ^ (hash >> 31)
+    actors::cluster::placement::owner(room, nodes.iter().copied()).expect("at least one node")
+}
+
+/// One chatter per running node (chatter i starts on node i), all members of `rooms` rooms
+/// created by the first.
+pub async fn setup_chatters(
+    cluster: &Cluster,
+    urls: &Arc<Mutex<Vec<String>>>,
+    rooms: usize,
+) -> anyhow::Result<(Vec<Chatter>, Vec<String>)> {
+    let mut chatters = Vec::new();
+    for i in 0..cluster.running().len() {
+        chatters.push(Chatter::new(urls.clone(), &format!("u{i}"), i).await?);
     }
-    nodes.iter().copied().max_by(|a, b| weight(a, room).cmp(&weight(b, room)).then_with(|| b.cmp(a))).expect("nodes")
+    let mut ids = Vec::new();
+    for r in 0..rooms {
+        let room = chatters[0].create_room(&format!("room {r}")).await?;
+        for chatter in chatters.iter_mut().skip(1) {
+            chatter.join(&room).await?;
+        }
+        ids.push(room);
+    }
+    Ok((chatters, ids))
 }

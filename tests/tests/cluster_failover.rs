@@ -4,36 +4,14 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tests::cluster::{check_everyone, placement_owner, Chatter, Cluster, Traffic};
-
-/// One chatter per running node (chatter i starts on node i), all members of `rooms` rooms
-/// created by the first.
-async fn setup(
-    cluster: &Cluster,
-    urls: &Arc<Mutex<Vec<String>>>,
-    rooms: usize,
-) -> anyhow::Result<(Vec<Chatter>, Vec<String>)> {
-    let mut chatters = Vec::new();
-    for i in 0..cluster.running().len() {
-        chatters.push(Chatter::new(urls.clone(), &format!("u{i}"), i).await?);
-    }
-    let mut ids = Vec::new();
-    for r in 0..rooms {
-        let room = chatters[0].create_room(&format!("room {r}")).await?;
-        for chatter in chatters.iter_mut().skip(1) {
-            chatter.join(&room).await?;
-        }
-        ids.push(room);
-    }
-    Ok((chatters, ids))
-}
+use tests::cluster::{check_everyone, placement_owner, setup_chatters, Chatter, Cluster, Traffic};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_a_rooms_owner_under_traffic_loses_nothing() -> anyhow::Result<()> {
     let mut cluster = Cluster::start(3).await?;
     let urls = Arc::new(Mutex::new(cluster.urls()));
     let result = async {
-        let (chatters, rooms) = setup(&cluster, &urls, 3).await?;
+        let (chatters, rooms) = setup_chatters(&cluster, &urls, 3).await?;
         let victim_name = cluster.owner(0, &rooms[0]).await?;
         let victim = cluster.index_of(&victim_name).unwrap();
         let traffic = Traffic::start(chatters, &rooms, 40, Duration::from_millis(20));
@@ -69,7 +47,7 @@ async fn sigterm_scale_down_3_to_2_under_traffic_loses_nothing() -> anyhow::Resu
     let mut cluster = Cluster::start(3).await?;
     let urls = Arc::new(Mutex::new(cluster.urls()));
     let result = async {
-        let (chatters, rooms) = setup(&cluster, &urls, 4).await?;
+        let (chatters, rooms) = setup_chatters(&cluster, &urls, 4).await?;
         // Leave with the node that owns the most rooms' traffic: the owner of the first room.
         let leaver = cluster.index_of(&cluster.owner(0, &rooms[0]).await?).unwrap();
         let traffic = Traffic::start(chatters, &rooms, 40, Duration::from_millis(20));
@@ -100,7 +78,7 @@ async fn scale_up_2_to_3_under_traffic_moves_rooms_without_reconnects() -> anyho
     let mut cluster = Cluster::start(2).await?;
     let urls = Arc::new(Mutex::new(cluster.urls()));
     let result = async {
-        let (mut chatters, mut rooms) = setup(&cluster, &urls, 2).await?;
+        let (mut chatters, mut rooms) = setup_chatters(&cluster, &urls, 2).await?;
         // Make sure some rooms will move to the new node n3.
         while rooms.iter().filter(|room| placement_owner(room, &["n1", "n2", "n3"]) == "n3").count() < 2 {
             let room = chatters[0].create_room("more").await?;

@@ -3,28 +3,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tests::cluster::{check_everyone, Chatter, Cluster, Traffic, TEST_COOKIE};
+use tests::cluster::{check_everyone, setup_chatters, Chatter, Cluster, Traffic, TEST_COOKIE};
 use tests::{Client, ClientFrame, Encoding, ErrorCode, ServerFrame};
-
-async fn setup(
-    cluster: &Cluster,
-    urls: &Arc<Mutex<Vec<String>>>,
-    rooms: usize,
-) -> anyhow::Result<(Vec<Chatter>, Vec<String>)> {
-    let mut chatters = Vec::new();
-    for i in 0..cluster.running().len() {
-        chatters.push(Chatter::new(urls.clone(), &format!("u{i}"), i).await?);
-    }
-    let mut ids = Vec::new();
-    for r in 0..rooms {
-        let room = chatters[0].create_room(&format!("room {r}")).await?;
-        for chatter in chatters.iter_mut().skip(1) {
-            chatter.join(&room).await?;
-        }
-        ids.push(room);
-    }
-    Ok((chatters, ids))
-}
 
 fn names(cluster: &Cluster, nodes: &[usize]) -> Vec<String> {
     let mut names: Vec<String> = nodes.iter().map(|&i| cluster.member(i).name.clone()).collect();
@@ -44,7 +24,7 @@ async fn a_hung_node_is_declared_dead_and_its_stale_rooms_cannot_write() -> anyh
     let mut cluster = Cluster::start(3).await?;
     let urls = Arc::new(Mutex::new(cluster.urls()));
     let result = async {
-        let (chatters, rooms) = setup(&cluster, &urls, 3).await?;
+        let (chatters, rooms) = setup_chatters(&cluster, &urls, 3).await?;
         let victim_name = cluster.owner(0, &rooms[0]).await?;
         let victim = cluster.index_of(&victim_name).unwrap();
         let others: Vec<usize> = cluster.running().into_iter().filter(|&i| i != victim).collect();
@@ -88,7 +68,7 @@ async fn the_minority_side_of_a_partition_does_not_write() -> anyhow::Result<()>
     let cluster = Cluster::start(3).await?;
     let urls = Arc::new(Mutex::new(cluster.urls()));
     let result = async {
-        let (mut chatters, rooms) = setup(&cluster, &urls, 3).await?;
+        let (mut chatters, rooms) = setup_chatters(&cluster, &urls, 3).await?;
         for (i, chatter) in chatters.iter_mut().enumerate() {
             chatter.say(&rooms[i], &format!("before-{i}"), "before the partition").await?;
         }
