@@ -77,6 +77,7 @@ macro_rules! conformance_tests {
             trim_raises_the_floor,
             mark_read_is_monotonic_and_clamped,
             rooms_of_lists_memberships_with_read_positions,
+            read_positions_list_members_by_name,
         );
     };
     (@cases $make:expr; $($case:ident),+ $(,)?) => {
@@ -891,4 +892,53 @@ pub async fn rooms_of_lists_memberships_with_read_positions(store: Arc<dyn Store
     send(store, leave("r1", e1, "a", "l1")).await;
     let mine = store.rooms_of("a").await.expect("rooms");
     assert_eq!(mine.iter().map(|r| r.room.id.as_str()).collect::<Vec<_>>(), vec!["r2"]);
+}
+
+/// `read_positions` lists the room's current members by name with the position each stored (0
+/// for never marked, clamped as `mark_read` stored it); a member who left is gone from it.
+pub async fn read_positions_list_members_by_name(store: Arc<dyn Store>) {
+    let store = store.as_ref();
+    // Created out of name order, with a name that prefixes another and one outside ASCII, so a
+    // list in join or creation order, or sorted by anything but the name's bytes, fails.
+    users(store, &["dave", "bob", "bobby", "ada", "\u{e9}lodie", "carl"]).await;
+    let epoch = room_with(store, "r", &["dave", "bob", "\u{e9}lodie", "bobby"], false).await;
+    send(store, join("r", epoch, "ada", "ada", "j1")).await;
+    room_with(store, "other", &["carl"], false).await;
+    for n in 0..3 {
+        send(store, text("r", epoch, "dave", &format!("m{n}"), "x")).await;
+    }
+    let last = last_seq(store, "r").await;
+    let list = |pairs: &[(&str, u64)]| pairs.iter().map(|(u, s)| ((*u).to_owned(), *s)).collect::<Vec<_>>();
+    assert_eq!(
+        store.read_positions("r").await,
+        Ok(list(&[("ada", 0), ("bob", 0), ("bobby", 0), ("dave", 0), ("\u{e9}lodie", 0)])),
+        "nobody has marked anything yet"
+    );
+
+    assert_eq!(store.mark_read("bob", "r", 2).await, Ok(2));
+    assert_eq!(store.mark_read("ada", "r", last + 100).await, Ok(last), "clamped to the last seq");
+    assert_eq!(store.mark_read("bob", "r", 1).await, Ok(2), "never lowered");
+    assert_eq!(
+        store.read_positions("r").await,
+        Ok(list(&[("ada", last), ("bob", 2), ("bobby", 0), ("dave", 0), ("\u{e9}lodie", 0)])),
+        "positions as mark_read stored them"
+    );
+
+    send(store, leave("r", epoch, "bob", "l1")).await;
+    assert_eq!(
+        store.read_positions("r").await,
+        Ok(list(&[("ada", last), ("bobby", 0), ("dave", 0), ("\u{e9}lodie", 0)])),
+        "a member who left is not listed"
+    );
+    assert_eq!(store.read_positions("other").await, Ok(list(&[("carl", 0)])), "only the room's own members");
+    // The position ended with the membership: rejoining starts unread.
+    send(store, join("r", epoch, "bob", "bob", "j2")).await;
+    assert_eq!(store.read_positions("r").await.expect("read positions")[1], ("bob".to_owned(), 0));
+
+    // Everyone leaves: the room still exists, with nobody to list.
+    for user in ["ada", "bob", "bobby", "dave", "\u{e9}lodie"] {
+        send(store, leave("r", epoch, user, &format!("l-{user}"))).await;
+    }
+    assert_eq!(store.read_positions("r").await, Ok(Vec::new()));
+    assert_eq!(store.read_positions("nowhere").await, Err(StoreError::NoSuchRoom("nowhere".into())));
 }

@@ -220,6 +220,9 @@ pub trait Store: Send + Sync + 'static {
     /// Raise the user's read position in a room to `seq` (clamped to the room's last seq; never
     /// lowered) and return the position now stored.
     async fn mark_read(&self, user: &str, room: &str, seq: u64) -> StoreResult<u64>;
+    /// Every member of `room` with their stored read position (0 if never marked), sorted by user name.
+    /// `NoSuchRoom` for an unknown room.
+    async fn read_positions(&self, room: &str) -> StoreResult<Vec<(String, u64)>>;
 
     // Ownership.
     /// Make `node` the room's owner under a new epoch, which is returned. Every later append

@@ -39,7 +39,7 @@
 //! - `user_log` rows point at (`rid`, `seq`), the entry's meaning, rather than at `eid`, so
 //!   they stay right even if room logs are ever trimmed and rowids reused.
 //! - Read positions live in the membership row: they exist exactly as long as the membership,
-//!   and `rooms_of` gets them with no extra lookup.
+//!   and `rooms_of` and `read_positions` get them with no extra lookup.
 //! - Foreign keys guard `members` and `user_logs`; the per-message tables have none (see
 //!   `schema::open_connection`).
 //!
@@ -389,6 +389,11 @@ impl Store for SqliteStore {
         let (user, room) = (user.to_owned(), room.to_owned());
         let cost = REQUEST_OVERHEAD_BYTES + user.len() + room.len();
         self.write(cost, move |conn| ops::mark_read(conn, &user, &room, seq)).await
+    }
+
+    async fn read_positions(&self, room: &str) -> StoreResult<Vec<(String, u64)>> {
+        let room = room.to_owned();
+        self.read(move |conn| ops::read_positions(conn, &room)).await
     }
 
     async fn claim_room(&self, room: &str, node: &str) -> StoreResult<Epoch> {

@@ -715,6 +715,32 @@ async fn mark_read<X: KvTxn>(t: &X, ks: &Keyspace, user: &str, room: &str, seq: 
     Ok(stored)
 }
 
+/// The room's members from one range read of `mem` (keyed by user name, so already in name
+/// order), then their `memof` values, where the read positions live, in one batch of point
+/// reads: three round trips whatever the room's size, and no key outside the room's members.
+async fn read_positions<X: KvTxn>(t: &X, ks: &Keyspace, room: &str) -> R<Vec<(String, u64)>, X> {
+    let state = require_room(t, ks, room, &mut WriteSet::new()).await?;
+    let mut users = Vec::new();
+    for (key, _) in t.get_range(&ks.members_range(room), None, false).await? {
+        users.push(ks.member_user(room, &key).map_err(|e| corrupt(&key, e))?);
+    }
+    // No sort needed: the tuple encoding orders text by its UTF-8 bytes, a name before every
+    // name it prefixes, which is `str`'s order (the layout tests check it).
+    debug_assert!(users.windows(2).all(|p| p[0] < p[1]), "room {room} members not in name order");
+    let keys: Vec<Vec<u8>> = users.iter().map(|user| ks.member_of(user, room)).collect();
+    let values = t.get_many(&keys).await?;
+    let mut positions = Vec::with_capacity(users.len());
+    for ((user, key), value) in users.into_iter().zip(&keys).zip(values) {
+        // Both directions of a membership are written and cleared together, so a `mem` key
+        // without its `memof` key is damage, not a member who never read.
+        let membership = decode_at::<X, _>(key, value, MembershipValue::decode)?
+            .ok_or_else(|| corrupt::<X::Error>(key, CodecError::Empty))?;
+        debug_assert!(membership.read_seq <= state.head.last_seq, "read position past the room's last entry");
+        positions.push((user, membership.read_seq));
+    }
+    Ok(positions)
+}
+
 // Ownership.
 
 async fn claim_room<X: KvTxn>(
@@ -841,6 +867,11 @@ impl<D: KvDb> Store for KvStore<D> {
     async fn mark_read(&self, user: &str, room: &str, seq: u64) -> StoreResult<u64> {
         let ks = &self.keys;
         self.db.transact("mark read", |t, _| async move { mark_read(&t, ks, user, room, seq).await }).await
+    }
+
+    async fn read_positions(&self, room: &str) -> StoreResult<Vec<(String, u64)>> {
+        let ks = &self.keys;
+        self.db.transact("read read positions", |t, _| async move { read_positions(&t, ks, room).await }).await
     }
 
     async fn claim_room(&self, room: &str, node: &str) -> StoreResult<Epoch> {

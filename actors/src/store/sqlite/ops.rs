@@ -49,6 +49,10 @@ const MEMBERS_IN_JOIN_ORDER: &str =
 const ROOM_COUNT_OF_USER: &str = "SELECT count(*) FROM members WHERE uid = ?1";
 const MARK_READ: &str =
     "UPDATE members SET read_seq = max(read_seq, min(?3, ?4)) WHERE rid = ?1 AND uid = ?2 RETURNING read_seq";
+// Sorted by name in SQL: BINARY collation compares UTF-8 bytes, which is `str`'s order, so both
+// backends list names alike. The sort is of at most `max_room_members` rows, like join order's.
+const READ_POSITIONS: &str = "SELECT u.name, m.read_seq FROM members m JOIN users u ON u.uid = m.uid \
+                              WHERE m.rid = ?1 ORDER BY u.name";
 const ROOMS_OF_USER: &str = "SELECT r.rid, r.id, r.name, r.kind, r.private, r.created_by, r.last_seq, r.members, \
                              r.epoch, r.owner, m.read_seq \
                              FROM members m JOIN rooms r ON r.rid = m.rid WHERE m.uid = ?1 ORDER BY m.rid";
@@ -86,6 +90,7 @@ pub(super) const HOT_QUERIES: &[&str] = &[
     MEMBERS_IN_JOIN_ORDER,
     ROOM_COUNT_OF_USER,
     MARK_READ,
+    READ_POSITIONS,
     ROOMS_OF_USER,
     ENTRY_BY_CLIENT_ID,
     HISTORY_BEFORE,
@@ -656,6 +661,17 @@ pub(super) fn mark_read(conn: &Connection, user: &str, room: &str, seq: u64) -> 
     let stored = stored.ok_or_else(|| StoreError::NotMember { room: room.to_owned(), user: user.to_owned() })?;
     debug_assert!(invariants::read_within_room(stored, header.record.last_seq));
     Ok(stored)
+}
+
+pub(super) fn read_positions(conn: &Connection, room: &str) -> StoreResult<Vec<(String, u64)>> {
+    let header = require_room(conn, room)?;
+    let positions: Vec<(String, u64)> = conn
+        .prepare_cached(READ_POSITIONS)
+        .and_then(|mut s| s.query_map([header.rid], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+        .ctx("read read positions")?;
+    debug_assert!(positions.windows(2).all(|p| p[0].0 < p[1].0), "room {room} read positions not sorted by name");
+    debug_assert!(positions.iter().all(|(_, read)| invariants::read_within_room(*read, header.record.last_seq)));
+    Ok(positions)
 }
 
 // Ownership.
