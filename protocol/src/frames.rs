@@ -96,11 +96,17 @@ pub enum ClientFrame {
         #[serde(default)]
         req: ReqId,
     },
-    /// List a room's members.
+    /// List a room's members with their presence, a page at a time (by user name).
     ListMembers {
         #[serde(default)]
         req: ReqId,
         room: String,
+        /// Members whose names sort after this one; the first page without it.
+        #[serde(default)]
+        after: Option<String>,
+        /// Page size (default and maximum `limits.members_page_max`).
+        #[serde(default)]
+        limit: Option<u32>,
     },
     /// Post a message. `id` is chosen by the client and reused on every retry.
     Send {
@@ -136,6 +142,43 @@ pub enum ClientFrame {
         #[serde(default)]
         req: ReqId,
     },
+    /// Set how this user appears to others while any of their connections is live: `online`
+    /// or `away`, with an optional status text (`offline` is what the node says when no
+    /// connection is left; it cannot be set).
+    SetPresence {
+        #[serde(default)]
+        req: ReqId,
+        state: PresenceState,
+        #[serde(default)]
+        status: Option<String>,
+    },
+    /// Replace this connection's presence subscription with `users`. Only users who share a
+    /// room (or a direct conversation) with the caller are watched; the others are listed as
+    /// `hidden`, whether they exist or not.
+    WatchPresence {
+        #[serde(default)]
+        req: ReqId,
+        users: Vec<String>,
+    },
+    /// Tell the room's other members that this user is typing (`active`), or stopped.
+    /// Ephemeral: never stored, and answered only when refused.
+    Typing {
+        #[serde(default)]
+        req: ReqId,
+        room: String,
+        #[serde(default = "yes")]
+        active: bool,
+    },
+    /// How far each member of a room has read (the stored read positions).
+    Receipts {
+        #[serde(default)]
+        req: ReqId,
+        room: String,
+    },
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl ClientFrame {
@@ -157,6 +200,10 @@ impl ClientFrame {
         "history",
         "mark_read",
         "ping",
+        "set_presence",
+        "watch_presence",
+        "typing",
+        "receipts",
     ];
 
     /// The request number of this frame (zero for `hello`).
@@ -177,7 +224,11 @@ impl ClientFrame {
             | ClientFrame::Send { req, .. }
             | ClientFrame::History { req, .. }
             | ClientFrame::MarkRead { req, .. }
-            | ClientFrame::Ping { req } => *req,
+            | ClientFrame::Ping { req }
+            | ClientFrame::SetPresence { req, .. }
+            | ClientFrame::WatchPresence { req, .. }
+            | ClientFrame::Typing { req, .. }
+            | ClientFrame::Receipts { req, .. } => *req,
         }
     }
 }
@@ -234,6 +285,49 @@ pub struct RoomInfo {
     /// How far this user has read (0 when never marked).
     pub read_seq: u64,
     pub members: u32,
+}
+
+/// How a user appears to others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PresenceState {
+    /// At least one connection is live, on any node.
+    Online,
+    /// Connected, but the user said they are away.
+    Away,
+    /// No live connection (after a short grace period, so a quick reconnect is not seen).
+    Offline,
+}
+
+/// One user's presence as another user sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserPresence {
+    pub user: String,
+    pub state: PresenceState,
+    /// The user's status text, if they set one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// When offline: when the user's last connection ended (milliseconds since the Unix
+    /// epoch), if known to the cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<u64>,
+}
+
+/// What a receipt says about a member and a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReceiptKind {
+    /// The member's device was sent every entry up to `seq` (live, not stored).
+    Delivered,
+    /// The member marked the room read up to `seq` (stored).
+    Read,
+}
+
+/// A member's stored read position in a room.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadPosition {
+    pub user: String,
+    pub seq: u64,
 }
 
 /// Stable error codes. Clients branch on these; the message is for people.
@@ -344,10 +438,22 @@ pub enum ServerFrame {
         req: ReqId,
         rooms: Vec<RoomInfo>,
     },
+    /// A page of a room's members (sorted by name) with each one's presence, in the same order.
     Members {
         req: ReqId,
         room: String,
         members: Vec<String>,
+        #[serde(default)]
+        presence: Vec<UserPresence>,
+        /// Members in the room.
+        #[serde(default)]
+        total: u32,
+        /// Members online or away right now (the count a large room shows instead of a list).
+        #[serde(default)]
+        online: u32,
+        /// More members sort after the last of this page.
+        #[serde(default)]
+        more: bool,
     },
     /// The message is committed with room sequence number `seq`. `duplicate` is true when this
     /// is a retry of an id the room already stored; the fields are then the original ones.
@@ -400,5 +506,40 @@ pub enum ServerFrame {
     },
     Pong {
         req: ReqId,
+    },
+    /// Reply to `watch_presence`: the watched users' presence now; `hidden` are the names the
+    /// caller may not watch (no shared room, or no such user: deliberately not told apart).
+    PresenceList {
+        req: ReqId,
+        users: Vec<UserPresence>,
+        #[serde(default)]
+        hidden: Vec<String>,
+    },
+    /// A watched user's presence changed (coalesced: at most one per user per flush interval).
+    Presence {
+        #[serde(flatten)]
+        presence: UserPresence,
+    },
+    /// A member of `room` is typing (`active`), or stopped. Clients drop an active indicator
+    /// after `expires_in_ms` unless it is repeated; the node also sends `active: false` when it
+    /// lapses.
+    Typing {
+        room: String,
+        user: String,
+        active: bool,
+        expires_in_ms: u64,
+    },
+    /// A member's device got (`delivered`) or the member read (`read`) `room` up to `seq`.
+    Receipt {
+        room: String,
+        user: String,
+        kind: ReceiptKind,
+        seq: u64,
+    },
+    /// Reply to `receipts`: every member's stored read position.
+    Receipts {
+        req: ReqId,
+        room: String,
+        reads: Vec<ReadPosition>,
     },
 }

@@ -9,7 +9,8 @@ mod frames;
 
 pub use codec::{decode_client, decode_server, encode_client, encode_server, DecodeError, Encoding};
 pub use frames::{
-    ClientFrame, Cursor, Entry, EntryKind, ErrorCode, ReqId, RoomInfo, RoomKind, ServerFrame, SUPPORTED_VERSIONS,
+    ClientFrame, Cursor, Entry, EntryKind, ErrorCode, PresenceState, ReadPosition, ReceiptKind, ReqId, RoomInfo,
+    RoomKind, ServerFrame, UserPresence, SUPPORTED_VERSIONS,
 };
 
 /// Pick the newest version both sides speak, if any.
