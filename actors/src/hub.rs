@@ -22,6 +22,7 @@ use crate::auth::Authenticator;
 use crate::cluster::{Cluster, Route};
 use crate::limits::Limits;
 use crate::metrics::Metrics;
+use crate::presence::{Presence, PresenceSettings};
 use crate::room::{AppendCommand, RoomActor, RoomArgs, RoomMessage};
 use crate::store::{Appended, Delivery, Store, StoreError};
 
@@ -70,6 +71,7 @@ pub struct Hub {
     pub store: Arc<dyn Store>,
     pub auth: Authenticator,
     pub metrics: Metrics,
+    pub presence: Presence,
     rooms: Mutex<HashMap<String, RoomSlot>>,
     connections: Mutex<HashMap<String, Vec<ConnHandle>>>,
     next_conn_id: AtomicU64,
@@ -79,8 +81,16 @@ pub struct Hub {
 }
 
 impl Hub {
-    pub fn new(node: String, limits: Limits, store: Arc<dyn Store>, auth: Authenticator) -> Arc<Hub> {
-        Arc::new(Hub {
+    /// The hub, with its presence ticker running on the current tokio runtime.
+    pub fn new(
+        node: String,
+        limits: Limits,
+        presence: PresenceSettings,
+        store: Arc<dyn Store>,
+        auth: Authenticator,
+    ) -> Arc<Hub> {
+        let hub = Arc::new(Hub {
+            presence: Presence::new(&node, presence),
             node,
             limits,
             store,
@@ -91,7 +101,9 @@ impl Hub {
             next_conn_id: AtomicU64::new(1),
             shutdown: watch::channel(false).0,
             cluster: std::sync::OnceLock::new(),
-        })
+        });
+        Presence::start(&hub);
+        hub
     }
 
     /// Join a cluster: from now on `append` and `deliver` reach other nodes too.
@@ -263,15 +275,60 @@ impl Hub {
         let signals = Arc::new(ConnSignals::default());
         let handle = ConnHandle { id, queue, signals: signals.clone() };
         self.connections.lock().expect("connections lock").entry(user.to_string()).or_default().push(handle);
+        self.presence.connected(user);
         Registration { id, inbox, signals }
     }
 
     pub fn unregister(&self, user: &str, id: u64) {
-        let mut connections = self.connections.lock().expect("connections lock");
-        if let Some(list) = connections.get_mut(user) {
-            list.retain(|conn| conn.id != id);
-            if list.is_empty() {
-                connections.remove(user);
+        {
+            let mut connections = self.connections.lock().expect("connections lock");
+            if let Some(list) = connections.get_mut(user) {
+                list.retain(|conn| conn.id != id);
+                if list.is_empty() {
+                    connections.remove(user);
+                }
+            }
+        }
+        self.presence.disconnected(user, id);
+    }
+
+    /// Make connection `id` of `user` watch `users`' presence (visibility already checked).
+    pub fn watch_presence(&self, user: &str, id: u64, users: Vec<String>) {
+        let queue = {
+            let connections = self.connections.lock().expect("connections lock");
+            connections.get(user).into_iter().flatten().find(|conn| conn.id == id).map(|conn| conn.queue.clone())
+        };
+        if let Some(queue) = queue {
+            self.presence.watch(id, queue, users);
+        }
+    }
+
+    /// Hand an ephemeral frame (typing, receipt) to every connection of `users`, on every node
+    /// where the presence table says they are connected. Best effort: never stored, and a full
+    /// queue drops it.
+    pub fn push(&self, users: &[String], frame: ServerFrame) {
+        if users.is_empty() {
+            return;
+        }
+        self.push_local(users, &frame);
+        let Some(cluster) = self.cluster.get() else { return };
+        let live = cluster.view();
+        let mut bytes = None;
+        for node in self.presence.remote_nodes_with(users).into_iter().filter(|node| live.live.contains(node)) {
+            let Some(router) = crate::cluster::router_of(&node) else { continue };
+            let bytes = bytes.get_or_insert_with(|| crate::cluster::wire::encode_push(users, &frame)).clone();
+            if router.cast(crate::cluster::wire::RouterMessage::Push(bytes)).is_ok() {
+                Metrics::inc(&self.metrics.ephemeral_pushes_sent_total);
+            }
+        }
+    }
+
+    /// [`Hub::push`] to this node's connections only.
+    pub fn push_local(&self, users: &[String], frame: &ServerFrame) {
+        let connections = self.connections.lock().expect("connections lock");
+        for user in users {
+            for conn in connections.get(user).into_iter().flatten() {
+                let _ = conn.queue.try_send(Outbound::Frame(Box::new(frame.clone())));
             }
         }
     }

@@ -5,6 +5,7 @@
 //! - [`room`]: one actor per active room; the single, fenced writer of the room's log.
 //! - [`session`]: one per connection; the protocol state machine, resume and live delivery.
 //! - [`requests`]: the handlers behind each client frame.
+//! - [`presence`]: who is online, typing indicators and receipts, across the cluster.
 //! - [`auth`]: passwords, tokens, login rate limits.
 //! - [`store`]: the durable state behind one interface (SQLite embedded; FoundationDB with the
 //!   `fdb` feature).
@@ -18,6 +19,7 @@ pub mod hub;
 pub mod limits;
 pub mod metrics;
 pub mod names;
+pub mod presence;
 pub mod requests;
 pub mod room;
 pub mod session;

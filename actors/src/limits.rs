@@ -21,6 +21,8 @@ pub struct Limits {
     pub replay_page_len: u32,
     /// Largest history page a client may ask for.
     pub history_page_max: u32,
+    /// Largest page of `list_members` (also its default).
+    pub members_page_max: u32,
     pub max_room_members: u32,
     pub max_rooms_per_user: u32,
     /// Requests of one connection whose replies are still outstanding; beyond it the node stops
@@ -49,6 +51,7 @@ impl Default for Limits {
             outbound_queue_len: 256,
             replay_page_len: 256,
             history_page_max: 200,
+            members_page_max: 200,
             max_room_members: 1_000,
             max_rooms_per_user: 500,
             max_inflight_per_connection: 64,
@@ -69,12 +72,13 @@ impl Limits {
 
     /// Check the values against each other; the error names the key.
     pub fn validate(&self) -> Result<(), String> {
-        let positive: [(&str, u64); 12] = [
+        let positive: [(&str, u64); 13] = [
             ("limits.max_frame_bytes", self.max_frame_bytes.into()),
             ("limits.max_body_bytes", self.max_body_bytes.into()),
             ("limits.outbound_queue_len", self.outbound_queue_len as u64),
             ("limits.replay_page_len", self.replay_page_len.into()),
             ("limits.history_page_max", self.history_page_max.into()),
+            ("limits.members_page_max", self.members_page_max.into()),
             ("limits.max_room_members", self.max_room_members.into()),
             ("limits.max_rooms_per_user", self.max_rooms_per_user.into()),
             ("limits.max_inflight_per_connection", self.max_inflight_per_connection as u64),

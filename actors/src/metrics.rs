@@ -78,6 +78,18 @@ metrics! {
     counter cluster_deliveries_received_total,
     /// Cluster: inter-node messages that did not decode, or were refused (dropped and logged).
     counter cluster_invalid_messages_total,
+    /// Presence: batches of changed presence records sent to other nodes.
+    counter presence_batches_sent_total,
+    /// Presence: user records inside those batches.
+    counter presence_records_sent_total,
+    /// Presence: full snapshots sent to nodes that were out of step.
+    counter presence_snapshots_sent_total,
+    /// Presence: users in this node's presence table (all nodes' records merged).
+    gauge presence_users,
+    /// Presence: of them, online or away.
+    gauge presence_online_users,
+    /// Typing and receipt frames sent to other nodes (one per node per event).
+    counter ephemeral_pushes_sent_total,
 }
 
 impl Metrics {

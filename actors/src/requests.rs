@@ -16,6 +16,8 @@ use crate::metrics::Metrics;
 use crate::names::{self, now_ms};
 use crate::store::{Appended, HistoryPage, MyRoom, NewRoom, RoomRecord, StoreError};
 
+pub mod presence;
+
 /// Who is asking: the hub, the authenticated user and the connection.
 #[derive(Clone)]
 pub struct Ctx {
@@ -213,16 +215,6 @@ pub async fn list_rooms(ctx: &Ctx, req: ReqId) -> ServerFrame {
     }
 }
 
-pub async fn list_members(ctx: &Ctx, req: ReqId, room: String) -> ServerFrame {
-    if let Err(frame) = require_member(ctx, req, &room).await {
-        return frame;
-    }
-    match ctx.hub.store.members(&room).await {
-        Ok(members) => ServerFrame::Members { req, room, members },
-        Err(err) => store_error_frame(&ctx.hub, Some(req), err),
-    }
-}
-
 pub async fn history(
     ctx: &Ctx,
     req: ReqId,
@@ -266,6 +258,7 @@ pub async fn mark_read(ctx: &Ctx, req: ReqId, room: String, seq: u64) -> ServerF
     match ctx.hub.store.mark_read(&ctx.user, &room, seq).await {
         Ok(stored) => {
             ctx.hub.broadcast_read(&ctx.user, &room, stored, ctx.conn_id);
+            presence::read_receipt(ctx, &room, stored).await;
             ServerFrame::Ok { req }
         }
         Err(err) => store_error_frame(&ctx.hub, Some(req), err),

@@ -336,8 +336,20 @@ where
             ClientFrame::ListRooms { req } => {
                 self.pipeline(async move { vec![requests::list_rooms(&ctx, req).await] }.boxed())
             }
-            ClientFrame::ListMembers { req, room } => {
-                self.pipeline(async move { vec![requests::list_members(&ctx, req, room).await] }.boxed())
+            ClientFrame::ListMembers { req, room, after, limit } => self.pipeline(
+                async move { vec![requests::presence::list_members(&ctx, req, room, after, limit).await] }.boxed(),
+            ),
+            ClientFrame::SetPresence { req, state, status } => {
+                self.reply_in_order(vec![requests::presence::set_presence(&ctx, req, state, status)])
+            }
+            ClientFrame::WatchPresence { req, users } => {
+                self.pipeline(async move { vec![requests::presence::watch_presence(&ctx, req, users).await] }.boxed())
+            }
+            ClientFrame::Typing { req, room, active } => self.pipeline(
+                async move { requests::presence::typing(&ctx, req, room, active).await.into_iter().collect() }.boxed(),
+            ),
+            ClientFrame::Receipts { req, room } => {
+                self.pipeline(async move { vec![requests::presence::receipts(&ctx, req, room).await] }.boxed())
             }
             ClientFrame::History { req, room, before, after, limit } => self
                 .pipeline(async move { vec![requests::history(&ctx, req, room, before, after, limit).await] }.boxed()),
@@ -348,6 +360,7 @@ where
                 if let Err(frame) = requests::check_send(&hub.limits, req, &room, &id, &body) {
                     return self.reply_in_order(vec![*frame]);
                 }
+                requests::presence::typing_ended_by_send(&ctx, &room);
                 let command = AppendCommand { kind: EntryKind::Text, from: ctx.user.clone(), id, user: None, body };
                 self.forward_to_room(req, room, command).await
             }
@@ -564,7 +577,7 @@ where
         }
         // Writing with back-pressure is the flow control: the next page is read only once this
         // one is in the socket.
-        self.send(frames).await
+        self.send_entries(frames).await
     }
 
     /// Live traffic from the hub; takes whatever else is already queued too, then flushes once.
@@ -591,7 +604,42 @@ where
                 next = self.bound.as_mut().and_then(|bound| bound.registration.inbox.try_recv().ok());
             }
         }
-        self.send(frames).await
+        self.send_entries(frames).await
+    }
+
+    /// Send frames that include log entries; once they are in the socket, tell the senders of
+    /// text entries they were delivered, and re-check presence watches if a membership ended.
+    async fn send_entries(&mut self, frames: Vec<ServerFrame>) -> Flow {
+        let Some(bound) = &self.bound else { return self.send(frames).await };
+        let ctx = Ctx { hub: self.hub.clone(), user: bound.user.clone(), conn_id: bound.registration.id };
+        let mut delivered: Vec<(String, u64, Vec<String>)> = Vec::new();
+        let mut left = false;
+        for frame in &frames {
+            let ServerFrame::Message { entry, .. } = frame else { continue };
+            match entry.kind {
+                EntryKind::Text if entry.from != ctx.user => {
+                    match delivered.iter_mut().find(|(room, _, _)| *room == entry.room) {
+                        Some((_, seq, senders)) => {
+                            *seq = (*seq).max(entry.seq);
+                            if !senders.contains(&entry.from) {
+                                senders.push(entry.from.clone());
+                            }
+                        }
+                        None => delivered.push((entry.room.clone(), entry.seq, vec![entry.from.clone()])),
+                    }
+                }
+                EntryKind::Leave => left = true,
+                _ => {}
+            }
+        }
+        self.send(frames).await?;
+        if !delivered.is_empty() {
+            crate::presence::Presence::delivered(&ctx.hub, &ctx.user, delivered);
+        }
+        if left {
+            tokio::spawn(async move { requests::presence::revalidate_watch(&ctx).await });
+        }
+        Ok(())
     }
 
     /// Out-of-band: revoked or lagged.

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use actors::limits::Limits;
+use actors::presence::PresenceSettings;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
@@ -22,6 +23,8 @@ pub struct Config {
     pub store: StoreSection,
     pub auth: AuthSection,
     pub limits: Limits,
+    /// Presence, typing and receipts.
+    pub presence: PresenceSettings,
     pub log: LogSection,
     /// Joining a cluster (off by default); see `crate::cluster`.
     pub cluster: crate::cluster::ClusterSection,
@@ -213,6 +216,10 @@ impl Config {
         }
         if let Err((key, message)) = self.cluster.validate() {
             return invalid(key, &message);
+        }
+        if let Err(message) = self.presence.validate() {
+            let (key, rest) = message.split_once(' ').unwrap_or(("presence", &message));
+            return invalid(key, rest);
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return invalid("log.format", "expected `text` or `json`");

@@ -48,7 +48,7 @@ pub async fn build_hub(config: &Config) -> anyhow::Result<Arc<Hub>> {
         login_max_failures: config.auth.login_max_failures,
         login_window_secs: config.auth.login_window_secs,
     })?;
-    Ok(Hub::new(config.node.name.clone(), config.limits.clone(), store, auth))
+    Ok(Hub::new(config.node.name.clone(), config.limits.clone(), config.presence.clone(), store, auth))
 }
 
 /// Run a node until `stop` turns true: serve, then drain.

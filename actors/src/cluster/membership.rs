@@ -170,6 +170,7 @@ mod tests {
             live: live.iter().map(|s| s.to_string()).collect(),
             known: vec![],
             leaving: false,
+            presence_seq: 0,
         }
     }
 

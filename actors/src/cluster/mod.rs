@@ -248,6 +248,11 @@ impl Cluster {
             return;
         }
         self.refresh();
+        if !hb.leaving {
+            if let Some(hub) = self.hub() {
+                hub.presence.on_heartbeat(self, &hb.from, hb.incarnation, hb.presence_seq);
+            }
+        }
     }
 
     /// Recompute the view; if it changed, act on it.
@@ -272,6 +277,12 @@ impl Cluster {
         }
         let Some(hub) = self.hub() else { return };
         Metrics::set(&hub.metrics.cluster_nodes_live, new.live.len() as i64);
+        // Users connected only to nodes that left are offline now (their records stay as
+        // last-seen until those nodes are back with a snapshot).
+        let gone: Vec<String> = old.live.iter().filter(|node| !new.live.contains(node)).cloned().collect();
+        if !gone.is_empty() {
+            hub.presence.on_view(&gone);
+        }
         // Rooms this node no longer owns: stop their actors (queued commands fail as
         // `unavailable` and are retried at the new owner, which claims the next epoch).
         let me = self.settings.node.clone();
@@ -320,6 +331,7 @@ impl Cluster {
             live,
             known: membership.known(),
             leaving: membership.is_leaving(),
+            presence_seq: self.hub().map_or(0, |hub| hub.presence.sent_seq()),
         }
     }
 

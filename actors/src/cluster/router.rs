@@ -8,7 +8,7 @@
 //!
 //! It does little itself, so that a slow room can never delay a heartbeat: appends go to the
 //! cluster's in-order forwarding task, deliveries to the hub's local fan-out, replies to the
-//! waiting request, heartbeats to membership.
+//! waiting request, heartbeats to membership, presence to the hub's presence table.
 
 use std::sync::Arc;
 
@@ -59,6 +59,12 @@ impl Actor for RouterActor {
                     Metrics::inc(&state.hub.metrics.cluster_deliveries_received_total);
                     state.hub.deliver_local(&delivery);
                 }
+                Err(reason) => invalid(state, &reason),
+            },
+            RouterMessage::Presence(batch) => state.hub.presence.on_batch(&state.hub, batch),
+            RouterMessage::PresenceWant(from) => state.hub.presence.on_want(&state.hub, &from),
+            RouterMessage::Push(bytes) => match wire::decode_push(&bytes) {
+                Ok(push) => state.hub.push_local(&push.users, &push.frame),
                 Err(reason) => invalid(state, &reason),
             },
             RouterMessage::Invalid(reason) => invalid(state, &reason),

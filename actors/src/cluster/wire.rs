@@ -14,9 +14,10 @@
 //! misunderstanding it. A higher version byte is refused the same way.
 
 use bytes::Bytes;
-use protocol::{Entry, EntryKind};
+use protocol::{Entry, EntryKind, ServerFrame};
 use serde::{Deserialize, Serialize};
 
+use crate::presence::Change;
 use crate::room::AppendCommand;
 use crate::store::{Appended, Delivery, StoreError};
 
@@ -35,6 +36,13 @@ pub enum RouterMessage {
     /// A committed entry for this node's live connections, encoded once by the room's node
     /// ([`encode_delivery`]) and shared between all the nodes it goes to.
     Deliver(Bytes),
+    /// Presence records that changed on the sender, or all of them (a snapshot).
+    Presence(PresenceBatch),
+    /// The named node asks for a presence snapshot (it is out of step with this one).
+    PresenceWant(String),
+    /// An ephemeral frame (typing, receipt) for the named users' connections on this node,
+    /// encoded once by [`encode_push`].
+    Push(Bytes),
     /// Bytes that did not decode; `reason` says why.
     Invalid(String),
 }
@@ -55,6 +63,30 @@ pub struct Heartbeat {
     /// The sender is draining (SIGTERM) and leaving the cluster for good.
     #[serde(default)]
     pub leaving: bool,
+    /// Sequence number of the last presence batch the sender sent (a receiver behind it
+    /// missed one and asks for a snapshot).
+    #[serde(default)]
+    pub presence_seq: u64,
+}
+
+/// A node's presence changes since its previous batch (`base` → `seq`), or with `snapshot`
+/// all of its records at `seq`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceBatch {
+    pub from: String,
+    pub incarnation: u64,
+    pub base: u64,
+    pub seq: u64,
+    #[serde(default)]
+    pub snapshot: bool,
+    pub changes: Vec<Change>,
+}
+
+/// An ephemeral frame and whom it is for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WirePush {
+    pub users: Vec<String>,
+    pub frame: ServerFrame,
 }
 
 /// An append forwarded to the room's owner.
@@ -179,6 +211,9 @@ enum Envelope {
     Append(ForwardedAppend),
     Reply(AppendReply),
     Deliver(#[serde(with = "serde_bytes_compat")] Vec<u8>),
+    Presence(PresenceBatch),
+    PresenceWant(String),
+    Push(#[serde(with = "serde_bytes_compat")] Vec<u8>),
 }
 
 /// Encode a delivery once; the bytes go into a [`RouterMessage::Deliver`] for every node.
@@ -193,6 +228,22 @@ pub fn decode_delivery(bytes: &[u8]) -> Result<Delivery, String> {
     Ok(Delivery { entry: wire.entry, recipients: wire.recipients })
 }
 
+/// Encode an ephemeral push once; the bytes go into a [`RouterMessage::Push`] for every node.
+pub fn encode_push(users: &[String], frame: &ServerFrame) -> Bytes {
+    let wire = WirePush { users: users.to_vec(), frame: frame.clone() };
+    Bytes::from(rmp_serde::to_vec_named(&wire).expect("a push always encodes"))
+}
+
+/// Decode the payload of a [`RouterMessage::Push`]. Only typing and receipt frames are
+/// accepted: other nodes may not make this node send clients anything else.
+pub fn decode_push(bytes: &[u8]) -> Result<WirePush, String> {
+    let wire: WirePush = rmp_serde::from_slice(bytes).map_err(|err| format!("push: {err}"))?;
+    match wire.frame {
+        ServerFrame::Typing { .. } | ServerFrame::Receipt { .. } => Ok(wire),
+        _ => Err("push of a frame kind other than typing or receipt".into()),
+    }
+}
+
 /// Encode a message: the version byte, then the envelope.
 pub fn encode(message: &RouterMessage) -> Vec<u8> {
     let envelope = match message {
@@ -200,6 +251,9 @@ pub fn encode(message: &RouterMessage) -> Vec<u8> {
         RouterMessage::Append(append) => Envelope::Append(append.clone()),
         RouterMessage::Reply(reply) => Envelope::Reply(reply.clone()),
         RouterMessage::Deliver(bytes) => Envelope::Deliver(bytes.to_vec()),
+        RouterMessage::Presence(batch) => Envelope::Presence(batch.clone()),
+        RouterMessage::PresenceWant(from) => Envelope::PresenceWant(from.clone()),
+        RouterMessage::Push(bytes) => Envelope::Push(bytes.to_vec()),
         // Never sent on purpose; if it is, the receiver counts it as invalid too.
         RouterMessage::Invalid(_) => return vec![0],
     };
@@ -221,6 +275,9 @@ pub fn decode(bytes: &[u8]) -> RouterMessage {
         Ok(Envelope::Append(append)) => RouterMessage::Append(append),
         Ok(Envelope::Reply(reply)) => RouterMessage::Reply(reply),
         Ok(Envelope::Deliver(bytes)) => RouterMessage::Deliver(Bytes::from(bytes)),
+        Ok(Envelope::Presence(batch)) => RouterMessage::Presence(batch),
+        Ok(Envelope::PresenceWant(from)) => RouterMessage::PresenceWant(from),
+        Ok(Envelope::Push(bytes)) => RouterMessage::Push(Bytes::from(bytes)),
         Err(err) => RouterMessage::Invalid(format!("undecodable message of {} bytes: {err}", bytes.len())),
     }
 }
@@ -298,6 +355,7 @@ mod tests {
                 live: vec!["a".into(), "b".into()],
                 known: vec![("b".into(), "127.0.0.1:2".into())],
                 leaving: true,
+                presence_seq: 4,
             }),
             RouterMessage::Append(ForwardedAppend {
                 id: 5,
@@ -321,6 +379,31 @@ mod tests {
                 outcome: Err(StoreError::Fenced { room: "r1".into(), epoch: 1, current: 2 }).into(),
             }),
             RouterMessage::Deliver(encode_delivery(&delivery)),
+            RouterMessage::Presence(PresenceBatch {
+                from: "a".into(),
+                incarnation: 3,
+                base: 1,
+                seq: 2,
+                snapshot: false,
+                changes: vec![
+                    (
+                        "alice".into(),
+                        Some(crate::presence::Record {
+                            online: true,
+                            away: true,
+                            status: Some("lunch".into()),
+                            state_at: 5,
+                            last_seen: 0,
+                        }),
+                    ),
+                    ("bob".into(), None),
+                ],
+            }),
+            RouterMessage::PresenceWant("b".into()),
+            RouterMessage::Push(encode_push(
+                &["bob".to_string()],
+                &ServerFrame::Typing { room: "r1".into(), user: "alice".into(), active: true, expires_in_ms: 10 },
+            )),
         ];
         for message in messages {
             assert_eq!(decode(&encode(&message)), message);
@@ -345,10 +428,15 @@ mod tests {
             live: vec![],
             known: vec![],
             leaving: false,
+            presence_seq: 0,
         }));
         truncated.truncate(truncated.len() / 2);
         assert!(matches!(decode(&truncated), RouterMessage::Invalid(_)));
         assert!(decode_delivery(&[1, 2, 3]).is_err());
+        assert!(decode_push(&[1, 2, 3]).is_err());
+        // A well-formed push of a frame kind nodes may not push is refused too.
+        let sneaky = encode_push(&["bob".to_string()], &ServerFrame::Pong { req: 1 });
+        assert!(decode_push(&sneaky).unwrap_err().contains("other than typing or receipt"));
     }
 
     #[test]

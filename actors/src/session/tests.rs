@@ -43,7 +43,7 @@ async fn fixture(limits: Limits) -> Fixture {
         ts: 0,
     };
     store.create_room(room, limits.membership()).await.unwrap();
-    let hub = Hub::new("test-node".into(), limits, store, auth);
+    let hub = Hub::new("test-node".into(), limits, Default::default(), store, auth);
     Fixture { hub, room: "r_test".into(), _dir: dir }
 }
 

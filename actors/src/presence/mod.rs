@@ -1,0 +1,473 @@
+//! Presence, typing indicators and receipts: what is live about users, never stored.
+//!
+//! - **Presence** lives in [`table::Table`], one per node, holding every node's records. A
+//!   ticker (every `presence.flush_ms`) publishes this node's changes: to the local connections
+//!   watching those users and, as one batch, to every other live node. So the traffic between
+//!   nodes is at most one message per node pair per flush interval however many users change,
+//!   and a flapping connection costs nothing (the grace period absorbs it). Batches carry
+//!   sequence numbers; a node that missed one asks for a snapshot (see the table's docs), and a
+//!   heartbeat's `presence_seq` reveals a missed last batch.
+//! - **Watching** is explicit: a connection names the users it wants (`watch_presence`), limited
+//!   to users it shares a room with, and at most `presence.max_watched`. Nothing is pushed to
+//!   anyone who did not ask, which is what keeps presence affordable in large deployments
+//!   (peers that push every member's changes to every member switch presence off there).
+//! - **Typing** and **receipts** are pushed to the room's members on whatever node they are:
+//!   to the nodes where the presence table says they have connections. Only in rooms of at most
+//!   `presence.room_max_members` members: each such event costs one push per member, and every
+//!   member can cause them, so the cost grows with the square of the room's size. Larger rooms
+//!   get counts (`online` in `members`) and stored read positions (`receipts`) on request.
+//!
+//! The hub owns one [`Presence`]; sessions and request handlers call it through the hub, the
+//! cluster's router hands it batches, wants and pushes from other nodes.
+
+mod table;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use protocol::{ReceiptKind, ServerFrame, UserPresence};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tracing::debug;
+
+use crate::cluster::wire::{PresenceBatch, RouterMessage};
+use crate::cluster::{router_of, Cluster};
+use crate::hub::{Hub, Outbound};
+use crate::metrics::Metrics;
+use crate::names::now_ms;
+use table::{Applied, Table};
+pub use table::{Change, Record};
+
+/// The `[presence]` section of the configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PresenceSettings {
+    /// After a user's last connection on a node closes, how long before they are shown
+    /// offline: a reconnect within it is seen by no one.
+    pub grace_ms: u64,
+    /// Changes are coalesced and published (locally and to other nodes) this often.
+    pub flush_ms: u64,
+    /// An active typing indicator lapses after this unless repeated.
+    pub typing_ttl_ms: u64,
+    /// Users one connection may watch.
+    pub max_watched: usize,
+    /// Rooms with more members get no typing and no receipt pushes.
+    pub room_max_members: u32,
+    pub status_max_bytes: usize,
+    /// Offline users are forgotten after this (their last-seen time is then unknown).
+    pub last_seen_retention_ms: u64,
+}
+
+impl Default for PresenceSettings {
+    fn default() -> Self {
+        PresenceSettings {
+            // Long enough to cover a network switch or a page reload, short enough that
+            // "offline" is still news.
+            grace_ms: 5_000,
+            // Five publications a second: invisible to people, and at most five messages per
+            // node pair per second however many users change.
+            flush_ms: 200,
+            typing_ttl_ms: 6_000,
+            max_watched: 500,
+            room_max_members: 100,
+            status_max_bytes: 140,
+            last_seen_retention_ms: 24 * 3_600_000,
+        }
+    }
+}
+
+impl PresenceSettings {
+    /// Check the values; the error names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive: [(&str, u64); 6] = [
+            ("presence.flush_ms", self.flush_ms),
+            ("presence.typing_ttl_ms", self.typing_ttl_ms),
+            ("presence.max_watched", self.max_watched as u64),
+            ("presence.room_max_members", self.room_max_members.into()),
+            ("presence.status_max_bytes", self.status_max_bytes as u64),
+            ("presence.last_seen_retention_ms", self.last_seen_retention_ms),
+        ];
+        match positive.iter().find(|(_, value)| *value == 0) {
+            Some((key, _)) => Err(format!("{key} must be greater than 0")),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A connection watching users: where its presence frames go.
+#[derive(Default)]
+struct Watchers {
+    by_user: HashMap<String, Vec<(u64, mpsc::Sender<Outbound>)>>,
+    by_conn: HashMap<u64, Vec<String>>,
+}
+
+/// An active typing indicator started on this node.
+struct Typing {
+    expires: Instant,
+    forwarded: Instant,
+    /// The other members, told again when it ends.
+    recipients: Vec<String>,
+}
+
+/// The table and the sequence number of this node's batches, under one lock so that batches
+/// and snapshots leave in sequence order.
+struct Inner {
+    table: Table,
+    seq: u64,
+}
+
+pub struct Presence {
+    pub settings: PresenceSettings,
+    me: String,
+    inner: Mutex<Inner>,
+    /// The last sequence number sent, for heartbeats (updated after the batch is sent).
+    sent_seq: AtomicU64,
+    watchers: Mutex<Watchers>,
+    typing: Mutex<HashMap<(String, String), Typing>>,
+    /// Room member counts, briefly cached: delivered receipts ask for every write batch.
+    room_sizes: Mutex<HashMap<String, (u32, Instant)>>,
+    /// When this node last asked each node for a snapshot (at most one a second each).
+    wants: Mutex<HashMap<String, Instant>>,
+}
+
+impl Presence {
+    pub fn new(me: &str, settings: PresenceSettings) -> Presence {
+        let table = Table::new(
+            me,
+            Duration::from_millis(settings.grace_ms),
+            Duration::from_millis(settings.last_seen_retention_ms),
+        );
+        Presence {
+            settings,
+            me: me.to_string(),
+            inner: Mutex::new(Inner { table, seq: 0 }),
+            sent_seq: AtomicU64::new(0),
+            watchers: Mutex::new(Watchers::default()),
+            typing: Mutex::new(HashMap::new()),
+            room_sizes: Mutex::new(HashMap::new()),
+            wants: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Run the flush ticker while the hub lives.
+    pub(crate) fn start(hub: &Arc<Hub>) {
+        let hub = Arc::downgrade(hub);
+        tokio::spawn(async move {
+            let period = hub.upgrade().map_or(200, |hub| hub.presence.settings.flush_ms);
+            let mut ticker = tokio::time::interval(Duration::from_millis(period));
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut ticks: u64 = 0;
+            loop {
+                ticker.tick().await;
+                let Some(hub) = Weak::upgrade(&hub) else { return };
+                hub.presence.flush(&hub);
+                hub.presence.expire_typing(&hub);
+                ticks += 1;
+                if ticks.is_multiple_of((1_000 / period).max(1)) {
+                    let (users, online) = hub.presence.inner.lock().expect("presence lock").table.counts();
+                    Metrics::set(&hub.metrics.presence_users, users as i64);
+                    Metrics::set(&hub.metrics.presence_online_users, online as i64);
+                }
+            }
+        });
+    }
+
+    pub(crate) fn connected(&self, user: &str) {
+        self.inner.lock().expect("presence lock").table.connected(user, now_ms());
+    }
+
+    pub(crate) fn disconnected(&self, user: &str, conn: u64) {
+        self.inner.lock().expect("presence lock").table.disconnected(user, Instant::now(), now_ms());
+        self.unwatch(conn);
+    }
+
+    /// `set_presence`; false if the user has no connection here (cannot happen for a session).
+    pub fn set_state(&self, user: &str, away: bool, status: Option<String>) -> bool {
+        self.inner.lock().expect("presence lock").table.set_state(user, away, status, now_ms())
+    }
+
+    /// What others see of `user` now.
+    pub fn get(&self, user: &str) -> UserPresence {
+        self.inner.lock().expect("presence lock").table.presence(user)
+    }
+
+    /// How many of `users` are online or away.
+    pub fn count_online<'a>(&self, users: impl IntoIterator<Item = &'a String>) -> usize {
+        let inner = self.inner.lock().expect("presence lock");
+        users.into_iter().filter(|user| inner.table.is_online(user)).count()
+    }
+
+    /// Make connection `conn` watch exactly `users` (already checked for visibility).
+    pub(crate) fn watch(&self, conn: u64, queue: mpsc::Sender<Outbound>, users: Vec<String>) {
+        self.unwatch(conn);
+        let mut watchers = self.watchers.lock().expect("watchers lock");
+        for user in &users {
+            watchers.by_user.entry(user.clone()).or_default().push((conn, queue.clone()));
+        }
+        watchers.by_conn.insert(conn, users);
+    }
+
+    pub(crate) fn unwatch(&self, conn: u64) {
+        let mut watchers = self.watchers.lock().expect("watchers lock");
+        for user in watchers.by_conn.remove(&conn).unwrap_or_default() {
+            if let Some(list) = watchers.by_user.get_mut(&user) {
+                list.retain(|(id, _)| *id != conn);
+                if list.is_empty() {
+                    watchers.by_user.remove(&user);
+                }
+            }
+        }
+    }
+
+    /// The users connection `conn` watches.
+    pub(crate) fn watched_by(&self, conn: u64) -> Vec<String> {
+        self.watchers.lock().expect("watchers lock").by_conn.get(&conn).cloned().unwrap_or_default()
+    }
+
+    /// Push changed presence to the connections watching those users. Best effort: a full
+    /// queue misses the change (watching again reads the current state).
+    fn notify(&self, changed: Vec<UserPresence>) {
+        if changed.is_empty() {
+            return;
+        }
+        let watchers = self.watchers.lock().expect("watchers lock");
+        for presence in changed {
+            for (_, queue) in watchers.by_user.get(&presence.user).into_iter().flatten() {
+                let frame = ServerFrame::Presence { presence: presence.clone() };
+                let _ = queue.try_send(Outbound::Frame(Box::new(frame)));
+            }
+        }
+    }
+
+    /// Publish this node's changes: to local watchers, and as one batch to every other node.
+    fn flush(&self, hub: &Hub) {
+        let changed = {
+            let mut inner = self.inner.lock().expect("presence lock");
+            let (changes, changed) = inner.table.flush(Instant::now(), now_ms());
+            if !changes.is_empty() {
+                if let Some(cluster) = hub.cluster() {
+                    let base = inner.seq;
+                    inner.seq += 1;
+                    let batch = PresenceBatch {
+                        from: self.me.clone(),
+                        incarnation: cluster.incarnation,
+                        base,
+                        seq: inner.seq,
+                        snapshot: false,
+                        changes,
+                    };
+                    let records = batch.changes.len() as u64;
+                    let sent = cast_to_peers(cluster, RouterMessage::Presence(batch));
+                    Metrics::add(&hub.metrics.presence_batches_sent_total, sent);
+                    Metrics::add(&hub.metrics.presence_records_sent_total, sent * records);
+                    self.sent_seq.store(inner.seq, Ordering::Release);
+                }
+            }
+            changed
+        };
+        self.notify(changed);
+    }
+
+    /// The sequence number this node's heartbeats announce.
+    pub(crate) fn sent_seq(&self) -> u64 {
+        self.sent_seq.load(Ordering::Acquire)
+    }
+
+    /// A batch or snapshot from another node.
+    pub(crate) fn on_batch(&self, hub: &Hub, batch: PresenceBatch) {
+        let Some(cluster) = hub.cluster() else { return };
+        // Records of a node this one counts as dead would bring back its users; it sends a
+        // snapshot once it is live again.
+        if !cluster.view().live.contains(&batch.from) {
+            return;
+        }
+        let from = batch.from.clone();
+        let applied = {
+            let mut inner = self.inner.lock().expect("presence lock");
+            if batch.snapshot {
+                let records = batch.changes.into_iter().filter_map(|(user, record)| Some((user, record?))).collect();
+                Applied::Changed(inner.table.replace(&from, batch.incarnation, batch.seq, records))
+            } else {
+                inner.table.apply(&from, batch.incarnation, batch.base, batch.seq, batch.changes)
+            }
+        };
+        match applied {
+            Applied::Changed(changed) => self.notify(changed),
+            Applied::NeedSnapshot => self.want(cluster, &from),
+        }
+    }
+
+    /// A heartbeat from `from` says it has sent batches up to `seq`: ask for a snapshot if this
+    /// node is not there (it never was, missed the last batch, or `from` restarted).
+    pub(crate) fn on_heartbeat(&self, cluster: &Cluster, from: &str, incarnation: u64, seq: u64) {
+        let in_step = self.inner.lock().expect("presence lock").table.in_step(from, incarnation, seq);
+        if !in_step {
+            self.want(cluster, from);
+        }
+    }
+
+    fn want(&self, cluster: &Cluster, node: &str) {
+        {
+            let mut wants = self.wants.lock().expect("wants lock");
+            let now = Instant::now();
+            if wants.get(node).is_some_and(|at| now.duration_since(*at) < Duration::from_secs(1)) {
+                return;
+            }
+            wants.insert(node.to_string(), now);
+        }
+        debug!(node, "asking for a presence snapshot");
+        if let Some(router) = router_of(node) {
+            let _ = router.cast(RouterMessage::PresenceWant(cluster.name().to_string()));
+        }
+    }
+
+    /// `node` asked for this node's snapshot.
+    pub(crate) fn on_want(&self, hub: &Hub, node: &str) {
+        let (Some(cluster), Some(router)) = (hub.cluster(), router_of(node)) else { return };
+        let inner = self.inner.lock().expect("presence lock");
+        let changes: Vec<Change> =
+            inner.table.snapshot().into_iter().map(|(user, record)| (user, Some(record))).collect();
+        let batch = PresenceBatch {
+            from: self.me.clone(),
+            incarnation: cluster.incarnation,
+            base: 0,
+            seq: inner.seq,
+            snapshot: true,
+            changes,
+        };
+        // Sent under the lock, so no batch with a higher sequence number overtakes it.
+        if router.cast(RouterMessage::Presence(batch)).is_ok() {
+            Metrics::inc(&hub.metrics.presence_snapshots_sent_total);
+        }
+    }
+
+    /// The live set changed: nodes that left take their users' connections with them.
+    pub(crate) fn on_view(&self, gone: &[String]) {
+        let now = now_ms();
+        let changed: Vec<UserPresence> = {
+            let mut inner = self.inner.lock().expect("presence lock");
+            gone.iter().flat_map(|node| inner.table.node_down(node, now)).collect()
+        };
+        self.notify(changed);
+    }
+
+    /// Nodes other than this one where any of `users` is connected.
+    pub(crate) fn remote_nodes_with(&self, users: &[String]) -> Vec<String> {
+        let inner = self.inner.lock().expect("presence lock");
+        inner.table.nodes_with(users).into_iter().filter(|node| *node != self.me).collect()
+    }
+
+    /// Whether `user` started (`active`) or stopped typing in `room` needs telling the members
+    /// now: a repeat within half the lifetime only extends it. `None` means tell no one;
+    /// `Some(recipients)` for a stop carries whom the start was told.
+    pub(crate) fn typing_update(&self, room: &str, user: &str, active: bool) -> TypingUpdate {
+        let mut typing = self.typing.lock().expect("typing lock");
+        let key = (room.to_string(), user.to_string());
+        let now = Instant::now();
+        let ttl = Duration::from_millis(self.settings.typing_ttl_ms);
+        match (active, typing.get_mut(&key)) {
+            (true, Some(entry)) if now.duration_since(entry.forwarded) < ttl / 2 => {
+                entry.expires = now + ttl;
+                TypingUpdate::Nothing
+            }
+            (true, _) => TypingUpdate::Start,
+            (false, Some(_)) => {
+                TypingUpdate::Stop(typing.remove(&key).map(|entry| entry.recipients).unwrap_or_default())
+            }
+            (false, None) => TypingUpdate::StopUnknown,
+        }
+    }
+
+    /// Record that the start of `user` typing in `room` was told to `recipients`.
+    pub(crate) fn typing_started(&self, room: &str, user: &str, recipients: Vec<String>) {
+        let now = Instant::now();
+        let ttl = Duration::from_millis(self.settings.typing_ttl_ms);
+        let entry = Typing { expires: now + ttl, forwarded: now, recipients };
+        self.typing.lock().expect("typing lock").insert((room.to_string(), user.to_string()), entry);
+    }
+
+    /// Indicators that were not repeated in time: tell their recipients they stopped.
+    fn expire_typing(&self, hub: &Hub) {
+        let now = Instant::now();
+        let expired: Vec<((String, String), Typing)> = {
+            let mut typing = self.typing.lock().expect("typing lock");
+            let keys: Vec<_> =
+                typing.iter().filter(|(_, entry)| entry.expires <= now).map(|(key, _)| key.clone()).collect();
+            keys.into_iter().filter_map(|key| typing.remove(&key).map(|entry| (key, entry))).collect()
+        };
+        for ((room, user), entry) in expired {
+            let frame = ServerFrame::Typing { room, user, active: false, expires_in_ms: 0 };
+            hub.push(&entry.recipients, frame);
+        }
+    }
+
+    /// Members of `room` if cached recently.
+    pub(crate) fn cached_room_size(&self, room: &str) -> Option<u32> {
+        let sizes = self.room_sizes.lock().expect("room sizes lock");
+        sizes.get(room).filter(|(_, at)| at.elapsed() < Duration::from_secs(5)).map(|(size, _)| *size)
+    }
+
+    pub(crate) fn cache_room_size(&self, room: &str, size: u32) {
+        let mut sizes = self.room_sizes.lock().expect("room sizes lock");
+        if sizes.len() >= 10_000 {
+            sizes.clear();
+        }
+        sizes.insert(room.to_string(), (size, Instant::now()));
+    }
+
+    /// A connection of `user` was sent text entries from others: tell each sender how far its
+    /// room got delivered to `user`. `batch` is (room, highest seq, senders).
+    pub(crate) fn delivered(hub: &Arc<Hub>, user: &str, batch: Vec<(String, u64, Vec<String>)>) {
+        let hub = hub.clone();
+        let user = user.to_string();
+        tokio::spawn(async move {
+            for (room, seq, senders) in batch {
+                let size = match hub.presence.cached_room_size(&room) {
+                    Some(size) => size,
+                    None => match hub.store.room(&room).await {
+                        Ok(Some(record)) => {
+                            hub.presence.cache_room_size(&room, record.members);
+                            record.members
+                        }
+                        _ => continue,
+                    },
+                };
+                if size > hub.presence.settings.room_max_members {
+                    continue;
+                }
+                let frame = ServerFrame::Receipt { room, user: user.clone(), kind: ReceiptKind::Delivered, seq };
+                hub.push(&senders, frame);
+            }
+        });
+    }
+}
+
+/// What a `typing` frame calls for.
+#[derive(Debug, PartialEq)]
+pub(crate) enum TypingUpdate {
+    /// A repeat: nothing to tell.
+    Nothing,
+    /// Tell the members (after checking the room).
+    Start,
+    /// Tell these recipients it stopped.
+    Stop(Vec<String>),
+    /// A stop for an indicator this node does not know (expired, or started elsewhere): tell
+    /// the members (after checking the room).
+    StopUnknown,
+}
+
+/// Cast `message` to every other live node's router; returns how many took it.
+fn cast_to_peers(cluster: &Cluster, message: RouterMessage) -> u64 {
+    let view = cluster.view();
+    let mut sent = 0;
+    for node in view.live.iter().filter(|node| node.as_str() != cluster.name()) {
+        if let Some(router) = router_of(node) {
+            if router.cast(message.clone()).is_ok() {
+                sent += 1;
+            }
+        }
+    }
+    sent
+}
