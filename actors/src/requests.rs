@@ -147,6 +147,9 @@ pub async fn create_room(ctx: &Ctx, req: ReqId, name: String, private: bool) -> 
         Ok(name) => name,
         Err(message) => return error_frame(Some(req), ErrorCode::InvalidName, message),
     };
+    if let Err(frame) = require_serving(ctx, req) {
+        return frame;
+    }
     // Ids are random; on the rare collision the store refuses to overwrite and we draw again.
     for _ in 0..3 {
         let room = NewRoom {
@@ -183,6 +186,9 @@ pub async fn open_direct(ctx: &Ctx, req: ReqId, other: String) -> ServerFrame {
         Ok(Some(_)) => {}
         Ok(None) => return error_frame(Some(req), ErrorCode::NoSuchUser, format!("no user `{other}`")),
         Err(err) => return store_error_frame(&ctx.hub, Some(req), err),
+    }
+    if let Err(frame) = require_serving(ctx, req) {
+        return frame;
     }
     let id = names::direct_room_id(&ctx.user, &other);
     let room = NewRoom {
@@ -324,6 +330,21 @@ pub async fn room_reply(
         }
         (EntryKind::Leave, _, Ok(_)) => ServerFrame::Ok { req },
         (_, _, Err(err)) => store_error_frame(&ctx.hub, Some(req), err),
+    }
+}
+
+/// Creating a room writes its first entries without going through an owner, so it needs the
+/// same permission as any append: a node outside the quorum (the minority side of a partition,
+/// or not joined yet) must not write.
+fn require_serving(ctx: &Ctx, req: ReqId) -> Result<(), ServerFrame> {
+    let reason = ctx.hub.cluster().and_then(|cluster| cluster.view().reason.clone());
+    match reason {
+        Some(reason) => Err(error_frame(
+            Some(req),
+            ErrorCode::Unavailable,
+            format!("{reason}; retry, or reconnect to another node"),
+        )),
+        None => Ok(()),
     }
 }
 

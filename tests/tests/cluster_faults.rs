@@ -1,4 +1,5 @@
-//! Faults short of a clean exit: a hung node (SIGSTOP), a partition, a wrong cookie.
+//! Faults short of a clean exit: a hung node (SIGSTOP), a partition, a wrong cookie, two nodes
+//! with one name.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -91,6 +92,18 @@ async fn the_minority_side_of_a_partition_does_not_write() -> anyhow::Result<()>
             // `lonely` is no member: a refusal for that reason would mean the node looked.
             other => panic!("the minority answered a send with {other:?}"),
         }
+        // Nor does it create rooms (their first entries are writes too).
+        for frame in [
+            ClientFrame::CreateRoom { req: lonely.next_req(), name: "minority room".into(), private: false },
+            ClientFrame::OpenDirect { req: lonely.next_req(), user: chatters[majority[0]].user.clone() },
+        ] {
+            match lonely.request(frame).await? {
+                ServerFrame::Error { code: ErrorCode::Unavailable, message, .. } => {
+                    assert!(message.contains("quorum"), "{message}")
+                }
+                other => panic!("the minority created a room: {other:?}"),
+            }
+        }
         // The majority goes on, in every room (the minority's rooms were re-homed).
         for i in &majority {
             for (r, room) in rooms.iter().enumerate() {
@@ -143,6 +156,26 @@ async fn a_wrong_cookie_is_refused_with_a_clear_log_line() -> anyhow::Result<()>
     // n1 carries on alone; the intruder never joins, so it serves nothing.
     assert_eq!(cluster.view(0).await?, (vec!["n1".to_string()], true));
     assert_eq!(cluster.view(intruder).await?, (vec!["n2".to_string()], false));
+    let (mut alice, _) = Client::user(cluster.node(0), Encoding::Json, "alice").await?;
+    let room = alice.create_room("still works").await?;
+    alice.say(&room, "m1", "hello").await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_with_one_name_are_refused_with_a_clear_log_line() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(1).await?;
+    let twin = cluster.spawn_node(vec![("NODE__NAME".into(), "n1".into())]).await?;
+    let deadline = Instant::now() + tests::WAIT;
+    let needle = "node names must be unique in a cluster";
+    while !cluster.node(0).log().contains(needle) || !cluster.node(twin).log().contains(needle) {
+        assert!(Instant::now() < deadline, "no duplicate-name error logged:\n{}", cluster.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!cluster.node(0).log().contains("cookie differs"), "misreported as a cookie mismatch");
+    // The first n1 carries on; the twin never joins, so it serves nothing.
+    assert_eq!(cluster.view(0).await?, (vec!["n1".to_string()], true));
+    assert!(!cluster.view(twin).await?.1, "the twin serves");
     let (mut alice, _) = Client::user(cluster.node(0), Encoding::Json, "alice").await?;
     let room = alice.create_room("still works").await?;
     alice.say(&room, "m1", "hello").await?;

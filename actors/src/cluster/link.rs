@@ -202,7 +202,16 @@ impl NodeEventSubscription for LinkEvents {
         // Closed before authenticating. Two nodes dialing each other at once also end one
         // link this way (harmless: the other survives); otherwise it is the cookie.
         let duplicate = name.as_ref().is_some_and(|name| state.1.get(name).copied().unwrap_or(0) > 0);
-        if duplicate {
+        if name.as_deref() == Some(self.node.as_str()) {
+            // ractor_cluster refuses a peer with this node's own name ("self_connection").
+            error!(
+                node = %self.node,
+                peer = %ses.peer_addr,
+                "cluster link refused: the peer is also named `{}` — node names must be unique in a cluster \
+                 (set a different [node] name / PALAVER_NODE__NAME), or a seed points at this node itself",
+                self.node
+            );
+        } else if duplicate {
             debug!(peer = %ses.peer_addr, "duplicate cluster link closed");
         } else {
             error!(
