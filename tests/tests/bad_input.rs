@@ -341,7 +341,7 @@ async fn run(case: Case, fx: &mut Fixture, encoding: Encoding) -> anyhow::Result
                 ClientFrame::Invite { req: 0, room: room.clone(), user: "guest".into() },
                 ClientFrame::OpenDirect { req: 0, user: "guest".into() },
                 ClientFrame::ListRooms { req: 0 },
-                ClientFrame::ListMembers { req: 0, room: room.clone() },
+                ClientFrame::ListMembers { req: 0, room: room.clone(), after: None, limit: None },
                 send(0, &room, "sneaky", "let me in"),
                 ClientFrame::History { req: 0, room: room.clone(), before: None, after: None, limit: None },
                 ClientFrame::MarkRead { req: 0, room: room.clone(), seq: 1 },
@@ -370,7 +370,7 @@ async fn run(case: Case, fx: &mut Fixture, encoding: Encoding) -> anyhow::Result
                     after: None,
                     limit: None,
                 },
-                ClientFrame::ListMembers { req: carol.next_req(), room: room.clone() },
+                ClientFrame::ListMembers { req: carol.next_req(), room: room.clone(), after: None, limit: None },
                 ClientFrame::MarkRead { req: carol.next_req(), room: room.clone(), seq: 3 },
                 // Inviting someone who is a member already must not answer `ok` to an outsider
                 // (that would tell anyone who is in any room), nor inviting a newcomer.
@@ -397,7 +397,7 @@ async fn run(case: Case, fx: &mut Fixture, encoding: Encoding) -> anyhow::Result
                         after: None,
                         limit: None,
                     },
-                    ClientFrame::ListMembers { req: carol.next_req(), room: room.into() },
+                    ClientFrame::ListMembers { req: carol.next_req(), room: room.into(), after: None, limit: None },
                     ClientFrame::MarkRead { req: carol.next_req(), room: room.into(), seq: 1 },
                     ClientFrame::Invite { req: carol.next_req(), room: room.into(), user: "guest".into() },
                 ];
@@ -625,7 +625,7 @@ async fn run(case: Case, fx: &mut Fixture, encoding: Encoding) -> anyhow::Result
             let req = other.next_req();
             refused(&mut other, ClientFrame::Join { req, room: room.id.clone() }, ErrorCode::Forbidden).await?;
             let req = other.next_req();
-            refused(&mut other, ClientFrame::ListMembers { req, room: room.id.clone() }, ErrorCode::NotMember).await?;
+            refused(&mut other, ClientFrame::ListMembers { req, room: room.id.clone(), after: None, limit: None }, ErrorCode::NotMember).await?;
             other.ping().await?;
             // The way in is an invitation.
             let req = owner.next_req();
@@ -671,7 +671,7 @@ async fn run(case: Case, fx: &mut Fixture, encoding: Encoding) -> anyhow::Result
             refused(&mut quin, ClientFrame::Leave { req, room: room.id.clone() }, ErrorCode::Forbidden).await?;
             let req = quin.next_req();
             let ServerFrame::Members { members, .. } =
-                quin.request(ClientFrame::ListMembers { req, room: room.id.clone() }).await?
+                quin.request(ClientFrame::ListMembers { req, room: room.id.clone(), after: None, limit: None }).await?
             else {
                 bail!("members")
             };
@@ -805,7 +805,11 @@ fn set_req(frame: &mut ClientFrame, value: u64) {
         | ClientFrame::Send { req, .. }
         | ClientFrame::History { req, .. }
         | ClientFrame::MarkRead { req, .. }
-        | ClientFrame::Ping { req } => *req = value,
+        | ClientFrame::Ping { req }
+        | ClientFrame::SetPresence { req, .. }
+        | ClientFrame::WatchPresence { req, .. }
+        | ClientFrame::Typing { req, .. }
+        | ClientFrame::Receipts { req, .. } => *req = value,
     }
 }
 
