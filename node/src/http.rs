@@ -98,8 +98,13 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, hub: Arc<Hub>, permits:
             .find(|h| h.name.eq_ignore_ascii_case(name))
             .and_then(|h| std::str::from_utf8(h.value).ok())
     };
+    if method == "POST" && path == "/cluster/forget" {
+        let query = request.path.and_then(|path| path.split_once('?')).map(|(_, query)| query);
+        let (status, body) = crate::operator::forget(&hub, query, header("authorization"));
+        return respond(&mut stream, status, "application/json", body.to_string().as_bytes()).await;
+    }
     if method != "GET" {
-        return respond(&mut stream, 405, "text/plain", b"only GET is served here\n").await;
+        return respond(&mut stream, 405, "text/plain", b"only GET is served here (and POST /cluster/forget)\n").await;
     }
     match path {
         "/ws" => {
@@ -233,8 +238,10 @@ async fn respond(stream: &mut TcpStream, status: u16, content_type: &str, body: 
     let reason = match status {
         200 => "OK",
         400 => "Bad Request",
+        401 => "Unauthorized",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        409 => "Conflict",
         426 => "Upgrade Required",
         431 => "Request Header Fields Too Large",
         _ => "Service Unavailable",

@@ -4,7 +4,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tests::cluster::{check_everyone, placement_owner, setup_chatters, Chatter, Cluster, Traffic};
+use tests::cluster::{check_everyone, placement_owner, setup_chatters, Chatter, Cluster, Traffic, TEST_COOKIE};
+use tests::{Client, Encoding};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_a_rooms_owner_under_traffic_loses_nothing() -> anyhow::Result<()> {
@@ -107,6 +108,48 @@ async fn scale_up_2_to_3_under_traffic_moves_rooms_without_reconnects() -> anyho
             );
         }
         println!("scale-up: n3 started, joined and was live on every node after {converged:?}");
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    result.map_err(|err| anyhow::anyhow!("{err:#}\n{}", cluster.logs()))
+}
+
+/// POST /cluster/forget with the cookie, on node `index`.
+async fn forget(cluster: &Cluster, index: usize, node: &str, cookie: &str) -> anyhow::Result<(u16, String)> {
+    let request = format!(
+        "POST /cluster/forget?node={node} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {cookie}\r\nContent-Length: 0\r\n\r\n"
+    );
+    cluster.node(index).http_raw(&request).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_nodes_count_for_the_quorum_until_an_operator_forgets_them() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(3).await?;
+    let result = async {
+        cluster.kill(2).await?;
+        let two = vec!["n1".to_string(), "n2".to_string()];
+        cluster.wait_for_views(&[0, 1], &two, true).await?;
+        // Refused: a wrong cookie, this node itself, a live node, an unknown node.
+        assert_eq!(forget(&cluster, 0, "n3", "not-the-cookie").await?.0, 401);
+        assert_eq!(forget(&cluster, 0, "n1", TEST_COOKIE).await?.0, 409);
+        assert_eq!(forget(&cluster, 0, "n2", TEST_COOKIE).await?.0, 409);
+        assert_eq!(forget(&cluster, 0, "zed", TEST_COOKIE).await?.0, 409);
+        let (status, body) = forget(&cluster, 0, "n3", TEST_COOKIE).await?;
+        assert_eq!(status, 200, "{body}");
+        // n2 learns it from n1's heartbeats.
+        let deadline = Instant::now() + tests::WAIT;
+        while cluster.status(1, "").await?["cluster"]["known"].as_array().map_or(0, Vec::len) != 2 {
+            assert!(Instant::now() < deadline, "n2 did not learn that n3 was forgotten");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // n2 dies too: n1 alone is 1 of 2 known nodes, no quorum, until n2 is forgotten as well.
+        cluster.kill(1).await?;
+        cluster.wait_for_views(&[0], &["n1".to_string()], false).await?;
+        assert_eq!(forget(&cluster, 0, "n2", TEST_COOKIE).await?.0, 200);
+        cluster.wait_for_views(&[0], &["n1".to_string()], true).await?;
+        let (mut alice, _) = Client::user(cluster.node(0), Encoding::Json, "alice").await?;
+        let room = alice.create_room("after the losses").await?;
+        alice.say(&room, "m1", "still here").await?;
         Ok::<_, anyhow::Error>(())
     }
     .await;

@@ -96,6 +96,10 @@ impl Membership {
         }
         self.left.remove(&hb.from);
         self.joined = true;
+        // Nodes the sender forgot (an operator said they are gone for good) or saw leave.
+        for (name, incarnation) in &hb.forgotten {
+            self.apply_tombstone(name, *incarnation, now);
+        }
         let sees_me = hb.live.contains(&self.me);
         self.peers.insert(hb.from.clone(), Peer { incarnation: hb.incarnation, last_seen: now, sees_me });
         self.known.insert(hb.from.clone(), hb.addr.clone());
@@ -116,11 +120,46 @@ impl Membership {
         self.leaving
     }
 
-    /// Forget a peer the operator says is gone for good (it no longer counts for the quorum).
-    pub fn forget(&mut self, name: &str) -> bool {
+    /// Forget a peer the operator says is gone for good: it no longer counts for the quorum,
+    /// and the other nodes learn it from this node's heartbeats. Refused for this node itself,
+    /// for a live peer (stop it first) and for an unknown name. A forgotten node that is
+    /// started again (a new incarnation) rejoins as usual.
+    pub fn forget(&mut self, name: &str, now: Instant) -> Result<(), String> {
+        if name == self.me {
+            return Err(format!("`{name}` is this node; ask another node to forget it"));
+        }
+        if !self.known.contains_key(name) {
+            return Err(format!("no node `{name}` is known here"));
+        }
+        if self.is_live(name, now) {
+            return Err(format!("`{name}` is live; stop it first (SIGTERM makes it leave by itself)"));
+        }
         let incarnation = self.peers.remove(name).map_or(0, |peer| peer.incarnation);
         self.left.insert(name.to_string(), incarnation);
-        self.known.remove(name).is_some()
+        self.known.remove(name);
+        Ok(())
+    }
+
+    /// Another node says `name` (`incarnation`) left or was forgotten. Applied unless this node
+    /// hears from it (then the gossip is older than what this node sees, or the cluster is
+    /// split about it, and the heartbeat timeout will settle it) or knows a newer incarnation.
+    fn apply_tombstone(&mut self, name: &str, incarnation: u64, now: Instant) {
+        if name == self.me || self.left.contains_key(name) || self.is_live(name, now) {
+            return;
+        }
+        if self.peers.get(name).is_some_and(|peer| peer.incarnation != incarnation) {
+            return;
+        }
+        self.peers.remove(name);
+        self.known.remove(name);
+        self.left.insert(name.to_string(), incarnation);
+    }
+
+    /// Nodes that left or were forgotten, with their incarnation (gossiped in heartbeats).
+    pub fn tombstones(&self) -> Vec<(String, u64)> {
+        let mut tombstones: Vec<(String, u64)> = self.left.iter().map(|(name, inc)| (name.clone(), *inc)).collect();
+        tombstones.sort();
+        tombstones
     }
 
     pub fn is_live(&self, name: &str, now: Instant) -> bool {
@@ -171,6 +210,7 @@ mod tests {
             known: vec![],
             leaving: false,
             presence_seq: 0,
+            forgotten: vec![],
         }
     }
 
@@ -215,6 +255,40 @@ mod tests {
         // b restarted (new incarnation): it is back.
         m.on_heartbeat(&hb("b", 2, &["a", "b"]), 9, t0).unwrap();
         assert_eq!(m.view(t0).live.len(), 3);
+    }
+
+    #[test]
+    fn a_forgotten_node_stops_counting_and_the_others_learn_it() {
+        let t0 = Instant::now();
+        let mut a = Membership::new("a", "a:1", T, false);
+        let mut b = Membership::new("b", "b:1", T, false);
+        for m in [&mut a, &mut b] {
+            m.on_heartbeat(&hb("c", 3, &["c"]), 9, t0).unwrap();
+        }
+        a.on_heartbeat(&hb("b", 2, &["a", "b"]), 9, t0).unwrap();
+        b.on_heartbeat(&hb("a", 1, &["a", "b"]), 9, t0).unwrap();
+        // c is still live: refused, as are this node itself and unknown names.
+        assert!(a.forget("c", t0).unwrap_err().contains("live"));
+        assert!(a.forget("a", t0).is_err());
+        assert!(a.forget("zed", t0).is_err());
+        // c died (kill -9): it still counts, until forgotten.
+        let later = t0 + 2 * T;
+        a.on_heartbeat(&hb("b", 2, &["a", "b"]), 9, later).unwrap();
+        b.on_heartbeat(&hb("a", 1, &["a", "b"]), 9, later).unwrap();
+        assert_eq!(a.view(later).known, 3);
+        a.forget("c", later).unwrap();
+        assert_eq!(a.view(later).known, 2);
+        // b learns it from a's next heartbeat.
+        let mut gossip = hb("a", 1, &["a", "b"]);
+        gossip.forgotten = a.tombstones();
+        b.on_heartbeat(&gossip, 9, later).unwrap();
+        assert_eq!(b.view(later).known, 2);
+        // Started again (a new incarnation), c rejoins.
+        b.on_heartbeat(&hb("c", 4, &["c"]), 9, later).unwrap();
+        assert_eq!(b.view(later).known, 3);
+        // ...and a's old tombstone (incarnation 3) does not undo that.
+        b.on_heartbeat(&gossip, 9, later).unwrap();
+        assert_eq!(b.view(later).live.len(), 3);
     }
 
     #[test]

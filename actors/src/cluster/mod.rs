@@ -332,6 +332,7 @@ impl Cluster {
             known: membership.known(),
             leaving: membership.is_leaving(),
             presence_seq: self.hub().map_or(0, |hub| hub.presence.sent_seq()),
+            forgotten: membership.tombstones(),
         }
     }
 
@@ -353,12 +354,13 @@ impl Cluster {
         info!(node = %self.settings.node, "left the cluster");
     }
 
-    /// Operator: forget a node that is gone for good, so that it no longer counts towards the
-    /// quorum.
-    pub fn forget(&self, node: &str) -> bool {
-        let forgotten = self.membership.lock().expect("membership lock").forget(node);
+    /// Operator: forget a node that is gone for good (killed, its host lost), so that it no
+    /// longer counts towards the quorum. The other nodes learn it from this node's heartbeats.
+    pub fn forget(&self, node: &str) -> Result<(), String> {
+        self.membership.lock().expect("membership lock").forget(node, Instant::now())?;
+        info!(node = %self.settings.node, forgotten = node, "forgot a node at the operator's request");
         self.refresh();
-        forgotten
+        Ok(())
     }
 
     /// Apply an append forwarded by another node, in arrival order (one task; see `forwarded`).

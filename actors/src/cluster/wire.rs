@@ -67,6 +67,9 @@ pub struct Heartbeat {
     /// missed one and asks for a snapshot).
     #[serde(default)]
     pub presence_seq: u64,
+    /// Nodes the sender saw leave or was told to forget, with their incarnation.
+    #[serde(default)]
+    pub forgotten: Vec<(String, u64)>,
 }
 
 /// A node's presence changes since its previous batch (`base` → `seq`), or with `snapshot`
@@ -356,6 +359,7 @@ mod tests {
                 known: vec![("b".into(), "127.0.0.1:2".into())],
                 leaving: true,
                 presence_seq: 4,
+                forgotten: vec![("c".into(), 7)],
             }),
             RouterMessage::Append(ForwardedAppend {
                 id: 5,
@@ -429,6 +433,7 @@ mod tests {
             known: vec![],
             leaving: false,
             presence_seq: 0,
+            forgotten: vec![],
         }));
         truncated.truncate(truncated.len() / 2);
         assert!(matches!(decode(&truncated), RouterMessage::Invalid(_)));
