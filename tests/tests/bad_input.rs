@@ -625,7 +625,12 @@ async fn run(case: Case, fx: &mut Fixture, encoding: Encoding) -> anyhow::Result
             let req = other.next_req();
             refused(&mut other, ClientFrame::Join { req, room: room.id.clone() }, ErrorCode::Forbidden).await?;
             let req = other.next_req();
-            refused(&mut other, ClientFrame::ListMembers { req, room: room.id.clone(), after: None, limit: None }, ErrorCode::NotMember).await?;
+            refused(
+                &mut other,
+                ClientFrame::ListMembers { req, room: room.id.clone(), after: None, limit: None },
+                ErrorCode::NotMember,
+            )
+            .await?;
             other.ping().await?;
             // The way in is an invitation.
             let req = owner.next_req();
