@@ -505,6 +505,27 @@ impl Client {
         }
     }
 
+    /// Like [`Client::recv_matching`], but gives up after `within`: `None` when no such frame
+    /// came (frames that did come are kept in the backlog).
+    pub async fn recv_matching_within(
+        &mut self,
+        within: Duration,
+        wanted: impl Fn(&ServerFrame) -> bool,
+    ) -> anyhow::Result<Option<ServerFrame>> {
+        match tokio::time::timeout(within, self.recv_matching(wanted)).await {
+            Ok(frame) => frame.map(Some),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// Remove the frames of the backlog for which `unwanted` holds, and return them in order.
+    pub fn discard(&mut self, unwanted: impl Fn(&ServerFrame) -> bool) -> Vec<ServerFrame> {
+        let (gone, kept): (VecDeque<ServerFrame>, VecDeque<ServerFrame>) =
+            std::mem::take(&mut self.backlog).into_iter().partition(|frame| unwanted(frame));
+        self.backlog = kept;
+        gone.into()
+    }
+
     /// Send text messages `(room, id, body)` with up to `window` requests in flight (pipelined,
     /// as a real client would), and return each one's ack as `(seq, duplicate)`, in order.
     pub async fn say_many(
@@ -571,6 +592,8 @@ pub fn reply_req(frame: &ServerFrame) -> Option<u64> {
         | ServerFrame::Members { req, .. }
         | ServerFrame::Ack { req, .. }
         | ServerFrame::History { req, .. }
+        | ServerFrame::PresenceList { req, .. }
+        | ServerFrame::Receipts { req, .. }
         | ServerFrame::Pong { req } => Some(*req),
         ServerFrame::Error { req, .. } => *req,
         ServerFrame::Welcome { .. }
@@ -578,7 +601,10 @@ pub fn reply_req(frame: &ServerFrame) -> Option<u64> {
         | ServerFrame::Live { .. }
         | ServerFrame::Resync { .. }
         | ServerFrame::Read { .. }
-        | ServerFrame::Reconnect { .. } => None,
+        | ServerFrame::Reconnect { .. }
+        | ServerFrame::Presence { .. }
+        | ServerFrame::Typing { .. }
+        | ServerFrame::Receipt { .. } => None,
     }
 }
 

@@ -85,6 +85,10 @@ pub struct Table {
     local: HashMap<String, Local>,
     /// Users whose local record changed since the last flush.
     dirty: HashSet<String>,
+    /// Users whose published record changed but was not sent to other nodes yet.
+    unsent: HashSet<String>,
+    /// Merged presence that changed outside a flush (a connection opened), to push at the next.
+    early: Changed,
     /// Users whose last connection closed, in closing order (the grace is the same for all).
     grace_queue: VecDeque<(Instant, String)>,
     sync: HashMap<String, Sync>,
@@ -102,6 +106,8 @@ impl Table {
             nodes,
             local: HashMap::new(),
             dirty: HashSet::new(),
+            unsent: HashSet::new(),
+            early: Vec::new(),
             grace_queue: VecDeque::new(),
             sync: HashMap::new(),
             last_sweep: None,
@@ -122,7 +128,13 @@ impl Table {
             local.record.online = true;
             local.record.away = false;
             local.record.state_at = now_ms;
-            self.dirty.insert(user.to_string());
+            // Published here at once, so that this node answers "online" for a user it holds a
+            // connection of; watchers and other nodes hear of it at the next flush.
+            let record = local.record.clone();
+            let me = self.me.clone();
+            let changed = self.put(&me, user, Some(record));
+            self.early.extend(changed);
+            self.unsent.insert(user.to_string());
         }
     }
 
@@ -171,17 +183,24 @@ impl Table {
             self.last_sweep = Some(now);
             self.sweep(now_ms);
         }
-        let mut changes = Vec::new();
-        let mut changed = Vec::new();
+        let mut changed = std::mem::take(&mut self.early);
         for user in std::mem::take(&mut self.dirty) {
             let record = self.local.get(&user).map(|local| local.record.clone());
             if self.nodes[&self.me].get(&user) == record.as_ref() {
                 continue;
             }
             let me = self.me.clone();
-            changed.extend(self.put(&me, &user, record.clone()));
-            changes.push((user, record));
+            changed.extend(self.put(&me, &user, record));
+            self.unsent.insert(user);
         }
+        let mine = &self.nodes[&self.me];
+        let changes = std::mem::take(&mut self.unsent)
+            .into_iter()
+            .map(|user| {
+                let record = mine.get(&user).cloned();
+                (user, record)
+            })
+            .collect();
         (changes, changed)
     }
 

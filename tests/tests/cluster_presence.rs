@@ -1,0 +1,509 @@
+//! Presence, typing and receipts across a cluster of real processes: a user's presence is
+//! aggregated over every node they are connected to and replicated to every node's watchers;
+//! a node's death turns its users offline elsewhere; typing and receipts reach recipients on
+//! whatever node they are; a non-member's presence never leaks across nodes.
+//!
+//! Nodes run with short presence timings (grace 300 ms, flush 50 ms, typing ttl 800 ms) and the
+//! harness's default heartbeats (250 ms / 2 s). Waits are generous; timings are only checked
+//! from below.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, ensure, Context};
+use protocol::{PresenceState, ReceiptKind, UserPresence};
+use tests::cluster::{Cluster, ClusterOptions};
+use tests::{reply_req, Client, ClientFrame, Encoding, ErrorCode, ServerFrame};
+
+use PresenceState::{Away, Offline, Online};
+
+const DEADLINE: Duration = Duration::from_secs(15);
+const QUIET: Duration = Duration::from_millis(1000);
+const TYPING_TTL_MS: u64 = 800;
+
+fn options() -> ClusterOptions {
+    let env = [("PRESENCE__GRACE_MS", "300"), ("PRESENCE__FLUSH_MS", "50"), ("PRESENCE__TYPING_TTL_MS", "800")];
+    ClusterOptions {
+        env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        ..ClusterOptions::default()
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_millis() as u64
+}
+
+/// Register (or log in) `name` on node `k` and authenticate there.
+async fn user_at(cluster: &Cluster, k: usize, encoding: Encoding, name: &str) -> anyhow::Result<(Client, String)> {
+    let mut client = Client::connect_url(&cluster.node(k).ws_url(), encoding).await?;
+    let token = client.register_and_login(name, &format!("password-of-{name}")).await?;
+    client.authenticate(&token, None).await?;
+    Ok((client, token))
+}
+
+/// Another connection of a user, on node `k`.
+async fn connect_at(cluster: &Cluster, k: usize, encoding: Encoding, token: &str) -> anyhow::Result<Client> {
+    let mut client = Client::connect_url(&cluster.node(k).ws_url(), encoding).await?;
+    client.authenticate(token, None).await?;
+    Ok(client)
+}
+
+/// Create a room, retrying while the cluster is still settling room ownership.
+async fn create_room(client: &mut Client, name: &str) -> anyhow::Result<String> {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let req = client.next_req();
+        match client.request(ClientFrame::CreateRoom { req, name: name.into(), private: false }).await? {
+            ServerFrame::Room { room, .. } => return Ok(room.id),
+            ServerFrame::Error { code: ErrorCode::Unavailable, .. } if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            other => bail!("create_room: {other:?}"),
+        }
+    }
+}
+
+async fn join(client: &mut Client, room: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let req = client.next_req();
+        match client.request(ClientFrame::Join { req, room: room.into() }).await? {
+            ServerFrame::Room { .. } => return Ok(()),
+            ServerFrame::Error { code: ErrorCode::Unavailable, .. } if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            other => bail!("join {room}: {other:?}"),
+        }
+    }
+}
+
+async fn say(client: &mut Client, room: &str, id: &str, body: &str) -> anyhow::Result<u64> {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let req = client.next_req();
+        match client.request(ClientFrame::Send { req, room: room.into(), id: id.into(), body: body.into() }).await? {
+            ServerFrame::Ack { seq, .. } => return Ok(seq),
+            ServerFrame::Error { code: ErrorCode::Unavailable, .. } if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            other => bail!("send {id}: {other:?}"),
+        }
+    }
+}
+
+async fn watch(client: &mut Client, users: &[&str]) -> anyhow::Result<(Vec<UserPresence>, Vec<String>)> {
+    let req = client.next_req();
+    let frame = ClientFrame::WatchPresence { req, users: users.iter().map(|u| u.to_string()).collect() };
+    match client.request(frame).await? {
+        ServerFrame::PresenceList { req: got, users, hidden } if got == req => Ok((users, hidden)),
+        other => bail!("watch_presence {users:?}: expected presence_list, got {other:?}"),
+    }
+}
+
+async fn set_presence(client: &mut Client, state: PresenceState, status: Option<&str>) -> anyhow::Result<()> {
+    let req = client.next_req();
+    let frame = ClientFrame::SetPresence { req, state, status: status.map(String::from) };
+    match client.request(frame).await? {
+        ServerFrame::Ok { req: got } if got == req => Ok(()),
+        other => bail!("set_presence {state:?} {status:?}: expected ok, got {other:?}"),
+    }
+}
+
+fn presence_of<'a>(user: &'a str) -> impl Fn(&ServerFrame) -> bool + 'a {
+    move |frame| matches!(frame, ServerFrame::Presence { presence } if presence.user == user)
+}
+
+/// The next presence push for `user` that differs from `known` (repeats of `known` are
+/// skipped: a watcher that subscribed between a change and its flush may be told again).
+async fn next_change(client: &mut Client, user: &str, known: &UserPresence) -> anyhow::Result<UserPresence> {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match client.recv_matching_within(left, presence_of(user)).await? {
+            Some(ServerFrame::Presence { presence }) if presence == *known => continue,
+            Some(ServerFrame::Presence { presence }) => return Ok(presence),
+            Some(other) => bail!("not a presence frame: {other:?}"),
+            None => bail!("{:?}: no presence push for {user} (other than {known:?}) within {DEADLINE:?}", client.user),
+        }
+    }
+}
+
+/// No push for `user` that differs from `known` within `within`.
+async fn no_change(client: &mut Client, user: &str, known: &UserPresence, within: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match client.recv_matching_within(left, presence_of(user)).await? {
+            Some(ServerFrame::Presence { presence }) if presence == *known => continue,
+            Some(frame) => bail!("{:?}: unexpected push while {user} should stay {known:?}: {frame:?}", client.user),
+            None => return Ok(()),
+        }
+    }
+}
+
+/// Watch `users` and wait until each is online (on another node, a fresh connection reaches
+/// the watcher's node within a flush interval or so). Returns what the watcher knows now.
+async fn watch_until_online(client: &mut Client, users: &[&str]) -> anyhow::Result<Vec<UserPresence>> {
+    let (mut list, hidden) = watch(client, users).await?;
+    ensure!(hidden.is_empty() && list.len() == users.len(), "watching {users:?}: {list:?}, hidden {hidden:?}");
+    for (i, user) in users.iter().enumerate() {
+        ensure!(list[i].user == *user, "presence_list order: {list:?}");
+        while list[i].state != Online {
+            list[i] = next_change(client, user, &list[i].clone())
+                .await
+                .with_context(|| format!("{user} never came online for {:?}", client.user))?;
+        }
+    }
+    Ok(list)
+}
+
+fn check_presence(p: &UserPresence, user: &str, state: PresenceState, status: Option<&str>) -> anyhow::Result<()> {
+    ensure!(
+        p.user == user && p.state == state && p.status.as_deref() == status,
+        "expected {user} {state:?} with status {status:?}, got {p:?}"
+    );
+    Ok(())
+}
+
+fn check_offline(p: &UserPresence, user: &str, from_ms: u64) -> anyhow::Result<()> {
+    ensure!(p.user == user && p.state == Offline, "expected {user} offline, got {p:?}");
+    let seen = p.last_seen.with_context(|| format!("{user} offline without last_seen: {p:?}"))?;
+    let now = now_ms();
+    ensure!(
+        seen + 1_000 >= from_ms && seen <= now + 1_000,
+        "{user}'s last_seen {seen} is not between {from_ms} (the disconnect) and {now} (now): {p:?}"
+    );
+    Ok(())
+}
+
+async fn refused(client: &mut Client, frame: ClientFrame, code: ErrorCode) -> anyhow::Result<()> {
+    let req = frame.req();
+    let what = format!("{frame:?}");
+    client.send(&frame).await?;
+    match client.recv_matching_within(DEADLINE, |f| reply_req(f) == Some(req)).await? {
+        Some(ServerFrame::Error { req: Some(got), code: got_code, .. }) if got == req && got_code == code => {}
+        Some(other) => bail!("{what}: expected error {code:?} with req {req}, got {other:?}"),
+        None => bail!("{what}: expected error {code:?} with req {req}, got no reply within {DEADLINE:?}"),
+    }
+    client.ping().await.with_context(|| format!("the connection after {what}"))
+}
+
+async fn none_arrives(
+    client: &mut Client,
+    within: Duration,
+    what: &str,
+    unwanted: impl Fn(&ServerFrame) -> bool,
+) -> anyhow::Result<()> {
+    client.ping().await?;
+    if let Some(frame) = client.recv_matching_within(within, unwanted).await? {
+        bail!("{:?} got {what}: {frame:?}", client.user);
+    }
+    Ok(())
+}
+
+fn typing_in<'a>(room: &'a str) -> impl Fn(&ServerFrame) -> bool + 'a {
+    move |frame| matches!(frame, ServerFrame::Typing { room: r, .. } if r == room)
+}
+
+async fn next_frame(
+    client: &mut Client,
+    what: &str,
+    wanted: impl Fn(&ServerFrame) -> bool,
+) -> anyhow::Result<ServerFrame> {
+    client
+        .recv_matching_within(DEADLINE, wanted)
+        .await?
+        .with_context(|| format!("{:?}: no {what} within {DEADLINE:?}", client.user))
+}
+
+async fn send_typing(client: &mut Client, room: &str, active: bool) -> anyhow::Result<()> {
+    let req = client.next_req();
+    client.send(&ClientFrame::Typing { req, room: room.into(), active }).await
+}
+
+/// Run a test body against a cluster; on failure, add every node's log tail.
+async fn with_logs<T>(
+    cluster: &Cluster,
+    body: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    body.await.map_err(|err| anyhow!("{err:#}\n{}", cluster.logs()))
+}
+
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_on_one_node_is_seen_on_another() -> anyhow::Result<()> {
+    let cluster = Cluster::start_with(2, options()).await?;
+    with_logs(&cluster, async {
+        let (mut alice, _) = user_at(&cluster, 0, Encoding::Json, "alice").await?;
+        let (mut bob, _) = user_at(&cluster, 1, Encoding::MessagePack, "bob").await?;
+        let room = create_room(&mut alice, "across").await?;
+        join(&mut bob, &room).await?;
+
+        let known = watch_until_online(&mut bob, &["alice"]).await?;
+        check_presence(&known[0], "alice", Online, None)?;
+        set_presence(&mut alice, Away, Some("in a meeting")).await?;
+        let away = next_change(&mut bob, "alice", &known[0]).await?;
+        check_presence(&away, "alice", Away, Some("in a meeting")).context("bob on n2 after alice on n1 went away")?;
+        // A fresh list on n2 agrees.
+        let (list, _) = watch(&mut bob, &["alice"]).await?;
+        check_presence(&list[0], "alice", Away, Some("in a meeting"))?;
+
+        let closed_ms = now_ms();
+        alice.close().await?;
+        let offline = next_change(&mut bob, "alice", &away).await?;
+        check_offline(&offline, "alice", closed_ms).context("bob on n2 after alice's only connection (n1) closed")?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_on_two_nodes_stays_online_until_both_connections_go() -> anyhow::Result<()> {
+    let cluster = Cluster::start_with(3, options()).await?;
+    with_logs(&cluster, async {
+        // alice first on n2 only; carol watches from n1, bob from n3.
+        let (mut alice_n2, token) = user_at(&cluster, 1, Encoding::Json, "alice").await?;
+        let (mut carol, _) = user_at(&cluster, 0, Encoding::MessagePack, "carol").await?;
+        let (mut bob, _) = user_at(&cluster, 2, Encoding::Json, "bob").await?;
+        let room = create_room(&mut alice_n2, "two devices").await?;
+        join(&mut carol, &room).await?;
+        join(&mut bob, &room).await?;
+        // Both watchers' nodes know alice through n2's records.
+        let carol_knows = watch_until_online(&mut carol, &["alice"]).await?.remove(0);
+        let bob_knows = watch_until_online(&mut bob, &["alice"]).await?.remove(0);
+
+        // A second device on n1; then that one goes. n2's connection keeps her online, on n1
+        // (which has no connection of hers left) and on n3 alike.
+        let alice_n1 = connect_at(&cluster, 0, Encoding::MessagePack, &token).await?;
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        alice_n1.close().await?;
+        no_change(&mut carol, "alice", &carol_knows, Duration::from_millis(3_000))
+            .await
+            .context("carol (n1): alice still has a connection on n2")?;
+        no_change(&mut bob, "alice", &bob_knows, Duration::from_millis(200))
+            .await
+            .context("bob (n3): alice still has a connection on n2")?;
+        for client in [&mut carol, &mut bob] {
+            let (list, _) = watch(client, &["alice"]).await?;
+            check_presence(&list[0], "alice", Online, None)
+                .with_context(|| format!("{:?}'s list while alice is on n2", client.user))?;
+        }
+
+        // Her last connection goes: offline everywhere.
+        let closed_ms = now_ms();
+        alice_n2.close().await?;
+        check_offline(&next_change(&mut carol, "alice", &carol_knows).await?, "alice", closed_ms)
+            .context("carol (n1)")?;
+        check_offline(&next_change(&mut bob, "alice", &bob_knows).await?, "alice", closed_ms).context("bob (n3)")?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_a_node_turns_its_users_offline_elsewhere() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start_with(3, options()).await?;
+    let result = async {
+        // alice only on n3; dave on n3 and n1; bob watches from n2.
+        let (mut bob, _) = user_at(&cluster, 1, Encoding::Json, "bob").await?;
+        let (mut alice, _) = user_at(&cluster, 2, Encoding::MessagePack, "alice").await?;
+        let (mut dave_n3, dave_token) = user_at(&cluster, 2, Encoding::Json, "dave").await?;
+        let mut dave_n1 = connect_at(&cluster, 0, Encoding::MessagePack, &dave_token).await?;
+        let room = create_room(&mut bob, "watchers").await?;
+        join(&mut alice, &room).await?;
+        join(&mut dave_n3, &room).await?;
+        let known = watch_until_online(&mut bob, &["alice", "dave"]).await?;
+        // Let n1's record of dave spread too.
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+
+        let killed_ms = now_ms();
+        let killed_at = Instant::now();
+        cluster.kill(2).await?;
+        drop((alice, dave_n3));
+        let offline = next_change(&mut bob, "alice", &known[0]).await.context("alice after kill -9 of n3")?;
+        let took = killed_at.elapsed();
+        check_offline(&offline, "alice", killed_ms)?;
+        println!(
+            "kill -9 of n3 → alice offline on n2 after {took:?} (heartbeat timeout {} ms)",
+            cluster.options.heartbeat_timeout_ms
+        );
+        // dave still has n1: no change, and he is listed online.
+        no_change(&mut bob, "dave", &known[1], Duration::from_millis(2_000))
+            .await
+            .context("dave still has a connection on n1")?;
+        let (list, _) = watch(&mut bob, &["alice", "dave"]).await?;
+        ensure!(list[0].state == Offline && list[0].last_seen == offline.last_seen, "alice in a fresh list: {list:?}");
+        check_presence(&list[1], "dave", Online, None)?;
+        dave_n1.ping().await?;
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    result.map_err(|err| anyhow!("{err:#}\n{}", cluster.logs()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_and_receipts_cross_nodes() -> anyhow::Result<()> {
+    let cluster = Cluster::start_with(2, options()).await?;
+    with_logs(&cluster, async {
+        let (mut alice, _) = user_at(&cluster, 0, Encoding::Json, "alice").await?;
+        let (mut bob, bob_token) = user_at(&cluster, 1, Encoding::MessagePack, "bob").await?;
+        let room = create_room(&mut alice, "typing").await?;
+        join(&mut bob, &room).await?;
+        // n1's presence table knows bob's connection on n2 (pushes are routed by it, and it is
+        // replicated within a flush interval or so) before bob also connects on n1.
+        watch_until_online(&mut alice, &["bob"]).await?;
+        let mut bob_n1 = connect_at(&cluster, 0, Encoding::Json, &bob_token).await?;
+
+        // Typing on n1 reaches bob on n2 (and on n1), then lapses there.
+        let sent_at = Instant::now();
+        send_typing(&mut alice, &room, true).await?;
+        let active =
+            ServerFrame::Typing { room: room.clone(), user: "alice".into(), active: true, expires_in_ms: TYPING_TTL_MS };
+        for client in [&mut bob, &mut bob_n1] {
+            let frame = next_frame(client, "typing", typing_in(&room)).await?;
+            ensure!(frame == active, "{:?}: expected {active:?}, got {frame:?}", client.user);
+        }
+        for client in [&mut bob, &mut bob_n1] {
+            let frame = next_frame(client, "typing lapse", typing_in(&room)).await?;
+            ensure!(
+                matches!(&frame, ServerFrame::Typing { room: r, user, active: false, .. } if *r == room && user == "alice"),
+                "expected alice's typing to lapse (active: false), got {frame:?}"
+            );
+        }
+        let lapsed = sent_at.elapsed();
+        ensure!(lapsed >= Duration::from_millis(TYPING_TTL_MS - 100), "lapsed after {lapsed:?}, before the ttl");
+        none_arrives(&mut alice, Duration::from_millis(200), "its own typing", |f| matches!(f, ServerFrame::Typing { .. }))
+            .await?;
+
+        // Receipts: alice (n1) writes; bob's connection on n2 gets it → delivered to alice.
+        let receipt_in = |f: &ServerFrame| matches!(f, ServerFrame::Receipt { room: r, .. } if *r == room);
+        let s1 = say(&mut alice, &room, "m1", "hello across").await?;
+        bob.wait_for_message(&room, "m1").await?;
+        let frame = next_frame(&mut alice, "delivered receipt", receipt_in).await?;
+        let expected = ServerFrame::Receipt { room: room.clone(), user: "bob".into(), kind: ReceiptKind::Delivered, seq: s1 };
+        ensure!(frame == expected, "expected {expected:?}, got {frame:?}");
+        // Bob reads on n2 → read receipt to alice on n1.
+        let req = bob.next_req();
+        match bob.request(ClientFrame::MarkRead { req, room: room.clone(), seq: s1 }).await? {
+            ServerFrame::Ok { .. } => {}
+            other => bail!("mark_read: {other:?}"),
+        }
+        let frame = next_frame(&mut alice, "read receipt", |f| {
+            matches!(f, ServerFrame::Receipt { room: r, kind: ReceiptKind::Read, .. } if *r == room)
+        })
+        .await?;
+        let expected = ServerFrame::Receipt { room: room.clone(), user: "bob".into(), kind: ReceiptKind::Read, seq: s1 };
+        ensure!(frame == expected, "expected {expected:?}, got {frame:?}");
+        // Any receipt alice got in between is a delivered one for bob at s1 (one per device).
+        for frame in alice.discard(receipt_in) {
+            ensure!(
+                matches!(&frame, ServerFrame::Receipt { user, kind: ReceiptKind::Delivered, seq, .. } if user == "bob" && *seq == s1),
+                "unexpected receipt: {frame:?}"
+            );
+        }
+
+        // The other way: bob writes on n2; alice on n1 gets it → both of bob's connections are told.
+        let s2 = say(&mut bob, &room, "m2", "hello back").await?;
+        alice.wait_for_message(&room, "m2").await?;
+        let expected =
+            ServerFrame::Receipt { room: room.clone(), user: "alice".into(), kind: ReceiptKind::Delivered, seq: s2 };
+        for client in [&mut bob, &mut bob_n1] {
+            let frame = next_frame(client, "delivered receipt", |f| {
+                matches!(f, ServerFrame::Receipt { room: r, user, .. } if *r == room && user == "alice")
+            })
+            .await?;
+            ensure!(frame == expected, "{:?}: expected {expected:?}, got {frame:?}", client.user);
+        }
+
+        // The metrics say presence batches and ephemeral pushes crossed between the nodes, and
+        // each node's table holds both users (the gauges are refreshed about once a second).
+        let deadline = Instant::now() + DEADLINE;
+        for k in 0..2 {
+            loop {
+                let (_, metrics) = cluster.node(k).http_get("/metrics").await?;
+                let value = |name: &str| {
+                    metrics
+                        .lines()
+                        .find_map(|line| line.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+                        .and_then(|v| v.trim().parse::<f64>().ok())
+                };
+                let batches = value("palaver_presence_batches_sent_total");
+                let records = value("palaver_presence_records_sent_total");
+                let pushes = value("palaver_ephemeral_pushes_sent_total");
+                let users = value("palaver_presence_users");
+                let online = value("palaver_presence_online_users");
+                let snapshots = value("palaver_presence_snapshots_sent_total");
+                let what = format!(
+                    "n{}: batches {batches:?} records {records:?} snapshots {snapshots:?} pushes {pushes:?} users {users:?} online {online:?}",
+                    k + 1
+                );
+                ensure!(snapshots.is_some(), "{what}");
+                let settled = batches.is_some_and(|b| b >= 1.0)
+                    && records.is_some_and(|r| r >= batches.unwrap_or(0.0))
+                    && pushes.is_some_and(|p| p >= 1.0)
+                    && users.is_some_and(|u| u >= 2.0)
+                    && online.is_some_and(|o| o >= 2.0);
+                if settled {
+                    break;
+                }
+                ensure!(Instant::now() < deadline, "{what}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_members_presence_is_never_revealed_across_nodes() -> anyhow::Result<()> {
+    let cluster = Cluster::start_with(2, options()).await?;
+    with_logs(&cluster, async {
+        let (mut alice, _) = user_at(&cluster, 0, Encoding::Json, "alice").await?;
+        let (mut bob, _) = user_at(&cluster, 0, Encoding::MessagePack, "bob").await?;
+        let (mut carol, _) = user_at(&cluster, 1, Encoding::Json, "carol").await?;
+        let room = create_room(&mut alice, "no carol").await?;
+        join(&mut bob, &room).await?;
+        create_room(&mut carol, "carol's own").await?;
+        // Past a flush interval (a fresh connection listed at once is the single-node tests' job).
+        tokio::time::sleep(Duration::from_millis(300)).await;
+
+        let (users, hidden) = watch(&mut carol, &["alice", "nosuchuser", "carol"]).await?;
+        ensure!(users.len() == 1, "carol on n2 sees only herself: {users:?}");
+        check_presence(&users[0], "carol", Online, None)?;
+        ensure!(hidden == ["alice", "nosuchuser"], "hidden: {hidden:?}");
+        let bob_knows = watch_until_online(&mut bob, &["alice"]).await?.remove(0);
+
+        // Away, typing, offline: bob hears of each, carol of none.
+        set_presence(&mut alice, Away, Some("secret")).await?;
+        let bob_knows = next_change(&mut bob, "alice", &bob_knows).await?;
+        check_presence(&bob_knows, "alice", Away, Some("secret"))?;
+        send_typing(&mut alice, &room, true).await?;
+        next_frame(&mut bob, "typing", typing_in(&room)).await?;
+        let closed_ms = now_ms();
+        alice.close().await?;
+        check_offline(&next_change(&mut bob, "alice", &bob_knows).await?, "alice", closed_ms)?;
+        none_arrives(&mut carol, QUIET, "news of alice", |f| {
+            matches!(f, ServerFrame::Presence { .. } | ServerFrame::Typing { .. } | ServerFrame::Receipt { .. })
+        })
+        .await?;
+
+        // Nor can she ask n2 about the room.
+        let req = carol.next_req();
+        refused(
+            &mut carol,
+            ClientFrame::ListMembers { req, room: room.clone(), after: None, limit: None },
+            ErrorCode::NotMember,
+        )
+        .await?;
+        let req = carol.next_req();
+        refused(&mut carol, ClientFrame::Receipts { req, room: room.clone() }, ErrorCode::NotMember).await?;
+        let req = carol.next_req();
+        refused(&mut carol, ClientFrame::Typing { req, room: room.clone(), active: true }, ErrorCode::NotMember)
+            .await?;
+        let (users, hidden) = watch(&mut carol, &["alice"]).await?;
+        ensure!(users.is_empty() && hidden == ["alice"], "after all that: {users:?} {hidden:?}");
+        Ok(())
+    })
+    .await
+}
