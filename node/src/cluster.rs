@@ -4,12 +4,15 @@
 //! With it, the node listens for other nodes on `cluster.listen`, joins through
 //! `cluster.seeds`, and proves membership with the cluster cookie, a secret that comes from
 //! `PALAVER_CLUSTER__COOKIE` or `cluster.cookie_file`, never from the configuration file.
+//! Optionally the links are mutual TLS (`cluster.tls_*`, actors/src/cluster/tls.rs): all three
+//! files set turn it on, none leaves it off, and anything in between is a configuration error.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use actors::cluster::tls::{LinkTls, TlsFiles};
 use actors::cluster::{Cluster, ClusterSettings};
 use actors::hub::Hub;
 use anyhow::Context;
@@ -33,6 +36,17 @@ pub struct ClusterSection {
     pub cookie: Option<String>,
     /// A file holding the cookie (e.g. a mounted secret).
     pub cookie_file: Option<PathBuf>,
+    /// TLS on node links: this node's certificate chain (PEM). TLS is on when this, `tls_key_file`
+    /// and `tls_ca_file` are all set, and must then be on for every node.
+    pub tls_cert_file: Option<PathBuf>,
+    /// The private key of `tls_cert_file` (PEM).
+    pub tls_key_file: Option<PathBuf>,
+    /// The CA that signs every node's certificate (PEM). A node accepts links only from nodes
+    /// with a certificate it signed (mutual TLS).
+    pub tls_ca_file: Option<PathBuf>,
+    /// The DNS name every node certificate carries (subjectAltName), checked on every link:
+    /// nodes dial addresses, which differ behind NAT and proxies, so one shared name stands in.
+    pub tls_server_name: String,
     /// How often routers tell each other they are alive.
     pub heartbeat_interval_ms: u64,
     /// A node not heard from for this long is dead: its rooms move. Several intervals, so one
@@ -52,6 +66,10 @@ impl Default for ClusterSection {
             seeds: Vec::new(),
             cookie: None,
             cookie_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_ca_file: None,
+            tls_server_name: actors::cluster::tls::DEFAULT_SERVER_NAME.into(),
             heartbeat_interval_ms: 500,
             heartbeat_timeout_ms: 3_000,
             max_pending_requests: 10_000,
@@ -60,7 +78,8 @@ impl Default for ClusterSection {
 }
 
 impl ClusterSection {
-    /// Check values; the error is (key, message).
+    /// Check values; the error is (key, message). With TLS on, the TLS files are read and checked
+    /// here too, so `palaver check-config` finds a missing or wrong file without starting.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
         if self.heartbeat_interval_ms == 0 {
             return Err(("cluster.heartbeat_interval_ms", "must be greater than 0".into()));
@@ -95,7 +114,47 @@ impl ClusterSection {
                 "a cluster needs a cookie: set PALAVER_CLUSTER__COOKIE or cluster.cookie_file".into(),
             ));
         }
+        actors::cluster::tls::check_server_name(&self.tls_server_name).map_err(|err| (err.key, err.message))?;
+        if self.enabled {
+            self.tls().map_err(|err| (err.key, err.message))?;
+        } else {
+            self.tls_files()?;
+        }
         Ok(())
+    }
+
+    /// The TLS files: all three or none.
+    fn tls_files(&self) -> Result<Option<TlsFiles<'_>>, (&'static str, String)> {
+        let files = [
+            ("cluster.tls_cert_file", &self.tls_cert_file),
+            ("cluster.tls_key_file", &self.tls_key_file),
+            ("cluster.tls_ca_file", &self.tls_ca_file),
+        ];
+        let set: Vec<&str> = files.iter().filter(|(_, file)| file.is_some()).map(|(key, _)| *key).collect();
+        match (&self.tls_cert_file, &self.tls_key_file, &self.tls_ca_file) {
+            (Some(cert_file), Some(key_file), Some(ca_file)) => {
+                Ok(Some(TlsFiles { cert_file, key_file, ca_file, server_name: &self.tls_server_name }))
+            }
+            (None, None, None) => Ok(None),
+            _ => {
+                let missing = files.iter().find(|(_, file)| file.is_none()).map(|(key, _)| *key).expect("one is unset");
+                Err((
+                    missing,
+                    format!(
+                        "TLS on node links needs cluster.tls_cert_file, cluster.tls_key_file and cluster.tls_ca_file \
+                         together, but only {} {} set",
+                        set.join(" and "),
+                        if set.len() == 1 { "is" } else { "are" }
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// Load TLS for node links, if configured.
+    fn tls(&self) -> Result<Option<LinkTls>, actors::cluster::tls::TlsConfigError> {
+        let files = self.tls_files().map_err(|(key, message)| actors::cluster::tls::TlsConfigError { key, message })?;
+        files.map(LinkTls::load).transpose()
     }
 
     fn cookie(&self) -> anyhow::Result<String> {
@@ -130,6 +189,7 @@ pub async fn start(
         return Ok(None);
     }
     let cookie = section.cookie()?;
+    let tls = section.tls()?.map(Arc::new);
     // Port 0 picks a free port (tests); the probe also gives an unusable address a precise error.
     let probe = std::net::TcpListener::bind(section.listen)
         .with_context(|| format!("binding cluster.listen {}", section.listen))?;
@@ -141,6 +201,7 @@ pub async fn start(
         advertise: section.advertise.clone().unwrap_or_else(|| listen.to_string()),
         seeds: section.seeds.clone(),
         cookie,
+        tls,
         heartbeat_interval: Duration::from_millis(section.heartbeat_interval_ms),
         heartbeat_timeout: Duration::from_millis(section.heartbeat_timeout_ms),
         request_timeout: Duration::from_millis(request_timeout_ms),
@@ -240,6 +301,59 @@ mod tests {
             }
             other => panic!("{other}"),
         }
+    }
+
+    #[test]
+    fn tls_needs_all_three_files_and_names_the_missing_key() {
+        let cases = [
+            ("tls_cert_file = \"n1.pem\"", "cluster.tls_key_file"),
+            ("tls_cert_file = \"n1.pem\"\ntls_key_file = \"n1.key\"", "cluster.tls_ca_file"),
+            ("tls_key_file = \"n1.key\"\ntls_ca_file = \"ca.pem\"", "cluster.tls_cert_file"),
+            ("tls_ca_file = \"ca.pem\"", "cluster.tls_cert_file"),
+            ("tls_server_name = \"not a name!\"", "cluster.tls_server_name"),
+        ];
+        // Whether or not the cluster is on: a half-configured TLS is a mistake either way.
+        for enabled in ["false", "true"] {
+            for (keys, key) in cases {
+                let toml = format!("[cluster]\nenabled = {enabled}\ncookie_file = \"cookie\"\n{keys}\n");
+                match load(&toml).unwrap_err() {
+                    ConfigError::Invalid { key: named, message } => {
+                        assert_eq!(named, key, "{toml}");
+                        assert!(message.contains("set") || key == "cluster.tls_server_name", "{message}");
+                    }
+                    other => panic!("{toml}: {other}"),
+                }
+            }
+        }
+        assert_eq!(Config::default().cluster.tls_server_name, "palaver-cluster");
+    }
+
+    #[test]
+    fn unreadable_or_invalid_tls_files_name_the_key_and_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let garbage = dir.path().join("garbage.pem");
+        std::fs::write(&garbage, "not PEM at all\n").unwrap();
+        let missing = dir.path().join("missing.pem");
+        let section = |cert: &std::path::Path, key: &std::path::Path, ca: &std::path::Path| super::ClusterSection {
+            enabled: true,
+            cookie_file: Some("cookie".into()),
+            tls_cert_file: Some(cert.into()),
+            tls_key_file: Some(key.into()),
+            tls_ca_file: Some(ca.into()),
+            ..Default::default()
+        };
+        let cases = [
+            (section(&missing, &garbage, &garbage), "cluster.tls_cert_file", &missing),
+            (section(&garbage, &garbage, &garbage), "cluster.tls_cert_file", &garbage),
+        ];
+        for (section, key, path) in cases {
+            let (named, message) = section.validate().unwrap_err();
+            assert_eq!(named, key, "{message}");
+            assert!(message.contains(&path.display().to_string()), "{message}");
+        }
+        // Off: the files are not read (a single node does not need them), but all three are set.
+        let off = super::ClusterSection { enabled: false, ..section(&missing, &missing, &missing) };
+        off.validate().unwrap();
     }
 
     #[test]

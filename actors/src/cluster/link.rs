@@ -13,6 +13,10 @@
 //! Outgoing links are bound to `cluster.listen`'s address when it is a specific one, so a
 //! node's links all come from one address (what firewalls and the test harness's
 //! fault-injecting proxy see).
+//!
+//! With TLS (`cluster.tls_*`, see [`super::tls`]) links come in through the TLS accept loop
+//! there rather than through ractor_cluster's listener, and outgoing ones are wrapped in TLS
+//! before the node server gets them; the cookie handshake then runs inside TLS as before.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -22,11 +26,12 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use ractor::{Actor, ActorRef};
 use ractor_cluster::node::NodeServerSessionInformation;
-use ractor_cluster::{NodeEventSubscription, NodeServer, NodeServerMessage};
-use tokio::net::TcpSocket;
+use ractor_cluster::{IncomingEncryptionMode, NodeEventSubscription, NodeServer, NodeServerMessage};
+use tokio::net::{TcpListener, TcpSocket};
 use tracing::{debug, error, info};
 
 use super::router::{RouterActor, RouterState};
+use super::tls::{HandshakeError, LinkTls};
 use super::wire::RouterMessage;
 use super::{router_group, Cluster, ROUTERS_GROUP};
 use crate::hub::Hub;
@@ -35,24 +40,49 @@ use crate::hub::Hub;
 pub(super) async fn start(cluster: &Arc<Cluster>, hub: Arc<Hub>) -> anyhow::Result<()> {
     let settings = &cluster.settings;
     let host = settings.advertise.rsplit_once(':').map_or(settings.advertise.as_str(), |(host, _)| host).to_string();
+    // With TLS, cluster.listen is ours (tls::serve); ractor_cluster's listener, which it always
+    // starts, goes on loopback at a random port, demanding TLS too (see the tls module).
+    let (port, listen_ip, encryption, tls_listener) = match &settings.tls {
+        Some(tls) => {
+            let listener = TcpListener::bind(settings.listen)
+                .await
+                .with_context(|| format!("binding cluster.listen {}", settings.listen))?;
+            let loopback = if settings.listen.is_ipv4() {
+                std::net::IpAddr::from(std::net::Ipv4Addr::LOCALHOST)
+            } else {
+                std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST)
+            };
+            (0, loopback, Some(IncomingEncryptionMode::Tls(tls.acceptor())), Some((listener, tls.clone())))
+        }
+        None => (settings.listen.port(), settings.listen.ip(), None, None),
+    };
     let server = NodeServer::new(
-        settings.listen.port(),
+        port,
         settings.cookie.clone(),
         settings.node.clone(),
         host,
-        None,
+        encryption,
         // Isolated: our own loop keeps the mesh full (ractor's transitive mode would dial the
         // addresses peers see, which are not the advertised ones behind NAT or a proxy).
         Some(ractor_cluster::node::NodeConnectionMode::Isolated),
     )
-    .with_listen_addr(settings.listen.ip());
+    .with_listen_addr(listen_ip);
     let (server, _) = Actor::spawn(None, server, ())
         .await
         .with_context(|| format!("starting the cluster listener on cluster.listen {}", settings.listen))?;
+    if let Some((listener, tls)) = tls_listener {
+        // The name this node gives peers carries the port it was built with: make it the real one.
+        let _ = server.cast(NodeServerMessage::PortChanged { port: settings.listen.port() });
+        tokio::spawn(super::tls::serve(listener, tls, server.clone(), settings.node.clone()));
+    }
     server
         .cast(NodeServerMessage::SubscribeToEvents {
             id: "palaver.links".into(),
-            subscription: Box::new(LinkEvents { node: settings.node.clone(), state: Default::default() }),
+            subscription: Box::new(LinkEvents {
+                node: settings.node.clone(),
+                tls: settings.tls.is_some(),
+                state: Default::default(),
+            }),
         })
         .map_err(|err| anyhow::anyhow!("subscribing to link events: {err}"))?;
     let _ = cluster.node_server.set(server);
@@ -64,7 +94,7 @@ pub(super) async fn start(cluster: &Arc<Cluster>, hub: Arc<Hub>) -> anyhow::Resu
     ractor::pg::join(router_group(&settings.node), vec![router.get_cell()]);
 
     tokio::spawn(tick(cluster.clone()));
-    info!(node = %settings.node, listen = %settings.listen, advertise = %settings.advertise, seeds = ?settings.seeds, "cluster started");
+    info!(node = %settings.node, listen = %settings.listen, advertise = %settings.advertise, seeds = ?settings.seeds, tls = settings.tls.is_some(), "cluster started");
     // A machine-readable line for scripts and tests (like the client port's).
     println!("palaver node {} cluster on {}", settings.node, settings.listen);
     Ok(())
@@ -129,10 +159,16 @@ async fn reconnect(cluster: &Arc<Cluster>, dialed: &mut HashMap<String, Instant>
         dialed.insert(addr.clone(), now);
         let server = server.clone();
         let bind = me.listen.ip();
+        let tls = me.tls.clone();
+        let node = me.node.clone();
         tokio::spawn(async move {
-            match dial(&server, &addr, bind).await {
+            match dial(&server, &addr, bind, tls.as_deref()).await {
                 Ok(()) => debug!(%addr, "dialed cluster peer"),
-                Err(err) => debug!(%addr, error = %err, "cluster peer not reachable; will retry"),
+                // A refused handshake is a configuration problem: say so, like the acceptor does.
+                Err(err) => match err.downcast_ref::<HandshakeError>() {
+                    Some(handshake) => handshake.log(&node, &addr),
+                    None => debug!(%addr, error = %err, "cluster peer not reachable; will retry"),
+                },
             }
         });
     }
@@ -147,8 +183,14 @@ fn resolves_to_linked(addr: &str, linked: &HashSet<String>) -> bool {
     addr.parse::<SocketAddr>().is_ok_and(|parsed| linked.contains(&parsed.to_string()))
 }
 
-/// Open a TCP link to `addr` and hand it to the node server (which authenticates it).
-async fn dial(server: &ActorRef<NodeServerMessage>, addr: &str, bind: std::net::IpAddr) -> anyhow::Result<()> {
+/// Open a TCP link to `addr` (in TLS if configured) and hand it to the node server (which
+/// authenticates it).
+async fn dial(
+    server: &ActorRef<NodeServerMessage>,
+    addr: &str,
+    bind: std::net::IpAddr,
+    tls: Option<&LinkTls>,
+) -> anyhow::Result<()> {
     let target = tokio::net::lookup_host(addr).await?.next().with_context(|| format!("{addr} resolves to nothing"))?;
     let socket = if target.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
     if !bind.is_unspecified() && bind.is_ipv4() == target.is_ipv4() {
@@ -157,12 +199,12 @@ async fn dial(server: &ActorRef<NodeServerMessage>, addr: &str, bind: std::net::
     let stream =
         tokio::time::timeout(Duration::from_secs(2), socket.connect(target)).await.context("connect timed out")??;
     stream.set_nodelay(true)?;
-    let local_addr = stream.local_addr()?;
+    let stream = match tls {
+        Some(tls) => tls.connect(stream, target).await?,
+        None => ractor_cluster::NetworkStream::Raw { peer_addr: target, local_addr: stream.local_addr()?, stream },
+    };
     server
-        .cast(NodeServerMessage::ConnectionOpened {
-            stream: Box::new(ractor_cluster::NetworkStream::Raw { peer_addr: target, local_addr, stream }),
-            is_server: false,
-        })
+        .cast(NodeServerMessage::ConnectionOpened { stream: Box::new(stream), is_server: false })
         .map_err(|err| anyhow::anyhow!("node server: {err}"))?;
     Ok(())
 }
@@ -170,6 +212,8 @@ async fn dial(server: &ActorRef<NodeServerMessage>, addr: &str, bind: std::net::
 /// Logs link events, and says plainly when a link fails authentication.
 struct LinkEvents {
     node: String,
+    /// Links are TLS: a refused certificate also ends a link before it authenticates.
+    tls: bool,
     /// Session ids that authenticated, and names with an authenticated link.
     state: Mutex<(HashSet<u64>, HashMap<String, usize>)>,
 }
@@ -214,12 +258,22 @@ impl NodeEventSubscription for LinkEvents {
         } else if duplicate {
             debug!(peer = %ses.peer_addr, "duplicate cluster link closed");
         } else {
+            // In TLS 1.3 a client learns that the server refused its certificate only after its
+            // handshake finished, so from here that looks like any other early close; the
+            // refusing side logs the precise reason. A TLS peer closes a plain link the same way.
+            let or_tls = if self.tls {
+                "or the peer refused this node's TLS certificate (see the peer's log; every node needs a certificate \
+                 signed by the same cluster.tls_ca_file)"
+            } else {
+                "or the peer requires TLS on node links (cluster.tls_cert_file, cluster.tls_key_file and \
+                 cluster.tls_ca_file: on every node or none)"
+            };
             error!(
                 node = %self.node,
                 peer = %ses.peer_addr,
                 peer_node = name.as_deref().unwrap_or("-"),
                 "cluster link refused: authentication failed — the cluster cookie differs between this node and the peer \
-                 (set the same PALAVER_CLUSTER__COOKIE or cluster.cookie_file on every node)"
+                 (set the same PALAVER_CLUSTER__COOKIE or cluster.cookie_file on every node), {or_tls}"
             );
         }
     }

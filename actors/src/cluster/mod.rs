@@ -14,6 +14,7 @@
 //!   `palaver.router.<node>`); everything else (rooms, sessions) stays local-only, because every
 //!   remotable actor costs a proxy on every other node (shared/DESIGN.md §3).
 //! - [`link`]: ractor_cluster's `NodeServer`, the reconnect loop, and the heartbeat ticker.
+//! - [`tls`]: optional mutual TLS on node links (rustls), under one cluster CA.
 //!
 //! Supervision: the node starts the cluster after the hub ([`start`]); the `NodeServer` and the
 //! router are unsupervised top-level actors living as long as the process; a ticker task sends
@@ -29,6 +30,7 @@ pub mod link;
 pub mod membership;
 pub mod placement;
 pub mod router;
+pub mod tls;
 pub mod wire;
 
 use std::collections::HashMap;
@@ -68,6 +70,8 @@ pub struct ClusterSettings {
     pub seeds: Vec<String>,
     /// Shared secret of the cluster's node links.
     pub cookie: String,
+    /// TLS on node links (`cluster.tls_*`); `None`: plain TCP.
+    pub tls: Option<Arc<tls::LinkTls>>,
     pub heartbeat_interval: Duration,
     pub heartbeat_timeout: Duration,
     /// How long a forwarded append may wait for its owner's reply before `unavailable`.
