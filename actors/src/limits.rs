@@ -41,6 +41,9 @@ pub struct Limits {
     pub max_connections: usize,
     /// How long a request may wait for its room's actor before failing with `unavailable`.
     pub request_timeout_ms: u64,
+    /// Appends of one room committed together at most (the room's waiting appends go to the
+    /// store as one batch: one commit for many messages). 1 commits each on its own.
+    pub room_batch_max: usize,
 }
 
 impl Default for Limits {
@@ -61,6 +64,7 @@ impl Default for Limits {
             room_idle_ms: 300_000,
             max_connections: 19_000,
             request_timeout_ms: 10_000,
+            room_batch_max: 64,
         }
     }
 }
@@ -72,7 +76,7 @@ impl Limits {
 
     /// Check the values against each other; the error names the key.
     pub fn validate(&self) -> Result<(), String> {
-        let positive: [(&str, u64); 13] = [
+        let positive: [(&str, u64); 14] = [
             ("limits.max_frame_bytes", self.max_frame_bytes.into()),
             ("limits.max_body_bytes", self.max_body_bytes.into()),
             ("limits.outbound_queue_len", self.outbound_queue_len as u64),
@@ -86,6 +90,7 @@ impl Limits {
             ("limits.slow_client_timeout_ms", self.slow_client_timeout_ms),
             ("limits.max_connections", self.max_connections as u64),
             ("limits.request_timeout_ms", self.request_timeout_ms),
+            ("limits.room_batch_max", self.room_batch_max as u64),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return Err(format!("{key} must be greater than 0"));

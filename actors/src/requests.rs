@@ -147,7 +147,7 @@ pub async fn create_room(ctx: &Ctx, req: ReqId, name: String, private: bool) -> 
         Ok(name) => name,
         Err(message) => return error_frame(Some(req), ErrorCode::InvalidName, message),
     };
-    if let Err(frame) = require_serving(ctx, req) {
+    if let Some(frame) = not_serving(ctx, req) {
         return frame;
     }
     // Ids are random; on the rare collision the store refuses to overwrite and we draw again.
@@ -187,7 +187,7 @@ pub async fn open_direct(ctx: &Ctx, req: ReqId, other: String) -> ServerFrame {
         Ok(None) => return error_frame(Some(req), ErrorCode::NoSuchUser, format!("no user `{other}`")),
         Err(err) => return store_error_frame(&ctx.hub, Some(req), err),
     }
-    if let Err(frame) = require_serving(ctx, req) {
+    if let Some(frame) = not_serving(ctx, req) {
         return frame;
     }
     let id = names::direct_room_id(&ctx.user, &other);
@@ -336,16 +336,9 @@ pub async fn room_reply(
 /// Creating a room writes its first entries without going through an owner, so it needs the
 /// same permission as any append: a node outside the quorum (the minority side of a partition,
 /// or not joined yet) must not write.
-fn require_serving(ctx: &Ctx, req: ReqId) -> Result<(), ServerFrame> {
-    let reason = ctx.hub.cluster().and_then(|cluster| cluster.view().reason.clone());
-    match reason {
-        Some(reason) => Err(error_frame(
-            Some(req),
-            ErrorCode::Unavailable,
-            format!("{reason}; retry, or reconnect to another node"),
-        )),
-        None => Ok(()),
-    }
+fn not_serving(ctx: &Ctx, req: ReqId) -> Option<ServerFrame> {
+    let reason = ctx.hub.cluster().and_then(|cluster| cluster.view().reason.clone())?;
+    Some(error_frame(Some(req), ErrorCode::Unavailable, format!("{reason}; retry, or reconnect to another node")))
 }
 
 async fn require_member(ctx: &Ctx, req: ReqId, room: &str) -> Result<(), ServerFrame> {

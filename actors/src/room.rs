@@ -1,22 +1,31 @@
 //! The room actor: the single writer of one room's log on this node.
 //!
 //! Spawned by the hub on the first command for a room, it claims the room in the store (a new
-//! owner epoch) and then applies commands one at a time, in mailbox order: each is one fenced
-//! store append, then a delivery of the committed entry to the members' live connections, then
-//! the reply. One actor per room makes the room's order the mailbox order; the epoch makes a
-//! stale actor (another node took the room over) fail instead of writing.
+//! owner epoch) and then applies commands in mailbox order: each is one fenced store append,
+//! then a delivery of the committed entry to the members' live connections, then the reply. One
+//! actor per room makes the room's order the mailbox order; the epoch makes a stale actor
+//! (another node took the room over) fail instead of writing.
+//!
+//! The appends themselves run in the actor's **committer** task, which takes every command
+//! waiting when it is free and hands them to the store as one batch ([`Store::append_batch`]):
+//! a busy room pays one commit for many messages instead of one each, while the order, the
+//! per-command outcome and "delivered only once committed" stay as they were.
+//!
+//! [`Store::append_batch`]: crate::store::Store::append_batch
 //!
 //! It holds no state the store does not have, so it stops after `limits.room_idle_ms` without
 //! work and is spawned again when needed. Local-only (shared/DESIGN.md §3): rooms are never
 //! registered with the cluster; the hub addresses them.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use protocol::EntryKind;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tracing::{debug, info_span, warn, Instrument};
+use tracing::{debug, warn};
 
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -51,12 +60,18 @@ pub struct RoomArgs {
     pub room: String,
 }
 
+/// An append waiting for the committer, with where its outcome goes.
+type Pending = (AppendCommand, RpcReplyPort<Result<Appended, StoreError>>);
+
 pub struct RoomState {
     hub: Arc<Hub>,
     room: String,
-    epoch: Epoch,
     last_active: Instant,
     idle_timer: JoinHandle<()>,
+    /// To the committer task; dropped when the actor stops, which ends the committer.
+    commits: mpsc::UnboundedSender<Pending>,
+    /// Set when the actor stops: appends not yet committed are refused from then on.
+    stopped: Arc<AtomicBool>,
 }
 
 pub struct RoomActor;
@@ -73,7 +88,11 @@ impl Actor for RoomActor {
         let idle = Duration::from_millis(hub.limits.room_idle_ms);
         let idle_timer = myself.send_interval(idle / 4 + Duration::from_millis(1), || RoomMessage::IdleCheck);
         Metrics::gauge(&hub.metrics.rooms_active, 1);
-        Ok(RoomState { hub, room, epoch, last_active: Instant::now(), idle_timer })
+        let (commits, queue) = mpsc::unbounded_channel();
+        let stopped = Arc::new(AtomicBool::new(false));
+        let committer = Committer { hub: hub.clone(), room: room.clone(), epoch, stopped: stopped.clone(), myself };
+        tokio::spawn(committer.run(queue));
+        Ok(RoomState { hub, room, last_active: Instant::now(), idle_timer, commits, stopped })
     }
 
     async fn handle(
@@ -85,17 +104,11 @@ impl Actor for RoomActor {
         match message {
             RoomMessage::Append(command, reply) => {
                 state.last_active = Instant::now();
-                let span = info_span!("room", room = %state.room, epoch = state.epoch);
-                let outcome = append(state, command).instrument(span).await;
-                if let Err(StoreError::Fenced { current, .. }) = &outcome {
-                    // Another owner took the room: this actor must never write again.
-                    warn!(room = %state.room, epoch = state.epoch, current, "room fenced; stopping its actor");
-                    Metrics::inc(&state.hub.metrics.fenced_appends_total);
-                    let _ = reply.send(Err(StoreError::Unavailable(format!("room `{}` moved; retry", state.room))));
-                    myself.stop(Some("fenced".into()));
-                    return Ok(());
+                // Unbounded, but bounded in practice: each session has at most
+                // `limits.max_inflight_per_connection` requests outstanding.
+                if let Err(mpsc::error::SendError((_, reply))) = state.commits.send((command, reply)) {
+                    let _ = reply.send(Err(StoreError::Unavailable(format!("room `{}` is restarting", state.room))));
                 }
-                let _ = reply.send(outcome);
             }
             RoomMessage::IdleCheck => {
                 if state.last_active.elapsed() >= Duration::from_millis(state.hub.limits.room_idle_ms) {
@@ -107,6 +120,7 @@ impl Actor for RoomActor {
     }
 
     async fn post_stop(&self, myself: ActorRef<RoomMessage>, state: &mut RoomState) -> Result<(), ActorProcessingErr> {
+        state.stopped.store(true, Ordering::Release);
         state.idle_timer.abort();
         state.hub.forget_room(&state.room, myself.get_id());
         Metrics::gauge(&state.hub.metrics.rooms_active, -1);
@@ -114,31 +128,102 @@ impl Actor for RoomActor {
     }
 }
 
-/// One fenced append, then delivery to live members.
-async fn append(state: &RoomState, command: AppendCommand) -> Result<Appended, StoreError> {
-    let hub = &state.hub;
-    let request = AppendRequest {
-        room: state.room.clone(),
-        epoch: state.epoch,
-        kind: command.kind,
-        from: command.from,
-        id: command.id,
-        user: command.user,
-        body: command.body,
-        ts: now_ms(),
-        limits: hub.limits.membership(),
-    };
-    let appended = hub.store.append(request).await.inspect_err(|err| {
-        if matches!(err, StoreError::Unavailable(_) | StoreError::Backend(_)) {
-            Metrics::inc(&hub.metrics.store_errors_total);
-            warn!(room = %state.room, error = %err, "append failed");
+/// The task that runs a room actor's appends, a batch at a time, in the order they arrived.
+struct Committer {
+    hub: Arc<Hub>,
+    room: String,
+    epoch: Epoch,
+    stopped: Arc<AtomicBool>,
+    myself: ActorRef<RoomMessage>,
+}
+
+impl Committer {
+    async fn run(self, mut queue: mpsc::UnboundedReceiver<Pending>) {
+        let max = self.hub.limits.room_batch_max.max(1);
+        let mut batch: Vec<Pending> = Vec::with_capacity(max);
+        while let Some(first) = queue.recv().await {
+            batch.push(first);
+            while batch.len() < max {
+                match queue.try_recv() {
+                    Ok(next) => batch.push(next),
+                    Err(_) => break,
+                }
+            }
+            if self.stopped.load(Ordering::Acquire) {
+                // The room moved or went idle while these waited: the next owner takes them.
+                for (_, reply) in batch.drain(..) {
+                    let _ = reply.send(Err(StoreError::Unavailable(format!("room `{}` moved; retry", self.room))));
+                }
+                continue;
+            }
+            if self.commit(&mut batch).await.is_err() {
+                // Fenced: another node owns the room now; nothing more is written from here.
+                while let Ok((_, reply)) = queue.try_recv() {
+                    let _ = reply.send(Err(StoreError::Unavailable(format!("room `{}` moved; retry", self.room))));
+                }
+                return;
+            }
         }
-    })?;
-    if appended.duplicate {
-        Metrics::inc(&hub.metrics.duplicate_sends_total);
-    } else {
-        Metrics::inc(&hub.metrics.entries_appended_total);
-        hub.deliver(&appended.delivery);
     }
-    Ok(appended)
+
+    /// Append `batch` (emptying it): deliver each committed entry, then reply, in order.
+    /// `Err` if the room turned out to be fenced (every command from there on is refused).
+    async fn commit(&self, batch: &mut Vec<Pending>) -> Result<(), ()> {
+        let hub = &self.hub;
+        let now = now_ms();
+        let requests = batch
+            .iter()
+            .map(|(command, _)| AppendRequest {
+                room: self.room.clone(),
+                epoch: self.epoch,
+                kind: command.kind,
+                from: command.from.clone(),
+                id: command.id.clone(),
+                user: command.user.clone(),
+                body: command.body.clone(),
+                ts: now,
+                limits: hub.limits.membership(),
+            })
+            .collect();
+        let outcomes = hub.store.append_batch(requests).await;
+        let mut fenced = false;
+        for ((_, reply), outcome) in batch.drain(..).zip(outcomes) {
+            match outcome {
+                _ if fenced => {
+                    let _ = reply.send(Err(StoreError::Unavailable(format!("room `{}` moved; retry", self.room))));
+                }
+                Err(StoreError::Fenced { current, .. }) => {
+                    // Another owner took the room: this actor must never write again.
+                    warn!(room = %self.room, epoch = self.epoch, current, "room fenced; stopping its actor");
+                    Metrics::inc(&hub.metrics.fenced_appends_total);
+                    let _ = reply.send(Err(StoreError::Unavailable(format!("room `{}` moved; retry", self.room))));
+                    self.stopped.store(true, Ordering::Release);
+                    self.myself.stop(Some("fenced".into()));
+                    fenced = true;
+                }
+                Err(err) => {
+                    if matches!(err, StoreError::Unavailable(_) | StoreError::Backend(_)) {
+                        Metrics::inc(&hub.metrics.store_errors_total);
+                        warn!(room = %self.room, error = %err, "append failed");
+                    }
+                    let _ = reply.send(Err(err));
+                }
+                Ok(appended) => {
+                    if appended.duplicate {
+                        Metrics::inc(&hub.metrics.duplicate_sends_total);
+                    } else {
+                        Metrics::inc(&hub.metrics.entries_appended_total);
+                        hub.deliver(&appended.delivery);
+                    }
+                    debug!(room = %self.room, seq = appended.delivery.entry.seq, "appended");
+                    let _ = reply.send(Ok(appended));
+                }
+            }
+        }
+        if fenced {
+            Err(())
+        } else {
+            Ok(())
+        }
+    }
 }

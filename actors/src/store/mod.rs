@@ -208,6 +208,17 @@ pub trait Store: Send + Sync + 'static {
     /// Append one entry to a room log, fanning out a pointer to every member's user log, all in
     /// one transaction that first checks `epoch` (see [`AppendRequest`] for the kinds' rules).
     async fn append(&self, request: AppendRequest) -> StoreResult<Appended>;
+    /// Several appends with the effect of [`Store::append`] on each, one after another in the
+    /// given order; one outcome each, in order (a refused one does not stop the rest). Backends
+    /// that can commit them together do: this is how a busy room pays one commit for many
+    /// messages.
+    async fn append_batch(&self, requests: Vec<AppendRequest>) -> Vec<StoreResult<Appended>> {
+        let mut outcomes = Vec::with_capacity(requests.len());
+        for request in requests {
+            outcomes.push(self.append(request).await);
+        }
+        outcomes
+    }
     /// Up to `limit` entries of a room's log and whether more lie beyond in that direction.
     async fn history(&self, room: &str, page: HistoryPage, limit: u32) -> StoreResult<(Vec<Entry>, bool)>;
     /// Up to `limit` entries of the user's log with cursor > `after`, oldest first.

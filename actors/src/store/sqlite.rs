@@ -211,6 +211,15 @@ impl SqliteStore {
         let busy_timeout = Duration::from_millis(options.busy_timeout_ms);
         let writer = schema::open_connection(&path, busy_timeout, false)?;
         schema::prepare_database(&writer, busy_timeout)?;
+        // Checkpoints run on their own thread (threads.rs), not inside the writer's commits.
+        writer.pragma_update(None, "wal_autocheckpoint", 0).map_err(|e| sqlite_error(e, "turn off autocheckpoint"))?;
+        // A message to a large room dirties a page of every member's log: with SQLite's default
+        // 2 MB cache the writer spilled pages to the WAL mid-transaction and read them back.
+        // 32 MB holds a batch of them (memory is taken only as pages are used).
+        writer
+            .pragma_update(None, "cache_size", -32_768)
+            .map_err(|e| sqlite_error(e, "set the writer's cache size"))?;
+        let checkpointer = schema::open_connection(&path, busy_timeout, false)?;
         let readers = (0..options.read_connections)
             .map(|_| schema::open_connection(&path, busy_timeout, true))
             .collect::<StoreResult<Vec<Connection>>>()?;
@@ -223,6 +232,12 @@ impl SqliteStore {
             .name("sqlite-writer".into())
             .spawn(move || threads::writer_loop(writer, write_queue, limits, writer_counters))
             .map_err(|e| StoreError::Backend(format!("sqlite: start writer thread: {e}")))?;
+
+        let weak_counters = Arc::downgrade(&counters);
+        thread::Builder::new()
+            .name("sqlite-checkpoint".into())
+            .spawn(move || threads::checkpointer_loop(checkpointer, weak_counters))
+            .map_err(|e| StoreError::Backend(format!("sqlite: start checkpoint thread: {e}")))?;
 
         let (reads, read_queue) = mpsc::channel(options.read_queue_capacity);
         let read_queue = Arc::new(Mutex::new(read_queue));
@@ -299,6 +314,16 @@ impl SqliteStore {
 /// Fixed per-request overhead counted against `max_batch_bytes`, on top of strings.
 const REQUEST_OVERHEAD_BYTES: usize = 64;
 
+/// What an append counts against the writer's `max_batch_bytes`.
+fn append_cost(request: &AppendRequest) -> usize {
+    REQUEST_OVERHEAD_BYTES
+        + request.room.len()
+        + request.from.len()
+        + request.id.len()
+        + request.body.len()
+        + request.user.as_ref().map_or(0, String::len)
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     fn backend(&self) -> &'static str {
@@ -356,13 +381,36 @@ impl Store for SqliteStore {
 
     async fn append(&self, request: AppendRequest) -> StoreResult<Appended> {
         let retention = self.user_log_max_entries;
-        let cost = REQUEST_OVERHEAD_BYTES
-            + request.room.len()
-            + request.from.len()
-            + request.id.len()
-            + request.body.len()
-            + request.user.as_ref().map_or(0, String::len);
+        let cost = append_cost(&request);
         self.write(cost, move |conn| ops::append(conn, &request, retention)).await
+    }
+
+    /// Every request is queued before any reply is awaited, in order, so the writer applies
+    /// them in that order and usually in one transaction (group commit): one sync and one write
+    /// of each member's log page for the whole batch instead of one per message.
+    async fn append_batch(&self, requests: Vec<AppendRequest>) -> Vec<StoreResult<Appended>> {
+        let retention = self.user_log_max_entries;
+        let mut replies = Vec::with_capacity(requests.len());
+        for request in requests {
+            let (reply, response) = oneshot::channel();
+            let cost = append_cost(&request);
+            let job: Box<dyn WriteJob> =
+                Box::new(Job::new(move |conn: &Connection| ops::append(conn, &request, retention), reply, cost));
+            match self.writes.send(job).await {
+                Ok(()) => replies.push(Some(response)),
+                Err(_) => replies.push(None),
+            }
+        }
+        let mut outcomes = Vec::with_capacity(replies.len());
+        for response in replies {
+            outcomes.push(match response {
+                Some(response) => response
+                    .await
+                    .unwrap_or_else(|_| Err(StoreError::Backend("sqlite: the writer failed before committing".into()))),
+                None => Err(StoreError::Backend("sqlite: the writer thread has stopped".into())),
+            });
+        }
+        outcomes
     }
 
     async fn history(&self, room: &str, page: HistoryPage, limit: u32) -> StoreResult<(Vec<Entry>, bool)> {

@@ -6,6 +6,8 @@
 //! counts) afresh inside that transaction and cache nothing across transactions, which is what
 //! makes one database file safe to share between node processes.
 
+use std::collections::HashMap;
+
 use rusqlite::types::Type;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
@@ -67,8 +69,12 @@ const HISTORY_BEFORE: &str = "SELECT seq, id, sender, kind, subject, body, ts FR
 const HISTORY_AFTER: &str = "SELECT seq, id, sender, kind, subject, body, ts FROM entries \
                              WHERE rid = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3";
 
-const LOG_ADVANCE: &str = "UPDATE user_logs SET head = head + 1 WHERE uid = ?1 RETURNING head, floor";
-const LOG_POINTER_INSERT: &str = "INSERT INTO user_log (uid, cursor, rid, seq) VALUES (?1, ?2, ?3, ?4)";
+const LOG_ADVANCE_MEMBERS: &str = "UPDATE user_logs SET head = head + 1 \
+                                   WHERE uid IN (SELECT uid FROM members WHERE rid = ?1) RETURNING uid, head, floor";
+/// Runs right after [`LOG_ADVANCE_MEMBERS`]: each member's new head is the pointer's cursor.
+const LOG_POINTERS_INSERT: &str = "INSERT INTO user_log (uid, cursor, rid, seq) \
+                                   SELECT l.uid, l.head, ?1, ?2 FROM members m JOIN user_logs l ON l.uid = m.uid \
+                                   WHERE m.rid = ?1";
 const LOG_BOUNDS_BY_NAME: &str =
     "SELECT u.uid, l.floor, l.head FROM users u JOIN user_logs l ON l.uid = u.uid WHERE u.name = ?1";
 const LOG_TRIM: &str = "DELETE FROM user_log WHERE uid = ?1 AND cursor > ?2 AND cursor <= ?3";
@@ -95,7 +101,8 @@ pub(super) const HOT_QUERIES: &[&str] = &[
     ENTRY_BY_CLIENT_ID,
     HISTORY_BEFORE,
     HISTORY_AFTER,
-    LOG_ADVANCE,
+    LOG_ADVANCE_MEMBERS,
+    LOG_POINTERS_INSERT,
     LOG_BOUNDS_BY_NAME,
     LOG_TRIM,
     LOG_PAGE,
@@ -272,22 +279,35 @@ fn insert_entry(conn: &Connection, rid: i64, entry: &Entry) -> StoreResult<()> {
 /// Append a pointer to entry (`rid`, `seq`) to the log of every current member, in this
 /// transaction; returns each member's new cursor. With retention on, trims a log whose head
 /// just reached a multiple of [`TRIM_PERIOD`].
+///
+/// Three statements whatever the room's size, each over all members at once, rather than two
+/// per member: per statement SQLite opens and releases a statement journal and runs its VM
+/// set-up, which for a 1,000-member room was over half of the writer's time
+/// (docs/BENCHMARKS.md).
 fn fan_out(conn: &Connection, rid: i64, seq: u64, retention: u64) -> StoreResult<Vec<(String, Cursor)>> {
-    let members: Vec<(i64, String)> = conn
+    let advanced: Vec<(i64, u64, u64)> = conn
+        .prepare_cached(LOG_ADVANCE_MEMBERS)
+        .and_then(|mut s| s.query_map([rid], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect())
+        .ctx("advance members' user log heads")?;
+    let inserted = conn
+        .prepare_cached(LOG_POINTERS_INSERT)
+        .and_then(|mut s| s.execute(params![rid, sql_int(seq)]))
+        .ctx("insert user log pointers")?;
+    debug_assert_eq!(inserted, advanced.len(), "one pointer per advanced log");
+    let names: HashMap<i64, String> = conn
         .prepare_cached(MEMBER_RECIPIENTS)
         .and_then(|mut s| s.query_map([rid], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
         .ctx("read room members")?;
-    let mut recipients = Vec::with_capacity(members.len());
-    let mut advance = conn.prepare_cached(LOG_ADVANCE).ctx("prepare log advance")?;
-    let mut insert = conn.prepare_cached(LOG_POINTER_INSERT).ctx("prepare log insert")?;
-    for (uid, name) in members {
-        let (head, floor): (u64, u64) =
-            advance.query_row([uid], |r| Ok((r.get(0)?, r.get(1)?))).ctx("advance user log head")?;
-        debug_assert!(invariants::bounds_ordered(floor, head), "user {name} log floor {floor} above head {head}");
-        insert.execute(params![uid, sql_int(head), rid, sql_int(seq)]).ctx("insert user log pointer")?;
+    let mut recipients = Vec::with_capacity(advanced.len());
+    for (uid, head, floor) in advanced {
+        debug_assert!(invariants::bounds_ordered(floor, head), "user {uid} log floor {floor} above head {head}");
         if retention > 0 && head % TRIM_PERIOD == 0 && head - floor > retention {
             trim_range(conn, uid, floor, head - retention)?;
         }
+        let name = names
+            .get(&uid)
+            .cloned()
+            .ok_or_else(|| StoreError::Backend(format!("sqlite: member {uid} of room {rid} has no user row")))?;
         recipients.push((name, head));
     }
     Ok(recipients)

@@ -11,6 +11,12 @@
 //! so nothing is acknowledged before it is durable. Under load the batch grows by itself: while
 //! a commit syncs, new requests queue up and go into the next one.
 //!
+//! Checkpointer: one thread that copies the WAL back into the database file (a `PASSIVE`
+//! checkpoint, which never waits for readers or blocks the writer) a few times a second after
+//! commits. The writer's own automatic checkpoint is off: it ran inside a commit whenever the
+//! WAL passed 1,000 pages, which a message to a large room does quickly, and took 14% of the
+//! writer's time in the fan-out profile (docs/BENCHMARKS.md). Here it runs on another core.
+//!
 //! Readers: a fixed set of threads, each owning a connection, all taking jobs from one shared
 //! queue (so a slow read never holds up a fast one queued behind it on the same thread). WAL
 //! lets them read a consistent snapshot while the writer commits. Dedicated threads rather
@@ -225,6 +231,34 @@ fn rollback(conn: &Connection) {
             tracing::error!(error = %e, "sqlite rollback failed");
         }
     }
+}
+
+/// How often the checkpointer looks for new commits.
+pub(super) const CHECKPOINT_PERIOD: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// The checkpointer's loop: after commits, a `PASSIVE` checkpoint. Ends when the store is
+/// gone (the writer's counters are dropped with it).
+pub(super) fn checkpointer_loop(conn: Connection, counters: std::sync::Weak<WriterCounters>) {
+    let mut checkpointed = 0;
+    loop {
+        std::thread::sleep(CHECKPOINT_PERIOD);
+        let Some(counters) = counters.upgrade() else { break };
+        let committed = counters.transactions.load(Ordering::Relaxed);
+        drop(counters);
+        if committed == checkpointed {
+            continue;
+        }
+        checkpointed = committed;
+        // (busy, frames in the WAL, frames checkpointed); busy only means a reader or another
+        // process held part of it back, which the next round picks up.
+        let result = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+            Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
+        });
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "sqlite checkpoint failed; retrying later");
+        }
+    }
+    tracing::debug!("sqlite checkpointer stopped: the store is gone");
 }
 
 /// A reader thread's loop: take the next job from the shared queue and run it.
