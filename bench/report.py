@@ -245,6 +245,56 @@ def section_storm(doc):
     return body + "\n" + command_block(doc)
 
 
+def section_presence(doc):
+    body = (
+        "### Presence: inter-node messages and memory per online user\n\n"
+        "Two nodes; every user connects (authenticated) to node A, so node B holds none of their "
+        "connections, only their replicated presence records. Memory per online user is node B's "
+        "resident memory growth (`VmRSS`) from before the users connected to when B's "
+        "`palaver_presence_users` gauge counted all of them, divided by the users; node A's growth per "
+        "connection (the connection itself included) is beside it. Then, for the measured period, each user "
+        "changes state once a minute (`set_presence`, online ↔ away with a status text, the changes spread "
+        "evenly over the users): inter-node presence messages per second are the growth of "
+        "`palaver_presence_batches_sent_total` summed over the nodes, beside the naive count of one message "
+        "per change per other node. Accounts are made beforehand and the nodes restarted, so neither "
+        "ran argon2. Watchers on node B watch users of node A (sharing a room with them) and time each "
+        "change until its `presence` push arrives (the status text carries the send time).\n\n"
+    )
+    out = []
+    for r in doc["rows"]:
+        mib = lambda k: num(r.get(k, 0) / 1024)
+        out.append([
+            r.get("nodes"), r.get("users"), r.get("failed"),
+            f"{mib('rss_b_before_kib')} → {mib('rss_b_after_kib')}", num(r.get("b_bytes_per_user"), 0),
+            num(r.get("b_bytes_per_user_with_status"), 0),
+            f"{mib('rss_a_before_kib')} → {mib('rss_a_after_kib')}", num(r.get("a_kib_per_connection"), 2),
+        ])
+    body += table(["nodes", "users on A", "failed", "node B RSS (MiB)", "bytes per online user on B",
+                   "… after each set a status", "node A RSS (MiB)", "KiB per connection on A"], out)
+    out = []
+    for r in doc["rows"]:
+        ratio_text = "–" if not r.get("naive_over_batches") else f"**{r['naive_over_batches']:.1f}× fewer**"
+        out.append([
+            f"{num(r.get('per_minute'), 0)}/min × {r.get('users')}", f"{r.get('duration_s', 0):.0f}",
+            num(r.get("changes_per_s")), f"{r.get('changes_failed')}", num(r.get("batches_per_s"), 2),
+            num(r.get("records_per_s")), num(r.get("naive_messages_per_s")), ratio_text,
+            num(r.get("idle_batches_per_s"), 2),
+        ])
+    body += "\n" + table(["changes", "seconds", "changes/s", "refused", "inter-node messages/s",
+                          "records/s", "naive messages/s", "vs naive", "messages/s idle"], out)
+    watched = [r for r in doc["rows"] if r.get("watchers")]
+    if watched:
+        out = []
+        for r in watched:
+            pl = r.get("push_latency", {})
+            out.append([r["watchers"], r["watch_each"], r.get("watched_hidden"), num(r.get("pushes_per_s"), 2),
+                        f"{r.get('marked_pushes')} / {r.get('expected_pushes')}", num(pl.get("p50_ms"), 1),
+                        num(pl.get("p99_ms"), 1), num(pl.get("max_ms"), 1)])
+        body += "\n" + table(["watchers on B", "watching each", "hidden", "pushes/s received", "received / expected",
+                              "change → push p50 ms", "p99 ms", "max ms"], out)
+    return body + "\n" + command_block(doc)
+
+
 def targets_section():
     """The four targets of issue 6, met or not, from whatever results exist."""
     rows = []
@@ -284,7 +334,7 @@ def targets_section():
 def main():
     parts = []
     machine = None
-    for name in ["idle", "fanout", "fanout-xmpp", "saturation", "many-rooms", "reconnect-storm", "cross-node"]:
+    for name in ["idle", "fanout", "fanout-xmpp", "saturation", "many-rooms", "reconnect-storm", "cross-node", "presence"]:
         doc = load(name)
         if not doc:
             continue
@@ -310,6 +360,8 @@ def main():
             parts.append(section_many(doc))
         elif name == "reconnect-storm":
             parts.append(section_storm(doc))
+        elif name == "presence":
+            parts.append(section_presence(doc))
         elif name == "cross-node":
             parts.append(section_fanout(doc, "Cross-node fan-out",
                                         "The publisher is on the first node, receivers on the others (with one node, "

@@ -6,6 +6,7 @@
 #   QUICK=1 bench/run.sh         the same scenarios, small (a few minutes)
 #   SCENARIOS="idle fanout" bench/run.sh     only some of them
 #   SKIP_SETUP=1 …               do not install or build
+#   REPORT=FILE …                write the report there instead of docs/BENCHMARKS.md
 #
 # Results: bench/results/<scenario>.json (and .txt with the load generator's output).
 # Every server is started fresh for each scenario and stopped when it ends (also on ^C).
@@ -15,7 +16,7 @@ trap stop_servers EXIT
 cd "$ROOT"
 
 QUICK="${QUICK:-0}"
-SCENARIOS="${SCENARIOS:-idle fanout fanout-xmpp saturation many-rooms reconnect-storm}"
+SCENARIOS="${SCENARIOS:-idle fanout fanout-xmpp saturation many-rooms reconnect-storm presence}"
 RESULTS="${RESULTS:-$BENCH_DIR/results}"
 mkdir -p "$RESULTS"
 chmod 755 "$WORK"
@@ -29,9 +30,12 @@ export SOCKETIO_VERSION="$(python3 -c 'import socketio; print(socketio.__version
 
 if [[ "$QUICK" == 1 ]]; then
   IDLE_N=1000; FAN_N=200; FAN_RATES=100,0; FAN_DUR=5; XMPP_N=50; SAT_N=50; SAT_STEPS=5; ROOMS=20; STORM=200; BACKLOG=50
+  PRES_N=1000; PRES_DUR=20
 else
   IDLE_N=10000; FAN_N=1000; FAN_RATES=200,0; FAN_DUR=10; XMPP_N=300; SAT_N=100; SAT_STEPS=10; ROOMS=100; STORM=1000; BACKLOG=200
+  PRES_N=10000; PRES_DUR=60
 fi
+PRES_N="${PRESENCE_N:-$PRES_N}"; PRES_DUR="${PRESENCE_DURATION:-$PRES_DUR}"; PRES_WATCHERS="${PRESENCE_WATCHERS:-10}"
 
 # Start the servers a scenario needs; sets TARGETS to the load generator's server options.
 servers() {
@@ -85,10 +89,21 @@ for scenario in $SCENARIOS; do
       servers
       run reconnect-storm reconnect-storm --clients "$STORM" --backlog "$BACKLOG" "${TARGETS[@]}"
       ;;
+    presence)
+      # palaver alone, two nodes: every user on the first, each changing state once a minute.
+      # Accounts first, on the cluster then restarted, so the measured nodes never ran argon2.
+      start_palaver_cluster 17610 2
+      ( ulimit -n 20000; "$LOADGEN" accounts --n "$((PRES_N + PRES_WATCHERS))" --concurrency 8 --sources 4 \
+          --palaver "${PALAVER_URLS%%,*}" --tokens "$WORK/presence-tokens" )
+      stop_palaver_cluster
+      start_palaver_cluster 17610 2
+      run presence presence --n "$PRES_N" --duration "$PRES_DUR" --per-minute 1 --watchers "$PRES_WATCHERS" --watch 100 \
+        --sources 4 --settle 5 --tokens "$WORK/presence-tokens" --palaver "$PALAVER_URLS" --palaver-pid "$PALAVER_PIDS"
+      ;;
     *) echo "unknown scenario $scenario" >&2; exit 2 ;;
   esac
   stop_servers
   sleep 2
 done
 
-python3 "$BENCH_DIR/report.py" "$RESULTS" "$ROOT/docs/BENCHMARKS.md"
+python3 "$BENCH_DIR/report.py" "$RESULTS" "${REPORT:-$ROOT/docs/BENCHMARKS.md}"

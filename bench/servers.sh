@@ -42,6 +42,66 @@ start_palaver() { # [port] [name]
   PALAVER_URL="ws://127.0.0.1:$port/ws"
 }
 
+# A cluster of `count` palaver nodes on one shared SQLite store (as the cluster harness of
+# tests/src/cluster.rs runs them): client ports port, port+1, …; cluster ports port+50, ….
+# Sets PALAVER_URLS and PALAVER_PIDS (comma-separated, node order) and PALAVER_CLUSTER_PIDS.
+start_palaver_cluster() { # [port] [count] [name]
+  local port="${1:-17610}" count="${2:-2}" name="${3:-cluster}" k seeds=""
+  local dir="$WORK/$name"
+  mkdir -p "$dir"
+  PALAVER_URLS=""; PALAVER_PIDS=""; PALAVER_CLUSTER_PIDS=()
+  for ((k = 0; k < count; k++)); do
+    local cport=$((port + 50 + k)) pid
+    (
+      ulimit -n 20000
+      cd "$dir"
+      PALAVER_NODE__NAME="$name-$((k + 1))" \
+      PALAVER_NODE__DATA_DIR="$dir" \
+      PALAVER_CLIENT__LISTEN="127.0.0.1:$((port + k))" \
+      PALAVER_CLUSTER__ENABLED=true \
+      PALAVER_CLUSTER__LISTEN="127.0.0.1:$cport" \
+      PALAVER_CLUSTER__COOKIE="bench-cluster-cookie-0123456789" \
+      PALAVER_AUTH__TOKEN_KEY="bench-token-key-0123456789abcdef-0123456789" \
+      PALAVER_AUTH__ARGON2_MEMORY_KIB=1024 \
+      PALAVER_AUTH__ARGON2_ITERATIONS=1 \
+      PALAVER_LIMITS__MAX_ROOM_MEMBERS=20000 \
+      PALAVER_LIMITS__FRAMES_PER_SECOND=1000000 \
+      PALAVER_LIMITS__MAX_CONNECTIONS=19500 \
+      PALAVER_LOG__FILTER="${NODE_LOG_FILTER:-warn}" \
+      exec env -u PALAVER_BIN ${seeds:+"PALAVER_CLUSTER__SEEDS=[$seeds]"} "$NODE_BIN" >"$WORK/$name-$((k + 1)).out" 2>"$WORK/$name-$((k + 1)).log"
+    ) &
+    pid=$!
+    STARTED_PIDS+=("$pid")
+    PALAVER_CLUSTER_PIDS+=("$pid")
+    wait_port 127.0.0.1 "$((port + k))" 60
+    seeds="${seeds:+$seeds,}\"127.0.0.1:$cport\""
+    PALAVER_URLS="${PALAVER_URLS:+$PALAVER_URLS,}ws://127.0.0.1:$((port + k))/ws"
+    PALAVER_PIDS="${PALAVER_PIDS:+$PALAVER_PIDS,}$pid"
+  done
+  # Until every node sees all of them live and serving.
+  local deadline=$((SECONDS + 60)) ready
+  while :; do
+    ready=1
+    for ((k = 0; k < count; k++)); do
+      python3 - "$((port + k))" "$count" 2>/dev/null <<'EOF2' || ready=0
+import json, sys, urllib.request
+status = json.load(urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/cluster", timeout=5))
+cluster = status.get("cluster", {})
+sys.exit(0 if len(cluster.get("live", [])) == int(sys.argv[2]) and cluster.get("serving") else 1)
+EOF2
+    done
+    ((ready)) && break
+    ((SECONDS < deadline)) || { echo "the $count-node cluster did not converge in 60 s" >&2; return 1; }
+    sleep 0.5
+  done
+}
+
+stop_palaver_cluster() {
+  local pid
+  for pid in "${PALAVER_CLUSTER_PIDS[@]}"; do stop_pid "$pid"; done
+  PALAVER_CLUSTER_PIDS=()
+}
+
 start_nats() {
   command -v nats-server >/dev/null || { echo "nats-server not installed (bench/setup.sh)"; return 1; }
   ( ulimit -n 20000; exec nats-server -c "$BENCH_DIR/nats.conf" >"$WORK/nats.log" 2>&1 ) &

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A short run of every load-generator scenario against one palaver node (and NATS when it is
-# installed), to prove the load generator works; under a minute once built. For .ci/run:
+# installed), then `presence` on a 2-node cluster, to prove the load generator works; about a
+# minute once built. For .ci/run:
 #
 #   bash bench/smoke.sh
 #
@@ -65,6 +66,15 @@ scenario reconnect-storm reconnect-storm --clients 30 --backlog 20 "${TARGETS[@]
   && check reconnect-storm 'r["replayed"] == r["expected"] and r["failed"] == 0'
 scenario saturation saturation --n 20 --from 50 --factor 2 --steps 2 --duration 1 --warmup 0.5 --p99-ms 1000 "${TARGETS[@]}" \
   && check saturation 'True'
+
+# Presence on a 2-node cluster: every user on the first node, changing state 20 times a minute.
+stop_servers
+start_palaver_cluster 17710 2 smoke-cluster
+scenario presence presence --n 200 --duration 3 --per-minute 20 --watchers 2 --watch 20 --settle 1 \
+  --palaver "$PALAVER_URLS" --palaver-pid "$PALAVER_PIDS" \
+  && check presence '(r["users"] == 200 and r["failed"] == 0 and r["changes"] > 0 and r["changes_ok"] == r["changes"]
+    and r["presence_users_b"] >= 200 and 0 < r["batches_per_s"] < r["naive_messages_per_s"]
+    and r["records"] >= 0.9 * r["changes"] and r["marked_pushes"] == r["expected_pushes"] > 0)'
 
 echo "loadgen smoke: $passed passed, $failed failed"
 [[ "$failed" == 0 ]]

@@ -7,7 +7,7 @@
 //! Run `loadgen help` for the scenarios and their options; bench/run.sh runs them all and
 //! writes docs/BENCHMARKS.md.
 
-use tests::load::{args::Args, group, scenarios};
+use tests::load::{args::Args, group, presence, scenarios};
 
 const HELP: &str = "\
 loadgen SCENARIO [servers] [options]
@@ -29,6 +29,13 @@ scenarios:
   many-rooms       --rooms 100 --size 10 --rate 1 [--no-direct] --duration 10
   reconnect-storm  --clients 1000 --backlog 100          (palaver only)
   cross-node       like fanout; publisher on the first palaver URL, receivers on the others
+  presence         --n 10000 --duration 60 --per-minute 1 --settle 3 [--tokens FILE]
+                   [--watchers 0 --watch 100] --status-bytes 40 --sources 4
+                   --palaver URL_A,URL_B --palaver-pid PID_A,PID_B  (or --start-cluster [--nodes 2]
+                   [--node-env KEY=VALUE]…, binary $NODE_BIN or palaver beside loadgen)
+                                                       N users on node A change state per-minute times a
+                                                       minute: inter-node presence messages/s, memory per
+                                                       online user on node B (which holds none of them)
 
 common: --procs P (connections split over P processes) --sources S (source addresses 127.0.k.1)
         --concurrency 64 (set-up in parallel) --body 100 (bytes) --json FILE (results)
@@ -59,6 +66,7 @@ fn main() -> anyhow::Result<()> {
             "saturation" => scenarios::saturation(&args, &command).await,
             "many-rooms" => scenarios::many_rooms(&args, &command).await,
             "reconnect-storm" => scenarios::reconnect_storm(&args, &command).await,
+            "presence" => presence::presence(&args, &command).await,
             other => {
                 eprint!("unknown scenario `{other}`\n\n{HELP}");
                 std::process::exit(2);

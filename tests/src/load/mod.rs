@@ -8,6 +8,8 @@
 //!   in a child process (`loadgen worker`) so one run can pass the per-process open-file limit.
 //! - [`scenarios`]: `idle`, `fanout`, `saturation`, `many-rooms`, `reconnect-storm`,
 //!   `cross-node`.
+//! - [`presence`]: `presence`, what presence costs a cluster (inter-node messages per second,
+//!   memory per online user).
 //! - [`report`]: the summary lines and the JSON the report is made from.
 //!
 //! Latency is publish→deliver: every message body starts with a marker holding the send time
@@ -21,6 +23,7 @@
 pub mod args;
 pub mod group;
 pub mod peers;
+pub mod presence;
 pub mod report;
 pub mod scenarios;
 
