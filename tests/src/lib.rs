@@ -15,6 +15,8 @@ pub mod cluster;
 
 pub mod docker;
 
+pub mod presence;
+
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -7,16 +7,16 @@
 //! harness's default heartbeats (250 ms / 2 s). Waits are generous; timings are only checked
 //! from below.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context};
 use protocol::{PresenceState, ReceiptKind, UserPresence};
 use tests::cluster::{Cluster, ClusterOptions};
-use tests::{reply_req, Client, ClientFrame, Encoding, ErrorCode, ServerFrame};
+use tests::presence::*;
+use tests::{Client, ClientFrame, Encoding, ErrorCode, ServerFrame};
 
 use PresenceState::{Away, Offline, Online};
 
-const DEADLINE: Duration = Duration::from_secs(15);
 const QUIET: Duration = Duration::from_millis(1000);
 const TYPING_TTL_MS: u64 = 800;
 
@@ -26,10 +26,6 @@ fn options() -> ClusterOptions {
         env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         ..ClusterOptions::default()
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_millis() as u64
 }
 
 /// Register (or log in) `name` on node `k` and authenticate there.
@@ -90,56 +86,6 @@ async fn say(client: &mut Client, room: &str, id: &str, body: &str) -> anyhow::R
     }
 }
 
-async fn watch(client: &mut Client, users: &[&str]) -> anyhow::Result<(Vec<UserPresence>, Vec<String>)> {
-    let req = client.next_req();
-    let frame = ClientFrame::WatchPresence { req, users: users.iter().map(|u| u.to_string()).collect() };
-    match client.request(frame).await? {
-        ServerFrame::PresenceList { req: got, users, hidden } if got == req => Ok((users, hidden)),
-        other => bail!("watch_presence {users:?}: expected presence_list, got {other:?}"),
-    }
-}
-
-async fn set_presence(client: &mut Client, state: PresenceState, status: Option<&str>) -> anyhow::Result<()> {
-    let req = client.next_req();
-    let frame = ClientFrame::SetPresence { req, state, status: status.map(String::from) };
-    match client.request(frame).await? {
-        ServerFrame::Ok { req: got } if got == req => Ok(()),
-        other => bail!("set_presence {state:?} {status:?}: expected ok, got {other:?}"),
-    }
-}
-
-fn presence_of<'a>(user: &'a str) -> impl Fn(&ServerFrame) -> bool + 'a {
-    move |frame| matches!(frame, ServerFrame::Presence { presence } if presence.user == user)
-}
-
-/// The next presence push for `user` that differs from `known` (repeats of `known` are
-/// skipped: a watcher that subscribed between a change and its flush may be told again).
-async fn next_change(client: &mut Client, user: &str, known: &UserPresence) -> anyhow::Result<UserPresence> {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match client.recv_matching_within(left, presence_of(user)).await? {
-            Some(ServerFrame::Presence { presence }) if presence == *known => continue,
-            Some(ServerFrame::Presence { presence }) => return Ok(presence),
-            Some(other) => bail!("not a presence frame: {other:?}"),
-            None => bail!("{:?}: no presence push for {user} (other than {known:?}) within {DEADLINE:?}", client.user),
-        }
-    }
-}
-
-/// No push for `user` that differs from `known` within `within`.
-async fn no_change(client: &mut Client, user: &str, known: &UserPresence, within: Duration) -> anyhow::Result<()> {
-    let deadline = Instant::now() + within;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match client.recv_matching_within(left, presence_of(user)).await? {
-            Some(ServerFrame::Presence { presence }) if presence == *known => continue,
-            Some(frame) => bail!("{:?}: unexpected push while {user} should stay {known:?}: {frame:?}", client.user),
-            None => return Ok(()),
-        }
-    }
-}
-
 /// Watch `users` and wait until each is online (on another node, a fresh connection reaches
 /// the watcher's node within a flush interval or so). Returns what the watcher knows now.
 async fn watch_until_online(client: &mut Client, users: &[&str]) -> anyhow::Result<Vec<UserPresence>> {
@@ -156,54 +102,6 @@ async fn watch_until_online(client: &mut Client, users: &[&str]) -> anyhow::Resu
     Ok(list)
 }
 
-fn check_presence(p: &UserPresence, user: &str, state: PresenceState, status: Option<&str>) -> anyhow::Result<()> {
-    ensure!(
-        p.user == user && p.state == state && p.status.as_deref() == status,
-        "expected {user} {state:?} with status {status:?}, got {p:?}"
-    );
-    Ok(())
-}
-
-fn check_offline(p: &UserPresence, user: &str, from_ms: u64) -> anyhow::Result<()> {
-    ensure!(p.user == user && p.state == Offline, "expected {user} offline, got {p:?}");
-    let seen = p.last_seen.with_context(|| format!("{user} offline without last_seen: {p:?}"))?;
-    let now = now_ms();
-    ensure!(
-        seen + 1_000 >= from_ms && seen <= now + 1_000,
-        "{user}'s last_seen {seen} is not between {from_ms} (the disconnect) and {now} (now): {p:?}"
-    );
-    Ok(())
-}
-
-async fn refused(client: &mut Client, frame: ClientFrame, code: ErrorCode) -> anyhow::Result<()> {
-    let req = frame.req();
-    let what = format!("{frame:?}");
-    client.send(&frame).await?;
-    match client.recv_matching_within(DEADLINE, |f| reply_req(f) == Some(req)).await? {
-        Some(ServerFrame::Error { req: Some(got), code: got_code, .. }) if got == req && got_code == code => {}
-        Some(other) => bail!("{what}: expected error {code:?} with req {req}, got {other:?}"),
-        None => bail!("{what}: expected error {code:?} with req {req}, got no reply within {DEADLINE:?}"),
-    }
-    client.ping().await.with_context(|| format!("the connection after {what}"))
-}
-
-async fn none_arrives(
-    client: &mut Client,
-    within: Duration,
-    what: &str,
-    unwanted: impl Fn(&ServerFrame) -> bool,
-) -> anyhow::Result<()> {
-    client.ping().await?;
-    if let Some(frame) = client.recv_matching_within(within, unwanted).await? {
-        bail!("{:?} got {what}: {frame:?}", client.user);
-    }
-    Ok(())
-}
-
-fn typing_in<'a>(room: &'a str) -> impl Fn(&ServerFrame) -> bool + 'a {
-    move |frame| matches!(frame, ServerFrame::Typing { room: r, .. } if r == room)
-}
-
 async fn next_frame(
     client: &mut Client,
     what: &str,
@@ -213,11 +111,6 @@ async fn next_frame(
         .recv_matching_within(DEADLINE, wanted)
         .await?
         .with_context(|| format!("{:?}: no {what} within {DEADLINE:?}", client.user))
-}
-
-async fn send_typing(client: &mut Client, room: &str, active: bool) -> anyhow::Result<()> {
-    let req = client.next_req();
-    client.send(&ClientFrame::Typing { req, room: room.into(), active }).await
 }
 
 /// Run a test body against a cluster; on failure, add every node's log tail.

@@ -8,16 +8,14 @@
 //! Nodes run with short presence timings (grace 300 ms, flush 50 ms, typing ttl 800 ms) so the
 //! tests are quick; waits are generous (15 s) and timings are only ever checked from below.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context};
 use protocol::{PresenceState, ReadPosition, ReceiptKind, UserPresence};
-use tests::{reply_req, Client, ClientFrame, Encoding, ErrorCode, Node, NodeOptions, ServerFrame};
+use tests::presence::*;
+use tests::{Client, ClientFrame, Encoding, ErrorCode, Node, NodeOptions, ServerFrame};
 
 use PresenceState::{Away, Offline, Online};
-
-/// How long to wait for something that must happen.
-const DEADLINE: Duration = Duration::from_secs(15);
 
 /// How long to listen for something that must not happen (after the thing it would have come
 /// with has been seen).
@@ -39,10 +37,6 @@ fn options() -> NodeOptions {
         .env("PRESENCE__TYPING_TTL_MS", TYPING_TTL_MS)
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_millis() as u64
-}
-
 /// Run a test body against a node; on failure, add the tail of the node's log.
 async fn with_log<T>(node: &Node, body: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
     body.await.map_err(|err| {
@@ -50,24 +44,6 @@ async fn with_log<T>(node: &Node, body: impl std::future::Future<Output = anyhow
         let lines: Vec<&str> = log.lines().collect();
         anyhow!("{err:#}\n----- node log (tail) -----\n{}", lines[lines.len().saturating_sub(60)..].join("\n"))
     })
-}
-
-async fn watch(client: &mut Client, users: &[&str]) -> anyhow::Result<(Vec<UserPresence>, Vec<String>)> {
-    let req = client.next_req();
-    let frame = ClientFrame::WatchPresence { req, users: users.iter().map(|u| u.to_string()).collect() };
-    match client.request(frame).await? {
-        ServerFrame::PresenceList { req: got, users, hidden } if got == req => Ok((users, hidden)),
-        other => bail!("watch_presence {users:?}: expected presence_list, got {other:?}"),
-    }
-}
-
-async fn set_presence(client: &mut Client, state: PresenceState, status: Option<&str>) -> anyhow::Result<()> {
-    let req = client.next_req();
-    let frame = ClientFrame::SetPresence { req, state, status: status.map(String::from) };
-    match client.request(frame).await? {
-        ServerFrame::Ok { req: got } if got == req => Ok(()),
-        other => bail!("set_presence {state:?} {status:?}: expected ok, got {other:?}"),
-    }
 }
 
 async fn list_members(
@@ -108,109 +84,11 @@ fn reads(list: &[(&str, u64)]) -> Vec<ReadPosition> {
     list.iter().map(|(user, seq)| ReadPosition { user: user.to_string(), seq: *seq }).collect()
 }
 
-/// Send a request that must be refused with `code` (and its `req`), then check the connection
-/// still answers a ping. Does not wait for a reply that never comes if the node accepts a
-/// `typing` (which has no reply on success).
-async fn refused(client: &mut Client, frame: ClientFrame, code: ErrorCode) -> anyhow::Result<()> {
-    let req = frame.req();
-    let what = format!("{frame:?}");
-    client.send(&frame).await?;
-    match client.recv_matching_within(DEADLINE, |f| reply_req(f) == Some(req)).await? {
-        Some(ServerFrame::Error { req: Some(got), code: got_code, message, .. })
-            if got == req && got_code == code && !message.is_empty() => {}
-        Some(other) => bail!("{what}: expected error {code:?} with req {req}, got {other:?}"),
-        None => bail!("{what}: expected error {code:?} with req {req}, got no reply within {DEADLINE:?}"),
-    }
-    client.ping().await.with_context(|| format!("the connection after {what}"))
-}
-
-fn presence_of<'a>(user: &'a str) -> impl Fn(&ServerFrame) -> bool + 'a {
-    move |frame| matches!(frame, ServerFrame::Presence { presence } if presence.user == user)
-}
-
-/// The next presence push for `user` that differs from `known`. Pushes that repeat `known`
-/// are skipped: a watcher that subscribed between a change and its flush may be told again
-/// what its presence list already said.
-async fn next_change(client: &mut Client, user: &str, known: &UserPresence) -> anyhow::Result<UserPresence> {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match client.recv_matching_within(left, presence_of(user)).await? {
-            Some(ServerFrame::Presence { presence }) if presence == *known => continue,
-            Some(ServerFrame::Presence { presence }) => return Ok(presence),
-            Some(other) => bail!("not a presence frame: {other:?}"),
-            None => bail!("{:?}: no presence push for {user} (other than {known:?}) within {DEADLINE:?}", client.user),
-        }
-    }
-}
-
-/// No presence push for `user` that differs from `known` within `within`.
-async fn no_change(client: &mut Client, user: &str, known: &UserPresence, within: Duration) -> anyhow::Result<()> {
-    let deadline = Instant::now() + within;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match client.recv_matching_within(left, presence_of(user)).await? {
-            Some(ServerFrame::Presence { presence }) if presence == *known => continue,
-            Some(frame) => bail!("{:?}: unexpected push while {user} should stay {known:?}: {frame:?}", client.user),
-            None => return Ok(()),
-        }
-    }
-}
-
-fn check_presence(p: &UserPresence, user: &str, state: PresenceState, status: Option<&str>) -> anyhow::Result<()> {
-    ensure!(
-        p.user == user && p.state == state && p.status.as_deref() == status,
-        "expected {user} {state:?} with status {status:?}, got {p:?}"
-    );
-    Ok(())
-}
-
-/// Offline, with a last_seen between `from - 1 s` and now + 1 s (same clock: one machine).
-fn check_offline(p: &UserPresence, user: &str, from_ms: u64) -> anyhow::Result<()> {
-    ensure!(p.user == user && p.state == Offline, "expected {user} offline, got {p:?}");
-    let seen = p.last_seen.with_context(|| format!("{user} offline without last_seen: {p:?}"))?;
-    let now = now_ms();
-    ensure!(
-        seen + 1_000 >= from_ms && seen <= now + 1_000,
-        "{user}'s last_seen {seen} is not between {from_ms} (the disconnect) and {now} (now): {p:?}"
-    );
-    Ok(())
-}
-
-fn typing_in<'a>(room: &'a str) -> impl Fn(&ServerFrame) -> bool + 'a {
-    move |frame| matches!(frame, ServerFrame::Typing { room: r, .. } if r == room)
-}
-
 async fn next_typing(client: &mut Client, room: &str) -> anyhow::Result<ServerFrame> {
     client
         .recv_matching_within(DEADLINE, typing_in(room))
         .await?
         .with_context(|| format!("{:?}: no typing frame for {room} within {DEADLINE:?}", client.user))
-}
-
-/// `typing` has no reply on success.
-async fn send_typing(client: &mut Client, room: &str, active: bool) -> anyhow::Result<()> {
-    let req = client.next_req();
-    client.send(&ClientFrame::Typing { req, room: room.into(), active }).await
-}
-
-/// Nothing matching `unwanted` reaches `client`: what is already there is seen after a ping
-/// round trip, and nothing more comes for `within`.
-async fn none_arrives(
-    client: &mut Client,
-    within: Duration,
-    what: &str,
-    unwanted: impl Fn(&ServerFrame) -> bool,
-) -> anyhow::Result<()> {
-    client.ping().await?;
-    if let Some(frame) = client.recv_matching_within(within, unwanted).await? {
-        bail!("{:?} got {what}: {frame:?}", client.user);
-    }
-    Ok(())
-}
-
-fn receipt_in<'a>(room: &'a str) -> impl Fn(&ServerFrame) -> bool + 'a {
-    move |frame| matches!(frame, ServerFrame::Receipt { room: r, .. } if r == room)
 }
 
 async fn next_receipt(client: &mut Client, room: &str) -> anyhow::Result<ServerFrame> {

@@ -287,16 +287,10 @@ impl LocalGroup {
                 let url = spec.urls[index % spec.urls.len()].clone();
                 let (rooms, direct) = spec.rooms_of(index);
                 let src = peers::source_addr(index, spec.sources);
-                let mut last = None;
-                for attempt in 0..3 {
-                    match peers::open(&spec.target, &url, src, &spec.run, index, token.as_deref(), &rooms, direct).await
-                    {
-                        Ok(opened) => return Ok((index, opened)),
-                        Err(err) => last = Some(err),
-                    }
-                    tokio::time::sleep(Duration::from_millis(200 * (attempt + 1))).await;
-                }
-                Err(last.expect("an error"))
+                let opened =
+                    peers::open_retrying(&spec.target, &url, src, &spec.run, index, token.as_deref(), &rooms, direct)
+                        .await?;
+                Ok::<_, anyhow::Error>((index, opened))
             }
         }))
         .buffer_unordered(concurrency);

@@ -202,6 +202,30 @@ pub fn password(user: &str) -> String {
     format!("password-of-{user}")
 }
 
+/// [`open`], tried three times with a growing pause: with thousands of connections opening at
+/// once, a server (or the loopback) refuses a few, and one refusal should not fail a run.
+#[allow(clippy::too_many_arguments)]
+pub async fn open_retrying(
+    target: &Target,
+    url: &str,
+    src: Option<Ipv4Addr>,
+    run: &str,
+    index: usize,
+    token: Option<&str>,
+    rooms: &[String],
+    direct_with: Option<usize>,
+) -> anyhow::Result<Opened> {
+    let mut last = None;
+    for attempt in 0..3u64 {
+        match open(target, url, src, run, index, token, rooms, direct_with).await {
+            Ok(opened) => return Ok(opened),
+            Err(err) => last = Some(err),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200 * (attempt + 1))).await;
+    }
+    Err(last.expect("three attempts failed"))
+}
+
 /// Connect as user `index`, log in (palaver: with `token` if given, else register and log in
 /// first), join `rooms`, open a direct room with `direct_with` if given.
 // Eight plain arguments read better at the call sites than a one-use options struct.

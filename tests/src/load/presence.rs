@@ -236,15 +236,8 @@ pub async fn presence(args: &Args, command: &str) -> anyhow::Result<()> {
             let rooms: Vec<String> = room.iter().filter(|_| i <= watch_n).cloned().collect();
             async move {
                 let src = peers::source_addr(i, sources);
-                let mut last = None;
-                for attempt in 0..3u64 {
-                    match peers::open(&target, &url, src, &run, i, Some(&token), &rooms, None).await {
-                        Ok(opened) => return Ok((i, opened.ws)),
-                        Err(err) => last = Some(err),
-                    }
-                    tokio::time::sleep(Duration::from_millis(200 * (attempt + 1))).await;
-                }
-                Err(last.expect("an error"))
+                let opened = peers::open_retrying(&target, &url, src, &run, i, Some(&token), &rooms, None).await?;
+                Ok::<_, anyhow::Error>((i, opened.ws))
             }
         }))
         .buffer_unordered(concurrency);
