@@ -125,9 +125,10 @@ pub async fn login(hub: &Arc<Hub>, req: ReqId, user: String, password: String, a
     }
 }
 
-/// Check a token's signature, expiry and epoch; the user name on success, else the error
-/// frame to send (boxed: frames are large, and this is the rare path).
-pub async fn verify_token(hub: &Hub, req: ReqId, token: &str) -> Result<String, Box<ServerFrame>> {
+/// Check a token's signature, expiry and epoch; on success the user name and when the token
+/// expires (ms since the Unix epoch), else the error frame to send (boxed: frames are large,
+/// and this is the rare path).
+pub async fn verify_token(hub: &Hub, req: ReqId, token: &str) -> Result<(String, u64), Box<ServerFrame>> {
     let refuse = |code, message: String| Err(Box::new(error_frame(Some(req), code, message)));
     let claims = match hub.auth.verify_token(token, now_ms()) {
         Ok(claims) => claims,
@@ -135,7 +136,7 @@ pub async fn verify_token(hub: &Hub, req: ReqId, token: &str) -> Result<String, 
         Err(err @ crate::auth::TokenError::Invalid) => return refuse(ErrorCode::TokenInvalid, err.to_string()),
     };
     match hub.store.user(&claims.sub).await {
-        Ok(Some(record)) if record.token_epoch == claims.epo => Ok(claims.sub),
+        Ok(Some(record)) if record.token_epoch == claims.epo => Ok((claims.sub, claims.exp)),
         Ok(Some(_)) => refuse(ErrorCode::TokenRevoked, "token was revoked; log in again".into()),
         Ok(None) => refuse(ErrorCode::TokenInvalid, "token names an unknown user".into()),
         Err(err) => Err(Box::new(store_error_frame(hub, Some(req), err))),

@@ -111,6 +111,7 @@ struct CatchUp {
 enum Event {
     Shutdown,
     HelloTimeout,
+    TokenExpired,
     Client(Option<Result<Wire, WireError>>),
     Reply(Vec<ServerFrame>),
     Page(StoreResult<Vec<LogEntry>>),
@@ -133,6 +134,8 @@ struct Session<Tx> {
     catch_up: Option<CatchUp>,
     pending: FuturesOrdered<BoxFuture<'static, Vec<ServerFrame>>>,
     bucket: TokenBucket,
+    /// When the token this connection authenticated with expires: then it closes.
+    token_expiry: Option<Instant>,
 }
 
 impl<Tx> Session<Tx>
@@ -152,6 +155,7 @@ where
             catch_up: None,
             pending: FuturesOrdered::new(),
             bucket,
+            token_expiry: None,
         }
     }
 
@@ -166,6 +170,11 @@ where
         let mut shutdown = self.hub.shutdown_signal();
         let hello_deadline = tokio::time::sleep(Duration::from_millis(self.hub.limits.hello_timeout_ms));
         tokio::pin!(hello_deadline);
+        // Armed once the connection authenticates (one timer for the connection's life, not
+        // one per event).
+        let token_deadline = tokio::time::sleep(Duration::from_secs(86_400 * 365));
+        tokio::pin!(token_deadline);
+        let mut armed: Option<Instant> = None;
         let max_inflight = self.hub.limits.max_inflight_per_connection;
         loop {
             let catching_up = self.catch_up.is_some();
@@ -178,6 +187,7 @@ where
                     biased;
                     _ = shutdown.wait_for(|down| *down) => Event::Shutdown,
                     _ = &mut hello_deadline, if !greeted => Event::HelloTimeout,
+                    _ = &mut token_deadline, if armed.is_some() => Event::TokenExpired,
                     _ = notified(signals) => Event::Signal,
                     Some(frames) = self.pending.next(), if !self.pending.is_empty() => Event::Reply(frames),
                     result = poll_page(page), if catching_up => Event::Page(result),
@@ -197,6 +207,12 @@ where
                     self.close(close_code::POLICY_VIOLATION, "no hello within limits.hello_timeout_ms").await;
                     Err("hello timeout")
                 }
+                Event::TokenExpired => {
+                    let message = "your token expired; log in again, then resume from your cursor";
+                    let _ = self.send(vec![error_frame(None, ErrorCode::TokenExpired, message)]).await;
+                    self.close(close_code::POLICY_VIOLATION, "token expired").await;
+                    Err("token expired")
+                }
                 Event::Client(None) => Err("client went away"),
                 Event::Client(Some(Err(WireError::TooLarge(detail)))) => {
                     let message =
@@ -215,6 +231,12 @@ where
             };
             if let Err(reason) = flow {
                 return reason;
+            }
+            if self.token_expiry != armed {
+                armed = self.token_expiry;
+                if let Some(at) = armed {
+                    token_deadline.as_mut().reset(at.into());
+                }
             }
         }
     }
@@ -466,7 +488,12 @@ where
                 .await;
         }
         let user = match requests::verify_token(&self.hub, req, &token).await {
-            Ok(user) => user,
+            Ok((user, expires_ms)) => {
+                // The connection lives no longer than the token that opened it.
+                let left = Duration::from_millis(expires_ms.saturating_sub(crate::names::now_ms()));
+                self.token_expiry = Some(Instant::now() + left);
+                user
+            }
             Err(frame) => return self.send(vec![*frame]).await,
         };
         // Register before reading the log: from here on every commit also reaches the inbox.
