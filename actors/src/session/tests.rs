@@ -14,7 +14,7 @@ use crate::auth::{AuthConfig, Authenticator};
 use crate::limits::Limits;
 use crate::room::AppendCommand;
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
-use crate::store::{NewRoom, Store};
+use crate::store::{HistoryPage, NewRoom, Store, StoreError};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -208,4 +208,47 @@ async fn sends_of_one_connection_keep_their_order_when_pipelined() {
     let reqs: Vec<u64> = acks.iter().map(|(req, _)| *req).collect();
     assert_eq!(reqs, (100..120).collect::<Vec<_>>(), "replies come in request order");
     assert!(acks.windows(2).all(|pair| pair[1].1 == pair[0].1 + 1), "room order is send order: {acks:?}");
+}
+
+/// Another node claims the room while this node's room actor runs (a pause, a partition): the
+/// actor's next append is fenced and writes nothing, the sender is told `unavailable`, and the
+/// retry — with the same message id — goes to a fresh actor that claims a newer epoch.
+#[tokio::test]
+async fn a_room_claimed_elsewhere_fences_the_stale_actor_and_a_retry_succeeds() {
+    let fx = fixture(Limits::default()).await;
+    let hub = &fx.hub;
+    let first = post(hub, &fx.room, "alice", "m1").await;
+    let (_, stale_epoch) = hub.store.room_owner(&fx.room).await.unwrap().expect("claimed by the running actor");
+    let newer = hub.store.claim_room(&fx.room, "other-node").await.unwrap();
+    assert!(newer > stale_epoch);
+
+    let command = |id: &str| AppendCommand {
+        kind: EntryKind::Text,
+        from: "alice".into(),
+        id: id.into(),
+        user: None,
+        body: id.into(),
+    };
+    let refused = hub.append(&fx.room, command("m2")).await.unwrap().await.unwrap();
+    assert!(matches!(refused, Err(StoreError::Unavailable(_))), "the stale actor's append: {refused:?}");
+    assert_eq!(hub.metrics.fenced_appends_total.load(std::sync::atomic::Ordering::Relaxed), 1);
+    let (entries, _) = hub.store.history(&fx.room, HistoryPage::After(first), 10).await.unwrap();
+    assert!(entries.is_empty(), "the fenced append wrote {entries:?}");
+
+    // The retry spawns a new actor (the fenced one stopped), which claims the room again.
+    let mut retried = None;
+    for _ in 0..50 {
+        match hub.append(&fx.room, command("m2")).await.unwrap().await.unwrap() {
+            Ok(appended) => {
+                retried = Some(appended);
+                break;
+            }
+            Err(StoreError::Unavailable(_)) => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(err) => panic!("retry: {err}"),
+        }
+    }
+    let appended = retried.expect("the retry succeeds on a fresh actor");
+    assert_eq!((appended.delivery.entry.seq, appended.duplicate), (first + 1, false));
+    let (_, epoch) = hub.store.room_owner(&fx.room).await.unwrap().unwrap();
+    assert!(epoch > newer, "the fresh actor claimed a newer epoch ({epoch} after {newer})");
 }
