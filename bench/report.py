@@ -363,9 +363,12 @@ def main():
         elif name == "presence":
             parts.append(section_presence(doc))
         elif name == "cross-node":
-            parts.append(section_fanout(doc, "Cross-node fan-out",
-                                        "The publisher is on the first node, receivers on the others (with one node, "
-                                        "all on it)."))
+            parts.append(section_fanout(doc, f"Cross-node fan-out: one room, {doc.get('n')} receivers on another node",
+                                        "palaver alone, as a 2-node cluster on one shared store: the publisher on the "
+                                        "first node, every receiver on the second, so every delivery crosses a node "
+                                        "link (once per entry: the owner sends one delivery per node, which fans out to "
+                                        "its own connections). Compare with palaver's rows in the single-node fan-out "
+                                        "table above: same room size, same rates."))
     parts.insert(0, targets_section())
     m = machine or {}
     header = f"""# Benchmarks

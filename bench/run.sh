@@ -16,7 +16,7 @@ trap stop_servers EXIT
 cd "$ROOT"
 
 QUICK="${QUICK:-0}"
-SCENARIOS="${SCENARIOS:-idle fanout fanout-xmpp saturation many-rooms reconnect-storm presence}"
+SCENARIOS="${SCENARIOS:-idle fanout fanout-xmpp cross-node saturation many-rooms reconnect-storm presence}"
 RESULTS="${RESULTS:-$BENCH_DIR/results}"
 mkdir -p "$RESULTS"
 chmod 755 "$WORK"
@@ -76,6 +76,14 @@ for scenario in $SCENARIOS; do
     fanout-xmpp)
       servers xmpp
       run fanout-xmpp fanout --n "$XMPP_N" --rate 100,0 --window 64 --duration "$FAN_DUR" --concurrency 8 "${TARGETS[@]}"
+      ;;
+    cross-node)
+      # palaver alone, two nodes on one shared store: the publisher on the first node, every
+      # receiver on the second, so each delivery crosses a node link (compare with the fan-out
+      # table's palaver rows: the same room size and rates on one node).
+      start_palaver_cluster 17610 2
+      run cross-node cross-node --n "$FAN_N" --rate "$FAN_RATES" --window 64 --duration "$FAN_DUR" \
+        --palaver "$PALAVER_URLS" --palaver-pid "$PALAVER_PIDS"
       ;;
     saturation)
       servers nats
