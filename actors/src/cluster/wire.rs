@@ -2,10 +2,9 @@
 //!
 //! ractor_cluster moves opaque bytes between nodes; this module decides what they mean. The
 //! encoding is ours (shared/DESIGN.md §3): ractor drops undecodable messages silently and its
-//! `blanket_serde` feature panics on bad bytes, while `BytesConvertable::from_bytes` cannot
-//! fail. So decoding never fails either: bytes that do not decode become
-//! [`RouterMessage::Invalid`], which the router counts (`palaver_cluster_invalid_messages_total`)
-//! and logs.
+//! `blanket_serde` feature panics on bad bytes. So decoding never fails here: bytes that do not
+//! decode, nest too deeply, or arrive as anything but a cast become [`RouterMessage::Invalid`],
+//! which the router counts (`palaver_cluster_invalid_messages_total`) and logs.
 //!
 //! Layout: one version byte ([`WIRE_VERSION`]), then a MessagePack map (`rmp_serde` with field
 //! names) of [`Envelope`]. Changes are additive only: a new field gets `#[serde(default)]` so
@@ -227,7 +226,7 @@ pub fn encode_delivery(delivery: &Delivery) -> Bytes {
 
 /// Decode the payload of a [`RouterMessage::Deliver`].
 pub fn decode_delivery(bytes: &[u8]) -> Result<Delivery, String> {
-    let wire: WireDelivery = rmp_serde::from_slice(bytes).map_err(|err| format!("delivery: {err}"))?;
+    let wire: WireDelivery = from_msgpack(bytes).map_err(|err| format!("delivery: {err}"))?;
     Ok(Delivery { entry: wire.entry, recipients: wire.recipients })
 }
 
@@ -240,11 +239,24 @@ pub fn encode_push(users: &[String], frame: &ServerFrame) -> Bytes {
 /// Decode the payload of a [`RouterMessage::Push`]. Only typing and receipt frames are
 /// accepted: other nodes may not make this node send clients anything else.
 pub fn decode_push(bytes: &[u8]) -> Result<WirePush, String> {
-    let wire: WirePush = rmp_serde::from_slice(bytes).map_err(|err| format!("push: {err}"))?;
+    let wire: WirePush = from_msgpack(bytes).map_err(|err| format!("push: {err}"))?;
     match wire.frame {
         ServerFrame::Typing { .. } | ServerFrame::Receipt { .. } => Ok(wire),
         _ => Err("push of a frame kind other than typing or receipt".into()),
     }
+}
+
+/// How deeply an inter-node message may nest (real ones use a handful of levels). rmp-serde's
+/// default of 1,024 let a peer's message of a few hundred nested arrays (under a kilobyte, in an
+/// unknown field that serde skips recursively) overflow a worker thread's stack and abort the
+/// node in a debug build (tests/tests/cluster_wire.rs sends one over a real link).
+const MAX_DEPTH: usize = 32;
+
+/// Decode MessagePack with the nesting bound.
+fn from_msgpack<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, rmp_serde::decode::Error> {
+    let mut deserializer = rmp_serde::Deserializer::new(bytes);
+    deserializer.set_max_depth(MAX_DEPTH);
+    T::deserialize(&mut deserializer)
 }
 
 /// Encode a message: the version byte, then the envelope.
@@ -273,7 +285,7 @@ pub fn decode(bytes: &[u8]) -> RouterMessage {
     if version != WIRE_VERSION {
         return RouterMessage::Invalid(format!("unsupported wire version {version} (this node speaks {WIRE_VERSION})"));
     }
-    match rmp_serde::from_slice::<Envelope>(body) {
+    match from_msgpack::<Envelope>(body) {
         Ok(Envelope::Heartbeat(hb)) => RouterMessage::Heartbeat(hb),
         Ok(Envelope::Append(append)) => RouterMessage::Append(append),
         Ok(Envelope::Reply(reply)) => RouterMessage::Reply(reply),
@@ -285,15 +297,29 @@ pub fn decode(bytes: &[u8]) -> RouterMessage {
     }
 }
 
-/// What makes the router remotable: ractor's blanket `Message` impl for `BytesConvertable`
-/// types serializes casts to remote actors with these two functions.
-impl ractor::BytesConvertable for RouterMessage {
-    fn into_bytes(self) -> Vec<u8> {
-        encode(&self)
+/// What makes the router remotable: casts to a router on another node travel as our encoding.
+/// Written out rather than through ractor's blanket impl for `BytesConvertable`, which refuses
+/// anything but a cast with an error ractor only logs at debug level: here an RPC call (or any
+/// other kind) from a peer becomes [`RouterMessage::Invalid`] too, counted and logged like bad
+/// bytes. (Its reply port is dropped: routers answer nothing by call.)
+impl ractor::Message for RouterMessage {
+    fn serializable() -> bool {
+        true
     }
 
-    fn from_bytes(bytes: Vec<u8>) -> Self {
-        decode(&bytes)
+    fn serialize(self) -> Result<ractor::message::SerializedMessage, ractor::message::BoxedDowncastErr> {
+        Ok(ractor::message::SerializedMessage::Cast { variant: String::new(), args: encode(&self), metadata: None })
+    }
+
+    fn deserialize(message: ractor::message::SerializedMessage) -> Result<Self, ractor::message::BoxedDowncastErr> {
+        use ractor::message::SerializedMessage;
+        Ok(match message {
+            SerializedMessage::Cast { args, .. } => decode(&args),
+            SerializedMessage::Call { args, .. } => {
+                RouterMessage::Invalid(format!("an RPC call of {} bytes; routers take casts only", args.len()))
+            }
+            SerializedMessage::CallReply(..) => RouterMessage::Invalid("a call reply addressed to a router".into()),
+        })
     }
 }
 
@@ -438,6 +464,14 @@ mod tests {
         truncated.truncate(truncated.len() / 2);
         assert!(matches!(decode(&truncated), RouterMessage::Invalid(_)));
         assert!(decode_delivery(&[1, 2, 3]).is_err());
+        // Deep nesting in an unknown field is refused by the depth bound, not by the stack.
+        let mut nested = vec![WIRE_VERSION, 0x81, 0xa9];
+        nested.extend_from_slice(b"Heartbeat");
+        nested.extend_from_slice(&[0x81, 0xa4]);
+        nested.extend_from_slice(b"junk");
+        nested.extend(std::iter::repeat_n(0x91, 5_000));
+        nested.push(0xc0);
+        assert!(matches!(decode(&nested), RouterMessage::Invalid(_)));
         assert!(decode_push(&[1, 2, 3]).is_err());
         // A well-formed push of a frame kind nodes may not push is refused too.
         let sneaky = encode_push(&["bob".to_string()], &ServerFrame::Pong { req: 1 });
