@@ -42,6 +42,22 @@
   const TOKEN_DEAD = new Set(['token_invalid', 'token_expired', 'token_revoked']);
   /** Older alerts are dropped beyond this many. */
   const ALERTS_MAX = 3;
+  /** Users one connection may watch: the node's presence.max_watched default. */
+  const WATCH_MAX = 500;
+  /** While the user types, `typing` goes out at most this often (the node forwards a repeat only
+   *  every half of its TTL, 3 s by default). */
+  const TYPING_EVERY_MS = 2500;
+  /** An indicator's lifetime when a frame names none; a bound on any frame's value. */
+  const TYPING_TTL_FALLBACK_MS = 6000;
+  const TYPING_TTL_MAX_MS = 60000;
+  /** `typing` requests that may still be answered by an error (success has no reply). */
+  const TYPING_REQS_MAX = 64;
+  /** The node's presence.status_max_bytes default; the node checks its own value too. */
+  const STATUS_MAX_BYTES = 140;
+  /** Names listed in a receipt's tooltip at most. */
+  const RECEIPT_NAMES_MAX = 10;
+  /** "last seen 5 min ago" is refreshed this often. */
+  const PRESENCE_TICK_MS = 30000;
   const NARROW = window.matchMedia('(max-width: 720px)');
 
   // ---- Storage ------------------------------------------------------------------------------
@@ -53,6 +69,7 @@
     cursor: (user) => `palaver.cursor.${user}`,
     outbox: (user) => `palaver.outbox.${user}`,
     room: (user) => `palaver.room.${user}`,
+    presence: (user) => `palaver.presence.${user}`, // { state, status } the user chose
   };
   const storage = {
     get(key, fallback) {
@@ -164,6 +181,22 @@
     /** Messages the node refused for good: { id, room, body, error } */
     failed: [],
     pane: 'rooms',
+    /** user → { user, state, status?, last_seen? } of watched users and the open room's members */
+    presence: new Map(),
+    /** The watch list sent on this connection (sorted, joined), null when none yet. */
+    watchKey: null,
+    /** The state the user chose ({ state, status }), re-sent after each reconnect; null: never set. */
+    myPresence: null,
+    /** req → room of `typing` requests that may still get an error. */
+    typingReqs: new Map(),
+    /** Rooms where the node refused `typing` (too large): nothing more is sent for them. */
+    typingForbidden: new Set(),
+    /** The last `typing active` sent: { room, at }; null when none is active. */
+    typingSent: null,
+    /** room → Map user → timer of their typing indicator */
+    typers: new Map(),
+    /** room → { read: Map user → seq, delivered: Map user → seq } of the other members */
+    receipts: new Map(),
   };
 
   // ---- DOM helpers --------------------------------------------------------------------------
@@ -303,6 +336,10 @@
     S.pending.clear();
     S.inflight.clear();
     S.roomsRequested = false;
+    // Watch lists and typing belong to the connection: the next one sends them again.
+    S.watchKey = null;
+    S.typingReqs.clear();
+    S.typingSent = null;
     if (S.view) S.view.loading = false;
   }
 
@@ -375,6 +412,7 @@
 
   // ---- Frames from the node -----------------------------------------------------------------
   function handleFrame(frame) {
+    if (typeof frame.req === 'number' && S.typingReqs.size && settleTyping(frame)) return;
     const ctx = typeof frame.req === 'number' && S.pending.has(frame.req) ? S.pending.get(frame.req) : null;
     if (ctx) S.pending.delete(frame.req);
     switch (frame.type) {
@@ -412,8 +450,19 @@
         clearTimeout(S.timers.pong);
         S.timers.pong = null;
         return undefined;
-      case 'ok':
       case 'members':
+        return onMembers(frame);
+      case 'presence_list':
+        return onPresenceList(frame);
+      case 'presence':
+        return onPresence(frame);
+      case 'typing':
+        return onTyping(frame);
+      case 'receipt':
+        return onReceipt(frame);
+      case 'receipts':
+        return onReceipts(frame);
+      case 'ok':
         return undefined;
       default:
         return undefined; // a newer node's frame: ignore
@@ -508,6 +557,8 @@
     S.view = null;
     S.outbox = [];
     S.failed = [];
+    resetPresence();
+    $('presence-menu').open = false;
     if (why) $('auth-error').textContent = why;
     showAuthView();
   }
@@ -535,6 +586,9 @@
     S.maxSeq = new Map();
     S.view = null;
     S.roomsRequested = false;
+    resetPresence();
+    S.myPresence = validPresenceChoice(storage.get(keys.presence(user), null));
+    renderMyPresence();
     $('me-name').textContent = user;
     renderRooms();
     renderView();
@@ -552,6 +606,12 @@
       setCursor(frame.cursor, false);
       goLive(`Connected to ${nodeName()}`);
     }
+    // What the node keeps per connection: the chosen presence and the watch list; and what may
+    // have changed while we were away: the open room's members and read positions.
+    sendMyPresence();
+    S.watchKey = null;
+    scheduleWatch();
+    if (S.view) requestRoomExtras(S.view);
   }
 
   /** Replay is over (or there was none): show it, refresh what may be stale, send the outbox. */
@@ -622,6 +682,16 @@
       onSendError(frame, ctx);
       return;
     }
+    if (kind === 'set_presence') {
+      $('presence-error').textContent = describeError(frame);
+      return;
+    }
+    if (kind === 'watch' || kind === 'members' || kind === 'receipts') {
+      // Presence and receipts are extras: without them the chat still works. A watch the node
+      // could not answer is asked again with the next change or connection.
+      if (kind === 'watch') S.watchKey = null;
+      return;
+    }
     if (kind === 'history' && S.view && S.view.room === ctx.room) {
       S.view.loading = false;
       $('history-status').textContent = '';
@@ -680,6 +750,7 @@
     for (const info of frame.rooms) fresh.set(info.id, merged(info));
     S.rooms = fresh;
     renderRooms();
+    scheduleWatch();
     if (!S.view) {
       const last = storage.get(keys.room(S.user), null);
       if (last && S.rooms.has(last)) openRoom(last, { focus: false, keepPane: true });
@@ -692,6 +763,7 @@
   function onRoom(frame, ctx) {
     const room = mergeRoom(frame.room);
     renderRooms();
+    scheduleWatch();
     if (ctx && (ctx.kind === 'create' || ctx.kind === 'join' || ctx.kind === 'direct')) {
       $('side-error').textContent = '';
       const form = { create: 'create-name', join: 'join-id', direct: 'direct-user' }[ctx.kind];
@@ -742,7 +814,10 @@
       const icon = el('span', 'room-kind', room.kind === 'direct' ? '@' : '#');
       icon.setAttribute('aria-hidden', 'true');
       const name = el('span', 'room-name', roomLabel(room));
-      button.append(icon, name);
+      button.append(icon);
+      const peers = room.kind === 'direct' ? directPeers(room.id) : [];
+      if (peers.length === 1) button.append(presenceBadge(peers[0]));
+      button.append(name);
       if (room.kind === 'direct') button.append(el('span', 'sr-only', ' (direct)'));
       if (unread > 0) {
         const badge = el('span', 'badge');
@@ -772,12 +847,31 @@
 
   function openRoom(id, options) {
     const opts = options || {};
-    S.view = { room: id, entries: new Map(), loaded: false, more: false, loading: false };
+    if (S.typingSent && S.typingSent.room !== id) stopTyping();
+    S.view = {
+      room: id,
+      entries: new Map(),
+      loaded: false,
+      more: false,
+      loading: false,
+      /** The first page of members (group rooms), with `total`, `online` and `more`. */
+      members: null,
+      membersTotal: 0,
+      membersOnline: 0,
+      membersMore: false,
+      /** Receipt standings of the other members, sorted; null when stale. */
+      ranks: null,
+    };
     storage.set(keys.room(S.user), id);
     $('messages').replaceChildren();
     $('jump').hidden = true;
     renderView();
-    if (S.phase === 'live' || S.phase === 'replaying') requestHistory(S.view, null);
+    renderTyping();
+    scheduleWatch();
+    if (isAuthed()) {
+      requestHistory(S.view, null);
+      requestRoomExtras(S.view);
+    }
     if (!opts.keepPane || !NARROW.matches) setPane('chat');
     if (opts.focus) {
       if (NARROW.matches) $('room-title').focus();
@@ -794,6 +888,7 @@
     $('room-id').textContent = view ? view.room : '';
     $('load-older').hidden = !(view && view.loaded && view.more);
     if (!view) $('messages').replaceChildren();
+    renderMembers();
     renderPending();
     renderComposerState();
     renderRooms();
@@ -882,9 +977,15 @@
       li.append(el('span', 'notice-text', text), timeElement(entry.ts));
       return li;
     }
-    if (entry.from === S.user) li.classList.add('mine');
     const meta = el('div', 'meta');
     meta.append(el('span', 'from', entry.from), document.createTextNode(' '), timeElement(entry.ts));
+    if (entry.from === S.user) {
+      li.classList.add('mine');
+      const receipt = el('span', 'receipt');
+      receipt.append(el('span', 'receipt-mark'), el('span', 'receipt-text'));
+      receipt.firstChild.setAttribute('aria-hidden', 'true');
+      meta.append(receipt);
+    }
     li.append(meta, el('p', 'body', entry.body));
     return li;
   }
@@ -915,7 +1016,10 @@
       list.insertBefore(li, next);
     }
     // Our own message is committed: its pending copy goes.
-    if (entry.kind === 'text' && entry.from === S.user) removePendingElement(entry.id);
+    if (entry.kind === 'text' && entry.from === S.user) {
+      removePendingElement(entry.id);
+      paintReceipt(li, receiptRanks(view), isDirect(view.room));
+    }
     return true;
   }
 
@@ -929,6 +1033,12 @@
     }
     if (frame.kind === 'text' && frame.from === S.user) outboxRemove(frame.id);
     noteSeq(frame.room, frame.seq);
+    if (frame.kind === 'text') dropTyper(frame.room, frame.from);
+    if (frame.kind === 'leave' && frame.user === S.user) {
+      S.receipts.delete(frame.room);
+      S.typingForbidden.delete(frame.room);
+      scheduleWatch();
+    }
     if (S.rooms.has(frame.room)) {
       if (frame.kind === 'leave' && frame.user === S.user) S.rooms.delete(frame.room);
     } else if (!(frame.kind === 'leave' && frame.user === S.user)) {
@@ -941,6 +1051,7 @@
         if (atBottom || frame.from === S.user) scrollToBottom();
         else $('jump').hidden = false;
       }
+      if (frame.kind !== 'text') refreshMembersSoon(view);
       markRead();
     }
     renderRooms();
@@ -1017,6 +1128,7 @@
     renderPending();
     scrollToBottom();
     flushOutbox();
+    stopTyping();
   }
 
   function flushOutbox() {
@@ -1098,6 +1210,488 @@
       li.append(dismiss);
     }
     return li;
+  }
+
+
+  // ---- Presence -----------------------------------------------------------------------------
+  const isAuthed = () => S.phase === 'live' || S.phase === 'replaying';
+
+  function isDirect(roomId) {
+    const room = S.rooms.get(roomId);
+    return room ? room.kind === 'direct' : roomId.startsWith('dm:');
+  }
+
+  /** The other user(s) of a direct conversation, from its id (`dm:<a>:<b>`). */
+  function directPeers(roomId) {
+    return roomId.replace(/^dm:/, '').split(':').filter((name) => name && name !== S.user);
+  }
+
+  function resetPresence() {
+    S.presence = new Map();
+    S.watchKey = null;
+    S.typingReqs.clear();
+    S.typingForbidden = new Set();
+    S.typingSent = null;
+    for (const typers of S.typers.values()) for (const timer of typers.values()) clearTimeout(timer);
+    S.typers = new Map();
+    S.receipts = new Map();
+    S.myPresence = null;
+    renderTyping();
+    renderMyPresence();
+  }
+
+  function validPresenceChoice(value) {
+    if (!value || (value.state !== 'online' && value.state !== 'away')) return null;
+    return { state: value.state, status: typeof value.status === 'string' ? value.status : '' };
+  }
+
+  /** The user picked a state in the presence menu. */
+  function choosePresence(state, status) {
+    const bytes = byteLength(status);
+    if (bytes > STATUS_MAX_BYTES) {
+      $('presence-error').textContent = `Status too long: ${bytes} bytes, at most ${STATUS_MAX_BYTES}.`;
+      $('presence-status').setAttribute('aria-invalid', 'true');
+      return;
+    }
+    $('presence-status').removeAttribute('aria-invalid');
+    $('presence-error').textContent = '';
+    S.myPresence = { state, status };
+    if (S.user) storage.set(keys.presence(S.user), S.myPresence);
+    renderMyPresence();
+    sendMyPresence();
+    $('presence-menu').open = false;
+    $('presence-summary').focus();
+  }
+
+  /** Tell the node the chosen state; again after every (re)connect, as the node forgets it. */
+  function sendMyPresence() {
+    const mine = S.myPresence;
+    if (!mine || !isAuthed()) return;
+    request({ type: 'set_presence', state: mine.state, status: mine.status }, { kind: 'set_presence' });
+  }
+
+  function renderMyPresence() {
+    const mine = S.myPresence || { state: 'online', status: '' };
+    const badge = $('my-presence');
+    badge.dataset.state = mine.state;
+    const label = mine.state === 'away' ? 'Away' : 'Online';
+    $('my-presence-text').textContent = mine.status ? `${label}: ${mine.status}` : label;
+    $('presence-summary').title = 'Set your presence';
+    if (S.user) paintPresence(S.user);
+  }
+
+  /** Who to watch: the open room's members first (they are on screen), then direct peers. */
+  function watchTargets() {
+    const users = [];
+    const seen = new Set([S.user]);
+    const add = (user) => {
+      if (typeof user === 'string' && user && !seen.has(user) && users.length < WATCH_MAX) {
+        seen.add(user);
+        users.push(user);
+      }
+    };
+    const view = S.view;
+    if (view && isDirect(view.room)) directPeers(view.room).forEach(add);
+    if (view && view.members) view.members.forEach(add);
+    for (const room of S.rooms.values()) {
+      if (room.kind === 'direct') directPeers(room.id).forEach(add);
+    }
+    return users;
+  }
+
+  let watchTimer = null;
+  /** Changes come in bursts (a room list, a member page): send the watch list once after them. */
+  function scheduleWatch() {
+    if (watchTimer) return;
+    watchTimer = setTimeout(() => {
+      watchTimer = null;
+      syncWatch();
+    }, 50);
+  }
+
+  function syncWatch() {
+    if (!isAuthed() || !S.user) return;
+    const users = watchTargets();
+    const key = users.slice().sort().join(',');
+    if (key === S.watchKey || (key === '' && S.watchKey === null)) return;
+    if (!request({ type: 'watch_presence', users }, { kind: 'watch' })) return;
+    S.watchKey = key;
+    // Presence of users nobody shows any more would only go stale.
+    const wanted = new Set(users);
+    for (const user of Array.from(S.presence.keys())) if (!wanted.has(user)) S.presence.delete(user);
+  }
+
+  function validPresence(p) {
+    return p && typeof p.user === 'string' && (p.state === 'online' || p.state === 'away' || p.state === 'offline');
+  }
+
+  function onPresenceList(frame) {
+    for (const p of Array.isArray(frame.users) ? frame.users : []) if (validPresence(p)) S.presence.set(p.user, p);
+    for (const user of Array.isArray(frame.hidden) ? frame.hidden : []) S.presence.delete(user);
+    repaintPresence();
+  }
+
+  function onPresence(frame) {
+    if (!validPresence(frame)) return;
+    const p = { user: frame.user, state: frame.state };
+    if (frame.status) p.status = frame.status;
+    if (frame.last_seen) p.last_seen = frame.last_seen;
+    S.presence.set(frame.user, p);
+    paintPresence(frame.user);
+  }
+
+  function lastSeenText(ms) {
+    if (!ms) return '';
+    const ago = Date.now() - ms;
+    if (ago < 60000) return 'last seen just now';
+    if (ago < 3600000) return `last seen ${Math.floor(ago / 60000)} min ago`;
+    const sameDay = new Date(ms).toDateString() === new Date().toDateString();
+    return `last seen ${sameDay ? 'at ' : ''}${formatTime(ms)}`;
+  }
+
+  /** `short` for screen readers next to a name, `long` for the room header and tooltips. */
+  function describePresence(p) {
+    if (!p) return { state: 'unknown', short: '', long: '' };
+    const status = p.status ? ` — ${p.status}` : '';
+    if (p.state === 'online' || p.state === 'away') return { state: p.state, short: p.state, long: p.state + status };
+    const seen = lastSeenText(p.last_seen);
+    return { state: 'offline', short: 'offline', long: (seen ? `offline, ${seen}` : 'offline') + status };
+  }
+
+  /** A dot for `user`'s presence; kept current by paintPresence. */
+  function presenceBadge(user) {
+    const badge = el('span', 'pres');
+    badge.dataset.user = user;
+    const dot = el('span', 'pres-dot');
+    dot.setAttribute('aria-hidden', 'true');
+    badge.append(dot, el('span', 'sr-only'));
+    paintBadge(badge);
+    return badge;
+  }
+
+  /** What the page knows of `user`'s presence; for the user themself, what they chose. */
+  function presenceFor(user) {
+    if (user && user === S.user) {
+      const mine = S.myPresence || { state: 'online', status: '' };
+      return mine.status ? { user, state: mine.state, status: mine.status } : { user, state: mine.state };
+    }
+    return S.presence.get(user);
+  }
+
+  function paintBadge(badge) {
+    const d = describePresence(presenceFor(badge.dataset.user));
+    if (badge.dataset.state !== d.state) badge.dataset.state = d.state;
+    const title = d.long ? `${badge.dataset.user}: ${d.long}` : '';
+    if (badge.title !== title) badge.title = title;
+    const spoken = badge.querySelector('.sr-only');
+    const text = d.short ? ` (${d.short})` : '';
+    if (spoken && spoken.textContent !== text) spoken.textContent = text;
+  }
+
+  function paintPresence(user) {
+    for (const badge of document.querySelectorAll(`.pres[data-user="${CSS.escape(user)}"]`)) paintBadge(badge);
+    const view = S.view;
+    if (view && ((view.members && view.members.includes(user)) || (isDirect(view.room) && directPeers(view.room).includes(user)))) {
+      renderRoomPresence();
+    }
+  }
+
+  function repaintPresence() {
+    for (const badge of document.querySelectorAll('.pres[data-user]')) paintBadge(badge);
+    renderRoomPresence();
+  }
+
+  // ---- Members of the open room -------------------------------------------------------------
+  /** A group room's first page of members, with their presence. Direct peers come from the id. */
+  function requestRoomExtras(view) {
+    if (!isAuthed()) return;
+    if (!isDirect(view.room)) request({ type: 'list_members', room: view.room }, { kind: 'members', room: view.room });
+    request({ type: 'receipts', room: view.room }, { kind: 'receipts', room: view.room });
+  }
+
+  let membersTimer = null;
+  /** Someone joined or left the open room: its member page is stale. */
+  function refreshMembersSoon(view) {
+    if (membersTimer || isDirect(view.room)) return;
+    membersTimer = setTimeout(() => {
+      membersTimer = null;
+      if (S.view === view && isAuthed()) request({ type: 'list_members', room: view.room }, { kind: 'members', room: view.room });
+    }, 300);
+  }
+
+  function onMembers(frame) {
+    const view = S.view;
+    if (!view || view.room !== frame.room || !Array.isArray(frame.members)) return;
+    view.members = frame.members.filter((user) => typeof user === 'string');
+    view.membersTotal = Number(frame.total) || view.members.length;
+    view.membersOnline = Number(frame.online) || 0;
+    view.membersMore = !!frame.more;
+    const presence = Array.isArray(frame.presence) ? frame.presence : [];
+    for (const p of presence) if (validPresence(p)) S.presence.set(p.user, p);
+    renderMembers();
+    scheduleWatch();
+  }
+
+  function renderMembers() {
+    const view = S.view;
+    const list = $('member-list');
+    if (!view || isDirect(view.room) || !view.members) {
+      list.hidden = true;
+      list.replaceChildren();
+    } else {
+      list.replaceChildren(
+        ...view.members.map((user) => {
+          const li = el('li', 'member');
+          li.dataset.user = user;
+          li.append(presenceBadge(user), el('span', 'member-name', user));
+          if (user === S.user) li.append(el('span', 'member-you', '(you)'));
+          return li;
+        }),
+      );
+      list.hidden = view.members.length === 0;
+    }
+    renderRoomPresence();
+  }
+
+  /** Under the room's title: the peer's presence, or the group's member counts. */
+  function renderRoomPresence() {
+    const view = S.view;
+    const line = $('room-presence');
+    if (!view) {
+      line.hidden = true;
+      line.replaceChildren();
+      return;
+    }
+    if (isDirect(view.room)) {
+      const peers = directPeers(view.room);
+      if (peers.length !== 1) {
+        line.hidden = true;
+        return;
+      }
+      const d = describePresence(S.presence.get(peers[0]));
+      const text = el('span', 'room-presence-text', d.long || 'presence unknown');
+      const badge = presenceBadge(peers[0]);
+      badge.lastChild.remove(); // the text next to it says the same
+      line.replaceChildren(badge, text);
+      line.dataset.state = d.state;
+      line.hidden = false;
+      return;
+    }
+    if (!view.members) {
+      line.hidden = true;
+      return;
+    }
+    // With the whole list at hand the count follows live presence; otherwise the node's count.
+    const online = view.membersMore
+      ? view.membersOnline
+      : view.members.filter((user) => {
+          const p = presenceFor(user);
+          return p && p.state !== 'offline';
+        }).length;
+    const total = view.membersTotal;
+    line.replaceChildren(el('span', 'room-presence-text', `${total} ${total === 1 ? 'member' : 'members'} · ${online} online`));
+    delete line.dataset.state;
+    line.hidden = false;
+  }
+
+  // ---- Typing -------------------------------------------------------------------------------
+  /** The composer changed: say we are typing (at most every TYPING_EVERY_MS), or that we stopped. */
+  function noteTyping() {
+    const view = S.view;
+    if (!view) return;
+    if (!$('message-input').value.trim()) {
+      stopTyping();
+      return;
+    }
+    const sent = S.typingSent;
+    const now = Date.now();
+    if (sent && sent.room === view.room && now - sent.at < TYPING_EVERY_MS) return;
+    if (sent && sent.room !== view.room) stopTyping();
+    if (sendTyping(view.room, true)) S.typingSent = { room: view.room, at: now };
+  }
+
+  function stopTyping() {
+    const sent = S.typingSent;
+    if (!sent) return;
+    S.typingSent = null;
+    sendTyping(sent.room, false);
+  }
+
+  /** `typing` has no reply on success, so its req is kept apart from `pending`. */
+  function sendTyping(room, active) {
+    if (S.phase !== 'live' || S.typingForbidden.has(room)) return false;
+    const req = ++S.req;
+    if (!sendFrame({ type: 'typing', req, room, active })) return false;
+    S.typingReqs.set(req, room);
+    while (S.typingReqs.size > TYPING_REQS_MAX) S.typingReqs.delete(S.typingReqs.keys().next().value);
+    return true;
+  }
+
+  /**
+   * Replies come in request order: any frame answering a later request means earlier `typing`
+   * requests succeeded. An error for a `typing` is never shown: in a room too large for typing
+   * pushes (`forbidden`) the client just stops sending them. True when the frame was consumed.
+   */
+  function settleTyping(frame) {
+    const room = S.typingReqs.get(frame.req);
+    for (const req of Array.from(S.typingReqs.keys())) if (req < frame.req) S.typingReqs.delete(req);
+    if (room === undefined) return false;
+    S.typingReqs.delete(frame.req);
+    if (frame.type !== 'error') return false;
+    if (frame.code === 'forbidden') {
+      S.typingForbidden.add(room);
+      if (S.typingSent && S.typingSent.room === room) S.typingSent = null;
+    }
+    return true;
+  }
+
+  function onTyping(frame) {
+    if (typeof frame.room !== 'string' || typeof frame.user !== 'string' || frame.user === S.user) return;
+    if (!frame.active) {
+      dropTyper(frame.room, frame.user);
+      return;
+    }
+    let typers = S.typers.get(frame.room);
+    if (!typers) {
+      typers = new Map();
+      S.typers.set(frame.room, typers);
+    }
+    clearTimeout(typers.get(frame.user));
+    const ttl = frame.expires_in_ms > 0 ? Math.min(frame.expires_in_ms, TYPING_TTL_MAX_MS) : TYPING_TTL_FALLBACK_MS;
+    typers.set(
+      frame.user,
+      setTimeout(() => dropTyper(frame.room, frame.user), ttl),
+    );
+    if (S.view && S.view.room === frame.room) renderTyping();
+  }
+
+  function dropTyper(room, user) {
+    const typers = S.typers.get(room);
+    if (!typers || !typers.has(user)) return;
+    clearTimeout(typers.get(user));
+    typers.delete(user);
+    if (!typers.size) S.typers.delete(room);
+    if (S.view && S.view.room === room) renderTyping();
+  }
+
+  function renderTyping() {
+    const view = S.view;
+    const typers = view ? S.typers.get(view.room) : null;
+    const names = typers ? Array.from(typers.keys()).sort() : [];
+    let text = '';
+    if (names.length === 1) text = `${names[0]} is typing…`;
+    else if (names.length === 2) text = `${names[0]} and ${names[1]} are typing…`;
+    else if (names.length > 2) text = `${names[0]}, ${names[1]} and ${names.length - 2} more are typing…`;
+    const line = $('typing');
+    if (line.textContent !== text) line.textContent = text;
+  }
+
+  // ---- Receipts -----------------------------------------------------------------------------
+  function receiptsOf(room) {
+    let receipts = S.receipts.get(room);
+    if (!receipts) {
+      receipts = { read: new Map(), delivered: new Map() };
+      S.receipts.set(room, receipts);
+    }
+    return receipts;
+  }
+
+  function onReceipt(frame) {
+    if (typeof frame.room !== 'string' || typeof frame.user !== 'string' || frame.user === S.user) return;
+    if (!Number.isSafeInteger(frame.seq)) return;
+    if (!S.rooms.has(frame.room) && !(S.view && S.view.room === frame.room)) return;
+    const receipts = receiptsOf(frame.room);
+    const map = frame.kind === 'read' ? receipts.read : frame.kind === 'delivered' ? receipts.delivered : null;
+    if (!map || (map.get(frame.user) || 0) >= frame.seq) return;
+    map.set(frame.user, frame.seq);
+    if (S.view && S.view.room === frame.room) paintReceipts();
+  }
+
+  function onReceipts(frame) {
+    if (typeof frame.room !== 'string' || !Array.isArray(frame.reads)) return;
+    const receipts = receiptsOf(frame.room);
+    for (const read of frame.reads) {
+      if (!read || typeof read.user !== 'string' || read.user === S.user || !Number.isSafeInteger(read.seq)) continue;
+      if ((receipts.read.get(read.user) || 0) < read.seq) receipts.read.set(read.user, read.seq);
+    }
+    if (S.view && S.view.room === frame.room) paintReceipts();
+  }
+
+  /** The other members' positions, highest first: `read`, and `got` (delivered or read). */
+  function receiptRanks(view) {
+    if (view.ranks) return view.ranks;
+    const receipts = S.receipts.get(view.room);
+    const read = [];
+    const got = new Map();
+    if (receipts) {
+      for (const [user, seq] of receipts.read) {
+        if (seq > 0) read.push([seq, user]);
+        got.set(user, seq);
+      }
+      for (const [user, seq] of receipts.delivered) got.set(user, Math.max(seq, got.get(user) || 0));
+    }
+    const desc = (a, b) => b[0] - a[0] || a[1].localeCompare(b[1]);
+    view.ranks = {
+      read: read.sort(desc),
+      got: Array.from(got, ([user, seq]) => [seq, user]).filter(([seq]) => seq > 0).sort(desc),
+    };
+    return view.ranks;
+  }
+
+  /** How many of `ranked` (highest first) are at or past `seq`. */
+  function countAtLeast(ranked, seq) {
+    let lo = 0;
+    let hi = ranked.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (ranked[mid][0] >= seq) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo;
+  }
+
+  function namesOf(ranked, count) {
+    const names = ranked.slice(0, Math.min(count, RECEIPT_NAMES_MAX)).map(([, user]) => user);
+    return count > names.length ? `${names.join(', ')} and ${count - names.length} more` : names.join(', ');
+  }
+
+  function paintReceipts() {
+    const view = S.view;
+    if (!view) return;
+    view.ranks = null;
+    const ranks = receiptRanks(view);
+    const direct = isDirect(view.room);
+    for (const li of view.entries.values()) paintReceipt(li, ranks, direct);
+  }
+
+  /** ✓ sent (committed), ✓✓ delivered to a member's connection, ✓✓ read. */
+  function paintReceipt(li, ranks, direct) {
+    const receipt = li.querySelector('.receipt');
+    if (!receipt) return;
+    const seq = Number(li.dataset.seq);
+    const readers = countAtLeast(ranks.read, seq);
+    const got = countAtLeast(ranks.got, seq);
+    let state;
+    let text;
+    let title;
+    if (readers > 0) {
+      state = 'read';
+      text = direct ? 'Read' : `Read by ${readers}`;
+      title = `Read by ${namesOf(ranks.read, readers)}`;
+    } else if (got > 0) {
+      state = 'delivered';
+      text = 'Delivered';
+      title = `Delivered to ${namesOf(ranks.got, got)}`;
+    } else {
+      state = 'sent';
+      text = 'Sent';
+      title = 'Sent: stored by the server';
+    }
+    if (receipt.dataset.receipt === state && receipt.title === title) return;
+    receipt.dataset.receipt = state;
+    receipt.title = title;
+    receipt.firstChild.textContent = state === 'sent' ? '✓' : '✓✓';
+    receipt.lastChild.textContent = ' ' + text;
   }
 
   // ---- Composer -----------------------------------------------------------------------------
@@ -1182,7 +1776,38 @@
         submitMessage();
       }
     });
-    $('message-input').addEventListener('input', updateByteCount);
+    $('message-input').addEventListener('input', () => {
+      updateByteCount();
+      noteTyping();
+    });
+    $('presence-form').addEventListener('submit', (event) => {
+      event.preventDefault();
+      choosePresence($('presence-state').value === 'away' ? 'away' : 'online', $('presence-status').value.trim());
+    });
+    $('presence-clear').addEventListener('click', () => choosePresence('online', ''));
+    // Filled in synchronously as the menu opens (`toggle` fires later, after the user may
+    // already have picked something).
+    $('presence-summary').addEventListener('click', () => {
+      if ($('presence-menu').open) return;
+      const mine = S.myPresence || { state: 'online', status: '' };
+      $('presence-state').value = mine.state;
+      $('presence-status').value = mine.status;
+      $('presence-status').removeAttribute('aria-invalid');
+      $('presence-error').textContent = '';
+    });
+    $('presence-menu').addEventListener('toggle', () => {
+      if ($('presence-menu').open && document.activeElement === $('presence-summary')) $('presence-state').focus();
+    });
+    document.addEventListener('click', (event) => {
+      if ($('presence-menu').open && !$('presence-menu').contains(event.target)) $('presence-menu').open = false;
+    });
+    $('presence-menu').addEventListener('keydown', (event) => {
+      if (event.key === 'Escape' && $('presence-menu').open) {
+        $('presence-menu').open = false;
+        $('presence-summary').focus();
+      }
+    });
+    setInterval(repaintPresence, PRESENCE_TICK_MS);
     $('scroller').addEventListener('scroll', () => {
       if ($('scroller').scrollTop < 60) loadOlder();
       if (nearBottom()) $('jump').hidden = true;
@@ -1213,6 +1838,12 @@
       if (S.ws) drop('the network went away');
     });
     window.addEventListener('storage', (event) => {
+      // Another tab of this user chose a presence (and sent it): show it, re-send it on reconnect.
+      if (S.user && event.key === keys.presence(S.user)) {
+        S.myPresence = validPresenceChoice(storage.get(event.key, null));
+        renderMyPresence();
+        return;
+      }
       // Another tab of this user queued or confirmed messages. Its items are sent by it, or by
       // this tab on its next flush if that tab went away (same ids, so at most a duplicate ack).
       if (S.user && event.key === keys.outbox(S.user)) {
@@ -1266,6 +1897,9 @@
     outbox: S.outbox.map((m) => m.id),
     inflight: Array.from(S.inflight.keys()),
     limits: Object.assign({}, S.limits),
+    watching: S.watchKey === null ? null : S.watchKey.split(',').filter(Boolean),
+    myPresence: S.myPresence,
+    typingForbidden: Array.from(S.typingForbidden),
   });
 
   function start() {
