@@ -29,7 +29,9 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesOrdered;
 use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
-use protocol::{decode_client, encode_server, ClientFrame, Cursor, Encoding, EntryKind, ErrorCode, ReqId, ServerFrame};
+use protocol::{
+    decode_client, encode_server, ClientFrame, Cursor, Encoding, Entry, EntryKind, ErrorCode, ReqId, ServerFrame,
+};
 use tracing::{debug, info, warn};
 
 use crate::hub::{Hub, Outbound, Registration};
@@ -604,7 +606,7 @@ where
         }
         // Writing with back-pressure is the flow control: the next page is read only once this
         // one is in the socket.
-        self.send_entries(frames).await
+        self.send_entries(frames.into_iter().map(Out::Frame).collect()).await
     }
 
     /// Live traffic from the hub; takes whatever else is already queued too, then flushes once.
@@ -613,13 +615,13 @@ where
         let mut next = Some(first);
         while let Some(outbound) = next.take() {
             match outbound {
-                Outbound::Frame(frame) => frames.push(*frame),
+                Outbound::Frame(frame) => frames.push(Out::Frame(*frame)),
                 Outbound::Deliver { cursor, entry } => {
                     if cursor <= self.last_cursor {
                         // Already sent by the replay.
                     } else if cursor == self.last_cursor + 1 {
                         self.last_cursor = cursor;
-                        frames.push(ServerFrame::Message { cursor, entry: (*entry).clone() });
+                        frames.push(Out::Entry(cursor, entry));
                     } else {
                         // Something before this entry has not arrived: read it from the store.
                         self.start_catch_up(None);
@@ -636,15 +638,25 @@ where
 
     /// Send frames that include log entries; once they are in the socket, tell the senders of
     /// text entries they were delivered, and re-check presence watches if a membership ended.
-    async fn send_entries(&mut self, frames: Vec<ServerFrame>) -> Flow {
-        let Some(bound) = &self.bound else { return self.send(frames).await };
+    async fn send_entries(&mut self, frames: Vec<Out>) -> Flow {
+        let encoding = self.encoding.unwrap_or(Encoding::Json);
+        let Some(bound) = &self.bound else { return self.send_outs(encoding, frames).await };
         let ctx = Ctx { hub: self.hub.clone(), user: bound.user.clone(), conn_id: bound.registration.id };
         let mut delivered: Vec<(String, u64, Vec<String>)> = Vec::new();
         let mut left = false;
+        let max_members = self.hub.presence.settings.room_max_members;
         for frame in &frames {
-            let ServerFrame::Message { entry, .. } = frame else { continue };
+            let entry = match frame {
+                Out::Entry(_, entry) => &**entry,
+                Out::Frame(ServerFrame::Message { entry, .. }) => entry,
+                Out::Frame(_) => continue,
+            };
             match entry.kind {
-                EntryKind::Text if entry.from != ctx.user => {
+                // Rooms known to be too large for receipts are skipped here, before any work.
+                EntryKind::Text
+                    if entry.from != ctx.user
+                        && self.hub.presence.cached_room_size(&entry.room).is_none_or(|size| size <= max_members) =>
+                {
                     match delivered.iter_mut().find(|(room, _, _)| *room == entry.room) {
                         Some((_, seq, senders)) => {
                             *seq = (*seq).max(entry.seq);
@@ -659,7 +671,7 @@ where
                 _ => {}
             }
         }
-        self.send(frames).await?;
+        self.send_outs(encoding, frames).await?;
         if !delivered.is_empty() {
             crate::presence::Presence::delivered(&ctx.hub, &ctx.user, delivered);
         }
@@ -712,15 +724,25 @@ where
     /// Write frames with one flush; a socket that takes longer than the slow-client limit is
     /// closed (its cursor lets the client resume elsewhere).
     async fn send_in(&mut self, encoding: Encoding, frames: Vec<ServerFrame>) -> Flow {
+        self.send_outs(encoding, frames.into_iter().map(Out::Frame).collect()).await
+    }
+
+    /// [`Session::send_in`] for frames and shared log entries.
+    async fn send_outs(&mut self, encoding: Encoding, frames: Vec<Out>) -> Flow {
         if frames.is_empty() {
             return Ok(());
         }
         let deadline = Instant::now() + Duration::from_millis(self.hub.limits.slow_client_timeout_ms);
         for frame in &frames {
-            if matches!(frame, ServerFrame::Error { .. }) {
-                Metrics::inc(&self.hub.metrics.errors_sent_total);
-            }
-            let bytes = encode_server(encoding, frame);
+            let bytes = match frame {
+                Out::Entry(cursor, entry) => protocol::encode_message(encoding, *cursor, entry),
+                Out::Frame(frame) => {
+                    if matches!(frame, ServerFrame::Error { .. }) {
+                        Metrics::inc(&self.hub.metrics.errors_sent_total);
+                    }
+                    encode_server(encoding, frame)
+                }
+            };
             let wire = match encoding {
                 Encoding::Json => Wire::Text(String::from_utf8(bytes).expect("JSON is UTF-8")),
                 Encoding::MessagePack => Wire::Binary(Bytes::from(bytes)),
@@ -759,6 +781,13 @@ where
 enum WriteOp {
     Feed(Wire),
     Flush,
+}
+
+/// What a session writes: a frame, or a log entry shared with every other recipient's
+/// connection, encoded straight from the shared entry (no copy of it per recipient).
+enum Out {
+    Frame(ServerFrame),
+    Entry(Cursor, Arc<Entry>),
 }
 
 async fn notified(signals: Option<Arc<crate::hub::ConnSignals>>) {

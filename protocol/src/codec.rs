@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::frames::{ClientFrame, ErrorCode, ReqId, ServerFrame};
+use crate::frames::{ClientFrame, Cursor, Entry, ErrorCode, ReqId, ServerFrame};
 
 /// The two encodings of the protocol; the same serde types sit behind both.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -70,6 +70,20 @@ pub fn decode_server(encoding: Encoding, bytes: &[u8]) -> Result<ServerFrame, De
 /// Encode a server frame.
 pub fn encode_server(encoding: Encoding, frame: &ServerFrame) -> Vec<u8> {
     encode(encoding, frame)
+}
+
+/// Encode a `message` frame for a borrowed entry: the same bytes as [`encode_server`] of
+/// [`ServerFrame::Message`], without cloning the entry first (a node encodes each entry once per
+/// recipient connection, and the clone was a handful of allocations each time).
+pub fn encode_message(encoding: Encoding, cursor: Cursor, entry: &Entry) -> Vec<u8> {
+    #[derive(Serialize)]
+    #[serde(tag = "type", rename = "message")]
+    struct MessageRef<'a> {
+        cursor: Cursor,
+        #[serde(flatten)]
+        entry: &'a Entry,
+    }
+    encode(encoding, &MessageRef { cursor, entry })
 }
 
 /// Encode a client frame (used by clients, tests and the load generator).

@@ -1,5 +1,5 @@
 use super::*;
-use crate::frames::{Entry, EntryKind};
+use crate::frames::EntryKind;
 
 fn both() -> [Encoding; 2] {
     [Encoding::Json, Encoding::MessagePack]
@@ -118,4 +118,24 @@ fn every_type_name_decodes_to_its_variant() {
 fn version_negotiation_picks_newest_common() {
     assert_eq!(crate::negotiate_version(&[1, 2, 99]), Some(1));
     assert_eq!(crate::negotiate_version(&[99]), None);
+}
+
+#[test]
+fn a_message_encoded_from_a_borrowed_entry_is_the_message_frame() {
+    for user in [None, Some("bob".to_string())] {
+        let entry = Entry {
+            room: "r_a".into(),
+            seq: 9,
+            id: "m-1".into(),
+            from: "alice".into(),
+            kind: if user.is_some() { EntryKind::Join } else { EntryKind::Text },
+            user: user.clone(),
+            body: "héllo \"quoted\"".into(),
+            ts: 1_795_856_035_400,
+        };
+        for encoding in both() {
+            let frame = ServerFrame::Message { cursor: 42, entry: entry.clone() };
+            assert_eq!(encode_message(encoding, 42, &entry), encode_server(encoding, &frame), "{encoding:?} {user:?}");
+        }
+    }
 }
