@@ -11,6 +11,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::ensure;
 use tests::{check_ledger, Client, Encoding, EntryKind, Node, NodeOptions, ServerFrame};
@@ -225,6 +226,23 @@ async fn slow_reader_is_disconnected_and_resumes_without_gap() -> anyhow::Result
     let body = "x".repeat(10_000);
     let messages: Vec<_> = (0..1_000).map(|i| (room.clone(), format!("f-{i}"), body.clone())).collect();
     let acks = wendy.say_many(&messages, 32).await?;
+
+    // Still not reading: the node gives up on the socket once a write has waited longer than
+    // the slow-client timeout. (Reading right after the acks would race it: with fast commits
+    // the acks can all be back before the node's writes have waited that long.)
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, metrics) = node.http_get("/metrics").await?;
+        let closed_count = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("palaver_slow_clients_closed_total "))
+            .and_then(|n| n.trim().parse::<u64>().ok());
+        if closed_count.is_some_and(|n| n > 0) {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "the node never cut the slow reader off");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // Now read: what the socket buffers held, then the end of the connection.
     let closed = sloth.closed().await?;
