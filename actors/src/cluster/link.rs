@@ -80,6 +80,7 @@ pub(super) async fn start(cluster: &Arc<Cluster>, hub: Arc<Hub>) -> anyhow::Resu
             id: "palaver.links".into(),
             subscription: Box::new(LinkEvents {
                 node: settings.node.clone(),
+                cluster: Arc::downgrade(cluster),
                 tls: settings.tls.is_some(),
                 state: Default::default(),
             }),
@@ -212,6 +213,8 @@ async fn dial(
 /// Logs link events, and says plainly when a link fails authentication.
 struct LinkEvents {
     node: String,
+    /// Told when a peer's last link closes (a crashed peer is then dead sooner).
+    cluster: std::sync::Weak<Cluster>,
     /// Links are TLS: a refused certificate also ends a link before it authenticates.
     tls: bool,
     /// Session ids that authenticated, and names with an authenticated link.
@@ -238,6 +241,11 @@ impl NodeEventSubscription for LinkEvents {
             if let Some(name) = &name {
                 if let Some(count) = state.1.get_mut(name) {
                     *count = count.saturating_sub(1);
+                    if *count == 0 {
+                        if let Some(cluster) = self.cluster.upgrade() {
+                            cluster.link_closed(name);
+                        }
+                    }
                 }
             }
             info!(peer = %ses.peer_addr, peer_node = name.as_deref().unwrap_or("-"), "cluster link closed");

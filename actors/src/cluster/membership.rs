@@ -3,7 +3,10 @@
 //!
 //! - A peer is **live** while its last heartbeat is younger than `heartbeat_timeout`. This is
 //!   what catches a hung (SIGSTOP) or cut-off peer whose TCP link stays open, which
-//!   ractor_cluster alone does not notice (shared/DESIGN.md §3).
+//!   ractor_cluster alone does not notice (shared/DESIGN.md §3). When its last link *closes*
+//!   (a crashed process: the kernel resets the socket), it is dead sooner: if no heartbeat
+//!   follows within the link grace (a few heartbeat intervals, enough to redial), which makes a
+//!   kill -9 cost well under the timeout.
 //! - A peer is **known** once heard of (directly, or in another node's heartbeat) until it
 //!   leaves gracefully (a heartbeat with `leaving`). Known peers that stop answering stay known:
 //!   they count towards the quorum size.
@@ -55,6 +58,10 @@ pub struct Membership {
     /// Nodes that left gracefully, with the incarnation that left: gossip from peers that
     /// have not heard of the leave yet must not bring them back.
     left: HashMap<String, u64>,
+    /// When each peer's last link closed, until a heartbeat comes after it.
+    link_down: HashMap<String, Instant>,
+    /// How long a peer whose links all closed stays live without a heartbeat.
+    link_grace: Duration,
 }
 
 impl Membership {
@@ -69,6 +76,22 @@ impl Membership {
             peers: HashMap::new(),
             known,
             left: HashMap::new(),
+            link_down: HashMap::new(),
+            link_grace: timeout,
+        }
+    }
+
+    /// Set how long a peer whose links all closed stays live without a heartbeat (default: the
+    /// heartbeat timeout, i.e. a closed link changes nothing).
+    pub fn with_link_grace(mut self, grace: Duration) -> Self {
+        self.link_grace = grace.min(self.timeout);
+        self
+    }
+
+    /// The last link to `name` closed (a heartbeat after `now` undoes it).
+    pub fn link_closed(&mut self, name: &str, now: Instant) {
+        if self.peers.contains_key(name) {
+            self.link_down.insert(name.to_string(), now);
         }
     }
 
@@ -100,6 +123,7 @@ impl Membership {
         for (name, incarnation) in &hb.forgotten {
             self.apply_tombstone(name, *incarnation, now);
         }
+        self.link_down.remove(&hb.from);
         let sees_me = hb.live.contains(&self.me);
         self.peers.insert(hb.from.clone(), Peer { incarnation: hb.incarnation, last_seen: now, sees_me });
         self.known.insert(hb.from.clone(), hb.addr.clone());
@@ -163,7 +187,12 @@ impl Membership {
     }
 
     pub fn is_live(&self, name: &str, now: Instant) -> bool {
-        name == self.me || self.peers.get(name).is_some_and(|peer| now.duration_since(peer.last_seen) < self.timeout)
+        if name == self.me {
+            return true;
+        }
+        let Some(peer) = self.peers.get(name) else { return false };
+        let link_dead = self.link_down.get(name).is_some_and(|closed| now.duration_since(*closed) >= self.link_grace);
+        now.duration_since(peer.last_seen) < self.timeout && !link_dead
     }
 
     /// Known nodes with their addresses (this one included).
@@ -289,6 +318,32 @@ mod tests {
         // ...and a's old tombstone (incarnation 3) does not undo that.
         b.on_heartbeat(&gossip, 9, later).unwrap();
         assert_eq!(b.view(later).live.len(), 3);
+    }
+
+    #[test]
+    fn a_closed_link_without_a_heartbeat_after_it_is_death_sooner_than_the_timeout() {
+        let t0 = Instant::now();
+        let grace = T / 4;
+        let mut m = Membership::new("a", "a:1", T, false).with_link_grace(grace);
+        m.on_heartbeat(&hb("b", 1, &["a", "b"]), 9, t0).unwrap();
+        m.on_heartbeat(&hb("c", 1, &["a", "c"]), 9, t0).unwrap();
+        // b's link closes and it is redialed: a heartbeat within the grace keeps it live.
+        m.link_closed("b", t0);
+        m.on_heartbeat(&hb("b", 1, &["a", "b"]), 9, t0 + grace / 2).unwrap();
+        assert!(m.is_live("b", t0 + grace * 2));
+        // c's link closes (its process died): dead after the grace, long before the timeout.
+        m.link_closed("c", t0);
+        assert!(m.is_live("c", t0 + grace / 2));
+        assert!(!m.is_live("c", t0 + grace));
+        assert_eq!(m.view(t0 + grace).live, ["a", "b"]);
+        // Back (restarted, a new incarnation): live again with its first heartbeat.
+        m.on_heartbeat(&hb("c", 2, &["a", "c"]), 9, t0 + grace * 2).unwrap();
+        assert!(m.is_live("c", t0 + grace * 2));
+        // Without a grace set, a closed link changes nothing before the timeout.
+        let mut plain = Membership::new("a", "a:1", T, false);
+        plain.on_heartbeat(&hb("b", 1, &["a", "b"]), 9, t0).unwrap();
+        plain.link_closed("b", t0);
+        assert!(plain.is_live("b", t0 + T / 2));
     }
 
     #[test]

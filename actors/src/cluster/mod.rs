@@ -116,12 +116,15 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn new(settings: ClusterSettings) -> Arc<Cluster> {
+        // A peer whose links all closed is dead unless a heartbeat follows within four
+        // intervals: enough for the reconnect loop to redial a link that merely dropped.
         let membership = Membership::new(
             &settings.node,
             &settings.advertise,
             settings.heartbeat_timeout,
             !settings.seeds.is_empty(),
-        );
+        )
+        .with_link_grace(settings.heartbeat_interval * 4);
         let view = membership.view(Instant::now());
         let (forwarded, forwarded_rx) = mpsc::unbounded_channel();
         Arc::new(Cluster {
@@ -338,6 +341,11 @@ impl Cluster {
             presence_seq: self.hub().map_or(0, |hub| hub.presence.sent_seq()),
             forgotten: membership.tombstones(),
         }
+    }
+
+    /// ractor_cluster says the last link to `node` closed: it is dead soon unless it heartbeats.
+    pub(crate) fn link_closed(&self, node: &str) {
+        self.membership.lock().expect("membership lock").link_closed(node, Instant::now());
     }
 
     /// Known nodes and their addresses.
