@@ -18,6 +18,18 @@ wait_port() { # host port seconds
   done
 }
 
+# What every benchmark node gets besides its name and ports: cheap password hashing (accounts
+# are set-up here, not what is measured) and limits out of the load's way.
+BENCH_NODE_ENV=(
+  PALAVER_AUTH__TOKEN_KEY="bench-token-key-0123456789abcdef-0123456789"
+  PALAVER_AUTH__ARGON2_MEMORY_KIB=1024
+  PALAVER_AUTH__ARGON2_ITERATIONS=1
+  PALAVER_LIMITS__MAX_ROOM_MEMBERS=20000
+  PALAVER_LIMITS__FRAMES_PER_SECOND=1000000
+  PALAVER_LIMITS__MAX_CONNECTIONS=19500
+  PALAVER_LOG__FILTER="${NODE_LOG_FILTER:-warn}"
+)
+
 start_palaver() { # [port] [name]
   local port="${1:-17600}" name="${2:-palaver-1}"
   mkdir -p "$WORK/$name"
@@ -27,14 +39,7 @@ start_palaver() { # [port] [name]
     PALAVER_NODE__NAME="$name" \
     PALAVER_NODE__DATA_DIR="$WORK/$name" \
     PALAVER_CLIENT__LISTEN="127.0.0.1:$port" \
-    PALAVER_AUTH__TOKEN_KEY="bench-token-key-0123456789abcdef-0123456789" \
-    PALAVER_AUTH__ARGON2_MEMORY_KIB=1024 \
-    PALAVER_AUTH__ARGON2_ITERATIONS=1 \
-    PALAVER_LIMITS__MAX_ROOM_MEMBERS=20000 \
-    PALAVER_LIMITS__FRAMES_PER_SECOND=1000000 \
-    PALAVER_LIMITS__MAX_CONNECTIONS=19500 \
-    PALAVER_LOG__FILTER="${NODE_LOG_FILTER:-warn}" \
-    exec env -u PALAVER_BIN "$NODE_BIN" >"$WORK/$name.out" 2>"$WORK/$name.log"
+    exec env -u PALAVER_BIN "${BENCH_NODE_ENV[@]}" "$NODE_BIN" >"$WORK/$name.out" 2>"$WORK/$name.log"
   ) &
   PALAVER_PID=$!
   STARTED_PIDS+=("$PALAVER_PID")
@@ -61,14 +66,7 @@ start_palaver_cluster() { # [port] [count] [name]
       PALAVER_CLUSTER__ENABLED=true \
       PALAVER_CLUSTER__LISTEN="127.0.0.1:$cport" \
       PALAVER_CLUSTER__COOKIE="bench-cluster-cookie-0123456789" \
-      PALAVER_AUTH__TOKEN_KEY="bench-token-key-0123456789abcdef-0123456789" \
-      PALAVER_AUTH__ARGON2_MEMORY_KIB=1024 \
-      PALAVER_AUTH__ARGON2_ITERATIONS=1 \
-      PALAVER_LIMITS__MAX_ROOM_MEMBERS=20000 \
-      PALAVER_LIMITS__FRAMES_PER_SECOND=1000000 \
-      PALAVER_LIMITS__MAX_CONNECTIONS=19500 \
-      PALAVER_LOG__FILTER="${NODE_LOG_FILTER:-warn}" \
-      exec env -u PALAVER_BIN ${seeds:+"PALAVER_CLUSTER__SEEDS=[$seeds]"} "$NODE_BIN" >"$WORK/$name-$((k + 1)).out" 2>"$WORK/$name-$((k + 1)).log"
+      exec env -u PALAVER_BIN "${BENCH_NODE_ENV[@]}" ${seeds:+"PALAVER_CLUSTER__SEEDS=[$seeds]"} "$NODE_BIN" >"$WORK/$name-$((k + 1)).out" 2>"$WORK/$name-$((k + 1)).log"
     ) &
     pid=$!
     STARTED_PIDS+=("$pid")

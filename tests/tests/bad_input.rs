@@ -793,28 +793,13 @@ async fn run(case: Case, fx: &mut Fixture, encoding: Encoding) -> anyhow::Result
     Ok(())
 }
 
+/// Give `frame` the request number `value` (frames without one, `hello`, stay as they are).
+/// Through the frame's JSON form, so that no list of frame kinds here has to follow the enum.
 fn set_req(frame: &mut ClientFrame, value: u64) {
-    match frame {
-        ClientFrame::Hello { .. } => {}
-        ClientFrame::Register { req, .. }
-        | ClientFrame::Login { req, .. }
-        | ClientFrame::Authenticate { req, .. }
-        | ClientFrame::LogoutAll { req }
-        | ClientFrame::CreateRoom { req, .. }
-        | ClientFrame::Join { req, .. }
-        | ClientFrame::Leave { req, .. }
-        | ClientFrame::Invite { req, .. }
-        | ClientFrame::OpenDirect { req, .. }
-        | ClientFrame::ListRooms { req }
-        | ClientFrame::ListMembers { req, .. }
-        | ClientFrame::Send { req, .. }
-        | ClientFrame::History { req, .. }
-        | ClientFrame::MarkRead { req, .. }
-        | ClientFrame::Ping { req }
-        | ClientFrame::SetPresence { req, .. }
-        | ClientFrame::WatchPresence { req, .. }
-        | ClientFrame::Typing { req, .. }
-        | ClientFrame::Receipts { req, .. } => *req = value,
+    let mut json = serde_json::to_value(&*frame).expect("frames serialise");
+    if let Some(req) = json.get_mut("req") {
+        *req = value.into();
+        *frame = serde_json::from_value(json).expect("the same frame with another req");
     }
 }
 

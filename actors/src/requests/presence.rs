@@ -126,8 +126,7 @@ pub fn typing_ended_by_send(ctx: &Ctx, room: &str) {
 /// The other members of `room`, if the caller is a member and the room is small enough for
 /// pushes of `what`.
 async fn pushable_members(ctx: &Ctx, req: ReqId, room: &str, what: &str) -> Result<Vec<String>, ServerFrame> {
-    require_member(ctx, req, room).await?;
-    let members = ctx.hub.store.members(room).await.map_err(|err| store_error_frame(&ctx.hub, Some(req), err))?;
+    let members = members_as_member(ctx, req, room).await?;
     let max = ctx.hub.presence.settings.room_max_members;
     if members.len() as u64 > u64::from(max) {
         let message = format!(
@@ -137,6 +136,19 @@ async fn pushable_members(ctx: &Ctx, req: ReqId, room: &str, what: &str) -> Resu
         return Err(error_frame(Some(req), ErrorCode::Forbidden, message));
     }
     Ok(members.into_iter().filter(|member| *member != ctx.user).collect())
+}
+
+/// The members of `room` if the caller is one of them: one read when it is; otherwise the
+/// refusal is [`require_member`]'s, which tells an unknown room from someone else's.
+async fn members_as_member(ctx: &Ctx, req: ReqId, room: &str) -> Result<Vec<String>, ServerFrame> {
+    if let Ok(members) = ctx.hub.store.members(room).await {
+        if members.contains(&ctx.user) {
+            return Ok(members);
+        }
+    }
+    require_member(ctx, req, room).await?;
+    // A member after all (joined in between): read again.
+    ctx.hub.store.members(room).await.map_err(|err| store_error_frame(&ctx.hub, Some(req), err))
 }
 
 /// After `mark_read` stored `seq`: tell the room's other members (small rooms only).
@@ -182,12 +194,9 @@ pub async fn list_members(
         }
         Some(limit) => limit,
     };
-    if let Err(frame) = require_member(ctx, req, &room).await {
-        return frame;
-    }
-    let mut members = match ctx.hub.store.members(&room).await {
+    let mut members = match members_as_member(ctx, req, &room).await {
         Ok(members) => members,
-        Err(err) => return store_error_frame(&ctx.hub, Some(req), err),
+        Err(frame) => return frame,
     };
     members.sort();
     let total = members.len() as u32;
