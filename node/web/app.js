@@ -6,11 +6,18 @@
 // - Cursor: the highest `message.cursor` processed is kept in memory and in localStorage per
 //   user. Every (re)connect authenticates with it, so the node replays exactly what was missed;
 //   a `message` at or below it is a duplicate and is ignored.
+// - Per-room positions: entries of a large room (more members than the node's
+//   limits.fanout_max_members) are in the room's log only, so their `message` has no `cursor`.
+//   For those the highest `seq` processed per room is kept instead (memory and localStorage per
+//   user, next to the cursor); a message at or below it is a duplicate and is ignored, and the
+//   cursor does not move. A resume presents them in `authenticate.rooms`; the node's own
+//   positions in `live` and `reconnect` are merged in (the higher wins). Stored positions never
+//   move back, except when the node says they are no good (`cursor_ahead`, a refused `rooms`).
 // - Outbox: a message is put in localStorage *before* it is sent, with a client-made id. It
-//   leaves the outbox when its `ack` arrives or when it is seen committed in the user's log (the
-//   replay after a reconnect included). Whatever is still there after a reconnect is sent again
-//   with the SAME id, so the node's deduplication turns a retry into `duplicate: true`, never
-//   into a second message.
+//   leaves the outbox when its `ack` arrives or when it is seen committed in the user's log or a
+//   large room's (the replay after a reconnect included). Whatever is still there after a
+//   reconnect is sent again with the SAME id, so the node's deduplication turns a retry into
+//   `duplicate: true`, never into a second message.
 // - Reconnect: exponential backoff with jitter over the list of nodes (the page's origin, or
 //   `?nodes=host:port,...`, or localStorage `palaver.nodes`); each failure moves to the next
 //   node. A `reconnect` frame (node shutting down) retries at once on the next node.
@@ -67,6 +74,7 @@
     lastUser: 'palaver.last_user',
     limits: 'palaver.limits',
     cursor: (user) => `palaver.cursor.${user}`,
+    positions: (user) => `palaver.positions.${user}`, // { room id: highest seq processed } of large rooms
     outbox: (user) => `palaver.outbox.${user}`,
     room: (user) => `palaver.room.${user}`,
     presence: (user) => `palaver.presence.${user}`, // { state, status } the user chose
@@ -167,6 +175,8 @@
     user: null,
     /** Highest cursor processed; null when this browser has none for the user yet. */
     cursor: null,
+    /** Large rooms: room → highest seq processed (their messages carry no cursor). */
+    positions: new Map(),
     head: 0,
     replayed: 0,
     rooms: new Map(),
@@ -427,11 +437,12 @@
       case 'message':
         return onMessage(frame);
       case 'live':
+        mergePositions(frame.rooms);
         return goLive(`Resumed on ${nodeName()}: ${S.replayed} ${S.replayed === 1 ? 'message' : 'messages'} replayed`);
       case 'resync':
         return onResync(frame);
       case 'rooms':
-        return onRooms(frame);
+        return onRooms(frame, ctx);
       case 'room':
         return onRoom(frame, ctx);
       case 'history':
@@ -443,6 +454,8 @@
       case 'error':
         return onError(frame, ctx);
       case 'reconnect':
+        // Where the going node got to in large rooms (its `cursor` is ours already).
+        mergePositions(frame.rooms);
         S.shutdownAdvised = true;
         setConn('reconnecting', `${nodeName()} is going away: ${frame.reason}`);
         return undefined;
@@ -568,17 +581,21 @@
     const frame = { type: 'authenticate', token: S.auth.token };
     const resume = S.cursor !== null;
     if (resume) frame.cursor = S.cursor;
+    // Positions in large rooms go with the cursor only: without one the node starts live.
+    const rooms = resume && S.positions.size > 0;
+    if (rooms) frame.rooms = Object.fromEntries(S.positions);
     S.phase = 'authenticating';
     S.replayed = 0;
-    request(frame, { kind: 'authenticate', resume });
+    request(frame, { kind: 'authenticate', resume, rooms });
     setConn('connecting', `Signing in on ${nodeName()}…`);
   }
 
-  /** Switch the page to `user`: their cursor, outbox and last room from storage. */
+  /** Switch the page to `user`: their cursor, positions, outbox and last room from storage. */
   function loadUser(user) {
     S.user = user;
     const cursor = storage.get(keys.cursor(user), null);
     S.cursor = Number.isSafeInteger(cursor) && cursor >= 0 ? cursor : null;
+    S.positions = storedPositions(user);
     const outbox = storage.get(keys.outbox(user), []);
     S.outbox = Array.isArray(outbox) ? outbox.filter((m) => m && typeof m.id === 'string' && typeof m.room === 'string') : [];
     S.failed = [];
@@ -650,6 +667,59 @@
     if (force || !(Number.isSafeInteger(stored) && stored > cursor)) storage.set(key, cursor);
   }
 
+  // ---- Positions in large rooms -------------------------------------------------------------
+  function storedPositions(user) {
+    const raw = storage.get(keys.positions(user), null);
+    const positions = new Map();
+    if (raw && typeof raw === 'object' && !Array.isArray(raw)) {
+      for (const [room, seq] of Object.entries(raw)) if (Number.isSafeInteger(seq) && seq > 0) positions.set(room, seq);
+    }
+    return positions;
+  }
+
+  /** Apply one change to the stored positions by read-modify-write, as for the outbox. */
+  function persistPositions(change) {
+    if (!S.user) return;
+    const stored = storedPositions(S.user);
+    change(stored);
+    if (stored.size) storage.set(keys.positions(S.user), Object.fromEntries(stored));
+    else storage.remove(keys.positions(S.user));
+  }
+
+  /**
+   * Raise the positions in `rooms` (room → seq) where they are higher than ours. Another tab of
+   * the same user may be further along: the stored positions never move back.
+   */
+  function raisePositions(rooms) {
+    if (!rooms.length) return;
+    for (const [room, seq] of rooms) S.positions.set(room, seq);
+    persistPositions((stored) => {
+      for (const [room, seq] of rooms) if (!(stored.get(room) >= seq)) stored.set(room, seq);
+    });
+  }
+
+  /** The node's positions (`live`, `reconnect`): the higher of its and ours. */
+  function mergePositions(rooms) {
+    if (!rooms || typeof rooms !== 'object' || Array.isArray(rooms)) return;
+    raisePositions(
+      Object.entries(rooms).filter(([room, seq]) => Number.isSafeInteger(seq) && seq > 0 && !(S.positions.get(room) >= seq)),
+    );
+  }
+
+  /**
+   * Forget positions: `rooms` (the user left them, or they are no longer large), or all of them
+   * (`null`: the node said they are no good). The only way a stored position goes back.
+   */
+  function forgetPositions(rooms) {
+    const gone = rooms === null ? Array.from(S.positions.keys()) : rooms;
+    if (!gone.length && rooms !== null) return;
+    for (const room of gone) S.positions.delete(room);
+    persistPositions((stored) => {
+      if (rooms === null) stored.clear();
+      else for (const room of gone) stored.delete(room);
+    });
+  }
+
   function onError(frame, ctx) {
     const kind = ctx ? ctx.kind : null;
     if (kind === 'register' || kind === 'login') {
@@ -661,7 +731,9 @@
     if (kind === 'authenticate' || (frame.code === 'cursor_ahead' && S.phase === 'replaying')) {
       if (frame.code === 'cursor_ahead') {
         // The node's log ends before our cursor (a store was reset): start over from its end.
+        // Our positions in large rooms may be past their ends too; the node follows them live.
         setCursor(S.head, true);
+        forgetPositions(null);
         reloadAll();
         showAlert(frame.code, frame.message);
         goLive(`Connected to ${nodeName()} (your saved position was ahead of the node; reloaded)`);
@@ -671,6 +743,14 @@
         signOut(describeError(frame));
         S.phase = 'open';
         setConn('open', `Connected to ${nodeName()}`);
+        return;
+      }
+      if (frame.code === 'invalid_field' && ctx && ctx.rooms) {
+        // The node refused our large-room positions (more rooms than a user may be in): resume
+        // without them; it replays those rooms from the read positions it keeps.
+        forgetPositions(null);
+        showAlert(frame.code, frame.message);
+        drop(`sign-in failed: ${frame.code}`);
         return;
       }
       // The node could not check the token now (store trouble): try again later.
@@ -710,7 +790,8 @@
   // ---- Rooms --------------------------------------------------------------------------------
   function requestRooms() {
     S.roomsRequested = true;
-    request({ type: 'list_rooms' }, { kind: 'rooms' });
+    // The positions as asked: only those unchanged when the answer comes may be pruned by it.
+    request({ type: 'list_rooms' }, { kind: 'rooms', positions: new Map(S.positions) });
   }
 
   let roomsRefreshTimer = null;
@@ -744,11 +825,22 @@
     if (room) room.last_seq = Math.max(room.last_seq, seq);
   }
 
-  function onRooms(frame) {
+  function onRooms(frame, ctx) {
     S.roomsRequested = false;
     const fresh = new Map();
     for (const info of frame.rooms) fresh.set(info.id, merged(info));
     S.rooms = fresh;
+    // Positions of rooms we are no longer in, or that are no longer large, only take up room
+    // (and `authenticate.rooms` may list no more rooms than a user can be in). A position that
+    // moved since the list was asked for belongs to a room that changed since: it stays.
+    if (ctx && ctx.positions) {
+      const stale = [];
+      for (const [room, seq] of S.positions) {
+        const info = fresh.get(room);
+        if ((!info || !info.large) && ctx.positions.get(room) === seq) stale.push(room);
+      }
+      forgetPositions(stale);
+    }
     renderRooms();
     scheduleWatch();
     if (!S.view) {
@@ -808,6 +900,7 @@
       const li = el('li', 'room-item');
       li.dataset.room = room.id;
       li.dataset.unread = String(unread);
+      if (room.large) li.dataset.large = 'true';
       const button = el('button', 'room-button');
       button.type = 'button';
       if (S.view && S.view.room === room.id) button.setAttribute('aria-current', 'page');
@@ -1023,10 +1116,20 @@
     return true;
   }
 
-  // ---- Messages from the user's log ---------------------------------------------------------
+  // ---- Messages from the user's log (and from large rooms' logs) ----------------------------
   function onMessage(frame) {
-    if (S.cursor !== null && frame.cursor <= S.cursor) return; // already processed
-    setCursor(frame.cursor, false);
+    if (typeof frame.room !== 'string' || !Number.isSafeInteger(frame.seq)) return;
+    const own = frame.user === S.user;
+    if (Number.isSafeInteger(frame.cursor)) {
+      if (S.cursor !== null && frame.cursor <= S.cursor) return; // already processed
+      setCursor(frame.cursor, false);
+    } else {
+      // An entry of a large room: no cursor, our place in that room is its seq.
+      if (S.positions.get(frame.room) >= frame.seq) return; // already processed
+      // After our own leave the node stops following the room; so do we.
+      if (frame.kind === 'leave' && own) forgetPositions([frame.room]);
+      else raisePositions([[frame.room, frame.seq]]);
+    }
     if (S.phase === 'replaying') {
       S.replayed++;
       $('conn').dataset.replayed = String(S.replayed);
@@ -1034,14 +1137,14 @@
     if (frame.kind === 'text' && frame.from === S.user) outboxRemove(frame.id);
     noteSeq(frame.room, frame.seq);
     if (frame.kind === 'text') dropTyper(frame.room, frame.from);
-    if (frame.kind === 'leave' && frame.user === S.user) {
+    if (frame.kind === 'leave' && own) {
       S.receipts.delete(frame.room);
       S.typingForbidden.delete(frame.room);
       scheduleWatch();
     }
     if (S.rooms.has(frame.room)) {
-      if (frame.kind === 'leave' && frame.user === S.user) S.rooms.delete(frame.room);
-    } else if (!(frame.kind === 'leave' && frame.user === S.user)) {
+      if (frame.kind === 'leave' && own) S.rooms.delete(frame.room);
+    } else if (!(frame.kind === 'leave' && own)) {
       refreshRoomsSoon();
     }
     const view = S.view;
@@ -1892,6 +1995,7 @@
     nodes: S.nodes.slice(),
     user: S.user,
     cursor: S.cursor,
+    positions: Object.fromEntries(S.positions),
     replayed: S.replayed,
     attempt: S.attempt,
     outbox: S.outbox.map((m) => m.id),
