@@ -12,9 +12,10 @@
 //!   looks like: only the heartbeat timeout notices).
 //! - [`Chatter`] is a client that keeps going through all of that: it retries `unavailable`
 //!   with the same message id, and when its node goes away it reconnects to another and
-//!   resumes from its cursor, keeping one ledger across connections.
+//!   resumes from its cursor and its positions in large rooms, keeping one ledger (and one
+//!   ledger of large-room entries) across connections.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -25,7 +26,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::{check_ledger, Client, ClientFrame, Encoding, Entry, ErrorCode, Node, NodeOptions, ServerFrame};
+use crate::{check_ledger, Client, ClientFrame, Encoding, Entry, EntryKind, ErrorCode, Node, NodeOptions, ServerFrame};
 
 /// The cookie of test clusters.
 pub const TEST_COOKIE: &str = "palaver-test-cluster-cookie-0123456789";
@@ -363,6 +364,22 @@ async fn until_cut(cut: &mut watch::Receiver<HashSet<usize>>, from: usize, to: u
     let _ = cut.wait_for(|cut| crosses(cut, from, to) == cut_now).await.map(|_| ());
 }
 
+/// One resume of a [`Chatter`] after its connection was lost: what it presented, where its
+/// ledgers stood, and what the node's `live` said.
+#[derive(Debug, Clone)]
+pub struct Resume {
+    pub url: String,
+    /// The user-log cursor presented.
+    pub cursor: u64,
+    /// The large-room positions presented (`authenticate.rooms`).
+    pub rooms: BTreeMap<String, u64>,
+    /// Lengths of [`Chatter::ledger`] and [`Chatter::room_ledger`] before the resume.
+    pub ledger_len: usize,
+    pub room_ledger_len: usize,
+    /// The positions the node's `live` reported at the end of the replay.
+    pub live_rooms: BTreeMap<String, u64>,
+}
+
 /// A client that survives node failures: retries, reconnects, resumes; one ledger throughout.
 pub struct Chatter {
     pub user: String,
@@ -376,9 +393,18 @@ pub struct Chatter {
     /// The cursor the first connection started from.
     pub start_cursor: u64,
     pub cursor: u64,
+    /// Entries of large rooms (no cursor) received over all connections, in order.
+    pub room_ledger: Vec<Entry>,
+    /// Highest seq received per large room: presented with the cursor on every resume.
+    pub rooms: BTreeMap<String, u64>,
     /// (room, message id, seq, duplicate) of every acked send.
     pub acked: Vec<(String, String, u64, bool)>,
     pub reconnects: usize,
+    /// Every successful resume, in order.
+    pub resumes: Vec<Resume>,
+    /// Disagreements seen at a resume seam (the node's `live` positions against what was
+    /// received); [`Chatter::check`] fails on any.
+    pub seam_errors: Vec<String>,
     pub unavailable: usize,
 }
 
@@ -405,8 +431,12 @@ impl Chatter {
             ledger: Vec::new(),
             start_cursor: cursor,
             cursor,
+            room_ledger: Vec::new(),
+            rooms: BTreeMap::new(),
             acked: Vec::new(),
             reconnects: 0,
+            resumes: Vec::new(),
+            seam_errors: Vec::new(),
             unavailable: 0,
         })
     }
@@ -419,20 +449,33 @@ impl Chatter {
     }
 
     fn absorb(&mut self, mut client: Client) {
-        for (cursor, entry) in client.ledger.drain(..) {
-            self.cursor = self.cursor.max(cursor);
-            self.ledger.push((cursor, entry));
-        }
+        self.take_from(&mut client);
         // Dropped without a close frame: the server sees the socket end.
         drop(client);
     }
 
+    /// Drop the connection abruptly (no close frame), as a client losing its network would;
+    /// the next request reconnects to the next URL and resumes.
+    pub fn disconnect(&mut self) {
+        self.retire();
+    }
+
     fn take_received(&mut self) {
-        if let Some(client) = &mut self.client {
-            for (cursor, entry) in client.ledger.drain(..) {
-                self.cursor = self.cursor.max(cursor);
-                self.ledger.push((cursor, entry));
-            }
+        if let Some(mut client) = self.client.take() {
+            self.take_from(&mut client);
+            self.client = Some(client);
+        }
+    }
+
+    fn take_from(&mut self, client: &mut Client) {
+        for (cursor, entry) in client.ledger.drain(..) {
+            self.cursor = self.cursor.max(cursor);
+            self.ledger.push((cursor, entry));
+        }
+        for entry in client.room_ledger.drain(..) {
+            let seq = self.rooms.entry(entry.room.clone()).or_default();
+            *seq = (*seq).max(entry.seq);
+            self.room_ledger.push(entry);
         }
     }
 
@@ -449,18 +492,37 @@ impl Chatter {
             }
             let url = urls[self.next_url % urls.len()].clone();
             self.next_url += 1;
+            let (cursor, rooms) = (self.cursor, self.rooms.clone());
             let attempt = async {
                 let mut client = Client::connect_url(&url, Encoding::MessagePack).await?;
-                client.authenticate(&self.token, Some(self.cursor)).await?;
-                client.cursor = self.cursor;
-                client.until_live().await?;
-                Ok::<_, anyhow::Error>(client)
+                // Resume from the cursor and from each large room's position.
+                client.rooms = rooms.clone();
+                client.authenticate(&self.token, Some(cursor)).await?;
+                client.cursor = cursor;
+                let live = client.until_live().await?;
+                Ok::<_, anyhow::Error>((client, live))
             };
             match tokio::time::timeout(REQUEST_TIMEOUT, attempt).await {
-                Ok(Ok(client)) => {
+                Ok(Ok((client, live))) => {
+                    let (ledger_len, room_ledger_len) = (self.ledger.len(), self.room_ledger.len());
                     self.reconnects += 1;
                     self.client = Some(client);
                     self.take_received();
+                    let live_rooms = match live {
+                        ServerFrame::Live { rooms, .. } => rooms,
+                        _ => BTreeMap::new(),
+                    };
+                    // The replay ends where `live` says: in every large room the node names, the
+                    // position is the highest seq received (none skipped, none beyond).
+                    for (room, seq) in &live_rooms {
+                        if let Some(have) = self.rooms.get(room).filter(|have| *have != seq) {
+                            self.seam_errors.push(format!(
+                                "resume #{} on {url}: live puts {room} at seq {seq}, received through {have}",
+                                self.reconnects
+                            ));
+                        }
+                    }
+                    self.resumes.push(Resume { url, cursor, rooms, ledger_len, room_ledger_len, live_rooms });
                     return Ok(());
                 }
                 _ => tokio::time::sleep(Duration::from_millis(100)).await,
@@ -543,8 +605,7 @@ impl Chatter {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             self.take_received();
-            let have: HashSet<(String, String)> =
-                self.ledger.iter().map(|(_, e)| (e.room.clone(), e.id.clone())).collect();
+            let have: HashSet<(String, String)> = self.entries().map(|e| (e.room.clone(), e.id.clone())).collect();
             let missing: Vec<_> = expected.difference(&have).collect();
             if missing.is_empty() {
                 return Ok(());
@@ -569,12 +630,19 @@ impl Chatter {
         }
     }
 
-    /// Check the ledger: dense cursors from the start, room order kept, and each (room, id)
-    /// exactly once.
+    /// Every entry received: the user-log ledger, then the large-room ledger.
+    pub fn entries(&self) -> impl Iterator<Item = &Entry> {
+        self.ledger.iter().map(|(_, e)| e).chain(&self.room_ledger)
+    }
+
+    /// Check the ledgers: dense cursors from the start, room order kept, and each (room, id)
+    /// exactly once. In each large room (one with entries in [`Chatter::room_ledger`]) the
+    /// seqs received, user-log part first, are dense from the chatter's own join: nothing
+    /// missing or doubled at the room's switch to large or at any resume.
     pub fn check(&self) -> anyhow::Result<()> {
         check_ledger(&self.ledger, self.start_cursor).map_err(|err| anyhow!("{}: {err}", self.user))?;
         let mut seen = HashSet::new();
-        for (_, entry) in &self.ledger {
+        for entry in self.entries() {
             anyhow::ensure!(
                 seen.insert((entry.room.clone(), entry.id.clone())),
                 "{}: {}/{} received twice",
@@ -583,7 +651,51 @@ impl Chatter {
                 entry.id
             );
         }
+        anyhow::ensure!(self.seam_errors.is_empty(), "{}: {}", self.user, self.seam_errors.join("; "));
+        let large: HashSet<&str> = self.room_ledger.iter().map(|e| e.room.as_str()).collect();
+        for room in large {
+            let entries: Vec<&Entry> = self.entries().filter(|e| e.room == room).collect();
+            let join = entries
+                .iter()
+                .find(|e| e.kind == EntryKind::Join && e.user.as_deref() == Some(self.user.as_str()))
+                .map(|e| e.seq);
+            let first = entries[0].seq;
+            anyhow::ensure!(
+                join == Some(first),
+                "{}: room {room} starts at seq {first}, not at the user's own join ({join:?})",
+                self.user
+            );
+            for pair in entries.windows(2) {
+                anyhow::ensure!(
+                    pair[1].seq == pair[0].seq + 1,
+                    "{}: room {room} seq {} ({}) after {} ({}): gap, duplicate or reordering",
+                    self.user,
+                    pair[1].seq,
+                    pair[1].id,
+                    pair[0].seq,
+                    pair[0].id
+                );
+            }
+            anyhow::ensure!(
+                self.rooms.get(room) == entries.last().map(|e| &e.seq),
+                "{}: position {:?} in {room} is not its last entry",
+                self.user,
+                self.rooms.get(room)
+            );
+        }
         Ok(())
+    }
+
+    /// Resumes that presented a position in at least one large room and received large-room
+    /// entries both before and after (the resume was a seam inside a large room's stream).
+    pub fn large_room_resumes(&self) -> Vec<&Resume> {
+        self.resumes
+            .iter()
+            .filter(|r| {
+                !r.rooms.is_empty()
+                    && self.room_ledger[r.room_ledger_len..].iter().any(|e| r.rooms.contains_key(&e.room))
+            })
+            .collect()
     }
 
     pub async fn close(mut self) {
@@ -612,7 +724,7 @@ pub async fn check_everyone(chatters: &mut [Chatter]) -> anyhow::Result<usize> {
     for chatter in chatters.iter_mut() {
         chatter.receive_all(&expected).await?;
         chatter.check()?;
-        for (_, entry) in &chatter.ledger {
+        for entry in chatter.entries() {
             if let Some(seq) = acked.get(&(entry.room.clone(), entry.id.clone())) {
                 anyhow::ensure!(
                     *seq == entry.seq,

@@ -1,16 +1,33 @@
 //! Cross-node chat: users connected to different nodes of one cluster talk in rooms owned by
 //! any node; order holds and nothing is lost or doubled (the ledger says so). Also the
-//! operator view and the single-node default (no cluster port unless configured).
+//! operator view and the single-node default (no cluster port unless configured). The chat test
+//! also runs with large rooms (every room past two members), where entries travel without a
+//! user-log cursor and clients resume from their position in each room.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
-use tests::cluster::{check_everyone, Chatter, Cluster};
+use tests::cluster::{check_everyone, Chatter, Cluster, ClusterOptions};
 use tests::{Client, Encoding, Node, NodeOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_on_different_nodes_chat_in_order() -> anyhow::Result<()> {
-    let cluster = Cluster::start(3).await?;
+    chat_in_order(ClusterOptions::default(), false).await
+}
+
+/// The same in large rooms: with `fanout_max_members = 2` each room becomes large at its third
+/// member's join. Half-way through, every user loses their connection and resumes on another
+/// node, presenting their position in each room; the replay must continue each room exactly
+/// where they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_on_different_nodes_chat_in_order_in_large_rooms() -> anyhow::Result<()> {
+    let options =
+        ClusterOptions { env: vec![("LIMITS__FANOUT_MAX_MEMBERS".into(), "2".into())], ..ClusterOptions::default() };
+    chat_in_order(options, true).await
+}
+
+async fn chat_in_order(options: ClusterOptions, large: bool) -> anyhow::Result<()> {
+    let cluster = Cluster::start_with(3, options).await?;
     let result = async {
         // One user per node; rooms created on each node, so owners differ from creators.
         let urls = Arc::new(Mutex::new(cluster.urls()));
@@ -42,6 +59,11 @@ async fn users_on_different_nodes_chat_in_order() -> anyhow::Result<()> {
         assert!(owners.len() >= 2, "six rooms all on {owners:?}");
         // Everyone sends to every room, interleaved.
         for round in 0..10 {
+            if large && round == 4 {
+                // Everyone drops off; each reconnects (to the next node) at their next send,
+                // the later ones with messages to catch up on.
+                chatters.iter_mut().for_each(Chatter::disconnect);
+            }
             for (c, chatter) in chatters.iter_mut().enumerate() {
                 for room in &rooms {
                     chatter.say(room, &format!("{c}-{round}"), &format!("round {round} from {c}")).await?;
@@ -51,8 +73,28 @@ async fn users_on_different_nodes_chat_in_order() -> anyhow::Result<()> {
         let count = check_everyone(&mut chatters).await?;
         assert_eq!(count, 3 * 10 * 6);
         for chatter in &chatters {
-            assert_eq!(chatter.reconnects, 0, "{} had to reconnect in a stable cluster", chatter.user);
+            let expected = usize::from(large);
+            assert_eq!(chatter.reconnects, expected, "{} reconnected unexpectedly in a stable cluster", chatter.user);
             assert!(chatter.acked.iter().all(|(_, _, _, duplicate)| !duplicate));
+            if large {
+                // Every room is large for everyone, and the resume was a seam inside them.
+                for room in &rooms {
+                    assert!(
+                        chatter.room_ledger.iter().any(|e| &e.room == room),
+                        "{}: nothing of {room} arrived as a large room",
+                        chatter.user
+                    );
+                }
+                let resumes = chatter.large_room_resumes();
+                assert!(
+                    resumes.iter().any(|r| r.rooms.len() == rooms.len()),
+                    "{} never resumed presenting its position in every room: {:?}",
+                    chatter.user,
+                    chatter.resumes
+                );
+            } else {
+                assert!(chatter.room_ledger.is_empty(), "{}: small rooms arrived as large", chatter.user);
+            }
         }
         // Cross-node traffic really happened.
         let (_, metrics) = cluster.node(0).http_get("/metrics").await?;

@@ -1,15 +1,32 @@
 //! Nodes leaving and joining under traffic: kill -9 of a room's owner, SIGTERM scale-down,
 //! scale-up. In each, every acked message reaches every member exactly once, in room order.
+//! The kill -9 test also runs with large rooms, whose clients resume by room position.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tests::cluster::{check_everyone, placement_owner, setup_chatters, Chatter, Cluster, Traffic, TEST_COOKIE};
+use tests::cluster::{
+    check_everyone, placement_owner, setup_chatters, Chatter, Cluster, ClusterOptions, Traffic, TEST_COOKIE,
+};
 use tests::{Client, Encoding};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_a_rooms_owner_under_traffic_loses_nothing() -> anyhow::Result<()> {
-    let mut cluster = Cluster::start(3).await?;
+    kill_9_of_a_rooms_owner_under_traffic(ClusterOptions::default(), false).await
+}
+
+/// The same with large rooms (`fanout_max_members = 2`: the three chatters make every room
+/// large): the victim's client resumes on a survivor from its cursor and its position in each
+/// room, and still gets every acked message once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_a_rooms_owner_under_traffic_loses_nothing_in_large_rooms() -> anyhow::Result<()> {
+    let options =
+        ClusterOptions { env: vec![("LIMITS__FANOUT_MAX_MEMBERS".into(), "2".into())], ..ClusterOptions::default() };
+    kill_9_of_a_rooms_owner_under_traffic(options, true).await
+}
+
+async fn kill_9_of_a_rooms_owner_under_traffic(options: ClusterOptions, large: bool) -> anyhow::Result<()> {
+    let mut cluster = Cluster::start_with(3, options).await?;
     let urls = Arc::new(Mutex::new(cluster.urls()));
     let result = async {
         let (chatters, rooms) = setup_chatters(&cluster, &urls, 3).await?;
@@ -30,6 +47,17 @@ async fn kill_9_of_a_rooms_owner_under_traffic_loses_nothing() -> anyhow::Result
         let count = check_everyone(&mut chatters).await?;
         assert_eq!(count, 3 * 40);
         assert!(chatters[victim].reconnects >= 1, "the victim's client must have moved");
+        for chatter in &chatters {
+            let in_large_rooms = rooms.iter().all(|room| chatter.room_ledger.iter().any(|e| &e.room == room));
+            assert_eq!(in_large_rooms, large, "{}: rooms large is not {large}", chatter.user);
+        }
+        if large {
+            // The victim's client resumed inside the rooms' streams, presenting its positions
+            // (check_everyone found its room ledger dense across the seam).
+            let resumes = chatters[victim].large_room_resumes();
+            assert!(!resumes.is_empty(), "no resume with large-room positions: {:?}", chatters[victim].resumes);
+            println!("large rooms: the victim's client resumed with {:?}", resumes[0]);
+        }
         let new_owner = cluster.owner(survivor, &rooms[0]).await?;
         assert_ne!(new_owner, victim_name);
         cluster.wait_converged().await?;
