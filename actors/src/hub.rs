@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, oneshot, watch, Notify, OnceCell};
 
 use crate::auth::Authenticator;
 use crate::cluster::{Cluster, Route};
+use crate::encoded::SharedEntry;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::presence::{Presence, PresenceSettings};
@@ -31,6 +32,9 @@ use crate::store::{Appended, Delivery, Store, StoreError};
 pub enum Outbound {
     /// A committed entry at `cursor` of the connection's user's log.
     Deliver { cursor: Cursor, entry: Arc<Entry> },
+    /// A committed entry of a large room: in the room log only, ordered by its seq; the same
+    /// bytes for every recipient, so encoded once.
+    RoomEntry(Arc<SharedEntry>),
     /// A frame to send as is (read-position sync). Boxed to keep `Outbound` small: every
     /// connection's inbox allocates its slots up front, so the variant size is memory per
     /// connection.
@@ -226,12 +230,24 @@ impl Hub {
     /// Hand a committed entry to this node's live connections of its recipients. Never blocks:
     /// a full queue marks the connection lagged, and it reads what it missed from the store.
     pub fn deliver_local(&self, delivery: &Delivery) {
-        let entry = Arc::new(delivery.entry.clone());
+        // Made on first use: an entry reaches user logs (each recipient's cursor differs) or is a
+        // large room's (the same bytes for everyone).
+        let mut entry: Option<Arc<Entry>> = None;
+        let mut shared: Option<Arc<SharedEntry>> = None;
         let connections = self.connections.lock().expect("connections lock");
         let mut delivered = 0;
         for (user, cursor) in &delivery.recipients {
             for conn in connections.get(user).into_iter().flatten() {
-                match conn.queue.try_send(Outbound::Deliver { cursor: *cursor, entry: entry.clone() }) {
+                let outbound = match cursor {
+                    Some(cursor) => Outbound::Deliver {
+                        cursor: *cursor,
+                        entry: entry.get_or_insert_with(|| Arc::new(delivery.entry.clone())).clone(),
+                    },
+                    None => Outbound::RoomEntry(
+                        shared.get_or_insert_with(|| Arc::new(SharedEntry::new(delivery.entry.clone()))).clone(),
+                    ),
+                };
+                match conn.queue.try_send(outbound) {
                     Ok(()) => delivered += 1,
                     Err(_) => {
                         conn.signals.lagged.store(true, Ordering::Release);

@@ -4,6 +4,7 @@
 //! - [`cluster`]: membership, placement and the router that make many nodes one.
 //! - [`room`]: one actor per active room; the single, fenced writer of the room's log.
 //! - [`session`]: one per connection; the protocol state machine, resume and live delivery.
+//! - [`encoded`]: an entry of a large room encoded once for all the connections it goes to.
 //! - [`requests`]: the handlers behind each client frame.
 //! - [`presence`]: who is online, typing indicators and receipts, across the cluster.
 //! - [`auth`]: passwords, tokens, login rate limits.
@@ -15,6 +16,7 @@
 
 pub mod auth;
 pub mod cluster;
+pub mod encoded;
 pub mod hub;
 pub mod limits;
 pub mod metrics;

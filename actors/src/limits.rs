@@ -44,6 +44,15 @@ pub struct Limits {
     /// Appends of one room committed together at most (the room's waiting appends go to the
     /// store as one batch: one commit for many messages). 1 commits each on its own.
     pub room_batch_max: usize,
+    /// A room with more members than this is a large room: its entries are no longer copied
+    /// into every member's user log (one write per member per message) but read from the room
+    /// log when a member resumes. See ARCHITECTURE.md, "Large rooms", for how the default was
+    /// measured.
+    pub fanout_max_members: u32,
+    /// When a client resumes without presenting its position in a large room, the room is
+    /// replayed from the client's read position, but at most this many of its newest entries
+    /// (older ones are a `history` request away).
+    pub large_room_replay_max: u32,
 }
 
 impl Default for Limits {
@@ -65,18 +74,24 @@ impl Default for Limits {
             max_connections: 19_000,
             request_timeout_ms: 10_000,
             room_batch_max: 64,
+            fanout_max_members: 100,
+            large_room_replay_max: 256,
         }
     }
 }
 
 impl Limits {
     pub fn membership(&self) -> MembershipLimits {
-        MembershipLimits { max_room_members: self.max_room_members, max_rooms_per_user: self.max_rooms_per_user }
+        MembershipLimits {
+            max_room_members: self.max_room_members,
+            max_rooms_per_user: self.max_rooms_per_user,
+            fanout_max_members: self.fanout_max_members,
+        }
     }
 
     /// Check the values against each other; the error names the key.
     pub fn validate(&self) -> Result<(), String> {
-        let positive: [(&str, u64); 14] = [
+        let positive: [(&str, u64); 15] = [
             ("limits.max_frame_bytes", self.max_frame_bytes.into()),
             ("limits.max_body_bytes", self.max_body_bytes.into()),
             ("limits.outbound_queue_len", self.outbound_queue_len as u64),
@@ -91,6 +106,7 @@ impl Limits {
             ("limits.max_connections", self.max_connections as u64),
             ("limits.request_timeout_ms", self.request_timeout_ms),
             ("limits.room_batch_max", self.room_batch_max as u64),
+            ("limits.large_room_replay_max", self.large_room_replay_max.into()),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return Err(format!("{key} must be greater than 0"));

@@ -216,7 +216,7 @@ pub async fn list_rooms(ctx: &Ctx, req: ReqId) -> ServerFrame {
     match ctx.hub.store.rooms_of(&ctx.user).await {
         Ok(rooms) => ServerFrame::Rooms {
             req,
-            rooms: rooms.into_iter().map(|MyRoom { room, read_seq }| room_info(room, read_seq)).collect(),
+            rooms: rooms.into_iter().map(|MyRoom { room, read_seq, .. }| room_info(room, read_seq)).collect(),
         },
         Err(err) => store_error_frame(&ctx.hub, Some(req), err),
     }
@@ -377,6 +377,7 @@ fn room_info(record: RoomRecord, read_seq: u64) -> RoomInfo {
         last_seq: record.last_seq,
         read_seq,
         members: record.members,
+        large: record.large_since.is_some(),
     }
 }
 

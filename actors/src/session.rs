@@ -15,11 +15,14 @@
 //!    something is missing (entries of different rooms can race), so it reads the store again.
 //! 4. A full inbox drops deliveries but raises the `lagged` signal, which also sends it back to
 //!    the store. The store, not the inbox, is the truth; so no gap and no duplicate.
+//! 5. Entries of large rooms are not in the user's log: the same rules apply to them per room,
+//!    by seq (`large_rooms`), and every catch-up ends by reading those rooms' logs.
 //!
 //! Requests are answered in the order they came. Those that only read or that go to a room are
 //! pipelined (up to `limits.max_inflight_per_connection`); commands to a room enter the room's
 //! mailbox in arrival order, so one connection's sends to one room keep their order.
 
+use std::collections::BTreeMap;
 use std::fmt::Display;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -34,18 +37,26 @@ use protocol::{
 };
 use tracing::{debug, info, warn};
 
+use crate::encoded::{SharedEntry, SharedText};
 use crate::hub::{Hub, Outbound, Registration};
 use crate::metrics::Metrics;
 use crate::requests::{self, error_frame, store_error_frame, Ctx};
 use crate::room::AppendCommand;
+use crate::store::HistoryPage;
 use crate::store::{LogEntry, StoreResult};
+use large_rooms::{LargeRooms, Live, RoomRead};
 
 /// A WebSocket message as the session sees it, independent of the WebSocket library.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Wire {
     Text(String),
+    /// Text encoded once and sent to many connections (see `encoded`); server to client only.
+    SharedText(SharedText),
     Binary(Bytes),
-    Close { code: u16, reason: String },
+    Close {
+        code: u16,
+        reason: String,
+    },
 }
 
 /// Why reading from the socket failed.
@@ -102,11 +113,21 @@ impl Drop for Bound {
     }
 }
 
-/// The replay in progress, if any.
+/// The replay in progress, if any: first the user's log, then the large rooms' logs.
 struct CatchUp {
     /// `Some(req)` when this replay answers a resume and must end with `live`.
     announce: Option<ReqId>,
-    page: BoxFuture<'static, StoreResult<Vec<LogEntry>>>,
+    /// For the replay that answers a resume: the client's positions in large rooms.
+    presented: Option<BTreeMap<String, u64>>,
+    page: BoxFuture<'static, StoreResult<Page>>,
+}
+
+/// What a catch-up read.
+enum Page {
+    /// A page of the user's log.
+    Log(Vec<LogEntry>),
+    /// A page of each large room's log: where it was read from, the entries, whether more follow.
+    Rooms(Vec<(RoomRead, Vec<Entry>, bool)>),
 }
 
 /// What woke the session.
@@ -116,7 +137,7 @@ enum Event {
     TokenExpired,
     Client(Option<Result<Wire, WireError>>),
     Reply(Vec<ServerFrame>),
-    Page(StoreResult<Vec<LogEntry>>),
+    Page(StoreResult<Page>),
     Inbox(Option<Outbound>),
     Signal,
 }
@@ -133,6 +154,8 @@ struct Session<Tx> {
     bound: Option<Bound>,
     /// Highest cursor of the user's log sent on this connection.
     last_cursor: Cursor,
+    /// Highest seq sent of each large room the user is in.
+    large: LargeRooms,
     catch_up: Option<CatchUp>,
     pending: FuturesOrdered<BoxFuture<'static, Vec<ServerFrame>>>,
     bucket: TokenBucket,
@@ -154,6 +177,7 @@ where
             encoding: None,
             bound: None,
             last_cursor: 0,
+            large: LargeRooms::default(),
             catch_up: None,
             pending: FuturesOrdered::new(),
             bucket,
@@ -199,9 +223,8 @@ where
             };
             let flow = match event {
                 Event::Shutdown => {
-                    let cursor = self.bound.as_ref().map(|_| self.last_cursor);
                     let reason = "node is shutting down; reconnect to any node and resume".to_string();
-                    let _ = self.send(vec![ServerFrame::Reconnect { reason, cursor }]).await;
+                    let _ = self.send(vec![self.reconnect(reason)]).await;
                     self.close(close_code::GOING_AWAY, "shutting down").await;
                     Err("shutdown")
                 }
@@ -247,6 +270,8 @@ where
     async fn on_wire(&mut self, wire: Wire) -> Flow {
         let (encoding, result) = match &wire {
             Wire::Text(text) => (Encoding::Json, decode_client(Encoding::Json, text.as_bytes())),
+            // Never made by the WebSocket layer; treated like any text should a test send one.
+            Wire::SharedText(text) => (Encoding::Json, decode_client(Encoding::Json, text.as_bytes())),
             Wire::Binary(bytes) => (Encoding::MessagePack, decode_client(Encoding::MessagePack, bytes)),
             Wire::Close { .. } => {
                 // Answer the close (RFC 6455 §5.5.1). The WebSocket layer has queued its echo of
@@ -341,7 +366,9 @@ where
                 return self
                     .pipeline(async move { vec![requests::login(&hub, req, user, password, addr).await] }.boxed());
             }
-            ClientFrame::Authenticate { req, token, cursor } => return self.authenticate(req, token, cursor).await,
+            ClientFrame::Authenticate { req, token, cursor, rooms } => {
+                return self.authenticate(req, token, cursor, rooms).await
+            }
             _ => {}
         }
         let Some(bound) = &self.bound else {
@@ -477,9 +504,21 @@ where
         }
     }
 
-    /// Bind the connection to a user, then resume from `cursor` if given.
-    async fn authenticate(&mut self, req: ReqId, token: String, cursor: Option<Cursor>) -> Flow {
+    /// Bind the connection to a user, then resume from `cursor` (and `rooms`, positions in large
+    /// rooms) if given.
+    async fn authenticate(
+        &mut self,
+        req: ReqId,
+        token: String,
+        cursor: Option<Cursor>,
+        rooms: BTreeMap<String, u64>,
+    ) -> Flow {
         self.drain_pending().await?;
+        let max_rooms = self.hub.limits.max_rooms_per_user as usize;
+        if rooms.len() > max_rooms {
+            let message = format!("`rooms` lists {} rooms; a user is in at most {max_rooms}", rooms.len());
+            return self.send(vec![error_frame(Some(req), ErrorCode::InvalidField, message)]).await;
+        }
         if self.bound.is_some() {
             return self
                 .send(vec![error_frame(
@@ -510,6 +549,16 @@ where
         };
         info!(peer = %self.peer.addr, user, cursor = ?cursor, head = bounds.head, "authenticated");
         let mut frames = vec![ServerFrame::Authenticated { req, user: user.clone(), cursor: bounds.head }];
+        if cursor.is_none_or(|cursor| cursor > bounds.head || cursor < bounds.floor) {
+            // Not resuming: large rooms start live too, from their newest entry.
+            match self.hub.store.rooms_of(&user).await {
+                Ok(mine) => self.large.start_live(&mine),
+                Err(err) => {
+                    self.bound = None;
+                    return self.send(vec![store_error_frame(&self.hub, Some(req), err)]).await;
+                }
+            }
+        }
         match cursor {
             None => self.last_cursor = bounds.head,
             Some(cursor) if cursor > bounds.head => {
@@ -526,7 +575,7 @@ where
             }
             Some(cursor) => {
                 self.last_cursor = cursor;
-                self.start_catch_up(Some(req));
+                self.start_catch_up(Some(req), Some(rooms));
             }
         }
         self.send(frames).await
@@ -546,36 +595,66 @@ where
         }
     }
 
-    /// Begin reading the user's log from `last_cursor`.
-    fn start_catch_up(&mut self, announce: Option<ReqId>) {
+    /// Begin reading the user's log from `last_cursor` (then the large rooms' logs).
+    fn start_catch_up(&mut self, announce: Option<ReqId>, presented: Option<BTreeMap<String, u64>>) {
         let Some(bound) = &self.bound else { return };
         // Anything dropped from now on is covered by this read or flagged again.
         bound.registration.signals.lagged.store(false, Ordering::Release);
-        let announce = self.catch_up.take().and_then(|previous| previous.announce).or(announce);
+        let (announce, presented) = match self.catch_up.take() {
+            Some(previous) => (previous.announce.or(announce), previous.presented.or(presented)),
+            None => (announce, presented),
+        };
         let page = self.read_page(bound.user.clone());
-        self.catch_up = Some(CatchUp { announce, page });
+        self.catch_up = Some(CatchUp { announce, presented, page });
     }
 
-    fn read_page(&self, user: String) -> BoxFuture<'static, StoreResult<Vec<LogEntry>>> {
+    fn read_page(&self, user: String) -> BoxFuture<'static, StoreResult<Page>> {
         let store = self.hub.store.clone();
         let after = self.last_cursor;
         let limit = self.hub.limits.replay_page_len;
-        async move { store.user_log(&user, after, limit).await }.boxed()
+        async move { store.user_log(&user, after, limit).await.map(Page::Log) }.boxed()
     }
 
-    /// A page of the user's log arrived.
-    async fn on_page(&mut self, result: StoreResult<Vec<LogEntry>>) -> Flow {
-        let entries = match result {
-            Ok(entries) => entries,
+    /// Read a page of each large room to replay: `reads`, or when `None`, the ones the user's
+    /// rooms call for now (see `large_rooms`).
+    fn read_rooms(&self, user: String, reads: Option<Vec<RoomRead>>) -> BoxFuture<'static, StoreResult<Page>> {
+        let store = self.hub.store.clone();
+        let limit = self.hub.limits.replay_page_len;
+        let replay_max = self.hub.limits.large_room_replay_max;
+        let large = self.large.clone();
+        let presented = self.catch_up.as_ref().and_then(|catch_up| catch_up.presented.clone());
+        async move {
+            let reads = match reads {
+                Some(reads) => reads,
+                None => large.plan(&store.rooms_of(&user).await?, presented.as_ref(), replay_max),
+            };
+            let mut pages = Vec::with_capacity(reads.len());
+            for read in reads {
+                let (entries, more) = store.history(&read.room, HistoryPage::After(read.after), limit).await?;
+                pages.push((read, entries, more));
+            }
+            Ok(Page::Rooms(pages))
+        }
+        .boxed()
+    }
+
+    /// A page of the catch-up arrived.
+    async fn on_page(&mut self, result: StoreResult<Page>) -> Flow {
+        match result {
+            Ok(Page::Log(entries)) => self.on_log_page(entries).await,
+            Ok(Page::Rooms(pages)) => self.on_rooms_page(pages).await,
             Err(err) => {
                 warn!(user = self.user().unwrap_or("-"), error = %err, "replay failed; closing so the client resumes");
-                let cursor = Some(self.last_cursor);
                 let reason = format!("replay failed ({err}); reconnect and resume");
-                let _ = self.send(vec![ServerFrame::Reconnect { reason, cursor }]).await;
+                let _ = self.send(vec![self.reconnect(reason)]).await;
                 self.close(close_code::INTERNAL_ERROR, "replay failed").await;
-                return Err("replay failed");
+                Err("replay failed")
             }
-        };
+        }
+    }
+
+    /// A page of the user's log: send it, then read the next page or the large rooms.
+    async fn on_log_page(&mut self, entries: Vec<LogEntry>) -> Flow {
         let full_page = entries.len() as u32 >= self.hub.limits.replay_page_len;
         let mut frames = Vec::with_capacity(entries.len() + 1);
         for LogEntry { cursor, entry } in entries {
@@ -584,29 +663,58 @@ where
                 continue;
             }
             self.last_cursor = cursor;
-            frames.push(ServerFrame::Message { cursor, entry });
+            frames.push(ServerFrame::Message { cursor: Some(cursor), entry });
         }
         Metrics::add(&self.hub.metrics.replayed_total, frames.len() as u64);
-        if full_page {
-            let user = self.user().unwrap_or_default().to_string();
-            let page = self.read_page(user);
+        let user = self.user().unwrap_or_default().to_string();
+        let page = if full_page { self.read_page(user) } else { self.read_rooms(user, None) };
+        if let Some(catch_up) = &mut self.catch_up {
+            catch_up.page = page;
+        }
+        // Writing with back-pressure is the flow control: the next page is read only once this
+        // one is in the socket.
+        self.send_entries(frames.into_iter().map(Out::Frame).collect()).await
+    }
+
+    /// A page of each large room's log: send what this connection has not sent, then read on
+    /// where a room has more, or end the catch-up.
+    async fn on_rooms_page(&mut self, pages: Vec<(RoomRead, Vec<Entry>, bool)>) -> Flow {
+        let user = self.user().unwrap_or_default().to_string();
+        let mut frames = Vec::new();
+        let mut more = Vec::new();
+        for (read, entries, has_more) in pages {
+            if has_more {
+                let after = entries.last().map_or(read.after, |entry| entry.seq);
+                more.push(RoomRead { room: read.room.clone(), after });
+            }
+            for entry in self.large.replayed(&user, &read.room, read.after, entries) {
+                frames.push(ServerFrame::Message { cursor: None, entry });
+            }
+        }
+        Metrics::add(&self.hub.metrics.replayed_total, frames.len() as u64);
+        if !more.is_empty() {
+            let page = self.read_rooms(user, Some(more));
             if let Some(catch_up) = &mut self.catch_up {
                 catch_up.page = page;
             }
         } else {
             let announce = self.catch_up.take().and_then(|catch_up| catch_up.announce);
             if let Some(req) = announce {
-                frames.push(ServerFrame::Live { req, cursor: self.last_cursor });
+                frames.push(ServerFrame::Live { req, cursor: self.last_cursor, rooms: self.large.snapshot() });
             }
             let lagged =
                 self.bound.as_ref().is_some_and(|bound| bound.registration.signals.lagged.load(Ordering::Acquire));
             if lagged {
-                self.start_catch_up(None);
+                self.start_catch_up(None, None);
             }
         }
-        // Writing with back-pressure is the flow control: the next page is read only once this
-        // one is in the socket.
         self.send_entries(frames.into_iter().map(Out::Frame).collect()).await
+    }
+
+    /// The `reconnect` frame: where this connection got to, for the client to resume from.
+    fn reconnect(&self, reason: String) -> ServerFrame {
+        let cursor = self.bound.as_ref().map(|_| self.last_cursor);
+        ServerFrame::Reconnect { reason, cursor, rooms: self.large.snapshot() }
     }
 
     /// Live traffic from the hub; takes whatever else is already queued too, then flushes once.
@@ -621,11 +729,22 @@ where
                         // Already sent by the replay.
                     } else if cursor == self.last_cursor + 1 {
                         self.last_cursor = cursor;
-                        frames.push(Out::Entry(cursor, entry));
+                        frames.push(Out::Entry(Some(cursor), entry));
                     } else {
                         // Something before this entry has not arrived: read it from the store.
-                        self.start_catch_up(None);
+                        self.start_catch_up(None, None);
                         break;
+                    }
+                }
+                Outbound::RoomEntry(shared) => {
+                    let Some(bound) = &self.bound else { continue };
+                    match self.large.live(&bound.user, shared.entry()) {
+                        Live::Send => frames.push(Out::Shared(shared)),
+                        Live::Skip => {}
+                        Live::CatchUp => {
+                            self.start_catch_up(None, None);
+                            break;
+                        }
                     }
                 }
             }
@@ -648,6 +767,7 @@ where
         for frame in &frames {
             let entry = match frame {
                 Out::Entry(_, entry) => &**entry,
+                Out::Shared(shared) => shared.entry(),
                 Out::Frame(ServerFrame::Message { entry, .. }) => entry,
                 Out::Frame(_) => continue,
             };
@@ -692,7 +812,7 @@ where
             return Err("logged out");
         }
         if signals.lagged.load(Ordering::Acquire) && self.catch_up.is_none() {
-            self.start_catch_up(None);
+            self.start_catch_up(None, None);
         }
         Ok(())
     }
@@ -735,6 +855,10 @@ where
         let deadline = Instant::now() + Duration::from_millis(self.hub.limits.slow_client_timeout_ms);
         for frame in &frames {
             let bytes = match frame {
+                Out::Shared(shared) => {
+                    self.write(deadline, WriteOp::Feed(shared.wire(encoding))).await?;
+                    continue;
+                }
                 Out::Entry(cursor, entry) => protocol::encode_message(encoding, *cursor, entry),
                 Out::Frame(frame) => {
                     if matches!(frame, ServerFrame::Error { .. }) {
@@ -783,11 +907,13 @@ enum WriteOp {
     Flush,
 }
 
-/// What a session writes: a frame, or a log entry shared with every other recipient's
-/// connection, encoded straight from the shared entry (no copy of it per recipient).
+/// What a session writes: a frame; a log entry shared with every other recipient's
+/// connection, encoded straight from the shared entry (no copy of it per recipient) with its
+/// cursor; or a large room's entry, whose encoding is shared too.
 enum Out {
     Frame(ServerFrame),
-    Entry(Cursor, Arc<Entry>),
+    Entry(Option<Cursor>, Arc<Entry>),
+    Shared(Arc<SharedEntry>),
 }
 
 async fn notified(signals: Option<Arc<crate::hub::ConnSignals>>) {
@@ -804,7 +930,7 @@ async fn recv_inbox(inbox: Option<&mut tokio::sync::mpsc::Receiver<Outbound>>) -
     }
 }
 
-async fn poll_page(page: Option<&mut BoxFuture<'static, StoreResult<Vec<LogEntry>>>>) -> StoreResult<Vec<LogEntry>> {
+async fn poll_page(page: Option<&mut BoxFuture<'static, StoreResult<Page>>>) -> StoreResult<Page> {
     match page {
         Some(page) => page.await,
         None => std::future::pending().await,
@@ -839,5 +965,6 @@ impl TokenBucket {
     }
 }
 
+mod large_rooms;
 #[cfg(test)]
 mod tests;

@@ -26,7 +26,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, info, warn};
 
@@ -271,6 +271,10 @@ async fn websocket(stream: TcpStream, rest: Vec<u8>, peer: SocketAddr, hub: Arc<
     let sink = sink.with(|wire: Wire| async move {
         Ok::<Message, tungstenite::Error>(match wire {
             Wire::Text(text) => Message::Text(text.into()),
+            // SAFETY: `SharedText` is made only from a `String` or `&str`, so its bytes are UTF-8;
+            // the unchecked conversion skips validating the same bytes again for every one of a
+            // large room's recipients.
+            Wire::SharedText(text) => Message::Text(unsafe { Utf8Bytes::from_bytes_unchecked(text.into_bytes()) }),
             Wire::Binary(bytes) => Message::Binary(bytes),
             Wire::Close { code, reason } => {
                 Message::Close(Some(CloseFrame { code: code.into(), reason: reason.into() }))

@@ -75,11 +75,12 @@ pub fn encode_server(encoding: Encoding, frame: &ServerFrame) -> Vec<u8> {
 /// Encode a `message` frame for a borrowed entry: the same bytes as [`encode_server`] of
 /// [`ServerFrame::Message`], without cloning the entry first (a node encodes each entry once per
 /// recipient connection, and the clone was a handful of allocations each time).
-pub fn encode_message(encoding: Encoding, cursor: Cursor, entry: &Entry) -> Vec<u8> {
+pub fn encode_message(encoding: Encoding, cursor: Option<Cursor>, entry: &Entry) -> Vec<u8> {
     #[derive(Serialize)]
     #[serde(tag = "type", rename = "message")]
     struct MessageRef<'a> {
-        cursor: Cursor,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cursor: Option<Cursor>,
         #[serde(flatten)]
         entry: &'a Entry,
     }

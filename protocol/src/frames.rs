@@ -6,6 +6,8 @@
 //! Requests carry a client-chosen `req` number that the node echoes in the reply, so a client
 //! can pipeline requests. docs/PROTOCOL.md describes every frame with an example.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// The protocol versions this build speaks, newest last.
@@ -51,6 +53,11 @@ pub enum ClientFrame {
         token: String,
         #[serde(default)]
         cursor: Option<Cursor>,
+        /// With `cursor`: the client's position (highest seq it has) in each large room, whose
+        /// entries are not in the user log. A large room left out is replayed from the user's
+        /// read position (at most `limits.large_room_replay_max` entries).
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        rooms: BTreeMap<String, u64>,
     },
     /// Revoke every token of the user and close all of the user's connections.
     LogoutAll {
@@ -285,6 +292,10 @@ pub struct RoomInfo {
     /// How far this user has read (0 when never marked).
     pub read_seq: u64,
     pub members: u32,
+    /// A large room: its entries come without a user-log cursor (see `message`), so a client
+    /// tracks its position in it by seq.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub large: bool,
 }
 
 /// How a user appears to others.
@@ -466,16 +477,22 @@ pub enum ServerFrame {
         duplicate: bool,
     },
     /// An entry of the user's log, replayed or live. `cursor` is its position in the user's log;
-    /// a client stores the highest cursor it has processed and resumes from it.
+    /// a client stores the highest cursor it has processed and resumes from it. An entry of a
+    /// large room has no cursor (it is in the room log only): the client keeps the highest `seq`
+    /// it has of that room and presents it in `authenticate.rooms`.
     Message {
-        cursor: Cursor,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cursor: Option<Cursor>,
         #[serde(flatten)]
         entry: Entry,
     },
-    /// Replay after a resume is complete up to `cursor`; what follows is live.
+    /// Replay after a resume is complete up to `cursor`, and in each large room up to the seq
+    /// in `rooms`; what follows is live.
     Live {
         req: ReqId,
         cursor: Cursor,
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        rooms: BTreeMap<String, u64>,
     },
     /// The resume cursor is older than what retention kept (`floor` is the oldest cursor that
     /// can be resumed from). The client must reload rooms and history; live delivery continues
@@ -498,11 +515,14 @@ pub enum ServerFrame {
         seq: u64,
     },
     /// The node is going away: reconnect (to any node) and resume from `cursor`, the last
-    /// position this connection delivered (absent before authentication).
+    /// position this connection delivered (absent before authentication), and in each large room
+    /// from the seq in `rooms`.
     Reconnect {
         reason: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         cursor: Option<Cursor>,
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        rooms: BTreeMap<String, u64>,
     },
     Pong {
         req: ReqId,

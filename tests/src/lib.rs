@@ -4,8 +4,9 @@
 //! - [`Node`] starts the built binary on port 0 with its own data directory (or a shared one),
 //!   learns its address from the line it prints, and can stop it with SIGTERM or kill -9.
 //! - [`Client`] is a protocol client: it greets, correlates replies by `req`, and keeps every
-//!   `message` it receives in a ledger (cursor → entry) so tests can check "nothing lost,
-//!   nothing doubled, order kept".
+//!   `message` it receives in a ledger (cursor → entry; entries of large rooms, which have no
+//!   cursor, in a second ledger by room seq) so tests can check "nothing lost, nothing doubled,
+//!   order kept".
 //!
 //! Nothing here is a mock: the node is the same binary users run.
 
@@ -220,6 +221,10 @@ pub struct Client {
     pub ledger: Vec<(u64, Entry)>,
     /// Highest cursor received (what a real client would persist and resume from).
     pub cursor: u64,
+    /// Every `message` frame of a large room (no cursor), in arrival order.
+    pub room_ledger: Vec<Entry>,
+    /// Highest seq received per large room (presented with the cursor on a resume).
+    pub rooms: std::collections::BTreeMap<String, u64>,
     pub user: Option<String>,
 }
 
@@ -236,7 +241,17 @@ impl Client {
     /// Connect without greeting.
     pub async fn connect_raw(url: &str, encoding: Encoding) -> anyhow::Result<Client> {
         let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url)).await??;
-        Ok(Client { ws, encoding, next_req: 1, backlog: VecDeque::new(), ledger: Vec::new(), cursor: 0, user: None })
+        Ok(Client {
+            ws,
+            encoding,
+            next_req: 1,
+            backlog: VecDeque::new(),
+            ledger: Vec::new(),
+            cursor: 0,
+            room_ledger: Vec::new(),
+            rooms: Default::default(),
+            user: None,
+        })
     }
 
     pub fn next_req(&mut self) -> u64 {
@@ -294,9 +309,17 @@ impl Client {
 
     /// Keep a `message` frame in the ledger (every path that reads the wire calls this).
     fn record(&mut self, frame: &ServerFrame) {
-        if let ServerFrame::Message { cursor, entry } = frame {
-            self.ledger.push((*cursor, entry.clone()));
-            self.cursor = self.cursor.max(*cursor);
+        match frame {
+            ServerFrame::Message { cursor: Some(cursor), entry } => {
+                self.ledger.push((*cursor, entry.clone()));
+                self.cursor = self.cursor.max(*cursor);
+            }
+            ServerFrame::Message { cursor: None, entry } => {
+                self.room_ledger.push(entry.clone());
+                let seq = self.rooms.entry(entry.room.clone()).or_default();
+                *seq = (*seq).max(entry.seq);
+            }
+            _ => {}
         }
     }
 
@@ -376,10 +399,12 @@ impl Client {
         }
     }
 
-    /// Authenticate; with a cursor, also wait for the replay to finish (`live`) and return it.
+    /// Authenticate; with a cursor, resume (presenting [`Client::rooms`] too). Returns the
+    /// `authenticated` reply.
     pub async fn authenticate(&mut self, token: &str, cursor: Option<u64>) -> anyhow::Result<ServerFrame> {
         let req = self.next_req();
-        let reply = self.request(ClientFrame::Authenticate { req, token: token.into(), cursor }).await?;
+        let rooms = if cursor.is_some() { self.rooms.clone() } else { Default::default() };
+        let reply = self.request(ClientFrame::Authenticate { req, token: token.into(), cursor, rooms }).await?;
         let ServerFrame::Authenticated { user, cursor: head, .. } = &reply else { bail!("authenticate: {reply:?}") };
         self.user = Some(user.clone());
         if cursor.is_none() {
@@ -434,7 +459,8 @@ impl Client {
     /// Receive until the ledger holds a text entry with client id `id` in `room`.
     pub async fn wait_for_message(&mut self, room: &str, id: &str) -> anyhow::Result<Entry> {
         loop {
-            if let Some((_, entry)) = self.ledger.iter().find(|(_, e)| e.room == room && e.id == id) {
+            let mut received = self.ledger.iter().map(|(_, e)| e).chain(&self.room_ledger);
+            if let Some(entry) = received.find(|e| e.room == room && e.id == id) {
                 return Ok(entry.clone());
             }
             let frame = self.recv_wire().await?;
@@ -608,6 +634,25 @@ pub fn reply_req(frame: &ServerFrame) -> Option<u64> {
         | ServerFrame::Typing { .. }
         | ServerFrame::Receipt { .. } => None,
     }
+}
+
+/// Check a client's ledger of large-room entries: in each room, seqs follow one another by
+/// one from the position in `from` (0 for a room not listed): no gap, no duplicate, no
+/// reordering. Returns the number of entries checked.
+pub fn check_room_ledger(ledger: &[Entry], from: &std::collections::BTreeMap<String, u64>) -> anyhow::Result<usize> {
+    let mut last: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
+    for entry in ledger {
+        let last = last.entry(entry.room.as_str()).or_insert_with(|| from.get(&entry.room).copied().unwrap_or(0));
+        anyhow::ensure!(
+            entry.seq == *last + 1,
+            "room {} seq {} after {} (gap, duplicate or reordering)",
+            entry.room,
+            entry.seq,
+            last
+        );
+        *last = entry.seq;
+    }
+    Ok(ledger.len())
 }
 
 /// Check a client's ledger: cursors strictly increasing by one from `from + 1`, and within each

@@ -438,8 +438,12 @@ async fn run(case: Case, fx: &mut Fixture, encoding: Encoding) -> anyhow::Result
             ];
             for token in forged {
                 let req = keeper.next_req();
-                refused(&mut keeper, ClientFrame::Authenticate { req, token, cursor: None }, ErrorCode::TokenInvalid)
-                    .await?;
+                refused(
+                    &mut keeper,
+                    ClientFrame::Authenticate { req, token, cursor: None, rooms: Default::default() },
+                    ErrorCode::TokenInvalid,
+                )
+                .await?;
             }
             keeper.ping().await?;
             let req = keeper.next_req();
@@ -473,7 +477,7 @@ async fn run(case: Case, fx: &mut Fixture, encoding: Encoding) -> anyhow::Result
             let req = again.next_req();
             refused(
                 &mut again,
-                ClientFrame::Authenticate { req, token: token.clone(), cursor: None },
+                ClientFrame::Authenticate { req, token: token.clone(), cursor: None, rooms: Default::default() },
                 ErrorCode::TokenRevoked,
             )
             .await?;
@@ -761,14 +765,19 @@ async fn run(case: Case, fx: &mut Fixture, encoding: Encoding) -> anyhow::Result
             // A cursor beyond the end of the log is answered, and the connection goes on live.
             let req = client.next_req();
             let reply = client
-                .request(ClientFrame::Authenticate { req, token: token.clone(), cursor: Some(1_000_000) })
+                .request(ClientFrame::Authenticate {
+                    req,
+                    token: token.clone(),
+                    cursor: Some(1_000_000),
+                    rooms: Default::default(),
+                })
                 .await?;
             ensure!(matches!(reply, ServerFrame::Authenticated { .. }), "authenticate: {reply:?}");
             expect_error(&mut client, Some(req), ErrorCode::CursorAhead).await?;
             let req = client.next_req();
             refused(
                 &mut client,
-                ClientFrame::Authenticate { req, token, cursor: None },
+                ClientFrame::Authenticate { req, token, cursor: None, rooms: Default::default() },
                 ErrorCode::AlreadyAuthenticated,
             )
             .await?;
@@ -949,7 +958,12 @@ async fn expired_token() -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let req = client.next_req();
-        refused(&mut client, ClientFrame::Authenticate { req, token, cursor: None }, ErrorCode::TokenExpired).await?;
+        refused(
+            &mut client,
+            ClientFrame::Authenticate { req, token, cursor: None, rooms: Default::default() },
+            ErrorCode::TokenExpired,
+        )
+        .await?;
         client.ping().await?;
         let req = client.next_req();
         refused(&mut client, ClientFrame::ListRooms { req }, ErrorCode::NotAuthenticated).await?;

@@ -9,7 +9,7 @@ use tests::{check_ledger, Client, Encoding, Node, NodeOptions, ServerFrame};
 async fn drained(client: &mut Client) -> anyhow::Result<(Option<u64>, Option<u16>)> {
     let closed = client.closed().await?;
     let reconnect = client.recv_matching(|f| matches!(f, ServerFrame::Reconnect { .. })).await?;
-    let ServerFrame::Reconnect { cursor, reason } = reconnect else { bail!("expected reconnect") };
+    let ServerFrame::Reconnect { cursor, reason, .. } = reconnect else { bail!("expected reconnect") };
     ensure!(!reason.is_empty(), "the reconnect frame says why");
     Ok((cursor, closed.code))
 }

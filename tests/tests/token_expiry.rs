@@ -49,7 +49,10 @@ async fn an_expired_token_ends_the_connection_and_a_new_login_resumes() -> anyho
         // The old token is refused; a fresh login resumes from the cursor.
         let mut again = Client::connect(&node, encoding).await?;
         let req = again.next_req();
-        match again.request(ClientFrame::Authenticate { req, token, cursor: Some(brief.cursor) }).await? {
+        match again
+            .request(ClientFrame::Authenticate { req, token, cursor: Some(brief.cursor), rooms: Default::default() })
+            .await?
+        {
             ServerFrame::Error { code: ErrorCode::TokenExpired, .. } => {}
             frame => bail!("{encoding:?}: the expired token was accepted: {frame:?}"),
         }

@@ -199,7 +199,9 @@ impl From<WireOutcome> for Result<Appended, StoreError> {
     }
 }
 
-/// [`Delivery`] on the wire.
+/// [`Delivery`] on the wire. A recipient's cursor is 0 when the entry is not in their user log
+/// (an entry of a large room): user log cursors start at 1, and a plain number keeps the
+/// encoding what it was before large rooms existed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct WireDelivery {
     entry: Entry,
@@ -220,14 +222,17 @@ enum Envelope {
 
 /// Encode a delivery once; the bytes go into a [`RouterMessage::Deliver`] for every node.
 pub fn encode_delivery(delivery: &Delivery) -> Bytes {
-    let wire = WireDelivery { entry: delivery.entry.clone(), recipients: delivery.recipients.clone() };
+    let recipients = delivery.recipients.iter().map(|(user, cursor)| (user.clone(), cursor.unwrap_or(0))).collect();
+    let wire = WireDelivery { entry: delivery.entry.clone(), recipients };
     Bytes::from(rmp_serde::to_vec_named(&wire).expect("a delivery always encodes"))
 }
 
 /// Decode the payload of a [`RouterMessage::Deliver`].
 pub fn decode_delivery(bytes: &[u8]) -> Result<Delivery, String> {
     let wire: WireDelivery = from_msgpack(bytes).map_err(|err| format!("delivery: {err}"))?;
-    Ok(Delivery { entry: wire.entry, recipients: wire.recipients })
+    let recipients =
+        wire.recipients.into_iter().map(|(user, cursor)| (user, Some(cursor).filter(|&c| c > 0))).collect();
+    Ok(Delivery { entry: wire.entry, recipients })
 }
 
 /// Encode an ephemeral push once; the bytes go into a [`RouterMessage::Push`] for every node.
@@ -375,7 +380,7 @@ mod tests {
 
     #[test]
     fn every_variant_round_trips() {
-        let delivery = Delivery { entry: entry(), recipients: vec![("alice".into(), 3), ("bob".into(), 9)] };
+        let delivery = Delivery { entry: entry(), recipients: vec![("alice".into(), Some(3)), ("bob".into(), None)] };
         let messages = vec![
             RouterMessage::Heartbeat(Heartbeat {
                 from: "a".into(),

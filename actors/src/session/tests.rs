@@ -80,6 +80,7 @@ impl Conn {
     async fn recv(&mut self) -> ServerFrame {
         match self.recv_wire().await {
             Wire::Text(text) => decode_server(Encoding::Json, text.as_bytes()).unwrap(),
+            Wire::SharedText(text) => decode_server(Encoding::Json, text.as_bytes()).unwrap(),
             Wire::Binary(bytes) => decode_server(Encoding::MessagePack, &bytes).unwrap(),
             Wire::Close { code, reason } => panic!("closed: {code} {reason}"),
         }
@@ -90,7 +91,7 @@ impl Conn {
         self.send(ClientFrame::Hello { versions: vec![1], client: None }).await;
         assert!(matches!(self.recv().await, ServerFrame::Welcome { .. }));
         let (token, _) = hub.auth.issue_token(user, 0, crate::names::now_ms());
-        self.send(ClientFrame::Authenticate { req: 1, token, cursor }).await;
+        self.send(ClientFrame::Authenticate { req: 1, token, cursor, rooms: Default::default() }).await;
         match self.recv().await {
             ServerFrame::Authenticated { cursor, .. } => cursor,
             other => panic!("expected authenticated, got {other:?}"),
@@ -109,7 +110,7 @@ async fn post(hub: &Arc<Hub>, room: &str, from: &str, id: &str) -> u64 {
 async fn collect_until(conn: &mut Conn, mut last: u64, until: u64) -> BTreeMap<u64, String> {
     let mut seen = BTreeMap::new();
     while last < until {
-        if let ServerFrame::Message { cursor, entry } = conn.recv().await {
+        if let ServerFrame::Message { cursor: Some(cursor), entry } = conn.recv().await {
             assert_eq!(cursor, last + 1, "cursors arrive dense and once (got {cursor} after {last})");
             last = cursor;
             seen.insert(cursor, entry.id);

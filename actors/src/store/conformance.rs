@@ -25,8 +25,8 @@ use protocol::{Cursor, Entry, EntryKind, RoomKind};
 
 use crate::store::sqlite::is_dense;
 use crate::store::{
-    AppendRequest, Appended, Delivery, Epoch, HistoryPage, LogBounds, LogEntry, MembershipLimits, NewRoom, Store,
-    StoreError,
+    AppendRequest, Appended, Delivery, Epoch, HistoryPage, LogBounds, LogEntry, MembershipLimits, MyRoom, NewRoom,
+    Store, StoreError,
 };
 
 /// A fresh, empty store for one case, and whatever must live as long as it (a temporary
@@ -78,6 +78,9 @@ macro_rules! conformance_tests {
             mark_read_is_monotonic_and_clamped,
             rooms_of_lists_memberships_with_read_positions,
             read_positions_list_members_by_name,
+            large_rooms_keep_later_entries_in_the_room_log_only,
+            a_room_created_large_writes_no_pointers,
+            a_duplicate_in_a_large_room_returns_the_original,
         );
     };
     (@cases $make:expr; $($case:ident),+ $(,)?) => {
@@ -95,7 +98,8 @@ pub(crate) use conformance_tests;
 // Helpers.
 
 const TS: u64 = 1_700_000_000_000;
-const LIMITS: MembershipLimits = MembershipLimits { max_room_members: 1_000, max_rooms_per_user: 1_000 };
+const LIMITS: MembershipLimits =
+    MembershipLimits { max_room_members: 1_000, max_rooms_per_user: 1_000, fanout_max_members: 1_000 };
 
 async fn users(store: &dyn Store, names: &[&str]) {
     for name in names {
@@ -230,6 +234,7 @@ async fn footprint(store: &dyn Store, room: &str, users: &[&str]) -> (u64, Vec<L
 /// Every recipient's log holds the delivered entry at the delivered cursor.
 async fn assert_delivered(store: &dyn Store, delivery: &Delivery) {
     for (user, cursor) in &delivery.recipients {
+        let cursor = &cursor.expect("a small room's entry is in every member's log");
         let page = store.user_log(user, cursor - 1, 1).await.expect("user log");
         assert_eq!(page.len(), 1, "{user} has no entry at cursor {cursor}");
         assert_eq!(page[0].cursor, *cursor);
@@ -372,13 +377,13 @@ pub async fn create_room_checks_users_and_limits(store: Arc<dyn Store>) {
     assert_eq!(err, StoreError::NoSuchUser("ghost".into()));
     assert_eq!(store.room("r1").await.expect("room"), None);
 
-    let small = MembershipLimits { max_room_members: 2, max_rooms_per_user: 1_000 };
+    let small = MembershipLimits { max_room_members: 2, max_rooms_per_user: 1_000, fanout_max_members: 1_000 };
     let err = store.create_room(new_room("r2", &["a", "b", "c"], false), small).await.expect_err("too many");
     assert_eq!(err, StoreError::RoomFull { room: "r2".into(), limit: 2 });
     assert_eq!(store.room("r2").await.expect("room"), None);
 
     store.create_room(new_room("r3", &["a"], false), LIMITS).await.expect("create");
-    let one_room = MembershipLimits { max_room_members: 1_000, max_rooms_per_user: 1 };
+    let one_room = MembershipLimits { max_room_members: 1_000, max_rooms_per_user: 1, fanout_max_members: 1_000 };
     let err = store.create_room(new_room("r4", &["b", "a"], false), one_room).await.expect_err("a is full");
     assert_eq!(err, StoreError::TooManyRooms { user: "a".into(), limit: 1 });
     assert_eq!(store.room("r4").await.expect("room"), None);
@@ -452,6 +457,7 @@ pub async fn user_cursors_are_dense_across_rooms(store: Arc<dyn Store>) {
     for task in tasks {
         for delivery in task.await.expect("task") {
             let cursor = delivery.recipients.iter().find(|(user, _)| user == "u").expect("u is a recipient").1;
+            let cursor = cursor.expect("in u's log");
             assert!(reported.insert(cursor, delivery.entry).is_none(), "cursor {cursor} given twice");
         }
     }
@@ -479,7 +485,7 @@ pub async fn fan_out_reaches_exactly_the_members_at_commit(store: Arc<dyn Store>
     assert_eq!(recipient_names(&m1), names(&["a", "b", "c"]));
     assert_delivered(store, &m1).await;
     for (user, cursor) in &m1.recipients {
-        assert_eq!(store.user_log_bounds(user).await.expect("bounds").head, *cursor, "{user}'s head");
+        assert_eq!(Some(store.user_log_bounds(user).await.expect("bounds").head), *cursor, "{user}'s head");
     }
     assert!(whole_log(store, "d").await.is_empty(), "a non-member got a pointer");
 
@@ -645,7 +651,7 @@ pub async fn room_full_and_too_many_rooms(store: Arc<dyn Store>) {
     let store = store.as_ref();
     users(store, &["a", "b", "c", "d"]).await;
     let epoch = room_with(store, "r", &["a"], false).await;
-    let two = MembershipLimits { max_room_members: 2, max_rooms_per_user: 1_000 };
+    let two = MembershipLimits { max_room_members: 2, max_rooms_per_user: 1_000, fanout_max_members: 1_000 };
     send(store, AppendRequest { limits: two, ..join("r", epoch, "b", "b", "j1") }).await;
     let before = footprint(store, "r", &["a", "b", "c"]).await;
     let full = StoreError::RoomFull { room: "r".into(), limit: 2 };
@@ -654,7 +660,7 @@ pub async fn room_full_and_too_many_rooms(store: Arc<dyn Store>) {
     assert_eq!(footprint(store, "r", &["a", "b", "c"]).await, before);
 
     let other = room_with(store, "o", &["d"], false).await;
-    let one = MembershipLimits { max_room_members: 1_000, max_rooms_per_user: 1 };
+    let one = MembershipLimits { max_room_members: 1_000, max_rooms_per_user: 1, fanout_max_members: 1_000 };
     let before = footprint(store, "o", &["a", "d"]).await;
     let too_many = StoreError::TooManyRooms { user: "a".into(), limit: 1 };
     assert_eq!(refused(store, AppendRequest { limits: one, ..join("o", other, "a", "a", "j4") }).await, too_many);
@@ -836,7 +842,7 @@ pub async fn trim_raises_the_floor(store: Arc<dyn Store>) {
     assert!(store.user_log("a", 0, 100).await.expect("log").is_empty());
 
     let next = send(store, text("r", epoch, "b", "after-trim", "x")).await.delivery;
-    assert!(next.recipients.contains(&("a".to_owned(), 26)), "cursor continues after a trim: {next:?}");
+    assert!(next.recipients.contains(&("a".to_owned(), Some(26))), "cursor continues after a trim: {next:?}");
     assert_eq!(store.user_log_bounds("a").await.expect("bounds"), LogBounds { floor: 25, head: 26 });
     assert_eq!(cursors(&store.user_log("a", 0, 100).await.expect("log")), vec![26]);
 
@@ -941,4 +947,95 @@ pub async fn read_positions_list_members_by_name(store: Arc<dyn Store>) {
     }
     assert_eq!(store.read_positions("r").await, Ok(Vec::new()));
     assert_eq!(store.read_positions("nowhere").await, Err(StoreError::NoSuchRoom("nowhere".into())));
+}
+
+// Large rooms.
+
+/// Limits under which a room of three or more members is large.
+const SMALL_FANOUT: MembershipLimits = MembershipLimits { fanout_max_members: 2, ..LIMITS };
+
+fn with_limits(request: AppendRequest, limits: MembershipLimits) -> AppendRequest {
+    AppendRequest { limits, ..request }
+}
+
+/// The join that takes a room past `fanout_max_members` makes it large from that entry on:
+/// later entries reach every member (no cursor) but no user log; earlier ones stay where they
+/// were; the room stays large when members leave; `rooms_of` tells each member where it stands.
+pub async fn large_rooms_keep_later_entries_in_the_room_log_only(store: Arc<dyn Store>) {
+    let store = store.as_ref();
+    users(store, &["a", "b", "c", "d"]).await;
+    let epoch = room_with(store, "r", &["a", "b"], false).await;
+    let small = send(store, with_limits(text("r", epoch, "a", "m1", "small"), SMALL_FANOUT)).await.delivery;
+    assert_delivered(store, &small).await;
+    assert_eq!(store.room("r").await.expect("room").expect("exists").large_since, None);
+    let before = heads(store, &["a", "b", "c"]).await;
+
+    let joined = send(store, with_limits(join("r", epoch, "c", "c", "j-c"), SMALL_FANOUT)).await.delivery;
+    assert_eq!(joined.entry.seq, 4);
+    assert_eq!(recipient_names(&joined), names(&["a", "b", "c"]), "the joiner and everyone before");
+    assert!(joined.recipients.iter().all(|(_, cursor)| cursor.is_none()), "no user log got it: {joined:?}");
+    let record = store.room("r").await.expect("room").expect("exists");
+    assert_eq!(record.large_since, Some(4), "large from the join that passed the limit");
+
+    let m2 = send(store, with_limits(text("r", epoch, "b", "m2", "large"), SMALL_FANOUT)).await.delivery;
+    assert!(m2.recipients.iter().all(|(_, cursor)| cursor.is_none()));
+    assert_eq!(recipient_names(&m2), names(&["a", "b", "c"]));
+    assert_eq!(heads(store, &["a", "b", "c"]).await, before, "user logs untouched by a large room");
+    assert!(whole_log(store, "c").await.is_empty(), "c's log never got the large room's entries");
+    assert_eq!(seqs(&whole_history(store, "r").await), vec![1, 2, 3, 4, 5], "the room log has everything");
+
+    // Where each member stands, for a resume: joined at, read up to, large since.
+    store.mark_read("a", "r", 5).await.expect("mark read");
+    let of = |rooms: Vec<MyRoom>| rooms.into_iter().find(|r| r.room.id == "r").expect("member of r");
+    let a = of(store.rooms_of("a").await.expect("rooms"));
+    assert_eq!((a.room.large_since, a.read_seq, a.joined_seq), (Some(4), 5, 1));
+    let c = of(store.rooms_of("c").await.expect("rooms"));
+    assert_eq!((c.room.large_since, c.read_seq, c.joined_seq), (Some(4), 0, 4));
+
+    // Leaving: the leaver still gets the leave; the room stays large below the limit.
+    let left = send(store, with_limits(leave("r", epoch, "c", "l-c"), SMALL_FANOUT)).await.delivery;
+    assert_eq!(recipient_names(&left), names(&["a", "b", "c"]));
+    let after = send(store, with_limits(text("r", epoch, "a", "m3", "still"), SMALL_FANOUT)).await.delivery;
+    assert_eq!(recipient_names(&after), names(&["a", "b"]));
+    assert!(after.recipients.iter().all(|(_, cursor)| cursor.is_none()), "a large room stays large");
+    assert_eq!(store.room("r").await.expect("room").expect("exists").large_since, Some(4));
+    assert_eq!(heads(store, &["a", "b", "c"]).await, before);
+
+    // Other rooms of the same users are not affected.
+    let other = room_with(store, "s", &["a", "d"], false).await;
+    let m = send(store, with_limits(text("s", other, "d", "s1", "x"), SMALL_FANOUT)).await.delivery;
+    assert_delivered(store, &m).await;
+}
+
+/// A room created with more members than the limit is large from its first entry.
+pub async fn a_room_created_large_writes_no_pointers(store: Arc<dyn Store>) {
+    let store = store.as_ref();
+    users(store, &["a", "b", "c"]).await;
+    let (record, deliveries) =
+        store.create_room(new_room("r", &["a", "b", "c"], false), SMALL_FANOUT).await.expect("create room");
+    assert_eq!(record.large_since, Some(1));
+    let deliveries = deliveries.expect("created");
+    assert_eq!(deliveries.len(), 3);
+    for delivery in &deliveries {
+        assert_eq!(recipient_names(delivery), names(&["a", "b", "c"]), "every join reaches all initial members");
+        assert!(delivery.recipients.iter().all(|(_, cursor)| cursor.is_none()));
+    }
+    assert_eq!(heads(store, &["a", "b", "c"]).await, vec![LogBounds::default(); 3]);
+    assert_eq!(store.room("r").await.expect("room").expect("exists").large_since, Some(1));
+    // Exactly at the limit is not large.
+    let (record, _) = store.create_room(new_room("s", &["a", "b"], false), SMALL_FANOUT).await.expect("create");
+    assert_eq!(record.large_since, None);
+}
+
+/// Idempotent sends hold in large rooms too: a retry gets the original and writes nothing.
+pub async fn a_duplicate_in_a_large_room_returns_the_original(store: Arc<dyn Store>) {
+    let store = store.as_ref();
+    users(store, &["a", "b", "c"]).await;
+    store.create_room(new_room("r", &["a", "b", "c"], false), SMALL_FANOUT).await.expect("create room");
+    let epoch = store.claim_room("r", "node-1").await.expect("claim");
+    let first = send(store, with_limits(text("r", epoch, "a", "m1", "once"), SMALL_FANOUT)).await;
+    let again = store.append(with_limits(text("r", epoch, "a", "m1", "once"), SMALL_FANOUT)).await.expect("retry");
+    assert!(again.duplicate);
+    assert_eq!(again.delivery.entry, first.delivery.entry);
+    assert_eq!(seqs(&whole_history(store, "r").await), vec![1, 2, 3, 4]);
 }

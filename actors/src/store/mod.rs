@@ -9,6 +9,11 @@
 //! - every room has a log of [`Entry`]s with a dense sequence number (1, 2, 3 …);
 //! - every user has a log of pointers to room entries with a dense cursor (1, 2, 3 …), written
 //!   in the same transaction as the room entry, one pointer per member ("fan out on write");
+//! - except in **large rooms**: once a join takes a room past
+//!   [`MembershipLimits::fanout_max_members`], its entries from then on (seq ≥
+//!   [`RoomRecord::large_since`]) are kept in the room log only, and members read them from there
+//!   ("merge at read time"). The switch is one way: a room that was large stays large, so every
+//!   entry has exactly one place a member finds it, decided by its seq alone;
 //! - an append carries the room owner's epoch and fails with [`StoreError::Fenced`] unless that
 //!   epoch is still the room's current one, so a stale owner can never write;
 //! - a text entry is keyed by (room, sender, client message id): appending the same key again
@@ -52,6 +57,9 @@ pub struct RoomRecord {
     /// Sequence number of the newest entry (0 for none).
     pub last_seq: u64,
     pub members: u32,
+    /// For a large room, the seq of its first entry that was not fanned out to user logs: entries
+    /// from here on live in the room log only. `None` while the room fans out on write.
+    pub large_since: Option<u64>,
 }
 
 /// A room to create, with its first members. Each initial member gets a `join` entry, in order.
@@ -72,6 +80,9 @@ pub struct NewRoom {
 pub struct MembershipLimits {
     pub max_room_members: u32,
     pub max_rooms_per_user: u32,
+    /// A room with more members than this becomes large: its later entries are not copied to
+    /// user logs (see the module documentation). Checked when members join or a room is created.
+    pub fanout_max_members: u32,
 }
 
 /// One append to a room log.
@@ -102,8 +113,9 @@ pub struct AppendRequest {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
     pub entry: Entry,
-    /// (user, cursor in that user's log), one per member at commit time.
-    pub recipients: Vec<(String, Cursor)>,
+    /// (user, cursor in that user's log), one per member at commit time. The cursor is `None`
+    /// for an entry of a large room, which is in the room log only.
+    pub recipients: Vec<(String, Option<Cursor>)>,
 }
 
 /// The outcome of an append.
@@ -143,6 +155,8 @@ pub enum HistoryPage {
 pub struct MyRoom {
     pub room: RoomRecord,
     pub read_seq: u64,
+    /// The seq of the user's (latest) join entry: they see the room's entries from here on.
+    pub joined_seq: u64,
 }
 
 /// Errors at the store boundary. The variants the client can cause map to protocol error codes;
@@ -205,8 +219,9 @@ pub trait Store: Send + Sync + 'static {
     async fn rooms_of(&self, user: &str) -> StoreResult<Vec<MyRoom>>;
 
     // Logs.
-    /// Append one entry to a room log, fanning out a pointer to every member's user log, all in
-    /// one transaction that first checks `epoch` (see [`AppendRequest`] for the kinds' rules).
+    /// Append one entry to a room log, fanning out a pointer to every member's user log unless
+    /// the room is large, all in one transaction that first checks `epoch` (see
+    /// [`AppendRequest`] for the kinds' rules).
     async fn append(&self, request: AppendRequest) -> StoreResult<Appended>;
     /// Several appends with the effect of [`Store::append`] on each, one after another in the
     /// given order; one outcome each, in order (a refused one does not stop the rest). Backends

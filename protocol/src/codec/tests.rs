@@ -11,7 +11,13 @@ fn client_frames_round_trip_in_both_encodings() {
         ClientFrame::Hello { versions: vec![1], client: Some("test".into()) },
         ClientFrame::Send { req: 7, room: "r_a".into(), id: "m-1".into(), body: "hello".into() },
         ClientFrame::History { req: 2, room: "r_a".into(), before: Some(10), after: None, limit: Some(5) },
-        ClientFrame::Authenticate { req: 1, token: "t".into(), cursor: Some(42) },
+        ClientFrame::Authenticate { req: 1, token: "t".into(), cursor: Some(42), rooms: Default::default() },
+        ClientFrame::Authenticate {
+            req: 1,
+            token: "t".into(),
+            cursor: Some(42),
+            rooms: [("r_big".to_string(), 7)].into_iter().collect(),
+        },
         ClientFrame::LogoutAll { req: 3 },
     ];
     for encoding in both() {
@@ -35,7 +41,9 @@ fn server_frames_round_trip_in_both_encodings() {
         ts: 1,
     };
     let frames = vec![
-        ServerFrame::Message { cursor: 9, entry: entry.clone() },
+        ServerFrame::Message { cursor: Some(9), entry: entry.clone() },
+        ServerFrame::Message { cursor: None, entry: entry.clone() },
+        ServerFrame::Live { req: 2, cursor: 9, rooms: [("r_big".to_string(), 7)].into_iter().collect() },
         ServerFrame::History { req: 1, room: "r_a".into(), entries: vec![entry], more: false },
         ServerFrame::Error { req: None, code: ErrorCode::NotMember, message: "x".into(), retry_after_ms: None },
         ServerFrame::Ack { req: 4, room: "r_a".into(), id: "m".into(), seq: 1, ts: 2, duplicate: true },
@@ -134,8 +142,11 @@ fn a_message_encoded_from_a_borrowed_entry_is_the_message_frame() {
             ts: 1_795_856_035_400,
         };
         for encoding in both() {
-            let frame = ServerFrame::Message { cursor: 42, entry: entry.clone() };
-            assert_eq!(encode_message(encoding, 42, &entry), encode_server(encoding, &frame), "{encoding:?} {user:?}");
+            for cursor in [Some(42), None] {
+                let frame = ServerFrame::Message { cursor, entry: entry.clone() };
+                let expected = encode_server(encoding, &frame);
+                assert_eq!(encode_message(encoding, cursor, &entry), expected, "{encoding:?} {user:?} {cursor:?}");
+            }
         }
     }
 }

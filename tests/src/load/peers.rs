@@ -485,7 +485,13 @@ pub async fn palaver_account(ws: &mut Ws, enc: Encoding, user: &str) -> anyhow::
 
 /// Authenticate; returns the user's log head. With a cursor, the replay follows (not read here).
 pub async fn palaver_authenticate(ws: &mut Ws, enc: Encoding, token: &str, cursor: Option<u64>) -> anyhow::Result<u64> {
-    match palaver_request(ws, enc, ClientFrame::Authenticate { req: 3, token: token.into(), cursor }).await? {
+    match palaver_request(
+        ws,
+        enc,
+        ClientFrame::Authenticate { req: 3, token: token.into(), cursor, rooms: Default::default() },
+    )
+    .await?
+    {
         ServerFrame::Authenticated { cursor, .. } => Ok(cursor),
         other => bail!("authenticate: {other:?}"),
     }

@@ -1030,7 +1030,12 @@ async fn resume_one(
     peers::palaver_hello(&mut ws, enc).await?;
     ws.send(peers::palaver_message(
         enc,
-        &protocol::ClientFrame::Authenticate { req: 9, token: token.into(), cursor: Some(cursor) },
+        &protocol::ClientFrame::Authenticate {
+            req: 9,
+            token: token.into(),
+            cursor: Some(cursor),
+            rooms: Default::default(),
+        },
     ))
     .await?;
     let (mut replayed, mut frames) = (0u64, 0u64);

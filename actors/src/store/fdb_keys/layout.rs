@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! (P, "acct",  user)                 account
-//! (P, "room",  room)                 room metadata (name, kind, private, creator)
+//! (P, "room",  room)                 room metadata (name, kind, private, creator, large since)
 //! (P, "head",  room)                 room head: last seq, member count
 //! (P, "rlog",  room, seq)            room log entry
 //! (P, "dedup", room, from, id)       seq of the text entry with that client message id

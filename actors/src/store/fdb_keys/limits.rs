@@ -120,8 +120,8 @@ impl WriteSet {
         if self.bytes > TRANSACTION_BYTES_BUDGET {
             return Err(StoreError::Backend(format!(
                 "fdb: {what} refused: its transaction would write {} bytes, over the budget of \
-                 {TRANSACTION_BYTES_BUDGET} bytes (a room this large needs read-time merging \
-                 instead of fan-out on write; see docs/STORAGE.md)",
+                 {TRANSACTION_BYTES_BUDGET} bytes (a room this large must be a large room, merged \
+                 at read time: lower limits.fanout_max_members; see docs/STORAGE.md)",
                 self.bytes
             )));
         }

@@ -4,8 +4,15 @@
 //! Every function reads what it decides on inside its transaction (room head, owner epoch,
 //! memberships, user-log heads), collects its writes in a [`WriteSet`], checks them against
 //! FoundationDB's limits and only then sends them, so a refused request writes nothing. The
-//! rules (error precedence, ids of creation joins, automatic retention) are those of the SQLite
-//! backend, so both pass one conformance suite.
+//! rules (error precedence, ids of creation joins, automatic retention, when a room becomes
+//! large) are those of the SQLite backend, so both pass one conformance suite.
+//!
+//! Large rooms: the room's meta value holds `large_since`, set by the join (or creation) that
+//! takes the room past `fanout_max_members` and never cleared. An entry with seq ≥
+//! `large_since` is written to the room log only: its append reads no user-log head and writes
+//! no pointer (a join or leave still rewrites its subject's head, for the room count), and its
+//! recipients are the members read from `mem`, each with no cursor. So such an append costs
+//! the same few writes whatever the room's size.
 //!
 //! `commit_unknown_result`: FoundationDB may not know whether a commit was applied, and then
 //! runs the attempt again with [`Attempt::maybe_committed`] set. Each write that is not
@@ -13,8 +20,8 @@
 //! - a text append finds its client message id in the dedup index;
 //! - every entry stores a `writer` number drawn once per call, so a retried join, leave or
 //!   room creation recognises the entry its own first attempt wrote and answers with that
-//!   delivery (recipients recovered from their logs) instead of `AlreadyMember`, `NotMember`
-//!   or "room existed";
+//!   delivery (recipients recovered from their logs; for an entry of a large room, the members
+//!   with no cursor) instead of `AlreadyMember`, `NotMember` or "room existed";
 //! - a retried account creation recognises its own password hash (salted, so unique);
 //! - a retried `claim_room` recognises its own claim by the same kind of number;
 //! - `mark_read` is idempotent; a retried `trim_user_log` leaves the same floor but may count
@@ -103,6 +110,7 @@ impl RoomState {
             created_by: self.meta.created_by.clone(),
             last_seq: self.head.last_seq,
             members: self.head.members,
+            large_since: self.meta.large_since,
         }
     }
 }
@@ -192,6 +200,16 @@ fn fan_out(
         recipients.push((user.clone(), head.head));
     }
     recipients
+}
+
+/// Whether entry `seq` of a room that is large since `large_since` lives in the room log only.
+fn in_room_log_only(large_since: Option<u64>, seq: u64) -> bool {
+    large_since.is_some_and(|since| seq >= since)
+}
+
+/// Recipients of an entry of a large room: every member, with no cursor.
+fn room_log_recipients(members: Vec<String>) -> Vec<(String, Option<Cursor>)> {
+    members.into_iter().map(|user| (user, None)).collect()
 }
 
 /// After `commit_unknown_result`: the cursors at which the entry (room, seq) that this call's
@@ -300,7 +318,7 @@ async fn create_room<X: KvTxn>(
     let mut writes = WriteSet::new();
     if let Some(existing) = load_room(t, ks, &room.id, &mut writes).await? {
         if attempt.maybe_committed {
-            if let Some(deliveries) = recover_creation(t, ks, room, writer).await? {
+            if let Some(deliveries) = recover_creation(t, ks, room, writer, existing.meta.large_since).await? {
                 return Ok((existing.record(&room.id), Some(deliveries)));
             }
         }
@@ -326,8 +344,15 @@ async fn create_room<X: KvTxn>(
         })
         .collect::<Result<_, _>>()?;
 
-    let meta =
-        RoomMeta { name: room.name.clone(), kind: room.kind, private: room.private, created_by: room.creator.clone() };
+    // More initial members than the limit: large from the first join on (as in SQLite).
+    let large_since = (names.len() as u64 > u64::from(limits.fanout_max_members)).then_some(1);
+    let meta = RoomMeta {
+        name: room.name.clone(),
+        kind: room.kind,
+        private: room.private,
+        created_by: room.creator.clone(),
+        large_since,
+    };
     writes.set(ks.room(&room.id), meta.encode());
     let mut entries = Vec::with_capacity(names.len());
     for (i, name) in names.iter().enumerate() {
@@ -347,10 +372,15 @@ async fn create_room<X: KvTxn>(
         entries.push(value.into_entry(&room.id, seq));
     }
     // Every initial member is a member when the transaction commits, so each join reaches all
-    // of them, entry by entry so every log lists the joins in seq order.
+    // of them, entry by entry so every log lists the joins in seq order; a room created large
+    // writes no pointer at all.
     let mut deliveries = Vec::with_capacity(entries.len());
     for entry in entries {
-        let recipients = fan_out(ks, &mut writes, &mut heads, &room.id, entry.seq, max_entries);
+        let recipients = if in_room_log_only(large_since, entry.seq) {
+            room_log_recipients(names.clone())
+        } else {
+            in_user_logs(fan_out(ks, &mut writes, &mut heads, &room.id, entry.seq, max_entries))
+        };
         deliveries.push(Delivery { entry, recipients });
     }
     for (name, head) in &mut heads {
@@ -366,7 +396,14 @@ async fn create_room<X: KvTxn>(
 }
 
 /// The deliveries of a room creation that this call's earlier attempt committed, if it did.
-async fn recover_creation<X: KvTxn>(t: &X, ks: &Keyspace, room: &NewRoom, writer: u64) -> R<Option<Vec<Delivery>>, X> {
+/// `large_since` is the stored room's.
+async fn recover_creation<X: KvTxn>(
+    t: &X,
+    ks: &Keyspace,
+    room: &NewRoom,
+    writer: u64,
+    large_since: Option<u64>,
+) -> R<Option<Vec<Delivery>>, X> {
     match entry_at(t, ks, &room.id, 1).await? {
         Some((_, stored)) if stored == writer => {}
         _ => return Ok(None),
@@ -375,7 +412,11 @@ async fn recover_creation<X: KvTxn>(t: &X, ks: &Keyspace, room: &NewRoom, writer
     let mut deliveries = Vec::with_capacity(names.len());
     for seq in 1..=names.len() as u64 {
         let Some((entry, _)) = entry_at(t, ks, &room.id, seq).await? else { break };
-        let recipients = recover_recipients(t, ks, &room.id, seq, &names).await?;
+        let recipients = if in_room_log_only(large_since, seq) {
+            room_log_recipients(names.clone())
+        } else {
+            in_user_logs(recover_recipients(t, ks, &room.id, seq, &names).await?)
+        };
         deliveries.push(Delivery { entry, recipients });
     }
     Ok(Some(deliveries))
@@ -415,7 +456,11 @@ async fn rooms_of<X: KvTxn>(t: &X, ks: &Keyspace, user: &str) -> R<Vec<MyRoom>, 
         };
         let state = RoomState { meta, head, epoch: 0 };
         debug_assert!(membership.read_seq <= head.last_seq, "read position past the room's last entry");
-        rooms.push(MyRoom { room: state.record(&room), read_seq: membership.read_seq });
+        rooms.push(MyRoom {
+            room: state.record(&room),
+            read_seq: membership.read_seq,
+            joined_seq: membership.join_seq,
+        });
     }
     Ok(rooms)
 }
@@ -456,7 +501,7 @@ async fn append<X: KvTxn>(t: &X, cx: &AppendContext<'_>) -> R<Appended, X> {
                     .await?
                     .ok_or_else(|| corrupt::<X::Error>(&dedup_key, CodecError::Empty))?;
                 if attempt.maybe_committed && stored_writer == writer {
-                    return recovered(t, ks, entry).await;
+                    return recovered(t, ks, entry, state.meta.large_since).await;
                 }
                 return Ok(Appended { delivery: Delivery { entry, recipients: Vec::new() }, duplicate: true });
             }
@@ -471,7 +516,7 @@ async fn append<X: KvTxn>(t: &X, cx: &AppendContext<'_>) -> R<Appended, X> {
             if attempt.maybe_committed {
                 if let Some((entry, stored_writer)) = entry_at(t, ks, &request.room, state.head.last_seq).await? {
                     if stored_writer == writer {
-                        return recovered(t, ks, entry).await;
+                        return recovered(t, ks, entry, state.meta.large_since).await;
                     }
                 }
             }
@@ -547,7 +592,8 @@ async fn check_leave<X: KvTxn>(t: &X, cx: &AppendContext<'_>, user: &str, writes
 }
 
 /// Write the entry at the next seq, fan it out to every member (the joiner included, the
-/// leaver included) and change the membership, then check the limits and send it all.
+/// leaver included) unless the room is large at that seq, and change the membership, then
+/// check the limits and send it all.
 async fn commit_entry<X: KvTxn>(
     t: &X,
     cx: &AppendContext<'_>,
@@ -562,17 +608,32 @@ async fn commit_entry<X: KvTxn>(
         member_list(t, ks, room, &mut writes).await?.into_iter().map(|(user, _)| user).collect();
     let mut head = state.head;
     head.last_seq = seq;
+    let mut large_since = state.meta.large_since;
     let joiner = subject.as_ref().filter(|_| request.kind == EntryKind::Join);
     if let Some(joiner) = joiner {
         // The new member is a member at commit time: their log starts with their own join.
         members.push(joiner.clone());
         head.members += 1;
+        // The join that takes the room past the limit is its first entry kept in the room log
+        // only; the switch is stored once and never undone.
+        if large_since.is_none() && head.members > request.limits.fanout_max_members {
+            large_since = Some(seq);
+            writes.set(ks.room(room), RoomMeta { large_since, ..state.meta.clone() }.encode());
+        }
     } else if request.kind == EntryKind::Leave {
         head.members = head.members.saturating_sub(1);
     }
-    let found = user_heads(t, ks, &members, &mut writes).await?;
-    let mut heads = Vec::with_capacity(members.len());
-    for (user, user_head) in members.into_iter().zip(found) {
+    let large = in_room_log_only(large_since, seq);
+    // The heads this append rewrites: every member's when it fans out; in a large room only a
+    // join's or leave's subject's (its room count), and no log position moves.
+    let moved: &[String] = match &subject {
+        _ if !large => &members,
+        Some(user) => std::slice::from_ref(user),
+        None => &[],
+    };
+    let found = user_heads(t, ks, moved, &mut writes).await?;
+    let mut heads = Vec::with_capacity(moved.len());
+    for (user, user_head) in moved.iter().cloned().zip(found) {
         let user_head = user_head.ok_or_else(|| corrupt::<X::Error>(&ks.user_head(&user), CodecError::Empty))?;
         heads.push((user, user_head));
     }
@@ -590,7 +651,11 @@ async fn commit_entry<X: KvTxn>(
     if request.kind == EntryKind::Text {
         writes.set(ks.dedup(room, &request.from, &request.id), encode_u64(seq));
     }
-    let recipients = fan_out(ks, &mut writes, &mut heads, room, seq, cx.max_entries);
+    let recipients = if large {
+        room_log_recipients(members)
+    } else {
+        in_user_logs(fan_out(ks, &mut writes, &mut heads, room, seq, cx.max_entries))
+    };
     match (request.kind, subject.as_deref()) {
         (EntryKind::Join, Some(user)) => {
             writes.set(ks.member(room, user), encode_u64(seq));
@@ -618,16 +683,27 @@ async fn commit_entry<X: KvTxn>(
 }
 
 /// The answer to an append whose earlier attempt committed after all: the original entry, as
-/// a fresh (not duplicate) delivery, so the caller still fans it out live.
-async fn recovered<X: KvTxn>(t: &X, ks: &Keyspace, entry: Entry) -> R<Appended, X> {
+/// a fresh (not duplicate) delivery, so the caller still fans it out live. `large_since` is the
+/// room's as stored now (the earlier attempt's switch included): an entry it covers reached
+/// the members without a cursor, so no log is searched.
+async fn recovered<X: KvTxn>(t: &X, ks: &Keyspace, entry: Entry, large_since: Option<u64>) -> R<Appended, X> {
     let mut candidates: Vec<String> =
         member_list(t, ks, &entry.room, &mut WriteSet::new()).await?.into_iter().map(|(user, _)| user).collect();
     if entry.kind == EntryKind::Leave {
         // The leaver got the entry before the membership ended.
         candidates.extend(entry.user.clone());
     }
-    let recipients = recover_recipients(t, ks, &entry.room, entry.seq, &candidates).await?;
+    let recipients = if in_room_log_only(large_since, entry.seq) {
+        room_log_recipients(candidates)
+    } else {
+        in_user_logs(recover_recipients(t, ks, &entry.room, entry.seq, &candidates).await?)
+    };
     Ok(Appended { delivery: Delivery { entry, recipients }, duplicate: false })
+}
+
+/// Recipients whose user logs got the entry.
+fn in_user_logs(recipients: Vec<(String, Cursor)>) -> Vec<(String, Option<Cursor>)> {
+    recipients.into_iter().map(|(user, cursor)| (user, Some(cursor))).collect()
 }
 
 async fn history<X: KvTxn>(

@@ -2,6 +2,7 @@
 //! again with every write's commit reporting `commit_unknown_result`, and what only this
 //! backend has (limits, retention by range clear, subspaces).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use protocol::{EntryKind, RoomKind};
@@ -47,7 +48,8 @@ mod conformance_under_commit_unknown_result {
     crate::store::conformance::conformance_tests!(super::store_with_unknown_results);
 }
 
-const LIMITS: MembershipLimits = MembershipLimits { max_room_members: 100_000, max_rooms_per_user: 1_000 };
+const LIMITS: MembershipLimits =
+    MembershipLimits { max_room_members: 100_000, max_rooms_per_user: 1_000, fanout_max_members: 100_000 };
 
 async fn setup(store: &dyn Store, room: &str, names: &[String]) -> Epoch {
     for name in names {
@@ -95,7 +97,7 @@ async fn an_unknown_result_still_delivers_the_original_once() {
     assert_eq!(sent.delivery.entry.seq, 4);
     let mut recipients = sent.delivery.recipients.clone();
     recipients.sort();
-    assert_eq!(recipients, vec![("a".into(), 4), ("b".into(), 4), ("c".into(), 4)]);
+    assert_eq!(recipients, vec![("a".into(), Some(4)), ("b".into(), Some(4)), ("c".into(), Some(4))]);
     assert_eq!(kv.unknown_results_reported(), 1);
     for user in ["a", "b", "c"] {
         assert_eq!(store.user_log_bounds(user).await.unwrap(), LogBounds { floor: 0, head: 4 }, "written once");
@@ -254,4 +256,92 @@ async fn corrupt_values_are_errors_that_name_the_key() {
     .unwrap();
     let err = store.room("r").await.unwrap_err();
     assert!(matches!(&err, StoreError::Backend(m) if m.contains("\\x02head\\x00") && m.contains("format 7")), "{err}");
+}
+
+/// Keys whose value differs between two snapshots (written, rewritten or cleared).
+fn changed_keys(before: &BTreeMap<Vec<u8>, Vec<u8>>, after: &BTreeMap<Vec<u8>, Vec<u8>>) -> Vec<Vec<u8>> {
+    let keys: BTreeSet<&Vec<u8>> = before.keys().chain(after.keys()).collect();
+    keys.into_iter().filter(|k| before.get(*k) != after.get(*k)).cloned().collect()
+}
+
+/// In a large room an append under `commit_unknown_result` recognises its own entry and answers
+/// with every member and no cursor, searching no user log; the entry, its dedup key and the
+/// room head are written once, and no user head or pointer at all.
+#[tokio::test]
+async fn an_unknown_result_in_a_large_room_recovers_members_without_cursors() {
+    let large_from_three = MembershipLimits { fanout_max_members: 2, ..LIMITS };
+    let everyone = || vec![("a".to_string(), None), ("b".to_string(), None), ("c".to_string(), None)];
+    let sorted = |mut recipients: Vec<(String, Option<u64>)>| {
+        recipients.sort();
+        recipients
+    };
+    let (kv, store) = mem_store(0);
+    let epoch = setup(&store, "r", &named(&["a", "b"])).await;
+    store.create_user("c", "hash-c", 1).await.expect("create user");
+    kv.report_unknown_results(WRITES);
+
+    // The join that takes the room past the limit, retried: the room is large from it on.
+    let join = AppendRequest {
+        kind: EntryKind::Join,
+        user: Some("c".into()),
+        limits: large_from_three,
+        ..text("r", epoch, "c", "j-c", "")
+    };
+    let joined = store.append(join).await.expect("join after an unknown result");
+    assert_eq!((joined.delivery.entry.seq, joined.duplicate), (3, false));
+    assert_eq!(sorted(joined.delivery.recipients), everyone());
+    assert_eq!(store.room("r").await.unwrap().unwrap().large_since, Some(3));
+
+    let before = kv.snapshot().await;
+    let reported = kv.unknown_results_reported();
+    let request = AppendRequest { limits: large_from_three, ..text("r", epoch, "a", "m1", "hello") };
+    let sent = store.append(request.clone()).await.expect("append after an unknown result");
+    assert_eq!(kv.unknown_results_reported(), reported + 1, "the commit reported an unknown result");
+    assert!(!sent.duplicate, "the caller never saw the first commit: not a duplicate for it");
+    assert_eq!(sent.delivery.entry.seq, 4);
+    assert_eq!(sorted(sent.delivery.recipients.clone()), everyone());
+    let ks = store.keyspace();
+    let mut expected = vec![ks.room_log("r", 4), ks.dedup("r", "a", "m1"), ks.room_head("r")];
+    expected.sort();
+    assert_eq!(changed_keys(&before, &kv.snapshot().await), expected, "written once, no user head or pointer");
+    let heads = [store.user_log_bounds("a").await.unwrap(), store.user_log_bounds("c").await.unwrap()];
+    assert_eq!(heads, [LogBounds { floor: 0, head: 2 }, LogBounds::default()]);
+    let again = store.append(request).await.expect("client retry");
+    assert!(again.duplicate && again.delivery.recipients.is_empty());
+    assert_eq!(again.delivery.entry, sent.delivery.entry);
+
+    // A leave reaches the leaver too; the room stays large.
+    let leave = AppendRequest {
+        kind: EntryKind::Leave,
+        user: Some("c".into()),
+        limits: large_from_three,
+        ..text("r", epoch, "c", "l-c", "")
+    };
+    let left = store.append(leave).await.expect("leave after an unknown result");
+    assert_eq!(sorted(left.delivery.recipients), everyone());
+    assert_eq!(store.members("r").await.unwrap(), named(&["a", "b"]));
+    assert_eq!(store.room("r").await.unwrap().unwrap().large_since, Some(3));
+
+    // A room created large, retried: every join reaches every initial member, no cursor.
+    let before = kv.snapshot().await;
+    let new_room = NewRoom {
+        id: "s".into(),
+        name: "s".into(),
+        kind: RoomKind::Group,
+        private: false,
+        creator: "a".into(),
+        members: named(&["a", "b", "c"]),
+        ts: 1,
+    };
+    let (record, deliveries) = store.create_room(new_room, large_from_three).await.expect("create room");
+    assert_eq!(record.large_since, Some(1));
+    let deliveries = deliveries.expect("recognised as its own creation");
+    assert_eq!(deliveries.iter().map(|d| d.entry.seq).collect::<Vec<_>>(), [1, 2, 3]);
+    for delivery in deliveries {
+        assert_eq!(sorted(delivery.recipients), everyone());
+    }
+    let pointers = [ks.user_log_after("a", 0), ks.user_log_after("b", 0), ks.user_log_after("c", 0)];
+    let after = kv.snapshot().await;
+    assert!(changed_keys(&before, &after).iter().all(|k| !pointers.iter().any(|p| p.contains(k))), "no pointer");
+    assert_eq!(store.user_log_bounds("c").await.unwrap(), LogBounds::default());
 }

@@ -70,15 +70,21 @@ impl AccountValue {
     }
 }
 
-/// `(P, "room", room)`: (name, kind, private, created by). Written once, when the room is made;
-/// the counters that change with every append live in [`RoomHead`] so this value is never
-/// rewritten on the hot path.
+/// `(P, "room", room)`: (name, kind, private, created by, large since). Written when the room is
+/// made and once more if it becomes large; the counters that change with every append live in
+/// [`RoomHead`] so this value is never rewritten on the hot path.
+///
+/// `large_since` (added after format 1 was first written) is the seq of the room's first entry
+/// kept in the room log only, stored as 0 while the room fans out on write (seqs start at 1),
+/// and read as 0 from values that predate it. It lives here rather than in the head so that the
+/// one-way switch is never undone by a rewrite of the head.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoomMeta {
     pub name: String,
     pub kind: RoomKind,
     pub private: bool,
     pub created_by: String,
+    pub large_since: Option<u64>,
 }
 
 impl RoomMeta {
@@ -88,12 +94,19 @@ impl RoomMeta {
             .uint(room_kind_code(self.kind))
             .boolean(self.private)
             .str(&self.created_by)
+            .uint(self.large_since.unwrap_or(0))
             .into_bytes()
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
         let mut r = reader(bytes)?;
-        Ok(RoomMeta { name: r.str()?, kind: room_kind(r.uint()?)?, private: r.boolean()?, created_by: r.str()? })
+        Ok(RoomMeta {
+            name: r.str()?,
+            kind: room_kind(r.uint()?)?,
+            private: r.boolean()?,
+            created_by: r.str()?,
+            large_since: Some(r.uint_or(0)?).filter(|&seq| seq > 0),
+        })
     }
 }
 
@@ -305,8 +318,10 @@ mod tests {
         assert_eq!(EntryValue::decode(&text.encode()).unwrap(), text);
         let a = AccountValue { password_hash: "$argon2id$v=19$...".into(), token_epoch: 3, created_ms: 9 };
         assert_eq!(AccountValue::decode(&a.encode()).unwrap(), a);
-        for (kind, private) in [(RoomKind::Group, true), (RoomKind::Direct, false)] {
-            let m = RoomMeta { name: "Lobby".into(), kind, private, created_by: "bob".into() };
+        for (kind, private, large_since) in
+            [(RoomKind::Group, true, None), (RoomKind::Direct, false, Some(1)), (RoomKind::Group, false, Some(1 << 40))]
+        {
+            let m = RoomMeta { name: "Lobby".into(), kind, private, created_by: "bob".into(), large_since };
             assert_eq!(RoomMeta::decode(&m.encode()).unwrap(), m);
         }
         let h = RoomHead { last_seq: 1 << 33, members: u32::MAX };
@@ -358,5 +373,27 @@ mod tests {
         for len in 0..full.len() {
             assert!(EntryValue::decode(&full[..len]).is_err());
         }
+    }
+
+    #[test]
+    fn room_meta_from_before_large_rooms_reads_as_fanning_out() {
+        // The value as written before `large_since` existed: four fields.
+        let old = writer().str("Lobby").uint(0).boolean(true).str("bob").into_bytes();
+        let expected = RoomMeta {
+            name: "Lobby".into(),
+            kind: RoomKind::Group,
+            private: true,
+            created_by: "bob".into(),
+            large_since: None,
+        };
+        assert_eq!(RoomMeta::decode(&old).unwrap(), expected);
+        // The new field is appended, so the old fields keep their bytes: older readers read it.
+        let large = RoomMeta { large_since: Some(7), ..expected.clone() };
+        assert!(large.encode().starts_with(&old));
+        assert_eq!(large.encode()[old.len()..], *TupleWriter::from_prefix(&[]).uint(7).as_bytes());
+        assert!(expected.encode().starts_with(&old));
+        // A field from a later version after it is ignored.
+        let newer = TupleWriter::from_prefix(&large.encode()).str("a field from the future").into_bytes();
+        assert_eq!(RoomMeta::decode(&newer).unwrap(), large);
     }
 }

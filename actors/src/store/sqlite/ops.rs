@@ -34,12 +34,13 @@ const USER_BY_NAME: &str = "SELECT name, password_hash, token_epoch, created_ms 
 const UID_BY_NAME: &str = "SELECT uid FROM users WHERE name = ?1";
 const REVOKE_TOKENS: &str = "UPDATE users SET token_epoch = token_epoch + 1 WHERE name = ?1 RETURNING token_epoch";
 
-const ROOM_BY_ID: &str = "SELECT rid, id, name, kind, private, created_by, last_seq, members, epoch, owner \
-                          FROM rooms WHERE id = ?1";
+const ROOM_BY_ID: &str = "SELECT rid, id, name, kind, private, created_by, last_seq, members, epoch, owner, \
+                          large_since FROM rooms WHERE id = ?1";
 const ROOM_INSERT: &str = "INSERT INTO rooms (id, name, kind, private, created_by, created_ms) \
                            VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING rid";
 const ROOM_ADVANCE: &str =
     "UPDATE rooms SET last_seq = last_seq + 1, members = members + ?2 WHERE rid = ?1 RETURNING last_seq, members";
+const ROOM_MAKE_LARGE: &str = "UPDATE rooms SET large_since = ?2 WHERE rid = ?1 AND large_since IS NULL";
 const ROOM_CLAIM: &str = "UPDATE rooms SET epoch = epoch + 1, owner = ?2 WHERE id = ?1 RETURNING epoch";
 
 const MEMBER_EXISTS: &str = "SELECT 1 FROM members WHERE rid = ?1 AND uid = ?2";
@@ -56,7 +57,7 @@ const MARK_READ: &str =
 const READ_POSITIONS: &str = "SELECT u.name, m.read_seq FROM members m JOIN users u ON u.uid = m.uid \
                               WHERE m.rid = ?1 ORDER BY u.name";
 const ROOMS_OF_USER: &str = "SELECT r.rid, r.id, r.name, r.kind, r.private, r.created_by, r.last_seq, r.members, \
-                             r.epoch, r.owner, m.read_seq \
+                             r.epoch, r.owner, r.large_since, m.read_seq, m.joined_seq \
                              FROM members m JOIN rooms r ON r.rid = m.rid WHERE m.uid = ?1 ORDER BY m.rid";
 
 const ENTRY_INSERT: &str =
@@ -175,6 +176,7 @@ fn entry_columns(room: String, row: &Row<'_>, first: usize) -> rusqlite::Result<
 }
 
 /// A room header as the transaction sees it.
+#[derive(Clone)]
 struct RoomRow {
     rid: i64,
     record: RoomRecord,
@@ -183,7 +185,7 @@ struct RoomRow {
 }
 
 /// A room from the columns `rid, id, name, kind, private, created_by, last_seq, members, epoch,
-/// owner` (the order of `ROOM_BY_ID` and `ROOMS_OF_USER`).
+/// owner, large_since` (the order of `ROOM_BY_ID` and `ROOMS_OF_USER`).
 fn room_columns(row: &Row<'_>) -> rusqlite::Result<RoomRow> {
     Ok(RoomRow {
         rid: row.get(0)?,
@@ -195,6 +197,7 @@ fn room_columns(row: &Row<'_>) -> rusqlite::Result<RoomRow> {
             created_by: row.get(5)?,
             last_seq: row.get(6)?,
             members: row.get(7)?,
+            large_since: row.get(10)?,
         },
         epoch: row.get(8)?,
         owner: row.get(9)?,
@@ -273,6 +276,33 @@ fn insert_entry(conn: &Connection, rid: i64, entry: &Entry) -> StoreResult<()> {
             ])
         })
         .ctx("insert entry")?;
+    Ok(())
+}
+
+/// The recipients of entry `seq` of `room`: every current member. Unless the room is large at
+/// `seq`, this also appends a pointer to the entry to each member's log, in this transaction,
+/// and returns each member's new cursor; an entry of a large room lives in the room log only.
+fn deliver(conn: &Connection, room: &RoomRow, seq: u64, retention: u64) -> StoreResult<Vec<(String, Option<Cursor>)>> {
+    if room.record.large_since.is_some_and(|since| seq >= since) {
+        let names: Vec<(i64, String)> = conn
+            .prepare_cached(MEMBER_RECIPIENTS)
+            .and_then(|mut s| s.query_map([room.rid], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+            .ctx("read room members")?;
+        return Ok(names.into_iter().map(|(_, name)| (name, None)).collect());
+    }
+    let recipients = fan_out(conn, room.rid, seq, retention)?;
+    Ok(recipients.into_iter().map(|(name, cursor)| (name, Some(cursor))).collect())
+}
+
+/// Make the room large from entry `seq` on if `members` (its count with this entry) passes
+/// the limit; a room that is large stays large.
+fn maybe_make_large(conn: &Connection, room: &mut RoomRow, members: u32, seq: u64, limit: u32) -> StoreResult<()> {
+    if room.record.large_since.is_none() && members > limit {
+        conn.prepare_cached(ROOM_MAKE_LARGE)
+            .and_then(|mut s| s.execute(params![room.rid, sql_int(seq)]))
+            .ctx("make room large")?;
+        room.record.large_since = Some(seq);
+    }
     Ok(())
 }
 
@@ -423,10 +453,12 @@ pub(super) fn create_room(
             created_by: room.creator.clone(),
             last_seq: 0,
             members: 0,
+            large_since: None,
         },
         epoch: 0,
         owner: None,
     };
+    maybe_make_large(conn, &mut header, names.len() as u32, 1, limits.fanout_max_members)?;
     // Every initial member is a member at commit time, so each join entry reaches all of them:
     // first all memberships and entries, then the pointers, entry by entry so every user's log
     // lists the joins in seq order.
@@ -453,7 +485,7 @@ pub(super) fn create_room(
     }
     let mut deliveries = Vec::with_capacity(entries.len());
     for entry in entries {
-        let recipients = fan_out(conn, rid, entry.seq, retention)?;
+        let recipients = deliver(conn, &header, entry.seq, retention)?;
         deliveries.push(Delivery { entry, recipients });
     }
     Ok((header.record, Some(deliveries)))
@@ -480,7 +512,10 @@ pub(super) fn rooms_of(conn: &Connection, user: &str) -> StoreResult<Vec<MyRoom>
     let rooms: Vec<MyRoom> = conn
         .prepare_cached(ROOMS_OF_USER)
         .and_then(|mut s| {
-            s.query_map([uid], |r| Ok(MyRoom { room: room_columns(r)?.record, read_seq: r.get(10)? }))?.collect()
+            s.query_map([uid], |r| {
+                Ok(MyRoom { room: room_columns(r)?.record, read_seq: r.get(11)?, joined_seq: r.get(12)? })
+            })?
+            .collect()
         })
         .ctx("read rooms of user")?;
     debug_assert!(rooms.iter().all(|r| invariants::read_within_room(r.read_seq, r.room.last_seq)));
@@ -530,7 +565,7 @@ fn append_text(conn: &Connection, room: &RoomRow, request: &AppendRequest, reten
         ts: request.ts,
     };
     insert_entry(conn, room.rid, &entry)?;
-    let recipients = fan_out(conn, room.rid, seq, retention)?;
+    let recipients = deliver(conn, room, seq, retention)?;
     Ok(Appended { delivery: Delivery { entry, recipients }, duplicate: false })
 }
 
@@ -556,13 +591,17 @@ fn append_join(conn: &Connection, room: &RoomRow, request: &AppendRequest, reten
         return Err(StoreError::TooManyRooms { user: user.to_owned(), limit: limits.max_rooms_per_user });
     }
     let seq = advance_room(conn, room, 1)?;
+    // The join that takes the room past the limit is its first entry kept in the room log only.
+    let mut room = room.clone();
+    let members = room.record.members + 1;
+    maybe_make_large(conn, &mut room, members, seq, limits.fanout_max_members)?;
     conn.prepare_cached(MEMBER_INSERT)
         .and_then(|mut s| s.execute(params![room.rid, uid, sql_int(seq)]))
         .ctx("insert member")?;
-    let entry = membership_entry(room, request, EntryKind::Join, user, seq);
+    let entry = membership_entry(&room, request, EntryKind::Join, user, seq);
     insert_entry(conn, room.rid, &entry)?;
     // The new member is a member at commit time, so their log starts with their own join.
-    let recipients = fan_out(conn, room.rid, seq, retention)?;
+    let recipients = deliver(conn, &room, seq, retention)?;
     Ok(Appended { delivery: Delivery { entry, recipients }, duplicate: false })
 }
 
@@ -586,7 +625,7 @@ fn append_leave(conn: &Connection, room: &RoomRow, request: &AppendRequest, rete
     insert_entry(conn, room.rid, &entry)?;
     // Fan out while the leaver is still a member, so their other devices learn of the leave,
     // then drop the membership in the same transaction.
-    let recipients = fan_out(conn, room.rid, seq, retention)?;
+    let recipients = deliver(conn, room, seq, retention)?;
     conn.prepare_cached(MEMBER_DELETE).and_then(|mut s| s.execute(params![room.rid, uid])).ctx("delete member")?;
     Ok(Appended { delivery: Delivery { entry, recipients }, duplicate: false })
 }

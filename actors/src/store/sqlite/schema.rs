@@ -15,7 +15,7 @@ use super::threads::Context;
 use crate::store::{StoreError, StoreResult};
 
 /// The schema this build reads and writes, stored in `PRAGMA user_version`.
-pub(super) const SCHEMA_VERSION: i64 = 1;
+pub(super) const SCHEMA_VERSION: i64 = 2;
 
 /// `PRAGMA application_id` of a palaver database ("plvr"), so that pointing `path` at some
 /// other application's SQLite file fails on open instead of growing palaver tables inside it.
@@ -25,8 +25,8 @@ pub(super) const APPLICATION_ID: i64 = 0x706c_7672;
 /// slots keep the cache from thrashing if that grows.
 const STATEMENT_CACHE_CAPACITY: usize = 64;
 
-/// Version 1 of the schema. See the module documentation of `sqlite` for the reasons behind
-/// each table and index.
+/// Version 1 of the schema; a fresh file gets it and then every migration. See the module
+/// documentation of `sqlite` for the reasons behind each table and index.
 const SCHEMA_V1: &str = "
 CREATE TABLE users (
     uid           INTEGER PRIMARY KEY,
@@ -92,10 +92,14 @@ CREATE UNIQUE INDEX entries_by_seq ON entries (rid, seq);
 CREATE UNIQUE INDEX entries_by_client_id ON entries (rid, sender, id) WHERE kind = 'text';
 ";
 
-/// Migrations from version `n` to `n + 1`, indexed by `n - 1`. Empty while version 1 is the
-/// only one; a future version appends its `ALTER`/`CREATE` script here and bumps
-/// [`SCHEMA_VERSION`], and `migrate` applies every step in the same transaction.
-const MIGRATIONS: &[&str] = &[];
+/// Migrations from version `n` to `n + 1`, indexed by `n - 1`. A new version appends its
+/// `ALTER`/`CREATE` script here and bumps [`SCHEMA_VERSION`]; `migrate` applies every step in
+/// the same transaction.
+const MIGRATIONS: &[&str] = &[
+    // 1 → 2: large rooms. `large_since` is the seq of a room's first entry kept in the room log
+    // only (NULL while the room fans out on write). Existing rooms keep fanning out.
+    "ALTER TABLE rooms ADD COLUMN large_since INTEGER CHECK (large_since >= 1);",
+];
 
 /// Open a connection with palaver's per-connection settings.
 pub(super) fn open_connection(path: &Path, busy_timeout: Duration, read_only: bool) -> StoreResult<Connection> {
@@ -201,14 +205,13 @@ fn migrate(conn: &Connection) -> StoreResult<()> {
             ));
         }
         conn.execute_batch(SCHEMA_V1).ctx("create schema")?;
-    } else {
-        for step in version..SCHEMA_VERSION {
-            let index = usize::try_from(step - 1).map_err(|_| StoreError::Backend("sqlite: bad schema step".into()))?;
-            let script = MIGRATIONS.get(index).ok_or_else(|| {
-                StoreError::Backend(format!("sqlite: no migration from schema version {step} to {}", step + 1))
-            })?;
-            conn.execute_batch(script).ctx("migrate schema")?;
-        }
+    }
+    for step in version.max(1)..SCHEMA_VERSION {
+        let index = usize::try_from(step - 1).map_err(|_| StoreError::Backend("sqlite: bad schema step".into()))?;
+        let script = MIGRATIONS.get(index).ok_or_else(|| {
+            StoreError::Backend(format!("sqlite: no migration from schema version {step} to {}", step + 1))
+        })?;
+        conn.execute_batch(script).ctx("migrate schema")?;
     }
     conn.pragma_update(None, "application_id", APPLICATION_ID).ctx("write application_id")?;
     conn.pragma_update(None, "user_version", SCHEMA_VERSION).ctx("write user_version")?;

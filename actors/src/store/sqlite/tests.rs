@@ -20,7 +20,8 @@ async fn fresh_store() -> Fixture {
 
 conformance_tests!(fresh_store);
 
-const LIMITS: MembershipLimits = MembershipLimits { max_room_members: 1_000, max_rooms_per_user: 1_000 };
+const LIMITS: MembershipLimits =
+    MembershipLimits { max_room_members: 1_000, max_rooms_per_user: 1_000, fanout_max_members: 100_000 };
 
 fn options(dir: &TempDir) -> SqliteOptions {
     SqliteOptions::new(dir.path().join("palaver.db"))
@@ -95,7 +96,7 @@ async fn data_survives_close_and_reopen() {
     assert!(again.duplicate, "the dedup key survives a restart");
     let next = store.append(text("r", epoch, "b", "m2")).await.expect("append");
     assert_eq!(next.delivery.entry.seq, seq + 1);
-    assert!(next.delivery.recipients.contains(&("b".to_owned(), head + 1)));
+    assert!(next.delivery.recipients.contains(&("b".to_owned(), Some(head + 1))));
 }
 
 /// Two stores on one file stand for two node processes on one host: their concurrent appends
@@ -198,6 +199,44 @@ async fn busy_beyond_the_timeout_is_unavailable() {
     assert_eq!(store.stats().failed_transactions, 1);
 }
 
+/// A file of schema version 1 (before large rooms) opens, migrates in place, keeps its data, and
+/// its rooms fan out on write until a join makes them large.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_1_files_migrate_and_keep_their_data() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqliteStore::open(options(&dir)).expect("open");
+    let epoch = setup(&store, "r", &["a", "b"]).await;
+    store.append(text("r", epoch, "a", "m1")).await.expect("append");
+    drop(store);
+    // Turn the file back into what version 1 wrote.
+    let conn = Connection::open(dir.path().join("palaver.db")).expect("open raw");
+    conn.execute_batch("ALTER TABLE rooms DROP COLUMN large_since; PRAGMA user_version = 1;").expect("downgrade");
+    drop(conn);
+
+    let store = SqliteStore::open(options(&dir)).expect("open a version 1 file");
+    let room = store.room("r").await.expect("room").expect("kept");
+    assert_eq!((room.last_seq, room.large_since), (3, None));
+    let (history, _) = store.history("r", HistoryPage::After(0), 10).await.expect("history");
+    assert_eq!(history.len(), 3, "entries kept");
+    let next = store.append(text("r", epoch, "b", "m2")).await.expect("append after the migration");
+    assert!(next.delivery.recipients.iter().all(|(_, cursor)| cursor.is_some()), "still fans out");
+    store.create_user("c", "hash", 1).await.expect("user");
+    let limits = MembershipLimits { fanout_max_members: 2, ..LIMITS };
+    let join = AppendRequest {
+        kind: EntryKind::Join,
+        user: Some("c".into()),
+        from: "c".into(),
+        limits,
+        ..text("r", epoch, "c", "j")
+    };
+    store.append(join).await.expect("join");
+    assert_eq!(store.room("r").await.expect("room").expect("kept").large_since, Some(5));
+    let version: i64 = Connection::open(dir.path().join("palaver.db"))
+        .and_then(|c| c.pragma_query_value(None, "user_version", |r| r.get(0)))
+        .expect("version");
+    assert_eq!(version, schema::SCHEMA_VERSION);
+}
+
 /// A file written by a newer palaver is refused with an error that says so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn newer_schema_is_refused() {
@@ -208,7 +247,8 @@ async fn newer_schema_is_refused() {
     drop(conn);
     let err = SqliteStore::open(options(&dir)).expect_err("newer schema");
     let StoreError::Backend(message) = &err else { panic!("expected a backend error, got {err:?}") };
-    assert!(message.contains("schema version 2 is newer than this build"), "unclear error: {message}");
+    let expected = format!("schema version {} is newer than this build", schema::SCHEMA_VERSION + 1);
+    assert!(message.contains(&expected), "unclear error: {message}");
 }
 
 /// A SQLite file that palaver did not create is refused rather than written into.
