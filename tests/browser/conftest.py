@@ -212,13 +212,14 @@ def browser():
     manager.stop()
 
 
-@pytest.fixture
-def node(request):
+def started_node(request, node_class=None):
+    """Start a node (of `node_class`, default `Node`) for one test, stop it afterwards, and keep
+    its log among the artifacts if the test failed. A generator for fixtures to `yield from`."""
     binary = palaver_binary()
     if not binary.exists():
         pytest.fail(f"no palaver binary at {binary}: build it with `cargo build -p node` or set PALAVER_BIN", pytrace=False)
     data_dir = Path(tempfile.mkdtemp(prefix="palaver-web-"))
-    started = Node(binary, data_dir, free_port())
+    started = (node_class or Node)(binary, data_dir, free_port())
     started.start()
     yield started
     started.stop()
@@ -227,6 +228,11 @@ def node(request):
         ARTIFACTS.mkdir(exist_ok=True)
         shutil.copy(started.log_path, ARTIFACTS / f"{request.node.name}-node.log")
     shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def node(request):
+    yield from started_node(request)
 
 
 class Pages:

@@ -19,12 +19,9 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import tempfile
-from pathlib import Path
 
 import pytest
-from conftest import ARTIFACTS, Node, free_port, palaver_binary
+from conftest import Node, started_node
 from playwright.sync_api import expect
 from test_web_client import (
     bodies,
@@ -53,19 +50,7 @@ class LargeRoomsNode(Node):
 
 @pytest.fixture
 def large_node(request):
-    binary = palaver_binary()
-    if not binary.exists():
-        pytest.fail(f"no palaver binary at {binary}: build it with `cargo build -p node`", pytrace=False)
-    data_dir = Path(tempfile.mkdtemp(prefix="palaver-web-large-"))
-    node = LargeRoomsNode(binary, data_dir, free_port())
-    node.start()
-    yield node
-    node.stop()
-    report = getattr(request.node, "rep_call", None)
-    if report is not None and report.failed:
-        ARTIFACTS.mkdir(exist_ok=True)
-        shutil.copy(node.log_path, ARTIFACTS / f"{request.node.name}-node.log")
-    shutil.rmtree(data_dir, ignore_errors=True)
+    yield from started_node(request, LargeRoomsNode)
 
 
 def parsed(payload) -> dict:

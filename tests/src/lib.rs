@@ -636,6 +636,70 @@ pub fn reply_req(frame: &ServerFrame) -> Option<u64> {
     }
 }
 
+/// Acked messages by (room, client id): the seq each was acked with.
+pub type Acked = std::collections::HashMap<(String, String), u64>;
+
+/// Clients that keep sending until stopped, for traffic across a resume's seam: each sends
+/// batches of four (all in flight at once) round-robin over its rooms, ids `live-{writer}-{n}`.
+pub struct Writers {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    started: std::sync::Arc<tokio::sync::Notify>,
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<Acked>>>,
+}
+
+impl Writers {
+    /// One writer per (client, rooms).
+    pub fn spawn(writers: Vec<(Client, Vec<String>)>) -> Writers {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let started = std::sync::Arc::new(tokio::sync::Notify::new());
+        let mut tasks = Vec::new();
+        for (index, (mut writer, rooms)) in writers.into_iter().enumerate() {
+            let (stop, started) = (stop.clone(), started.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut acked = Acked::new();
+                let mut i = 0usize;
+                let result = async {
+                    while !stop.load(Ordering::Acquire) {
+                        let batch: Vec<_> = (i..i + 4)
+                            .map(|n| (rooms[n % rooms.len()].clone(), format!("live-{index}-{n}"), format!("live {n}")))
+                            .collect();
+                        for ((room, id, _), (seq, duplicate)) in batch.iter().zip(writer.say_many(&batch, 4).await?) {
+                            anyhow::ensure!(!duplicate, "{id} is new");
+                            acked.insert((room.clone(), id.clone()), seq);
+                        }
+                        i += batch.len();
+                        if index == 0 && i == 20 {
+                            started.notify_one();
+                        }
+                    }
+                    anyhow::Ok(())
+                }
+                .await;
+                // Whoever waits for the start must not wait for a writer that failed.
+                started.notify_one();
+                result.map(|()| acked)
+            }));
+        }
+        Writers { stop, started, tasks }
+    }
+
+    /// Wait until the first writer has had 20 messages acked (or has failed).
+    pub async fn started(&self) {
+        self.started.notified().await;
+    }
+
+    /// Stop every writer; everything they had acked.
+    pub async fn stop(self) -> anyhow::Result<Acked> {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        let mut acked = Acked::new();
+        for task in self.tasks {
+            acked.extend(task.await??);
+        }
+        Ok(acked)
+    }
+}
+
 /// Check a client's ledger of large-room entries: in each room, seqs follow one another by
 /// one from the position in `from` (0 for a room not listed): no gap, no duplicate, no
 /// reordering. Returns the number of entries checked.

@@ -7,14 +7,11 @@
 //! The nodes here run with `fanout_max_members = 2`, so a third member makes a room large.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 use anyhow::{bail, ensure};
 use tests::{
-    check_ledger, check_room_ledger, Client, ClientFrame, Encoding, EntryKind, Node, NodeOptions, ServerFrame,
+    check_ledger, check_room_ledger, Client, ClientFrame, Encoding, EntryKind, Node, NodeOptions, ServerFrame, Writers,
 };
-use tokio::sync::Notify;
 
 fn options() -> NodeOptions {
     NodeOptions::default().env("LIMITS__FANOUT_MAX_MEMBERS", 2).env("LIMITS__FRAMES_PER_SECOND", 1_000_000)
@@ -103,34 +100,10 @@ async fn resume_in_a_large_room(encoding: Encoding, limits: &[(&str, &str)]) -> 
         acked.insert((room.clone(), id.clone()), seq);
     }
 
-    // Writers that keep sending to both rooms during the resume and after it.
-    let stop = Arc::new(AtomicBool::new(false));
-    let started = Arc::new(Notify::new());
-    let mut writers = Vec::new();
-    for (index, mut writer) in [walt, wendy].into_iter().enumerate() {
-        let (stop, started) = (stop.clone(), started.clone());
-        // walt is only in the large room; wendy writes to both.
-        let rooms = if index == 0 { vec![big.clone()] } else { vec![big.clone(), small.clone()] };
-        writers.push(tokio::spawn(async move {
-            let mut acked = HashMap::new();
-            let mut i = 0usize;
-            while !stop.load(Ordering::Acquire) {
-                let batch: Vec<_> = (i..i + 4)
-                    .map(|n| (rooms[n % rooms.len()].clone(), format!("live-{index}-{n}"), format!("live {n}")))
-                    .collect();
-                for ((room, id, _), (seq, duplicate)) in batch.iter().zip(writer.say_many(&batch, 4).await?) {
-                    ensure!(!duplicate, "{id} is new");
-                    acked.insert((room.clone(), id.clone()), seq);
-                }
-                i += batch.len();
-                if index == 0 && i == 20 {
-                    started.notify_one();
-                }
-            }
-            anyhow::Ok(acked)
-        }));
-    }
-    started.notified().await;
+    // Writers that keep sending during the resume and after it: walt is only in the large
+    // room, wendy writes to both.
+    let writers = Writers::spawn(vec![(walt, vec![big.clone()]), (wendy, vec![big.clone(), small.clone()])]);
+    writers.started().await;
 
     let mut rita = Client::connect(&node, encoding).await?;
     rita.rooms = stored_rooms.clone();
@@ -143,10 +116,7 @@ async fn resume_in_a_large_room(encoding: Encoding, limits: &[(&str, &str)]) -> 
     ensure!(replayed >= backlog.len(), "the replay holds at least the backlog: {replayed}");
     let target = rita.room_ledger.len() + 30;
     wait_room_entries(&mut rita, target).await?;
-    stop.store(true, Ordering::Release);
-    for writer in writers {
-        acked.extend(writer.await??);
-    }
+    acked.extend(writers.stop().await?);
     let expected_small = acked.keys().filter(|(room, _)| room == &small).count();
     let expected_big = acked.len() - expected_small;
     rita.wait_ledger_len(expected_small).await?;

@@ -9,13 +9,10 @@
 //! node through its "lagged: read the store again" path many times over.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::ensure;
-use tests::{check_ledger, Client, Encoding, EntryKind, Node, NodeOptions, ServerFrame};
-use tokio::sync::Notify;
+use tests::{check_ledger, Client, Encoding, EntryKind, Node, NodeOptions, ServerFrame, Writers};
 
 const ROOMS: usize = 4;
 const BACKLOG: usize = 1_000;
@@ -74,32 +71,14 @@ async fn resume_backlog(encoding: Encoding, limits: &[(&str, &str)]) -> anyhow::
     // Two writers that keep sending while rita resumes and after she is live, each to its own
     // rooms and several messages in flight, so rooms commit concurrently and their deliveries
     // can reach rita's connection out of cursor order.
-    let stop = Arc::new(AtomicBool::new(false));
-    let started = Arc::new(Notify::new());
-    let mut writers = Vec::new();
-    for (index, mut writer) in [walt, wendy].into_iter().enumerate() {
-        let (stop, started) = (stop.clone(), started.clone());
-        let mine: Vec<String> = rooms.iter().skip(index).step_by(2).cloned().collect();
-        writers.push(tokio::spawn(async move {
-            let mut acked = HashMap::new();
-            let mut i = 0usize;
-            while !stop.load(Ordering::Acquire) {
-                let batch: Vec<_> = (i..i + 4)
-                    .map(|n| (mine[n % mine.len()].clone(), format!("live-{index}-{n}"), format!("live message {n}")))
-                    .collect();
-                for ((room, id, _), (seq, duplicate)) in batch.iter().zip(writer.say_many(&batch, 4).await?) {
-                    ensure!(!duplicate, "{id} is new");
-                    acked.insert((room.clone(), id.clone()), seq);
-                }
-                i += batch.len();
-                if index == 0 && i == 20 {
-                    started.notify_one();
-                }
-            }
-            anyhow::Ok(acked)
-        }));
-    }
-    started.notified().await;
+    let writers = Writers::spawn(
+        [walt, wendy]
+            .into_iter()
+            .enumerate()
+            .map(|(index, writer)| (writer, rooms.iter().skip(index).step_by(2).cloned().collect()))
+            .collect(),
+    );
+    writers.started().await;
 
     // Rita comes back with her stored cursor: replay, `live`, then live traffic.
     let mut rita = Client::connect(&node, encoding).await?;
@@ -111,11 +90,7 @@ async fn resume_backlog(encoding: Encoding, limits: &[(&str, &str)]) -> anyhow::
     let written_during_replay = rita.ledger.iter().filter(|(_, e)| e.id.starts_with("live-")).count();
     ensure!(replayed >= BACKLOG, "the replay holds at least the backlog: {replayed}");
     rita.wait_ledger_len(replayed + AFTER_LIVE).await?;
-    stop.store(true, Ordering::Release);
-    let mut live_acked = HashMap::new();
-    for writer in writers {
-        live_acked.extend(writer.await??);
-    }
+    let live_acked = writers.stop().await?;
     let (_, metrics) = node.http_get("/metrics").await?;
     let lagged = metrics.lines().find(|line| line.starts_with("palaver_deliveries_lagged_total")).unwrap_or("-");
     println!(

@@ -5,7 +5,7 @@
 //! `Arc<dyn Store>`. It owns one writer thread and a few reader threads (see `threads`); no
 //! SQLite call ever runs on the async runtime.
 //!
-//! # Schema (version 1, kept in `PRAGMA user_version`)
+//! # Schema (version 2, kept in `PRAGMA user_version`)
 //!
 //! One table per concept. Names (user names, room ids) are interned to integer ids once, in
 //! `users` and `rooms`, so the tables that grow with traffic (`entries`, `user_log`) carry small
@@ -17,7 +17,7 @@
 //! | `users`     | `uid` (rowid); `name` unique                | password hash, token epoch             |
 //! | `user_logs` | `uid` (rowid)                               | `head` and `floor` of the user's log   |
 //! | `user_log`  | (`uid`, `cursor`), WITHOUT ROWID            | pointer (`rid`, `seq`) to an entry     |
-//! | `rooms`     | `rid` (rowid); `id` unique                  | name, kind, `last_seq`, member count, owner, epoch |
+//! | `rooms`     | `rid` (rowid); `id` unique                  | name, kind, `last_seq`, member count, owner, epoch, `large_since` |
 //! | `members`   | (`rid`, `uid`), WITHOUT ROWID; (`uid`, `rid`) | `joined_seq`, `read_seq`             |
 //! | `entries`   | `eid` (rowid); unique (`rid`, `seq`); unique (`rid`, `sender`, `id`) where text | room logs |
 //!
@@ -38,6 +38,9 @@
 //!   idempotent-send key; join and leave ids are not deduplicated, so they stay out of it.
 //! - `user_log` rows point at (`rid`, `seq`), the entry's meaning, rather than at `eid`, so
 //!   they stay right even if room logs are ever trimmed and rowids reused.
+//! - `large_since` (version 2) marks a large room and the seq from which its entries have no
+//!   `user_log` rows; an append of a large room reads the member names and writes only the
+//!   entry. NULL for every room of a version 1 file, which the migration leaves fanning out.
 //! - Read positions live in the membership row: they exist exactly as long as the membership,
 //!   and `rooms_of` and `read_positions` get them with no extra lookup.
 //! - Foreign keys guard `members` and `user_logs`; the per-message tables have none (see

@@ -943,6 +943,10 @@ async fn storm_one(common: &Common, target: &Target, k: usize, backlog: u64) -> 
     let posted_at = Instant::now();
     let mut acked = 0u64;
     let mut sent = 0u64;
+    // Where the backlog starts in the room: a client that was live until now has everything
+    // before it, so it presents that position (the room is large: its entries are not in the
+    // user logs).
+    let mut first_seq: Option<u64> = None;
     while acked < backlog {
         while sent < backlog && sent - acked < 64 {
             ws.feed(peers::publish(target, &room, &run, sent, &marker.body(now_ns(), common.body))).await?;
@@ -950,7 +954,10 @@ async fn storm_one(common: &Common, target: &Target, k: usize, backlog: u64) -> 
         }
         ws.flush().await?;
         match peers::palaver_recv(&mut ws).await? {
-            protocol::ServerFrame::Ack { .. } => acked += 1,
+            protocol::ServerFrame::Ack { seq, .. } => {
+                acked += 1;
+                first_seq = Some(first_seq.map_or(seq, |first: u64| first.min(seq)));
+            }
             protocol::ServerFrame::Error { message, .. } => bail!("posting the backlog: {message}"),
             _ => {}
         }
@@ -960,15 +967,18 @@ async fn storm_one(common: &Common, target: &Target, k: usize, backlog: u64) -> 
     // 3. The storm: everyone at once.
     progress_count.store(0, Ordering::Relaxed);
     progress.phase("storm");
+    let positions: std::collections::BTreeMap<String, u64> =
+        first_seq.map(|seq| (room.clone(), seq - 1)).into_iter().collect();
     let storm_start = Instant::now();
     let tasks: Vec<_> = cursors
         .into_iter()
         .map(|(i, token, head)| {
             let url = urls[i % urls.len()].clone();
-            let marker = marker.clone();
+            let (marker, positions) = (marker.clone(), positions.clone());
             let count = progress_count.clone();
             tokio::spawn(async move {
-                let result = resume_one(&url, peers::source_addr(i, sources), enc, &token, head, &marker).await;
+                let src = peers::source_addr(i, sources);
+                let result = resume_one(&url, src, enc, &token, head, positions, &marker).await;
                 count.fetch_add(1, Ordering::Relaxed);
                 result.map(|(replayed, _)| (replayed, storm_start.elapsed()))
             })
@@ -1024,18 +1034,14 @@ async fn resume_one(
     enc: protocol::Encoding,
     token: &str,
     cursor: u64,
+    rooms: std::collections::BTreeMap<String, u64>,
     marker: &Marker,
 ) -> anyhow::Result<(u64, u64)> {
     let mut ws = peers::ws_connect(url, src, None).await?;
     peers::palaver_hello(&mut ws, enc).await?;
     ws.send(peers::palaver_message(
         enc,
-        &protocol::ClientFrame::Authenticate {
-            req: 9,
-            token: token.into(),
-            cursor: Some(cursor),
-            rooms: Default::default(),
-        },
+        &protocol::ClientFrame::Authenticate { req: 9, token: token.into(), cursor: Some(cursor), rooms },
     ))
     .await?;
     let (mut replayed, mut frames) = (0u64, 0u64);
