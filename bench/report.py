@@ -348,8 +348,9 @@ def main():
                                         "`max` the publisher sends as fast as its window allows (palaver: up to `window` "
                                         "unacknowledged sends; peers: up to `window` of its own copies not yet back), and "
                                         "deliveries per second are the point. palaver commits every message durably "
-                                        "(SQLite WAL, synchronous=FULL, one per-user-log row per member) before the ack; "
-                                        "no peer persists anything."))
+                                        "(SQLite WAL, synchronous=FULL) before the ack; a room of more than 100 members is "
+                                        "a large room (ARCHITECTURE.md), whose messages are written once, to the room log, "
+                                        "rather than once per member; no peer persists anything."))
         elif name == "fanout-xmpp":
             parts.append(section_fanout(doc, f"Fan-out against ejabberd: one room, {doc.get('n')} receivers",
                                         "ejabberd multi-user chat joins are slow (every join is broadcast to every "

@@ -249,15 +249,29 @@ impl Hub {
                 };
                 match conn.queue.try_send(outbound) {
                     Ok(()) => delivered += 1,
-                    Err(_) => {
-                        conn.signals.lagged.store(true, Ordering::Release);
-                        conn.signals.notify.notify_one();
-                        Metrics::inc(&self.metrics.deliveries_lagged_total);
-                    }
+                    Err(_) => self.mark_lagged(&conn.signals),
                 }
             }
         }
         Metrics::add(&self.metrics.deliveries_total, delivered);
+    }
+
+    /// Mark every live connection of the delivery's recipients on this node lagged: each reads
+    /// what it missed from the store (used when a delivery could not be queued).
+    pub fn lag_recipients(&self, delivery: &Delivery) {
+        let connections = self.connections.lock().expect("connections lock");
+        for (user, _) in &delivery.recipients {
+            for conn in connections.get(user).into_iter().flatten() {
+                self.mark_lagged(&conn.signals);
+            }
+        }
+    }
+
+    /// A connection missed a delivery: it will read the store.
+    fn mark_lagged(&self, signals: &ConnSignals) {
+        signals.lagged.store(true, Ordering::Release);
+        signals.notify.notify_one();
+        Metrics::inc(&self.metrics.deliveries_lagged_total);
     }
 
     /// Stop the room actors of rooms for which `moved` is true (the cluster calls this when

@@ -76,6 +76,9 @@ metrics! {
     counter cluster_deliveries_sent_total,
     /// Cluster: deliveries received from other nodes.
     counter cluster_deliveries_received_total,
+    /// Cluster: deliveries from other nodes not queued because the local fan-out was behind
+    /// (`cluster.delivery_queue_len`); their recipients read them from the store instead.
+    counter cluster_deliveries_shed_total,
     /// Cluster: inter-node messages that did not decode, or were refused (dropped and logged).
     counter cluster_invalid_messages_total,
     /// Presence: batches of changed presence records sent to other nodes.

@@ -55,6 +55,10 @@ pub struct ClusterSection {
     /// Appends forwarded to other nodes and not yet answered, at most (flow control above
     /// ractor_cluster's unbounded send queue); beyond it sends get `unavailable`.
     pub max_pending_requests: usize,
+    /// Deliveries from other nodes waiting for this node's fan-out, at most. Beyond it a
+    /// delivery is not queued: its local recipients are marked lagged and read it from the store
+    /// (bounded memory, and the router stays free for heartbeats when fan-out falls behind).
+    pub delivery_queue_len: usize,
 }
 
 impl Default for ClusterSection {
@@ -73,6 +77,7 @@ impl Default for ClusterSection {
             heartbeat_interval_ms: 500,
             heartbeat_timeout_ms: 3_000,
             max_pending_requests: 10_000,
+            delivery_queue_len: 256,
         }
     }
 }
@@ -92,6 +97,9 @@ impl ClusterSection {
         }
         if self.max_pending_requests == 0 {
             return Err(("cluster.max_pending_requests", "must be greater than 0".into()));
+        }
+        if self.delivery_queue_len == 0 {
+            return Err(("cluster.delivery_queue_len", "must be greater than 0".into()));
         }
         for seed in &self.seeds {
             if !is_host_port(seed) {
@@ -206,6 +214,7 @@ pub async fn start(
         heartbeat_timeout: Duration::from_millis(section.heartbeat_timeout_ms),
         request_timeout: Duration::from_millis(request_timeout_ms),
         max_pending_requests: section.max_pending_requests,
+        delivery_queue_len: section.delivery_queue_len,
     };
     let cluster = actors::cluster::start(hub, settings).await?;
     Ok(Some(cluster))

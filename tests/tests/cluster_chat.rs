@@ -139,3 +139,57 @@ async fn a_single_node_has_no_cluster() -> anyhow::Result<()> {
     assert!(!node.log().contains("cluster started"));
     Ok(())
 }
+
+/// When the fan-out of deliveries from another node falls behind, the node does not queue them
+/// without bound (`cluster.delivery_queue_len`): it marks the recipients lagged and their
+/// connections read the store. Here the queue holds one delivery and a burst of 400 messages
+/// goes to 12 receivers on a node that does not own the room: some deliveries are shed, and
+/// every receiver still gets every message exactly once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_shed_under_load_are_read_from_the_store() -> anyhow::Result<()> {
+    let env = vec![
+        ("LIMITS__FANOUT_MAX_MEMBERS".to_string(), "2".to_string()),
+        ("CLUSTER__DELIVERY_QUEUE_LEN".to_string(), "1".to_string()),
+        ("LIMITS__FRAMES_PER_SECOND".to_string(), "1000000".to_string()),
+    ];
+    let cluster = Cluster::start_with(2, ClusterOptions { env, ..ClusterOptions::default() }).await?;
+    let result = async {
+        let (mut sender, _) = Client::user(cluster.node(0), Encoding::MessagePack, "sid").await?;
+        let room = sender.create_room("burst").await?;
+        let owner = cluster.owner(0, &room).await?;
+        let away = (0..2).find(|&i| cluster.node(i).options.name != owner).expect("two nodes");
+        let mut receivers = Vec::new();
+        for r in 0..12 {
+            let (mut receiver, _) = Client::user(cluster.node(away), Encoding::Json, &format!("rex{r}")).await?;
+            receiver.join(&room).await?;
+            receivers.push(receiver);
+        }
+        let burst: Vec<_> = (0..400).map(|i| (room.clone(), format!("b-{i}"), format!("burst {i}"))).collect();
+        let acks = sender.say_many(&burst, 64).await?;
+        let last = acks.iter().map(|(seq, _)| *seq).max().unwrap_or_default();
+        for receiver in &mut receivers {
+            receiver.wait_for_message(&room, "b-399").await?;
+            receiver.ping().await?;
+            // From the first entry after its join to the last message, once each, in order.
+            let first = receiver.room_ledger.first().map_or(0, |e| e.seq);
+            let from = [(room.clone(), first - 1)].into_iter().collect();
+            tests::check_room_ledger(&receiver.room_ledger, &from)?;
+            anyhow::ensure!(
+                receiver.room_ledger.last().map(|e| e.seq) == Some(last),
+                "{:?} stops early",
+                receiver.user
+            );
+        }
+        let (_, metrics) = cluster.node(away).http_get("/metrics").await?;
+        let shed = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("palaver_cluster_deliveries_shed_total "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        anyhow::ensure!(shed > 0, "no delivery was shed, so this test proved nothing:\n{metrics}");
+        println!("{shed} of 400 deliveries shed on the receivers' node; every receiver got all 400");
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    result.map_err(|err| anyhow::anyhow!("{err:#}\n{}", cluster.logs()))
+}

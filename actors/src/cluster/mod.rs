@@ -79,6 +79,9 @@ pub struct ClusterSettings {
     /// Forwarded appends awaiting a reply, at most (flow control above ractor_cluster's
     /// unbounded writer queue): beyond it new ones are refused with `unavailable`.
     pub max_pending_requests: usize,
+    /// Deliveries from other nodes queued for this node's fan-out, at most (see
+    /// [`Cluster::accept_delivery`]).
+    pub delivery_queue_len: usize,
 }
 
 /// Where a room's commands go.
@@ -111,6 +114,10 @@ pub struct Cluster {
     /// commands keep their order into the room's mailbox.
     forwarded: mpsc::UnboundedSender<ForwardedAppend>,
     forwarded_rx: Mutex<Option<mpsc::UnboundedReceiver<ForwardedAppend>>>,
+    /// Deliveries from other nodes, fanned out to this node's connections by one task, not by
+    /// the router: a flood of them must not hold up heartbeats behind it.
+    deliveries: mpsc::Sender<Delivery>,
+    deliveries_rx: Mutex<Option<mpsc::Receiver<Delivery>>>,
     pub(crate) node_server: OnceLock<ActorRef<ractor_cluster::NodeServerMessage>>,
 }
 
@@ -127,6 +134,7 @@ impl Cluster {
         .with_link_grace(settings.heartbeat_interval * 4);
         let view = membership.view(Instant::now());
         let (forwarded, forwarded_rx) = mpsc::unbounded_channel();
+        let (deliveries, deliveries_rx) = mpsc::channel(settings.delivery_queue_len.max(1));
         Arc::new(Cluster {
             settings,
             incarnation: rand::random(),
@@ -137,6 +145,8 @@ impl Cluster {
             hub: OnceLock::new(),
             forwarded,
             forwarded_rx: Mutex::new(Some(forwarded_rx)),
+            deliveries,
+            deliveries_rx: Mutex::new(Some(deliveries_rx)),
             node_server: OnceLock::new(),
         })
     }
@@ -375,6 +385,26 @@ impl Cluster {
         Ok(())
     }
 
+    /// A delivery from another node: queue it for the fan-out task. When the queue is full the
+    /// fan-out has fallen behind: rather than queue without bound, the delivery's recipients
+    /// on this node are marked lagged, and each of their connections reads what it missed from
+    /// the store (the entry is committed before any node is told of it), in pages.
+    pub fn accept_delivery(&self, hub: &Hub, delivery: Delivery) {
+        if let Err(mpsc::error::TrySendError::Full(delivery)) = self.deliveries.try_send(delivery) {
+            Metrics::inc(&hub.metrics.cluster_deliveries_shed_total);
+            hub.lag_recipients(&delivery);
+        }
+    }
+
+    /// Fan out deliveries from other nodes, in arrival order (one task; see `deliveries`).
+    async fn run_deliveries(self: Arc<Self>) {
+        let Some(mut rx) = self.deliveries_rx.lock().expect("deliveries lock").take() else { return };
+        while let Some(delivery) = rx.recv().await {
+            let Some(hub) = self.hub() else { return };
+            hub.deliver_local(&delivery);
+        }
+    }
+
     /// Apply an append forwarded by another node, in arrival order (one task; see `forwarded`).
     async fn run_forwarded(self: Arc<Self>) {
         let Some(mut rx) = self.forwarded_rx.lock().expect("forwarded lock").take() else { return };
@@ -426,6 +456,69 @@ pub async fn start(hub: &Arc<Hub>, settings: ClusterSettings) -> anyhow::Result<
     hub.set_cluster(cluster.clone());
     link::start(&cluster, hub.clone()).await?;
     tokio::spawn(cluster.clone().run_forwarded());
+    tokio::spawn(cluster.clone().run_deliveries());
     cluster.refresh();
     Ok(cluster)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use protocol::{Entry, EntryKind};
+
+    use super::*;
+    use crate::auth::{AuthConfig, Authenticator};
+    use crate::limits::Limits;
+    use crate::store::sqlite::{SqliteOptions, SqliteStore};
+    use crate::store::Store;
+
+    fn settings(delivery_queue_len: usize) -> ClusterSettings {
+        ClusterSettings {
+            node: "n1".into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            advertise: "127.0.0.1:0".into(),
+            seeds: Vec::new(),
+            cookie: "cookie".into(),
+            tls: None,
+            heartbeat_interval: Duration::from_millis(250),
+            heartbeat_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(2),
+            max_pending_requests: 10,
+            delivery_queue_len,
+        }
+    }
+
+    fn delivery(seq: u64) -> Delivery {
+        let entry = Entry {
+            room: "r".into(),
+            seq,
+            id: format!("m{seq}"),
+            from: "ann".into(),
+            kind: EntryKind::Text,
+            user: None,
+            body: String::new(),
+            ts: 1,
+        };
+        Delivery { entry, recipients: vec![("ann".into(), None)] }
+    }
+
+    /// A delivery from another node that finds the fan-out queue full is not queued: the
+    /// connections of its recipients (only theirs) are told to read the store instead.
+    #[tokio::test]
+    async fn a_full_delivery_queue_sends_its_recipients_to_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(SqliteOptions::new(dir.path().join("t.db"))).unwrap());
+        let auth = Authenticator::new(AuthConfig::for_tests()).unwrap();
+        let hub = Hub::new("n1".into(), Limits::default(), Default::default(), store, auth);
+        // No fan-out task runs here, so the queue of one is full after one delivery.
+        let cluster = Cluster::new(settings(1));
+        let (ann, bob) = (hub.register("ann"), hub.register("bob"));
+        cluster.accept_delivery(&hub, delivery(1));
+        assert!(!ann.signals.lagged.load(Ordering::Acquire), "queued, not shed");
+        cluster.accept_delivery(&hub, delivery(2));
+        assert!(ann.signals.lagged.load(Ordering::Acquire), "shed: ann must read the store");
+        assert!(!bob.signals.lagged.load(Ordering::Acquire), "bob is not a recipient");
+        assert_eq!(hub.metrics.cluster_deliveries_shed_total.load(Ordering::Relaxed), 1);
+    }
 }

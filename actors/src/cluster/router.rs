@@ -6,9 +6,10 @@
 //! [`RouterMessage`], encoded by [`super::wire`]; nothing else of this node is visible to
 //! other nodes.
 //!
-//! It does little itself, so that a slow room can never delay a heartbeat: appends go to the
-//! cluster's in-order forwarding task, deliveries to the hub's local fan-out, replies to the
-//! waiting request, heartbeats to membership, presence to the hub's presence table.
+//! It does little itself, so that a slow room or a flood of deliveries can never delay a
+//! heartbeat: appends go to the cluster's in-order forwarding task, deliveries to the
+//! cluster's bounded fan-out queue, replies to the waiting request, heartbeats to membership,
+//! presence to the hub's presence table.
 
 use std::sync::Arc;
 
@@ -57,7 +58,7 @@ impl Actor for RouterActor {
             RouterMessage::Deliver(bytes) => match wire::decode_delivery(&bytes) {
                 Ok(delivery) => {
                     Metrics::inc(&state.hub.metrics.cluster_deliveries_received_total);
-                    state.hub.deliver_local(&delivery);
+                    state.cluster.accept_delivery(&state.hub, delivery);
                 }
                 Err(reason) => invalid(state, &reason),
             },
