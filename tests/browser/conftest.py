@@ -248,6 +248,11 @@ class Pages:
         else:
             context = self.browser.new_context(viewport={"width": 1200, "height": 800})
         context.set_default_timeout(WAIT_MS)
+        return context, self.reopen(label, context, url, before_goto=before_goto)
+
+    def reopen(self, label: str, context, url: str, *, before_goto=None):
+        """A new page in an existing context (the same browser storage: a reload, another tab),
+        tracked like the first: errors, dialogs, screenshot on failure."""
         page = context.new_page()
         page.dialogs = []  # type: ignore[attr-defined]
         page.errors = []  # type: ignore[attr-defined]
@@ -262,7 +267,7 @@ class Pages:
             before_goto(context, page)
         self.opened.append((label, context, page))
         page.goto(url)
-        return context, page
+        return page
 
     def screenshot_all(self, test_name: str) -> None:
         ARTIFACTS.mkdir(exist_ok=True)

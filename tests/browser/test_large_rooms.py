@@ -150,12 +150,7 @@ def test_large_room_live_and_resume(large_node, pages):
         server.on_message(from_server)
 
     ctx_a.route_web_socket(re.compile(r"/ws$"), route)
-    alice2 = ctx_a.new_page()
-    alice2.errors = []  # type: ignore[attr-defined]
-    alice2.dialogs = []  # type: ignore[attr-defined]
-    alice2.on("pageerror", lambda err: alice2.errors.append(str(err)))
-    pages.opened.append(("alice-again", ctx_a, alice2))
-    alice2.goto(node.base_url + "/")
+    alice2 = pages.reopen("alice-again", ctx_a, node.base_url + "/")
     expect_live(alice2)
     expect(alice2.locator("#conn-text")).to_have_text("Resumed on web-1: 3 messages replayed", timeout=T)
 

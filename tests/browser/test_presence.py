@@ -156,11 +156,7 @@ def test_presence_typing_and_receipts(make_node, pages):
 
     # -- A fresh page of hers (same browser storage): a new connection starts "online" on the
     #    node, so seeing "away" again shows the page re-sent her choice; her message is still read.
-    alice2 = ctx_a.new_page()
-    alice2.errors = []  # type: ignore[attr-defined]
-    alice2.on("pageerror", lambda err: alice2.errors.append(str(err)))
-    pages.opened.append(("alice-again", ctx_a, alice2))
-    alice2.goto(node.base_url + "/")
+    alice2 = pages.reopen("alice-again", ctx_a, node.base_url + "/")
     expect_live(alice2)
     expect(alice2.locator("#my-presence-text")).to_have_text("Away: at lunch", timeout=T)
     expect(badge).to_have_attribute("data-state", "away", timeout=T)
