@@ -274,3 +274,21 @@ async fn leaving_a_large_room_ends_delivery_on_every_device() -> anyhow::Result<
     ensure!(list_rooms(&mut again).await?.iter().all(|r| r.id != room), "the room is not listed");
     Ok(())
 }
+
+/// Positions for more rooms than a user may be in are refused with `invalid_field` naming the
+/// field; the connection stays usable and authenticates normally afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_positions_are_refused_clearly() -> anyhow::Result<()> {
+    let node = Node::start(options().env("LIMITS__MAX_ROOMS_PER_USER", 3)).await?;
+    let (_, token) = Client::user(&node, Encoding::Json, "rita").await?;
+    let mut client = Client::connect(&node, Encoding::MessagePack).await?;
+    let rooms: BTreeMap<String, u64> = (0..4).map(|i| (format!("r_{i}"), 1)).collect();
+    let req = client.next_req();
+    let reply = client.request(ClientFrame::Authenticate { req, token: token.clone(), cursor: Some(0), rooms }).await?;
+    let ServerFrame::Error { code, message, .. } = &reply else { bail!("expected an error, got {reply:?}") };
+    ensure!(*code == protocol::ErrorCode::InvalidField && message.contains("`rooms`"), "{reply:?}");
+    client.ping().await?;
+    client.authenticate(&token, Some(0)).await?;
+    ensure!(matches!(client.until_live().await?, ServerFrame::Live { .. }), "a normal resume works after it");
+    Ok(())
+}
