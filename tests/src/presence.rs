@@ -50,6 +50,15 @@ pub async fn refused(client: &mut Client, frame: ClientFrame, code: ErrorCode) -
     client.ping().await.with_context(|| format!("the connection after {what}"))
 }
 
+/// A non-member of `room` can read neither its member list nor its read positions.
+pub async fn cannot_read_room(client: &mut Client, room: &str) -> anyhow::Result<()> {
+    let req = client.next_req();
+    let list = ClientFrame::ListMembers { req, room: room.to_string(), after: None, limit: None };
+    refused(client, list, ErrorCode::NotMember).await?;
+    let req = client.next_req();
+    refused(client, ClientFrame::Receipts { req, room: room.to_string() }, ErrorCode::NotMember).await
+}
+
 pub fn presence_of<'a>(user: &'a str) -> impl Fn(&ServerFrame) -> bool + 'a {
     move |frame| matches!(frame, ServerFrame::Presence { presence } if presence.user == user)
 }

@@ -382,15 +382,7 @@ async fn a_non_members_presence_is_never_revealed_across_nodes() -> anyhow::Resu
         .await?;
 
         // Nor can she ask n2 about the room.
-        let req = carol.next_req();
-        refused(
-            &mut carol,
-            ClientFrame::ListMembers { req, room: room.clone(), after: None, limit: None },
-            ErrorCode::NotMember,
-        )
-        .await?;
-        let req = carol.next_req();
-        refused(&mut carol, ClientFrame::Receipts { req, room: room.clone() }, ErrorCode::NotMember).await?;
+        cannot_read_room(&mut carol, &room).await?;
         let req = carol.next_req();
         refused(&mut carol, ClientFrame::Typing { req, room: room.clone(), active: true }, ErrorCode::NotMember)
             .await?;

@@ -305,15 +305,7 @@ async fn presence_is_private_to_users_sharing_a_room() -> anyhow::Result<()> {
         none_arrives(&mut carol, QUIET, "a presence push", |f| matches!(f, ServerFrame::Presence { .. })).await?;
 
         // Nor can she list the room's members or read positions.
-        let req = carol.next_req();
-        refused(
-            &mut carol,
-            ClientFrame::ListMembers { req, room: room.clone(), after: None, limit: None },
-            ErrorCode::NotMember,
-        )
-        .await?;
-        let req = carol.next_req();
-        refused(&mut carol, ClientFrame::Receipts { req, room: room.clone() }, ErrorCode::NotMember).await?;
+        cannot_read_room(&mut carol, &room).await?;
         Ok(())
     })
     .await

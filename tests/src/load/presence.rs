@@ -230,6 +230,17 @@ pub async fn presence(args: &Args, command: &str) -> anyhow::Result<()> {
             let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
         }));
     }
+    // Every connection's task, users' and watchers' alike.
+    let spawn_conn = |ws: Ws, role: Role| {
+        tokio::spawn(conn_task(
+            ws,
+            role,
+            marker.clone(),
+            counters.clone(),
+            schedule_tx.subscribe(),
+            stop_tx.subscribe(),
+        ))
+    };
     {
         let mut opening = futures_util::stream::iter((1..=n).map(|i| {
             let (target, run, url, token) = (target.clone(), run.clone(), url_a.clone(), tokens[i - 1].clone());
@@ -254,14 +265,7 @@ pub async fn presence(args: &Args, command: &str) -> anyhow::Result<()> {
                         period,
                         status_bytes,
                     };
-                    tasks.push(tokio::spawn(conn_task(
-                        ws,
-                        role,
-                        marker.clone(),
-                        counters.clone(),
-                        schedule_tx.subscribe(),
-                        stop_tx.subscribe(),
-                    )));
+                    tasks.push(spawn_conn(ws, role));
                 }
                 Err(err) => {
                     counters.failed.fetch_add(1, Ordering::Relaxed);
@@ -344,14 +348,7 @@ pub async fn presence(args: &Args, command: &str) -> anyhow::Result<()> {
                     watched_hidden += hidden;
                     counters.connected.fetch_add(1, Ordering::Relaxed);
                     let role = Role { enc, watcher: true, slot: 0, users: n, watched: false, period, status_bytes };
-                    tasks.push(tokio::spawn(conn_task(
-                        ws,
-                        role,
-                        marker.clone(),
-                        counters.clone(),
-                        schedule_tx.subscribe(),
-                        stop_tx.subscribe(),
-                    )));
+                    tasks.push(spawn_conn(ws, role));
                 }
                 Err(err) => {
                     counters.error(format!("watcher: {err:#}"));
