@@ -279,7 +279,7 @@ where
                 // frame of ours now); ending without that flush makes every close the client
                 // starts look abnormal (1006) to the client.
                 let deadline = Instant::now() + Duration::from_millis(1_000);
-                let _ = self.write(deadline, WriteOp::Flush).await;
+                let _ = self.write(deadline, Vec::new()).await;
                 return Err("client closed");
             }
         };
@@ -852,36 +852,41 @@ where
         if frames.is_empty() {
             return Ok(());
         }
-        let deadline = Instant::now() + Duration::from_millis(self.hub.limits.slow_client_timeout_ms);
-        for frame in &frames {
+        let mut wires = Vec::with_capacity(frames.len());
+        for frame in frames {
             let bytes = match frame {
                 Out::Shared(shared) => {
-                    self.write(deadline, WriteOp::Feed(shared.wire(encoding))).await?;
+                    wires.push(shared.wire(encoding));
                     continue;
                 }
-                Out::Entry(cursor, entry) => protocol::encode_message(encoding, *cursor, entry),
+                Out::Entry(cursor, entry) => protocol::encode_message(encoding, cursor, &entry),
                 Out::Frame(frame) => {
                     if matches!(frame, ServerFrame::Error { .. }) {
                         Metrics::inc(&self.hub.metrics.errors_sent_total);
                     }
-                    encode_server(encoding, frame)
+                    encode_server(encoding, &frame)
                 }
             };
-            let wire = match encoding {
+            wires.push(match encoding {
                 Encoding::Json => Wire::Text(String::from_utf8(bytes).expect("JSON is UTF-8")),
                 Encoding::MessagePack => Wire::Binary(Bytes::from(bytes)),
-            };
-            self.write(deadline, WriteOp::Feed(wire)).await?;
+            });
         }
-        self.write(deadline, WriteOp::Flush).await
+        let deadline = Instant::now() + Duration::from_millis(self.hub.limits.slow_client_timeout_ms);
+        self.write(deadline, wires).await
     }
 
-    async fn write(&mut self, deadline: Instant, op: WriteOp) -> Flow {
-        let result = match op {
-            WriteOp::Feed(wire) => tokio::time::timeout_at(deadline.into(), self.tx.feed(wire)).await,
-            WriteOp::Flush => tokio::time::timeout_at(deadline.into(), self.tx.flush()).await,
+    /// Write `wires` and flush once, all within `deadline` (one timer for the whole batch: a
+    /// socket that cannot take the batch in time is a slow client, whichever frame it stalls on).
+    async fn write(&mut self, deadline: Instant, wires: Vec<Wire>) -> Flow {
+        let tx = &mut self.tx;
+        let batch = async move {
+            for wire in wires {
+                tx.feed(wire).await?;
+            }
+            tx.flush().await
         };
-        match result {
+        match tokio::time::timeout_at(deadline.into(), batch).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(err)) => {
                 debug!(peer = %self.peer.addr, error = %err, "write failed");
@@ -897,14 +902,8 @@ where
 
     async fn close(&mut self, code: u16, reason: &str) {
         let deadline = Instant::now() + Duration::from_millis(1_000);
-        let _ = self.write(deadline, WriteOp::Feed(Wire::Close { code, reason: reason.to_string() })).await;
-        let _ = self.write(deadline, WriteOp::Flush).await;
+        let _ = self.write(deadline, vec![Wire::Close { code, reason: reason.to_string() }]).await;
     }
-}
-
-enum WriteOp {
-    Feed(Wire),
-    Flush,
 }
 
 /// What a session writes: a frame; a log entry shared with every other recipient's

@@ -128,13 +128,15 @@ impl LargeRooms {
     /// A live entry of a large room.
     pub fn live(&mut self, user: &str, entry: &Entry) -> Live {
         let own = entry.user.as_deref() == Some(user);
-        match self.positions.get(&entry.room) {
-            Some(&seq) if entry.seq <= seq => Live::Skip,
-            Some(&seq) if entry.seq == seq + 1 => {
+        // `get_mut`, not `insert`: this runs for every delivery of a large room, and moving the
+        // position in place neither hashes twice nor copies the room id.
+        match self.positions.get_mut(&entry.room) {
+            Some(seq) if entry.seq <= *seq => Live::Skip,
+            Some(seq) if entry.seq == *seq + 1 => {
                 if own && entry.kind == EntryKind::Leave {
                     self.positions.remove(&entry.room);
                 } else {
-                    self.positions.insert(entry.room.clone(), entry.seq);
+                    *seq = entry.seq;
                 }
                 Live::Send
             }
