@@ -30,23 +30,32 @@ impl SharedEntry {
         &self.entry
     }
 
+    /// The entry's `message` frame (without cursor) in `encoding`, borrowed: for copying into a
+    /// batch of frames without touching the shared buffer's reference count.
+    pub fn bytes(&self, encoding: Encoding) -> &[u8] {
+        match encoding {
+            Encoding::Json => self.json().as_bytes(),
+            Encoding::MessagePack => self.msgpack(),
+        }
+    }
+
     /// The entry's `message` frame (without cursor) in `encoding`, encoded on first use.
     pub fn wire(&self, encoding: Encoding) -> Wire {
         match encoding {
-            Encoding::Json => Wire::SharedText(
-                self.json
-                    .get_or_init(|| {
-                        let bytes = protocol::encode_message(Encoding::Json, None, &self.entry);
-                        SharedText::from(String::from_utf8(bytes).expect("JSON is UTF-8"))
-                    })
-                    .clone(),
-            ),
-            Encoding::MessagePack => Wire::Binary(
-                self.msgpack
-                    .get_or_init(|| Bytes::from(protocol::encode_message(Encoding::MessagePack, None, &self.entry)))
-                    .clone(),
-            ),
+            Encoding::Json => Wire::SharedText(self.json().clone()),
+            Encoding::MessagePack => Wire::Binary(self.msgpack().clone()),
         }
+    }
+
+    fn json(&self) -> &SharedText {
+        self.json.get_or_init(|| {
+            let bytes = protocol::encode_message(Encoding::Json, None, &self.entry);
+            SharedText::from(String::from_utf8(bytes).expect("JSON is UTF-8"))
+        })
+    }
+
+    fn msgpack(&self) -> &Bytes {
+        self.msgpack.get_or_init(|| Bytes::from(protocol::encode_message(Encoding::MessagePack, None, &self.entry)))
     }
 }
 

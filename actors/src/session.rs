@@ -151,6 +151,8 @@ struct Session<Tx> {
     tx: Tx,
     /// Chosen by the kind of the `hello` frame; `None` until then.
     encoding: Option<Encoding>,
+    /// The client asked in `hello` for several frames per WebSocket message.
+    batch: bool,
     bound: Option<Bound>,
     /// Highest cursor of the user's log sent on this connection.
     last_cursor: Cursor,
@@ -175,6 +177,7 @@ where
             peer,
             tx,
             encoding: None,
+            batch: false,
             bound: None,
             last_cursor: 0,
             large: LargeRooms::default(),
@@ -313,7 +316,7 @@ where
 
     /// The first frame: version negotiation.
     async fn greet(&mut self, encoding: Encoding, frame: ClientFrame) -> Flow {
-        let ClientFrame::Hello { versions, client } = frame else {
+        let ClientFrame::Hello { versions, client, batch } = frame else {
             let message = "the first frame must be `hello`, e.g. {\"type\":\"hello\",\"versions\":[1]}".to_string();
             return self
                 .send_in(encoding, vec![error_frame(Some(frame.req()), ErrorCode::HelloRequired, message)])
@@ -322,13 +325,15 @@ where
         match protocol::negotiate_version(&versions) {
             Some(version) => {
                 self.encoding = Some(encoding);
-                debug!(peer = %self.peer.addr, client = client.as_deref().unwrap_or("-"), version, ?encoding, "greeted");
+                self.batch = batch;
+                debug!(peer = %self.peer.addr, client = client.as_deref().unwrap_or("-"), version, ?encoding, batch, "greeted");
                 let limits = &self.hub.limits;
                 self.send(vec![ServerFrame::Welcome {
                     version,
                     node: self.hub.node.clone(),
                     max_frame_bytes: limits.max_frame_bytes,
                     max_body_bytes: limits.max_body_bytes,
+                    batch,
                 }])
                 .await
             }
@@ -852,28 +857,64 @@ where
         if frames.is_empty() {
             return Ok(());
         }
-        let mut wires = Vec::with_capacity(frames.len());
-        for frame in frames {
-            let bytes = match frame {
-                Out::Shared(shared) => {
-                    wires.push(shared.wire(encoding));
-                    continue;
-                }
-                Out::Entry(cursor, entry) => protocol::encode_message(encoding, cursor, &entry),
-                Out::Frame(frame) => {
-                    if matches!(frame, ServerFrame::Error { .. }) {
-                        Metrics::inc(&self.hub.metrics.errors_sent_total);
-                    }
-                    encode_server(encoding, &frame)
-                }
-            };
-            wires.push(match encoding {
-                Encoding::Json => Wire::Text(String::from_utf8(bytes).expect("JSON is UTF-8")),
-                Encoding::MessagePack => Wire::Binary(Bytes::from(bytes)),
-            });
-        }
+        let wires = if self.batch && frames.len() > 1 {
+            self.batched(encoding, frames)
+        } else {
+            frames.into_iter().map(|frame| self.one_wire(encoding, frame)).collect()
+        };
         let deadline = Instant::now() + Duration::from_millis(self.hub.limits.slow_client_timeout_ms);
         self.write(deadline, wires).await
+    }
+
+    /// One frame as one WebSocket message.
+    fn one_wire(&self, encoding: Encoding, frame: Out) -> Wire {
+        let bytes = match frame {
+            Out::Shared(shared) => return shared.wire(encoding),
+            Out::Entry(cursor, entry) => protocol::encode_message(encoding, cursor, &entry),
+            Out::Frame(frame) => self.encode_frame(encoding, &frame),
+        };
+        wire_of(encoding, bytes)
+    }
+
+    /// Frames packed into as few WebSocket messages as `BATCH_MAX_BYTES` allows, for a client
+    /// that asked for batches: one message header and one client wake-up for many frames. A
+    /// shared entry is copied into the batch, not referenced.
+    fn batched(&self, encoding: Encoding, frames: Vec<Out>) -> Vec<Wire> {
+        let separator = protocol::batch_separator(encoding);
+        let mut wires = Vec::new();
+        let mut batch: Vec<u8> = Vec::new();
+        for frame in frames {
+            let owned;
+            let bytes: &[u8] = match &frame {
+                Out::Shared(shared) => shared.bytes(encoding),
+                Out::Entry(cursor, entry) => {
+                    owned = protocol::encode_message(encoding, *cursor, entry);
+                    &owned
+                }
+                Out::Frame(frame) => {
+                    owned = self.encode_frame(encoding, frame);
+                    &owned
+                }
+            };
+            if !batch.is_empty() && batch.len() + separator.len() + bytes.len() > BATCH_MAX_BYTES {
+                wires.push(wire_of(encoding, std::mem::take(&mut batch)));
+            }
+            if !batch.is_empty() {
+                batch.extend_from_slice(separator);
+            }
+            batch.extend_from_slice(bytes);
+        }
+        if !batch.is_empty() {
+            wires.push(wire_of(encoding, batch));
+        }
+        wires
+    }
+
+    fn encode_frame(&self, encoding: Encoding, frame: &ServerFrame) -> Vec<u8> {
+        if matches!(frame, ServerFrame::Error { .. }) {
+            Metrics::inc(&self.hub.metrics.errors_sent_total);
+        }
+        encode_server(encoding, frame)
     }
 
     /// Write `wires` and flush once, all within `deadline` (one timer for the whole batch: a
@@ -905,6 +946,19 @@ where
         let _ = self.write(deadline, vec![Wire::Close { code, reason: reason.to_string() }]).await;
     }
 }
+
+/// Encoded frames (one, or a batch) as the WebSocket message of their encoding.
+fn wire_of(encoding: Encoding, bytes: Vec<u8>) -> Wire {
+    match encoding {
+        Encoding::Json => Wire::Text(String::from_utf8(bytes).expect("JSON frames and newlines are UTF-8")),
+        Encoding::MessagePack => Wire::Binary(Bytes::from(bytes)),
+    }
+}
+
+/// The most bytes the node packs into one WebSocket message for a batching client; a single
+/// frame larger than this still goes alone. Small enough for any client's default message
+/// limit and to bound the copy, large enough for a burst of deliveries in one message.
+const BATCH_MAX_BYTES: usize = 64 * 1024;
 
 /// What a session writes: a frame; a log entry shared with every other recipient's
 /// connection, encoded straight from the shared entry (no copy of it per recipient) with its

@@ -293,21 +293,27 @@
     ws.onopen = () => {
       if (gen !== S.gen) return;
       S.phase = 'greeting';
-      sendFrame({ type: 'hello', versions: VERSIONS, client: CLIENT_NAME });
+      // batch: the node may pack several frames into one message, one JSON object per line
+      // (docs/PROTOCOL.md, "Batched frames"); a burst of messages is then one event here.
+      sendFrame({ type: 'hello', versions: VERSIONS, client: CLIENT_NAME, batch: true });
       S.timers.welcome = setTimeout(() => {
         if (gen === S.gen) drop('no welcome within 10 s');
       }, WELCOME_TIMEOUT_MS);
     };
     ws.onmessage = (event) => {
       if (gen !== S.gen || typeof event.data !== 'string') return;
-      let frame;
+      let frames;
       try {
-        frame = JSON.parse(event.data);
+        frames = event.data.split('\n').map((line) => JSON.parse(line));
       } catch (_) {
         showAlert('malformed_frame', 'the node sent something that is not JSON');
         return;
       }
-      handleFrame(frame);
+      for (const frame of frames) {
+        // A frame may end this connection (e.g. `reconnect`); the rest belong to it.
+        if (gen !== S.gen) return;
+        handleFrame(frame);
+      }
     };
     ws.onclose = (event) => {
       if (gen !== S.gen) return;

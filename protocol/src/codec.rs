@@ -67,6 +67,39 @@ pub fn decode_server(encoding: Encoding, bytes: &[u8]) -> Result<ServerFrame, De
     decode_typed(encoding, bytes)
 }
 
+/// Decode every frame of one WebSocket message from a node that batches (`welcome.batch`):
+/// JSON objects separated by newlines, or MessagePack maps back to back. A message holding one
+/// frame decodes too, so a batching client reads every message with this.
+pub fn decode_server_batch(encoding: Encoding, bytes: &[u8]) -> Result<Vec<ServerFrame>, DecodeError> {
+    let malformed = |message: String| DecodeError::new(ErrorCode::MalformedFrame, message, None);
+    match encoding {
+        Encoding::Json => serde_json::Deserializer::from_slice(bytes)
+            .into_iter::<ServerFrame>()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|err| malformed(err.to_string())),
+        Encoding::MessagePack => {
+            let mut frames = Vec::new();
+            let mut deserializer = rmp_serde::Deserializer::new(bytes);
+            while !deserializer.get_ref().is_empty() {
+                let frame =
+                    serde::Deserialize::deserialize(&mut deserializer).map_err(|err| malformed(err.to_string()))?;
+                frames.push(frame);
+            }
+            Ok(frames)
+        }
+    }
+}
+
+/// What separates two frames batched in one message: a newline between JSON objects (JSON
+/// encodes a newline inside a string as `\n`, so it never occurs within a frame); nothing
+/// between MessagePack maps, which delimit themselves.
+pub fn batch_separator(encoding: Encoding) -> &'static [u8] {
+    match encoding {
+        Encoding::Json => b"\n",
+        Encoding::MessagePack => b"",
+    }
+}
+
 /// Encode a server frame.
 pub fn encode_server(encoding: Encoding, frame: &ServerFrame) -> Vec<u8> {
     encode(encoding, frame)

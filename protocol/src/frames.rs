@@ -30,6 +30,10 @@ pub enum ClientFrame {
         /// Free-form client name, for logs only.
         #[serde(default)]
         client: Option<String>,
+        /// The client takes several frames in one WebSocket message (docs/PROTOCOL.md, "Batched
+        /// frames"): newline-separated JSON objects, or MessagePack maps back to back.
+        #[serde(default)]
+        batch: bool,
     },
     /// Create an account.
     Register {
@@ -409,6 +413,10 @@ pub enum ServerFrame {
         node: String,
         max_frame_bytes: u32,
         max_body_bytes: u32,
+        /// Present (true) when the node will batch frames, as the client's `hello` asked; absent
+        /// from a node that does not know batching, which then sends one frame per message.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        batch: bool,
     },
     Registered {
         req: ReqId,

@@ -7,7 +7,10 @@
 mod codec;
 mod frames;
 
-pub use codec::{decode_client, decode_server, encode_client, encode_message, encode_server, DecodeError, Encoding};
+pub use codec::{
+    batch_separator, decode_client, decode_server, decode_server_batch, encode_client, encode_message, encode_server,
+    DecodeError, Encoding,
+};
 pub use frames::{
     ClientFrame, Cursor, Entry, EntryKind, ErrorCode, PresenceState, ReadPosition, ReceiptKind, ReqId, RoomInfo,
     RoomKind, ServerFrame, UserPresence, SUPPORTED_VERSIONS,

@@ -748,7 +748,7 @@ impl Client {
             .map_err(|_| anyhow!("connect to {url} timed out"))??;
         match tokio::time::timeout(
             Duration::from_secs(5),
-            client.request_raw(ClientFrame::Hello { versions: vec![1], client: Some("tests".into()) }),
+            client.request_raw(ClientFrame::Hello { versions: vec![1], client: Some("tests".into()), batch: false }),
         )
         .await
         {

@@ -503,7 +503,9 @@ impl Stack {
         for _ in 0..count {
             let probe = async {
                 let mut client = Client::connect_raw(&self.lb_url(), Encoding::Json).await?;
-                client.send(&ClientFrame::Hello { versions: vec![1], client: Some("docker-probe".into()) }).await?;
+                client
+                    .send(&ClientFrame::Hello { versions: vec![1], client: Some("docker-probe".into()), batch: false })
+                    .await?;
                 let node = match client.recv().await? {
                     ServerFrame::Welcome { node, .. } => node,
                     other => bail!("expected welcome, got {other:?}"),

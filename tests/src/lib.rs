@@ -226,15 +226,37 @@ pub struct Client {
     /// Highest seq received per large room (presented with the cursor on a resume).
     pub rooms: std::collections::BTreeMap<String, u64>,
     pub user: Option<String>,
+    /// Greeted with `hello.batch`: a WebSocket message may hold several frames.
+    batch: bool,
+    /// WebSocket messages that held more than one frame (only a batching client gets any).
+    pub batched_messages: u64,
+    /// Frames of the last batched message not yet taken off the wire (they come before the
+    /// next message and after the backlog).
+    unread: VecDeque<ServerFrame>,
 }
 
 impl Client {
     /// Connect and greet with `hello`.
     pub async fn connect(node: &Node, encoding: Encoding) -> anyhow::Result<Client> {
         let mut client = Client::connect_raw(&node.ws_url(), encoding).await?;
-        match client.request_raw(ClientFrame::Hello { versions: vec![1], client: Some("tests".into()) }).await? {
+        match client
+            .request_raw(ClientFrame::Hello { versions: vec![1], client: Some("tests".into()), batch: false })
+            .await?
+        {
             ServerFrame::Welcome { version: 1, .. } => Ok(client),
             other => bail!("expected welcome, got {other:?}"),
+        }
+    }
+
+    /// Connect and greet with `hello` asking for batched frames (several per WebSocket
+    /// message); the node must grant it in `welcome`.
+    pub async fn connect_batched(node: &Node, encoding: Encoding) -> anyhow::Result<Client> {
+        let mut client = Client::connect_raw(&node.ws_url(), encoding).await?;
+        client.batch = true;
+        let hello = ClientFrame::Hello { versions: vec![1], client: Some("tests".into()), batch: true };
+        match client.request_raw(hello).await? {
+            ServerFrame::Welcome { version: 1, batch: true, .. } => Ok(client),
+            other => bail!("expected welcome granting batches, got {other:?}"),
         }
     }
 
@@ -251,6 +273,9 @@ impl Client {
             room_ledger: Vec::new(),
             rooms: Default::default(),
             user: None,
+            batch: false,
+            batched_messages: 0,
+            unread: VecDeque::new(),
         })
     }
 
@@ -286,13 +311,16 @@ impl Client {
 
     async fn recv_wire(&mut self) -> anyhow::Result<ServerFrame> {
         loop {
+            if let Some(frame) = self.unread.pop_front() {
+                return Ok(frame);
+            }
             let message = tokio::time::timeout(WAIT, self.ws.next())
                 .await
                 .map_err(|_| anyhow!("no frame within {WAIT:?}"))?
                 .ok_or_else(|| anyhow!("connection ended"))??;
-            let frame = match message {
-                Message::Text(text) => protocol::decode_server(Encoding::Json, text.as_bytes())?,
-                Message::Binary(bytes) => protocol::decode_server(Encoding::MessagePack, &bytes)?,
+            let frames = match message {
+                Message::Text(text) => self.decode(Encoding::Json, text.as_bytes())?,
+                Message::Binary(bytes) => self.decode(Encoding::MessagePack, &bytes)?,
                 Message::Close(frame) => {
                     let closed = Closed {
                         code: frame.as_ref().map(|f| u16::from(f.code)),
@@ -302,9 +330,26 @@ impl Client {
                 }
                 _ => continue,
             };
-            self.record(&frame);
-            return Ok(frame);
+            self.unread.extend(frames);
         }
+    }
+
+    /// The frames of one WebSocket message, recorded in the ledgers. A client that did not ask
+    /// for batches decodes exactly one frame per message, so a batch sent to it fails the test.
+    fn decode(&mut self, encoding: Encoding, bytes: &[u8]) -> anyhow::Result<Vec<ServerFrame>> {
+        let frames = if self.batch {
+            protocol::decode_server_batch(encoding, bytes)?
+        } else {
+            vec![protocol::decode_server(encoding, bytes)?]
+        };
+        anyhow::ensure!(!frames.is_empty(), "a WebSocket message without frames");
+        if frames.len() > 1 {
+            self.batched_messages += 1;
+        }
+        for frame in &frames {
+            self.record(frame);
+        }
+        Ok(frames)
     }
 
     /// Keep a `message` frame in the ledger (every path that reads the wire calls this).
@@ -339,14 +384,12 @@ impl Client {
                     })
                 }
                 Some(Ok(Message::Text(text))) => {
-                    let frame = protocol::decode_server(Encoding::Json, text.as_bytes())?;
-                    self.record(&frame);
-                    self.backlog.push_back(frame);
+                    let frames = self.decode(Encoding::Json, text.as_bytes())?;
+                    self.backlog.extend(self.unread.drain(..).chain(frames));
                 }
                 Some(Ok(Message::Binary(bytes))) => {
-                    let frame = protocol::decode_server(Encoding::MessagePack, &bytes)?;
-                    self.record(&frame);
-                    self.backlog.push_back(frame);
+                    let frames = self.decode(Encoding::MessagePack, &bytes)?;
+                    self.backlog.extend(self.unread.drain(..).chain(frames));
                 }
                 Some(Ok(_)) => {}
             }
@@ -498,6 +541,7 @@ impl Client {
     /// backlog, whose wire form is gone.
     pub async fn recv_value(&mut self) -> anyhow::Result<serde_json::Value> {
         anyhow::ensure!(self.backlog.is_empty(), "recv_value with typed frames in the backlog: {:?}", self.backlog);
+        anyhow::ensure!(!self.batch, "recv_value reads one frame per message: not for a batching client");
         loop {
             let message = tokio::time::timeout(WAIT, self.ws.next())
                 .await

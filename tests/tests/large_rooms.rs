@@ -56,13 +56,31 @@ async fn large_room(wendy: &mut Client, walt: &mut Client, rita: &mut Client) ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_in_a_large_room_is_exact_json() -> anyhow::Result<()> {
-    resume_in_a_large_room(Encoding::Json, &[]).await
+    resume_in_a_large_room(Encoding::Json, false, &[]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_in_a_large_room_is_exact_messagepack_small_queues() -> anyhow::Result<()> {
     resume_in_a_large_room(
         Encoding::MessagePack,
+        false,
+        &[("LIMITS__REPLAY_PAGE_LEN", "50"), ("LIMITS__OUTBOUND_QUEUE_LEN", "8")],
+    )
+    .await
+}
+
+/// The same with rita asking for batched frames (several per WebSocket message): replay pages
+/// and live deliveries arrive packed, and the contract is unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_in_a_large_room_is_exact_batched_json() -> anyhow::Result<()> {
+    resume_in_a_large_room(Encoding::Json, true, &[]).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_in_a_large_room_is_exact_batched_messagepack_small_queues() -> anyhow::Result<()> {
+    resume_in_a_large_room(
+        Encoding::MessagePack,
+        true,
         &[("LIMITS__REPLAY_PAGE_LEN", "50"), ("LIMITS__OUTBOUND_QUEUE_LEN", "8")],
     )
     .await
@@ -70,8 +88,10 @@ async fn resume_in_a_large_room_is_exact_messagepack_small_queues() -> anyhow::R
 
 /// rita goes offline; 600 messages are written to a large room and a small one; she resumes
 /// with her cursor and her position in the large room while two writers keep sending. She must
-/// get every acked message once, dense per room, live after the replay with no seam.
-async fn resume_in_a_large_room(encoding: Encoding, limits: &[(&str, &str)]) -> anyhow::Result<()> {
+/// get every acked message once, dense per room, live after the replay with no seam. With
+/// `batch`, her resumed connection asks for batched frames and must get some (a replay page is
+/// many frames at once); without, it must get none.
+async fn resume_in_a_large_room(encoding: Encoding, batch: bool, limits: &[(&str, &str)]) -> anyhow::Result<()> {
     let mut options = options();
     for (key, value) in limits {
         options = options.env(key, value);
@@ -105,7 +125,8 @@ async fn resume_in_a_large_room(encoding: Encoding, limits: &[(&str, &str)]) -> 
     let writers = Writers::spawn(vec![(walt, vec![big.clone()]), (wendy, vec![big.clone(), small.clone()])]);
     writers.started().await;
 
-    let mut rita = Client::connect(&node, encoding).await?;
+    let mut rita =
+        if batch { Client::connect_batched(&node, encoding).await? } else { Client::connect(&node, encoding).await? };
     rita.rooms = stored_rooms.clone();
     rita.authenticate(&rita_token, Some(stored_cursor)).await?;
     let live = rita.until_live().await?;
@@ -137,9 +158,15 @@ async fn resume_in_a_large_room(encoding: Encoding, limits: &[(&str, &str)]) -> 
         ensure!(acked.get(&key) == Some(&entry.seq), "{key:?} seq {} acked as {:?}", entry.seq, acked.get(&key));
         ensure!(seen.insert(key.clone()), "{key:?} twice");
     }
+    // Without batches the client decodes one frame per message, so a batch would have failed.
+    ensure!(
+        (rita.batched_messages > 0) == batch,
+        "batch {batch}: {} WebSocket messages held several frames",
+        rita.batched_messages
+    );
     println!(
-        "{encoding:?} {limits:?}: replayed {replayed}; {} small-room and {} large-room entries in all",
-        expected_small, expected_big
+        "{encoding:?} batch {batch} {limits:?}: replayed {replayed}; {} small-room and {} large-room entries in all; {} batched messages",
+        expected_small, expected_big, rita.batched_messages
     );
     Ok(())
 }

@@ -88,7 +88,7 @@ impl Conn {
 
     /// hello + authenticate as `user`, resuming from `cursor` if given.
     async fn login(&mut self, hub: &Hub, user: &str, cursor: Option<u64>) -> u64 {
-        self.send(ClientFrame::Hello { versions: vec![1], client: None }).await;
+        self.send(ClientFrame::Hello { versions: vec![1], client: None, batch: false }).await;
         assert!(matches!(self.recv().await, ServerFrame::Welcome { .. }));
         let (token, _) = hub.auth.issue_token(user, 0, crate::names::now_ms());
         self.send(ClientFrame::Authenticate { req: 1, token, cursor, rooms: Default::default() }).await;
@@ -166,7 +166,10 @@ async fn the_first_frame_must_be_hello_and_picks_the_encoding() {
     let mut conn = Conn::open(&f.hub);
     conn.send(ClientFrame::Ping { req: 4 }).await;
     assert!(matches!(conn.recv().await, ServerFrame::Error { code: ErrorCode::HelloRequired, req: Some(4), .. }));
-    let hello = protocol::encode_client(Encoding::MessagePack, &ClientFrame::Hello { versions: vec![1], client: None });
+    let hello = protocol::encode_client(
+        Encoding::MessagePack,
+        &ClientFrame::Hello { versions: vec![1], client: None, batch: false },
+    );
     conn.to_session.send(Ok(Wire::Binary(hello.into()))).await.unwrap();
     assert!(matches!(conn.recv_wire().await, Wire::Binary(_)), "a binary hello gets MessagePack answers");
     conn.send(ClientFrame::Ping { req: 5 }).await;

@@ -8,7 +8,7 @@ fn both() -> [Encoding; 2] {
 #[test]
 fn client_frames_round_trip_in_both_encodings() {
     let frames = vec![
-        ClientFrame::Hello { versions: vec![1], client: Some("test".into()) },
+        ClientFrame::Hello { versions: vec![1], client: Some("test".into()), batch: false },
         ClientFrame::Send { req: 7, room: "r_a".into(), id: "m-1".into(), body: "hello".into() },
         ClientFrame::History { req: 2, room: "r_a".into(), before: Some(10), after: None, limit: Some(5) },
         ClientFrame::Authenticate { req: 1, token: "t".into(), cursor: Some(42), rooms: Default::default() },
@@ -149,4 +149,69 @@ fn a_message_encoded_from_a_borrowed_entry_is_the_message_frame() {
             }
         }
     }
+}
+
+fn text_entry(seq: u64, body: &str) -> Entry {
+    Entry {
+        room: "r_a".into(),
+        seq,
+        id: format!("m-{seq}"),
+        from: "alice".into(),
+        kind: EntryKind::Text,
+        user: None,
+        body: body.into(),
+        ts: 1_700_000_000_000,
+    }
+}
+
+#[test]
+fn a_batch_decodes_into_its_frames_in_order() {
+    // Bodies with newlines, braces and multi-byte text: the separator must never be confused
+    // with a frame's own bytes.
+    let frames = vec![
+        ServerFrame::Message { cursor: Some(1), entry: text_entry(1, "line one\nline two") },
+        ServerFrame::Ack {
+            req: 4,
+            room: "r_a".into(),
+            id: "m-2".into(),
+            seq: 2,
+            ts: 1_700_000_000_001,
+            duplicate: false,
+        },
+        ServerFrame::Message { cursor: None, entry: text_entry(3, "} {\"type\":\"ack\"} ünïcødé 🚀") },
+    ];
+    for encoding in both() {
+        let mut batch = Vec::new();
+        for (i, frame) in frames.iter().enumerate() {
+            if i > 0 {
+                batch.extend_from_slice(batch_separator(encoding));
+            }
+            batch.extend_from_slice(&encode_server(encoding, frame));
+        }
+        assert_eq!(decode_server_batch(encoding, &batch).unwrap(), frames, "{encoding:?}");
+        // One frame alone is a batch of one.
+        let one = encode_server(encoding, &frames[0]);
+        assert_eq!(decode_server_batch(encoding, &one).unwrap(), frames[..1], "{encoding:?}");
+        // A truncated batch is an error, not a shorter list.
+        assert!(decode_server_batch(encoding, &batch[..batch.len() - 3]).is_err(), "{encoding:?}");
+    }
+}
+
+#[test]
+fn batching_is_opt_in_on_both_sides() {
+    // A `hello` without `batch` (every client before batching) asks for none.
+    let hello = decode_client(Encoding::Json, br#"{"type":"hello","versions":[1]}"#).unwrap();
+    assert_eq!(hello, ClientFrame::Hello { versions: vec![1], client: None, batch: false });
+    // A `welcome` that grants none looks exactly as before; one that grants says so.
+    let welcome = |batch| ServerFrame::Welcome {
+        version: 1,
+        node: "n1".into(),
+        max_frame_bytes: 65_536,
+        max_body_bytes: 4_096,
+        batch,
+    };
+    let plain = String::from_utf8(encode_server(Encoding::Json, &welcome(false))).unwrap();
+    assert!(!plain.contains("batch"), "{plain}");
+    let granted = String::from_utf8(encode_server(Encoding::Json, &welcome(true))).unwrap();
+    assert!(granted.contains(r#""batch":true"#), "{granted}");
 }

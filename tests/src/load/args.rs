@@ -86,6 +86,7 @@ impl Args {
                 pids,
                 encoding: self.str("encoding").unwrap_or("json").to_string(),
                 xmpp_domain: self.str("xmpp-domain").unwrap_or("localhost").to_string(),
+                batch: !self.flag("no-batch"),
             });
         }
         if targets.is_empty() {

@@ -216,7 +216,7 @@ impl LocalGroup {
                     for _ in 0..3 {
                         if ws.is_none() {
                             match peers::ws_connect(url, peers::source_addr(index, spec.sources), None).await {
-                                Ok(mut fresh) => match peers::palaver_hello(&mut fresh, enc).await {
+                                Ok(mut fresh) => match peers::palaver_hello(&mut fresh, enc, spec.target.batch).await {
                                     Ok(()) => ws = Some(fresh),
                                     Err(err) => {
                                         result = Err(err);

@@ -61,11 +61,18 @@ pub struct Target {
     pub encoding: String,
     /// xmpp: the virtual host; rooms live on `conference.<domain>`.
     pub xmpp_domain: String,
+    /// palaver: ask the node for batched frames (several per WebSocket message), as a client
+    /// built for throughput would; `--no-batch` measures one frame per message.
+    #[serde(default)]
+    pub batch: bool,
 }
 
 impl Target {
     pub fn label(&self) -> String {
         match self.kind {
+            Kind::Palaver if !self.batch => {
+                format!("palaver{} (unbatched)", if self.encoding == "msgpack" { " msgpack" } else { "" })
+            }
             Kind::Palaver if self.encoding == "msgpack" => "palaver (msgpack)".into(),
             Kind::Socketio => "socket.io (python)".into(),
             Kind::Xmpp => "ejabberd (muc)".into(),
@@ -245,7 +252,7 @@ pub async fn open(
             let enc = target.palaver_encoding();
             let user = user_name(run, index);
             let mut ws = ws_connect(url, src, None).await?;
-            palaver_hello(&mut ws, enc).await?;
+            palaver_hello(&mut ws, enc, target.batch).await?;
             let token = match token {
                 Some(token) => token.to_string(),
                 None => palaver_account(&mut ws, enc, &user).await?,
@@ -414,15 +421,16 @@ pub fn palaver_message(enc: Encoding, frame: &ClientFrame) -> Message {
     }
 }
 
-pub async fn palaver_recv(ws: &mut Ws) -> anyhow::Result<ServerFrame> {
+/// The frames of the next WebSocket message (several when the connection asked for batches).
+pub async fn palaver_recv(ws: &mut Ws) -> anyhow::Result<Vec<ServerFrame>> {
     loop {
         let message = tokio::time::timeout(STEP_TIMEOUT, ws.next())
             .await
             .map_err(|_| anyhow!("no frame within {STEP_TIMEOUT:?}"))?
             .ok_or_else(|| anyhow!("connection ended"))??;
         return Ok(match message {
-            Message::Text(text) => protocol::decode_server(Encoding::Json, text.as_bytes())?,
-            Message::Binary(bytes) => protocol::decode_server(Encoding::MessagePack, &bytes)?,
+            Message::Text(text) => protocol::decode_server_batch(Encoding::Json, text.as_bytes())?,
+            Message::Binary(bytes) => protocol::decode_server_batch(Encoding::MessagePack, &bytes)?,
             Message::Close(frame) => bail!("closed by node: {frame:?}"),
             _ => continue,
         });
@@ -434,17 +442,19 @@ pub async fn palaver_request(ws: &mut Ws, enc: Encoding, frame: ClientFrame) -> 
     let req = frame.req();
     ws.send(palaver_message(enc, &frame)).await?;
     loop {
-        let reply = palaver_recv(ws).await?;
-        if crate::reply_req(&reply) == Some(req) {
-            return Ok(reply);
+        for reply in palaver_recv(ws).await? {
+            if crate::reply_req(&reply) == Some(req) {
+                return Ok(reply);
+            }
         }
     }
 }
 
-pub async fn palaver_hello(ws: &mut Ws, enc: Encoding) -> anyhow::Result<()> {
-    ws.send(palaver_message(enc, &ClientFrame::Hello { versions: vec![1], client: Some("loadgen".into()) })).await?;
-    match palaver_recv(ws).await? {
-        ServerFrame::Welcome { .. } => Ok(()),
+pub async fn palaver_hello(ws: &mut Ws, enc: Encoding, batch: bool) -> anyhow::Result<()> {
+    let hello = ClientFrame::Hello { versions: vec![1], client: Some("loadgen".into()), batch };
+    ws.send(palaver_message(enc, &hello)).await?;
+    match palaver_recv(ws).await?.as_slice() {
+        [ServerFrame::Welcome { batch: granted, .. }] if *granted == batch => Ok(()),
         other => bail!("hello: {other:?}"),
     }
 }

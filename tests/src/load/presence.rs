@@ -569,6 +569,7 @@ async fn cluster(args: &Args) -> anyhow::Result<Nodes> {
         pids,
         encoding: args.str("encoding").unwrap_or("json").to_string(),
         xmpp_domain: String::new(),
+        batch: !args.flag("no-batch"),
     };
     eprintln!("cluster: {} (pids {:?})", target.urls.join(", "), target.pids);
     Ok(Nodes { target, _cluster: Some(cluster) })
@@ -641,13 +642,14 @@ async fn conn_task(
                     }
                     _ => continue,
                 };
-                let frame = match protocol::decode_server(enc, payload) {
-                    Ok(frame) => frame,
+                let frames = match protocol::decode_server_batch(enc, payload) {
+                    Ok(frames) => frames,
                     Err(err) => {
                         c.error(format!("undecodable frame: {err}"));
                         continue;
                     }
                 };
+                for frame in frames {
                 match frame {
                     ServerFrame::Ok { req } if req > 100 => {
                         c.ok.fetch_add(1, Ordering::Relaxed);
@@ -671,6 +673,7 @@ async fn conn_task(
                         }
                     }
                     _ => {}
+                }
                 }
             }
         }

@@ -569,11 +569,11 @@ impl Fanout {
             match kind {
                 Kind::Palaver => {
                     let (ack, err) = if json { (&ack_json, &err_json) } else { (&ack_mp, &err_mp) };
-                    if ack.find(payload).is_some() {
-                        done.echoes += 1;
-                    } else if err.find(payload).is_some() {
-                        done.echoes += 1;
-                        done.errors += 1;
+                    // A batched message may hold several replies.
+                    let (acks, errors) = (ack.find_iter(payload).count() as u64, err.find_iter(payload).count() as u64);
+                    done.echoes += acks + errors;
+                    if errors > 0 {
+                        done.errors += errors;
                         if done.errors <= 3 {
                             eprintln!("publisher error: {}", String::from_utf8_lossy(payload));
                         }
@@ -886,6 +886,7 @@ pub async fn reconnect_storm(args: &Args, command: &str) -> anyhow::Result<()> {
 async fn storm_one(common: &Common, target: &Target, k: usize, backlog: u64) -> anyhow::Result<Value> {
     let run = run_id();
     let enc = target.palaver_encoding();
+    let batch = target.batch;
     let urls = target.urls.clone();
     let room = peers::palaver_new_room(target, &urls[0], &run, 0, "storm").await?;
     let progress_count = Arc::new(AtomicU64::new(0));
@@ -903,7 +904,7 @@ async fn storm_one(common: &Common, target: &Target, k: usize, backlog: u64) -> 
             (target.clone(), run.clone(), room.clone(), urls[i % urls.len()].clone(), progress_count.clone());
         async move {
             let mut ws = peers::ws_connect(&url, peers::source_addr(i, sources), None).await?;
-            peers::palaver_hello(&mut ws, enc).await?;
+            peers::palaver_hello(&mut ws, enc, batch).await?;
             let token = peers::palaver_account(&mut ws, enc, &peers::user_name(&run, i)).await?;
             peers::palaver_authenticate(&mut ws, enc, &token, None).await?;
             peers::palaver_join(&mut ws, enc, &room).await?;
@@ -924,7 +925,7 @@ async fn storm_one(common: &Common, target: &Target, k: usize, backlog: u64) -> 
             let (url, count) = (urls[i % urls.len()].clone(), progress_count.clone());
             async move {
                 let mut ws = peers::ws_connect(&url, peers::source_addr(i, sources), None).await?;
-                peers::palaver_hello(&mut ws, enc).await?;
+                peers::palaver_hello(&mut ws, enc, batch).await?;
                 let head = peers::palaver_authenticate(&mut ws, enc, &token, None).await?;
                 let _ = ws.close(None).await;
                 count.fetch_add(1, Ordering::Relaxed);
@@ -953,13 +954,15 @@ async fn storm_one(common: &Common, target: &Target, k: usize, backlog: u64) -> 
             sent += 1;
         }
         ws.flush().await?;
-        match peers::palaver_recv(&mut ws).await? {
-            protocol::ServerFrame::Ack { seq, .. } => {
-                acked += 1;
-                first_seq = Some(first_seq.map_or(seq, |first: u64| first.min(seq)));
+        for frame in peers::palaver_recv(&mut ws).await? {
+            match frame {
+                protocol::ServerFrame::Ack { seq, .. } => {
+                    acked += 1;
+                    first_seq = Some(first_seq.map_or(seq, |first: u64| first.min(seq)));
+                }
+                protocol::ServerFrame::Error { message, .. } => bail!("posting the backlog: {message}"),
+                _ => {}
             }
-            protocol::ServerFrame::Error { message, .. } => bail!("posting the backlog: {message}"),
-            _ => {}
         }
     }
     let post_s = posted_at.elapsed().as_secs_f64();
@@ -974,11 +977,11 @@ async fn storm_one(common: &Common, target: &Target, k: usize, backlog: u64) -> 
         .into_iter()
         .map(|(i, token, head)| {
             let url = urls[i % urls.len()].clone();
-            let (marker, positions) = (marker.clone(), positions.clone());
+            let (marker, positions, target) = (marker.clone(), positions.clone(), target.clone());
             let count = progress_count.clone();
             tokio::spawn(async move {
                 let src = peers::source_addr(i, sources);
-                let result = resume_one(&url, src, enc, &token, head, positions, &marker).await;
+                let result = resume_one(&url, src, &target, &token, head, positions, &marker).await;
                 count.fetch_add(1, Ordering::Relaxed);
                 result.map(|(replayed, _)| (replayed, storm_start.elapsed()))
             })
@@ -1027,18 +1030,30 @@ async fn storm_one(common: &Common, target: &Target, k: usize, backlog: u64) -> 
     }))
 }
 
+/// The `type` of the frames a resuming client must see even in a message that also holds
+/// replayed entries, as JSON and as MessagePack (tag first, as serde writes it).
+const STORM_SIGNALS: [&[u8]; 6] = [
+    b"\"type\":\"live\"",
+    b"\"type\":\"resync\"",
+    b"\"type\":\"error\"",
+    b"\xa4type\xa4live",
+    b"\xa4type\xa6resync",
+    b"\xa4type\xa5error",
+];
+
 /// Reconnect with `cursor` and read until `live`: returns (marked messages replayed, frames).
 async fn resume_one(
     url: &str,
     src: Option<std::net::Ipv4Addr>,
-    enc: protocol::Encoding,
+    target: &Target,
     token: &str,
     cursor: u64,
     rooms: std::collections::BTreeMap<String, u64>,
     marker: &Marker,
 ) -> anyhow::Result<(u64, u64)> {
+    let enc = target.palaver_encoding();
     let mut ws = peers::ws_connect(url, src, None).await?;
-    peers::palaver_hello(&mut ws, enc).await?;
+    peers::palaver_hello(&mut ws, enc, target.batch).await?;
     ws.send(peers::palaver_message(
         enc,
         &protocol::ClientFrame::Authenticate { req: 9, token: token.into(), cursor: Some(cursor), rooms },
@@ -1059,15 +1074,23 @@ async fn resume_one(
         frames += 1;
         let mut found = 0;
         marker.scan(payload, |_| found += 1);
-        if found > 0 {
-            replayed += found;
+        replayed += found;
+        // Decode only a message that may hold something other than replayed entries (with
+        // batches, `live` can share a message with the last of them).
+        if found > 0 && !STORM_SIGNALS.iter().any(|signal| memchr::memmem::find(payload, signal).is_some()) {
             continue;
         }
-        match protocol::decode_server(enc, payload)? {
-            protocol::ServerFrame::Live { .. } => break,
-            protocol::ServerFrame::Resync { .. } => bail!("resync: the backlog is beyond the log's retention"),
-            protocol::ServerFrame::Error { code, message, .. } => bail!("{code:?}: {message}"),
-            _ => {}
+        let mut is_live = false;
+        for frame in protocol::decode_server_batch(enc, payload)? {
+            match frame {
+                protocol::ServerFrame::Live { .. } => is_live = true,
+                protocol::ServerFrame::Resync { .. } => bail!("resync: the backlog is beyond the log's retention"),
+                protocol::ServerFrame::Error { code, message, .. } => bail!("{code:?}: {message}"),
+                _ => {}
+            }
+        }
+        if is_live {
+            break;
         }
     }
     let _ = ws.close(None).await;
