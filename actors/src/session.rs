@@ -754,7 +754,7 @@ where
                 }
             }
             if frames.len() < 64 {
-                next = self.bound.as_mut().and_then(|bound| bound.registration.inbox.try_recv().ok());
+                next = self.bound.as_mut().and_then(|bound| bound.registration.inbox.try_recv());
             }
         }
         self.send_entries(frames).await
@@ -769,6 +769,9 @@ where
         let mut delivered: Vec<(String, u64, Vec<String>)> = Vec::new();
         let mut left = false;
         let max_members = self.hub.presence.settings.room_max_members;
+        // Whether each room of the batch may get receipts, asked of presence once per room (a
+        // batch is often dozens of one room's entries, and the lookup takes a shared lock).
+        let mut receipts: Vec<(&str, bool)> = Vec::new();
         for frame in &frames {
             let entry = match frame {
                 Out::Entry(_, entry) => &**entry,
@@ -776,22 +779,28 @@ where
                 Out::Frame(ServerFrame::Message { entry, .. }) => entry,
                 Out::Frame(_) => continue,
             };
-            match entry.kind {
-                // Rooms known to be too large for receipts are skipped here, before any work.
-                EntryKind::Text
-                    if entry.from != ctx.user
-                        && self.hub.presence.cached_room_size(&entry.room).is_none_or(|size| size <= max_members) =>
-                {
-                    match delivered.iter_mut().find(|(room, _, _)| *room == entry.room) {
-                        Some((_, seq, senders)) => {
-                            *seq = (*seq).max(entry.seq);
-                            if !senders.contains(&entry.from) {
-                                senders.push(entry.from.clone());
-                            }
-                        }
-                        None => delivered.push((entry.room.clone(), entry.seq, vec![entry.from.clone()])),
+            // Rooms known to be too large for receipts are skipped here, before any work.
+            let receipt = entry.kind == EntryKind::Text
+                && entry.from != ctx.user
+                && match receipts.iter().find(|(room, _)| *room == entry.room) {
+                    Some((_, takes)) => *takes,
+                    None => {
+                        let takes =
+                            self.hub.presence.cached_room_size(&entry.room).is_none_or(|size| size <= max_members);
+                        receipts.push((&entry.room, takes));
+                        takes
                     }
-                }
+                };
+            match entry.kind {
+                EntryKind::Text if receipt => match delivered.iter_mut().find(|(room, _, _)| *room == entry.room) {
+                    Some((_, seq, senders)) => {
+                        *seq = (*seq).max(entry.seq);
+                        if !senders.contains(&entry.from) {
+                            senders.push(entry.from.clone());
+                        }
+                    }
+                    None => delivered.push((entry.room.clone(), entry.seq, vec![entry.from.clone()])),
+                },
                 EntryKind::Leave => left = true,
                 _ => {}
             }
@@ -976,7 +985,7 @@ async fn notified(signals: Option<Arc<crate::hub::ConnSignals>>) {
     }
 }
 
-async fn recv_inbox(inbox: Option<&mut tokio::sync::mpsc::Receiver<Outbound>>) -> Option<Outbound> {
+async fn recv_inbox(inbox: Option<&mut crate::hub::Inbox>) -> Option<Outbound> {
     match inbox {
         Some(inbox) => inbox.recv().await,
         None => std::future::pending().await,

@@ -29,12 +29,11 @@ use std::time::{Duration, Instant};
 
 use protocol::{ReceiptKind, ServerFrame, UserPresence};
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
 use tracing::debug;
 
 use crate::cluster::wire::{PresenceBatch, RouterMessage};
 use crate::cluster::{router_of, Cluster};
-use crate::hub::{Hub, Outbound};
+use crate::hub::{Hub, Outbound, OutboundQueue};
 use crate::metrics::Metrics;
 use crate::names::now_ms;
 use table::{Applied, Table};
@@ -99,7 +98,7 @@ impl PresenceSettings {
 /// A connection watching users: where its presence frames go.
 #[derive(Default)]
 struct Watchers {
-    by_user: HashMap<String, Vec<(u64, mpsc::Sender<Outbound>)>>,
+    by_user: HashMap<String, Vec<(u64, OutboundQueue)>>,
     by_conn: HashMap<u64, Vec<String>>,
 }
 
@@ -200,7 +199,7 @@ impl Presence {
     }
 
     /// Make connection `conn` watch exactly `users` (already checked for visibility).
-    pub(crate) fn watch(&self, conn: u64, queue: mpsc::Sender<Outbound>, users: Vec<String>) {
+    pub(crate) fn watch(&self, conn: u64, queue: OutboundQueue, users: Vec<String>) {
         self.unwatch(conn);
         let mut watchers = self.watchers.lock().expect("watchers lock");
         for user in &users {
