@@ -15,6 +15,7 @@ Every wait is bounded: process start-up, Playwright's expectations and the polli
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import re
@@ -48,6 +49,27 @@ def palaver_binary() -> Path:
     if not target.is_absolute():
         target = REPO_ROOT / target
     return target / "debug" / "palaver"
+
+
+def frames_of(message) -> list[dict]:
+    """The frames of one WebSocket message from the node. The web client asks for batched
+    frames (docs/PROTOCOL.md), so a text message is one JSON object per line."""
+    if not isinstance(message, str):
+        return []
+    frames = []
+    for line in message.split("\n"):
+        try:
+            frame = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(frame, dict):
+            frames.append(frame)
+    return frames
+
+
+def joined(frames: list[dict]) -> str:
+    """Frames as one batched WebSocket message, as the node would send them."""
+    return "\n".join(json.dumps(frame, separators=(",", ":"), ensure_ascii=False) for frame in frames)
 
 
 def free_port() -> int:

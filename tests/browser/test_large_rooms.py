@@ -21,7 +21,7 @@ import json
 import re
 
 import pytest
-from conftest import Node, started_node
+from conftest import Node, frames_of, joined, started_node
 from playwright.sync_api import expect
 from test_web_client import (
     bodies,
@@ -66,7 +66,7 @@ def record_frames(received: list[dict], sent: list[dict]):
 
     def before_goto(context, page):
         def on_socket(ws):
-            ws.on("framereceived", lambda payload: received.append(parsed(payload)))
+            ws.on("framereceived", lambda payload: received.extend(frames_of(payload)))
             ws.on("framesent", lambda payload: sent.append(parsed(payload)))
 
         page.on("websocket", on_socket)
@@ -140,11 +140,12 @@ def test_large_room_live_and_resume(large_node, pages):
             server.send(message)
 
         def from_server(message):
-            frame = parsed(message)
-            replay_frames.append(frame)
+            frames = frames_of(message)
+            replay_frames.extend(frames)
             ws.send(message)
-            if frame.get("type") == "message" and "cursor" not in frame:
-                ws.send(message)
+            again = [f for f in frames if f.get("type") == "message" and "cursor" not in f]
+            if again:
+                ws.send(joined(again))
 
         ws.on_message(from_page)
         server.on_message(from_server)

@@ -18,6 +18,7 @@ servers (each measured in turn, palaver first; URLs on 127.0.0.0/8 only):
   --socketio 'ws://127.0.0.1:PORT/socket.io/?EIO=4&transport=websocket'  --socketio-pid PID
   --xmpp ws://127.0.0.1:PORT/ws --xmpp-domain localhost  --xmpp-pid PID
   --only KIND[,KIND]   --encoding json|msgpack (palaver)
+  --no-batch           palaver: one frame per WebSocket message (default: ask for batched frames)
 
 scenarios:
   accounts         --n 1000 --tokens FILE              make palaver users 1..N, write their tokens
