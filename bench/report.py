@@ -389,7 +389,8 @@ bench/run.sh            # about 20 minutes; QUICK=1 bench/run.sh for a small ver
 - Machine: {m.get('cores', '?')} cores ({m.get('cpu', '?')}), {m.get('memory_gib', '?')} GiB, Linux {m.get('kernel', '?')};
   load average when the run started: {m.get('loadavg_at_start', '?')} (other builds shared the machine).
   The load generator runs on the same two cores as the server it measures.
-- Servers: palaver (release build, SQLite store, WAL, synchronous=FULL, JSON frames), NATS
+- Servers: palaver (release build, SQLite store, WAL, synchronous=FULL, JSON frames batched per
+  WebSocket message as the load generator asks with `hello.batch`; `--no-batch` for one frame per message), NATS
   server {os.environ.get('NATS_VERSION', '2.9')} (WebSocket listener, no TLS, no compression),
   python-socketio {os.environ.get('SOCKETIO_VERSION', '5')} on aiohttp (`bench/socketio_server.py`), ejabberd
   {os.environ.get('EJABBERD_VERSION', '23.01')} (`bench/ejabberd.yml`: anonymous SASL, no shapers, MUC
