@@ -164,11 +164,28 @@ impl Cluster {
         Ok(())
     }
 
-    /// SIGSTOP: the process hangs with its sockets open.
+    /// SIGSTOP: the process hangs with its sockets open, stopped between two writes to the
+    /// shared SQLite file. A process stopped inside a write transaction would keep the file's
+    /// write lock and block every other node's writes until it continues: a limit of the
+    /// harness's store (one SQLite file shared by processes on one host), not of the cluster
+    /// (FoundationDB aborts a stalled client's transaction after 5 s). The tests that hang a
+    /// node are about the others noticing, so the pause is retried until it lands outside a
+    /// transaction.
     pub fn pause(&mut self, index: usize) -> anyhow::Result<()> {
-        self.signal(index, "-STOP")?;
-        self.members[index].as_mut().expect("running").paused = true;
-        Ok(())
+        let db = self.data_dir().join("palaver.db");
+        for attempt in 0..200u64 {
+            self.signal(index, "-STOP")?;
+            if !sqlite_write_locked(&db)? {
+                if attempt > 0 {
+                    eprintln!("node {index} paused outside a store write at try {}", attempt + 1);
+                }
+                self.members[index].as_mut().expect("running").paused = true;
+                return Ok(());
+            }
+            self.signal(index, "-CONT")?;
+            std::thread::sleep(Duration::from_millis(1 + attempt % 7));
+        }
+        anyhow::bail!("node {index} held the store's write lock at every one of 200 pauses")
     }
 
     /// SIGCONT.
@@ -835,4 +852,16 @@ pub async fn setup_chatters(
         ids.push(room);
     }
     Ok((chatters, ids))
+}
+
+/// Whether some process holds the write lock of the SQLite file at `path` (a write transaction
+/// is open): taking it without waiting fails with `SQLITE_BUSY`.
+fn sqlite_write_locked(path: &std::path::Path) -> anyhow::Result<bool> {
+    let conn = rusqlite::Connection::open(path).with_context(|| format!("opening {}", path.display()))?;
+    conn.busy_timeout(Duration::ZERO)?;
+    match conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK;") {
+        Ok(()) => Ok(false),
+        Err(rusqlite::Error::SqliteFailure(err, _)) if err.code == rusqlite::ErrorCode::DatabaseBusy => Ok(true),
+        Err(err) => Err(err).context("probing the store's write lock"),
+    }
 }
