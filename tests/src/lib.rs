@@ -230,6 +230,8 @@ pub struct Client {
     batch: bool,
     /// WebSocket messages that held more than one frame (only a batching client gets any).
     pub batched_messages: u64,
+    /// The largest of those, in bytes.
+    pub largest_batch_bytes: usize,
     /// Frames of the last batched message not yet taken off the wire (they come before the
     /// next message and after the backlog).
     unread: VecDeque<ServerFrame>,
@@ -275,6 +277,7 @@ impl Client {
             user: None,
             batch: false,
             batched_messages: 0,
+            largest_batch_bytes: 0,
             unread: VecDeque::new(),
         })
     }
@@ -345,6 +348,7 @@ impl Client {
         anyhow::ensure!(!frames.is_empty(), "a WebSocket message without frames");
         if frames.len() > 1 {
             self.batched_messages += 1;
+            self.largest_batch_bytes = self.largest_batch_bytes.max(bytes.len());
         }
         for frame in &frames {
             self.record(frame);
