@@ -22,6 +22,7 @@
 //! pipelined (up to `limits.max_inflight_per_connection`); commands to a room enter the room's
 //! mailbox in arrival order, so one connection's sends to one room keep their order.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt::Display;
 use std::sync::atomic::Ordering;
@@ -875,14 +876,12 @@ where
         self.write(deadline, wires).await
     }
 
-    /// One frame as one WebSocket message.
+    /// One frame as one WebSocket message (a shared entry's buffer is referenced, not copied).
     fn one_wire(&self, encoding: Encoding, frame: Out) -> Wire {
-        let bytes = match frame {
-            Out::Shared(shared) => return shared.wire(encoding),
-            Out::Entry(cursor, entry) => protocol::encode_message(encoding, cursor, &entry),
-            Out::Frame(frame) => self.encode_frame(encoding, &frame),
-        };
-        wire_of(encoding, bytes)
+        match frame {
+            Out::Shared(shared) => shared.wire(encoding),
+            frame => wire_of(encoding, self.encode_out(encoding, &frame).into_owned()),
+        }
     }
 
     /// Frames packed into as few WebSocket messages as `BATCH_MAX_BYTES` allows, for a client
@@ -892,31 +891,29 @@ where
         let separator = protocol::batch_separator(encoding);
         let mut wires = Vec::new();
         let mut batch: Vec<u8> = Vec::new();
-        for frame in frames {
-            let owned;
-            let bytes: &[u8] = match &frame {
-                Out::Shared(shared) => shared.bytes(encoding),
-                Out::Entry(cursor, entry) => {
-                    owned = protocol::encode_message(encoding, *cursor, entry);
-                    &owned
-                }
-                Out::Frame(frame) => {
-                    owned = self.encode_frame(encoding, frame);
-                    &owned
-                }
-            };
+        for frame in &frames {
+            let bytes = self.encode_out(encoding, frame);
             if !batch.is_empty() && batch.len() + separator.len() + bytes.len() > BATCH_MAX_BYTES {
                 wires.push(wire_of(encoding, std::mem::take(&mut batch)));
             }
             if !batch.is_empty() {
                 batch.extend_from_slice(separator);
             }
-            batch.extend_from_slice(bytes);
+            batch.extend_from_slice(&bytes);
         }
         if !batch.is_empty() {
             wires.push(wire_of(encoding, batch));
         }
         wires
+    }
+
+    /// The encoded frame: a shared entry's bytes borrowed, anything else encoded now.
+    fn encode_out<'a>(&self, encoding: Encoding, frame: &'a Out) -> Cow<'a, [u8]> {
+        match frame {
+            Out::Shared(shared) => Cow::Borrowed(shared.bytes(encoding)),
+            Out::Entry(cursor, entry) => Cow::Owned(protocol::encode_message(encoding, *cursor, entry)),
+            Out::Frame(frame) => Cow::Owned(self.encode_frame(encoding, frame)),
+        }
     }
 
     fn encode_frame(&self, encoding: Encoding, frame: &ServerFrame) -> Vec<u8> {

@@ -29,10 +29,10 @@ from test_web_client import (
     eventually,
     expect_body,
     expect_live,
-    expect_outbox_empty,
     join_room,
     register,
     send,
+    send_confirmed,
     state,
 )
 
@@ -121,11 +121,7 @@ def test_large_room_live_and_resume(large_node, pages):
     # -- Alice's page closes; bob writes on. --
     alice.close()
     missed = [f"while away {i} of 3" for i in range(1, 4)]
-    for text in missed:
-        send(bob, text)
-    for text in missed:
-        expect_body(bob, text)
-    expect_outbox_empty(bob)
+    send_confirmed(bob, missed)
 
     # -- A fresh page of hers resumes. Its socket delivers every replayed large-room message
     #    twice: the second copy is at or below her position and must be ignored. --

@@ -87,6 +87,15 @@ def expect_outbox_empty(page) -> None:
     eventually(page, lambda: state(page)["outbox"] == [], "the outbox to empty")
 
 
+def send_confirmed(page, texts) -> None:
+    """Send each text, then wait until the page shows every one and its outbox is empty."""
+    for text in texts:
+        send(page, text)
+    for text in texts:
+        expect_body(page, text)
+    expect_outbox_empty(page)
+
+
 def state(page) -> dict:
     return page.evaluate("() => window.palaverState()")
 
@@ -173,11 +182,7 @@ def test_chat_survives_node_kill(node, pages):
     expect_live(alice)
     expect(alice.locator("#conn-text")).to_contain_text("Resumed on web-1")
     missed = [f"missed {i} of 5" for i in range(1, 6)]
-    for text in missed:
-        send(alice, text)
-    for text in missed:
-        expect_body(alice, text)
-    expect_outbox_empty(alice)
+    send_confirmed(alice, missed)
     assert bob.locator("#conn").get_attribute("data-state") != "live"
     assert "missed 1 of 5" not in bodies(bob)
 

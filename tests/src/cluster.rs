@@ -50,6 +50,13 @@ impl Default for ClusterOptions {
     }
 }
 
+impl ClusterOptions {
+    /// Every room of three or more members is a large room (`limits.fanout_max_members = 2`).
+    pub fn large_rooms() -> Self {
+        ClusterOptions { env: vec![("LIMITS__FANOUT_MAX_MEMBERS".into(), "2".into())], ..ClusterOptions::default() }
+    }
+}
+
 /// One node of a test cluster.
 pub struct Member {
     pub name: String,

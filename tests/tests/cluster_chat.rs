@@ -21,9 +21,7 @@ async fn users_on_different_nodes_chat_in_order() -> anyhow::Result<()> {
 /// where they were.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_on_different_nodes_chat_in_order_in_large_rooms() -> anyhow::Result<()> {
-    let options =
-        ClusterOptions { env: vec![("LIMITS__FANOUT_MAX_MEMBERS".into(), "2".into())], ..ClusterOptions::default() };
-    chat_in_order(options, true).await
+    chat_in_order(ClusterOptions::large_rooms(), true).await
 }
 
 async fn chat_in_order(options: ClusterOptions, large: bool) -> anyhow::Result<()> {
@@ -147,12 +145,12 @@ async fn a_single_node_has_no_cluster() -> anyhow::Result<()> {
 /// every receiver still gets every message exactly once, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deliveries_shed_under_load_are_read_from_the_store() -> anyhow::Result<()> {
-    let env = vec![
-        ("LIMITS__FANOUT_MAX_MEMBERS".to_string(), "2".to_string()),
+    let mut options = ClusterOptions::large_rooms();
+    options.env.extend([
         ("CLUSTER__DELIVERY_QUEUE_LEN".to_string(), "1".to_string()),
         ("LIMITS__FRAMES_PER_SECOND".to_string(), "1000000".to_string()),
-    ];
-    let cluster = Cluster::start_with(2, ClusterOptions { env, ..ClusterOptions::default() }).await?;
+    ]);
+    let cluster = Cluster::start_with(2, options).await?;
     let result = async {
         let (mut sender, _) = Client::user(cluster.node(0), Encoding::MessagePack, "sid").await?;
         let room = sender.create_room("burst").await?;

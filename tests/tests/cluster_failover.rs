@@ -20,9 +20,7 @@ async fn kill_9_of_a_rooms_owner_under_traffic_loses_nothing() -> anyhow::Result
 /// room, and still gets every acked message once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_a_rooms_owner_under_traffic_loses_nothing_in_large_rooms() -> anyhow::Result<()> {
-    let options =
-        ClusterOptions { env: vec![("LIMITS__FANOUT_MAX_MEMBERS".into(), "2".into())], ..ClusterOptions::default() };
-    kill_9_of_a_rooms_owner_under_traffic(options, true).await
+    kill_9_of_a_rooms_owner_under_traffic(ClusterOptions::large_rooms(), true).await
 }
 
 async fn kill_9_of_a_rooms_owner_under_traffic(options: ClusterOptions, large: bool) -> anyhow::Result<()> {

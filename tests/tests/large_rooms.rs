@@ -54,6 +54,10 @@ async fn large_room(wendy: &mut Client, walt: &mut Client, rita: &mut Client) ->
     Ok(room)
 }
 
+/// Replay pages of 50 and connection queues of 8: the seams between replay, catch-up and live
+/// are crossed many times.
+const SMALL_QUEUES: &[(&str, &str)] = &[("LIMITS__REPLAY_PAGE_LEN", "50"), ("LIMITS__OUTBOUND_QUEUE_LEN", "8")];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_in_a_large_room_is_exact_json() -> anyhow::Result<()> {
     resume_in_a_large_room(Encoding::Json, false, &[]).await
@@ -61,12 +65,7 @@ async fn resume_in_a_large_room_is_exact_json() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_in_a_large_room_is_exact_messagepack_small_queues() -> anyhow::Result<()> {
-    resume_in_a_large_room(
-        Encoding::MessagePack,
-        false,
-        &[("LIMITS__REPLAY_PAGE_LEN", "50"), ("LIMITS__OUTBOUND_QUEUE_LEN", "8")],
-    )
-    .await
+    resume_in_a_large_room(Encoding::MessagePack, false, SMALL_QUEUES).await
 }
 
 /// The same with rita asking for batched frames (several per WebSocket message): replay pages
@@ -78,12 +77,7 @@ async fn resume_in_a_large_room_is_exact_batched_json() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_in_a_large_room_is_exact_batched_messagepack_small_queues() -> anyhow::Result<()> {
-    resume_in_a_large_room(
-        Encoding::MessagePack,
-        true,
-        &[("LIMITS__REPLAY_PAGE_LEN", "50"), ("LIMITS__OUTBOUND_QUEUE_LEN", "8")],
-    )
-    .await
+    resume_in_a_large_room(Encoding::MessagePack, true, SMALL_QUEUES).await
 }
 
 /// rita goes offline; 600 messages are written to a large room and a small one; she resumes

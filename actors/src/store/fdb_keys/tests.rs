@@ -86,6 +86,18 @@ fn text(room: &str, epoch: Epoch, from: &str, id: &str, body: &str) -> AppendReq
     }
 }
 
+/// `user`'s own join or leave (`kind`) of `room`, under `limits`.
+fn membership(
+    room: &str,
+    epoch: Epoch,
+    kind: EntryKind,
+    user: &str,
+    id: &str,
+    limits: MembershipLimits,
+) -> AppendRequest {
+    AppendRequest { kind, user: Some(user.into()), limits, ..text(room, epoch, user, id, "") }
+}
+
 #[tokio::test]
 async fn an_unknown_result_still_delivers_the_original_once() {
     let (kv, store) = mem_store(0);
@@ -281,12 +293,7 @@ async fn an_unknown_result_in_a_large_room_recovers_members_without_cursors() {
     kv.report_unknown_results(WRITES);
 
     // The join that takes the room past the limit, retried: the room is large from it on.
-    let join = AppendRequest {
-        kind: EntryKind::Join,
-        user: Some("c".into()),
-        limits: large_from_three,
-        ..text("r", epoch, "c", "j-c", "")
-    };
+    let join = membership("r", epoch, EntryKind::Join, "c", "j-c", large_from_three);
     let joined = store.append(join).await.expect("join after an unknown result");
     assert_eq!((joined.delivery.entry.seq, joined.duplicate), (3, false));
     assert_eq!(sorted(joined.delivery.recipients), everyone());
@@ -311,12 +318,7 @@ async fn an_unknown_result_in_a_large_room_recovers_members_without_cursors() {
     assert_eq!(again.delivery.entry, sent.delivery.entry);
 
     // A leave reaches the leaver too; the room stays large.
-    let leave = AppendRequest {
-        kind: EntryKind::Leave,
-        user: Some("c".into()),
-        limits: large_from_three,
-        ..text("r", epoch, "c", "l-c", "")
-    };
+    let leave = membership("r", epoch, EntryKind::Leave, "c", "l-c", large_from_three);
     let left = store.append(leave).await.expect("leave after an unknown result");
     assert_eq!(sorted(left.delivery.recipients), everyone());
     assert_eq!(store.members("r").await.unwrap(), named(&["a", "b"]));
