@@ -13,6 +13,13 @@
 //!
 //! [`Store::append_batch`]: crate::store::Store::append_batch
 //!
+//! The committer also keeps the room's **member list**: loaded from the store before its first
+//! batch, then kept current from its own committed joins and leaves (nobody else changes the
+//! room's membership while its epoch holds: any other writer is fenced). It names the
+//! recipients of every entry of a large room, which the store does not (reading every member
+//! per message cost more than anything else the store did for it), as one shared list that
+//! changes only with the membership.
+//!
 //! It holds no state the store does not have, so it stops after `limits.room_idle_ms` without
 //! work and is spawned again when needed. Local-only (shared/DESIGN.md §3): rooms are never
 //! registered with the cluster; the hub addresses them.
@@ -30,7 +37,7 @@ use tracing::{debug, warn};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::names::now_ms;
-use crate::store::{AppendRequest, Appended, Epoch, StoreError};
+use crate::store::{AppendRequest, Appended, Delivery, Epoch, Recipients, StoreError};
 
 /// What a session asks a room to append; the room adds epoch, time and limits.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,7 +97,8 @@ impl Actor for RoomActor {
         Metrics::gauge(&hub.metrics.rooms_active, 1);
         let (commits, queue) = mpsc::unbounded_channel();
         let stopped = Arc::new(AtomicBool::new(false));
-        let committer = Committer { hub: hub.clone(), room: room.clone(), epoch, stopped: stopped.clone(), myself };
+        let committer =
+            Committer { hub: hub.clone(), room: room.clone(), epoch, stopped: stopped.clone(), myself, members: None };
         tokio::spawn(committer.run(queue));
         Ok(RoomState { hub, room, last_active: Instant::now(), idle_timer, commits, stopped })
     }
@@ -135,10 +143,13 @@ struct Committer {
     epoch: Epoch,
     stopped: Arc<AtomicBool>,
     myself: ActorRef<RoomMessage>,
+    /// The room's members after the last committed entry (`None` until loaded): shared with
+    /// the deliveries and the hub's fan-out cache, replaced (copied on write) when it changes.
+    members: Option<Arc<Vec<String>>>,
 }
 
 impl Committer {
-    async fn run(self, mut queue: mpsc::UnboundedReceiver<Pending>) {
+    async fn run(mut self, mut queue: mpsc::UnboundedReceiver<Pending>) {
         let max = self.hub.limits.room_batch_max.max(1);
         let mut batch: Vec<Pending> = Vec::with_capacity(max);
         while let Some(first) = queue.recv().await {
@@ -168,8 +179,23 @@ impl Committer {
 
     /// Append `batch` (emptying it): deliver each committed entry, then reply, in order.
     /// `Err` if the room turned out to be fenced (every command from there on is refused).
-    async fn commit(&self, batch: &mut Vec<Pending>) -> Result<(), ()> {
-        let hub = &self.hub;
+    async fn commit(&mut self, batch: &mut Vec<Pending>) -> Result<(), ()> {
+        let hub = self.hub.clone();
+        if self.members.is_none() {
+            // After the claim, before this owner's first write: the membership this owner
+            // continues from.
+            match hub.store.members(&self.room).await {
+                Ok(members) => self.members = Some(Arc::new(members)),
+                Err(err) => {
+                    warn!(room = %self.room, error = %err, "reading the room's members failed");
+                    Metrics::inc(&hub.metrics.store_errors_total);
+                    for (_, reply) in batch.drain(..) {
+                        let _ = reply.send(Err(StoreError::Unavailable(format!("room `{}`: {err}", self.room))));
+                    }
+                    return Ok(());
+                }
+            }
+        }
         let now = now_ms();
         let requests = batch
             .iter()
@@ -208,11 +234,12 @@ impl Committer {
                     }
                     let _ = reply.send(Err(err));
                 }
-                Ok(appended) => {
+                Ok(mut appended) => {
                     if appended.duplicate {
                         Metrics::inc(&hub.metrics.duplicate_sends_total);
                     } else {
                         Metrics::inc(&hub.metrics.entries_appended_total);
+                        self.name_recipients(&mut appended.delivery);
                         hub.deliver(&appended.delivery);
                     }
                     debug!(room = %self.room, seq = appended.delivery.entry.seq, "appended");
@@ -226,4 +253,41 @@ impl Committer {
             Ok(())
         }
     }
+
+    /// Follow the membership change a committed entry makes, and name its recipients if the
+    /// store did not: the members at commit time, the joiner included and the leaver too (as
+    /// the store does for a room that fans out to user logs).
+    fn name_recipients(&mut self, delivery: &mut Delivery) {
+        let members = self.members.as_mut().expect("members are loaded before the first commit");
+        let entry = &delivery.entry;
+        let subject = entry.user.as_ref();
+        if let (EntryKind::Join, Some(user)) = (entry.kind, subject) {
+            Arc::make_mut(members).push(user.clone());
+        }
+        match &delivery.recipients {
+            Recipients::Unnamed => delivery.recipients = Recipients::Members(members.clone()),
+            named => debug_assert!(
+                same_users(named, members),
+                "room {} seq {}: the owner's members {members:?} are not the store's recipients {named:?}",
+                self.room,
+                entry.seq
+            ),
+        }
+        if let (EntryKind::Leave, Some(user)) = (entry.kind, subject) {
+            Arc::make_mut(members).retain(|member| member != user);
+        }
+    }
 }
+
+/// Whether `recipients` names exactly `members` (a debug check of the owner's list against the
+/// store's, for rooms whose recipients the store names).
+fn same_users(recipients: &Recipients, members: &[String]) -> bool {
+    let mut named: Vec<&str> = recipients.users().collect();
+    let mut known: Vec<&str> = members.iter().map(String::as_str).collect();
+    named.sort_unstable();
+    known.sort_unstable();
+    named == known
+}
+
+#[cfg(test)]
+mod tests;

@@ -46,7 +46,7 @@ use tracing::{info, warn};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::room::AppendCommand;
-use crate::store::{Appended, Delivery, StoreError};
+use crate::store::{Appended, Delivery, Recipients, StoreError};
 use membership::{Membership, View};
 use wire::{AppendReply, ForwardedAppend, Heartbeat, RouterMessage};
 
@@ -399,8 +399,10 @@ impl Cluster {
     /// Fan out deliveries from other nodes, in arrival order (one task; see `deliveries`).
     async fn run_deliveries(self: Arc<Self>) {
         let Some(mut rx) = self.deliveries_rx.lock().expect("deliveries lock").take() else { return };
-        while let Some(delivery) = rx.recv().await {
+        let mut lists = MemberLists::default();
+        while let Some(mut delivery) = rx.recv().await {
             let Some(hub) = self.hub() else { return };
+            lists.share(&mut delivery);
             hub.deliver_local(&delivery);
         }
     }
@@ -461,6 +463,33 @@ pub async fn start(hub: &Arc<Hub>, settings: ClusterSettings) -> anyhow::Result<
     Ok(cluster)
 }
 
+/// The last member list received per large room. Every delivery decodes its own copy of the
+/// list; handing the hub the previous `Arc` when the list is unchanged lets the hub's per-room
+/// fan-out cache hit for deliveries from other nodes as it does for local ones (comparing two
+/// lists is cheaper than looking every member's connections up again).
+#[derive(Default)]
+struct MemberLists {
+    by_room: HashMap<String, Arc<Vec<String>>>,
+}
+
+impl MemberLists {
+    /// Rooms remembered at most; past it the map starts over (a cache, not a registry).
+    const MAX_ROOMS: usize = 1024;
+
+    fn share(&mut self, delivery: &mut Delivery) {
+        let Recipients::Members(members) = &mut delivery.recipients else { return };
+        match self.by_room.get(&delivery.entry.room) {
+            Some(known) if known == members => *members = known.clone(),
+            _ => {
+                if self.by_room.len() >= Self::MAX_ROOMS {
+                    self.by_room.clear();
+                }
+                self.by_room.insert(delivery.entry.room.clone(), members.clone());
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::Ordering;
@@ -500,7 +529,7 @@ mod tests {
             body: String::new(),
             ts: 1,
         };
-        Delivery { entry, recipients: vec![("ann".into(), None)] }
+        Delivery { entry, recipients: Recipients::Members(Arc::new(vec!["ann".into()])) }
     }
 
     /// A delivery from another node that finds the fan-out queue full is not queued: the
@@ -520,5 +549,33 @@ mod tests {
         assert!(ann.signals.lagged.load(Ordering::Acquire), "shed: ann must read the store");
         assert!(!bob.signals.lagged.load(Ordering::Acquire), "bob is not a recipient");
         assert_eq!(hub.metrics.cluster_deliveries_shed_total.load(Ordering::Relaxed), 1);
+    }
+
+    /// A list equal to the last one of its room is replaced by that one (the hub's fan-out cache
+    /// keys on it); a changed list replaces it.
+    #[test]
+    fn an_unchanged_member_list_is_shared_with_the_last_delivery_of_its_room() {
+        let mut lists = MemberLists::default();
+        let with = |names: &[&str]| {
+            let mut delivery = delivery(1);
+            delivery.recipients = Recipients::Members(Arc::new(names.iter().map(|n| n.to_string()).collect()));
+            delivery
+        };
+        let list_of = |delivery: &Delivery| match &delivery.recipients {
+            Recipients::Members(members) => members.clone(),
+            other => panic!("{other:?}"),
+        };
+        let mut first = with(&["ann", "bob"]);
+        lists.share(&mut first);
+        let mut again = with(&["ann", "bob"]);
+        lists.share(&mut again);
+        assert!(Arc::ptr_eq(&list_of(&first), &list_of(&again)), "the same list is shared");
+        let mut changed = with(&["ann"]);
+        lists.share(&mut changed);
+        assert!(!Arc::ptr_eq(&list_of(&first), &list_of(&changed)));
+        assert_eq!(*list_of(&changed), ["ann"]);
+        let mut after = with(&["ann"]);
+        lists.share(&mut after);
+        assert!(Arc::ptr_eq(&list_of(&changed), &list_of(&after)), "the changed list is the one kept");
     }
 }

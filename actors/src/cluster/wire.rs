@@ -12,13 +12,15 @@
 //! new variant is unknown to old receivers, which count it as invalid rather than
 //! misunderstanding it. A higher version byte is refused the same way.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use protocol::{Entry, EntryKind, ServerFrame};
 use serde::{Deserialize, Serialize};
 
 use crate::presence::Change;
 use crate::room::AppendCommand;
-use crate::store::{Appended, Delivery, StoreError};
+use crate::store::{Appended, Delivery, Recipients, StoreError};
 
 /// The version byte in front of every inter-node message.
 pub const WIRE_VERSION: u8 = 1;
@@ -180,7 +182,7 @@ impl From<WireOutcome> for Result<Appended, StoreError> {
     fn from(outcome: WireOutcome) -> Self {
         match outcome {
             WireOutcome::Appended { entry, duplicate } => {
-                Ok(Appended { delivery: Delivery { entry, recipients: Vec::new() }, duplicate })
+                Ok(Appended { delivery: Delivery { entry, recipients: Recipients::none() }, duplicate })
             }
             WireOutcome::Error(err) => Err(match err {
                 WireError::UserExists(a) => StoreError::UserExists(a),
@@ -220,18 +222,36 @@ enum Envelope {
     Push(#[serde(with = "serde_bytes_compat")] Vec<u8>),
 }
 
+/// [`WireDelivery`] borrowed from a [`Delivery`], to encode without copying it.
+#[derive(Serialize)]
+struct WireDeliveryRef<'a> {
+    entry: &'a Entry,
+    recipients: Vec<(&'a str, u64)>,
+}
+
 /// Encode a delivery once; the bytes go into a [`RouterMessage::Deliver`] for every node.
+/// `Recipients::Unnamed` never gets here (the hub refuses it first); it would encode as nobody.
 pub fn encode_delivery(delivery: &Delivery) -> Bytes {
-    let recipients = delivery.recipients.iter().map(|(user, cursor)| (user.clone(), cursor.unwrap_or(0))).collect();
-    let wire = WireDelivery { entry: delivery.entry.clone(), recipients };
+    let recipients = match &delivery.recipients {
+        Recipients::Logs(logs) => logs.iter().map(|(user, cursor)| (user.as_str(), *cursor)).collect(),
+        Recipients::Members(members) => members.iter().map(|user| (user.as_str(), 0)).collect(),
+        Recipients::Unnamed => Vec::new(),
+    };
+    let wire = WireDeliveryRef { entry: &delivery.entry, recipients };
     Bytes::from(rmp_serde::to_vec_named(&wire).expect("a delivery always encodes"))
 }
 
 /// Decode the payload of a [`RouterMessage::Deliver`].
 pub fn decode_delivery(bytes: &[u8]) -> Result<Delivery, String> {
     let wire: WireDelivery = from_msgpack(bytes).map_err(|err| format!("delivery: {err}"))?;
-    let recipients =
-        wire.recipients.into_iter().map(|(user, cursor)| (user, Some(cursor).filter(|&c| c > 0))).collect();
+    let in_room_log = wire.recipients.iter().filter(|(_, cursor)| *cursor == 0).count();
+    let recipients = if in_room_log == 0 {
+        Recipients::Logs(wire.recipients)
+    } else if in_room_log == wire.recipients.len() {
+        Recipients::Members(Arc::new(wire.recipients.into_iter().map(|(user, _)| user).collect()))
+    } else {
+        return Err("delivery: recipients mix user-log cursors and room-log entries".into());
+    };
     Ok(Delivery { entry: wire.entry, recipients })
 }
 
@@ -380,7 +400,8 @@ mod tests {
 
     #[test]
     fn every_variant_round_trips() {
-        let delivery = Delivery { entry: entry(), recipients: vec![("alice".into(), Some(3)), ("bob".into(), None)] };
+        let delivery =
+            Delivery { entry: entry(), recipients: Recipients::Logs(vec![("alice".into(), 3), ("bob".into(), 4)]) };
         let messages = vec![
             RouterMessage::Heartbeat(Heartbeat {
                 from: "a".into(),
@@ -447,6 +468,17 @@ mod tests {
             panic!("not a delivery");
         };
         assert_eq!(decode_delivery(&bytes).unwrap(), delivery);
+    }
+
+    #[test]
+    fn a_large_rooms_delivery_round_trips_as_members_and_a_mixed_one_is_refused() {
+        let members = Arc::new(vec!["alice".to_string(), "bob".to_string()]);
+        let delivery = Delivery { entry: entry(), recipients: Recipients::Members(members) };
+        assert_eq!(decode_delivery(&encode_delivery(&delivery)).unwrap(), delivery);
+        let mixed = WireDelivery { entry: entry(), recipients: vec![("alice".into(), 3), ("bob".into(), 0)] };
+        let bytes = rmp_serde::to_vec_named(&mixed).unwrap();
+        let err = decode_delivery(&bytes).unwrap_err();
+        assert!(err.contains("mix"), "{err}");
     }
 
     #[test]

@@ -26,7 +26,7 @@ use protocol::{Cursor, Entry, EntryKind, RoomKind};
 use crate::store::sqlite::is_dense;
 use crate::store::{
     AppendRequest, Appended, Delivery, Epoch, HistoryPage, LogBounds, LogEntry, MembershipLimits, MyRoom, NewRoom,
-    Store, StoreError,
+    Recipients, Store, StoreError,
 };
 
 /// A fresh, empty store for one case, and whatever must live as long as it (a temporary
@@ -207,7 +207,24 @@ fn cursors(log: &[LogEntry]) -> Vec<Cursor> {
 }
 
 fn recipient_names(delivery: &Delivery) -> BTreeSet<String> {
-    delivery.recipients.iter().map(|(user, _)| user.clone()).collect()
+    delivery.recipients.users().map(str::to_owned).collect()
+}
+
+/// The recipients of an entry that reached user logs, with their cursors.
+fn logs(delivery: &Delivery) -> &[(String, Cursor)] {
+    match &delivery.recipients {
+        Recipients::Logs(logs) => logs,
+        other => panic!("a small room's entry is in every member's log, not {other:?}"),
+    }
+}
+
+/// Where the entry landed in `user`'s log.
+fn cursor_of(delivery: &Delivery, user: &str) -> Cursor {
+    logs(delivery).iter().find(|(name, _)| name == user).unwrap_or_else(|| panic!("{user} is not a recipient")).1
+}
+
+async fn member_set(store: &dyn Store, room: &str) -> BTreeSet<String> {
+    store.members(room).await.expect("members").into_iter().collect()
 }
 
 fn names(list: &[&str]) -> BTreeSet<String> {
@@ -233,8 +250,7 @@ async fn footprint(store: &dyn Store, room: &str, users: &[&str]) -> (u64, Vec<L
 
 /// Every recipient's log holds the delivered entry at the delivered cursor.
 async fn assert_delivered(store: &dyn Store, delivery: &Delivery) {
-    for (user, cursor) in &delivery.recipients {
-        let cursor = &cursor.expect("a small room's entry is in every member's log");
+    for (user, cursor) in logs(delivery) {
         let page = store.user_log(user, cursor - 1, 1).await.expect("user log");
         assert_eq!(page.len(), 1, "{user} has no entry at cursor {cursor}");
         assert_eq!(page[0].cursor, *cursor);
@@ -456,8 +472,7 @@ pub async fn user_cursors_are_dense_across_rooms(store: Arc<dyn Store>) {
     let mut reported: BTreeMap<Cursor, Entry> = BTreeMap::new();
     for task in tasks {
         for delivery in task.await.expect("task") {
-            let cursor = delivery.recipients.iter().find(|(user, _)| user == "u").expect("u is a recipient").1;
-            let cursor = cursor.expect("in u's log");
+            let cursor = cursor_of(&delivery, "u");
             assert!(reported.insert(cursor, delivery.entry).is_none(), "cursor {cursor} given twice");
         }
     }
@@ -484,8 +499,8 @@ pub async fn fan_out_reaches_exactly_the_members_at_commit(store: Arc<dyn Store>
     let m1 = send(store, text("r", epoch, "a", "m1", "one")).await.delivery;
     assert_eq!(recipient_names(&m1), names(&["a", "b", "c"]));
     assert_delivered(store, &m1).await;
-    for (user, cursor) in &m1.recipients {
-        assert_eq!(Some(store.user_log_bounds(user).await.expect("bounds").head), *cursor, "{user}'s head");
+    for (user, cursor) in logs(&m1) {
+        assert_eq!(store.user_log_bounds(user).await.expect("bounds").head, *cursor, "{user}'s head");
     }
     assert!(whole_log(store, "d").await.is_empty(), "a non-member got a pointer");
 
@@ -523,7 +538,7 @@ pub async fn duplicate_send_returns_the_original(store: Arc<dyn Store>) {
     let again = store.append(retry).await.expect("retry");
     assert!(again.duplicate, "a retry must be reported as a duplicate");
     assert_eq!(again.delivery.entry, original, "a retry gets the original entry");
-    assert!(again.delivery.recipients.is_empty(), "a duplicate is delivered to nobody");
+    assert_eq!(again.delivery.recipients, Recipients::none(), "a duplicate is delivered to nobody");
     assert_eq!(footprint(store, "r", &["a", "b"]).await, before, "a duplicate wrote something");
     let history = whole_history(store, "r").await;
     assert_eq!(history.iter().filter(|e| e.id == "m1").count(), 1);
@@ -842,7 +857,7 @@ pub async fn trim_raises_the_floor(store: Arc<dyn Store>) {
     assert!(store.user_log("a", 0, 100).await.expect("log").is_empty());
 
     let next = send(store, text("r", epoch, "b", "after-trim", "x")).await.delivery;
-    assert!(next.recipients.contains(&("a".to_owned(), Some(26))), "cursor continues after a trim: {next:?}");
+    assert_eq!(cursor_of(&next, "a"), 26, "cursor continues after a trim: {next:?}");
     assert_eq!(store.user_log_bounds("a").await.expect("bounds"), LogBounds { floor: 25, head: 26 });
     assert_eq!(cursors(&store.user_log("a", 0, 100).await.expect("log")), vec![26]);
 
@@ -959,8 +974,10 @@ fn with_limits(request: AppendRequest, limits: MembershipLimits) -> AppendReques
 }
 
 /// The join that takes a room past `fanout_max_members` makes it large from that entry on:
-/// later entries reach every member (no cursor) but no user log; earlier ones stay where they
-/// were; the room stays large when members leave; `rooms_of` tells each member where it stands.
+/// later entries reach no user log and the store names no recipients (the room's owner tracks
+/// the members, from `members` and its own joins and leaves; room.rs tests who gets what);
+/// earlier ones stay where they were; the room stays large when members leave; `rooms_of`
+/// tells each member where it stands.
 pub async fn large_rooms_keep_later_entries_in_the_room_log_only(store: Arc<dyn Store>) {
     let store = store.as_ref();
     users(store, &["a", "b", "c", "d"]).await;
@@ -972,14 +989,13 @@ pub async fn large_rooms_keep_later_entries_in_the_room_log_only(store: Arc<dyn 
 
     let joined = send(store, with_limits(join("r", epoch, "c", "c", "j-c"), SMALL_FANOUT)).await.delivery;
     assert_eq!(joined.entry.seq, 4);
-    assert_eq!(recipient_names(&joined), names(&["a", "b", "c"]), "the joiner and everyone before");
-    assert!(joined.recipients.iter().all(|(_, cursor)| cursor.is_none()), "no user log got it: {joined:?}");
+    assert_eq!(joined.recipients, Recipients::Unnamed, "no user log got it: {joined:?}");
+    assert_eq!(member_set(store, "r").await, names(&["a", "b", "c"]), "the joiner and everyone before");
     let record = store.room("r").await.expect("room").expect("exists");
     assert_eq!(record.large_since, Some(4), "large from the join that passed the limit");
 
     let m2 = send(store, with_limits(text("r", epoch, "b", "m2", "large"), SMALL_FANOUT)).await.delivery;
-    assert!(m2.recipients.iter().all(|(_, cursor)| cursor.is_none()));
-    assert_eq!(recipient_names(&m2), names(&["a", "b", "c"]));
+    assert_eq!(m2.recipients, Recipients::Unnamed);
     assert_eq!(heads(store, &["a", "b", "c"]).await, before, "user logs untouched by a large room");
     assert!(whole_log(store, "c").await.is_empty(), "c's log never got the large room's entries");
     assert_eq!(seqs(&whole_history(store, "r").await), vec![1, 2, 3, 4, 5], "the room log has everything");
@@ -994,10 +1010,10 @@ pub async fn large_rooms_keep_later_entries_in_the_room_log_only(store: Arc<dyn 
 
     // Leaving: the leaver still gets the leave; the room stays large below the limit.
     let left = send(store, with_limits(leave("r", epoch, "c", "l-c"), SMALL_FANOUT)).await.delivery;
-    assert_eq!(recipient_names(&left), names(&["a", "b", "c"]));
+    assert_eq!(left.recipients, Recipients::Unnamed);
+    assert_eq!(member_set(store, "r").await, names(&["a", "b"]));
     let after = send(store, with_limits(text("r", epoch, "a", "m3", "still"), SMALL_FANOUT)).await.delivery;
-    assert_eq!(recipient_names(&after), names(&["a", "b"]));
-    assert!(after.recipients.iter().all(|(_, cursor)| cursor.is_none()), "a large room stays large");
+    assert_eq!(after.recipients, Recipients::Unnamed, "a large room stays large");
     assert_eq!(store.room("r").await.expect("room").expect("exists").large_since, Some(4));
     assert_eq!(heads(store, &["a", "b", "c"]).await, before);
 
@@ -1017,8 +1033,9 @@ pub async fn a_room_created_large_writes_no_pointers(store: Arc<dyn Store>) {
     let deliveries = deliveries.expect("created");
     assert_eq!(deliveries.len(), 3);
     for delivery in &deliveries {
+        // No owner yet: the creation names every initial member itself.
+        assert!(matches!(delivery.recipients, Recipients::Members(_)), "in no user log: {delivery:?}");
         assert_eq!(recipient_names(delivery), names(&["a", "b", "c"]), "every join reaches all initial members");
-        assert!(delivery.recipients.iter().all(|(_, cursor)| cursor.is_none()));
     }
     assert_eq!(heads(store, &["a", "b", "c"]).await, vec![LogBounds::default(); 3]);
     assert_eq!(store.room("r").await.expect("room").expect("exists").large_since, Some(1));

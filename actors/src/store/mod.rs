@@ -22,6 +22,8 @@
 //! Architecture Invariant: only this module (and its backends) knows how state is laid out;
 //! actors hold caches, never the truth.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use protocol::{Cursor, Entry, EntryKind, RoomKind};
 
@@ -109,13 +111,56 @@ pub struct AppendRequest {
     pub limits: MembershipLimits,
 }
 
-/// A committed entry and the user-log position it got in each recipient's log.
+/// A committed entry and who gets it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
     pub entry: Entry,
-    /// (user, cursor in that user's log), one per member at commit time. The cursor is `None`
-    /// for an entry of a large room, which is in the room log only.
-    pub recipients: Vec<(String, Option<Cursor>)>,
+    pub recipients: Recipients,
+}
+
+/// The recipients of a committed entry: every member of the room at commit time (for a leave,
+/// the leaver included).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recipients {
+    /// The entry got a place in each member's user log: (user, cursor in that log).
+    Logs(Vec<(String, Cursor)>),
+    /// An entry of a large room, in the room log only: these members get it, with no cursor.
+    /// Shared, because a room's owner hands the same list to every delivery until its
+    /// membership changes (and the hub keys its fan-out cache on that).
+    Members(Arc<Vec<String>>),
+    /// An entry of a large room as [`Store::append`] returns it: the store does not name the
+    /// members (reading a thousand names per message was a tenth of the node's fan-out time);
+    /// the room's owner, which tracks them, does before anyone delivers it.
+    Unnamed,
+}
+
+impl Recipients {
+    /// Nobody: what a duplicate append delivers.
+    pub fn none() -> Recipients {
+        Recipients::Logs(Vec::new())
+    }
+
+    /// How many users are named.
+    pub fn len(&self) -> usize {
+        match self {
+            Recipients::Logs(logs) => logs.len(),
+            Recipients::Members(members) => members.len(),
+            Recipients::Unnamed => 0,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The users named, in order.
+    pub fn users(&self) -> Box<dyn Iterator<Item = &str> + '_> {
+        match self {
+            Recipients::Logs(logs) => Box::new(logs.iter().map(|(user, _)| user.as_str())),
+            Recipients::Members(members) => Box::new(members.iter().map(String::as_str)),
+            Recipients::Unnamed => Box::new(std::iter::empty()),
+        }
+    }
 }
 
 /// The outcome of an append.
@@ -221,7 +266,8 @@ pub trait Store: Send + Sync + 'static {
     // Logs.
     /// Append one entry to a room log, fanning out a pointer to every member's user log unless
     /// the room is large, all in one transaction that first checks `epoch` (see
-    /// [`AppendRequest`] for the kinds' rules).
+    /// [`AppendRequest`] for the kinds' rules). An entry of a large room comes back with
+    /// [`Recipients::Unnamed`]: its owner names them.
     async fn append(&self, request: AppendRequest) -> StoreResult<Appended>;
     /// Several appends with the effect of [`Store::append`] on each, one after another in the
     /// given order; one outcome each, in order (a refused one does not stop the rest). Backends

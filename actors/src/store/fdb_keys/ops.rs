@@ -10,9 +10,10 @@
 //! Large rooms: the room's meta value holds `large_since`, set by the join (or creation) that
 //! takes the room past `fanout_max_members` and never cleared. An entry with seq ≥
 //! `large_since` is written to the room log only: its append reads no user-log head and writes
-//! no pointer (a join or leave still rewrites its subject's head, for the room count), and its
-//! recipients are the members read from `mem`, each with no cursor. So such an append costs
-//! the same few writes whatever the room's size.
+//! no pointer (a join or leave still rewrites its subject's head, for the room count), and it
+//! reads no member list either: it names no recipients ([`Recipients::Unnamed`]), since the
+//! room's owner tracks its members. So such an append costs the same few reads and writes
+//! whatever the room's size.
 //!
 //! `commit_unknown_result`: FoundationDB may not know whether a commit was applied, and then
 //! runs the attempt again with [`Attempt::maybe_committed`] set. Each write that is not
@@ -20,12 +21,14 @@
 //! - a text append finds its client message id in the dedup index;
 //! - every entry stores a `writer` number drawn once per call, so a retried join, leave or
 //!   room creation recognises the entry its own first attempt wrote and answers with that
-//!   delivery (recipients recovered from their logs; for an entry of a large room, the members
-//!   with no cursor) instead of `AlreadyMember`, `NotMember` or "room existed";
+//!   delivery (recipients recovered from their logs; for an entry of a large room, none named)
+//!   instead of `AlreadyMember`, `NotMember` or "room existed";
 //! - a retried account creation recognises its own password hash (salted, so unique);
 //! - a retried `claim_room` recognises its own claim by the same kind of number;
 //! - `mark_read` is idempotent; a retried `trim_user_log` leaves the same floor but may count
 //!   0 dropped entries; a retried `revoke_tokens` bumps once more, which only revokes more.
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use protocol::{Cursor, Entry, EntryKind};
@@ -39,7 +42,7 @@ use super::values::{
 };
 use crate::store::{
     AppendRequest, Appended, Delivery, Epoch, HistoryPage, LogBounds, LogEntry, MembershipLimits, MyRoom, NewRoom,
-    RoomRecord, Store, StoreError, StoreResult, UserRecord,
+    Recipients, RoomRecord, Store, StoreError, StoreResult, UserRecord,
 };
 
 type R<T, X> = TxnResult<T, <X as KvTxn>::Error>;
@@ -207,11 +210,6 @@ fn in_room_log_only(large_since: Option<u64>, seq: u64) -> bool {
     large_since.is_some_and(|since| seq >= since)
 }
 
-/// Recipients of an entry of a large room: every member, with no cursor.
-fn room_log_recipients(members: Vec<String>) -> Vec<(String, Option<Cursor>)> {
-    members.into_iter().map(|user| (user, None)).collect()
-}
-
 /// After `commit_unknown_result`: the cursors at which the entry (room, seq) that this call's
 /// earlier attempt committed reached each candidate, found by reading back from each log's
 /// head. A pointer already trimmed or buried deeper than [`RECOVERY_SCAN_ROWS`] is left out
@@ -374,12 +372,14 @@ async fn create_room<X: KvTxn>(
     // Every initial member is a member when the transaction commits, so each join reaches all
     // of them, entry by entry so every log lists the joins in seq order; a room created large
     // writes no pointer at all.
+    // A room created large has no owner yet to name its members: the creation names them.
+    let everyone = Arc::new(names.clone());
     let mut deliveries = Vec::with_capacity(entries.len());
     for entry in entries {
         let recipients = if in_room_log_only(large_since, entry.seq) {
-            room_log_recipients(names.clone())
+            Recipients::Members(everyone.clone())
         } else {
-            in_user_logs(fan_out(ks, &mut writes, &mut heads, &room.id, entry.seq, max_entries))
+            Recipients::Logs(fan_out(ks, &mut writes, &mut heads, &room.id, entry.seq, max_entries))
         };
         deliveries.push(Delivery { entry, recipients });
     }
@@ -409,13 +409,14 @@ async fn recover_creation<X: KvTxn>(
         _ => return Ok(None),
     }
     let names = distinct_members(&room.members);
+    let everyone = Arc::new(names.clone());
     let mut deliveries = Vec::with_capacity(names.len());
     for seq in 1..=names.len() as u64 {
         let Some((entry, _)) = entry_at(t, ks, &room.id, seq).await? else { break };
         let recipients = if in_room_log_only(large_since, seq) {
-            room_log_recipients(names.clone())
+            Recipients::Members(everyone.clone())
         } else {
-            in_user_logs(recover_recipients(t, ks, &room.id, seq, &names).await?)
+            Recipients::Logs(recover_recipients(t, ks, &room.id, seq, &names).await?)
         };
         deliveries.push(Delivery { entry, recipients });
     }
@@ -503,7 +504,7 @@ async fn append<X: KvTxn>(t: &X, cx: &AppendContext<'_>) -> R<Appended, X> {
                 if attempt.maybe_committed && stored_writer == writer {
                     return recovered(t, ks, entry, state.meta.large_since).await;
                 }
-                return Ok(Appended { delivery: Delivery { entry, recipients: Vec::new() }, duplicate: true });
+                return Ok(Appended { delivery: Delivery { entry, recipients: Recipients::none() }, duplicate: true });
             }
             let from_key = ks.member(&request.room, &request.from);
             writes.read(&from_key);
@@ -604,8 +605,13 @@ async fn commit_entry<X: KvTxn>(
     let (ks, request) = (cx.ks, cx.request);
     let room = &request.room;
     let seq = state.head.last_seq + 1;
-    let mut members: Vec<String> =
-        member_list(t, ks, room, &mut writes).await?.into_iter().map(|(user, _)| user).collect();
+    // A room already large names no recipients and moves no member's log: its members need
+    // not be read (a range read of every member per message).
+    let mut members: Vec<String> = if in_room_log_only(state.meta.large_since, seq) {
+        Vec::new()
+    } else {
+        member_list(t, ks, room, &mut writes).await?.into_iter().map(|(user, _)| user).collect()
+    };
     let mut head = state.head;
     head.last_seq = seq;
     let mut large_since = state.meta.large_since;
@@ -651,10 +657,11 @@ async fn commit_entry<X: KvTxn>(
     if request.kind == EntryKind::Text {
         writes.set(ks.dedup(room, &request.from, &request.id), encode_u64(seq));
     }
+    // A large room's owner names the recipients (`Recipients::Unnamed`).
     let recipients = if large {
-        room_log_recipients(members)
+        Recipients::Unnamed
     } else {
-        in_user_logs(fan_out(ks, &mut writes, &mut heads, room, seq, cx.max_entries))
+        Recipients::Logs(fan_out(ks, &mut writes, &mut heads, room, seq, cx.max_entries))
     };
     match (request.kind, subject.as_deref()) {
         (EntryKind::Join, Some(user)) => {
@@ -687,23 +694,18 @@ async fn commit_entry<X: KvTxn>(
 /// room's as stored now (the earlier attempt's switch included): an entry it covers reached
 /// the members without a cursor, so no log is searched.
 async fn recovered<X: KvTxn>(t: &X, ks: &Keyspace, entry: Entry, large_since: Option<u64>) -> R<Appended, X> {
+    if in_room_log_only(large_since, entry.seq) {
+        // The room's owner names a large room's recipients.
+        return Ok(Appended { delivery: Delivery { entry, recipients: Recipients::Unnamed }, duplicate: false });
+    }
     let mut candidates: Vec<String> =
         member_list(t, ks, &entry.room, &mut WriteSet::new()).await?.into_iter().map(|(user, _)| user).collect();
     if entry.kind == EntryKind::Leave {
         // The leaver got the entry before the membership ended.
         candidates.extend(entry.user.clone());
     }
-    let recipients = if in_room_log_only(large_since, entry.seq) {
-        room_log_recipients(candidates)
-    } else {
-        in_user_logs(recover_recipients(t, ks, &entry.room, entry.seq, &candidates).await?)
-    };
+    let recipients = Recipients::Logs(recover_recipients(t, ks, &entry.room, entry.seq, &candidates).await?);
     Ok(Appended { delivery: Delivery { entry, recipients }, duplicate: false })
-}
-
-/// Recipients whose user logs got the entry.
-fn in_user_logs(recipients: Vec<(String, Cursor)>) -> Vec<(String, Option<Cursor>)> {
-    recipients.into_iter().map(|(user, cursor)| (user, Some(cursor))).collect()
 }
 
 async fn history<X: KvTxn>(

@@ -7,6 +7,7 @@
 //! makes one database file safe to share between node processes.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use rusqlite::types::Type;
 use rusqlite::{params, Connection, OptionalExtension, Row};
@@ -15,7 +16,7 @@ use super::invariants;
 use super::threads::Context;
 use crate::store::{
     AppendRequest, Appended, Delivery, Epoch, HistoryPage, LogBounds, LogEntry, MembershipLimits, MyRoom, NewRoom,
-    RoomRecord, StoreError, StoreResult, UserRecord,
+    Recipients, RoomRecord, StoreError, StoreResult, UserRecord,
 };
 use protocol::{Cursor, Entry, EntryKind, RoomKind};
 
@@ -281,17 +282,18 @@ fn insert_entry(conn: &Connection, rid: i64, entry: &Entry) -> StoreResult<()> {
 
 /// The recipients of entry `seq` of `room`: every current member. Unless the room is large at
 /// `seq`, this also appends a pointer to the entry to each member's log, in this transaction,
-/// and returns each member's new cursor; an entry of a large room lives in the room log only.
-fn deliver(conn: &Connection, room: &RoomRow, seq: u64, retention: u64) -> StoreResult<Vec<(String, Option<Cursor>)>> {
-    if room.record.large_since.is_some_and(|since| seq >= since) {
-        let names: Vec<(i64, String)> = conn
-            .prepare_cached(MEMBER_RECIPIENTS)
-            .and_then(|mut s| s.query_map([room.rid], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
-            .ctx("read room members")?;
-        return Ok(names.into_iter().map(|(_, name)| (name, None)).collect());
+/// and returns each member's new cursor; an entry of a large room lives in the room log only,
+/// and its owner names its recipients ([`Recipients::Unnamed`]).
+fn deliver(conn: &Connection, room: &RoomRow, seq: u64, retention: u64) -> StoreResult<Recipients> {
+    if in_room_log_only(room, seq) {
+        return Ok(Recipients::Unnamed);
     }
-    let recipients = fan_out(conn, room.rid, seq, retention)?;
-    Ok(recipients.into_iter().map(|(name, cursor)| (name, Some(cursor))).collect())
+    Ok(Recipients::Logs(fan_out(conn, room.rid, seq, retention)?))
+}
+
+/// Whether entry `seq` of `room` is kept in the room log only (the room is large at `seq`).
+fn in_room_log_only(room: &RoomRow, seq: u64) -> bool {
+    room.record.large_since.is_some_and(|since| seq >= since)
 }
 
 /// Make the room large from entry `seq` on if `members` (its count with this entry) passes
@@ -483,9 +485,15 @@ pub(super) fn create_room(
         insert_entry(conn, rid, &entry)?;
         entries.push(entry);
     }
+    // A room created large has no owner yet to name its members: the creation names them,
+    // all of them for every join.
+    let everyone = Arc::new(names.iter().map(|name| (*name).to_owned()).collect::<Vec<_>>());
     let mut deliveries = Vec::with_capacity(entries.len());
     for entry in entries {
-        let recipients = deliver(conn, &header, entry.seq, retention)?;
+        let recipients = match deliver(conn, &header, entry.seq, retention)? {
+            Recipients::Unnamed => Recipients::Members(everyone.clone()),
+            named => named,
+        };
         deliveries.push(Delivery { entry, recipients });
     }
     Ok((header.record, Some(deliveries)))
@@ -548,7 +556,7 @@ fn append_text(conn: &Connection, room: &RoomRow, request: &AppendRequest, reten
         })
         .ctx("look up client message id")?;
     if let Some(entry) = original {
-        return Ok(Appended { delivery: Delivery { entry, recipients: Vec::new() }, duplicate: true });
+        return Ok(Appended { delivery: Delivery { entry, recipients: Recipients::none() }, duplicate: true });
     }
     if !is_named_member(conn, room.rid, &request.from)? {
         return Err(StoreError::NotMember { room: room.record.id.clone(), user: request.from.clone() });
