@@ -889,20 +889,30 @@ where
     /// shared entry is copied into the batch, not referenced.
     fn batched(&self, encoding: Encoding, frames: Vec<Out>) -> Vec<Wire> {
         let separator = protocol::batch_separator(encoding);
+        let encoded: Vec<Cow<'_, [u8]>> = frames.iter().map(|frame| self.encode_out(encoding, frame)).collect();
         let mut wires = Vec::new();
-        let mut batch: Vec<u8> = Vec::new();
-        for frame in &frames {
-            let bytes = self.encode_out(encoding, frame);
-            if !batch.is_empty() && batch.len() + separator.len() + bytes.len() > BATCH_MAX_BYTES {
-                wires.push(wire_of(encoding, std::mem::take(&mut batch)));
+        let mut rest = &encoded[..];
+        while !rest.is_empty() {
+            // As many frames as fit (at least one), then one buffer of exactly their size: a
+            // growing buffer would copy the batch again at every doubling.
+            let mut size = rest[0].len();
+            let mut count = 1;
+            while let Some(next) = rest.get(count) {
+                if size + separator.len() + next.len() > BATCH_MAX_BYTES {
+                    break;
+                }
+                size += separator.len() + next.len();
+                count += 1;
             }
-            if !batch.is_empty() {
-                batch.extend_from_slice(separator);
+            let mut batch = Vec::with_capacity(size);
+            for (i, bytes) in rest[..count].iter().enumerate() {
+                if i > 0 {
+                    batch.extend_from_slice(separator);
+                }
+                batch.extend_from_slice(bytes);
             }
-            batch.extend_from_slice(&bytes);
-        }
-        if !batch.is_empty() {
             wires.push(wire_of(encoding, batch));
+            rest = &rest[count..];
         }
         wires
     }
