@@ -2,7 +2,8 @@
 //! any node; order holds and nothing is lost or doubled (the ledger says so). Also the
 //! operator view and the single-node default (no cluster port unless configured). The chat test
 //! also runs with large rooms (every room past two members), where entries travel without a
-//! user-log cursor and clients resume from their position in each room.
+//! user-log cursor and clients resume from their position in each room, and members on a node
+//! other than the owner come and go while a large room runs.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -186,6 +187,69 @@ async fn deliveries_shed_under_load_are_read_from_the_store() -> anyhow::Result<
             .unwrap_or(0);
         anyhow::ensure!(shed > 0, "no delivery was shed, so this test proved nothing:\n{metrics}");
         println!("{shed} of 400 deliveries shed on the receivers' node; every receiver got all 400");
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    result.map_err(|err| anyhow::anyhow!("{err:#}\n{}", cluster.logs()))
+}
+
+/// A large room's recipients are named by its owner from the member list it keeps; members on
+/// another node get its entries through that node's fan-out, which reuses the owner's list while
+/// it is unchanged. Here every member but the sender is on the node that does not own the room:
+/// a joiner gets everything from its join on, live (the owner must add it to the list before
+/// delivering its join: nothing else would make that connection read the room); a leaver gets
+/// its own leave and nothing after (the owner must drop it — and the leaver's session would also
+/// refuse an entry of a room it no longer follows); a member who joins again gets what follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_and_leaves_on_another_node_change_who_gets_a_large_rooms_entries() -> anyhow::Result<()> {
+    let cluster = Cluster::start_with(2, ClusterOptions::large_rooms()).await?;
+    let result = async {
+        let (mut sender, _) = Client::user(cluster.node(0), Encoding::MessagePack, "sal").await?;
+        let room = sender.create_room("comings and goings").await?;
+        let owner = cluster.owner(0, &room).await?;
+        let owner_index = (0..2).find(|&i| cluster.node(i).options.name == owner).expect("two nodes");
+        // The members connect to the node that does not own the room (the sender's node does
+        // not matter).
+        let away = 1 - owner_index;
+        let mut members = Vec::new();
+        for name in ["xia", "yan", "zed"] {
+            let (member, _) = Client::user(cluster.node(away), Encoding::Json, name).await?;
+            members.push(member);
+        }
+        let [xia, yan, zed] = &mut members[..] else { unreachable!() };
+        xia.join(&room).await?;
+        yan.join(&room).await?; // the third member: the room is large from here
+        sender.say(&room, "m1", "to xia and yan").await?;
+        for member in [&mut *xia, &mut *yan] {
+            member.wait_for_message(&room, "m1").await?;
+        }
+        let req = xia.next_req();
+        if let reply @ protocol::ServerFrame::Error { .. } =
+            xia.request(protocol::ClientFrame::Leave { req, room: room.clone() }).await?
+        {
+            anyhow::bail!("leave: {reply:?}");
+        }
+        sender.say(&room, "m2", "to yan only").await?;
+        zed.join(&room).await?;
+        sender.say(&room, "m3", "to yan and zed").await?;
+        xia.join(&room).await?;
+        sender.say(&room, "m4", "to all three").await?;
+        for member in [&mut *xia, &mut *yan, &mut *zed] {
+            member.wait_for_message(&room, "m4").await?;
+            member.ping().await?;
+        }
+        let texts = |client: &Client| -> Vec<String> {
+            client
+                .room_ledger
+                .iter()
+                .chain(client.ledger.iter().map(|(_, entry)| entry))
+                .filter(|entry| entry.room == room && entry.kind == protocol::EntryKind::Text)
+                .map(|entry| entry.id.clone())
+                .collect()
+        };
+        anyhow::ensure!(texts(xia) == ["m1", "m4"], "xia (left, came back): {:?}", texts(xia));
+        anyhow::ensure!(texts(yan) == ["m1", "m2", "m3", "m4"], "yan: {:?}", texts(yan));
+        anyhow::ensure!(texts(zed) == ["m3", "m4"], "zed (joined late): {:?}", texts(zed));
         Ok::<_, anyhow::Error>(())
     }
     .await;
