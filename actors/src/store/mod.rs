@@ -140,19 +140,6 @@ impl Recipients {
         Recipients::Logs(Vec::new())
     }
 
-    /// How many users are named.
-    pub fn len(&self) -> usize {
-        match self {
-            Recipients::Logs(logs) => logs.len(),
-            Recipients::Members(members) => members.len(),
-            Recipients::Unnamed => 0,
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// The users named, in order.
     pub fn users(&self) -> Box<dyn Iterator<Item = &str> + '_> {
         match self {
