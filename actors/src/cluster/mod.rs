@@ -53,6 +53,11 @@ use wire::{AppendReply, ForwardedAppend, Heartbeat, RouterMessage};
 /// Process group of every node's router.
 pub const ROUTERS_GROUP: &str = "palaver.routers";
 
+/// At most this many deliveries from other nodes are fanned out together: a room owner's
+/// commit batch (`limits.room_batch_max`) fits, and a burst of many rooms does not hold one
+/// room's entries back for long.
+const DELIVERIES_PER_FAN_OUT: usize = 256;
+
 /// Process group of one node's router: how a node finds another by name.
 pub fn router_group(node: &str) -> String {
     format!("palaver.router.{node}")
@@ -400,10 +405,16 @@ impl Cluster {
     async fn run_deliveries(self: Arc<Self>) {
         let Some(mut rx) = self.deliveries_rx.lock().expect("deliveries lock").take() else { return };
         let mut lists = MemberLists::default();
-        while let Some(mut delivery) = rx.recv().await {
+        let mut batch = Vec::new();
+        // Everything waiting is fanned out together, so that a run of one large room's entries
+        // reaches each connection in one push (`Hub::deliver_local_all`), as on the owner.
+        while rx.recv_many(&mut batch, DELIVERIES_PER_FAN_OUT).await > 0 {
             let Some(hub) = self.hub() else { return };
-            lists.share(&mut delivery);
-            hub.deliver_local(&delivery);
+            for delivery in &mut batch {
+                lists.share(delivery);
+            }
+            hub.deliver_local_all(&batch.iter().collect::<Vec<_>>());
+            batch.clear();
         }
     }
 

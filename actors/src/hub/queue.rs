@@ -79,6 +79,28 @@ impl OutboundQueue {
         }
         Ok(())
     }
+
+    /// Queue `outbounds` in order under one lock, waking the session at most once: as many as
+    /// fit (all, unless the queue fills up or the connection has ended). Returns how many were
+    /// queued; the rest are dropped, as [`try_send`](Self::try_send) would have refused them.
+    pub fn try_send_all(&self, outbounds: impl Iterator<Item = Outbound>) -> usize {
+        let (queued, waker) = {
+            let mut state = self.shared.state.lock().expect("queue lock");
+            if state.closed {
+                return 0;
+            }
+            let free = self.capacity.saturating_sub(self.shared.queued.load(Ordering::Acquire));
+            let before = state.items.len();
+            state.items.extend(outbounds.take(free));
+            let queued = state.items.len() - before;
+            self.shared.queued.fetch_add(queued, Ordering::AcqRel);
+            (queued, if queued > 0 { state.waker.take() } else { None })
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        queued
+    }
 }
 
 impl Clone for OutboundQueue {
@@ -192,6 +214,36 @@ mod tests {
         let rest: Vec<u64> = std::iter::from_fn(|| inbox.try_recv()).map(seq_of).collect();
         assert_eq!(rest, [2, 3, 4]);
         assert!(inbox.try_recv().is_none());
+    }
+
+    #[test]
+    fn a_batch_push_queues_in_order_what_fits_and_wakes_the_receiver_once() {
+        let (queue, mut inbox) = outbound_queue(5);
+        queue.try_send(frame(1)).expect("room");
+        assert_eq!(queue.try_send_all((2..=7).map(frame)), 4, "five fit, the first was already queued");
+        let got: Vec<u64> = std::iter::from_fn(|| inbox.try_recv()).map(seq_of).collect();
+        assert_eq!(got, [1, 2, 3, 4, 5]);
+
+        // A receiver waiting on the empty queue is woken once for the whole batch.
+        let wakes = Arc::new(CountingWaker::default());
+        let waker = Waker::from(wakes.clone());
+        assert!(inbox.take(Some(&waker)).is_none());
+        assert_eq!(queue.try_send_all((6..=8).map(frame)), 3);
+        assert_eq!(wakes.0.load(Ordering::Acquire), 1);
+        let got: Vec<u64> = std::iter::from_fn(|| inbox.try_recv()).map(seq_of).collect();
+        assert_eq!(got, [6, 7, 8]);
+
+        drop(inbox);
+        assert_eq!(queue.try_send_all((9..=10).map(frame)), 0, "the connection has ended");
+    }
+
+    #[derive(Default)]
+    struct CountingWaker(AtomicUsize);
+
+    impl std::task::Wake for CountingWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::AcqRel);
+        }
     }
 
     #[test]

@@ -1,0 +1,91 @@
+//! The hub's delivery of committed entries to registered connections, on the real SQLite store
+//! (the store is not touched here; the hub needs one).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use protocol::{Entry, EntryKind};
+
+use super::{Hub, Outbound, Registration};
+use crate::auth::{AuthConfig, Authenticator};
+use crate::limits::Limits;
+use crate::store::sqlite::{SqliteOptions, SqliteStore};
+use crate::store::{Delivery, Recipients, Store};
+
+fn hub(limits: Limits) -> (Arc<Hub>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(SqliteOptions::new(dir.path().join("test.db"))).unwrap());
+    let auth = Authenticator::new(AuthConfig::for_tests()).unwrap();
+    (Hub::new("test-node".into(), limits, Default::default(), store, auth), dir)
+}
+
+fn delivery(room: &str, seq: u64, members: &Arc<Vec<String>>) -> Delivery {
+    let entry = Entry {
+        room: room.into(),
+        seq,
+        id: format!("m{seq}"),
+        from: "a".into(),
+        kind: EntryKind::Text,
+        user: None,
+        body: format!("text {seq}"),
+        ts: 0,
+    };
+    Delivery { entry, recipients: Recipients::Members(members.clone()) }
+}
+
+fn list(users: &[&str]) -> Arc<Vec<String>> {
+    Arc::new(users.iter().map(|user| user.to_string()).collect())
+}
+
+/// (room, seq) of every room entry queued for `registration`, in queue order.
+fn queued(registration: &mut Registration) -> Vec<(String, u64)> {
+    std::iter::from_fn(|| registration.inbox.try_recv())
+        .map(|outbound| match outbound {
+            Outbound::RoomEntry(shared) => (shared.entry().room.clone(), shared.entry().seq),
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn runs_of_a_large_rooms_entries_reach_the_members_of_each_entrys_list_in_order() {
+    let (hub, _dir) = hub(Limits::default());
+    let mut a = hub.register("a");
+    let mut b = hub.register("b");
+    // r1's list changes after seq 2 (b left), and r2's entry comes between r1's 3 and 4.
+    let (both, only_a, r2) = (list(&["a", "b"]), list(&["a"]), list(&["b"]));
+    let deliveries = [
+        delivery("r1", 1, &both),
+        delivery("r1", 2, &both),
+        delivery("r1", 3, &only_a),
+        delivery("r2", 1, &r2),
+        delivery("r1", 4, &only_a),
+    ];
+    hub.deliver_local_all(&deliveries.iter().collect::<Vec<_>>());
+
+    let r1 = |seq| ("r1".to_string(), seq);
+    assert_eq!(queued(&mut a), [r1(1), r1(2), r1(3), r1(4)]);
+    assert_eq!(queued(&mut b), [r1(1), r1(2), ("r2".to_string(), 1)]);
+    assert_eq!(hub.metrics.deliveries_total.load(Ordering::Relaxed), 7);
+    assert!(!a.signals.lagged.load(Ordering::Acquire) && !b.signals.lagged.load(Ordering::Acquire));
+}
+
+#[tokio::test]
+async fn a_run_that_does_not_fit_a_queue_marks_that_connection_lagged() {
+    let (hub, _dir) = hub(Limits { outbound_queue_len: 3, ..Limits::default() });
+    let mut a = hub.register("a");
+    let mut b = hub.register("b");
+    let members = list(&["a", "b"]);
+    // b already holds one item: two of the three fit.
+    hub.deliver_local(&delivery("r1", 1, &list(&["b"])));
+    let run: Vec<Delivery> = (2..=4).map(|seq| delivery("r1", seq, &members)).collect();
+    hub.deliver_local_all(&run.iter().collect::<Vec<_>>());
+
+    let r1 = |seq| ("r1".to_string(), seq);
+    assert_eq!(queued(&mut a), [r1(2), r1(3), r1(4)]);
+    assert!(!a.signals.lagged.load(Ordering::Acquire), "a's three fit");
+    // b has what fitted, in order, and reads the rest from the store.
+    assert_eq!(queued(&mut b), [r1(1), r1(2), r1(3)]);
+    assert!(b.signals.lagged.load(Ordering::Acquire), "b missed seq 4");
+    assert_eq!(hub.metrics.deliveries_lagged_total.load(Ordering::Relaxed), 1);
+}
