@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use actors::hub::Hub;
 use actors::session::{run_session, Peer, Wire, WireError};
+use actors::store::WriteStats;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -148,8 +149,11 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, hub: Arc<Hub>, permits:
         "/metrics" => {
             let (users, connections) = hub.connection_counts();
             let mut body = hub.metrics.render();
-            body.push_str(&format!("# HELP palaver_users_online Users with at least one authenticated connection.\n# TYPE palaver_users_online gauge\npalaver_users_online {users}\n"));
-            body.push_str(&format!("# HELP palaver_connections_authenticated Authenticated connections.\n# TYPE palaver_connections_authenticated gauge\npalaver_connections_authenticated {connections}\n"));
+            body.push_str(&gauge("users_online", "Users with at least one authenticated connection.", users as u64));
+            body.push_str(&gauge("connections_authenticated", "Authenticated connections.", connections as u64));
+            if let Some(stats) = hub.store.write_stats() {
+                body.push_str(&store_metrics(&stats));
+            }
             respond(&mut stream, 200, "text/plain; version=0.0.4", body.as_bytes()).await
         }
         "/status" => {
@@ -232,6 +236,42 @@ async fn read_head(stream: &mut TcpStream) -> io::Result<Option<(Vec<u8>, Vec<u8
             return Err(io::Error::new(io::ErrorKind::InvalidData, "request head too large"));
         }
     }
+}
+
+/// The store's write-path counters in the Prometheus text format.
+fn store_metrics(stats: &WriteStats) -> String {
+    [
+        counter(
+            "store_write_transactions_total",
+            "Write transactions committed by the store (group commits).",
+            stats.write_transactions,
+        ),
+        counter(
+            "store_write_requests_total",
+            "Writes taken into a transaction; divided by the transactions, the mean group-commit batch.",
+            stats.write_requests,
+        ),
+        counter(
+            "store_write_failed_transactions_total",
+            "Write transactions that failed to begin or commit.",
+            stats.failed_transactions,
+        ),
+        gauge("store_writes_queued", "Writes waiting for the store's writer.", stats.queued_writes as u64),
+    ]
+    .concat()
+}
+
+/// One metric computed at request time (the rest are `actors::metrics::Metrics`).
+fn counter(name: &str, help: &str, value: u64) -> String {
+    metric(name, "counter", help, value)
+}
+
+fn gauge(name: &str, help: &str, value: u64) -> String {
+    metric(name, "gauge", help, value)
+}
+
+fn metric(name: &str, kind: &str, help: &str, value: u64) -> String {
+    format!("# HELP palaver_{name} {help}\n# TYPE palaver_{name} {kind}\npalaver_{name} {value}\n")
 }
 
 async fn respond(stream: &mut TcpStream, status: u16, content_type: &str, body: &[u8]) -> io::Result<()> {

@@ -25,6 +25,17 @@ async fn health_readiness_metrics_and_errors() -> anyhow::Result<()> {
     ensure!(metric(&body, "palaver_connections_open") == Some(1), "one connection open:\n{body}");
     client.close().await?;
 
+    // The store's write path: an account is a write, in a transaction of its own or shared.
+    let mut writer = Client::connect(&node, Encoding::Json).await?;
+    writer.register_and_login("metrics-user", "a long enough password").await?;
+    let (_, body) = node.http_get("/metrics").await?;
+    ensure!(body.contains("# TYPE palaver_store_write_transactions_total counter"), "store metrics declared:\n{body}");
+    let transactions = metric(&body, "palaver_store_write_transactions_total").unwrap_or(0);
+    let requests = metric(&body, "palaver_store_write_requests_total").unwrap_or(0);
+    ensure!(transactions >= 1 && requests >= transactions, "{requests} writes in {transactions} transactions:\n{body}");
+    ensure!(metric(&body, "palaver_store_write_failed_transactions_total") == Some(0), "no failed commit:\n{body}");
+    writer.close().await?;
+
     // /ws is WebSocket only: a plain GET is told to upgrade.
     let (status, body) = node.http_get("/ws").await?;
     ensure!(status == 426, "/ws without upgrade: {status} {body}");

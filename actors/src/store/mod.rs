@@ -221,6 +221,20 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// Counters of a store's write path, for `/metrics`: `requests / transactions` is the mean
+/// group-commit batch size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WriteStats {
+    /// Write transactions committed.
+    pub write_transactions: u64,
+    /// Write requests taken off the queue into a transaction (committed, refused or failed).
+    pub write_requests: u64,
+    /// Write transactions that failed to begin or commit (their requests all got an error).
+    pub failed_transactions: u64,
+    /// Writes waiting in the queue right now.
+    pub queued_writes: usize,
+}
+
 /// The store interface. Every method is one transaction (or a read of one consistent snapshot).
 /// Methods are async so a networked backend fits; the embedded one runs its work on its own
 /// threads, never on the async runtime.
@@ -228,6 +242,11 @@ pub type StoreResult<T> = Result<T, StoreError>;
 pub trait Store: Send + Sync + 'static {
     /// A short name for logs and metrics: "sqlite", "fdb".
     fn backend(&self) -> &'static str;
+    /// The write path's counters, where the backend keeps them (SQLite's writer thread does;
+    /// FoundationDB's transactions are the client library's).
+    fn write_stats(&self) -> Option<WriteStats> {
+        None
+    }
 
     // Accounts.
     async fn create_user(&self, name: &str, password_hash: &str, created_ms: u64) -> StoreResult<()>;

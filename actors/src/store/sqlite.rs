@@ -91,7 +91,7 @@ use tokio::sync::{mpsc, oneshot};
 use self::threads::{sqlite_error, BatchLimits, Job, ReadJob, WriteJob, WriterCounters};
 use crate::store::{
     AppendRequest, Appended, Delivery, Epoch, HistoryPage, LogBounds, LogEntry, MembershipLimits, MyRoom, NewRoom,
-    RoomRecord, Store, StoreError, StoreResult, UserRecord,
+    RoomRecord, Store, StoreError, StoreResult, UserRecord, WriteStats,
 };
 
 pub use self::invariants::{bounds_ordered, is_dense, read_within_room, seq_follows};
@@ -166,20 +166,6 @@ impl SqliteOptions {
         }
         Ok(())
     }
-}
-
-/// Counters of the write path, for metrics: `write_requests / write_transactions` is the mean
-/// group-commit batch size.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct SqliteStats {
-    /// Write transactions committed.
-    pub write_transactions: u64,
-    /// Write requests taken off the queue into a transaction (committed, refused or failed).
-    pub write_requests: u64,
-    /// Write transactions that failed to begin or commit (their requests all got an error).
-    pub failed_transactions: u64,
-    /// Writes waiting in the queue right now.
-    pub queued_writes: usize,
 }
 
 /// The SQLite store. Dropping it closes the queues; the threads finish what is queued and
@@ -266,8 +252,8 @@ impl SqliteStore {
     }
 
     /// Write-path counters.
-    pub fn stats(&self) -> SqliteStats {
-        SqliteStats {
+    pub fn stats(&self) -> WriteStats {
+        WriteStats {
             write_transactions: self.counters.transactions.load(Ordering::Relaxed),
             write_requests: self.counters.requests.load(Ordering::Relaxed),
             failed_transactions: self.counters.failed_transactions.load(Ordering::Relaxed),
@@ -331,6 +317,10 @@ fn append_cost(request: &AppendRequest) -> usize {
 impl Store for SqliteStore {
     fn backend(&self) -> &'static str {
         "sqlite"
+    }
+
+    fn write_stats(&self) -> Option<WriteStats> {
+        Some(self.stats())
     }
 
     async fn create_user(&self, name: &str, password_hash: &str, created_ms: u64) -> StoreResult<()> {
