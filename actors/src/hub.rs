@@ -91,6 +91,20 @@ struct RoomFanout {
     conns: Vec<ConnHandle>,
 }
 
+impl Connections {
+    /// The live connections of `members`, a large room's current list, from the cache (built
+    /// on a miss).
+    fn fanout(&mut self, room: &str, members: &Arc<Vec<String>>) -> &RoomFanout {
+        let Connections { by_user, room_fanouts } = self;
+        let cached = room_fanouts.get(room).is_some_and(|fanout| Arc::ptr_eq(&fanout.members, members));
+        if !cached {
+            let conns = members.iter().flat_map(|user| by_user.get(user).into_iter().flatten()).cloned().collect();
+            room_fanouts.insert(room.to_owned(), RoomFanout { members: members.clone(), conns });
+        }
+        &room_fanouts[room]
+    }
+}
+
 /// The node's registries and shared services.
 pub struct Hub {
     pub node: String,
@@ -256,9 +270,9 @@ impl Hub {
     pub fn deliver_all(&self, deliveries: &[&Delivery]) {
         self.deliver_local_all(deliveries);
         if let Some(cluster) = self.cluster.get() {
-            for delivery in deliveries.iter().filter(|delivery| delivery.recipients != Recipients::Unnamed) {
-                cluster.broadcast_delivery(delivery);
-            }
+            let named: Vec<&Delivery> =
+                deliveries.iter().copied().filter(|delivery| delivery.recipients != Recipients::Unnamed).collect();
+            cluster.broadcast_deliveries(&named);
         }
     }
 
@@ -276,24 +290,12 @@ impl Hub {
     /// kernel's per-write cost is most of what a delivery costs.
     pub fn deliver_local_all(&self, deliveries: &[&Delivery]) {
         let mut delivered = 0;
-        let mut rest = deliveries;
-        while let Some(first) = rest.first() {
-            let run = match &first.recipients {
-                Recipients::Members(members) => rest
-                    .iter()
-                    .take_while(|delivery| {
-                        delivery.entry.room == first.entry.room
-                            && matches!(&delivery.recipients, Recipients::Members(list) if Arc::ptr_eq(list, members))
-                    })
-                    .count(),
-                Recipients::Logs(_) | Recipients::Unnamed => 1,
-            };
-            let (now, later) = rest.split_at(run);
-            rest = later;
+        for run in delivery_runs(deliveries) {
+            let first = run[0];
             delivered += match &first.recipients {
                 Recipients::Logs(logs) => self.deliver_to_logs(&first.entry, logs),
                 Recipients::Members(members) => {
-                    self.deliver_to_members(&first.entry.room, now.iter().map(|delivery| &delivery.entry), members)
+                    self.deliver_to_members(&first.entry.room, run.iter().map(|delivery| &delivery.entry), members)
                 }
                 Recipients::Unnamed => {
                     // A bug (the room's owner names a large room's recipients before
@@ -331,16 +333,7 @@ impl Hub {
         members: &Arc<Vec<String>>,
     ) -> u64 {
         let mut guard = self.connections.lock().expect("connections lock");
-        let Connections { by_user, room_fanouts } = &mut *guard;
-        let fanout = match room_fanouts.get(room) {
-            Some(fanout) if Arc::ptr_eq(&fanout.members, members) => fanout,
-            _ => {
-                let conns = members.iter().flat_map(|user| by_user.get(user).into_iter().flatten()).cloned().collect();
-                let fanout = RoomFanout { members: members.clone(), conns };
-                room_fanouts.insert(room.to_owned(), fanout);
-                &room_fanouts[room]
-            }
-        };
+        let fanout = guard.fanout(room, members);
         if fanout.conns.is_empty() {
             return 0;
         }
@@ -371,7 +364,15 @@ impl Hub {
     /// Mark every live connection of the delivery's recipients on this node lagged: each reads
     /// what it missed from the store (used when a delivery could not be queued).
     pub fn lag_recipients(&self, delivery: &Delivery) {
-        let connections = self.connections.lock().expect("connections lock");
+        let mut connections = self.connections.lock().expect("connections lock");
+        if let Recipients::Members(members) = &delivery.recipients {
+            // A large room's members: through the fan-out cache, not a lookup per member (a
+            // node that sheds does so under load, for many deliveries in a row).
+            for conn in &connections.fanout(&delivery.entry.room, members).conns {
+                self.mark_lagged(&conn.signals);
+            }
+            return;
+        }
         for user in delivery.recipients.users() {
             for conn in connections.by_user.get(user).into_iter().flatten() {
                 self.mark_lagged(&conn.signals);
@@ -379,10 +380,13 @@ impl Hub {
         }
     }
 
-    /// A connection missed a delivery: it will read the store.
+    /// A connection missed a delivery: it will read the store. Woken only when the flag was
+    /// clear: a set flag has woken it already, and it reads everything missed since it last
+    /// cleared the flag.
     fn mark_lagged(&self, signals: &ConnSignals) {
-        signals.lagged.store(true, Ordering::Release);
-        signals.notify.notify_one();
+        if !signals.lagged.swap(true, Ordering::AcqRel) {
+            signals.notify.notify_one();
+        }
         Metrics::inc(&self.metrics.deliveries_lagged_total);
     }
 
@@ -522,6 +526,29 @@ impl Hub {
     pub fn is_shutting_down(&self) -> bool {
         *self.shutdown.borrow()
     }
+}
+
+/// `deliveries` (in order) as runs: consecutive entries of one large room under one member
+/// list (the same `Arc`: no membership change between them) form one run; any other delivery
+/// is a run of its own. Never yields an empty run.
+pub(crate) fn delivery_runs<'a, 'b>(deliveries: &'b [&'a Delivery]) -> impl Iterator<Item = &'b [&'a Delivery]> {
+    let mut rest = deliveries;
+    std::iter::from_fn(move || {
+        let first = rest.first()?;
+        let len = match &first.recipients {
+            Recipients::Members(members) => rest
+                .iter()
+                .take_while(|delivery| {
+                    delivery.entry.room == first.entry.room
+                        && matches!(&delivery.recipients, Recipients::Members(list) if Arc::ptr_eq(list, members))
+                })
+                .count(),
+            Recipients::Logs(_) | Recipients::Unnamed => 1,
+        };
+        let (run, later) = rest.split_at(len);
+        rest = later;
+        Some(run)
+    })
 }
 
 #[cfg(test)]

@@ -76,6 +76,9 @@ metrics! {
     counter cluster_deliveries_sent_total,
     /// Cluster: deliveries received from other nodes.
     counter cluster_deliveries_received_total,
+    /// Cluster: runs of a large room's entries received as one message (their entries count
+    /// in `cluster_deliveries_received_total` too).
+    counter cluster_delivery_runs_received_total,
     /// Cluster: deliveries from other nodes not queued because the local fan-out was behind
     /// (`cluster.delivery_queue_len`); their recipients read them from the store instead.
     counter cluster_deliveries_shed_total,

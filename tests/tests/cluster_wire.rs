@@ -108,6 +108,7 @@ fn heartbeat() -> RouterMessage {
         leaving: false,
         presence_seq: 0,
         forgotten: vec![],
+        delivers_runs: false,
     })
 }
 

@@ -240,6 +240,7 @@ mod tests {
             leaving: false,
             presence_seq: 0,
             forgotten: vec![],
+            delivers_runs: true,
         }
     }
 

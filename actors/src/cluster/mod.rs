@@ -33,17 +33,18 @@ pub mod router;
 pub mod tls;
 pub mod wire;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use ractor::ActorRef;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
-use crate::hub::Hub;
+use crate::hub::{delivery_runs, Hub};
 use crate::metrics::Metrics;
 use crate::room::AppendCommand;
 use crate::store::{Appended, Delivery, Recipients, StoreError};
@@ -123,6 +124,9 @@ pub struct Cluster {
     /// the router: a flood of them must not hold up heartbeats behind it.
     deliveries: mpsc::Sender<Delivery>,
     deliveries_rx: Mutex<Option<mpsc::Receiver<Delivery>>>,
+    /// Nodes whose last heartbeat said they read [`RouterMessage::DeliverRun`]; the others
+    /// (older nodes, or not heard from yet) get one delivery per entry.
+    delivers_runs: Mutex<HashSet<String>>,
     pub(crate) node_server: OnceLock<ActorRef<ractor_cluster::NodeServerMessage>>,
 }
 
@@ -152,6 +156,7 @@ impl Cluster {
             forwarded_rx: Mutex::new(Some(forwarded_rx)),
             deliveries,
             deliveries_rx: Mutex::new(Some(deliveries_rx)),
+            delivers_runs: Mutex::new(HashSet::new()),
             node_server: OnceLock::new(),
         })
     }
@@ -230,19 +235,44 @@ impl Cluster {
         Ok(outcome)
     }
 
-    /// Hand a committed entry to every other live node (each fans out to its own connections).
-    /// Encoded once; every node gets the same bytes. Broadcast rather than "nodes with
-    /// recipients online": it needs no presence table to keep consistent, and a node without
-    /// recipients spends one hash lookup per recipient on it.
-    pub fn broadcast_delivery(&self, delivery: &Delivery) {
+    /// Hand committed entries (in commit order) to every other live node; each fans out to its
+    /// own connections. Broadcast rather than "nodes with recipients online": it needs no
+    /// presence table to keep consistent, and a node without recipients spends one hash lookup
+    /// per recipient on it. A run of a large room's entries under one member list goes as one
+    /// [`RouterMessage::DeliverRun`], the list once, to nodes that read it (a 1,000-member list
+    /// is most of each delivery's bytes); other deliveries, and runs to older nodes, go one
+    /// [`RouterMessage::Deliver`] per entry. Each message is encoded once for every node.
+    pub fn broadcast_deliveries(&self, deliveries: &[&Delivery]) {
         let view = self.view();
-        let mut bytes = None;
+        let peers: Vec<(ActorRef<RouterMessage>, bool)> = {
+            let runs = self.delivers_runs.lock().expect("delivers_runs lock");
+            view.live
+                .iter()
+                .filter(|node| **node != self.settings.node)
+                .filter_map(|node| router_of(node).map(|router| (router, runs.contains(node))))
+                .collect()
+        };
+        if peers.is_empty() {
+            return;
+        }
         let mut sent = 0;
-        for node in view.live.iter().filter(|node| **node != self.settings.node) {
-            let Some(router) = router_of(node) else { continue };
-            let bytes = bytes.get_or_insert_with(|| wire::encode_delivery(delivery)).clone();
-            if router.cast(RouterMessage::Deliver(bytes)).is_ok() {
-                sent += 1;
+        for run in delivery_runs(deliveries) {
+            let as_run = run.len() > 1 && peers.iter().any(|(_, reads_runs)| *reads_runs);
+            let run_bytes = as_run.then(|| wire::encode_run(run));
+            let mut single: Vec<Option<Bytes>> = vec![None; run.len()];
+            for (router, reads_runs) in &peers {
+                if let (Some(bytes), true) = (&run_bytes, *reads_runs) {
+                    if router.cast(RouterMessage::DeliverRun(bytes.clone())).is_ok() {
+                        sent += run.len() as u64;
+                    }
+                    continue;
+                }
+                for (delivery, bytes) in run.iter().zip(single.iter_mut()) {
+                    let bytes = bytes.get_or_insert_with(|| wire::encode_delivery(delivery)).clone();
+                    if router.cast(RouterMessage::Deliver(bytes)).is_ok() {
+                        sent += 1;
+                    }
+                }
             }
         }
         if let Some(hub) = self.hub() {
@@ -268,6 +298,14 @@ impl Cluster {
             }
             tracing::error!(node = %self.settings.node, "{message}");
             return;
+        }
+        {
+            let mut runs = self.delivers_runs.lock().expect("delivers_runs lock");
+            if hb.delivers_runs {
+                runs.insert(hb.from.clone());
+            } else {
+                runs.remove(&hb.from);
+            }
         }
         self.refresh();
         if !hb.leaving {
@@ -355,6 +393,7 @@ impl Cluster {
             leaving: membership.is_leaving(),
             presence_seq: self.hub().map_or(0, |hub| hub.presence.sent_seq()),
             forgotten: membership.tombstones(),
+            delivers_runs: true,
         }
     }
 
@@ -395,9 +434,20 @@ impl Cluster {
     /// on this node are marked lagged, and each of their connections reads what it missed from
     /// the store (the entry is committed before any node is told of it), in pages.
     pub fn accept_delivery(&self, hub: &Hub, delivery: Delivery) {
-        if let Err(mpsc::error::TrySendError::Full(delivery)) = self.deliveries.try_send(delivery) {
-            Metrics::inc(&hub.metrics.cluster_deliveries_shed_total);
-            hub.lag_recipients(&delivery);
+        self.accept_run(hub, vec![delivery]);
+    }
+
+    /// [`accept_delivery`](Self::accept_delivery) a run of one room's deliveries (one member
+    /// list): once one is shed, so is the rest of the run (they are behind it), and the
+    /// recipients are marked lagged once for all of them.
+    pub fn accept_run(&self, hub: &Hub, run: Vec<Delivery>) {
+        let mut run = run.into_iter();
+        while let Some(delivery) = run.next() {
+            if let Err(mpsc::error::TrySendError::Full(delivery)) = self.deliveries.try_send(delivery) {
+                Metrics::add(&hub.metrics.cluster_deliveries_shed_total, 1 + run.len() as u64);
+                hub.lag_recipients(&delivery);
+                return;
+            }
         }
     }
 

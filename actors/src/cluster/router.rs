@@ -62,6 +62,14 @@ impl Actor for RouterActor {
                 }
                 Err(reason) => invalid(state, &reason),
             },
+            RouterMessage::DeliverRun(bytes) => match wire::decode_run(&bytes) {
+                Ok(run) => {
+                    Metrics::inc(&state.hub.metrics.cluster_delivery_runs_received_total);
+                    Metrics::add(&state.hub.metrics.cluster_deliveries_received_total, run.len() as u64);
+                    state.cluster.accept_run(&state.hub, run);
+                }
+                Err(reason) => invalid(state, &reason),
+            },
             RouterMessage::Presence(batch) => state.hub.presence.on_batch(&state.hub, batch),
             RouterMessage::PresenceWant(from) => state.hub.presence.on_want(&state.hub, &from),
             RouterMessage::Push(bytes) => match wire::decode_push(&bytes) {

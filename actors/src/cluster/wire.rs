@@ -37,6 +37,10 @@ pub enum RouterMessage {
     /// A committed entry for this node's live connections, encoded once by the room's node
     /// ([`encode_delivery`]) and shared between all the nodes it goes to.
     Deliver(Bytes),
+    /// A run of a large room's committed entries under one member list, the list sent once
+    /// ([`encode_run`]); only to nodes whose heartbeat says they read it
+    /// ([`Heartbeat::delivers_runs`]), the others get one [`RouterMessage::Deliver`] per entry.
+    DeliverRun(Bytes),
     /// Presence records that changed on the sender, or all of them (a snapshot).
     Presence(PresenceBatch),
     /// The named node asks for a presence snapshot (it is out of step with this one).
@@ -71,6 +75,9 @@ pub struct Heartbeat {
     /// Nodes the sender saw leave or was told to forget, with their incarnation.
     #[serde(default)]
     pub forgotten: Vec<(String, u64)>,
+    /// The sender reads [`RouterMessage::DeliverRun`] (false from nodes older than it).
+    #[serde(default)]
+    pub delivers_runs: bool,
 }
 
 /// A node's presence changes since its previous batch (`base` → `seq`), or with `snapshot`
@@ -220,6 +227,8 @@ enum Envelope {
     Presence(PresenceBatch),
     PresenceWant(String),
     Push(#[serde(with = "serde_bytes_compat")] Vec<u8>),
+    /// Added after the others (whatever the variant encoding, older variants keep theirs).
+    DeliverRun(#[serde(with = "serde_bytes_compat")] Vec<u8>),
 }
 
 /// [`WireDelivery`] borrowed from a [`Delivery`], to encode without copying it.
@@ -253,6 +262,51 @@ pub fn decode_delivery(bytes: &[u8]) -> Result<Delivery, String> {
         return Err("delivery: recipients mix user-log cursors and room-log entries".into());
     };
     Ok(Delivery { entry: wire.entry, recipients })
+}
+
+/// A run of one large room's entries on the wire: the member list once, for all of them.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+struct WireRun {
+    entries: Vec<Entry>,
+    members: Vec<String>,
+}
+
+/// [`WireRun`] borrowed from the run's deliveries.
+#[derive(Serialize)]
+struct WireRunRef<'a> {
+    entries: Vec<&'a Entry>,
+    members: &'a [String],
+}
+
+/// Encode a run once (consecutive deliveries of one large room under one member list, as
+/// `hub::delivery_runs` makes them); the bytes go into a [`RouterMessage::DeliverRun`] for
+/// every node that reads it. The first delivery's list is the run's.
+pub fn encode_run(run: &[&Delivery]) -> Bytes {
+    let members = match run.first().map(|delivery| &delivery.recipients) {
+        Some(Recipients::Members(members)) => members.as_slice(),
+        _ => &[],
+    };
+    let wire = WireRunRef { entries: run.iter().map(|delivery| &delivery.entry).collect(), members };
+    Bytes::from(rmp_serde::to_vec_named(&wire).expect("a run always encodes"))
+}
+
+/// Decode the payload of a [`RouterMessage::DeliverRun`]: its deliveries, in order, sharing one
+/// member list. A run is one room's entries, at least one.
+pub fn decode_run(bytes: &[u8]) -> Result<Vec<Delivery>, String> {
+    let wire: WireRun = from_msgpack(bytes).map_err(|err| format!("delivery run: {err}"))?;
+    let Some(room) = wire.entries.first().map(|entry| entry.room.clone()) else {
+        return Err("delivery run: no entries".into());
+    };
+    if wire.entries.iter().any(|entry| entry.room != room) {
+        return Err("delivery run: entries of more than one room".into());
+    }
+    let members = Arc::new(wire.members);
+    let deliveries = wire
+        .entries
+        .into_iter()
+        .map(|entry| Delivery { entry, recipients: Recipients::Members(members.clone()) })
+        .collect();
+    Ok(deliveries)
 }
 
 /// Encode an ephemeral push once; the bytes go into a [`RouterMessage::Push`] for every node.
@@ -291,6 +345,7 @@ pub fn encode(message: &RouterMessage) -> Vec<u8> {
         RouterMessage::Append(append) => Envelope::Append(append.clone()),
         RouterMessage::Reply(reply) => Envelope::Reply(reply.clone()),
         RouterMessage::Deliver(bytes) => Envelope::Deliver(bytes.to_vec()),
+        RouterMessage::DeliverRun(bytes) => Envelope::DeliverRun(bytes.to_vec()),
         RouterMessage::Presence(batch) => Envelope::Presence(batch.clone()),
         RouterMessage::PresenceWant(from) => Envelope::PresenceWant(from.clone()),
         RouterMessage::Push(bytes) => Envelope::Push(bytes.to_vec()),
@@ -315,6 +370,7 @@ pub fn decode(bytes: &[u8]) -> RouterMessage {
         Ok(Envelope::Append(append)) => RouterMessage::Append(append),
         Ok(Envelope::Reply(reply)) => RouterMessage::Reply(reply),
         Ok(Envelope::Deliver(bytes)) => RouterMessage::Deliver(Bytes::from(bytes)),
+        Ok(Envelope::DeliverRun(bytes)) => RouterMessage::DeliverRun(Bytes::from(bytes)),
         Ok(Envelope::Presence(batch)) => RouterMessage::Presence(batch),
         Ok(Envelope::PresenceWant(from)) => RouterMessage::PresenceWant(from),
         Ok(Envelope::Push(bytes)) => RouterMessage::Push(Bytes::from(bytes)),
@@ -412,6 +468,7 @@ mod tests {
                 leaving: true,
                 presence_seq: 4,
                 forgotten: vec![("c".into(), 7)],
+                delivers_runs: true,
             }),
             RouterMessage::Append(ForwardedAppend {
                 id: 5,
@@ -482,6 +539,43 @@ mod tests {
     }
 
     #[test]
+    fn a_run_round_trips_with_one_shared_list_and_a_bad_one_is_refused() {
+        let members = Arc::new(vec!["alice".to_string(), "bob".to_string()]);
+        let run: Vec<Delivery> = (7..10)
+            .map(|seq| Delivery { entry: Entry { seq, ..entry() }, recipients: Recipients::Members(members.clone()) })
+            .collect();
+        let RouterMessage::DeliverRun(bytes) =
+            decode(&encode(&RouterMessage::DeliverRun(encode_run(&run.iter().collect::<Vec<_>>()))))
+        else {
+            panic!("not a run");
+        };
+        let decoded = decode_run(&bytes).unwrap();
+        assert_eq!(decoded, run);
+        // One list for the whole run, as the fan-out cache wants it.
+        let lists: Vec<&Arc<Vec<String>>> = decoded
+            .iter()
+            .map(|delivery| match &delivery.recipients {
+                Recipients::Members(list) => list,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert!(lists.iter().all(|list| Arc::ptr_eq(list, lists[0])));
+
+        let wire = |entries: Vec<Entry>| {
+            #[derive(Serialize)]
+            struct Run {
+                entries: Vec<Entry>,
+                members: Vec<String>,
+            }
+            rmp_serde::to_vec_named(&Run { entries, members: vec!["alice".into()] }).unwrap()
+        };
+        let two_rooms = wire(vec![entry(), Entry { room: "r2".into(), ..entry() }]);
+        assert!(decode_run(&two_rooms).unwrap_err().contains("more than one room"));
+        assert!(decode_run(&wire(vec![])).unwrap_err().contains("no entries"));
+        assert!(decode_run(&[1, 2, 3]).is_err());
+    }
+
+    #[test]
     fn bad_bytes_are_invalid_never_a_panic() {
         for bytes in
             [vec![], vec![WIRE_VERSION], vec![WIRE_VERSION, 0xc1], vec![9, 1, 2], vec![WIRE_VERSION, 0x92, 1, 2]]
@@ -497,6 +591,7 @@ mod tests {
             leaving: false,
             presence_seq: 0,
             forgotten: vec![],
+            delivers_runs: false,
         }));
         truncated.truncate(truncated.len() / 2);
         assert!(matches!(decode(&truncated), RouterMessage::Invalid(_)));
@@ -542,5 +637,6 @@ mod tests {
         rmp_serde::encode::write_named(&mut bytes, &newer).unwrap();
         let RouterMessage::Heartbeat(hb) = decode(&bytes) else { panic!("not decoded") };
         assert_eq!((hb.from.as_str(), hb.known.len(), hb.leaving), ("n", 0, false));
+        assert!(!hb.delivers_runs, "a node that does not say it reads runs gets one delivery per entry");
     }
 }
