@@ -612,6 +612,28 @@ mod tests {
         assert_eq!(hub.metrics.cluster_deliveries_shed_total.load(Ordering::Relaxed), 1);
     }
 
+    /// A run that does not fit the fan-out queue: what fits is queued, the rest of the run is
+    /// shed with it (behind the first shed entry), and each recipient's connection is marked
+    /// lagged once for the run.
+    #[tokio::test]
+    async fn a_run_that_overflows_the_queue_is_shed_from_there_on_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(SqliteOptions::new(dir.path().join("t.db"))).unwrap());
+        let auth = Authenticator::new(AuthConfig::for_tests()).unwrap();
+        let hub = Hub::new("n1".into(), Limits::default(), Default::default(), store, auth);
+        let cluster = Cluster::new(settings(2));
+        let ann = hub.register("ann");
+        let members = Arc::new(vec!["ann".to_string()]);
+        let run: Vec<Delivery> =
+            (1..=5).map(|seq| Delivery { recipients: Recipients::Members(members.clone()), ..delivery(seq) }).collect();
+        cluster.accept_run(&hub, run);
+        let rx = cluster.deliveries_rx.lock().unwrap().take().expect("receiver");
+        assert_eq!(rx.len(), 2, "two fit");
+        assert_eq!(hub.metrics.cluster_deliveries_shed_total.load(Ordering::Relaxed), 3);
+        assert!(ann.signals.lagged.load(Ordering::Acquire), "ann must read the store");
+        assert_eq!(hub.metrics.deliveries_lagged_total.load(Ordering::Relaxed), 1, "marked once for the run");
+    }
+
     /// A list equal to the last one of its room is replaced by that one (the hub's fan-out cache
     /// keys on it); a changed list replaces it.
     #[test]
