@@ -39,7 +39,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use ractor::ActorRef;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
@@ -49,7 +48,7 @@ use crate::metrics::Metrics;
 use crate::room::AppendCommand;
 use crate::store::{Appended, Delivery, Recipients, StoreError};
 use membership::{Membership, View};
-use wire::{AppendReply, ForwardedAppend, Heartbeat, RouterMessage};
+use wire::{AppendReply, ForwardedAppend, Heartbeat, RouterMessage, RunMessages};
 
 /// Process group of every node's router.
 pub const ROUTERS_GROUP: &str = "palaver.routers";
@@ -257,20 +256,15 @@ impl Cluster {
         }
         let mut sent = 0;
         for run in delivery_runs(deliveries) {
-            let as_run = run.len() > 1 && peers.iter().any(|(_, reads_runs)| *reads_runs);
-            let run_bytes = as_run.then(|| wire::encode_run(run));
-            let mut single: Vec<Option<Bytes>> = vec![None; run.len()];
+            let mut messages = RunMessages::new(run);
             for (router, reads_runs) in &peers {
-                if let (Some(bytes), true) = (&run_bytes, *reads_runs) {
-                    if router.cast(RouterMessage::DeliverRun(bytes.clone())).is_ok() {
-                        sent += run.len() as u64;
-                    }
-                    continue;
-                }
-                for (delivery, bytes) in run.iter().zip(single.iter_mut()) {
-                    let bytes = bytes.get_or_insert_with(|| wire::encode_delivery(delivery)).clone();
-                    if router.cast(RouterMessage::Deliver(bytes)).is_ok() {
-                        sent += 1;
+                for message in messages.for_node(*reads_runs) {
+                    let entries = match &message {
+                        RouterMessage::DeliverRun(_) => run.len() as u64,
+                        _ => 1,
+                    };
+                    if router.cast(message).is_ok() {
+                        sent += entries;
                     }
                 }
             }

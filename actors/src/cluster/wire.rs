@@ -309,6 +309,36 @@ pub fn decode_run(bytes: &[u8]) -> Result<Vec<Delivery>, String> {
     Ok(deliveries)
 }
 
+/// The messages that carry one run (see `hub::delivery_runs`) to other nodes, each encoded
+/// once however many nodes get it.
+pub struct RunMessages<'a, 'b> {
+    run: &'b [&'a Delivery],
+    whole: Option<Bytes>,
+    each: Vec<Option<Bytes>>,
+}
+
+impl<'a, 'b> RunMessages<'a, 'b> {
+    pub fn new(run: &'b [&'a Delivery]) -> Self {
+        RunMessages { run, whole: None, each: vec![None; run.len()] }
+    }
+
+    /// What one node gets: a run of several entries as one [`RouterMessage::DeliverRun`] if the
+    /// node reads it, otherwise one [`RouterMessage::Deliver`] per entry, in order.
+    pub fn for_node(&mut self, reads_runs: bool) -> Vec<RouterMessage> {
+        if reads_runs && self.run.len() > 1 {
+            let run = self.run;
+            return vec![RouterMessage::DeliverRun(self.whole.get_or_insert_with(|| encode_run(run)).clone())];
+        }
+        self.run
+            .iter()
+            .zip(self.each.iter_mut())
+            .map(|(delivery, bytes)| {
+                RouterMessage::Deliver(bytes.get_or_insert_with(|| encode_delivery(delivery)).clone())
+            })
+            .collect()
+    }
+}
+
 /// Encode an ephemeral push once; the bytes go into a [`RouterMessage::Push`] for every node.
 pub fn encode_push(users: &[String], frame: &ServerFrame) -> Bytes {
     let wire = WirePush { users: users.to_vec(), frame: frame.clone() };
@@ -573,6 +603,35 @@ mod tests {
         assert!(decode_run(&two_rooms).unwrap_err().contains("more than one room"));
         assert!(decode_run(&wire(vec![])).unwrap_err().contains("no entries"));
         assert!(decode_run(&[1, 2, 3]).is_err());
+    }
+
+    #[test]
+    fn a_node_that_reads_runs_gets_one_message_and_an_older_one_each_entry() {
+        let members = Arc::new(vec!["alice".to_string(), "bob".to_string()]);
+        let run: Vec<Delivery> = (7..10)
+            .map(|seq| Delivery { entry: Entry { seq, ..entry() }, recipients: Recipients::Members(members.clone()) })
+            .collect();
+        let run: Vec<&Delivery> = run.iter().collect();
+        let mut messages = RunMessages::new(&run);
+        let older = messages.for_node(false);
+        let decoded: Vec<Delivery> = older
+            .iter()
+            .map(|message| match message {
+                RouterMessage::Deliver(bytes) => decode_delivery(bytes).unwrap(),
+                other => panic!("an older node got {other:?}"),
+            })
+            .collect();
+        assert_eq!(decoded.iter().collect::<Vec<_>>(), run, "each entry, in order");
+        let newer = messages.for_node(true);
+        let [RouterMessage::DeliverRun(bytes)] = newer.as_slice() else { panic!("{newer:?}") };
+        assert_eq!(decode_run(bytes).unwrap().iter().collect::<Vec<_>>(), run);
+        // Encoded once, whichever nodes get it.
+        let again = messages.for_node(true);
+        let [RouterMessage::DeliverRun(again)] = again.as_slice() else { panic!("{again:?}") };
+        assert_eq!(again.as_ptr(), bytes.as_ptr());
+        // A single entry is a plain delivery for everyone.
+        let mut single = RunMessages::new(&run[..1]);
+        assert!(matches!(single.for_node(true).as_slice(), [RouterMessage::Deliver(_)]));
     }
 
     #[test]
