@@ -587,14 +587,19 @@ mod tests {
         Delivery { entry, recipients: Recipients::Members(Arc::new(vec!["ann".into()])) }
     }
 
+    /// A hub on a fresh SQLite store (the store is not touched; the hub needs one).
+    fn hub() -> (Arc<Hub>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(SqliteOptions::new(dir.path().join("t.db"))).unwrap());
+        let auth = Authenticator::new(AuthConfig::for_tests()).unwrap();
+        (Hub::new("n1".into(), Limits::default(), Default::default(), store, auth), dir)
+    }
+
     /// A delivery from another node that finds the fan-out queue full is not queued: the
     /// connections of its recipients (only theirs) are told to read the store instead.
     #[tokio::test]
     async fn a_full_delivery_queue_sends_its_recipients_to_the_store() {
-        let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(SqliteOptions::new(dir.path().join("t.db"))).unwrap());
-        let auth = Authenticator::new(AuthConfig::for_tests()).unwrap();
-        let hub = Hub::new("n1".into(), Limits::default(), Default::default(), store, auth);
+        let (hub, _dir) = hub();
         // No fan-out task runs here, so the queue of one is full after one delivery.
         let cluster = Cluster::new(settings(1));
         let (ann, bob) = (hub.register("ann"), hub.register("bob"));
@@ -611,10 +616,7 @@ mod tests {
     /// lagged once for the run.
     #[tokio::test]
     async fn a_run_that_overflows_the_queue_is_shed_from_there_on_at_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(SqliteOptions::new(dir.path().join("t.db"))).unwrap());
-        let auth = Authenticator::new(AuthConfig::for_tests()).unwrap();
-        let hub = Hub::new("n1".into(), Limits::default(), Default::default(), store, auth);
+        let (hub, _dir) = hub();
         let cluster = Cluster::new(settings(2));
         let ann = hub.register("ann");
         let members = Arc::new(vec!["ann".to_string()]);

@@ -568,12 +568,17 @@ mod tests {
         assert!(err.contains("mix"), "{err}");
     }
 
+    /// Seqs 7–9 of one room, under one list.
+    fn run_of_three() -> Vec<Delivery> {
+        let members = Arc::new(vec!["alice".to_string(), "bob".to_string()]);
+        (7..10)
+            .map(|seq| Delivery { entry: Entry { seq, ..entry() }, recipients: Recipients::Members(members.clone()) })
+            .collect()
+    }
+
     #[test]
     fn a_run_round_trips_with_one_shared_list_and_a_bad_one_is_refused() {
-        let members = Arc::new(vec!["alice".to_string(), "bob".to_string()]);
-        let run: Vec<Delivery> = (7..10)
-            .map(|seq| Delivery { entry: Entry { seq, ..entry() }, recipients: Recipients::Members(members.clone()) })
-            .collect();
+        let run = run_of_three();
         let RouterMessage::DeliverRun(bytes) =
             decode(&encode(&RouterMessage::DeliverRun(encode_run(&run.iter().collect::<Vec<_>>()))))
         else {
@@ -607,10 +612,7 @@ mod tests {
 
     #[test]
     fn a_node_that_reads_runs_gets_one_message_and_an_older_one_each_entry() {
-        let members = Arc::new(vec!["alice".to_string(), "bob".to_string()]);
-        let run: Vec<Delivery> = (7..10)
-            .map(|seq| Delivery { entry: Entry { seq, ..entry() }, recipients: Recipients::Members(members.clone()) })
-            .collect();
+        let run = run_of_three();
         let run: Vec<&Delivery> = run.iter().collect();
         let mut messages = RunMessages::new(&run);
         let older = messages.for_node(false);
