@@ -2,7 +2,7 @@
 //!
 //! It owns the node's registries: room actors by room id (spawned on first use, stopped when
 //! idle) and live connections by user. Sessions call [`Hub::append`] to reach a room and never
-//! ask where the room lives; rooms call [`Hub::deliver_all`] to reach members and never ask where
+//! ask where the room lives; rooms call [`Hub::deliver`] to reach members and never ask where
 //! their connections are. On a single node both are local; the cluster adds a router behind
 //! the same two calls.
 //!
@@ -258,17 +258,12 @@ impl Hub {
         ids
     }
 
-    /// Hand a committed entry to every live connection of its recipients, on every node (in a
-    /// cluster, each other live node gets it once and fans out locally). Never blocks.
-    pub fn deliver(&self, delivery: &Delivery) {
-        self.deliver_all(&[delivery]);
-    }
-
-    /// [`deliver`](Self::deliver) a room's committed entries, in commit order. A run of a large
-    /// room's entries under one member list reaches each connection as one push (see
-    /// [`deliver_local_all`](Self::deliver_local_all)).
-    pub fn deliver_all(&self, deliveries: &[&Delivery]) {
-        self.deliver_local_all(deliveries);
+    /// Hand committed entries (a room's, in commit order) to every live connection of their
+    /// recipients, on every node (in a cluster, each other live node gets them once and fans
+    /// out locally). Never blocks. A run of a large room's entries under one member list
+    /// reaches each connection as one push (see [`deliver_local`](Self::deliver_local)).
+    pub fn deliver(&self, deliveries: &[&Delivery]) {
+        self.deliver_local(deliveries);
         if let Some(cluster) = self.cluster.get() {
             let named: Vec<&Delivery> =
                 deliveries.iter().copied().filter(|delivery| delivery.recipients != Recipients::Unnamed).collect();
@@ -276,19 +271,14 @@ impl Hub {
         }
     }
 
-    /// Hand a committed entry to this node's live connections of its recipients. Never blocks:
-    /// a full queue marks the connection lagged, and it reads what it missed from the store.
-    pub fn deliver_local(&self, delivery: &Delivery) {
-        self.deliver_local_all(&[delivery]);
-    }
-
-    /// [`deliver_local`](Self::deliver_local) committed entries, in order. Consecutive entries
-    /// of one large room with the same member list go to each connection in one push: one
-    /// queue lock and at most one wake-up of its session for the run, so the session finds the
-    /// whole run waiting and writes it to the socket at once. Pushed one by one, a session on
+    /// Hand committed entries, in order, to this node's live connections of their recipients.
+    /// Never blocks: a full queue marks the connection lagged, and it reads what it missed from
+    /// the store. Consecutive entries of one large room with the same member list go to each
+    /// connection in one push: one queue lock and at most one wake-up of its session for the
+    /// run, so the session finds the whole run waiting and writes it to the socket at once. Pushed one by one, a session on
     /// the other core woke for the first entry and wrote the rest in more, smaller writes: the
     /// kernel's per-write cost is most of what a delivery costs.
-    pub fn deliver_local_all(&self, deliveries: &[&Delivery]) {
+    pub fn deliver_local(&self, deliveries: &[&Delivery]) {
         let mut delivered = 0;
         for run in delivery_runs(deliveries) {
             let first = run[0];
@@ -318,7 +308,7 @@ impl Hub {
         for (user, cursor) in logs {
             for conn in connections.by_user.get(user).into_iter().flatten() {
                 let entry = shared.get_or_insert_with(|| Arc::new(entry.clone())).clone();
-                delivered += self.offer(conn, Outbound::Deliver { cursor: *cursor, entry });
+                delivered += self.offer(conn, std::iter::once(Outbound::Deliver { cursor: *cursor, entry }));
             }
         }
         delivered
@@ -340,25 +330,21 @@ impl Hub {
         let shared: Vec<Arc<SharedEntry>> = entries.map(|entry| Arc::new(SharedEntry::new(entry.clone()))).collect();
         let mut delivered = 0;
         for conn in &fanout.conns {
-            let queued = conn.queue.try_send_all(shared.iter().map(|entry| Outbound::RoomEntry(entry.clone())));
-            if queued < shared.len() {
-                self.mark_lagged(&conn.signals);
-            }
-            delivered += queued as u64;
+            delivered += self.offer(conn, shared.iter().map(|entry| Outbound::RoomEntry(entry.clone())));
         }
         delivered
     }
 
-    /// Queue `outbound` for `conn`: 1 if queued, 0 if the queue was full (the connection is
-    /// marked lagged and reads the store) or the connection has ended.
-    fn offer(&self, conn: &ConnHandle, outbound: Outbound) -> u64 {
-        match conn.queue.try_send(outbound) {
-            Ok(()) => 1,
-            Err(_) => {
-                self.mark_lagged(&conn.signals);
-                0
-            }
+    /// Queue `outbounds` for `conn` in one push; how many were queued. If not all were (the
+    /// queue filled up, or the connection has ended), the connection is marked lagged and
+    /// reads the rest from the store.
+    fn offer(&self, conn: &ConnHandle, outbounds: impl ExactSizeIterator<Item = Outbound>) -> u64 {
+        let offered = outbounds.len();
+        let queued = conn.queue.try_send_all(outbounds);
+        if queued < offered {
+            self.mark_lagged(&conn.signals);
         }
+        queued as u64
     }
 
     /// Mark every live connection of the delivery's recipients on this node lagged: each reads

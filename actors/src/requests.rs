@@ -164,7 +164,7 @@ pub async fn create_room(ctx: &Ctx, req: ReqId, name: String, private: bool) -> 
         };
         match ctx.hub.store.create_room(room, ctx.hub.limits.membership()).await {
             Ok((record, Some(deliveries))) => {
-                deliveries.iter().for_each(|delivery| ctx.hub.deliver(delivery));
+                ctx.hub.deliver(&deliveries.iter().collect::<Vec<_>>());
                 info!(user = ctx.user, room = record.id, "room created");
                 return ServerFrame::Room { req, room: room_info(record, 0) };
             }
@@ -203,7 +203,7 @@ pub async fn open_direct(ctx: &Ctx, req: ReqId, other: String) -> ServerFrame {
     };
     match ctx.hub.store.create_room(room, ctx.hub.limits.membership()).await {
         Ok((record, Some(deliveries))) => {
-            deliveries.iter().for_each(|delivery| ctx.hub.deliver(delivery));
+            ctx.hub.deliver(&deliveries.iter().collect::<Vec<_>>());
             ServerFrame::Room { req, room: room_info(record, 0) }
         }
         // It existed: both users are members for good (direct conversations cannot be left).

@@ -158,7 +158,7 @@ impl Committer {
             // One turn for the other tasks first: commands already on their way (a session
             // handing over a burst of its client's frames, often on the other core) join this
             // batch instead of waiting for the next commit. Bigger batches reach each member's
-            // connection as one run (`Hub::deliver_all`) and so go out in fewer, larger socket
+            // connection as one run (`Hub::deliver`) and so go out in fewer, larger socket
             // writes: +10 % deliveries/s fanning out to a thousand members, for no measurable
             // latency at half the saturation rate (bench/findings.md).
             tokio::task::yield_now().await;
@@ -264,7 +264,7 @@ impl Committer {
                 _ => None,
             })
             .collect();
-        hub.deliver_all(&deliveries);
+        hub.deliver(&deliveries);
         for (reply, outcome) in replies {
             let _ = reply.send(outcome);
         }

@@ -28,6 +28,8 @@ struct Peer {
     last_seen: Instant,
     /// Whether the peer's last heartbeat listed this node as live.
     sees_me: bool,
+    /// Whether the peer's last heartbeat said it reads runs of deliveries.
+    delivers_runs: bool,
 }
 
 /// The part of membership the rest of the node reads: cheap to clone and compare.
@@ -41,6 +43,9 @@ pub struct View {
     pub serving: bool,
     /// Live peers whose latest heartbeat lists this node (they send it deliveries).
     pub seen_by: Vec<String>,
+    /// Live peers whose latest heartbeat says they read a run of deliveries as one message
+    /// (`Heartbeat::delivers_runs`); the others get one delivery per entry.
+    pub reads_runs: Vec<String>,
     /// Why not serving, for errors and the operator view.
     pub reason: Option<String>,
 }
@@ -125,7 +130,8 @@ impl Membership {
         }
         self.link_down.remove(&hb.from);
         let sees_me = hb.live.contains(&self.me);
-        self.peers.insert(hb.from.clone(), Peer { incarnation: hb.incarnation, last_seen: now, sees_me });
+        let peer = Peer { incarnation: hb.incarnation, last_seen: now, sees_me, delivers_runs: hb.delivers_runs };
+        self.peers.insert(hb.from.clone(), peer);
         self.known.insert(hb.from.clone(), hb.addr.clone());
         for (name, addr) in &hb.known {
             if *name != self.me && !self.left.contains_key(name) {
@@ -214,15 +220,18 @@ impl Membership {
         } else {
             None
         };
-        let seen_by = self
-            .peers
-            .iter()
-            .filter(|(name, peer)| peer.sees_me && live.contains(*name))
-            .map(|(name, _)| name.clone())
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        View { live: live.into_iter().collect(), known, serving: reason.is_none(), seen_by, reason }
+        let live_peers = |has: fn(&Peer) -> bool| {
+            let names: BTreeSet<String> = self
+                .peers
+                .iter()
+                .filter(|(name, peer)| has(peer) && live.contains(*name))
+                .map(|(name, _)| name.clone())
+                .collect();
+            names.into_iter().collect()
+        };
+        let seen_by = live_peers(|peer| peer.sees_me);
+        let reads_runs = live_peers(|peer| peer.delivers_runs);
+        View { live: live.into_iter().collect(), known, serving: reason.is_none(), seen_by, reads_runs, reason }
     }
 }
 

@@ -33,7 +33,7 @@ pub mod router;
 pub mod tls;
 pub mod wire;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
@@ -123,9 +123,6 @@ pub struct Cluster {
     /// the router: a flood of them must not hold up heartbeats behind it.
     deliveries: mpsc::Sender<Delivery>,
     deliveries_rx: Mutex<Option<mpsc::Receiver<Delivery>>>,
-    /// Nodes whose last heartbeat said they read [`RouterMessage::DeliverRun`]; the others
-    /// (older nodes, or not heard from yet) get one delivery per entry.
-    delivers_runs: Mutex<HashSet<String>>,
     pub(crate) node_server: OnceLock<ActorRef<ractor_cluster::NodeServerMessage>>,
 }
 
@@ -155,7 +152,6 @@ impl Cluster {
             forwarded_rx: Mutex::new(Some(forwarded_rx)),
             deliveries,
             deliveries_rx: Mutex::new(Some(deliveries_rx)),
-            delivers_runs: Mutex::new(HashSet::new()),
             node_server: OnceLock::new(),
         })
     }
@@ -243,14 +239,12 @@ impl Cluster {
     /// [`RouterMessage::Deliver`] per entry. Each message is encoded once for every node.
     pub fn broadcast_deliveries(&self, deliveries: &[&Delivery]) {
         let view = self.view();
-        let peers: Vec<(ActorRef<RouterMessage>, bool)> = {
-            let runs = self.delivers_runs.lock().expect("delivers_runs lock");
-            view.live
-                .iter()
-                .filter(|node| **node != self.settings.node)
-                .filter_map(|node| router_of(node).map(|router| (router, runs.contains(node))))
-                .collect()
-        };
+        let peers: Vec<(ActorRef<RouterMessage>, bool)> = view
+            .live
+            .iter()
+            .filter(|node| **node != self.settings.node)
+            .filter_map(|node| router_of(node).map(|router| (router, view.reads_runs.contains(node))))
+            .collect();
         if peers.is_empty() {
             return;
         }
@@ -292,14 +286,6 @@ impl Cluster {
             }
             tracing::error!(node = %self.settings.node, "{message}");
             return;
-        }
-        {
-            let mut runs = self.delivers_runs.lock().expect("delivers_runs lock");
-            if hb.delivers_runs {
-                runs.insert(hb.from.clone());
-            } else {
-                runs.remove(&hb.from);
-            }
         }
         self.refresh();
         if !hb.leaving {
@@ -428,13 +414,17 @@ impl Cluster {
     /// on this node are marked lagged, and each of their connections reads what it missed from
     /// the store (the entry is committed before any node is told of it), in pages.
     pub fn accept_delivery(&self, hub: &Hub, delivery: Delivery) {
-        self.accept_run(hub, vec![delivery]);
+        self.accept_run(hub, std::iter::once(delivery));
     }
 
     /// [`accept_delivery`](Self::accept_delivery) a run of one room's deliveries (one member
     /// list): once one is shed, so is the rest of the run (they are behind it), and the
     /// recipients are marked lagged once for all of them.
-    pub fn accept_run(&self, hub: &Hub, run: Vec<Delivery>) {
+    pub fn accept_run<I>(&self, hub: &Hub, run: I)
+    where
+        I: IntoIterator<Item = Delivery>,
+        I::IntoIter: ExactSizeIterator,
+    {
         let mut run = run.into_iter();
         while let Some(delivery) = run.next() {
             if let Err(mpsc::error::TrySendError::Full(delivery)) = self.deliveries.try_send(delivery) {
@@ -451,13 +441,13 @@ impl Cluster {
         let mut lists = MemberLists::default();
         let mut batch = Vec::new();
         // Everything waiting is fanned out together, so that a run of one large room's entries
-        // reaches each connection in one push (`Hub::deliver_local_all`), as on the owner.
+        // reaches each connection in one push (`Hub::deliver_local`), as on the owner.
         while rx.recv_many(&mut batch, DELIVERIES_PER_FAN_OUT).await > 0 {
             let Some(hub) = self.hub() else { return };
             for delivery in &mut batch {
                 lists.share(delivery);
             }
-            hub.deliver_local_all(&batch.iter().collect::<Vec<_>>());
+            hub.deliver_local(&batch.iter().collect::<Vec<_>>());
             batch.clear();
         }
     }

@@ -61,7 +61,7 @@ async fn runs_of_a_large_rooms_entries_reach_the_members_of_each_entrys_list_in_
         delivery("r2", 1, &r2),
         delivery("r1", 4, &only_a),
     ];
-    hub.deliver_local_all(&deliveries.iter().collect::<Vec<_>>());
+    hub.deliver_local(&deliveries.iter().collect::<Vec<_>>());
 
     let r1 = |seq| ("r1".to_string(), seq);
     assert_eq!(queued(&mut a), [r1(1), r1(2), r1(3), r1(4)]);
@@ -77,9 +77,9 @@ async fn a_run_that_does_not_fit_a_queue_marks_that_connection_lagged() {
     let mut b = hub.register("b");
     let members = list(&["a", "b"]);
     // b already holds one item: two of the three fit.
-    hub.deliver_local(&delivery("r1", 1, &list(&["b"])));
+    hub.deliver_local(&[&delivery("r1", 1, &list(&["b"]))]);
     let run: Vec<Delivery> = (2..=4).map(|seq| delivery("r1", seq, &members)).collect();
-    hub.deliver_local_all(&run.iter().collect::<Vec<_>>());
+    hub.deliver_local(&run.iter().collect::<Vec<_>>());
 
     let r1 = |seq| ("r1".to_string(), seq);
     assert_eq!(queued(&mut a), [r1(2), r1(3), r1(4)]);
