@@ -29,8 +29,10 @@ use crate::room::{AppendCommand, RoomActor, RoomArgs, RoomMessage};
 use crate::store::{Appended, Delivery, Recipients, Store, StoreError};
 
 mod queue;
+mod tails;
 use queue::outbound_queue;
 pub use queue::{Inbox, OutboundQueue};
+use tails::RoomTails;
 
 /// What the hub pushes to a connection.
 #[derive(Debug)]
@@ -115,6 +117,8 @@ pub struct Hub {
     pub presence: Presence,
     rooms: Mutex<HashMap<String, RoomSlot>>,
     connections: Mutex<Connections>,
+    /// The newest entries of each large room seen here, for connections that fell behind.
+    tails: Mutex<RoomTails>,
     next_conn_id: AtomicU64,
     shutdown: watch::Sender<bool>,
     /// Set when the node runs in a cluster (actors/src/cluster); unset on a single node.
@@ -132,6 +136,7 @@ impl Hub {
     ) -> Arc<Hub> {
         let hub = Arc::new(Hub {
             presence: Presence::new(&node, presence),
+            tails: Mutex::new(RoomTails::new(limits.large_room_tail_bytes)),
             node,
             limits,
             store,
@@ -263,7 +268,7 @@ impl Hub {
     /// out locally). Never blocks. A run of a large room's entries under one member list
     /// reaches each connection as one push (see [`deliver_local`](Self::deliver_local)).
     pub fn deliver(&self, deliveries: &[&Delivery]) {
-        self.deliver_local(deliveries);
+        self.fan_out(deliveries, true);
         if let Some(cluster) = self.cluster.get() {
             let named: Vec<&Delivery> =
                 deliveries.iter().copied().filter(|delivery| delivery.recipients != Recipients::Unnamed).collect();
@@ -279,13 +284,25 @@ impl Hub {
     /// the other core woke for the first entry and wrote the rest in more, smaller writes: the
     /// kernel's per-write cost is most of what a delivery costs.
     pub fn deliver_local(&self, deliveries: &[&Delivery]) {
+        self.fan_out(deliveries, false);
+    }
+
+    /// [`deliver_local`](Self::deliver_local), and with `keep` also keep a large room's
+    /// entries among the node's recent ones (the owner does; deliveries from another node are
+    /// kept as they arrive, see [`keep_recent`](Self::keep_recent)).
+    fn fan_out(&self, deliveries: &[&Delivery], keep: bool) {
         let mut delivered = 0;
         for run in delivery_runs(deliveries) {
             let first = run[0];
             delivered += match &first.recipients {
                 Recipients::Logs(logs) => self.deliver_to_logs(&first.entry, logs),
                 Recipients::Members(members) => {
-                    self.deliver_to_members(&first.entry.room, run.iter().map(|delivery| &delivery.entry), members)
+                    let shared: Vec<Arc<SharedEntry>> =
+                        run.iter().map(|delivery| Arc::new(SharedEntry::new(delivery.entry.clone()))).collect();
+                    if keep {
+                        self.keep_recent(&first.entry.room, &shared);
+                    }
+                    self.deliver_to_members(&first.entry.room, &shared, members)
                 }
                 Recipients::Unnamed => {
                     // A bug (the room's owner names a large room's recipients before
@@ -316,23 +333,30 @@ impl Hub {
 
     /// Entries of one large room under one member list: the same bytes for every member's
     /// connections, found through the room's fan-out cache, all of them in one push each.
-    fn deliver_to_members<'a>(
-        &self,
-        room: &str,
-        entries: impl Iterator<Item = &'a Entry>,
-        members: &Arc<Vec<String>>,
-    ) -> u64 {
+    fn deliver_to_members(&self, room: &str, shared: &[Arc<SharedEntry>], members: &Arc<Vec<String>>) -> u64 {
         let mut guard = self.connections.lock().expect("connections lock");
         let fanout = guard.fanout(room, members);
-        if fanout.conns.is_empty() {
-            return 0;
-        }
-        let shared: Vec<Arc<SharedEntry>> = entries.map(|entry| Arc::new(SharedEntry::new(entry.clone()))).collect();
         let mut delivered = 0;
         for conn in &fanout.conns {
             delivered += self.offer(conn, shared.iter().map(|entry| Outbound::RoomEntry(entry.clone())));
         }
         delivered
+    }
+
+    /// Keep entries of large rooms that arrived from another node among the node's recent
+    /// ones, as they arrive and before any is shed (a shed entry is what the connections that
+    /// missed it will ask for). `entries` are one room's, in seq order.
+    pub(crate) fn keep_recent(&self, room: &str, entries: &[Arc<SharedEntry>]) {
+        let mut tails = self.tails.lock().expect("tails lock");
+        tails.append(room, entries);
+        Metrics::set(&self.metrics.recent_entries_bytes, tails.bytes() as i64);
+    }
+
+    /// Up to `limit` of the node's recent entries of `room` after seq `after`, shared with
+    /// live delivery; `None` if they do not hold the entry right after `after` (read the
+    /// store). See `hub/tails.rs` for what a caller must still check.
+    pub fn recent_room_entries(&self, room: &str, after: u64, limit: usize) -> Option<Vec<Arc<SharedEntry>>> {
+        self.tails.lock().expect("tails lock").after(room, after, limit)
     }
 
     /// Queue `outbounds` for `conn` in one push; how many were queued. If not all were (the

@@ -53,6 +53,10 @@ pub struct Limits {
     /// replayed from the client's read position, but at most this many of its newest entries
     /// (older ones are a `history` request away).
     pub large_room_replay_max: u32,
+    /// Memory for the newest entries of the large rooms a node delivers, over all rooms (about
+    /// 600 bytes per 100-byte message): a connection that fell behind catches up from them
+    /// instead of reading the store and encoding each entry for itself. 0 keeps none.
+    pub large_room_tail_bytes: usize,
 }
 
 impl Default for Limits {
@@ -76,6 +80,7 @@ impl Default for Limits {
             room_batch_max: 64,
             fanout_max_members: 100,
             large_room_replay_max: 256,
+            large_room_tail_bytes: 8 * 1024 * 1024,
         }
     }
 }

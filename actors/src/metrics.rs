@@ -58,6 +58,12 @@ metrics! {
     counter deliveries_lagged_total,
     /// Entries sent from the store while resuming or catching up.
     counter replayed_total,
+    /// Of those, entries of large rooms sent from the node's recent entries (memory) instead of
+    /// the store.
+    counter replayed_from_memory_total,
+    /// Memory held by the node's recent entries of large rooms (`limits.large_room_tail_bytes`
+    /// bounds it), as the node counts it.
+    gauge recent_entries_bytes,
     /// Room actors currently running.
     gauge rooms_active,
     /// Appends refused because the room's owner epoch moved on (fencing).

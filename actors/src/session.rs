@@ -128,7 +128,18 @@ enum Page {
     /// A page of the user's log.
     Log(Vec<LogEntry>),
     /// A page of each large room's log: where it was read from, the entries, whether more follow.
-    Rooms(Vec<(RoomRead, Vec<Entry>, bool)>),
+    Rooms(Vec<(RoomPlan, Vec<Arc<SharedEntry>>, bool)>),
+}
+
+/// A large room to read in a catch-up, and how far: `until` is the room's last seq as the store
+/// reported it when the catch-up began (unknown for a room the user has left since). The
+/// node's recent entries of the room (`Hub::recent_room_entries`) may serve the read, but the
+/// catch-up goes on until it has sent `until`, from the store if they do not reach it: they
+/// hold what reached this node, and an entry lost on the way would otherwise be missed.
+#[derive(Debug, Clone)]
+struct RoomPlan {
+    read: RoomRead,
+    until: Option<u64>,
 }
 
 /// What woke the session.
@@ -622,9 +633,12 @@ where
     }
 
     /// Read a page of each large room to replay: `reads`, or when `None`, the ones the user's
-    /// rooms call for now (see `large_rooms`).
-    fn read_rooms(&self, user: String, reads: Option<Vec<RoomRead>>) -> BoxFuture<'static, StoreResult<Page>> {
-        let store = self.hub.store.clone();
+    /// rooms call for now (see `large_rooms`). A read the node's recent entries hold is served
+    /// from memory: the entries live delivery shares, already encoded. When many connections
+    /// fall behind at once, reading the store and encoding each entry for each of them costs
+    /// far more than the live fan-out it replaces (bench/findings.md).
+    fn read_rooms(&self, user: String, reads: Option<Vec<RoomPlan>>) -> BoxFuture<'static, StoreResult<Page>> {
+        let hub = self.hub.clone();
         let limit = self.hub.limits.replay_page_len;
         let replay_max = self.hub.limits.large_room_replay_max;
         let large = self.large.clone();
@@ -632,13 +646,36 @@ where
         async move {
             let reads = match reads {
                 Some(reads) => reads,
-                None => large.plan(&store.rooms_of(&user).await?, presented.as_ref(), replay_max),
+                None => {
+                    let rooms = hub.store.rooms_of(&user).await?;
+                    let last_seq = |room: &str| rooms.iter().find(|mine| mine.room.id == room).map(|m| m.room.last_seq);
+                    let plan = large.plan(&rooms, presented.as_ref(), replay_max);
+                    plan.into_iter().map(|read| RoomPlan { until: last_seq(&read.room), read }).collect()
+                }
             };
             let mut pages = Vec::with_capacity(reads.len());
-            for read in reads {
-                let (entries, more) = store.history(&read.room, HistoryPage::After(read.after), limit).await?;
-                pages.push((read, entries, more));
+            let mut from_memory = 0;
+            for plan in reads {
+                let RoomRead { room, after } = &plan.read;
+                // An empty answer short of `until` would read the same again: the store has it.
+                let recent = plan.until.and_then(|until| {
+                    let entries = hub.recent_room_entries(room, *after, limit as usize)?;
+                    (!entries.is_empty() || *after >= until).then_some((entries, until))
+                });
+                let (entries, more) = match recent {
+                    Some((entries, until)) => {
+                        from_memory += entries.len() as u64;
+                        let last = entries.last().map_or(*after, |entry| entry.entry().seq);
+                        (entries, last < until)
+                    }
+                    None => {
+                        let (entries, more) = hub.store.history(room, HistoryPage::After(*after), limit).await?;
+                        (entries.into_iter().map(|entry| Arc::new(SharedEntry::new(entry))).collect(), more)
+                    }
+                };
+                pages.push((plan, entries, more));
             }
+            Metrics::add(&hub.metrics.replayed_from_memory_total, from_memory);
             Ok(Page::Rooms(pages))
         }
         .boxed()
@@ -684,18 +721,17 @@ where
 
     /// A page of each large room's log: send what this connection has not sent, then read on
     /// where a room has more, or end the catch-up.
-    async fn on_rooms_page(&mut self, pages: Vec<(RoomRead, Vec<Entry>, bool)>) -> Flow {
+    async fn on_rooms_page(&mut self, pages: Vec<(RoomPlan, Vec<Arc<SharedEntry>>, bool)>) -> Flow {
         let user = self.user().unwrap_or_default().to_string();
         let mut frames = Vec::new();
         let mut more = Vec::new();
-        for (read, entries, has_more) in pages {
+        for (plan, entries, has_more) in pages {
+            let read = &plan.read;
             if has_more {
-                let after = entries.last().map_or(read.after, |entry| entry.seq);
-                more.push(RoomRead { room: read.room.clone(), after });
+                let after = entries.last().map_or(read.after, |entry| entry.entry().seq);
+                more.push(RoomPlan { read: RoomRead { room: read.room.clone(), after }, until: plan.until });
             }
-            for entry in self.large.replayed(&user, &read.room, read.after, entries) {
-                frames.push(ServerFrame::Message { cursor: None, entry });
-            }
+            frames.extend(self.large.replayed(&user, &read.room, read.after, entries).into_iter().map(Out::Shared));
         }
         Metrics::add(&self.hub.metrics.replayed_total, frames.len() as u64);
         if !more.is_empty() {
@@ -706,7 +742,11 @@ where
         } else {
             let announce = self.catch_up.take().and_then(|catch_up| catch_up.announce);
             if let Some(req) = announce {
-                frames.push(ServerFrame::Live { req, cursor: self.last_cursor, rooms: self.large.snapshot() });
+                frames.push(Out::Frame(ServerFrame::Live {
+                    req,
+                    cursor: self.last_cursor,
+                    rooms: self.large.snapshot(),
+                }));
             }
             let lagged =
                 self.bound.as_ref().is_some_and(|bound| bound.registration.signals.lagged.load(Ordering::Acquire));
@@ -714,7 +754,7 @@ where
                 self.start_catch_up(None, None);
             }
         }
-        self.send_entries(frames.into_iter().map(Out::Frame).collect()).await
+        self.send_entries(frames).await
     }
 
     /// The `reconnect` frame: where this connection got to, for the client to resume from.

@@ -141,23 +141,43 @@ async fn a_single_node_has_no_cluster() -> anyhow::Result<()> {
 
 /// When the fan-out of deliveries from another node falls behind, the node does not queue them
 /// without bound (`cluster.delivery_queue_len`): it marks the recipients lagged and their
-/// connections read the store. Here the queue holds one delivery and a burst of 400 messages
-/// goes to 12 receivers on a node that does not own the room: some deliveries are shed, and
-/// every receiver still gets every message exactly once, in order.
+/// connections catch up, from the node's recent entries of the room (every arriving entry is
+/// kept there before any is shed) and from the store for what those do not hold. Here the
+/// queue holds one delivery and a burst of 400 messages goes to 12 receivers on a node that
+/// does not own the room: some deliveries are shed, and every receiver still gets every
+/// message exactly once, in order. Then the same without recent entries: all from the store.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deliveries_shed_under_load_are_read_from_the_store() -> anyhow::Result<()> {
+async fn deliveries_shed_under_load_are_caught_up_from_recent_entries_or_the_store() -> anyhow::Result<()> {
+    let from_memory = shed_burst(None).await?;
+    anyhow::ensure!(from_memory > 0, "the receivers caught up from the store only");
+    let from_memory = shed_burst(Some(0)).await?;
+    anyhow::ensure!(from_memory == 0, "{from_memory} entries replayed from memory with none kept");
+    Ok(())
+}
+
+/// A burst that the receivers' node sheds (with `tail_bytes` of recent entries if given);
+/// returns how many entries that node replayed from memory.
+async fn shed_burst(tail_bytes: Option<usize>) -> anyhow::Result<u64> {
     let mut options = ClusterOptions::large_rooms();
     options.env.extend([
         ("CLUSTER__DELIVERY_QUEUE_LEN".to_string(), "1".to_string()),
         ("LIMITS__FRAMES_PER_SECOND".to_string(), "1000000".to_string()),
     ]);
+    if let Some(bytes) = tail_bytes {
+        options.env.push(("LIMITS__LARGE_ROOM_TAIL_BYTES".to_string(), bytes.to_string()));
+    }
     let cluster = Cluster::start_with(2, options).await?;
     let result = async {
         let away = burst_to_the_other_node(&cluster, 12, 400).await?;
         let shed = metric(&cluster, away, "palaver_cluster_deliveries_shed_total").await?;
         anyhow::ensure!(shed > 0, "no delivery was shed, so this test proved nothing");
-        println!("{shed} of 400 deliveries shed on the receivers' node; every receiver got all 400");
-        Ok::<_, anyhow::Error>(())
+        let from_memory = metric(&cluster, away, "palaver_replayed_from_memory_total").await?;
+        let replayed = metric(&cluster, away, "palaver_replayed_total").await?;
+        println!(
+            "{shed} of 400 deliveries shed on the receivers' node; every receiver got all 400; \
+             {replayed} entries replayed, {from_memory} of them from recent entries"
+        );
+        Ok::<_, anyhow::Error>(from_memory)
     }
     .await;
     result.map_err(|err| anyhow::anyhow!("{err:#}\n{}", cluster.logs()))

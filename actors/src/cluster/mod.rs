@@ -43,6 +43,7 @@ use ractor::ActorRef;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
+use crate::encoded::SharedEntry;
 use crate::hub::{delivery_runs, Hub};
 use crate::metrics::Metrics;
 use crate::room::AppendCommand;
@@ -411,8 +412,10 @@ impl Cluster {
 
     /// A delivery from another node: queue it for the fan-out task. When the queue is full the
     /// fan-out has fallen behind: rather than queue without bound, the delivery's recipients
-    /// on this node are marked lagged, and each of their connections reads what it missed from
-    /// the store (the entry is committed before any node is told of it), in pages.
+    /// on this node are marked lagged, and each of their connections reads what it missed (the
+    /// entry is committed before any node is told of it), in pages: a large room's entries
+    /// from the node's recent entries, where every arriving one is kept first (one copy for
+    /// all its members), anything older from the store.
     pub fn accept_delivery(&self, hub: &Hub, delivery: Delivery) {
         self.accept_run(hub, std::iter::once(delivery));
     }
@@ -425,7 +428,20 @@ impl Cluster {
         I: IntoIterator<Item = Delivery>,
         I::IntoIter: ExactSizeIterator,
     {
-        let mut run = run.into_iter();
+        let mut run = run.into_iter().peekable();
+        if let Some(first) = run.peek().filter(|first| matches!(first.recipients, Recipients::Members(_))) {
+            let room = first.entry.room.clone();
+            let mut kept = Vec::with_capacity(run.len());
+            let run: Vec<Delivery> =
+                run.inspect(|delivery| kept.push(Arc::new(SharedEntry::new(delivery.entry.clone())))).collect();
+            hub.keep_recent(&room, &kept);
+            return self.queue_run(hub, run.into_iter());
+        }
+        self.queue_run(hub, run);
+    }
+
+    /// Queue a run for the fan-out task, shedding it from the first delivery that does not fit.
+    fn queue_run(&self, hub: &Hub, mut run: impl ExactSizeIterator<Item = Delivery>) {
         while let Some(delivery) = run.next() {
             if let Err(mpsc::error::TrySendError::Full(delivery)) = self.deliveries.try_send(delivery) {
                 Metrics::add(&hub.metrics.cluster_deliveries_shed_total, 1 + run.len() as u64);

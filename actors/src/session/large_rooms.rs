@@ -21,9 +21,12 @@
 
 use std::collections::BTreeMap;
 
+use std::sync::Arc;
+
 use protocol::{Entry, EntryKind};
 use rustc_hash::FxHashMap;
 
+use crate::encoded::SharedEntry;
 use crate::store::MyRoom;
 
 /// What to do with a live entry of a large room.
@@ -103,10 +106,17 @@ impl LargeRooms {
     /// A page of `room`'s log read after `after` (the value in its [`RoomRead`]): returns the
     /// entries to send, in order, and moves the position. A room that was not followed is
     /// followed from `after`.
-    pub fn replayed(&mut self, user: &str, room: &str, after: u64, entries: Vec<Entry>) -> Vec<Entry> {
+    pub fn replayed(
+        &mut self,
+        user: &str,
+        room: &str,
+        after: u64,
+        entries: Vec<Arc<SharedEntry>>,
+    ) -> Vec<Arc<SharedEntry>> {
         let mut following = Some(self.positions.get(room).copied().unwrap_or(after));
         let mut sent = Vec::with_capacity(entries.len());
-        for entry in entries {
+        for shared in entries {
+            let entry = shared.entry();
             let own = entry.user.as_deref() == Some(user);
             match following {
                 Some(seq) if entry.seq <= seq => {}
@@ -115,12 +125,12 @@ impl LargeRooms {
                     if own && entry.kind == EntryKind::Leave {
                         following = None;
                     }
-                    sent.push(entry);
+                    sent.push(shared.clone());
                 }
                 // After the user's own leave: only their next join counts.
                 None if own && entry.kind == EntryKind::Join => {
                     following = Some(entry.seq);
-                    sent.push(entry);
+                    sent.push(shared.clone());
                 }
                 None => {}
             }
@@ -198,8 +208,12 @@ mod tests {
         entry(room, seq, EntryKind::Text, None)
     }
 
-    fn seqs(entries: &[Entry]) -> Vec<u64> {
-        entries.iter().map(|e| e.seq).collect()
+    fn seqs(entries: &[Arc<SharedEntry>]) -> Vec<u64> {
+        entries.iter().map(|e| e.entry().seq).collect()
+    }
+
+    fn shared(entries: Vec<Entry>) -> Vec<Arc<SharedEntry>> {
+        entries.into_iter().map(|entry| Arc::new(SharedEntry::new(entry))).collect()
     }
 
     fn reads(pairs: &[(&str, u64)]) -> Vec<RoomRead> {
@@ -282,17 +296,19 @@ mod tests {
             entry("r", 8, EntryKind::Join, Some("u")),
             text("r", 9),
         ];
-        let sent = large.replayed("u", "r", 3, page);
+        let sent = large.replayed("u", "r", 3, shared(page));
         assert_eq!(seqs(&sent), vec![4, 5, 8, 9], "2 and 3 were sent; 6 and 7 happened while away");
         assert_eq!(large.snapshot(), BTreeMap::from([("r".to_string(), 9)]));
 
         // A room not followed yet is followed from where the read started.
-        let sent = large.replayed("u", "n", 54, vec![entry("n", 55, EntryKind::Join, Some("u")), text("n", 56)]);
+        let sent =
+            large.replayed("u", "n", 54, shared(vec![entry("n", 55, EntryKind::Join, Some("u")), text("n", 56)]));
         assert_eq!(seqs(&sent), vec![55, 56]);
         assert_eq!(large.live("u", &text("n", 57)), Live::Send);
 
         // A replay ending in the user's leave stops following the room.
-        let sent = large.replayed("u", "r", 9, vec![text("r", 10), entry("r", 11, EntryKind::Leave, Some("u"))]);
+        let sent =
+            large.replayed("u", "r", 9, shared(vec![text("r", 10), entry("r", 11, EntryKind::Leave, Some("u"))]));
         assert_eq!(seqs(&sent), vec![10, 11]);
         assert!(!large.snapshot().contains_key("r"));
     }

@@ -256,3 +256,86 @@ async fn a_room_claimed_elsewhere_fences_the_stale_actor_and_a_retry_succeeds() 
     let (_, epoch) = hub.store.room_owner(&fx.room).await.unwrap().unwrap();
     assert!(epoch > newer, "the fresh actor claimed a newer epoch ({epoch} after {newer})");
 }
+
+/// Receive `message` frames of large room `room` until seq `until`, checking each arrives once,
+/// in order (they carry no cursor).
+async fn collect_room_until(conn: &mut Conn, room: &str, mut last: u64, until: u64) {
+    while last < until {
+        if let ServerFrame::Message { cursor, entry } = conn.recv().await {
+            assert_eq!((cursor, entry.room.as_str()), (None, room), "only the large room's entries here");
+            assert_eq!(entry.seq, last + 1, "seqs arrive dense and once (got {} after {last})", entry.seq);
+            last = entry.seq;
+        }
+    }
+}
+
+fn replayed_from_memory(hub: &Hub) -> u64 {
+    hub.metrics.replayed_from_memory_total.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A large room (more members than `fanout_max_members`), a queue of one and a socket that
+/// takes one frame: while bob does not read, nearly every live delivery overflows.
+fn behind_in_a_large_room(tail_bytes: usize) -> Limits {
+    Limits { fanout_max_members: 1, outbound_queue_len: 1, large_room_tail_bytes: tail_bytes, ..Limits::default() }
+}
+
+#[tokio::test]
+async fn a_member_behind_in_a_large_room_catches_up_from_recent_entries() {
+    let f = fixture(behind_in_a_large_room(Limits::default().large_room_tail_bytes)).await;
+    let mut bob = Conn::open_with_socket_buffer(&f.hub, 1);
+    bob.login(&f.hub, "bob", None).await;
+    let mut first = 0;
+    for i in 0..50 {
+        let seq = post(&f.hub, &f.room, "alice", &format!("m{i}")).await;
+        first = if i == 0 { seq } else { first };
+    }
+    assert!(f.hub.metrics.deliveries_lagged_total.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    collect_room_until(&mut bob, &f.room, first - 1, first + 49).await;
+    assert!(replayed_from_memory(&f.hub) > 0, "the catch-up read the store only");
+
+    // Without recent entries the same catch-up reads the store, and loses nothing either.
+    let f = fixture(behind_in_a_large_room(0)).await;
+    let mut bob = Conn::open_with_socket_buffer(&f.hub, 1);
+    bob.login(&f.hub, "bob", None).await;
+    for i in 0..50 {
+        let seq = post(&f.hub, &f.room, "alice", &format!("m{i}")).await;
+        first = if i == 0 { seq } else { first };
+    }
+    collect_room_until(&mut bob, &f.room, first - 1, first + 49).await;
+    assert_eq!(replayed_from_memory(&f.hub), 0);
+}
+
+#[tokio::test]
+async fn a_catch_up_reads_the_store_for_what_never_reached_the_recent_entries() {
+    let f = fixture(behind_in_a_large_room(Limits::default().large_room_tail_bytes)).await;
+    let mut bob = Conn::open(&f.hub);
+    bob.login(&f.hub, "bob", None).await;
+    let first = post(&f.hub, &f.room, "alice", "m0").await;
+    let mut last = first;
+    for i in 1..5 {
+        last = post(&f.hub, &f.room, "alice", &format!("m{i}")).await;
+    }
+    collect_room_until(&mut bob, &f.room, first - 1, last).await;
+    // Two entries committed by an owner elsewhere whose deliveries never arrived here (a node
+    // that died after its commit): the recent entries end at `last`, the store does not.
+    let epoch = f.hub.store.claim_room(&f.room, "other-node").await.unwrap();
+    for id in ["lost-1", "lost-2"] {
+        let request = crate::store::AppendRequest {
+            room: f.room.clone(),
+            epoch,
+            kind: EntryKind::Text,
+            from: "alice".into(),
+            id: id.into(),
+            user: None,
+            body: id.into(),
+            ts: 0,
+            limits: f.hub.limits.membership(),
+        };
+        f.hub.store.append(request).await.unwrap();
+    }
+    assert_eq!(f.hub.recent_room_entries(&f.room, last - 1, 10).map(|entries| entries.len()), Some(1));
+    // The node learns that deliveries may be lost (a node left) and every connection catches
+    // up: the recent entries hold bob's position but not what follows it in the store.
+    f.hub.catch_up_all();
+    collect_room_until(&mut bob, &f.room, last, last + 2).await;
+}
