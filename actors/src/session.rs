@@ -23,7 +23,7 @@
 //! mailbox in arrival order, so one connection's sends to one room keep their order.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Display;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -648,9 +648,10 @@ where
                 Some(reads) => reads,
                 None => {
                     let rooms = hub.store.rooms_of(&user).await?;
-                    let last_seq = |room: &str| rooms.iter().find(|mine| mine.room.id == room).map(|m| m.room.last_seq);
+                    let last_seq: HashMap<&str, u64> =
+                        rooms.iter().map(|mine| (mine.room.id.as_str(), mine.room.last_seq)).collect();
                     let plan = large.plan(&rooms, presented.as_ref(), replay_max);
-                    plan.into_iter().map(|read| RoomPlan { until: last_seq(&read.room), read }).collect()
+                    plan.into_iter().map(|read| RoomPlan { until: last_seq.get(read.room.as_str()).copied(), read }).collect()
                 }
             };
             let mut pages = Vec::with_capacity(reads.len());
