@@ -14,7 +14,14 @@ use protocol::{Encoding, Entry};
 use crate::session::Wire;
 
 /// A committed entry shared by every connection it is delivered to.
+///
+/// Aligned to a cache line so that, inside its `Arc`, the fields sit on a line of their own,
+/// apart from the reference counts: every recipient's queue takes a reference and every
+/// session drops one, on both cores, while every session reads the room and seq of each entry
+/// it sends. Sharing a line, those reads missed the cache each time the other core had just
+/// counted (the load of the room id was 38 % of `LargeRooms::live`, itself 7 % of a fan-out).
 #[derive(Debug)]
+#[repr(align(64))]
 pub struct SharedEntry {
     entry: Entry,
     json: OnceLock<SharedText>,
