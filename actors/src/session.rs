@@ -651,7 +651,9 @@ where
                     let last_seq: HashMap<&str, u64> =
                         rooms.iter().map(|mine| (mine.room.id.as_str(), mine.room.last_seq)).collect();
                     let plan = large.plan(&rooms, presented.as_ref(), replay_max);
-                    plan.into_iter().map(|read| RoomPlan { until: last_seq.get(read.room.as_str()).copied(), read }).collect()
+                    plan.into_iter()
+                        .map(|read| RoomPlan { until: last_seq.get(read.room.as_str()).copied(), read })
+                        .collect()
                 }
             };
             let mut pages = Vec::with_capacity(reads.len());
