@@ -79,8 +79,9 @@ for scenario in $SCENARIOS; do
       ;;
     cross-node)
       # palaver alone, two nodes on one shared store: the publisher on the first node, every
-      # receiver on the second, so each delivery crosses a node link (compare with the fan-out
-      # table's palaver rows: the same room size and rates on one node).
+      # receiver on the second; the load generator places the room on either node in turn
+      # (its owner decides whether deliveries or sends cross the link). Compare with the fan-out
+      # table's palaver rows: the same room size and rates on one node.
       start_palaver_cluster 17610 2
       run cross-node cross-node --n "$FAN_N" --rate "$FAN_RATES" --window 64 --duration "$FAN_DUR" \
         --palaver "$PALAVER_URLS" --palaver-pid "$PALAVER_PIDS"

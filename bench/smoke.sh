@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A short run of every load-generator scenario against one palaver node (and NATS when it is
-# installed), then `presence` on a 2-node cluster, to prove the load generator works; about a
-# minute once built. For .ci/run:
+# installed), then `presence` and `cross-node` on a 2-node cluster, to prove the load
+# generator works; about a minute once built. For .ci/run:
 #
 #   bash bench/smoke.sh
 #
@@ -75,6 +75,12 @@ scenario presence presence --n 200 --duration 3 --per-minute 20 --watchers 2 --w
   && check presence '(r["users"] == 200 and r["failed"] == 0 and r["changes"] > 0 and r["changes_ok"] == r["changes"]
     and r["presence_users_b"] >= 200 and 0 < r["batches_per_s"] < r["naive_messages_per_s"]
     and r["records"] >= 0.9 * r["changes"] and r["marked_pushes"] == r["expected_pushes"] > 0)'
+
+# Cross-node on the same cluster: the room on each node in turn, at a rate both keep up with.
+scenario cross-node cross-node --n 30 --rate 100 --duration 1.5 --warmup 0.5 \
+  --palaver "$PALAVER_URLS" --palaver-pid "$PALAVER_PIDS" \
+  && check cross-node '(r["delivered_pct"] >= 99.9 and r["receivers_closed"] == 0
+    and ("publisher" in r["target"] or "receivers" in r["target"]))'
 
 echo "loadgen smoke: $passed passed, $failed failed"
 [[ "$failed" == 0 ]]

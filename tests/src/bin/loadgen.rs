@@ -29,7 +29,8 @@ scenarios:
                                                        (--full: every step, for the latency curve)
   many-rooms       --rooms 100 --size 10 --rate 1 [--no-direct] --duration 10
   reconnect-storm  --clients 1000 --backlog 100          (palaver only)
-  cross-node       like fanout; publisher on the first palaver URL, receivers on the others
+  cross-node       like fanout; publisher on the first palaver URL, receivers on the others;
+                   --owner publisher,receivers: the room on either node, each in turn
   presence         --n 10000 --duration 60 --per-minute 1 --settle 3 [--tokens FILE]
                    [--watchers 0 --watch 100] --status-bytes 40 --sources 4
                    --palaver URL_A,URL_B --palaver-pid PID_A,PID_B  (or --start-cluster [--nodes 2]

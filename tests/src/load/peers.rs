@@ -527,6 +527,21 @@ pub async fn palaver_create_room(ws: &mut Ws, enc: Encoding, name: &str) -> anyh
     }
 }
 
+/// GET `path` from the HTTP side of the node behind WebSocket URL `url` (`ws://HOST:PORT/…`,
+/// which serves both), as JSON.
+pub async fn http_get_json(url: &str, path: &str) -> anyhow::Result<serde_json::Value> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let authority = url.strip_prefix("ws://").and_then(|rest| rest.split('/').next()).context("not a ws:// URL")?;
+    let mut stream = tokio::net::TcpStream::connect(authority).await?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let (head, body) = response.split_once("\r\n\r\n").context("no HTTP response")?;
+    anyhow::ensure!(head.split_whitespace().nth(1) == Some("200"), "GET {path}: {head}");
+    Ok(serde_json::from_str(body)?)
+}
+
 /// A fresh connection of user `index` that creates a room and returns its id (the creator is
 /// its first member).
 pub async fn palaver_new_room(

@@ -282,14 +282,72 @@ struct Published {
     skipped: u64,
 }
 
+/// Cross-node: which node owns the room (commits its entries). The two are different paths, so
+/// a run that left it to chance measured one or the other (the room id decides its owner):
+/// with the room on the publisher's node every entry crosses the link to the receivers' node
+/// as a delivery, and the publisher's window paces only that node; with the room on the
+/// receivers' node every send crosses the other way and the fan-out is local.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Placement {
+    Publisher,
+    Receivers,
+}
+
+impl Placement {
+    fn parse(list: &str) -> anyhow::Result<Vec<Placement>> {
+        list.split(',')
+            .map(|side| match side.trim() {
+                "publisher" => Ok(Placement::Publisher),
+                "receivers" => Ok(Placement::Receivers),
+                other => bail!("--owner {other}: expected publisher or receivers"),
+            })
+            .collect()
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Placement::Publisher => "room on the publisher's node",
+            Placement::Receivers => "room on the receivers' node",
+        }
+    }
+}
+
+/// A new room created through `url` whose owner is (publisher) or is not (receivers) the node
+/// behind `url`, asked of that node's `/cluster?room=` (a room's owner follows from its id, so
+/// another id is tried until one lands where asked).
+async fn room_placed(target: &Target, url: &str, run: &str, placement: Placement) -> anyhow::Result<String> {
+    for attempt in 0..64 {
+        let room = peers::palaver_new_room(target, url, run, 0, &format!("fanout-{attempt}")).await?;
+        let status = peers::http_get_json(url, &format!("/cluster?room={room}")).await?;
+        let node = status["node"].as_str().context("/cluster names no node")?;
+        let owner = status["room"]["owner"].as_str().context("/cluster names no owner")?;
+        if (owner == node) == (placement == Placement::Publisher) {
+            return Ok(room);
+        }
+    }
+    bail!("no room landed on the {placement:?} side in 64 tries")
+}
+
 impl Fanout {
-    async fn setup(common: &Common, target: &Target, n: usize, cross: bool) -> anyhow::Result<Fanout> {
+    async fn setup(
+        common: &Common,
+        target: &Target,
+        n: usize,
+        cross: bool,
+        placement: Option<Placement>,
+    ) -> anyhow::Result<Fanout> {
         let run = run_id();
-        let label = target.label();
+        let label = match placement {
+            Some(placement) => format!("{}, {}", target.label(), placement.label()),
+            None => target.label(),
+        };
         let publisher_url = target.urls[0].clone();
         let sub_urls = if cross && target.urls.len() > 1 { target.urls[1..].to_vec() } else { target.urls.clone() };
-        let room = match target.kind {
-            Kind::Palaver => {
+        let room = match (target.kind, placement) {
+            (Kind::Palaver, Some(placement)) => {
+                room_placed(target, &publisher_url, &run, placement).await.context("creating the room")?
+            }
+            (Kind::Palaver, None) => {
                 peers::palaver_new_room(target, &publisher_url, &run, 0, "fanout").await.context("creating the room")?
             }
             _ => target.room_name(&format!("fanout-{run}")),
@@ -607,31 +665,40 @@ pub async fn fanout(args: &Args, command: &str, cross: bool) -> anyhow::Result<(
     let warmup = secs(args.get("warmup", 2.0)?);
     let duration = secs(args.get("duration", 10.0)?);
     let scenario = if cross { "cross-node" } else { "fanout" };
+    // Cross-node: each placement of the room in turn (`--owner`, both by default).
+    let placements = Placement::parse(args.str("owner").unwrap_or("publisher,receivers"))?;
     let mut rows = Vec::new();
     for target in args.targets()? {
-        if cross && target.kind == Kind::Palaver && target.urls.len() < 2 {
+        let placed = cross && target.kind == Kind::Palaver && target.urls.len() > 1;
+        if cross && target.kind == Kind::Palaver && !placed {
             eprintln!("note: cross-node with one palaver node: receivers and publisher share it");
         }
-        let mut fanout = match Fanout::setup(&common, &target, n, cross).await {
-            Ok(fanout) => fanout,
-            Err(err) => {
-                println!("{scenario} {}: set-up failed: {err:#}", target.label());
-                rows.push(json!({ "target": target.label(), "kind": target.kind.name(), "error": format!("{err:#}") }));
-                continue;
-            }
-        };
-        for &rate in &rates {
-            match fanout.phase(rate, window, warmup, duration).await {
-                Ok(row) => rows.push(row),
+        let setups: Vec<Option<Placement>> =
+            if placed { placements.iter().copied().map(Some).collect() } else { vec![None] };
+        for placement in setups {
+            let mut fanout = match Fanout::setup(&common, &target, n, cross, placement).await {
+                Ok(fanout) => fanout,
                 Err(err) => {
-                    println!("{scenario} {} @{rate}: failed: {err:#}", target.label());
-                    rows.push(json!({ "target": target.label(), "kind": target.kind.name(), "offered_rate": rate, "error": format!("{err:#}") }));
-                    break;
+                    println!("{scenario} {}: set-up failed: {err:#}", target.label());
+                    rows.push(
+                        json!({ "target": target.label(), "kind": target.kind.name(), "error": format!("{err:#}") }),
+                    );
+                    continue;
+                }
+            };
+            for &rate in &rates {
+                match fanout.phase(rate, window, warmup, duration).await {
+                    Ok(row) => rows.push(row),
+                    Err(err) => {
+                        println!("{scenario} {} @{rate}: failed: {err:#}", fanout.label);
+                        rows.push(json!({ "target": fanout.label, "kind": target.kind.name(), "offered_rate": rate, "error": format!("{err:#}") }));
+                        break;
+                    }
                 }
             }
+            fanout.close().await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
         }
-        fanout.close().await;
-        tokio::time::sleep(Duration::from_secs(2)).await;
     }
     for &rate in &rates {
         let same: Vec<Value> = rows.iter().filter(|r| r["offered_rate"].as_f64() == Some(rate)).cloned().collect();
@@ -667,7 +734,7 @@ pub async fn saturation(args: &Args, command: &str) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     let mut summary = Vec::new();
     for target in args.targets()? {
-        let mut fanout = match Fanout::setup(&common, &target, n, false).await {
+        let mut fanout = match Fanout::setup(&common, &target, n, false, None).await {
             Ok(fanout) => fanout,
             Err(err) => {
                 println!("saturation {}: set-up failed: {err:#}", target.label());
