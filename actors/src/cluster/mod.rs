@@ -528,9 +528,13 @@ pub async fn start(hub: &Arc<Hub>, settings: ClusterSettings) -> anyhow::Result<
 /// list; handing the hub the previous `Arc` when the list is unchanged lets the hub's per-room
 /// fan-out cache hit for deliveries from other nodes as it does for local ones (comparing two
 /// lists is cheaper than looking every member's connections up again).
+///
+/// The deliveries of one run share the list they were decoded with (`wire::decode_run`), so
+/// that list is compared once: `last` remembers it with the list it was resolved to.
 #[derive(Default)]
 struct MemberLists {
     by_room: HashMap<String, Arc<Vec<String>>>,
+    last: Option<(Arc<Vec<String>>, Arc<Vec<String>>)>,
 }
 
 impl MemberLists {
@@ -539,6 +543,13 @@ impl MemberLists {
 
     fn share(&mut self, delivery: &mut Delivery) {
         let Recipients::Members(members) = &mut delivery.recipients else { return };
+        if let Some((decoded, resolved)) = &self.last {
+            if Arc::ptr_eq(decoded, members) {
+                *members = resolved.clone();
+                return;
+            }
+        }
+        let decoded = members.clone();
         match self.by_room.get(&delivery.entry.room) {
             Some(known) if known == members => *members = known.clone(),
             _ => {
@@ -548,6 +559,7 @@ impl MemberLists {
                 self.by_room.insert(delivery.entry.room.clone(), members.clone());
             }
         }
+        self.last = Some((decoded, members.clone()));
     }
 }
 
@@ -662,5 +674,19 @@ mod tests {
         let mut after = with(&["ann"]);
         lists.share(&mut after);
         assert!(Arc::ptr_eq(&list_of(&changed), &list_of(&after)), "the changed list is the one kept");
+
+        // A run's deliveries arrive with one decoded list between them: each gets the kept one.
+        let decoded = Arc::new(vec!["ann".to_string()]);
+        let mut run: Vec<Delivery> =
+            (0..3).map(|_| Delivery { recipients: Recipients::Members(decoded.clone()), ..delivery(1) }).collect();
+        for delivery in &mut run {
+            lists.share(delivery);
+        }
+        assert!(run.iter().all(|delivery| Arc::ptr_eq(&list_of(delivery), &list_of(&changed))));
+        // Another room's list in between is its own.
+        let mut other = with(&["ann"]);
+        other.entry.room = "elsewhere".into();
+        lists.share(&mut other);
+        assert!(!Arc::ptr_eq(&list_of(&other), &list_of(&changed)));
     }
 }
