@@ -533,9 +533,12 @@ pub async fn start(hub: &Arc<Hub>, settings: ClusterSettings) -> anyhow::Result<
 /// that list is compared once: `last` remembers it with the list it was resolved to.
 #[derive(Default)]
 struct MemberLists {
-    by_room: HashMap<String, Arc<Vec<String>>>,
-    last: Option<(Arc<Vec<String>>, Arc<Vec<String>>)>,
+    by_room: HashMap<String, MemberList>,
+    /// The list the last delivery was decoded with, and the list it was resolved to.
+    last: Option<(MemberList, MemberList)>,
 }
+
+type MemberList = Arc<Vec<String>>;
 
 impl MemberLists {
     /// Rooms remembered at most; past it the map starts over (a cache, not a registry).
