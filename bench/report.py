@@ -104,6 +104,13 @@ def section_idle(doc):
 
 def section_fanout(doc, title, intro, ratios=True):
     rows = [r for r in doc["rows"] if "error" not in r]
+    rounds = doc.get("rounds") or 1
+    if rounds > 1:
+        # Each server's median round per rate (loadgen --repeat), with every round beside it.
+        rows = [r for r in rows if r.get("median")]
+        intro += (f" Each rate ran {rounds} rounds, the servers taking turns within a round; the table shows each "
+                  "server's median round (by deliveries/s at `max`, by p99 at a fixed rate), and the rounds' "
+                  "deliveries/s and p99 below it.")
     body = f"### {title}\n\n{intro}\n\n"
     rates = []
     for r in rows:
@@ -112,6 +119,7 @@ def section_fanout(doc, title, intro, ratios=True):
     out = []
     for rate in rates:
         same = [r for r in rows if r["offered_rate"] == rate]
+        same.sort(key=lambda r: r["kind"] != "palaver")  # palaver first, the peers in run order
         pal = next((r for r in same if r["kind"] == "palaver"), None)
         for r in same:
             row = [
@@ -126,6 +134,13 @@ def section_fanout(doc, title, intro, ratios=True):
     if ratios:
         headers.append("palaver ÷ peer deliveries/s")
     body += table(headers, out)
+    if rounds > 1:
+        body += "\nEvery round:\n\n"
+        for r in sorted(rows, key=lambda r: (r["offered_rate"] == 0, r["kind"] != "palaver")):
+            rate = "max" if not r["offered_rate"] else f"{num(r['offered_rate'], 0)}/s"
+            per_s = " / ".join(num(v) for v in r.get("rounds_deliveries_per_s", []))
+            p99 = " / ".join(num(v, 2) for v in r.get("rounds_p99_ms", []))
+            body += f"- {r['target']} @{rate}: deliveries/s {per_s}; p99 ms {p99}\n"
     errors = [r for r in doc["rows"] if "error" in r]
     for r in errors:
         body += f"\n{r['target']}: {r['error']}\n"
@@ -311,7 +326,8 @@ def targets_section():
                          "met" if v * 1.024 <= 12 else "not met"])
     fan = load("fanout")
     if fan:
-        ok = [r for r in fan["rows"] if "error" not in r and not r["offered_rate"]]
+        ok = [r for r in fan["rows"] if "error" not in r and not r["offered_rate"]
+              and ((fan.get("rounds") or 1) == 1 or r.get("median"))]
         pal = next((r for r in ok if r["kind"] == "palaver"), None)
         nats = next((r for r in ok if r["kind"] == "nats"), None)
         if pal and nats:
@@ -392,7 +408,7 @@ the machine's other load.
 Regenerate everything (install peers, build, run every scenario, rewrite this file):
 
 ```
-bench/run.sh            # about 20 minutes; QUICK=1 bench/run.sh for a small version
+bench/run.sh            # about 25 minutes; QUICK=1 bench/run.sh for a small version
 ```
 
 - Machine: {m.get('cores', '?')} cores ({m.get('cpu', '?')}), {m.get('memory_gib', '?')} GiB, Linux {m.get('kernel', '?')};

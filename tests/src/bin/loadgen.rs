@@ -23,8 +23,10 @@ servers (each measured in turn, palaver first; URLs on 127.0.0.0/8 only):
 scenarios:
   accounts         --n 1000 --tokens FILE              make palaver users 1..N, write their tokens
   idle             --n 1000 --settle 5 [--tokens FILE] resident memory per idle authenticated connection
-  fanout           --n 1000 --rate 0[,R…] --window 64 --duration 10 --warmup 2
-                                                       one room, N receivers; rate 0 = as fast as the window allows
+  fanout           --n 1000 --rate 0[,R…] --window 64 --duration 10 --warmup 2 [--repeat 1]
+                                                       one room, N receivers; rate 0 = as fast as the window allows;
+                                                       each rate runs on every server in turn, --repeat times
+                                                       (then each server's median round is marked)
   saturation       --n 100 --from 50 --factor 1.5 --steps 14 --p99-ms 20 --duration 5 [--full]
                                                        (--full: every step, for the latency curve)
   many-rooms       --rooms 100 --size 10 --rate 1 [--no-direct] --duration 10

@@ -667,7 +667,13 @@ pub async fn fanout(args: &Args, command: &str, cross: bool) -> anyhow::Result<(
     let scenario = if cross { "cross-node" } else { "fanout" };
     // Cross-node: each placement of the room in turn (`--owner`, both by default).
     let placements = Placement::parse(args.str("owner").unwrap_or("publisher,receivers"))?;
+    let rounds: usize = args.get("repeat", 1)?;
+    anyhow::ensure!(rounds >= 1, "--repeat must be at least 1");
     let mut rows = Vec::new();
+    // Every server's receivers are set up first, so that each rate runs on every server in
+    // turn, `--repeat` times: runs of different servers interleave, and a slow spell of this
+    // machine lands on all of them rather than on whichever server ran during it.
+    let mut fanouts = Vec::new();
     for target in args.targets()? {
         let placed = cross && target.kind == Kind::Palaver && target.urls.len() > 1;
         if cross && target.kind == Kind::Palaver && !placed {
@@ -676,32 +682,50 @@ pub async fn fanout(args: &Args, command: &str, cross: bool) -> anyhow::Result<(
         let setups: Vec<Option<Placement>> =
             if placed { placements.iter().copied().map(Some).collect() } else { vec![None] };
         for placement in setups {
-            let mut fanout = match Fanout::setup(&common, &target, n, cross, placement).await {
-                Ok(fanout) => fanout,
+            match Fanout::setup(&common, &target, n, cross, placement).await {
+                Ok(fanout) => fanouts.push(Some(fanout)),
                 Err(err) => {
                     println!("{scenario} {}: set-up failed: {err:#}", target.label());
                     rows.push(
                         json!({ "target": target.label(), "kind": target.kind.name(), "error": format!("{err:#}") }),
                     );
-                    continue;
-                }
-            };
-            for &rate in &rates {
-                match fanout.phase(rate, window, warmup, duration).await {
-                    Ok(row) => rows.push(row),
-                    Err(err) => {
-                        println!("{scenario} {} @{rate}: failed: {err:#}", fanout.label);
-                        rows.push(json!({ "target": fanout.label, "kind": target.kind.name(), "offered_rate": rate, "error": format!("{err:#}") }));
-                        break;
-                    }
                 }
             }
-            fanout.close().await;
-            tokio::time::sleep(Duration::from_secs(2)).await;
         }
     }
     for &rate in &rates {
-        let same: Vec<Value> = rows.iter().filter(|r| r["offered_rate"].as_f64() == Some(rate)).cloned().collect();
+        for round in 0..rounds {
+            for slot in fanouts.iter_mut() {
+                let Some(fanout) = slot else { continue };
+                match fanout.phase(rate, window, warmup, duration).await {
+                    Ok(mut row) => {
+                        row["round"] = json!(round);
+                        rows.push(row);
+                    }
+                    Err(err) => {
+                        println!("{scenario} {} @{rate}: failed: {err:#}", fanout.label);
+                        rows.push(json!({ "target": fanout.label, "kind": fanout.target.kind.name(), "offered_rate": rate, "error": format!("{err:#}") }));
+                        // A server that failed a phase is done for this run.
+                        if let Some(fanout) = slot.take() {
+                            fanout.close().await;
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+    for fanout in fanouts.into_iter().flatten() {
+        fanout.close().await;
+    }
+    if rounds > 1 {
+        mark_medians(&mut rows);
+    }
+    let rows_for_ratios: Vec<Value> =
+        rows.iter().filter(|row| rounds == 1 || row["median"].as_bool() == Some(true)).cloned().collect();
+    for &rate in &rates {
+        let same: Vec<Value> =
+            rows_for_ratios.iter().filter(|r| r["offered_rate"].as_f64() == Some(rate)).cloned().collect();
         print_ratios(
             &same,
             &format!("deliveries/s @{}", if rate > 0.0 { human(rate) } else { "max".into() }),
@@ -714,8 +738,45 @@ pub async fn fanout(args: &Args, command: &str, cross: bool) -> anyhow::Result<(
         scenario,
         command,
         &rows,
-        json!({ "n": n, "window": window, "duration_s": duration.as_secs_f64() }),
+        json!({ "n": n, "window": window, "duration_s": duration.as_secs_f64(), "rounds": rounds }),
     )
+}
+
+/// With several rounds, mark each server's median round at each rate (`"median": true`, with
+/// every round's deliveries/s and p99 beside it): by deliveries/s at `max`, where they are the
+/// point, by p99 at a fixed rate, where latency is.
+fn mark_medians(rows: &mut [Value]) {
+    let mut groups: Vec<(String, f64)> = Vec::new();
+    for row in rows.iter().filter(|row| row.get("round").is_some()) {
+        let key = (row["target"].as_str().unwrap_or("").to_string(), row["offered_rate"].as_f64().unwrap_or(0.0));
+        if !groups.contains(&key) {
+            groups.push(key);
+        }
+    }
+    for (target, rate) in groups {
+        let metric = |row: &Value| {
+            if rate > 0.0 {
+                row["latency"]["p99_ms"].as_f64().unwrap_or(f64::MAX)
+            } else {
+                row["deliveries_per_s"].as_f64().unwrap_or(0.0)
+            }
+        };
+        let mut same: Vec<usize> = (0..rows.len())
+            .filter(|&i| {
+                rows[i].get("round").is_some()
+                    && rows[i]["target"].as_str() == Some(target.as_str())
+                    && rows[i]["offered_rate"].as_f64() == Some(rate)
+            })
+            .collect();
+        let all_deliveries: Vec<f64> =
+            same.iter().map(|&i| rows[i]["deliveries_per_s"].as_f64().unwrap_or(0.0)).collect();
+        let all_p99: Vec<f64> = same.iter().map(|&i| rows[i]["latency"]["p99_ms"].as_f64().unwrap_or(0.0)).collect();
+        same.sort_by(|&a, &b| metric(&rows[a]).total_cmp(&metric(&rows[b])));
+        let median = same[same.len() / 2];
+        rows[median]["median"] = json!(true);
+        rows[median]["rounds_deliveries_per_s"] = json!(all_deliveries);
+        rows[median]["rounds_p99_ms"] = json!(all_p99);
+    }
 }
 
 /// Raise the publish rate step by step until p99 passes `--p99-ms`; report the highest rate
