@@ -104,11 +104,14 @@ def section_idle(doc):
 
 def section_fanout(doc, title, intro, ratios=True):
     rows = [r for r in doc["rows"] if "error" not in r]
+    order = {}
+    for r in rows:
+        order.setdefault(r["target"], len(order))
     rounds = doc.get("rounds") or 1
     if rounds > 1:
         # Each server's median round per rate (loadgen --repeat), with every round beside it.
         rows = [r for r in rows if r.get("median")]
-        intro += (f" Each rate ran {rounds} rounds, the servers taking turns within a round; the table shows each "
+        intro += (f" The servers took turns, {rounds} rounds (each set up afresh, then every rate); the table shows each "
                   "server's median round (by deliveries/s at `max`, by p99 at a fixed rate), and the rounds' "
                   "deliveries/s and p99 below it.")
     body = f"### {title}\n\n{intro}\n\n"
@@ -119,7 +122,7 @@ def section_fanout(doc, title, intro, ratios=True):
     out = []
     for rate in rates:
         same = [r for r in rows if r["offered_rate"] == rate]
-        same.sort(key=lambda r: r["kind"] != "palaver")  # palaver first, the peers in run order
+        same.sort(key=lambda r: order[r["target"]])  # the servers in the order they ran
         pal = next((r for r in same if r["kind"] == "palaver"), None)
         for r in same:
             row = [
@@ -136,7 +139,7 @@ def section_fanout(doc, title, intro, ratios=True):
     body += table(headers, out)
     if rounds > 1:
         body += "\nEvery round:\n\n"
-        for r in sorted(rows, key=lambda r: (r["offered_rate"] == 0, r["kind"] != "palaver")):
+        for r in sorted(rows, key=lambda r: (r["offered_rate"] == 0, order[r["target"]])):
             rate = "max" if not r["offered_rate"] else f"{num(r['offered_rate'], 0)}/s"
             per_s = " / ".join(num(v) for v in r.get("rounds_deliveries_per_s", []))
             p99 = " / ".join(num(v, 2) for v in r.get("rounds_p99_ms", []))

@@ -25,7 +25,7 @@ scenarios:
   idle             --n 1000 --settle 5 [--tokens FILE] resident memory per idle authenticated connection
   fanout           --n 1000 --rate 0[,R…] --window 64 --duration 10 --warmup 2 [--repeat 1]
                                                        one room, N receivers; rate 0 = as fast as the window allows;
-                                                       each rate runs on every server in turn, --repeat times
+                                                       --repeat R: R rounds, the servers taking turns in each
                                                        (then each server's median round is marked)
   saturation       --n 100 --from 50 --factor 1.5 --steps 14 --p99-ms 20 --duration 5 [--full]
                                                        (--full: every step, for the latency curve)

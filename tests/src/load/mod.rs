@@ -119,6 +119,20 @@ pub fn rss_kib(pids: &[u32]) -> u64 {
         .sum()
 }
 
+/// CPU time (user + system, in clock ticks) of `pids` so far; processes that are gone count 0.
+pub fn cpu_ticks(pids: &[u32]) -> u64 {
+    pids.iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .filter_map(|stat| {
+            // The fields after the command name (which may hold spaces) are space-separated;
+            // utime and stime are the 14th and 15th fields of the line.
+            let after_name = stat.rsplit_once(')')?.1;
+            let fields: Vec<&str> = after_name.split_whitespace().collect();
+            Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+        })
+        .sum()
+}
+
 /// A short random id for a run: user names, room names and markers carry it.
 pub fn run_id() -> String {
     let nanos = now_ns();

@@ -16,7 +16,7 @@ use super::args::Args;
 use super::group::{split, Group, GroupResult, GroupSpec, RoomPlan};
 use super::peers::{self, keepalive, Kind, Target, Ws};
 use super::report::{latency, latency_text, ratio_line, write_json, Progress};
-use super::{human, now_ns, rss_kib, run_id, secs, Marker};
+use super::{cpu_ticks, human, now_ns, rss_kib, run_id, secs, Marker};
 
 /// Options every scenario shares.
 struct Common {
@@ -670,53 +670,48 @@ pub async fn fanout(args: &Args, command: &str, cross: bool) -> anyhow::Result<(
     let rounds: usize = args.get("repeat", 1)?;
     anyhow::ensure!(rounds >= 1, "--repeat must be at least 1");
     let mut rows = Vec::new();
-    // Every server's receivers are set up first, so that each rate runs on every server in
-    // turn, `--repeat` times: runs of different servers interleave, and a slow spell of this
-    // machine lands on all of them rather than on whichever server ran during it.
-    let mut fanouts = Vec::new();
-    for target in args.targets()? {
-        let placed = cross && target.kind == Kind::Palaver && target.urls.len() > 1;
-        if cross && target.kind == Kind::Palaver && !placed {
-            eprintln!("note: cross-node with one palaver node: receivers and publisher share it");
-        }
-        let setups: Vec<Option<Placement>> =
-            if placed { placements.iter().copied().map(Some).collect() } else { vec![None] };
-        for placement in setups {
-            match Fanout::setup(&common, &target, n, cross, placement).await {
-                Ok(fanout) => fanouts.push(Some(fanout)),
-                Err(err) => {
-                    println!("{scenario} {}: set-up failed: {err:#}", target.label());
-                    rows.push(
-                        json!({ "target": target.label(), "kind": target.kind.name(), "error": format!("{err:#}") }),
-                    );
-                }
+    // Round after round, each server in turn is set up, runs every rate and is closed: runs of
+    // different servers interleave, so a slow spell of this machine lands on all of them rather
+    // than on whichever server ran during it, and each run has the machine to itself.
+    let targets = args.targets()?;
+    let all_pids: Vec<u32> = targets.iter().flat_map(|target| target.pids.clone()).collect();
+    for round in 0..rounds {
+        for target in &targets {
+            let placed = cross && target.kind == Kind::Palaver && target.urls.len() > 1;
+            if cross && target.kind == Kind::Palaver && !placed && round == 0 {
+                eprintln!("note: cross-node with one palaver node: receivers and publisher share it");
             }
-        }
-    }
-    for &rate in &rates {
-        for round in 0..rounds {
-            for slot in fanouts.iter_mut() {
-                let Some(fanout) = slot else { continue };
-                match fanout.phase(rate, window, warmup, duration).await {
-                    Ok(mut row) => {
-                        row["round"] = json!(round);
-                        rows.push(row);
-                    }
+            let setups: Vec<Option<Placement>> =
+                if placed { placements.iter().copied().map(Some).collect() } else { vec![None] };
+            for placement in setups {
+                // A slow server may still be working off its last backlog: start once every
+                // server measured here is quiet, so that it does not take this run's cores.
+                wait_quiet(&all_pids, Duration::from_secs(30)).await;
+                let mut fanout = match Fanout::setup(&common, target, n, cross, placement).await {
+                    Ok(fanout) => fanout,
                     Err(err) => {
-                        println!("{scenario} {} @{rate}: failed: {err:#}", fanout.label);
-                        rows.push(json!({ "target": fanout.label, "kind": fanout.target.kind.name(), "offered_rate": rate, "error": format!("{err:#}") }));
-                        // A server that failed a phase is done for this run.
-                        if let Some(fanout) = slot.take() {
-                            fanout.close().await;
+                        println!("{scenario} {}: set-up failed: {err:#}", target.label());
+                        rows.push(json!({ "target": target.label(), "kind": target.kind.name(), "error": format!("{err:#}") }));
+                        continue;
+                    }
+                };
+                for &rate in &rates {
+                    match fanout.phase(rate, window, warmup, duration).await {
+                        Ok(mut row) => {
+                            row["round"] = json!(round);
+                            rows.push(row);
+                        }
+                        Err(err) => {
+                            println!("{scenario} {} @{rate}: failed: {err:#}", fanout.label);
+                            rows.push(json!({ "target": fanout.label, "kind": target.kind.name(), "offered_rate": rate, "error": format!("{err:#}") }));
+                            break;
                         }
                     }
                 }
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                fanout.close().await;
+                tokio::time::sleep(Duration::from_secs(2)).await;
             }
         }
-    }
-    for fanout in fanouts.into_iter().flatten() {
-        fanout.close().await;
     }
     if rounds > 1 {
         mark_medians(&mut rows);
@@ -740,6 +735,24 @@ pub async fn fanout(args: &Args, command: &str, cross: bool) -> anyhow::Result<(
         &rows,
         json!({ "n": n, "window": window, "duration_s": duration.as_secs_f64(), "rounds": rounds }),
     )
+}
+
+/// Wait until `pids` together use less than a tenth of a core over half a second, or `limit`.
+async fn wait_quiet(pids: &[u32], limit: Duration) {
+    let start = Instant::now();
+    let half_second_ticks = 50; // USER_HZ is 100 on Linux: 50 ticks are half a second
+    loop {
+        let before = cpu_ticks(pids);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let quiet = (cpu_ticks(pids) - before) * 10 < half_second_ticks;
+        if quiet || start.elapsed() > limit {
+            if start.elapsed() > Duration::from_secs(2) {
+                let how = if quiet { "until the servers were quiet" } else { "and the servers are still busy" };
+                eprintln!("waited {:.1} s {how}", start.elapsed().as_secs_f64());
+            }
+            return;
+        }
+    }
 }
 
 /// With several rounds, mark each server's median round at each rate (`"median": true`, with
