@@ -280,9 +280,10 @@ impl Hub {
     /// Never blocks: a full queue marks the connection lagged, and it reads what it missed from
     /// the store. Consecutive entries of one large room with the same member list go to each
     /// connection in one push: one queue lock and at most one wake-up of its session for the
-    /// run, so the session finds the whole run waiting and writes it to the socket at once. Pushed one by one, a session on
-    /// the other core woke for the first entry and wrote the rest in more, smaller writes: the
-    /// kernel's per-write cost is most of what a delivery costs.
+    /// run, so the session finds the whole run waiting and writes it to the socket at once.
+    /// Pushed one by one, a session on the other core woke for the first entry and wrote the
+    /// rest in more, smaller writes: the kernel's per-write cost is most of what a delivery
+    /// costs.
     pub fn deliver_local(&self, deliveries: &[&Delivery]) {
         self.fan_out(deliveries, false);
     }
@@ -297,11 +298,14 @@ impl Hub {
             delivered += match &first.recipients {
                 Recipients::Logs(logs) => self.deliver_to_logs(&first.entry, logs),
                 Recipients::Members(members) => {
-                    let shared: Vec<Arc<SharedEntry>> =
-                        run.iter().map(|delivery| Arc::new(SharedEntry::new(delivery.entry.clone()))).collect();
-                    if keep {
+                    let new_shared = || run.iter().map(|delivery| Arc::new(SharedEntry::new(delivery.entry.clone())));
+                    let shared: Vec<Arc<SharedEntry>> = if keep {
+                        let shared: Vec<_> = new_shared().collect();
                         self.keep_recent(&first.entry.room, &shared);
-                    }
+                        shared
+                    } else {
+                        self.recent_run(run).unwrap_or_else(|| new_shared().collect())
+                    };
                     self.deliver_to_members(&first.entry.room, &shared, members)
                 }
                 Recipients::Unnamed => {
@@ -350,6 +354,17 @@ impl Hub {
         let mut tails = self.tails.lock().expect("tails lock");
         tails.append(room, entries);
         Metrics::set(&self.metrics.recent_entries_bytes, tails.bytes() as i64);
+    }
+
+    /// The node's recent entries of `run` (one large room's deliveries, in seq order), if it
+    /// holds every one: entries from another node were kept as they arrived, so their fan-out
+    /// shares those (and their encodings) rather than copying and encoding each entry again.
+    fn recent_run(&self, run: &[&Delivery]) -> Option<Vec<Arc<SharedEntry>>> {
+        let first = run.first()?;
+        let kept = self.recent_room_entries(&first.entry.room, first.entry.seq.checked_sub(1)?, run.len())?;
+        let all = kept.len() == run.len()
+            && kept.iter().zip(run).all(|(kept, delivery)| kept.entry().seq == delivery.entry.seq);
+        all.then_some(kept)
     }
 
     /// Up to `limit` of the node's recent entries of `room` after seq `after`, shared with

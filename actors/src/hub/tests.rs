@@ -89,3 +89,27 @@ async fn a_run_that_does_not_fit_a_queue_marks_that_connection_lagged() {
     assert!(b.signals.lagged.load(Ordering::Acquire), "b missed seq 4");
     assert_eq!(hub.metrics.deliveries_lagged_total.load(Ordering::Relaxed), 1);
 }
+
+/// Entries from another node are kept as they arrive (`keep_recent`); their fan-out shares
+/// those very entries, and makes its own only for a run the recent entries do not all hold.
+#[tokio::test]
+async fn a_run_already_kept_is_fanned_out_from_the_kept_entries() {
+    let (hub, _dir) = hub(Limits::default());
+    let mut a = hub.register("a");
+    let members = list(&["a"]);
+    let run: Vec<Delivery> = (1..=3).map(|seq| delivery("r1", seq, &members)).collect();
+    let kept: Vec<_> = run.iter().map(|d| Arc::new(crate::encoded::SharedEntry::new(d.entry.clone()))).collect();
+    hub.keep_recent("r1", &kept);
+    hub.deliver_local(&run.iter().collect::<Vec<_>>());
+    // Seq 5 was never kept (4 is missing): a run of its own entries.
+    hub.deliver_local(&[&delivery("r1", 5, &members)]);
+
+    let received: Vec<_> = std::iter::from_fn(|| a.inbox.try_recv())
+        .map(|outbound| match outbound {
+            Outbound::RoomEntry(shared) => shared,
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(received.iter().map(|shared| shared.entry().seq).collect::<Vec<_>>(), [1, 2, 3, 5]);
+    assert!(received.iter().zip(&kept).all(|(got, kept)| Arc::ptr_eq(got, kept)), "the kept entries are shared");
+}

@@ -125,12 +125,12 @@ impl LargeRooms {
                     if own && entry.kind == EntryKind::Leave {
                         following = None;
                     }
-                    sent.push(shared.clone());
+                    sent.push(shared);
                 }
                 // After the user's own leave: only their next join counts.
                 None if own && entry.kind == EntryKind::Join => {
                     following = Some(entry.seq);
-                    sent.push(shared.clone());
+                    sent.push(shared);
                 }
                 None => {}
             }
