@@ -1,10 +1,12 @@
-//! Process-wide counters and gauges, rendered in the Prometheus text format on `/metrics`.
+//! Process-wide counters, gauges and latency histograms, rendered in the Prometheus text
+//! format on `/metrics`.
 //!
-//! Plain atomics: a counter bump on the delivery path costs one relaxed add, and no metrics
-//! library is needed for a dozen numbers.
+//! Plain atomics: a counter bump on the delivery path costs one relaxed add, a histogram
+//! observation two, and no metrics library is needed for a few dozen numbers.
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
 
 macro_rules! metrics {
     ($( $(#[doc = $doc:literal])* $kind:ident $name:ident ),* $(,)?) => {
@@ -22,7 +24,7 @@ macro_rules! metrics {
                     let help = concat!($($doc),*).trim();
                     let _ = writeln!(out, "# HELP palaver_{} {}", stringify!($name), help);
                     let _ = writeln!(out, "# TYPE palaver_{} {}", stringify!($name), metrics!(@prom $kind));
-                    let _ = writeln!(out, "palaver_{} {}", stringify!($name), self.$name.load(Ordering::Relaxed));
+                    self.$name.render_value(concat!("palaver_", stringify!($name)), &mut out);
                 )*
                 out
             }
@@ -30,8 +32,10 @@ macro_rules! metrics {
     };
     (@type counter) => { AtomicU64 };
     (@type gauge) => { AtomicI64 };
+    (@type histogram) => { Histogram };
     (@prom counter) => { "counter" };
     (@prom gauge) => { "gauge" };
+    (@prom histogram) => { "histogram" };
 }
 
 metrics! {
@@ -102,6 +106,74 @@ metrics! {
     gauge presence_online_users,
     /// Typing and receipt frames sent to other nodes (one per node per event).
     counter ephemeral_pushes_sent_total,
+    /// Seconds an append waited in its room (owner node) before the room handed it to the
+    /// store: the commit before it was still running. Grows when one room is busy.
+    histogram append_wait_seconds,
+    /// Seconds a room's batch of appends took in the store, from handed over to committed
+    /// (group commit and sync to disk included). Grows with a slow disk or a busy store.
+    histogram commit_seconds,
+    /// Seconds delivered frames waited in a connection's queue until its session took them
+    /// (one observation per take, timed from the first frame waiting). Grows when the node is
+    /// short of CPU for its connections.
+    histogram delivery_wait_seconds,
+}
+
+/// Upper bounds of every histogram's buckets, in seconds: 100 µs to 10 s in steps of 1-2-5 (and
+/// `+Inf`), fine enough around a millisecond, where a healthy node's commits and deliveries are.
+const BUCKETS: [f64; 16] =
+    [0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0];
+
+/// A latency histogram with fixed buckets ([`BUCKETS`]).
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Observations per bucket (not cumulative; the last is beyond every bound).
+    counts: [AtomicU64; BUCKETS.len() + 1],
+    sum_ns: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, elapsed: Duration) {
+        let seconds = elapsed.as_secs_f64();
+        let bucket = BUCKETS.iter().position(|&bound| seconds <= bound).unwrap_or(BUCKETS.len());
+        self.counts[bucket].fetch_add(1, Ordering::Relaxed);
+        self.sum_ns.fetch_add(u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// How many observations so far.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().map(|count| count.load(Ordering::Relaxed)).sum()
+    }
+}
+
+/// How one metric writes its sample lines.
+trait RenderValue {
+    fn render_value(&self, name: &str, out: &mut String);
+}
+
+impl RenderValue for AtomicU64 {
+    fn render_value(&self, name: &str, out: &mut String) {
+        let _ = writeln!(out, "{name} {}", self.load(Ordering::Relaxed));
+    }
+}
+
+impl RenderValue for AtomicI64 {
+    fn render_value(&self, name: &str, out: &mut String) {
+        let _ = writeln!(out, "{name} {}", self.load(Ordering::Relaxed));
+    }
+}
+
+impl RenderValue for Histogram {
+    fn render_value(&self, name: &str, out: &mut String) {
+        let mut cumulative = 0;
+        for (bound, count) in BUCKETS.iter().zip(&self.counts) {
+            cumulative += count.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        cumulative += self.counts[BUCKETS.len()].load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+        let _ = writeln!(out, "{name}_sum {}", self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9);
+        let _ = writeln!(out, "{name}_count {cumulative}");
+    }
 }
 
 impl Metrics {
@@ -135,5 +207,23 @@ mod tests {
         assert!(text.contains("# TYPE palaver_frames_in_total counter\npalaver_frames_in_total 1\n"), "{text}");
         assert!(text.contains("palaver_connections_open 2\n"), "{text}");
         assert!(text.contains("# HELP palaver_connections_open WebSocket connections currently open."), "{text}");
+    }
+
+    #[test]
+    fn histograms_render_cumulative_buckets_sum_and_count() {
+        let metrics = Metrics::default();
+        metrics.commit_seconds.observe(Duration::from_micros(300));
+        metrics.commit_seconds.observe(Duration::from_micros(700));
+        metrics.commit_seconds.observe(Duration::from_secs(19));
+        let text = metrics.render();
+        assert!(text.contains("# TYPE palaver_commit_seconds histogram\n"), "{text}");
+        assert!(text.contains("palaver_commit_seconds_bucket{le=\"0.0002\"} 0\n"), "{text}");
+        assert!(text.contains("palaver_commit_seconds_bucket{le=\"0.0005\"} 1\n"), "{text}");
+        assert!(text.contains("palaver_commit_seconds_bucket{le=\"0.001\"} 2\n"), "{text}");
+        assert!(text.contains("palaver_commit_seconds_bucket{le=\"5\"} 2\n"), "{text}");
+        assert!(text.contains("palaver_commit_seconds_bucket{le=\"+Inf\"} 3\n"), "{text}");
+        assert!(text.contains("palaver_commit_seconds_sum 19.001\n"), "{text}");
+        assert!(text.contains("palaver_commit_seconds_count 3\n"), "{text}");
+        assert_eq!(metrics.commit_seconds.count(), 3);
     }
 }

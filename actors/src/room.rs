@@ -68,8 +68,8 @@ pub struct RoomArgs {
     pub room: String,
 }
 
-/// An append waiting for the committer, with where its outcome goes.
-type Pending = (AppendCommand, RpcReplyPort<Result<Appended, StoreError>>);
+/// An append waiting for the committer, with where its outcome goes and when the room got it.
+type Pending = (AppendCommand, RpcReplyPort<Result<Appended, StoreError>>, Instant);
 
 pub struct RoomState {
     hub: Arc<Hub>,
@@ -115,7 +115,8 @@ impl Actor for RoomActor {
                 state.last_active = Instant::now();
                 // Unbounded, but bounded in practice: each session has at most
                 // `limits.max_inflight_per_connection` requests outstanding.
-                if let Err(mpsc::error::SendError((_, reply))) = state.commits.send((command, reply)) {
+                if let Err(mpsc::error::SendError((_, reply, _))) = state.commits.send((command, reply, Instant::now()))
+                {
                     let _ = reply.send(Err(StoreError::Unavailable(format!("room `{}` is restarting", state.room))));
                 }
             }
@@ -170,14 +171,14 @@ impl Committer {
             }
             if self.stopped.load(Ordering::Acquire) {
                 // The room moved or went idle while these waited: the next owner takes them.
-                for (_, reply) in batch.drain(..) {
+                for (_, reply, _) in batch.drain(..) {
                     let _ = reply.send(Err(StoreError::Unavailable(format!("room `{}` moved; retry", self.room))));
                 }
                 continue;
             }
             if self.commit(&mut batch).await.is_err() {
                 // Fenced: another node owns the room now; nothing more is written from here.
-                while let Ok((_, reply)) = queue.try_recv() {
+                while let Ok((_, reply, _)) = queue.try_recv() {
                     let _ = reply.send(Err(StoreError::Unavailable(format!("room `{}` moved; retry", self.room))));
                 }
                 return;
@@ -198,7 +199,7 @@ impl Committer {
                 Err(err) => {
                     warn!(room = %self.room, error = %err, "reading the room's members failed");
                     Metrics::inc(&hub.metrics.store_errors_total);
-                    for (_, reply) in batch.drain(..) {
+                    for (_, reply, _) in batch.drain(..) {
                         let _ = reply.send(Err(StoreError::Unavailable(format!("room `{}`: {err}", self.room))));
                     }
                     return Ok(());
@@ -208,7 +209,7 @@ impl Committer {
         let now = now_ms();
         let requests = batch
             .iter()
-            .map(|(command, _)| AppendRequest {
+            .map(|(command, _, _)| AppendRequest {
                 room: self.room.clone(),
                 epoch: self.epoch,
                 kind: command.kind,
@@ -220,12 +221,17 @@ impl Committer {
                 limits: hub.limits.membership(),
             })
             .collect();
+        let handed_over = Instant::now();
+        for (_, _, received) in batch.iter() {
+            hub.metrics.append_wait_seconds.observe(handed_over.saturating_duration_since(*received));
+        }
         let outcomes = hub.store.append_batch(requests).await;
+        hub.metrics.commit_seconds.observe(handed_over.elapsed());
         let mut fenced = false;
         // Replies wait until the batch's entries are delivered (a sender's `sent` never comes
         // before the entry reached the queues), and the entries go to the hub together.
         let mut replies = Vec::with_capacity(batch.len());
-        for ((_, reply), outcome) in batch.drain(..).zip(outcomes) {
+        for ((_, reply, _), outcome) in batch.drain(..).zip(outcomes) {
             let outcome = match outcome {
                 _ if fenced => Err(StoreError::Unavailable(format!("room `{}` moved; retry", self.room))),
                 Err(StoreError::Fenced { current, .. }) => {

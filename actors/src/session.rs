@@ -801,6 +801,9 @@ where
                 next = self.bound.as_mut().and_then(|bound| bound.registration.inbox.try_recv());
             }
         }
+        if let Some(waited) = self.bound.as_mut().and_then(|bound| bound.registration.inbox.take_wait()) {
+            self.hub.metrics.delivery_wait_seconds.observe(waited);
+        }
         self.send_entries(frames).await
     }
 

@@ -27,13 +27,27 @@ async fn health_readiness_metrics_and_errors() -> anyhow::Result<()> {
 
     // The store's write path: an account is a write, in a transaction of its own or shared.
     let mut writer = Client::connect(&node, Encoding::Json).await?;
-    writer.register_and_login("metrics-user", "a long enough password").await?;
+    let token = writer.register_and_login("metrics-user", "a long enough password").await?;
     let (_, body) = node.http_get("/metrics").await?;
     ensure!(body.contains("# TYPE palaver_store_write_transactions_total counter"), "store metrics declared:\n{body}");
     let transactions = metric(&body, "palaver_store_write_transactions_total").unwrap_or(0);
     let requests = metric(&body, "palaver_store_write_requests_total").unwrap_or(0);
     ensure!(transactions >= 1 && requests >= transactions, "{requests} writes in {transactions} transactions:\n{body}");
     ensure!(metric(&body, "palaver_store_write_failed_transactions_total") == Some(0), "no failed commit:\n{body}");
+
+    // A message's way through the node, timed: its wait in the room, the commit, and its wait
+    // in the connection's queue (the sender gets its own message).
+    writer.authenticate(&token, None).await?;
+    let room = writer.create_room("timed").await?;
+    writer.say(&room, "m-1", "hello").await?;
+    writer.wait_for_message(&room, "m-1").await?;
+    let (_, body) = node.http_get("/metrics").await?;
+    for histogram in ["palaver_append_wait_seconds", "palaver_commit_seconds", "palaver_delivery_wait_seconds"] {
+        ensure!(body.contains(&format!("# TYPE {histogram} histogram\n")), "{histogram} declared:\n{body}");
+        let count = metric(&body, &format!("{histogram}_count")).unwrap_or(0);
+        let all = metric(&body, &format!("{histogram}_bucket{{le=\"+Inf\"}}")).unwrap_or(0);
+        ensure!(count >= 1 && all == count, "{histogram}: {count} observations, {all} in the buckets:\n{body}");
+    }
     writer.close().await?;
 
     // /ws is WebSocket only: a plain GET is told to upgrade.

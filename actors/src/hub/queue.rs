@@ -13,6 +13,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
 
 use super::Outbound;
 
@@ -29,6 +30,9 @@ pub struct Inbox {
     shared: Arc<Shared>,
     /// Items taken from the shared vector and not handed out yet (they still count as queued).
     ready: VecDeque<Outbound>,
+    /// How long the items of the last refill had waited (from the first of them), until the
+    /// session collects it.
+    waited: Option<Duration>,
 }
 
 #[derive(Debug)]
@@ -45,6 +49,8 @@ struct State {
     items: Vec<Outbound>,
     /// The session's task, waiting for the queue to become non-empty.
     waker: Option<Waker>,
+    /// When the first of `items` was pushed (`None` while empty).
+    since: Option<Instant>,
     /// The inbox is gone: pushes fail.
     closed: bool,
 }
@@ -56,7 +62,7 @@ pub fn outbound_queue(capacity: usize) -> (OutboundQueue, Inbox) {
         queued: AtomicUsize::new(0),
         senders: AtomicUsize::new(1),
     });
-    (OutboundQueue { shared: shared.clone(), capacity }, Inbox { shared, ready: VecDeque::new() })
+    (OutboundQueue { shared: shared.clone(), capacity }, Inbox { shared, ready: VecDeque::new(), waited: None })
 }
 
 impl OutboundQueue {
@@ -71,6 +77,9 @@ impl OutboundQueue {
                 return Err(outbound);
             }
             self.shared.queued.fetch_add(1, Ordering::AcqRel);
+            if state.items.is_empty() {
+                state.since = Some(Instant::now());
+            }
             state.items.push(outbound);
             state.waker.take()
         };
@@ -93,6 +102,9 @@ impl OutboundQueue {
             let before = state.items.len();
             state.items.extend(outbounds.take(free));
             let queued = state.items.len() - before;
+            if before == 0 && queued > 0 {
+                state.since = Some(Instant::now());
+            }
             self.shared.queued.fetch_add(queued, Ordering::AcqRel);
             (queued, if queued > 0 { state.waker.take() } else { None })
         };
@@ -143,6 +155,12 @@ impl Inbox {
         self.take(None)
     }
 
+    /// How long the items taken from the queue since the last call had waited there, from
+    /// the first of them until the session took them (for `palaver_delivery_wait_seconds`).
+    pub fn take_wait(&mut self) -> Option<Duration> {
+        self.waited.take()
+    }
+
     /// Hand out the next item, refilling from the shared vector when the local one is empty;
     /// when both are, leave `waker` to be woken by the next push.
     fn take(&mut self, waker: Option<&Waker>) -> Option<Outbound> {
@@ -158,6 +176,7 @@ impl Inbox {
                 return None;
             }
             self.ready = VecDeque::from(std::mem::take(&mut state.items));
+            self.waited = state.since.take().map(|since| since.elapsed());
         }
         let outbound = self.ready.pop_front()?;
         self.shared.queued.fetch_sub(1, Ordering::AcqRel);
@@ -244,6 +263,26 @@ mod tests {
         fn wake(self: Arc<Self>) {
             self.0.fetch_add(1, Ordering::AcqRel);
         }
+    }
+
+    #[test]
+    fn a_take_reports_how_long_its_items_waited_from_the_first() {
+        let (queue, mut inbox) = outbound_queue(8);
+        assert_eq!(inbox.take_wait(), None);
+        queue.try_send(frame(1)).unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(queue.try_send_all([frame(2), frame(3)].into_iter()), 2);
+        assert_eq!(seq_of(inbox.try_recv().unwrap()), 1);
+        let waited = inbox.take_wait().expect("a refill reports its wait");
+        assert!(waited >= Duration::from_millis(30), "timed from the first item: {waited:?}");
+        // Handed out from the same refill: no second report.
+        assert_eq!(seq_of(inbox.try_recv().unwrap()), 2);
+        assert_eq!(inbox.take_wait(), None);
+        assert_eq!(seq_of(inbox.try_recv().unwrap()), 3);
+        // The next refill is timed from its own first item.
+        assert_eq!(queue.try_send_all([frame(4)].into_iter()), 1);
+        assert_eq!(seq_of(inbox.try_recv().unwrap()), 4);
+        assert!(inbox.take_wait().expect("a second refill") < Duration::from_millis(30));
     }
 
     #[test]
