@@ -150,6 +150,14 @@ def section_fanout(doc, title, intro, ratios=True):
     return body + "\n" + command_block(doc)
 
 
+def node_split(row):
+    """palaver's mean append wait / commit / delivery wait in a phase, from its histograms."""
+    node = row.get("node_ms") or {}
+    if not node:
+        return "–"
+    return " / ".join(num(node.get(k), 2) for k in ("append_wait_ms", "commit_ms", "delivery_wait_ms"))
+
+
 def section_saturation(doc):
     summary = doc.get("summary", [])
     pal = next((s for s in summary if s["kind"] == "palaver"), None)
@@ -181,8 +189,16 @@ def section_saturation(doc):
     for r in doc["rows"]:
         steps.append([r["target"], r.get("phase", ""), num(r["offered_rate"]), num(r["deliveries_per_s"]),
                       num(lat(r, "p50_ms"), 2), num(lat(r, "p99_ms"), 2), num(lat(r, "p999_ms"), 2),
-                      f"{r['delivered_pct']:.1f} %", "yes" if r.get("holds") else ("–" if r.get("phase") == "half" else "no")])
-    body += table(["server", "phase", "msgs/s in", "deliveries/s", "p50 ms", "p99 ms", "p999 ms", "delivered", "holds"], steps)
+                      f"{r['delivered_pct']:.1f} %", "yes" if r.get("holds") else ("–" if r.get("phase") == "half" else "no"),
+                      node_split(r)])
+    body += table(["server", "phase", "msgs/s in", "deliveries/s", "p50 ms", "p99 ms", "p999 ms", "delivered", "holds",
+                   "node: append wait / commit / delivery wait (mean ms)"], steps)
+    body += ("\nThe last column is palaver's own account of each step, from its latency histograms on "
+             "`/metrics` (README, Operations) read before and after the step: how long a message waited in its "
+             "room for the commit before it, how long its commit took (sync to disk included), and how long "
+             "delivered frames waited in a connection's queue for its session. The rest of the publish→deliver "
+             "time is outside those three: the sockets and WebSocket layers of both ends, the publisher's "
+             "session and the load generator's own scheduling.\n")
     if plot_saturation(doc):
         body += "\n![latency against load](bench/latency-vs-load.png)\n"
     return body + "\n" + command_block(doc)

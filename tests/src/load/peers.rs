@@ -530,6 +530,11 @@ pub async fn palaver_create_room(ws: &mut Ws, enc: Encoding, name: &str) -> anyh
 /// GET `path` from the HTTP side of the node behind WebSocket URL `url` (`ws://HOST:PORT/…`,
 /// which serves both), as JSON.
 pub async fn http_get_json(url: &str, path: &str) -> anyhow::Result<serde_json::Value> {
+    Ok(serde_json::from_str(&http_get_text(url, path).await?)?)
+}
+
+/// The body of `GET path` on the HTTP side of the node whose WebSocket URL is `url`.
+pub async fn http_get_text(url: &str, path: &str) -> anyhow::Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let authority = url.strip_prefix("ws://").and_then(|rest| rest.split('/').next()).context("not a ws:// URL")?;
     let mut stream = tokio::net::TcpStream::connect(authority).await?;
@@ -539,7 +544,43 @@ pub async fn http_get_json(url: &str, path: &str) -> anyhow::Result<serde_json::
     stream.read_to_string(&mut response).await?;
     let (head, body) = response.split_once("\r\n\r\n").context("no HTTP response")?;
     anyhow::ensure!(head.split_whitespace().nth(1) == Some("200"), "GET {path}: {head}");
-    Ok(serde_json::from_str(body)?)
+    Ok(body.to_string())
+}
+
+/// The latency histograms a palaver node keeps of a message's way through it (see README,
+/// Operations), by their name in the load generator's output.
+const NODE_HISTOGRAMS: [(&str, &str); 3] = [
+    ("append_wait", "palaver_append_wait_seconds"),
+    ("commit", "palaver_commit_seconds"),
+    ("delivery_wait", "palaver_delivery_wait_seconds"),
+];
+
+/// Sum and count of each of the node's latency histograms, read from its `/metrics`.
+pub async fn node_latency_totals(url: &str) -> anyhow::Result<Vec<(f64, f64)>> {
+    let text = http_get_text(url, "/metrics").await?;
+    let sample = |name: String| {
+        text.lines().find_map(|line| line.strip_prefix(name.as_str())?.strip_prefix(' ')?.trim().parse::<f64>().ok())
+    };
+    NODE_HISTOGRAMS
+        .iter()
+        .map(|(_, metric)| {
+            let sum = sample(format!("{metric}_sum")).with_context(|| format!("{metric}_sum on /metrics"))?;
+            let count = sample(format!("{metric}_count")).with_context(|| format!("{metric}_count on /metrics"))?;
+            Ok((sum, count))
+        })
+        .collect()
+}
+
+/// The mean of each histogram between two readings of [`node_latency_totals`], in
+/// milliseconds (`null` where nothing was observed).
+pub fn node_latency_means(before: &[(f64, f64)], after: &[(f64, f64)]) -> serde_json::Value {
+    let mut means = serde_json::Map::new();
+    for ((name, _), ((sum0, count0), (sum1, count1))) in NODE_HISTOGRAMS.iter().zip(before.iter().zip(after)) {
+        let count = count1 - count0;
+        let mean = (count > 0.0).then(|| 1000.0 * (sum1 - sum0) / count);
+        means.insert(format!("{name}_ms"), serde_json::json!(mean));
+    }
+    serde_json::Value::Object(means)
 }
 
 /// A fresh connection of user `index` that creates a room and returns its id (the creator is

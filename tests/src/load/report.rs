@@ -32,6 +32,21 @@ pub fn latency_text(value: &Value) -> String {
     )
 }
 
+/// A palaver node's mean latencies of one phase (`node_ms`), for a summary line: empty for
+/// other servers.
+pub fn node_latency_text(value: &Value) -> String {
+    let mean = |name: &str| value[name].as_f64().map_or("-".to_string(), |ms| format!("{ms:.2}"));
+    if value.is_null() {
+        return String::new();
+    }
+    format!(
+        "; node means: append wait {} ms, commit {} ms, delivery wait {} ms",
+        mean("append_wait_ms"),
+        mean("commit_ms"),
+        mean("delivery_wait_ms")
+    )
+}
+
 /// The machine, for the report.
 pub fn machine() -> Value {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();

@@ -15,7 +15,7 @@ use tokio_tungstenite::tungstenite::Message;
 use super::args::Args;
 use super::group::{split, Group, GroupResult, GroupSpec, RoomPlan};
 use super::peers::{self, keepalive, Kind, Target, Ws};
-use super::report::{latency, latency_text, ratio_line, write_json, Progress};
+use super::report::{latency, latency_text, node_latency_text, ratio_line, write_json, Progress};
 use super::{cpu_ticks, human, now_ns, rss_kib, run_id, secs, Marker};
 
 /// Options every scenario shares.
@@ -418,6 +418,13 @@ impl Fanout {
             probes(&self.groups),
             Some(sent.clone()),
         );
+        // palaver's own account of where the time went (its latency histograms), read around
+        // the phase; on a cluster, the publisher's node (the one the first URL names).
+        let node_url = (self.target.kind == Kind::Palaver).then(|| self.target.urls[0].clone());
+        let node_before = match &node_url {
+            Some(url) => peers::node_latency_totals(url).await.ok(),
+            None => None,
+        };
         progress.phase("publishing");
         let published = self.publish(rate, window, pub_start, win_start, win_end, &sent).await;
         progress.phase("draining");
@@ -441,6 +448,13 @@ impl Fanout {
         let published = published?;
         self.backlog = published.total.saturating_sub(published.echoes);
         let result = collect_all(&mut self.groups).await?;
+        let node_ms = match (&node_url, &node_before) {
+            (Some(url), Some(before)) => match peers::node_latency_totals(url).await {
+                Ok(after) => peers::node_latency_means(before, &after),
+                Err(_) => Value::Null,
+            },
+            _ => Value::Null,
+        };
         let hist = result.histogram();
         let seconds = duration.as_secs_f64();
         let expected_window = published.in_window * self.subscribers;
@@ -454,10 +468,10 @@ impl Fanout {
             "delivered_pct": if expected_window > 0 { 100.0 * delivered as f64 / expected_window as f64 } else { 0.0 },
             "latency": latency(&hist),
             "receivers_closed": result.closed, "publish_errors": published.errors, "publish_skipped": published.skipped,
-            "duration_s": seconds,
+            "duration_s": seconds, "node_ms": node_ms,
         });
         println!(
-            "fanout {} x{} @{}: published {}/s, delivered {}/s ({:.1}% of {}), {}{}",
+            "fanout {} x{} @{}: published {}/s, delivered {}/s ({:.1}% of {}), {}{}{}",
             self.label,
             self.subscribers,
             if rate > 0.0 { format!("{}/s", human(rate)) } else { "max".into() },
@@ -466,7 +480,8 @@ impl Fanout {
             row["delivered_pct"].as_f64().unwrap_or(0.0),
             expected_window,
             latency_text(&row["latency"]),
-            if result.closed > 0 { format!(", {} receivers closed", result.closed) } else { String::new() }
+            if result.closed > 0 { format!(", {} receivers closed", result.closed) } else { String::new() },
+            node_latency_text(&row["node_ms"]),
         );
         if published.skipped > 0 {
             println!(
