@@ -25,7 +25,7 @@ use crate::encoded::SharedEntry;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::presence::{Presence, PresenceSettings};
-use crate::room::{AppendCommand, RoomActor, RoomArgs, RoomMessage};
+use crate::room::{AppendCommand, RoomActor, RoomArgs, RoomMessage, RoomsRuntime};
 use crate::store::{Appended, Delivery, Recipients, Store, StoreError};
 
 mod queue;
@@ -123,6 +123,9 @@ pub struct Hub {
     shutdown: watch::Sender<bool>,
     /// Set when the node runs in a cluster (actors/src/cluster); unset on a single node.
     cluster: std::sync::OnceLock<Arc<Cluster>>,
+    /// Where the room actors and their committers run (`room/runtime.rs` says why not on the
+    /// main runtime).
+    pub(crate) rooms_runtime: RoomsRuntime,
 }
 
 impl Hub {
@@ -147,6 +150,7 @@ impl Hub {
             next_conn_id: AtomicU64::new(1),
             shutdown: watch::channel(false).0,
             cluster: std::sync::OnceLock::new(),
+            rooms_runtime: RoomsRuntime::start(),
         });
         Presence::start(&hub);
         hub
@@ -222,8 +226,12 @@ impl Hub {
                     return Err(StoreError::NoSuchRoom(room.to_string()));
                 }
                 let args = RoomArgs { hub: self.clone(), room: room.to_string() };
-                let (actor, _) = Actor::spawn(None, RoomActor, args)
+                // Spawned from the rooms' thread, so the actor and its committer run there.
+                let (actor, _) = self
+                    .rooms_runtime
+                    .spawn(Actor::spawn(None, RoomActor, args))
                     .await
+                    .map_err(|err| StoreError::Unavailable(format!("starting room `{room}`: {err}")))?
                     .map_err(|err| StoreError::Unavailable(format!("starting room `{room}`: {err}")))?;
                 Ok(actor)
             })

@@ -21,6 +21,9 @@
 //! per message cost more than anything else the store did for it), as one shared list that
 //! changes only with the membership.
 //!
+//! Room actors and their committers run on the rooms' own thread, not among the sessions on
+//! the node's main runtime (`room/runtime.rs` says why and what it bought).
+//!
 //! It holds no state the store does not have, so it stops after `limits.room_idle_ms` without
 //! work and is spawned again when needed. Local-only (shared/DESIGN.md §3): rooms are never
 //! registered with the cluster; the hub addresses them.
@@ -100,6 +103,7 @@ impl Actor for RoomActor {
         let stopped = Arc::new(AtomicBool::new(false));
         let committer =
             Committer { hub: hub.clone(), room: room.clone(), epoch, stopped: stopped.clone(), myself, members: None };
+        // On the rooms' thread, as this actor is (the hub spawns room actors there).
         tokio::spawn(committer.run(queue));
         Ok(RoomState { hub, room, last_active: Instant::now(), idle_timer, commits, stopped })
     }
@@ -316,5 +320,8 @@ fn same_users(recipients: &Recipients, members: &[String]) -> bool {
     named == known
 }
 
+mod runtime;
 #[cfg(test)]
 mod tests;
+
+pub use runtime::RoomsRuntime;
