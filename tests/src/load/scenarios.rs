@@ -834,7 +834,9 @@ pub async fn saturation(args: &Args, command: &str) -> anyhow::Result<()> {
         let mut rate = from;
         let mut retried = false;
         let mut failed_once = false;
-        for _ in 0..steps.min(40) {
+        // Rates tried (a retry of the same rate does not count).
+        let mut step = 0;
+        while step < steps.min(40) {
             let row = match fanout.phase(rate, 100_000, warmup, duration).await {
                 Ok(row) => row,
                 Err(err) => {
@@ -851,16 +853,19 @@ pub async fn saturation(args: &Args, command: &str) -> anyhow::Result<()> {
             row["phase"] = json!(if retried { "sweep (retry)" } else { "sweep" });
             rows.push(row);
             if !holds {
+                // A shared machine has hiccups (a single stall of 100 ms fails a step of a few
+                // dozen messages): a step fails only if it fails twice in a row.
+                if !retried {
+                    retried = true;
+                    continue;
+                }
                 if full {
                     // The whole curve: go on to the next rate; `best` stays the last that held
                     // before the first failure.
                     failed_once = true;
+                    retried = false;
                     rate *= factor;
-                    continue;
-                }
-                // A shared machine has hiccups: a step must fail twice in a row to end the sweep.
-                if !retried {
-                    retried = true;
+                    step += 1;
                     continue;
                 }
                 break;
@@ -870,6 +875,7 @@ pub async fn saturation(args: &Args, command: &str) -> anyhow::Result<()> {
                 best = Some(rate);
             }
             rate *= factor;
+            step += 1;
         }
         let mut half_p99 = Value::Null;
         if let Some(best) = best {
