@@ -17,6 +17,15 @@ const USAGE: &str = "usage: palaver [check-config] [--config PATH]\n\
   Runs a palaver node. Configuration: defaults, then the TOML file (--config, PALAVER_CONFIG,\n\
   or ./cluster.toml), then PALAVER_* environment variables (PALAVER_LIMITS__MAX_FRAME_BYTES=...).";
 
+/// How many tasks a runtime worker runs between two looks at the sockets (tokio's default is
+/// 61). A commit into a large room wakes a session per member connection, and while a worker
+/// works through them it does not see what arrived on any socket — the publishers' next frames
+/// among it, which is what keeps the rooms committing. Looking more often costs a system call
+/// per look; fanning out to 1,000 members at full speed it bought 2.16–2.86 M deliveries/s
+/// (7 runs, mean 2.63 M) against 2.13–2.73 M (5 runs, mean 2.32 M) with the default, and the
+/// p99 51–76 ms against 76–92 ms (bench/findings.md).
+const IO_POLL_INTERVAL: u32 = 17;
+
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     let mut config_arg = None;
@@ -52,13 +61,14 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_tracing(&config);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("palaver: cannot start the runtime: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let runtime =
+        match tokio::runtime::Builder::new_multi_thread().event_interval(IO_POLL_INTERVAL).enable_all().build() {
+            Ok(runtime) => runtime,
+            Err(err) => {
+                eprintln!("palaver: cannot start the runtime: {err}");
+                return ExitCode::FAILURE;
+            }
+        };
     let result = runtime.block_on(run_until_signal(config));
     // Every task holding the store ends with the runtime; only then may backends stop.
     drop(runtime);
