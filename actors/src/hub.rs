@@ -13,6 +13,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use protocol::{Cursor, Entry, ServerFrame};
 use ractor::{Actor, ActorRef};
@@ -550,6 +551,13 @@ impl Hub {
     /// Ask every connection to send `reconnect` and close (SIGTERM).
     pub fn begin_shutdown(&self) {
         self.shutdown.send_replace(true);
+    }
+
+    /// Stop the room actors (their thread) and wait until they have let go of the store; a
+    /// command for a room after this is refused as unavailable. The node's last step before it
+    /// stops the store's backends.
+    pub async fn stop_rooms(&self) {
+        self.rooms_runtime.stop(Duration::from_secs(5)).await;
     }
 
     pub fn shutdown_signal(&self) -> watch::Receiver<bool> {

@@ -76,9 +76,13 @@ pub async fn run(config: Config, stop: watch::Receiver<bool>) -> anyhow::Result<
             shutdown_hub.begin_shutdown();
         }
     });
+    let rooms_hub = hub.clone();
     http::serve(listener, hub, stop, Duration::from_millis(config.node.drain_timeout_ms)).await;
     // With no connections to drain, serving ends at once: let the cluster goodbye finish.
     let _ = tokio::time::timeout(Duration::from_secs(2), shutdown).await;
+    // The room actors run on their own thread, which the runtime's end would not stop: stop it
+    // here, so no task holds the store when `main` stops its backends.
+    rooms_hub.stop_rooms().await;
     info!("stopped");
     Ok(())
 }

@@ -2,8 +2,9 @@
 //!
 //! FoundationDB's client network runs once per process and must be stopped before the process
 //! exits, after every handle to the database is gone. The node starts it on first use and
-//! [`shutdown_backends`] stops it; `main` calls that after the runtime (and with it every task
-//! holding the store) has been dropped.
+//! [`shutdown_backends`] stops it; `main` calls that after the rooms' thread has been stopped
+//! (`Hub::stop_rooms`, at the end of `run`) and the runtime dropped: with them every task
+//! holding the store.
 
 use std::sync::Arc;
 

@@ -21,13 +21,17 @@
 //! many cores may want more; that would be a worker count taken from configuration.
 
 use std::future::Future;
+use std::sync::Mutex;
+use std::time::Duration;
 
-use tokio::runtime::{Builder, Runtime};
+use tokio::runtime::{Builder, Handle, Runtime};
 use tokio::task::JoinHandle;
 
-/// A tokio runtime with one worker, its own OS thread (`palaver-rooms`), stopped when dropped.
+/// A tokio runtime with one worker, its own OS thread (`palaver-rooms`), stopped by
+/// [`stop`](Self::stop) or when dropped.
 pub struct RoomsRuntime {
-    runtime: Option<Runtime>,
+    handle: Handle,
+    runtime: Mutex<Option<Runtime>>,
 }
 
 impl RoomsRuntime {
@@ -40,16 +44,28 @@ impl RoomsRuntime {
             .enable_all()
             .build()
             .expect("starting the rooms' thread");
-        RoomsRuntime { runtime: Some(runtime) }
+        RoomsRuntime { handle: runtime.handle().clone(), runtime: Mutex::new(Some(runtime)) }
     }
 
-    /// Run `future` on the rooms' thread.
+    /// Run `future` on the rooms' thread. Once stopped, the task is cancelled at once (its
+    /// handle answers with a cancelled `JoinError`).
     pub fn spawn<F>(&self, future: F) -> JoinHandle<F::Output>
     where
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        self.runtime.as_ref().expect("running until dropped").spawn(future)
+        self.handle.spawn(future)
+    }
+
+    /// Stop the thread and wait (up to `within`) until its tasks are gone, and with them what
+    /// they held: the node does this before it stops the store's backends, which must outlive
+    /// every handle to the store.
+    pub async fn stop(&self, within: Duration) {
+        let runtime = self.runtime.lock().expect("rooms runtime lock").take();
+        if let Some(runtime) = runtime {
+            // Blocking until the thread ends is not allowed on a runtime's own thread.
+            let _ = tokio::task::spawn_blocking(move || runtime.shutdown_timeout(within)).await;
+        }
     }
 }
 
@@ -58,7 +74,7 @@ impl Drop for RoomsRuntime {
         // Without waiting: the hub (and so this) may be dropped inside another runtime, where
         // blocking on the thread's end is not allowed; the committers hold nothing that needs
         // a clean end (what they had not committed, the store never acknowledged).
-        if let Some(runtime) = self.runtime.take() {
+        if let Some(runtime) = self.runtime.get_mut().expect("rooms runtime lock").take() {
             runtime.shutdown_background();
         }
     }
@@ -85,5 +101,25 @@ mod tests {
         let pending = rooms.spawn(std::future::pending::<()>());
         drop(rooms);
         assert!(pending.await.unwrap_err().is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn a_stop_waits_until_the_tasks_have_dropped_what_they_held() {
+        let rooms = RoomsRuntime::start();
+        let store = std::sync::Arc::new("a store handle");
+        let held = store.clone();
+        let (started, running) = tokio::sync::oneshot::channel();
+        let _task = rooms.spawn(async move {
+            let _held = held;
+            let _ = started.send(());
+            std::future::pending::<()>().await
+        });
+        running.await.unwrap();
+        assert_eq!(std::sync::Arc::strong_count(&store), 2);
+        rooms.stop(Duration::from_secs(5)).await;
+        assert_eq!(std::sync::Arc::strong_count(&store), 1, "the task's handle is gone");
+        // Anything spawned after the stop is cancelled, not run.
+        let late = rooms.spawn(async { "ran" });
+        assert!(late.await.unwrap_err().is_cancelled());
     }
 }
