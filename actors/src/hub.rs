@@ -227,13 +227,16 @@ impl Hub {
                     return Err(StoreError::NoSuchRoom(room.to_string()));
                 }
                 let args = RoomArgs { hub: self.clone(), room: room.to_string() };
-                // Spawned from the rooms' thread, so the actor and its committer run there.
+                let failed =
+                    |err: &dyn std::fmt::Display| StoreError::Unavailable(format!("starting room `{room}`: {err}"));
+                // Spawned from the rooms' thread, so the actor and its committer run there (a
+                // spawn after `stop_rooms` is cancelled: the node is stopping).
                 let (actor, _) = self
                     .rooms_runtime
                     .spawn(Actor::spawn(None, RoomActor, args))
                     .await
-                    .map_err(|err| StoreError::Unavailable(format!("starting room `{room}`: {err}")))?
-                    .map_err(|err| StoreError::Unavailable(format!("starting room `{room}`: {err}")))?;
+                    .map_err(|err| failed(&err))?
+                    .map_err(|err| failed(&err))?;
                 Ok(actor)
             })
             .await;

@@ -70,7 +70,8 @@ fn main() -> ExitCode {
             }
         };
     let result = runtime.block_on(run_until_signal(config));
-    // Every task holding the store ends with the runtime; only then may backends stop.
+    // Every task holding the store has ended: the rooms' thread was stopped at the end of `run`,
+    // the rest end with the runtime. Only then may backends stop.
     drop(runtime);
     node::store::shutdown_backends();
     match result {

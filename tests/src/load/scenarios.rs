@@ -859,21 +859,16 @@ pub async fn saturation(args: &Args, command: &str) -> anyhow::Result<()> {
                     retried = true;
                     continue;
                 }
-                if full {
-                    // The whole curve: go on to the next rate; `best` stays the last that held
-                    // before the first failure.
-                    failed_once = true;
-                    retried = false;
-                    rate *= factor;
-                    step += 1;
-                    continue;
+                if !full {
+                    break;
                 }
-                break;
-            }
-            retried = false;
-            if !failed_once {
+                // The whole curve: go on to the next rate; `best` stays the last that held
+                // before the first failure.
+                failed_once = true;
+            } else if !failed_once {
                 best = Some(rate);
             }
+            retried = false;
             rate *= factor;
             step += 1;
         }
