@@ -239,16 +239,18 @@ async fn a_room_claimed_elsewhere_fences_the_stale_actor_and_a_retry_succeeds() 
     let (entries, _) = hub.store.history(&fx.room, HistoryPage::After(first), 10).await.unwrap();
     assert!(entries.is_empty(), "the fenced append wrote {entries:?}");
 
-    // The retry spawns a new actor (the fenced one stopped), which claims the room again.
+    // The retry spawns a new actor (the fenced one stopped), which claims the room again. A
+    // retry that reaches the fenced actor while it stops (on the rooms' thread) is dropped with
+    // it, which a session answers as `unavailable` too.
     let mut retried = None;
     for _ in 0..50 {
-        match hub.append(&fx.room, command("m2")).await.unwrap().await.unwrap() {
-            Ok(appended) => {
+        match hub.append(&fx.room, command("m2")).await.unwrap().await {
+            Ok(Ok(appended)) => {
                 retried = Some(appended);
                 break;
             }
-            Err(StoreError::Unavailable(_)) => tokio::time::sleep(Duration::from_millis(20)).await,
-            Err(err) => panic!("retry: {err}"),
+            Ok(Err(StoreError::Unavailable(_))) | Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            Ok(Err(err)) => panic!("retry: {err}"),
         }
     }
     let appended = retried.expect("the retry succeeds on a fresh actor");
