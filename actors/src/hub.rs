@@ -22,7 +22,7 @@ use tracing::error;
 
 use crate::auth::Authenticator;
 use crate::cluster::{Cluster, Route};
-use crate::encoded::SharedEntry;
+use crate::encoded::{SharedEntry, SharedRun};
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::presence::{Presence, PresenceSettings};
@@ -40,12 +40,22 @@ use tails::RoomTails;
 pub enum Outbound {
     /// A committed entry at `cursor` of the connection's user's log.
     Deliver { cursor: Cursor, entry: Arc<Entry> },
-    /// A committed entry of a large room: in the room log only, ordered by its seq; the same
-    /// bytes for every recipient, so encoded once.
-    RoomEntry(Arc<SharedEntry>),
+    /// Committed entries of a large room, consecutive in one commit: in the room log only,
+    /// ordered by their seqs; the same bytes for every recipient, so encoded once.
+    RoomRun(Arc<SharedRun>),
     /// A frame to send as is (read-position sync). Boxed to keep `Outbound` small: it is the
     /// size of every queued item.
     Frame(Box<ServerFrame>),
+}
+
+impl Outbound {
+    /// How many entries (or frames) it carries: what a connection's queue bound counts.
+    pub fn weight(&self) -> usize {
+        match self {
+            Outbound::RoomRun(run) => run.len(),
+            Outbound::Deliver { .. } | Outbound::Frame(_) => 1,
+        }
+    }
 }
 
 /// Out-of-band signals to a connection, which work even when its queue is full.
@@ -318,7 +328,7 @@ impl Hub {
                     } else {
                         self.recent_run(run).unwrap_or_else(|| new_shared().collect())
                     };
-                    self.deliver_to_members(&first.entry.room, &shared, members)
+                    self.deliver_to_members(&first.entry.room, Arc::new(SharedRun::new(shared)), members)
                 }
                 Recipients::Unnamed => {
                     // A bug (the room's owner names a large room's recipients before
@@ -347,14 +357,14 @@ impl Hub {
         delivered
     }
 
-    /// Entries of one large room under one member list: the same bytes for every member's
-    /// connections, found through the room's fan-out cache, all of them in one push each.
-    fn deliver_to_members(&self, room: &str, shared: &[Arc<SharedEntry>], members: &Arc<Vec<String>>) -> u64 {
+    /// Entries of one large room under one member list: the same run (and bytes) for every
+    /// member's connections, found through the room's fan-out cache, one push each.
+    fn deliver_to_members(&self, room: &str, run: Arc<SharedRun>, members: &Arc<Vec<String>>) -> u64 {
         let mut guard = self.connections.lock().expect("connections lock");
         let fanout = guard.fanout(room, members);
         let mut delivered = 0;
         for conn in &fanout.conns {
-            delivered += self.offer(conn, shared.iter().map(|entry| Outbound::RoomEntry(entry.clone())));
+            delivered += self.offer(conn, std::iter::once(Outbound::RoomRun(run.clone())));
         }
         delivered
     }
@@ -386,16 +396,15 @@ impl Hub {
         self.tails.lock().expect("tails lock").after(room, after, limit)
     }
 
-    /// Queue `outbounds` for `conn` in one push; how many were queued. If not all were (the
-    /// queue filled up, or the connection has ended), the connection is marked lagged and
-    /// reads the rest from the store.
-    fn offer(&self, conn: &ConnHandle, outbounds: impl ExactSizeIterator<Item = Outbound>) -> u64 {
-        let offered = outbounds.len();
-        let queued = conn.queue.try_send_all(outbounds);
-        if queued < offered {
+    /// Queue `outbounds` for `conn` in one push; how many entries were queued. If not all
+    /// were (the queue filled up, or the connection has ended), the connection is marked
+    /// lagged and reads the rest from the store.
+    fn offer(&self, conn: &ConnHandle, outbounds: impl Iterator<Item = Outbound>) -> u64 {
+        let (queued, complete) = conn.queue.try_send_all(outbounds);
+        if !complete {
             self.mark_lagged(&conn.signals);
         }
-        queued as u64
+        queued
     }
 
     /// Mark every live connection of the delivery's recipients on this node lagged: each reads

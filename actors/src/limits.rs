@@ -15,7 +15,8 @@ pub struct Limits {
     /// Largest message body, in UTF-8 bytes.
     pub max_body_bytes: u32,
     /// Entries queued for one connection before it is marked lagged and catches up from the
-    /// store instead (bounds memory per connection).
+    /// store instead (bounds memory per connection). A large room's commit is queued as one
+    /// run, which goes into an empty queue even when it is longer than this.
     pub outbound_queue_len: usize,
     /// Entries read from the store per page when resuming or catching up.
     pub replay_page_len: u32,

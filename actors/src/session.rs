@@ -38,7 +38,7 @@ use protocol::{
 };
 use tracing::{debug, info, warn};
 
-use crate::encoded::{SharedEntry, SharedText};
+use crate::encoded::{SharedEntry, SharedRun, SharedText};
 use crate::hub::{Hub, Outbound, Registration};
 use crate::metrics::Metrics;
 use crate::requests::{self, error_frame, store_error_frame, Ctx};
@@ -766,11 +766,14 @@ where
         ServerFrame::Reconnect { reason, cursor, rooms: self.large.snapshot() }
     }
 
-    /// Live traffic from the hub; takes whatever else is already queued too, then flushes once.
+    /// Live traffic from the hub; takes whatever else is already queued too (up to
+    /// `TAKE_MAX_ENTRIES`), then flushes once.
     async fn on_outbound(&mut self, first: Outbound) -> Flow {
         let mut frames = Vec::new();
+        let mut taken = 0;
         let mut next = Some(first);
         while let Some(outbound) = next.take() {
+            taken += outbound.weight();
             match outbound {
                 Outbound::Frame(frame) => frames.push(Out::Frame(*frame)),
                 Outbound::Deliver { cursor, entry } => {
@@ -785,19 +788,31 @@ where
                         break;
                     }
                 }
-                Outbound::RoomEntry(shared) => {
+                Outbound::RoomRun(run) => {
                     let Some(bound) = &self.bound else { continue };
-                    match self.large.live(&bound.user, shared.entry()) {
-                        Live::Send => frames.push(Out::Shared(shared)),
-                        Live::Skip => {}
-                        Live::CatchUp => {
-                            self.start_catch_up(None, None);
-                            break;
+                    let mut behind = false;
+                    if self.large.live_run(&run) {
+                        frames.push(Out::Run(run));
+                    } else {
+                        // Not the next run as a whole: entry by entry.
+                        for shared in run.entries() {
+                            match self.large.live(&bound.user, shared.entry()) {
+                                Live::Send => frames.push(Out::Shared(shared.clone())),
+                                Live::Skip => {}
+                                Live::CatchUp => {
+                                    behind = true;
+                                    break;
+                                }
+                            }
                         }
+                    }
+                    if behind {
+                        self.start_catch_up(None, None);
+                        break;
                     }
                 }
             }
-            if frames.len() < 64 {
+            if taken < TAKE_MAX_ENTRIES {
                 next = self.bound.as_mut().and_then(|bound| bound.registration.inbox.try_recv());
             }
         }
@@ -819,37 +834,46 @@ where
         // Whether each room of the batch may get receipts, asked of presence once per room (a
         // batch is often dozens of one room's entries, and the lookup takes a shared lock).
         let mut receipts: Vec<(&str, bool)> = Vec::new();
+        let presence = &self.hub.presence;
+        let mut room_takes_receipts = |room| {
+            takes_receipts(&mut receipts, room, |room| {
+                // Rooms known to be too large for receipts are skipped here, before any work.
+                presence.cached_room_size(room).is_none_or(|size| size <= max_members)
+            })
+        };
+        let mut note_delivered = |entry: &Entry| {
+            if entry.kind != EntryKind::Text || entry.from == ctx.user {
+                return;
+            }
+            match delivered.iter_mut().find(|(room, _, _)| *room == entry.room) {
+                Some((_, seq, senders)) => {
+                    *seq = (*seq).max(entry.seq);
+                    if !senders.contains(&entry.from) {
+                        senders.push(entry.from.clone());
+                    }
+                }
+                None => delivered.push((entry.room.clone(), entry.seq, vec![entry.from.clone()])),
+            }
+        };
         for frame in &frames {
             let entry = match frame {
+                // A run: its room is asked about once, and its entries are looked at only if
+                // the room takes receipts (a large room usually does not).
+                Out::Run(run) => {
+                    left |= run.has_leave();
+                    if room_takes_receipts(run.room()) {
+                        run.entries().iter().for_each(|shared| note_delivered(shared.entry()));
+                    }
+                    continue;
+                }
                 Out::Entry(_, entry) => &**entry,
                 Out::Shared(shared) => shared.entry(),
                 Out::Frame(ServerFrame::Message { entry, .. }) => entry,
                 Out::Frame(_) => continue,
             };
-            // Rooms known to be too large for receipts are skipped here, before any work.
-            let receipt = entry.kind == EntryKind::Text
-                && entry.from != ctx.user
-                && match receipts.iter().find(|(room, _)| *room == entry.room) {
-                    Some((_, takes)) => *takes,
-                    None => {
-                        let takes =
-                            self.hub.presence.cached_room_size(&entry.room).is_none_or(|size| size <= max_members);
-                        receipts.push((&entry.room, takes));
-                        takes
-                    }
-                };
-            match entry.kind {
-                EntryKind::Text if receipt => match delivered.iter_mut().find(|(room, _, _)| *room == entry.room) {
-                    Some((_, seq, senders)) => {
-                        *seq = (*seq).max(entry.seq);
-                        if !senders.contains(&entry.from) {
-                            senders.push(entry.from.clone());
-                        }
-                    }
-                    None => delivered.push((entry.room.clone(), entry.seq, vec![entry.from.clone()])),
-                },
-                EntryKind::Leave => left = true,
-                _ => {}
+            left |= entry.kind == EntryKind::Leave;
+            if entry.kind == EntryKind::Text && entry.from != ctx.user && room_takes_receipts(&entry.room) {
+                note_delivered(entry);
             }
         }
         self.send_outs(encoding, frames).await?;
@@ -913,6 +937,7 @@ where
         if frames.is_empty() {
             return Ok(());
         }
+        let frames = self.split_runs(encoding, frames);
         let wires = if self.batch && frames.len() > 1 {
             self.batched(encoding, frames)
         } else {
@@ -922,17 +947,35 @@ where
         self.write(deadline, wires).await
     }
 
-    /// One frame as one WebSocket message (a shared entry's buffer is referenced, not copied).
+    /// Runs that one message cannot carry whole, as their entries: every run for a client that
+    /// takes one frame per message, and a run larger than a batch may be.
+    fn split_runs(&self, encoding: Encoding, frames: Vec<Out>) -> Vec<Out> {
+        let too_big = |run: &SharedRun| !self.batch || run.bytes(encoding).len() > BATCH_MAX_BYTES;
+        if !frames.iter().any(|frame| matches!(frame, Out::Run(run) if too_big(run))) {
+            return frames;
+        }
+        let mut split = Vec::with_capacity(frames.len());
+        for frame in frames {
+            match frame {
+                Out::Run(run) if too_big(&run) => split.extend(run.entries().iter().cloned().map(Out::Shared)),
+                frame => split.push(frame),
+            }
+        }
+        split
+    }
+
+    /// One frame (or a run, for a batching client) as one WebSocket message; a shared buffer
+    /// is referenced, not copied.
     fn one_wire(&self, encoding: Encoding, frame: Out) -> Wire {
-        match frame {
-            Out::Shared(shared) => shared.wire(encoding),
-            frame => wire_of(encoding, self.encode_out(encoding, &frame).into_owned()),
+        match shared_wire(encoding, &frame) {
+            Some(wire) => wire,
+            None => wire_of(encoding, self.encode_out(encoding, &frame).into_owned()),
         }
     }
 
     /// Frames packed into as few WebSocket messages as `BATCH_MAX_BYTES` allows, for a client
     /// that asked for batches: one message header and one client wake-up for many frames. A
-    /// shared entry is copied into the batch, not referenced.
+    /// shared entry or run is copied into the batch, unless it is the batch's only frame.
     fn batched(&self, encoding: Encoding, frames: Vec<Out>) -> Vec<Wire> {
         let separator = protocol::batch_separator(encoding);
         let encoded: Vec<Cow<'_, [u8]>> = frames.iter().map(|frame| self.encode_out(encoding, frame)).collect();
@@ -949,6 +992,12 @@ where
                 }
                 size += separator.len() + next.len();
                 count += 1;
+            }
+            let taken = frames.len() - rest.len();
+            if let (1, Some(wire)) = (count, shared_wire(encoding, &frames[taken])) {
+                wires.push(wire);
+                rest = &rest[1..];
+                continue;
             }
             let mut batch = Vec::with_capacity(size);
             for (i, bytes) in rest[..count].iter().enumerate() {
@@ -967,6 +1016,7 @@ where
     fn encode_out<'a>(&self, encoding: Encoding, frame: &'a Out) -> Cow<'a, [u8]> {
         match frame {
             Out::Shared(shared) => Cow::Borrowed(shared.bytes(encoding)),
+            Out::Run(run) => Cow::Borrowed(run.bytes(encoding)),
             Out::Entry(cursor, entry) => Cow::Owned(protocol::encode_message(encoding, *cursor, entry)),
             Out::Frame(frame) => Cow::Owned(self.encode_frame(encoding, frame)),
         }
@@ -1009,6 +1059,26 @@ where
     }
 }
 
+/// Whether `room` takes receipts, asked of `ask` only the first time (`seen` remembers).
+fn takes_receipts<'a>(seen: &mut Vec<(&'a str, bool)>, room: &'a str, ask: impl FnOnce(&str) -> bool) -> bool {
+    if let Some((_, takes)) = seen.iter().find(|(known, _)| *known == room) {
+        return *takes;
+    }
+    let takes = ask(room);
+    seen.push((room, takes));
+    takes
+}
+
+/// The shared buffer of a shared entry or run as a WebSocket message (no copy); `None` for
+/// frames encoded for this connection.
+fn shared_wire(encoding: Encoding, frame: &Out) -> Option<Wire> {
+    match frame {
+        Out::Shared(shared) => Some(shared.wire(encoding)),
+        Out::Run(run) => Some(run.wire(encoding)),
+        Out::Entry(..) | Out::Frame(_) => None,
+    }
+}
+
 /// Encoded frames (one, or a batch) as the WebSocket message of their encoding.
 fn wire_of(encoding: Encoding, bytes: Vec<u8>) -> Wire {
     match encoding {
@@ -1022,13 +1092,19 @@ fn wire_of(encoding: Encoding, bytes: Vec<u8>) -> Wire {
 /// limit and to bound the copy, large enough for a burst of deliveries in one message.
 const BATCH_MAX_BYTES: usize = 64 * 1024;
 
+/// The most entries a session takes from its queue before it writes them: bounds one write's
+/// size and the time before the session looks at its socket's input again.
+const TAKE_MAX_ENTRIES: usize = 64;
+
 /// What a session writes: a frame; a log entry shared with every other recipient's
 /// connection, encoded straight from the shared entry (no copy of it per recipient) with its
-/// cursor; or a large room's entry, whose encoding is shared too.
+/// cursor; a large room's entry, whose encoding is shared too; or a run of a large room's
+/// entries, sent as one batch whose bytes are shared too.
 enum Out {
     Frame(ServerFrame),
     Entry(Option<Cursor>, Arc<Entry>),
     Shared(Arc<SharedEntry>),
+    Run(Arc<SharedRun>),
 }
 
 async fn notified(signals: Option<Arc<crate::hub::ConnSignals>>) {

@@ -1,5 +1,6 @@
 //! A connection's delivery queue: the hub (and presence) push into it, the connection's session
-//! takes from it, and it holds at most `limits.outbound_queue_len` items.
+//! takes from it, and it holds at most `limits.outbound_queue_len` entries (a large room's run
+//! counts as its entries; a run longer than the whole bound still goes into an empty queue).
 //!
 //! A vector behind a mutex that the session empties whole, rather than a channel: every
 //! delivery to every connection passes here, and a channel's per-item bookkeeping (a linked
@@ -69,14 +70,15 @@ impl OutboundQueue {
     /// Queue `outbound` unless the queue is full or the connection has ended (then it is
     /// handed back).
     pub fn try_send(&self, outbound: Outbound) -> Result<(), Outbound> {
+        let weight = outbound.weight();
         let waker = {
             let mut state = self.shared.state.lock().expect("queue lock");
             // Only pushes increase the count, and they hold the lock: the check cannot be raced
             // past the capacity.
-            if state.closed || self.shared.queued.load(Ordering::Acquire) >= self.capacity {
+            if state.closed || !self.fits(weight, self.shared.queued.load(Ordering::Acquire)) {
                 return Err(outbound);
             }
-            self.shared.queued.fetch_add(1, Ordering::AcqRel);
+            self.shared.queued.fetch_add(weight, Ordering::AcqRel);
             if state.items.is_empty() {
                 state.since = Some(Instant::now());
             }
@@ -90,28 +92,47 @@ impl OutboundQueue {
     }
 
     /// Queue `outbounds` in order under one lock, waking the session at most once: as many as
-    /// fit (all, unless the queue fills up or the connection has ended). Returns how many were
-    /// queued; the rest are dropped, as [`try_send`](Self::try_send) would have refused them.
-    pub fn try_send_all(&self, outbounds: impl Iterator<Item = Outbound>) -> usize {
-        let (queued, waker) = {
+    /// fit (all, unless the queue fills up or the connection has ended). Returns how many
+    /// entries were queued and whether that was all of them; the rest are dropped, as
+    /// [`try_send`](Self::try_send) would have refused them.
+    pub fn try_send_all(&self, outbounds: impl Iterator<Item = Outbound>) -> (u64, bool) {
+        let (queued, complete, waker) = {
             let mut state = self.shared.state.lock().expect("queue lock");
             if state.closed {
-                return 0;
+                return (0, false);
             }
-            let free = self.capacity.saturating_sub(self.shared.queued.load(Ordering::Acquire));
             let before = state.items.len();
-            state.items.extend(outbounds.take(free));
-            let queued = state.items.len() - before;
-            if before == 0 && queued > 0 {
+            // The session may hand items out meanwhile (that only lowers the count): checking
+            // against the count as read here cannot pass the capacity.
+            let held = self.shared.queued.load(Ordering::Acquire);
+            let mut queued = 0;
+            let mut complete = true;
+            for outbound in outbounds {
+                let weight = outbound.weight();
+                if !self.fits(weight, held + queued) {
+                    complete = false;
+                    break;
+                }
+                queued += weight;
+                state.items.push(outbound);
+            }
+            if before == 0 && state.items.len() > before {
                 state.since = Some(Instant::now());
             }
             self.shared.queued.fetch_add(queued, Ordering::AcqRel);
-            (queued, if queued > 0 { state.waker.take() } else { None })
+            (queued as u64, complete, if state.items.len() > before { state.waker.take() } else { None })
         };
         if let Some(waker) = waker {
             waker.wake();
         }
-        queued
+        (queued, complete)
+    }
+
+    /// Whether an item of `weight` entries fits beside the `held` ones: within the capacity,
+    /// or alone in an empty queue (a run of one commit longer than the whole capacity still
+    /// goes out live, rather than every such run sending the connection to the store).
+    fn fits(&self, weight: usize, held: usize) -> bool {
+        held + weight <= self.capacity || held == 0
     }
 }
 
@@ -179,7 +200,7 @@ impl Inbox {
             self.waited = state.since.take().map(|since| since.elapsed());
         }
         let outbound = self.ready.pop_front()?;
-        self.shared.queued.fetch_sub(1, Ordering::AcqRel);
+        self.shared.queued.fetch_sub(outbound.weight(), Ordering::AcqRel);
         Some(outbound)
     }
 }
@@ -239,7 +260,7 @@ mod tests {
     fn a_batch_push_queues_in_order_what_fits_and_wakes_the_receiver_once() {
         let (queue, mut inbox) = outbound_queue(5);
         queue.try_send(frame(1)).expect("room");
-        assert_eq!(queue.try_send_all((2..=7).map(frame)), 4, "five fit, the first was already queued");
+        assert_eq!(queue.try_send_all((2..=7).map(frame)), (4, false), "five fit, the first was already queued");
         let got: Vec<u64> = std::iter::from_fn(|| inbox.try_recv()).map(seq_of).collect();
         assert_eq!(got, [1, 2, 3, 4, 5]);
 
@@ -247,13 +268,50 @@ mod tests {
         let wakes = Arc::new(CountingWaker::default());
         let waker = Waker::from(wakes.clone());
         assert!(inbox.take(Some(&waker)).is_none());
-        assert_eq!(queue.try_send_all((6..=8).map(frame)), 3);
+        assert_eq!(queue.try_send_all((6..=8).map(frame)), (3, true));
         assert_eq!(wakes.0.load(Ordering::Acquire), 1);
         let got: Vec<u64> = std::iter::from_fn(|| inbox.try_recv()).map(seq_of).collect();
         assert_eq!(got, [6, 7, 8]);
 
         drop(inbox);
-        assert_eq!(queue.try_send_all((9..=10).map(frame)), 0, "the connection has ended");
+        assert_eq!(queue.try_send_all((9..=10).map(frame)), (0, false), "the connection has ended");
+    }
+
+    fn run(first: u64, len: u64) -> Outbound {
+        let entries = (first..first + len)
+            .map(|seq| {
+                Arc::new(crate::encoded::SharedEntry::new(protocol::Entry {
+                    room: "r".into(),
+                    seq,
+                    id: format!("m{seq}"),
+                    from: "ann".into(),
+                    kind: protocol::EntryKind::Text,
+                    user: None,
+                    body: String::new(),
+                    ts: 0,
+                }))
+            })
+            .collect();
+        Outbound::RoomRun(Arc::new(crate::encoded::SharedRun::new(entries)))
+    }
+
+    #[test]
+    fn a_run_counts_as_its_entries_and_a_long_one_still_fits_an_empty_queue() {
+        let (queue, mut inbox) = outbound_queue(4);
+        assert_eq!(queue.try_send_all([run(1, 3)].into_iter()), (3, true));
+        assert_eq!(queue.try_send_all([run(4, 2)].into_iter()), (0, false), "3 + 2 entries pass the bound of 4");
+        queue.try_send(frame(9)).expect("one more entry fits");
+        assert!(queue.try_send(frame(10)).is_err(), "full at four entries");
+        assert!(matches!(inbox.try_recv(), Some(Outbound::RoomRun(_))));
+        // Handing out the run frees its three entries at once.
+        assert_eq!(queue.try_send_all([frame(11), frame(12), frame(13), frame(14)].into_iter()), (3, false));
+        while inbox.try_recv().is_some() {}
+
+        // A run longer than the whole bound goes into an empty queue, and only there.
+        assert_eq!(queue.try_send_all([run(20, 6)].into_iter()), (6, true));
+        assert!(queue.try_send(frame(15)).is_err(), "nothing beside it");
+        assert!(matches!(inbox.try_recv(), Some(Outbound::RoomRun(run)) if run.len() == 6));
+        queue.try_send(frame(16)).expect("empty again");
     }
 
     #[derive(Default)]
@@ -271,7 +329,7 @@ mod tests {
         assert_eq!(inbox.take_wait(), None);
         queue.try_send(frame(1)).unwrap();
         std::thread::sleep(Duration::from_millis(30));
-        assert_eq!(queue.try_send_all([frame(2), frame(3)].into_iter()), 2);
+        assert_eq!(queue.try_send_all([frame(2), frame(3)].into_iter()), (2, true));
         assert_eq!(seq_of(inbox.try_recv().unwrap()), 1);
         let waited = inbox.take_wait().expect("a refill reports its wait");
         assert!(waited >= Duration::from_millis(30), "timed from the first item: {waited:?}");
@@ -280,7 +338,7 @@ mod tests {
         assert_eq!(inbox.take_wait(), None);
         assert_eq!(seq_of(inbox.try_recv().unwrap()), 3);
         // The next refill is timed from its own first item.
-        assert_eq!(queue.try_send_all([frame(4)].into_iter()), 1);
+        assert_eq!(queue.try_send_all([frame(4)].into_iter()), (1, true));
         assert_eq!(seq_of(inbox.try_recv().unwrap()), 4);
         assert!(inbox.take_wait().expect("a second refill") < Duration::from_millis(30));
     }

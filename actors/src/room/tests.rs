@@ -65,13 +65,15 @@ async fn append_all(hub: &Arc<Hub>, commands: Vec<AppendCommand>) -> Vec<Appende
 fn drain(connections: &mut BTreeMap<&'static str, Registration>, got: &mut BTreeMap<&'static str, Vec<u64>>) {
     for (name, registration) in connections.iter_mut() {
         while let Some(outbound) = registration.inbox.try_recv() {
-            let entry = match &outbound {
-                Outbound::RoomEntry(shared) => shared.entry().clone(),
-                Outbound::Deliver { entry, .. } => (**entry).clone(),
+            let entries = match &outbound {
+                Outbound::RoomRun(run) => run.entries().iter().map(|shared| shared.entry().clone()).collect(),
+                Outbound::Deliver { entry, .. } => vec![(**entry).clone()],
                 Outbound::Frame(_) => continue,
             };
-            assert_eq!(entry.room, ROOM);
-            got.entry(name).or_default().push(entry.seq);
+            for entry in entries {
+                assert_eq!(entry.room, ROOM);
+                got.entry(name).or_default().push(entry.seq);
+            }
         }
     }
 }

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use protocol::{Entry, EntryKind};
 use rustc_hash::FxHashMap;
 
-use crate::encoded::SharedEntry;
+use crate::encoded::{SharedEntry, SharedRun};
 use crate::store::MyRoom;
 
 /// What to do with a live entry of a large room.
@@ -140,6 +140,22 @@ impl LargeRooms {
             None => self.positions.remove(room),
         };
         sent
+    }
+
+    /// A live run of a large room at once: `true` when the whole run is the next to send (the
+    /// position moves to its end); `false` when each entry must go through
+    /// [`live`](Self::live) (the run is not the next, or has a gap or a leave in it).
+    pub fn live_run(&mut self, run: &SharedRun) -> bool {
+        if !run.is_plain() {
+            return false;
+        }
+        match self.positions.get_mut(run.room()) {
+            Some(seq) if run.first_seq() == *seq + 1 => {
+                *seq = run.last_seq();
+                true
+            }
+            _ => false,
+        }
     }
 
     /// A live entry of a large room.
@@ -270,6 +286,22 @@ mod tests {
         assert_eq!(large.live("u", &text("r", 13)), Live::CatchUp, "12 is missing");
         assert_eq!(large.snapshot(), BTreeMap::from([("r".to_string(), 11)]));
         assert_eq!(large.live("u", &text("other", 1)), Live::CatchUp, "a room not followed yet");
+    }
+
+    #[test]
+    fn a_run_is_taken_whole_only_when_it_is_the_next_without_gap_or_leave() {
+        let run = |entries: Vec<Entry>| SharedRun::new(shared(entries));
+        let mut large = LargeRooms::default();
+        large.start_live(&[mine("r", 10, Some(1), 0, 1)]);
+        assert!(large.live_run(&run(vec![text("r", 11), text("r", 12), text("r", 13)])));
+        assert_eq!(large.snapshot(), BTreeMap::from([("r".to_string(), 13)]), "moved to the run's end");
+        assert!(!large.live_run(&run(vec![text("r", 13), text("r", 14)])), "overlaps what was sent");
+        assert!(!large.live_run(&run(vec![text("r", 15)])), "14 is missing");
+        assert!(!large.live_run(&run(vec![text("r", 14), text("r", 16)])), "a gap inside");
+        let leave = entry("r", 15, EntryKind::Leave, Some("v"));
+        assert!(!large.live_run(&run(vec![text("r", 14), leave])), "a leave is looked at entry by entry");
+        assert!(!large.live_run(&run(vec![text("other", 1)])), "a room not followed yet");
+        assert_eq!(large.snapshot(), BTreeMap::from([("r".to_string(), 13)]), "none of those moved it");
     }
 
     #[test]
