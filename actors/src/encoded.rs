@@ -26,13 +26,12 @@ use crate::session::Wire;
 #[repr(align(64))]
 pub struct SharedEntry {
     entry: Entry,
-    json: OnceLock<SharedText>,
-    msgpack: OnceLock<Bytes>,
+    encoded: Encodings,
 }
 
 impl SharedEntry {
     pub fn new(entry: Entry) -> Self {
-        SharedEntry { entry, json: OnceLock::new(), msgpack: OnceLock::new() }
+        SharedEntry { entry, encoded: Encodings::default() }
     }
 
     pub fn entry(&self) -> &Entry {
@@ -42,29 +41,16 @@ impl SharedEntry {
     /// The entry's `message` frame (without cursor) in `encoding`, borrowed: for copying into a
     /// batch of frames without touching the shared buffer's reference count.
     pub fn bytes(&self, encoding: Encoding) -> &[u8] {
-        match encoding {
-            Encoding::Json => self.json().as_bytes(),
-            Encoding::MessagePack => self.msgpack(),
-        }
+        self.encoded.bytes(encoding, |encoding| self.encode(encoding))
     }
 
     /// The entry's `message` frame (without cursor) in `encoding`, encoded on first use.
     pub fn wire(&self, encoding: Encoding) -> Wire {
-        match encoding {
-            Encoding::Json => Wire::SharedText(self.json().clone()),
-            Encoding::MessagePack => Wire::Binary(self.msgpack().clone()),
-        }
+        self.encoded.wire(encoding, |encoding| self.encode(encoding))
     }
 
-    fn json(&self) -> &SharedText {
-        self.json.get_or_init(|| {
-            let bytes = protocol::encode_message(Encoding::Json, None, &self.entry);
-            SharedText::from(String::from_utf8(bytes).expect("JSON is UTF-8"))
-        })
-    }
-
-    fn msgpack(&self) -> &Bytes {
-        self.msgpack.get_or_init(|| Bytes::from(protocol::encode_message(Encoding::MessagePack, None, &self.entry)))
+    fn encode(&self, encoding: Encoding) -> Vec<u8> {
+        protocol::encode_message(encoding, None, &self.entry)
     }
 }
 
@@ -85,8 +71,7 @@ pub struct SharedRun {
     /// Some entry is a leave: whoever leaves stops following the room there, so each entry is
     /// looked at.
     has_leave: bool,
-    json: OnceLock<SharedText>,
-    msgpack: OnceLock<Bytes>,
+    encoded: Encodings,
 }
 
 impl SharedRun {
@@ -95,7 +80,7 @@ impl SharedRun {
         assert!(!entries.is_empty(), "a run holds at least one entry");
         let contiguous = entries.windows(2).all(|pair| pair[1].entry.seq == pair[0].entry.seq + 1);
         let has_leave = entries.iter().any(|shared| shared.entry.kind == EntryKind::Leave);
-        SharedRun { entries, contiguous, has_leave, json: OnceLock::new(), msgpack: OnceLock::new() }
+        SharedRun { entries, contiguous, has_leave, encoded: Encodings::default() }
     }
 
     pub fn entries(&self) -> &[Arc<SharedEntry>] {
@@ -136,30 +121,12 @@ impl SharedRun {
     /// The run's `message` frames (without cursor) joined by the batch separator of
     /// `encoding`: the body of one batched WebSocket message, built on first use.
     pub fn bytes(&self, encoding: Encoding) -> &[u8] {
-        match encoding {
-            Encoding::Json => self.json().as_bytes(),
-            Encoding::MessagePack => self.msgpack(),
-        }
+        self.encoded.bytes(encoding, |encoding| self.joined(encoding))
     }
 
     /// [`bytes`](Self::bytes) as a WebSocket message, sharing the buffer.
     pub fn wire(&self, encoding: Encoding) -> Wire {
-        match encoding {
-            Encoding::Json => Wire::SharedText(self.json().clone()),
-            Encoding::MessagePack => Wire::Binary(self.msgpack().clone()),
-        }
-    }
-
-    fn json(&self) -> &SharedText {
-        self.json.get_or_init(|| {
-            SharedText::from(
-                String::from_utf8(self.joined(Encoding::Json)).expect("JSON frames and newlines are UTF-8"),
-            )
-        })
-    }
-
-    fn msgpack(&self) -> &Bytes {
-        self.msgpack.get_or_init(|| Bytes::from(self.joined(Encoding::MessagePack)))
+        self.encoded.wire(encoding, |encoding| self.joined(encoding))
     }
 
     /// Each entry encoded straight into the joined buffer (an entry's own cached encoding is
@@ -174,6 +141,39 @@ impl SharedRun {
             joined.extend_from_slice(&protocol::encode_message(encoding, None, &shared.entry));
         }
         joined
+    }
+}
+
+/// One frame's bytes (or a batch's) in each encoding, each made on first use and then shared.
+#[derive(Debug, Default)]
+struct Encodings {
+    json: OnceLock<SharedText>,
+    msgpack: OnceLock<Bytes>,
+}
+
+impl Encodings {
+    fn bytes(&self, encoding: Encoding, encode: impl FnOnce(Encoding) -> Vec<u8>) -> &[u8] {
+        match encoding {
+            Encoding::Json => self.json(encode).as_bytes(),
+            Encoding::MessagePack => self.msgpack(encode),
+        }
+    }
+
+    fn wire(&self, encoding: Encoding, encode: impl FnOnce(Encoding) -> Vec<u8>) -> Wire {
+        match encoding {
+            Encoding::Json => Wire::SharedText(self.json(encode).clone()),
+            Encoding::MessagePack => Wire::Binary(self.msgpack(encode).clone()),
+        }
+    }
+
+    fn json(&self, encode: impl FnOnce(Encoding) -> Vec<u8>) -> &SharedText {
+        self.json.get_or_init(|| {
+            SharedText::from(String::from_utf8(encode(Encoding::Json)).expect("JSON frames and newlines are UTF-8"))
+        })
+    }
+
+    fn msgpack(&self, encode: impl FnOnce(Encoding) -> Vec<u8>) -> &Bytes {
+        self.msgpack.get_or_init(|| Bytes::from(encode(Encoding::MessagePack)))
     }
 }
 
