@@ -301,8 +301,9 @@ impl Hub {
     /// Hand committed entries, in order, to this node's live connections of their recipients.
     /// Never blocks: a full queue marks the connection lagged, and it reads what it missed from
     /// the store. Consecutive entries of one large room with the same member list go to each
-    /// connection in one push: one queue lock and at most one wake-up of its session for the
-    /// run, so the session finds the whole run waiting and writes it to the socket at once.
+    /// connection in one push, as one queue item (a `SharedRun`): one queue lock and at most
+    /// one wake-up of its session for the run, so the session finds the whole run waiting and
+    /// writes it to the socket at once.
     /// Pushed one by one, a session on the other core woke for the first entry and wrote the
     /// rest in more, smaller writes: the kernel's per-write cost is most of what a delivery
     /// costs.
