@@ -401,8 +401,8 @@ impl Hub {
     /// were (the queue filled up, or the connection has ended), the connection is marked
     /// lagged and reads the rest from the store.
     fn offer(&self, conn: &ConnHandle, outbounds: impl Iterator<Item = Outbound>) -> u64 {
-        let (queued, complete) = conn.queue.try_send_all(outbounds);
-        if !complete {
+        let (queued, refused) = conn.queue.try_send_all(outbounds);
+        if refused.is_some() {
             self.mark_lagged(&conn.signals);
         }
         queued

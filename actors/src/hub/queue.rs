@@ -70,47 +70,32 @@ impl OutboundQueue {
     /// Queue `outbound` unless the queue is full or the connection has ended (then it is
     /// handed back).
     pub fn try_send(&self, outbound: Outbound) -> Result<(), Outbound> {
-        let weight = outbound.weight();
-        let waker = {
-            let mut state = self.shared.state.lock().expect("queue lock");
-            // Only pushes increase the count, and they hold the lock: the check cannot be raced
-            // past the capacity.
-            if state.closed || !self.fits(weight, self.shared.queued.load(Ordering::Acquire)) {
-                return Err(outbound);
-            }
-            self.shared.queued.fetch_add(weight, Ordering::AcqRel);
-            if state.items.is_empty() {
-                state.since = Some(Instant::now());
-            }
-            state.items.push(outbound);
-            state.waker.take()
-        };
-        if let Some(waker) = waker {
-            waker.wake();
+        match self.try_send_all(std::iter::once(outbound)) {
+            (_, None) => Ok(()),
+            (_, Some(refused)) => Err(refused),
         }
-        Ok(())
     }
 
     /// Queue `outbounds` in order under one lock, waking the session at most once: as many as
     /// fit (all, unless the queue fills up or the connection has ended). Returns how many
-    /// entries were queued and whether that was all of them; the rest are dropped, as
-    /// [`try_send`](Self::try_send) would have refused them.
-    pub fn try_send_all(&self, outbounds: impl Iterator<Item = Outbound>) -> (u64, bool) {
-        let (queued, complete, waker) = {
+    /// entries were queued, and the first item that was not (the rest after it are dropped);
+    /// `None` when all were.
+    pub fn try_send_all(&self, mut outbounds: impl Iterator<Item = Outbound>) -> (u64, Option<Outbound>) {
+        let (queued, refused, waker) = {
             let mut state = self.shared.state.lock().expect("queue lock");
             if state.closed {
-                return (0, false);
+                return (0, outbounds.next());
             }
             let before = state.items.len();
-            // The session may hand items out meanwhile (that only lowers the count): checking
-            // against the count as read here cannot pass the capacity.
+            // Only pushes increase the count, and they hold the lock; the session may hand
+            // items out meanwhile, which only lowers it: the check cannot pass the capacity.
             let held = self.shared.queued.load(Ordering::Acquire);
             let mut queued = 0;
-            let mut complete = true;
+            let mut refused = None;
             for outbound in outbounds {
                 let weight = outbound.weight();
                 if !self.fits(weight, held + queued) {
-                    complete = false;
+                    refused = Some(outbound);
                     break;
                 }
                 queued += weight;
@@ -120,12 +105,12 @@ impl OutboundQueue {
                 state.since = Some(Instant::now());
             }
             self.shared.queued.fetch_add(queued, Ordering::AcqRel);
-            (queued as u64, complete, if state.items.len() > before { state.waker.take() } else { None })
+            (queued as u64, refused, if state.items.len() > before { state.waker.take() } else { None })
         };
         if let Some(waker) = waker {
             waker.wake();
         }
-        (queued, complete)
+        (queued, refused)
     }
 
     /// Whether an item of `weight` entries fits beside the `held` ones: within the capacity,
@@ -260,7 +245,7 @@ mod tests {
     fn a_batch_push_queues_in_order_what_fits_and_wakes_the_receiver_once() {
         let (queue, mut inbox) = outbound_queue(5);
         queue.try_send(frame(1)).expect("room");
-        assert_eq!(queue.try_send_all((2..=7).map(frame)), (4, false), "five fit, the first was already queued");
+        assert_eq!(sent(queue.try_send_all((2..=7).map(frame))), (4, false), "five fit, the first was already queued");
         let got: Vec<u64> = std::iter::from_fn(|| inbox.try_recv()).map(seq_of).collect();
         assert_eq!(got, [1, 2, 3, 4, 5]);
 
@@ -268,13 +253,18 @@ mod tests {
         let wakes = Arc::new(CountingWaker::default());
         let waker = Waker::from(wakes.clone());
         assert!(inbox.take(Some(&waker)).is_none());
-        assert_eq!(queue.try_send_all((6..=8).map(frame)), (3, true));
+        assert_eq!(sent(queue.try_send_all((6..=8).map(frame))), (3, true));
         assert_eq!(wakes.0.load(Ordering::Acquire), 1);
         let got: Vec<u64> = std::iter::from_fn(|| inbox.try_recv()).map(seq_of).collect();
         assert_eq!(got, [6, 7, 8]);
 
         drop(inbox);
-        assert_eq!(queue.try_send_all((9..=10).map(frame)), (0, false), "the connection has ended");
+        assert_eq!(sent(queue.try_send_all((9..=10).map(frame))), (0, false), "the connection has ended");
+    }
+
+    /// A push's outcome as (entries queued, all of them queued).
+    fn sent((queued, refused): (u64, Option<Outbound>)) -> (u64, bool) {
+        (queued, refused.is_none())
     }
 
     fn run(first: u64, len: u64) -> Outbound {
@@ -298,17 +288,17 @@ mod tests {
     #[test]
     fn a_run_counts_as_its_entries_and_a_long_one_still_fits_an_empty_queue() {
         let (queue, mut inbox) = outbound_queue(4);
-        assert_eq!(queue.try_send_all([run(1, 3)].into_iter()), (3, true));
-        assert_eq!(queue.try_send_all([run(4, 2)].into_iter()), (0, false), "3 + 2 entries pass the bound of 4");
+        assert_eq!(sent(queue.try_send_all([run(1, 3)].into_iter())), (3, true));
+        assert_eq!(sent(queue.try_send_all([run(4, 2)].into_iter())), (0, false), "3 + 2 entries pass the bound of 4");
         queue.try_send(frame(9)).expect("one more entry fits");
         assert!(queue.try_send(frame(10)).is_err(), "full at four entries");
         assert!(matches!(inbox.try_recv(), Some(Outbound::RoomRun(_))));
         // Handing out the run frees its three entries at once.
-        assert_eq!(queue.try_send_all([frame(11), frame(12), frame(13), frame(14)].into_iter()), (3, false));
+        assert_eq!(sent(queue.try_send_all([frame(11), frame(12), frame(13), frame(14)].into_iter())), (3, false));
         while inbox.try_recv().is_some() {}
 
         // A run longer than the whole bound goes into an empty queue, and only there.
-        assert_eq!(queue.try_send_all([run(20, 6)].into_iter()), (6, true));
+        assert_eq!(sent(queue.try_send_all([run(20, 6)].into_iter())), (6, true));
         assert!(queue.try_send(frame(15)).is_err(), "nothing beside it");
         assert!(matches!(inbox.try_recv(), Some(Outbound::RoomRun(run)) if run.len() == 6));
         queue.try_send(frame(16)).expect("empty again");
@@ -329,7 +319,7 @@ mod tests {
         assert_eq!(inbox.take_wait(), None);
         queue.try_send(frame(1)).unwrap();
         std::thread::sleep(Duration::from_millis(30));
-        assert_eq!(queue.try_send_all([frame(2), frame(3)].into_iter()), (2, true));
+        assert_eq!(sent(queue.try_send_all([frame(2), frame(3)].into_iter())), (2, true));
         assert_eq!(seq_of(inbox.try_recv().unwrap()), 1);
         let waited = inbox.take_wait().expect("a refill reports its wait");
         assert!(waited >= Duration::from_millis(30), "timed from the first item: {waited:?}");
@@ -338,7 +328,7 @@ mod tests {
         assert_eq!(inbox.take_wait(), None);
         assert_eq!(seq_of(inbox.try_recv().unwrap()), 3);
         // The next refill is timed from its own first item.
-        assert_eq!(queue.try_send_all([frame(4)].into_iter()), (1, true));
+        assert_eq!(sent(queue.try_send_all([frame(4)].into_iter())), (1, true));
         assert_eq!(seq_of(inbox.try_recv().unwrap()), 4);
         assert!(inbox.take_wait().expect("a second refill") < Duration::from_millis(30));
     }
