@@ -192,9 +192,13 @@ def section_saturation(doc):
         steps.append([r["target"], r.get("phase", ""), num(r["offered_rate"]), num(r["deliveries_per_s"]),
                       num(lat(r, "p50_ms"), 2), num(lat(r, "p99_ms"), 2), num(lat(r, "p999_ms"), 2),
                       f"{r['delivered_pct']:.1f} %", "yes" if r.get("holds") else ("–" if r.get("phase") == "half" else "no"),
-                      node_split(r)])
+                      num((r.get("publish_late") or {}).get("p99_ms"), 2), node_split(r)])
     body += table(["server", "phase", "msgs/s in", "deliveries/s", "p50 ms", "p99 ms", "p999 ms", "delivered", "holds",
-                   "node: append wait / commit / delivery wait (mean ms)"], steps)
+                   "publisher late p99 ms", "node: append wait / commit / delivery wait (mean ms)"], steps)
+    body += ("\n*Publisher late* is the load generator's own share: how long after its scheduled time each "
+             "send left (its timer wakes it at a millisecond's granularity, and it shares the two cores with "
+             "the server and the receivers). It counts in every server's latency, since latency is taken from "
+             "the scheduled time.\n")
     body += ("\nThe last column is palaver's own account of each step, from its latency histograms on "
              "`/metrics` (README, Operations) read before and after the step: how long a message waited in its "
              "room for the commit before it, how long its commit took (sync to disk included), and how long "
@@ -360,8 +364,15 @@ def targets_section():
         pal = next((x for x in sat.get("summary", []) if x["kind"] == "palaver"), None)
         if pal:
             v = pal.get("p99_at_half_ms")
+            measured = "–" if v is None else f"{v:.1f} ms"
+            nats = next((x for x in sat.get("summary", []) if x["kind"] == "nats"), None)
+            if v is not None and nats and nats.get("p99_at_half_ms") is not None:
+                measured += f" (NATS {nats['p99_at_half_ms']:.1f} ms at its own half"
+                half = next((r for r in sat["rows"] if r["kind"] == "palaver" and r.get("phase") == "half"), None)
+                late = ((half or {}).get("publish_late") or {}).get("p99_ms")
+                measured += f"; the load generator's publisher alone is {late:.1f} ms late at p99)" if late is not None else ")"
             rows.append(["p99 publish→deliver < 2 ms at half the saturation rate (one node)",
-                         "–" if v is None else f"{v:.1f} ms", "met" if v is not None and v < 2 else "not met"])
+                         measured, "met" if v is not None and v < 2 else "not met"])
     storm = load("reconnect-storm")
     if storm and storm["rows"]:
         v = storm["rows"][0]["replayed_per_s_per_node"]

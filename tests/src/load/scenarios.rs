@@ -271,7 +271,7 @@ struct Fanout {
 }
 
 /// What the publisher did in one phase.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 struct Published {
     in_window: u64,
     total: u64,
@@ -280,6 +280,40 @@ struct Published {
     errors: u64,
     /// Sends skipped because the publisher was held back more than a second (open loop).
     skipped: u64,
+    /// How late each paced send left after its scheduled time (µs), inside the window: the
+    /// load generator's own share of the latency (its timer wakes it at a millisecond's
+    /// granularity, and it shares the cores with the server), unless the window was full.
+    late: Histogram<u64>,
+}
+
+impl Default for Published {
+    fn default() -> Self {
+        Published {
+            in_window: 0,
+            total: 0,
+            echoes: 0,
+            errors: 0,
+            skipped: 0,
+            late: Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"),
+        }
+    }
+}
+
+/// How far ahead of its schedule a paced send may leave (see `Fanout::publish`): two ticks of
+/// tokio's timer, which rounds a deadline up to its next tick and may fire a tick after that
+/// (with one tick the median send was still 0.5 ms late in some runs).
+const EARLY_NS: u64 = 2_000_000;
+
+/// The publisher's lateness for a summary line: empty at full speed (nothing is scheduled).
+fn publish_late_text(late: &Value) -> String {
+    if late.is_null() {
+        return String::new();
+    }
+    format!(
+        "; publisher late p50 {:.2} ms, p99 {:.2} ms",
+        late["p50_ms"].as_f64().unwrap_or(0.0),
+        late["p99_ms"].as_f64().unwrap_or(0.0)
+    )
 }
 
 /// Cross-node: which node owns the room (commits its entries). The two are different paths, so
@@ -468,10 +502,11 @@ impl Fanout {
             "delivered_pct": if expected_window > 0 { 100.0 * delivered as f64 / expected_window as f64 } else { 0.0 },
             "latency": latency(&hist),
             "receivers_closed": result.closed, "publish_errors": published.errors, "publish_skipped": published.skipped,
+            "publish_late": if published.late.is_empty() { Value::Null } else { latency(&published.late) },
             "duration_s": seconds, "node_ms": node_ms,
         });
         println!(
-            "fanout {} x{} @{}: published {}/s, delivered {}/s ({:.1}% of {}), {}{}{}",
+            "fanout {} x{} @{}: published {}/s, delivered {}/s ({:.1}% of {}), {}{}{}{}",
             self.label,
             self.subscribers,
             if rate > 0.0 { format!("{}/s", human(rate)) } else { "max".into() },
@@ -482,6 +517,7 @@ impl Fanout {
             latency_text(&row["latency"]),
             if result.closed > 0 { format!(", {} receivers closed", result.closed) } else { String::new() },
             node_latency_text(&row["node_ms"]),
+            publish_late_text(&row["publish_late"]),
         );
         if published.skipped > 0 {
             println!(
@@ -573,24 +609,29 @@ impl Fanout {
                     break;
                 }
             }
-            // Send what is due (open loop at `rate`, stamped with the scheduled time so a
-            // stalled publisher shows up as latency), within the window.
+            // Send what is due (open loop at `rate`), within the window. Each send is stamped
+            // with the earlier of its scheduled and its actual time: a publisher held back (by
+            // the window, or a stall) shows up as latency, and a send a little ahead of its
+            // schedule is measured from when it left. It may leave up to `EARLY_NS` ahead because
+            // tokio's timer wakes at a millisecond's granularity, rounded up: waiting for the
+            // exact time made the median send 0.4–1.2 ms late, which counted as the server's
+            // latency (bench/findings.md).
             let mut fed = 0;
             while sending && done.total - done.echoes.min(done.total) < window && fed < 256 {
                 let stamp = if let Some(period) = std::num::NonZeroU64::new(period_ns) {
                     let period_ns = period.get();
                     let now = now_ns();
-                    if next_due > now {
+                    if next_due > now + EARLY_NS {
                         break;
                     }
                     // More than a second behind the schedule: the server holds the publisher
                     // back; skip what is overdue (counted) rather than stamp it ever later.
-                    if now - next_due > 1_000_000_000 {
+                    if now.saturating_sub(next_due) > 1_000_000_000 {
                         let overdue = (now - next_due) / period_ns;
                         done.skipped += overdue;
                         next_due += overdue * period_ns;
                     }
-                    let stamp = next_due;
+                    let stamp = next_due.min(now);
                     next_due += period_ns;
                     stamp
                 } else {
@@ -607,6 +648,9 @@ impl Fanout {
                 done.total += 1;
                 if stamp >= win_start {
                     done.in_window += 1;
+                    if period_ns > 0 {
+                        done.late.saturating_record((now_ns() - stamp) / 1_000);
+                    }
                 }
             }
             if fed > 0 {
@@ -617,7 +661,7 @@ impl Fanout {
             let wait = if !sending || done.total - done.echoes.min(done.total) >= window {
                 Duration::from_millis(50)
             } else if period_ns > 0 {
-                Duration::from_nanos(next_due.saturating_sub(now_ns()))
+                Duration::from_nanos(next_due.saturating_sub(now_ns() + EARLY_NS))
             } else {
                 Duration::ZERO
             };
