@@ -170,9 +170,11 @@ def section_saturation(doc):
         "(both runs are listed). With `--full` (as here) every step runs, for the curve, and the highest rate "
         "that held is the last one before the first step that failed; without it the first failed step ends "
         "the sweep. Then one more run at half of the highest rate that held (target for palaver: "
-        "p99 under 2 ms there). Latency is stamped with the *scheduled* send time, so a publisher "
-        "held back by the server shows up as latency (no coordinated omission); a publisher more than "
-        "a second behind skips the overdue sends. The bound is 50 ms because on this shared machine "
+        "p99 under 2 ms there). Each send is stamped with the earlier of its *scheduled* and its actual "
+        "time, so a publisher held back by the server shows up as latency (no coordinated omission); "
+        "a send may leave up to 2 ms ahead of its schedule (tokio's timer wakes at a millisecond's "
+        "granularity) and is then measured from when it left; a publisher more than a second behind "
+        "skips the overdue sends. The bound is 50 ms because on this shared machine "
         "even NATS shows a p99 of 25–80 ms at a few thousand deliveries per second: the tail is the "
         "machine's scheduling noise, with the load generator on the same two cores.\n\n"
     )
@@ -195,10 +197,10 @@ def section_saturation(doc):
                       num((r.get("publish_late") or {}).get("p99_ms"), 2), node_split(r)])
     body += table(["server", "phase", "msgs/s in", "deliveries/s", "p50 ms", "p99 ms", "p999 ms", "delivered", "holds",
                    "publisher late p99 ms", "node: append wait / commit / delivery wait (mean ms)"], steps)
-    body += ("\n*Publisher late* is the load generator's own share: how long after its scheduled time each "
-             "send left (its timer wakes it at a millisecond's granularity, and it shares the two cores with "
-             "the server and the receivers). It counts in every server's latency, since latency is taken from "
-             "the scheduled time.\n")
+    body += ("\n*Publisher late* is the load generator's own share: how long after its scheduled time a "
+             "send left (it shares the two cores with the server and the receivers), which counts in that "
+             "server's latency; a large figure there means the server held the publisher back (its window of "
+             "unanswered sends was full).\n")
     body += ("\nThe last column is palaver's own account of each step, from its latency histograms on "
              "`/metrics` (README, Operations) read before and after the step: how long a message waited in its "
              "room for the commit before it, how long its commit took (sync to disk included), and how long "

@@ -280,9 +280,10 @@ struct Published {
     errors: u64,
     /// Sends skipped because the publisher was held back more than a second (open loop).
     skipped: u64,
-    /// How late each paced send left after its scheduled time (µs), inside the window: the
-    /// load generator's own share of the latency (its timer wakes it at a millisecond's
-    /// granularity, and it shares the cores with the server), unless the window was full.
+    /// How late each paced send left after its scheduled time (µs; 0 if it left ahead),
+    /// inside the window: counted in the server's latency, it is the load generator's own
+    /// share (it shares the cores with the server) unless the window of unanswered sends was
+    /// full, when it is the server holding the publisher back.
     late: Histogram<u64>,
 }
 
