@@ -22,6 +22,7 @@
 
 pub mod args;
 pub mod group;
+pub mod pacing;
 pub mod peers;
 pub mod presence;
 pub mod report;

@@ -14,6 +14,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::args::Args;
 use super::group::{split, Group, GroupResult, GroupSpec, RoomPlan};
+use super::pacing::Pacer;
 use super::peers::{self, keepalive, Kind, Target, Ws};
 use super::report::{latency, latency_text, node_latency_text, ratio_line, write_json, Progress};
 use super::{cpu_ticks, human, now_ns, rss_kib, run_id, secs, Marker};
@@ -299,11 +300,6 @@ impl Default for Published {
         }
     }
 }
-
-/// How far ahead of its schedule a paced send may leave (see `Fanout::publish`): two ticks of
-/// tokio's timer, which rounds a deadline up to its next tick and may fire a tick after that
-/// (with one tick the median send was still 0.5 ms late in some runs).
-const EARLY_NS: u64 = 2_000_000;
 
 /// The publisher's lateness for a summary line: empty at full speed (nothing is scheduled).
 fn publish_late_text(late: &Value) -> String {
@@ -591,8 +587,7 @@ impl Fanout {
         let err_mp = memchr::memmem::Finder::new(b"\xa5error");
         let mut done = Published::default();
         let window = window.max(1);
-        let period_ns = if rate > 0.0 { (1e9 / rate) as u64 } else { 0 };
-        let mut next_due = pub_start;
+        let mut pacer = (rate > 0.0).then(|| Pacer::new((1e9 / rate) as u64, pub_start));
         tokio::time::sleep_until(
             tokio::time::Instant::now() + Duration::from_nanos(pub_start.saturating_sub(now_ns())),
         )
@@ -610,33 +605,16 @@ impl Fanout {
                     break;
                 }
             }
-            // Send what is due (open loop at `rate`), within the window. Each send is stamped
-            // with the earlier of its scheduled and its actual time: a publisher held back (by
-            // the window, or a stall) shows up as latency, and a send a little ahead of its
-            // schedule is measured from when it left. It may leave up to `EARLY_NS` ahead because
-            // tokio's timer wakes at a millisecond's granularity, rounded up: waiting for the
-            // exact time made the median send 0.4–1.2 ms late, which counted as the server's
-            // latency (bench/findings.md).
+            // Send what is due (open loop at `rate`; `pacing` says how each is stamped), within
+            // the window.
             let mut fed = 0;
             while sending && done.total - done.echoes.min(done.total) < window && fed < 256 {
-                let stamp = if let Some(period) = std::num::NonZeroU64::new(period_ns) {
-                    let period_ns = period.get();
-                    let now = now_ns();
-                    if next_due > now + EARLY_NS {
-                        break;
-                    }
-                    // More than a second behind the schedule: the server holds the publisher
-                    // back; skip what is overdue (counted) rather than stamp it ever later.
-                    if now.saturating_sub(next_due) > 1_000_000_000 {
-                        let overdue = (now - next_due) / period_ns;
-                        done.skipped += overdue;
-                        next_due += overdue * period_ns;
-                    }
-                    let stamp = next_due.min(now);
-                    next_due += period_ns;
-                    stamp
-                } else {
-                    now_ns()
+                let stamp = match pacer.as_mut() {
+                    Some(pacer) => match pacer.next_send(now_ns()) {
+                        Some(stamp) => stamp,
+                        None => break,
+                    },
+                    None => now_ns(),
                 };
                 if stamp >= win_end {
                     break;
@@ -649,7 +627,7 @@ impl Fanout {
                 done.total += 1;
                 if stamp >= win_start {
                     done.in_window += 1;
-                    if period_ns > 0 {
+                    if pacer.is_some() {
                         done.late.saturating_record((now_ns() - stamp) / 1_000);
                     }
                 }
@@ -661,8 +639,8 @@ impl Fanout {
             // Wait for the next due time or for something from the server.
             let wait = if !sending || done.total - done.echoes.min(done.total) >= window {
                 Duration::from_millis(50)
-            } else if period_ns > 0 {
-                Duration::from_nanos(next_due.saturating_sub(now_ns() + EARLY_NS))
+            } else if let Some(pacer) = &pacer {
+                pacer.wait(now_ns())
             } else {
                 Duration::ZERO
             };
@@ -705,6 +683,7 @@ impl Fanout {
                 }
             }
         }
+        done.skipped = pacer.map_or(0, |pacer| pacer.skipped);
         Ok(done)
     }
 
