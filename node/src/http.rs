@@ -247,6 +247,11 @@ fn store_metrics(stats: &WriteStats) -> String {
             stats.write_transactions,
         ),
         counter(
+            "store_write_transactions_inline_total",
+            "Of those, committed on the rooms' thread without a hand-over to the store's writer.",
+            stats.inline_write_transactions,
+        ),
+        counter(
             "store_write_requests_total",
             "Writes taken into a transaction; divided by the transactions, the mean group-commit batch.",
             stats.write_requests,

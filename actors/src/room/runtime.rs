@@ -15,6 +15,14 @@
 //! as the room sees it went from 7.1 to 1.3 ms and the p50 publish→deliver from 23–25 to
 //! 14–15 ms; at full speed 2.6 M deliveries a second against 1.9–2.1 M (bench/findings.md).
 //!
+//! The rooms' appends also commit here, with SQLite (`store::sqlite::inline`): every room's
+//! batch ready at the same moment in one transaction on this thread, which saves the two
+//! hand-overs to the store's writer thread and back (0.1–0.35 ms off the median
+//! publish→deliver at 2,250 msgs/s into 100 receivers, bench/findings.md). While a commit
+//! syncs the other rooms here wait too; what they have to do next is mostly a commit of their
+//! own, which the next transaction takes. A write lock held elsewhere sends the batch to the
+//! writer thread instead of blocking this one.
+//!
 //! One worker: a room's own work is small beside its sessions' (it hands each delivery to a
 //! queue, tens of nanoseconds; the sessions do the writing, on the main runtime), so one thread
 //! keeps up with whatever fan-out the node's cores can write. A node with many busy rooms on
@@ -41,6 +49,9 @@ impl RoomsRuntime {
         let runtime = Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("palaver-rooms")
+            // The rooms' appends commit on this thread when SQLite's writer is free (see
+            // `store::sqlite::inline`): nothing here waits for anything but commits.
+            .on_thread_start(crate::store::sqlite::allow_inline_writes)
             .enable_all()
             .build()
             .expect("starting the rooms' thread");

@@ -227,6 +227,9 @@ pub type StoreResult<T> = Result<T, StoreError>;
 pub struct WriteStats {
     /// Write transactions committed.
     pub write_transactions: u64,
+    /// Of those, the transactions committed on the thread that asked for them (the rooms'
+    /// thread, SQLite only) rather than handed to the store's writer.
+    pub inline_write_transactions: u64,
     /// Write requests taken off the queue into a transaction (committed, refused or failed).
     pub write_requests: u64,
     /// Write transactions that failed to begin or commit (their requests all got an error).

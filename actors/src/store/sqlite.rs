@@ -58,7 +58,8 @@
 //!
 //! `synchronous = FULL` with WAL: each commit syncs the WAL before the writer replies, so an
 //! acknowledged write survives kill -9 and power loss. Group commit (see `threads`) spreads that
-//! fsync over every request in the batch.
+//! fsync over every request in the batch; the rooms' appends group-commit on the rooms' own
+//! thread when the writer is free (see `inline`).
 //!
 //! # Retention
 //!
@@ -69,6 +70,7 @@
 //! more than `n + 63`. `trim_user_log` trims explicitly. The floor records what was trimmed so a
 //! cursor below it gets an explicit resync answer rather than a silent gap.
 
+mod inline;
 mod invariants;
 mod ops;
 mod schema;
@@ -88,6 +90,8 @@ use protocol::{Cursor, Entry};
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
+pub use self::inline::allow_inline_writes;
+use self::inline::{inline_writes_allowed, InlineWriter};
 use self::threads::{sqlite_error, BatchLimits, Job, ReadJob, WriteJob, WriterCounters};
 use crate::store::{
     AppendRequest, Appended, Delivery, Epoch, HistoryPage, LogBounds, LogEntry, MembershipLimits, MyRoom, NewRoom,
@@ -172,6 +176,8 @@ impl SqliteOptions {
 /// exit, closing their connections.
 pub struct SqliteStore {
     writes: mpsc::Sender<Box<dyn WriteJob>>,
+    /// The rooms' appends, committed on the rooms' thread when the writer is free.
+    inline: Arc<InlineWriter>,
     reads: mpsc::Sender<ReadJob>,
     counters: Arc<WriterCounters>,
     user_log_max_entries: u64,
@@ -217,6 +223,14 @@ impl SqliteStore {
         let (writes, write_queue) = mpsc::channel(options.write_queue_capacity);
         let limits = BatchLimits { max_requests: options.max_batch_requests, max_bytes: options.max_batch_bytes };
         let writer_counters = Arc::clone(&counters);
+        let writer = Arc::new(Mutex::new(writer));
+        let inline = Arc::new(InlineWriter::new(
+            Arc::clone(&writer),
+            writes.clone(),
+            Arc::clone(&counters),
+            limits,
+            busy_timeout,
+        ));
         thread::Builder::new()
             .name("sqlite-writer".into())
             .spawn(move || threads::writer_loop(writer, write_queue, limits, writer_counters))
@@ -243,7 +257,7 @@ impl SqliteStore {
             user_log_max_entries = options.user_log_max_entries,
             "sqlite store open"
         );
-        Ok(SqliteStore { writes, reads, counters, user_log_max_entries: options.user_log_max_entries, path })
+        Ok(SqliteStore { writes, inline, reads, counters, user_log_max_entries: options.user_log_max_entries, path })
     }
 
     /// The database file.
@@ -255,6 +269,7 @@ impl SqliteStore {
     pub fn stats(&self) -> WriteStats {
         WriteStats {
             write_transactions: self.counters.transactions.load(Ordering::Relaxed),
+            inline_write_transactions: self.counters.inline_transactions.load(Ordering::Relaxed),
             write_requests: self.counters.requests.load(Ordering::Relaxed),
             failed_transactions: self.counters.failed_transactions.load(Ordering::Relaxed),
             queued_writes: self.writes.max_capacity() - self.writes.capacity(),
@@ -380,28 +395,37 @@ impl Store for SqliteStore {
 
     /// Every request is queued before any reply is awaited, in order, so the writer applies
     /// them in that order and usually in one transaction (group commit): one sync and one write
-    /// of each member's log page for the whole batch instead of one per message.
+    /// of each member's log page for the whole batch instead of one per message. On the rooms'
+    /// thread they are committed there instead, when they can be (see `inline`).
     async fn append_batch(&self, requests: Vec<AppendRequest>) -> Vec<StoreResult<Appended>> {
         let retention = self.user_log_max_entries;
+        let mut jobs = Vec::with_capacity(requests.len());
         let mut replies = Vec::with_capacity(requests.len());
         for request in requests {
             let (reply, response) = oneshot::channel();
             let cost = append_cost(&request);
             let job: Box<dyn WriteJob> =
                 Box::new(Job::new(move |conn: &Connection| ops::append(conn, &request, retention), reply, cost));
-            match self.writes.send(job).await {
-                Ok(()) => replies.push(Some(response)),
-                Err(_) => replies.push(None),
+            jobs.push(job);
+            replies.push(response);
+        }
+        if inline_writes_allowed() {
+            self.inline.submit(jobs);
+        } else {
+            for job in jobs {
+                // A closed queue drops the job and its reply sender: its caller hears below.
+                if self.writes.send(job).await.is_err() {
+                    break;
+                }
             }
         }
         let mut outcomes = Vec::with_capacity(replies.len());
         for response in replies {
-            outcomes.push(match response {
-                Some(response) => response
+            outcomes.push(
+                response
                     .await
                     .unwrap_or_else(|_| Err(StoreError::Backend("sqlite: the writer failed before committing".into()))),
-                None => Err(StoreError::Backend("sqlite: the writer thread has stopped".into())),
-            });
+            );
         }
         outcomes
     }

@@ -183,6 +183,90 @@ async fn group_commit_batches_queued_requests() {
     assert_eq!(store.room("r").await.expect("room").expect("exists").last_seq, 1 + QUEUED + 1);
 }
 
+/// Run `body` on a thread of its own marked as the rooms' thread is (`allow_inline_writes`),
+/// inside a single-threaded runtime, as the rooms' appends run.
+fn on_a_rooms_thread<T: Send + 'static>(body: impl std::future::Future<Output = T> + Send + 'static) -> T {
+    std::thread::spawn(move || {
+        super::allow_inline_writes();
+        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime").block_on(body)
+    })
+    .join()
+    .expect("the rooms' thread")
+}
+
+/// On the rooms' thread appends commit on that thread, without the writer thread, and the
+/// appends of every task ready at the same time (each room's committer) share one transaction.
+#[test]
+fn appends_on_the_rooms_thread_commit_there_and_together() {
+    const ROOMS: usize = 10;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(SqliteStore::open(options(&dir)).expect("open"));
+    let setup_store = Arc::clone(&store);
+    let epoch = on_a_rooms_thread(async move { setup(setup_store.as_ref(), "r", &["a"]).await });
+    let before = store.stats();
+
+    let appending = Arc::clone(&store);
+    let outcomes = on_a_rooms_thread(async move {
+        let tasks: Vec<_> = (0..ROOMS)
+            .map(|n| {
+                let store = Arc::clone(&appending);
+                tokio::spawn(async move { store.append_batch(vec![text("r", epoch, "a", &format!("m{n}"))]).await })
+            })
+            .collect();
+        let mut outcomes = Vec::new();
+        for task in tasks {
+            outcomes.extend(task.await.expect("task"));
+        }
+        outcomes
+    });
+    let seqs: Vec<u64> = outcomes.into_iter().map(|o| o.expect("append").delivery.entry.seq).collect();
+    assert_eq!(seqs, (2..=ROOMS as u64 + 1).collect::<Vec<_>>(), "committed in the order submitted");
+    let after = store.stats();
+    assert_eq!(after.write_requests - before.write_requests, ROOMS as u64);
+    assert_eq!(after.write_transactions - before.write_transactions, 1, "one transaction for every ready append");
+    assert_eq!(after.inline_write_transactions - before.inline_write_transactions, 1, "committed on the rooms' thread");
+}
+
+/// SQLite's write lock held by another process (a second node on the same file) must not hold
+/// up the rooms' thread: the batch goes to the writer thread, which waits for the lock, while
+/// the rooms' thread goes on; the append commits once the lock is released.
+#[test]
+fn a_write_lock_held_elsewhere_sends_the_batch_to_the_writer_and_leaves_the_rooms_thread_free() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(SqliteStore::open(SqliteOptions { busy_timeout_ms: 120_000, ..options(&dir) }).expect("open"));
+    let setup_store = Arc::clone(&store);
+    let epoch = on_a_rooms_thread(async move { setup(setup_store.as_ref(), "r", &["a"]).await });
+    let before = store.stats();
+
+    let blocker = Connection::open(dir.path().join("palaver.db")).expect("open blocker");
+    blocker.execute_batch("BEGIN IMMEDIATE").expect("take the write lock");
+    let (free, thread_was_free) = std::sync::mpsc::channel();
+    let (released, lock_released) = tokio::sync::oneshot::channel::<()>();
+    let appending = Arc::clone(&store);
+    let rooms_thread = std::thread::spawn(move || {
+        on_a_rooms_thread(async move {
+            let append = tokio::spawn(async move { appending.append_batch(vec![text("r", epoch, "a", "m1")]).await });
+            // Blocked in `BEGIN` for the busy timeout, this thread would not get here.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            free.send(append.is_finished()).expect("report");
+            lock_released.await.expect("release");
+            append.await.expect("task")
+        })
+    });
+    let finished_early = thread_was_free
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the rooms' thread was blocked by another connection's write lock");
+    assert!(!finished_early, "an append cannot commit while another connection holds the lock");
+    blocker.execute_batch("COMMIT").expect("release the write lock");
+    released.send(()).expect("signal");
+    let outcomes = rooms_thread.join().expect("rooms' thread");
+    assert_eq!(outcomes.len(), 1);
+    assert_eq!(outcomes.into_iter().next().expect("one").expect("append").delivery.entry.seq, 2);
+    let after = store.stats();
+    assert_eq!(after.write_transactions - before.write_transactions, 1);
+    assert_eq!(after.inline_write_transactions, before.inline_write_transactions, "committed by the writer thread");
+}
+
 /// A lock held beyond the busy timeout is `Unavailable` (retryable), not a fault, and the store
 /// works again once the lock is gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,6 +11,10 @@
 //! so nothing is acknowledged before it is durable. Under load the batch grows by itself: while
 //! a commit syncs, new requests queue up and go into the next one.
 //!
+//! The writer's connection is shared with `inline`, which commits the rooms' appends on the
+//! rooms' own thread whenever neither this thread nor another process holds the write lock;
+//! what it cannot commit at once it queues here.
+//!
 //! Checkpointer: one thread that copies the WAL back into the database file (a `PASSIVE`
 //! checkpoint, which never waits for readers or blocks the writer) a few times a second after
 //! commits. The writer's own automatic checkpoint is off: it ran inside a commit whenever the
@@ -60,6 +64,8 @@ pub(super) fn sqlite_error(e: rusqlite::Error, doing: &str) -> StoreError {
 #[derive(Debug, Default)]
 pub(super) struct WriterCounters {
     pub transactions: AtomicU64,
+    /// Of `transactions`, those committed on the rooms' thread (see `inline`).
+    pub inline_transactions: AtomicU64,
     pub requests: AtomicU64,
     pub failed_transactions: AtomicU64,
 }
@@ -128,8 +134,12 @@ pub(super) struct BatchLimits {
 }
 
 /// The writer thread's loop: until every sender is gone, take a batch and commit it.
+///
+/// The connection is shared with [`InlineWriter`](super::inline::InlineWriter), which commits
+/// the rooms' appends on the rooms' thread while the lock is free; this thread holds it from
+/// `BEGIN` to the last reply of a batch.
 pub(super) fn writer_loop(
-    conn: Connection,
+    conn: Arc<Mutex<Connection>>,
     mut queue: mpsc::Receiver<Box<dyn WriteJob>>,
     limits: BatchLimits,
     counters: Arc<WriterCounters>,
@@ -150,34 +160,85 @@ pub(super) fn writer_loop(
             }
         }
         let jobs = std::mem::take(&mut batch);
-        let requests = jobs.len() as u64;
-        counters.requests.fetch_add(requests, Ordering::Relaxed);
-        // A panic (a failed debug assertion, a bug) drops the batch's reply senders, so every
-        // caller in it gets an error instead of an ack; the thread rolls back and carries on.
-        if catch_unwind(AssertUnwindSafe(|| commit_batch(&conn, jobs, &counters))).is_err() {
-            counters.failed_transactions.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(requests, "sqlite writer panicked inside a batch; its requests failed");
-            rollback(&conn);
+        counters.requests.fetch_add(jobs.len() as u64, Ordering::Relaxed);
+        let guard = lock_writer(&conn);
+        let begun = begin(&guard);
+        match begun {
+            Ok(()) => {
+                let done = commit_begun(&guard, jobs, &counters);
+                // Replies after the connection is free: a caller that hears back can find it so.
+                drop(guard);
+                done.reply();
+            }
+            Err(e) => {
+                drop(guard);
+                tracing::warn!(error = %e, requests = jobs.len(), "sqlite write batch could not start");
+                fail_all(jobs, e, &counters);
+            }
         }
     }
     tracing::debug!("sqlite writer stopped: every sender is gone");
 }
 
-/// Run one batch in one transaction; every job has its reply either way. The counters are
-/// updated before the replies go out, so a caller that got its reply sees them counted.
-fn commit_batch(conn: &Connection, mut jobs: Vec<Box<dyn WriteJob>>, counters: &WriterCounters) {
-    let failed = |jobs: Vec<Box<dyn WriteJob>>, e: StoreError| {
-        counters.failed_transactions.fetch_add(1, Ordering::Relaxed);
-        finish_all(jobs, Err(e));
-    };
-    // IMMEDIATE takes the write lock now, waiting up to the busy timeout for another process's
-    // writer. A DEFERRED transaction would take it at its first write, and if another process
-    // wrote in between, SQLite would have to fail it (SQLITE_BUSY_SNAPSHOT) without waiting.
-    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE").ctx("begin write transaction") {
-        tracing::warn!(error = %e, requests = jobs.len(), "sqlite write batch could not start");
-        failed(jobs, e);
-        return;
+/// The shared writer connection. A panic while it was held left no transaction open
+/// ([`commit_begun`] rolls back), so a poisoned lock is taken as it is.
+pub(super) fn lock_writer(conn: &Mutex<Connection>) -> std::sync::MutexGuard<'_, Connection> {
+    conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// `BEGIN IMMEDIATE`: takes the write lock now, waiting up to the connection's busy timeout for
+/// another process's writer. A DEFERRED transaction would take it at its first write, and if
+/// another process wrote in between, SQLite would have to fail it (SQLITE_BUSY_SNAPSHOT)
+/// without waiting.
+pub(super) fn begin(conn: &Connection) -> StoreResult<()> {
+    conn.execute_batch("BEGIN IMMEDIATE").ctx("begin write transaction")
+}
+
+/// Every job of a batch gets `e` as its reply, and the failure is counted.
+pub(super) fn fail_all(jobs: Vec<Box<dyn WriteJob>>, e: StoreError, counters: &WriterCounters) {
+    counters.failed_transactions.fetch_add(1, Ordering::Relaxed);
+    finish_all(jobs, Err(e));
+}
+
+/// A batch that is over: its jobs and the outcome they all reply with (see [`Done::reply`]).
+#[must_use = "the jobs' callers wait for their replies"]
+pub(super) struct Done {
+    jobs: Vec<Box<dyn WriteJob>>,
+    outcome: Result<(), StoreError>,
+}
+
+impl Done {
+    /// Whether the batch's transaction committed.
+    pub(super) fn committed(&self) -> bool {
+        self.outcome.is_ok()
     }
+
+    /// Send every job its reply: its own result if the batch committed, else the batch's error.
+    pub(super) fn reply(self) {
+        finish_all(self.jobs, self.outcome);
+    }
+}
+
+/// Run a batch in the transaction just begun and commit it (or roll it back); the replies are
+/// left to the caller, to send once it has let go of the connection. A panic (a failed debug
+/// assertion, a bug) drops the batch's reply senders, so every caller in it gets an error
+/// instead of an ack, and the transaction is rolled back. The counters are updated before
+/// anything replies, so a caller that got its reply sees them counted.
+pub(super) fn commit_begun(conn: &Connection, jobs: Vec<Box<dyn WriteJob>>, counters: &WriterCounters) -> Done {
+    let requests = jobs.len();
+    match catch_unwind(AssertUnwindSafe(|| run_and_commit(conn, jobs, counters))) {
+        Ok(done) => done,
+        Err(_) => {
+            counters.failed_transactions.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(requests, "sqlite writer panicked inside a batch; its requests failed");
+            rollback(conn);
+            // The jobs went with the panic; nothing is left to reply to.
+            Done { jobs: Vec::new(), outcome: Err(StoreError::Backend("sqlite: the writer panicked".into())) }
+        }
+    }
+}
+
+fn run_and_commit(conn: &Connection, mut jobs: Vec<Box<dyn WriteJob>>, counters: &WriterCounters) -> Done {
     for index in 0..jobs.len() {
         if let Err(e) = run_in_savepoint(conn, jobs[index].as_mut()) {
             // SQLite rolled the whole transaction back (it does so after I/O errors, a full
@@ -185,19 +246,20 @@ fn commit_batch(conn: &Connection, mut jobs: Vec<Box<dyn WriteJob>>, counters: &
             // batch's writes can be trusted to commit, so none is acknowledged.
             tracing::error!(error = %e, requests = jobs.len(), "sqlite write batch aborted");
             rollback(conn);
-            failed(jobs, e);
-            return;
+            counters.failed_transactions.fetch_add(1, Ordering::Relaxed);
+            return Done { jobs, outcome: Err(e) };
         }
     }
     match conn.execute_batch("COMMIT").ctx("commit write transaction") {
         Ok(()) => {
             counters.transactions.fetch_add(1, Ordering::Relaxed);
-            finish_all(jobs, Ok(()));
+            Done { jobs, outcome: Ok(()) }
         }
         Err(e) => {
             tracing::error!(error = %e, requests = jobs.len(), "sqlite write batch failed to commit");
             rollback(conn);
-            failed(jobs, e);
+            counters.failed_transactions.fetch_add(1, Ordering::Relaxed);
+            Done { jobs, outcome: Err(e) }
         }
     }
 }
