@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use protocol::{Cursor, Entry, ServerFrame};
 use ractor::{Actor, ActorRef};
@@ -210,13 +210,13 @@ impl Hub {
         for _ in 0..2 {
             let actor = self.room_actor(room).await?;
             let (reply, outcome) = oneshot::channel();
-            let message = RoomMessage::Append(command.take().expect("command present"), reply.into());
+            let message = RoomMessage::Append(command.take().expect("command present"), reply.into(), Instant::now());
             match actor.send_message(message) {
                 Ok(()) => return Ok(outcome),
                 Err(err) => {
                     self.forget_room(room, actor.get_id());
                     command = match err {
-                        ractor::MessagingErr::SendErr(RoomMessage::Append(command, _)) => Some(command),
+                        ractor::MessagingErr::SendErr(RoomMessage::Append(command, _, _)) => Some(command),
                         _ => return Err(StoreError::Unavailable(format!("room `{room}` is restarting"))),
                     };
                 }

@@ -106,8 +106,9 @@ metrics! {
     gauge presence_online_users,
     /// Typing and receipt frames sent to other nodes (one per node per event).
     counter ephemeral_pushes_sent_total,
-    /// Seconds an append waited in its room (owner node) before the room handed it to the
-    /// store: the commit before it was still running. Grows when one room is busy.
+    /// Seconds an append waited in its room (owner node), from being handed to the room actor
+    /// (its mailbox included) until the room handed it to the store: the commit before it was
+    /// still running. Grows when one room is busy.
     histogram append_wait_seconds,
     /// Seconds a room's batch of appends took in the store, from handed over to committed
     /// (group commit and sync to disk included). Grows with a slow disk or a busy store.

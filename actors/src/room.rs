@@ -56,8 +56,10 @@ pub struct AppendCommand {
 /// Messages of the room actor.
 pub enum RoomMessage {
     /// Append an entry; the reply carries the committed entry (or the original, for a retried
-    /// message id) or the store's refusal.
-    Append(AppendCommand, RpcReplyPort<Result<Appended, StoreError>>),
+    /// message id) or the store's refusal. The instant is when it was handed to the room: its
+    /// wait for the commit counts from there, the actor's mailbox included (the rooms' thread
+    /// may be busy committing when it arrives).
+    Append(AppendCommand, RpcReplyPort<Result<Appended, StoreError>>, Instant),
     /// Periodic: stop if idle for `limits.room_idle_ms`.
     IdleCheck,
 }
@@ -71,7 +73,7 @@ pub struct RoomArgs {
     pub room: String,
 }
 
-/// An append waiting for the committer, with where its outcome goes and when the room got it.
+/// An append waiting for the committer, with where its outcome goes and when it was handed to the room.
 type Pending = (AppendCommand, RpcReplyPort<Result<Appended, StoreError>>, Instant);
 
 pub struct RoomState {
@@ -115,12 +117,11 @@ impl Actor for RoomActor {
         state: &mut RoomState,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            RoomMessage::Append(command, reply) => {
+            RoomMessage::Append(command, reply, handed) => {
                 state.last_active = Instant::now();
                 // Unbounded, but bounded in practice: each session has at most
                 // `limits.max_inflight_per_connection` requests outstanding.
-                if let Err(mpsc::error::SendError((_, reply, _))) = state.commits.send((command, reply, Instant::now()))
-                {
+                if let Err(mpsc::error::SendError((_, reply, _))) = state.commits.send((command, reply, handed)) {
                     let _ = reply.send(Err(StoreError::Unavailable(format!("room `{}` is restarting", state.room))));
                 }
             }
