@@ -29,7 +29,7 @@ use std::time::Duration;
 use rusqlite::Connection;
 use tokio::sync::mpsc;
 
-use super::threads::{begin, commit_begun, fail_all, BatchLimits, WriteJob, WriterCounters};
+use super::threads::{begin, commit_begun, fail_to_begin, BatchLimits, Committer, WriteJob, WriterCounters};
 use crate::store::StoreError;
 
 thread_local! {
@@ -116,7 +116,7 @@ impl InlineWriter {
     fn split_batch(&self, jobs: &mut Vec<Box<dyn WriteJob>>) -> Vec<Box<dyn WriteJob>> {
         let mut bytes = 0;
         let mut take = 0;
-        while take < jobs.len() && take < self.limits.max_requests && bytes < self.limits.max_bytes {
+        while take < jobs.len() && self.limits.room_for(take, bytes) {
             bytes += jobs[take].cost_bytes();
             take += 1;
         }
@@ -132,26 +132,19 @@ impl InlineWriter {
             Err(TryLockError::WouldBlock) => return jobs,
         };
         let begun = without_waiting(&conn, self.busy_timeout, begin);
+        if let Err(StoreError::Unavailable(_)) = begun {
+            return jobs;
+        }
+        // Counted here, not when handed back: the writer thread counts what it takes.
+        self.counters.requests.fetch_add(jobs.len() as u64, Ordering::Relaxed);
         match begun {
-            Ok(()) => {
-                self.counters.requests.fetch_add(jobs.len() as u64, Ordering::Relaxed);
-                let done = commit_begun(&conn, jobs, &self.counters);
-                drop(conn);
-                if done.committed() {
-                    self.counters.inline_transactions.fetch_add(1, Ordering::Relaxed);
-                }
-                done.reply();
-                Vec::new()
-            }
-            Err(StoreError::Unavailable(_)) => jobs,
+            Ok(()) => commit_begun(conn, jobs, &self.counters, Committer::RoomsThread),
             Err(e) => {
                 drop(conn);
-                tracing::warn!(error = %e, requests = jobs.len(), "sqlite write batch could not start");
-                self.counters.requests.fetch_add(jobs.len() as u64, Ordering::Relaxed);
-                fail_all(jobs, e, &self.counters);
-                Vec::new()
+                fail_to_begin(jobs, e, &self.counters);
             }
         }
+        Vec::new()
     }
 
     async fn queue_all(&self, jobs: impl Iterator<Item = Box<dyn WriteJob>>) {

@@ -31,7 +31,7 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use rusqlite::{Connection, ErrorCode};
 use tokio::sync::{mpsc, oneshot};
@@ -133,11 +133,18 @@ pub(super) struct BatchLimits {
     pub max_bytes: usize,
 }
 
+impl BatchLimits {
+    /// Whether a batch of `requests` jobs and `bytes` of payload may take one more job.
+    pub fn room_for(&self, requests: usize, bytes: usize) -> bool {
+        requests < self.max_requests && bytes < self.max_bytes
+    }
+}
+
 /// The writer thread's loop: until every sender is gone, take a batch and commit it.
 ///
 /// The connection is shared with [`InlineWriter`](super::inline::InlineWriter), which commits
 /// the rooms' appends on the rooms' thread while the lock is free; this thread holds it from
-/// `BEGIN` to the last reply of a batch.
+/// `BEGIN` to `COMMIT`.
 pub(super) fn writer_loop(
     conn: Arc<Mutex<Connection>>,
     mut queue: mpsc::Receiver<Box<dyn WriteJob>>,
@@ -150,7 +157,7 @@ pub(super) fn writer_loop(
         batch.push(first);
         // Take what is already queued, without waiting: waiting for more would add latency
         // when idle, and under load the queue refills while the previous commit syncs.
-        while batch.len() < limits.max_requests && bytes < limits.max_bytes {
+        while limits.room_for(batch.len(), bytes) {
             match queue.try_recv() {
                 Ok(job) => {
                     bytes += job.cost_bytes();
@@ -161,19 +168,12 @@ pub(super) fn writer_loop(
         }
         let jobs = std::mem::take(&mut batch);
         counters.requests.fetch_add(jobs.len() as u64, Ordering::Relaxed);
-        let guard = lock_writer(&conn);
-        let begun = begin(&guard);
-        match begun {
-            Ok(()) => {
-                let done = commit_begun(&guard, jobs, &counters);
-                // Replies after the connection is free: a caller that hears back can find it so.
-                drop(guard);
-                done.reply();
-            }
+        let conn = lock_writer(&conn);
+        match begin(&conn) {
+            Ok(()) => commit_begun(conn, jobs, &counters, Committer::WriterThread),
             Err(e) => {
-                drop(guard);
-                tracing::warn!(error = %e, requests = jobs.len(), "sqlite write batch could not start");
-                fail_all(jobs, e, &counters);
+                drop(conn);
+                fail_to_begin(jobs, e, &counters);
             }
         }
     }
@@ -182,7 +182,7 @@ pub(super) fn writer_loop(
 
 /// The shared writer connection. A panic while it was held left no transaction open
 /// ([`commit_begun`] rolls back), so a poisoned lock is taken as it is.
-pub(super) fn lock_writer(conn: &Mutex<Connection>) -> std::sync::MutexGuard<'_, Connection> {
+pub(super) fn lock_writer(conn: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
     conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
@@ -194,51 +194,58 @@ pub(super) fn begin(conn: &Connection) -> StoreResult<()> {
     conn.execute_batch("BEGIN IMMEDIATE").ctx("begin write transaction")
 }
 
-/// Every job of a batch gets `e` as its reply, and the failure is counted.
-pub(super) fn fail_all(jobs: Vec<Box<dyn WriteJob>>, e: StoreError, counters: &WriterCounters) {
+/// A batch whose `BEGIN` failed: every job gets `e` as its reply, and the failure is counted.
+pub(super) fn fail_to_begin(jobs: Vec<Box<dyn WriteJob>>, e: StoreError, counters: &WriterCounters) {
+    tracing::warn!(error = %e, requests = jobs.len(), "sqlite write batch could not start");
     counters.failed_transactions.fetch_add(1, Ordering::Relaxed);
     finish_all(jobs, Err(e));
 }
 
-/// A batch that is over: its jobs and the outcome they all reply with (see [`Done::reply`]).
-#[must_use = "the jobs' callers wait for their replies"]
-pub(super) struct Done {
+/// Which thread runs a batch's transaction: it is counted as such.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Committer {
+    WriterThread,
+    /// The rooms' thread, through `inline`.
+    RoomsThread,
+}
+
+/// Run a batch in the transaction just begun on the held connection and commit it (or roll it
+/// back), then let the connection go and send every job its reply: a caller that hears back
+/// finds the connection free. A panic (a failed debug assertion, a bug) drops the batch's
+/// reply senders, so every caller in it gets an error instead of an ack, and the transaction
+/// is rolled back. The counters are updated before anything replies, so a caller that got its
+/// reply sees them counted.
+pub(super) fn commit_begun(
+    conn: MutexGuard<'_, Connection>,
     jobs: Vec<Box<dyn WriteJob>>,
-    outcome: Result<(), StoreError>,
-}
-
-impl Done {
-    /// Whether the batch's transaction committed.
-    pub(super) fn committed(&self) -> bool {
-        self.outcome.is_ok()
-    }
-
-    /// Send every job its reply: its own result if the batch committed, else the batch's error.
-    pub(super) fn reply(self) {
-        finish_all(self.jobs, self.outcome);
-    }
-}
-
-/// Run a batch in the transaction just begun and commit it (or roll it back); the replies are
-/// left to the caller, to send once it has let go of the connection. A panic (a failed debug
-/// assertion, a bug) drops the batch's reply senders, so every caller in it gets an error
-/// instead of an ack, and the transaction is rolled back. The counters are updated before
-/// anything replies, so a caller that got its reply sees them counted.
-pub(super) fn commit_begun(conn: &Connection, jobs: Vec<Box<dyn WriteJob>>, counters: &WriterCounters) -> Done {
+    counters: &WriterCounters,
+    committer: Committer,
+) {
     let requests = jobs.len();
-    match catch_unwind(AssertUnwindSafe(|| run_and_commit(conn, jobs, counters))) {
-        Ok(done) => done,
+    let replies = match catch_unwind(AssertUnwindSafe(|| run_and_commit(&conn, jobs, counters, committer))) {
+        Ok(replies) => Some(replies),
         Err(_) => {
             counters.failed_transactions.fetch_add(1, Ordering::Relaxed);
             tracing::error!(requests, "sqlite writer panicked inside a batch; its requests failed");
-            rollback(conn);
-            // The jobs went with the panic; nothing is left to reply to.
-            Done { jobs: Vec::new(), outcome: Err(StoreError::Backend("sqlite: the writer panicked".into())) }
+            rollback(&conn);
+            None
         }
+    };
+    drop(conn);
+    if let Some((jobs, outcome)) = replies {
+        finish_all(jobs, outcome);
     }
 }
 
-fn run_and_commit(conn: &Connection, mut jobs: Vec<Box<dyn WriteJob>>, counters: &WriterCounters) -> Done {
+/// The batch's jobs and the outcome they all reply with.
+type Replies = (Vec<Box<dyn WriteJob>>, Result<(), StoreError>);
+
+fn run_and_commit(
+    conn: &Connection,
+    mut jobs: Vec<Box<dyn WriteJob>>,
+    counters: &WriterCounters,
+    committer: Committer,
+) -> Replies {
     for index in 0..jobs.len() {
         if let Err(e) = run_in_savepoint(conn, jobs[index].as_mut()) {
             // SQLite rolled the whole transaction back (it does so after I/O errors, a full
@@ -247,19 +254,22 @@ fn run_and_commit(conn: &Connection, mut jobs: Vec<Box<dyn WriteJob>>, counters:
             tracing::error!(error = %e, requests = jobs.len(), "sqlite write batch aborted");
             rollback(conn);
             counters.failed_transactions.fetch_add(1, Ordering::Relaxed);
-            return Done { jobs, outcome: Err(e) };
+            return (jobs, Err(e));
         }
     }
     match conn.execute_batch("COMMIT").ctx("commit write transaction") {
         Ok(()) => {
             counters.transactions.fetch_add(1, Ordering::Relaxed);
-            Done { jobs, outcome: Ok(()) }
+            if committer == Committer::RoomsThread {
+                counters.inline_transactions.fetch_add(1, Ordering::Relaxed);
+            }
+            (jobs, Ok(()))
         }
         Err(e) => {
             tracing::error!(error = %e, requests = jobs.len(), "sqlite write batch failed to commit");
             rollback(conn);
             counters.failed_transactions.fetch_add(1, Ordering::Relaxed);
-            Done { jobs, outcome: Err(e) }
+            (jobs, Err(e))
         }
     }
 }
