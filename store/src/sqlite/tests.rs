@@ -9,8 +9,8 @@ use rusqlite::Connection;
 use tempfile::TempDir;
 
 use super::{ops, schema, SqliteOptions, SqliteStore};
-use crate::store::conformance::{conformance_tests, Fixture};
-use crate::store::{AppendRequest, Epoch, HistoryPage, MembershipLimits, NewRoom, Recipients, Store, StoreError};
+use crate::conformance::{conformance_tests, Fixture};
+use crate::{AppendRequest, Epoch, HistoryPage, MembershipLimits, NewRoom, Recipients, Store, StoreError};
 
 async fn fresh_store() -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -420,7 +420,7 @@ fn query_plan(conn: &Connection, sql: &str) -> Vec<String> {
 
 /// Throughput of appends with 32 concurrent senders, for a 1-member and a 100-member room.
 /// Prints figures and asserts nothing about them. For meaningful numbers run it optimised:
-/// `cargo test --release -p actors sqlite::tests::append_throughput -- --nocapture`.
+/// `cargo test --release -p store sqlite::tests::append_throughput -- --nocapture`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn append_throughput() {
     for (members, appends) in [(1usize, 4_000usize), (100, 1_000)] {
