@@ -25,7 +25,7 @@
 //! the node's main runtime (`room/runtime.rs` says why and what it bought).
 //!
 //! It holds no state the store does not have, so it stops after `limits.room_idle_ms` without
-//! work and is spawned again when needed. Local-only (shared/DESIGN.md §3): rooms are never
+//! work and is spawned again when needed. Local-only (docs/DESIGN.md §3): rooms are never
 //! registered with the cluster; the hub addresses them.
 
 use std::sync::atomic::{AtomicBool, Ordering};
