@@ -47,7 +47,15 @@ pub fn palaver_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test> → target/<profile>/palaver
     let profile_dir = exe.parent().and_then(Path::parent).expect("target profile directory");
-    profile_dir.join("palaver")
+    let binary = profile_dir.join("palaver");
+    // `cargo test` builds the test crates, not another package's binary: say how to get it.
+    assert!(
+        binary.exists(),
+        "the palaver binary is not built at {}: run `cargo build -p node --bin palaver` (with the same \
+         profile and CARGO_TARGET_DIR) before the black-box tests, or set PALAVER_BIN",
+        binary.display()
+    );
+    binary
 }
 
 /// How to start a node.
