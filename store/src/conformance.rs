@@ -72,6 +72,7 @@ macro_rules! conformance_tests {
             leave_reaches_the_leaver_then_ends_membership,
             non_member_cannot_send,
             refused_appends_do_not_disturb_others,
+            a_batch_is_its_appends_one_after_another,
             history_pages_both_ways,
             user_log_pages_by_cursor,
             trim_raises_the_floor,
@@ -769,6 +770,68 @@ pub async fn refused_appends_do_not_disturb_others(store: Arc<dyn Store>) {
     assert_eq!(history.iter().filter(|e| e.id == "retried").count(), 1);
     assert!(whole_log(store.as_ref(), "outsider").await.is_empty());
     assert_eq!(store.members("r").await.expect("members"), vec!["a", "b"]);
+}
+
+/// `append_batch` has the effect of its appends one after another: seqs follow on, each
+/// refusal is that append's alone, a duplicate in the batch (of an earlier send or of one in
+/// the same batch) returns the original, a join's member is a recipient of what follows it
+/// and a leaver is not, and every recipient's log holds each entry once.
+pub async fn a_batch_is_its_appends_one_after_another(store: Arc<dyn Store>) {
+    users(store.as_ref(), &["a", "b", "c", "outsider"]).await;
+    let epoch = room_with(store.as_ref(), "r", &["a", "b"], false).await;
+    let start = last_seq(store.as_ref(), "r").await;
+    let first = send(store.as_ref(), text("r", epoch, "a", "earlier", "before the batch")).await;
+    let batch = vec![
+        text("r", epoch, "a", "m1", "one"),
+        text("r", epoch, "outsider", "x1", "refused"),
+        text("r", epoch, "a", "earlier", "before the batch"),
+        join("r", epoch, "a", "c", "join-c"),
+        text("r", epoch, "c", "m2", "from the joiner"),
+        text("r", epoch, "a", "m1", "one"),
+        leave("r", epoch, "b", "leave-b"),
+        text("r", epoch, "a", "m3", "after b left"),
+        text("r", epoch - 1, "a", "stale", "fenced"),
+    ];
+    let outcomes = store.append_batch(batch).await;
+    assert_eq!(outcomes.len(), 9);
+    let seq_of = |i: usize| match &outcomes[i] {
+        Ok(appended) if !appended.duplicate => appended.delivery.entry.seq,
+        other => panic!("append {i} is not a new entry: {other:?}"),
+    };
+    assert_eq!(seq_of(0), start + 2);
+    assert!(matches!(outcomes[1], Err(StoreError::NotMember { .. })), "{:?}", outcomes[1]);
+    let retried = outcomes[2].as_ref().expect("a retry of an earlier send");
+    assert!(retried.duplicate && retried.delivery.entry.seq == first.delivery.entry.seq);
+    assert_eq!(seq_of(3), start + 3);
+    assert_eq!(seq_of(4), start + 4);
+    let again = outcomes[5].as_ref().expect("a retry within the batch");
+    assert!(again.duplicate && again.delivery.entry.seq == start + 2);
+    assert_eq!(seq_of(6), start + 5);
+    assert_eq!(seq_of(7), start + 6);
+    assert!(matches!(outcomes[8], Err(StoreError::Fenced { .. })), "{:?}", outcomes[8]);
+    for (i, outcome) in outcomes.iter().enumerate() {
+        if let Ok(appended) = outcome {
+            if !appended.duplicate {
+                assert_delivered(store.as_ref(), &appended.delivery).await;
+                let recipients: BTreeSet<&str> = appended.delivery.recipients.users().collect();
+                let expected: BTreeSet<&str> = match i {
+                    0 => ["a", "b"].into(),
+                    3 | 4 | 6 => ["a", "b", "c"].into(),
+                    _ => ["a", "c"].into(),
+                };
+                assert_eq!(recipients, expected, "recipients of append {i}");
+            }
+        }
+    }
+    let history = whole_history(store.as_ref(), "r").await;
+    assert_eq!(seqs(&history), (1..=start + 6).collect::<Vec<_>>());
+    assert_eq!(history.iter().filter(|e| e.id == "m1").count(), 1);
+    assert_eq!(member_set(store.as_ref(), "r").await, BTreeSet::from(["a".to_string(), "c".to_string()]));
+    for user in ["a", "b", "c"] {
+        let log = whole_log(store.as_ref(), user).await;
+        let cursors: Vec<u64> = log.iter().map(|entry| entry.cursor).collect();
+        assert_eq!(cursors, (1..=cursors.len() as u64).collect::<Vec<_>>(), "{user}'s log is dense");
+    }
 }
 
 // Reading logs.

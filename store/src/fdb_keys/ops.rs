@@ -28,14 +28,18 @@
 //! - `mark_read` is idempotent; a retried `trim_user_log` leaves the same floor but may count
 //!   0 dropped entries; a retried `revoke_tokens` bumps once more, which only revokes more.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use protocol::{Cursor, Entry, EntryKind};
 
-use super::kv::{corrupt, Attempt, KvDb, KvTxn, TxnResult};
+use super::kv::{corrupt, Attempt, KvDb, KvTxn, TxnError, TxnResult};
 use super::layout::Keyspace;
-use super::limits::{auto_trim_through, history_scan, page_rows, split_page, trim_plan, WriteSet, RECOVERY_SCAN_ROWS};
+use super::limits::{
+    auto_trim_through, history_scan, page_rows, split_page, trim_plan, WriteSet, RECOVERY_SCAN_ROWS,
+    TRANSACTION_BYTES_BUDGET,
+};
 use super::values::{
     decode_u64, encode_u64, AccountValue, CodecError, EntryValue, MembershipValue, OwnerValue, Pointer, RoomHead,
     RoomMeta, UserHead,
@@ -220,9 +224,11 @@ async fn recover_recipients<X: KvTxn>(
     room: &str,
     seq: u64,
     candidates: &[String],
+    maybe: &[String],
 ) -> R<Vec<(String, Cursor)>, X> {
     let mut recipients = Vec::with_capacity(candidates.len());
-    for user in candidates {
+    let maybe = maybe.iter().filter(|user| !candidates.contains(user));
+    for (user, expected) in candidates.iter().map(|user| (user, true)).chain(maybe.map(|user| (user, false))) {
         let rows = t.get_range(&ks.user_log_after(user, 0), Some(RECOVERY_SCAN_ROWS), true).await?;
         let mut found = None;
         for (key, value) in rows {
@@ -234,7 +240,10 @@ async fn recover_recipients<X: KvTxn>(
         }
         match found {
             Some(cursor) => recipients.push((user.clone(), cursor)),
-            None => tracing::warn!(room, seq, user, "recovered delivery: pointer not found near the log head"),
+            None if expected => {
+                tracing::warn!(room, seq, user, "recovered delivery: pointer not found near the log head")
+            }
+            None => {}
         }
     }
     Ok(recipients)
@@ -416,7 +425,7 @@ async fn recover_creation<X: KvTxn>(
         let recipients = if in_room_log_only(large_since, seq) {
             Recipients::Members(everyone.clone())
         } else {
-            Recipients::Logs(recover_recipients(t, ks, &room.id, seq, &names).await?)
+            Recipients::Logs(recover_recipients(t, ks, &room.id, seq, &names, &[]).await?)
         };
         deliveries.push(Delivery { entry, recipients });
     }
@@ -476,6 +485,8 @@ struct AppendContext<'a> {
     /// Drawn once per call, stored in the entry: how a retry recognises its own commit.
     writer: u64,
     attempt: Attempt,
+    /// Bytes this append wrote to the transaction (a batch stops filling one at its budget).
+    spent: AtomicUsize,
 }
 
 async fn append<X: KvTxn>(t: &X, cx: &AppendContext<'_>) -> R<Appended, X> {
@@ -530,6 +541,83 @@ async fn append<X: KvTxn>(t: &X, cx: &AppendContext<'_>) -> R<Appended, X> {
             commit_entry(t, cx, state, writes, Some(user)).await
         }
     }
+}
+
+impl<D: KvDb> KvStore<D> {
+    /// One transaction of [`Store::append_batch`]: appends of one room from the start of
+    /// `requests` until the transaction's budget is spent; one outcome for each one taken.
+    async fn append_some(&self, requests: &[AppendRequest]) -> StoreResult<Vec<StoreResult<Appended>>> {
+        let (ks, max_entries) = (&self.keys, self.user_log_max_entries);
+        let writers: Vec<u64> = requests.iter().map(|_| rand::random()).collect();
+        let writers = &writers;
+        self.db
+            .transact("append batch", |t, attempt| async move {
+                // After `commit_unknown_result` the batch committed whole or not at all: find
+                // the entries it wrote by their writer numbers, among the room's newest.
+                let mine = if attempt.maybe_committed {
+                    batch_entries(&t, ks, &requests[0].room, writers).await?
+                } else {
+                    Vec::new()
+                };
+                let mut outcomes = Vec::with_capacity(requests.len());
+                let mut spent = 0usize;
+                for (request, &writer) in requests.iter().zip(writers) {
+                    if spent >= TRANSACTION_BYTES_BUDGET {
+                        break;
+                    }
+                    let found = mine.iter().find(|(_, found_writer, _)| *found_writer == writer);
+                    if let Some((entry, _, large_since)) = found {
+                        let left: Vec<String> = mine
+                            .iter()
+                            .filter(|(other, _, _)| other.kind == EntryKind::Leave && other.seq > entry.seq)
+                            .filter_map(|(other, _, _)| other.user.clone())
+                            .collect();
+                        outcomes.push(Ok(recovered_among(&t, ks, entry.clone(), *large_since, &left).await?));
+                        continue;
+                    }
+                    let cx = AppendContext {
+                        ks,
+                        request,
+                        max_entries,
+                        writer,
+                        attempt: Attempt::default(),
+                        spent: AtomicUsize::new(0),
+                    };
+                    match append(&t, &cx).await {
+                        Ok(appended) => outcomes.push(Ok(appended)),
+                        // An answer for this request alone: it wrote nothing.
+                        Err(TxnError::Store(err)) => outcomes.push(Err(err)),
+                        Err(kv) => return Err(kv),
+                    }
+                    spent += cx.spent.load(Ordering::Relaxed);
+                }
+                Ok(outcomes)
+            })
+            .await
+    }
+}
+
+/// The entries among the room's newest `writers.len()` that one of `writers` wrote, with each
+/// one's writer and the room's `large_since`.
+async fn batch_entries<X: KvTxn>(
+    t: &X,
+    ks: &Keyspace,
+    room: &str,
+    writers: &[u64],
+) -> R<Vec<(Entry, u64, Option<u64>)>, X> {
+    let mut writes = WriteSet::new();
+    let state = require_room(t, ks, room, &mut writes).await?;
+    let last = state.head.last_seq;
+    let first = last.saturating_sub(writers.len() as u64).max(1);
+    let mut found = Vec::new();
+    for seq in (first..=last).rev() {
+        if let Some((entry, writer)) = entry_at(t, ks, room, seq).await? {
+            if writers.contains(&writer) {
+                found.push((entry, writer, state.meta.large_since));
+            }
+        }
+    }
+    Ok(found)
 }
 
 /// The rules of a join, in the SQLite backend's order.
@@ -684,6 +772,7 @@ async fn commit_entry<X: KvTxn>(
     }
     writes.set(ks.room_head(room), head.encode());
     writes.check("append")?;
+    cx.spent.store(writes.bytes(), Ordering::Relaxed);
     t.apply(writes);
     debug_assert_eq!(seq, state.head.last_seq + 1, "room {room} seq must follow its last seq");
     Ok(Appended { delivery: Delivery { entry: value.into_entry(room, seq), recipients }, duplicate: false })
@@ -694,6 +783,18 @@ async fn commit_entry<X: KvTxn>(
 /// room's as stored now (the earlier attempt's switch included): an entry it covers reached
 /// the members without a cursor, so no log is searched.
 async fn recovered<X: KvTxn>(t: &X, ks: &Keyspace, entry: Entry, large_since: Option<u64>) -> R<Appended, X> {
+    recovered_among(t, ks, entry, large_since, &[]).await
+}
+
+/// [`recovered`], looking for the entry's pointer also in the logs of `maybe`: users who were
+/// members when it was written but may not be any more (a batch's later leaves).
+async fn recovered_among<X: KvTxn>(
+    t: &X,
+    ks: &Keyspace,
+    entry: Entry,
+    large_since: Option<u64>,
+    maybe: &[String],
+) -> R<Appended, X> {
     if in_room_log_only(large_since, entry.seq) {
         // The room's owner names a large room's recipients.
         return Ok(Appended { delivery: Delivery { entry, recipients: Recipients::Unnamed }, duplicate: false });
@@ -704,7 +805,7 @@ async fn recovered<X: KvTxn>(t: &X, ks: &Keyspace, entry: Entry, large_since: Op
         // The leaver got the entry before the membership ended.
         candidates.extend(entry.user.clone());
     }
-    let recipients = Recipients::Logs(recover_recipients(t, ks, &entry.room, entry.seq, &candidates).await?);
+    let recipients = Recipients::Logs(recover_recipients(t, ks, &entry.room, entry.seq, &candidates, maybe).await?);
     Ok(Appended { delivery: Delivery { entry, recipients }, duplicate: false })
 }
 
@@ -917,9 +1018,40 @@ impl<D: KvDb> Store for KvStore<D> {
         let writer: u64 = rand::random();
         self.db
             .transact("append", |t, attempt| async move {
-                append(&t, &AppendContext { ks, request, max_entries, writer, attempt }).await
+                let spent = AtomicUsize::new(0);
+                append(&t, &AppendContext { ks, request, max_entries, writer, attempt, spent }).await
             })
             .await
+    }
+
+    /// A room's waiting appends in as few transactions as fit FoundationDB's limits: each
+    /// transaction takes appends in order until it has written `TRANSACTION_BYTES_BUDGET`
+    /// bytes (the last one may pass it by at most its own size, itself within the budget, so
+    /// a transaction stays far under FoundationDB's 10 MB). Appends of one transaction see
+    /// each other's writes (seqs follow on), a refused one writes nothing and the rest go on,
+    /// and the transaction commits them together: one commit's latency for the whole batch.
+    async fn append_batch(&self, requests: Vec<AppendRequest>) -> Vec<StoreResult<Appended>> {
+        let one_room = requests.windows(2).all(|pair| pair[0].room == pair[1].room);
+        if requests.len() < 2 || !one_room {
+            let mut outcomes = Vec::with_capacity(requests.len());
+            for request in requests {
+                outcomes.push(self.append(request).await);
+            }
+            return outcomes;
+        }
+        let mut outcomes = Vec::with_capacity(requests.len());
+        while outcomes.len() < requests.len() {
+            let rest = &requests[outcomes.len()..];
+            match self.append_some(rest).await {
+                Ok(done) => outcomes.extend(done),
+                Err(err) => {
+                    // Unknown or failed commit: none of these is acknowledged; the clients
+                    // retry with the same message ids and the dedup index sorts them out.
+                    outcomes.extend(rest.iter().map(|_| Err(err.clone())));
+                }
+            }
+        }
+        outcomes
     }
 
     async fn history(&self, room: &str, page: HistoryPage, limit: u32) -> StoreResult<(Vec<Entry>, bool)> {
