@@ -25,8 +25,8 @@ use protocol::{Cursor, Entry, EntryKind, RoomKind};
 
 use crate::store::sqlite::is_dense;
 use crate::store::{
-    AppendRequest, Appended, Delivery, Epoch, HistoryPage, LogBounds, LogEntry, MembershipLimits, MyRoom, NewRoom, PresenceNote,
-    Recipients, Store, StoreError,
+    AppendRequest, Appended, Delivery, Epoch, HistoryPage, LogBounds, LogEntry, MembershipLimits, MyRoom, NewRoom,
+    PresenceNote, Recipients, Store, StoreError,
 };
 
 /// A fresh, empty store for one case, and whatever must live as long as it (a temporary
