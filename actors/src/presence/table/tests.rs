@@ -291,3 +291,20 @@ fn a_change_undone_before_the_flush_is_not_reported() {
     let (changes, reported) = a.flush(t0, 1_300);
     assert_eq!((changes.len(), reported), (1, vec![]));
 }
+
+#[test]
+fn a_reconnect_elsewhere_before_a_node_is_counted_dead_is_seen_by_no_one() {
+    let t0 = Instant::now();
+    let (mut a, mut b) = pair(t0);
+    let mut seq_b = 0;
+    // alice on b, with a status; b's process dies (nothing more comes from it).
+    b.connected("alice");
+    b.set_state("alice", false, Some("on the move".into()), 2_000);
+    flush_to(&mut b, &mut a, &mut seq_b, t0, 2_000);
+    // Her client reconnects to a before a counts b dead.
+    assert!(!a.connected("alice"));
+    let (changes, reported) = a.flush(t0, 2_100);
+    assert_eq!((changes.len(), reported), (1, vec![]));
+    assert_eq!(a.node_down("b", 3_000), vec![]);
+    assert_eq!(shown(&a, "alice"), (PresenceState::Online, Some("on the move".into())));
+}
