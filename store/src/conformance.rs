@@ -26,7 +26,7 @@ use protocol::{Cursor, Entry, EntryKind, RoomKind};
 use crate::sqlite::is_dense;
 use crate::{
     AppendRequest, Appended, Delivery, Epoch, HistoryPage, LogBounds, LogEntry, MembershipLimits, MyRoom, NewRoom,
-    Recipients, Store, StoreError,
+    PresenceNote, Recipients, Store, StoreError,
 };
 
 /// A fresh, empty store for one case, and whatever must live as long as it (a temporary
@@ -54,6 +54,7 @@ macro_rules! conformance_tests {
             accounts_create_and_read,
             create_user_twice_is_user_exists,
             revoke_tokens_bumps_the_epoch,
+            presence_notes_keep_the_newest_setting,
             unknown_users_and_rooms_are_errors,
             create_room_writes_one_join_per_member,
             create_room_twice_returns_the_existing_room,
@@ -297,6 +298,28 @@ pub async fn revoke_tokens_bumps_the_epoch(store: Arc<dyn Store>) {
     let bob = store.user("bob").await.expect("read").expect("exists");
     assert_eq!(bob.token_epoch, before, "revoking alice's tokens changed bob's");
     assert_eq!(store.revoke_tokens("ghost").await, Err(StoreError::NoSuchUser("ghost".into())));
+}
+
+/// A presence note is kept per user; of two settings the later one stays, whichever order they
+/// are written in (nodes write them without coordinating); a cleared status is kept as cleared.
+pub async fn presence_notes_keep_the_newest_setting(store: Arc<dyn Store>) {
+    let store = store.as_ref();
+    users(store, &["alice", "bob"]).await;
+    let note = |status: Option<&str>, set_ms: u64| PresenceNote { status: status.map(String::from), set_ms };
+    assert_eq!(store.presence_note("alice").await, Ok(None));
+    store.set_presence_note("alice", note(Some("on a train"), TS + 10)).await.expect("set");
+    assert_eq!(store.presence_note("alice").await, Ok(Some(note(Some("on a train"), TS + 10))));
+    // An older setting that arrives late, and one as old, change nothing.
+    store.set_presence_note("alice", note(Some("stale"), TS + 5)).await.expect("set older");
+    store.set_presence_note("alice", note(Some("same time"), TS + 10)).await.expect("set as old");
+    assert_eq!(store.presence_note("alice").await, Ok(Some(note(Some("on a train"), TS + 10))));
+    // A newer one replaces it, a cleared status included.
+    store.set_presence_note("alice", note(None, TS + 20)).await.expect("clear");
+    assert_eq!(store.presence_note("alice").await, Ok(Some(note(None, TS + 20))));
+    assert_eq!(store.presence_note("bob").await, Ok(None), "alice's note is not bob's");
+    let ghost = Err(StoreError::NoSuchUser("ghost".into()));
+    assert_eq!(store.presence_note("ghost").await, ghost);
+    assert_eq!(store.set_presence_note("ghost", note(Some("boo"), TS)).await, ghost.map(|_: Option<PresenceNote>| ()));
 }
 
 /// Unknown rooms and users give the documented errors (or `None`), never empty successes.

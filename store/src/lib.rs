@@ -48,6 +48,16 @@ pub struct UserRecord {
     pub created_ms: u64,
 }
 
+/// The presence status text a user set last, and when (ms since the Unix epoch). Kept so the
+/// text a user chose survives every node restarting; whether they are away is not kept (a
+/// user coming back after being offline starts `online`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceNote {
+    /// `None` when the user cleared it.
+    pub status: Option<String>,
+    pub set_ms: u64,
+}
+
 /// A room as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoomRecord {
@@ -256,6 +266,11 @@ pub trait Store: Send + Sync + 'static {
     async fn user(&self, name: &str) -> StoreResult<Option<UserRecord>>;
     /// Bump the user's token epoch (revoking every token issued before) and return the new one.
     async fn revoke_tokens(&self, name: &str) -> StoreResult<u64>;
+    /// Keep `note` as the user's presence note unless the one stored was set later
+    /// (`set_ms` greater or equal): nodes write in any order and the newest setting stays.
+    async fn set_presence_note(&self, user: &str, note: PresenceNote) -> StoreResult<()>;
+    /// The user's presence note, if they ever set one. `NoSuchUser` for an unknown user.
+    async fn presence_note(&self, user: &str) -> StoreResult<Option<PresenceNote>>;
 
     // Rooms.
     /// Create a room with its initial members (a join entry each). If a room with this id

@@ -5,7 +5,7 @@
 //! `Arc<dyn Store>`. It owns one writer thread and a few reader threads (see `threads`); no
 //! SQLite call ever runs on the async runtime.
 //!
-//! # Schema (version 2, kept in `PRAGMA user_version`)
+//! # Schema (version 3, kept in `PRAGMA user_version`)
 //!
 //! One table per concept. Names (user names, room ids) are interned to integer ids once, in
 //! `users` and `rooms`, so the tables that grow with traffic (`entries`, `user_log`) carry small
@@ -20,6 +20,7 @@
 //! | `rooms`     | `rid` (rowid); `id` unique                  | name, kind, `last_seq`, member count, owner, epoch, `large_since` |
 //! | `members`   | (`rid`, `uid`), WITHOUT ROWID; (`uid`, `rid`) | `joined_seq`, `read_seq`             |
 //! | `entries`   | `eid` (rowid); unique (`rid`, `seq`); unique (`rid`, `sender`, `id`) where text | room logs |
+//! | `presence_notes` | `uid` (rowid)                          | the status text a user set last, `set_ms` |
 //!
 //! Why this shape:
 //! - `rooms` holds everything an append must check or bump (epoch, `last_seq`, member count,
@@ -41,6 +42,8 @@
 //! - `large_since` (version 2) marks a large room and the seq from which its entries have no
 //!   `user_log` rows; an append of a large room reads the member names and writes only the
 //!   entry. NULL for every room of a version 1 file, which the migration leaves fanning out.
+//! - `presence_notes` (version 3) is apart from `users` so that setting a status rewrites a
+//!   small row and leaves the account row, with its password hash, alone.
 //! - Read positions live in the membership row: they exist exactly as long as the membership,
 //!   and `rooms_of` and `read_positions` get them with no extra lookup.
 //! - Foreign keys guard `members` and `user_logs`; the per-message tables have none (see
@@ -95,7 +98,7 @@ use self::inline::{inline_writes_allowed, InlineWriter};
 use self::threads::{sqlite_error, BatchLimits, Job, ReadJob, WriteJob, WriterCounters};
 use crate::{
     AppendRequest, Appended, Delivery, Epoch, HistoryPage, LogBounds, LogEntry, MembershipLimits, MyRoom, NewRoom,
-    RoomRecord, Store, StoreError, StoreResult, UserRecord, WriteStats,
+    PresenceNote, RoomRecord, Store, StoreError, StoreResult, UserRecord, WriteStats,
 };
 
 pub use self::invariants::{bounds_ordered, is_dense, read_within_room, seq_follows};
@@ -352,6 +355,17 @@ impl Store for SqliteStore {
     async fn revoke_tokens(&self, name: &str) -> StoreResult<u64> {
         let name = name.to_owned();
         self.write(REQUEST_OVERHEAD_BYTES + name.len(), move |conn| ops::revoke_tokens(conn, &name)).await
+    }
+
+    async fn set_presence_note(&self, user: &str, note: PresenceNote) -> StoreResult<()> {
+        let user = user.to_owned();
+        let cost = REQUEST_OVERHEAD_BYTES + user.len() + note.status.as_ref().map_or(0, String::len);
+        self.write(cost, move |conn| ops::set_presence_note(conn, &user, &note)).await
+    }
+
+    async fn presence_note(&self, user: &str) -> StoreResult<Option<PresenceNote>> {
+        let user = user.to_owned();
+        self.read(move |conn| ops::presence_note(conn, &user)).await
     }
 
     async fn create_room(

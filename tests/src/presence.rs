@@ -92,6 +92,15 @@ pub async fn no_change(client: &mut Client, user: &str, known: &UserPresence, wi
     }
 }
 
+/// No presence push for `user` at all within `within`, not even one that repeats what the
+/// watcher was told: a node pushes a watcher only what differs from what it last told it.
+pub async fn no_push(client: &mut Client, user: &str, within: Duration) -> anyhow::Result<()> {
+    if let Some(frame) = client.recv_matching_within(within, presence_of(user)).await? {
+        bail!("{:?}: a presence push for {user} where nothing changed: {frame:?}", client.user);
+    }
+    Ok(())
+}
+
 pub fn check_presence(p: &UserPresence, user: &str, state: PresenceState, status: Option<&str>) -> anyhow::Result<()> {
     ensure!(
         p.user == user && p.state == state && p.status.as_deref() == status,

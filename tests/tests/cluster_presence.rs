@@ -193,6 +193,170 @@ async fn a_user_on_two_nodes_stays_online_until_both_connections_go() -> anyhow:
     .await
 }
 
+/// [`options`] with another grace period.
+fn options_with_grace(grace_ms: u64) -> ClusterOptions {
+    let mut options = options();
+    options.env.retain(|(key, _)| key != "PRESENCE__GRACE_MS");
+    options.env.push(("PRESENCE__GRACE_MS".into(), grace_ms.to_string()));
+    options
+}
+
+/// `watcher` watches `user` and is told `state` with `status` by the list.
+async fn listed(watcher: &mut Client, user: &str, state: PresenceState, status: Option<&str>) -> anyhow::Result<()> {
+    let (list, _) = watch(watcher, &[user]).await?;
+    check_presence(&list[0], user, state, status).with_context(|| format!("{:?}'s fresh list", watcher.user))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn away_and_status_follow_the_user_to_a_second_node() -> anyhow::Result<()> {
+    let cluster = Cluster::start_with(2, options()).await?;
+    with_logs(&cluster, async {
+        let (mut dave, token) = user_at(&cluster, 0, Encoding::Json, "dave").await?;
+        let (mut bob, _) = user_at(&cluster, 1, Encoding::MessagePack, "bob").await?;
+        let room = create_room(&mut dave, "commute").await?;
+        join(&mut bob, &room).await?;
+        let known = watch_until_online(&mut bob, &["dave"]).await?.remove(0);
+        set_presence(&mut dave, Away, Some("on a train")).await?;
+        let away = next_change(&mut bob, "dave", &known).await?;
+        check_presence(&away, "dave", Away, Some("on a train"))?;
+
+        // A second connection, on bob's node: no one is told anything, and both nodes still
+        // list him away with his status.
+        let mut dave_n2 = connect_at(&cluster, 1, Encoding::MessagePack, &token).await?;
+        no_push(&mut bob, "dave", QUIET).await.context("dave's second connection, on n2")?;
+        listed(&mut bob, "dave", Away, Some("on a train")).await?;
+        listed(&mut dave_n2, "dave", Away, Some("on a train")).await?;
+
+        // The first connection goes: nothing changes either, during the grace or after it.
+        dave.close().await?;
+        no_push(&mut bob, "dave", QUIET).await.context("dave closed his connection on n1, kept n2's")?;
+        listed(&mut bob, "dave", Away, Some("on a train")).await?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_kept_after_the_grace_follows_the_user_to_another_node() -> anyhow::Result<()> {
+    let cluster = Cluster::start_with(2, options()).await?;
+    with_logs(&cluster, async {
+        let (mut dave, token) = user_at(&cluster, 0, Encoding::Json, "dave").await?;
+        let (mut bob, _) = user_at(&cluster, 1, Encoding::MessagePack, "bob").await?;
+        let room = create_room(&mut dave, "commute").await?;
+        join(&mut bob, &room).await?;
+        let known = watch_until_online(&mut bob, &["dave"]).await?.remove(0);
+        set_presence(&mut dave, Online, Some("on a bus")).await?;
+        let on_a_bus = next_change(&mut bob, "dave", &known).await?;
+        check_presence(&on_a_bus, "dave", Online, Some("on a bus"))?;
+
+        let closed_ms = now_ms();
+        dave.close().await?;
+        let offline = next_change(&mut bob, "dave", &on_a_bus).await?;
+        check_offline(&offline, "dave", closed_ms)?;
+        ensure!(offline.status.as_deref() == Some("on a bus"), "offline keeps the status: {offline:?}");
+
+        // Back, on n2 only.
+        let _dave_n2 = connect_at(&cluster, 1, Encoding::MessagePack, &token).await?;
+        let back = next_change(&mut bob, "dave", &offline).await?;
+        check_presence(&back, "dave", Online, Some("on a bus")).context("dave back on n2")?;
+        no_push(&mut bob, "dave", QUIET).await?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_on_another_node_within_the_grace_is_seen_by_no_one() -> anyhow::Result<()> {
+    const GRACE_MS: u64 = 3_000;
+    let cluster = Cluster::start_with(2, options_with_grace(GRACE_MS)).await?;
+    with_logs(&cluster, async {
+        let (mut alice, token) = user_at(&cluster, 0, Encoding::Json, "alice").await?;
+        let (mut bob, _) = user_at(&cluster, 1, Encoding::MessagePack, "bob").await?;
+        let (mut carol, _) = user_at(&cluster, 0, Encoding::MessagePack, "carol").await?;
+        let room = create_room(&mut alice, "flaky wifi").await?;
+        join(&mut bob, &room).await?;
+        join(&mut carol, &room).await?;
+        set_presence(&mut alice, Online, Some("back soon")).await?;
+        for watcher in [&mut bob, &mut carol] {
+            let mut known = watch_until_online(watcher, &["alice"]).await?.remove(0);
+            while known.status.is_none() {
+                known = next_change(watcher, "alice", &known).await?;
+            }
+            check_presence(&known, "alice", Online, Some("back soon"))?;
+        }
+
+        // Drop on n1, come back on n2 at once.
+        alice.close().await?;
+        let closed_at = Instant::now();
+        let _alice_n2 = connect_at(&cluster, 1, Encoding::Json, &token).await?;
+        let took = closed_at.elapsed();
+        ensure!(took < Duration::from_millis(GRACE_MS / 2), "the reconnect took {took:?}: too slow for the grace");
+
+        // Nothing is pushed, then or after n1's grace ran out.
+        no_push(&mut bob, "alice", Duration::from_millis(GRACE_MS) + QUIET).await.context("bob on n2")?;
+        no_push(&mut carol, "alice", Duration::from_millis(200)).await.context("carol on n1")?;
+        listed(&mut bob, "alice", Online, Some("back soon")).await?;
+        listed(&mut carol, "alice", Online, Some("back soon")).await?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_survives_every_node_restarting() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start_with(2, options()).await?;
+    let result = async {
+        let (mut dave, _) = user_at(&cluster, 0, Encoding::Json, "dave").await?;
+        let (mut bob, _) = user_at(&cluster, 1, Encoding::MessagePack, "bob").await?;
+        let room = create_room(&mut dave, "commute").await?;
+        join(&mut bob, &room).await?;
+        let known = watch_until_online(&mut bob, &["dave"]).await?.remove(0);
+        set_presence(&mut dave, Away, Some("on a train")).await?;
+        check_presence(&next_change(&mut bob, "dave", &known).await?, "dave", Away, Some("on a train"))?;
+        drop((dave, bob));
+
+        // Every node dies; two new ones open the same store and remember nothing.
+        cluster.kill(0).await?;
+        cluster.kill(1).await?;
+        let first = cluster.add_node().await?;
+        let second = cluster.add_node().await?;
+        let (_dave, _) = user_at(&cluster, first, Encoding::Json, "dave").await?;
+        let (mut bob, _) = user_at(&cluster, second, Encoding::MessagePack, "bob").await?;
+        // Back after being offline: online, not away, with the status he set.
+        let mut seen = watch_until_online(&mut bob, &["dave"]).await?.remove(0);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while seen.status.is_none() && Instant::now() < deadline {
+            match client_change(&mut bob, "dave", &seen, deadline).await? {
+                Some(next) => seen = next,
+                None => break,
+            }
+        }
+        check_presence(&seen, "dave", Online, Some("on a train")).context("dave after every node restarted")?;
+        listed(&mut bob, "dave", Online, Some("on a train")).await?;
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    result.map_err(|err| anyhow!("{err:#}\n{}", cluster.logs()))
+}
+
+/// The next presence push for `user` other than `known` before `deadline`, if any.
+async fn client_change(
+    client: &mut Client,
+    user: &str,
+    known: &UserPresence,
+    deadline: Instant,
+) -> anyhow::Result<Option<UserPresence>> {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match client.recv_matching_within(left, presence_of(user)).await? {
+            Some(ServerFrame::Presence { presence }) if presence == *known => continue,
+            Some(ServerFrame::Presence { presence }) => return Ok(Some(presence)),
+            Some(other) => bail!("not a presence frame: {other:?}"),
+            None => return Ok(None),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_a_node_turns_its_users_offline_elsewhere() -> anyhow::Result<()> {
     let mut cluster = Cluster::start_with(3, options()).await?;

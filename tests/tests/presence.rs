@@ -244,6 +244,10 @@ async fn a_fresh_connection_is_listed_online_at_once() -> anyhow::Result<()> {
         check_presence(&users[0], "bob", Online, None).context("bob, connected a moment ago, in alice's list")?;
         let (_, presence, _, online, _) = list_members(&mut alice, &room, None, None).await?;
         ensure!(online == 2, "list_members right after both connected: online {online}, {presence:?}");
+        // The flush that publishes bob's connection tells alice nothing: her list said so.
+        no_push(&mut alice, "bob", Duration::from_millis(2_500))
+            .await
+            .context("alice was listed bob online; the flush after his connect must not push it again")?;
         Ok(())
     })
     .await

@@ -1,4 +1,5 @@
-//! Presence, typing indicators and receipts: what is live about users, never stored.
+//! Presence, typing indicators and receipts: what is live about users (only a user's status
+//! text is also stored).
 //!
 //! - **Presence** lives in [`table::Table`], one per node, holding every node's records. A
 //!   ticker (every `presence.flush_ms`) publishes this node's changes: to the local connections
@@ -7,10 +8,16 @@
 //!   and a flapping connection costs nothing (the grace period absorbs it). Batches carry
 //!   sequence numbers; a node that missed one asks for a snapshot (see the table's docs), and a
 //!   heartbeat's `presence_seq` reveals a missed last batch.
+//! - **The state a user sets** (away, status) follows them to any node (see the table's docs).
+//!   The status text is also written to the store as the user's presence note, and read back
+//!   when the user comes back after being offline everywhere, so it survives every node
+//!   restarting; whether they were away does not (coming back starts `online`).
 //! - **Watching** is explicit: a connection names the users it wants (`watch_presence`), limited
 //!   to users it shares a room with, and at most `presence.max_watched`. Nothing is pushed to
 //!   anyone who did not ask, which is what keeps presence affordable in large deployments
-//!   (peers that push every member's changes to every member switch presence off there).
+//!   (peers that push every member's changes to every member switch presence off there). Each
+//!   watching connection is pushed a user's presence only when it differs from what that
+//!   connection was last told (its `presence_list` or an earlier push).
 //! - **Typing** and **receipts** are pushed to the room's members on whatever node they are:
 //!   to the nodes where the presence table says they have connections. Only in rooms of at most
 //!   `presence.room_max_members` members: each such event costs one push per member, and every
@@ -24,18 +31,19 @@ mod table;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use protocol::{ReceiptKind, ServerFrame, UserPresence};
 use serde::{Deserialize, Serialize};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::cluster::wire::{PresenceBatch, RouterMessage};
 use crate::cluster::{router_of, Cluster};
 use crate::hub::{Hub, Outbound, OutboundQueue};
 use crate::metrics::Metrics;
 use crate::names::now_ms;
+use crate::store::PresenceNote;
 use table::{Applied, Table};
 pub use table::{Change, Record};
 
@@ -95,10 +103,18 @@ impl PresenceSettings {
     }
 }
 
-/// A connection watching users: where its presence frames go.
+/// A connection watching a user.
+struct Watcher {
+    conn: u64,
+    queue: OutboundQueue,
+    /// What this connection was last told of the user (nothing yet: `None`).
+    told: Option<UserPresence>,
+}
+
+/// Connections watching users: where their presence frames go.
 #[derive(Default)]
 struct Watchers {
-    by_user: HashMap<String, Vec<(u64, OutboundQueue)>>,
+    by_user: HashMap<String, Vec<Watcher>>,
     by_conn: HashMap<u64, Vec<String>>,
 }
 
@@ -129,6 +145,8 @@ pub struct Presence {
     room_sizes: Mutex<HashMap<String, (u32, Instant)>>,
     /// When this node last asked each node for a snapshot (at most one a second each).
     wants: Mutex<HashMap<String, Instant>>,
+    /// The hub, for the store (presence notes); set by [`Presence::start`].
+    hub: OnceLock<Weak<Hub>>,
 }
 
 impl Presence {
@@ -147,11 +165,13 @@ impl Presence {
             typing: Mutex::new(HashMap::new()),
             room_sizes: Mutex::new(HashMap::new()),
             wants: Mutex::new(HashMap::new()),
+            hub: OnceLock::new(),
         }
     }
 
     /// Run the flush ticker while the hub lives.
     pub(crate) fn start(hub: &Arc<Hub>) {
+        let _ = hub.presence.hub.set(Arc::downgrade(hub));
         let hub = Arc::downgrade(hub);
         tokio::spawn(async move {
             let period = hub.upgrade().map_or(200, |hub| hub.presence.settings.flush_ms);
@@ -174,7 +194,32 @@ impl Presence {
     }
 
     pub(crate) fn connected(&self, user: &str) {
-        self.inner.lock().expect("presence lock").table.connected(user, now_ms());
+        let back = self.inner.lock().expect("presence lock").table.connected(user);
+        if back {
+            self.load_note(user);
+        }
+    }
+
+    /// The user came back after being offline everywhere this node knows of: read their stored
+    /// note, in case it is newer than what the cluster remembers (every node restarted, or the
+    /// records were dropped after `presence.last_seen_retention_ms`).
+    fn load_note(&self, user: &str) {
+        let Some(hub) = self.hub.get().cloned() else { return };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let user = user.to_string();
+        runtime.spawn(async move {
+            let Some(store) = hub.upgrade().map(|hub| hub.store.clone()) else { return };
+            match store.presence_note(&user).await {
+                Ok(Some(note)) => {
+                    if let Some(hub) = hub.upgrade() {
+                        let mut inner = hub.presence.inner.lock().expect("presence lock");
+                        inner.table.noted(&user, note.status, note.set_ms);
+                    }
+                }
+                Ok(None) => {}
+                Err(err) => warn!(user, %err, "could not read the presence note"),
+            }
+        });
     }
 
     pub(crate) fn disconnected(&self, user: &str, conn: u64) {
@@ -183,8 +228,21 @@ impl Presence {
     }
 
     /// `set_presence`; false if the user has no connection here (cannot happen for a session).
+    /// The status is stored as the user's note in the background: `ok` does not wait for it,
+    /// and the cluster's memory holds it meanwhile.
     pub fn set_state(&self, user: &str, away: bool, status: Option<String>) -> bool {
-        self.inner.lock().expect("presence lock").table.set_state(user, away, status, now_ms())
+        let set_ms = self.inner.lock().expect("presence lock").table.set_state(user, away, status.clone(), now_ms());
+        let Some(set_ms) = set_ms else { return false };
+        if let (Some(hub), Ok(runtime)) = (self.hub.get().cloned(), tokio::runtime::Handle::try_current()) {
+            let user = user.to_string();
+            runtime.spawn(async move {
+                let Some(store) = hub.upgrade().map(|hub| hub.store.clone()) else { return };
+                if let Err(err) = store.set_presence_note(&user, PresenceNote { status, set_ms }).await {
+                    warn!(user, %err, "could not store the presence note");
+                }
+            });
+        }
+        true
     }
 
     /// What others see of `user` now.
@@ -203,16 +261,37 @@ impl Presence {
         self.unwatch(conn);
         let mut watchers = self.watchers.lock().expect("watchers lock");
         for user in &users {
-            watchers.by_user.entry(user.clone()).or_default().push((conn, queue.clone()));
+            let watcher = Watcher { conn, queue: queue.clone(), told: None };
+            watchers.by_user.entry(user.clone()).or_default().push(watcher);
         }
         watchers.by_conn.insert(conn, users);
+    }
+
+    /// What connection `conn` is told of `users` in its `presence_list`, remembered so that it
+    /// is not pushed the same again.
+    pub(crate) fn watch_list(&self, conn: u64, users: &[String]) -> Vec<UserPresence> {
+        // Watchers before the table: `notify` takes the watchers' lock alone, so no push can
+        // fall between reading a presence and remembering it as told.
+        let mut watchers = self.watchers.lock().expect("watchers lock");
+        let inner = self.inner.lock().expect("presence lock");
+        users
+            .iter()
+            .map(|user| {
+                let presence = inner.table.presence(user);
+                let mine = watchers.by_user.get_mut(user).into_iter().flatten().filter(|w| w.conn == conn);
+                for watcher in mine {
+                    watcher.told = Some(presence.clone());
+                }
+                presence
+            })
+            .collect()
     }
 
     pub(crate) fn unwatch(&self, conn: u64) {
         let mut watchers = self.watchers.lock().expect("watchers lock");
         for user in watchers.by_conn.remove(&conn).unwrap_or_default() {
             if let Some(list) = watchers.by_user.get_mut(&user) {
-                list.retain(|(id, _)| *id != conn);
+                list.retain(|watcher| watcher.conn != conn);
                 if list.is_empty() {
                     watchers.by_user.remove(&user);
                 }
@@ -225,17 +304,23 @@ impl Presence {
         self.watchers.lock().expect("watchers lock").by_conn.get(&conn).cloned().unwrap_or_default()
     }
 
-    /// Push changed presence to the connections watching those users. Best effort: a full
-    /// queue misses the change (watching again reads the current state).
+    /// Push changed presence to the connections watching those users, each only what differs
+    /// from what it was last told. Best effort: a full queue misses the change (watching again
+    /// reads the current state).
     fn notify(&self, changed: Vec<UserPresence>) {
         if changed.is_empty() {
             return;
         }
-        let watchers = self.watchers.lock().expect("watchers lock");
+        let mut watchers = self.watchers.lock().expect("watchers lock");
         for presence in changed {
-            for (_, queue) in watchers.by_user.get(&presence.user).into_iter().flatten() {
+            for watcher in watchers.by_user.get_mut(&presence.user).into_iter().flatten() {
+                if watcher.told.as_ref() == Some(&presence) {
+                    continue;
+                }
                 let frame = ServerFrame::Presence { presence: presence.clone() };
-                let _ = queue.try_send(Outbound::Frame(Box::new(frame)));
+                if watcher.queue.try_send(Outbound::Frame(Box::new(frame))).is_ok() {
+                    watcher.told = Some(presence.clone());
+                }
             }
         }
     }

@@ -8,8 +8,15 @@
 //! each survivor on its own ([`Table::node_down`]).
 //!
 //! What users see ([`Table::presence`]) merges a user's records: online if any node says so,
-//! with the state and status most recently set anywhere; otherwise offline with the latest
-//! last-seen time.
+//! away if the newest of the online records says so, with the status most recently set
+//! anywhere; otherwise offline with the latest last-seen time.
+//!
+//! The state a user sets (away, status) is theirs, not a node's, so it follows them: a node
+//! that opens a record for a user copies the state the cluster already shows (and the state
+//! keeps the time it was set, so a copy never outranks the original), a live local record
+//! adopts a newer state set on another node, and a user coming back after being offline
+//! everywhere starts `online` with the status they had, which the node also asks the store for
+//! ([`Table::noted`]) in case no node remembers it.
 //!
 //! This node's *published* record lags its connections on purpose: when the last connection
 //! closes, the record stays online for the grace period, and only if no connection came back
@@ -87,8 +94,9 @@ pub struct Table {
     dirty: HashSet<String>,
     /// Users whose published record changed but was not sent to other nodes yet.
     unsent: HashSet<String>,
-    /// Merged presence that changed outside a flush (a connection opened), to push at the next.
-    early: Changed,
+    /// Users whose merged presence may have changed since it was last reported (a connection
+    /// opened, a note arrived), with what was reported: the next flush reports those that differ.
+    pending: HashMap<String, UserPresence>,
     /// Users whose last connection closed, in closing order (the grace is the same for all).
     grace_queue: VecDeque<(Instant, String)>,
     sync: HashMap<String, Sync>,
@@ -107,15 +115,16 @@ impl Table {
             local: HashMap::new(),
             dirty: HashSet::new(),
             unsent: HashSet::new(),
-            early: Vec::new(),
+            pending: HashMap::new(),
             grace_queue: VecDeque::new(),
             sync: HashMap::new(),
             last_sweep: None,
         }
     }
 
-    /// A connection of `user` opened on this node.
-    pub fn connected(&mut self, user: &str, now_ms: u64) {
+    /// A connection of `user` opened on this node. True if the user was offline everywhere this
+    /// node knows of: the caller then looks up their stored note and hands it to [`Table::noted`].
+    pub fn connected(&mut self, user: &str) -> bool {
         let local = self.local.entry(user.to_string()).or_insert_with(|| Local {
             conns: 0,
             closed_at: None,
@@ -123,19 +132,48 @@ impl Table {
         });
         local.conns += 1;
         local.closed_at = None;
-        if !local.record.online {
-            // Back after being offline here: a fresh start is "online"; the status text stays.
-            local.record.online = true;
-            local.record.away = false;
-            local.record.state_at = now_ms;
-            // Published here at once, so that this node answers "online" for a user it holds a
-            // connection of; watchers and other nodes hear of it at the next flush.
-            let record = local.record.clone();
-            let me = self.me.clone();
-            let changed = self.put(&me, user, Some(record));
-            self.early.extend(changed);
-            self.unsent.insert(user.to_string());
+        if local.record.online {
+            return false;
         }
+        // The state the cluster shows is copied with the time it was set, so this record adds
+        // nothing to what others see. Back after being offline everywhere: "online", and the
+        // status text stays.
+        let shown = self.presence(user);
+        let back = shown.state == PresenceState::Offline;
+        let state_at = self.records(user).map(|record| record.state_at).max().unwrap_or(0);
+        let local = self.local.get_mut(user).expect("inserted above");
+        local.record.online = true;
+        local.record.away = shown.state == PresenceState::Away;
+        local.record.status = shown.status;
+        local.record.state_at = state_at;
+        // Published here at once, so that this node answers "online" for a user it holds a
+        // connection of; watchers and other nodes hear of it at the next flush.
+        let record = local.record.clone();
+        self.publish_now(user, record);
+        back
+    }
+
+    /// The stored note of `user`, looked up when they came back ([`Table::connected`]): taken
+    /// if it was set after the state this node knows, while the user is still connected here.
+    pub fn noted(&mut self, user: &str, status: Option<String>, set_ms: u64) {
+        let Some(local) = self.local.get_mut(user).filter(|local| local.record.online) else { return };
+        if set_ms <= local.record.state_at {
+            return;
+        }
+        local.record.status = status;
+        local.record.state_at = set_ms;
+        let record = local.record.clone();
+        self.publish_now(user, record);
+    }
+
+    /// Publish this node's `record` of `user` before the next flush (which sends it to the other
+    /// nodes and reports the change to watchers).
+    fn publish_now(&mut self, user: &str, record: Record) {
+        let before = self.presence(user);
+        self.pending.entry(user.to_string()).or_insert(before);
+        let me = self.me.clone();
+        self.put(&me, user, Some(record));
+        self.unsent.insert(user.to_string());
     }
 
     /// A connection of `user` closed on this node.
@@ -148,16 +186,17 @@ impl Table {
         }
     }
 
-    /// The user set their state on a connection of this node. Refused (false) without one.
-    pub fn set_state(&mut self, user: &str, away: bool, status: Option<String>, now_ms: u64) -> bool {
+    /// The user set their state on a connection of this node: returns when it counts as set
+    /// (the time to store the note under). Refused (`None`) without a connection here.
+    pub fn set_state(&mut self, user: &str, away: bool, status: Option<String>, now_ms: u64) -> Option<u64> {
         // Strictly newer than any setting seen so far, even with clocks a little apart.
         let newest = self.records(user).map(|record| record.state_at).max().unwrap_or(0);
-        let Some(local) = self.local.get_mut(user).filter(|local| local.conns > 0) else { return false };
+        let local = self.local.get_mut(user).filter(|local| local.conns > 0)?;
         local.record.away = away;
         local.record.status = status;
         local.record.state_at = now_ms.max(newest + 1);
         self.dirty.insert(user.to_string());
-        true
+        Some(local.record.state_at)
     }
 
     /// Publish what changed locally: grace periods that ended, states set, connections opened,
@@ -183,16 +222,24 @@ impl Table {
             self.last_sweep = Some(now);
             self.sweep(now_ms);
         }
-        let mut changed = std::mem::take(&mut self.early);
         for user in std::mem::take(&mut self.dirty) {
             let record = self.local.get(&user).map(|local| local.record.clone());
             if self.nodes[&self.me].get(&user) == record.as_ref() {
                 continue;
             }
+            let before = self.presence(&user);
+            self.pending.entry(user.clone()).or_insert(before);
             let me = self.me.clone();
-            changed.extend(self.put(&me, &user, record));
+            self.put(&me, &user, record);
             self.unsent.insert(user);
         }
+        // Each user once, as they are now: a change undone within the interval is no change.
+        let changed = std::mem::take(&mut self.pending)
+            .into_iter()
+            .map(|(user, before)| (self.presence(&user), before))
+            .filter(|(now, before)| now != before)
+            .map(|(now, _)| now)
+            .collect();
         let mine = &self.nodes[&self.me];
         let changes = std::mem::take(&mut self.unsent)
             .into_iter()
@@ -291,6 +338,11 @@ impl Table {
     /// Set `node`'s record of `user`; returns the user's merged presence if it changed.
     fn put(&mut self, node: &str, user: &str, record: Option<Record>) -> Option<UserPresence> {
         let before = self.presence(user);
+        if node != self.me {
+            if let Some(record) = &record {
+                self.adopt(user, record);
+            }
+        }
         let held = self.nodes.entry(node.to_string()).or_default();
         match record {
             Some(record) => held.insert(user.to_string(), record),
@@ -300,27 +352,54 @@ impl Table {
         (after != before).then_some(after)
     }
 
+    /// Another node's record of `user` carries a state set after the one this node's live record
+    /// holds: take it, so the newest state stays in every record of a connected user, whichever
+    /// node restarts. Published here at once (sent at the next flush): it is the newest state,
+    /// so what users see is what the caller's change makes it.
+    fn adopt(&mut self, user: &str, record: &Record) {
+        let Some(local) = self.local.get_mut(user).filter(|local| local.record.online) else { return };
+        if record.state_at <= local.record.state_at {
+            return;
+        }
+        local.record.away = record.away;
+        local.record.status = record.status.clone();
+        local.record.state_at = record.state_at;
+        let adopted = local.record.clone();
+        if let Some(published) = self.nodes.get_mut(&self.me).and_then(|held| held.get_mut(user)) {
+            *published = adopted;
+            self.unsent.insert(user.to_string());
+        }
+    }
+
     fn records<'a>(&'a self, user: &'a str) -> impl Iterator<Item = &'a Record> + 'a {
         self.nodes.values().filter_map(move |held| held.get(user))
     }
 
     /// What others see of `user`.
     pub fn presence(&self, user: &str) -> UserPresence {
-        let mut online = false;
-        let mut newest: Option<&Record> = None;
         let mut last_seen = 0;
-        for record in self.records(user) {
-            online |= record.online;
+        // Newest by when the state was set; equal times (a copy and its original) are broken
+        // by node name so every node picks the same record.
+        let mut newest: Option<(u64, &str, &Record)> = None;
+        let mut newest_online: Option<(u64, &str, &Record)> = None;
+        for (node, held) in &self.nodes {
+            let Some(record) = held.get(user) else { continue };
             last_seen = last_seen.max(record.last_seen);
-            if newest.is_none_or(|best| record.state_at > best.state_at) {
-                newest = Some(record);
+            let key = (record.state_at, node.as_str(), record);
+            if newest.is_none_or(|(at, name, _)| (key.0, key.1) > (at, name)) {
+                newest = Some(key);
+            }
+            if record.online && newest_online.is_none_or(|(at, name, _)| (key.0, key.1) > (at, name)) {
+                newest_online = Some(key);
             }
         }
-        let status = newest.and_then(|record| record.status.clone());
-        let (state, last_seen) = match newest {
-            Some(record) if online && record.away => (PresenceState::Away, None),
-            _ if online => (PresenceState::Online, None),
-            _ => (PresenceState::Offline, (last_seen > 0).then_some(last_seen)),
+        let status = newest.and_then(|(_, _, record)| record.status.clone());
+        let (state, last_seen) = match newest_online {
+            // Only an online record says whether the user is away now: an offline one says
+            // what they were when they left.
+            Some((_, _, record)) if record.away => (PresenceState::Away, None),
+            Some(_) => (PresenceState::Online, None),
+            None => (PresenceState::Offline, (last_seen > 0).then_some(last_seen)),
         };
         UserPresence { user: user.to_string(), state, status, last_seen }
     }

@@ -53,7 +53,7 @@ pub async fn watch_presence(ctx: &Ctx, req: ReqId, users: Vec<String>) -> Server
         Err(err) => return store_error_frame(&ctx.hub, Some(req), err),
     };
     ctx.hub.watch_presence(&ctx.user, ctx.conn_id, visible.clone());
-    let users = visible.iter().map(|user| ctx.hub.presence.get(user)).collect();
+    let users = ctx.hub.presence.watch_list(ctx.conn_id, &visible);
     ServerFrame::PresenceList { req, users, hidden }
 }
 

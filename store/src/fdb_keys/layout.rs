@@ -15,6 +15,7 @@
 //! (P, "uhead", user)                 user log head, floor and room count
 //! (P, "ulog",  user, cursor)         user log pointer → (room, seq)
 //! (P, "owner", room)                 owner node and epoch
+//! (P, "pnote", user)                 presence note: status text and when it was set
 //! ```
 
 use super::tuple::{TupleError, TupleReader, TupleWriter};
@@ -32,6 +33,7 @@ const MEMBER_OF: &str = "memof";
 const USER_HEAD: &str = "uhead";
 const USER_LOG: &str = "ulog";
 const OWNER: &str = "owner";
+const PRESENCE_NOTE: &str = "pnote";
 
 /// A half-open key range `[begin, end)`, as FoundationDB range reads and clears take it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -189,6 +191,10 @@ impl Keyspace {
 
     pub fn owner(&self, room: &str) -> Vec<u8> {
         self.tag(OWNER).str(room).into_bytes()
+    }
+
+    pub fn presence_note(&self, user: &str) -> Vec<u8> {
+        self.tag(PRESENCE_NOTE).str(user).into_bytes()
     }
 }
 

@@ -25,7 +25,7 @@
 //!   instead of `AlreadyMember`, `NotMember` or "room existed";
 //! - a retried account creation recognises its own password hash (salted, so unique);
 //! - a retried `claim_room` recognises its own claim by the same kind of number;
-//! - `mark_read` is idempotent; a retried `trim_user_log` leaves the same floor but may count
+//! - `mark_read` and `set_presence_note` are idempotent; a retried `trim_user_log` leaves the same floor but may count
 //!   0 dropped entries; a retried `revoke_tokens` bumps once more, which only revokes more.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -41,12 +41,12 @@ use super::limits::{
     TRANSACTION_BYTES_BUDGET,
 };
 use super::values::{
-    decode_u64, encode_u64, AccountValue, CodecError, EntryValue, MembershipValue, OwnerValue, Pointer, RoomHead,
-    RoomMeta, UserHead,
+    decode_u64, encode_u64, AccountValue, CodecError, EntryValue, MembershipValue, NoteValue, OwnerValue, Pointer,
+    RoomHead, RoomMeta, UserHead,
 };
 use crate::{
     AppendRequest, Appended, Delivery, Epoch, HistoryPage, LogBounds, LogEntry, MembershipLimits, MyRoom, NewRoom,
-    Recipients, RoomRecord, Store, StoreError, StoreResult, UserRecord,
+    PresenceNote, Recipients, RoomRecord, Store, StoreError, StoreResult, UserRecord,
 };
 
 type R<T, X> = TxnResult<T, <X as KvTxn>::Error>;
@@ -293,6 +293,26 @@ async fn revoke_tokens<X: KvTxn>(t: &X, ks: &Keyspace, name: &str) -> R<u64, X> 
     account.token_epoch += 1;
     t.set(&key, &account.encode());
     Ok(account.token_epoch)
+}
+
+async fn set_presence_note<X: KvTxn>(t: &X, ks: &Keyspace, user: &str, note: &PresenceNote) -> R<(), X> {
+    if t.get(&ks.account(user)).await?.is_none() {
+        return Err(StoreError::NoSuchUser(user.to_string()).into());
+    }
+    let key = ks.presence_note(user);
+    let stored = read(t, &key, NoteValue::decode).await?;
+    if stored.is_none_or(|stored| note.set_ms > stored.set_ms) {
+        t.set(&key, &NoteValue { status: note.status.clone(), set_ms: note.set_ms }.encode());
+    }
+    Ok(())
+}
+
+async fn presence_note<X: KvTxn>(t: &X, ks: &Keyspace, user: &str) -> R<Option<PresenceNote>, X> {
+    if t.get(&ks.account(user)).await?.is_none() {
+        return Err(StoreError::NoSuchUser(user.to_string()).into());
+    }
+    let note = read(t, &ks.presence_note(user), NoteValue::decode).await?;
+    Ok(note.map(|note| PresenceNote { status: note.status, set_ms: note.set_ms }))
 }
 
 // Rooms.
@@ -977,6 +997,16 @@ impl<D: KvDb> Store for KvStore<D> {
     async fn revoke_tokens(&self, name: &str) -> StoreResult<u64> {
         let ks = &self.keys;
         self.db.transact("revoke tokens", |t, _| async move { revoke_tokens(&t, ks, name).await }).await
+    }
+
+    async fn set_presence_note(&self, user: &str, note: PresenceNote) -> StoreResult<()> {
+        let (ks, note) = (&self.keys, &note);
+        self.db.transact("set presence note", |t, _| async move { set_presence_note(&t, ks, user, note).await }).await
+    }
+
+    async fn presence_note(&self, user: &str) -> StoreResult<Option<PresenceNote>> {
+        let ks = &self.keys;
+        self.db.transact("read presence note", |t, _| async move { presence_note(&t, ks, user).await }).await
     }
 
     async fn create_room(

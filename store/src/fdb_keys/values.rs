@@ -261,6 +261,26 @@ impl OwnerValue {
     }
 }
 
+/// `(P, "pnote", user)`: (status, set ms). A cleared status is stored as the empty text: a
+/// status is never blank (`set_presence` drops blank ones).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NoteValue {
+    pub status: Option<String>,
+    pub set_ms: u64,
+}
+
+impl NoteValue {
+    pub fn encode(&self) -> Vec<u8> {
+        writer().str(self.status.as_deref().unwrap_or("")).uint(self.set_ms).into_bytes()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
+        let mut r = reader(bytes)?;
+        let status = r.str()?;
+        Ok(NoteValue { status: (!status.is_empty()).then_some(status), set_ms: r.uint()? })
+    }
+}
+
 // Codes are part of the stored format: never renumber, only add.
 fn entry_kind_code(kind: EntryKind) -> u64 {
     match kind {

@@ -16,7 +16,7 @@ use super::invariants;
 use super::threads::Context;
 use crate::{
     AppendRequest, Appended, Delivery, Epoch, HistoryPage, LogBounds, LogEntry, MembershipLimits, MyRoom, NewRoom,
-    Recipients, RoomRecord, StoreError, StoreResult, UserRecord,
+    PresenceNote, Recipients, RoomRecord, StoreError, StoreResult, UserRecord,
 };
 use protocol::{Cursor, Entry, EntryKind, RoomKind};
 
@@ -34,6 +34,10 @@ const USER_LOG_INSERT: &str = "INSERT INTO user_logs (uid) VALUES (?1)";
 const USER_BY_NAME: &str = "SELECT name, password_hash, token_epoch, created_ms FROM users WHERE name = ?1";
 const UID_BY_NAME: &str = "SELECT uid FROM users WHERE name = ?1";
 const REVOKE_TOKENS: &str = "UPDATE users SET token_epoch = token_epoch + 1 WHERE name = ?1 RETURNING token_epoch";
+const NOTE_UPSERT: &str = "INSERT INTO presence_notes (uid, status, set_ms) VALUES (?1, ?2, ?3) \
+                           ON CONFLICT (uid) DO UPDATE SET status = excluded.status, set_ms = excluded.set_ms \
+                           WHERE excluded.set_ms > presence_notes.set_ms";
+const NOTE_BY_UID: &str = "SELECT status, set_ms FROM presence_notes WHERE uid = ?1";
 
 const ROOM_BY_ID: &str = "SELECT rid, id, name, kind, private, created_by, last_seq, members, epoch, owner, \
                           large_since FROM rooms WHERE id = ?1";
@@ -395,6 +399,21 @@ pub(super) fn revoke_tokens(conn: &Connection, name: &str) -> StoreResult<u64> {
         .and_then(|mut s| s.query_row([name], |r| r.get(0)).optional())
         .ctx("bump token epoch")?
         .ok_or_else(|| StoreError::NoSuchUser(name.to_owned()))
+}
+
+pub(super) fn set_presence_note(conn: &Connection, user: &str, note: &PresenceNote) -> StoreResult<()> {
+    let uid = require_uid(conn, user)?;
+    conn.prepare_cached(NOTE_UPSERT)
+        .and_then(|mut s| s.execute(params![uid, note.status, sql_int(note.set_ms)]))
+        .ctx("write presence note")?;
+    Ok(())
+}
+
+pub(super) fn presence_note(conn: &Connection, user: &str) -> StoreResult<Option<PresenceNote>> {
+    let uid = require_uid(conn, user)?;
+    conn.prepare_cached(NOTE_BY_UID)
+        .and_then(|mut s| s.query_row([uid], |r| Ok(PresenceNote { status: r.get(0)?, set_ms: r.get(1)? })).optional())
+        .ctx("read presence note")
 }
 
 // Rooms.

@@ -15,7 +15,7 @@ use super::threads::Context;
 use crate::{StoreError, StoreResult};
 
 /// The schema this build reads and writes, stored in `PRAGMA user_version`.
-pub(super) const SCHEMA_VERSION: i64 = 2;
+pub(super) const SCHEMA_VERSION: i64 = 3;
 
 /// `PRAGMA application_id` of a palaver database ("plvr"), so that pointing `path` at some
 /// other application's SQLite file fails on open instead of growing palaver tables inside it.
@@ -99,6 +99,13 @@ const MIGRATIONS: &[&str] = &[
     // 1 → 2: large rooms. `large_since` is the seq of a room's first entry kept in the room log
     // only (NULL while the room fans out on write). Existing rooms keep fanning out.
     "ALTER TABLE rooms ADD COLUMN large_since INTEGER CHECK (large_since >= 1);",
+    // 2 → 3: presence notes, the status text a user set last and when, so it outlives every
+    // node's memory. A row only for users who ever set one.
+    "CREATE TABLE presence_notes (
+        uid    INTEGER PRIMARY KEY REFERENCES users (uid),
+        status TEXT,
+        set_ms INTEGER NOT NULL
+    );",
 ];
 
 /// Open a connection with palaver's per-connection settings.

@@ -295,7 +295,10 @@ async fn version_1_files_migrate_and_keep_their_data() {
     drop(store);
     // Turn the file back into what version 1 wrote.
     let conn = Connection::open(dir.path().join("palaver.db")).expect("open raw");
-    conn.execute_batch("ALTER TABLE rooms DROP COLUMN large_since; PRAGMA user_version = 1;").expect("downgrade");
+    conn.execute_batch(
+        "DROP TABLE presence_notes; ALTER TABLE rooms DROP COLUMN large_since; PRAGMA user_version = 1;",
+    )
+    .expect("downgrade");
     drop(conn);
 
     let store = SqliteStore::open(options(&dir)).expect("open a version 1 file");
