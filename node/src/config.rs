@@ -53,11 +53,16 @@ pub struct ClientSection {
     /// HTTP and WebSocket for clients: `/ws`, `/healthz`, `/readyz`, `/metrics`, `/status`, `/`.
     /// Port 0 picks a free port; the node logs and prints the one it got.
     pub listen: SocketAddr,
+    /// Other nodes the bundled web client may connect to, and so send its token and password
+    /// to: `host:port` (the page's scheme) or `ws://host:port/path`, `wss://…`. The page's own
+    /// node is always allowed; nothing else is, whatever the page's URL or storage says, so a
+    /// link cannot send a user's credentials elsewhere. Empty by default: the page's own node.
+    pub web_nodes: Vec<String>,
 }
 
 impl Default for ClientSection {
     fn default() -> Self {
-        ClientSection { listen: SocketAddr::from(([127, 0, 0, 1], 7600)) }
+        ClientSection { listen: SocketAddr::from(([127, 0, 0, 1], 7600)), web_nodes: Vec::new() }
     }
 }
 
@@ -195,6 +200,11 @@ impl Config {
             "fdb" => return invalid("store.backend", "`fdb` needs a binary built with `--features fdb`"),
             other => {
                 return invalid("store.backend", &format!("unknown backend `{other}`; expected `sqlite` or `fdb`"));
+            }
+        }
+        for node in &self.client.web_nodes {
+            if let Err(why) = crate::web::check_node(node) {
+                return invalid("client.web_nodes", &format!("`{node}`: {why}"));
             }
         }
         if self.store.sqlite_busy_timeout_ms == 0 {

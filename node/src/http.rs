@@ -38,7 +38,13 @@ const MAX_HEAD_BYTES: usize = 8 * 1024;
 
 /// Accept connections until `stop` turns true, then wait for open connections to finish (the
 /// hub's shutdown makes WebSocket sessions send `reconnect` and close) for at most `drain`.
-pub async fn serve(listener: TcpListener, hub: Arc<Hub>, mut stop: watch::Receiver<bool>, drain: Duration) {
+pub async fn serve(
+    listener: TcpListener,
+    hub: Arc<Hub>,
+    web: Arc<web::WebClient>,
+    mut stop: watch::Receiver<bool>,
+    drain: Duration,
+) {
     let permits = Arc::new(Semaphore::new(hub.limits.max_connections));
     let mut tasks = JoinSet::new();
     loop {
@@ -48,8 +54,9 @@ pub async fn serve(listener: TcpListener, hub: Arc<Hub>, mut stop: watch::Receiv
                 Ok((stream, peer)) => {
                     let hub = hub.clone();
                     let permits = permits.clone();
+                    let web = web.clone();
                     tasks.spawn(async move {
-                        if let Err(err) = handle(stream, peer, hub, permits).await {
+                        if let Err(err) = handle(stream, peer, hub, &web, permits).await {
                             debug!(%peer, error = %err, "http connection ended with an error");
                         }
                     });
@@ -73,7 +80,13 @@ pub async fn serve(listener: TcpListener, hub: Arc<Hub>, mut stop: watch::Receiv
 }
 
 /// One TCP connection: read the request head, then route.
-async fn handle(mut stream: TcpStream, peer: SocketAddr, hub: Arc<Hub>, permits: Arc<Semaphore>) -> io::Result<()> {
+async fn handle(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    hub: Arc<Hub>,
+    web: &web::WebClient,
+    permits: Arc<Semaphore>,
+) -> io::Result<()> {
     let _ = stream.set_nodelay(true);
     let timeout = Duration::from_millis(hub.limits.hello_timeout_ms);
     let (head, rest) = match tokio::time::timeout(timeout, read_head(&mut stream)).await {
@@ -174,8 +187,8 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, hub: Arc<Hub>, permits:
             let body = crate::cluster::status(&hub, query).await;
             respond(&mut stream, 200, "application/json", body.to_string().as_bytes()).await
         }
-        _ => match web::asset(path) {
-            Some((content_type, body)) => respond(&mut stream, 200, content_type, body).await,
+        _ => match web.asset(path) {
+            Some((content_type, body)) => respond_with(&mut stream, 200, content_type, web.headers(), body).await,
             None => respond(&mut stream, 404, "text/plain", b"not found\n").await,
         },
     }
@@ -280,6 +293,17 @@ fn metric(name: &str, kind: &str, help: &str, value: u64) -> String {
 }
 
 async fn respond(stream: &mut TcpStream, status: u16, content_type: &str, body: &[u8]) -> io::Result<()> {
+    respond_with(stream, status, content_type, "", body).await
+}
+
+/// `headers`: more header lines, each ending in CRLF.
+async fn respond_with(
+    stream: &mut TcpStream,
+    status: u16,
+    content_type: &str,
+    headers: &str,
+    body: &[u8],
+) -> io::Result<()> {
     let reason = match status {
         200 => "OK",
         400 => "Bad Request",
@@ -292,7 +316,7 @@ async fn respond(stream: &mut TcpStream, status: u16, content_type: &str, body: 
         _ => "Service Unavailable",
     };
     let head = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n{headers}Connection: close\r\n\r\n",
         body.len()
     );
     stream.write_all(head.as_bytes()).await?;

@@ -77,7 +77,8 @@ pub async fn run(config: Config, stop: watch::Receiver<bool>) -> anyhow::Result<
         }
     });
     let rooms_hub = hub.clone();
-    http::serve(listener, hub, stop, Duration::from_millis(config.node.drain_timeout_ms)).await;
+    let web = Arc::new(web::WebClient::new(&config.client.web_nodes));
+    http::serve(listener, hub, web, stop, Duration::from_millis(config.node.drain_timeout_ms)).await;
     // With no connections to drain, serving ends at once: let the cluster goodbye finish.
     let _ = tokio::time::timeout(Duration::from_secs(2), shutdown).await;
     // The room actors run on their own thread, which the runtime's end would not stop: stop it

@@ -1,38 +1,170 @@
 //! The bundled web client: static files compiled into the binary and served on the client port,
 //! so a newcomer who starts a node can open a browser and chat. No build step: plain HTML, CSS
 //! and JavaScript from `node/web/`.
+//!
+//! The page learns here which nodes it may connect to (its own, plus `client.web_nodes`): the
+//! list goes into `index.html` and into the Content-Security-Policy header of every file served,
+//! so a page never sends its token or a password to a host the operator did not name, even if
+//! its URL or storage asks it to.
 
-/// The file behind a URL path, with its content type.
-pub fn asset(path: &str) -> Option<(&'static str, &'static [u8])> {
-    let asset = match path {
-        "/" | "/index.html" => ("text/html; charset=utf-8", include_bytes!("../web/index.html").as_slice()),
-        "/app/app.js" => ("text/javascript; charset=utf-8", include_bytes!("../web/app.js").as_slice()),
-        "/app/style.css" => ("text/css; charset=utf-8", include_bytes!("../web/style.css").as_slice()),
-        _ => return None,
-    };
-    Some(asset)
+/// The page's placeholder for the configured node list (see `node/web/app.js`, "Node list").
+const NODES_PLACEHOLDER: &str = r#"<meta name="palaver-nodes" content="">"#;
+
+/// Longest entry of `client.web_nodes`.
+const NODE_MAX_CHARS: usize = 256;
+
+/// The web client as this node serves it: the page with its node list, and the headers.
+#[derive(Debug, Clone)]
+pub struct WebClient {
+    index: Vec<u8>,
+    headers: String,
+}
+
+impl WebClient {
+    /// The client for a node configured with `nodes` (`client.web_nodes`, each checked by
+    /// [`check_node`]).
+    pub fn new(nodes: &[String]) -> WebClient {
+        let page = std::str::from_utf8(include_bytes!("../web/index.html")).expect("index.html is UTF-8");
+        debug_assert!(page.contains(NODES_PLACEHOLDER), "index.html lost its node list placeholder");
+        // Checked entries hold no quote, `&`, `<` or `,`: they go into the attribute as they are.
+        let list = format!(r#"<meta name="palaver-nodes" content="{}">"#, nodes.join(","));
+        let index = page.replacen(NODES_PLACEHOLDER, &list, 1).into_bytes();
+        let sources: Vec<String> = nodes.iter().flat_map(|node| csp_sources(node)).collect();
+        // No inline script or style even if text ever reached the DOM as markup; WebSockets only
+        // to the page's own node ('self' covers ws: and wss: there) and the configured ones.
+        let policy = format!(
+            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'{}; \
+             base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+            sources.iter().map(|source| format!(" {source}")).collect::<String>()
+        );
+        let headers = format!("Content-Security-Policy: {policy}\r\nReferrer-Policy: no-referrer\r\n");
+        WebClient { index, headers }
+    }
+
+    /// The file behind a URL path, with its content type.
+    pub fn asset(&self, path: &str) -> Option<(&'static str, &[u8])> {
+        let asset = match path {
+            "/" | "/index.html" => ("text/html; charset=utf-8", self.index.as_slice()),
+            "/app/app.js" => ("text/javascript; charset=utf-8", include_bytes!("../web/app.js").as_slice()),
+            "/app/style.css" => ("text/css; charset=utf-8", include_bytes!("../web/style.css").as_slice()),
+            _ => return None,
+        };
+        Some(asset)
+    }
+
+    /// Header lines (each ending in CRLF) to send with every file of the client.
+    pub fn headers(&self) -> &str {
+        &self.headers
+    }
+}
+
+/// Check one `client.web_nodes` entry: `host:port`, `ws://host:port/path` or `wss://…`, with
+/// nothing that could change the meaning of the page or the policy it goes into.
+pub fn check_node(spec: &str) -> Result<(), String> {
+    if spec.len() > NODE_MAX_CHARS {
+        return Err(format!("longer than {NODE_MAX_CHARS} characters"));
+    }
+    let rest = spec.strip_prefix("ws://").or_else(|| spec.strip_prefix("wss://")).unwrap_or(spec);
+    if rest.contains("://") {
+        return Err("expected host:port, ws://host:port/path or wss://host:port/path".into());
+    }
+    let (authority, path) = rest.split_once('/').map_or((rest, ""), |(authority, path)| (authority, path));
+    if authority.is_empty() {
+        return Err("no host".into());
+    }
+    if authority.contains('@') {
+        return Err("no user name or password in a node address".into());
+    }
+    let host_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']');
+    if !authority.chars().all(host_char) {
+        return Err("the host may hold only letters, digits, `.`, `-`, `:` and `[]`".into());
+    }
+    let path_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '/' | '.' | '-' | '_' | '~');
+    if !path.chars().all(path_char) {
+        return Err("the path may hold only letters, digits and `/ . - _ ~`".into());
+    }
+    Ok(())
+}
+
+/// The CSP sources that let the page open a WebSocket to a configured node: the scheme it
+/// names, or both when it names none (the page's scheme decides).
+fn csp_sources(spec: &str) -> Vec<String> {
+    let authority = |rest: &str| rest.split('/').next().unwrap_or(rest).to_string();
+    if let Some(rest) = spec.strip_prefix("ws://") {
+        vec![format!("ws://{}", authority(rest))]
+    } else if let Some(rest) = spec.strip_prefix("wss://") {
+        vec![format!("wss://{}", authority(rest))]
+    } else {
+        let host = authority(spec);
+        vec![format!("ws://{host}"), format!("wss://{host}")]
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::WebClient;
+
+    fn plain() -> WebClient {
+        WebClient::new(&[])
+    }
+
     #[test]
     fn index_and_assets_are_served() {
-        assert!(super::asset("/").is_some_and(|(kind, body)| kind.starts_with("text/html") && !body.is_empty()));
-        assert!(super::asset("/app/app.js").is_some());
-        assert!(super::asset("/app/style.css").is_some_and(|(kind, _)| kind.starts_with("text/css")));
-        assert!(super::asset("/../Cargo.toml").is_none());
+        let web = plain();
+        assert!(web.asset("/").is_some_and(|(kind, body)| kind.starts_with("text/html") && !body.is_empty()));
+        assert!(web.asset("/app/app.js").is_some());
+        assert!(web.asset("/app/style.css").is_some_and(|(kind, _)| kind.starts_with("text/css")));
+        assert!(web.asset("/../Cargo.toml").is_none());
     }
 
     /// Every `/app/…` file the page refers to is one the node serves, so a renamed file cannot
     /// leave the bundled client half-loaded.
     #[test]
     fn every_asset_the_page_names_is_served() {
-        let (_, page) = super::asset("/").expect("index is served");
+        let web = plain();
+        let (_, page) = web.asset("/").expect("index is served");
         let page = std::str::from_utf8(page).expect("index.html is UTF-8");
         let named: Vec<&str> = page.split('"').filter(|part| part.starts_with("/app/")).collect();
         assert!(named.len() >= 2, "index.html names its script and stylesheet: {named:?}");
         for path in named {
-            assert!(super::asset(path).is_some(), "index.html names {path}, which is not served");
+            assert!(web.asset(path).is_some(), "index.html names {path}, which is not served");
         }
+    }
+
+    #[test]
+    fn configured_nodes_reach_the_page_and_the_policy() {
+        let web = WebClient::new(&["10.0.0.2:7600".into(), "wss://chat.example.org/ws".into()]);
+        let (_, page) = web.asset("/").unwrap();
+        let page = std::str::from_utf8(page).unwrap();
+        assert!(page.contains(r#"<meta name="palaver-nodes" content="10.0.0.2:7600,wss://chat.example.org/ws">"#));
+        let csp = web.headers().lines().find(|line| line.starts_with("Content-Security-Policy:")).unwrap();
+        assert!(
+            csp.contains("connect-src 'self' ws://10.0.0.2:7600 wss://10.0.0.2:7600 wss://chat.example.org;"),
+            "{csp}"
+        );
+        // Without configured nodes the page may connect to its own node only.
+        let csp = plain().headers().to_string();
+        assert!(csp.contains("connect-src 'self';"), "{csp}");
+        assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+    }
+
+    #[test]
+    fn node_entries_that_could_break_out_are_refused() {
+        for good in ["10.0.0.2:7600", "chat.example.org", "ws://[::1]:7600/ws", "wss://chat.example.org/palaver/ws"] {
+            assert_eq!(super::check_node(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "",
+            "http://chat.example.org",
+            "ws://user:pw@chat.example.org",
+            "a.example.org,b.example.org",
+            "chat.example.org\"><script>",
+            "chat.example.org; script-src *",
+            "ws://chat.example.org/ws?x=1",
+            "ws:///ws",
+        ] {
+            assert!(super::check_node(bad).is_err(), "{bad:?} was accepted");
+        }
+        assert!(super::check_node(&"a".repeat(300)).is_err());
     }
 }

@@ -18,9 +18,16 @@
 //   large room's (the replay after a reconnect included). Whatever is still there after a
 //   reconnect is sent again with the SAME id, so the node's deduplication turns a retry into
 //   `duplicate: true`, never into a second message.
-// - Reconnect: exponential backoff with jitter over the list of nodes (the page's origin, or
-//   `?nodes=host:port,...`, or localStorage `palaver.nodes`); each failure moves to the next
-//   node. A `reconnect` frame (node shutting down) retries at once on the next node.
+// - Nodes: the page connects only to its own node and to those its node names (the
+//   `palaver-nodes` meta tag, from client.web_nodes): each one gets the user's token, and the
+//   password when signing in. See "Node list".
+// - Reconnect: exponential backoff with jitter over the list of nodes; each failure moves to the
+//   next node. A connection counts as working, and resets the backoff, only once it has loaded
+//   and stayed up for SETTLE_MS: one that dies while signing in, catching up or loading is a
+//   failure, so a reply that kills the connection every time cannot make the page reconnect in
+//   a loop. After STUCK_AFTER such failures in a row at the same point the page stops and says
+//   so, with a button to try again. A `reconnect` frame (node shutting down) retries at once on
+//   the next node.
 // - Text from the network only ever reaches the page through `textContent`.
 'use strict';
 
@@ -35,6 +42,23 @@
   const BACKOFF_CAP_MS = 15000;
   /** After a `reconnect` frame the node is going away on purpose: retry quickly elsewhere. */
   const SHUTDOWN_RETRY_MS = 300;
+  /** A connection is a success (the backoff starts over) once signed in and live, or showing the
+   *  sign-in form, with its first requests answered, and up for at least this long. */
+  const SETTLE_MS = 5000;
+  /** Requests whose answer is part of loading a connection (see SETTLE_MS). */
+  const LOADING_KINDS = new Set(['authenticate', 'rooms', 'history']);
+  /** Failures in a row at the same point of a connection, after which reconnecting stops until
+   *  the user asks (a node that answers, then drops the connection at that point every time). */
+  const STUCK_AFTER = 4;
+  /** Where a connection died (by phase), as said when reconnecting stops. Catching up and the
+   *  first loads after it are one point: which of them a killing reply lands in is timing. */
+  const FAILURE_POINTS = {
+    greeting: ['greeting', 'before the node greeted it'],
+    open: ['open', 'right after connecting'],
+    authenticating: ['authenticating', 'while signing in'],
+    replaying: ['loading', 'while catching up and loading your rooms and messages'],
+    live: ['loading', 'while catching up and loading your rooms and messages'],
+  };
   const WELCOME_TIMEOUT_MS = 10000;
   /** A connection that answers no ping within PONG_TIMEOUT_MS is dropped (half-open sockets). */
   const PING_EVERY_MS = 20000;
@@ -124,6 +148,34 @@
     }
   }
 
+  const nodeList = (raw) =>
+    Array.from(
+      new Set(
+        (raw || '')
+          .split(',')
+          .map((s) => s.trim())
+          .filter(Boolean)
+          .map(nodeUrl)
+          .filter(Boolean),
+      ),
+    );
+
+  /**
+   * The nodes this page may connect to: its own, then those its node names in the page
+   * (client.web_nodes). Every node connected to is sent the token, and the password on sign-in,
+   * so no other host may be: the node's Content-Security-Policy allows no other either.
+   */
+  function allowedNodes() {
+    const meta = document.querySelector('meta[name="palaver-nodes"]');
+    return Array.from(new Set([nodeUrl(location.host), ...nodeList(meta ? meta.content : '')]));
+  }
+
+  /**
+   * The nodes to try, in order: `?nodes=host:port,...` or localStorage `palaver.nodes` may pick
+   * and order some of the allowed nodes (to try one first, or leave a dead one out), but an entry
+   * that is not allowed is dropped and reported, never connected to: a link could otherwise send
+   * the user's credentials to any host. With nothing usable asked for, all allowed nodes.
+   */
   function configuredNodes() {
     let raw = new URLSearchParams(location.search).get('nodes');
     if (raw === null) {
@@ -135,13 +187,10 @@
         raw = null;
       }
     }
-    const list = (raw || '')
-      .split(',')
-      .map((s) => s.trim())
-      .filter(Boolean)
-      .map(nodeUrl)
-      .filter(Boolean);
-    return list.length ? list : [nodeUrl(location.host)];
+    const allowed = allowedNodes();
+    const asked = nodeList(raw);
+    const kept = asked.filter((url) => allowed.includes(url));
+    return { nodes: kept.length ? kept : allowed, refused: asked.filter((url) => !allowed.includes(url)) };
   }
 
   function hostOf(url) {
@@ -153,8 +202,9 @@
   }
 
   // ---- State --------------------------------------------------------------------------------
+  const chosenNodes = configuredNodes();
   const S = {
-    nodes: configuredNodes(),
+    nodes: chosenNodes.nodes,
     nodeIndex: 0,
     url: null,
     ws: null,
@@ -164,9 +214,20 @@
     phase: 'idle',
     welcome: null,
     limits: Object.assign({}, DEFAULT_LIMITS, storage.get(keys.limits, {})),
+    /** Failed connections since the last one that settled: the backoff's exponent. */
     attempt: 0,
     retryAt: 0,
     shutdownAdvised: false,
+    /** When the current socket opened (0: not yet); see SETTLE_MS. */
+    openedAt: 0,
+    /** The current connection has loaded and stayed up: its end is not a failure. */
+    settled: false,
+    /** Loading requests of the current connection still unanswered (see LOADING_KINDS). */
+    loadingReqs: new Set(),
+    /** The point where the last connections died, and how many times in a row: { point, count }. */
+    failedAt: null,
+    /** Set when reconnecting stopped: { point, count, reason }. */
+    stuck: null,
     timers: {},
     req: 0,
     /** req → what the request was for */
@@ -279,6 +340,12 @@
     S.url = S.nodes[S.nodeIndex % S.nodes.length];
     S.welcome = null;
     S.shutdownAdvised = false;
+    S.openedAt = 0;
+    S.settled = false;
+    if (S.stuck) {
+      S.stuck = null;
+      $('conn-error').hidden = true;
+    }
     S.phase = 'connecting';
     const gen = ++S.gen;
     setConn('connecting', `${S.attempt === 0 ? 'Connecting' : 'Reconnecting'} to ${hostOf(S.url)}…`);
@@ -292,6 +359,7 @@
     S.ws = ws;
     ws.onopen = () => {
       if (gen !== S.gen) return;
+      S.openedAt = Date.now();
       S.phase = 'greeting';
       // batch: the node may pack several frames into one message, one JSON object per line
       // (docs/PROTOCOL.md, "Batched frames"); a burst of messages is then one event here.
@@ -338,35 +406,76 @@
     }
   }
 
-  /** Give up on the current connection and go through the reconnect path. */
-  function drop(reason) {
+  /**
+   * Give up on the current connection and go through the reconnect path. `died`: the connection
+   * failed (no answer), rather than the page leaving it for a reason of its own (an error reply,
+   * the network gone), which does not count towards stopping (STUCK_AFTER).
+   */
+  function drop(reason, died = true) {
     disown();
-    afterDisconnect(reason);
+    afterDisconnect(reason, died);
   }
 
   /** What belonged to the connection that is gone: its requests, sends in flight and timers. */
   function forgetConnection() {
     stopPing();
     clearTimeout(S.timers.welcome);
+    clearTimeout(S.timers.settle);
     S.welcome = null;
     S.pending.clear();
+    S.loadingReqs.clear();
     S.inflight.clear();
     S.roomsRequested = false;
     // Watch lists and typing belong to the connection: the next one sends them again.
     S.watchKey = null;
     S.typingReqs.clear();
     S.typingSent = null;
-    if (S.view) S.view.loading = false;
+    if (S.view && S.view.loading) {
+      // Asked again on the next connection; until then nothing is loading.
+      S.view.loading = false;
+      $('history-status').textContent = '';
+    }
   }
 
-  function afterDisconnect(reason) {
+  /**
+   * A connection is a success once it is live (or showing the sign-in form), its loading requests
+   * are answered and it has been up SETTLE_MS: only then does the backoff start over.
+   */
+  function maybeSettle() {
+    if (S.settled || !S.ws || !(S.phase === 'live' || S.phase === 'open') || S.loadingReqs.size) return;
+    clearTimeout(S.timers.settle);
+    const wait = S.openedAt + SETTLE_MS - Date.now();
+    if (wait > 0) {
+      const gen = S.gen;
+      S.timers.settle = setTimeout(() => {
+        if (gen === S.gen) maybeSettle();
+      }, wait);
+      return;
+    }
+    S.settled = true;
+    S.attempt = 0;
+    S.failedAt = null;
+  }
+
+  function afterDisconnect(reason, died = true) {
     const advised = S.shutdownAdvised;
+    const settled = S.settled;
+    // Where it died: a node that answered and then dropped the connection at the same point
+    // again and again (a reply it cannot send, say) will do so on every retry.
+    const point = S.openedAt ? (FAILURE_POINTS[S.phase] || [S.phase])[0] : null;
     forgetConnection();
+    if (!settled && !advised && died && point && navigator.onLine !== false) {
+      const same = S.failedAt && S.failedAt.point === point;
+      S.failedAt = { point, count: same ? S.failedAt.count + 1 : 1 };
+      if (S.failedAt.count >= STUCK_AFTER) {
+        giveUp(reason);
+        return;
+      }
+    }
     // Any failure moves on to the next node; a one-node list retries the same one.
     S.nodeIndex = (S.nodeIndex + 1) % S.nodes.length;
     let delay;
-    if (advised) {
-      S.attempt = 0;
+    if (advised && settled) {
       delay = SHUTDOWN_RETRY_MS * (0.5 + Math.random());
     } else {
       const ceiling = Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * 2 ** Math.min(S.attempt, 20));
@@ -391,7 +500,27 @@
     setConn('reconnecting', `${lead} (${reason}); reconnecting`);
   }
 
+  /** Stop reconnecting: the connection keeps dying at the same point. The user may try again. */
+  function giveUp(reason) {
+    const { point, count } = S.failedAt;
+    clearTimeout(S.timers.retry);
+    clearInterval(S.timers.tick);
+    S.phase = 'failed';
+    S.retryAt = 0;
+    S.stuck = { point, count, reason };
+    renderPending();
+    const where = (Object.values(FAILURE_POINTS).find(([name]) => name === point) || [point, `(${point})`])[1];
+    setConn('failed', `Connection keeps failing ${where}; stopped reconnecting`);
+    $('conn-error-text').textContent =
+      `The connection to ${hostOf(S.url)} was lost ${count} times in a row ${where} (last: ${reason}). ` +
+      'This is most likely a problem on the server, so the page stopped reconnecting. ' +
+      'Messages you write are kept and sent once a connection works.';
+    $('conn-error').hidden = false;
+  }
+
   function retryNow() {
+    // One more try after a stop: failing at the same point again stops again at once.
+    if (S.stuck && S.failedAt) S.failedAt.count = STUCK_AFTER - 1;
     S.attempt = Math.max(0, S.attempt - 1);
     connect();
   }
@@ -423,6 +552,7 @@
     frame.req = req;
     if (!sendFrame(frame)) return 0;
     S.pending.set(req, Object.assign({ type: frame.type }, ctx));
+    if (!S.settled && LOADING_KINDS.has(ctx.kind)) S.loadingReqs.add(req);
     return req;
   }
 
@@ -431,6 +561,11 @@
     if (typeof frame.req === 'number' && S.typingReqs.size && settleTyping(frame)) return;
     const ctx = typeof frame.req === 'number' && S.pending.has(frame.req) ? S.pending.get(frame.req) : null;
     if (ctx) S.pending.delete(frame.req);
+    dispatchFrame(frame, ctx);
+    if (ctx && S.loadingReqs.delete(frame.req)) maybeSettle();
+  }
+
+  function dispatchFrame(frame, ctx) {
     switch (frame.type) {
       case 'welcome':
         return onWelcome(frame);
@@ -501,9 +636,9 @@
       authenticate();
     } else {
       S.phase = 'open';
-      S.attempt = 0;
       if (S.auth) signOut('your session expired; log in again');
       setConn('open', `Connected to ${frame.node}`);
+      maybeSettle();
       showAuthView();
       if (queuedAuth) {
         const { action, user, password } = queuedAuth;
@@ -591,6 +726,8 @@
     const rooms = resume && S.positions.size > 0;
     if (rooms) frame.rooms = Object.fromEntries(S.positions);
     S.phase = 'authenticating';
+    // Signing in loads the user's state: until that has worked, the connection is not a success.
+    S.settled = false;
     S.replayed = 0;
     request(frame, { kind: 'authenticate', resume, rooms });
     setConn('connecting', `Signing in on ${nodeName()}…`);
@@ -640,13 +777,13 @@
   /** Replay is over (or there was none): show it, refresh what may be stale, send the outbox. */
   function goLive(text) {
     S.phase = 'live';
-    S.attempt = 0;
     setConn('live', text);
     const view = S.view;
     if (view && !view.loaded && !view.loading) requestHistory(view, null);
     flushOutbox();
     markRead();
     renderPending();
+    maybeSettle();
   }
 
   function onResync(frame) {
@@ -749,6 +886,7 @@
         signOut(describeError(frame));
         S.phase = 'open';
         setConn('open', `Connected to ${nodeName()}`);
+        maybeSettle();
         return;
       }
       if (frame.code === 'invalid_field' && ctx && ctx.rooms) {
@@ -756,12 +894,12 @@
         // without them; it replays those rooms from the read positions it keeps.
         forgetPositions(null);
         showAlert(frame.code, frame.message);
-        drop(`sign-in failed: ${frame.code}`);
+        drop(`sign-in failed: ${frame.code}`, false);
         return;
       }
       // The node could not check the token now (store trouble): try again later.
       showAlert(frame.code, frame.message);
-      drop(`sign-in failed: ${frame.code}`);
+      drop(`sign-in failed: ${frame.code}`, false);
       return;
     }
     if (kind === 'send') {
@@ -1930,6 +2068,7 @@
     });
     $('copy-id').addEventListener('click', copyRoomId);
     $('retry-now').addEventListener('click', retryNow);
+    $('conn-error-retry').addEventListener('click', retryNow);
     $('logout').addEventListener('click', () => {
       signOut('');
       // A connection cannot be un-authenticated: start a fresh one.
@@ -1944,7 +2083,7 @@
     window.addEventListener('offline', () => {
       // A socket over a dead network may take long to notice; the ping catches it, but the
       // browser telling us is quicker.
-      if (S.ws) drop('the network went away');
+      if (S.ws) drop('the network went away', false);
     });
     window.addEventListener('storage', (event) => {
       // Another tab of this user chose a presence (and sent it): show it, re-send it on reconnect.
@@ -2004,6 +2143,8 @@
     positions: Object.fromEntries(S.positions),
     replayed: S.replayed,
     attempt: S.attempt,
+    settled: S.settled,
+    stuck: S.stuck ? S.stuck.point : null,
     outbox: S.outbox.map((m) => m.id),
     inflight: Array.from(S.inflight.keys()),
     limits: Object.assign({}, S.limits),
@@ -2024,6 +2165,13 @@
       showAuthView();
     }
     updateByteCount();
+    if (chosenNodes.refused.length) {
+      showAlert(
+        'node_not_allowed',
+        `not connecting to ${chosenNodes.refused.map(hostOf).join(', ')}: this node does not list ` +
+          'it among the nodes its web client may use (client.web_nodes)',
+      );
+    }
     connect();
   }
 

@@ -83,11 +83,13 @@ class Node:
 
     LISTENING = re.compile(r"palaver node (\S+) listening on (\S+)")
 
-    def __init__(self, binary: Path, data_dir: Path, port: int, name: str = "web-1"):
+    def __init__(self, binary: Path, data_dir: Path, port: int, name: str = "web-1", env: dict[str, str] | None = None):
         self.binary = binary
         self.data_dir = data_dir
         self.port = port
         self.name = name
+        # More PALAVER_* settings for this node (applied last).
+        self.extra_env = dict(env or {})
         self.log_path = data_dir / "node.log"
         self.proc: subprocess.Popen | None = None
         self.addr: str | None = None
@@ -112,6 +114,7 @@ class Node:
                 "PALAVER_LOG__FILTER": "info",
             }
         )
+        env.update(self.extra_env)
         return env
 
     def start(self) -> None:
@@ -234,21 +237,22 @@ def browser():
     manager.stop()
 
 
-def started_node(request, node_class=None):
-    """Start a node (of `node_class`, default `Node`) for one test, stop it afterwards, and keep
-    its log among the artifacts if the test failed. A generator for fixtures to `yield from`."""
+def started_node(request, node_class=None, *, name: str = "web-1", env: dict[str, str] | None = None):
+    """Start a node (of `node_class`, default `Node`; named `name`, with more `env` settings) for
+    one test, stop it afterwards, and keep its log among the artifacts if the test failed. A
+    generator for fixtures to `yield from`."""
     binary = palaver_binary()
     if not binary.exists():
         pytest.fail(f"no palaver binary at {binary}: build it with `cargo build -p node` or set PALAVER_BIN", pytrace=False)
     data_dir = Path(tempfile.mkdtemp(prefix="palaver-web-"))
-    started = (node_class or Node)(binary, data_dir, free_port())
+    started = (node_class or Node)(binary, data_dir, free_port(), name, env)
     started.start()
     yield started
     started.stop()
     report = getattr(request.node, "rep_call", None)
     if report is not None and report.failed:
         ARTIFACTS.mkdir(exist_ok=True)
-        shutil.copy(started.log_path, ARTIFACTS / f"{request.node.name}-node.log")
+        shutil.copy(started.log_path, ARTIFACTS / f"{request.node.name}-{name}-node.log")
     shutil.rmtree(data_dir, ignore_errors=True)
 
 

@@ -9,8 +9,8 @@ shows every missed message exactly once, in order, and his outbox is delivered o
 
 Also: HTML and script in messages are shown as text and never run; an oversize message is
 refused in the page; the node's error frames are shown with their code; direct conversations
-and live unread counts; history paging by scrolling up; the node list (`?nodes=`) skipping a
-dead node; a cut socket that lost a `send` and an `ack` (the outbox retries with the same id).
+and live unread counts; history paging by scrolling up; the node list (a node the page's node
+configured in client.web_nodes, chosen with `?nodes=`) skipping a dead node; a cut socket that lost a `send` and an `ack` (the outbox retries with the same id).
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ import json
 import re
 import time
 
-from conftest import MAX_BODY_BYTES, WAIT_MS, frames_of, free_port, joined
+import pytest
+from conftest import MAX_BODY_BYTES, WAIT_MS, frames_of, free_port, joined, started_node
 from playwright.sync_api import expect
 
 expect.set_options(timeout=WAIT_MS)
@@ -123,6 +124,15 @@ def assert_exactly_once_in_order(seen: list[str], expected: list[str]) -> None:
 
 
 # ---- Tests --------------------------------------------------------------------------------
+
+@pytest.fixture
+def node_with_dead_peer(request):
+    """A node whose web client may also use a node that is not running (`dead_peer`)."""
+    dead = f"127.0.0.1:{free_port()}"
+    for started in started_node(request, env={"PALAVER_CLIENT__WEB_NODES": f'["{dead}"]'}):
+        started.dead_peer = dead
+        yield started
+
 
 def test_chat_survives_node_kill(node, pages):
     ctx_a, alice = pages.open("alice-desktop", node.base_url + "/")
@@ -247,7 +257,8 @@ def test_direct_conversation_and_live_unread_counts(node, pages):
     expect(dm).to_have_attribute("data-unread", "0")
 
 
-def test_history_paging_and_node_list(node, pages):
+def test_history_paging_and_node_list(node_with_dead_peer, pages):
+    node = node_with_dead_peer
     _, alice = pages.open("alice", node.base_url + "/")
     register(alice, "alice")
     room_id = create_room(alice, "archive")
@@ -258,7 +269,7 @@ def test_history_paging_and_node_list(node, pages):
     expect_outbox_empty(alice)
 
     # A second browser with a node list whose first node is dead: it moves on to the live one.
-    dead = f"127.0.0.1:{free_port()}"
+    dead = node.dead_peer
     _, fresh = pages.open("alice-fresh", f"{node.base_url}/?nodes={dead},{node.addr}")
     log_in(fresh, "alice")
     assert state(fresh)["url"] == f"ws://{node.addr}/ws"

@@ -46,6 +46,7 @@ fn invalid_values_are_named() {
         ("[node]\nname = \"Bad Name\"\n", "node.name"),
         ("[log]\nformat = \"xml\"\n", "log.format"),
         ("[limits]\nmax_body_bytes = 65536\n", "limits.max_body_bytes"),
+        ("[client]\nweb_nodes = [\"ws://user:pw@elsewhere.example:7600\"]\n", "client.web_nodes"),
     ];
     for (toml, key) in cases {
         let err = Config::from_figment(Config::figment(None).merge(Toml::string(toml))).unwrap_err();
