@@ -52,6 +52,11 @@ pub struct ClusterSection {
     /// A node not heard from for this long is dead: its rooms move. Several intervals, so one
     /// late heartbeat on a loaded machine does not move rooms.
     pub heartbeat_timeout_ms: u64,
+    /// An accepted node link must finish its handshake (TLS and the cookie check) within this,
+    /// or it is closed: until then a connection to the cluster port is nobody's, and may hold
+    /// only a small, bounded amount of the node (actors/src/cluster/gate.rs). A handshake takes
+    /// milliseconds, so the default leaves room for a loaded machine.
+    pub handshake_timeout_ms: u64,
     /// Appends forwarded to other nodes and not yet answered, at most (flow control above
     /// ractor_cluster's unbounded send queue); beyond it sends get `unavailable`.
     pub max_pending_requests: usize,
@@ -76,6 +81,7 @@ impl Default for ClusterSection {
             tls_server_name: actors::cluster::tls::DEFAULT_SERVER_NAME.into(),
             heartbeat_interval_ms: 500,
             heartbeat_timeout_ms: 3_000,
+            handshake_timeout_ms: 5_000,
             max_pending_requests: 10_000,
             delivery_queue_len: 256,
         }
@@ -94,6 +100,9 @@ impl ClusterSection {
                 "cluster.heartbeat_timeout_ms",
                 format!("must be at least twice cluster.heartbeat_interval_ms ({})", self.heartbeat_interval_ms),
             ));
+        }
+        if self.handshake_timeout_ms == 0 {
+            return Err(("cluster.handshake_timeout_ms", "must be greater than 0".into()));
         }
         if self.max_pending_requests == 0 {
             return Err(("cluster.max_pending_requests", "must be greater than 0".into()));
@@ -212,6 +221,7 @@ pub async fn start(
         tls,
         heartbeat_interval: Duration::from_millis(section.heartbeat_interval_ms),
         heartbeat_timeout: Duration::from_millis(section.heartbeat_timeout_ms),
+        handshake_timeout: Duration::from_millis(section.handshake_timeout_ms),
         request_timeout: Duration::from_millis(request_timeout_ms),
         max_pending_requests: section.max_pending_requests,
         delivery_queue_len: section.delivery_queue_len,
@@ -287,6 +297,7 @@ mod tests {
             ("[cluster]\nseeds = [\"no-port\"]\n", "cluster.seeds"),
             ("[cluster]\nadvertise = \"host:99999\"\n", "cluster.advertise"),
             ("[cluster]\nmax_pending_requests = 0\n", "cluster.max_pending_requests"),
+            ("[cluster]\nhandshake_timeout_ms = 0\n", "cluster.handshake_timeout_ms"),
         ];
         for (toml, key) in cases {
             match load(toml).unwrap_err() {

@@ -21,7 +21,7 @@ use actors::hub::Hub;
 use actors::session::{run_session, Peer, Wire, WireError};
 use actors::store::WriteStats;
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
@@ -31,10 +31,7 @@ use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, info, warn};
 
-use crate::web;
-
-/// Longest request head accepted.
-const MAX_HEAD_BYTES: usize = 8 * 1024;
+use crate::{http_head, web};
 
 /// Accept connections until `stop` turns true, then wait for open connections to finish (the
 /// hub's shutdown makes WebSocket sessions send `reconnect` and close) for at most `drain`.
@@ -89,7 +86,7 @@ async fn handle(
 ) -> io::Result<()> {
     let _ = stream.set_nodelay(true);
     let timeout = Duration::from_millis(hub.limits.hello_timeout_ms);
-    let (head, rest) = match tokio::time::timeout(timeout, read_head(&mut stream)).await {
+    let (head, rest) = match tokio::time::timeout(timeout, http_head::read_head(&mut stream)).await {
         Ok(Ok(Some(read))) => read,
         Ok(Ok(None)) => return Ok(()),
         Ok(Err(err)) if err.kind() == io::ErrorKind::InvalidData => {
@@ -98,11 +95,10 @@ async fn handle(
         Ok(Err(err)) => return Err(err),
         Err(_) => return Ok(()),
     };
-    let mut headers = [httparse::EMPTY_HEADER; 32];
-    let mut request = httparse::Request::new(&mut headers);
-    if !matches!(request.parse(&head), Ok(httparse::Status::Complete(_))) {
+    let mut headers = [httparse::EMPTY_HEADER; http_head::MAX_HEADERS];
+    let Some(request) = http_head::parse(&head, &mut headers) else {
         return respond(&mut stream, 400, "text/plain", b"malformed HTTP request\n").await;
-    }
+    };
     let method = request.method.unwrap_or("");
     let path = request.path.unwrap_or("/").split('?').next().unwrap_or("/");
     let header = |name: &str| {
@@ -226,28 +222,6 @@ fn log_unready(reason: &str) {
             .is_ok()
     {
         warn!(reason, "not ready: /readyz answers 503");
-    }
-}
-
-/// Read until the end of the request head. Returns the head and any bytes read past it.
-async fn read_head(stream: &mut TcpStream) -> io::Result<Option<(Vec<u8>, Vec<u8>)>> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    loop {
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok(None);
-        }
-        let searched_from = buf.len().saturating_sub(3);
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(end) = buf[searched_from..].windows(4).position(|w| w == b"\r\n\r\n") {
-            let end = searched_from + end + 4;
-            let rest = buf.split_off(end);
-            return Ok(Some((buf, rest)));
-        }
-        if buf.len() > MAX_HEAD_BYTES {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "request head too large"));
-        }
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod cluster;
 pub mod config;
 pub mod http;
+pub mod http_head;
 pub mod operator;
 pub mod store;
 pub mod web;

@@ -14,9 +14,10 @@
 //! node's links all come from one address (what firewalls and the test harness's
 //! fault-injecting proxy see).
 //!
-//! With TLS (`cluster.tls_*`, see [`super::tls`]) links come in through the TLS accept loop
-//! there rather than through ractor_cluster's listener, and outgoing ones are wrapped in TLS
-//! before the node server gets them; the cookie handshake then runs inside TLS as before.
+//! Links come in through palaver's own accept loop on `cluster.listen` ([`super::gate`]), which
+//! bounds what a peer may send and how long it may take before it authenticates, and runs the
+//! TLS handshake if configured (`cluster.tls_*`, see [`super::tls`]); outgoing links are wrapped
+//! in TLS before the node server gets them. The cookie handshake then runs inside TLS as before.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -40,41 +41,39 @@ use crate::hub::Hub;
 pub(super) async fn start(cluster: &Arc<Cluster>, hub: Arc<Hub>) -> anyhow::Result<()> {
     let settings = &cluster.settings;
     let host = settings.advertise.rsplit_once(':').map_or(settings.advertise.as_str(), |(host, _)| host).to_string();
-    // With TLS, cluster.listen is ours (tls::serve); ractor_cluster's listener, which it always
-    // starts, goes on loopback at a random port, demanding TLS too (see the tls module).
-    let (port, listen_ip, encryption, tls_listener) = match &settings.tls {
-        Some(tls) => {
-            let listener = TcpListener::bind(settings.listen)
-                .await
-                .with_context(|| format!("binding cluster.listen {}", settings.listen))?;
-            let loopback = if settings.listen.is_ipv4() {
-                std::net::IpAddr::from(std::net::Ipv4Addr::LOCALHOST)
-            } else {
-                std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST)
-            };
-            (0, loopback, Some(IncomingEncryptionMode::Tls(tls.acceptor())), Some((listener, tls.clone())))
-        }
-        None => (settings.listen.port(), settings.listen.ip(), None, None),
+    // cluster.listen is ours (gate::serve); ractor_cluster's listener, which it always starts,
+    // goes on loopback at a random port and refuses every connection (see the gate module).
+    let listener = TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("binding cluster.listen {}", settings.listen))?;
+    let loopback = if settings.listen.is_ipv4() {
+        std::net::IpAddr::from(std::net::Ipv4Addr::LOCALHOST)
+    } else {
+        std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST)
     };
     let server = NodeServer::new(
-        port,
+        0,
         settings.cookie.clone(),
         settings.node.clone(),
         host,
-        encryption,
+        Some(IncomingEncryptionMode::Tls(super::tls::sealed_acceptor())),
         // Isolated: our own loop keeps the mesh full (ractor's transitive mode would dial the
         // addresses peers see, which are not the advertised ones behind NAT or a proxy).
         Some(ractor_cluster::node::NodeConnectionMode::Isolated),
     )
-    .with_listen_addr(listen_ip);
+    .with_listen_addr(loopback);
     let (server, _) = Actor::spawn(None, server, ())
         .await
         .with_context(|| format!("starting the cluster listener on cluster.listen {}", settings.listen))?;
-    if let Some((listener, tls)) = tls_listener {
-        // The name this node gives peers carries the port it was built with: make it the real one.
-        let _ = server.cast(NodeServerMessage::PortChanged { port: settings.listen.port() });
-        tokio::spawn(super::tls::serve(listener, tls, server.clone(), settings.node.clone()));
-    }
+    // The name this node gives peers carries the port it was built with: make it the real one.
+    let _ = server.cast(NodeServerMessage::PortChanged { port: settings.listen.port() });
+    tokio::spawn(super::gate::serve(
+        listener,
+        settings.tls.clone(),
+        server.clone(),
+        settings.node.clone(),
+        settings.handshake_timeout,
+    ));
     server
         .cast(NodeServerMessage::SubscribeToEvents {
             id: "palaver.links".into(),

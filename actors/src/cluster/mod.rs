@@ -14,6 +14,8 @@
 //!   `palaver.router.<node>`); everything else (rooms, sessions) stays local-only, because every
 //!   remotable actor costs a proxy on every other node (docs/DESIGN.md §3).
 //! - [`link`]: ractor_cluster's `NodeServer`, the reconnect loop, and the heartbeat ticker.
+//! - [`gate`]: the cluster port's accept loop, which bounds what a link may send and how long it
+//!   may take before it authenticates.
 //! - [`tls`]: optional mutual TLS on node links (rustls), under one cluster CA.
 //!
 //! Supervision: the node starts the cluster after the hub ([`start`]); the `NodeServer` and the
@@ -26,6 +28,7 @@
 //! cost a retry, never a lost or doubled message. The quorum rule keeps a partition's minority
 //! from writing at all.
 
+pub mod gate;
 pub mod link;
 pub mod membership;
 pub mod placement;
@@ -80,6 +83,8 @@ pub struct ClusterSettings {
     pub tls: Option<Arc<tls::LinkTls>>,
     pub heartbeat_interval: Duration,
     pub heartbeat_timeout: Duration,
+    /// How long an accepted link may take to authenticate (TLS and cookie handshakes).
+    pub handshake_timeout: Duration,
     /// How long a forwarded append may wait for its owner's reply before `unavailable`.
     pub request_timeout: Duration,
     /// Forwarded appends awaiting a reply, at most (flow control above ractor_cluster's
@@ -588,6 +593,7 @@ mod tests {
             tls: None,
             heartbeat_interval: Duration::from_millis(250),
             heartbeat_timeout: Duration::from_secs(2),
+            handshake_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(2),
             max_pending_requests: 10,
             delivery_queue_len,

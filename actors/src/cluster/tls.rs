@@ -8,12 +8,11 @@
 //! name instead (default `palaver-cluster`). ractor_cluster's cookie check still runs inside the
 //! TLS session: the certificate says "a node of this CA", the cookie "a node of this cluster".
 //!
-//! Accepting is done here, not by ractor_cluster: its listener runs each TLS handshake inline in
-//! its accept loop, with no deadline and a log line naming neither the peer nor the reason, so
-//! one silent connection would hold up every new link. Here each handshake runs in its own task,
-//! bounded in time and in number, and a refusal is one log line naming the peer and what to fix.
-//! The node server's own listener, which ractor_cluster always starts, goes on loopback with a
-//! random port (nothing dials it) and demands TLS as well, so it is no way around the check.
+//! Accepting is done by the cluster port's accept loop ([`super::gate`]), not by
+//! ractor_cluster: its listener runs each TLS handshake inline in its accept loop, with no deadline
+//! and a log line naming neither the peer nor the reason, so one silent connection would hold up
+//! every new link. There each handshake runs in its own task, bounded in time and in number, and
+//! a refusal is one log line naming the peer and what to fix.
 //!
 //! The crypto provider (aws-lc-rs, which ractor_cluster's tokio-rustls builds anyway) is handed to
 //! every builder explicitly, so nothing depends on a process-wide default provider.
@@ -29,19 +28,18 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ractor::ActorRef;
-use ractor_cluster::{NetworkStream, NodeServerMessage};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use ractor_cluster::NetworkStream;
+use tokio::net::TcpStream;
 use tokio_rustls::rustls::client::danger::ServerCertVerifier;
 use tokio_rustls::rustls::client::WebPkiServerVerifier;
 use tokio_rustls::rustls::crypto::aws_lc_rs;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use tokio_rustls::rustls::server::danger::ClientCertVerifier;
-use tokio_rustls::rustls::server::WebPkiClientVerifier;
+use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use tokio_rustls::rustls::sign::CertifiedKey;
 use tokio_rustls::rustls::{self, AlertDescription, CertificateError, ClientConfig, RootCertStore, ServerConfig};
-use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_rustls::{server, TlsAcceptor, TlsConnector};
 use tracing::{error, warn};
 
 /// The default of `cluster.tls_server_name`.
@@ -52,13 +50,9 @@ const KEY_KEY: &str = "cluster.tls_key_file";
 const CA_KEY: &str = "cluster.tls_ca_file";
 const NAME_KEY: &str = "cluster.tls_server_name";
 
-/// How long a TLS handshake may take. Generous: on a loaded machine a handshake takes
-/// milliseconds, so only a peer that sends nothing (or not TLS, slowly) gets here.
+/// How long a TLS handshake this node dials may take. Generous: on a loaded machine a handshake
+/// takes milliseconds, so only a peer that sends nothing (or not TLS, slowly) gets here.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Incoming handshakes in progress at most; beyond it new connections are closed at once (a
-/// flood on the cluster port costs bounded memory, and real nodes retry).
-const MAX_HANDSHAKES: usize = 64;
 
 /// Where the TLS material of a node comes from (the `cluster.tls_*` keys).
 #[derive(Debug, Clone, Copy)]
@@ -154,20 +148,17 @@ impl LinkTls {
         })
     }
 
-    /// The acceptor, for ractor_cluster's own (loopback) listener.
-    pub(super) fn acceptor(&self) -> TlsAcceptor {
-        self.acceptor.clone()
-    }
-
-    /// Server side of the handshake on an accepted connection.
-    async fn accept(&self, stream: TcpStream, peer_addr: SocketAddr) -> Result<NetworkStream, HandshakeError> {
+    /// Server side of the handshake on an accepted connection, within `timeout`.
+    pub(super) async fn accept(
+        &self,
+        stream: TcpStream,
+        timeout: Duration,
+    ) -> Result<server::TlsStream<TcpStream>, HandshakeError> {
         let fail = |failure| HandshakeError { accepting: true, server_name: self.server_name.to_str().into(), failure };
-        let local_addr = stream.local_addr().map_err(|err| fail(Failure::Io(err)))?;
-        let _ = stream.set_nodelay(true);
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.accept(stream)).await {
-            Ok(Ok(stream)) => Ok(NetworkStream::TlsServer { peer_addr, local_addr, stream }),
+        match tokio::time::timeout(timeout, self.acceptor.accept(stream)).await {
+            Ok(Ok(stream)) => Ok(stream),
             Ok(Err(err)) => Err(fail(Failure::Io(err))),
-            Err(_) => Err(fail(Failure::TimedOut)),
+            Err(_) => Err(fail(Failure::TimedOut(timeout))),
         }
     }
 
@@ -184,43 +175,28 @@ impl LinkTls {
         match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
             Ok(Ok(stream)) => Ok(NetworkStream::TlsClient { peer_addr, local_addr, stream }),
             Ok(Err(err)) => Err(fail(Failure::Io(err))),
-            Err(_) => Err(fail(Failure::TimedOut)),
+            Err(_) => Err(fail(Failure::TimedOut(HANDSHAKE_TIMEOUT))),
         }
     }
 }
 
-/// Accept node links on `listener`: one task per handshake, the TLS stream handed to the node
-/// server (which then runs the cookie check), a refusal logged once with its reason.
-pub(super) async fn serve(listener: TcpListener, tls: Arc<LinkTls>, server: ActorRef<NodeServerMessage>, node: String) {
-    let slots = Arc::new(Semaphore::new(MAX_HANDSHAKES));
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(err) => {
-                // Out of file descriptors and the like: do not spin.
-                warn!(node = %node, error = %err, "accepting a cluster link failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            warn!(node = %node, %peer, "cluster link dropped: {MAX_HANDSHAKES} TLS handshakes already in progress");
-            continue;
-        };
-        let (tls, server, node) = (tls.clone(), server.clone(), node.clone());
-        tokio::spawn(async move {
-            let _slot = slot;
-            match tls.accept(stream, peer).await {
-                Ok(stream) => {
-                    let opened = NodeServerMessage::ConnectionOpened { stream: Box::new(stream), is_server: true };
-                    if let Err(err) = server.cast(opened) {
-                        warn!(node = %node, %peer, error = %err, "cluster link dropped: the node server is gone");
-                    }
-                }
-                Err(err) => err.log(&node, &peer.to_string()),
-            }
-        });
+/// An acceptor that refuses every handshake (it has no certificate to offer), for the node
+/// server's own listener, which ractor_cluster always starts: nothing may reach the node server
+/// around the cluster port's gate ([`super::gate`]).
+pub(super) fn sealed_acceptor() -> TlsAcceptor {
+    #[derive(Debug)]
+    struct NoCertificate;
+    impl ResolvesServerCert for NoCertificate {
+        fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+            None
+        }
     }
+    let config = ServerConfig::builder_with_provider(Arc::new(aws_lc_rs::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("aws-lc-rs supports TLS 1.3")
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(NoCertificate));
+    TlsAcceptor::from(Arc::new(config))
 }
 
 /// A failed TLS handshake on a node link; its `Display` says what is wrong and what to check.
@@ -234,7 +210,7 @@ pub struct HandshakeError {
 
 #[derive(Debug)]
 enum Failure {
-    TimedOut,
+    TimedOut(Duration),
     Io(io::Error),
 }
 
@@ -242,7 +218,7 @@ impl HandshakeError {
     fn tls_error(&self) -> Option<&rustls::Error> {
         match &self.failure {
             Failure::Io(err) => err.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()),
-            Failure::TimedOut => None,
+            Failure::TimedOut(_) => None,
         }
     }
 
@@ -309,7 +285,7 @@ impl fmt::Display for HandshakeError {
             return f.write_str(&self.explain(err));
         }
         match &self.failure {
-            Failure::TimedOut => write!(f, "no TLS handshake within {HANDSHAKE_TIMEOUT:?}"),
+            Failure::TimedOut(timeout) => write!(f, "no TLS handshake within {timeout:?}"),
             Failure::Io(err) if err.kind() == io::ErrorKind::UnexpectedEof && self.accepting => {
                 write!(f, "the peer closed the connection before the handshake finished ({err})")
             }
