@@ -5,8 +5,8 @@
 //! A fixed number of dedicated threads each own one block buffer and take jobs from a bounded
 //! queue; a job that finds the queue full is refused at once (the caller answers
 //! `rate_limited`), so memory for hashing never exceeds `threads × m_cost` however many requests
-//! arrive. A thread keeps its buffer while jobs keep coming and frees it when the queue runs dry,
-//! so an idle node does not hold hash memory.
+//! arrive. A thread keeps its buffer while jobs keep coming and frees it (returning the pages to
+//! the operating system) when the queue runs dry, so an idle node does not hold hash memory.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
@@ -33,10 +33,33 @@ impl HashMemory {
         &mut self.blocks
     }
 
+    /// Free the buffer and hand the freed memory back to the operating system.
     fn release(&mut self) {
+        if self.blocks.is_empty() {
+            return;
+        }
         self.blocks = Vec::new();
+        return_freed_memory();
     }
 }
+
+/// glibc keeps a freed buffer of this size in the thread's malloc arena instead of unmapping it
+/// (its mmap threshold rises after the first such free), so the memory would stay resident
+/// after a burst of logins; `malloc_trim` releases the free pages of every arena.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn return_freed_memory() {
+    unsafe extern "C" {
+        fn malloc_trim(pad: usize) -> std::ffi::c_int;
+    }
+    // SAFETY: malloc_trim takes no pointers and only walks glibc's own allocator state under
+    // its locks; it is safe to call from any thread at any time.
+    unsafe {
+        malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn return_freed_memory() {}
 
 type Job = Box<dyn FnOnce(&mut HashMemory) + Send>;
 
@@ -122,7 +145,7 @@ fn run_jobs(queue: &Mutex<Receiver<Job>>, average_us: &AtomicU64) {
         // A panicking job drops its reply (the requester sees an internal error) and must not
         // take the thread, and with it a hashing slot, down.
         if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut memory))).is_err() {
-            memory.release();
+            memory = HashMemory::default();
         }
         let took = started.elapsed().as_micros().min(u128::from(u32::MAX)) as u64;
         let old = average_us.load(Ordering::Relaxed);
