@@ -43,7 +43,7 @@ def status(pid):
         for line in f:
             key, _, value = line.partition(":")
             if key in ("VmRSS", "VmHWM"):
-                fields[key] = int(value.split()[0]) // 1024  # MiB
+                fields[key] = round(int(value.split()[0]) / 1024, 1)  # MiB
     return fields
 
 
@@ -154,7 +154,7 @@ async def flood(args):
         print(json.dumps({
             "run": "flood" + (" (per-address limits lifted)" if args.open else ""),
             "attempts": sum(codes.values()), "seconds": round(elapsed, 1), "replies": codes,
-            "baseline_mib": baseline, "peak_mib": max(peak_sampled, hwm), "peak_growth_mib": max(peak_sampled, hwm) - baseline,
+            "baseline_mib": baseline, "peak_mib": max(peak_sampled, hwm), "peak_growth_mib": round(max(peak_sampled, hwm) - baseline, 1),
             "settled_after_s": args.settle, "settled_mib": settled,
             "settled_vs_baseline_pct": round(100 * (settled - baseline) / baseline, 1),
         }))

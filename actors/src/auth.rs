@@ -278,7 +278,7 @@ pub mod hash_pool;
 pub mod limiter;
 
 pub use hash_pool::{Busy, HashMemory, HashPool};
-pub use limiter::{Limiter, LimiterSettings, LoginAttempt, RegisterAttempt, Refused};
+pub use limiter::{Limiter, LimiterSettings, LoginAttempt, Refused, RegisterAttempt};
 
 #[cfg(test)]
 mod tests;

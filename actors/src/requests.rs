@@ -142,8 +142,7 @@ pub async fn login(hub: &Arc<Hub>, req: ReqId, user: String, password: String, a
 /// connection: the port is new on every connection, so keying on it would let a client reset
 /// its count by reconnecting. A peer without one (only in-process tests) shares one key.
 fn client_ip(addr: &str) -> std::net::IpAddr {
-    addr.parse::<std::net::SocketAddr>()
-        .map_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |peer| peer.ip())
+    addr.parse::<std::net::SocketAddr>().map_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |peer| peer.ip())
 }
 
 /// A `rate_limited` refusal carrying when to retry.

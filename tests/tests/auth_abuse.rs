@@ -38,7 +38,9 @@ async fn pipelined(client: &mut Client, frames: Vec<ClientFrame>) -> anyhow::Res
 }
 
 fn wrong_logins(client: &mut Client, user: &str, n: usize) -> Vec<ClientFrame> {
-    (0..n).map(|i| ClientFrame::Login { req: client.next_req(), user: user.into(), password: format!("guess-{i}") }).collect()
+    (0..n)
+        .map(|i| ClientFrame::Login { req: client.next_req(), user: user.into(), password: format!("guess-{i}") })
+        .collect()
 }
 
 /// How many replies are `invalid_credentials` and how many `rate_limited` (with a retry time);
@@ -48,7 +50,9 @@ fn tally(replies: &[ServerFrame]) -> anyhow::Result<(usize, usize)> {
     for reply in replies {
         match reply {
             ServerFrame::Error { code: ErrorCode::InvalidCredentials, .. } => invalid += 1,
-            ServerFrame::Error { code: ErrorCode::RateLimited, retry_after_ms: Some(ms), .. } if *ms > 0 => limited += 1,
+            ServerFrame::Error { code: ErrorCode::RateLimited, retry_after_ms: Some(ms), .. } if *ms > 0 => {
+                limited += 1
+            }
             other => bail!("unexpected reply to a wrong login: {other:?}"),
         }
     }
@@ -59,8 +63,12 @@ fn tally(replies: &[ServerFrame]) -> anyhow::Result<(usize, usize)> {
 async fn login_from(node: &Node, source: Ipv4Addr, user: &str, password: &str) -> anyhow::Result<ServerFrame> {
     let mut ws = ws_connect(&node.ws_url(), Some(source), None).await.context("connecting from a second address")?;
     palaver_hello(&mut ws, Encoding::Json, false).await?;
-    palaver_request(&mut ws, Encoding::Json, ClientFrame::Login { req: 2, user: user.into(), password: password.into() })
-        .await
+    palaver_request(
+        &mut ws,
+        Encoding::Json,
+        ClientFrame::Login { req: 2, user: user.into(), password: password.into() },
+    )
+    .await
 }
 
 /// 40 wrong passwords pipelined on one connection: only `login_max_failures` of them are

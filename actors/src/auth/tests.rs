@@ -178,12 +178,8 @@ fn the_table_is_bounded_and_refuses_new_keys_when_full() {
 #[test]
 fn a_full_table_is_swept_of_expired_records() {
     let window = Duration::from_millis(50);
-    let limiter = Limiter::new(LimiterSettings {
-        max_keys: 6,
-        window,
-        backoff_max: Duration::from_millis(50),
-        ..settings()
-    });
+    let limiter =
+        Limiter::new(LimiterSettings { max_keys: 6, window, backoff_max: Duration::from_millis(50), ..settings() });
     for i in 0..2 {
         drop(limiter.start_login(&format!("user{i}"), ip(&format!("10.0.0.{i}"))).unwrap());
     }
