@@ -1,5 +1,6 @@
-//! Authentication: argon2id password hashes, signed expiring tokens, and the limiter that slows
-//! down password guessing.
+//! Authentication: argon2id password hashes (run in a bounded pool, [`hash_pool`]), signed
+//! expiring tokens, and the limits that slow down password guessing and account creation
+//! ([`limiter`]).
 //!
 //! A token is `base64url(claims JSON) "." base64url(HMAC-SHA256(key, claims))`. The claims hold
 //! the user, the expiry and the user's token epoch at issue time; "log out everywhere" bumps the
@@ -7,11 +8,9 @@
 //! cluster must share the signing key (configuration `auth.token_key`, from the environment or a
 //! file, never the repository).
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{Output, ParamsString, PasswordHash, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -34,9 +33,21 @@ pub struct AuthConfig {
     pub argon2_iterations: u32,
     pub password_min_chars: usize,
     pub password_max_chars: usize,
-    /// Failed logins allowed per user name (and per client address) within the window.
+    /// Login attempts one client address may have in flight or failed within the window, and
+    /// failures in a row per user name and address before the growing delays start.
     pub login_max_failures: u32,
     pub login_window_secs: u64,
+    /// Failed logins per user name from all addresses within the window.
+    pub login_user_max_failures: u32,
+    /// The longest delay between attempts for one user name from one address.
+    pub login_backoff_max_secs: u64,
+    /// Registrations per client address within `register_window_secs`; 0: no limit.
+    pub register_max_per_address: u32,
+    pub register_window_secs: u64,
+    /// Password hashes run at once (threads of the hash pool), at least 1.
+    pub max_concurrent_hashes: usize,
+    /// Hashes waiting for a thread; beyond them requests are refused with `rate_limited`.
+    pub hash_queue_len: usize,
 }
 
 impl AuthConfig {
@@ -51,9 +62,25 @@ impl AuthConfig {
             password_max_chars: 256,
             login_max_failures: 5,
             login_window_secs: 60,
+            login_user_max_failures: 50,
+            login_backoff_max_secs: 3600,
+            register_max_per_address: 0,
+            register_window_secs: 600,
+            max_concurrent_hashes: 2,
+            hash_queue_len: 16,
         }
     }
 }
+
+/// Limiter table bounds: user names and addresses are short, so this is a few tens of MiB at
+/// most, and takes tens of thousands of addresses to fill.
+const LIMITER_MAX_KEYS: usize = 100_000;
+const LIMITER_MAX_ENTRIES: usize = 1_000_000;
+
+/// A stored hash may ask for more memory than the configured cost (hashes made before the cost
+/// was lowered) up to this factor; beyond it the hash is refused, not run, so a corrupt record
+/// cannot make the node allocate without bound.
+const STORED_COST_FACTOR: usize = 4;
 
 /// What a valid token says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,8 +105,9 @@ pub enum TokenError {
 /// Passwords and tokens. Cheap to clone behind an `Arc`.
 pub struct Authenticator {
     config: AuthConfig,
-    argon2: Argon2<'static>,
-    limiter: LoginLimiter,
+    params: Params,
+    limiter: Limiter,
+    pool: HashPool,
 }
 
 impl Authenticator {
@@ -87,15 +115,26 @@ impl Authenticator {
         anyhow::ensure!(config.token_key.len() >= 32, "auth.token_key must be at least 32 bytes");
         let params = Params::new(config.argon2_memory_kib, config.argon2_iterations, 1, None)
             .map_err(|err| anyhow::anyhow!("invalid argon2 parameters: {err}"))?;
-        let limiter = LoginLimiter::new(config.login_max_failures, Duration::from_secs(config.login_window_secs));
-        Ok(Authenticator { argon2: Argon2::new(Algorithm::Argon2id, Version::V0x13, params), config, limiter })
+        let limiter = Limiter::new(LimiterSettings {
+            address_max_attempts: config.login_max_failures,
+            window: Duration::from_secs(config.login_window_secs),
+            user_max_failures: config.login_user_max_failures,
+            backoff_max: Duration::from_secs(config.login_backoff_max_secs),
+            register_max_per_address: config.register_max_per_address,
+            register_window: Duration::from_secs(config.register_window_secs),
+            max_keys: LIMITER_MAX_KEYS,
+            max_entries: LIMITER_MAX_ENTRIES,
+        });
+        let pool = HashPool::new(config.max_concurrent_hashes, config.hash_queue_len)
+            .map_err(|err| anyhow::anyhow!("starting password hash threads: {err}"))?;
+        Ok(Authenticator { params, config, limiter, pool })
     }
 
     pub fn config(&self) -> &AuthConfig {
         &self.config
     }
 
-    pub fn limiter(&self) -> &LoginLimiter {
+    pub fn limiter(&self) -> &Limiter {
         &self.limiter
     }
 
@@ -111,19 +150,43 @@ impl Authenticator {
         Ok(())
     }
 
-    /// Hash a password (CPU-heavy: call from a blocking thread).
+    /// Hash a password on the calling thread (CPU- and memory-heavy; requests use
+    /// [`Authenticator::hash_in_pool`]).
     pub fn hash_password(&self, password: &str) -> anyhow::Result<String> {
-        let salt = SaltString::generate(&mut rand::rngs::OsRng);
-        self.argon2
-            .hash_password(password.as_bytes(), &salt)
-            .map(|hash| hash.to_string())
-            .map_err(|err| anyhow::anyhow!("hashing password: {err}"))
+        hash_with(&self.params, password.as_bytes(), &mut HashMemory::default())
     }
 
-    /// Verify a password against a stored hash (CPU-heavy: call from a blocking thread). The
-    /// parameters come from the stored hash, so raising the cost later keeps old hashes valid.
+    /// Verify a password against a stored hash on the calling thread. The parameters come from
+    /// the stored hash, so raising the cost later keeps old hashes valid.
     pub fn verify_password(&self, hash: &str, password: &str) -> bool {
-        PasswordHash::new(hash).is_ok_and(|parsed| self.argon2.verify_password(password.as_bytes(), &parsed).is_ok())
+        verify_with(hash, password.as_bytes(), &mut HashMemory::default(), self.max_stored_blocks())
+    }
+
+    /// Hash a password in the pool, or `Busy` at once when its queue is full.
+    pub async fn hash_in_pool(&self, password: String) -> Result<anyhow::Result<String>, Busy> {
+        let params = self.params.clone();
+        let result = self.pool.try_run(move |memory| hash_with(&params, password.as_bytes(), memory))?;
+        Ok(result.await.unwrap_or_else(|_| Err(anyhow::anyhow!("password hash thread failed"))))
+    }
+
+    /// Verify a password in the pool, or `Busy` at once when its queue is full. Without a
+    /// stored hash (an unknown user) a hash is still computed and `false` returned, so the time
+    /// taken does not tell which user names exist.
+    pub async fn verify_in_pool(&self, stored: Option<String>, password: String) -> Result<bool, Busy> {
+        let params = self.params.clone();
+        let max_blocks = self.max_stored_blocks();
+        let result = self.pool.try_run(move |memory| match stored {
+            Some(hash) => verify_with(&hash, password.as_bytes(), memory, max_blocks),
+            None => {
+                let _ = hash_with(&params, password.as_bytes(), memory);
+                false
+            }
+        })?;
+        Ok(result.await.unwrap_or(false))
+    }
+
+    fn max_stored_blocks(&self) -> usize {
+        self.params.block_count() * STORED_COST_FACTOR
     }
 
     /// Issue a token for `user` under its current token epoch. Returns the token and its expiry.
@@ -166,63 +229,56 @@ impl Authenticator {
     }
 }
 
-/// Counts failed logins per key (a user name, a client address) in a fixed window and refuses
-/// further attempts once `max_failures` is reached, until the window ends.
-///
-/// Memory is bounded: at most `MAX_KEYS` keys are tracked; when full, expired windows are swept
-/// and, if that frees nothing, the new key is not tracked (the per-address key still limits).
-pub struct LoginLimiter {
-    max_failures: u32,
-    window: Duration,
-    windows: Mutex<HashMap<String, (Instant, u32)>>,
+/// Hash `password` with `params` and a fresh salt into a PHC string, using `memory`.
+fn hash_with(params: &Params, password: &[u8], memory: &mut HashMemory) -> anyhow::Result<String> {
+    let salt = SaltString::generate(&mut rand::rngs::OsRng);
+    let mut salt_buf = [0u8; 64];
+    let salt_bytes = salt.decode_b64(&mut salt_buf).map_err(|err| anyhow::anyhow!("encoding salt: {err}"))?;
+    let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
+    let output_len = params.output_len().unwrap_or(Params::DEFAULT_OUTPUT_LEN);
+    let output = Output::init_with(output_len, |out| {
+        argon2.hash_password_into_with_memory(password, salt_bytes, out, memory.blocks(params.block_count()))?;
+        Ok(())
+    })
+    .map_err(|err| anyhow::anyhow!("hashing password: {err}"))?;
+    let hash = PasswordHash {
+        algorithm: Algorithm::Argon2id.ident(),
+        version: Some(Version::V0x13.into()),
+        params: ParamsString::try_from(params).map_err(|err| anyhow::anyhow!("argon2 parameters: {err}"))?,
+        salt: Some(salt.as_salt()),
+        hash: Some(output),
+    };
+    Ok(hash.to_string())
 }
 
-impl LoginLimiter {
-    const MAX_KEYS: usize = 100_000;
-
-    pub fn new(max_failures: u32, window: Duration) -> Self {
-        LoginLimiter { max_failures, window, windows: Mutex::new(HashMap::new()) }
+/// Whether `password` matches the PHC string `stored`, computed in `memory`; a stored hash
+/// asking for more than `max_blocks` KiB is refused.
+fn verify_with(stored: &str, password: &[u8], memory: &mut HashMemory, max_blocks: usize) -> bool {
+    let Ok(hash) = PasswordHash::new(stored) else { return false };
+    let (Some(salt), Some(expected)) = (hash.salt, hash.hash) else { return false };
+    let Ok(algorithm) = Algorithm::try_from(hash.algorithm) else { return false };
+    let Ok(version) = hash.version.map_or(Ok(Version::default()), Version::try_from) else { return false };
+    let Ok(params) = Params::try_from(&hash) else { return false };
+    if params.block_count() > max_blocks {
+        tracing::error!(m_cost = params.m_cost(), "stored password hash asks for more memory than allowed");
+        return false;
     }
-
-    /// `Err(retry_after)` when `key` has used up its failures in the current window.
-    pub fn check(&self, key: &str) -> Result<(), Duration> {
-        let windows = self.windows.lock().expect("limiter lock");
-        match windows.get(key) {
-            Some((start, failures)) if *failures >= self.max_failures => {
-                let elapsed = start.elapsed();
-                if elapsed < self.window {
-                    Err(self.window - elapsed)
-                } else {
-                    Ok(())
-                }
-            }
-            _ => Ok(()),
-        }
-    }
-
-    /// Record a failed attempt for `key`.
-    pub fn record_failure(&self, key: &str) {
-        let mut windows = self.windows.lock().expect("limiter lock");
-        let now = Instant::now();
-        if windows.len() >= Self::MAX_KEYS && !windows.contains_key(key) {
-            let window = self.window;
-            windows.retain(|_, (start, _)| now.duration_since(*start) < window);
-            if windows.len() >= Self::MAX_KEYS {
-                return;
-            }
-        }
-        let entry = windows.entry(key.to_string()).or_insert((now, 0));
-        if now.duration_since(entry.0) >= self.window {
-            *entry = (now, 0);
-        }
-        entry.1 += 1;
-    }
-
-    /// Forget `key` after a successful login.
-    pub fn record_success(&self, key: &str) {
-        self.windows.lock().expect("limiter lock").remove(key);
-    }
+    let mut salt_buf = [0u8; 64];
+    let Ok(salt_bytes) = salt.decode_b64(&mut salt_buf) else { return false };
+    let argon2 = Argon2::new(algorithm, version, params.clone());
+    let computed = Output::init_with(expected.len(), |out| {
+        argon2.hash_password_into_with_memory(password, salt_bytes, out, memory.blocks(params.block_count()))?;
+        Ok(())
+    });
+    // `Output`'s equality compares in constant time.
+    computed.is_ok_and(|computed| computed == expected)
 }
+
+pub mod hash_pool;
+pub mod limiter;
+
+pub use hash_pool::{Busy, HashMemory, HashPool};
+pub use limiter::{Limiter, LimiterSettings, LoginAttempt, Refused, RegisterAttempt};
 
 #[cfg(test)]
 mod tests;

@@ -52,19 +52,35 @@ pub fn store_error_frame(hub: &Hub, req: Option<ReqId>, err: StoreError) -> Serv
     error_frame(req, code, err.to_string())
 }
 
-/// Create an account.
-pub async fn register(hub: &Arc<Hub>, req: ReqId, user: String, password: String) -> ServerFrame {
+/// Create an account. Every limit is checked before the password hash is queued: the name and
+/// password rules, the registrations allowed per client address, and room in the hash queue.
+pub async fn register(hub: &Arc<Hub>, req: ReqId, user: String, password: String, addr: String) -> ServerFrame {
     if let Err(message) = names::validate_user_name(&user) {
         return error_frame(Some(req), ErrorCode::InvalidName, message);
     }
     if let Err(message) = hub.auth.validate_password(&password) {
         return error_frame(Some(req), ErrorCode::InvalidPassword, message);
     }
-    let hasher = hub.clone();
-    let hash = match tokio::task::spawn_blocking(move || hasher.auth.hash_password(&password)).await {
+    let attempt = match hub.auth.limiter().start_register(client_ip(&addr)) {
+        Ok(attempt) => attempt,
+        Err(refused) => {
+            let message = "too many registrations from this address; wait before trying again";
+            return rate_limited(req, message, refused.retry_after);
+        }
+    };
+    // A taken name needs no hash (and `register` tells whether a name is taken anyway).
+    match hub.store.user(&user).await {
+        Ok(Some(_)) => return store_error_frame(hub, Some(req), StoreError::UserExists(user)),
+        Ok(None) => {}
+        Err(err) => return store_error_frame(hub, Some(req), err),
+    }
+    let hash = match hub.auth.hash_in_pool(password).await {
         Ok(Ok(hash)) => hash,
         Ok(Err(err)) => return internal(req, err),
-        Err(err) => return internal(req, err),
+        Err(busy) => {
+            attempt.refund();
+            return rate_limited(req, "the node is busy hashing passwords; retry later", busy.retry_after);
+        }
     };
     match hub.store.create_user(&user, &hash, now_ms()).await {
         Ok(()) => {
@@ -75,53 +91,67 @@ pub async fn register(hub: &Arc<Hub>, req: ReqId, user: String, password: String
     }
 }
 
-/// Check a password and issue a token. Failures are counted per user name and per client
-/// address; past the limit the request is refused before any hashing.
+/// Check a password and issue a token. The attempt takes its place in the login limits (per
+/// client address, per user name and address, per user name; see `auth::limiter`) before the
+/// store is asked or a hash queued, and gives it back only if it succeeds, so pipelined guesses
+/// are counted as they arrive.
 pub async fn login(hub: &Arc<Hub>, req: ReqId, user: String, password: String, addr: String) -> ServerFrame {
-    let limiter = hub.auth.limiter();
-    // Per IP address: `addr` is the peer's `ip:port`, and the port is new on every connection,
-    // so keying on it would let a guesser reset the count by reconnecting.
-    let ip = addr.parse::<std::net::SocketAddr>().map_or(addr.clone(), |peer| peer.ip().to_string());
-    let addr_key = format!("addr:{ip}");
-    let user_key = format!("user:{user}");
-    if let Err(retry_after) = limiter.check(&user_key).and(limiter.check(&addr_key)) {
-        let message = "too many failed logins; wait before trying again".to_string();
-        return ServerFrame::Error {
-            req: Some(req),
-            code: ErrorCode::RateLimited,
-            message,
-            retry_after_ms: Some(retry_after.as_millis() as u64),
-        };
+    // Validated first: only well-formed names become limiter keys.
+    if let Err(message) = names::validate_user_name(&user) {
+        return error_frame(Some(req), ErrorCode::InvalidName, message);
     }
+    let attempt = match hub.auth.limiter().start_login(&user, client_ip(&addr)) {
+        Ok(attempt) => attempt,
+        Err(refused) => {
+            let message = "too many login attempts; wait before trying again";
+            return rate_limited(req, message, refused.retry_after);
+        }
+    };
     let record = match hub.store.user(&user).await {
         Ok(record) => record,
-        Err(err) => return store_error_frame(hub, Some(req), err),
-    };
-    let verifier = hub.clone();
-    let stored_hash = record.as_ref().map(|record| record.password_hash.clone());
-    let verified = tokio::task::spawn_blocking(move || match stored_hash {
-        Some(hash) => verifier.auth.verify_password(&hash, &password),
-        None => {
-            // Spend the same time on unknown users, so timing does not tell which names exist.
-            let _ = verifier.auth.hash_password(&password);
-            false
+        Err(err) => {
+            // Not the client's fault: the attempt does not count.
+            attempt.cancel();
+            return store_error_frame(hub, Some(req), err);
         }
-    })
-    .await
-    .unwrap_or(false);
+    };
+    let stored_hash = record.as_ref().map(|record| record.password_hash.clone());
+    let verified = match hub.auth.verify_in_pool(stored_hash, password).await {
+        Ok(verified) => verified,
+        Err(busy) => {
+            attempt.cancel();
+            return rate_limited(req, "the node is busy hashing passwords; retry later", busy.retry_after);
+        }
+    };
     match record {
         Some(record) if verified => {
-            limiter.record_success(&user_key);
+            attempt.succeeded();
             let (token, expires_at) = hub.auth.issue_token(&user, record.token_epoch, now_ms());
             ServerFrame::LoggedIn { req, user, token, expires_at }
         }
         _ => {
-            limiter.record_failure(&user_key);
-            limiter.record_failure(&addr_key);
+            drop(attempt);
             Metrics::inc(&hub.metrics.login_failures_total);
             info!(user, addr, "login failed");
             error_frame(Some(req), ErrorCode::InvalidCredentials, "unknown user or wrong password")
         }
+    }
+}
+
+/// The client's IP address from the peer's `ip:port`. Limits are per address, not per
+/// connection: the port is new on every connection, so keying on it would let a client reset
+/// its count by reconnecting. A peer without one (only in-process tests) shares one key.
+fn client_ip(addr: &str) -> std::net::IpAddr {
+    addr.parse::<std::net::SocketAddr>().map_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |peer| peer.ip())
+}
+
+/// A `rate_limited` refusal carrying when to retry.
+fn rate_limited(req: ReqId, message: &str, retry_after: std::time::Duration) -> ServerFrame {
+    ServerFrame::Error {
+        req: Some(req),
+        code: ErrorCode::RateLimited,
+        message: message.to_string(),
+        retry_after_ms: Some(retry_after.as_millis().clamp(1, u128::from(u64::MAX)) as u64),
     }
 }
 

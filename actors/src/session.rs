@@ -376,7 +376,9 @@ where
             }
             ClientFrame::Ping { req } => return self.reply_in_order(vec![ServerFrame::Pong { req }]),
             ClientFrame::Register { req, user, password } => {
-                return self.pipeline(async move { vec![requests::register(&hub, req, user, password).await] }.boxed())
+                let addr = self.peer.addr.clone();
+                return self
+                    .pipeline(async move { vec![requests::register(&hub, req, user, password, addr).await] }.boxed());
             }
             ClientFrame::Login { req, user, password } => {
                 let addr = self.peer.addr.clone();

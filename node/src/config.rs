@@ -115,8 +115,42 @@ pub struct AuthSection {
     pub argon2_memory_kib: u32,
     pub argon2_iterations: u32,
     pub password_min_chars: usize,
+    /// Login attempts one client address (IPv6: its /64) may have in flight or failed within
+    /// `login_window_secs`, across all user names; also the failures in a row allowed per user
+    /// name and address before delays start. An attempt counts from when it starts, so
+    /// pipelining gains nothing; a success gives its place back. 5 a minute is plenty for a
+    /// person who mistypes and a crawl for a guesser.
     pub login_max_failures: u32,
     pub login_window_secs: u64,
+    /// Failed logins for one user name from all addresses within the window. Far above one
+    /// address's share, so a guesser slowed down at its own address does not lock the owner
+    /// out of theirs; it takes guessers at ten addresses to reach it.
+    pub login_user_max_failures: u32,
+    /// Per user name and address, after `login_max_failures` failures in a row the next attempt
+    /// waits `login_window_secs`, each further failure doubles the wait, up to this (an hour);
+    /// a success, or quiet for this long, resets it.
+    pub login_backoff_max_secs: u64,
+    /// Registrations per client address within `register_window_secs`, successful or not (each
+    /// costs a password hash); 0: no limit (benchmarks). Ten in ten minutes lets a family or
+    /// an office create its accounts and stops a script from creating thousands.
+    pub register_max_per_address: u32,
+    pub register_window_secs: u64,
+    /// Password hashes computed at once, node-wide; 0: one per CPU core. Each holds
+    /// `argon2_memory_kib` of memory while it runs, so this bounds the memory logins take.
+    pub max_concurrent_hashes: usize,
+    /// Logins and registrations waiting for a hash; beyond them the node answers
+    /// `rate_limited` at once. 64 is about a second of waiting on a small machine.
+    pub hash_queue_len: usize,
+}
+
+impl AuthSection {
+    /// `max_concurrent_hashes` with 0 resolved to the number of cores.
+    pub fn hash_threads(&self) -> usize {
+        match self.max_concurrent_hashes {
+            0 => std::thread::available_parallelism().map_or(1, |cores| cores.get()),
+            threads => threads,
+        }
+    }
 }
 
 impl Default for AuthSection {
@@ -130,6 +164,12 @@ impl Default for AuthSection {
             password_min_chars: 8,
             login_max_failures: 5,
             login_window_secs: 60,
+            login_user_max_failures: 50,
+            login_backoff_max_secs: 3_600,
+            register_max_per_address: 10,
+            register_window_secs: 600,
+            max_concurrent_hashes: 0,
+            hash_queue_len: 64,
         }
     }
 }
@@ -221,8 +261,29 @@ impl Config {
         if self.auth.argon2_memory_kib < 8 || self.auth.argon2_iterations == 0 {
             return invalid("auth.argon2_memory_kib", "argon2 needs at least 8 KiB and 1 iteration");
         }
-        if self.auth.login_max_failures == 0 {
-            return invalid("auth.login_max_failures", "must be greater than 0");
+        // Upper bounds keep the limiter's per-key timestamps small.
+        for (key, value) in [
+            ("auth.login_max_failures", self.auth.login_max_failures),
+            ("auth.login_user_max_failures", self.auth.login_user_max_failures),
+        ] {
+            if !(1..=10_000).contains(&value) {
+                return invalid(key, "must be 1 to 10000");
+            }
+        }
+        if self.auth.register_max_per_address > 10_000 {
+            return invalid("auth.register_max_per_address", "must be at most 10000 (0: no limit)");
+        }
+        for (key, value) in [
+            ("auth.login_window_secs", self.auth.login_window_secs),
+            ("auth.login_backoff_max_secs", self.auth.login_backoff_max_secs),
+            ("auth.register_window_secs", self.auth.register_window_secs),
+        ] {
+            if !(1..=86_400).contains(&value) {
+                return invalid(key, "must be 1 to 86400 seconds");
+            }
+        }
+        if self.auth.hash_queue_len > 100_000 {
+            return invalid("auth.hash_queue_len", "must be at most 100000");
         }
         if let Err((key, message)) = self.cluster.validate() {
             return invalid(key, &message);

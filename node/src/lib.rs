@@ -49,6 +49,12 @@ pub async fn build_hub(config: &Config) -> anyhow::Result<Arc<Hub>> {
         password_max_chars: 256,
         login_max_failures: config.auth.login_max_failures,
         login_window_secs: config.auth.login_window_secs,
+        login_user_max_failures: config.auth.login_user_max_failures,
+        login_backoff_max_secs: config.auth.login_backoff_max_secs,
+        register_max_per_address: config.auth.register_max_per_address,
+        register_window_secs: config.auth.register_window_secs,
+        max_concurrent_hashes: config.auth.hash_threads(),
+        hash_queue_len: config.auth.hash_queue_len,
     })?;
     Ok(Hub::new(config.node.name.clone(), config.limits.clone(), config.presence.clone(), store, auth))
 }

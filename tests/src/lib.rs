@@ -165,6 +165,9 @@ impl Node {
             // Cheap hashing keeps tests fast; production defaults are exercised by unit tests.
             .env("PALAVER_AUTH__ARGON2_MEMORY_KIB", "1024")
             .env("PALAVER_AUTH__ARGON2_ITERATIONS", "1")
+            // Scenarios register many accounts from one address; tests/tests/auth_abuse.rs
+            // sets the limit where it is the thing tested.
+            .env("PALAVER_AUTH__REGISTER_MAX_PER_ADDRESS", "0")
             .env("PALAVER_LOG__FILTER", "info,actors=debug")
             .envs(
                 TestStore::from_env()
