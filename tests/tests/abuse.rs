@@ -113,6 +113,34 @@ async fn large_messages_arrive_in_pages_and_keep_the_connection() -> anyhow::Res
     Ok(())
 }
 
+/// With bodies as large as a node may be configured to take, one entry alone (200,000 control
+/// characters: 1.2 MB as JSON) is still a message the connection can carry: the write buffer
+/// is sized from the limits, live, in history and on resume.
+#[tokio::test]
+async fn the_largest_entry_the_limits_allow_fits_the_connection() -> anyhow::Result<()> {
+    let options = NodeOptions::default()
+        .env("LIMITS__MAX_FRAME_BYTES", 262_144)
+        .env("LIMITS__MAX_BODY_BYTES", 200_000);
+    let node = Node::start(options).await?;
+    let (mut writer, _) = Client::user(&node, Encoding::MessagePack, "writer").await?;
+    let (mut reader, token) = Client::user(&node, Encoding::Json, "reader").await?;
+    let room = writer.create_room("huge").await?;
+    reader.join(&room).await?;
+    let cursor = reader.cursor;
+    let body = "\u{1}".repeat(200_000);
+    writer.say(&room, "huge-1", &body).await?;
+    ensure!(reader.wait_for_message(&room, "huge-1").await?.body == body, "live");
+    let (entries, _) = all_history(&mut reader, &room, true).await?;
+    ensure!(entries.iter().any(|entry| entry.body == body), "history");
+    let mut again = Client::connect(&node, Encoding::Json).await?;
+    again.authenticate(&token, Some(cursor)).await?;
+    again.until_live().await?;
+    ensure!(again.ledger.iter().any(|(_, entry)| entry.body == body), "replay");
+    again.ping().await?;
+    reader.ping().await?;
+    Ok(())
+}
+
 /// A member list whose status texts would make one page larger than a message may be comes in
 /// pages, each with `more` until the last.
 #[tokio::test]
