@@ -204,7 +204,12 @@ mod tests {
             body,
             ts: u64::MAX,
         };
-        let history = protocol::ServerFrame::History { req: u64::MAX, room: entry.room.clone(), entries: vec![entry.clone()], more: true };
+        let history = protocol::ServerFrame::History {
+            req: u64::MAX,
+            room: entry.room.clone(),
+            entries: vec![entry.clone()],
+            more: true,
+        };
         let bytes = protocol::encode_server(protocol::Encoding::Json, &history).len();
         assert!(bytes <= limits.max_message_bytes(), "{bytes} > {}", limits.max_message_bytes());
         let message = protocol::encode_message(protocol::Encoding::Json, Some(u64::MAX), &entry).len();

@@ -156,7 +156,8 @@ mod tests {
 
     #[test]
     fn room_names_refuse_hidden_characters() {
-        for bad in ["gen\u{200B}eral", "\u{202E}gnp.exe", "a\u{2066}b\u{2069}", "x\u{FEFF}", "a\u{E0041}", "a\u{2028}b"] {
+        for bad in ["gen\u{200B}eral", "\u{202E}gnp.exe", "a\u{2066}b\u{2069}", "x\u{FEFF}", "a\u{E0041}", "a\u{2028}b"]
+        {
             let err = validate_room_name(bad).unwrap_err();
             assert!(err.contains("invisible or text-direction"), "{bad:?}: {err}");
         }

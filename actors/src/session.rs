@@ -1067,7 +1067,8 @@ where
         }
         let req = serde_json::to_value(frame).ok().and_then(|value| value.get("req")?.as_u64());
         warn!(peer = %self.peer.addr, bytes = bytes.len(), max, ?req, "reply larger than the largest message; refused");
-        let message = format!("the reply would take {} bytes, more than the {max} a message may; ask for less", bytes.len());
+        let message =
+            format!("the reply would take {} bytes, more than the {max} a message may; ask for less", bytes.len());
         Metrics::inc(&self.hub.metrics.errors_sent_total);
         encode_server(encoding, &error_frame(req, ErrorCode::Internal, message))
     }

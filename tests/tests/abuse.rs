@@ -98,8 +98,11 @@ async fn large_messages_arrive_in_pages_and_keep_the_connection() -> anyhow::Res
 
         // A resume over the same messages, one frame per message and batched.
         for batched in [false, true] {
-            let mut again =
-                if batched { Client::connect_batched(&node, encoding).await? } else { Client::connect(&node, encoding).await? };
+            let mut again = if batched {
+                Client::connect_batched(&node, encoding).await?
+            } else {
+                Client::connect(&node, encoding).await?
+            };
             again.authenticate(&bob_token, Some(bob_cursor)).await?;
             again.until_live().await?;
             let replayed: Vec<&str> =
@@ -118,9 +121,7 @@ async fn large_messages_arrive_in_pages_and_keep_the_connection() -> anyhow::Res
 /// is sized from the limits, live, in history and on resume.
 #[tokio::test]
 async fn the_largest_entry_the_limits_allow_fits_the_connection() -> anyhow::Result<()> {
-    let options = NodeOptions::default()
-        .env("LIMITS__MAX_FRAME_BYTES", 262_144)
-        .env("LIMITS__MAX_BODY_BYTES", 200_000);
+    let options = NodeOptions::default().env("LIMITS__MAX_FRAME_BYTES", 262_144).env("LIMITS__MAX_BODY_BYTES", 200_000);
     let node = Node::start(options).await?;
     let (mut writer, _) = Client::user(&node, Encoding::MessagePack, "writer").await?;
     let (mut reader, token) = Client::user(&node, Encoding::Json, "reader").await?;
@@ -166,8 +167,7 @@ async fn member_lists_with_long_statuses_come_in_pages() -> anyhow::Result<()> {
         loop {
             let req = reader.next_req();
             let frame = ClientFrame::ListMembers { req, room: room.clone(), after: after.clone(), limit: None };
-            let ServerFrame::Members { members: page, presence, total, more, .. } = reader.request(frame).await?
-            else {
+            let ServerFrame::Members { members: page, presence, total, more, .. } = reader.request(frame).await? else {
                 bail!("{encoding:?}: members page {pages}")
             };
             ensure!(total == 7 && page.len() == presence.len() && !page.is_empty(), "{encoding:?}: {page:?}");
@@ -218,8 +218,12 @@ async fn invalid_utf8_text_closes_with_1007() -> anyhow::Result<()> {
             };
             if fragmented {
                 let (first, rest) = bad.split_at(10);
-                client.send_raw(Message::Frame(Frame::message(first.to_vec(), OpCode::Data(Data::Text), false))).await?;
-                client.send_raw(Message::Frame(Frame::message(rest.to_vec(), OpCode::Data(Data::Continue), true))).await?;
+                client
+                    .send_raw(Message::Frame(Frame::message(first.to_vec(), OpCode::Data(Data::Text), false)))
+                    .await?;
+                client
+                    .send_raw(Message::Frame(Frame::message(rest.to_vec(), OpCode::Data(Data::Continue), true)))
+                    .await?;
             } else {
                 client.send_raw(Message::Frame(Frame::message(bad.to_vec(), OpCode::Data(Data::Text), true))).await?;
             }
@@ -256,10 +260,7 @@ async fn unauthenticated_connections_are_closed_after_the_auth_timeout() -> anyh
     }
     for (what, client) in [("idle", &mut idle), ("logging in", &mut busy), ("first", &mut first)] {
         let closed = client.closed().await?;
-        ensure!(
-            closed.code == Some(1008) && closed.reason.contains("limits.auth_timeout_ms"),
-            "{what}: {closed:?}"
-        );
+        ensure!(closed.code == Some(1008) && closed.reason.contains("limits.auth_timeout_ms"), "{what}: {closed:?}");
     }
     ensure!(started.elapsed() >= Duration::from_millis(TIMEOUT_MS), "closed before the timeout");
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -304,7 +305,8 @@ async fn outsiders_learn_nothing_about_private_rooms_and_cannot_invite_themselve
     let node = Node::start(NodeOptions::default()).await?;
     for encoding in ENCODINGS {
         let t = tag(encoding);
-        let (alice, bob, carol, zed) = (format!("alice-{t}"), format!("bob-{t}"), format!("carol-{t}"), format!("zed-{t}"));
+        let (alice, bob, carol, zed) =
+            (format!("alice-{t}"), format!("bob-{t}"), format!("carol-{t}"), format!("zed-{t}"));
         let (mut alice_c, _) = Client::user(&node, encoding, &alice).await?;
         let (_bob_c, _) = Client::user(&node, encoding, &bob).await?;
         let (mut carol_c, _) = Client::user(&node, encoding, &carol).await?;
@@ -323,9 +325,11 @@ async fn outsiders_learn_nothing_about_private_rooms_and_cannot_invite_themselve
             bail!("open_direct")
         };
         // A private room and a direct conversation answer exactly as ids that exist nowhere.
-        let pairs = [(private.id.clone(), "r_nosuchroom00".to_string()), (direct.id.clone(), format!("dm:{alice}:{zed}"))];
+        let pairs =
+            [(private.id.clone(), "r_nosuchroom00".to_string()), (direct.id.clone(), format!("dm:{alice}:{zed}"))];
         for (real, made_up) in pairs {
-            for (frame, twin) in probes(&mut carol_c, &real, &bob).into_iter().zip(probes(&mut carol_c, &made_up, &bob)) {
+            for (frame, twin) in probes(&mut carol_c, &real, &bob).into_iter().zip(probes(&mut carol_c, &made_up, &bob))
+            {
                 let what = format!("{frame:?}");
                 let got = answer(&mut carol_c, frame, &real).await?;
                 let expected = answer(&mut carol_c, twin, &made_up).await?;

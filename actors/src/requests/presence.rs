@@ -222,9 +222,8 @@ pub async fn list_members(
     let mut bytes = 0;
     for member in &members[start..end] {
         let theirs = ctx.hub.presence.get(member);
-        bytes += MEMBER_FIELDS_BYTES
-            + 2 * json_escaped_len(member)
-            + theirs.status.as_deref().map_or(0, json_escaped_len);
+        bytes +=
+            MEMBER_FIELDS_BYTES + 2 * json_escaped_len(member) + theirs.status.as_deref().map_or(0, json_escaped_len);
         if bytes > PAGE_MAX_BYTES && !page.is_empty() {
             break;
         }
