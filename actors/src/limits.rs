@@ -41,6 +41,11 @@ pub struct Limits {
     pub slow_client_timeout_ms: u64,
     /// A connection must send `hello` within this time.
     pub hello_timeout_ms: u64,
+    /// A greeted connection must authenticate within this time of its `hello`, or it is closed
+    /// (1008): an unauthenticated connection must not hold one of `max_connections` for good.
+    /// Nothing before `authenticate` extends it, since a login, even a refused one, would then
+    /// keep a slot open at no cost to its sender.
+    pub auth_timeout_ms: u64,
     /// A room actor with no work for this long stops (its state is all in the store).
     pub room_idle_ms: u64,
     /// Open WebSocket connections per node. The default stays under this machine's
@@ -81,6 +86,7 @@ impl Default for Limits {
             frames_per_second: 100,
             slow_client_timeout_ms: 10_000,
             hello_timeout_ms: 10_000,
+            auth_timeout_ms: 30_000,
             room_idle_ms: 300_000,
             max_connections: 19_000,
             request_timeout_ms: 10_000,
@@ -92,7 +98,40 @@ impl Default for Limits {
     }
 }
 
+/// The encoded size a page of a paged reply (`history`, `members`) stays within: the page ends
+/// before the item that would take it past this, says `more`, and the client asks for the
+/// rest. A page always holds one item, so one entry larger than this goes alone.
+pub const PAGE_MAX_BYTES: usize = 128 * 1024;
+
+/// An entry's encoding beyond its body: field names, room and message ids, user names, numbers.
+const ENTRY_OVERHEAD_BYTES: usize = 512;
+/// A room in `rooms`: an id of at most 80 bytes, a name of 64 characters of at most 4 bytes
+/// each (control characters, the only ones JSON escapes to more, are refused), the numbers.
+const ROOM_INFO_MAX_BYTES: usize = 512;
+/// A read position in `receipts`: a user name of at most 32 bytes and a number.
+const READ_POSITION_MAX_BYTES: usize = 96;
+/// A reply's own fields around its list: type, req, room id, counts, `more`.
+const FRAME_OVERHEAD_BYTES: usize = 1024;
+
 impl Limits {
+    /// The most bytes one entry (its `message` frame, or its place in a `history` page) encodes
+    /// to: a body of `max_body_bytes` control characters, each of which JSON escapes to six
+    /// bytes (`\u0001`).
+    pub fn max_entry_bytes(&self) -> usize {
+        6 * self.max_body_bytes as usize + ENTRY_OVERHEAD_BYTES
+    }
+
+    /// The largest WebSocket message the node writes, in either encoding: a page (history,
+    /// members), a single entry however it escapes, the room list of a user in
+    /// `max_rooms_per_user` rooms, the read positions of `max_room_members`. The WebSocket
+    /// layer's write buffer is sized from this (a message it cannot buffer would end the
+    /// connection), and a session refuses to write anything larger (docs/PROTOCOL.md, "Limits").
+    pub fn max_message_bytes(&self) -> usize {
+        let rooms = self.max_rooms_per_user as usize * ROOM_INFO_MAX_BYTES;
+        let reads = self.max_room_members as usize * READ_POSITION_MAX_BYTES;
+        PAGE_MAX_BYTES.max(self.max_entry_bytes()).max(rooms).max(reads) + FRAME_OVERHEAD_BYTES
+    }
+
     pub fn membership(&self) -> MembershipLimits {
         MembershipLimits {
             max_room_members: self.max_room_members,
@@ -103,7 +142,7 @@ impl Limits {
 
     /// Check the values against each other; the error names the key.
     pub fn validate(&self) -> Result<(), String> {
-        let positive: [(&str, u64); 15] = [
+        let positive: [(&str, u64); 16] = [
             ("limits.max_frame_bytes", self.max_frame_bytes.into()),
             ("limits.max_body_bytes", self.max_body_bytes.into()),
             ("limits.outbound_queue_len", self.outbound_queue_len as u64),
@@ -115,6 +154,7 @@ impl Limits {
             ("limits.max_inflight_per_connection", self.max_inflight_per_connection as u64),
             ("limits.frames_per_second", self.frames_per_second.into()),
             ("limits.slow_client_timeout_ms", self.slow_client_timeout_ms),
+            ("limits.auth_timeout_ms", self.auth_timeout_ms),
             ("limits.max_connections", self.max_connections as u64),
             ("limits.request_timeout_ms", self.request_timeout_ms),
             ("limits.room_batch_max", self.room_batch_max as u64),
@@ -152,5 +192,33 @@ mod tests {
         assert!(err.starts_with("limits.replay_page_len"), "{err}");
         let err = Limits { max_body_bytes: 64 * 1024, ..Limits::default() }.validate().unwrap_err();
         assert!(err.contains("limits.max_body_bytes"), "{err}");
+    }
+
+    /// The worst single entry fits the largest message: 16 KiB of control characters is
+    /// 96 KiB of JSON.
+    #[test]
+    fn the_largest_message_holds_the_worst_entry() {
+        let limits = Limits::default();
+        let body = "\u{1}".repeat(limits.max_body_bytes as usize);
+        let entry = protocol::Entry {
+            room: format!("dm:{}:{}", "a".repeat(32), "b".repeat(32)),
+            seq: u64::MAX,
+            id: "x".repeat(64),
+            from: "a".repeat(32),
+            kind: protocol::EntryKind::Text,
+            user: None,
+            body,
+            ts: u64::MAX,
+        };
+        let history = protocol::ServerFrame::History {
+            req: u64::MAX,
+            room: entry.room.clone(),
+            entries: vec![entry.clone()],
+            more: true,
+        };
+        let bytes = protocol::encode_server(protocol::Encoding::Json, &history).len();
+        assert!(bytes <= limits.max_message_bytes(), "{bytes} > {}", limits.max_message_bytes());
+        let message = protocol::encode_message(protocol::Encoding::Json, Some(u64::MAX), &entry).len();
+        assert!(message <= limits.max_entry_bytes(), "{message} > {}", limits.max_entry_bytes());
     }
 }

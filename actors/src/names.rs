@@ -41,7 +41,41 @@ pub fn validate_room_name(name: &str) -> Result<String, String> {
     if trimmed.chars().any(char::is_control) {
         return Err("room name must not contain control characters".to_string());
     }
+    if let Some(c) = hidden_char(trimmed) {
+        return Err(format!(
+            "room name must not contain invisible or text-direction characters (found U+{:04X})",
+            u32::from(c)
+        ));
+    }
     Ok(trimmed.to_string())
+}
+
+/// The first character of `text` that changes how text around it is shown without being seen
+/// itself: bidirectional controls (which can make `gnp.exe` show as `exe.png`), zero-width and
+/// other invisible formatting characters (which make two names that look the same differ),
+/// line and paragraph separators, and the tag characters that can hide a whole text. Names and
+/// status texts are shown to other users, so they must look like what they are. Variation
+/// selectors (emoji presentation) are allowed: they change a glyph's style only.
+pub fn hidden_char(text: &str) -> Option<char> {
+    text.chars().find(|&c| {
+        matches!(
+            c,
+            '\u{00AD}'                          // soft hyphen
+            | '\u{034F}'                        // combining grapheme joiner
+            | '\u{061C}'                        // Arabic letter mark
+            | '\u{115F}' | '\u{1160}'           // Hangul fillers
+            | '\u{17B4}' | '\u{17B5}'           // Khmer inherent vowels
+            | '\u{180B}'..='\u{180F}'           // Mongolian selectors and vowel separator
+            | '\u{200B}'..='\u{200F}'           // zero-width space, joiners, LRM, RLM
+            | '\u{2028}'..='\u{202E}'           // line/paragraph separators, embeddings, overrides
+            | '\u{2060}'..='\u{206F}'           // word joiner, invisible operators, isolates
+            | '\u{3164}' | '\u{FFA0}'           // Hangul fillers
+            | '\u{FEFF}'                        // zero-width no-break space
+            | '\u{FFF9}'..='\u{FFFB}'           // interlinear annotations
+            | '\u{1D173}'..='\u{1D17A}'         // musical formatting
+            | '\u{E0000}'..='\u{E007F}' // tags
+        )
+    })
 }
 
 /// Room ids as a client names them: bounded and printable; existence is the store's question.
@@ -118,6 +152,18 @@ mod tests {
         assert!(validate_room_name(&"x".repeat(65)).is_err());
         assert!(validate_room_name("a\u{0}b").is_err());
         assert!(validate_room_name("café ☕").is_ok());
+    }
+
+    #[test]
+    fn room_names_refuse_hidden_characters() {
+        for bad in ["gen\u{200B}eral", "\u{202E}gnp.exe", "a\u{2066}b\u{2069}", "x\u{FEFF}", "a\u{E0041}", "a\u{2028}b"]
+        {
+            let err = validate_room_name(bad).unwrap_err();
+            assert!(err.contains("invisible or text-direction"), "{bad:?}: {err}");
+        }
+        for ok in ["שלום עולם", "مرحبا", "☕\u{FE0F} corner", "日本語"] {
+            assert!(validate_room_name(ok).is_ok(), "{ok}");
+        }
     }
 
     #[test]

@@ -7,11 +7,11 @@
 
 use std::sync::Arc;
 
-use protocol::{EntryKind, ErrorCode, ReqId, RoomInfo, ServerFrame};
+use protocol::{Entry, EntryKind, ErrorCode, ReqId, RoomInfo, ServerFrame};
 use tracing::{error, info};
 
 use crate::hub::Hub;
-use crate::limits::Limits;
+use crate::limits::{Limits, PAGE_MAX_BYTES};
 use crate::metrics::Metrics;
 use crate::names::{self, now_ms};
 use crate::store::{Appended, HistoryPage, MyRoom, NewRoom, RoomRecord, StoreError};
@@ -31,13 +31,25 @@ pub fn error_frame(req: Option<ReqId>, code: ErrorCode, message: impl Into<Strin
     ServerFrame::Error { req, code, message: message.into(), retry_after_ms: None }
 }
 
+/// A message that quotes client input, cut to at most 512 characters, with control characters
+/// (which JSON escapes to six bytes each) replaced: an error reply stays small whatever it quotes.
+pub fn bounded_message(message: &str) -> String {
+    const MAX_CHARS: usize = 512;
+    let mut out: String =
+        message.chars().take(MAX_CHARS).map(|c| if c.is_control() { '\u{fffd}' } else { c }).collect();
+    if message.chars().nth(MAX_CHARS).is_some() {
+        out.push('…');
+    }
+    out
+}
+
 /// The error frame for a store refusal. Faults are logged here and shown to the client only as
 /// "internal", without the store's details.
 pub fn store_error_frame(hub: &Hub, req: Option<ReqId>, err: StoreError) -> ServerFrame {
     let code = match &err {
         StoreError::UserExists(_) => ErrorCode::UserExists,
         StoreError::NoSuchUser(_) => ErrorCode::NoSuchUser,
-        StoreError::NoSuchRoom(_) => ErrorCode::NoSuchRoom,
+        StoreError::NoSuchRoom(room) => return no_such_room(req, room),
         StoreError::NotMember { .. } => ErrorCode::NotMember,
         StoreError::AlreadyMember { .. } | StoreError::Forbidden(_) => ErrorCode::Forbidden,
         StoreError::RoomFull { .. } => ErrorCode::RoomFull,
@@ -50,6 +62,54 @@ pub fn store_error_frame(hub: &Hub, req: Option<ReqId>, err: StoreError) -> Serv
         }
     };
     error_frame(req, code, err.to_string())
+}
+
+/// The refusal for a room that does not exist, and for a private room the caller is not in:
+/// the same frame, so that a room id tells an outsider nothing (see [`refuse_room`]).
+pub fn no_such_room(req: Option<ReqId>, room: &str) -> ServerFrame {
+    error_frame(req, ErrorCode::NoSuchRoom, format!("no room `{room}`"))
+}
+
+/// The refusal for a room the caller is not a member of. A public room is open to anyone who
+/// joins, so its existence is no secret and the answer is `not_member`. A private room (direct
+/// conversations are private) answers as a room that does not exist: its id must tell an
+/// outsider nothing, not even whether two users talk (a direct conversation's id is made of
+/// their names).
+pub async fn refuse_room(ctx: &Ctx, req: ReqId, room: &str) -> ServerFrame {
+    match ctx.hub.store.room(room).await {
+        Ok(Some(record)) if !record.private => {
+            error_frame(Some(req), ErrorCode::NotMember, format!("you are not a member of `{room}`"))
+        }
+        Ok(_) | Err(StoreError::NoSuchRoom(_)) => no_such_room(Some(req), room),
+        Err(err) => store_error_frame(&ctx.hub, Some(req), err),
+    }
+}
+
+/// Check an `invite` before it goes to the room; `Some` is the answer to send instead. Only a
+/// member may invite, and anyone else gets the refusal of [`refuse_room`] whoever they name
+/// (themselves, a user who does not exist): an invitation is never a way in, nor a way to learn
+/// who has an account. A member inviting themself is told `ok`: they are a member.
+pub async fn check_invite(ctx: &Ctx, req: ReqId, room: &str, user: &str) -> Option<ServerFrame> {
+    // A direct conversation is its two users for good (its id names them), so no one is
+    // invited in, as no one leaves. The store alone would add a third member.
+    if room.starts_with("dm:") {
+        let message = "direct conversations have exactly two members; create a group room";
+        return Some(error_frame(Some(req), ErrorCode::Forbidden, message));
+    }
+    if let Err(message) = names::validate_user_name(user) {
+        return Some(error_frame(Some(req), ErrorCode::InvalidName, message));
+    }
+    if let Err(frame) = require_member(ctx, req, room).await {
+        return Some(frame);
+    }
+    if user == ctx.user {
+        return Some(ServerFrame::Ok { req });
+    }
+    match ctx.hub.store.user(user).await {
+        Ok(Some(_)) => None,
+        Ok(None) => Some(error_frame(Some(req), ErrorCode::NoSuchUser, format!("no user `{user}`"))),
+        Err(err) => Some(store_error_frame(&ctx.hub, Some(req), err)),
+    }
 }
 
 /// Create an account. Every limit is checked before the password hash is queued: the name and
@@ -282,10 +342,64 @@ pub async fn history(
         return frame;
     }
     match ctx.hub.store.history(&room, page, limit).await {
-        Ok((entries, more)) => ServerFrame::History { req, room, entries, more },
+        Ok((entries, more)) => {
+            let backwards = matches!(page, HistoryPage::Before(_));
+            let (entries, cut) = fit_page(entries, backwards);
+            ServerFrame::History { req, room, entries, more: more || cut }
+        }
         Err(err) => store_error_frame(&ctx.hub, Some(req), err),
     }
 }
+
+/// The entries of a history page that fit in [`PAGE_MAX_BYTES`] (at least one), and whether
+/// some were left out. A page read backwards keeps its newest entries and one read forwards its
+/// oldest, so the client's next request (`before` its first seq, `after` its last) reads on
+/// from the page's edge and nothing is skipped.
+fn fit_page(mut entries: Vec<Entry>, backwards: bool) -> (Vec<Entry>, bool) {
+    let mut total = 0;
+    let mut fits = |entry: &Entry| {
+        total += entry_bytes_bound(entry);
+        total <= PAGE_MAX_BYTES
+    };
+    let kept = if backwards {
+        entries.iter().rev().take_while(|entry| fits(entry)).count()
+    } else {
+        entries.iter().take_while(|entry| fits(entry)).count()
+    }
+    .max(1)
+    .min(entries.len());
+    let cut = kept < entries.len();
+    if backwards {
+        entries.drain(..entries.len() - kept);
+    } else {
+        entries.truncate(kept);
+    }
+    (entries, cut)
+}
+
+/// At least the bytes an entry encodes to in either encoding: JSON's size with its worst
+/// escaping (six bytes for a control character, two for a quote or a backslash), which
+/// MessagePack never exceeds, and room for the field names and numbers.
+pub fn entry_bytes_bound(entry: &Entry) -> usize {
+    let escaped = json_escaped_len;
+    let user = entry.user.as_deref().map_or(0, escaped);
+    ENTRY_FIELDS_BYTES + escaped(&entry.room) + escaped(&entry.id) + escaped(&entry.from) + user + escaped(&entry.body)
+}
+
+/// The bytes `text` takes as a JSON string's contents at most (serde_json escapes a control
+/// character to at most six bytes, a quote or a backslash to two); MessagePack takes fewer.
+pub(crate) fn json_escaped_len(text: &str) -> usize {
+    text.bytes()
+        .map(|byte| match byte {
+            0..=0x1f => 6,
+            b'"' | b'\\' => 2,
+            _ => 1,
+        })
+        .sum()
+}
+
+/// An entry's field names, punctuation and three numbers of up to 20 digits, in JSON.
+const ENTRY_FIELDS_BYTES: usize = 192;
 
 /// Store the read position and tell the user's other connections.
 pub async fn mark_read(ctx: &Ctx, req: ReqId, room: String, seq: u64) -> ServerFrame {
@@ -344,22 +458,25 @@ pub async fn room_reply(
         (EntryKind::Join, None, Ok(_)) | (EntryKind::Join, None, Err(StoreError::AlreadyMember { .. })) => {
             match ctx.hub.store.room(room).await {
                 Ok(Some(record)) => ServerFrame::Room { req, room: my_room_info(ctx, record).await },
-                Ok(None) => error_frame(Some(req), ErrorCode::NoSuchRoom, format!("no room `{room}`")),
+                Ok(None) => no_such_room(Some(req), room),
                 Err(err) => store_error_frame(&ctx.hub, Some(req), err),
             }
         }
         (EntryKind::Join, Some(_), Ok(_)) => ServerFrame::Ok { req },
         // The store answers "already a member" before it checks the inviter. Only a member may
-        // hear that (as `ok`): anyone else is told they are not a member, or an outsider could
+        // hear that (as `ok`): anyone else is refused as a non-member, or an outsider could
         // learn who is in any room by inviting them.
         (EntryKind::Join, Some(_), Err(StoreError::AlreadyMember { .. })) => {
             match ctx.hub.store.is_member(room, &ctx.user).await {
                 Ok(true) => ServerFrame::Ok { req },
-                Ok(false) => error_frame(Some(req), ErrorCode::NotMember, format!("you are not a member of `{room}`")),
+                Ok(false) => refuse_room(ctx, req, room).await,
                 Err(err) => store_error_frame(&ctx.hub, Some(req), err),
             }
         }
         (EntryKind::Leave, _, Ok(_)) => ServerFrame::Ok { req },
+        // Not a member (sending, leaving, inviting), or a private room's self-join: a private
+        // room must answer as if it did not exist.
+        (_, _, Err(StoreError::NotMember { .. } | StoreError::Forbidden(_))) => refuse_room(ctx, req, room).await,
         (_, _, Err(err)) => store_error_frame(&ctx.hub, Some(req), err),
     }
 }
@@ -378,13 +495,7 @@ async fn require_member(ctx: &Ctx, req: ReqId, room: &str) -> Result<(), ServerF
     }
     match ctx.hub.store.is_member(room, &ctx.user).await {
         Ok(true) => Ok(()),
-        Ok(false) => match ctx.hub.store.room(room).await {
-            Ok(Some(_)) => {
-                Err(error_frame(Some(req), ErrorCode::NotMember, format!("you are not a member of `{room}`")))
-            }
-            Ok(None) => Err(error_frame(Some(req), ErrorCode::NoSuchRoom, format!("no room `{room}`"))),
-            Err(err) => Err(store_error_frame(&ctx.hub, Some(req), err)),
-        },
+        Ok(false) | Err(StoreError::NoSuchRoom(_)) => Err(refuse_room(ctx, req, room).await),
         Err(err) => Err(store_error_frame(&ctx.hub, Some(req), err)),
     }
 }

@@ -65,6 +65,8 @@ pub enum Wire {
 pub enum WireError {
     /// The message exceeded `limits.max_frame_bytes`.
     TooLarge(String),
+    /// A text message that is not UTF-8; the connection is closed with 1007.
+    InvalidText(String),
     /// Anything else: the connection is unusable.
     Broken(String),
 }
@@ -74,6 +76,7 @@ pub mod close_code {
     pub const NORMAL: u16 = 1000;
     pub const GOING_AWAY: u16 = 1001;
     pub const PROTOCOL_ERROR: u16 = 1002;
+    pub const INVALID_PAYLOAD: u16 = 1007;
     pub const POLICY_VIOLATION: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
     pub const INTERNAL_ERROR: u16 = 1011;
@@ -146,6 +149,7 @@ struct RoomPlan {
 enum Event {
     Shutdown,
     HelloTimeout,
+    AuthTimeout,
     TokenExpired,
     Client(Option<Result<Wire, WireError>>),
     Reply(Vec<ServerFrame>),
@@ -211,6 +215,11 @@ where
         let mut shutdown = self.hub.shutdown_signal();
         let hello_deadline = tokio::time::sleep(Duration::from_millis(self.hub.limits.hello_timeout_ms));
         tokio::pin!(hello_deadline);
+        // Armed by `hello`: from then on the connection has `limits.auth_timeout_ms` to
+        // authenticate.
+        let auth_deadline = tokio::time::sleep(Duration::from_secs(86_400 * 365));
+        tokio::pin!(auth_deadline);
+        let mut auth_armed = false;
         // Armed once the connection authenticates (one timer for the connection's life, not
         // one per event).
         let token_deadline = tokio::time::sleep(Duration::from_secs(86_400 * 365));
@@ -220,6 +229,7 @@ where
         loop {
             let catching_up = self.catch_up.is_some();
             let greeted = self.encoding.is_some();
+            let authenticated = self.bound.is_some();
             let event = {
                 let signals = self.bound.as_ref().map(|bound| bound.registration.signals.clone());
                 let inbox = self.bound.as_mut().map(|bound| &mut bound.registration.inbox);
@@ -228,6 +238,7 @@ where
                     biased;
                     _ = shutdown.wait_for(|down| *down) => Event::Shutdown,
                     _ = &mut hello_deadline, if !greeted => Event::HelloTimeout,
+                    _ = &mut auth_deadline, if auth_armed && !authenticated => Event::AuthTimeout,
                     _ = &mut token_deadline, if armed.is_some() => Event::TokenExpired,
                     _ = notified(signals) => Event::Signal,
                     Some(frames) = self.pending.next(), if !self.pending.is_empty() => Event::Reply(frames),
@@ -247,6 +258,10 @@ where
                     self.close(close_code::POLICY_VIOLATION, "no hello within limits.hello_timeout_ms").await;
                     Err("hello timeout")
                 }
+                Event::AuthTimeout => {
+                    self.close(close_code::POLICY_VIOLATION, "not authenticated within limits.auth_timeout_ms").await;
+                    Err("authentication timeout")
+                }
                 Event::TokenExpired => {
                     let message = "your token expired; log in again, then resume from your cursor";
                     let _ = self.send(vec![error_frame(None, ErrorCode::TokenExpired, message)]).await;
@@ -261,6 +276,12 @@ where
                     self.close(close_code::TOO_BIG, "frame too large").await;
                     Err("frame too large")
                 }
+                Event::Client(Some(Err(WireError::InvalidText(detail)))) => {
+                    // RFC 6455 §8.1: text that is not UTF-8 fails the connection with 1007.
+                    debug!(peer = %self.peer.addr, detail, "text message is not UTF-8");
+                    self.close(close_code::INVALID_PAYLOAD, "text message is not valid UTF-8").await;
+                    Err("invalid UTF-8")
+                }
                 Event::Client(Some(Err(WireError::Broken(_)))) => Err("socket error"),
                 Event::Client(Some(Ok(wire))) => self.on_wire(wire).await,
                 Event::Reply(frames) => self.send(frames).await,
@@ -271,6 +292,11 @@ where
             };
             if let Err(reason) = flow {
                 return reason;
+            }
+            if !auth_armed && self.encoding.is_some() {
+                auth_armed = true;
+                let at = Instant::now() + Duration::from_millis(self.hub.limits.auth_timeout_ms);
+                auth_deadline.as_mut().reset(at.into());
             }
             if self.token_expiry != armed {
                 armed = self.token_expiry;
@@ -314,10 +340,12 @@ where
             Ok(frame) => frame,
             Err(err) => {
                 Metrics::inc(&self.hub.metrics.frames_invalid_total);
+                // The decoder's message may quote the input, which can be as large as a frame.
+                let frame = error_frame(err.req, err.code, requests::bounded_message(&err.message));
                 if self.encoding.is_none() {
-                    return self.send_in(encoding, vec![error_frame(err.req, err.code, err.message)]).await;
+                    return self.send_in(encoding, vec![frame]).await;
                 }
-                return self.reply_in_order(vec![error_frame(err.req, err.code, err.message)]);
+                return self.reply_in_order(vec![frame]);
             }
         };
         if self.encoding.is_none() {
@@ -459,22 +487,8 @@ where
                 self.forward_to_room(req, room, command).await
             }
             ClientFrame::Invite { req, room, user } => {
-                // A direct conversation is its two users for good (its id names them), so no one
-                // is invited in, as no one leaves. The store alone would add a third member.
-                if room.starts_with("dm:") {
-                    let message = "direct conversations have exactly two members; create a group room";
-                    return self.reply_in_order(vec![error_frame(Some(req), ErrorCode::Forbidden, message)]);
-                }
-                if let Err(message) = crate::names::validate_user_name(&user) {
-                    return self.reply_in_order(vec![error_frame(Some(req), ErrorCode::InvalidName, message)]);
-                }
-                match hub.store.user(&user).await {
-                    Ok(Some(_)) => {}
-                    Ok(None) => {
-                        let frame = error_frame(Some(req), ErrorCode::NoSuchUser, format!("no user `{user}`"));
-                        return self.reply_in_order(vec![frame]);
-                    }
-                    Err(err) => return self.reply_in_order(vec![store_error_frame(&hub, Some(req), err)]),
+                if let Some(frame) = requests::check_invite(&ctx, req, &room, &user).await {
+                    return self.reply_in_order(vec![frame]);
                 }
                 let command = AppendCommand {
                     kind: EntryKind::Join,
@@ -940,13 +954,29 @@ where
             return Ok(());
         }
         let frames = self.split_runs(encoding, frames);
-        let wires = if self.batch && frames.len() > 1 {
-            self.batched(encoding, frames)
-        } else {
-            frames.into_iter().map(|frame| self.one_wire(encoding, frame)).collect()
-        };
         let deadline = Instant::now() + Duration::from_millis(self.hub.limits.slow_client_timeout_ms);
-        self.write(deadline, wires).await
+        // Encoded and written a chunk at a time: a replay page of large entries (256 of 96 KiB
+        // each, at worst) never exists encoded all at once.
+        let mut rest = frames.into_iter().peekable();
+        while rest.peek().is_some() {
+            let mut chunk = Vec::new();
+            let mut bytes = 0;
+            while let Some(frame) = rest.peek() {
+                let size = encoded_size_bound(encoding, frame);
+                if !chunk.is_empty() && bytes + size > WRITE_CHUNK_BYTES {
+                    break;
+                }
+                bytes += size;
+                chunk.extend(rest.next());
+            }
+            let wires = if self.batch && chunk.len() > 1 {
+                self.batched(encoding, chunk)
+            } else {
+                chunk.into_iter().map(|frame| self.one_wire(encoding, frame)).collect()
+            };
+            self.write(deadline, wires).await?;
+        }
+        Ok(())
     }
 
     /// Runs that one message cannot carry whole, as their entries: every run for a client that
@@ -1024,11 +1054,25 @@ where
         }
     }
 
+    /// A frame encoded for this connection. Every reply is bounded by the limits its parts
+    /// come from (`Limits::max_message_bytes`), and the WebSocket layer buffers a message of
+    /// that size; should a reply still come out larger, the client gets an error in its place
+    /// rather than a connection the WebSocket layer would have to drop.
     fn encode_frame(&self, encoding: Encoding, frame: &ServerFrame) -> Vec<u8> {
-        if matches!(frame, ServerFrame::Error { .. }) {
-            Metrics::inc(&self.hub.metrics.errors_sent_total);
+        let bytes = encode_server(encoding, frame);
+        let max = self.hub.limits.max_message_bytes();
+        if bytes.len() <= max {
+            if matches!(frame, ServerFrame::Error { .. }) {
+                Metrics::inc(&self.hub.metrics.errors_sent_total);
+            }
+            return bytes;
         }
-        encode_server(encoding, frame)
+        let req = serde_json::to_value(frame).ok().and_then(|value| value.get("req")?.as_u64());
+        warn!(peer = %self.peer.addr, bytes = bytes.len(), max, ?req, "reply larger than the largest message; refused");
+        let message =
+            format!("the reply would take {} bytes, more than the {max} a message may; ask for less", bytes.len());
+        Metrics::inc(&self.hub.metrics.errors_sent_total);
+        encode_server(encoding, &error_frame(req, ErrorCode::Internal, message))
     }
 
     /// Write `wires` and flush once, all within `deadline` (one timer for the whole batch: a
@@ -1093,6 +1137,22 @@ fn wire_of(encoding: Encoding, bytes: Vec<u8>) -> Wire {
 /// frame larger than this still goes alone. Small enough for any client's default message
 /// limit and to bound the copy, large enough for a burst of deliveries in one message.
 const BATCH_MAX_BYTES: usize = 64 * 1024;
+
+/// The most encoded bytes a session holds for one write (at least one frame, whatever its size).
+const WRITE_CHUNK_BYTES: usize = 256 * 1024;
+
+/// At least the bytes `frame` encodes to, cheaply: exact for shared buffers, the worst escaping
+/// of a body for an entry (six bytes a byte), nothing for other frames (small, or alone anyway).
+fn encoded_size_bound(encoding: Encoding, frame: &Out) -> usize {
+    let entry = |entry: &Entry| 6 * entry.body.len() + 512;
+    match frame {
+        Out::Shared(shared) => shared.bytes(encoding).len(),
+        Out::Run(run) => run.bytes(encoding).len(),
+        Out::Entry(_, shared) => entry(shared),
+        Out::Frame(ServerFrame::Message { entry: message, .. }) => entry(message),
+        Out::Frame(_) => 0,
+    }
+}
 
 /// The most entries a session takes from its queue before it writes them: bounds one write's
 /// size and the time before the session looks at its socket's input again.

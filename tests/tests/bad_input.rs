@@ -626,13 +626,14 @@ async fn run(case: Case, fx: &mut Fixture, encoding: Encoding) -> anyhow::Result
             else {
                 bail!("create_room")
             };
+            // To an outsider a private room answers as a room that does not exist.
             let req = other.next_req();
-            refused(&mut other, ClientFrame::Join { req, room: room.id.clone() }, ErrorCode::Forbidden).await?;
+            refused(&mut other, ClientFrame::Join { req, room: room.id.clone() }, ErrorCode::NoSuchRoom).await?;
             let req = other.next_req();
             refused(
                 &mut other,
                 ClientFrame::ListMembers { req, room: room.id.clone(), after: None, limit: None },
-                ErrorCode::NotMember,
+                ErrorCode::NoSuchRoom,
             )
             .await?;
             other.ping().await?;
@@ -659,7 +660,7 @@ async fn run(case: Case, fx: &mut Fixture, encoding: Encoding) -> anyhow::Result
             // A third user can neither walk in nor be brought in, and an outsider's invitation is
             // refused the same way whoever is named (it reveals nothing).
             let req = ruth.next_req();
-            refused(&mut ruth, ClientFrame::Join { req, room: room.id.clone() }, ErrorCode::Forbidden).await?;
+            refused(&mut ruth, ClientFrame::Join { req, room: room.id.clone() }, ErrorCode::NoSuchRoom).await?;
             let req = pat.next_req();
             refused(
                 &mut pat,
@@ -675,7 +676,7 @@ async fn run(case: Case, fx: &mut Fixture, encoding: Encoding) -> anyhow::Result
             )
             .await?;
             let req = ruth.next_req();
-            refused(&mut ruth, send(req, &room.id, "r-1", "let me in"), ErrorCode::NotMember).await?;
+            refused(&mut ruth, send(req, &room.id, "r-1", "let me in"), ErrorCode::NoSuchRoom).await?;
             let req = quin.next_req();
             refused(&mut quin, ClientFrame::Leave { req, room: room.id.clone() }, ErrorCode::Forbidden).await?;
             let req = quin.next_req();

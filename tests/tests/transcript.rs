@@ -312,7 +312,7 @@ async fn transcript(t: &mut Transcript) -> anyhow::Result<()> {
     )
     .await?;
 
-    t.note("a private room is entered by invitation only");
+    t.note("a private room is entered by invitation only; to anyone else it answers as a room that does not exist");
     t.step(
         "alice",
         json!({"type": "create_room", "req": 5, "name": "plans", "private": true}),
@@ -321,7 +321,7 @@ async fn transcript(t: &mut Transcript) -> anyhow::Result<()> {
         &[("alice", membership(3, "$plans", 1, "join", "alice", "alice"))],
     )
     .await?;
-    t.step("bob", json!({"type": "join", "req": 5, "room": "$plans"}), error(5, "forbidden"), &[]).await?;
+    t.step("bob", json!({"type": "join", "req": 5, "room": "$plans"}), error(5, "no_such_room"), &[]).await?;
     t.step(
         "alice",
         json!({"type": "invite", "req": 6, "room": "$plans", "user": "bob"}),

@@ -6,7 +6,8 @@ use std::collections::HashSet;
 
 use protocol::{ErrorCode, PresenceState, ReadPosition, ReceiptKind, ReqId, ServerFrame};
 
-use super::{error_frame, require_member, store_error_frame, Ctx};
+use super::{error_frame, json_escaped_len, require_member, store_error_frame, Ctx};
+use crate::limits::PAGE_MAX_BYTES;
 use crate::presence::TypingUpdate;
 use crate::store::StoreError;
 
@@ -28,6 +29,17 @@ pub fn set_presence(ctx: &Ctx, req: ReqId, state: PresenceState, status: Option<
                 "`status` has {} bytes; presence.status_max_bytes is {}",
                 text.len(),
                 settings.status_max_bytes
+            );
+            return error_frame(Some(req), ErrorCode::InvalidField, message);
+        }
+        // Shown to others as it is, like a room name.
+        if text.chars().any(char::is_control) {
+            return error_frame(Some(req), ErrorCode::InvalidField, "`status` must not contain control characters");
+        }
+        if let Some(c) = crate::names::hidden_char(text) {
+            let message = format!(
+                "`status` must not contain invisible or text-direction characters (found U+{:04X})",
+                u32::from(c)
             );
             return error_frame(Some(req), ErrorCode::InvalidField, message);
         }
@@ -139,7 +151,7 @@ async fn pushable_members(ctx: &Ctx, req: ReqId, room: &str, what: &str) -> Resu
 }
 
 /// The members of `room` if the caller is one of them: one read when it is; otherwise the
-/// refusal is [`require_member`]'s, which tells an unknown room from someone else's.
+/// refusal is [`require_member`]'s (a private room answers as an unknown one).
 async fn members_as_member(ctx: &Ctx, req: ReqId, room: &str) -> Result<Vec<String>, ServerFrame> {
     if let Ok(members) = ctx.hub.store.members(room).await {
         if members.contains(&ctx.user) {
@@ -203,7 +215,25 @@ pub async fn list_members(
     let online = ctx.hub.presence.count_online(&members) as u32;
     let start = after.map_or(0, |after| members.partition_point(|member| *member <= after));
     let end = (start + limit as usize).min(members.len());
-    let page = members[start..end].to_vec();
-    let presence = page.iter().map(|member| ctx.hub.presence.get(member)).collect();
-    ServerFrame::Members { req, room, members: page, presence, total, online, more: end < members.len() }
+    // The page also ends where its encoding would pass `PAGE_MAX_BYTES` (status texts make a
+    // member's size vary); `more` sends the client on from its last name.
+    let mut page = Vec::new();
+    let mut presence = Vec::new();
+    let mut bytes = 0;
+    for member in &members[start..end] {
+        let theirs = ctx.hub.presence.get(member);
+        bytes +=
+            MEMBER_FIELDS_BYTES + 2 * json_escaped_len(member) + theirs.status.as_deref().map_or(0, json_escaped_len);
+        if bytes > PAGE_MAX_BYTES && !page.is_empty() {
+            break;
+        }
+        page.push(member.clone());
+        presence.push(theirs);
+    }
+    let more = start + page.len() < members.len();
+    ServerFrame::Members { req, room, members: page, presence, total, online, more }
 }
+
+/// A member's place in a `members` page besides the name (listed twice) and status text: field
+/// names, the state, the last-seen time.
+const MEMBER_FIELDS_BYTES: usize = 96;
