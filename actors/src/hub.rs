@@ -12,7 +12,9 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use protocol::{Cursor, Entry, ServerFrame};
@@ -228,7 +230,7 @@ impl Hub {
     /// The running actor of `room`, spawned if needed. Fails with `NoSuchRoom` for unknown ids.
     async fn room_actor(self: &Arc<Self>, room: &str) -> Result<ActorRef<RoomMessage>, StoreError> {
         let slot = {
-            let mut rooms = self.rooms.lock().expect("rooms lock");
+            let mut rooms = self.rooms.lock();
             rooms.entry(room.to_string()).or_default().clone()
         };
         let spawned = slot
@@ -254,7 +256,7 @@ impl Hub {
             Ok(actor) => Ok(actor.clone()),
             Err(err) => {
                 // Drop the empty slot so the map does not collect ids of rooms that don't exist.
-                let mut rooms = self.rooms.lock().expect("rooms lock");
+                let mut rooms = self.rooms.lock();
                 if rooms.get(room).is_some_and(|current| Arc::ptr_eq(current, &slot)) {
                     rooms.remove(room);
                 }
@@ -266,25 +268,25 @@ impl Hub {
     /// Remove `room`'s registry entry if it still points at the actor `id` (called by a room
     /// actor as it stops, and by senders that found it stopped).
     pub(crate) fn forget_room(&self, room: &str, id: ractor::ActorId) {
-        let mut rooms = self.rooms.lock().expect("rooms lock");
+        let mut rooms = self.rooms.lock();
         let same = rooms.get(room).and_then(|slot| slot.get()).is_some_and(|actor| actor.get_id() == id);
         if same {
             rooms.remove(room);
         }
         drop(rooms);
         // The next owner hands out its own member list; the old one need not stay alive here.
-        self.connections.lock().expect("connections lock").room_fanouts.remove(room);
+        self.connections.lock().room_fanouts.remove(room);
     }
 
     /// The running actor of `room`, if there is one (tests reach into a room through it).
     #[cfg(test)]
     pub(crate) fn running_room(&self, room: &str) -> Option<ActorRef<RoomMessage>> {
-        self.rooms.lock().expect("rooms lock").get(room).and_then(|slot| slot.get().cloned())
+        self.rooms.lock().get(room).and_then(|slot| slot.get().cloned())
     }
 
     /// Room ids with a running actor on this node (operator view).
     pub fn active_rooms(&self) -> Vec<String> {
-        let rooms = self.rooms.lock().expect("rooms lock");
+        let rooms = self.rooms.lock();
         let mut ids: Vec<String> =
             rooms.iter().filter(|(_, slot)| slot.get().is_some()).map(|(id, _)| id.clone()).collect();
         ids.sort();
@@ -353,7 +355,7 @@ impl Hub {
     /// An entry at a cursor of each recipient's user log (each recipient's cursor differs).
     fn deliver_to_logs(&self, entry: &Entry, logs: &[(String, Cursor)]) -> u64 {
         let mut shared: Option<Arc<Entry>> = None;
-        let connections = self.connections.lock().expect("connections lock");
+        let connections = self.connections.lock();
         let mut delivered = 0;
         for (user, cursor) in logs {
             for conn in connections.by_user.get(user).into_iter().flatten() {
@@ -367,7 +369,7 @@ impl Hub {
     /// Entries of one large room under one member list: the same run (and bytes) for every
     /// member's connections, found through the room's fan-out cache, one push each.
     fn deliver_to_members(&self, room: &str, run: Arc<SharedRun>, members: &Arc<Vec<String>>) -> u64 {
-        let mut guard = self.connections.lock().expect("connections lock");
+        let mut guard = self.connections.lock();
         let fanout = guard.fanout(room, members);
         let mut delivered = 0;
         for conn in &fanout.conns {
@@ -380,7 +382,7 @@ impl Hub {
     /// ones, as they arrive and before any is shed (a shed entry is what the connections that
     /// missed it will ask for). `entries` are one room's, in seq order.
     pub(crate) fn keep_recent(&self, room: &str, entries: &[Arc<SharedEntry>]) {
-        let mut tails = self.tails.lock().expect("tails lock");
+        let mut tails = self.tails.lock();
         tails.append(room, entries);
         Metrics::set(&self.metrics.recent_entries_bytes, tails.bytes() as i64);
     }
@@ -400,7 +402,7 @@ impl Hub {
     /// live delivery; `None` if they do not hold the entry right after `after` (read the
     /// store). See `hub/tails.rs` for what a caller must still check.
     pub fn recent_room_entries(&self, room: &str, after: u64, limit: usize) -> Option<Vec<Arc<SharedEntry>>> {
-        self.tails.lock().expect("tails lock").after(room, after, limit)
+        self.tails.lock().after(room, after, limit)
     }
 
     /// Queue `outbounds` for `conn` in one push; how many entries were queued. If not all
@@ -417,7 +419,7 @@ impl Hub {
     /// Mark every live connection of the delivery's recipients on this node lagged: each reads
     /// what it missed from the store (used when a delivery could not be queued).
     pub fn lag_recipients(&self, delivery: &Delivery) {
-        let mut connections = self.connections.lock().expect("connections lock");
+        let mut connections = self.connections.lock();
         if let Recipients::Members(members) = &delivery.recipients {
             // A large room's members: through the fan-out cache, not a lookup per member (a
             // node that sheds does so under load, for many deliveries in a row).
@@ -446,7 +448,7 @@ impl Hub {
     /// Stop the room actors of rooms for which `moved` is true (the cluster calls this when
     /// ownership changes); returns how many. Commands already queued fail as `unavailable`.
     pub(crate) fn stop_rooms_where(&self, moved: impl Fn(&str) -> bool) -> usize {
-        let rooms = self.rooms.lock().expect("rooms lock");
+        let rooms = self.rooms.lock();
         let mut stopped = 0;
         for (room, slot) in rooms.iter() {
             if let Some(actor) = slot.get().filter(|_| moved(room)) {
@@ -460,7 +462,7 @@ impl Hub {
     /// Make every connection re-read its log from the store (the cluster calls this when the
     /// live set changes, since a delivery in flight from a lost node may be gone).
     pub(crate) fn catch_up_all(&self) {
-        let connections = self.connections.lock().expect("connections lock");
+        let connections = self.connections.lock();
         for conn in connections.by_user.values().flatten() {
             conn.signals.lagged.store(true, Ordering::Release);
             conn.signals.notify.notify_one();
@@ -474,7 +476,7 @@ impl Hub {
         let signals = Arc::new(ConnSignals::default());
         let handle = ConnHandle { id, queue, signals: signals.clone() };
         {
-            let mut connections = self.connections.lock().expect("connections lock");
+            let mut connections = self.connections.lock();
             connections.by_user.entry(user.to_string()).or_default().push(handle);
             connections.room_fanouts.clear();
         }
@@ -484,7 +486,7 @@ impl Hub {
 
     pub fn unregister(&self, user: &str, id: u64) {
         {
-            let mut connections = self.connections.lock().expect("connections lock");
+            let mut connections = self.connections.lock();
             if let Some(list) = connections.by_user.get_mut(user) {
                 list.retain(|conn| conn.id != id);
                 if list.is_empty() {
@@ -499,7 +501,7 @@ impl Hub {
     /// Make connection `id` of `user` watch `users`' presence (visibility already checked).
     pub fn watch_presence(&self, user: &str, id: u64, users: Vec<String>) {
         let queue = {
-            let connections = self.connections.lock().expect("connections lock");
+            let connections = self.connections.lock();
             connections
                 .by_user
                 .get(user)
@@ -535,7 +537,7 @@ impl Hub {
 
     /// [`Hub::push`] to this node's connections only.
     pub fn push_local(&self, users: &[String], frame: &ServerFrame) {
-        let connections = self.connections.lock().expect("connections lock");
+        let connections = self.connections.lock();
         for user in users {
             for conn in connections.by_user.get(user).into_iter().flatten() {
                 let _ = conn.queue.try_send(Outbound::Frame(Box::new(frame.clone())));
@@ -546,7 +548,7 @@ impl Hub {
     /// Tell the user's other connections that a read position moved. Best effort: a full
     /// queue drops the notice (the position itself is stored).
     pub fn broadcast_read(&self, user: &str, room: &str, seq: u64, except: u64) {
-        let connections = self.connections.lock().expect("connections lock");
+        let connections = self.connections.lock();
         for conn in connections.by_user.get(user).into_iter().flatten().filter(|conn| conn.id != except) {
             let _ = conn.queue.try_send(Outbound::Frame(Box::new(ServerFrame::Read { room: room.to_string(), seq })));
         }
@@ -554,7 +556,7 @@ impl Hub {
 
     /// Close every connection of `user` (log out everywhere).
     pub fn revoke_user(&self, user: &str) {
-        let connections = self.connections.lock().expect("connections lock");
+        let connections = self.connections.lock();
         for conn in connections.by_user.get(user).into_iter().flatten() {
             conn.signals.revoked.store(true, Ordering::Release);
             conn.signals.notify.notify_one();
@@ -563,7 +565,7 @@ impl Hub {
 
     /// (users, connections) currently registered.
     pub fn connection_counts(&self) -> (usize, usize) {
-        let connections = self.connections.lock().expect("connections lock");
+        let connections = self.connections.lock();
         (connections.by_user.len(), connections.by_user.values().map(Vec::len).sum())
     }
 

@@ -25,5 +25,6 @@ pub mod presence;
 pub mod requests;
 pub mod room;
 pub mod session;
+pub mod supervise;
 
 pub use store;

@@ -250,7 +250,8 @@ pub struct WriteStats {
 
 /// The store interface. Every method is one transaction (or a read of one consistent snapshot).
 /// Methods are async so a networked backend fits; the embedded one runs its work on its own
-/// threads, never on the async runtime.
+/// threads, never on the caller's runtime (but for
+/// [`Store::append_batch_on_committing_thread`], whose caller asks for it).
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// A short name for logs and metrics: "sqlite", "fdb".
@@ -303,6 +304,14 @@ pub trait Store: Send + Sync + 'static {
             outcomes.push(self.append(request).await);
         }
         outcomes
+    }
+    /// [`Store::append_batch`], called from a thread that exists to commit: the rooms' runtime
+    /// thread, on which nothing waits but commits. A backend may then commit on the calling
+    /// thread when it can without waiting for a lock, blocking it for the commit itself,
+    /// instead of handing the batch to a thread of its own and back (SQLite does; see
+    /// `sqlite::inline`). Anywhere else, call [`Store::append_batch`].
+    async fn append_batch_on_committing_thread(&self, requests: Vec<AppendRequest>) -> Vec<StoreResult<Appended>> {
+        self.append_batch(requests).await
     }
     /// Up to `limit` entries of a room's log and whether more lie beyond in that direction.
     async fn history(&self, room: &str, page: HistoryPage, limit: u32) -> StoreResult<(Vec<Entry>, bool)>;

@@ -3,7 +3,9 @@
 //!
 //! The node opens a [`SqliteStore`] at start-up and hands it to the actors as an
 //! `Arc<dyn Store>`. It owns one writer thread and a few reader threads (see `threads`); no
-//! SQLite call ever runs on the async runtime.
+//! SQLite call runs on the node's async runtime, with one deliberate exception: the rooms'
+//! own one-thread runtime commits the rooms' appends itself when the writer connection is free
+//! (`Store::append_batch_on_committing_thread`, see `inline`).
 //!
 //! # Schema (version 3, kept in `PRAGMA user_version`)
 //!
@@ -93,8 +95,7 @@ use protocol::{Cursor, Entry};
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
-pub use self::inline::allow_inline_writes;
-use self::inline::{inline_writes_allowed, InlineWriter};
+use self::inline::InlineWriter;
 use self::threads::{sqlite_error, BatchLimits, Job, ReadJob, WriteJob, WriterCounters};
 use crate::{
     AppendRequest, Appended, Delivery, Epoch, HistoryPage, LogBounds, LogEntry, MembershipLimits, MyRoom, NewRoom,
@@ -331,6 +332,45 @@ fn append_cost(request: &AppendRequest) -> usize {
         + request.user.as_ref().map_or(0, String::len)
 }
 
+impl SqliteStore {
+    /// The appends of [`Store::append_batch`] as write jobs, queued in order, and their
+    /// outcomes. Every job is queued before any reply is awaited, so the writer applies them
+    /// in that order and usually in one transaction; `inline` commits them on the calling
+    /// thread instead, when the writer connection is free (see `inline`).
+    async fn append_jobs(&self, requests: Vec<AppendRequest>, inline: bool) -> Vec<StoreResult<Appended>> {
+        let retention = self.user_log_max_entries;
+        let mut jobs = Vec::with_capacity(requests.len());
+        let mut replies = Vec::with_capacity(requests.len());
+        for request in requests {
+            let (reply, response) = oneshot::channel();
+            let cost = append_cost(&request);
+            let job: Box<dyn WriteJob> =
+                Box::new(Job::new(move |conn: &Connection| ops::append(conn, &request, retention), reply, cost));
+            jobs.push(job);
+            replies.push(response);
+        }
+        if inline {
+            self.inline.submit(jobs);
+        } else {
+            for job in jobs {
+                // A closed queue drops the job and its reply sender: its caller hears below.
+                if self.writes.send(job).await.is_err() {
+                    break;
+                }
+            }
+        }
+        let mut outcomes = Vec::with_capacity(replies.len());
+        for response in replies {
+            outcomes.push(
+                response
+                    .await
+                    .unwrap_or_else(|_| Err(StoreError::Backend("sqlite: the writer failed before committing".into()))),
+            );
+        }
+        outcomes
+    }
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     fn backend(&self) -> &'static str {
@@ -409,39 +449,16 @@ impl Store for SqliteStore {
 
     /// Every request is queued before any reply is awaited, in order, so the writer applies
     /// them in that order and usually in one transaction (group commit): one sync and one write
-    /// of each member's log page for the whole batch instead of one per message. On the rooms'
-    /// thread they are committed there instead, when they can be (see `inline`).
+    /// of each member's log page for the whole batch instead of one per message.
     async fn append_batch(&self, requests: Vec<AppendRequest>) -> Vec<StoreResult<Appended>> {
-        let retention = self.user_log_max_entries;
-        let mut jobs = Vec::with_capacity(requests.len());
-        let mut replies = Vec::with_capacity(requests.len());
-        for request in requests {
-            let (reply, response) = oneshot::channel();
-            let cost = append_cost(&request);
-            let job: Box<dyn WriteJob> =
-                Box::new(Job::new(move |conn: &Connection| ops::append(conn, &request, retention), reply, cost));
-            jobs.push(job);
-            replies.push(response);
-        }
-        if inline_writes_allowed() {
-            self.inline.submit(jobs);
-        } else {
-            for job in jobs {
-                // A closed queue drops the job and its reply sender: its caller hears below.
-                if self.writes.send(job).await.is_err() {
-                    break;
-                }
-            }
-        }
-        let mut outcomes = Vec::with_capacity(replies.len());
-        for response in replies {
-            outcomes.push(
-                response
-                    .await
-                    .unwrap_or_else(|_| Err(StoreError::Backend("sqlite: the writer failed before committing".into()))),
-            );
-        }
-        outcomes
+        self.append_jobs(requests, false).await
+    }
+
+    async fn append_batch_on_committing_thread(&self, requests: Vec<AppendRequest>) -> Vec<StoreResult<Appended>> {
+        // Committed on the calling thread when they can be (see `inline`); the flush is spawned
+        // on the caller's runtime, so without one the writer thread it is.
+        let inline = tokio::runtime::Handle::try_current().is_ok();
+        self.append_jobs(requests, inline).await
     }
 
     async fn history(&self, room: &str, page: HistoryPage, limit: u32) -> StoreResult<(Vec<Entry>, bool)> {

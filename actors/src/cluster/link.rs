@@ -21,7 +21,9 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -36,6 +38,7 @@ use super::tls::{HandshakeError, LinkTls};
 use super::wire::RouterMessage;
 use super::{router_group, Cluster, ROUTERS_GROUP};
 use crate::hub::Hub;
+use crate::supervise::{spawn_essential, spawn_restarting};
 
 /// Start the node server, the router and the ticker.
 pub(super) async fn start(cluster: &Arc<Cluster>, hub: Arc<Hub>) -> anyhow::Result<()> {
@@ -67,13 +70,16 @@ pub(super) async fn start(cluster: &Arc<Cluster>, hub: Arc<Hub>) -> anyhow::Resu
         .with_context(|| format!("starting the cluster listener on cluster.listen {}", settings.listen))?;
     // The name this node gives peers carries the port it was built with: make it the real one.
     let _ = server.cast(NodeServerMessage::PortChanged { port: settings.listen.port() });
-    tokio::spawn(super::gate::serve(
-        listener,
-        settings.tls.clone(),
-        server.clone(),
-        settings.node.clone(),
-        settings.handshake_timeout,
-    ));
+    spawn_essential(
+        "cluster: accepting node links",
+        super::gate::serve(
+            listener,
+            settings.tls.clone(),
+            server.clone(),
+            settings.node.clone(),
+            settings.handshake_timeout,
+        ),
+    );
     server
         .cast(NodeServerMessage::SubscribeToEvents {
             id: "palaver.links".into(),
@@ -93,7 +99,8 @@ pub(super) async fn start(cluster: &Arc<Cluster>, hub: Arc<Hub>) -> anyhow::Resu
     ractor::pg::join(ROUTERS_GROUP.to_string(), vec![router.get_cell()]);
     ractor::pg::join(router_group(&settings.node), vec![router.get_cell()]);
 
-    tokio::spawn(tick(cluster.clone()));
+    let ticking = cluster.clone();
+    spawn_restarting("cluster: heartbeat ticker", move || tick(ticking.clone()));
     info!(node = %settings.node, listen = %settings.listen, advertise = %settings.advertise, seeds = ?settings.seeds, tls = settings.tls.is_some(), "cluster started");
     // A machine-readable line for scripts and tests (like the client port's).
     println!("palaver node {} cluster on {}", settings.node, settings.listen);
@@ -120,7 +127,7 @@ async fn tick(cluster: Arc<Cluster>) {
         send_heartbeats(&cluster);
         cluster.refresh();
         cluster.expire_pending();
-        if !cluster.membership.lock().expect("membership lock").is_leaving() {
+        if !cluster.membership.lock().is_leaving() {
             reconnect(&cluster, &mut dialed).await;
         }
     }
@@ -227,7 +234,7 @@ impl NodeEventSubscription for LinkEvents {
 
     fn node_session_authenticated(&self, ses: NodeServerSessionInformation) {
         let name = ses.peer_name.as_ref().map(|name| node_name(&name.name)).unwrap_or_default();
-        let mut state = self.state.lock().expect("link state");
+        let mut state = self.state.lock();
         state.0.insert(ses.node_id);
         *state.1.entry(name.clone()).or_default() += 1;
         info!(peer = %ses.peer_addr, peer_node = name, "cluster link authenticated");
@@ -235,7 +242,7 @@ impl NodeEventSubscription for LinkEvents {
 
     fn node_session_disconnected(&self, ses: NodeServerSessionInformation) {
         let name = ses.peer_name.as_ref().map(|name| node_name(&name.name));
-        let mut state = self.state.lock().expect("link state");
+        let mut state = self.state.lock();
         if state.0.remove(&ses.node_id) {
             if let Some(name) = &name {
                 if let Some(count) = state.1.get_mut(name) {

@@ -39,7 +39,9 @@ pub mod wire;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
+use std::sync::{Arc, OnceLock, Weak};
+
+use parking_lot::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use ractor::ActorRef;
@@ -51,6 +53,7 @@ use crate::hub::{delivery_runs, Hub};
 use crate::metrics::Metrics;
 use crate::room::AppendCommand;
 use crate::store::{Appended, Delivery, Recipients, StoreError};
+use crate::supervise::spawn_essential;
 use membership::{Membership, View};
 use wire::{AppendReply, ForwardedAppend, Heartbeat, RouterMessage, RunMessages};
 
@@ -172,7 +175,7 @@ impl Cluster {
 
     /// The current view (live set, quorum) — what placement uses.
     pub fn view(&self) -> Arc<View> {
-        self.view.read().expect("view lock").clone()
+        self.view.read().clone()
     }
 
     /// Which node owns `room` now, by this node's view.
@@ -208,7 +211,7 @@ impl Cluster {
         let id = self.next_request.fetch_add(1, Ordering::Relaxed);
         let (reply, outcome) = oneshot::channel();
         {
-            let mut pending = self.pending.lock().expect("pending lock");
+            let mut pending = self.pending.lock();
             if pending.len() >= self.settings.max_pending_requests {
                 return Err(unavailable("and too many requests wait for other nodes"));
             }
@@ -227,7 +230,7 @@ impl Cluster {
             trace: id ^ self.incarnation,
         });
         if router.cast(message).is_err() {
-            self.pending.lock().expect("pending lock").remove(&id);
+            self.pending.lock().remove(&id);
             return Err(unavailable("and its link just closed"));
         }
         if let Some(hub) = self.hub() {
@@ -276,7 +279,7 @@ impl Cluster {
 
     /// A reply to one of this node's forwarded appends.
     fn complete(&self, reply: AppendReply) {
-        let pending = self.pending.lock().expect("pending lock").remove(&reply.id);
+        let pending = self.pending.lock().remove(&reply.id);
         if let Some(pending) = pending {
             let _ = pending.reply.send(reply.outcome.into());
         }
@@ -284,8 +287,7 @@ impl Cluster {
 
     /// A heartbeat arrived.
     fn on_heartbeat(&self, hb: &Heartbeat) {
-        let result =
-            self.membership.lock().expect("membership lock").on_heartbeat(hb, self.incarnation, Instant::now());
+        let result = self.membership.lock().on_heartbeat(hb, self.incarnation, Instant::now());
         if let Err(message) = result {
             if let Some(hub) = self.hub() {
                 Metrics::inc(&hub.metrics.cluster_invalid_messages_total);
@@ -303,9 +305,9 @@ impl Cluster {
 
     /// Recompute the view; if it changed, act on it.
     pub fn refresh(&self) {
-        let new = self.membership.lock().expect("membership lock").view(Instant::now());
+        let new = self.membership.lock().view(Instant::now());
         let old = {
-            let mut view = self.view.write().expect("view lock");
+            let mut view = self.view.write();
             if **view == new {
                 return;
             }
@@ -349,7 +351,7 @@ impl Cluster {
     }
 
     fn fail_pending(&self, mut which: impl FnMut(&Pending) -> bool) {
-        let mut pending = self.pending.lock().expect("pending lock");
+        let mut pending = self.pending.lock();
         let ids: Vec<u64> = pending.iter().filter(|(_, p)| which(p)).map(|(id, _)| *id).collect();
         for id in ids {
             if let Some(p) = pending.remove(&id) {
@@ -368,7 +370,7 @@ impl Cluster {
 
     /// The heartbeat this node sends now.
     fn heartbeat(&self) -> Heartbeat {
-        let membership = self.membership.lock().expect("membership lock");
+        let membership = self.membership.lock();
         let live = self.view().live.clone();
         Heartbeat {
             from: self.settings.node.clone(),
@@ -385,18 +387,18 @@ impl Cluster {
 
     /// ractor_cluster says the last link to `node` closed: it is dead soon unless it heartbeats.
     pub(crate) fn link_closed(&self, node: &str) {
-        self.membership.lock().expect("membership lock").link_closed(node, Instant::now());
+        self.membership.lock().link_closed(node, Instant::now());
     }
 
     /// Known nodes and their addresses.
     pub fn known(&self) -> Vec<(String, String)> {
-        self.membership.lock().expect("membership lock").known()
+        self.membership.lock().known()
     }
 
     /// SIGTERM: stop serving rooms, and tell every peer that this node leaves (so they re-home
     /// its rooms at once and stop counting it for the quorum).
     pub async fn leave(&self) {
-        self.membership.lock().expect("membership lock").leave();
+        self.membership.lock().leave();
         self.refresh();
         // Said a few times: a lost "leaving" only costs the peers a heartbeat timeout.
         for _ in 0..3 {
@@ -409,7 +411,7 @@ impl Cluster {
     /// Operator: forget a node that is gone for good (killed, its host lost), so that it no
     /// longer counts towards the quorum. The other nodes learn it from this node's heartbeats.
     pub fn forget(&self, node: &str) -> Result<(), String> {
-        self.membership.lock().expect("membership lock").forget(node, Instant::now())?;
+        self.membership.lock().forget(node, Instant::now())?;
         info!(node = %self.settings.node, forgotten = node, "forgot a node at the operator's request");
         self.refresh();
         Ok(())
@@ -458,7 +460,7 @@ impl Cluster {
 
     /// Fan out deliveries from other nodes, in arrival order (one task; see `deliveries`).
     async fn run_deliveries(self: Arc<Self>) {
-        let Some(mut rx) = self.deliveries_rx.lock().expect("deliveries lock").take() else { return };
+        let Some(mut rx) = self.deliveries_rx.lock().take() else { return };
         let mut lists = MemberLists::default();
         let mut batch = Vec::new();
         // Everything waiting is fanned out together, so that a run of one large room's entries
@@ -475,7 +477,7 @@ impl Cluster {
 
     /// Apply an append forwarded by another node, in arrival order (one task; see `forwarded`).
     async fn run_forwarded(self: Arc<Self>) {
-        let Some(mut rx) = self.forwarded_rx.lock().expect("forwarded lock").take() else { return };
+        let Some(mut rx) = self.forwarded_rx.lock().take() else { return };
         while let Some(append) = rx.recv().await {
             let Some(hub) = self.hub() else { return };
             let reply_to = append.from.clone();
@@ -523,8 +525,9 @@ pub async fn start(hub: &Arc<Hub>, settings: ClusterSettings) -> anyhow::Result<
     let _ = cluster.hub.set(Arc::downgrade(hub));
     hub.set_cluster(cluster.clone());
     link::start(&cluster, hub.clone()).await?;
-    tokio::spawn(cluster.clone().run_forwarded());
-    tokio::spawn(cluster.clone().run_deliveries());
+    // Each owns its queue's receiving end: a panic there stops the node (supervise.rs).
+    spawn_essential("cluster: forwarded appends", cluster.clone().run_forwarded());
+    spawn_essential("cluster: deliveries from other nodes", cluster.clone().run_deliveries());
     cluster.refresh();
     Ok(cluster)
 }
@@ -650,7 +653,7 @@ mod tests {
         let run: Vec<Delivery> =
             (1..=5).map(|seq| Delivery { recipients: Recipients::Members(members.clone()), ..delivery(seq) }).collect();
         cluster.accept_run(&hub, run);
-        let rx = cluster.deliveries_rx.lock().unwrap().take().expect("receiver");
+        let rx = cluster.deliveries_rx.lock().take().expect("receiver");
         assert_eq!(rx.len(), 2, "two fit");
         assert_eq!(hub.metrics.cluster_deliveries_shed_total.load(Ordering::Relaxed), 3);
         assert!(ann.signals.lagged.load(Ordering::Acquire), "ann must read the store");

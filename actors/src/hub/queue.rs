@@ -12,7 +12,9 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -82,7 +84,7 @@ impl OutboundQueue {
     /// `None` when all were.
     pub fn try_send_all(&self, mut outbounds: impl Iterator<Item = Outbound>) -> (u64, Option<Outbound>) {
         let (queued, refused, waker) = {
-            let mut state = self.shared.state.lock().expect("queue lock");
+            let mut state = self.shared.state.lock();
             if state.closed {
                 return (0, outbounds.next());
             }
@@ -132,7 +134,7 @@ impl Drop for OutboundQueue {
     fn drop(&mut self) {
         if self.shared.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
             // The last sender: a waiting inbox must wake to see that nothing more can come.
-            let waker = self.shared.state.lock().expect("queue lock").waker.take();
+            let waker = self.shared.state.lock().waker.take();
             if let Some(waker) = waker {
                 waker.wake();
             }
@@ -171,7 +173,7 @@ impl Inbox {
     /// when both are, leave `waker` to be woken by the next push.
     fn take(&mut self, waker: Option<&Waker>) -> Option<Outbound> {
         if self.ready.is_empty() {
-            let mut state = self.shared.state.lock().expect("queue lock");
+            let mut state = self.shared.state.lock();
             if state.items.is_empty() {
                 if let Some(waker) = waker {
                     match &mut state.waker {
@@ -193,7 +195,7 @@ impl Inbox {
 impl Drop for Inbox {
     fn drop(&mut self) {
         let dropped = {
-            let mut state = self.shared.state.lock().expect("queue lock");
+            let mut state = self.shared.state.lock();
             state.closed = true;
             state.waker = None;
             std::mem::take(&mut state.items)

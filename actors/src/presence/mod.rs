@@ -31,7 +31,9 @@ mod table;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, OnceLock, Weak};
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use protocol::{ReceiptKind, ServerFrame, UserPresence};
@@ -44,6 +46,7 @@ use crate::hub::{Hub, Outbound, OutboundQueue};
 use crate::metrics::Metrics;
 use crate::names::now_ms;
 use crate::store::PresenceNote;
+use crate::supervise::spawn_restarting;
 use table::{Applied, Table};
 pub use table::{Change, Record};
 
@@ -173,28 +176,31 @@ impl Presence {
     pub(crate) fn start(hub: &Arc<Hub>) {
         let _ = hub.presence.hub.set(Arc::downgrade(hub));
         let hub = Arc::downgrade(hub);
-        tokio::spawn(async move {
-            let period = hub.upgrade().map_or(200, |hub| hub.presence.settings.flush_ms);
-            let mut ticker = tokio::time::interval(Duration::from_millis(period));
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut ticks: u64 = 0;
-            loop {
-                ticker.tick().await;
-                let Some(hub) = Weak::upgrade(&hub) else { return };
-                hub.presence.flush(&hub);
-                hub.presence.expire_typing(&hub);
-                ticks += 1;
-                if ticks.is_multiple_of((1_000 / period).max(1)) {
-                    let (users, online) = hub.presence.inner.lock().expect("presence lock").table.counts();
-                    Metrics::set(&hub.metrics.presence_users, users as i64);
-                    Metrics::set(&hub.metrics.presence_online_users, online as i64);
-                }
+        spawn_restarting("presence: flush ticker", move || Self::tick(hub.clone()));
+    }
+
+    /// The flush ticker: publish this node's changes, expire typing, refresh the gauges.
+    async fn tick(hub: Weak<Hub>) {
+        let period = hub.upgrade().map_or(200, |hub| hub.presence.settings.flush_ms);
+        let mut ticker = tokio::time::interval(Duration::from_millis(period));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticks: u64 = 0;
+        loop {
+            ticker.tick().await;
+            let Some(hub) = Weak::upgrade(&hub) else { return };
+            hub.presence.flush(&hub);
+            hub.presence.expire_typing(&hub);
+            ticks += 1;
+            if ticks.is_multiple_of((1_000 / period).max(1)) {
+                let (users, online) = hub.presence.inner.lock().table.counts();
+                Metrics::set(&hub.metrics.presence_users, users as i64);
+                Metrics::set(&hub.metrics.presence_online_users, online as i64);
             }
-        });
+        }
     }
 
     pub(crate) fn connected(&self, user: &str) {
-        let back = self.inner.lock().expect("presence lock").table.connected(user);
+        let back = self.inner.lock().table.connected(user);
         if back {
             self.load_note(user);
         }
@@ -212,7 +218,7 @@ impl Presence {
             match store.presence_note(&user).await {
                 Ok(Some(note)) => {
                     if let Some(hub) = hub.upgrade() {
-                        let mut inner = hub.presence.inner.lock().expect("presence lock");
+                        let mut inner = hub.presence.inner.lock();
                         inner.table.noted(&user, note.status, note.set_ms);
                     }
                 }
@@ -223,7 +229,7 @@ impl Presence {
     }
 
     pub(crate) fn disconnected(&self, user: &str, conn: u64) {
-        self.inner.lock().expect("presence lock").table.disconnected(user, Instant::now(), now_ms());
+        self.inner.lock().table.disconnected(user, Instant::now(), now_ms());
         self.unwatch(conn);
     }
 
@@ -231,7 +237,7 @@ impl Presence {
     /// The status is stored as the user's note in the background: `ok` does not wait for it,
     /// and the cluster's memory holds it meanwhile.
     pub fn set_state(&self, user: &str, away: bool, status: Option<String>) -> bool {
-        let set_ms = self.inner.lock().expect("presence lock").table.set_state(user, away, status.clone(), now_ms());
+        let set_ms = self.inner.lock().table.set_state(user, away, status.clone(), now_ms());
         let Some(set_ms) = set_ms else { return false };
         if let (Some(hub), Ok(runtime)) = (self.hub.get().cloned(), tokio::runtime::Handle::try_current()) {
             let user = user.to_string();
@@ -247,19 +253,19 @@ impl Presence {
 
     /// What others see of `user` now.
     pub fn get(&self, user: &str) -> UserPresence {
-        self.inner.lock().expect("presence lock").table.presence(user)
+        self.inner.lock().table.presence(user)
     }
 
     /// How many of `users` are online or away.
     pub fn count_online<'a>(&self, users: impl IntoIterator<Item = &'a String>) -> usize {
-        let inner = self.inner.lock().expect("presence lock");
+        let inner = self.inner.lock();
         users.into_iter().filter(|user| inner.table.is_online(user)).count()
     }
 
     /// Make connection `conn` watch exactly `users` (already checked for visibility).
     pub(crate) fn watch(&self, conn: u64, queue: OutboundQueue, users: Vec<String>) {
         self.unwatch(conn);
-        let mut watchers = self.watchers.lock().expect("watchers lock");
+        let mut watchers = self.watchers.lock();
         for user in &users {
             let watcher = Watcher { conn, queue: queue.clone(), told: None };
             watchers.by_user.entry(user.clone()).or_default().push(watcher);
@@ -272,8 +278,8 @@ impl Presence {
     pub(crate) fn watch_list(&self, conn: u64, users: &[String]) -> Vec<UserPresence> {
         // Watchers before the table: `notify` takes the watchers' lock alone, so no push can
         // fall between reading a presence and remembering it as told.
-        let mut watchers = self.watchers.lock().expect("watchers lock");
-        let inner = self.inner.lock().expect("presence lock");
+        let mut watchers = self.watchers.lock();
+        let inner = self.inner.lock();
         users
             .iter()
             .map(|user| {
@@ -288,7 +294,7 @@ impl Presence {
     }
 
     pub(crate) fn unwatch(&self, conn: u64) {
-        let mut watchers = self.watchers.lock().expect("watchers lock");
+        let mut watchers = self.watchers.lock();
         for user in watchers.by_conn.remove(&conn).unwrap_or_default() {
             if let Some(list) = watchers.by_user.get_mut(&user) {
                 list.retain(|watcher| watcher.conn != conn);
@@ -301,7 +307,7 @@ impl Presence {
 
     /// The users connection `conn` watches.
     pub(crate) fn watched_by(&self, conn: u64) -> Vec<String> {
-        self.watchers.lock().expect("watchers lock").by_conn.get(&conn).cloned().unwrap_or_default()
+        self.watchers.lock().by_conn.get(&conn).cloned().unwrap_or_default()
     }
 
     /// Push changed presence to the connections watching those users, each only what differs
@@ -311,7 +317,7 @@ impl Presence {
         if changed.is_empty() {
             return;
         }
-        let mut watchers = self.watchers.lock().expect("watchers lock");
+        let mut watchers = self.watchers.lock();
         for presence in changed {
             for watcher in watchers.by_user.get_mut(&presence.user).into_iter().flatten() {
                 if watcher.told.as_ref() == Some(&presence) {
@@ -328,7 +334,7 @@ impl Presence {
     /// Publish this node's changes: to local watchers, and as one batch to every other node.
     fn flush(&self, hub: &Hub) {
         let changed = {
-            let mut inner = self.inner.lock().expect("presence lock");
+            let mut inner = self.inner.lock();
             let (changes, changed) = inner.table.flush(Instant::now(), now_ms());
             if !changes.is_empty() {
                 if let Some(cluster) = hub.cluster() {
@@ -369,7 +375,7 @@ impl Presence {
         }
         let from = batch.from.clone();
         let applied = {
-            let mut inner = self.inner.lock().expect("presence lock");
+            let mut inner = self.inner.lock();
             if batch.snapshot {
                 let records = batch.changes.into_iter().filter_map(|(user, record)| Some((user, record?))).collect();
                 Applied::Changed(inner.table.replace(&from, batch.incarnation, batch.seq, records))
@@ -386,7 +392,7 @@ impl Presence {
     /// A heartbeat from `from` says it has sent batches up to `seq`: ask for a snapshot if this
     /// node is not there (it never was, missed the last batch, or `from` restarted).
     pub(crate) fn on_heartbeat(&self, cluster: &Cluster, from: &str, incarnation: u64, seq: u64) {
-        let in_step = self.inner.lock().expect("presence lock").table.in_step(from, incarnation, seq);
+        let in_step = self.inner.lock().table.in_step(from, incarnation, seq);
         if !in_step {
             self.want(cluster, from);
         }
@@ -394,7 +400,7 @@ impl Presence {
 
     fn want(&self, cluster: &Cluster, node: &str) {
         {
-            let mut wants = self.wants.lock().expect("wants lock");
+            let mut wants = self.wants.lock();
             let now = Instant::now();
             if wants.get(node).is_some_and(|at| now.duration_since(*at) < Duration::from_secs(1)) {
                 return;
@@ -410,7 +416,7 @@ impl Presence {
     /// `node` asked for this node's snapshot.
     pub(crate) fn on_want(&self, hub: &Hub, node: &str) {
         let (Some(cluster), Some(router)) = (hub.cluster(), router_of(node)) else { return };
-        let inner = self.inner.lock().expect("presence lock");
+        let inner = self.inner.lock();
         let changes: Vec<Change> =
             inner.table.snapshot().into_iter().map(|(user, record)| (user, Some(record))).collect();
         let batch = PresenceBatch {
@@ -431,7 +437,7 @@ impl Presence {
     pub(crate) fn on_view(&self, gone: &[String]) {
         let now = now_ms();
         let changed: Vec<UserPresence> = {
-            let mut inner = self.inner.lock().expect("presence lock");
+            let mut inner = self.inner.lock();
             gone.iter().flat_map(|node| inner.table.node_down(node, now)).collect()
         };
         self.notify(changed);
@@ -439,7 +445,7 @@ impl Presence {
 
     /// Nodes other than this one where any of `users` is connected.
     pub(crate) fn remote_nodes_with(&self, users: &[String]) -> Vec<String> {
-        let inner = self.inner.lock().expect("presence lock");
+        let inner = self.inner.lock();
         inner.table.nodes_with(users).into_iter().filter(|node| *node != self.me).collect()
     }
 
@@ -447,7 +453,7 @@ impl Presence {
     /// now: a repeat within half the lifetime only extends it. `None` means tell no one;
     /// `Some(recipients)` for a stop carries whom the start was told.
     pub(crate) fn typing_update(&self, room: &str, user: &str, active: bool) -> TypingUpdate {
-        let mut typing = self.typing.lock().expect("typing lock");
+        let mut typing = self.typing.lock();
         let key = (room.to_string(), user.to_string());
         let now = Instant::now();
         let ttl = Duration::from_millis(self.settings.typing_ttl_ms);
@@ -469,14 +475,14 @@ impl Presence {
         let now = Instant::now();
         let ttl = Duration::from_millis(self.settings.typing_ttl_ms);
         let entry = Typing { expires: now + ttl, forwarded: now, recipients };
-        self.typing.lock().expect("typing lock").insert((room.to_string(), user.to_string()), entry);
+        self.typing.lock().insert((room.to_string(), user.to_string()), entry);
     }
 
     /// Indicators that were not repeated in time: tell their recipients they stopped.
     fn expire_typing(&self, hub: &Hub) {
         let now = Instant::now();
         let expired: Vec<((String, String), Typing)> = {
-            let mut typing = self.typing.lock().expect("typing lock");
+            let mut typing = self.typing.lock();
             let keys: Vec<_> =
                 typing.iter().filter(|(_, entry)| entry.expires <= now).map(|(key, _)| key.clone()).collect();
             keys.into_iter().filter_map(|key| typing.remove(&key).map(|entry| (key, entry))).collect()
@@ -489,12 +495,12 @@ impl Presence {
 
     /// Members of `room` if cached recently.
     pub(crate) fn cached_room_size(&self, room: &str) -> Option<u32> {
-        let sizes = self.room_sizes.lock().expect("room sizes lock");
+        let sizes = self.room_sizes.lock();
         sizes.get(room).filter(|(_, at)| at.elapsed() < Duration::from_secs(5)).map(|(size, _)| *size)
     }
 
     pub(crate) fn cache_room_size(&self, room: &str, size: u32) {
-        let mut sizes = self.room_sizes.lock().expect("room sizes lock");
+        let mut sizes = self.room_sizes.lock();
         if sizes.len() >= 10_000 {
             sizes.clear();
         }

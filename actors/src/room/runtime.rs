@@ -28,8 +28,8 @@
 //! keeps up with whatever fan-out the node's cores can write. A node with many busy rooms on
 //! many cores may want more; that would be a worker count taken from configuration.
 
+use parking_lot::Mutex;
 use std::future::Future;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::runtime::{Builder, Handle, Runtime};
@@ -49,9 +49,6 @@ impl RoomsRuntime {
         let runtime = Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("palaver-rooms")
-            // The rooms' appends commit on this thread when SQLite's writer is free (see
-            // `store::sqlite::inline`): nothing here waits for anything but commits.
-            .on_thread_start(crate::store::sqlite::allow_inline_writes)
             .enable_all()
             .build()
             .expect("starting the rooms' thread");
@@ -72,7 +69,7 @@ impl RoomsRuntime {
     /// they held: the node does this before it stops the store's backends, which must outlive
     /// every handle to the store.
     pub async fn stop(&self, within: Duration) {
-        let runtime = self.runtime.lock().expect("rooms runtime lock").take();
+        let runtime = self.runtime.lock().take();
         if let Some(runtime) = runtime {
             // Blocking until the thread ends is not allowed on a runtime's own thread.
             let _ = tokio::task::spawn_blocking(move || runtime.shutdown_timeout(within)).await;
@@ -85,7 +82,7 @@ impl Drop for RoomsRuntime {
         // Without waiting: the hub (and so this) may be dropped inside another runtime, where
         // blocking on the thread's end is not allowed; the committers hold nothing that needs
         // a clean end (what they had not committed, the store never acknowledged).
-        if let Some(runtime) = self.runtime.get_mut().expect("rooms runtime lock").take() {
+        if let Some(runtime) = self.runtime.get_mut().take() {
             runtime.shutdown_background();
         }
     }

@@ -5,8 +5,9 @@
 //! a busy two-core machine each wake-up of a sleeping thread waits for a core, 0.13–0.19 ms
 //! on average and milliseconds at worst (`perf sched latency` at half the fan-out saturation
 //! rate, bench/findings.md). The rooms' thread exists to commit and fan out, and nothing on it
-//! waits for anything but commits, so it may as well run the commit itself: a thread that
-//! marked itself with [`allow_inline_writes`] commits its appends on the spot.
+//! waits for anything but commits, so it may as well run the commit itself: the room's
+//! committer calls `Store::append_batch_on_committing_thread`, and its appends commit on the
+//! spot.
 //!
 //! Group commit stays: an append does not commit at once but joins a pending batch, and the
 //! first append into an empty batch spawns a flush task on the same thread, which lets every
@@ -21,7 +22,6 @@
 //! writer thread's queue as before and waits there, off the rooms' thread. So the rooms'
 //! thread blocks at most for its own commit: the sync of the WAL, as the writer would.
 
-use std::cell::Cell;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, TryLockError};
 use std::time::Duration;
@@ -31,22 +31,6 @@ use tokio::sync::mpsc;
 
 use super::threads::{begin, commit_begun, fail_to_begin, BatchLimits, Committer, WriteJob, WriterCounters};
 use crate::StoreError;
-
-thread_local! {
-    static INLINE_WRITES: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Mark the calling thread as one whose tasks may block for a commit (the rooms' thread; see
-/// `room::runtime`). Its appends then commit on it, when the writer connection is free.
-pub fn allow_inline_writes() {
-    INLINE_WRITES.with(|allowed| allowed.set(true));
-}
-
-/// Whether the calling thread was marked by [`allow_inline_writes`] and runs a tokio runtime
-/// to spawn the flush on.
-pub(super) fn inline_writes_allowed() -> bool {
-    INLINE_WRITES.with(Cell::get) && tokio::runtime::Handle::try_current().is_ok()
-}
 
 /// The pending batch and what committing it needs. One per store.
 pub(super) struct InlineWriter {
@@ -78,7 +62,7 @@ impl InlineWriter {
     }
 
     /// Add `jobs` to the pending batch; each replies through its own channel once committed.
-    /// Call only where [`inline_writes_allowed`] says so.
+    /// Call only from a thread that exists to commit, inside a tokio runtime (see above).
     pub(super) fn submit(self: &Arc<Self>, jobs: Vec<Box<dyn WriteJob>>) {
         let spawn = {
             let mut pending = self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner());

@@ -183,11 +183,10 @@ async fn group_commit_batches_queued_requests() {
     assert_eq!(store.room("r").await.expect("room").expect("exists").last_seq, 1 + QUEUED + 1);
 }
 
-/// Run `body` on a thread of its own marked as the rooms' thread is (`allow_inline_writes`),
-/// inside a single-threaded runtime, as the rooms' appends run.
+/// Run `body` on a thread of its own inside a single-threaded runtime, as the rooms' appends
+/// run (the appends say so by calling `append_batch_on_committing_thread`).
 fn on_a_rooms_thread<T: Send + 'static>(body: impl std::future::Future<Output = T> + Send + 'static) -> T {
     std::thread::spawn(move || {
-        super::allow_inline_writes();
         tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime").block_on(body)
     })
     .join()
@@ -210,7 +209,9 @@ fn appends_on_the_rooms_thread_commit_there_and_together() {
         let tasks: Vec<_> = (0..ROOMS)
             .map(|n| {
                 let store = Arc::clone(&appending);
-                tokio::spawn(async move { store.append_batch(vec![text("r", epoch, "a", &format!("m{n}"))]).await })
+                tokio::spawn(async move {
+                    store.append_batch_on_committing_thread(vec![text("r", epoch, "a", &format!("m{n}"))]).await
+                })
             })
             .collect();
         let mut outcomes = Vec::new();
@@ -245,7 +246,9 @@ fn a_write_lock_held_elsewhere_sends_the_batch_to_the_writer_and_leaves_the_room
     let appending = Arc::clone(&store);
     let rooms_thread = std::thread::spawn(move || {
         on_a_rooms_thread(async move {
-            let append = tokio::spawn(async move { appending.append_batch(vec![text("r", epoch, "a", "m1")]).await });
+            let append = tokio::spawn(async move {
+                appending.append_batch_on_committing_thread(vec![text("r", epoch, "a", "m1")]).await
+            });
             // Blocked in `BEGIN` for the busy timeout, this thread would not get here.
             tokio::time::sleep(Duration::from_millis(100)).await;
             free.send(append.is_finished()).expect("report");

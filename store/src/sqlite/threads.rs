@@ -1,7 +1,8 @@
 //! The threads that own the SQLite connections: one writer doing group commit, a few readers.
 //!
 //! SQLite calls block (on disk, on fsync, on another process's lock for up to the busy
-//! timeout), so none of them runs on the async runtime. The async side sends a job over a
+//! timeout), so none of them runs on the node's async runtime (the rooms' thread, which exists to
+//! commit, is the one exception: `inline`). The async side sends a job over a
 //! bounded tokio channel (waiting when it is full: back-pressure) and awaits a oneshot reply.
 //!
 //! Writer: one thread, one connection. It takes the first queued job, then drains up to
