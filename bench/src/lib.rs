@@ -1,4 +1,4 @@
-//! The load generator behind `tests/src/bin/loadgen.rs`: scenarios that drive palaver and its
+//! The load generator behind `bench/src/bin/loadgen.rs`: scenarios that drive palaver and its
 //! peers (NATS over WebSocket, Socket.IO, ejabberd multi-user chat over XMPP WebSocket) through
 //! the same code, so every figure of docs/BENCHMARKS.md is palaver beside a peer from one run.
 //!

@@ -7,7 +7,7 @@
 //! Run `loadgen help` for the scenarios and their options; bench/run.sh runs them all and
 //! writes docs/BENCHMARKS.md.
 
-use tests::load::{args::Args, group, presence, scenarios};
+use bench::{args::Args, group, presence, scenarios};
 
 const HELP: &str = "\
 loadgen SCENARIO [servers] [options]

@@ -102,7 +102,7 @@ struct Role {
 /// The nodes of the cluster under test (and the harness's cluster, if started here).
 struct Nodes {
     target: Target,
-    _cluster: Option<crate::cluster::Cluster>,
+    _cluster: Option<::tests::cluster::Cluster>,
 }
 
 pub async fn presence(args: &Args, command: &str) -> anyhow::Result<()> {
@@ -558,10 +558,14 @@ async fn cluster(args: &Args) -> anyhow::Result<Nodes> {
         let (key, value) = pair.split_once('=').ok_or_else(|| anyhow!("--node-env {pair}: KEY=VALUE"))?;
         env.push((key.trim_start_matches("PALAVER_").to_string(), value.to_string()));
     }
-    let options =
-        crate::cluster::ClusterOptions { heartbeat_interval_ms: 500, heartbeat_timeout_ms: 3_000, proxied: false, env };
+    let options = ::tests::cluster::ClusterOptions {
+        heartbeat_interval_ms: 500,
+        heartbeat_timeout_ms: 3_000,
+        proxied: false,
+        env,
+    };
     eprintln!("starting a {count}-node cluster");
-    let cluster = crate::cluster::Cluster::start_with(count, options).await.context("starting the cluster")?;
+    let cluster = ::tests::cluster::Cluster::start_with(count, options).await.context("starting the cluster")?;
     let pids = (0..count).filter_map(|i| cluster.member(i).pid()).collect();
     let target = Target {
         kind: Kind::Palaver,
