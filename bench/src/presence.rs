@@ -35,7 +35,7 @@ use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::args::Args;
-use super::group::{read_tokens, GroupSpec, LocalGroup, RoomPlan};
+use super::group::{read_tokens, GroupSpec, LocalGroup, Receive, RoomPlan};
 use super::peers::{self, Kind, Target, Ws};
 use super::report::{latency, latency_text, write_json, Progress};
 use super::{human, new_histogram, now_ns, rss_kib, run_id, secs, Marker};
@@ -177,6 +177,7 @@ pub async fn presence(args: &Args, command: &str) -> anyhow::Result<()> {
                 body_bytes: 0,
                 concurrency,
                 tokens_file: None,
+                receive: Receive::default(),
             };
             let tokens = LocalGroup::new(spec).accounts().await.context("setting up accounts")?;
             (run, tokens)
