@@ -79,11 +79,15 @@ def cpu_cells(row):
         mark = " **saturated**"
     elif row.get("shared_cores"):
         mark = " (shared CPUs)"
+    busy = "–"
+    if row.get("server_cpus_busy_pct") is not None and row.get("loadgen_cpus_busy_pct") is not None:
+        busy = f"{row['server_cpus_busy_pct']:.0f} / {row['loadgen_cpus_busy_pct']:.0f}"
     return [num(row.get("server_cpu_us_per_delivery"), 3), num(row.get("server_cpu_us_per_message"), 1),
-            num(row.get("server_cpu_pct"), 0), ("–" if loadgen is None else f"{loadgen:.0f}") + mark]
+            num(row.get("server_cpu_pct"), 0), ("–" if loadgen is None else f"{loadgen:.0f}") + mark, busy]
 
 
-CPU_HEADERS = ["server CPU µs/delivery", "µs/message", "server % of a core", "loadgen % CPU"]
+CPU_HEADERS = ["server CPU µs/delivery", "µs/message", "server % of a core", "loadgen % CPU",
+               "their CPUs busy in all, server's / loadgen's %"]
 
 
 def section_idle(doc):
@@ -512,7 +516,9 @@ bench/run.sh            # about 25 minutes; QUICK=1 bench/run.sh for a small ver
   and by the messages published, warm-up included as its CPU is. *Server % of a core* and
   *loadgen % CPU* are shares over the publishing period (100 % = one core); a load generator
   above 90 % of the CPUs it may use is marked **saturated**: that row may show its limit, not
-  the server's.
+  the server's. *Their CPUs busy in all* is how busy the server's and the load generator's
+  CPUs were over the same period, every process counted (`/proc/stat`): well above their own
+  shares, other work on the machine took those CPUs and the row is not a clean measurement.
 - Runs finished {runs}; rendered {when(time.time())} by `bench/report.py` from `bench/results/*.json`.
 
 """

@@ -35,10 +35,10 @@ EOF
 
 scenario() { # name, loadgen arguments…
   local name="$1"; shift
-  if timeout 120 loadgen "$@" --json "$OUT/$name.json" >"$OUT/$name.txt" 2>"$OUT/$name.err"; then
+  if timeout 120 "${LOADGEN_PIN[@]}" "$LOADGEN" "$@" --json "$OUT/$name.json" >"$OUT/$name.txt" 2>"$OUT/$name.err"; then
     grep -v '^\[' "$OUT/$name.txt" || true
   else
-    echo "FAILED: $name (exit $?)"; tail -20 "$OUT/$name.err" "$OUT/$name.txt"; failed=$((failed + 1)); return 1
+    echo "FAILED: $name (exit $?)"; tail -n 20 "$OUT/$name.err" "$OUT/$name.txt"; failed=$((failed + 1)); return 1
   fi
 }
 

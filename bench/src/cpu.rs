@@ -6,6 +6,8 @@
 //! A phase is read three times: when publishing starts, when it stops (the busy period, for
 //! the share of a core each side used) and when the last delivery has arrived (the whole cost
 //! of the phase's messages, for the cost per delivery). Set-up (accounts, joins) lies outside.
+//! How busy the server's and the load generator's CPUs were in all (`/proc/stat`) is read too:
+//! well above what the two used themselves, other work on the machine took those CPUs.
 
 use std::time::Instant;
 
@@ -26,12 +28,49 @@ pub struct Reading {
     at: Instant,
     server: u64,
     loadgen: u64,
+    /// Per CPU of the machine (index = CPU number, up to 64): (busy, all) ticks since boot.
+    cpus: [(u64, u64); 64],
 }
 
 impl Reading {
     pub fn take(server_pids: &[u32], loadgen_pids: &[u32]) -> Reading {
-        Reading { at: Instant::now(), server: cpu_ticks(server_pids), loadgen: cpu_ticks(loadgen_pids) }
+        Reading {
+            at: Instant::now(),
+            server: cpu_ticks(server_pids),
+            loadgen: cpu_ticks(loadgen_pids),
+            cpus: cpu_times(),
+        }
     }
+}
+
+/// Busy and total ticks of each CPU from `/proc/stat` (`cpuN user nice system idle iowait …`).
+fn cpu_times() -> [(u64, u64); 64] {
+    let mut times = [(0, 0); 64];
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    for line in stat.lines() {
+        let Some(rest) = line.strip_prefix("cpu") else { continue };
+        let mut fields = rest.split_whitespace();
+        let Some(Ok(cpu)) = fields.next().map(str::parse::<usize>) else { continue };
+        let values: Vec<u64> = fields.filter_map(|f| f.parse().ok()).collect();
+        if cpu < times.len() && values.len() >= 5 {
+            let all: u64 = values.iter().take(8).sum();
+            let idle = values[3] + values[4];
+            times[cpu] = (all - idle, all);
+        }
+    }
+    times
+}
+
+/// How busy `cpus` were between two readings, in % of one CPU (all processes).
+fn cpus_busy_pct(start: &Reading, stop: &Reading, cpus: &[u32]) -> Option<f64> {
+    let (mut busy, mut all) = (0u64, 0u64);
+    for &cpu in cpus.iter().filter(|&&cpu| (cpu as usize) < start.cpus.len()) {
+        let (b0, a0) = start.cpus[cpu as usize];
+        let (b1, a1) = stop.cpus[cpu as usize];
+        busy += b1.saturating_sub(b0);
+        all += a1.saturating_sub(a0);
+    }
+    (all > 0).then(|| 100.0 * busy as f64 / all as f64 * cpus.len() as f64)
 }
 
 /// The CPUs `pid` may run on, as `/proc/<pid>/status` lists them (`0`, `1`, `0-1`, `0,2-3`).
@@ -72,6 +111,7 @@ pub fn phase_usage(
     let loadgen_pct = share(stop.loadgen - start.loadgen);
     let loadgen_saturated = loadgen_pct > SATURATED_PCT * loadgen_cpus.len().max(1) as f64;
     let server_list = server_pids.first().and_then(|&pid| allowed_cpus(pid));
+    let server_cpus = server_list.as_deref().map(cpu_set).unwrap_or_default();
     let shared_cores = server_list.as_deref().map(|list| cpu_set(list).iter().any(|cpu| loadgen_cpus.contains(cpu)));
     let server_us = (end.server - start.server) as f64 * 1e6 / CLOCK_TICKS_PER_S;
     let measured = !server_pids.is_empty();
@@ -84,6 +124,8 @@ pub fn phase_usage(
         "loadgen_cpu_pct": loadgen_pct,
         "loadgen_cpus": loadgen_list,
         "loadgen_saturated": loadgen_saturated,
+        "server_cpus_busy_pct": cpus_busy_pct(&start, &stop, &server_cpus),
+        "loadgen_cpus_busy_pct": cpus_busy_pct(&start, &stop, &loadgen_cpus),
         "shared_cores": shared_cores,
         "cpu_deliveries": deliveries,
         "cpu_published": published,
@@ -107,6 +149,10 @@ pub fn usage_text(row: &Value) -> String {
     ));
     if row["loadgen_saturated"].as_bool() == Some(true) {
         text.push_str(" SATURATED: the load generator may be the limit");
+    }
+    if let (Some(server), Some(loadgen)) = (row["server_cpus_busy_pct"].as_f64(), row["loadgen_cpus_busy_pct"].as_f64())
+    {
+        text.push_str(&format!("; CPUs busy in all: server's {server:.0}%, loadgen's {loadgen:.0}%"));
     }
     if row["shared_cores"].as_bool() == Some(true) {
         text.push_str("; server and load generator share CPUs");
@@ -148,6 +194,8 @@ mod tests {
         let pct = usage["loadgen_cpu_pct"].as_f64().expect("pct");
         assert!(pct > 0.0);
         assert!(usage["server_cpu_us_per_delivery"].is_null(), "no server pid: no server figure");
+        let busy = usage["loadgen_cpus_busy_pct"].as_f64().expect("the machine's CPU times");
+        assert!(busy > 0.0, "our own CPUs were busy spinning: {busy}%");
         let cpus = cpu_set(usage["loadgen_cpus"].as_str().expect("cpus")).len();
         assert_eq!(usage["loadgen_saturated"].as_bool(), Some(pct > SATURATED_PCT * cpus as f64));
     }
