@@ -453,7 +453,7 @@ async fn conn_task(
     let Opened { mut ws, rooms, .. } = opened;
     let mut counts = Counts { hist: new_histogram(), delivered: 0 };
     let sampled = receive.samples(index);
-    let mut last_sent = 0u64;
+    let mut order = OrderCheck::default();
     // The window the local counts were taken for: a flush for another window is stale.
     let mut hist_window = 0u64;
     let mut published = 0u64;
@@ -514,11 +514,8 @@ async fn conn_task(
                 let mut found = 0;
                 marker.scan(payload, |sent| {
                     found += 1;
-                    if receive.check_order {
-                        if sent <= last_sent {
-                            shared.out_of_order.fetch_add(1, Ordering::Relaxed);
-                        }
-                        last_sent = sent;
+                    if receive.check_order && !order.in_order(sent) {
+                        shared.out_of_order.fetch_add(1, Ordering::Relaxed);
                     }
                     if sent >= start && sent < end {
                         if hist_window != start {
@@ -552,6 +549,21 @@ async fn conn_task(
         shared.flushed.fetch_add(1, Ordering::Release);
     } else {
         let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
+    }
+}
+
+/// One publisher stamps strictly increasing send times, so a receiver that sees a time that
+/// does not increase got a message out of order or twice.
+#[derive(Debug, Default)]
+struct OrderCheck {
+    last: u64,
+}
+
+impl OrderCheck {
+    fn in_order(&mut self, sent: u64) -> bool {
+        let ok = sent > self.last;
+        self.last = self.last.max(sent);
+        ok
     }
 }
 
@@ -838,5 +850,13 @@ mod tests {
         assert_eq!(count(&Receive::sampled(50, 20, true), 20), 1);
         assert_eq!(count(&Receive::sampled(1, 30, false), 30), 30);
         assert_eq!(count(&Receive::default(), 30), 30);
+    }
+
+    #[test]
+    fn a_send_time_that_does_not_increase_is_out_of_order() {
+        let mut order = OrderCheck::default();
+        let seen: Vec<bool> = [10, 20, 20, 15, 30, 25, 40].into_iter().map(|sent| order.in_order(sent)).collect();
+        // 20 again: doubled; 15 after 20 and 25 after 30: reordered.
+        assert_eq!(seen, [true, true, false, false, true, false, true]);
     }
 }
