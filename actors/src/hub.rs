@@ -276,6 +276,12 @@ impl Hub {
         self.connections.lock().expect("connections lock").room_fanouts.remove(room);
     }
 
+    /// The running actor of `room`, if there is one (tests reach into a room through it).
+    #[cfg(test)]
+    pub(crate) fn running_room(&self, room: &str) -> Option<ActorRef<RoomMessage>> {
+        self.rooms.lock().expect("rooms lock").get(room).and_then(|slot| slot.get().cloned())
+    }
+
     /// Room ids with a running actor on this node (operator view).
     pub fn active_rooms(&self) -> Vec<String> {
         let rooms = self.rooms.lock().expect("rooms lock");

@@ -8,11 +8,11 @@
 //! - [`requests`]: the handlers behind each client frame.
 //! - [`presence`]: who is online, typing indicators and receipts, across the cluster.
 //! - [`auth`]: passwords, tokens, login rate limits.
-//! - [`store`]: the durable state behind one interface (SQLite embedded; FoundationDB with the
-//!   `fdb` feature).
 //!
-//! This crate knows nothing of sockets or HTTP: the node crate adapts WebSocket messages to
-//! [`session::Wire`]. See ARCHITECTURE.md for the whole picture.
+//! The durable state lives in the `store` crate below this one (re-exported here as `store`, so
+//! paths read `crate::store::…`); this crate holds caches of it, never the truth. HTTP and the
+//! client WebSocket are the node crate's: it adapts WebSocket messages to [`session::Wire`].
+//! Node links (TCP, TLS) are [`cluster`]'s. See ARCHITECTURE.md for the whole picture.
 
 pub mod auth;
 pub mod cluster;
@@ -25,4 +25,5 @@ pub mod presence;
 pub mod requests;
 pub mod room;
 pub mod session;
-pub mod store;
+
+pub use store;

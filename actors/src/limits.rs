@@ -1,7 +1,13 @@
-//! Every bound the node enforces, in one place (shared/DESIGN.md §1.6: bounded resources).
+//! The bounds an operator can set, in one place (docs/DESIGN.md §1.6: bounded resources).
 //!
 //! The node's configuration section `[limits]` maps onto [`Limits`] field by field; each default
-//! is explained where it is set, in `node`'s configuration module.
+//! is explained where it is set, in `node`'s configuration module. Other sections carry the
+//! bounds of their own subsystem (`[auth]`, `[presence]`, `[cluster]`). A few bounds are fixed
+//! in the code beside what they protect, because no deployment has a reason to change them:
+//! name and id lengths (`names`), the HTTP request head (`node`'s `http`), the inter-node
+//! decoder's nesting depth and pending TLS handshakes (`cluster`), a batched message's size and
+//! a session's take from its queue (`session`), and FoundationDB's own transaction limits
+//! (`store::fdb_keys::limits`); ARCHITECTURE.md lists them.
 
 use serde::{Deserialize, Serialize};
 

@@ -25,7 +25,7 @@
 //! the node's main runtime (`room/runtime.rs` says why and what it bought).
 //!
 //! It holds no state the store does not have, so it stops after `limits.room_idle_ms` without
-//! work and is spawned again when needed. Local-only (shared/DESIGN.md §3): rooms are never
+//! work and is spawned again when needed. Local-only (docs/DESIGN.md §3): rooms are never
 //! registered with the cluster; the hub addresses them.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,7 +36,7 @@ use protocol::EntryKind;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -62,6 +62,9 @@ pub enum RoomMessage {
     Append(AppendCommand, RpcReplyPort<Result<Appended, StoreError>>, Instant),
     /// Periodic: stop if idle for `limits.room_idle_ms`.
     IdleCheck,
+    /// Tests only: end the committer task as a panic would, to check that the actor follows it.
+    #[cfg(test)]
+    KillCommitter,
 }
 
 // Local-only (never serialized): with ractor's `cluster` feature on (ractor_cluster needs it),
@@ -85,6 +88,9 @@ pub struct RoomState {
     commits: mpsc::UnboundedSender<Pending>,
     /// Set when the actor stops: appends not yet committed are refused from then on.
     stopped: Arc<AtomicBool>,
+    /// Ends the committer (tests only: in service it ends with the actor or on its own).
+    #[cfg(test)]
+    committer: tokio::task::AbortHandle,
 }
 
 pub struct RoomActor;
@@ -103,11 +109,29 @@ impl Actor for RoomActor {
         Metrics::gauge(&hub.metrics.rooms_active, 1);
         let (commits, queue) = mpsc::unbounded_channel();
         let stopped = Arc::new(AtomicBool::new(false));
-        let committer =
-            Committer { hub: hub.clone(), room: room.clone(), epoch, stopped: stopped.clone(), myself, members: None };
+        let committer = Committer {
+            hub: hub.clone(),
+            room: room.clone(),
+            epoch,
+            stopped: stopped.clone(),
+            myself: myself.clone(),
+            members: None,
+        };
         // On the rooms' thread, as this actor is (the hub spawns room actors there).
-        tokio::spawn(committer.run(queue));
-        Ok(RoomState { hub, room, last_active: Instant::now(), idle_timer, commits, stopped })
+        let committer = tokio::spawn(committer.run(queue));
+        #[cfg(test)]
+        let committer_abort = committer.abort_handle();
+        tokio::spawn(stop_with_committer(committer, myself, room.clone()));
+        Ok(RoomState {
+            hub,
+            room,
+            last_active: Instant::now(),
+            idle_timer,
+            commits,
+            stopped,
+            #[cfg(test)]
+            committer: committer_abort,
+        })
     }
 
     async fn handle(
@@ -122,9 +146,14 @@ impl Actor for RoomActor {
                 // Unbounded, but bounded in practice: each session has at most
                 // `limits.max_inflight_per_connection` requests outstanding.
                 if let Err(mpsc::error::SendError((_, reply, _))) = state.commits.send((command, reply, handed)) {
+                    // The committer is gone: this actor cannot write any more, so it stops too
+                    // and the next command starts a fresh pair (its watcher does the same).
                     let _ = reply.send(Err(StoreError::Unavailable(format!("room `{}` is restarting", state.room))));
+                    myself.stop(Some("committer ended".into()));
                 }
             }
+            #[cfg(test)]
+            RoomMessage::KillCommitter => state.committer.abort(),
             RoomMessage::IdleCheck => {
                 if state.last_active.elapsed() >= Duration::from_millis(state.hub.limits.room_idle_ms) {
                     myself.stop(Some("idle".into()));
@@ -141,6 +170,19 @@ impl Actor for RoomActor {
         Metrics::gauge(&state.hub.metrics.rooms_active, -1);
         Ok(())
     }
+}
+
+/// Supervision of a room: its actor and its committer live and die together. The actor's stop
+/// ends the committer (its queue closes); this ends the actor when the committer ends first,
+/// which in service only a panic does, so that the next command for the room spawns a new
+/// pair (a new claim and epoch) instead of finding an actor that can no longer write.
+async fn stop_with_committer(committer: JoinHandle<()>, actor: ActorRef<RoomMessage>, room: String) {
+    match committer.await {
+        Ok(()) => {}
+        Err(err) if err.is_panic() => error!(room, error = %err, "room committer panicked; stopping the room"),
+        Err(err) => warn!(room, error = %err, "room committer ended; stopping the room"),
+    }
+    actor.stop(Some("committer ended".into()));
 }
 
 /// The task that runs a room actor's appends, a batch at a time, in the order they arrived.

@@ -8,9 +8,9 @@
 
 use std::sync::Arc;
 
-use actors::store::sqlite::{SqliteOptions, SqliteStore};
-use actors::store::Store;
 use anyhow::Context;
+use store::sqlite::{SqliteOptions, SqliteStore};
+use store::Store;
 
 use crate::config::Config;
 
@@ -49,10 +49,10 @@ pub fn shutdown_backends() {
 mod fdb {
     use std::sync::{Arc, Mutex};
 
-    use actors::store::fdb::{boot_network, FdbStore, NetworkGuard};
-    use actors::store::fdb_keys::options::FdbOptions;
-    use actors::store::Store;
     use anyhow::Context;
+    use store::fdb::{boot_network, FdbStore, NetworkGuard};
+    use store::fdb_keys::options::FdbOptions;
+    use store::Store;
 
     use crate::config::Config;
 

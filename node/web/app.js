@@ -25,7 +25,7 @@
 'use strict';
 
 (function () {
-  // ---- Tunables (each a bound; see STYLE.md "a limit on everything") -------------------------
+  // ---- Tunables (each a bound; docs/DESIGN.md §7, "a limit on everything") -------------------------
   const VERSIONS = [1];
   const CLIENT_NAME = 'palaver-web/1';
   /** Entries per history request; the node caps it at limits.history_page_max (default 200). */

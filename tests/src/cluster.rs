@@ -26,7 +26,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::{check_ledger, Client, ClientFrame, Encoding, Entry, EntryKind, ErrorCode, Node, NodeOptions, ServerFrame};
+use crate::{
+    check_ledger, Client, ClientFrame, Encoding, Entry, EntryKind, ErrorCode, Node, NodeOptions, ServerFrame, TestStore,
+};
 
 /// The cookie of test clusters.
 pub const TEST_COOKIE: &str = "palaver-test-cluster-cookie-0123456789";
@@ -116,15 +118,25 @@ impl Cluster {
         let advertise =
             if self.options.proxied { self.proxy.front(index, listen).await?.to_string() } else { listen.to_string() };
         let seeds: Vec<String> = self.members.iter().flatten().map(|member| member.advertise.clone()).collect();
-        let mut node_options =
-            NodeOptions { name: name.clone(), data_dir: Some(self.data_dir()), ..NodeOptions::default() }
-                .env("CLUSTER__ENABLED", "true")
-                .env("CLUSTER__LISTEN", listen)
-                .env("CLUSTER__ADVERTISE", &advertise)
-                .env("CLUSTER__COOKIE", TEST_COOKIE)
-                .env("CLUSTER__HEARTBEAT_INTERVAL_MS", self.options.heartbeat_interval_ms)
-                .env("CLUSTER__HEARTBEAT_TIMEOUT_MS", self.options.heartbeat_timeout_ms)
-                .env("LIMITS__REQUEST_TIMEOUT_MS", 5_000);
+        // On SQLite the nodes share the data directory (and the database file in it); on
+        // FoundationDB each has its own, as on separate hosts, and they share the subspace.
+        let store = TestStore::from_env();
+        let data_dir = match store {
+            TestStore::Sqlite => self.data_dir(),
+            TestStore::Fdb { .. } => self.data_dir().join(&name),
+        };
+        let mut node_options = NodeOptions { name: name.clone(), data_dir: Some(data_dir), ..NodeOptions::default() };
+        for (key, value) in store.env_for(&self.data_dir()) {
+            node_options = node_options.env(&key, value);
+        }
+        let mut node_options = node_options
+            .env("CLUSTER__ENABLED", "true")
+            .env("CLUSTER__LISTEN", listen)
+            .env("CLUSTER__ADVERTISE", &advertise)
+            .env("CLUSTER__COOKIE", TEST_COOKIE)
+            .env("CLUSTER__HEARTBEAT_INTERVAL_MS", self.options.heartbeat_interval_ms)
+            .env("CLUSTER__HEARTBEAT_TIMEOUT_MS", self.options.heartbeat_timeout_ms)
+            .env("LIMITS__REQUEST_TIMEOUT_MS", 5_000);
         if !seeds.is_empty() {
             node_options = node_options.env(
                 "CLUSTER__SEEDS",
@@ -179,6 +191,11 @@ impl Cluster {
     /// node are about the others noticing, so the pause is retried until it lands outside a
     /// transaction.
     pub fn pause(&mut self, index: usize) -> anyhow::Result<()> {
+        if TestStore::from_env() != TestStore::Sqlite {
+            self.signal(index, "-STOP")?;
+            self.members[index].as_mut().expect("running").paused = true;
+            return Ok(());
+        }
         let db = self.data_dir().join("palaver.db");
         for attempt in 0..200u64 {
             self.signal(index, "-STOP")?;

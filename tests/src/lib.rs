@@ -45,7 +45,60 @@ pub fn palaver_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test> → target/<profile>/palaver
     let profile_dir = exe.parent().and_then(Path::parent).expect("target profile directory");
-    profile_dir.join("palaver")
+    let binary = profile_dir.join("palaver");
+    // `cargo test` builds the test crates, not another package's binary: say how to get it.
+    assert!(
+        binary.exists(),
+        "the palaver binary is not built at {}: run `cargo build -p node --bin palaver` (with the same \
+         profile and CARGO_TARGET_DIR) before the black-box tests, or set PALAVER_BIN",
+        binary.display()
+    );
+    binary
+}
+
+/// Which store backend the black-box tests run on: `PALAVER_TEST_STORE=fdb` (with
+/// `FDB_CLUSTER_FILE` naming a running FoundationDB and the binary built with `--features fdb`)
+/// runs every suite on FoundationDB; anything else, the default, on SQLite. One switch, so the
+/// same scenarios prove both backends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TestStore {
+    Sqlite,
+    Fdb { cluster_file: PathBuf },
+}
+
+impl TestStore {
+    pub fn from_env() -> TestStore {
+        match std::env::var("PALAVER_TEST_STORE").as_deref() {
+            Ok("fdb") => {
+                let cluster_file = std::env::var_os("FDB_CLUSTER_FILE")
+                    .filter(|file| !file.is_empty())
+                    .expect("PALAVER_TEST_STORE=fdb needs FDB_CLUSTER_FILE naming a running FoundationDB");
+                TestStore::Fdb { cluster_file: PathBuf::from(cluster_file) }
+            }
+            _ => TestStore::Sqlite,
+        }
+    }
+
+    /// The node settings that put its state in the store identified by `shared_dir`: nodes
+    /// given the same directory share one store (the SQLite file in it, or one FoundationDB
+    /// subspace named after it), whatever their own data directories.
+    pub fn env_for(&self, shared_dir: &Path) -> Vec<(String, String)> {
+        match self {
+            TestStore::Sqlite => {
+                vec![("STORE__SQLITE_PATH".into(), shared_dir.join("palaver.db").display().to_string())]
+            }
+            TestStore::Fdb { cluster_file } => {
+                use std::hash::{Hash, Hasher};
+                let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                shared_dir.hash(&mut hasher);
+                vec![
+                    ("STORE__BACKEND".into(), "fdb".into()),
+                    ("STORE__FDB_CLUSTER_FILE".into(), cluster_file.display().to_string()),
+                    ("STORE__FDB_SUBSPACE_PREFIX".into(), format!("palaver-test-{:016x}", hasher.finish())),
+                ]
+            }
+        }
+    }
 }
 
 /// How to start a node.
@@ -111,6 +164,12 @@ impl Node {
             .env("PALAVER_AUTH__ARGON2_MEMORY_KIB", "1024")
             .env("PALAVER_AUTH__ARGON2_ITERATIONS", "1")
             .env("PALAVER_LOG__FILTER", "info,actors=debug")
+            .envs(
+                TestStore::from_env()
+                    .env_for(&data_dir)
+                    .into_iter()
+                    .map(|(key, value)| (format!("PALAVER_{key}"), value)),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))

@@ -1,4 +1,4 @@
-//! Bad input (issue 2, "Bad input"; shared/DESIGN.md §1.6): every kind of bad frame or request
+//! Bad input (docs/DESIGN.md §1.6): every kind of bad frame or request
 //! gets a precise error frame with a stable code, and the connection stays usable afterwards (a
 //! ping still gets its pong) except where it must close (oversize frame: 1009; unsupported
 //! version: 1002; revoked token: the user's connections close). No input takes the node down or

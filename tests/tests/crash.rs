@@ -1,4 +1,4 @@
-//! Durable ack (shared/DESIGN.md §1.1): a message is acknowledged only after the store
+//! Durable ack (docs/DESIGN.md §1.1): a message is acknowledged only after the store
 //! committed it, so kill -9 right after the acks loses nothing. After a restart on the same data
 //! directory every acked message is in its room's history with its acked sequence number and in
 //! every member's log (resume from cursor 0), retries still answer `duplicate`, and sequence

@@ -1,4 +1,4 @@
-//! Idempotent send (shared/DESIGN.md §1.3): a client reuses its message id on every retry; the
+//! Idempotent send (docs/DESIGN.md §1.3): a client reuses its message id on every retry; the
 //! retry gets the original ack back (`duplicate: true`) and never creates a second message —
 //! on the same connection, back to back in one pipeline, and from a fresh connection after a
 //! reconnect.

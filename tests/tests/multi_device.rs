@@ -1,4 +1,4 @@
-//! Multi-device (shared/DESIGN.md §1.5): every live connection of a user receives every message
+//! Multi-device (docs/DESIGN.md §1.5): every live connection of a user receives every message
 //! of the user's log, and read positions are per user and room, synced to the user's other
 //! connections. The two devices speak different encodings, which must not matter.
 

@@ -1,4 +1,4 @@
-//! Resume after a disconnect (shared/DESIGN.md §1.4): a reader goes offline, another user writes
+//! Resume after a disconnect (docs/DESIGN.md §1.4): a reader goes offline, another user writes
 //! a backlog of 1,000 messages across four rooms, and the reader comes back with its stored
 //! cursor while two writers keep sending. The reader must get every message exactly once,
 //! with dense cursors and each room in order, and live traffic must continue across the seam

@@ -1,7 +1,7 @@
 //! Node links: ractor_cluster's `NodeServer`, the reconnect loop and the heartbeat ticker.
 //!
 //! ractor_cluster authenticates links with the cookie and mirrors process groups over them, but
-//! it neither reconnects nor notices a peer that hangs with its socket open (shared/DESIGN.md
+//! it neither reconnects nor notices a peer that hangs with its socket open (docs/DESIGN.md
 //! §3). So a ticker, every `cluster.heartbeat_interval_ms`:
 //! 1. sends this node's heartbeat to every router it can reach;
 //! 2. re-evaluates membership (a peer silent for `heartbeat_timeout_ms` is dead);

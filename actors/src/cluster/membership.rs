@@ -3,7 +3,7 @@
 //!
 //! - A peer is **live** while its last heartbeat is younger than `heartbeat_timeout`. This is
 //!   what catches a hung (SIGSTOP) or cut-off peer whose TCP link stays open, which
-//!   ractor_cluster alone does not notice (shared/DESIGN.md §3). When its last link *closes*
+//!   ractor_cluster alone does not notice (docs/DESIGN.md §3). When its last link *closes*
 //!   (a crashed process: the kernel resets the socket), it is dead sooner: if no heartbeat
 //!   follows within the link grace (a few heartbeat intervals, enough to redial), which makes a
 //!   kill -9 cost well under the timeout.

@@ -12,7 +12,7 @@
 //! - [`membership`]: heartbeats → live set, known set, quorum: whether this node may serve.
 //! - [`router`]: the one remotable actor per node (process groups `palaver.routers` and
 //!   `palaver.router.<node>`); everything else (rooms, sessions) stays local-only, because every
-//!   remotable actor costs a proxy on every other node (shared/DESIGN.md §3).
+//!   remotable actor costs a proxy on every other node (docs/DESIGN.md §3).
 //! - [`link`]: ractor_cluster's `NodeServer`, the reconnect loop, and the heartbeat ticker.
 //! - [`tls`]: optional mutual TLS on node links (rustls), under one cluster CA.
 //!

@@ -1,7 +1,7 @@
 //! The inter-node message: what one node's router says to another's, and its encoding.
 //!
 //! ractor_cluster moves opaque bytes between nodes; this module decides what they mean. The
-//! encoding is ours (shared/DESIGN.md §3): ractor drops undecodable messages silently and its
+//! encoding is ours (docs/DESIGN.md §3): ractor drops undecodable messages silently and its
 //! `blanket_serde` feature panics on bad bytes. So decoding never fails here: bytes that do not
 //! decode, nest too deeply, or arrive as anything but a cast become [`RouterMessage::Invalid`],
 //! which the router counts (`palaver_cluster_invalid_messages_total`) and logs.

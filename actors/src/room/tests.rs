@@ -149,3 +149,30 @@ async fn a_large_rooms_entries_reach_exactly_the_members_at_each_commit() {
     assert_eq!(got, expected);
     assert_eq!(hub.store.members(ROOM).await.unwrap(), ["a", "b", "e", "c"], "the store agrees");
 }
+
+/// A room's actor and its committer live and die together: with the committer gone, the room
+/// is restarted on the next command (a new claim), not left answering "restarting" forever.
+#[tokio::test]
+async fn a_room_whose_committer_died_restarts_on_the_next_command() {
+    let (hub, _dir) = hub().await;
+    let before = append_all(&hub, vec![command(EntryKind::Text, "a", "before")]).await;
+    let actor = hub.running_room(ROOM).expect("the room runs after an append");
+    let (_, epoch_before) = hub.store.room_owner(ROOM).await.unwrap().expect("claimed");
+    actor.send_message(crate::room::RoomMessage::KillCommitter).unwrap();
+    // Appends may race the stop and be refused as unavailable (clients retry); within a
+    // second one must commit, in a new actor with a new epoch.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let appended = loop {
+        let outcome = hub.append(ROOM, command(EntryKind::Text, "a", "after")).await;
+        if let Ok(receiver) = outcome {
+            if let Ok(Ok(appended)) = receiver.await {
+                break appended;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the room never came back after its committer died");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(appended.delivery.entry.seq, before[0].delivery.entry.seq + 1);
+    let (_, epoch_after) = hub.store.room_owner(ROOM).await.unwrap().expect("claimed");
+    assert!(epoch_after > epoch_before, "a new actor claims the room again");
+}

@@ -9,10 +9,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use actors::store::sqlite::{SqliteOptions, SqliteStore};
-use actors::store::{AppendRequest, Epoch, MembershipLimits, NewRoom, Store};
 use anyhow::Context;
 use protocol::{EntryKind, RoomKind};
+use store::sqlite::{SqliteOptions, SqliteStore};
+use store::{AppendRequest, Epoch, MembershipLimits, NewRoom, Store};
 
 const LIMITS: MembershipLimits =
     MembershipLimits { max_room_members: 1_000, max_rooms_per_user: 1_000, fanout_max_members: 100_000 };

@@ -12,8 +12,8 @@ use super::kv::KvTxn;
 use super::limits::VALUE_BYTES_MAX;
 use super::mem::MemKv;
 use super::{Keyspace, KvStore};
-use crate::store::conformance::Fixture;
-use crate::store::{AppendRequest, Epoch, LogBounds, MembershipLimits, NewRoom, Recipients, Store, StoreError};
+use crate::conformance::Fixture;
+use crate::{AppendRequest, Epoch, LogBounds, MembershipLimits, NewRoom, Recipients, Store, StoreError};
 
 /// Every operation that writes, by the name `ops` gives its transaction.
 const WRITES: &[&str] =
@@ -39,13 +39,13 @@ async fn store_with_unknown_results() -> Fixture {
 }
 
 mod conformance {
-    crate::store::conformance::conformance_tests!(super::fresh_store);
+    crate::conformance::conformance_tests!(super::fresh_store);
 }
 
 /// The whole suite again, with every commit of every write reporting an unknown result after
 /// it applied: each write must recognise its own earlier attempt and answer as the first time.
 mod conformance_under_commit_unknown_result {
-    crate::store::conformance::conformance_tests!(super::store_with_unknown_results);
+    crate::conformance::conformance_tests!(super::store_with_unknown_results);
 }
 
 const LIMITS: MembershipLimits =

@@ -10,7 +10,7 @@
 //!     let store = SqliteStore::open(SqliteOptions::new(dir.path().join("palaver.db"))).unwrap();
 //!     Fixture::with_guard(Arc::new(store), dir)
 //! }
-//! crate::store::conformance::conformance_tests!(fresh_store);
+//! crate::conformance::conformance_tests!(fresh_store);
 //! ```
 //!
 //! The cases run on a two-thread runtime and assert nothing about timing, so they hold on a
@@ -23,8 +23,8 @@ use std::sync::Arc;
 
 use protocol::{Cursor, Entry, EntryKind, RoomKind};
 
-use crate::store::sqlite::is_dense;
-use crate::store::{
+use crate::sqlite::is_dense;
+use crate::{
     AppendRequest, Appended, Delivery, Epoch, HistoryPage, LogBounds, LogEntry, MembershipLimits, MyRoom, NewRoom,
     Recipients, Store, StoreError,
 };
@@ -50,7 +50,7 @@ impl Fixture {
 /// closure returning a future) that builds a [`Fixture`] with a fresh, empty store.
 macro_rules! conformance_tests {
     ($make:expr) => {
-        $crate::store::conformance::conformance_tests!(@cases $make;
+        $crate::conformance::conformance_tests!(@cases $make;
             accounts_create_and_read,
             create_user_twice_is_user_exists,
             revoke_tokens_bumps_the_epoch,
@@ -87,8 +87,8 @@ macro_rules! conformance_tests {
         $(
             #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $case() {
-                let fixture: $crate::store::conformance::Fixture = ($make)().await;
-                $crate::store::conformance::$case(::std::sync::Arc::clone(&fixture.store)).await;
+                let fixture: $crate::conformance::Fixture = ($make)().await;
+                $crate::conformance::$case(::std::sync::Arc::clone(&fixture.store)).await;
             }
         )+
     };

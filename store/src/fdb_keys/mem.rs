@@ -16,7 +16,7 @@ use async_trait::async_trait;
 
 use super::kv::{Attempt, KvDb, KvTxn, TxnError, TxnResult};
 use super::layout::KeyRange;
-use crate::store::StoreResult;
+use crate::StoreResult;
 
 type Map = BTreeMap<Vec<u8>, Vec<u8>>;
 

@@ -5,7 +5,7 @@
 //! positions and room ownership epochs (for fencing). `sqlite` is the embedded default; `fdb`
 //! (cargo feature `fdb`) is the multi-host backend. Both pass the suite in `conformance`.
 //!
-//! The data model, in the words of shared/DESIGN.md §4:
+//! The data model, in the words of docs/DESIGN.md §4:
 //! - every room has a log of [`Entry`]s with a dense sequence number (1, 2, 3 …);
 //! - every user has a log of pointers to room entries with a dense cursor (1, 2, 3 …), written
 //!   in the same transaction as the room entry, one pointer per member ("fan out on write");

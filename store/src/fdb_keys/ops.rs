@@ -40,7 +40,7 @@ use super::values::{
     decode_u64, encode_u64, AccountValue, CodecError, EntryValue, MembershipValue, OwnerValue, Pointer, RoomHead,
     RoomMeta, UserHead,
 };
-use crate::store::{
+use crate::{
     AppendRequest, Appended, Delivery, Epoch, HistoryPage, LogBounds, LogEntry, MembershipLimits, MyRoom, NewRoom,
     Recipients, RoomRecord, Store, StoreError, StoreResult, UserRecord,
 };

@@ -1,5 +1,5 @@
 //! The store's invariants as small pure functions, checked with `debug_assert!` on the write
-//! and read paths and reused by the tests (see shared/STYLE.md §10).
+//! and read paths and reused by the tests (see docs/DESIGN.md §7).
 
 /// A room's new entry takes the sequence number right after the previous newest one.
 pub fn seq_follows(previous_last_seq: u64, new_seq: u64) -> bool {

@@ -9,8 +9,8 @@ use rusqlite::Connection;
 use tempfile::TempDir;
 
 use super::{ops, schema, SqliteOptions, SqliteStore};
-use crate::store::conformance::{conformance_tests, Fixture};
-use crate::store::{AppendRequest, Epoch, HistoryPage, MembershipLimits, NewRoom, Recipients, Store, StoreError};
+use crate::conformance::{conformance_tests, Fixture};
+use crate::{AppendRequest, Epoch, HistoryPage, MembershipLimits, NewRoom, Recipients, Store, StoreError};
 
 async fn fresh_store() -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -1,4 +1,4 @@
-//! The store's operations as SQL, one function per [`Store`](crate::store::Store) method.
+//! The store's operations as SQL, one function per [`Store`](crate::Store) method.
 //!
 //! Each function runs inside a transaction its caller opened: writes inside the writer's
 //! `BEGIN IMMEDIATE` batch (within their own savepoint), reads inside a reader's snapshot. They
@@ -14,7 +14,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::invariants;
 use super::threads::Context;
-use crate::store::{
+use crate::{
     AppendRequest, Appended, Delivery, Epoch, HistoryPage, LogBounds, LogEntry, MembershipLimits, MyRoom, NewRoom,
     Recipients, RoomRecord, StoreError, StoreResult, UserRecord,
 };

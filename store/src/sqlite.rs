@@ -93,7 +93,7 @@ use tokio::sync::{mpsc, oneshot};
 pub use self::inline::allow_inline_writes;
 use self::inline::{inline_writes_allowed, InlineWriter};
 use self::threads::{sqlite_error, BatchLimits, Job, ReadJob, WriteJob, WriterCounters};
-use crate::store::{
+use crate::{
     AppendRequest, Appended, Delivery, Epoch, HistoryPage, LogBounds, LogEntry, MembershipLimits, MyRoom, NewRoom,
     RoomRecord, Store, StoreError, StoreResult, UserRecord, WriteStats,
 };

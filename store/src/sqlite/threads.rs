@@ -36,7 +36,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use rusqlite::{Connection, ErrorCode};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::store::{StoreError, StoreResult};
+use crate::{StoreError, StoreResult};
 
 /// Attach what the store was doing to a SQLite error and sort it: a lock still held by another
 /// connection after the busy timeout is [`StoreError::Unavailable`] (retryable); anything else

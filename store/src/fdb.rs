@@ -288,8 +288,8 @@ mod tests {
     use std::thread::Thread;
 
     use super::*;
-    use crate::store::conformance::Fixture;
-    use crate::store::fdb_keys::tuple::TupleWriter;
+    use crate::conformance::Fixture;
+    use crate::fdb_keys::tuple::TupleWriter;
 
     /// The process's network guard, dropped at exit by [`stop_network_at_exit`].
     static NETWORK: Mutex<Option<NetworkGuard>> = Mutex::new(None);
@@ -369,7 +369,7 @@ mod tests {
         let path = cluster_file().expect("checked by fdb_or_skip");
         let store = open_test_store(path);
         store.ping().await.expect("the cluster in FDB_CLUSTER_FILE answers");
-        Fixture::with_guard(Arc::clone(&store) as Arc<dyn crate::store::Store>, ClearOnDrop(store))
+        Fixture::with_guard(Arc::clone(&store) as Arc<dyn crate::Store>, ClearOnDrop(store))
     }
 
     /// Used as the conformance macro's constructor expression: it is evaluated at the start of
@@ -385,7 +385,7 @@ mod tests {
         }};
     }
 
-    crate::store::conformance::conformance_tests!(fdb_or_skip!());
+    crate::conformance::conformance_tests!(fdb_or_skip!());
 
     /// The key encoding is FoundationDB's tuple encoding: tools and other bindings read palaver's
     /// keys. Needs no cluster (but, like every test here, libfdb_c to link).

@@ -8,7 +8,7 @@
 //! `transaction_too_large` from the cluster after the work was done.
 
 use super::layout::KeyRange;
-use crate::store::{HistoryPage, StoreError};
+use crate::{HistoryPage, StoreError};
 
 /// FoundationDB's hard limit on a key.
 pub const KEY_BYTES_MAX: usize = 10_000;

@@ -16,7 +16,7 @@ use super::layout::KeyRange;
 use super::limits::{Mutation, WriteSet};
 use super::tuple::printable;
 use super::values::CodecError;
-use crate::store::{StoreError, StoreResult};
+use crate::{StoreError, StoreResult};
 
 /// Which attempt of a transaction this is, as far as the logic needs to know.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -91,7 +91,7 @@ pub trait KvTxn: Clone + Send + Sync + 'static {
 pub trait KvDb: Send + Sync + 'static {
     type Txn: KvTxn;
 
-    /// The backend's short name, for [`Store::backend`](crate::store::Store::backend).
+    /// The backend's short name, for [`Store::backend`](crate::Store::backend).
     const NAME: &'static str;
 
     /// Run `attempt` until it commits or fails for good. `doing` names the operation in error

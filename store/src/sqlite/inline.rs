@@ -30,7 +30,7 @@ use rusqlite::Connection;
 use tokio::sync::mpsc;
 
 use super::threads::{begin, commit_begun, fail_to_begin, BatchLimits, Committer, WriteJob, WriterCounters};
-use crate::store::StoreError;
+use crate::StoreError;
 
 thread_local! {
     static INLINE_WRITES: Cell<bool> = const { Cell::new(false) };
@@ -163,8 +163,8 @@ impl InlineWriter {
 fn without_waiting<T>(
     conn: &Connection,
     busy_timeout: Duration,
-    op: impl FnOnce(&Connection) -> crate::store::StoreResult<T>,
-) -> crate::store::StoreResult<T> {
+    op: impl FnOnce(&Connection) -> crate::StoreResult<T>,
+) -> crate::StoreResult<T> {
     if let Err(e) = conn.busy_timeout(Duration::ZERO) {
         return Err(StoreError::Backend(format!("sqlite: set the busy timeout: {e}")));
     }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 
 use super::threads::Context;
-use crate::store::{StoreError, StoreResult};
+use crate::{StoreError, StoreResult};
 
 /// The schema this build reads and writes, stored in `PRAGMA user_version`.
 pub(super) const SCHEMA_VERSION: i64 = 2;
