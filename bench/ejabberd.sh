@@ -26,10 +26,11 @@ ERLANG_NODE=$node
 # wrapper that raises the soft limit first.
 ERL=$dir/erl
 CFG
-    cat >"$dir/erl" <<'WRAP'
+    # SERVER_CPUS (from bench/servers.sh): the cores the VM is pinned to, as the other servers.
+    cat >"$dir/erl" <<WRAP
 #!/bin/sh
-ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-exec /usr/bin/erl "$@"
+ulimit -n 20000 2>/dev/null || ulimit -n "\$(ulimit -Hn)"
+exec ${SERVER_CPUS:+taskset -c $SERVER_CPUS} /usr/bin/erl "\$@"
 WRAP
     chmod 755 "$dir/erl"
     # Every parent directory must be traversable by the ejabberd user.

@@ -70,6 +70,26 @@ def lat(row, key):
     return row.get("latency", {}).get(key)
 
 
+def cpu_cells(row):
+    """The server's CPU per delivery and per message, the share of a core it used while the
+    publisher ran, and the load generator's own share, marked where it was saturated."""
+    loadgen = row.get("loadgen_cpu_pct")
+    mark = ""
+    if row.get("loadgen_saturated"):
+        mark = " **saturated**"
+    elif row.get("shared_cores"):
+        mark = " (shared CPUs)"
+    busy = "–"
+    if row.get("server_cpus_busy_pct") is not None and row.get("loadgen_cpus_busy_pct") is not None:
+        busy = f"{row['server_cpus_busy_pct']:.0f} / {row['loadgen_cpus_busy_pct']:.0f}"
+    return [num(row.get("server_cpu_us_per_delivery"), 3), num(row.get("server_cpu_us_per_message"), 1),
+            num(row.get("server_cpu_pct"), 0), ("–" if loadgen is None else f"{loadgen:.0f}") + mark, busy]
+
+
+CPU_HEADERS = ["server CPU µs/delivery", "µs/message", "server % of a core", "loadgen % CPU",
+               "their CPUs busy in all, server's / loadgen's %"]
+
+
 def section_idle(doc):
     rows = doc["rows"]
     pal = next((r for r in rows if r["kind"] == "palaver"), None)
@@ -129,11 +149,12 @@ def section_fanout(doc, title, intro, ratios=True):
                 "max (window %d)" % r.get("window", 0) if not rate else f"{num(rate, 0)}/s",
                 r["target"], r["receivers"], num(r["published_per_s"]), num(r["deliveries_per_s"]),
                 f"{r['delivered_pct']:.1f} %", num(lat(r, "p50_ms"), 2), num(lat(r, "p99_ms"), 2), num(lat(r, "p999_ms"), 2),
-            ]
+            ] + cpu_cells(r)
             if ratios:
                 row.append("(baseline)" if r is pal else ratio(pal and pal["deliveries_per_s"], r["deliveries_per_s"]))
             out.append(row)
     headers = ["offered", "server", "receivers", "published/s", "deliveries/s", "delivered", "p50 ms", "p99 ms", "p999 ms"]
+    headers += CPU_HEADERS
     if ratios:
         headers.append("palaver ÷ peer deliveries/s")
     body += table(headers, out)
@@ -196,11 +217,11 @@ def section_saturation(doc):
         steps.append([r["target"], r.get("phase", ""), num(r["offered_rate"]), num(r["deliveries_per_s"]),
                       num(lat(r, "p50_ms"), 2), num(lat(r, "p99_ms"), 2), num(lat(r, "p999_ms"), 2),
                       f"{r['delivered_pct']:.1f} %", "yes" if r.get("holds") else ("–" if r.get("phase") == "half" else "no"),
-                      num((r.get("publish_late") or {}).get("p99_ms"), 2), node_split(r)])
+                      num((r.get("publish_late") or {}).get("p99_ms"), 2)] + cpu_cells(r) + [node_split(r)])
     body += table(["server", "phase", "msgs/s in", "deliveries/s", "p50 ms", "p99 ms", "p999 ms", "delivered", "holds",
-                   "publisher late p99 ms", "node: append wait / commit / delivery wait (mean ms)"], steps)
+                   "publisher late p99 ms"] + CPU_HEADERS + ["node: append wait / commit / delivery wait (mean ms)"], steps)
     body += ("\n*Publisher late* is the load generator's own share: how long after its scheduled time a "
-             "send left (it shares the two cores with the server and the receivers), which counts in that "
+             "send left, which counts in that "
              "server's latency; a large figure there means the server held the publisher back (its window of "
              "unanswered sends was full).\n")
     body += ("\nThe last column is palaver's own account of each step, from its latency histograms on "
@@ -360,9 +381,17 @@ def targets_section():
         pal = next((r for r in ok if r["kind"] == "palaver"), None)
         nats = next((r for r in ok if r["kind"] == "nats"), None)
         if pal and nats:
+            saturated = any(r.get("loadgen_saturated") for r in (pal, nats))
             rows.append([f"fan-out deliveries/s ≥ NATS over WebSocket ({pal['receivers']} receivers, same run)",
-                         f"{num(pal['deliveries_per_s'])} vs {num(nats['deliveries_per_s'])} ({pal['deliveries_per_s'] / nats['deliveries_per_s']:.3f}×)",
-                         "met" if pal["deliveries_per_s"] >= nats["deliveries_per_s"] else "not met"])
+                         f"{num(pal['deliveries_per_s'])} vs {num(nats['deliveries_per_s'])} ({pal['deliveries_per_s'] / nats['deliveries_per_s']:.3f}×)"
+                         + ("; the load generator was saturated" if saturated else ""),
+                         "not shown (load generator saturated)" if saturated
+                         else "met" if pal["deliveries_per_s"] >= nats["deliveries_per_s"] else "not met"])
+            ours, theirs = pal.get("server_cpu_us_per_delivery"), nats.get("server_cpu_us_per_delivery")
+            if ours and theirs:
+                rows.append([f"server CPU per delivery ≤ NATS's ({pal['receivers']} receivers, same run)",
+                             f"{ours:.3f} µs vs {theirs:.3f} µs ({ours / theirs:.2f}×)",
+                             "met" if ours <= theirs else "not met"])
     sat = load("saturation")
     if sat:
         pal = next((x for x in sat.get("summary", []) if x["kind"] == "palaver"), None)
@@ -390,11 +419,16 @@ def targets_section():
 def main():
     parts = []
     machine = None
+    finished = []
+    pinned = False
     for name in ["idle", "fanout", "fanout-xmpp", "saturation", "many-rooms", "reconnect-storm", "cross-node", "presence"]:
         doc = load(name)
         if not doc:
             continue
         machine = machine or doc.get("machine")
+        if doc.get("finished_unix"):
+            finished.append(doc["finished_unix"])
+        pinned = pinned or any(r.get("loadgen_cpus") for r in doc.get("rows", []))
         if name == "idle":
             parts.append(section_idle(doc))
         elif name == "fanout":
@@ -431,12 +465,24 @@ def main():
                                         "send crosses the other way and the publisher's window paces the fan-out. "
                                         "Compare with palaver's rows in the single-node fan-out table above: same room "
                                         "size, same rates.", ratios=False))
+    if not any(load(name) for name in ["fanout", "fanout-xmpp", "saturation", "cross-node"]):
+        parts.insert(0, "### Fan-out, saturation and cross-node\n\nNo figures: the earlier ones were taken by a "
+                        "load generator that was itself the bottleneck and are withdrawn (bench/findings.md, "
+                        "\"Fan-out figures withdrawn\"); `bench/run.sh` measures them again the way described "
+                        "above.\n")
     parts.insert(0, targets_section())
+    when = lambda t: time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(t))
+    runs = f"{when(min(finished))} to {when(max(finished))}" if finished else "–"
+    placement = ("With two or more cores the server runs on core 0 and the load generator on core 1\n"
+                 "  (`taskset`, bench/servers.sh); each fan-out row names the load generator's CPUs and says\n"
+                 "  where they were shared." if pinned else
+                 "These runs predate pinning: the load generator shared both cores with the server.\n"
+                 "  `bench/run.sh` now runs the server on core 0 and the load generator on core 1.")
     m = machine or {}
     header = f"""# Benchmarks
 
 palaver beside the servers people pick today, on one machine, by one load generator
-(`tests/src/bin/loadgen.rs`) that speaks each server's own protocol over WebSocket. Every
+(`bench/src/bin/loadgen.rs`) that speaks each server's own protocol over WebSocket. Every
 table comes from one run in which palaver and its peers were measured one after another
 with the same procedure, so the **ratios** are the figures to read; absolute numbers move with
 the machine's other load.
@@ -449,17 +495,31 @@ bench/run.sh            # about 25 minutes; QUICK=1 bench/run.sh for a small ver
 
 - Machine: {m.get('cores', '?')} cores ({m.get('cpu', '?')}), {m.get('memory_gib', '?')} GiB, Linux {m.get('kernel', '?')};
   load average when the run started: {m.get('loadavg_at_start', '?')} (other builds shared the machine).
-  The load generator runs on the same two cores as the server it measures.
+  {placement}
 - Servers: palaver (release build, SQLite store, WAL, synchronous=FULL, JSON frames batched per
   WebSocket message as the load generator asks with `hello.batch`; `--no-batch` for one frame per message), NATS
   server {os.environ.get('NATS_VERSION', '2.9')} (WebSocket listener, no TLS, no compression),
   python-socketio {os.environ.get('SOCKETIO_VERSION', '5')} on aiohttp (`bench/socketio_server.py`), ejabberd
   {os.environ.get('EJABBERD_VERSION', '23.01')} (`bench/ejabberd.yml`: anonymous SASL, no shapers, MUC
   without history or archive).
-- Latency is publish→deliver: the body carries its send time, each receiver records the
-  difference in an HDR histogram (3 significant digits); percentiles over every delivery of
-  every message sent in the measured window.
-- Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `bench/report.py` from `bench/results/*.json`.
+- Latency is publish→deliver: the body carries its send time; in the fan-out scenarios one
+  receiver in 50 (`--latency-every`) records the difference in an HDR histogram (3 significant
+  digits), the others only count what arrives (a substring search for the marker, no decoding)
+  and check that send times strictly increase (nothing reordered or doubled); percentiles over
+  every sampled delivery of every message sent in the measured window. Many-rooms samples every
+  receiver.
+- Deliveries/s count every receiver's deliveries of messages sent in the measured window.
+- Server CPU (fan-out, saturation, cross-node): utime + stime of the server's processes from
+  `/proc/PID/stat`, read when publishing starts and after the last delivery, so the set-up of
+  accounts and joins is outside; divided by the deliveries the receivers counted (one per
+  receiver per message; both palaver and NATS also send the publisher its own copy, not counted)
+  and by the messages published, warm-up included as its CPU is. *Server % of a core* and
+  *loadgen % CPU* are shares over the publishing period (100 % = one core); a load generator
+  above 90 % of the CPUs it may use is marked **saturated**: that row may show its limit, not
+  the server's. *Their CPUs busy in all* is how busy the server's and the load generator's
+  CPUs were over the same period, every process counted (`/proc/stat`): well above their own
+  shares, other work on the machine took those CPUs and the row is not a clean measurement.
+- Runs finished {runs}; rendered {when(time.time())} by `bench/report.py` from `bench/results/*.json`.
 
 """
     findings = os.path.join(ROOT, "bench", "findings.md")

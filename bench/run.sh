@@ -55,7 +55,7 @@ servers() {
 run() { # name, loadgen arguments…
   local name="$1"; shift
   echo "== $name: loadgen $*"
-  ( ulimit -n 20000; "$LOADGEN" "$@" --json "$RESULTS/$name.json" ) 2>&1 | tee "$RESULTS/$name.txt"
+  ( ulimit -n 20000; loadgen "$@" --json "$RESULTS/$name.json" ) 2>&1 | tee "$RESULTS/$name.txt"
 }
 
 for scenario in $SCENARIOS; do
@@ -64,7 +64,7 @@ for scenario in $SCENARIOS; do
       # Accounts first, on a node that is then restarted: the measured node never hashed a
       # password (argon2's freed buffers would sit in its allocator).
       start_palaver 17600
-      ( ulimit -n 20000; "$LOADGEN" accounts --n "$IDLE_N" --concurrency 8 --palaver "$PALAVER_URL" --tokens "$WORK/tokens" )
+      ( ulimit -n 20000; loadgen accounts --n "$IDLE_N" --concurrency 8 --palaver "$PALAVER_URL" --tokens "$WORK/tokens" )
       stop_pid "$PALAVER_PID"
       servers nats socketio xmpp
       run idle idle --n "$IDLE_N" --procs 2 --sources 4 --settle 5 --tokens "$WORK/tokens" "${TARGETS[@]}"
@@ -102,7 +102,7 @@ for scenario in $SCENARIOS; do
       # palaver alone, two nodes: every user on the first, each changing state once a minute.
       # Accounts first, on the cluster then restarted, so the measured nodes never ran argon2.
       start_palaver_cluster 17610 2
-      ( ulimit -n 20000; "$LOADGEN" accounts --n "$((PRES_N + PRES_WATCHERS))" --concurrency 8 --sources 4 \
+      ( ulimit -n 20000; loadgen accounts --n "$((PRES_N + PRES_WATCHERS))" --concurrency 8 --sources 4 \
           --palaver "${PALAVER_URLS%%,*}" --tokens "$WORK/presence-tokens" )
       stop_palaver_cluster
       start_palaver_cluster 17610 2

@@ -7,6 +7,18 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/work/target}"
 NODE_BIN="${NODE_BIN:-$CARGO_TARGET_DIR/release/palaver}"  # not PALAVER_…: the node reads those as configuration
 LOADGEN="${LOADGEN:-$CARGO_TARGET_DIR/release/loadgen}"
 WORK="${BENCH_WORK:-$(mktemp -d /tmp/palaver-bench.XXXXXX)}"
+# Servers on one core, the load generator on another, where there are two or more: a load
+# generator sharing the server's cores takes CPU from it, and its own limit would pass for
+# the server's. PIN=0 turns this off; SERVER_CPUS / LOADGEN_CPUS choose other cores.
+if [[ "${PIN:-1}" == 1 ]] && command -v taskset >/dev/null && (($(nproc) >= 2)); then
+  SERVER_PIN=(taskset -c "${SERVER_CPUS:-0}")
+  LOADGEN_PIN=(taskset -c "${LOADGEN_CPUS:-1}")
+else
+  SERVER_PIN=()
+  LOADGEN_PIN=()
+fi
+# The load generator as the scripts run it: pinned.
+loadgen() { "${LOADGEN_PIN[@]}" "$LOADGEN" "$@"; }
 mkdir -p "$WORK"
 STARTED_PIDS=()
 
@@ -41,7 +53,7 @@ start_palaver() { # [port] [name]
     PALAVER_NODE__NAME="$name" \
     PALAVER_NODE__DATA_DIR="$WORK/$name" \
     PALAVER_CLIENT__LISTEN="127.0.0.1:$port" \
-    exec env -u PALAVER_BIN "${BENCH_NODE_ENV[@]}" "$NODE_BIN" >"$WORK/$name.out" 2>"$WORK/$name.log"
+    exec "${SERVER_PIN[@]}" env -u PALAVER_BIN "${BENCH_NODE_ENV[@]}" "$NODE_BIN" >"$WORK/$name.out" 2>"$WORK/$name.log"
   ) &
   PALAVER_PID=$!
   STARTED_PIDS+=("$PALAVER_PID")
@@ -68,7 +80,7 @@ start_palaver_cluster() { # [port] [count] [name]
       PALAVER_CLUSTER__ENABLED=true \
       PALAVER_CLUSTER__LISTEN="127.0.0.1:$cport" \
       PALAVER_CLUSTER__COOKIE="bench-cluster-cookie-0123456789" \
-      exec env -u PALAVER_BIN "${BENCH_NODE_ENV[@]}" ${seeds:+"PALAVER_CLUSTER__SEEDS=[$seeds]"} "$NODE_BIN" >"$WORK/$name-$((k + 1)).out" 2>"$WORK/$name-$((k + 1)).log"
+      exec "${SERVER_PIN[@]}" env -u PALAVER_BIN "${BENCH_NODE_ENV[@]}" ${seeds:+"PALAVER_CLUSTER__SEEDS=[$seeds]"} "$NODE_BIN" >"$WORK/$name-$((k + 1)).out" 2>"$WORK/$name-$((k + 1)).log"
     ) &
     pid=$!
     STARTED_PIDS+=("$pid")
@@ -104,7 +116,7 @@ stop_palaver_cluster() {
 
 start_nats() {
   command -v nats-server >/dev/null || { echo "nats-server not installed (bench/setup.sh)"; return 1; }
-  ( ulimit -n 20000; exec nats-server -c "$BENCH_DIR/nats.conf" >"$WORK/nats.log" 2>&1 ) &
+  ( ulimit -n 20000; exec "${SERVER_PIN[@]}" nats-server -c "$BENCH_DIR/nats.conf" >"$WORK/nats.log" 2>&1 ) &
   NATS_PID=$!
   STARTED_PIDS+=("$NATS_PID")
   wait_port 127.0.0.1 17601 30
@@ -113,7 +125,7 @@ start_nats() {
 
 start_socketio() {
   python3 -c 'import socketio, aiohttp' 2>/dev/null || { echo "python-socketio not installed (bench/setup.sh)"; return 1; }
-  ( ulimit -n 20000; exec python3 "$BENCH_DIR/socketio_server.py" --port 17602 >"$WORK/socketio.log" 2>&1 ) &
+  ( ulimit -n 20000; exec "${SERVER_PIN[@]}" python3 "$BENCH_DIR/socketio_server.py" --port 17602 >"$WORK/socketio.log" 2>&1 ) &
   SOCKETIO_PID=$!
   STARTED_PIDS+=("$SOCKETIO_PID")
   wait_port 127.0.0.1 17602 30
@@ -121,7 +133,7 @@ start_socketio() {
 }
 
 start_ejabberd() {
-  "$BENCH_DIR/ejabberd.sh" start "$WORK/ejabberd" || return 1
+  SERVER_CPUS="${SERVER_PIN[2]:-}" "$BENCH_DIR/ejabberd.sh" start "$WORK/ejabberd" || return 1
   EJABBERD_PID="$(cat "$WORK/ejabberd/pid")"
   XMPP_URL="ws://127.0.0.1:17603/ws"
 }

@@ -22,6 +22,6 @@ fi
 python3 -c 'import socketio, aiohttp' 2>/dev/null || pip install -q 'python-socketio>=5,<6' 'aiohttp>=3.9,<4'
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/work/target}"
-cargo build --release -p node -p tests --bin palaver --bin loadgen
+cargo build --release -p node -p bench --bin palaver --bin loadgen
 echo "versions: $(nats-server --version 2>&1 | head -1); ejabberd $(dpkg-query -W -f='${Version}' ejabberd 2>/dev/null);" \
   "python-socketio $(python3 -c 'import socketio; print(socketio.__version__)' 2>/dev/null || pip show python-socketio | awk '/^Version/{print $2}')"

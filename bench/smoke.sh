@@ -12,7 +12,7 @@ source "$(dirname "$0")/servers.sh"
 trap stop_servers EXIT
 cd "$ROOT"
 if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
-  cargo build --release -q -p node -p tests --bin palaver --bin loadgen
+  cargo build --release -q -p node -p bench --bin palaver --bin loadgen
 fi
 OUT="$WORK/smoke"
 mkdir -p "$OUT"
@@ -35,31 +35,34 @@ EOF
 
 scenario() { # name, loadgen arguments…
   local name="$1"; shift
-  if timeout 120 "$LOADGEN" "$@" --json "$OUT/$name.json" >"$OUT/$name.txt" 2>"$OUT/$name.err"; then
+  if timeout 120 "${LOADGEN_PIN[@]}" "$LOADGEN" "$@" --json "$OUT/$name.json" >"$OUT/$name.txt" 2>"$OUT/$name.err"; then
     grep -v '^\[' "$OUT/$name.txt" || true
   else
-    echo "FAILED: $name (exit $?)"; tail -20 "$OUT/$name.err" "$OUT/$name.txt"; failed=$((failed + 1)); return 1
+    echo "FAILED: $name (exit $?)"; tail -n 20 "$OUT/$name.err" "$OUT/$name.txt"; failed=$((failed + 1)); return 1
   fi
 }
 
 start_palaver 17700 smoke-1
 TARGETS=(--palaver "$PALAVER_URL" --palaver-pid "$PALAVER_PID")
 if command -v nats-server >/dev/null && sed 's/17601/17701/; s/17622/17722/' "$BENCH_DIR/nats.conf" >"$WORK/nats-smoke.conf"; then
-  ( exec nats-server -c "$WORK/nats-smoke.conf" >"$WORK/nats.log" 2>&1 ) &
+  ( exec "${SERVER_PIN[@]}" nats-server -c "$WORK/nats-smoke.conf" >"$WORK/nats.log" 2>&1 ) &
   STARTED_PIDS+=($!)
   wait_port 127.0.0.1 17701 30 && TARGETS+=(--nats ws://127.0.0.1:17701 --nats-pid "${STARTED_PIDS[-1]}")
 fi
 
 # Accounts on a node that is then restarted, as bench/run.sh does (argon2's freed buffers would
 # otherwise hide the connections' memory).
-"$LOADGEN" accounts --n 200 --concurrency 8 --palaver "$PALAVER_URL" --tokens "$OUT/tokens" >/dev/null
+loadgen accounts --n 200 --concurrency 8 --palaver "$PALAVER_URL" --tokens "$OUT/tokens" >/dev/null
 stop_pid "$PALAVER_PID"
 start_palaver 17700 smoke-1
 TARGETS[3]="$PALAVER_PID"
 scenario idle idle --n 200 --procs 2 --sources 2 --settle 1 --tokens "$OUT/tokens" "${TARGETS[@]}" \
   && check idle 'r["connections"] == 200 and r["failed"] == 0 and r["kib_per_connection"] > 0'
 scenario fanout fanout --n 50 --rate 200,0 --duration 1.5 --warmup 0.5 "${TARGETS[@]}" \
-  && check fanout 'r["delivered_pct"] >= 99.9 and r["receivers_closed"] == 0'
+  && check fanout '(r["delivered_pct"] >= 99.9 and r["receivers_closed"] == 0 and r["out_of_order"] == 0
+    and r["latency_receivers"] == 1 and r["latency"]["count"] > 0 and r["server_cpu_us_per_delivery"] > 0
+    and r["server_cpu_us_per_message"] > r["server_cpu_us_per_delivery"] and r["loadgen_cpu_pct"] > 0
+    and isinstance(r["loadgen_saturated"], bool))'
 scenario many-rooms many-rooms --rooms 5 --size 6 --rate 4 --duration 1.5 --warmup 0.5 "${TARGETS[@]}" \
   && check many-rooms 'r["delivered_pct"] >= 99.0 and r["failed"] == 0'
 scenario reconnect-storm reconnect-storm --clients 30 --backlog 20 "${TARGETS[@]}" \
@@ -79,7 +82,7 @@ scenario presence presence --n 200 --duration 3 --per-minute 20 --watchers 2 --w
 # Cross-node on the same cluster: the room on each node in turn, at a rate both keep up with.
 scenario cross-node cross-node --n 30 --rate 100 --duration 1.5 --warmup 0.5 \
   --palaver "$PALAVER_URLS" --palaver-pid "$PALAVER_PIDS" \
-  && check cross-node '(r["delivered_pct"] >= 99.9 and r["receivers_closed"] == 0
+  && check cross-node '(r["delivered_pct"] >= 99.9 and r["receivers_closed"] == 0 and r["out_of_order"] == 0
     and ("publisher" in r["target"] or "receivers" in r["target"]))'
 
 echo "loadgen smoke: $passed passed, $failed failed"

@@ -10,8 +10,6 @@
 //!
 //! Nothing here is a mock: the node is the same binary users run.
 
-pub mod load;
-
 pub mod cluster;
 
 pub mod docker;

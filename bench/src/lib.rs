@@ -1,4 +1,4 @@
-//! The load generator behind `tests/src/bin/loadgen.rs`: scenarios that drive palaver and its
+//! The load generator behind `bench/src/bin/loadgen.rs`: scenarios that drive palaver and its
 //! peers (NATS over WebSocket, Socket.IO, ejabberd multi-user chat over XMPP WebSocket) through
 //! the same code, so every figure of docs/BENCHMARKS.md is palaver beside a peer from one run.
 //!
@@ -11,16 +11,19 @@
 //! - [`presence`]: `presence`, what presence costs a cluster (inter-node messages per second,
 //!   memory per online user).
 //! - [`report`]: the summary lines and the JSON the report is made from.
+//! - [`cpu`]: CPU time of the servers and of the load generator itself around a phase.
 //!
 //! Latency is publish→deliver: every message body starts with a marker holding the send time
 //! (nanoseconds since the Unix epoch, one clock for every process on the machine), and each
-//! receiver records `now − sent` in an HDR histogram. The marker carries a per-run id, so
-//! nothing from an earlier run (room history, replays) is ever counted.
+//! sampled receiver records `now − sent` in an HDR histogram (the others only count). The
+//! marker carries a per-run id, so nothing from an earlier run (room history, replays) is ever
+//! counted.
 //!
 //! Everything targets 127.0.0.0/8 only, every loop is bounded in count and time, and each
 //! scenario stops by itself.
 
 pub mod args;
+pub mod cpu;
 pub mod group;
 pub mod pacing;
 pub mod peers;

@@ -7,7 +7,7 @@
 //! Run `loadgen help` for the scenarios and their options; bench/run.sh runs them all and
 //! writes docs/BENCHMARKS.md.
 
-use tests::load::{args::Args, group, presence, scenarios};
+use bench::{args::Args, group, presence, scenarios};
 
 const HELP: &str = "\
 loadgen SCENARIO [servers] [options]
@@ -27,6 +27,9 @@ scenarios:
                                                        one room, N receivers; rate 0 = as fast as the window allows;
                                                        --repeat R: R rounds, the servers taking turns in each
                                                        (then each server's median round is marked)
+                                                       each phase reports the server's CPU per delivery and per
+                                                       message (needs --KIND-pid) and the load generator's own CPU
+                                                       (SATURATED above 90% of the CPUs it may use)
   saturation       --n 100 --from 50 --factor 1.5 --steps 14 --p99-ms 20 --duration 5 [--full]
                                                        (--full: every step, for the latency curve)
   many-rooms       --rooms 100 --size 10 --rate 1 [--no-direct] --duration 10
@@ -42,6 +45,7 @@ scenarios:
                                                        online user on node B (which holds none of them)
 
 common: --procs P (connections split over P processes) --sources S (source addresses 127.0.k.1)
+        --latency-every 50 (fan-out: one receiver in 50 records latency, the others only count)
         --concurrency 64 (set-up in parallel) --body 100 (bytes) --json FILE (results)
 ";
 

@@ -1,13 +1,16 @@
-//! Delivery latency, single node vs. across nodes: a benchmark that runs as a test so its
-//! figures are regenerated with every run (it asserts only correctness, never speed).
+//! `cluster_latency`: delivery latency, single node vs. across nodes. A program rather than a
+//! test, so `cargo test` does not spend its time measuring; it still fails on a lost, doubled
+//! or reordered message (the receiver's ledger is checked), never on speed.
 //!
-//! `cargo test -p tests --release --test cluster_bench -- --nocapture` prints, for N
+//! `cargo build --release -p node -p bench && target/release/cluster_latency` prints, for N
 //! sequential messages (send → the receiver's `message` frame, measured in this process):
 //! - single node: sender, receiver and room on one node without a cluster;
 //! - cluster, local: sender, receiver and the room's owner on the same node of a 2-node cluster;
 //! - cluster, 1 hop: sender on the owner, receiver on the other node (delivery crosses once);
 //! - cluster, 2 hops: sender and receiver on the node that does not own the room (the append is
 //!   forwarded to the owner, the delivery comes back).
+//!
+//! The nodes are the `palaver` binary beside this one, or `$PALAVER_BIN`.
 
 use std::time::{Duration, Instant};
 
@@ -69,8 +72,17 @@ async fn room_owned_by(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn delivery_latency_single_node_vs_cluster() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    if std::env::var_os("PALAVER_BIN").is_none() {
+        // The harness looks for the node beside a test executable (target/<profile>/deps/…);
+        // this program sits in target/<profile>/ itself. Set before any thread starts.
+        let exe = std::env::current_exe()?;
+        std::env::set_var("PALAVER_BIN", exe.with_file_name("palaver"));
+    }
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?.block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     let mut lines = Vec::new();
     {
         // The bench sends faster than the default per-connection frame rate allows.

@@ -13,6 +13,12 @@
 //! 3. `start(window)`: count deliveries of messages sent inside the window; publish if the plan
 //!    says so; `collect` returns the window's histogram and counters and starts afresh;
 //! 4. `close`.
+//!
+//! A receiver does as little per delivery as it can, so that the load generator is not what
+//! limits a server: it finds the marker in the payload (a substring search, no decoding of the
+//! frame) and counts it. Only the receivers [`Receive`] samples also read the clock and record
+//! latency; with one publisher, every receiver checks that send times strictly increase (a
+//! message out of order or doubled breaks that).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -65,6 +71,38 @@ pub struct GroupSpec {
     /// node under test never hashed a password.
     #[serde(default)]
     pub tokens_file: Option<String>,
+    #[serde(default)]
+    pub receive: Receive,
+}
+
+/// What each receiving connection records beyond counting deliveries.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Receive {
+    /// Connection `i` records latency when `i % latency_every == latency_phase`.
+    pub latency_every: usize,
+    pub latency_phase: usize,
+    /// All marked messages come from one publisher: their send times must strictly increase.
+    pub check_order: bool,
+}
+
+impl Default for Receive {
+    fn default() -> Self {
+        Receive { latency_every: 1, latency_phase: 0, check_order: false }
+    }
+}
+
+impl Receive {
+    /// Latency on one receiver in `every` of receivers `1..=n`, spread over them (the first
+    /// sampled is in the middle of the first `every`, so a small room still has one).
+    pub fn sampled(every: usize, n: usize, check_order: bool) -> Receive {
+        let every = every.max(1);
+        let first = 1 + (every / 2).min(n.saturating_sub(1));
+        Receive { latency_every: every, latency_phase: first % every, check_order }
+    }
+
+    pub fn samples(&self, index: usize) -> bool {
+        index % self.latency_every.max(1) == self.latency_phase
+    }
 }
 
 impl GroupSpec {
@@ -91,8 +129,20 @@ pub struct GroupResult {
     pub closed: u64,
     /// Messages this group published with a send time inside the window.
     pub published: u64,
-    /// Deliveries of messages sent inside the window: `hist.len()`.
+    /// Deliveries of messages sent inside the window, on every receiver.
+    #[serde(default)]
+    pub delivered: u64,
+    /// Latencies of those deliveries on the sampled receivers.
     pub hist: HistPairs,
+    /// Receivers that sample latency.
+    #[serde(default)]
+    pub sampled: u64,
+    /// Marked messages whose send time did not increase (with `check_order`), this window.
+    #[serde(default)]
+    pub out_of_order: u64,
+    /// Every marked message received since `connect`, in or out of a window.
+    #[serde(default)]
+    pub deliveries_total: u64,
     pub first_error: Option<String>,
 }
 
@@ -102,7 +152,11 @@ impl GroupResult {
         self.failed += other.failed;
         self.closed += other.closed;
         self.published += other.published;
+        self.delivered += other.delivered;
         self.hist.0.extend_from_slice(&other.hist.0);
+        self.sampled += other.sampled;
+        self.out_of_order += other.out_of_order;
+        self.deliveries_total += other.deliveries_total;
         if self.first_error.is_none() {
             self.first_error = other.first_error.clone();
         }
@@ -121,6 +175,9 @@ struct Shared {
     failed: AtomicU64,
     closed: AtomicU64,
     deliveries: AtomicU64,
+    delivered: AtomicU64,
+    sampled: AtomicU64,
+    out_of_order: AtomicU64,
     win_start: AtomicU64,
     win_end: AtomicU64,
     pub_until: AtomicU64,
@@ -137,6 +194,9 @@ impl Shared {
             failed: AtomicU64::new(0),
             closed: AtomicU64::new(0),
             deliveries: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+            sampled: AtomicU64::new(0),
+            out_of_order: AtomicU64::new(0),
             win_start: AtomicU64::new(u64::MAX),
             win_end: AtomicU64::new(0),
             pub_until: AtomicU64::new(0),
@@ -298,6 +358,9 @@ impl LocalGroup {
             match result {
                 Ok((index, opened)) => {
                     self.shared.connected.fetch_add(1, Ordering::Relaxed);
+                    if spec.receive.samples(index) {
+                        self.shared.sampled.fetch_add(1, Ordering::Relaxed);
+                    }
                     let task = conn_task(
                         spec.target.clone(),
                         spec.run.clone(),
@@ -305,6 +368,7 @@ impl LocalGroup {
                         opened,
                         self.shared.clone(),
                         marker.clone(),
+                        spec.receive.clone(),
                         spec.publish_rate,
                         spec.body_bytes,
                         self.stop.subscribe(),
@@ -329,6 +393,8 @@ impl LocalGroup {
         // A task that flushed the previous window too late must not count in this one.
         self.shared.hist.lock().expect("hist lock").reset();
         self.shared.published.store(0, Ordering::Relaxed);
+        self.shared.delivered.store(0, Ordering::Relaxed);
+        self.shared.out_of_order.store(0, Ordering::Relaxed);
     }
 
     /// Gather the window's histogram from every connection task and start a new window.
@@ -351,7 +417,11 @@ impl LocalGroup {
             failed: self.shared.failed.load(Ordering::Relaxed),
             closed: self.shared.closed.load(Ordering::Relaxed),
             published: self.shared.published.swap(0, Ordering::Relaxed),
+            delivered: self.shared.delivered.swap(0, Ordering::Relaxed),
             hist: HistPairs::from_histogram(&hist),
+            sampled: self.shared.sampled.load(Ordering::Relaxed),
+            out_of_order: self.shared.out_of_order.swap(0, Ordering::Relaxed),
+            deliveries_total: self.shared.deliveries.load(Ordering::Relaxed),
             first_error: self.shared.first_error.lock().expect("error lock").clone(),
         }
     }
@@ -364,8 +434,8 @@ impl LocalGroup {
     }
 }
 
-/// One connection: read (recording latencies of marked messages), answer keep-alives, publish
-/// when the plan says so, flush the histogram when asked.
+/// One connection: read (counting marked messages, recording their latencies if sampled),
+/// answer keep-alives, publish when the plan says so, flush its counts when asked.
 #[allow(clippy::too_many_arguments)]
 async fn conn_task(
     target: Target,
@@ -374,14 +444,17 @@ async fn conn_task(
     opened: Opened,
     shared: Arc<Shared>,
     marker: Marker,
+    receive: Receive,
     publish_rate: f64,
     body_bytes: usize,
     mut stop: watch::Receiver<bool>,
     mut flush: watch::Receiver<u64>,
 ) {
     let Opened { mut ws, rooms, .. } = opened;
-    let mut hist = new_histogram();
-    // The window the local histogram was recorded for: a flush for another window is stale.
+    let mut counts = Counts { hist: new_histogram(), delivered: 0 };
+    let sampled = receive.samples(index);
+    let mut order = OrderCheck::default();
+    // The window the local counts were taken for: a flush for another window is stale.
     let mut hist_window = 0u64;
     let mut published = 0u64;
     let mut seq = 0u64;
@@ -397,7 +470,7 @@ async fn conn_task(
             biased;
             _ = stop.changed() => break false,
             _ = flush.changed() => {
-                flush_into(&shared, &mut hist, hist_window, &mut published);
+                flush_into(&shared, &mut counts, hist_window, &mut published);
                 shared.flushed.fetch_add(1, Ordering::Release);
             }
             _ = ticker.tick(), if publishing => {
@@ -436,19 +509,26 @@ async fn conn_task(
                     }
                     _ => continue,
                 };
-                let now = now_ns();
+                let now = if sampled { now_ns() } else { 0 };
                 let (start, end) = (shared.win_start.load(Ordering::Relaxed), shared.win_end.load(Ordering::Relaxed));
                 let mut found = 0;
                 marker.scan(payload, |sent| {
                     found += 1;
+                    if receive.check_order && !order.in_order(sent) {
+                        shared.out_of_order.fetch_add(1, Ordering::Relaxed);
+                    }
                     if sent >= start && sent < end {
                         if hist_window != start {
                             // A new window: what is left of the old one was not collected in
                             // time and must not count here.
-                            hist.reset();
+                            counts.hist.reset();
+                            counts.delivered = 0;
                             hist_window = start;
                         }
-                        let _ = hist.record((now.saturating_sub(sent) / 1_000).max(1));
+                        counts.delivered += 1;
+                        if sampled {
+                            let _ = counts.hist.record((now.saturating_sub(sent) / 1_000).max(1));
+                        }
                     }
                 });
                 if found > 0 {
@@ -462,7 +542,7 @@ async fn conn_task(
             }
         }
     };
-    flush_into(&shared, &mut hist, hist_window, &mut published);
+    flush_into(&shared, &mut counts, hist_window, &mut published);
     if ended {
         shared.closed.fetch_add(1, Ordering::Relaxed);
         // Still answer a pending flush so `collect` does not wait for this task.
@@ -472,12 +552,37 @@ async fn conn_task(
     }
 }
 
-fn flush_into(shared: &Shared, hist: &mut Histogram<u64>, window: u64, published: &mut u64) {
-    if !hist.is_empty() {
+/// One publisher stamps strictly increasing send times, so a receiver that sees a time that
+/// does not increase got a message out of order or twice.
+#[derive(Debug, Default)]
+struct OrderCheck {
+    last: u64,
+}
+
+impl OrderCheck {
+    fn in_order(&mut self, sent: u64) -> bool {
+        let ok = sent > self.last;
+        self.last = self.last.max(sent);
+        ok
+    }
+}
+
+/// A connection's deliveries in the current window, not yet flushed into [`Shared`].
+struct Counts {
+    hist: Histogram<u64>,
+    delivered: u64,
+}
+
+fn flush_into(shared: &Shared, counts: &mut Counts, window: u64, published: &mut u64) {
+    if counts.delivered > 0 {
         if window == shared.win_start.load(Ordering::Relaxed) {
-            let _ = shared.hist.lock().expect("hist lock").add(&*hist);
+            shared.delivered.fetch_add(counts.delivered, Ordering::Relaxed);
+            if !counts.hist.is_empty() {
+                let _ = shared.hist.lock().expect("hist lock").add(&counts.hist);
+            }
         }
-        hist.reset();
+        counts.delivered = 0;
+        counts.hist.reset();
     }
     if *published > 0 {
         shared.published.fetch_add(*published, Ordering::Relaxed);
@@ -630,6 +735,14 @@ impl Group {
         }
     }
 
+    /// The worker process of a remote group (its CPU time is the load generator's too).
+    pub fn pid(&self) -> Option<u32> {
+        match self {
+            Group::Local(_) => None,
+            Group::Remote(group) => group.child.id(),
+        }
+    }
+
     pub async fn close(self) {
         match self {
             Group::Local(group) => group.close().await,
@@ -720,4 +833,30 @@ pub fn read_tokens(path: &str) -> anyhow::Result<(String, Vec<String>)> {
     let run =
         lines.next().and_then(|l| l.strip_prefix("run ")).ok_or_else(|| anyhow!("{path}: no `run` line"))?.to_string();
     Ok((run, lines.map(str::to_string).collect()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_is_sampled_on_one_receiver_in_every() {
+        let count = |receive: &Receive, n: usize| (1..=n).filter(|&i| receive.samples(i)).count();
+        let fanout = Receive::sampled(50, 1_000, true);
+        assert_eq!(count(&fanout, 1_000), 20);
+        // Spread over the room, not bunched at the first receivers to join.
+        assert!(!fanout.samples(1) && fanout.samples(26) && fanout.samples(976));
+        // A room smaller than the sampling interval still has one.
+        assert_eq!(count(&Receive::sampled(50, 20, true), 20), 1);
+        assert_eq!(count(&Receive::sampled(1, 30, false), 30), 30);
+        assert_eq!(count(&Receive::default(), 30), 30);
+    }
+
+    #[test]
+    fn a_send_time_that_does_not_increase_is_out_of_order() {
+        let mut order = OrderCheck::default();
+        let seen: Vec<bool> = [10, 20, 20, 15, 30, 25, 40].into_iter().map(|sent| order.in_order(sent)).collect();
+        // 20 again: doubled; 15 after 20 and 25 after 30: reordered.
+        assert_eq!(seen, [true, true, false, false, true, false, true]);
+    }
 }

@@ -443,7 +443,7 @@ pub async fn palaver_request(ws: &mut Ws, enc: Encoding, frame: ClientFrame) -> 
     ws.send(palaver_message(enc, &frame)).await?;
     loop {
         for reply in palaver_recv(ws).await? {
-            if crate::reply_req(&reply) == Some(req) {
+            if ::tests::reply_req(&reply) == Some(req) {
                 return Ok(reply);
             }
         }

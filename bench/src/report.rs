@@ -57,7 +57,8 @@ pub fn machine() -> Value {
         .unwrap_or("")
         .trim()
         .to_string();
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    // The machine's CPUs, not the ones this process may use (it may be pinned to one).
+    let cores = cpuinfo.lines().filter(|l| l.starts_with("processor")).count();
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let mem_kib: u64 = meminfo
         .lines()
@@ -71,7 +72,7 @@ pub fn machine() -> Value {
         .next()
         .unwrap_or("")
         .to_string();
-    json!({ "cpu": model, "cores": cores, "memory_gib": (mem_kib as f64 / 1048576.0).round(), "kernel": kernel, "loadavg_at_start": load })
+    json!({ "cpu": model, "cores": cores, "loadgen_cpus": super::cpu::allowed_cpus(std::process::id()), "memory_gib": (mem_kib as f64 / 1048576.0).round(), "kernel": kernel, "loadavg_at_start": load })
 }
 
 /// Write the scenario's JSON if `--json PATH` was given.

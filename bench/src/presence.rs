@@ -35,7 +35,7 @@ use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::args::Args;
-use super::group::{read_tokens, GroupSpec, LocalGroup, RoomPlan};
+use super::group::{read_tokens, GroupSpec, LocalGroup, Receive, RoomPlan};
 use super::peers::{self, Kind, Target, Ws};
 use super::report::{latency, latency_text, write_json, Progress};
 use super::{human, new_histogram, now_ns, rss_kib, run_id, secs, Marker};
@@ -102,7 +102,7 @@ struct Role {
 /// The nodes of the cluster under test (and the harness's cluster, if started here).
 struct Nodes {
     target: Target,
-    _cluster: Option<crate::cluster::Cluster>,
+    _cluster: Option<::tests::cluster::Cluster>,
 }
 
 pub async fn presence(args: &Args, command: &str) -> anyhow::Result<()> {
@@ -177,6 +177,7 @@ pub async fn presence(args: &Args, command: &str) -> anyhow::Result<()> {
                 body_bytes: 0,
                 concurrency,
                 tokens_file: None,
+                receive: Receive::default(),
             };
             let tokens = LocalGroup::new(spec).accounts().await.context("setting up accounts")?;
             (run, tokens)
@@ -558,10 +559,14 @@ async fn cluster(args: &Args) -> anyhow::Result<Nodes> {
         let (key, value) = pair.split_once('=').ok_or_else(|| anyhow!("--node-env {pair}: KEY=VALUE"))?;
         env.push((key.trim_start_matches("PALAVER_").to_string(), value.to_string()));
     }
-    let options =
-        crate::cluster::ClusterOptions { heartbeat_interval_ms: 500, heartbeat_timeout_ms: 3_000, proxied: false, env };
+    let options = ::tests::cluster::ClusterOptions {
+        heartbeat_interval_ms: 500,
+        heartbeat_timeout_ms: 3_000,
+        proxied: false,
+        env,
+    };
     eprintln!("starting a {count}-node cluster");
-    let cluster = crate::cluster::Cluster::start_with(count, options).await.context("starting the cluster")?;
+    let cluster = ::tests::cluster::Cluster::start_with(count, options).await.context("starting the cluster")?;
     let pids = (0..count).filter_map(|i| cluster.member(i).pid()).collect();
     let target = Target {
         kind: Kind::Palaver,

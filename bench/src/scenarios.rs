@@ -13,7 +13,8 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
 use super::args::Args;
-use super::group::{split, Group, GroupResult, GroupSpec, RoomPlan};
+use super::cpu::{phase_usage, usage_text, Reading};
+use super::group::{split, Group, GroupResult, GroupSpec, Receive, RoomPlan};
 use super::pacing::Pacer;
 use super::peers::{self, keepalive, Kind, Target, Ws};
 use super::report::{latency, latency_text, node_latency_text, ratio_line, write_json, Progress};
@@ -26,6 +27,8 @@ struct Common {
     concurrency: usize,
     body: usize,
     json: Option<String>,
+    /// Fan-out: one receiver in this many records latency (the others only count).
+    latency_every: usize,
 }
 
 impl Common {
@@ -36,6 +39,7 @@ impl Common {
             concurrency: args.get("concurrency", 64usize)?,
             body: args.get("body", 100usize)?,
             json: args.str("json").map(str::to_string),
+            latency_every: args.get("latency-every", 50usize)?,
         })
     }
 }
@@ -142,6 +146,7 @@ pub async fn idle(args: &Args, command: &str) -> anyhow::Result<()> {
             body_bytes: common.body,
             concurrency: common.concurrency,
             tokens_file,
+            receive: Receive::default(),
         };
         let warm_n = (n / 10).max(1).min(n);
         let mut warm = make_groups(&common, &template, warm_n, 1).await?;
@@ -231,6 +236,7 @@ pub async fn accounts(args: &Args) -> anyhow::Result<()> {
         body_bytes: common.body,
         concurrency: common.concurrency,
         tokens_file: None,
+        receive: Receive::default(),
     };
     let started = Instant::now();
     let tokens = super::group::LocalGroup::new(spec).accounts().await?;
@@ -269,6 +275,10 @@ struct Fanout {
     label: String,
     /// Publications of earlier phases not yet acknowledged (palaver) or echoed (peers).
     backlog: u64,
+    /// Marked messages the receivers had counted when the last phase ended.
+    deliveries_total: u64,
+    /// This process and the worker processes: the load generator's CPU time.
+    loadgen_pids: Vec<u32>,
 }
 
 /// What the publisher did in one phase.
@@ -395,6 +405,7 @@ impl Fanout {
             body_bytes: common.body,
             concurrency: common.concurrency,
             tokens_file: None,
+            receive: Receive::sampled(common.latency_every, n, true),
         };
         let mut groups = make_groups(common, &template, n, 1).await?;
         let progress = group_progress(format!("fanout {label}"), probes(&groups), None);
@@ -419,6 +430,8 @@ impl Fanout {
         let opened = peers::open(target, &publisher_url, None, &run, 0, None, &publisher_rooms, None)
             .await
             .context("publisher")?;
+        let mut loadgen_pids = vec![std::process::id()];
+        loadgen_pids.extend(groups.iter().filter_map(Group::pid));
         Ok(Fanout {
             target: target.clone(),
             marker: Marker::new(&run),
@@ -431,6 +444,8 @@ impl Fanout {
             seq: 0,
             label,
             backlog: 0,
+            deliveries_total: 0,
+            loadgen_pids,
         })
     }
 
@@ -457,7 +472,10 @@ impl Fanout {
             None => None,
         };
         progress.phase("publishing");
+        tokio::time::sleep(Duration::from_nanos(pub_start.saturating_sub(now_ns()))).await;
+        let cpu_start = Reading::take(&self.target.pids, &self.loadgen_pids);
         let published = self.publish(rate, window, pub_start, win_start, win_end, &sent).await;
+        let cpu_stop = Reading::take(&self.target.pids, &self.loadgen_pids);
         progress.phase("draining");
         // Wait until every copy arrived or nothing arrived for a second (10 s at most).
         let expected = published.as_ref().map(|p| p.total).unwrap_or(0) * self.subscribers;
@@ -475,10 +493,14 @@ impl Fanout {
                 break;
             }
         }
+        let cpu_end = Reading::take(&self.target.pids, &self.loadgen_pids);
         progress.stop();
         let published = published?;
         self.backlog = published.total.saturating_sub(published.echoes);
         let result = collect_all(&mut self.groups).await?;
+        let deliveries = result.deliveries_total.saturating_sub(self.deliveries_total);
+        self.deliveries_total = result.deliveries_total;
+        let usage = phase_usage(cpu_start, cpu_stop, cpu_end, deliveries, published.total, &self.target.pids);
         let node_ms = match (&node_url, &node_before) {
             (Some(url), Some(before)) => match peers::node_latency_totals(url).await {
                 Ok(after) => peers::node_latency_means(before, &after),
@@ -489,8 +511,8 @@ impl Fanout {
         let hist = result.histogram();
         let seconds = duration.as_secs_f64();
         let expected_window = published.in_window * self.subscribers;
-        let delivered = hist.len();
-        let row = json!({
+        let delivered = result.delivered;
+        let mut row = json!({
             "target": self.label, "kind": self.target.kind.name(), "receivers": self.subscribers,
             "offered_rate": rate, "window": window, "body_bytes": self.body,
             "published_per_s": published.in_window as f64 / seconds,
@@ -501,9 +523,13 @@ impl Fanout {
             "receivers_closed": result.closed, "publish_errors": published.errors, "publish_skipped": published.skipped,
             "publish_late": if published.late.is_empty() { Value::Null } else { latency(&published.late) },
             "duration_s": seconds, "node_ms": node_ms,
+            "latency_receivers": result.sampled, "out_of_order": result.out_of_order,
         });
+        if let (Value::Object(row), Value::Object(usage)) = (&mut row, usage) {
+            row.extend(usage);
+        }
         println!(
-            "fanout {} x{} @{}: published {}/s, delivered {}/s ({:.1}% of {}), {}{}{}{}",
+            "fanout {} x{} @{}: published {}/s, delivered {}/s ({:.1}% of {}), {} (on {} receivers){}{}{}{}{}",
             self.label,
             self.subscribers,
             if rate > 0.0 { format!("{}/s", human(rate)) } else { "max".into() },
@@ -512,7 +538,10 @@ impl Fanout {
             row["delivered_pct"].as_f64().unwrap_or(0.0),
             expected_window,
             latency_text(&row["latency"]),
+            result.sampled,
             if result.closed > 0 { format!(", {} receivers closed", result.closed) } else { String::new() },
+            if result.out_of_order > 0 { format!(", {} OUT OF ORDER", result.out_of_order) } else { String::new() },
+            usage_text(&row),
             node_latency_text(&row["node_ms"]),
             publish_late_text(&row["publish_late"]),
         );
@@ -977,6 +1006,7 @@ pub async fn many_rooms(args: &Args, command: &str) -> anyhow::Result<()> {
             body_bytes: common.body,
             concurrency: common.concurrency,
             tokens_file: None,
+            receive: Receive::default(),
         };
         let mut groups = make_groups(&common, &template, total, 0).await?;
         let progress = group_progress(format!("many-rooms {label}"), probes(&groups), None);
@@ -1015,8 +1045,8 @@ pub async fn many_rooms(args: &Args, command: &str) -> anyhow::Result<()> {
             "target": label, "kind": target.kind.name(), "connections": ok, "failed": failed,
             "rooms": rooms_n, "room_size": size, "direct": direct, "rate_per_connection": rate,
             "published_per_s": result.published as f64 / seconds,
-            "deliveries_per_s": hist.len() as f64 / seconds,
-            "delivered_pct": if expected > 0.0 { 100.0 * hist.len() as f64 / expected } else { 0.0 },
+            "deliveries_per_s": result.delivered as f64 / seconds,
+            "delivered_pct": if expected > 0.0 { 100.0 * result.delivered as f64 / expected } else { 0.0 },
             "latency": latency(&hist), "closed": result.closed, "first_error": result.first_error,
         });
         let mut row = row;
