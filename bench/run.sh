@@ -41,7 +41,7 @@ PRES_N="${PRESENCE_N:-$PRES_N}"; PRES_DUR="${PRESENCE_DURATION:-$PRES_DUR}"; PRE
 servers() {
   TARGETS=()
   start_palaver 17600
-  TARGETS+=(--palaver "$PALAVER_URL" --palaver-pid "$PALAVER_PID")
+  TARGETS+=(--palaver "$PALAVER_URL" --palaver-pid "$PALAVER_PID" --palaver-admin "$PALAVER_ADMIN")
   local peer
   for peer in "$@"; do
     case "$peer" in
@@ -84,7 +84,7 @@ for scenario in $SCENARIOS; do
       # table's palaver rows: the same room size and rates on one node.
       start_palaver_cluster 17610 2
       run cross-node cross-node --n "$FAN_N" --rate "$FAN_RATES" --window 64 --duration "$FAN_DUR" \
-        --palaver "$PALAVER_URLS" --palaver-pid "$PALAVER_PIDS"
+        --palaver "$PALAVER_URLS" --palaver-pid "$PALAVER_PIDS" --palaver-admin "$PALAVER_ADMINS"
       ;;
     saturation)
       servers nats
@@ -107,7 +107,8 @@ for scenario in $SCENARIOS; do
       stop_palaver_cluster
       start_palaver_cluster 17610 2
       run presence presence --n "$PRES_N" --duration "$PRES_DUR" --per-minute 1 --watchers "$PRES_WATCHERS" --watch 100 \
-        --sources 4 --settle 5 --tokens "$WORK/presence-tokens" --palaver "$PALAVER_URLS" --palaver-pid "$PALAVER_PIDS"
+        --sources 4 --settle 5 --tokens "$WORK/presence-tokens" --palaver "$PALAVER_URLS" --palaver-pid "$PALAVER_PIDS" \
+        --palaver-admin "$PALAVER_ADMINS"
       ;;
     *) echo "unknown scenario $scenario" >&2; exit 2 ;;
   esac

@@ -1,5 +1,6 @@
 # Sourced by bench/run.sh and bench/smoke.sh: start and stop the servers under test.
-# Each start_* sets <NAME>_PID and <NAME>_URL; everything listens on 127.0.0.1 only, and
+# Each start_* sets <NAME>_PID and <NAME>_URL (palaver also PALAVER_ADMIN, its admin port, at
+# client port + 1000); everything listens on 127.0.0.1 only, and
 # stop_servers (run on exit) ends exactly the processes started here.
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$BENCH_DIR/.." && pwd)"
@@ -41,6 +42,8 @@ BENCH_NODE_ENV=(
   PALAVER_LIMITS__MAX_ROOM_MEMBERS=20000
   PALAVER_LIMITS__FRAMES_PER_SECOND=1000000
   PALAVER_LIMITS__MAX_CONNECTIONS=19500
+  # The load comes from 127.0.0.x: a few addresses hold every connection.
+  PALAVER_LIMITS__MAX_CONNECTIONS_PER_ADDRESS=19500
   PALAVER_LOG__FILTER="${NODE_LOG_FILTER:-warn}"
 )
 
@@ -53,22 +56,26 @@ start_palaver() { # [port] [name]
     PALAVER_NODE__NAME="$name" \
     PALAVER_NODE__DATA_DIR="$WORK/$name" \
     PALAVER_CLIENT__LISTEN="127.0.0.1:$port" \
+    PALAVER_ADMIN__LISTEN="127.0.0.1:$((port + 1000))" \
     exec "${SERVER_PIN[@]}" env -u PALAVER_BIN "${BENCH_NODE_ENV[@]}" "$NODE_BIN" >"$WORK/$name.out" 2>"$WORK/$name.log"
   ) &
   PALAVER_PID=$!
   STARTED_PIDS+=("$PALAVER_PID")
   wait_port 127.0.0.1 "$port" 60
   PALAVER_URL="ws://127.0.0.1:$port/ws"
+  PALAVER_ADMIN="127.0.0.1:$((port + 1000))"
 }
 
 # A cluster of `count` palaver nodes on one shared SQLite store (as the cluster harness of
-# tests/src/cluster.rs runs them): client ports port, port+1, …; cluster ports port+50, ….
-# Sets PALAVER_URLS and PALAVER_PIDS (comma-separated, node order) and PALAVER_CLUSTER_PIDS.
+# tests/src/cluster.rs runs them): client ports port, port+1, …; cluster ports port+50, …;
+# admin ports port+1000, ….
+# Sets PALAVER_URLS, PALAVER_ADMINS and PALAVER_PIDS (comma-separated, node order) and
+# PALAVER_CLUSTER_PIDS.
 start_palaver_cluster() { # [port] [count] [name]
   local port="${1:-17610}" count="${2:-2}" name="${3:-cluster}" k seeds=""
   local dir="$WORK/$name"
   mkdir -p "$dir"
-  PALAVER_URLS=""; PALAVER_PIDS=""; PALAVER_CLUSTER_PIDS=()
+  PALAVER_URLS=""; PALAVER_ADMINS=""; PALAVER_PIDS=""; PALAVER_CLUSTER_PIDS=()
   for ((k = 0; k < count; k++)); do
     local cport=$((port + 50 + k)) pid
     (
@@ -77,6 +84,7 @@ start_palaver_cluster() { # [port] [count] [name]
       PALAVER_NODE__NAME="$name-$((k + 1))" \
       PALAVER_NODE__DATA_DIR="$dir" \
       PALAVER_CLIENT__LISTEN="127.0.0.1:$((port + k))" \
+      PALAVER_ADMIN__LISTEN="127.0.0.1:$((port + 1000 + k))" \
       PALAVER_CLUSTER__ENABLED=true \
       PALAVER_CLUSTER__LISTEN="127.0.0.1:$cport" \
       PALAVER_CLUSTER__COOKIE="bench-cluster-cookie-0123456789" \
@@ -88,14 +96,15 @@ start_palaver_cluster() { # [port] [count] [name]
     wait_port 127.0.0.1 "$((port + k))" 60
     seeds="${seeds:+$seeds,}\"127.0.0.1:$cport\""
     PALAVER_URLS="${PALAVER_URLS:+$PALAVER_URLS,}ws://127.0.0.1:$((port + k))/ws"
+    PALAVER_ADMINS="${PALAVER_ADMINS:+$PALAVER_ADMINS,}127.0.0.1:$((port + 1000 + k))"
     PALAVER_PIDS="${PALAVER_PIDS:+$PALAVER_PIDS,}$pid"
   done
-  # Until every node sees all of them live and serving.
+  # Until every node sees all of them live and serving (asked on its admin port).
   local deadline=$((SECONDS + 60)) ready
   while :; do
     ready=1
     for ((k = 0; k < count; k++)); do
-      python3 - "$((port + k))" "$count" 2>/dev/null <<'EOF2' || ready=0
+      python3 - "$((port + 1000 + k))" "$count" 2>/dev/null <<'EOF2' || ready=0
 import json, sys, urllib.request
 status = json.load(urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/cluster", timeout=5))
 cluster = status.get("cluster", {})

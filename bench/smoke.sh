@@ -43,7 +43,7 @@ scenario() { # name, loadgen arguments…
 }
 
 start_palaver 17700 smoke-1
-TARGETS=(--palaver "$PALAVER_URL" --palaver-pid "$PALAVER_PID")
+TARGETS=(--palaver "$PALAVER_URL" --palaver-pid "$PALAVER_PID" --palaver-admin "$PALAVER_ADMIN")
 if command -v nats-server >/dev/null && sed 's/17601/17701/; s/17622/17722/' "$BENCH_DIR/nats.conf" >"$WORK/nats-smoke.conf"; then
   ( exec "${SERVER_PIN[@]}" nats-server -c "$WORK/nats-smoke.conf" >"$WORK/nats.log" 2>&1 ) &
   STARTED_PIDS+=($!)
@@ -74,14 +74,14 @@ scenario saturation saturation --n 20 --from 50 --factor 2 --steps 2 --duration 
 stop_servers
 start_palaver_cluster 17710 2 smoke-cluster
 scenario presence presence --n 200 --duration 3 --per-minute 20 --watchers 2 --watch 20 --settle 1 \
-  --palaver "$PALAVER_URLS" --palaver-pid "$PALAVER_PIDS" \
+  --palaver "$PALAVER_URLS" --palaver-pid "$PALAVER_PIDS" --palaver-admin "$PALAVER_ADMINS" \
   && check presence '(r["users"] == 200 and r["failed"] == 0 and r["changes"] > 0 and r["changes_ok"] == r["changes"]
     and r["presence_users_b"] >= 200 and 0 < r["batches_per_s"] < r["naive_messages_per_s"]
     and r["records"] >= 0.9 * r["changes"] and r["marked_pushes"] == r["expected_pushes"] > 0)'
 
 # Cross-node on the same cluster: the room on each node in turn, at a rate both keep up with.
 scenario cross-node cross-node --n 30 --rate 100 --duration 1.5 --warmup 0.5 \
-  --palaver "$PALAVER_URLS" --palaver-pid "$PALAVER_PIDS" \
+  --palaver "$PALAVER_URLS" --palaver-pid "$PALAVER_PIDS" --palaver-admin "$PALAVER_ADMINS" \
   && check cross-node '(r["delivered_pct"] >= 99.9 and r["receivers_closed"] == 0 and r["out_of_order"] == 0
     and ("publisher" in r["target"] or "receivers" in r["target"]))'
 

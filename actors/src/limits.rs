@@ -51,6 +51,11 @@ pub struct Limits {
     /// Open WebSocket connections per node. The default stays under this machine's
     /// 20,000 open files per process.
     pub max_connections: usize,
+    /// Open connections (HTTP and WebSocket) from one IP address, counted at accept. Enough for
+    /// a large office or a carrier-grade NAT behind one address, while one address can hold no
+    /// more than a small share of `max_connections`. Behind a proxy that connects from one
+    /// address (HAProxy in docker/), set it to `max_connections`.
+    pub max_connections_per_address: usize,
     /// How long a request may wait for its room's actor before failing with `unavailable`.
     pub request_timeout_ms: u64,
     /// Appends of one room committed together at most (the room's waiting appends go to the
@@ -89,6 +94,7 @@ impl Default for Limits {
             auth_timeout_ms: 30_000,
             room_idle_ms: 300_000,
             max_connections: 19_000,
+            max_connections_per_address: 256,
             request_timeout_ms: 10_000,
             room_batch_max: 64,
             fanout_max_members: 100,
@@ -142,7 +148,7 @@ impl Limits {
 
     /// Check the values against each other; the error names the key.
     pub fn validate(&self) -> Result<(), String> {
-        let positive: [(&str, u64); 16] = [
+        let positive: [(&str, u64); 17] = [
             ("limits.max_frame_bytes", self.max_frame_bytes.into()),
             ("limits.max_body_bytes", self.max_body_bytes.into()),
             ("limits.outbound_queue_len", self.outbound_queue_len as u64),
@@ -156,6 +162,7 @@ impl Limits {
             ("limits.slow_client_timeout_ms", self.slow_client_timeout_ms),
             ("limits.auth_timeout_ms", self.auth_timeout_ms),
             ("limits.max_connections", self.max_connections as u64),
+            ("limits.max_connections_per_address", self.max_connections_per_address as u64),
             ("limits.request_timeout_ms", self.request_timeout_ms),
             ("limits.room_batch_max", self.room_batch_max as u64),
             ("limits.large_room_replay_max", self.large_room_replay_max.into()),

@@ -43,7 +43,8 @@ metrics! {
     gauge connections_open,
     /// WebSocket connections accepted since start.
     counter connections_total,
-    /// Connections refused because `limits.max_connections` were open.
+    /// Connections refused at accept: `limits.max_connections` or
+    /// `limits.max_connections_per_address` reached.
     counter connections_refused_total,
     /// Client frames received.
     counter frames_in_total,

@@ -60,7 +60,8 @@ impl Args {
     }
 
     /// The servers to measure, in the order palaver, nats, socketio, xmpp:
-    /// `--palaver URL[,URL…] [--palaver-pid PID[,PID…]]`, `--nats URL --nats-pid PID`, …
+    /// `--palaver URL[,URL…] [--palaver-pid PID[,PID…]] [--palaver-admin HOST:PORT[,…]]`,
+    /// `--nats URL --nats-pid PID`, …
     /// `--only KIND[,KIND]` keeps some of them.
     pub fn targets(&self) -> anyhow::Result<Vec<Target>> {
         let only: Vec<String> =
@@ -80,8 +81,16 @@ impl Args {
                 Some(pids) => pids.split(',').map(|p| p.trim().parse::<u32>()).collect::<Result<Vec<_>, _>>()?,
                 None => Vec::new(),
             };
+            let admin: Vec<String> = match self.str(&format!("{name}-admin")) {
+                Some(admin) => admin.split(',').filter(|a| !a.is_empty()).map(str::to_string).collect(),
+                None => Vec::new(),
+            };
+            for addr in &admin {
+                check_loopback(&format!("http://{addr}")).with_context(|| format!("--{name}-admin"))?;
+            }
             targets.push(Target {
                 kind,
+                admin,
                 urls,
                 pids,
                 encoding: self.str("encoding").unwrap_or("json").to_string(),

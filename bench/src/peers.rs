@@ -65,6 +65,10 @@ pub struct Target {
     /// built for throughput would; `--no-batch` measures one frame per message.
     #[serde(default)]
     pub batch: bool,
+    /// palaver: the admin port (`host:port`) of the node behind each of `urls`, in the same order
+    /// (`--palaver-admin`); `/metrics` and `/cluster` are read there.
+    #[serde(default)]
+    pub admin: Vec<String>,
 }
 
 impl Target {
@@ -79,6 +83,14 @@ impl Target {
             Kind::Nats => "nats (ws)".into(),
             Kind::Palaver => "palaver".into(),
         }
+    }
+
+    /// The admin port of the node behind WebSocket URL `url`.
+    pub fn admin_of(&self, url: &str) -> anyhow::Result<&str> {
+        let index = self.urls.iter().position(|u| u == url).with_context(|| format!("{url} is not a server URL"))?;
+        self.admin.get(index).map(String::as_str).with_context(|| {
+            format!("no admin port for {url}: pass --palaver-admin HOST:PORT[,…], one per --palaver URL")
+        })
     }
 
     pub fn palaver_encoding(&self) -> Encoding {
@@ -527,16 +539,15 @@ pub async fn palaver_create_room(ws: &mut Ws, enc: Encoding, name: &str) -> anyh
     }
 }
 
-/// GET `path` from the HTTP side of the node behind WebSocket URL `url` (`ws://HOST:PORT/…`,
-/// which serves both), as JSON.
-pub async fn http_get_json(url: &str, path: &str) -> anyhow::Result<serde_json::Value> {
-    Ok(serde_json::from_str(&http_get_text(url, path).await?)?)
+/// GET `path` from a node's admin port (`host:port`), as JSON.
+pub async fn http_get_json(admin: &str, path: &str) -> anyhow::Result<serde_json::Value> {
+    Ok(serde_json::from_str(&http_get_text(admin, path).await?)?)
 }
 
-/// The body of `GET path` on the HTTP side of the node whose WebSocket URL is `url`.
-pub async fn http_get_text(url: &str, path: &str) -> anyhow::Result<String> {
+/// The body of `GET path` on a node's admin port (`host:port`).
+pub async fn http_get_text(admin: &str, path: &str) -> anyhow::Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let authority = url.strip_prefix("ws://").and_then(|rest| rest.split('/').next()).context("not a ws:// URL")?;
+    let authority = admin;
     let mut stream = tokio::net::TcpStream::connect(authority).await?;
     let request = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await?;
@@ -555,9 +566,10 @@ const NODE_HISTOGRAMS: [(&str, &str); 3] = [
     ("delivery_wait", "palaver_delivery_wait_seconds"),
 ];
 
-/// Sum and count of each of the node's latency histograms, read from its `/metrics`.
-pub async fn node_latency_totals(url: &str) -> anyhow::Result<Vec<(f64, f64)>> {
-    let text = http_get_text(url, "/metrics").await?;
+/// Sum and count of each of the node's latency histograms, read from `/metrics` on its admin
+/// port.
+pub async fn node_latency_totals(admin: &str) -> anyhow::Result<Vec<(f64, f64)>> {
+    let text = http_get_text(admin, "/metrics").await?;
     let sample = |name: String| {
         text.lines().find_map(|line| line.strip_prefix(name.as_str())?.strip_prefix(' ')?.trim().parse::<f64>().ok())
     };

@@ -1,6 +1,7 @@
 //! `presence`: what presence costs a cluster, in inter-node messages and in memory.
 //!
-//! 1. A cluster of two (or more) nodes, given (`--palaver URL_A,URL_B --palaver-pid PID_A,PID_B`)
+//! 1. A cluster of two (or more) nodes, given (`--palaver URL_A,URL_B --palaver-pid PID_A,PID_B
+//!    --palaver-admin ADMIN_A,ADMIN_B`)
 //!    or started here through the test harness (`--start-cluster`).
 //! 2. N users connect, authenticated, all to node A. Node B holds none of their connections,
 //!    only their replicated presence records: once B's `palaver_presence_users` gauge counts
@@ -129,6 +130,8 @@ pub async fn presence(args: &Args, command: &str) -> anyhow::Result<()> {
         bail!("presence needs two nodes: --palaver URL_A,URL_B (or --start-cluster)");
     }
     let (url_a, url_b) = (target.urls[0].clone(), target.urls[1].clone());
+    let admin_b = target.admin_of(&url_b).context("presence reads node B's /metrics on its admin port")?.to_string();
+    anyhow::ensure!(target.admin.len() == target.urls.len(), "--palaver-admin: one admin port per --palaver URL");
     let pid_a: Vec<u32> = target.pids.first().copied().into_iter().collect();
     let pid_b: Vec<u32> = target.pids.get(1).copied().into_iter().collect();
     if pid_b.is_empty() {
@@ -202,7 +205,7 @@ pub async fn presence(args: &Args, command: &str) -> anyhow::Result<()> {
 
     progress.phase("settling before");
     tokio::time::sleep(settle.min(Duration::from_secs(3))).await;
-    let before_b = scrape(&url_b).await.context("scraping node B's /metrics")?;
+    let before_b = scrape(&admin_b).await.context("scraping node B's /metrics")?;
     let users_b_before = metric(&before_b, USERS);
     let online_b_before = metric(&before_b, ONLINE).unwrap_or(0.0);
     if users_b_before.is_none() {
@@ -290,7 +293,7 @@ pub async fn presence(args: &Args, command: &str) -> anyhow::Result<()> {
         let waited = Instant::now();
         let deadline = waited + Duration::from_secs(120);
         loop {
-            let m = scrape(&url_b).await.unwrap_or_default();
+            let m = scrape(&admin_b).await.unwrap_or_default();
             let users_b = metric(&m, USERS);
             if users_b.is_some_and(|u| u >= want) || metric(&m, ONLINE).is_some_and(|o| o >= want_online) {
                 replicated_s = Some(waited.elapsed().as_secs_f64());
@@ -307,9 +310,9 @@ pub async fn presence(args: &Args, command: &str) -> anyhow::Result<()> {
         }
     }
     progress.phase("settling after (idle: no changes)");
-    let idle_start = (scrape_all(&target.urls).await, Instant::now());
+    let idle_start = (scrape_all(&target.admin).await, Instant::now());
     tokio::time::sleep(settle).await;
-    let idle_end = (scrape_all(&target.urls).await, Instant::now());
+    let idle_end = (scrape_all(&target.admin).await, Instant::now());
     let rss_a_after = rss_kib(&pid_a);
     let rss_b_after = rss_kib(&pid_b);
     let online_b = idle_end.0.get(1).and_then(|m| metric(m, ONLINE));
@@ -364,7 +367,7 @@ pub async fn presence(args: &Args, command: &str) -> anyhow::Result<()> {
 
     // 5. The measured period: every user changes `per_minute` times a minute.
     progress.phase("changing presence");
-    let start_metrics = scrape_all(&target.urls).await;
+    let start_metrics = scrape_all(&target.admin).await;
     let t0 = tokio::time::Instant::now() + Duration::from_millis(100);
     let t_end = t0 + duration;
     schedule_tx.send_replace(Some((t0, t_end)));
@@ -372,14 +375,14 @@ pub async fn presence(args: &Args, command: &str) -> anyhow::Result<()> {
     while tokio::time::Instant::now() < t_end {
         tokio::time::sleep(Duration::from_secs(1).min(t_end.saturating_duration_since(tokio::time::Instant::now())))
             .await;
-        if let Some(now) = total(&scrape_all(&target.urls).await, BATCHES) {
+        if let Some(now) = total(&scrape_all(&target.admin).await, BATCHES) {
             counters.batches.store((now - baseline_batches.unwrap_or(0.0)).max(0.0) as u64, Ordering::Relaxed);
         }
     }
     // The last changes: one flush interval and the link, then the replies and pushes.
     progress.phase("draining");
     tokio::time::sleep(Duration::from_millis(1_500)).await;
-    let end_metrics = scrape_all(&target.urls).await;
+    let end_metrics = scrape_all(&target.admin).await;
     let rss_a_end = rss_kib(&pid_a);
     let rss_b_end = rss_kib(&pid_b);
     stop_tx.send_replace(true);
@@ -570,6 +573,7 @@ async fn cluster(args: &Args) -> anyhow::Result<Nodes> {
     let pids = (0..count).filter_map(|i| cluster.member(i).pid()).collect();
     let target = Target {
         kind: Kind::Palaver,
+        admin: (0..count).map(|i| cluster.node(i).admin.to_string()).collect(),
         urls: cluster.urls(),
         pids,
         encoding: args.str("encoding").unwrap_or("json").to_string(),
@@ -703,11 +707,8 @@ async fn conn_task(
 
 type Metrics = HashMap<String, f64>;
 
-/// GET /metrics on the client port of the node behind `ws_url`: every sample, summed over its
-/// label sets.
-async fn scrape(ws_url: &str) -> anyhow::Result<Metrics> {
-    let rest = ws_url.split("://").nth(1).ok_or_else(|| anyhow!("`{ws_url}` is not a URL"))?;
-    let host_port = rest.split('/').next().unwrap_or("");
+/// GET /metrics on a node's admin port (`host:port`): every sample, summed over its label sets.
+async fn scrape(host_port: &str) -> anyhow::Result<Metrics> {
     let work = async {
         let mut stream = tokio::net::TcpStream::connect(host_port).await?;
         stream
@@ -745,11 +746,12 @@ fn parse_metrics(body: &str) -> Metrics {
     metrics
 }
 
-/// Every node's metrics, in URL order (an empty map for a node that did not answer).
-async fn scrape_all(urls: &[String]) -> Vec<Metrics> {
+/// Every node's metrics, from their admin ports in URL order (an empty map for a node that did
+/// not answer).
+async fn scrape_all(admins: &[String]) -> Vec<Metrics> {
     let mut all = Vec::new();
-    for url in urls {
-        all.push(scrape(url).await.unwrap_or_default());
+    for admin in admins {
+        all.push(scrape(admin).await.unwrap_or_default());
     }
     all
 }

@@ -354,12 +354,13 @@ impl Placement {
 }
 
 /// A new room created through `url` whose owner is (publisher) or is not (receivers) the node
-/// behind `url`, asked of that node's `/cluster?room=` (a room's owner follows from its id, so
-/// another id is tried until one lands where asked).
+/// behind `url`, asked of that node's `/cluster?room=` on its admin port (a room's owner follows
+/// from its id, so another id is tried until one lands where asked).
 async fn room_placed(target: &Target, url: &str, run: &str, placement: Placement) -> anyhow::Result<String> {
+    let admin = target.admin_of(url)?;
     for attempt in 0..64 {
         let room = peers::palaver_new_room(target, url, run, 0, &format!("fanout-{attempt}")).await?;
-        let status = peers::http_get_json(url, &format!("/cluster?room={room}")).await?;
+        let status = peers::http_get_json(admin, &format!("/cluster?room={room}")).await?;
         let node = status["node"].as_str().context("/cluster names no node")?;
         let owner = status["room"]["owner"].as_str().context("/cluster names no owner")?;
         if (owner == node) == (placement == Placement::Publisher) {
@@ -465,8 +466,11 @@ impl Fanout {
             Some(sent.clone()),
         );
         // palaver's own account of where the time went (its latency histograms), read around
-        // the phase; on a cluster, the publisher's node (the one the first URL names).
-        let node_url = (self.target.kind == Kind::Palaver).then(|| self.target.urls[0].clone());
+        // the phase; on a cluster, the publisher's node (the one the first URL names). Without
+        // its admin port (--palaver-admin) there is no such account.
+        let node_url = (self.target.kind == Kind::Palaver)
+            .then(|| self.target.admin_of(&self.target.urls[0]).ok().map(str::to_string))
+            .flatten();
         let node_before = match &node_url {
             Some(url) => peers::node_latency_totals(url).await.ok(),
             None => None,

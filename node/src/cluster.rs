@@ -230,10 +230,10 @@ pub async fn start(
     Ok(Some(cluster))
 }
 
-/// The operator view at `GET /cluster`: the live and known nodes, this node's rooms and
-/// connections, and with `?room=ID` the node that owns that room now (by this node's view)
-/// and the owner recorded in the store (the last node to claim it, and its epoch).
-pub async fn status(hub: &Hub, query: Option<&str>) -> serde_json::Value {
+/// The operator view at `GET /cluster` on the admin port: the live and known nodes, this node's
+/// rooms and connections, and with `?room=ID` the node that owns that room now (by this node's
+/// view) and the owner recorded in the store (the last node to claim it, and its epoch).
+pub async fn status(hub: &Hub, room: Option<&str>) -> serde_json::Value {
     let (users, connections) = hub.connection_counts();
     let mut body = serde_json::json!({
         "node": hub.node,
@@ -255,7 +255,6 @@ pub async fn status(hub: &Hub, query: Option<&str>) -> serde_json::Value {
         }
         None => body["cluster"] = serde_json::Value::Null,
     }
-    let room = query.into_iter().flat_map(|q| q.split('&')).find_map(|pair| pair.strip_prefix("room="));
     if let Some(room) = room {
         let owner = match hub.cluster() {
             Some(cluster) => cluster.owner(room),

@@ -2,8 +2,9 @@
 //! (`__` separates nesting: `PALAVER_LIMITS__MAX_FRAME_BYTES=131072`), loaded with figment and
 //! checked once by [`Config::validate`], whose errors name the key.
 //!
-//! Secrets (the token signing key) come from the environment or a file named in the
-//! configuration, never from the configuration file itself, which is meant to be committed.
+//! Secrets (the token signing key, the cluster cookie, the admin token) come from the
+//! environment or a file named in the configuration, never from the configuration file itself,
+//! which is meant to be committed.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -20,6 +21,8 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     pub node: NodeSection,
     pub client: ClientSection,
+    /// The operator endpoints' own port; see `crate::admin`.
+    pub admin: crate::admin::AdminSection,
     pub store: StoreSection,
     pub auth: AuthSection,
     pub limits: Limits,
@@ -50,19 +53,53 @@ impl Default for NodeSection {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClientSection {
-    /// HTTP and WebSocket for clients: `/ws`, `/healthz`, `/readyz`, `/metrics`, `/status`, `/`.
-    /// Port 0 picks a free port; the node logs and prints the one it got.
+    /// HTTP and WebSocket for clients: `/ws`, `/healthz`, `/readyz` and the web client at `/`
+    /// (the operator endpoints are on `admin.listen`). Port 0 picks a free port; the node logs
+    /// and prints the one it got.
     pub listen: SocketAddr,
     /// Other nodes the bundled web client may connect to, and so send its token and password
     /// to: `host:port` (the page's scheme) or `ws://host:port/path`, `wss://…`. The page's own
     /// node is always allowed; nothing else is, whatever the page's URL or storage says, so a
     /// link cannot send a user's credentials elsewhere. Empty by default: the page's own node.
     pub web_nodes: Vec<String>,
+    /// Web pages that may open a WebSocket here besides the node's own (`Origin` equal to the
+    /// request's `Host`), as `https://host[:port]`; `*` allows any page. A page of another site
+    /// is refused with 403 by default, so it cannot use a signed-in visitor's browser against
+    /// the node. Programs, which send no `Origin`, are always allowed.
+    pub allowed_origins: Vec<String>,
+    /// TLS on this port: the certificate chain (PEM). With `tls_key_file` it turns TLS on, and
+    /// the port then serves HTTPS and WSS only. Off by default: TLS is often ended by a proxy
+    /// in front (docker/README.md).
+    pub tls_cert_file: Option<PathBuf>,
+    /// The private key of `tls_cert_file` (PEM).
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl Default for ClientSection {
     fn default() -> Self {
-        ClientSection { listen: SocketAddr::from(([127, 0, 0, 1], 7600)), web_nodes: Vec::new() }
+        ClientSection {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7600)),
+            web_nodes: Vec::new(),
+            allowed_origins: Vec::new(),
+            tls_cert_file: None,
+            tls_key_file: None,
+        }
+    }
+}
+
+impl ClientSection {
+    /// The TLS acceptor when TLS is configured; the error is (key, message). Both files or none.
+    pub fn tls(&self) -> Result<Option<tokio_rustls::TlsAcceptor>, (&'static str, String)> {
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(cert), Some(key)) => crate::tls::load(cert, key).map(Some),
+            (None, None) => Ok(None),
+            (Some(_), None) => {
+                Err(("client.tls_key_file", "TLS needs client.tls_key_file with client.tls_cert_file".into()))
+            }
+            (None, Some(_)) => {
+                Err(("client.tls_cert_file", "TLS needs client.tls_cert_file with client.tls_key_file".into()))
+            }
+        }
     }
 }
 
@@ -285,6 +322,18 @@ impl Config {
         if self.auth.hash_queue_len > 100_000 {
             return invalid("auth.hash_queue_len", "must be at most 100000");
         }
+        for origin in &self.client.allowed_origins {
+            if let Err(message) = crate::origin::check(origin) {
+                return invalid("client.allowed_origins", &message);
+            }
+        }
+        // The files are read here, so `palaver check-config` finds a wrong one without starting.
+        if let Err((key, message)) = self.client.tls() {
+            return invalid(key, &message);
+        }
+        if let Err((key, message)) = self.admin.validate() {
+            return invalid(key, &message);
+        }
         if let Err((key, message)) = self.cluster.validate() {
             return invalid(key, &message);
         }
@@ -320,13 +369,15 @@ fn check_no_secrets_in_file(file: &Path) -> Result<(), ConfigError> {
         );
         return Err(ConfigError::invalid("auth.token_key", &message));
     }
-    // The cluster cookie is a secret too.
-    if value.get("cluster").and_then(|cluster| cluster.get("cookie")).is_some() {
-        let message = format!(
-            "is a secret and must not be in {}; set PALAVER_CLUSTER__COOKIE or cluster.cookie_file",
-            file.display()
-        );
-        return Err(ConfigError::invalid("cluster.cookie", &message));
+    // The cluster cookie and the admin token are secrets too.
+    for (section, key, env) in
+        [("cluster", "cookie", "PALAVER_CLUSTER__COOKIE"), ("admin", "token", "PALAVER_ADMIN__TOKEN")]
+    {
+        if value.get(section).and_then(|table| table.get(key)).is_some() {
+            let message =
+                format!("is a secret and must not be in {}; set {env} or {section}.{key}_file", file.display());
+            return Err(ConfigError::invalid(&format!("{section}.{key}"), &message));
+        }
     }
     Ok(())
 }

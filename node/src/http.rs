@@ -1,14 +1,16 @@
-//! The client port: a small HTTP/1.1 server that upgrades `/ws` to WebSocket and answers the
-//! operational endpoints.
+//! The client port: a small HTTP/1.1 server that upgrades `/ws` to WebSocket and serves the
+//! health checks and the web client.
 //!
 //! Routes: `GET /ws` (WebSocket, the protocol of docs/PROTOCOL.md), `/healthz` (the process
-//! answers), `/readyz` (the store answers and the node is not draining), `/metrics`
-//! (Prometheus), `/status` (JSON operator view of this node), `/cluster` (the cluster as this
-//! node sees it; `?room=ID` names the room's owner), and `/` plus `/app/*` (the
-//! bundled web client, when present).
+//! answers), `/readyz` (the store answers and the node is not draining), and `/` plus `/app/*`
+//! (the bundled web client). The operator endpoints are on the admin port (`crate::admin`), and
+//! answer 404 here.
 //!
-//! The HTTP side is deliberately minimal: one request per connection, `Connection: close`, a
-//! bounded request head. The handshake is done here rather than by tungstenite so that one
+//! Every connection is admitted first (`crate::admission`: `limits.max_connections` and
+//! `limits.max_connections_per_address`), then, with `client.tls_*` set, the TLS handshake runs
+//! (`crate::tls`), then the request head is read (`crate::request`), all within
+//! `limits.hello_timeout_ms`. A WebSocket upgrade from a page of another origin is refused
+//! with 403 (`crate::origin`). The handshake is done here rather than by tungstenite so that one
 //! port serves both, and the WebSocket is then built with the configured limits (frame size,
 //! small buffers: memory per idle connection is a target).
 
@@ -19,45 +21,67 @@ use std::time::Duration;
 
 use actors::hub::Hub;
 use actors::session::{run_session, Peer, Wire, WireError};
-use actors::store::WriteStats;
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, info, warn};
 
-use crate::{http_head, web};
+use crate::admission::Admission;
+use crate::origin::AllowedOrigins;
+use crate::request::{self, respond};
+use crate::web;
+
+/// How the client port is served besides its address.
+pub struct ClientPort {
+    /// TLS on the port, when configured.
+    pub tls: Option<TlsAcceptor>,
+    pub origins: AllowedOrigins,
+    /// The bundled web client, with the nodes it may connect to.
+    pub web: web::WebClient,
+}
 
 /// Accept connections until `stop` turns true, then wait for open connections to finish (the
 /// hub's shutdown makes WebSocket sessions send `reconnect` and close) for at most `drain`.
 pub async fn serve(
     listener: TcpListener,
     hub: Arc<Hub>,
-    web: Arc<web::WebClient>,
+    port: ClientPort,
     mut stop: watch::Receiver<bool>,
     drain: Duration,
 ) {
-    let permits = Arc::new(Semaphore::new(hub.limits.max_connections));
+    let admission = Admission::new(hub.limits.max_connections, hub.limits.max_connections_per_address);
+    let port = Arc::new(port);
     let mut tasks = JoinSet::new();
     loop {
         tokio::select! {
             _ = stop.wait_for(|stop| *stop) => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let hub = hub.clone();
-                    let permits = permits.clone();
-                    let web = web.clone();
-                    tasks.spawn(async move {
-                        if let Err(err) = handle(stream, peer, hub, &web, permits).await {
-                            debug!(%peer, error = %err, "http connection ended with an error");
+                Ok((stream, peer)) => match admission.admit(peer.ip()) {
+                    Ok(admitted) => {
+                        let (hub, port) = (hub.clone(), port.clone());
+                        tasks.spawn(async move {
+                            let _admitted = admitted;
+                            if let Err(err) = connection(stream, peer, hub, &port).await {
+                                debug!(%peer, error = %err, "http connection ended with an error");
+                            }
+                        });
+                    }
+                    Err(refused) => {
+                        actors::metrics::Metrics::inc(&hub.metrics.connections_refused_total);
+                        debug!(%peer, ?refused, "connection refused at accept");
+                        if let Some(answer) = admission.refuse(stream, refused) {
+                            tasks.spawn(answer);
                         }
-                    });
-                }
+                    }
+                },
                 // Out of file descriptors and the like: back off instead of spinning.
                 Err(err) => {
                     warn!(error = %err, "accept failed");
@@ -76,50 +100,65 @@ pub async fn serve(
     }
 }
 
-/// One TCP connection: read the request head, then route.
-async fn handle(
-    mut stream: TcpStream,
+/// One admitted TCP connection: the TLS handshake if the port has TLS, then the request.
+async fn connection(mut stream: TcpStream, peer: SocketAddr, hub: Arc<Hub>, port: &ClientPort) -> io::Result<()> {
+    let _ = stream.set_nodelay(true);
+    // The handshake and the request head share one deadline.
+    let deadline = Instant::now() + Duration::from_millis(hub.limits.hello_timeout_ms);
+    let Some(acceptor) = &port.tls else {
+        return handle(stream, peer, hub, port, deadline).await;
+    };
+    let mut first = [0u8; 1];
+    match tokio::time::timeout_at(deadline, stream.peek(&mut first)).await {
+        Ok(Ok(1)) => {}
+        _ => return Ok(()),
+    }
+    if first[0] != crate::tls::HANDSHAKE_RECORD {
+        // Plain HTTP to a TLS port: say so in plain HTTP, once the request is read (closing
+        // with it unread would reset the connection before the answer is seen).
+        if request::read_request(&mut stream, deadline).await.is_ok() {
+            return respond(&mut stream, 400, "text/plain", b"this port speaks TLS: use https:// or wss://\n").await;
+        }
+        return Ok(());
+    }
+    match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => handle(stream, peer, hub, port, deadline).await,
+        Ok(Err(err)) => {
+            debug!(%peer, error = %err, "TLS handshake failed");
+            Ok(())
+        }
+        Err(_) => Ok(()),
+    }
+}
+
+/// Read the request head, then route.
+async fn handle<S>(
+    mut stream: S,
     peer: SocketAddr,
     hub: Arc<Hub>,
-    web: &web::WebClient,
-    permits: Arc<Semaphore>,
-) -> io::Result<()> {
-    let _ = stream.set_nodelay(true);
-    let timeout = Duration::from_millis(hub.limits.hello_timeout_ms);
-    let (head, rest) = match tokio::time::timeout(timeout, http_head::read_head(&mut stream)).await {
-        Ok(Ok(Some(read))) => read,
-        Ok(Ok(None)) => return Ok(()),
-        Ok(Err(err)) if err.kind() == io::ErrorKind::InvalidData => {
-            return respond(&mut stream, 431, "text/plain", b"request head too large\n").await;
-        }
-        Ok(Err(err)) => return Err(err),
-        Err(_) => return Ok(()),
+    port: &ClientPort,
+    deadline: Instant,
+) -> io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let request = match request::read_request(&mut stream, deadline).await {
+        Ok(request) => request,
+        Err(err) => return request::answer_read_error(&mut stream, err).await,
     };
-    let mut headers = [httparse::EMPTY_HEADER; http_head::MAX_HEADERS];
-    let Some(request) = http_head::parse(&head, &mut headers) else {
-        return respond(&mut stream, 400, "text/plain", b"malformed HTTP request\n").await;
-    };
-    let method = request.method.unwrap_or("");
-    let path = request.path.unwrap_or("/").split('?').next().unwrap_or("/");
-    let header = |name: &str| {
-        request
-            .headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name))
-            .and_then(|h| std::str::from_utf8(h.value).ok())
-    };
-    if method == "POST" && path == "/cluster/forget" {
-        let query = request.path.and_then(|path| path.split_once('?')).map(|(_, query)| query);
-        let (status, body) = crate::operator::forget(&hub, query, header("authorization"));
-        return respond(&mut stream, status, "application/json", body.to_string().as_bytes()).await;
+    if request.method != "GET" {
+        // Paths not served here (the admin port's among them) are not found whatever the method.
+        let served =
+            matches!(request.path.as_str(), "/ws" | "/healthz" | "/readyz") || port.web.asset(&request.path).is_some();
+        return match served {
+            true => respond(&mut stream, 405, "text/plain", b"only GET is served here\n").await,
+            false => respond(&mut stream, 404, "text/plain", b"not found\n").await,
+        };
     }
-    if method != "GET" {
-        return respond(&mut stream, 405, "text/plain", b"only GET is served here (and POST /cluster/forget)\n").await;
-    }
-    match path {
+    match request.path.as_str() {
         "/ws" => {
-            let upgrade = header("upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-            let (Some(key), true) = (header("sec-websocket-key"), upgrade) else {
+            let upgrade = request.header("upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+            let (Some(key), true) = (request.header("sec-websocket-key"), upgrade) else {
                 return respond(
                     &mut stream,
                     426,
@@ -128,26 +167,29 @@ async fn handle(
                 )
                 .await;
             };
-            if header("sec-websocket-version") != Some("13") {
+            if request.header("sec-websocket-version") != Some("13") {
                 return respond(&mut stream, 426, "text/plain", b"WebSocket version 13 required\n").await;
             }
-            let accept = derive_accept_key(key.as_bytes());
-            let Ok(permit) = permits.try_acquire_owned() else {
-                actors::metrics::Metrics::inc(&hub.metrics.connections_refused_total);
-                return respond(&mut stream, 503, "text/plain", b"node at limits.max_connections; try another node\n")
-                    .await;
-            };
+            if !port.origins.allows(request.header("origin"), request.header("host")) {
+                debug!(%peer, origin = request.header("origin"), "WebSocket upgrade from another origin refused");
+                return respond(
+                    &mut stream,
+                    403,
+                    "text/plain",
+                    b"this page's origin may not connect here (client.allowed_origins)\n",
+                )
+                .await;
+            }
             if hub.is_shutting_down() {
                 return respond(&mut stream, 503, "text/plain", b"node is shutting down\n").await;
             }
+            let accept = derive_accept_key(key.as_bytes());
             let response = format!(
                 "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
             );
             stream.write_all(response.as_bytes()).await?;
-            // The request head is not needed any more; don't hold it for the connection's life.
-            drop(head);
-            websocket(stream, rest, peer, hub).await;
-            drop(permit);
+            // Only the bytes past the head are needed from here on.
+            websocket(stream, request.rest, peer, hub).await;
             Ok(())
         }
         "/healthz" => respond(&mut stream, 200, "text/plain", b"ok\n").await,
@@ -155,42 +197,15 @@ async fn handle(
             let (status, body) = readiness(&hub).await;
             respond(&mut stream, status, "text/plain", body.as_bytes()).await
         }
-        "/metrics" => {
-            let (users, connections) = hub.connection_counts();
-            let mut body = hub.metrics.render();
-            body.push_str(&gauge("users_online", "Users with at least one authenticated connection.", users as u64));
-            body.push_str(&gauge("connections_authenticated", "Authenticated connections.", connections as u64));
-            if let Some(stats) = hub.store.write_stats() {
-                body.push_str(&store_metrics(&stats));
+        path => match port.web.asset(path) {
+            Some((content_type, body)) => {
+                request::respond_with(&mut stream, 200, content_type, port.web.headers(), body).await
             }
-            respond(&mut stream, 200, "text/plain; version=0.0.4", body.as_bytes()).await
-        }
-        "/status" => {
-            let (users, connections) = hub.connection_counts();
-            let body = serde_json::json!({
-                "node": hub.node,
-                "store": hub.store.backend(),
-                "draining": hub.is_shutting_down(),
-                "users_online": users,
-                "connections": connections,
-                "rooms": hub.active_rooms(),
-            });
-            respond(&mut stream, 200, "application/json", body.to_string().as_bytes()).await
-        }
-        // Cluster operator view (node/src/cluster.rs); `?room=ID` adds that room's owner.
-        "/cluster" => {
-            let query = request.path.and_then(|path| path.split_once('?')).map(|(_, query)| query);
-            let body = crate::cluster::status(&hub, query).await;
-            respond(&mut stream, 200, "application/json", body.to_string().as_bytes()).await
-        }
-        _ => match web.asset(path) {
-            Some((content_type, body)) => respond_with(&mut stream, 200, content_type, web.headers(), body).await,
             None => respond(&mut stream, 404, "text/plain", b"not found\n").await,
         },
     }
 }
 
-/// Ready when not draining and the store answers a read.
 /// Ready when not draining, serving rooms (in a cluster: linked to a quorum of its nodes) and
 /// the store answers a read. A load balancer checks this, so an unready node is taken out of
 /// rotation; the reason goes into the body and, at most every 30 s, into the log.
@@ -225,92 +240,18 @@ fn log_unready(reason: &str) {
     }
 }
 
-/// The store's write-path counters in the Prometheus text format.
-fn store_metrics(stats: &WriteStats) -> String {
-    [
-        counter(
-            "store_write_transactions_total",
-            "Write transactions committed by the store (group commits).",
-            stats.write_transactions,
-        ),
-        counter(
-            "store_write_transactions_inline_total",
-            "Of those, committed on the rooms' thread without a hand-over to the store's writer.",
-            stats.inline_write_transactions,
-        ),
-        counter(
-            "store_write_requests_total",
-            "Writes taken into a transaction; divided by the transactions, the mean group-commit batch.",
-            stats.write_requests,
-        ),
-        counter(
-            "store_write_failed_transactions_total",
-            "Write transactions that failed to begin or commit.",
-            stats.failed_transactions,
-        ),
-        gauge("store_writes_queued", "Writes waiting for the store's writer.", stats.queued_writes as u64),
-    ]
-    .concat()
-}
-
-/// One metric computed at request time (the rest are `actors::metrics::Metrics`).
-fn counter(name: &str, help: &str, value: u64) -> String {
-    metric(name, "counter", help, value)
-}
-
-fn gauge(name: &str, help: &str, value: u64) -> String {
-    metric(name, "gauge", help, value)
-}
-
-fn metric(name: &str, kind: &str, help: &str, value: u64) -> String {
-    format!("# HELP palaver_{name} {help}\n# TYPE palaver_{name} {kind}\npalaver_{name} {value}\n")
-}
-
-async fn respond(stream: &mut TcpStream, status: u16, content_type: &str, body: &[u8]) -> io::Result<()> {
-    respond_with(stream, status, content_type, "", body).await
-}
-
-/// `headers`: more header lines, each ending in CRLF.
-async fn respond_with(
-    stream: &mut TcpStream,
-    status: u16,
-    content_type: &str,
-    headers: &str,
-    body: &[u8],
-) -> io::Result<()> {
-    let reason = match status {
-        200 => "OK",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        409 => "Conflict",
-        426 => "Upgrade Required",
-        431 => "Request Header Fields Too Large",
-        _ => "Service Unavailable",
-    };
-    let head = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n{headers}Connection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body).await?;
-    stream.shutdown().await
-}
-
 /// Run a session over the upgraded connection, adapting tungstenite's messages to [`Wire`].
-async fn websocket(stream: TcpStream, rest: Vec<u8>, peer: SocketAddr, hub: Arc<Hub>) {
+async fn websocket<S>(stream: S, rest: Vec<u8>, peer: SocketAddr, hub: Arc<Hub>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let max_frame = hub.limits.max_frame_bytes as usize;
     // Small buffers: tungstenite's defaults (128 KiB each) would cost far more than the whole
     // per-connection budget. Client frames are small; a larger one grows the buffer as needed.
-    // A message is refused (and the connection lost) unless it fits the write buffer on top of
-    // what is left of the last one (at most `write_buffer_size`: the sink flushes before taking
-    // more), so the bound is the largest message the node writes, with room for its header.
-    let write_buffer = 8 * 1024;
     let config = WebSocketConfig::default()
         .read_buffer_size(1024)
-        .write_buffer_size(write_buffer)
-        .max_write_buffer_size(write_buffer + hub.limits.max_message_bytes() + 16)
+        .write_buffer_size(8 * 1024)
+        .max_write_buffer_size(max_frame.max(64 * 1024) * 4)
         .max_message_size(Some(max_frame))
         .max_frame_size(Some(max_frame));
     let ws = WebSocketStream::from_partially_read(stream, rest, Role::Server, Some(config)).await;
@@ -339,7 +280,6 @@ async fn websocket(stream: TcpStream, rest: Vec<u8>, peer: SocketAddr, hub: Arc<
             // tungstenite answers pings itself.
             Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => None,
             Err(tungstenite::Error::Capacity(err)) => Some(Err(WireError::TooLarge(err.to_string()))),
-            Err(tungstenite::Error::Utf8) => Some(Err(WireError::InvalidText("invalid UTF-8".into()))),
             Err(err) => Some(Err(WireError::Broken(err.to_string()))),
         }
     });

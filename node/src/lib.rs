@@ -1,12 +1,17 @@
-//! The palaver node: configuration, the client port (HTTP and WebSocket), start-up and
-//! graceful shutdown. The binary in `main.rs` is a thin wrapper around [`run`].
+//! The palaver node: configuration, the client port (HTTP and WebSocket), the admin port,
+//! start-up and graceful shutdown. The binary in `main.rs` is a thin wrapper around [`run`].
 
+pub mod admin;
+pub mod admission;
 pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod http_head;
 pub mod operator;
+pub mod origin;
+pub mod request;
 pub mod store;
+pub mod tls;
 pub mod web;
 
 use std::path::PathBuf;
@@ -62,13 +67,23 @@ pub async fn build_hub(config: &Config) -> anyhow::Result<Arc<Hub>> {
 /// Run a node until `stop` turns true: serve, then drain.
 pub async fn run(config: Config, stop: watch::Receiver<bool>) -> anyhow::Result<()> {
     let hub = build_hub(&config).await?;
+    let client_tls = config.client.tls().map_err(|(key, message)| anyhow::anyhow!("{key}: {message}"))?;
+    let admin_token = config.admin.token()?;
+    let admin_listener = TcpListener::bind(config.admin.listen)
+        .await
+        .with_context(|| format!("binding admin.listen {}", config.admin.listen))?;
+    let admin_addr = admin_listener.local_addr()?;
     let listener = TcpListener::bind(config.client.listen)
         .await
         .with_context(|| format!("binding client.listen {}", config.client.listen))?;
     let addr = listener.local_addr()?;
-    info!(node = config.node.name, %addr, store = hub.store.backend(), "listening");
-    // A machine-readable line for scripts and tests that start the node on port 0.
+    info!(node = config.node.name, %addr, tls = client_tls.is_some(), store = hub.store.backend(), "listening");
+    info!(node = config.node.name, addr = %admin_addr, token = admin_token.is_some(), "admin port listening");
+    // Machine-readable lines for scripts and tests that start the node on port 0; the client
+    // port's comes last, so whoever waits for it has seen the admin port's.
+    println!("palaver node {} admin on {admin_addr}", config.node.name);
     println!("palaver node {} listening on {addr}", config.node.name);
+    let admin = tokio::spawn(admin::serve(admin_listener, hub.clone(), admin_token, stop.clone()));
     // Cluster (off unless configured): join before serving clients.
     let cluster = cluster::start(&config.cluster, &config.node.name, &hub, config.limits.request_timeout_ms).await?;
     let mut hub_stop = stop.clone();
@@ -84,8 +99,13 @@ pub async fn run(config: Config, stop: watch::Receiver<bool>) -> anyhow::Result<
         }
     });
     let rooms_hub = hub.clone();
-    let web = Arc::new(web::WebClient::new(&config.client.web_nodes));
-    http::serve(listener, hub, web, stop, Duration::from_millis(config.node.drain_timeout_ms)).await;
+    let port = http::ClientPort {
+        tls: client_tls,
+        origins: origin::AllowedOrigins::new(&config.client.allowed_origins),
+        web: web::WebClient::new(&config.client.web_nodes),
+    };
+    http::serve(listener, hub, port, stop, Duration::from_millis(config.node.drain_timeout_ms)).await;
+    let _ = admin.await;
     // With no connections to drain, serving ends at once: let the cluster goodbye finish.
     let _ = tokio::time::timeout(Duration::from_secs(2), shutdown).await;
     // The room actors run on their own thread, which the runtime's end would not stop: stop it

@@ -1,24 +1,32 @@
-//! Operator actions over HTTP, next to the read-only `/cluster` view.
+//! Operator actions on the admin port (node/src/admin.rs), next to the read-only `/cluster`
+//! view.
 //!
 //! `POST /cluster/forget?node=NAME` makes the cluster forget a node that is gone for good (a
 //! host lost, a node killed and never coming back): until then it counts towards the quorum,
-//! and enough such nodes stop the cluster from serving. It is authorised by the cluster cookie
-//! (`Authorization: Bearer <cookie>`): whoever holds the cookie can already join nodes to the
-//! cluster, so it grants nothing new, and it needs no second secret to manage.
+//! and enough such nodes stop the cluster from serving. With an admin token set, the admin port
+//! has checked it already. Without one, the cluster cookie authorises it
+//! (`Authorization: Bearer <cookie>`), so a change to the cluster is never open to every local
+//! process: whoever holds the cookie can already join nodes to the cluster, so it grants
+//! nothing new.
 
 use actors::hub::Hub;
 use serde_json::json;
 
-/// Answer `POST /cluster/forget`: (HTTP status, JSON body).
-pub fn forget(hub: &Hub, query: Option<&str>, authorization: Option<&str>) -> (u16, serde_json::Value) {
+/// Answer `POST /cluster/forget?node=NAME`: (HTTP status, JSON body). `token_checked`: the
+/// admin port checked its token, and no cookie is needed.
+pub fn forget(
+    hub: &Hub,
+    node: Option<&str>,
+    token_checked: bool,
+    authorization: Option<&str>,
+) -> (u16, serde_json::Value) {
     let Some(cluster) = hub.cluster() else {
         return (404, json!({"error": "this node is not in a cluster (cluster.enabled is false)"}));
     };
-    let token = authorization.and_then(|value| value.strip_prefix("Bearer ")).unwrap_or("");
-    if !constant_time_eq(token.as_bytes(), cluster.settings.cookie.as_bytes()) {
+    let cookie = authorization.and_then(|value| value.strip_prefix("Bearer ")).unwrap_or("");
+    if !token_checked && !constant_time_eq(cookie.as_bytes(), cluster.settings.cookie.as_bytes()) {
         return (401, json!({"error": "send the cluster cookie as `Authorization: Bearer <cookie>`"}));
     }
-    let node = query.into_iter().flat_map(|q| q.split('&')).find_map(|pair| pair.strip_prefix("node="));
     let Some(node) = node.filter(|node| !node.is_empty()) else {
         return (400, json!({"error": "name the node: /cluster/forget?node=NAME"}));
     };
@@ -32,7 +40,7 @@ pub fn forget(hub: &Hub, query: Option<&str>, authorization: Option<&str>) -> (u
 }
 
 /// Compare secrets without a timing side channel on where they differ.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

@@ -107,6 +107,8 @@ class Node:
                 "PALAVER_NODE__DATA_DIR": str(self.data_dir),
                 "PALAVER_NODE__DRAIN_TIMEOUT_MS": "1000",
                 "PALAVER_CLIENT__LISTEN": f"127.0.0.1:{self.port}",
+                # Any free port: tests run several nodes at once, and use no operator endpoint.
+                "PALAVER_ADMIN__LISTEN": "127.0.0.1:0",
                 "PALAVER_AUTH__TOKEN_KEY": TOKEN_KEY,
                 "PALAVER_AUTH__ARGON2_MEMORY_KIB": "1024",
                 "PALAVER_AUTH__ARGON2_ITERATIONS": "1",

@@ -237,9 +237,9 @@ impl Cluster {
         self.proxy.cut(HashSet::new());
     }
 
-    /// GET `/cluster` of a node, parsed.
+    /// GET `/cluster` of a node (on its admin port), parsed.
     pub async fn status(&self, index: usize, query: &str) -> anyhow::Result<serde_json::Value> {
-        let (code, body) = self.node(index).http_get(&format!("/cluster{query}")).await?;
+        let (code, body) = self.node(index).admin_get(&format!("/cluster{query}")).await?;
         anyhow::ensure!(code == 200, "/cluster answered {code}: {body}");
         Ok(serde_json::from_str(&body)?)
     }

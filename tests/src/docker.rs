@@ -4,8 +4,8 @@
 //!
 //! - [`Stack`] brings up `docker/compose.yaml` + `docker/compose.sqlite.yaml` under a project
 //!   name of its own, finds containers by compose's labels, injects faults, reads HAProxy's view
-//!   (its stats CSV) and each node's own view (`/cluster`, `/readyz`, read from inside the
-//!   container), and removes containers, networks, volumes and its image when dropped, whether
+//!   (its stats CSV) and each node's own view (`/cluster` on the admin port, `/readyz`, read from
+//!   inside the container), and removes containers, networks, volumes and its image when dropped, whether
 //!   the test passed or not. A run killed before that is cleaned up by the next one.
 //! - [`Load`] keeps [`Chatter`]s sending through the load balancer and records when each send
 //!   started and was acked, which is what "recovery time" is measured from.
@@ -337,8 +337,17 @@ impl Stack {
 
     /// GET `path` on a node's client port, from inside its container: (status, body).
     pub async fn node_get(&self, id: &str, path: &str) -> anyhow::Result<(u16, String)> {
+        self.node_get_on(id, 7600, path).await
+    }
+
+    /// GET `path` on a node's admin port (loopback inside its container, no token): (status, body).
+    pub async fn node_admin_get(&self, id: &str, path: &str) -> anyhow::Result<(u16, String)> {
+        self.node_get_on(id, 7601, path).await
+    }
+
+    async fn node_get_on(&self, id: &str, port: u16, path: &str) -> anyhow::Result<(u16, String)> {
         let script = format!(
-            "exec 3<>/dev/tcp/127.0.0.1/7600 && printf 'GET {path} HTTP/1.1\\r\\nHost: test\\r\\nConnection: close\\r\\n\\r\\n' >&3 && timeout 5 cat <&3"
+            "exec 3<>/dev/tcp/127.0.0.1/{port} && printf 'GET {path} HTTP/1.1\\r\\nHost: test\\r\\nConnection: close\\r\\n\\r\\n' >&3 && timeout 5 cat <&3"
         );
         let out = docker(&["exec", id, "bash", "-c", &script]).await?;
         let status = out.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
@@ -348,7 +357,7 @@ impl Stack {
 
     /// A node's cluster view: (live nodes, serving).
     pub async fn view(&self, id: &str) -> anyhow::Result<(Vec<String>, bool)> {
-        let (status, body) = self.node_get(id, "/cluster").await?;
+        let (status, body) = self.node_admin_get(id, "/cluster").await?;
         anyhow::ensure!(status == 200, "/cluster answered {status}: {body}");
         let value: serde_json::Value = serde_json::from_str(&body).with_context(|| format!("/cluster body {body}"))?;
         let live = value["cluster"]["live"]

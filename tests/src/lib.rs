@@ -2,7 +2,8 @@
 //! WebSocket connections, in either encoding.
 //!
 //! - [`Node`] starts the built binary on port 0 with its own data directory (or a shared one),
-//!   learns its address from the line it prints, and can stop it with SIGTERM or kill -9.
+//!   learns its client and admin addresses from the lines it prints, and can stop it with
+//!   SIGTERM or kill -9.
 //! - [`Client`] is a protocol client: it greets, correlates replies by `req`, and keeps every
 //!   `message` it receives in a ledger (cursor → entry; entries of large rooms, which have no
 //!   cursor, in a second ledger by room seq) so tests can check "nothing lost, nothing doubled,
@@ -25,12 +26,12 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use futures_util::{SinkExt, StreamExt};
 pub use protocol::{ClientFrame, Encoding, Entry, EntryKind, ErrorCode, ServerFrame};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::WebSocketStream;
 
 /// How long any single wait in a test may take. Generous: tests run on a noisy 2-core machine
 /// and assert outcomes, never speed.
@@ -129,7 +130,10 @@ impl NodeOptions {
 /// A running `palaver` process.
 pub struct Node {
     child: Child,
+    /// The client port.
     pub addr: SocketAddr,
+    /// The admin port (`/status`, `/cluster`, `/metrics`, `/cluster/forget`).
+    pub admin: SocketAddr,
     pub data_dir: PathBuf,
     pub options: NodeOptions,
     _temp: Option<tempfile::TempDir>,
@@ -159,6 +163,9 @@ impl Node {
             .env("PALAVER_NODE__NAME", &options.name)
             .env("PALAVER_NODE__DATA_DIR", &data_dir)
             .env("PALAVER_CLIENT__LISTEN", format!("127.0.0.1:{}", options.port))
+            .env("PALAVER_ADMIN__LISTEN", "127.0.0.1:0")
+            // Every test client connects from 127.0.0.1; tests of the cap set their own.
+            .env("PALAVER_LIMITS__MAX_CONNECTIONS_PER_ADDRESS", "100000")
             .env("PALAVER_AUTH__TOKEN_KEY", TEST_TOKEN_KEY)
             // Cheap hashing keeps tests fast; production defaults are exercised by unit tests.
             .env("PALAVER_AUTH__ARGON2_MEMORY_KIB", "1024")
@@ -183,10 +190,16 @@ impl Node {
         let mut child = command.spawn().with_context(|| format!("starting {}", palaver_binary().display()))?;
         let stdout = child.stdout.take().expect("piped stdout");
         let mut lines = BufReader::new(stdout).lines();
-        let addr = tokio::time::timeout(WAIT, async {
+        // The admin port's line comes first, then the client port's.
+        let (addr, admin) = tokio::time::timeout(WAIT, async {
+            let mut admin = None;
             while let Some(line) = lines.next_line().await? {
+                if let Some(addr) = line.split(" admin on ").nth(1) {
+                    admin = Some(addr.trim().parse::<SocketAddr>()?);
+                }
                 if let Some(addr) = line.split(" listening on ").nth(1) {
-                    return Ok::<_, anyhow::Error>(addr.trim().parse::<SocketAddr>()?);
+                    let admin = admin.context("the node printed no admin port before its client port")?;
+                    return Ok::<_, anyhow::Error>((addr.trim().parse::<SocketAddr>()?, admin));
                 }
             }
             bail!("node exited before listening; log: {}", std::fs::read_to_string(&log_path).unwrap_or_default())
@@ -195,7 +208,7 @@ impl Node {
         .map_err(|_| anyhow!("node did not start within {WAIT:?}"))??;
         // Keep draining stdout so the node never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Ok(Node { child, addr, data_dir, options, _temp: temp, log_path })
+        Ok(Node { child, addr, admin, data_dir, options, _temp: temp, log_path })
     }
 
     /// Start again with the same options and data directory (after a kill or stop).
@@ -240,28 +253,52 @@ impl Node {
     /// Send `request` (a raw HTTP/1.1 request head and body) to the client port; returns
     /// (status, body). For requests [`Node::http_get`] cannot make.
     pub async fn http_raw(&self, request: &str) -> anyhow::Result<(u16, String)> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream = TcpStream::connect(self.addr).await?;
-        stream.write_all(request.as_bytes()).await?;
-        let mut response = String::new();
-        tokio::time::timeout(WAIT, stream.read_to_string(&mut response)).await??;
-        let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-        let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default();
-        Ok((status, body))
+        http_request(self.addr, request).await
     }
 
     /// GET a path on the client port; returns (status, body).
     pub async fn http_get(&self, path: &str) -> anyhow::Result<(u16, String)> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream = TcpStream::connect(self.addr).await?;
-        stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes()).await?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await?;
-        let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-        let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default();
-        Ok((status, body))
+        http_request(self.addr, &format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n")).await
+    }
+
+    /// The admin token the node was started with (`ADMIN__TOKEN` in its options), if any.
+    pub fn admin_token(&self) -> Option<&str> {
+        self.options.env.iter().rev().find(|(key, _)| key == "ADMIN__TOKEN").map(|(_, value)| value.as_str())
+    }
+
+    /// GET a path on the admin port, with the node's admin token if it has one; returns
+    /// (status, body).
+    pub async fn admin_get(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        let authorization =
+            self.admin_token().map(|token| format!("Authorization: Bearer {token}\r\n")).unwrap_or_default();
+        http_request(self.admin, &format!("GET {path} HTTP/1.1\r\nHost: test\r\n{authorization}\r\n")).await
+    }
+
+    /// Send `request` (a raw HTTP/1.1 request head and body) to the admin port as it is (no
+    /// token added); returns (status, body).
+    pub async fn admin_raw(&self, request: &str) -> anyhow::Result<(u16, String)> {
+        http_request(self.admin, request).await
     }
 }
+
+/// Send a raw HTTP/1.1 request to `addr` and read the whole response: (status, body).
+pub async fn http_request(addr: SocketAddr, request: &str) -> anyhow::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(addr).await?;
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = String::new();
+    tokio::time::timeout(WAIT, stream.read_to_string(&mut response)).await??;
+    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Any byte stream a WebSocket can run over: plain TCP or TLS.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+impl Node {}
 
 /// How a connection ended, as seen by the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -272,7 +309,7 @@ pub struct Closed {
 
 /// A protocol client over a real WebSocket.
 pub struct Client {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    ws: WebSocketStream<Box<dyn Io>>,
     pub encoding: Encoding,
     next_req: u64,
     /// Frames received but not yet taken by `recv`/`request`.
@@ -301,11 +338,17 @@ impl Client {
     /// Connect and greet with `hello`.
     pub async fn connect(node: &Node, encoding: Encoding) -> anyhow::Result<Client> {
         let mut client = Client::connect_raw(&node.ws_url(), encoding).await?;
-        match client
+        client.greet().await?;
+        Ok(client)
+    }
+
+    /// Greet with `hello` (after [`Client::connect_raw`] or [`Client::connect_over`]).
+    pub async fn greet(&mut self) -> anyhow::Result<()> {
+        match self
             .request_raw(ClientFrame::Hello { versions: vec![1], client: Some("tests".into()), batch: false })
             .await?
         {
-            ServerFrame::Welcome { version: 1, .. } => Ok(client),
+            ServerFrame::Welcome { version: 1, .. } => Ok(()),
             other => bail!("expected welcome, got {other:?}"),
         }
     }
@@ -324,7 +367,32 @@ impl Client {
 
     /// Connect without greeting.
     pub async fn connect_raw(url: &str, encoding: Encoding) -> anyhow::Result<Client> {
-        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url)).await??;
+        let authority = url.split("://").nth(1).and_then(|rest| rest.split('/').next()).context("not a ws:// URL")?;
+        let stream = tokio::time::timeout(WAIT, TcpStream::connect(authority)).await??;
+        let _ = stream.set_nodelay(true);
+        Client::connect_over(url, Box::new(stream), encoding).await
+    }
+
+    /// Connect and greet from the client address `source` (any of 127.0.0.0/8 on loopback):
+    /// per-address limits see another client.
+    pub async fn connect_from(node: &Node, source: std::net::Ipv4Addr, encoding: Encoding) -> anyhow::Result<Client> {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::from((source, 0)))?;
+        let stream = tokio::time::timeout(WAIT, socket.connect(node.addr)).await??;
+        let mut client = Client::connect_over(node.ws_url(), Box::new(stream), encoding).await?;
+        client.greet().await?;
+        Ok(client)
+    }
+
+    /// Connect without greeting over a stream already open to the node (e.g. TLS for `wss://`);
+    /// `request` is the URL or a request with headers of its own. A refused upgrade is a
+    /// `tungstenite::Error::Http` inside the error.
+    pub async fn connect_over(
+        request: impl tokio_tungstenite::tungstenite::client::IntoClientRequest + Unpin,
+        stream: Box<dyn Io>,
+        encoding: Encoding,
+    ) -> anyhow::Result<Client> {
+        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::client_async(request, stream)).await??;
         Ok(Client {
             ws,
             encoding,

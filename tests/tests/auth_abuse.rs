@@ -9,7 +9,6 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
-use tests::load::peers::{palaver_hello, palaver_request, ws_connect};
 use tests::{Client, ClientFrame, Encoding, ErrorCode, Node, NodeOptions, ServerFrame};
 
 const PASSWORD: &str = "the owner's password";
@@ -61,14 +60,9 @@ fn tally(replies: &[ServerFrame]) -> anyhow::Result<(usize, usize)> {
 
 /// Log in from another client address over a fresh connection.
 async fn login_from(node: &Node, source: Ipv4Addr, user: &str, password: &str) -> anyhow::Result<ServerFrame> {
-    let mut ws = ws_connect(&node.ws_url(), Some(source), None).await.context("connecting from a second address")?;
-    palaver_hello(&mut ws, Encoding::Json, false).await?;
-    palaver_request(
-        &mut ws,
-        Encoding::Json,
-        ClientFrame::Login { req: 2, user: user.into(), password: password.into() },
-    )
-    .await
+    let mut client =
+        Client::connect_from(node, source, Encoding::Json).await.context("connecting from a second address")?;
+    client.request(ClientFrame::Login { req: 2, user: user.into(), password: password.into() }).await
 }
 
 /// 40 wrong passwords pipelined on one connection: only `login_max_failures` of them are
@@ -217,10 +211,9 @@ async fn registrations_are_limited_per_address() -> anyhow::Result<()> {
         })
         .count();
     ensure!(registered == 3 && limited == 3, "{registered} registered, {limited} refused: {replies:?}");
-    let mut ws = ws_connect(&node.ws_url(), Some(Ipv4Addr::new(127, 0, 0, 2)), None).await?;
-    palaver_hello(&mut ws, Encoding::Json, false).await?;
+    let mut elsewhere = Client::connect_from(&node, Ipv4Addr::new(127, 0, 0, 2), Encoding::Json).await?;
     let register = ClientFrame::Register { req: 2, user: "elsewhere".into(), password: PASSWORD.into() };
-    match palaver_request(&mut ws, Encoding::Json, register).await? {
+    match elsewhere.request(register).await? {
         ServerFrame::Registered { .. } => {}
         other => bail!("registering from another address: {other:?}"),
     }

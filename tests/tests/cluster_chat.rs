@@ -96,7 +96,7 @@ async fn chat_in_order(options: ClusterOptions, large: bool) -> anyhow::Result<(
             }
         }
         // Cross-node traffic really happened.
-        let (_, metrics) = cluster.node(0).http_get("/metrics").await?;
+        let (_, metrics) = cluster.node(0).admin_get("/metrics").await?;
         assert!(
             metrics.lines().any(|l| l.starts_with("palaver_cluster_deliveries_received_total ") && !l.ends_with(" 0")),
             "{metrics}"
@@ -130,7 +130,7 @@ async fn operator_view_shows_nodes_rooms_and_owners() -> anyhow::Result<()> {
 #[tokio::test]
 async fn a_single_node_has_no_cluster() -> anyhow::Result<()> {
     let node = Node::start(NodeOptions::default()).await?;
-    let (code, body) = node.http_get("/cluster?room=x").await?;
+    let (code, body) = node.admin_get("/cluster?room=x").await?;
     assert_eq!(code, 200);
     let status: serde_json::Value = serde_json::from_str(&body)?;
     assert!(status["cluster"].is_null(), "{status}");
@@ -237,7 +237,7 @@ async fn burst_to_the_other_node(cluster: &Cluster, receivers: usize, count: usi
 
 /// An unlabelled counter of node `index`.
 async fn metric(cluster: &Cluster, index: usize, name: &str) -> anyhow::Result<u64> {
-    let (_, metrics) = cluster.node(index).http_get("/metrics").await?;
+    let (_, metrics) = cluster.node(index).admin_get("/metrics").await?;
     Ok(metrics
         .lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))

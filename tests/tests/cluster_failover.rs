@@ -140,12 +140,13 @@ async fn scale_up_2_to_3_under_traffic_moves_rooms_without_reconnects() -> anyho
     result.map_err(|err| anyhow::anyhow!("{err:#}\n{}", cluster.logs()))
 }
 
-/// POST /cluster/forget with the cookie, on node `index`.
+/// POST /cluster/forget with the cookie, on the admin port of node `index` (which has no admin
+/// token, so the cookie authorises it).
 async fn forget(cluster: &Cluster, index: usize, node: &str, cookie: &str) -> anyhow::Result<(u16, String)> {
     let request = format!(
         "POST /cluster/forget?node={node} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {cookie}\r\nContent-Length: 0\r\n\r\n"
     );
-    cluster.node(index).http_raw(&request).await
+    cluster.node(index).admin_raw(&request).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

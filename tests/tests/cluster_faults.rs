@@ -51,7 +51,7 @@ async fn a_hung_node_is_declared_dead_and_its_stale_rooms_cannot_write() -> anyh
         let count = check_everyone(&mut chatters).await?;
         assert_eq!(count, 3 * 60);
         probe.check()?;
-        let (_, metrics) = cluster.node(victim).http_get("/metrics").await?;
+        let (_, metrics) = cluster.node(victim).admin_get("/metrics").await?;
         println!(
             "SIGSTOP of {victim_name}: declared dead by the others after {detected:?}, room re-homed after {rehomed:?} \
              (timeout {} ms); fenced appends on it after SIGCONT: {}",
@@ -79,7 +79,7 @@ async fn the_minority_side_of_a_partition_does_not_write() -> anyhow::Result<()>
         cluster.partition(&[minority]);
         cluster.wait_for_views(&majority, &names(&cluster, &majority), true).await?;
         cluster.wait_for_views(&[minority], std::slice::from_ref(&minority_name), false).await?;
-        let (_, before) = cluster.node(minority).http_get("/metrics").await?;
+        let (_, before) = cluster.node(minority).admin_get("/metrics").await?;
         // A client of the minority node is refused: the node may still reach the shared
         // store, but without a quorum it serves no room.
         let (mut lonely, _) = Client::user(cluster.node(minority), Encoding::Json, "lonely").await?;
@@ -110,7 +110,7 @@ async fn the_minority_side_of_a_partition_does_not_write() -> anyhow::Result<()>
                 chatters[*i].say(room, &format!("during-{i}-{r}"), "during the partition").await?;
             }
         }
-        let (_, after) = cluster.node(minority).http_get("/metrics").await?;
+        let (_, after) = cluster.node(minority).admin_get("/metrics").await?;
         assert_eq!(
             metric(&before, "palaver_entries_appended_total"),
             metric(&after, "palaver_entries_appended_total"),

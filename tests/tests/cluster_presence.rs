@@ -477,7 +477,7 @@ async fn typing_and_receipts_cross_nodes() -> anyhow::Result<()> {
         let deadline = Instant::now() + DEADLINE;
         for k in 0..2 {
             loop {
-                let (_, metrics) = cluster.node(k).http_get("/metrics").await?;
+                let (_, metrics) = cluster.node(k).admin_get("/metrics").await?;
                 let value = |name: &str| {
                     metrics
                         .lines()

@@ -208,7 +208,7 @@ async fn wait_for_count(cluster: &mut Cluster, target: u64, links: &Links, after
     let deadline = Instant::now() + PATIENCE;
     loop {
         ensure_alive(cluster, after)?;
-        let (code, body) = match cluster.node(0).http_get("/metrics").await {
+        let (code, body) = match cluster.node(0).admin_get("/metrics").await {
             Ok(answer) => answer,
             Err(err) => {
                 // Perhaps it is dying: say so rather than "connection refused".
@@ -259,7 +259,7 @@ async fn bad_inter_node_messages_are_counted_logged_and_survived() -> anyhow::Re
 async fn intrude(cluster: &mut Cluster) -> anyhow::Result<()> {
     // Not proxied: what n1 advertises is its own cluster listener.
     let n1_cluster = cluster.member(0).advertise.clone();
-    let (_, before) = cluster.node(0).http_get("/metrics").await?;
+    let (_, before) = cluster.node(0).admin_get("/metrics").await?;
     let before = metric(&before, METRIC);
 
     // The intruder: a node server of this process, with the cluster's cookie.
@@ -391,7 +391,7 @@ async fn intrude(cluster: &mut Cluster) -> anyhow::Result<()> {
     for i in 0..2 {
         let (live, serving) = cluster.view(i).await?;
         ensure!(live == ["n1", "n2"] && serving, "n{} reports live {live:?}, serving {serving}", i + 1);
-        let (_, status) = cluster.node(i).http_get("/cluster").await?;
+        let (_, status) = cluster.node(i).admin_get("/cluster").await?;
         ensure!(!status.contains(INTRUDER), "the intruder shows in n{}'s /cluster: {status}", i + 1);
     }
 
@@ -409,7 +409,7 @@ async fn intrude(cluster: &mut Cluster) -> anyhow::Result<()> {
     })
     .await
     .context("chatting after the bad messages timed out")??;
-    let (_, metrics) = cluster.node(0).http_get("/metrics").await?;
+    let (_, metrics) = cluster.node(0).admin_get("/metrics").await?;
     println!(
         "n1 survived: still running, link kept ({:?}), live [n1, n2], chat works; {METRIC} = {}",
         links.events(),

@@ -1,4 +1,5 @@
-//! The operational HTTP endpoints on the client port, next to the WebSocket endpoint.
+//! The operational HTTP endpoints: health and readiness on the client port, next to the
+//! WebSocket endpoint, and metrics on the admin port.
 
 use anyhow::ensure;
 use tests::{Client, Encoding, Node, NodeOptions};
@@ -19,7 +20,7 @@ async fn health_readiness_metrics_and_errors() -> anyhow::Result<()> {
 
     // Metrics count WebSocket connections: one open now.
     let client = Client::connect(&node, Encoding::Json).await?;
-    let (status, body) = node.http_get("/metrics").await?;
+    let (status, body) = node.admin_get("/metrics").await?;
     ensure!(status == 200, "/metrics: {status}");
     ensure!(body.contains("# TYPE palaver_connections_open gauge"), "/metrics declares its gauge:\n{body}");
     ensure!(metric(&body, "palaver_connections_open") == Some(1), "one connection open:\n{body}");
@@ -28,7 +29,7 @@ async fn health_readiness_metrics_and_errors() -> anyhow::Result<()> {
     // The store's write path: an account is a write, in a transaction of its own or shared.
     let mut writer = Client::connect(&node, Encoding::Json).await?;
     let token = writer.register_and_login("metrics-user", "a long enough password").await?;
-    let (_, body) = node.http_get("/metrics").await?;
+    let (_, body) = node.admin_get("/metrics").await?;
     ensure!(body.contains("# TYPE palaver_store_write_transactions_total counter"), "store metrics declared:\n{body}");
     let transactions = metric(&body, "palaver_store_write_transactions_total").unwrap_or(0);
     let requests = metric(&body, "palaver_store_write_requests_total").unwrap_or(0);
@@ -41,7 +42,7 @@ async fn health_readiness_metrics_and_errors() -> anyhow::Result<()> {
     let room = writer.create_room("timed").await?;
     writer.say(&room, "m-1", "hello").await?;
     writer.wait_for_message(&room, "m-1").await?;
-    let (_, body) = node.http_get("/metrics").await?;
+    let (_, body) = node.admin_get("/metrics").await?;
     for histogram in ["palaver_append_wait_seconds", "palaver_commit_seconds", "palaver_delivery_wait_seconds"] {
         ensure!(body.contains(&format!("# TYPE {histogram} histogram\n")), "{histogram} declared:\n{body}");
         let count = metric(&body, &format!("{histogram}_count")).unwrap_or(0);

@@ -91,7 +91,7 @@ async fn resume_backlog(encoding: Encoding, limits: &[(&str, &str)]) -> anyhow::
     ensure!(replayed >= BACKLOG, "the replay holds at least the backlog: {replayed}");
     rita.wait_ledger_len(replayed + AFTER_LIVE).await?;
     let live_acked = writers.stop().await?;
-    let (_, metrics) = node.http_get("/metrics").await?;
+    let (_, metrics) = node.admin_get("/metrics").await?;
     let lagged = metrics.lines().find(|line| line.starts_with("palaver_deliveries_lagged_total")).unwrap_or("-");
     println!(
         "{encoding:?} {limits:?}: replayed {replayed} entries ({written_during_replay} from the concurrent writer); \
@@ -207,7 +207,7 @@ async fn slow_reader_is_disconnected_and_resumes_without_gap() -> anyhow::Result
     // the acks can all be back before the node's writes have waited that long.)
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let (_, metrics) = node.http_get("/metrics").await?;
+        let (_, metrics) = node.admin_get("/metrics").await?;
         let closed_count = metrics
             .lines()
             .find_map(|l| l.strip_prefix("palaver_slow_clients_closed_total "))
@@ -223,7 +223,7 @@ async fn slow_reader_is_disconnected_and_resumes_without_gap() -> anyhow::Result
     let closed = sloth.closed().await?;
     ensure!(sloth.ledger.len() < 1 + acks.len(), "the slow reader was cut off ({closed:?}) before getting everything");
     check_ledger(&sloth.ledger, 0)?;
-    let (_, metrics) = node.http_get("/metrics").await?;
+    let (_, metrics) = node.admin_get("/metrics").await?;
     let closed_count =
         metrics.lines().find_map(|l| l.strip_prefix("palaver_slow_clients_closed_total ")).map(str::trim);
     ensure!(closed_count.is_some_and(|n| n != "0"), "the node counts it: {closed_count:?}");

@@ -1,7 +1,8 @@
 //! `loadgen`: palaver's load generator, and the same load against its peers.
 //!
 //! ```text
-//! loadgen SCENARIO [--palaver URL[,URL…] --palaver-pid PID] [--nats URL --nats-pid PID]
+//! loadgen SCENARIO [--palaver URL[,URL…] --palaver-pid PID --palaver-admin HOST:PORT[,…]]
+//!                  [--nats URL --nats-pid PID]
 //!                  [--socketio URL --socketio-pid PID] [--xmpp URL --xmpp-pid PID] [options]
 //! ```
 //! Run `loadgen help` for the scenarios and their options; bench/run.sh runs them all and
@@ -14,6 +15,7 @@ loadgen SCENARIO [servers] [options]
 
 servers (each measured in turn, palaver first; URLs on 127.0.0.0/8 only):
   --palaver ws://127.0.0.1:PORT/ws[,URL…]   --palaver-pid PID[,PID…]
+  --palaver-admin 127.0.0.1:PORT[,…]        each node's admin port (its /metrics and /cluster)
   --nats ws://127.0.0.1:PORT                 --nats-pid PID
   --socketio 'ws://127.0.0.1:PORT/socket.io/?EIO=4&transport=websocket'  --socketio-pid PID
   --xmpp ws://127.0.0.1:PORT/ws --xmpp-domain localhost  --xmpp-pid PID
@@ -38,7 +40,8 @@ scenarios:
                    --owner publisher,receivers: the room on either node, each in turn
   presence         --n 10000 --duration 60 --per-minute 1 --settle 3 [--tokens FILE]
                    [--watchers 0 --watch 100] --status-bytes 40 --sources 4
-                   --palaver URL_A,URL_B --palaver-pid PID_A,PID_B  (or --start-cluster [--nodes 2]
+                   --palaver URL_A,URL_B --palaver-pid PID_A,PID_B --palaver-admin ADMIN_A,ADMIN_B
+                   (or --start-cluster [--nodes 2]
                    [--node-env KEY=VALUE]…, binary $NODE_BIN or palaver beside loadgen)
                                                        N users on node A change state per-minute times a
                                                        minute: inter-node presence messages/s, memory per

@@ -70,3 +70,34 @@ fn a_missing_file_is_named() {
     let err = Config::load(Some(std::path::Path::new("/nonexistent/palaver.toml"))).unwrap_err().to_string();
     assert!(err.contains("/nonexistent/palaver.toml"), "{err}");
 }
+
+#[test]
+fn an_admin_token_in_the_file_is_refused() {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    writeln!(file, "[admin]\ntoken = \"0123456789abcdef0123\"").unwrap();
+    let err = Config::load(Some(file.path())).unwrap_err().to_string();
+    assert!(err.starts_with("admin.token: is a secret"), "{err}");
+    assert!(err.contains("PALAVER_ADMIN__TOKEN"), "{err}");
+}
+
+#[test]
+fn client_and_admin_settings_are_checked() {
+    let cases = [
+        ("[admin]\nlisten = \"0.0.0.0:7601\"\n", "admin.token"),
+        ("[client]\nallowed_origins = [\"chat.example.com\"]\n", "client.allowed_origins"),
+        ("[client]\ntls_cert_file = \"cert.pem\"\n", "client.tls_key_file"),
+        ("[client]\ntls_key_file = \"key.pem\"\n", "client.tls_cert_file"),
+        ("[client]\ntls_cert_file = \"/nonexistent/cert.pem\"\ntls_key_file = \"key.pem\"\n", "client.tls_cert_file"),
+        ("[limits]\nmax_connections_per_address = 0\n", "limits.max_connections_per_address"),
+    ];
+    for (toml, key) in cases {
+        match Config::from_figment(Config::figment(None).merge(Toml::string(toml))).unwrap_err() {
+            ConfigError::Invalid { key: named, .. } => assert_eq!(named, key, "{toml}"),
+            other => panic!("{toml}: {other}"),
+        }
+    }
+    let figment = Config::figment(None).merge(Toml::string(
+        "[admin]\nlisten = \"0.0.0.0:7601\"\ntoken_file = \"/run/secrets/admin\"\n[client]\nallowed_origins = [\"https://chat.example.com\", \"*\"]\n",
+    ));
+    Config::from_figment(figment).unwrap();
+}
