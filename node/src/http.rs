@@ -248,10 +248,14 @@ where
     let max_frame = hub.limits.max_frame_bytes as usize;
     // Small buffers: tungstenite's defaults (128 KiB each) would cost far more than the whole
     // per-connection budget. Client frames are small; a larger one grows the buffer as needed.
+    // A message is refused (and the connection lost) unless it fits the write buffer on top of
+    // what is left of the last one (at most `write_buffer_size`: the sink flushes before taking
+    // more), so the bound is the largest message the node writes, with room for its header.
+    let write_buffer = 8 * 1024;
     let config = WebSocketConfig::default()
         .read_buffer_size(1024)
-        .write_buffer_size(8 * 1024)
-        .max_write_buffer_size(max_frame.max(64 * 1024) * 4)
+        .write_buffer_size(write_buffer)
+        .max_write_buffer_size(write_buffer + hub.limits.max_message_bytes() + 16)
         .max_message_size(Some(max_frame))
         .max_frame_size(Some(max_frame));
     let ws = WebSocketStream::from_partially_read(stream, rest, Role::Server, Some(config)).await;
@@ -280,6 +284,7 @@ where
             // tungstenite answers pings itself.
             Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => None,
             Err(tungstenite::Error::Capacity(err)) => Some(Err(WireError::TooLarge(err.to_string()))),
+            Err(tungstenite::Error::Utf8) => Some(Err(WireError::InvalidText("invalid UTF-8".into()))),
             Err(err) => Some(Err(WireError::Broken(err.to_string()))),
         }
     });
