@@ -120,8 +120,11 @@ pub struct StoreSection {
     pub fdb_cluster_file: Option<PathBuf>,
     /// Every FoundationDB key lives under the tuple `(prefix,)`, so deployments can share a cluster.
     pub fdb_subspace_prefix: String,
-    /// FoundationDB transaction timeout and retry limit (a transaction retries forever otherwise).
+    /// How long a FoundationDB transaction may take, retries included (without it, it would
+    /// retry forever against an unreachable cluster).
     pub fdb_transaction_timeout_ms: u64,
+    /// Most retries of a FoundationDB transaction; 0: no count, retried until it commits or
+    /// times out, so contention (busy rooms sharing members) never turns into failure.
     pub fdb_transaction_retry_limit: u32,
 }
 
@@ -135,7 +138,7 @@ impl Default for StoreSection {
             fdb_cluster_file: None,
             fdb_subspace_prefix: "palaver".into(),
             fdb_transaction_timeout_ms: 5_000,
-            fdb_transaction_retry_limit: 10,
+            fdb_transaction_retry_limit: 0,
         }
     }
 }

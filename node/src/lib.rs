@@ -83,9 +83,10 @@ pub async fn run(config: Config, stop: watch::Receiver<bool>) -> anyhow::Result<
     // port's comes last, so whoever waits for it has seen the admin port's.
     println!("palaver node {} admin on {admin_addr}", config.node.name);
     println!("palaver node {} listening on {addr}", config.node.name);
-    let admin = tokio::spawn(admin::serve(admin_listener, hub.clone(), admin_token, stop.clone()));
-    // Cluster (off unless configured): join before serving clients.
+    // Cluster (off unless configured): join before serving clients or operators (until then
+    // both ports only queue connections, so nobody sees a node without its cluster).
     let cluster = cluster::start(&config.cluster, &config.node.name, &hub, config.limits.request_timeout_ms).await?;
+    let admin = tokio::spawn(admin::serve(admin_listener, hub.clone(), admin_token, stop.clone()));
     let mut hub_stop = stop.clone();
     let shutdown_hub = hub.clone();
     let shutdown = tokio::spawn(async move {

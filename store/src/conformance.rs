@@ -128,6 +128,17 @@ async fn room_with(store: &dyn Store, id: &str, members: &[&str], private: bool)
     store.claim_room(id, "node-1").await.expect("claim room")
 }
 
+/// A room `id` with members a and b, for backends' own contention tests; its epoch.
+pub async fn contention_room(store: &dyn Store, id: &str) -> Epoch {
+    users(store, &["a", "b"]).await;
+    room_with(store, id, &["a", "b"], false).await
+}
+
+/// A text from a into a [`contention_room`].
+pub fn contention_text(room: &str, epoch: Epoch, id: &str) -> AppendRequest {
+    text(room, epoch, "a", id, "x")
+}
+
 fn text(room: &str, epoch: Epoch, from: &str, id: &str, body: &str) -> AppendRequest {
     AppendRequest {
         room: room.to_owned(),
