@@ -102,6 +102,24 @@ impl TestStore {
     }
 }
 
+/// Whether the `openssl` command (which makes the TLS tests' certificates) runs; if not, says on
+/// stdout that `test` is skipped and why.
+pub fn openssl_available(test: &str) -> bool {
+    use std::io::Write;
+    match std::process::Command::new("openssl").arg("version").output() {
+        Ok(_) => true,
+        Err(err) => {
+            // Straight to stdout: the test harness captures print!, and this must be seen.
+            let note = format!(
+                "SKIPPED {test}: the `openssl` command, which makes this test's certificates, cannot be run ({err}); \
+                 install openssl to run it\n"
+            );
+            let _ = std::io::stdout().write_all(note.as_bytes());
+            false
+        }
+    }
+}
+
 /// How to start a node.
 #[derive(Debug, Clone)]
 pub struct NodeOptions {

@@ -6,7 +6,6 @@
 //! The certificates are made here with the `openssl` command (a CA and a server certificate for
 //! `localhost` and 127.0.0.1); without `openssl` the tests say they were skipped and pass.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
@@ -29,13 +28,7 @@ struct Pki {
 impl Pki {
     /// `None` (and a note on stdout) when the `openssl` command is missing.
     fn make(test: &str) -> anyhow::Result<Option<Pki>> {
-        if let Err(err) = Command::new("openssl").arg("version").output() {
-            // Straight to stdout: the test harness captures print!, and this must be seen.
-            let note = format!(
-                "SKIPPED {test}: the `openssl` command, which makes this test's certificates, cannot be run ({err}); \
-                 install openssl to run it\n"
-            );
-            let _ = std::io::stdout().write_all(note.as_bytes());
+        if !tests::openssl_available(test) {
             return Ok(None);
         }
         let pki = Pki { dir: tempfile::tempdir()? };

@@ -8,7 +8,6 @@
 //! need certificates say they were skipped and pass.
 
 use std::collections::HashSet;
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -34,13 +33,7 @@ impl Pki {
     /// A CA with certificates for `n1`..`n3`, and a rogue CA with one for `rogue`; `None` (and a
     /// note on stdout) when the `openssl` command is missing.
     fn make(test: &str) -> anyhow::Result<Option<Pki>> {
-        if let Err(err) = Command::new("openssl").arg("version").output() {
-            // Straight to stdout: the test harness captures print!, and this must be seen.
-            let note = format!(
-                "SKIPPED {test}: the `openssl` command, which makes this test's certificates, cannot be run ({err}); \
-                 install openssl to run it\n"
-            );
-            let _ = std::io::stdout().write_all(note.as_bytes());
+        if !tests::openssl_available(test) {
             return Ok(None);
         }
         let pki = Pki { dir: tempfile::tempdir()? };
