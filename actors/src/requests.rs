@@ -302,12 +302,16 @@ pub async fn open_direct(ctx: &Ctx, req: ReqId, other: String) -> ServerFrame {
     }
 }
 
+/// The caller's rooms, sorted by name (then id): one order on every backend, and the one a
+/// room list shows.
 pub async fn list_rooms(ctx: &Ctx, req: ReqId) -> ServerFrame {
     match ctx.hub.store.rooms_of(&ctx.user).await {
-        Ok(rooms) => ServerFrame::Rooms {
-            req,
-            rooms: rooms.into_iter().map(|MyRoom { room, read_seq, .. }| room_info(room, read_seq)).collect(),
-        },
+        Ok(rooms) => {
+            let mut rooms: Vec<RoomInfo> =
+                rooms.into_iter().map(|MyRoom { room, read_seq, .. }| room_info(room, read_seq)).collect();
+            rooms.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
+            ServerFrame::Rooms { req, rooms }
+        }
         Err(err) => store_error_frame(&ctx.hub, Some(req), err),
     }
 }

@@ -276,7 +276,16 @@ impl Config {
         }
         match self.store.backend.as_str() {
             "sqlite" => {}
-            "fdb" if cfg!(feature = "fdb") => {}
+            "fdb" if cfg!(feature = "fdb") => {
+                // An entry's body is one FoundationDB value (at most 100,000 bytes), beside its
+                // other fields.
+                if self.limits.max_body_bytes as usize > store::fdb_keys::limits::VALUE_BYTES_MAX - 10_000 {
+                    return invalid(
+                        "limits.max_body_bytes",
+                        "at most 90000 with store.backend = \"fdb\" (a message is one FoundationDB value)",
+                    );
+                }
+            }
             "fdb" => return invalid("store.backend", "`fdb` needs a binary built with `--features fdb`"),
             other => {
                 return invalid("store.backend", &format!("unknown backend `{other}`; expected `sqlite` or `fdb`"));
