@@ -58,7 +58,7 @@ fn large_bodies() -> Vec<String> {
     bodies
 }
 
-/// The attack of issue 21 (item 4): a member fills a room with messages whose history page,
+/// The oversized-reply attack: a member fills a room with messages whose history page,
 /// replay or member list would not fit the connection's write buffer. Every reply arrives
 /// complete, pages say `more`, and the connections stay up: the reader's, and one that resumes
 /// over the same messages.
@@ -298,7 +298,7 @@ fn probes(client: &mut Client, room: &str, named: &str) -> Vec<ClientFrame> {
     ]
 }
 
-/// Issue 21, items 7 and 11: inviting oneself is never a way in, and an outsider learns nothing
+/// Inviting oneself is never a way in, and an outsider learns nothing
 /// from a private room's id (a direct conversation's included) that a made-up id would not
 /// tell; a public room answers `not_member`, whatever the request names. User names are public
 /// (`open_direct` needs them), and a member may learn that one does not exist.
