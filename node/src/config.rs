@@ -61,6 +61,7 @@ pub struct ClientSection {
     /// to: `host:port` (the page's scheme) or `ws://host:port/path`, `wss://…`. The page's own
     /// node is always allowed; nothing else is, whatever the page's URL or storage says, so a
     /// link cannot send a user's credentials elsewhere. Empty by default: the page's own node.
+    /// Each node listed must allow this node's pages in its own `client.allowed_origins`.
     pub web_nodes: Vec<String>,
     /// Web pages that may open a WebSocket here besides the node's own (`Origin` equal to the
     /// request's `Host`), as `https://host[:port]`; `*` allows any page. A page of another site

@@ -239,15 +239,17 @@ def browser():
     manager.stop()
 
 
-def started_node(request, node_class=None, *, name: str = "web-1", env: dict[str, str] | None = None):
-    """Start a node (of `node_class`, default `Node`; named `name`, with more `env` settings) for
-    one test, stop it afterwards, and keep its log among the artifacts if the test failed. A
-    generator for fixtures to `yield from`."""
+def started_node(
+    request, node_class=None, *, name: str = "web-1", env: dict[str, str] | None = None, port: int | None = None
+):
+    """Start a node (of `node_class`, default `Node`; named `name`, with more `env` settings, on
+    `port` or a free one) for one test, stop it afterwards, and keep its log among the artifacts
+    if the test failed. A generator for fixtures to `yield from`."""
     binary = palaver_binary()
     if not binary.exists():
         pytest.fail(f"no palaver binary at {binary}: build it with `cargo build -p node` or set PALAVER_BIN", pytrace=False)
     data_dir = Path(tempfile.mkdtemp(prefix="palaver-web-"))
-    started = (node_class or Node)(binary, data_dir, free_port(), name, env)
+    started = (node_class or Node)(binary, data_dir, port or free_port(), name, env)
     started.start()
     yield started
     started.stop()

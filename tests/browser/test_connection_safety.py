@@ -19,7 +19,7 @@ import threading
 
 import pytest
 import websockets
-from conftest import WAIT_MS, started_node
+from conftest import WAIT_MS, free_port, started_node
 from playwright.sync_api import expect
 from test_web_client import PASSWORD, create_room, expect_live, register, state
 from websockets.asyncio.client import connect as ws_connect
@@ -217,13 +217,21 @@ def test_a_link_cannot_send_the_password_elsewhere(node, pages, fake_node):
 # ---- Configured nodes are honoured -----------------------------------------------------------
 
 @pytest.fixture
-def second_node(request):
-    yield from started_node(request, name="web-2")
+def first_port():
+    return free_port()
 
 
 @pytest.fixture
-def node_naming_second(request, second_node):
-    yield from started_node(request, env={"PALAVER_CLIENT__WEB_NODES": f'["{second_node.addr}"]'})
+def second_node(request, first_port):
+    # Pages served by the first node may open WebSockets here: their origin is allowed.
+    origins = f'["http://127.0.0.1:{first_port}"]'
+    yield from started_node(request, name="web-2", env={"PALAVER_CLIENT__ALLOWED_ORIGINS": origins})
+
+
+@pytest.fixture
+def node_naming_second(request, second_node, first_port):
+    env = {"PALAVER_CLIENT__WEB_NODES": f'["{second_node.addr}"]'}
+    yield from started_node(request, env=env, port=first_port)
 
 
 def test_configured_nodes_may_be_used(pages, node_naming_second, second_node):
