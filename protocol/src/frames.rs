@@ -126,6 +126,57 @@ pub enum ClientFrame {
         room: String,
         id: String,
         body: String,
+        /// The seq of the message this one answers (a reply in its thread).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reply_to: Option<u64>,
+        /// Members this message mentions (counted in their `list_rooms` until read).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        mentions: Vec<String>,
+    },
+    /// Replace the body of one's own message (within `rooms.edit_window_s` of sending it).
+    /// `id` is a new client id for this request, deduplicated like a send's.
+    Edit {
+        #[serde(default)]
+        req: ReqId,
+        room: String,
+        id: String,
+        /// The seq of the message to edit.
+        seq: u64,
+        body: String,
+    },
+    /// Delete a message (one's own, or any in a group room one created): its body is erased
+    /// from the store and it stays in the log as a tombstone.
+    Delete {
+        #[serde(default)]
+        req: ReqId,
+        room: String,
+        id: String,
+        seq: u64,
+    },
+    /// Add (or, with `remove`, take back) a reaction to a message: at most one of each
+    /// reaction per user.
+    React {
+        #[serde(default)]
+        req: ReqId,
+        room: String,
+        id: String,
+        seq: u64,
+        reaction: String,
+        #[serde(default)]
+        remove: bool,
+    },
+    /// A message and the replies to it, a page at a time by seq.
+    Thread {
+        #[serde(default)]
+        req: ReqId,
+        room: String,
+        /// The seq of the thread's root message.
+        root: u64,
+        /// Replies with a seq above this one; the first page without it.
+        #[serde(default)]
+        after: Option<u64>,
+        #[serde(default)]
+        limit: Option<u32>,
     },
     /// Page through a room's history by room sequence number.
     History {
@@ -208,6 +259,10 @@ impl ClientFrame {
         "list_rooms",
         "list_members",
         "send",
+        "edit",
+        "delete",
+        "react",
+        "thread",
         "history",
         "mark_read",
         "ping",
@@ -233,6 +288,10 @@ impl ClientFrame {
             | ClientFrame::ListRooms { req }
             | ClientFrame::ListMembers { req, .. }
             | ClientFrame::Send { req, .. }
+            | ClientFrame::Edit { req, .. }
+            | ClientFrame::Delete { req, .. }
+            | ClientFrame::React { req, .. }
+            | ClientFrame::Thread { req, .. }
             | ClientFrame::History { req, .. }
             | ClientFrame::MarkRead { req, .. }
             | ClientFrame::Ping { req }
@@ -244,20 +303,58 @@ impl ClientFrame {
     }
 }
 
-/// What a room log entry records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// What a room log entry records. A client that meets a kind it does not know skips the entry
+/// (but still counts its cursor and seq): new kinds are added without a new protocol version.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EntryKind {
     /// A chat message; `body` holds its text.
+    #[default]
     Text,
     /// `user` became a member (by creating, joining, being invited or a direct conversation).
     Join,
     /// `user` stopped being a member.
     Leave,
+    /// The message `target` now reads `body` (its author edited it).
+    Edit,
+    /// The message `target` was deleted (by its author or a moderator, `from`).
+    Delete,
+    /// `from` reacted to the message `target` with `body`.
+    React,
+    /// `from` took back the reaction `body` to the message `target`.
+    Unreact,
+}
+
+impl EntryKind {
+    /// Whether entries of this kind carry a client-chosen id, deduplicated per sender and room
+    /// (membership entries carry a node-made one).
+    pub fn has_client_id(self) -> bool {
+        !matches!(self, EntryKind::Join | EntryKind::Leave)
+    }
+
+    /// Whether entries of this kind act on another message, named by `target`.
+    pub fn has_target(self) -> bool {
+        matches!(self, EntryKind::Edit | EntryKind::Delete | EntryKind::React | EntryKind::Unreact)
+    }
+}
+
+/// How many members gave one reaction to a message, and whether the caller is one of them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReactionCount {
+    pub reaction: String,
+    pub count: u32,
+    /// The caller gave this reaction.
+    #[serde(default)]
+    pub me: bool,
 }
 
 /// One entry of a room's log, as clients see it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// A text entry is shown in its current state wherever it is read back (history, threads,
+/// replay on resume): an edited one with its latest body and `edited_at`, a deleted one as a
+/// tombstone (`deleted`, no body, no mentions). Live, each change arrives as an entry of its own
+/// (`edit`, `delete`, `react`, `unreact`) naming its `target`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
     pub room: String,
     /// Dense per room: 1, 2, 3 …
@@ -274,6 +371,25 @@ pub struct Entry {
     pub body: String,
     /// Commit time, milliseconds since the Unix epoch.
     pub ts: u64,
+    /// For edit, delete, react and unreact: the seq of the message acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<u64>,
+    /// For a text entry: the seq of the message it replies to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<u64>,
+    /// For a text entry: the members it mentions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mentions: Vec<String>,
+    /// For a text entry read back after an edit: when it was last edited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edited_at: Option<u64>,
+    /// For a text entry read back after its deletion: a tombstone (its body is gone). An edit
+    /// entry of a deleted message is read back with its body gone too.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
+    /// In `history` and `thread` replies: the reactions to a text entry.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reactions: Vec<ReactionCount>,
 }
 
 /// Whether a room is a group room or a direct conversation.
@@ -300,6 +416,13 @@ pub struct RoomInfo {
     /// tracks its position in it by seq.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub large: bool,
+    /// Messages after `read_seq` that mention this user (deleted ones not counted).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub mentions: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// How a user appears to others.
@@ -391,6 +514,12 @@ pub enum ErrorCode {
     TooManyRooms,
     EmptyBody,
     BodyTooLarge,
+    /// The seq names no message of the room (or an entry that is not a message).
+    NoSuchMessage,
+    /// The message was deleted; it cannot be edited, reacted to or replied to.
+    MessageDeleted,
+    /// The request would change nothing: a reaction already given, or one not given taken back.
+    Unchanged,
     /// A client message id that is empty, too long or has characters outside `[A-Za-z0-9_.:-]`.
     InvalidMessageId,
     /// A cursor beyond the end of the user's log.
@@ -515,6 +644,15 @@ pub enum ServerFrame {
         room: String,
         entries: Vec<Entry>,
         /// True when more entries exist beyond this page in the paging direction.
+        more: bool,
+    },
+    /// Reply to `thread`: the root message and a page of its replies, oldest first.
+    Thread {
+        req: ReqId,
+        room: String,
+        root: Entry,
+        replies: Vec<Entry>,
+        /// More replies follow the last of this page.
         more: bool,
     },
     /// The user's read position in `room` moved (sent to all of the user's connections).

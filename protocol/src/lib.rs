@@ -12,6 +12,7 @@ pub use codec::{
     DecodeError, Encoding,
 };
 pub use frames::{
+    ReactionCount,
     ClientFrame, Cursor, Entry, EntryKind, ErrorCode, PresenceState, ReadPosition, ReceiptKind, ReqId, RoomInfo,
     RoomKind, ServerFrame, UserPresence, SUPPORTED_VERSIONS,
 };

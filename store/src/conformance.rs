@@ -25,9 +25,12 @@ use protocol::{Cursor, Entry, EntryKind, RoomKind};
 
 use crate::sqlite::is_dense;
 use crate::{
-    AppendRequest, Appended, Delivery, Epoch, HistoryPage, LogBounds, LogEntry, MembershipLimits, MyRoom, NewRoom,
-    PresenceNote, Recipients, Store, StoreError,
+    AppendRequest, Appended, Delivery, Epoch, EntryRefs, HistoryPage, LogBounds, LogEntry, MembershipLimits,
+    MessageRules, MyRoom, NewRoom, PresenceNote, Recipients, Store, StoreError,
 };
+
+mod changes;
+pub use changes::*;
 
 /// A fresh, empty store for one case, and whatever must live as long as it (a temporary
 /// directory, a FoundationDB subspace to clear).
@@ -83,6 +86,14 @@ macro_rules! conformance_tests {
             large_rooms_keep_later_entries_in_the_room_log_only,
             a_room_created_large_writes_no_pointers,
             a_duplicate_in_a_large_room_returns_the_original,
+            edit_changes_the_message_and_is_logged,
+            only_the_author_edits_within_the_window,
+            delete_erases_the_message_its_edits_reactions_and_mentions,
+            the_room_creator_deletes_any_message_other_members_only_their_own,
+            reactions_are_once_per_user_and_bounded,
+            replies_form_threads,
+            mentions_are_members_and_count_until_read,
+            changes_are_deduplicated_by_client_id,
         );
     };
     (@cases $make:expr; $($case:ident),+ $(,)?) => {
@@ -99,9 +110,11 @@ pub(crate) use conformance_tests;
 
 // Helpers.
 
-const TS: u64 = 1_700_000_000_000;
+pub(crate) const TS: u64 = 1_700_000_000_000;
 const LIMITS: MembershipLimits =
     MembershipLimits { max_room_members: 1_000, max_rooms_per_user: 1_000, fanout_max_members: 1_000 };
+/// A minute to edit; three different reactions per message.
+pub const RULES: MessageRules = MessageRules { edit_window_ms: 60_000, max_reactions_per_message: 3 };
 
 async fn users(store: &dyn Store, names: &[&str]) {
     for name in names {
@@ -150,6 +163,8 @@ fn text(room: &str, epoch: Epoch, from: &str, id: &str, body: &str) -> AppendReq
         body: body.to_owned(),
         ts: TS + 1,
         limits: LIMITS,
+        refs: EntryRefs::default(),
+        rules: RULES,
     }
 }
 

@@ -25,7 +25,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use protocol::{Cursor, Entry, EntryKind, RoomKind};
+use protocol::{Cursor, Entry, EntryKind, ReactionCount, RoomKind};
 
 #[cfg(test)]
 pub mod conformance;
@@ -97,6 +97,27 @@ pub struct MembershipLimits {
     pub fanout_max_members: u32,
 }
 
+/// Limits on what messages may do to each other, checked inside the write transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MessageRules {
+    /// How long after sending a message its author may edit it (ms).
+    pub edit_window_ms: u64,
+    /// Distinct reactions one message may carry.
+    pub max_reactions_per_message: u32,
+}
+
+/// What an entry refers to besides its room: the message it acts on, the one it replies to,
+/// the members it mentions.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EntryRefs {
+    /// For edit, delete, react and unreact: the seq of a text entry of the room.
+    pub target: Option<u64>,
+    /// For text: the seq of a text entry of the room that is not deleted.
+    pub reply_to: Option<u64>,
+    /// For text: members of the room, each at most once.
+    pub mentions: Vec<String>,
+}
+
 /// One append to a room log.
 ///
 /// - `Text`: `from` must be a member; keyed by (room, from, id) for idempotence.
@@ -105,6 +126,17 @@ pub struct MembershipLimits {
 ///   member fails with [`StoreError::AlreadyMember`] and writes nothing.
 /// - `Leave`: `user` (== `from`) stops being a member; the leave entry still reaches the leaving
 ///   user's log so their other devices learn of it.
+/// - `Edit`: `from` must be the author of the text entry `refs.target`, which is not deleted and
+///   was sent at most `rules.edit_window_ms` before `ts`; its body becomes `body` and its
+///   `edited_at` `ts`.
+/// - `Delete`: `from` must be the author of `refs.target` or the creator of the (group) room.
+///   The target's body, mentions and reactions are erased, and so are the bodies of its edits;
+///   it reads back as a tombstone. Deleting twice fails with [`StoreError::MessageDeleted`].
+/// - `React` / `Unreact`: `body` is the reaction, given or taken back by `from` on a text entry
+///   that is not deleted; [`StoreError::Unchanged`] if it was already given (not given).
+///
+/// Every kind but join and leave is keyed by (room, from, id) like text, so a retried request
+/// returns its first outcome.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppendRequest {
     pub room: String,
@@ -119,6 +151,8 @@ pub struct AppendRequest {
     pub body: String,
     pub ts: u64,
     pub limits: MembershipLimits,
+    pub refs: EntryRefs,
+    pub rules: MessageRules,
 }
 
 /// A committed entry and who gets it.
@@ -199,6 +233,8 @@ pub struct MyRoom {
     pub read_seq: u64,
     /// The seq of the user's (latest) join entry: they see the room's entries from here on.
     pub joined_seq: u64,
+    /// Messages after `read_seq` that mention the user and are not deleted.
+    pub unread_mentions: u32,
 }
 
 /// Errors at the store boundary. The variants the client can cause map to protocol error codes;
@@ -221,6 +257,20 @@ pub enum StoreError {
     RoomFull { room: String, limit: u32 },
     #[error("`{user}` is in {limit} rooms, the limit")]
     TooManyRooms { user: String, limit: u32 },
+    #[error("room `{room}` has no message with seq {seq}")]
+    NoSuchMessage { room: String, seq: u64 },
+    #[error("message {seq} of `{room}` was deleted")]
+    MessageDeleted { room: String, seq: u64 },
+    /// An operation on a message that this user may not do (edit another's message, edit
+    /// after the window, delete another's message without moderating the room).
+    #[error("{0}")]
+    NotAllowed(String),
+    /// A reference that cannot be (mentioning a non-member, too many reactions).
+    #[error("{0}")]
+    InvalidReference(String),
+    /// Nothing to do: the reaction is already given, or was not given.
+    #[error("{0}")]
+    Unchanged(String),
     #[error("room `{room}` is owned under epoch {current}, not {epoch}")]
     Fenced { room: String, epoch: Epoch, current: Epoch },
     #[error("store unavailable: {0}")]
@@ -315,6 +365,13 @@ pub trait Store: Send + Sync + 'static {
     }
     /// Up to `limit` entries of a room's log and whether more lie beyond in that direction.
     async fn history(&self, room: &str, page: HistoryPage, limit: u32) -> StoreResult<(Vec<Entry>, bool)>;
+    /// The text entry `root` of a room and up to `limit` of the entries replying to it with
+    /// seq > `after`, oldest first, and whether more follow. `NoSuchMessage` if `root` is not a
+    /// text entry of the room.
+    async fn thread(&self, room: &str, root: u64, after: u64, limit: u32) -> StoreResult<(Entry, Vec<Entry>, bool)>;
+    /// The reactions to each of `seqs` (sorted by reaction), with whether `viewer` gave each;
+    /// one list per seq, in order (empty for an entry without reactions).
+    async fn reactions(&self, room: &str, seqs: &[u64], viewer: &str) -> StoreResult<Vec<Vec<ReactionCount>>>;
     /// Up to `limit` entries of the user's log with cursor > `after`, oldest first.
     async fn user_log(&self, user: &str, after: Cursor, limit: u32) -> StoreResult<Vec<LogEntry>>;
     async fn user_log_bounds(&self, user: &str) -> StoreResult<LogBounds>;

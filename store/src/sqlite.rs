@@ -75,6 +75,7 @@
 //! more than `n + 63`. `trim_user_log` trims explicitly. The floor records what was trimmed so a
 //! cursor below it gets an explicit resync answer rather than a silent gap.
 
+mod amend;
 mod inline;
 mod invariants;
 mod ops;
@@ -91,7 +92,7 @@ use std::thread;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use protocol::{Cursor, Entry};
+use protocol::{Cursor, Entry, ReactionCount};
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
@@ -330,6 +331,7 @@ fn append_cost(request: &AppendRequest) -> usize {
         + request.id.len()
         + request.body.len()
         + request.user.as_ref().map_or(0, String::len)
+        + request.refs.mentions.iter().map(String::len).sum::<usize>()
 }
 
 impl SqliteStore {
@@ -464,6 +466,16 @@ impl Store for SqliteStore {
     async fn history(&self, room: &str, page: HistoryPage, limit: u32) -> StoreResult<(Vec<Entry>, bool)> {
         let room = room.to_owned();
         self.read(move |conn| ops::history(conn, &room, page, limit)).await
+    }
+
+    async fn thread(&self, room: &str, root: u64, after: u64, limit: u32) -> StoreResult<(Entry, Vec<Entry>, bool)> {
+        let room = room.to_owned();
+        self.read(move |conn| amend::thread(conn, &room, root, after, limit)).await
+    }
+
+    async fn reactions(&self, room: &str, seqs: &[u64], viewer: &str) -> StoreResult<Vec<Vec<ReactionCount>>> {
+        let (room, seqs, viewer) = (room.to_owned(), seqs.to_vec(), viewer.to_owned());
+        self.read(move |conn| amend::reactions(conn, &room, &seqs, &viewer)).await
     }
 
     async fn user_log(&self, user: &str, after: Cursor, limit: u32) -> StoreResult<Vec<LogEntry>> {

@@ -490,6 +490,7 @@ async fn rooms_of<X: KvTxn>(t: &X, ks: &Keyspace, user: &str) -> R<Vec<MyRoom>, 
             room: state.record(&room),
             read_seq: membership.read_seq,
             joined_seq: membership.join_seq,
+            unread_mentions: 0, // PLACEHOLDER
         });
     }
     Ok(rooms)
@@ -523,6 +524,9 @@ async fn append<X: KvTxn>(t: &X, cx: &AppendContext<'_>) -> R<Appended, X> {
         );
     }
     match request.kind {
+        EntryKind::Edit | EntryKind::Delete | EntryKind::React | EntryKind::Unreact => {
+            Err(StoreError::Backend("PLACEHOLDER".into()).into())
+        }
         EntryKind::Text => {
             // Dedup before the membership check: a retry of an acknowledged send gets its ack
             // back even if the sender has left since.
@@ -1087,6 +1091,14 @@ impl<D: KvDb> Store for KvStore<D> {
     async fn history(&self, room: &str, page: HistoryPage, limit: u32) -> StoreResult<(Vec<Entry>, bool)> {
         let ks = &self.keys;
         self.db.transact("read history", |t, _| async move { history(&t, ks, room, page, limit).await }).await
+    }
+
+    async fn thread(&self, room: &str, root: u64, _after: u64, _limit: u32) -> StoreResult<(Entry, Vec<Entry>, bool)> {
+        Err(StoreError::NoSuchMessage { room: room.into(), seq: root }) // PLACEHOLDER
+    }
+
+    async fn reactions(&self, _room: &str, seqs: &[u64], _viewer: &str) -> StoreResult<Vec<Vec<protocol::ReactionCount>>> {
+        Ok(vec![Vec::new(); seqs.len()]) // PLACEHOLDER
     }
 
     async fn user_log(&self, user: &str, after: Cursor, limit: u32) -> StoreResult<Vec<LogEntry>> {

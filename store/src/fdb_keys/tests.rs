@@ -84,6 +84,8 @@ fn text(room: &str, epoch: Epoch, from: &str, id: &str, body: &str) -> AppendReq
         body: body.into(),
         ts: 2,
         limits: LIMITS,
+        refs: crate::EntryRefs::default(),
+        rules: crate::conformance::RULES,
     }
 }
 

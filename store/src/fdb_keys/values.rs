@@ -178,6 +178,7 @@ impl EntryValue {
             user: self.user,
             body: self.body,
             ts: self.ts,
+            ..Entry::default()
         }
     }
 }
@@ -287,6 +288,10 @@ fn entry_kind_code(kind: EntryKind) -> u64 {
         EntryKind::Text => 0,
         EntryKind::Join => 1,
         EntryKind::Leave => 2,
+        EntryKind::Edit => 3,
+        EntryKind::Delete => 4,
+        EntryKind::React => 5,
+        EntryKind::Unreact => 6,
     }
 }
 
@@ -295,6 +300,10 @@ fn entry_kind(code: u64) -> Result<EntryKind, CodecError> {
         0 => Ok(EntryKind::Text),
         1 => Ok(EntryKind::Join),
         2 => Ok(EntryKind::Leave),
+        3 => Ok(EntryKind::Edit),
+        4 => Ok(EntryKind::Delete),
+        5 => Ok(EntryKind::React),
+        6 => Ok(EntryKind::Unreact),
         code => Err(CodecError::UnknownCode { what: "entry kind", code }),
     }
 }

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use rusqlite::types::Type;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
+use super::amend;
 use super::invariants;
 use super::threads::Context;
 use crate::{
@@ -62,18 +63,21 @@ const MARK_READ: &str =
 const READ_POSITIONS: &str = "SELECT u.name, m.read_seq FROM members m JOIN users u ON u.uid = m.uid \
                               WHERE m.rid = ?1 ORDER BY u.name";
 const ROOMS_OF_USER: &str = "SELECT r.rid, r.id, r.name, r.kind, r.private, r.created_by, r.last_seq, r.members, \
-                             r.epoch, r.owner, r.large_since, m.read_seq, m.joined_seq \
+                             r.epoch, r.owner, r.large_since, m.read_seq, m.joined_seq, \
+                             (SELECT count(*) FROM mentions x WHERE x.uid = m.uid AND x.rid = m.rid \
+                              AND x.seq > m.read_seq) \
                              FROM members m JOIN rooms r ON r.rid = m.rid WHERE m.uid = ?1 ORDER BY m.rid";
 
-const ENTRY_INSERT: &str =
-    "INSERT INTO entries (rid, seq, id, sender, kind, subject, body, ts) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
-// `kind = 'text'` spelled exactly as in the partial index's WHERE, so the planner can use it.
-const ENTRY_BY_CLIENT_ID: &str = "SELECT seq, id, sender, kind, subject, body, ts FROM entries \
-                                  WHERE rid = ?1 AND sender = ?2 AND id = ?3 AND kind = 'text'";
-const HISTORY_BEFORE: &str = "SELECT seq, id, sender, kind, subject, body, ts FROM entries \
-                              WHERE rid = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3";
-const HISTORY_AFTER: &str = "SELECT seq, id, sender, kind, subject, body, ts FROM entries \
-                             WHERE rid = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3";
+const ENTRY_INSERT: &str = "INSERT INTO entries (rid, seq, id, sender, kind, subject, body, ts, target, reply_to, \
+                            mentions) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
+// The kinds spelled exactly as in the partial index's WHERE, so the planner can use it.
+pub(super) const ENTRY_BY_CLIENT_ID: &str = "SELECT seq, id, sender, kind, subject, body, ts, target, reply_to, \
+                                  mentions, edited_ts, deleted FROM entries \
+                                  WHERE rid = ?1 AND sender = ?2 AND id = ?3 AND kind NOT IN ('join', 'leave')";
+const HISTORY_BEFORE: &str = "SELECT seq, id, sender, kind, subject, body, ts, target, reply_to, mentions, \
+                              edited_ts, deleted FROM entries WHERE rid = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3";
+const HISTORY_AFTER: &str = "SELECT seq, id, sender, kind, subject, body, ts, target, reply_to, mentions, \
+                             edited_ts, deleted FROM entries WHERE rid = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3";
 
 const LOG_ADVANCE_MEMBERS: &str = "UPDATE user_logs SET head = head + 1 \
                                    WHERE uid IN (SELECT uid FROM members WHERE rid = ?1) RETURNING uid, head, floor";
@@ -85,7 +89,8 @@ const LOG_BOUNDS_BY_NAME: &str =
     "SELECT u.uid, l.floor, l.head FROM users u JOIN user_logs l ON l.uid = u.uid WHERE u.name = ?1";
 const LOG_TRIM: &str = "DELETE FROM user_log WHERE uid = ?1 AND cursor > ?2 AND cursor <= ?3";
 const LOG_SET_FLOOR: &str = "UPDATE user_logs SET floor = ?2 WHERE uid = ?1";
-const LOG_PAGE: &str = "SELECT l.cursor, r.id, e.seq, e.id, e.sender, e.kind, e.subject, e.body, e.ts \
+const LOG_PAGE: &str = "SELECT l.cursor, r.id, e.seq, e.id, e.sender, e.kind, e.subject, e.body, e.ts, \
+                        e.target, e.reply_to, e.mentions, e.edited_ts, e.deleted \
                         FROM user_log l \
                         JOIN entries e ON e.rid = l.rid AND e.seq = l.seq \
                         JOIN rooms r ON r.rid = l.rid \
@@ -132,6 +137,10 @@ fn entry_kind_str(kind: EntryKind) -> &'static str {
         EntryKind::Text => "text",
         EntryKind::Join => "join",
         EntryKind::Leave => "leave",
+        EntryKind::Edit => "edit",
+        EntryKind::Delete => "delete",
+        EntryKind::React => "react",
+        EntryKind::Unreact => "unreact",
     }
 }
 
@@ -162,12 +171,18 @@ fn entry_kind_column(row: &Row<'_>, index: usize) -> rusqlite::Result<EntryKind>
         "text" => Ok(EntryKind::Text),
         "join" => Ok(EntryKind::Join),
         "leave" => Ok(EntryKind::Leave),
+        "edit" => Ok(EntryKind::Edit),
+        "delete" => Ok(EntryKind::Delete),
+        "react" => Ok(EntryKind::React),
+        "unreact" => Ok(EntryKind::Unreact),
         _ => Err(rusqlite::Error::FromSqlConversionFailure(index, Type::Text, Box::new(CorruptValue(text)))),
     }
 }
 
-/// An entry from the columns `seq, id, sender, kind, subject, body, ts` starting at `first`.
-fn entry_columns(room: String, row: &Row<'_>, first: usize) -> rusqlite::Result<Entry> {
+/// An entry from the columns `seq, id, sender, kind, subject, body, ts, target, reply_to,
+/// mentions, edited_ts, deleted` starting at `first`.
+pub(super) fn entry_columns(room: String, row: &Row<'_>, first: usize) -> rusqlite::Result<Entry> {
+    let mentions: Option<String> = row.get(first + 9)?;
     Ok(Entry {
         room,
         seq: row.get(first)?,
@@ -177,14 +192,25 @@ fn entry_columns(room: String, row: &Row<'_>, first: usize) -> rusqlite::Result<
         user: row.get(first + 4)?,
         body: row.get(first + 5)?,
         ts: row.get(first + 6)?,
+        target: row.get(first + 7)?,
+        reply_to: row.get(first + 8)?,
+        mentions: mentions.map(|names| names.split('\n').map(str::to_owned).collect()).unwrap_or_default(),
+        edited_at: row.get(first + 10)?,
+        deleted: row.get(first + 11)?,
+        reactions: Vec::new(),
     })
+}
+
+/// Mentions as stored: names one per line (names cannot hold a line break), NULL for none.
+fn mentions_column(mentions: &[String]) -> Option<String> {
+    (!mentions.is_empty()).then(|| mentions.join("\n"))
 }
 
 /// A room header as the transaction sees it.
 #[derive(Clone)]
-struct RoomRow {
-    rid: i64,
-    record: RoomRecord,
+pub(super) struct RoomRow {
+    pub(super) rid: i64,
+    pub(super) record: RoomRecord,
     epoch: Epoch,
     owner: Option<String>,
 }
@@ -213,11 +239,11 @@ fn find_room(conn: &Connection, id: &str) -> StoreResult<Option<RoomRow>> {
     conn.prepare_cached(ROOM_BY_ID).and_then(|mut s| s.query_row([id], room_columns).optional()).ctx("read room")
 }
 
-fn require_room(conn: &Connection, id: &str) -> StoreResult<RoomRow> {
+pub(super) fn require_room(conn: &Connection, id: &str) -> StoreResult<RoomRow> {
     find_room(conn, id)?.ok_or_else(|| StoreError::NoSuchRoom(id.to_owned()))
 }
 
-fn find_uid(conn: &Connection, name: &str) -> StoreResult<Option<i64>> {
+pub(super) fn find_uid(conn: &Connection, name: &str) -> StoreResult<Option<i64>> {
     conn.prepare_cached(UID_BY_NAME).and_then(|mut s| s.query_row([name], |r| r.get(0)).optional()).ctx("read user id")
 }
 
@@ -230,7 +256,7 @@ fn member_exists(conn: &Connection, rid: i64, uid: i64) -> StoreResult<bool> {
 }
 
 /// Whether the named user exists and is a member (an unknown user is nobody's member).
-fn is_named_member(conn: &Connection, rid: i64, name: &str) -> StoreResult<bool> {
+pub(super) fn is_named_member(conn: &Connection, rid: i64, name: &str) -> StoreResult<bool> {
     match find_uid(conn, name)? {
         Some(uid) => member_exists(conn, rid, uid),
         None => Ok(false),
@@ -245,7 +271,7 @@ fn rooms_count(conn: &Connection, uid: i64) -> StoreResult<u64> {
 
 /// Give the room its next seq and change its member count by `member_delta`; returns the new
 /// seq. The caller read `room` in this same transaction.
-fn advance_room(conn: &Connection, room: &RoomRow, member_delta: i64) -> StoreResult<u64> {
+pub(super) fn advance_room(conn: &Connection, room: &RoomRow, member_delta: i64) -> StoreResult<u64> {
     let (seq, members): (u64, u64) = conn
         .prepare_cached(ROOM_ADVANCE)
         .and_then(|mut s| s.query_row(params![room.rid, member_delta], |r| Ok((r.get(0)?, r.get(1)?))))
@@ -266,7 +292,7 @@ fn advance_room(conn: &Connection, room: &RoomRow, member_delta: i64) -> StoreRe
     Ok(seq)
 }
 
-fn insert_entry(conn: &Connection, rid: i64, entry: &Entry) -> StoreResult<()> {
+pub(super) fn insert_entry(conn: &Connection, rid: i64, entry: &Entry) -> StoreResult<()> {
     conn.prepare_cached(ENTRY_INSERT)
         .and_then(|mut s| {
             s.execute(params![
@@ -278,6 +304,9 @@ fn insert_entry(conn: &Connection, rid: i64, entry: &Entry) -> StoreResult<()> {
                 entry.user,
                 entry.body,
                 sql_int(entry.ts),
+                entry.target.map(sql_int),
+                entry.reply_to.map(sql_int),
+                mentions_column(&entry.mentions),
             ])
         })
         .ctx("insert entry")?;
@@ -288,7 +317,7 @@ fn insert_entry(conn: &Connection, rid: i64, entry: &Entry) -> StoreResult<()> {
 /// `seq`, this also appends a pointer to the entry to each member's log, in this transaction,
 /// and returns each member's new cursor; an entry of a large room lives in the room log only,
 /// and its owner names its recipients ([`Recipients::Unnamed`]).
-fn deliver(conn: &Connection, room: &RoomRow, seq: u64, retention: u64) -> StoreResult<Recipients> {
+pub(super) fn deliver(conn: &Connection, room: &RoomRow, seq: u64, retention: u64) -> StoreResult<Recipients> {
     if in_room_log_only(room, seq) {
         return Ok(Recipients::Unnamed);
     }
@@ -500,6 +529,7 @@ pub(super) fn create_room(
             user: Some((*name).to_owned()),
             body: String::new(),
             ts: room.ts,
+            ..Entry::default()
         };
         insert_entry(conn, rid, &entry)?;
         entries.push(entry);
@@ -540,7 +570,12 @@ pub(super) fn rooms_of(conn: &Connection, user: &str) -> StoreResult<Vec<MyRoom>
         .prepare_cached(ROOMS_OF_USER)
         .and_then(|mut s| {
             s.query_map([uid], |r| {
-                Ok(MyRoom { room: room_columns(r)?.record, read_seq: r.get(11)?, joined_seq: r.get(12)? })
+                Ok(MyRoom {
+                    room: room_columns(r)?.record,
+                    read_seq: r.get(11)?,
+                    joined_seq: r.get(12)?,
+                    unread_mentions: r.get(13)?,
+                })
             })?
             .collect()
         })
@@ -561,25 +596,32 @@ pub(super) fn append(conn: &Connection, request: &AppendRequest, retention: u64)
         EntryKind::Text => append_text(conn, &room, request, retention),
         EntryKind::Join => append_join(conn, &room, request, retention),
         EntryKind::Leave => append_leave(conn, &room, request, retention),
+        EntryKind::Edit | EntryKind::Delete | EntryKind::React | EntryKind::Unreact => {
+            amend::append_change(conn, &room, request, retention)
+        }
     }
+}
+
+/// The entry a client id already named in this room, if any (a retried request).
+pub(super) fn entry_by_client_id(conn: &Connection, room: &RoomRow, request: &AppendRequest) -> StoreResult<Option<Entry>> {
+    conn.prepare_cached(ENTRY_BY_CLIENT_ID)
+        .and_then(|mut s| {
+            s.query_row(params![room.rid, request.from, request.id], |r| entry_columns(room.record.id.clone(), r, 0))
+                .optional()
+        })
+        .ctx("look up client message id")
 }
 
 fn append_text(conn: &Connection, room: &RoomRow, request: &AppendRequest, retention: u64) -> StoreResult<Appended> {
     // Dedup before the membership check: a retry of an acknowledged send gets its ack back
     // even if the sender has left the room since.
-    let original = conn
-        .prepare_cached(ENTRY_BY_CLIENT_ID)
-        .and_then(|mut s| {
-            s.query_row(params![room.rid, request.from, request.id], |r| entry_columns(room.record.id.clone(), r, 0))
-                .optional()
-        })
-        .ctx("look up client message id")?;
-    if let Some(entry) = original {
+    if let Some(entry) = entry_by_client_id(conn, room, request)? {
         return Ok(Appended { delivery: Delivery { entry, recipients: Recipients::none() }, duplicate: true });
     }
     if !is_named_member(conn, room.rid, &request.from)? {
         return Err(StoreError::NotMember { room: room.record.id.clone(), user: request.from.clone() });
     }
+    let mention_uids = amend::check_message_refs(conn, room, request)?;
     let seq = advance_room(conn, room, 0)?;
     let entry = Entry {
         room: room.record.id.clone(),
@@ -587,11 +629,14 @@ fn append_text(conn: &Connection, room: &RoomRow, request: &AppendRequest, reten
         id: request.id.clone(),
         from: request.from.clone(),
         kind: EntryKind::Text,
-        user: None,
         body: request.body.clone(),
         ts: request.ts,
+        reply_to: request.refs.reply_to,
+        mentions: request.refs.mentions.clone(),
+        ..Entry::default()
     };
     insert_entry(conn, room.rid, &entry)?;
+    amend::insert_mentions(conn, room.rid, seq, &mention_uids)?;
     let recipients = deliver(conn, room, seq, retention)?;
     Ok(Appended { delivery: Delivery { entry, recipients }, duplicate: false })
 }
@@ -667,6 +712,7 @@ fn membership_entry(room: &RoomRow, request: &AppendRequest, kind: EntryKind, us
         user: Some(user.to_owned()),
         body: request.body.clone(),
         ts: request.ts,
+        ..Entry::default()
     }
 }
 

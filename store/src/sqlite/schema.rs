@@ -15,7 +15,7 @@ use super::threads::Context;
 use crate::{StoreError, StoreResult};
 
 /// The schema this build reads and writes, stored in `PRAGMA user_version`.
-pub(super) const SCHEMA_VERSION: i64 = 3;
+pub(super) const SCHEMA_VERSION: i64 = 4;
 
 /// `PRAGMA application_id` of a palaver database ("plvr"), so that pointing `path` at some
 /// other application's SQLite file fails on open instead of growing palaver tables inside it.
@@ -106,6 +106,49 @@ const MIGRATIONS: &[&str] = &[
         status TEXT,
         set_ms INTEGER NOT NULL
     );",
+    // 3 → 4: messages that change. New entry kinds (edit, delete, react, unreact) need a new
+    // CHECK, which SQLite can only get by rebuilding the table. Entries gain the message they
+    // act on (`target`), the one they reply to, their mentions (names, one per line), when they
+    // were last edited and whether they were deleted. Client ids are deduplicated for every kind
+    // a client sends. Reactions and unread mentions get tables of their own, keyed for their one
+    // lookup each (a message's reactions; a user's mentions in a room after a seq).
+    "CREATE TABLE entries_v4 (
+        eid       INTEGER PRIMARY KEY,
+        rid       INTEGER NOT NULL,
+        seq       INTEGER NOT NULL,
+        id        TEXT NOT NULL,
+        sender    TEXT NOT NULL,
+        kind      TEXT NOT NULL CHECK (kind IN ('text', 'join', 'leave', 'edit', 'delete', 'react', 'unreact')),
+        subject   TEXT,
+        body      TEXT NOT NULL,
+        ts        INTEGER NOT NULL,
+        target    INTEGER,
+        reply_to  INTEGER,
+        mentions  TEXT,
+        edited_ts INTEGER,
+        deleted   INTEGER NOT NULL DEFAULT 0 CHECK (deleted IN (0, 1))
+    );
+    INSERT INTO entries_v4 (eid, rid, seq, id, sender, kind, subject, body, ts)
+        SELECT eid, rid, seq, id, sender, kind, subject, body, ts FROM entries;
+    DROP TABLE entries;
+    ALTER TABLE entries_v4 RENAME TO entries;
+    CREATE UNIQUE INDEX entries_by_seq ON entries (rid, seq);
+    CREATE UNIQUE INDEX entries_by_client_id ON entries (rid, sender, id) WHERE kind NOT IN ('join', 'leave');
+    CREATE INDEX entries_by_target ON entries (rid, target) WHERE target IS NOT NULL;
+    CREATE INDEX entries_by_reply ON entries (rid, reply_to, seq) WHERE reply_to IS NOT NULL;
+    CREATE TABLE reactions (
+        rid      INTEGER NOT NULL,
+        seq      INTEGER NOT NULL,
+        reaction TEXT NOT NULL,
+        uid      INTEGER NOT NULL,
+        PRIMARY KEY (rid, seq, reaction, uid)
+    ) WITHOUT ROWID;
+    CREATE TABLE mentions (
+        uid INTEGER NOT NULL,
+        rid INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        PRIMARY KEY (uid, rid, seq)
+    ) WITHOUT ROWID;",
 ];
 
 /// Open a connection with palaver's per-connection settings.
@@ -131,6 +174,9 @@ pub(super) fn open_connection(path: &Path, busy_timeout: Duration, read_only: bo
     // memory: on disk they were 15% of the fan-out profile (docs/BENCHMARKS.md), and they are
     // never needed after a crash, so nothing durable depends on them.
     conn.pragma_update(None, "temp_store", "MEMORY").ctx("set temp_store = MEMORY")?;
+    // A deleted message's body must be gone from the file, not merely unreachable: SQLite then
+    // zeroes the space a row gave up instead of leaving the old bytes in free space.
+    conn.pragma_update(None, "secure_delete", "ON").ctx("set secure_delete = ON")?;
     if read_only {
         // Reader connections must never write: a bug that tried would otherwise bypass the
         // writer's group commit and take the write lock behind its back.
