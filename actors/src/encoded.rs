@@ -221,6 +221,7 @@ mod tests {
             user: None,
             body: "héllo".into(),
             ts: 1,
+            ..Default::default()
         };
         let shared = SharedEntry::new(entry.clone());
         let frame = ServerFrame::Message { cursor: None, entry };

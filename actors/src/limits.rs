@@ -11,7 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::MembershipLimits;
+use crate::store::{MembershipLimits, MessageRules};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -74,6 +74,13 @@ pub struct Limits {
     /// 600 bytes per 100-byte message): a connection that fell behind catches up from them
     /// instead of reading the store and encoding each entry for itself. 0 keeps none.
     pub large_room_tail_bytes: usize,
+    /// How long after sending a message its author may still edit it, in seconds. 0 turns
+    /// editing off. Deleting has no window.
+    pub edit_window_s: u64,
+    /// Different reactions one message may carry (any number of members may give each).
+    pub max_reactions_per_message: u32,
+    /// Members one message may mention.
+    pub max_mentions: u32,
 }
 
 impl Default for Limits {
@@ -100,6 +107,9 @@ impl Default for Limits {
             fanout_max_members: 100,
             large_room_replay_max: 256,
             large_room_tail_bytes: 8 * 1024 * 1024,
+            edit_window_s: 24 * 60 * 60,
+            max_reactions_per_message: 20,
+            max_mentions: 50,
         }
     }
 }
@@ -109,8 +119,15 @@ impl Default for Limits {
 /// rest. A page always holds one item, so one entry larger than this goes alone.
 pub const PAGE_MAX_BYTES: usize = 128 * 1024;
 
-/// An entry's encoding beyond its body: field names, room and message ids, user names, numbers.
+/// An entry's encoding beyond its body, mentions and reactions: field names, room and message
+/// ids, user names, numbers.
 const ENTRY_OVERHEAD_BYTES: usize = 512;
+/// One mention in an entry: a user name of at most 32 bytes, quoted, with its separator.
+pub const MENTION_MAX_BYTES: usize = 40;
+/// One reaction count in a `history` entry: the reaction (at most
+/// [`names::REACTION_MAX_BYTES`](crate::names::REACTION_MAX_BYTES), which JSON may escape to
+/// six bytes each), its count and `me`, with field names.
+const REACTION_COUNT_MAX_BYTES: usize = 6 * crate::names::REACTION_MAX_BYTES + 48;
 /// A room in `rooms`: an id of at most 80 bytes, a name of 64 characters of at most 4 bytes
 /// each (control characters, the only ones JSON escapes to more, are refused), the numbers.
 const ROOM_INFO_MAX_BYTES: usize = 512;
@@ -122,9 +139,12 @@ const FRAME_OVERHEAD_BYTES: usize = 1024;
 impl Limits {
     /// The most bytes one entry (its `message` frame, or its place in a `history` page) encodes
     /// to: a body of `max_body_bytes` control characters, each of which JSON escapes to six
-    /// bytes (`\u0001`).
+    /// bytes (`\u0001`), the most mentions and the most reactions.
     pub fn max_entry_bytes(&self) -> usize {
-        6 * self.max_body_bytes as usize + ENTRY_OVERHEAD_BYTES
+        6 * self.max_body_bytes as usize
+            + self.max_mentions as usize * MENTION_MAX_BYTES
+            + self.max_reactions_per_message as usize * REACTION_COUNT_MAX_BYTES
+            + ENTRY_OVERHEAD_BYTES
     }
 
     /// The largest WebSocket message the node writes, in either encoding: a page (history,
@@ -143,6 +163,13 @@ impl Limits {
             max_room_members: self.max_room_members,
             max_rooms_per_user: self.max_rooms_per_user,
             fanout_max_members: self.fanout_max_members,
+        }
+    }
+
+    pub fn message_rules(&self) -> MessageRules {
+        MessageRules {
+            edit_window_ms: self.edit_window_s.saturating_mul(1000),
+            max_reactions_per_message: self.max_reactions_per_message,
         }
     }
 
@@ -173,11 +200,13 @@ impl Limits {
         if self.max_room_members < 2 {
             return Err("limits.max_room_members must be at least 2 (direct conversations have two)".into());
         }
-        // A body must fit in a frame with room for the rest of the `send` frame.
-        if u64::from(self.max_body_bytes) + 512 > u64::from(self.max_frame_bytes) {
+        // A body must fit in a frame with room for the rest of the `send` frame, mentions included.
+        let mentions = u64::from(self.max_mentions) * MENTION_MAX_BYTES as u64;
+        if u64::from(self.max_body_bytes) + 512 + mentions > u64::from(self.max_frame_bytes) {
             return Err(format!(
-                "limits.max_body_bytes ({}) must be at least 512 bytes below limits.max_frame_bytes ({})",
-                self.max_body_bytes, self.max_frame_bytes
+                "limits.max_body_bytes ({}) must be at least 512 bytes plus {MENTION_MAX_BYTES} per mention \
+                 (limits.max_mentions {}) below limits.max_frame_bytes ({})",
+                self.max_body_bytes, self.max_mentions, self.max_frame_bytes
             ));
         }
         Ok(())
@@ -216,6 +245,7 @@ mod tests {
             user: None,
             body,
             ts: u64::MAX,
+            ..Default::default()
         };
         let history = protocol::ServerFrame::History {
             req: u64::MAX,

@@ -15,6 +15,26 @@ pub const MAX_MESSAGE_ID_BYTES: usize = 64;
 /// Longest room id a client may name (generated ids are 14 bytes, direct ones at most 68).
 pub const MAX_ROOM_ID_BYTES: usize = 80;
 
+/// Longest reaction, in UTF-8 bytes: an emoji sequence (a family of four with skin tones is
+/// about 40) or a short word.
+pub const REACTION_MAX_BYTES: usize = 64;
+
+/// Reactions: 1 to [`REACTION_MAX_BYTES`] bytes of visible characters without spaces (an emoji,
+/// or a short word like `+1`). The zero-width joiner that glues emoji sequences is allowed; other
+/// invisible characters are not, so two reactions that look the same are the same.
+pub fn validate_reaction(reaction: &str) -> Result<(), String> {
+    if reaction.is_empty() || reaction.len() > REACTION_MAX_BYTES {
+        return Err(format!("a reaction has 1 to {REACTION_MAX_BYTES} bytes, not {}", reaction.len()));
+    }
+    if reaction.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("a reaction must not contain spaces or control characters".into());
+    }
+    if let Some(c) = reaction.chars().filter(|&c| c != '\u{200D}').find(|&c| hidden_char(&c.to_string()).is_some()) {
+        return Err(format!("a reaction must not contain invisible characters (found U+{:04X})", u32::from(c)));
+    }
+    Ok(())
+}
+
 /// User names: 2–32 of `a-z 0-9 _ . -`, starting with a letter or digit. Lowercase only, so
 /// `Alice` and `alice` cannot be two people.
 pub fn validate_user_name(name: &str) -> Result<(), String> {

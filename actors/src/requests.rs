@@ -11,11 +11,12 @@ use protocol::{Entry, EntryKind, ErrorCode, ReqId, RoomInfo, ServerFrame};
 use tracing::{error, info};
 
 use crate::hub::Hub;
-use crate::limits::{Limits, PAGE_MAX_BYTES};
+use crate::limits::{Limits, MENTION_MAX_BYTES, PAGE_MAX_BYTES};
 use crate::metrics::Metrics;
 use crate::names::{self, now_ms};
 use crate::store::{Appended, HistoryPage, MyRoom, NewRoom, RoomRecord, StoreError};
 
+pub mod messages;
 pub mod presence;
 
 /// Who is asking: the hub, the authenticated user and the connection.
@@ -55,6 +56,11 @@ pub fn store_error_frame(hub: &Hub, req: Option<ReqId>, err: StoreError) -> Serv
         StoreError::RoomFull { .. } => ErrorCode::RoomFull,
         StoreError::TooManyRooms { .. } => ErrorCode::TooManyRooms,
         StoreError::Fenced { .. } | StoreError::Unavailable(_) => ErrorCode::Unavailable,
+        StoreError::NoSuchMessage { .. } => ErrorCode::NoSuchMessage,
+        StoreError::MessageDeleted { .. } => ErrorCode::MessageDeleted,
+        StoreError::NotAllowed(_) => ErrorCode::Forbidden,
+        StoreError::InvalidReference(_) => ErrorCode::InvalidField,
+        StoreError::Unchanged(_) => ErrorCode::Unchanged,
         StoreError::Backend(detail) => {
             Metrics::inc(&hub.metrics.store_errors_total);
             error!(error = %detail, "store failure");
@@ -307,8 +313,13 @@ pub async fn open_direct(ctx: &Ctx, req: ReqId, other: String) -> ServerFrame {
 pub async fn list_rooms(ctx: &Ctx, req: ReqId) -> ServerFrame {
     match ctx.hub.store.rooms_of(&ctx.user).await {
         Ok(rooms) => {
-            let mut rooms: Vec<RoomInfo> =
-                rooms.into_iter().map(|MyRoom { room, read_seq, .. }| room_info(room, read_seq)).collect();
+            let mut rooms: Vec<RoomInfo> = rooms
+                .into_iter()
+                .map(|MyRoom { room, read_seq, unread_mentions, .. }| RoomInfo {
+                    mentions: unread_mentions,
+                    ..room_info(room, read_seq)
+                })
+                .collect();
             rooms.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
             ServerFrame::Rooms { req, rooms }
         }
@@ -345,21 +356,23 @@ pub async fn history(
     if let Err(frame) = require_member(ctx, req, &room).await {
         return frame;
     }
-    match ctx.hub.store.history(&room, page, limit).await {
-        Ok((entries, more)) => {
-            let backwards = matches!(page, HistoryPage::Before(_));
-            let (entries, cut) = fit_page(entries, backwards);
-            ServerFrame::History { req, room, entries, more: more || cut }
-        }
-        Err(err) => store_error_frame(&ctx.hub, Some(req), err),
+    let (mut entries, more) = match ctx.hub.store.history(&room, page, limit).await {
+        Ok(page) => page,
+        Err(err) => return store_error_frame(&ctx.hub, Some(req), err),
+    };
+    if let Err(err) = messages::add_reactions(ctx, &room, &mut entries).await {
+        return store_error_frame(&ctx.hub, Some(req), err);
     }
+    let backwards = matches!(page, HistoryPage::Before(_));
+    let (entries, cut) = fit_page(entries, backwards);
+    ServerFrame::History { req, room, entries, more: more || cut }
 }
 
 /// The entries of a history page that fit in [`PAGE_MAX_BYTES`] (at least one), and whether
 /// some were left out. A page read backwards keeps its newest entries and one read forwards its
 /// oldest, so the client's next request (`before` its first seq, `after` its last) reads on
 /// from the page's edge and nothing is skipped.
-fn fit_page(mut entries: Vec<Entry>, backwards: bool) -> (Vec<Entry>, bool) {
+pub(crate) fn fit_page(mut entries: Vec<Entry>, backwards: bool) -> (Vec<Entry>, bool) {
     let mut total = 0;
     let mut fits = |entry: &Entry| {
         total += entry_bytes_bound(entry);
@@ -387,8 +400,20 @@ fn fit_page(mut entries: Vec<Entry>, backwards: bool) -> (Vec<Entry>, bool) {
 pub fn entry_bytes_bound(entry: &Entry) -> usize {
     let escaped = json_escaped_len;
     let user = entry.user.as_deref().map_or(0, escaped);
-    ENTRY_FIELDS_BYTES + escaped(&entry.room) + escaped(&entry.id) + escaped(&entry.from) + user + escaped(&entry.body)
+    let mentions = entry.mentions.len() * MENTION_MAX_BYTES;
+    let reactions: usize = entry.reactions.iter().map(|r| escaped(&r.reaction) + REACTION_FIELDS_BYTES).sum();
+    ENTRY_FIELDS_BYTES
+        + escaped(&entry.room)
+        + escaped(&entry.id)
+        + escaped(&entry.from)
+        + user
+        + escaped(&entry.body)
+        + mentions
+        + reactions
 }
+
+/// A reaction count's field names, punctuation, count and `me`, in JSON.
+const REACTION_FIELDS_BYTES: usize = 48;
 
 /// The bytes `text` takes as a JSON string's contents at most (serde_json escapes a control
 /// character to at most six bytes, a quote or a backslash to two); MessagePack takes fewer.
@@ -402,8 +427,8 @@ pub(crate) fn json_escaped_len(text: &str) -> usize {
         .sum()
 }
 
-/// An entry's field names, punctuation and three numbers of up to 20 digits, in JSON.
-const ENTRY_FIELDS_BYTES: usize = 192;
+/// An entry's field names, punctuation and up to six numbers of up to 20 digits, in JSON.
+const ENTRY_FIELDS_BYTES: usize = 320;
 
 /// Store the read position and tell the user's other connections.
 pub async fn mark_read(ctx: &Ctx, req: ReqId, room: String, seq: u64) -> ServerFrame {
@@ -454,7 +479,11 @@ pub async fn room_reply(
     result: Result<Appended, StoreError>,
 ) -> ServerFrame {
     match (kind, invited, result) {
-        (EntryKind::Text, _, Ok(Appended { delivery, duplicate })) => {
+        (
+            EntryKind::Text | EntryKind::Edit | EntryKind::Delete | EntryKind::React | EntryKind::Unreact,
+            _,
+            Ok(Appended { delivery, duplicate }),
+        ) => {
             let entry = delivery.entry;
             ServerFrame::Ack { req, room: entry.room, id: entry.id, seq: entry.seq, ts: entry.ts, duplicate }
         }
@@ -493,7 +522,7 @@ fn not_serving(ctx: &Ctx, req: ReqId) -> Option<ServerFrame> {
     Some(error_frame(Some(req), ErrorCode::Unavailable, format!("{reason}; retry, or reconnect to another node")))
 }
 
-async fn require_member(ctx: &Ctx, req: ReqId, room: &str) -> Result<(), ServerFrame> {
+pub(crate) async fn require_member(ctx: &Ctx, req: ReqId, room: &str) -> Result<(), ServerFrame> {
     if let Err(message) = names::validate_room_id(room) {
         return Err(error_frame(Some(req), ErrorCode::NoSuchRoom, message));
     }
@@ -523,6 +552,7 @@ fn room_info(record: RoomRecord, read_seq: u64) -> RoomInfo {
         read_seq,
         members: record.members,
         large: record.large_since.is_some(),
+        mentions: 0,
     }
 }
 

@@ -41,7 +41,7 @@ use tracing::{debug, error, warn};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::names::now_ms;
-use crate::store::{AppendRequest, Appended, Delivery, Epoch, Recipients, StoreError};
+use crate::store::{AppendRequest, Appended, Delivery, EntryRefs, Epoch, Recipients, StoreError};
 
 /// What a session asks a room to append; the room adds epoch, time and limits.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +51,8 @@ pub struct AppendCommand {
     pub id: String,
     pub user: Option<String>,
     pub body: String,
+    /// The message acted on, replied to, and the members mentioned.
+    pub refs: EntryRefs,
 }
 
 /// Messages of the room actor.
@@ -266,6 +268,8 @@ impl Committer {
                 body: command.body.clone(),
                 ts: now,
                 limits: hub.limits.membership(),
+                refs: command.refs.clone(),
+                rules: hub.limits.message_rules(),
             })
             .collect();
         let handed_over = Instant::now();

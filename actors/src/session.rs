@@ -43,7 +43,7 @@ use crate::hub::{Hub, Outbound, Registration};
 use crate::metrics::Metrics;
 use crate::requests::{self, error_frame, store_error_frame, Ctx};
 use crate::room::AppendCommand;
-use crate::store::HistoryPage;
+use crate::store::{EntryRefs, HistoryPage};
 use crate::store::{LogEntry, StoreResult};
 use large_rooms::{LargeRooms, Live, RoomRead};
 
@@ -454,14 +454,27 @@ where
             ClientFrame::MarkRead { req, room, seq } => {
                 self.pipeline(async move { vec![requests::mark_read(&ctx, req, room, seq).await] }.boxed())
             }
-            ClientFrame::Send { req, room, id, body } => {
-                if let Err(frame) = requests::check_send(&hub.limits, req, &room, &id, &body) {
-                    return self.reply_in_order(vec![*frame]);
-                }
+            ClientFrame::Send { req, room, id, body, reply_to, mentions } => {
+                let checked = requests::check_send(&hub.limits, req, &room, &id, &body)
+                    .and_then(|()| requests::messages::send_refs(&hub.limits, req, reply_to, mentions));
+                let refs = match checked {
+                    Ok(refs) => refs,
+                    Err(frame) => return self.reply_in_order(vec![*frame]),
+                };
                 requests::presence::typing_ended_by_send(&ctx, &room);
-                let command = AppendCommand { kind: EntryKind::Text, from: ctx.user.clone(), id, user: None, body };
+                let command =
+                    AppendCommand { kind: EntryKind::Text, from: ctx.user.clone(), id, user: None, body, refs };
                 self.forward_to_room(req, room, command).await
             }
+            frame @ (ClientFrame::Edit { .. } | ClientFrame::Delete { .. } | ClientFrame::React { .. }) => {
+                match requests::messages::change_command(&hub.limits, &ctx.user, frame) {
+                    Ok((req, room, command)) => self.forward_to_room(req, room, command).await,
+                    Err(frame) => self.reply_in_order(vec![*frame]),
+                }
+            }
+            ClientFrame::Thread { req, room, root, after, limit } => self.pipeline(
+                async move { vec![requests::messages::thread(&ctx, req, room, root, after, limit).await] }.boxed(),
+            ),
             ClientFrame::Join { req, room } => {
                 let command = AppendCommand {
                     kind: EntryKind::Join,
@@ -469,6 +482,7 @@ where
                     id: requests::membership_entry_id("join"),
                     user: Some(ctx.user.clone()),
                     body: String::new(),
+                    refs: EntryRefs::default(),
                 };
                 self.forward_to_room(req, room, command).await
             }
@@ -483,6 +497,7 @@ where
                     id: requests::membership_entry_id("leave"),
                     user: Some(ctx.user.clone()),
                     body: String::new(),
+                    refs: EntryRefs::default(),
                 };
                 self.forward_to_room(req, room, command).await
             }
@@ -496,6 +511,7 @@ where
                     id: requests::membership_entry_id("invite"),
                     user: Some(user),
                     body: String::new(),
+                    refs: EntryRefs::default(),
                 };
                 self.forward_to_room(req, room, command).await
             }

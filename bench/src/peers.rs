@@ -180,6 +180,8 @@ pub fn publish(target: &Target, room: &str, run: &str, seq: u64, body: &str) -> 
                 room: room.to_string(),
                 id: format!("{run}-{seq}"),
                 body: body.to_string(),
+                reply_to: None,
+                mentions: Vec::new(),
             };
             palaver_message(target.palaver_encoding(), &frame)
         }

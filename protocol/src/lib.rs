@@ -12,9 +12,8 @@ pub use codec::{
     DecodeError, Encoding,
 };
 pub use frames::{
-    ReactionCount,
-    ClientFrame, Cursor, Entry, EntryKind, ErrorCode, PresenceState, ReadPosition, ReceiptKind, ReqId, RoomInfo,
-    RoomKind, ServerFrame, UserPresence, SUPPORTED_VERSIONS,
+    ClientFrame, Cursor, Entry, EntryKind, ErrorCode, PresenceState, ReactionCount, ReadPosition, ReceiptKind, ReqId,
+    RoomInfo, RoomKind, ServerFrame, UserPresence, SUPPORTED_VERSIONS,
 };
 
 /// Pick the newest version both sides speak, if any.

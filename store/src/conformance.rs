@@ -25,7 +25,7 @@ use protocol::{Cursor, Entry, EntryKind, RoomKind};
 
 use crate::sqlite::is_dense;
 use crate::{
-    AppendRequest, Appended, Delivery, Epoch, EntryRefs, HistoryPage, LogBounds, LogEntry, MembershipLimits,
+    AppendRequest, Appended, Delivery, EntryRefs, Epoch, HistoryPage, LogBounds, LogEntry, MembershipLimits,
     MessageRules, MyRoom, NewRoom, PresenceNote, Recipients, Store, StoreError,
 };
 

@@ -643,7 +643,17 @@ impl Client {
     /// Send a text message and wait for its ack; returns (seq, duplicate).
     pub async fn say(&mut self, room: &str, id: &str, body: &str) -> anyhow::Result<(u64, bool)> {
         let req = self.next_req();
-        match self.request(ClientFrame::Send { req, room: room.into(), id: id.into(), body: body.into() }).await? {
+        match self
+            .request(ClientFrame::Send {
+                req,
+                room: room.into(),
+                id: id.into(),
+                body: body.into(),
+                reply_to: None,
+                mentions: Vec::new(),
+            })
+            .await?
+        {
             ServerFrame::Ack { seq, duplicate, .. } => Ok((seq, duplicate)),
             other => bail!("send: {other:?}"),
         }
@@ -760,7 +770,15 @@ impl Client {
             let mut reqs = Vec::with_capacity(chunk.len());
             for (room, id, body) in chunk {
                 let req = self.next_req();
-                self.send(&ClientFrame::Send { req, room: room.clone(), id: id.clone(), body: body.clone() }).await?;
+                self.send(&ClientFrame::Send {
+                    req,
+                    room: room.clone(),
+                    id: id.clone(),
+                    body: body.clone(),
+                    reply_to: None,
+                    mentions: Vec::new(),
+                })
+                .await?;
                 reqs.push((req, id));
             }
             for (req, id) in reqs {
@@ -814,6 +832,7 @@ pub fn reply_req(frame: &ServerFrame) -> Option<u64> {
         | ServerFrame::Members { req, .. }
         | ServerFrame::Ack { req, .. }
         | ServerFrame::History { req, .. }
+        | ServerFrame::Thread { req, .. }
         | ServerFrame::PresenceList { req, .. }
         | ServerFrame::Receipts { req, .. }
         | ServerFrame::Pong { req } => Some(*req),

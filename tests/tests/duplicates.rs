@@ -19,7 +19,16 @@ async fn duplicate_sends_messagepack() -> anyhow::Result<()> {
 /// Send and return the whole ack frame.
 async fn send(client: &mut Client, room: &str, id: &str, body: &str) -> anyhow::Result<ServerFrame> {
     let req = client.next_req();
-    let ack = client.request(ClientFrame::Send { req, room: room.into(), id: id.into(), body: body.into() }).await?;
+    let ack = client
+        .request(ClientFrame::Send {
+            req,
+            room: room.into(),
+            id: id.into(),
+            body: body.into(),
+            reply_to: None,
+            mentions: Vec::new(),
+        })
+        .await?;
     ensure!(matches!(ack, ServerFrame::Ack { .. }), "send {id}: {ack:?}");
     Ok(ack)
 }

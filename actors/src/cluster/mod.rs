@@ -228,6 +228,9 @@ impl Cluster {
             user: command.user,
             body: command.body,
             trace: id ^ self.incarnation,
+            target: command.refs.target,
+            reply_to: command.refs.reply_to,
+            mentions: command.refs.mentions,
         });
         if router.cast(message).is_err() {
             self.pending.lock().remove(&id);
@@ -613,6 +616,7 @@ mod tests {
             user: None,
             body: String::new(),
             ts: 1,
+            ..Default::default()
         };
         Delivery { entry, recipients: Recipients::Members(Arc::new(vec!["ann".into()])) }
     }

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::presence::Change;
 use crate::room::AppendCommand;
-use crate::store::{Appended, Delivery, Recipients, StoreError};
+use crate::store::{Appended, Delivery, EntryRefs, Recipients, StoreError};
 
 /// The version byte in front of every inter-node message.
 pub const WIRE_VERSION: u8 = 1;
@@ -118,6 +118,13 @@ pub struct ForwardedAppend {
     /// Carried into the owner's logs so one request can be followed across nodes.
     #[serde(default)]
     pub trace: u64,
+    /// [`EntryRefs`] of the command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<u64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mentions: Vec<String>,
 }
 
 impl ForwardedAppend {
@@ -128,6 +135,7 @@ impl ForwardedAppend {
             id: self.message_id.clone(),
             user: self.user.clone(),
             body: self.body.clone(),
+            refs: EntryRefs { target: self.target, reply_to: self.reply_to, mentions: self.mentions.clone() },
         }
     }
 }
@@ -162,6 +170,11 @@ pub enum WireError {
     Fenced { room: String, epoch: u64, current: u64 },
     Unavailable(String),
     Backend(String),
+    NoSuchMessage { room: String, seq: u64 },
+    MessageDeleted { room: String, seq: u64 },
+    NotAllowed(String),
+    InvalidReference(String),
+    Unchanged(String),
 }
 
 impl From<Result<Appended, StoreError>> for WireOutcome {
@@ -180,6 +193,11 @@ impl From<Result<Appended, StoreError>> for WireOutcome {
                 StoreError::Fenced { room, epoch, current } => WireError::Fenced { room, epoch, current },
                 StoreError::Unavailable(a) => WireError::Unavailable(a),
                 StoreError::Backend(a) => WireError::Backend(a),
+                StoreError::NoSuchMessage { room, seq } => WireError::NoSuchMessage { room, seq },
+                StoreError::MessageDeleted { room, seq } => WireError::MessageDeleted { room, seq },
+                StoreError::NotAllowed(a) => WireError::NotAllowed(a),
+                StoreError::InvalidReference(a) => WireError::InvalidReference(a),
+                StoreError::Unchanged(a) => WireError::Unchanged(a),
             }),
         }
     }
@@ -203,6 +221,11 @@ impl From<WireOutcome> for Result<Appended, StoreError> {
                 WireError::Fenced { room, epoch, current } => StoreError::Fenced { room, epoch, current },
                 WireError::Unavailable(a) => StoreError::Unavailable(a),
                 WireError::Backend(a) => StoreError::Backend(a),
+                WireError::NoSuchMessage { room, seq } => StoreError::NoSuchMessage { room, seq },
+                WireError::MessageDeleted { room, seq } => StoreError::MessageDeleted { room, seq },
+                WireError::NotAllowed(a) => StoreError::NotAllowed(a),
+                WireError::InvalidReference(a) => StoreError::InvalidReference(a),
+                WireError::Unchanged(a) => StoreError::Unchanged(a),
             }),
         }
     }
@@ -481,6 +504,7 @@ mod tests {
             user: None,
             body: "hi".into(),
             ts: 1,
+            ..Default::default()
         }
     }
 
@@ -510,6 +534,9 @@ mod tests {
                 user: None,
                 body: "hi".into(),
                 trace: 9,
+                target: None,
+                reply_to: None,
+                mentions: Vec::new(),
             }),
             RouterMessage::Reply(AppendReply {
                 id: 5,

@@ -281,6 +281,7 @@ mod tests {
                     user: None,
                     body: String::new(),
                     ts: 0,
+                    ..Default::default()
                 }))
             })
             .collect();

@@ -141,6 +141,7 @@ mod tests {
             user: None,
             body: "x".repeat(40),
             ts: seq,
+            ..Default::default()
         }))
     }
 

@@ -29,6 +29,7 @@ fn delivery(room: &str, seq: u64, members: &Arc<Vec<String>>) -> Delivery {
         user: None,
         body: format!("text {seq}"),
         ts: 0,
+        ..Default::default()
     };
     Delivery { entry, recipients: Recipients::Members(members.clone()) }
 }

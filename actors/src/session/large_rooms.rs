@@ -204,6 +204,7 @@ mod tests {
             },
             read_seq,
             joined_seq,
+            unread_mentions: 0,
         }
     }
 
@@ -217,6 +218,7 @@ mod tests {
             user: user.map(str::to_string),
             body: String::new(),
             ts: 1,
+            ..Default::default()
         }
     }
 

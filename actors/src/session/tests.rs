@@ -100,8 +100,14 @@ impl Conn {
 }
 
 async fn post(hub: &Arc<Hub>, room: &str, from: &str, id: &str) -> u64 {
-    let command =
-        AppendCommand { kind: EntryKind::Text, from: from.into(), id: id.into(), user: None, body: id.into() };
+    let command = AppendCommand {
+        kind: EntryKind::Text,
+        from: from.into(),
+        id: id.into(),
+        user: None,
+        body: id.into(),
+        refs: Default::default(),
+    };
     let outcome = hub.append(room, command).await.unwrap();
     outcome.await.unwrap().unwrap().delivery.entry.seq
 }
@@ -200,7 +206,14 @@ async fn sends_of_one_connection_keep_their_order_when_pipelined() {
     alice.login(&f.hub, "alice", None).await;
     for i in 0..20u64 {
         alice
-            .send(ClientFrame::Send { req: 100 + i, room: f.room.clone(), id: format!("p{i}"), body: "x".into() })
+            .send(ClientFrame::Send {
+                req: 100 + i,
+                room: f.room.clone(),
+                id: format!("p{i}"),
+                body: "x".into(),
+                reply_to: None,
+                mentions: Vec::new(),
+            })
             .await;
     }
     let mut acks = Vec::new();
@@ -232,6 +245,7 @@ async fn a_room_claimed_elsewhere_fences_the_stale_actor_and_a_retry_succeeds() 
         id: id.into(),
         user: None,
         body: id.into(),
+        refs: Default::default(),
     };
     let refused = hub.append(&fx.room, command("m2")).await.unwrap().await.unwrap();
     assert!(matches!(refused, Err(StoreError::Unavailable(_))), "the stale actor's append: {refused:?}");
@@ -332,6 +346,8 @@ async fn a_catch_up_reads_the_store_for_what_never_reached_the_recent_entries() 
             body: id.into(),
             ts: 0,
             limits: f.hub.limits.membership(),
+            refs: Default::default(),
+            rules: crate::store::MessageRules { edit_window_ms: 60_000, max_reactions_per_message: 20 },
         };
         f.hub.store.append(request).await.unwrap();
     }

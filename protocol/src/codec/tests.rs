@@ -9,7 +9,14 @@ fn both() -> [Encoding; 2] {
 fn client_frames_round_trip_in_both_encodings() {
     let frames = vec![
         ClientFrame::Hello { versions: vec![1], client: Some("test".into()), batch: false },
-        ClientFrame::Send { req: 7, room: "r_a".into(), id: "m-1".into(), body: "hello".into() },
+        ClientFrame::Send {
+            req: 7,
+            room: "r_a".into(),
+            id: "m-1".into(),
+            body: "hello".into(),
+            reply_to: None,
+            mentions: Vec::new(),
+        },
         ClientFrame::History { req: 2, room: "r_a".into(), before: Some(10), after: None, limit: Some(5) },
         ClientFrame::Authenticate { req: 1, token: "t".into(), cursor: Some(42), rooms: Default::default() },
         ClientFrame::Authenticate {
@@ -39,6 +46,7 @@ fn server_frames_round_trip_in_both_encodings() {
         user: None,
         body: "hi".into(),
         ts: 1,
+        ..Default::default()
     };
     let frames = vec![
         ServerFrame::Message { cursor: Some(9), entry: entry.clone() },
@@ -140,6 +148,7 @@ fn a_message_encoded_from_a_borrowed_entry_is_the_message_frame() {
             user: user.clone(),
             body: "héllo \"quoted\"".into(),
             ts: 1_795_856_035_400,
+            ..Default::default()
         };
         for encoding in both() {
             for cursor in [Some(42), None] {
@@ -161,6 +170,7 @@ fn text_entry(seq: u64, body: &str) -> Entry {
         user: None,
         body: body.into(),
         ts: 1_700_000_000_000,
+        ..Default::default()
     }
 }
 

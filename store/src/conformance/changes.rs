@@ -5,7 +5,7 @@ use std::sync::Arc;
 use protocol::{EntryKind, ReactionCount};
 
 use super::{refused, room_with, send, text, users, whole_history, whole_log, TS};
-use crate::{AppendRequest, Epoch, EntryRefs, HistoryPage, Store, StoreError};
+use crate::{AppendRequest, EntryRefs, Epoch, HistoryPage, Store, StoreError};
 
 /// A change by `from` (edit, delete, react, unreact) of message `target`.
 fn change(room: &str, epoch: Epoch, kind: EntryKind, from: &str, id: &str, target: u64, body: &str) -> AppendRequest {
@@ -86,7 +86,8 @@ pub async fn delete_erases_the_message_its_edits_reactions_and_mentions(store: A
     users(store, &["a", "b"]).await;
     let epoch = room_with(store, "r", &["a", "b"], false).await;
     let seq = send(store, mentioning("r", epoch, "a", "secret one", &["b"])).await.delivery.entry.seq;
-    let edit_seq = send(store, change("r", epoch, EntryKind::Edit, "a", "e1", seq, "secret two")).await.delivery.entry.seq;
+    let edit_seq =
+        send(store, change("r", epoch, EntryKind::Edit, "a", "e1", seq, "secret two")).await.delivery.entry.seq;
     send(store, change("r", epoch, EntryKind::React, "b", "x1", seq, "👍")).await;
     assert_eq!(unread_mentions(store, "b", "r").await, 1);
     let delete = send(store, change("r", epoch, EntryKind::Delete, "a", "d1", seq, "ignored")).await.delivery.entry;
@@ -144,7 +145,10 @@ pub async fn reactions_are_once_per_user_and_bounded(store: Arc<dyn Store>) {
     send(store, change("r", epoch, EntryKind::Unreact, "b", "u1", seq, "👍")).await;
     let err = refused(store, change("r", epoch, EntryKind::Unreact, "b", "u2", seq, "👍")).await;
     assert!(matches!(err, StoreError::Unchanged(_)), "{err:?}");
-    assert_eq!(store.reactions("r", &[seq], "b").await.expect("reactions")[0], vec![count("🎉", 1, false), count("👍", 1, false)]);
+    assert_eq!(
+        store.reactions("r", &[seq], "b").await.expect("reactions")[0],
+        vec![count("🎉", 1, false), count("👍", 1, false)]
+    );
 
     // Three different reactions at most (RULES); more of an existing one is fine.
     send(store, change("r", epoch, EntryKind::React, "b", "x5", seq, "❤")).await;

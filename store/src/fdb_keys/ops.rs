@@ -1097,7 +1097,12 @@ impl<D: KvDb> Store for KvStore<D> {
         Err(StoreError::NoSuchMessage { room: room.into(), seq: root }) // PLACEHOLDER
     }
 
-    async fn reactions(&self, _room: &str, seqs: &[u64], _viewer: &str) -> StoreResult<Vec<Vec<protocol::ReactionCount>>> {
+    async fn reactions(
+        &self,
+        _room: &str,
+        seqs: &[u64],
+        _viewer: &str,
+    ) -> StoreResult<Vec<Vec<protocol::ReactionCount>>> {
         Ok(vec![Vec::new(); seqs.len()]) // PLACEHOLDER
     }
 

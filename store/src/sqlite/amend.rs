@@ -20,15 +20,12 @@ use protocol::{Entry, EntryKind, ReactionCount, RoomKind};
 
 const TARGET_BY_SEQ: &str = "SELECT sender, kind, ts, deleted, mentions FROM entries WHERE rid = ?1 AND seq = ?2";
 const TARGET_EDIT: &str = "UPDATE entries SET body = ?3, edited_ts = ?4 WHERE rid = ?1 AND seq = ?2";
-const TARGET_ERASE: &str =
-    "UPDATE entries SET body = '', mentions = NULL, deleted = 1 WHERE rid = ?1 AND seq = ?2";
-const EDITS_ERASE: &str =
-    "UPDATE entries SET body = '', deleted = 1 WHERE rid = ?1 AND target = ?2 AND kind = 'edit'";
+const TARGET_ERASE: &str = "UPDATE entries SET body = '', mentions = NULL, deleted = 1 WHERE rid = ?1 AND seq = ?2";
+const EDITS_ERASE: &str = "UPDATE entries SET body = '', deleted = 1 WHERE rid = ?1 AND target = ?2 AND kind = 'edit'";
 const REACTIONS_ERASE: &str = "DELETE FROM reactions WHERE rid = ?1 AND seq = ?2";
 const MENTION_DELETE: &str = "DELETE FROM mentions WHERE uid = ?1 AND rid = ?2 AND seq = ?3";
 const MENTION_INSERT: &str = "INSERT OR IGNORE INTO mentions (uid, rid, seq) VALUES (?1, ?2, ?3)";
-const REACTION_EXISTS: &str =
-    "SELECT 1 FROM reactions WHERE rid = ?1 AND seq = ?2 AND reaction = ?3 AND uid = ?4";
+const REACTION_EXISTS: &str = "SELECT 1 FROM reactions WHERE rid = ?1 AND seq = ?2 AND reaction = ?3 AND uid = ?4";
 const REACTION_GIVEN: &str = "SELECT 1 FROM reactions WHERE rid = ?1 AND seq = ?2 AND reaction = ?3";
 const REACTION_KINDS: &str = "SELECT count(DISTINCT reaction) FROM reactions WHERE rid = ?1 AND seq = ?2";
 const REACTION_INSERT: &str = "INSERT INTO reactions (rid, seq, reaction, uid) VALUES (?1, ?2, ?3, ?4)";
@@ -79,7 +76,13 @@ fn require_message(conn: &Connection, room: &RoomRow, seq: u64) -> StoreResult<T
         .prepare_cached(TARGET_BY_SEQ)
         .and_then(|mut s| {
             s.query_row(params![room.rid, sql_int(seq)], |r| {
-                Ok(Target { sender: r.get(0)?, kind: r.get(1)?, ts: r.get(2)?, deleted: r.get(3)?, mentions: r.get(4)? })
+                Ok(Target {
+                    sender: r.get(0)?,
+                    kind: r.get(1)?,
+                    ts: r.get(2)?,
+                    deleted: r.get(3)?,
+                    mentions: r.get(4)?,
+                })
             })
             .optional()
         })
@@ -175,11 +178,9 @@ pub(super) fn append_change(
                     target.sender
                 )));
             }
-            for (sql, doing) in [
-                (TARGET_ERASE, "erase message"),
-                (EDITS_ERASE, "erase edits"),
-                (REACTIONS_ERASE, "erase reactions"),
-            ] {
+            for (sql, doing) in
+                [(TARGET_ERASE, "erase message"), (EDITS_ERASE, "erase edits"), (REACTIONS_ERASE, "erase reactions")]
+            {
                 conn.prepare_cached(sql).and_then(|mut s| s.execute(params![rid, target_seq])).ctx(doing)?;
             }
             // A deleted message no longer counts as an unread mention of anyone it named.
@@ -229,7 +230,10 @@ pub(super) fn append_change(
             }
         }
         EntryKind::Text | EntryKind::Join | EntryKind::Leave => {
-            return Err(StoreError::Backend(format!("invalid append to `{room_id}`: {:?} is not a change", request.kind)))
+            return Err(StoreError::Backend(format!(
+                "invalid append to `{room_id}`: {:?} is not a change",
+                request.kind
+            )))
         }
     }
     let new_seq = advance_room(conn, room, 0)?;
@@ -251,9 +255,7 @@ pub(super) fn append_change(
 }
 
 fn reaction_given_by_anyone(conn: &Connection, rid: i64, seq: i64, reaction: &str) -> StoreResult<bool> {
-    conn.prepare_cached(REACTION_GIVEN)
-        .and_then(|mut s| s.exists(params![rid, seq, reaction]))
-        .ctx("read reaction")
+    conn.prepare_cached(REACTION_GIVEN).and_then(|mut s| s.exists(params![rid, seq, reaction])).ctx("read reaction")
 }
 
 pub(super) fn thread(
@@ -266,7 +268,9 @@ pub(super) fn thread(
     let header = require_room(conn, room)?;
     let root_entry = conn
         .prepare_cached(THREAD_ROOT)
-        .and_then(|mut s| s.query_row(params![header.rid, sql_int(root)], |r| entry_columns(room.to_owned(), r, 0)).optional())
+        .and_then(|mut s| {
+            s.query_row(params![header.rid, sql_int(root)], |r| entry_columns(room.to_owned(), r, 0)).optional()
+        })
         .ctx("read thread root")?
         .ok_or_else(|| StoreError::NoSuchMessage { room: room.to_owned(), seq: root })?;
     let fetch = i64::from(limit) + 1;
@@ -284,7 +288,12 @@ pub(super) fn thread(
     Ok((root_entry, replies, more))
 }
 
-pub(super) fn reactions(conn: &Connection, room: &str, seqs: &[u64], viewer: &str) -> StoreResult<Vec<Vec<ReactionCount>>> {
+pub(super) fn reactions(
+    conn: &Connection,
+    room: &str,
+    seqs: &[u64],
+    viewer: &str,
+) -> StoreResult<Vec<Vec<ReactionCount>>> {
     let rid = require_room(conn, room)?.rid;
     // An unknown viewer matches no row (uid -1 is never assigned).
     let viewer = find_uid(conn, viewer)?.unwrap_or(-1);

@@ -603,7 +603,11 @@ pub(super) fn append(conn: &Connection, request: &AppendRequest, retention: u64)
 }
 
 /// The entry a client id already named in this room, if any (a retried request).
-pub(super) fn entry_by_client_id(conn: &Connection, room: &RoomRow, request: &AppendRequest) -> StoreResult<Option<Entry>> {
+pub(super) fn entry_by_client_id(
+    conn: &Connection,
+    room: &RoomRow,
+    request: &AppendRequest,
+) -> StoreResult<Option<Entry>> {
     conn.prepare_cached(ENTRY_BY_CLIENT_ID)
         .and_then(|mut s| {
             s.query_row(params![room.rid, request.from, request.id], |r| entry_columns(room.record.id.clone(), r, 0))

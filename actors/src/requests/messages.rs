@@ -1,0 +1,130 @@
+//! Requests about messages that change: edit, delete and react (checked here, then appended by
+//! the room's owner like a send), the references a send may carry (the message it replies to,
+//! the members it mentions), threads, and the reactions shown with history.
+//!
+//! What can be checked without the room's state is checked here, so a malformed request never
+//! reaches the room; who may do what to which message is the store's decision, taken inside the
+//! append's transaction (see `store::AppendRequest`).
+
+use protocol::{ClientFrame, Entry, EntryKind, ErrorCode, ReqId, ServerFrame};
+
+use super::{check_send, error_frame, fit_page, require_member, store_error_frame, Ctx};
+use crate::limits::Limits;
+use crate::names;
+use crate::room::AppendCommand;
+use crate::store::{EntryRefs, StoreError};
+
+/// The references of a `send`, checked: at most `limits.max_mentions` valid user names, each
+/// once (in the order given).
+pub fn send_refs(
+    limits: &Limits,
+    req: ReqId,
+    reply_to: Option<u64>,
+    mentions: Vec<String>,
+) -> Result<EntryRefs, Box<ServerFrame>> {
+    if mentions.len() > limits.max_mentions as usize {
+        let message = format!("a message mentions at most limits.max_mentions ({}) members", limits.max_mentions);
+        return Err(Box::new(error_frame(Some(req), ErrorCode::InvalidField, message)));
+    }
+    let mut unique: Vec<String> = Vec::with_capacity(mentions.len());
+    for name in mentions {
+        if let Err(message) = names::validate_user_name(&name) {
+            return Err(Box::new(error_frame(Some(req), ErrorCode::InvalidField, format!("`mentions`: {message}"))));
+        }
+        if !unique.contains(&name) {
+            unique.push(name);
+        }
+    }
+    if reply_to == Some(0) {
+        return Err(Box::new(error_frame(Some(req), ErrorCode::NoSuchMessage, "`reply_to` 0 names no message")));
+    }
+    Ok(EntryRefs { target: None, reply_to, mentions: unique })
+}
+
+/// The room and the command for an `edit`, `delete` or `react` frame, or the error reply.
+pub fn change_command(
+    limits: &Limits,
+    user: &str,
+    frame: ClientFrame,
+) -> Result<(ReqId, String, AppendCommand), Box<ServerFrame>> {
+    let (req, room, id, seq, kind, body) = match frame {
+        ClientFrame::Edit { req, room, id, seq, body } => {
+            check_send(limits, req, &room, &id, &body)?;
+            (req, room, id, seq, EntryKind::Edit, body)
+        }
+        ClientFrame::Delete { req, room, id, seq } => {
+            check_send(limits, req, &room, &id, "-")?;
+            (req, room, id, seq, EntryKind::Delete, String::new())
+        }
+        ClientFrame::React { req, room, id, seq, reaction, remove } => {
+            check_send(limits, req, &room, &id, "-")?;
+            if let Err(message) = names::validate_reaction(&reaction) {
+                return Err(Box::new(error_frame(Some(req), ErrorCode::InvalidField, message)));
+            }
+            (req, room, id, seq, if remove { EntryKind::Unreact } else { EntryKind::React }, reaction)
+        }
+        other => {
+            let message = format!("frame {:?} is not a change of a message", other.req());
+            return Err(Box::new(error_frame(Some(other.req()), ErrorCode::Internal, message)));
+        }
+    };
+    if seq == 0 {
+        return Err(Box::new(error_frame(Some(req), ErrorCode::NoSuchMessage, "seq 0 names no message")));
+    }
+    let refs = EntryRefs { target: Some(seq), ..EntryRefs::default() };
+    Ok((req, room, AppendCommand { kind, from: user.to_owned(), id, user: None, body, refs }))
+}
+
+/// Attach to each message of `entries` (text, not deleted) its reactions as the caller sees
+/// them.
+pub async fn add_reactions(ctx: &Ctx, room: &str, entries: &mut [Entry]) -> Result<(), StoreError> {
+    let messages: Vec<usize> =
+        (0..entries.len()).filter(|&i| entries[i].kind == EntryKind::Text && !entries[i].deleted).collect();
+    if messages.is_empty() {
+        return Ok(());
+    }
+    let seqs: Vec<u64> = messages.iter().map(|&i| entries[i].seq).collect();
+    let reactions = ctx.hub.store.reactions(room, &seqs, &ctx.user).await?;
+    for (i, counts) in messages.into_iter().zip(reactions) {
+        entries[i].reactions = counts;
+    }
+    Ok(())
+}
+
+/// A thread: its root message and a page of the replies to it.
+pub async fn thread(
+    ctx: &Ctx,
+    req: ReqId,
+    room: String,
+    root: u64,
+    after: Option<u64>,
+    limit: Option<u32>,
+) -> ServerFrame {
+    let max = ctx.hub.limits.history_page_max;
+    let limit = match limit {
+        None => max.min(50),
+        Some(limit) if (1..=max).contains(&limit) => limit,
+        Some(_) => {
+            let message = format!("`limit` must be 1 to limits.history_page_max ({max})");
+            return error_frame(Some(req), ErrorCode::InvalidField, message);
+        }
+    };
+    if let Err(frame) = require_member(ctx, req, &room).await {
+        return frame;
+    }
+    let (root, mut replies, more) = match ctx.hub.store.thread(&room, root, after.unwrap_or(0), limit).await {
+        Ok(thread) => thread,
+        Err(err) => return store_error_frame(&ctx.hub, Some(req), err),
+    };
+    let mut roots = [root];
+    let decorated = async {
+        add_reactions(ctx, &room, &mut roots).await?;
+        add_reactions(ctx, &room, &mut replies).await
+    };
+    if let Err(err) = decorated.await {
+        return store_error_frame(&ctx.hub, Some(req), err);
+    }
+    let [root] = roots;
+    let (replies, cut) = fit_page(replies, false);
+    ServerFrame::Thread { req, room, root, replies, more: more || cut }
+}
