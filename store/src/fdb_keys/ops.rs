@@ -394,6 +394,7 @@ async fn create_room<X: KvTxn>(
             body: String::new(),
             ts: room.ts,
             writer,
+            ..EntryValue::default()
         };
         writes.set(ks.room_log(&room.id, seq), value.encode());
         entries.push(value.into_entry(&room.id, seq));
@@ -764,6 +765,7 @@ async fn commit_entry<X: KvTxn>(
         body: request.body.clone(),
         ts: request.ts,
         writer: cx.writer,
+        ..EntryValue::default()
     };
     writes.set(ks.room_log(room, seq), value.encode());
     if request.kind == EntryKind::Text {
