@@ -9,6 +9,8 @@
 //! timeouts, the client library itself) is listed in docs/STORAGE.md §Verification.
 
 use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
 
 use async_trait::async_trait;
 
@@ -105,4 +107,51 @@ pub trait KvDb: Send + Sync + 'static {
         T: Send + 'a,
         F: Fn(Self::Txn, Attempt) -> Fut + Send + Sync + 'a,
         Fut: Future<Output = TxnResult<T, <Self::Txn as KvTxn>::Error>> + Send + 'a;
+}
+
+/// Await several reads of one transaction together, outputs in the order given: each read is
+/// sent when first polled, and all are polled before any is awaited, so the lot costs one
+/// round trip instead of one each (as [`KvTxn::get_many`] does for point reads).
+pub async fn together<F: Future + Unpin>(reads: Vec<F>) -> Vec<F::Output> {
+    let mut pending: Vec<Option<F>> = reads.into_iter().map(Some).collect();
+    let mut outputs: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut waiting = false;
+        for (slot, output) in pending.iter_mut().zip(outputs.iter_mut()) {
+            if let Some(read) = slot {
+                match Pin::new(read).poll(cx) {
+                    Poll::Ready(value) => {
+                        *output = Some(value);
+                        *slot = None;
+                    }
+                    Poll::Pending => waiting = true,
+                }
+            }
+        }
+        if waiting {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    // Every slot was filled before the poll above returned `Ready`.
+    outputs.into_iter().flatten().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn reads_together_keep_their_order_and_all_finish() {
+        let (tx, rx) = tokio::sync::oneshot::channel::<u32>();
+        let late: Pin<Box<dyn Future<Output = u32> + Send>> = Box::pin(async move { rx.await.unwrap_or(0) + 1 });
+        let ready: Pin<Box<dyn Future<Output = u32> + Send>> = Box::pin(async { 7 });
+        let joined = tokio::spawn(together(vec![late, ready]));
+        tokio::task::yield_now().await;
+        tx.send(41).expect("receiver alive");
+        assert_eq!(joined.await.expect("joined"), vec![42, 7]);
+        assert!(together(Vec::<Pin<Box<dyn Future<Output = u32> + Send>>>::new()).await.is_empty());
+    }
 }

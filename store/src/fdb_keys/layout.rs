@@ -9,7 +9,13 @@
 //! (P, "room",  room)                 room metadata (name, kind, private, creator, large since)
 //! (P, "head",  room)                 room head: last seq, member count
 //! (P, "rlog",  room, seq)            room log entry
-//! (P, "dedup", room, from, id)       seq of the text entry with that client message id
+//! (P, "dedup", room, from, id)       seq of the entry with that client message id (every kind
+//!                                    but join and leave)
+//! (P, "edit",  room, target, seq)    index: entry `seq` is an edit of message `target`
+//! (P, "reply", room, root, seq)      index: entry `seq` replies to message `root`
+//! (P, "react", room, seq, reaction, user)   `user` gave `reaction` to message `seq`
+//! (P, "rsum",  room, seq, reaction)  how many members gave `reaction` to message `seq`
+//! (P, "ment",  user, room, seq)      message `seq` of `room` mentions `user` (not its sender)
 //! (P, "mem",   room, user)           membership, room → user (value: seq of the join)
 //! (P, "memof", user, room)           membership, user → room (value: join seq, read position)
 //! (P, "uhead", user)                 user log head, floor and room count
@@ -33,6 +39,11 @@ const MEMBER_OF: &str = "memof";
 const USER_HEAD: &str = "uhead";
 const USER_LOG: &str = "ulog";
 const OWNER: &str = "owner";
+const EDIT: &str = "edit";
+const REPLY: &str = "reply";
+const REACTION: &str = "react";
+const REACTION_COUNT: &str = "rsum";
+const MENTION: &str = "ment";
 const PRESENCE_NOTE: &str = "pnote";
 
 /// A half-open key range `[begin, end)`, as FoundationDB range reads and clears take it.
@@ -196,6 +207,98 @@ impl Keyspace {
     pub fn presence_note(&self, user: &str) -> Vec<u8> {
         self.tag(PRESENCE_NOTE).str(user).into_bytes()
     }
+
+    /// Entry `seq` edits message `target`: what a delete of `target` reads to erase the bodies
+    /// of its edits without scanning the room log.
+    pub fn edit(&self, room: &str, target: u64, seq: u64) -> Vec<u8> {
+        self.tag(EDIT).str(room).uint(target).uint(seq).into_bytes()
+    }
+
+    fn edits_prefix(&self, room: &str, target: u64) -> Vec<u8> {
+        self.tag(EDIT).str(room).uint(target).into_bytes()
+    }
+
+    /// Every `edit` key of one message.
+    pub fn edits_of(&self, room: &str, target: u64) -> KeyRange {
+        KeyRange::children(&self.edits_prefix(room, target))
+    }
+
+    /// The seq of the edit entry of a key from [`Self::edits_of`].
+    pub fn edit_seq(&self, room: &str, target: u64, key: &[u8]) -> Result<u64, TupleError> {
+        last_uint(&self.edits_prefix(room, target), key)
+    }
+
+    /// Entry `seq` replies to message `root`: a thread is one range read.
+    pub fn reply(&self, room: &str, root: u64, seq: u64) -> Vec<u8> {
+        self.tag(REPLY).str(room).uint(root).uint(seq).into_bytes()
+    }
+
+    fn replies_prefix(&self, room: &str, root: u64) -> Vec<u8> {
+        self.tag(REPLY).str(room).uint(root).into_bytes()
+    }
+
+    /// The replies to `root` with seq > `after`, in seq order.
+    pub fn replies_after(&self, room: &str, root: u64, after: u64) -> KeyRange {
+        after_in(&self.replies_prefix(room, root), after, |first| self.reply(room, root, first))
+    }
+
+    /// The seq of the reply of a key from [`Self::replies_after`].
+    pub fn reply_seq(&self, room: &str, root: u64, key: &[u8]) -> Result<u64, TupleError> {
+        last_uint(&self.replies_prefix(room, root), key)
+    }
+
+    /// `user` gave `reaction` to message `seq`.
+    pub fn reaction(&self, room: &str, seq: u64, reaction: &str, user: &str) -> Vec<u8> {
+        self.tag(REACTION).str(room).uint(seq).str(reaction).str(user).into_bytes()
+    }
+
+    /// Every `react` key of one message (what its delete clears).
+    pub fn reactions_of(&self, room: &str, seq: u64) -> KeyRange {
+        KeyRange::children(&self.tag(REACTION).str(room).uint(seq).into_bytes())
+    }
+
+    /// How many members gave `reaction` to message `seq`.
+    pub fn reaction_count(&self, room: &str, seq: u64, reaction: &str) -> Vec<u8> {
+        self.tag(REACTION_COUNT).str(room).uint(seq).str(reaction).into_bytes()
+    }
+
+    fn reaction_counts_prefix(&self, room: &str, seq: u64) -> Vec<u8> {
+        self.tag(REACTION_COUNT).str(room).uint(seq).into_bytes()
+    }
+
+    /// Every `rsum` key of one message, in reaction order: at most
+    /// `rules.max_reactions_per_message` of them, however many members reacted.
+    pub fn reaction_counts_of(&self, room: &str, seq: u64) -> KeyRange {
+        KeyRange::children(&self.reaction_counts_prefix(room, seq))
+    }
+
+    /// The reaction of a key from [`Self::reaction_counts_of`].
+    pub fn reaction_count_reaction(&self, room: &str, seq: u64, key: &[u8]) -> Result<String, TupleError> {
+        last_str(&self.reaction_counts_prefix(room, seq), key)
+    }
+
+    /// Message `seq` of `room` mentions `user`.
+    pub fn mention(&self, user: &str, room: &str, seq: u64) -> Vec<u8> {
+        self.tag(MENTION).str(user).str(room).uint(seq).into_bytes()
+    }
+
+    /// The messages of `room` that mention `user` with seq > `after`: the unread mentions are
+    /// one range read from the read position.
+    pub fn mentions_after(&self, user: &str, room: &str, after: u64) -> KeyRange {
+        let prefix = self.tag(MENTION).str(user).str(room).into_bytes();
+        after_in(&prefix, after, |first| self.mention(user, room, first))
+    }
+}
+
+/// The children of the tuple `prefix` whose next element is an integer > `after`; `key(n)` is
+/// the key of integer `n` under `prefix`.
+fn after_in(prefix: &[u8], after: u64, key: impl Fn(u64) -> Vec<u8>) -> KeyRange {
+    let all = KeyRange::children(prefix);
+    match after.checked_add(1) {
+        Some(first) => KeyRange { begin: key(first), end: all.end },
+        // Nothing lies after the largest integer: an empty range.
+        None => KeyRange { begin: all.end.clone(), end: all.end },
+    }
 }
 
 /// The one integer that follows `prefix` in `key`.
@@ -287,6 +390,41 @@ mod tests {
         assert!(after.contains(&ks().room_log("r", u64::MAX)));
         assert!(!after.contains(&ks().room_log("r2", 5)));
         assert_eq!(ks().room_log_seq("r", &ks().room_log("r", 300)).unwrap(), 300);
+    }
+
+    #[test]
+    fn change_keys_stay_within_their_message() {
+        // Message 1's keys never reach message 10's (integers sort numerically), nor another
+        // room's.
+        let edits = ks().edits_of("r", 1);
+        assert!(edits.contains(&ks().edit("r", 1, u64::MAX)));
+        assert!(!edits.contains(&ks().edit("r", 10, 11)) && !edits.contains(&ks().edit("r2", 1, 2)));
+        assert_eq!(ks().edit_seq("r", 1, &ks().edit("r", 1, 300)).unwrap(), 300);
+        let reactions = ks().reactions_of("r", 1);
+        assert!(reactions.contains(&ks().reaction("r", 1, "👍", "bob")));
+        assert!(!reactions.contains(&ks().reaction("r", 2, "👍", "bob")));
+        assert!(!reactions.contains(&ks().reaction_count("r", 1, "👍")));
+        let counts = ks().reaction_counts_of("r", 1);
+        assert!(counts.contains(&ks().reaction_count("r", 1, "")));
+        assert!(!counts.contains(&ks().reaction_count("r", 256, "x")));
+        assert_eq!(ks().reaction_count_reaction("r", 1, &ks().reaction_count("r", 1, "🎉")).unwrap(), "🎉");
+    }
+
+    #[test]
+    fn reply_and_mention_ranges_start_after_the_seq() {
+        let replies = ks().replies_after("r", 5, 7);
+        assert!(!replies.contains(&ks().reply("r", 5, 7)));
+        assert!(replies.contains(&ks().reply("r", 5, 8)));
+        assert!(replies.contains(&ks().reply("r", 5, u64::MAX)));
+        assert!(!replies.contains(&ks().reply("r", 6, 8)));
+        assert!(ks().replies_after("r", 5, u64::MAX).is_empty());
+        assert_eq!(ks().reply_seq("r", 5, &ks().reply("r", 5, 9)).unwrap(), 9);
+        let mentions = ks().mentions_after("bob", "r", 3);
+        assert!(!mentions.contains(&ks().mention("bob", "r", 3)));
+        assert!(mentions.contains(&ks().mention("bob", "r", 4)));
+        assert!(!mentions.contains(&ks().mention("bob", "r2", 4)));
+        assert!(!mentions.contains(&ks().mention("bobby", "r", 4)));
+        assert!(ks().mentions_after("bob", "r", u64::MAX).is_empty());
     }
 
     #[test]

@@ -13,10 +13,12 @@
 //! - `limits`: FoundationDB's key, value and transaction limits, page and retention
 //!   arithmetic, the sorting of FoundationDB errors;
 //! - `options`: [`FdbOptions`];
-//! - `kv`: the transaction seam; `ops`: [`KvStore`], the [`Store`](super::Store) over it.
+//! - `kv`: the transaction seam; `ops`: [`KvStore`], the [`Store`](super::Store) over it;
+//!   `amend`: its messages that change (edits, deletes, reactions, replies, mentions).
 //!
 //! docs/STORAGE.md describes the layout and the reasoning behind it.
 
+mod amend;
 pub mod kv;
 pub mod layout;
 pub mod limits;

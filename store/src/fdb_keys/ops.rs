@@ -18,7 +18,8 @@
 //! `commit_unknown_result`: FoundationDB may not know whether a commit was applied, and then
 //! runs the attempt again with [`Attempt::maybe_committed`] set. Each write that is not
 //! naturally idempotent carries the means to recognise itself:
-//! - a text append finds its client message id in the dedup index;
+//! - an append of text or of a change (edit, delete, react, unreact) finds its client message id
+//!   in the dedup index;
 //! - every entry stores a `writer` number drawn once per call, so a retried join, leave or
 //!   room creation recognises the entry its own first attempt wrote and answers with that
 //!   delivery (recipients recovered from their logs; for an entry of a large room, none named)
@@ -32,8 +33,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use protocol::{Cursor, Entry, EntryKind};
+use protocol::{Cursor, Entry, EntryKind, ReactionCount};
 
+use super::amend::{self, CheckedRefs};
 use super::kv::{corrupt, Attempt, KvDb, KvTxn, TxnError, TxnResult};
 use super::layout::Keyspace;
 use super::limits::{
@@ -41,15 +43,15 @@ use super::limits::{
     TRANSACTION_BYTES_BUDGET,
 };
 use super::values::{
-    decode_u64, encode_u64, AccountValue, CodecError, EntryValue, MembershipValue, NoteValue, OwnerValue, Pointer,
-    RoomHead, RoomMeta, UserHead,
+    decode_u64, encode_marker, encode_u64, AccountValue, CodecError, EntryValue, MembershipValue, NoteValue,
+    OwnerValue, Pointer, RoomHead, RoomMeta, UserHead,
 };
 use crate::{
     AppendRequest, Appended, Delivery, Epoch, HistoryPage, LogBounds, LogEntry, MembershipLimits, MyRoom, NewRoom,
     PresenceNote, Recipients, RoomRecord, Store, StoreError, StoreResult, UserRecord,
 };
 
-type R<T, X> = TxnResult<T, <X as KvTxn>::Error>;
+pub(super) type R<T, X> = TxnResult<T, <X as KvTxn>::Error>;
 
 /// The [`Store`] over any [`KvDb`]: `FdbStore` in production, an in-memory map in tests.
 pub struct KvStore<D> {
@@ -86,7 +88,7 @@ fn is_dense(positions: impl IntoIterator<Item = u64>) -> bool {
     })
 }
 
-fn decode_at<X: KvTxn, V>(
+pub(super) fn decode_at<X: KvTxn, V>(
     key: &[u8],
     bytes: Option<Vec<u8>>,
     decode: fn(&[u8]) -> Result<V, CodecError>,
@@ -94,14 +96,18 @@ fn decode_at<X: KvTxn, V>(
     bytes.map(|b| decode(&b).map_err(|e| corrupt(key, e))).transpose()
 }
 
-async fn read<X: KvTxn, V>(t: &X, key: &[u8], decode: fn(&[u8]) -> Result<V, CodecError>) -> R<Option<V>, X> {
+pub(super) async fn read<X: KvTxn, V>(
+    t: &X,
+    key: &[u8],
+    decode: fn(&[u8]) -> Result<V, CodecError>,
+) -> R<Option<V>, X> {
     let bytes = t.get(key).await?;
     decode_at::<X, V>(key, bytes, decode)
 }
 
 /// A room as one transaction sees it.
-struct RoomState {
-    meta: RoomMeta,
+pub(super) struct RoomState {
+    pub(super) meta: RoomMeta,
     head: RoomHead,
     /// 0 until the room is first claimed (the SQLite backend starts rooms at epoch 0 too).
     epoch: Epoch,
@@ -139,7 +145,7 @@ async fn load_room<X: KvTxn>(t: &X, ks: &Keyspace, room: &str, writes: &mut Writ
     }
 }
 
-async fn require_room<X: KvTxn>(t: &X, ks: &Keyspace, room: &str, writes: &mut WriteSet) -> R<RoomState, X> {
+pub(super) async fn require_room<X: KvTxn>(t: &X, ks: &Keyspace, room: &str, writes: &mut WriteSet) -> R<RoomState, X> {
     load_room(t, ks, room, writes).await?.ok_or_else(|| StoreError::NoSuchRoom(room.to_string()).into())
 }
 
@@ -394,6 +400,7 @@ async fn create_room<X: KvTxn>(
             body: String::new(),
             ts: room.ts,
             writer,
+            ..EntryValue::default()
         };
         writes.set(ks.room_log(&room.id, seq), value.encode());
         entries.push(value.into_entry(&room.id, seq));
@@ -477,8 +484,10 @@ async fn rooms_of<X: KvTxn>(t: &X, ks: &Keyspace, user: &str) -> R<Vec<MyRoom>, 
     }
     let keys: Vec<Vec<u8>> = memberships.iter().flat_map(|(room, _)| [ks.room(room), ks.room_head(room)]).collect();
     let mut values = t.get_many(&keys).await?.into_iter();
+    let positions: Vec<(&str, u64)> = memberships.iter().map(|(room, m)| (room.as_str(), m.read_seq)).collect();
+    let mentions = amend::unread_mentions(t, ks, user, &positions).await?;
     let mut rooms = Vec::with_capacity(memberships.len());
-    for ((room, membership), keys) in memberships.into_iter().zip(keys.chunks(2)) {
+    for (((room, membership), keys), unread_mentions) in memberships.into_iter().zip(keys.chunks(2)).zip(mentions) {
         let meta = decode_at::<X, _>(&keys[0], values.next().flatten(), RoomMeta::decode)?;
         let head = decode_at::<X, _>(&keys[1], values.next().flatten(), RoomHead::decode)?;
         let (Some(meta), Some(head)) = (meta, head) else {
@@ -490,7 +499,7 @@ async fn rooms_of<X: KvTxn>(t: &X, ks: &Keyspace, user: &str) -> R<Vec<MyRoom>, 
             room: state.record(&room),
             read_seq: membership.read_seq,
             joined_seq: membership.join_seq,
-            unread_mentions: 0, // PLACEHOLDER
+            unread_mentions,
         });
     }
     Ok(rooms)
@@ -499,9 +508,9 @@ async fn rooms_of<X: KvTxn>(t: &X, ks: &Keyspace, user: &str) -> R<Vec<MyRoom>, 
 // Logs.
 
 /// Everything an append needs besides the transaction.
-struct AppendContext<'a> {
-    ks: &'a Keyspace,
-    request: &'a AppendRequest,
+pub(super) struct AppendContext<'a> {
+    pub(super) ks: &'a Keyspace,
+    pub(super) request: &'a AppendRequest,
     max_entries: u64,
     /// Drawn once per call, stored in the entry: how a retry recognises its own commit.
     writer: u64,
@@ -524,12 +533,9 @@ async fn append<X: KvTxn>(t: &X, cx: &AppendContext<'_>) -> R<Appended, X> {
         );
     }
     match request.kind {
-        EntryKind::Edit | EntryKind::Delete | EntryKind::React | EntryKind::Unreact => {
-            Err(StoreError::Backend("PLACEHOLDER".into()).into())
-        }
-        EntryKind::Text => {
-            // Dedup before the membership check: a retry of an acknowledged send gets its ack
-            // back even if the sender has left since.
+        kind if kind.has_client_id() => {
+            // Dedup before the membership check: a retry of an acknowledged send or change gets
+            // its ack back even if the sender has left since (and a change is not applied twice).
             let dedup_key = ks.dedup(&request.room, &request.from, &request.id);
             writes.read(&dedup_key);
             if let Some(seq) = read(t, &dedup_key, decode_u64).await? {
@@ -546,9 +552,15 @@ async fn append<X: KvTxn>(t: &X, cx: &AppendContext<'_>) -> R<Appended, X> {
             if t.get(&from_key).await?.is_none() {
                 return Err(StoreError::NotMember { room: request.room.clone(), user: request.from.clone() }.into());
             }
-            commit_entry(t, cx, state, writes, None).await
+            let refs = if kind == EntryKind::Text {
+                amend::check_message_refs(t, cx, &mut writes).await?
+            } else {
+                amend::apply_change(t, cx, &state, &mut writes).await?
+            };
+            commit_entry(t, cx, state, writes, None, refs).await
         }
-        EntryKind::Join | EntryKind::Leave => {
+        // Join and leave: their ids are the node's, so a retry recognises its entry by writer.
+        _ => {
             if attempt.maybe_committed {
                 if let Some((entry, stored_writer)) = entry_at(t, ks, &request.room, state.head.last_seq).await? {
                     if stored_writer == writer {
@@ -562,7 +574,7 @@ async fn append<X: KvTxn>(t: &X, cx: &AppendContext<'_>) -> R<Appended, X> {
             } else {
                 check_leave(t, cx, &user, &mut writes).await?;
             }
-            commit_entry(t, cx, state, writes, Some(user)).await
+            commit_entry(t, cx, state, writes, Some(user), CheckedRefs::default()).await
         }
     }
 }
@@ -704,15 +716,17 @@ async fn check_leave<X: KvTxn>(t: &X, cx: &AppendContext<'_>, user: &str, writes
     Ok(())
 }
 
-/// Write the entry at the next seq, fan it out to every member (the joiner included, the
-/// leaver included) unless the room is large at that seq, and change the membership, then
-/// check the limits and send it all.
+/// Write the entry at the next seq with what it refers to (and the index keys that point back
+/// at it), fan it out to every member (the joiner included, the leaver included) unless the
+/// room is large at that seq, and change the membership, then check the limits and send it all
+/// (with whatever the caller collected in `writes`, such as a change's effect on its target).
 async fn commit_entry<X: KvTxn>(
     t: &X,
     cx: &AppendContext<'_>,
     state: RoomState,
     mut writes: WriteSet,
     subject: Option<String>,
+    refs: CheckedRefs,
 ) -> R<Appended, X> {
     let (ks, request) = (cx.ks, cx.request);
     let room = &request.room;
@@ -761,13 +775,28 @@ async fn commit_entry<X: KvTxn>(
         from: request.from.clone(),
         id: request.id.clone(),
         user: subject.clone(),
-        body: request.body.clone(),
+        // A delete carries no body: the point is that the text is gone.
+        body: if request.kind == EntryKind::Delete { String::new() } else { request.body.clone() },
         ts: request.ts,
         writer: cx.writer,
+        target: refs.target,
+        reply_to: refs.reply_to,
+        mentions: refs.mentions,
+        edited_at: None,
+        deleted: false,
     };
     writes.set(ks.room_log(room, seq), value.encode());
-    if request.kind == EntryKind::Text {
+    if request.kind.has_client_id() {
         writes.set(ks.dedup(room, &request.from, &request.id), encode_u64(seq));
+    }
+    if let (EntryKind::Edit, Some(target)) = (request.kind, refs.target) {
+        writes.set(ks.edit(room, target, seq), encode_marker());
+    }
+    if let Some(root) = refs.reply_to {
+        writes.set(ks.reply(room, root, seq), encode_marker());
+    }
+    for user in &refs.notify {
+        writes.set(ks.mention(user, room, seq), encode_marker());
     }
     // A large room's owner names the recipients (`Recipients::Unnamed`).
     let recipients = if large {
@@ -1093,17 +1122,18 @@ impl<D: KvDb> Store for KvStore<D> {
         self.db.transact("read history", |t, _| async move { history(&t, ks, room, page, limit).await }).await
     }
 
-    async fn thread(&self, room: &str, root: u64, _after: u64, _limit: u32) -> StoreResult<(Entry, Vec<Entry>, bool)> {
-        Err(StoreError::NoSuchMessage { room: room.into(), seq: root }) // PLACEHOLDER
+    async fn thread(&self, room: &str, root: u64, after: u64, limit: u32) -> StoreResult<(Entry, Vec<Entry>, bool)> {
+        let ks = &self.keys;
+        self.db
+            .transact("read thread", |t, _| async move { amend::thread(&t, ks, room, root, after, limit).await })
+            .await
     }
 
-    async fn reactions(
-        &self,
-        _room: &str,
-        seqs: &[u64],
-        _viewer: &str,
-    ) -> StoreResult<Vec<Vec<protocol::ReactionCount>>> {
-        Ok(vec![Vec::new(); seqs.len()]) // PLACEHOLDER
+    async fn reactions(&self, room: &str, seqs: &[u64], viewer: &str) -> StoreResult<Vec<Vec<ReactionCount>>> {
+        let ks = &self.keys;
+        self.db
+            .transact("read reactions", |t, _| async move { amend::reactions(&t, ks, room, seqs, viewer).await })
+            .await
     }
 
     async fn user_log(&self, user: &str, after: Cursor, limit: u32) -> StoreResult<Vec<LogEntry>> {

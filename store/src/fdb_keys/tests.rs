@@ -349,3 +349,88 @@ async fn an_unknown_result_in_a_large_room_recovers_without_searching_logs() {
     assert!(changed_keys(&before, &after).iter().all(|k| !pointers.iter().any(|p| p.contains(k))), "no pointer");
     assert_eq!(store.user_log_bounds("c").await.unwrap(), LogBounds::default());
 }
+
+/// A change by `from` of message `target` in `room`.
+fn change(room: &str, epoch: Epoch, kind: EntryKind, from: &str, id: &str, target: u64, body: &str) -> AppendRequest {
+    let refs = crate::EntryRefs { target: Some(target), ..crate::EntryRefs::default() };
+    AppendRequest { kind, refs, ..text(room, epoch, from, id, body) }
+}
+
+/// Whether `needle` occurs in any key or value of the map.
+fn anywhere(snapshot: &BTreeMap<Vec<u8>, Vec<u8>>, needle: &[u8]) -> bool {
+    snapshot
+        .iter()
+        .any(|(k, v)| k.windows(needle.len()).any(|w| w == needle) || v.windows(needle.len()).any(|w| w == needle))
+}
+
+/// A delete erases the bytes, not just what reads show: no key or value holds the message's
+/// text or its edits' afterwards, and its reaction, reaction count and mention keys are gone.
+#[tokio::test]
+async fn a_delete_leaves_no_trace_of_the_text_in_the_map() {
+    let (kv, store) = mem_store(0);
+    let epoch = setup(&store, "r", &named(&["a", "b"])).await;
+    let mut request = text("r", epoch, "a", "m1", "first secret");
+    request.refs.mentions = named(&["b"]);
+    let seq = store.append(request).await.expect("send").delivery.entry.seq;
+    store.append(change("r", epoch, EntryKind::Edit, "a", "e1", seq, "second secret")).await.expect("edit");
+    store.append(change("r", epoch, EntryKind::React, "b", "x1", seq, "🤫")).await.expect("react");
+    let ks = store.keyspace();
+    let before = kv.snapshot().await;
+    let (reactions, counts) = (ks.reactions_of("r", seq), ks.reaction_counts_of("r", seq));
+    assert!(anywhere(&before, b"secret"));
+    assert!(before.contains_key(&ks.mention("b", "r", seq)));
+    assert_eq!(before.keys().filter(|k| reactions.contains(k) || counts.contains(k)).count(), 2);
+
+    store.append(change("r", epoch, EntryKind::Delete, "a", "d1", seq, "")).await.expect("delete");
+    let after = kv.snapshot().await;
+    assert!(!anywhere(&after, b"secret"), "a body survived the delete");
+    assert!(!after.contains_key(&ks.mention("b", "r", seq)));
+    // The react entry stays in the log (what happened); the reaction on the message is gone.
+    assert!(after.keys().all(|k| !reactions.contains(k) && !counts.contains(k)), "a reaction survived the delete");
+}
+
+/// The count of a reaction follows its givers, and the key goes when the last one takes it
+/// back: a reaction nobody gives is not one of the message's distinct reactions any more.
+#[tokio::test]
+async fn reaction_counts_follow_their_givers() {
+    let (kv, store) = mem_store(0);
+    let epoch = setup(&store, "r", &named(&["a", "b"])).await;
+    let seq = store.append(text("r", epoch, "a", "m1", "hi")).await.expect("send").delivery.entry.seq;
+    let count_key = store.keyspace().reaction_count("r", seq, "👍");
+    let count = || async { kv.snapshot().await.get(&count_key).map(|v| super::values::decode_u64(v).expect("count")) };
+    for (n, (kind, user)) in
+        [(EntryKind::React, "a"), (EntryKind::React, "b"), (EntryKind::Unreact, "a"), (EntryKind::Unreact, "b")]
+            .into_iter()
+            .enumerate()
+    {
+        store.append(change("r", epoch, kind, user, &format!("c{n}"), seq, "👍")).await.expect("change");
+    }
+    assert_eq!(count().await, None);
+    store.append(change("r", epoch, EntryKind::React, "b", "c9", seq, "👍")).await.expect("react");
+    assert_eq!(count().await, Some(1));
+}
+
+/// A batch of changes whose commit reports an unknown result applies each change once and
+/// answers each with its own entry.
+#[tokio::test]
+async fn a_batch_of_changes_under_an_unknown_result_applies_each_once() {
+    let (kv, store) = mem_store(0);
+    let epoch = setup(&store, "r", &named(&["a", "b"])).await;
+    let seq = store.append(text("r", epoch, "a", "m1", "one")).await.expect("send").delivery.entry.seq;
+    kv.report_unknown_results(&["append batch"]);
+    let batch = vec![
+        change("r", epoch, EntryKind::React, "b", "x1", seq, "👍"),
+        change("r", epoch, EntryKind::Edit, "a", "e1", seq, "two"),
+        change("r", epoch, EntryKind::React, "a", "x2", seq, "👍"),
+    ];
+    let outcomes = store.append_batch(batch).await;
+    assert_eq!(kv.unknown_results_reported(), 1);
+    let entries: Vec<_> = outcomes.into_iter().map(|o| o.expect("applied").delivery.entry).collect();
+    assert_eq!(
+        entries.iter().map(|e| (e.kind, e.seq)).collect::<Vec<_>>(),
+        [(EntryKind::React, seq + 1), (EntryKind::Edit, seq + 2), (EntryKind::React, seq + 3)]
+    );
+    let counts = store.reactions("r", &[seq], "a").await.expect("reactions");
+    assert_eq!(counts, vec![vec![protocol::ReactionCount { reaction: "👍".into(), count: 2, me: true }]]);
+    assert_eq!(store.room("r").await.unwrap().unwrap().last_seq, seq + 3, "written once");
+}

@@ -87,6 +87,14 @@ impl TupleWriter {
         }
     }
 
+    /// Null or a non-negative integer.
+    pub fn opt_uint(self, n: Option<u64>) -> Self {
+        match n {
+            Some(n) => self.uint(n),
+            None => self.null(),
+        }
+    }
+
     pub fn uint(mut self, n: u64) -> Self {
         if n == 0 {
             self.0.push(INT_ZERO);
@@ -214,6 +222,15 @@ impl<'a> TupleReader<'a> {
         self.str().map(Some)
     }
 
+    /// Null or an integer.
+    pub fn opt_uint(&mut self) -> Result<Option<u64>, TupleError> {
+        if self.code("integer or null")? == NULL {
+            self.pos += 1;
+            return Ok(None);
+        }
+        self.uint().map(Some)
+    }
+
     pub fn uint(&mut self) -> Result<u64, TupleError> {
         let code = self.code("integer")?;
         match code {
@@ -318,6 +335,8 @@ mod tests {
             .null()
             .opt_str(Some("x"))
             .boolean(true)
+            .opt_uint(None)
+            .opt_uint(Some(7))
             .into_bytes();
         let mut r = TupleReader::new(&bytes);
         assert_eq!(r.str().unwrap(), "zoë\0");
@@ -327,6 +346,8 @@ mod tests {
         assert_eq!(r.opt_str().unwrap(), None);
         assert_eq!(r.opt_str().unwrap(), Some("x".to_string()));
         assert!(r.boolean().unwrap());
+        assert_eq!(r.opt_uint().unwrap(), None);
+        assert_eq!(r.opt_uint().unwrap(), Some(7));
         assert!(r.is_empty());
         r.finish().unwrap();
     }

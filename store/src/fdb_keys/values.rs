@@ -128,10 +128,17 @@ impl RoomHead {
     }
 }
 
-/// `(P, "rlog", room, seq)`: (kind, from, id, user or null, body, ts, writer). Room and seq are
-/// in the key and not repeated. `writer` is a random number drawn once per append call: after
+/// `(P, "rlog", room, seq)`: (kind, from, id, user or null, body, ts, writer, target, reply to,
+/// mention count, mentions…, edited at or null, deleted). Room and seq are in the key and not
+/// repeated. `writer` is a random number drawn once per append call: after
 /// `commit_unknown_result` the retry finds out whether the entry at hand is its own.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// The fields from `target` on were added after format 1 was first written, for messages that
+/// change; values that predate them read as a message never replied to, mentioning nobody,
+/// never edited or deleted. `target` and `reply_to` are seqs, stored as 0 for none (seqs start
+/// at 1); the mentions are a count followed by that many names, so a field added later still
+/// goes after them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EntryValue {
     pub kind: EntryKind,
     pub from: String,
@@ -140,11 +147,21 @@ pub struct EntryValue {
     pub body: String,
     pub ts: u64,
     pub writer: u64,
+    /// For edit, delete, react and unreact: the seq of the message acted on.
+    pub target: Option<u64>,
+    /// For text: the seq of the message it replies to.
+    pub reply_to: Option<u64>,
+    /// For text: the members it mentions, as sent.
+    pub mentions: Vec<String>,
+    /// For text: when it was last edited.
+    pub edited_at: Option<u64>,
+    /// A deleted message (a tombstone), or an edit of one: the body is gone.
+    pub deleted: bool,
 }
 
 impl EntryValue {
     pub fn encode(&self) -> Vec<u8> {
-        writer()
+        let mut w = writer()
             .uint(entry_kind_code(self.kind))
             .str(&self.from)
             .str(&self.id)
@@ -152,7 +169,13 @@ impl EntryValue {
             .str(&self.body)
             .uint(self.ts)
             .uint(self.writer)
-            .into_bytes()
+            .uint(self.target.unwrap_or(0))
+            .uint(self.reply_to.unwrap_or(0));
+        w = w.uint(self.mentions.len() as u64);
+        for name in &self.mentions {
+            w = w.str(name);
+        }
+        w.opt_uint(self.edited_at).boolean(self.deleted).into_bytes()
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
@@ -165,6 +188,14 @@ impl EntryValue {
             body: r.str()?,
             ts: r.uint()?,
             writer: r.uint()?,
+            target: seq_or_none(r.uint_or(0)?),
+            reply_to: seq_or_none(r.uint_or(0)?),
+            mentions: {
+                let count = r.uint_or(0)?;
+                (0..count).map(|_| r.str()).collect::<Result<_, _>>()?
+            },
+            edited_at: if r.is_empty() { None } else { r.opt_uint()? },
+            deleted: if r.is_empty() { false } else { r.boolean()? },
         })
     }
 
@@ -178,9 +209,25 @@ impl EntryValue {
             user: self.user,
             body: self.body,
             ts: self.ts,
-            ..Entry::default()
+            target: self.target,
+            reply_to: self.reply_to,
+            mentions: self.mentions,
+            edited_at: self.edited_at,
+            deleted: self.deleted,
+            reactions: Vec::new(),
         }
     }
+}
+
+/// A seq field stored as 0 for none.
+fn seq_or_none(seq: u64) -> Option<u64> {
+    (seq > 0).then_some(seq)
+}
+
+/// The value of a key whose presence is the whole fact (an index entry, a reaction given, a
+/// mention): the format byte alone.
+pub fn encode_marker() -> Vec<u8> {
+    writer().into_bytes()
 }
 
 /// `(P, "uhead", user)`: (head, floor, rooms). The user's log holds cursors `floor < c <= head`;
@@ -336,7 +383,33 @@ mod tests {
             body: "bye\0for now ✓".into(),
             ts: 1_700_000_000_000,
             writer: u64::MAX,
+            ..EntryValue::default()
         }
+    }
+
+    /// A text entry using every field added for messages that change.
+    fn message() -> EntryValue {
+        EntryValue {
+            kind: EntryKind::Text,
+            user: None,
+            reply_to: Some(3),
+            mentions: vec!["bob".into(), "zoë\0".into()],
+            edited_at: Some(1_700_000_000_500),
+            ..entry()
+        }
+    }
+
+    /// Format 1 as written before messages could change: the first seven fields only.
+    fn old_format(e: &EntryValue) -> Vec<u8> {
+        writer()
+            .uint(entry_kind_code(e.kind))
+            .str(&e.from)
+            .str(&e.id)
+            .opt_str(e.user.as_deref())
+            .str(&e.body)
+            .uint(e.ts)
+            .uint(e.writer)
+            .into_bytes()
     }
 
     #[test]
@@ -345,6 +418,11 @@ mod tests {
         assert_eq!(EntryValue::decode(&e.encode()).unwrap(), e);
         let text = EntryValue { kind: EntryKind::Text, user: None, body: String::new(), ..entry() };
         assert_eq!(EntryValue::decode(&text.encode()).unwrap(), text);
+        assert_eq!(EntryValue::decode(&message().encode()).unwrap(), message());
+        let tombstone = EntryValue { body: String::new(), mentions: Vec::new(), deleted: true, ..message() };
+        assert_eq!(EntryValue::decode(&tombstone.encode()).unwrap(), tombstone);
+        let reaction = EntryValue { kind: EntryKind::React, target: Some(u64::MAX), body: "👍".into(), ..entry() };
+        assert_eq!(EntryValue::decode(&reaction.encode()).unwrap(), reaction);
         let a = AccountValue { password_hash: "$argon2id$v=19$...".into(), token_epoch: 3, created_ms: 9 };
         assert_eq!(AccountValue::decode(&a.encode()).unwrap(), a);
         for (kind, private, large_since) in
@@ -395,13 +473,39 @@ mod tests {
     #[test]
     fn additive_changes_stay_readable() {
         // A later version appends a field: this version ignores it.
-        let newer = TupleWriter::from_prefix(&entry().encode()).str("a field from the future").into_bytes();
-        assert_eq!(EntryValue::decode(&newer).unwrap(), entry());
-        // Truncated values are errors, not panics.
-        let full = entry().encode();
-        for len in 0..full.len() {
-            assert!(EntryValue::decode(&full[..len]).is_err());
+        for value in [entry(), message()] {
+            let newer = TupleWriter::from_prefix(&value.encode()).str("a field from the future").into_bytes();
+            assert_eq!(EntryValue::decode(&newer).unwrap(), value);
         }
+        // Truncated values are errors, not panics: inside the fields every value has, always;
+        // after them a cut can fall between two added fields, and then reads as an older value
+        // that lacks the rest, or else is an error.
+        let full = message().encode();
+        let always = old_format(&message()).len();
+        for len in 0..full.len() {
+            match EntryValue::decode(&full[..len]) {
+                Err(_) => {}
+                Ok(_) if len < always => panic!("a value cut at byte {len} of {always} decoded"),
+                Ok(cut) => assert_eq!(old_format(&cut), old_format(&message()), "cut at byte {len}"),
+            }
+        }
+    }
+
+    #[test]
+    fn entries_from_before_messages_changed_read_as_unchanged() {
+        for value in [entry(), EntryValue { kind: EntryKind::Text, user: None, ..entry() }] {
+            let old = old_format(&value);
+            let read = EntryValue::decode(&old).unwrap();
+            assert_eq!(read, value);
+            assert_eq!(
+                (read.target, read.reply_to, read.mentions.len(), read.edited_at, read.deleted),
+                (None, None, 0, None, false)
+            );
+            // The added fields follow the old ones, whose bytes stay as they were: older readers
+            // read what this version writes.
+            assert!(value.encode().starts_with(&old));
+        }
+        assert!(message().encode().starts_with(&old_format(&message())));
     }
 
     #[test]
