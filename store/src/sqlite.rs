@@ -92,7 +92,7 @@ use std::thread;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use protocol::{Cursor, Entry, ReactionCount};
+use protocol::{Cursor, Entry, EntryKind, ReactionCount};
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
@@ -211,6 +211,9 @@ impl SqliteStore {
         let busy_timeout = Duration::from_millis(options.busy_timeout_ms);
         let writer = schema::open_connection(&path, busy_timeout, false)?;
         schema::prepare_database(&writer, busy_timeout)?;
+        // A node that died after a delete may have left the deleted text in old WAL frames:
+        // they go now, before anything reads or writes (see `threads::checkpointer_loop`).
+        threads::truncate_wal(&writer)?;
         // Checkpoints run on their own thread (threads.rs), not inside the writer's commits.
         writer.pragma_update(None, "wal_autocheckpoint", 0).map_err(|e| sqlite_error(e, "turn off autocheckpoint"))?;
         // A message to a large room dirties a page of every member's log: with SQLite's default
@@ -369,7 +372,21 @@ impl SqliteStore {
                     .unwrap_or_else(|_| Err(StoreError::Backend("sqlite: the writer failed before committing".into()))),
             );
         }
+        self.note_erasures(&outcomes);
         outcomes
+    }
+
+    /// Count committed deletes, so the checkpointer clears the deleted text out of the WAL.
+    fn note_erasures(&self, outcomes: &[StoreResult<Appended>]) {
+        let erased = outcomes
+            .iter()
+            .filter(|outcome| {
+                matches!(outcome, Ok(appended) if !appended.duplicate && appended.delivery.entry.kind == EntryKind::Delete)
+            })
+            .count();
+        if erased > 0 {
+            self.counters.erasures.fetch_add(erased as u64, Ordering::Relaxed);
+        }
     }
 }
 
@@ -446,7 +463,9 @@ impl Store for SqliteStore {
     async fn append(&self, request: AppendRequest) -> StoreResult<Appended> {
         let retention = self.user_log_max_entries;
         let cost = append_cost(&request);
-        self.write(cost, move |conn| ops::append(conn, &request, retention)).await
+        let outcome = self.write(cost, move |conn| ops::append(conn, &request, retention)).await;
+        self.note_erasures(std::slice::from_ref(&outcome));
+        outcome
     }
 
     /// Every request is queued before any reply is awaited, in order, so the writer applies

@@ -69,6 +69,8 @@ pub(super) struct WriterCounters {
     pub inline_transactions: AtomicU64,
     pub requests: AtomicU64,
     pub failed_transactions: AtomicU64,
+    /// Committed deletes of messages: each asks the checkpointer to truncate the WAL.
+    pub erasures: AtomicU64,
 }
 
 /// A write the writer thread runs inside a batch transaction.
@@ -309,15 +311,32 @@ fn rollback(conn: &Connection) {
 /// How often the checkpointer looks for new commits.
 pub(super) const CHECKPOINT_PERIOD: std::time::Duration = std::time::Duration::from_millis(200);
 
-/// The checkpointer's loop: after commits, a `PASSIVE` checkpoint. Ends when the store is
-/// gone (the writer's counters are dropped with it).
+/// The checkpointer's loop: after commits, a `PASSIVE` checkpoint; after a message was deleted,
+/// a `TRUNCATE` one. Ends when the store is gone (the writer's counters are dropped with it).
+///
+/// A deleted message's text is zeroed in the page the delete wrote (`secure_delete`), but
+/// earlier versions of that page stay in the WAL until it is truncated, and SQLite writes the
+/// WAL from its start again only after a checkpoint it could finish. `TRUNCATE` waits for the
+/// writer and for readers of older snapshots (it holds the write lock while it copies), so it
+/// runs only when there was an erasure, at most once per round; one held back by a reader is
+/// tried again next round.
 pub(super) fn checkpointer_loop(conn: Connection, counters: std::sync::Weak<WriterCounters>) {
     let mut checkpointed = 0;
+    let mut erased = 0;
     loop {
         std::thread::sleep(CHECKPOINT_PERIOD);
         let Some(counters) = counters.upgrade() else { break };
         let committed = counters.transactions.load(Ordering::Relaxed);
+        let erasures = counters.erasures.load(Ordering::Relaxed);
         drop(counters);
+        if erasures != erased {
+            match truncate_wal(&conn) {
+                Ok(()) => erased = erasures,
+                Err(e) => tracing::warn!(error = %e, "sqlite: truncating the WAL after a delete failed; retrying"),
+            }
+            checkpointed = committed;
+            continue;
+        }
         if committed == checkpointed {
             continue;
         }
@@ -332,6 +351,16 @@ pub(super) fn checkpointer_loop(conn: Connection, counters: std::sync::Weak<Writ
         }
     }
     tracing::debug!("sqlite checkpointer stopped: the store is gone");
+}
+
+/// Copy the whole WAL into the database and truncate it to nothing. `Unavailable` if a reader
+/// or another process held part of it back (busy).
+pub(super) fn truncate_wal(conn: &Connection) -> StoreResult<()> {
+    let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get(0)).ctx("truncate the WAL")?;
+    if busy != 0 {
+        return Err(StoreError::Unavailable("sqlite: the WAL is still in use; not truncated".into()));
+    }
+    Ok(())
 }
 
 /// A reader thread's loop: take the next job from the shared queue and run it.
