@@ -1,0 +1,104 @@
+//! Messages that change, across nodes: edits, reactions, replies with mentions and deletes sent
+//! through a node that does not own the room reach its owner (the inter-node append carries
+//! their target, reply and mentions), are applied there in the room's one order, and reach the
+//! members on every node; the owner's refusals come back as the same errors.
+
+use anyhow::{bail, ensure};
+use tests::cluster::Cluster;
+use tests::{Client, ClientFrame, Encoding, EntryKind, ErrorCode, ServerFrame};
+
+async fn acked(client: &mut Client, frame: ClientFrame) -> anyhow::Result<u64> {
+    match client.request(frame).await? {
+        ServerFrame::Ack { seq, .. } => Ok(seq),
+        other => bail!("expected an ack, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_through_a_node_that_does_not_own_the_room() -> anyhow::Result<()> {
+    let cluster = Cluster::start(2).await?;
+    let result = async {
+        let (mut on_first, _) = Client::user(cluster.node(0), Encoding::Json, "ann").await?;
+        let (mut on_second, _) = Client::user(cluster.node(1), Encoding::MessagePack, "ben").await?;
+        // Rooms until one is owned by the first node, so the second node's user goes through it.
+        let mut room = None;
+        for i in 0..16 {
+            let id = on_first.create_room(&format!("room {i}")).await?;
+            on_second.join(&id).await?;
+            if cluster.owner(0, &id).await? == cluster.member(0).name {
+                room = Some(id);
+                break;
+            }
+        }
+        let Some(room) = room else { bail!("no room landed on the first node in 16 tries") };
+
+        let req = on_first.next_req();
+        let send = ClientFrame::Send {
+            req,
+            room: room.clone(),
+            id: "q".into(),
+            body: "ben?".into(),
+            reply_to: None,
+            mentions: vec!["ben".into()],
+        };
+        let question = acked(&mut on_first, send).await?;
+        // From the non-owner: a reply mentioning ann, a reaction, and refused changes.
+        let req = on_second.next_req();
+        let reply = ClientFrame::Send {
+            req,
+            room: room.clone(),
+            id: "a".into(),
+            body: "here".into(),
+            reply_to: Some(question),
+            mentions: vec!["ann".into()],
+        };
+        acked(&mut on_second, reply).await?;
+        let req = on_second.next_req();
+        let react = ClientFrame::React {
+            req,
+            room: room.clone(),
+            id: "r".into(),
+            seq: question,
+            reaction: "👋".into(),
+            remove: false,
+        };
+        acked(&mut on_second, react).await?;
+        let req = on_second.next_req();
+        let edit =
+            ClientFrame::Edit { req, room: room.clone(), id: "e".into(), seq: question, body: "mine now".into() };
+        match on_second.request(edit).await? {
+            ServerFrame::Error { code: ErrorCode::Forbidden, .. } => {}
+            other => bail!("editing ann's message from the other node: {other:?}"),
+        }
+        let req = on_second.next_req();
+        let edit = ClientFrame::Edit { req, room: room.clone(), id: "e2".into(), seq: 9_999, body: "nothing".into() };
+        match on_second.request(edit).await? {
+            ServerFrame::Error { code: ErrorCode::NoSuchMessage, .. } => {}
+            other => bail!("editing a seq that does not exist from the other node: {other:?}"),
+        }
+
+        // The first node's member sees what the second node's member did, with its references.
+        let answer = on_first.wait_for_message(&room, "a").await?;
+        ensure!(answer.reply_to == Some(question) && answer.mentions == vec!["ann".to_string()], "{answer:?}");
+        let reaction = on_first.wait_for_message(&room, "r").await?;
+        ensure!(reaction.kind == EntryKind::React && reaction.target == Some(question), "{reaction:?}");
+        let req = on_first.next_req();
+        let ServerFrame::Rooms { rooms, .. } = on_first.request(ClientFrame::ListRooms { req }).await? else {
+            bail!("rooms")
+        };
+        let mentions = rooms.iter().find(|r| r.id == room).map(|r| r.mentions);
+        ensure!(mentions == Some(1), "ann's unread mentions: {mentions:?}");
+
+        // And a delete by the author reaches the other node's member.
+        let req = on_first.next_req();
+        acked(&mut on_first, ClientFrame::Delete { req, room: room.clone(), id: "d".into(), seq: question }).await?;
+        let deleted = on_second.wait_for_message(&room, "d").await?;
+        ensure!(deleted.kind == EntryKind::Delete && deleted.target == Some(question), "{deleted:?}");
+        Ok(())
+    }
+    .await;
+    if result.is_err() {
+        eprintln!("{}", cluster.logs());
+    }
+    result
+}
