@@ -41,7 +41,7 @@ use tracing::{debug, error, warn};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::names::now_ms;
-use crate::store::{AppendRequest, Appended, Delivery, EntryRefs, Epoch, Recipients, StoreError};
+use crate::store::{AppendRequest, Appended, Delivery, EntryDetails, Epoch, Recipients, StoreError};
 
 /// What a session asks a room to append; the room adds epoch, time and limits.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,7 +52,7 @@ pub struct AppendCommand {
     pub user: Option<String>,
     pub body: String,
     /// The message acted on, replied to, and the members mentioned.
-    pub refs: EntryRefs,
+    pub details: EntryDetails,
 }
 
 /// Messages of the room actor.
@@ -268,7 +268,7 @@ impl Committer {
                 body: command.body.clone(),
                 ts: now,
                 limits: hub.limits.membership(),
-                refs: command.refs.clone(),
+                details: command.details.clone(),
                 rules: hub.limits.message_rules(),
             })
             .collect();

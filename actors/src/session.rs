@@ -43,7 +43,7 @@ use crate::hub::{Hub, Outbound, Registration};
 use crate::metrics::Metrics;
 use crate::requests::{self, error_frame, store_error_frame, Ctx};
 use crate::room::AppendCommand;
-use crate::store::{EntryRefs, HistoryPage};
+use crate::store::{EntryDetails, HistoryPage};
 use crate::store::{LogEntry, StoreResult};
 use large_rooms::{LargeRooms, Live, RoomRead};
 
@@ -457,13 +457,13 @@ where
             ClientFrame::Send { req, room, id, body, reply_to, mentions } => {
                 let checked = requests::check_send(&hub.limits, req, &room, &id, &body)
                     .and_then(|()| requests::messages::send_refs(&hub.limits, req, reply_to, mentions));
-                let refs = match checked {
-                    Ok(refs) => refs,
+                let details = match checked {
+                    Ok(details) => details,
                     Err(frame) => return self.reply_in_order(vec![*frame]),
                 };
                 requests::presence::typing_ended_by_send(&ctx, &room);
                 let command =
-                    AppendCommand { kind: EntryKind::Text, from: ctx.user.clone(), id, user: None, body, refs };
+                    AppendCommand { kind: EntryKind::Text, from: ctx.user.clone(), id, user: None, body, details };
                 self.forward_to_room(req, room, command).await
             }
             frame @ (ClientFrame::Edit { .. } | ClientFrame::Delete { .. } | ClientFrame::React { .. }) => {
@@ -482,7 +482,7 @@ where
                     id: requests::membership_entry_id("join"),
                     user: Some(ctx.user.clone()),
                     body: String::new(),
-                    refs: EntryRefs::default(),
+                    details: EntryDetails::default(),
                 };
                 self.forward_to_room(req, room, command).await
             }
@@ -497,7 +497,7 @@ where
                     id: requests::membership_entry_id("leave"),
                     user: Some(ctx.user.clone()),
                     body: String::new(),
-                    refs: EntryRefs::default(),
+                    details: EntryDetails::default(),
                 };
                 self.forward_to_room(req, room, command).await
             }
@@ -511,7 +511,7 @@ where
                     id: requests::membership_entry_id("invite"),
                     user: Some(user),
                     body: String::new(),
-                    refs: EntryRefs::default(),
+                    details: EntryDetails::default(),
                 };
                 self.forward_to_room(req, room, command).await
             }

@@ -165,6 +165,52 @@ pub enum ClientFrame {
         #[serde(default)]
         remove: bool,
     },
+    /// Make a member an admin of the room, or a member again (the room's owner only).
+    SetRole {
+        #[serde(default)]
+        req: ReqId,
+        room: String,
+        user: String,
+        role: Role,
+    },
+    /// Remove a member from the room (owner or admin, of a member ranked below them).
+    Kick {
+        #[serde(default)]
+        req: ReqId,
+        room: String,
+        user: String,
+        #[serde(default)]
+        reason: Option<String>,
+    },
+    /// Remove a user from the room and keep them out until `until` (ms since the Unix epoch;
+    /// for good without it): they cannot join or be invited. Owner or admin.
+    Ban {
+        #[serde(default)]
+        req: ReqId,
+        room: String,
+        user: String,
+        #[serde(default)]
+        reason: Option<String>,
+        #[serde(default)]
+        until: Option<u64>,
+    },
+    /// Lift a ban. Owner or admin.
+    Unban {
+        #[serde(default)]
+        req: ReqId,
+        room: String,
+        user: String,
+    },
+    /// Keep a member from posting (messages, edits, reactions) until `until`; without it, lift
+    /// the mute. Owner or admin.
+    Mute {
+        #[serde(default)]
+        req: ReqId,
+        room: String,
+        user: String,
+        #[serde(default)]
+        until: Option<u64>,
+    },
     /// A message and the replies to it, a page at a time by seq.
     Thread {
         #[serde(default)]
@@ -263,6 +309,11 @@ impl ClientFrame {
         "delete",
         "react",
         "thread",
+        "set_role",
+        "kick",
+        "ban",
+        "unban",
+        "mute",
         "history",
         "mark_read",
         "ping",
@@ -292,6 +343,11 @@ impl ClientFrame {
             | ClientFrame::Delete { req, .. }
             | ClientFrame::React { req, .. }
             | ClientFrame::Thread { req, .. }
+            | ClientFrame::SetRole { req, .. }
+            | ClientFrame::Kick { req, .. }
+            | ClientFrame::Ban { req, .. }
+            | ClientFrame::Unban { req, .. }
+            | ClientFrame::Mute { req, .. }
             | ClientFrame::History { req, .. }
             | ClientFrame::MarkRead { req, .. }
             | ClientFrame::Ping { req }
@@ -323,19 +379,53 @@ pub enum EntryKind {
     React,
     /// `from` took back the reaction `body` to the message `target`.
     Unreact,
+    /// `from` (the owner) gave `user` the role `body` (`admin` or `member`).
+    Role,
+    /// `from` removed `user` from the room; `body` is the reason given, if any.
+    Kick,
+    /// `from` banned `user` (removing them if a member) until `until` (for good without it);
+    /// `body` is the reason given, if any.
+    Ban,
+    /// `from` lifted the ban of `user`.
+    Unban,
+    /// `from` muted `user` until `until`, or lifted the mute (no `until`).
+    Mute,
 }
 
 impl EntryKind {
     /// Whether entries of this kind carry a client-chosen id, deduplicated per sender and room
     /// (membership entries carry a node-made one).
     pub fn has_client_id(self) -> bool {
-        !matches!(self, EntryKind::Join | EntryKind::Leave)
+        matches!(self, EntryKind::Text | EntryKind::Edit | EntryKind::Delete | EntryKind::React | EntryKind::Unreact)
+    }
+
+    /// Whether this entry, delivered to its `user`, means they are no longer a member.
+    pub fn ends_membership(self) -> bool {
+        matches!(self, EntryKind::Leave | EntryKind::Kick | EntryKind::Ban)
+    }
+
+    /// Whether this entry is a moderator's action on `user` (an audit trail entry).
+    pub fn is_moderation(self) -> bool {
+        matches!(self, EntryKind::Role | EntryKind::Kick | EntryKind::Ban | EntryKind::Unban | EntryKind::Mute)
     }
 
     /// Whether entries of this kind act on another message, named by `target`.
     pub fn has_target(self) -> bool {
         matches!(self, EntryKind::Edit | EntryKind::Delete | EntryKind::React | EntryKind::Unreact)
     }
+}
+
+/// A member's standing in a room. The creator of a group room is its owner; members of
+/// direct conversations are members.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    #[default]
+    Member,
+    /// Kicks, bans and mutes members, deletes any message.
+    Admin,
+    /// What an admin does, and makes and unmakes admins.
+    Owner,
 }
 
 /// How many members gave one reaction to a message, and whether the caller is one of them.
@@ -387,6 +477,10 @@ pub struct Entry {
     /// entry of a deleted message is read back with its body gone too.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub deleted: bool,
+    /// For ban and mute: until when (ms since the Unix epoch); none for a ban for good or a
+    /// lifted mute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<u64>,
     /// In `history` and `thread` replies: the reactions to a text entry.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reactions: Vec<ReactionCount>,
@@ -416,6 +510,9 @@ pub struct RoomInfo {
     /// tracks its position in it by seq.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub large: bool,
+    /// Your role in the room.
+    #[serde(default)]
+    pub role: Role,
     /// Messages after `read_seq` that mention this user (deleted ones not counted).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub mentions: u32,
@@ -520,6 +617,8 @@ pub enum ErrorCode {
     MessageDeleted,
     /// The request would change nothing: a reaction already given, or one not given taken back.
     Unchanged,
+    /// The user is banned from the room (`join`, `invite`).
+    Banned,
     /// A client message id that is empty, too long or has characters outside `[A-Za-z0-9_.:-]`.
     InvalidMessageId,
     /// A cursor beyond the end of the user's log.

@@ -13,7 +13,7 @@ pub use codec::{
 };
 pub use frames::{
     ClientFrame, Cursor, Entry, EntryKind, ErrorCode, PresenceState, ReactionCount, ReadPosition, ReceiptKind, ReqId,
-    RoomInfo, RoomKind, ServerFrame, UserPresence, SUPPORTED_VERSIONS,
+    Role, RoomInfo, RoomKind, ServerFrame, UserPresence, SUPPORTED_VERSIONS,
 };
 
 /// Pick the newest version both sides speak, if any.

@@ -25,12 +25,14 @@ use protocol::{Cursor, Entry, EntryKind, RoomKind};
 
 use crate::sqlite::is_dense;
 use crate::{
-    AppendRequest, Appended, Delivery, EntryRefs, Epoch, HistoryPage, LogBounds, LogEntry, MembershipLimits,
+    AppendRequest, Appended, Delivery, EntryDetails, Epoch, HistoryPage, LogBounds, LogEntry, MembershipLimits,
     MessageRules, MyRoom, NewRoom, PresenceNote, Recipients, Store, StoreError,
 };
 
 mod changes;
+mod moderation;
 pub use changes::*;
+pub use moderation::*;
 
 /// A fresh, empty store for one case, and whatever must live as long as it (a temporary
 /// directory, a FoundationDB subspace to clear).
@@ -94,6 +96,12 @@ macro_rules! conformance_tests {
             replies_form_threads,
             mentions_are_members_and_count_until_read,
             changes_are_deduplicated_by_client_id,
+            the_owner_makes_admins_and_ranks_decide,
+            a_kick_removes_a_member_who_may_come_back,
+            a_ban_keeps_a_user_out_until_it_ends,
+            a_mute_stops_posting_until_it_ends,
+            admins_delete_any_message,
+            direct_conversations_have_no_moderation,
         );
     };
     (@cases $make:expr; $($case:ident),+ $(,)?) => {
@@ -163,7 +171,7 @@ fn text(room: &str, epoch: Epoch, from: &str, id: &str, body: &str) -> AppendReq
         body: body.to_owned(),
         ts: TS + 1,
         limits: LIMITS,
-        refs: EntryRefs::default(),
+        details: EntryDetails::default(),
         rules: RULES,
     }
 }

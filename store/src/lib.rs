@@ -25,7 +25,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use protocol::{Cursor, Entry, EntryKind, ReactionCount, RoomKind};
+use protocol::{Cursor, Entry, EntryKind, ReactionCount, Role, RoomKind};
 
 #[cfg(test)]
 pub mod conformance;
@@ -109,13 +109,16 @@ pub struct MessageRules {
 /// What an entry refers to besides its room: the message it acts on, the one it replies to,
 /// the members it mentions.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct EntryRefs {
+pub struct EntryDetails {
     /// For edit, delete, react and unreact: the seq of a text entry of the room.
     pub target: Option<u64>,
     /// For text: the seq of a text entry of the room that is not deleted.
     pub reply_to: Option<u64>,
     /// For text: members of the room, each at most once.
     pub mentions: Vec<String>,
+    /// For ban and mute: until when (ms since the Unix epoch); none for good (ban) or to lift
+    /// the mute.
+    pub until: Option<u64>,
 }
 
 /// One append to a room log.
@@ -126,17 +129,29 @@ pub struct EntryRefs {
 ///   member fails with [`StoreError::AlreadyMember`] and writes nothing.
 /// - `Leave`: `user` (== `from`) stops being a member; the leave entry still reaches the leaving
 ///   user's log so their other devices learn of it.
-/// - `Edit`: `from` must be the author of the text entry `refs.target`, which is not deleted and
+/// - `Edit`: `from` must be the author of the text entry `details.target`, which is not deleted and
 ///   was sent at most `rules.edit_window_ms` before `ts`; its body becomes `body` and its
 ///   `edited_at` `ts`.
-/// - `Delete`: `from` must be the author of `refs.target` or the creator of the (group) room.
+/// - `Delete`: `from` must be the author of `details.target` or the creator of the (group) room.
 ///   The target's body, mentions and reactions are erased, and so are the bodies of its edits;
 ///   it reads back as a tombstone. Deleting twice fails with [`StoreError::MessageDeleted`].
 /// - `React` / `Unreact`: `body` is the reaction, given or taken back by `from` on a text entry
 ///   that is not deleted; [`StoreError::Unchanged`] if it was already given (not given).
 ///
-/// Every kind but join and leave is keyed by (room, from, id) like text, so a retried request
-/// returns its first outcome.
+/// - Moderation, on `user` by `from` (`body` is the reason, or for `Role` the role given):
+///   `Role` needs `from` to be the room's owner and `user` a member other than the owner
+///   (`body` is `admin` or `member`); `Kick`, `Ban`, `Unban` and `Mute` need `from` to be the
+///   owner or an admin and, where `user` is a member, ranked above them. `Kick` needs `user` to
+///   be a member and ends their membership; `Ban` ends it if they are one and keeps them from
+///   joining or being invited ([`StoreError::Banned`]) until `details.until` (for good
+///   without); `Mute` keeps a member from appending text, edits and reactions until
+///   `details.until` (lifted without). Each is an entry with `user` the subject, delivered to
+///   the members at commit time (the subject included when they were one). In direct
+///   conversations there is no moderation ([`StoreError::NotAllowed`]).
+///
+/// Text, edit, delete, react and unreact are keyed by (room, from, id) like text, so a retried
+/// request returns its first outcome. Moderation entries, like membership ones, carry a
+/// node-made id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppendRequest {
     pub room: String,
@@ -151,7 +166,7 @@ pub struct AppendRequest {
     pub body: String,
     pub ts: u64,
     pub limits: MembershipLimits,
-    pub refs: EntryRefs,
+    pub details: EntryDetails,
     pub rules: MessageRules,
 }
 
@@ -235,6 +250,7 @@ pub struct MyRoom {
     pub joined_seq: u64,
     /// Messages after `read_seq` that mention the user and are not deleted.
     pub unread_mentions: u32,
+    pub role: Role,
 }
 
 /// Errors at the store boundary. The variants the client can cause map to protocol error codes;
@@ -271,6 +287,9 @@ pub enum StoreError {
     /// Nothing to do: the reaction is already given, or was not given.
     #[error("{0}")]
     Unchanged(String),
+    /// `user` is banned from `room` until `until` (ms since the Unix epoch; for good if none).
+    #[error("`{user}` is banned from `{room}`{}", until.map(|t| format!(" until {t} (ms since the Unix epoch)")).unwrap_or_default())]
+    Banned { room: String, user: String, until: Option<u64> },
     #[error("room `{room}` is owned under epoch {current}, not {epoch}")]
     Fenced { room: String, epoch: Epoch, current: Epoch },
     #[error("store unavailable: {0}")]

@@ -78,6 +78,7 @@
 mod amend;
 mod inline;
 mod invariants;
+mod moderate;
 mod ops;
 mod schema;
 mod threads;
@@ -334,7 +335,7 @@ fn append_cost(request: &AppendRequest) -> usize {
         + request.id.len()
         + request.body.len()
         + request.user.as_ref().map_or(0, String::len)
-        + request.refs.mentions.iter().map(String::len).sum::<usize>()
+        + request.details.mentions.iter().map(String::len).sum::<usize>()
 }
 
 impl SqliteStore {

@@ -228,9 +228,9 @@ impl Cluster {
             user: command.user,
             body: command.body,
             trace: id ^ self.incarnation,
-            target: command.refs.target,
-            reply_to: command.refs.reply_to,
-            mentions: command.refs.mentions,
+            target: command.details.target,
+            reply_to: command.details.reply_to,
+            mentions: command.details.mentions,
         });
         if router.cast(message).is_err() {
             self.pending.lock().remove(&id);

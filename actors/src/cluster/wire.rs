@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::presence::Change;
 use crate::room::AppendCommand;
-use crate::store::{Appended, Delivery, EntryRefs, Recipients, StoreError};
+use crate::store::{Appended, Delivery, EntryDetails, Recipients, StoreError};
 
 /// The version byte in front of every inter-node message.
 pub const WIRE_VERSION: u8 = 1;
@@ -118,7 +118,7 @@ pub struct ForwardedAppend {
     /// Carried into the owner's logs so one request can be followed across nodes.
     #[serde(default)]
     pub trace: u64,
-    /// [`EntryRefs`] of the command.
+    /// [`EntryDetails`] of the command.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -135,7 +135,7 @@ impl ForwardedAppend {
             id: self.message_id.clone(),
             user: self.user.clone(),
             body: self.body.clone(),
-            refs: EntryRefs { target: self.target, reply_to: self.reply_to, mentions: self.mentions.clone() },
+            details: EntryDetails { target: self.target, reply_to: self.reply_to, mentions: self.mentions.clone() },
         }
     }
 }

@@ -12,7 +12,7 @@ use super::{check_send, error_frame, fit_page, require_member, store_error_frame
 use crate::limits::Limits;
 use crate::names;
 use crate::room::AppendCommand;
-use crate::store::{EntryRefs, StoreError};
+use crate::store::{EntryDetails, StoreError};
 
 /// The references of a `send`, checked: at most `limits.max_mentions` valid user names, each
 /// once (in the order given).
@@ -21,7 +21,7 @@ pub fn send_refs(
     req: ReqId,
     reply_to: Option<u64>,
     mentions: Vec<String>,
-) -> Result<EntryRefs, Box<ServerFrame>> {
+) -> Result<EntryDetails, Box<ServerFrame>> {
     if mentions.len() > limits.max_mentions as usize {
         let message = format!("a message mentions at most limits.max_mentions ({}) members", limits.max_mentions);
         return Err(Box::new(error_frame(Some(req), ErrorCode::InvalidField, message)));
@@ -38,7 +38,7 @@ pub fn send_refs(
     if reply_to == Some(0) {
         return Err(Box::new(error_frame(Some(req), ErrorCode::NoSuchMessage, "`reply_to` 0 names no message")));
     }
-    Ok(EntryRefs { target: None, reply_to, mentions: unique })
+    Ok(EntryDetails { target: None, reply_to, mentions: unique })
 }
 
 /// The room and the command for an `edit`, `delete` or `react` frame, or the error reply.
@@ -71,8 +71,8 @@ pub fn change_command(
     if seq == 0 {
         return Err(Box::new(error_frame(Some(req), ErrorCode::NoSuchMessage, "seq 0 names no message")));
     }
-    let refs = EntryRefs { target: Some(seq), ..EntryRefs::default() };
-    Ok((req, room, AppendCommand { kind, from: user.to_owned(), id, user: None, body, refs }))
+    let details = EntryDetails { target: Some(seq), ..EntryDetails::default() };
+    Ok((req, room, AppendCommand { kind, from: user.to_owned(), id, user: None, body, details }))
 }
 
 /// Attach to each message of `entries` (text, not deleted) its reactions as the caller sees

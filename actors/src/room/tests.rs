@@ -43,7 +43,7 @@ async fn hub() -> (Arc<Hub>, tempfile::TempDir) {
 
 fn command(kind: EntryKind, from: &str, id: &str) -> AppendCommand {
     let user = (kind != EntryKind::Text).then(|| from.to_string());
-    AppendCommand { kind, from: from.into(), id: id.into(), user, body: id.into(), refs: Default::default() }
+    AppendCommand { kind, from: from.into(), id: id.into(), user, body: id.into(), details: Default::default() }
 }
 
 /// Hand `commands` to the room one after another without waiting (so the committer finds them

@@ -106,7 +106,7 @@ async fn post(hub: &Arc<Hub>, room: &str, from: &str, id: &str) -> u64 {
         id: id.into(),
         user: None,
         body: id.into(),
-        refs: Default::default(),
+        details: Default::default(),
     };
     let outcome = hub.append(room, command).await.unwrap();
     outcome.await.unwrap().unwrap().delivery.entry.seq
@@ -245,7 +245,7 @@ async fn a_room_claimed_elsewhere_fences_the_stale_actor_and_a_retry_succeeds() 
         id: id.into(),
         user: None,
         body: id.into(),
-        refs: Default::default(),
+        details: Default::default(),
     };
     let refused = hub.append(&fx.room, command("m2")).await.unwrap().await.unwrap();
     assert!(matches!(refused, Err(StoreError::Unavailable(_))), "the stale actor's append: {refused:?}");
@@ -346,7 +346,7 @@ async fn a_catch_up_reads_the_store_for_what_never_reached_the_recent_entries() 
             body: id.into(),
             ts: 0,
             limits: f.hub.limits.membership(),
-            refs: Default::default(),
+            details: Default::default(),
             rules: crate::store::MessageRules { edit_window_ms: 60_000, max_reactions_per_message: 20 },
         };
         f.hub.store.append(request).await.unwrap();

@@ -30,7 +30,7 @@ fn text(room: &str, epoch: Epoch, from: &str, id: &str) -> AppendRequest {
         body: format!("body of {id}"),
         ts: 1,
         limits: LIMITS,
-        refs: Default::default(),
+        details: Default::default(),
         rules: store::MessageRules { edit_window_ms: 60_000, max_reactions_per_message: 20 },
     }
 }

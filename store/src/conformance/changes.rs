@@ -5,25 +5,28 @@ use std::sync::Arc;
 use protocol::{EntryKind, ReactionCount};
 
 use super::{refused, room_with, send, text, users, whole_history, whole_log, TS};
-use crate::{AppendRequest, EntryRefs, Epoch, HistoryPage, Store, StoreError};
+use crate::{AppendRequest, EntryDetails, Epoch, HistoryPage, Store, StoreError};
 
 /// A change by `from` (edit, delete, react, unreact) of message `target`.
 fn change(room: &str, epoch: Epoch, kind: EntryKind, from: &str, id: &str, target: u64, body: &str) -> AppendRequest {
     AppendRequest {
         kind,
-        refs: EntryRefs { target: Some(target), ..EntryRefs::default() },
+        details: EntryDetails { target: Some(target), ..EntryDetails::default() },
         ts: TS + 2,
         ..text(room, epoch, from, id, body)
     }
 }
 
 fn reply(room: &str, epoch: Epoch, from: &str, id: &str, to: u64) -> AppendRequest {
-    AppendRequest { refs: EntryRefs { reply_to: Some(to), ..EntryRefs::default() }, ..text(room, epoch, from, id, id) }
+    AppendRequest {
+        details: EntryDetails { reply_to: Some(to), ..EntryDetails::default() },
+        ..text(room, epoch, from, id, id)
+    }
 }
 
 fn mentioning(room: &str, epoch: Epoch, from: &str, id: &str, names: &[&str]) -> AppendRequest {
     let mentions = names.iter().map(|n| (*n).to_owned()).collect();
-    AppendRequest { refs: EntryRefs { mentions, ..EntryRefs::default() }, ..text(room, epoch, from, id, id) }
+    AppendRequest { details: EntryDetails { mentions, ..EntryDetails::default() }, ..text(room, epoch, from, id, id) }
 }
 
 async fn unread_mentions(store: &dyn Store, user: &str, room: &str) -> u32 {

@@ -63,12 +63,12 @@ pub(super) async fn check_message_refs<X: KvTxn>(
 ) -> R<CheckedRefs, X> {
     let (ks, request) = (cx.ks, cx.request);
     let room = &request.room;
-    if let Some(reply_to) = request.refs.reply_to {
+    if let Some(reply_to) = request.details.reply_to {
         if require_message(t, ks, room, reply_to, writes).await?.deleted {
             return Err(StoreError::MessageDeleted { room: room.clone(), seq: reply_to }.into());
         }
     }
-    let mentions = &request.refs.mentions;
+    let mentions = &request.details.mentions;
     let keys: Vec<Vec<u8>> = mentions.iter().map(|name| ks.member(room, name)).collect();
     for key in &keys {
         writes.read(key);
@@ -86,7 +86,7 @@ pub(super) async fn check_message_refs<X: KvTxn>(
             notify.push(name.clone());
         }
     }
-    Ok(CheckedRefs { reply_to: request.refs.reply_to, mentions: mentions.clone(), notify, ..CheckedRefs::default() })
+    Ok(CheckedRefs { reply_to: request.details.reply_to, mentions: mentions.clone(), notify, ..CheckedRefs::default() })
 }
 
 /// Check an edit, delete, react or unreact against its target and collect its effect on the
@@ -99,7 +99,7 @@ pub(super) async fn apply_change<X: KvTxn>(
 ) -> R<CheckedRefs, X> {
     let (ks, request) = (cx.ks, cx.request);
     let room = &request.room;
-    let seq = request.refs.target.ok_or_else(|| {
+    let seq = request.details.target.ok_or_else(|| {
         StoreError::Backend(format!("invalid append to `{room}`: a {:?} entry names no target", request.kind))
     })?;
     let target = require_message(t, ks, room, seq, writes).await?;
@@ -135,7 +135,7 @@ pub(super) async fn apply_change<X: KvTxn>(
             erase(t, ks, room, seq, target, writes).await?;
         }
         EntryKind::React | EntryKind::Unreact => react(t, cx, seq, writes).await?,
-        EntryKind::Text | EntryKind::Join | EntryKind::Leave => {
+        _ => {
             return Err(
                 StoreError::Backend(format!("invalid append to `{room}`: {:?} is not a change", request.kind)).into()
             )

@@ -500,6 +500,7 @@ async fn rooms_of<X: KvTxn>(t: &X, ks: &Keyspace, user: &str) -> R<Vec<MyRoom>, 
             read_seq: membership.read_seq,
             joined_seq: membership.join_seq,
             unread_mentions,
+            role: protocol::Role::Member, // PLACEHOLDER
         });
     }
     Ok(rooms)
@@ -552,15 +553,18 @@ async fn append<X: KvTxn>(t: &X, cx: &AppendContext<'_>) -> R<Appended, X> {
             if t.get(&from_key).await?.is_none() {
                 return Err(StoreError::NotMember { room: request.room.clone(), user: request.from.clone() }.into());
             }
-            let refs = if kind == EntryKind::Text {
+            let details = if kind == EntryKind::Text {
                 amend::check_message_refs(t, cx, &mut writes).await?
             } else {
                 amend::apply_change(t, cx, &state, &mut writes).await?
             };
-            commit_entry(t, cx, state, writes, None, refs).await
+            commit_entry(t, cx, state, writes, None, details).await
         }
         // Join and leave: their ids are the node's, so a retry recognises its entry by writer.
         _ => {
+            if request.kind.is_moderation() {
+                return Err(StoreError::Backend("PLACEHOLDER".into()).into());
+            }
             if attempt.maybe_committed {
                 if let Some((entry, stored_writer)) = entry_at(t, ks, &request.room, state.head.last_seq).await? {
                     if stored_writer == writer {
@@ -726,7 +730,7 @@ async fn commit_entry<X: KvTxn>(
     state: RoomState,
     mut writes: WriteSet,
     subject: Option<String>,
-    refs: CheckedRefs,
+    details: CheckedRefs,
 ) -> R<Appended, X> {
     let (ks, request) = (cx.ks, cx.request);
     let room = &request.room;
@@ -779,9 +783,9 @@ async fn commit_entry<X: KvTxn>(
         body: if request.kind == EntryKind::Delete { String::new() } else { request.body.clone() },
         ts: request.ts,
         writer: cx.writer,
-        target: refs.target,
-        reply_to: refs.reply_to,
-        mentions: refs.mentions,
+        target: details.target,
+        reply_to: details.reply_to,
+        mentions: details.mentions,
         edited_at: None,
         deleted: false,
     };
@@ -789,13 +793,13 @@ async fn commit_entry<X: KvTxn>(
     if request.kind.has_client_id() {
         writes.set(ks.dedup(room, &request.from, &request.id), encode_u64(seq));
     }
-    if let (EntryKind::Edit, Some(target)) = (request.kind, refs.target) {
+    if let (EntryKind::Edit, Some(target)) = (request.kind, details.target) {
         writes.set(ks.edit(room, target, seq), encode_marker());
     }
-    if let Some(root) = refs.reply_to {
+    if let Some(root) = details.reply_to {
         writes.set(ks.reply(room, root, seq), encode_marker());
     }
-    for user in &refs.notify {
+    for user in &details.notify {
         writes.set(ks.mention(user, room, seq), encode_marker());
     }
     // A large room's owner names the recipients (`Recipients::Unnamed`).

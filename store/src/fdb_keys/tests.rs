@@ -84,7 +84,7 @@ fn text(room: &str, epoch: Epoch, from: &str, id: &str, body: &str) -> AppendReq
         body: body.into(),
         ts: 2,
         limits: LIMITS,
-        refs: crate::EntryRefs::default(),
+        details: crate::EntryDetails::default(),
         rules: crate::conformance::RULES,
     }
 }
@@ -352,8 +352,8 @@ async fn an_unknown_result_in_a_large_room_recovers_without_searching_logs() {
 
 /// A change by `from` of message `target` in `room`.
 fn change(room: &str, epoch: Epoch, kind: EntryKind, from: &str, id: &str, target: u64, body: &str) -> AppendRequest {
-    let refs = crate::EntryRefs { target: Some(target), ..crate::EntryRefs::default() };
-    AppendRequest { kind, refs, ..text(room, epoch, from, id, body) }
+    let details = crate::EntryDetails { target: Some(target), ..crate::EntryDetails::default() };
+    AppendRequest { kind, details, ..text(room, epoch, from, id, body) }
 }
 
 /// Whether `needle` occurs in any key or value of the map.
@@ -370,7 +370,7 @@ async fn a_delete_leaves_no_trace_of_the_text_in_the_map() {
     let (kv, store) = mem_store(0);
     let epoch = setup(&store, "r", &named(&["a", "b"])).await;
     let mut request = text("r", epoch, "a", "m1", "first secret");
-    request.refs.mentions = named(&["b"]);
+    request.details.mentions = named(&["b"]);
     let seq = store.append(request).await.expect("send").delivery.entry.seq;
     store.append(change("r", epoch, EntryKind::Edit, "a", "e1", seq, "second secret")).await.expect("edit");
     store.append(change("r", epoch, EntryKind::React, "b", "x1", seq, "🤫")).await.expect("react");

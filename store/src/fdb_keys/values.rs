@@ -214,6 +214,7 @@ impl EntryValue {
             mentions: self.mentions,
             edited_at: self.edited_at,
             deleted: self.deleted,
+            until: None, // PLACEHOLDER
             reactions: Vec::new(),
         }
     }
@@ -339,6 +340,11 @@ fn entry_kind_code(kind: EntryKind) -> u64 {
         EntryKind::Delete => 4,
         EntryKind::React => 5,
         EntryKind::Unreact => 6,
+        EntryKind::Role => 7,
+        EntryKind::Kick => 8,
+        EntryKind::Ban => 9,
+        EntryKind::Unban => 10,
+        EntryKind::Mute => 11,
     }
 }
 
@@ -351,6 +357,11 @@ fn entry_kind(code: u64) -> Result<EntryKind, CodecError> {
         4 => Ok(EntryKind::Delete),
         5 => Ok(EntryKind::React),
         6 => Ok(EntryKind::Unreact),
+        7 => Ok(EntryKind::Role),
+        8 => Ok(EntryKind::Kick),
+        9 => Ok(EntryKind::Ban),
+        10 => Ok(EntryKind::Unban),
+        11 => Ok(EntryKind::Mute),
         code => Err(CodecError::UnknownCode { what: "entry kind", code }),
     }
 }

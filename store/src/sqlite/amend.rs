@@ -10,13 +10,14 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+use super::moderate;
 use super::ops::{
     advance_room, deliver, entry_by_client_id, entry_columns, find_uid, insert_entry, is_named_member, require_room,
     RoomRow,
 };
 use super::threads::Context;
 use crate::{AppendRequest, Appended, Delivery, Recipients, StoreError, StoreResult};
-use protocol::{Entry, EntryKind, ReactionCount, RoomKind};
+use protocol::{Entry, EntryKind, ReactionCount, Role, RoomKind};
 
 const TARGET_BY_SEQ: &str = "SELECT sender, kind, ts, deleted, mentions FROM entries WHERE rid = ?1 AND seq = ?2";
 const TARGET_EDIT: &str = "UPDATE entries SET body = ?3, edited_ts = ?4 WHERE rid = ?1 AND seq = ?2";
@@ -33,9 +34,9 @@ const REACTION_DELETE: &str = "DELETE FROM reactions WHERE rid = ?1 AND seq = ?2
 const REACTION_COUNTS: &str = "SELECT reaction, count(*), max(uid = ?3) FROM reactions \
                                WHERE rid = ?1 AND seq = ?2 GROUP BY reaction ORDER BY reaction";
 const THREAD_ROOT: &str = "SELECT seq, id, sender, kind, subject, body, ts, target, reply_to, mentions, edited_ts, \
-                           deleted FROM entries WHERE rid = ?1 AND seq = ?2 AND kind = 'text'";
+                           deleted, until FROM entries WHERE rid = ?1 AND seq = ?2 AND kind = 'text'";
 const THREAD_REPLIES: &str = "SELECT seq, id, sender, kind, subject, body, ts, target, reply_to, mentions, \
-                              edited_ts, deleted FROM entries \
+                              edited_ts, deleted, until FROM entries \
                               WHERE rid = ?1 AND reply_to = ?2 AND seq > ?3 ORDER BY seq LIMIT ?4";
 
 /// Statements on the paths of this module, for the query-plan test.
@@ -97,13 +98,13 @@ fn require_message(conn: &Connection, room: &RoomRow, seq: u64) -> StoreResult<T
 /// every mentioned user is a member) and return the mentioned members' ids, the sender left
 /// out (one's own message is not unread).
 pub(super) fn check_message_refs(conn: &Connection, room: &RoomRow, request: &AppendRequest) -> StoreResult<Vec<i64>> {
-    if let Some(reply_to) = request.refs.reply_to {
+    if let Some(reply_to) = request.details.reply_to {
         if require_message(conn, room, reply_to)?.deleted {
             return Err(StoreError::MessageDeleted { room: room.record.id.clone(), seq: reply_to });
         }
     }
-    let mut uids = Vec::with_capacity(request.refs.mentions.len());
-    for name in &request.refs.mentions {
+    let mut uids = Vec::with_capacity(request.details.mentions.len());
+    for name in &request.details.mentions {
         let uid = match find_uid(conn, name)? {
             Some(uid) if is_named_member(conn, room.rid, name)? => uid,
             _ => return Err(not_mentionable(room, name)),
@@ -146,9 +147,12 @@ pub(super) fn append_change(
         return Err(StoreError::NotMember { room: room.record.id.clone(), user: request.from.clone() });
     }
     let room_id = &room.record.id;
-    let seq = request.refs.target.ok_or_else(|| {
+    let seq = request.details.target.ok_or_else(|| {
         StoreError::Backend(format!("invalid append to `{room_id}`: a {:?} entry names no target", request.kind))
     })?;
+    if request.kind != EntryKind::Delete {
+        moderate::check_not_muted(conn, room, &request.from, request.ts)?;
+    }
     let target = require_message(conn, room, seq)?;
     if target.deleted {
         return Err(StoreError::MessageDeleted { room: room_id.clone(), seq });
@@ -171,10 +175,12 @@ pub(super) fn append_change(
                 .ctx("edit message")?;
         }
         EntryKind::Delete => {
-            let moderates = room.record.kind == RoomKind::Group && room.record.created_by == request.from;
+            let moderates = room.record.kind == RoomKind::Group
+                && moderate::role_of(conn, rid, &request.from)?.is_some_and(|role| role >= Role::Admin);
             if target.sender != request.from && !moderates {
                 return Err(StoreError::NotAllowed(format!(
-                    "message {seq} of `{room_id}` is `{}`'s; only its author or the room's creator can delete it",
+                    "message {seq} of `{room_id}` is `{}`'s; only its author or the room's owner and admins can \
+                     delete it",
                     target.sender
                 )));
             }
@@ -229,7 +235,7 @@ pub(super) fn append_change(
                     .ctx("delete reaction")?;
             }
         }
-        EntryKind::Text | EntryKind::Join | EntryKind::Leave => {
+        _ => {
             return Err(StoreError::Backend(format!(
                 "invalid append to `{room_id}`: {:?} is not a change",
                 request.kind

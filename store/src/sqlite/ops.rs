@@ -14,12 +14,13 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::amend;
 use super::invariants;
+use super::moderate;
 use super::threads::Context;
 use crate::{
     AppendRequest, Appended, Delivery, Epoch, HistoryPage, LogBounds, LogEntry, MembershipLimits, MyRoom, NewRoom,
     PresenceNote, Recipients, RoomRecord, StoreError, StoreResult, UserRecord,
 };
-use protocol::{Cursor, Entry, EntryKind, RoomKind};
+use protocol::{Cursor, Entry, EntryKind, Role, RoomKind};
 
 /// Automatic retention trims a user's log only when its head reaches a multiple of this, so the
 /// cost is one range delete per 64 appends instead of a one-row delete on every append, and
@@ -63,21 +64,22 @@ const MARK_READ: &str =
 const READ_POSITIONS: &str = "SELECT u.name, m.read_seq FROM members m JOIN users u ON u.uid = m.uid \
                               WHERE m.rid = ?1 ORDER BY u.name";
 const ROOMS_OF_USER: &str = "SELECT r.rid, r.id, r.name, r.kind, r.private, r.created_by, r.last_seq, r.members, \
-                             r.epoch, r.owner, r.large_since, m.read_seq, m.joined_seq, \
+                             r.epoch, r.owner, r.large_since, m.read_seq, m.joined_seq, m.role, \
                              (SELECT count(*) FROM mentions x WHERE x.uid = m.uid AND x.rid = m.rid \
                               AND x.seq > m.read_seq) \
                              FROM members m JOIN rooms r ON r.rid = m.rid WHERE m.uid = ?1 ORDER BY m.rid";
 
 const ENTRY_INSERT: &str = "INSERT INTO entries (rid, seq, id, sender, kind, subject, body, ts, target, reply_to, \
-                            mentions) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
+                            mentions, until) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)";
 // The kinds spelled exactly as in the partial index's WHERE, so the planner can use it.
 pub(super) const ENTRY_BY_CLIENT_ID: &str = "SELECT seq, id, sender, kind, subject, body, ts, target, reply_to, \
-                                  mentions, edited_ts, deleted FROM entries \
-                                  WHERE rid = ?1 AND sender = ?2 AND id = ?3 AND kind NOT IN ('join', 'leave')";
+                                  mentions, edited_ts, deleted, until FROM entries \
+                                  WHERE rid = ?1 AND sender = ?2 AND id = ?3 \
+                                  AND kind IN ('text', 'edit', 'delete', 'react', 'unreact')";
 const HISTORY_BEFORE: &str = "SELECT seq, id, sender, kind, subject, body, ts, target, reply_to, mentions, \
-                              edited_ts, deleted FROM entries WHERE rid = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3";
+                              edited_ts, deleted, until FROM entries WHERE rid = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3";
 const HISTORY_AFTER: &str = "SELECT seq, id, sender, kind, subject, body, ts, target, reply_to, mentions, \
-                             edited_ts, deleted FROM entries WHERE rid = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3";
+                             edited_ts, deleted, until FROM entries WHERE rid = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3";
 
 const LOG_ADVANCE_MEMBERS: &str = "UPDATE user_logs SET head = head + 1 \
                                    WHERE uid IN (SELECT uid FROM members WHERE rid = ?1) RETURNING uid, head, floor";
@@ -90,7 +92,7 @@ const LOG_BOUNDS_BY_NAME: &str =
 const LOG_TRIM: &str = "DELETE FROM user_log WHERE uid = ?1 AND cursor > ?2 AND cursor <= ?3";
 const LOG_SET_FLOOR: &str = "UPDATE user_logs SET floor = ?2 WHERE uid = ?1";
 const LOG_PAGE: &str = "SELECT l.cursor, r.id, e.seq, e.id, e.sender, e.kind, e.subject, e.body, e.ts, \
-                        e.target, e.reply_to, e.mentions, e.edited_ts, e.deleted \
+                        e.target, e.reply_to, e.mentions, e.edited_ts, e.deleted, e.until \
                         FROM user_log l \
                         JOIN entries e ON e.rid = l.rid AND e.seq = l.seq \
                         JOIN rooms r ON r.rid = l.rid \
@@ -141,6 +143,11 @@ fn entry_kind_str(kind: EntryKind) -> &'static str {
         EntryKind::Delete => "delete",
         EntryKind::React => "react",
         EntryKind::Unreact => "unreact",
+        EntryKind::Role => "role",
+        EntryKind::Kick => "kick",
+        EntryKind::Ban => "ban",
+        EntryKind::Unban => "unban",
+        EntryKind::Mute => "mute",
     }
 }
 
@@ -175,12 +182,17 @@ fn entry_kind_column(row: &Row<'_>, index: usize) -> rusqlite::Result<EntryKind>
         "delete" => Ok(EntryKind::Delete),
         "react" => Ok(EntryKind::React),
         "unreact" => Ok(EntryKind::Unreact),
+        "role" => Ok(EntryKind::Role),
+        "kick" => Ok(EntryKind::Kick),
+        "ban" => Ok(EntryKind::Ban),
+        "unban" => Ok(EntryKind::Unban),
+        "mute" => Ok(EntryKind::Mute),
         _ => Err(rusqlite::Error::FromSqlConversionFailure(index, Type::Text, Box::new(CorruptValue(text)))),
     }
 }
 
 /// An entry from the columns `seq, id, sender, kind, subject, body, ts, target, reply_to,
-/// mentions, edited_ts, deleted` starting at `first`.
+/// mentions, edited_ts, deleted, until` starting at `first`.
 pub(super) fn entry_columns(room: String, row: &Row<'_>, first: usize) -> rusqlite::Result<Entry> {
     let mentions: Option<String> = row.get(first + 9)?;
     Ok(Entry {
@@ -197,6 +209,7 @@ pub(super) fn entry_columns(room: String, row: &Row<'_>, first: usize) -> rusqli
         mentions: mentions.map(|names| names.split('\n').map(str::to_owned).collect()).unwrap_or_default(),
         edited_at: row.get(first + 10)?,
         deleted: row.get(first + 11)?,
+        until: row.get(first + 12)?,
         reactions: Vec::new(),
     })
 }
@@ -247,11 +260,11 @@ pub(super) fn find_uid(conn: &Connection, name: &str) -> StoreResult<Option<i64>
     conn.prepare_cached(UID_BY_NAME).and_then(|mut s| s.query_row([name], |r| r.get(0)).optional()).ctx("read user id")
 }
 
-fn require_uid(conn: &Connection, name: &str) -> StoreResult<i64> {
+pub(super) fn require_uid(conn: &Connection, name: &str) -> StoreResult<i64> {
     find_uid(conn, name)?.ok_or_else(|| StoreError::NoSuchUser(name.to_owned()))
 }
 
-fn member_exists(conn: &Connection, rid: i64, uid: i64) -> StoreResult<bool> {
+pub(super) fn member_exists(conn: &Connection, rid: i64, uid: i64) -> StoreResult<bool> {
     conn.prepare_cached(MEMBER_EXISTS).and_then(|mut s| s.exists(params![rid, uid])).ctx("read membership")
 }
 
@@ -307,6 +320,7 @@ pub(super) fn insert_entry(conn: &Connection, rid: i64, entry: &Entry) -> StoreR
                 entry.target.map(sql_int),
                 entry.reply_to.map(sql_int),
                 mentions_column(&entry.mentions),
+                entry.until.map(sql_int),
             ])
         })
         .ctx("insert entry")?;
@@ -520,6 +534,9 @@ pub(super) fn create_room(
         conn.prepare_cached(MEMBER_INSERT)
             .and_then(|mut s| s.execute(params![rid, uid, sql_int(seq)]))
             .ctx("insert member")?;
+        if room.kind == RoomKind::Group && *name == room.creator {
+            moderate::set_role(conn, rid, *uid, Role::Owner)?;
+        }
         let entry = Entry {
             room: room.id.clone(),
             seq,
@@ -574,7 +591,8 @@ pub(super) fn rooms_of(conn: &Connection, user: &str) -> StoreResult<Vec<MyRoom>
                     room: room_columns(r)?.record,
                     read_seq: r.get(11)?,
                     joined_seq: r.get(12)?,
-                    unread_mentions: r.get(13)?,
+                    role: moderate::role_column(r, 13)?,
+                    unread_mentions: r.get(14)?,
                 })
             })?
             .collect()
@@ -598,6 +616,9 @@ pub(super) fn append(conn: &Connection, request: &AppendRequest, retention: u64)
         EntryKind::Leave => append_leave(conn, &room, request, retention),
         EntryKind::Edit | EntryKind::Delete | EntryKind::React | EntryKind::Unreact => {
             amend::append_change(conn, &room, request, retention)
+        }
+        EntryKind::Role | EntryKind::Kick | EntryKind::Ban | EntryKind::Unban | EntryKind::Mute => {
+            moderate::append_moderation(conn, &room, request, retention)
         }
     }
 }
@@ -625,6 +646,7 @@ fn append_text(conn: &Connection, room: &RoomRow, request: &AppendRequest, reten
     if !is_named_member(conn, room.rid, &request.from)? {
         return Err(StoreError::NotMember { room: room.record.id.clone(), user: request.from.clone() });
     }
+    moderate::check_not_muted(conn, room, &request.from, request.ts)?;
     let mention_uids = amend::check_message_refs(conn, room, request)?;
     let seq = advance_room(conn, room, 0)?;
     let entry = Entry {
@@ -635,8 +657,8 @@ fn append_text(conn: &Connection, room: &RoomRow, request: &AppendRequest, reten
         kind: EntryKind::Text,
         body: request.body.clone(),
         ts: request.ts,
-        reply_to: request.refs.reply_to,
-        mentions: request.refs.mentions.clone(),
+        reply_to: request.details.reply_to,
+        mentions: request.details.mentions.clone(),
         ..Entry::default()
     };
     insert_entry(conn, room.rid, &entry)?;
@@ -659,6 +681,7 @@ fn append_join(conn: &Connection, room: &RoomRow, request: &AppendRequest, reten
     } else if !is_named_member(conn, room.rid, &request.from)? {
         return Err(StoreError::NotMember { room: room_id.clone(), user: request.from.clone() });
     }
+    moderate::check_not_banned(conn, room, uid, user, request.ts)?;
     let limits = request.limits;
     if room.record.members >= limits.max_room_members {
         return Err(StoreError::RoomFull { room: room_id.clone(), limit: limits.max_room_members });

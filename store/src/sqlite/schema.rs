@@ -106,19 +106,23 @@ const MIGRATIONS: &[&str] = &[
         status TEXT,
         set_ms INTEGER NOT NULL
     );",
-    // 3 → 4: messages that change. New entry kinds (edit, delete, react, unreact) need a new
-    // CHECK, which SQLite can only get by rebuilding the table. Entries gain the message they
-    // act on (`target`), the one they reply to, their mentions (names, one per line), when they
-    // were last edited and whether they were deleted. Client ids are deduplicated for every kind
-    // a client sends. Reactions and unread mentions get tables of their own, keyed for their one
-    // lookup each (a message's reactions; a user's mentions in a room after a seq).
+    // 3 → 4: messages that change, and moderation. New entry kinds (edit, delete, react,
+    // unreact; role, kick, ban, unban, mute) need a new CHECK, which SQLite can only get by
+    // rebuilding the table. Entries gain the message they act on (`target`), the one they reply
+    // to, their mentions (names, one per line), when they were last edited, whether they were
+    // deleted, and until when a ban or mute holds. Client ids are deduplicated for every kind a
+    // client sends. Reactions and unread mentions get tables of their own, keyed for their one
+    // lookup each (a message's reactions; a user's mentions in a room after a seq). Members get
+    // a role (the creator of a group room owns it) and a mute; bans are kept per room and user,
+    // members or not.
     "CREATE TABLE entries_v4 (
         eid       INTEGER PRIMARY KEY,
         rid       INTEGER NOT NULL,
         seq       INTEGER NOT NULL,
         id        TEXT NOT NULL,
         sender    TEXT NOT NULL,
-        kind      TEXT NOT NULL CHECK (kind IN ('text', 'join', 'leave', 'edit', 'delete', 'react', 'unreact')),
+        kind      TEXT NOT NULL CHECK (kind IN ('text', 'join', 'leave', 'edit', 'delete', 'react', 'unreact',
+                                                'role', 'kick', 'ban', 'unban', 'mute')),
         subject   TEXT,
         body      TEXT NOT NULL,
         ts        INTEGER NOT NULL,
@@ -126,14 +130,16 @@ const MIGRATIONS: &[&str] = &[
         reply_to  INTEGER,
         mentions  TEXT,
         edited_ts INTEGER,
-        deleted   INTEGER NOT NULL DEFAULT 0 CHECK (deleted IN (0, 1))
+        deleted   INTEGER NOT NULL DEFAULT 0 CHECK (deleted IN (0, 1)),
+        until     INTEGER
     );
     INSERT INTO entries_v4 (eid, rid, seq, id, sender, kind, subject, body, ts)
         SELECT eid, rid, seq, id, sender, kind, subject, body, ts FROM entries;
     DROP TABLE entries;
     ALTER TABLE entries_v4 RENAME TO entries;
     CREATE UNIQUE INDEX entries_by_seq ON entries (rid, seq);
-    CREATE UNIQUE INDEX entries_by_client_id ON entries (rid, sender, id) WHERE kind NOT IN ('join', 'leave');
+    CREATE UNIQUE INDEX entries_by_client_id ON entries (rid, sender, id)
+        WHERE kind IN ('text', 'edit', 'delete', 'react', 'unreact');
     CREATE INDEX entries_by_target ON entries (rid, target) WHERE target IS NOT NULL;
     CREATE INDEX entries_by_reply ON entries (rid, reply_to, seq) WHERE reply_to IS NOT NULL;
     CREATE TABLE reactions (
@@ -148,6 +154,18 @@ const MIGRATIONS: &[&str] = &[
         rid INTEGER NOT NULL,
         seq INTEGER NOT NULL,
         PRIMARY KEY (uid, rid, seq)
+    ) WITHOUT ROWID;
+    ALTER TABLE members ADD COLUMN role TEXT NOT NULL DEFAULT 'member' CHECK (role IN ('owner', 'admin', 'member'));
+    ALTER TABLE members ADD COLUMN muted_until INTEGER NOT NULL DEFAULT 0;
+    UPDATE members SET role = 'owner' WHERE EXISTS
+        (SELECT 1 FROM rooms r JOIN users u ON u.name = r.created_by
+         WHERE r.rid = members.rid AND u.uid = members.uid AND r.kind = 'group');
+    CREATE TABLE bans (
+        rid    INTEGER NOT NULL,
+        uid    INTEGER NOT NULL,
+        until  INTEGER,
+        reason TEXT NOT NULL,
+        PRIMARY KEY (rid, uid)
     ) WITHOUT ROWID;",
 ];
 

@@ -1,0 +1,171 @@
+//! Conformance cases for moderation: roles, kicks, bans and mutes.
+
+use std::sync::Arc;
+
+use protocol::{EntryKind, Role};
+
+use super::{join, refused, room_with, send, text, users, whole_log, TS};
+use crate::{AppendRequest, EntryDetails, Epoch, Store, StoreError};
+
+/// A moderation entry by `from` on `user`.
+fn act(room: &str, epoch: Epoch, kind: EntryKind, from: &str, user: &str, body: &str) -> AppendRequest {
+    AppendRequest {
+        kind,
+        id: format!("{kind:?}.{from}.{user}.{body}"),
+        user: Some(user.to_owned()),
+        ..text(room, epoch, from, "unused", body)
+    }
+}
+
+fn until(request: AppendRequest, until: u64) -> AppendRequest {
+    AppendRequest { details: EntryDetails { until: Some(until), ..EntryDetails::default() }, ..request }
+}
+
+async fn role(store: &dyn Store, user: &str, room: &str) -> Option<Role> {
+    let rooms = store.rooms_of(user).await.expect("rooms of");
+    rooms.iter().find(|r| r.room.id == room).map(|r| r.role)
+}
+
+fn not_allowed(err: StoreError) {
+    assert!(matches!(err, StoreError::NotAllowed(_)), "expected NotAllowed, got {err:?}");
+}
+
+/// The creator owns a group room; only the owner makes admins; roles rank who may act on whom.
+pub async fn the_owner_makes_admins_and_ranks_decide(store: Arc<dyn Store>) {
+    let store = store.as_ref();
+    users(store, &["o", "a", "m", "n"]).await;
+    let epoch = room_with(store, "r", &["o", "a", "m", "n"], false).await;
+    assert_eq!(role(store, "o", "r").await, Some(Role::Owner));
+    assert_eq!(role(store, "a", "r").await, Some(Role::Member));
+    not_allowed(refused(store, act("r", epoch, EntryKind::Role, "m", "a", "admin")).await);
+    let made = send(store, act("r", epoch, EntryKind::Role, "o", "a", "admin")).await.delivery;
+    assert_eq!(
+        (made.entry.kind, made.entry.user.as_deref(), made.entry.body.as_str()),
+        (EntryKind::Role, Some("a"), "admin")
+    );
+    assert_eq!(super::recipient_names(&made).len(), 4, "every member sees the audit entry");
+    assert_eq!(role(store, "a", "r").await, Some(Role::Admin));
+    // An admin cannot make admins, nor act on the owner or another admin.
+    not_allowed(refused(store, act("r", epoch, EntryKind::Role, "a", "m", "admin")).await);
+    not_allowed(refused(store, act("r", epoch, EntryKind::Kick, "a", "o", "")).await);
+    send(store, act("r", epoch, EntryKind::Role, "o", "m", "admin")).await;
+    not_allowed(refused(store, act("r", epoch, EntryKind::Mute, "a", "m", "")).await);
+    send(store, act("r", epoch, EntryKind::Role, "o", "m", "member")).await;
+    assert_eq!(role(store, "m", "r").await, Some(Role::Member));
+    let err = refused(store, act("r", epoch, EntryKind::Role, "o", "n", "king")).await;
+    assert!(matches!(err, StoreError::InvalidReference(_)), "{err:?}");
+    not_allowed(refused(store, act("r", epoch, EntryKind::Role, "o", "o", "member")).await);
+    // Members and non-members.
+    not_allowed(refused(store, act("r", epoch, EntryKind::Kick, "n", "m", "")).await);
+    users(store, &["x"]).await;
+    let err = refused(store, act("r", epoch, EntryKind::Kick, "x", "m", "")).await;
+    assert!(matches!(err, StoreError::NotMember { .. }), "{err:?}");
+}
+
+/// A kick removes a member, who gets the entry; they may join again.
+pub async fn a_kick_removes_a_member_who_may_come_back(store: Arc<dyn Store>) {
+    let store = store.as_ref();
+    users(store, &["o", "m"]).await;
+    let epoch = room_with(store, "r", &["o", "m"], false).await;
+    let kick = send(store, act("r", epoch, EntryKind::Kick, "o", "m", "spam")).await.delivery;
+    assert!(super::recipient_names(&kick).contains("m"), "the kicked member learns of it");
+    assert_eq!(kick.entry.body, "spam");
+    assert!(!store.is_member("r", "m").await.expect("member"));
+    assert_eq!(store.room("r").await.expect("room").expect("room").members, 1);
+    let err = refused(store, text("r", epoch, "m", "after", "still here?")).await;
+    assert!(matches!(err, StoreError::NotMember { .. }), "{err:?}");
+    let err = refused(store, act("r", epoch, EntryKind::Kick, "o", "m", "")).await;
+    assert!(matches!(err, StoreError::NotMember { .. }), "kicking a non-member: {err:?}");
+    send(store, join("r", epoch, "m", "m", "back")).await;
+    assert_eq!(role(store, "m", "r").await, Some(Role::Member));
+    assert!(whole_log(store, "m").await.iter().any(|e| e.entry.kind == EntryKind::Kick), "kick in m's log");
+}
+
+/// A ban removes a member and keeps them out (self-join and invitation) until it expires or
+/// is lifted; non-members can be banned too.
+pub async fn a_ban_keeps_a_user_out_until_it_ends(store: Arc<dyn Store>) {
+    let store = store.as_ref();
+    users(store, &["o", "m", "p"]).await;
+    let epoch = room_with(store, "r", &["o", "m"], false).await;
+    let ban = send(store, act("r", epoch, EntryKind::Ban, "o", "m", "abuse")).await.delivery;
+    assert!(super::recipient_names(&ban).contains("m"));
+    assert_eq!(ban.entry.until, None);
+    assert!(!store.is_member("r", "m").await.expect("member"));
+    let banned = StoreError::Banned { room: "r".into(), user: "m".into(), until: None };
+    assert_eq!(refused(store, join("r", epoch, "m", "m", "j1")).await, banned);
+    assert_eq!(refused(store, join("r", epoch, "o", "m", "j2")).await, banned, "nor invited");
+    send(store, act("r", epoch, EntryKind::Unban, "o", "m", "")).await;
+    let err = refused(store, act("r", epoch, EntryKind::Unban, "o", "m", "")).await;
+    assert!(matches!(err, StoreError::Unchanged(_)), "{err:?}");
+    send(store, join("r", epoch, "m", "m", "j3")).await;
+
+    // A non-member, banned for a while: out until then, in after.
+    let timed = send(store, until(act("r", epoch, EntryKind::Ban, "o", "p", ""), TS + 100)).await.delivery;
+    assert!(!super::recipient_names(&timed).contains("p"), "a non-member is not told");
+    assert_eq!(timed.entry.until, Some(TS + 100));
+    let mut early = join("r", epoch, "p", "p", "j4");
+    early.ts = TS + 99;
+    assert_eq!(
+        refused(store, early).await,
+        StoreError::Banned { room: "r".into(), user: "p".into(), until: Some(TS + 100) }
+    );
+    let mut late = join("r", epoch, "p", "p", "j5");
+    late.ts = TS + 100;
+    send(store, late).await;
+}
+
+/// A muted member can read and delete their own messages but not post, edit or react, until the
+/// mute ends or is lifted.
+pub async fn a_mute_stops_posting_until_it_ends(store: Arc<dyn Store>) {
+    let store = store.as_ref();
+    users(store, &["o", "m"]).await;
+    let epoch = room_with(store, "r", &["o", "m"], false).await;
+    let own = send(store, text("r", epoch, "m", "before", "mine")).await.delivery.entry.seq;
+    let muted = send(store, until(act("r", epoch, EntryKind::Mute, "o", "m", ""), TS + 100)).await.delivery.entry;
+    assert_eq!(muted.until, Some(TS + 100));
+    not_allowed(refused(store, text("r", epoch, "m", "during", "let me talk")).await);
+    let react = AppendRequest {
+        kind: EntryKind::React,
+        details: EntryDetails { target: Some(own), ..EntryDetails::default() },
+        ..text("r", epoch, "m", "x", "👍")
+    };
+    not_allowed(refused(store, react).await);
+    let delete = AppendRequest {
+        kind: EntryKind::Delete,
+        details: EntryDetails { target: Some(own), ..EntryDetails::default() },
+        ..text("r", epoch, "m", "d", "")
+    };
+    send(store, delete).await;
+    let mut later = text("r", epoch, "m", "later", "free again");
+    later.ts = TS + 100;
+    send(store, later).await;
+    send(store, until(act("r", epoch, EntryKind::Mute, "o", "m", ""), TS + 1_000_000)).await;
+    send(store, act("r", epoch, EntryKind::Mute, "o", "m", "")).await;
+    send(store, text("r", epoch, "m", "unmuted", "thanks")).await;
+}
+
+/// Admins moderate messages: they delete anyone's; members only their own.
+pub async fn admins_delete_any_message(store: Arc<dyn Store>) {
+    let store = store.as_ref();
+    users(store, &["o", "a", "m"]).await;
+    let epoch = room_with(store, "r", &["o", "a", "m"], false).await;
+    send(store, act("r", epoch, EntryKind::Role, "o", "a", "admin")).await;
+    let seq = send(store, text("r", epoch, "m", "m1", "rude")).await.delivery.entry.seq;
+    let delete = AppendRequest {
+        kind: EntryKind::Delete,
+        details: EntryDetails { target: Some(seq), ..EntryDetails::default() },
+        ..text("r", epoch, "a", "d", "")
+    };
+    send(store, delete).await;
+}
+
+/// Direct conversations have no moderators.
+pub async fn direct_conversations_have_no_moderation(store: Arc<dyn Store>) {
+    let store = store.as_ref();
+    users(store, &["a", "b"]).await;
+    let room = crate::NewRoom { kind: protocol::RoomKind::Direct, ..super::new_room("dm:a:b", &["a", "b"], true) };
+    store.create_room(room, super::LIMITS).await.expect("create");
+    let epoch = store.claim_room("dm:a:b", "node-1").await.expect("claim");
+    assert_eq!(role(store, "a", "dm:a:b").await, Some(Role::Member));
+    not_allowed(refused(store, act("dm:a:b", epoch, EntryKind::Kick, "a", "b", "")).await);
+}

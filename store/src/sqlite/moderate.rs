@@ -1,0 +1,199 @@
+//! Moderation as SQL: roles, kicks, bans and mutes, each an entry of the room's log naming its
+//! subject, applied in the transaction that appends it.
+//!
+//! A member's role and mute live on their `members` row (so they end with the membership: a
+//! member who leaves and comes back is a plain member again); bans live in `bans`, apart from
+//! membership, because they must outlast it and can be set on someone who never joined.
+
+use rusqlite::types::Type;
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use super::ops::{advance_room, deliver, find_uid, insert_entry, require_uid, RoomRow};
+use super::threads::Context;
+use crate::{AppendRequest, Appended, Delivery, StoreError, StoreResult};
+use protocol::{Entry, EntryKind, Role, RoomKind};
+
+const MEMBER_STANDING: &str = "SELECT role, muted_until FROM members WHERE rid = ?1 AND uid = ?2";
+const ROLE_SET: &str = "UPDATE members SET role = ?3 WHERE rid = ?1 AND uid = ?2";
+const MUTE_SET: &str = "UPDATE members SET muted_until = ?3 WHERE rid = ?1 AND uid = ?2";
+const MEMBER_REMOVE: &str = "DELETE FROM members WHERE rid = ?1 AND uid = ?2";
+const BAN_BY_USER: &str = "SELECT until FROM bans WHERE rid = ?1 AND uid = ?2";
+const BAN_SET: &str = "INSERT INTO bans (rid, uid, until, reason) VALUES (?1, ?2, ?3, ?4) \
+                       ON CONFLICT (rid, uid) DO UPDATE SET until = excluded.until, reason = excluded.reason";
+const BAN_LIFT: &str = "DELETE FROM bans WHERE rid = ?1 AND uid = ?2";
+
+/// Statements on the paths of this module, for the query-plan test.
+#[cfg(test)]
+pub(super) const HOT_QUERIES: &[&str] = &[MEMBER_STANDING, ROLE_SET, MUTE_SET, MEMBER_REMOVE, BAN_BY_USER, BAN_LIFT];
+
+fn sql_int(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn role_str(role: Role) -> &'static str {
+    match role {
+        Role::Owner => "owner",
+        Role::Admin => "admin",
+        Role::Member => "member",
+    }
+}
+
+/// A role from its column.
+pub(super) fn role_column(row: &Row<'_>, index: usize) -> rusqlite::Result<Role> {
+    let text: String = row.get(index)?;
+    match text.as_str() {
+        "owner" => Ok(Role::Owner),
+        "admin" => Ok(Role::Admin),
+        "member" => Ok(Role::Member),
+        _ => Err(rusqlite::Error::FromSqlConversionFailure(index, Type::Text, format!("role `{text}`").into())),
+    }
+}
+
+/// A member's role and the end of their mute (0 if none); `None` for a non-member.
+pub(super) fn standing(conn: &Connection, rid: i64, uid: i64) -> StoreResult<Option<(Role, u64)>> {
+    conn.prepare_cached(MEMBER_STANDING)
+        .and_then(|mut s| s.query_row(params![rid, uid], |r| Ok((role_column(r, 0)?, r.get(1)?))).optional())
+        .ctx("read member standing")
+}
+
+pub(super) fn set_role(conn: &Connection, rid: i64, uid: i64, role: Role) -> StoreResult<()> {
+    conn.prepare_cached(ROLE_SET).and_then(|mut s| s.execute(params![rid, uid, role_str(role)])).ctx("set role")?;
+    Ok(())
+}
+
+/// The role of a named member (`None` for a non-member or an unknown user).
+pub(super) fn role_of(conn: &Connection, rid: i64, name: &str) -> StoreResult<Option<Role>> {
+    match find_uid(conn, name)? {
+        Some(uid) => Ok(standing(conn, rid, uid)?.map(|(role, _)| role)),
+        None => Ok(None),
+    }
+}
+
+/// `Banned` if the user is banned from the room at `now`.
+pub(super) fn check_not_banned(conn: &Connection, room: &RoomRow, uid: i64, user: &str, now: u64) -> StoreResult<()> {
+    let ban: Option<Option<u64>> = conn
+        .prepare_cached(BAN_BY_USER)
+        .and_then(|mut s| s.query_row(params![room.rid, uid], |r| r.get(0)).optional())
+        .ctx("read ban")?;
+    match ban {
+        Some(until) if until.is_none_or(|until| until > now) => {
+            Err(StoreError::Banned { room: room.record.id.clone(), user: user.to_owned(), until })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `NotAllowed` if the member `from` is muted at `now`.
+pub(super) fn check_not_muted(conn: &Connection, room: &RoomRow, from: &str, now: u64) -> StoreResult<()> {
+    let Some(uid) = find_uid(conn, from)? else { return Ok(()) };
+    match standing(conn, room.rid, uid)? {
+        Some((_, until)) if until > now => Err(StoreError::NotAllowed(format!(
+            "`{from}` is muted in `{}` until {until} (ms since the Unix epoch)",
+            room.record.id
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Append a role, kick, ban, unban or mute entry and apply it.
+pub(super) fn append_moderation(
+    conn: &Connection,
+    room: &RoomRow,
+    request: &AppendRequest,
+    retention: u64,
+) -> StoreResult<Appended> {
+    let room_id = &room.record.id;
+    let rid = room.rid;
+    let from_uid = require_uid(conn, &request.from)?;
+    let Some((actor, _)) = standing(conn, rid, from_uid)? else {
+        return Err(StoreError::NotMember { room: room_id.clone(), user: request.from.clone() });
+    };
+    if room.record.kind == RoomKind::Direct {
+        return Err(StoreError::NotAllowed("direct conversations have no moderators".into()));
+    }
+    let subject = request
+        .user
+        .as_deref()
+        .ok_or_else(|| StoreError::Backend(format!("invalid append to `{room_id}`: moderation names no user")))?;
+    let uid = require_uid(conn, subject)?;
+    let subject_standing = standing(conn, rid, uid)?;
+    let needed = if request.kind == EntryKind::Role { Role::Owner } else { Role::Admin };
+    if actor < needed {
+        return Err(StoreError::NotAllowed(format!(
+            "only the room's {} can do that in `{room_id}`",
+            if needed == Role::Owner { "owner" } else { "owner or admins" }
+        )));
+    }
+    if let Some((rank, _)) = subject_standing {
+        if rank >= actor {
+            return Err(StoreError::NotAllowed(format!("`{subject}` ranks as high as you in `{room_id}`")));
+        }
+    }
+    let not_member = || StoreError::NotMember { room: room_id.clone(), user: subject.to_owned() };
+    // Who the subject is to the room after this entry, for the fan-out: a member removed here
+    // gets the entry too (they learn why), then stops being a member.
+    let mut removes_member = false;
+    let mut member_delta = 0;
+    match request.kind {
+        EntryKind::Role => {
+            subject_standing.ok_or_else(not_member)?;
+            let role = match request.body.as_str() {
+                "admin" => Role::Admin,
+                "member" => Role::Member,
+                other => {
+                    return Err(StoreError::InvalidReference(format!(
+                        "a role given is `admin` or `member`, not `{other}`"
+                    )))
+                }
+            };
+            set_role(conn, rid, uid, role)?;
+        }
+        EntryKind::Kick => {
+            subject_standing.ok_or_else(not_member)?;
+            removes_member = true;
+        }
+        EntryKind::Ban => {
+            conn.prepare_cached(BAN_SET)
+                .and_then(|mut s| s.execute(params![rid, uid, request.details.until.map(sql_int), request.body]))
+                .ctx("set ban")?;
+            removes_member = subject_standing.is_some();
+        }
+        EntryKind::Unban => {
+            let lifted =
+                conn.prepare_cached(BAN_LIFT).and_then(|mut s| s.execute(params![rid, uid])).ctx("lift ban")?;
+            if lifted == 0 {
+                return Err(StoreError::Unchanged(format!("`{subject}` is not banned from `{room_id}`")));
+            }
+        }
+        EntryKind::Mute => {
+            subject_standing.ok_or_else(not_member)?;
+            let until = request.details.until.unwrap_or(0);
+            conn.prepare_cached(MUTE_SET).and_then(|mut s| s.execute(params![rid, uid, sql_int(until)])).ctx("mute")?;
+        }
+        other => {
+            return Err(StoreError::Backend(format!("invalid append to `{room_id}`: {other:?} is no moderation")));
+        }
+    }
+    if removes_member {
+        member_delta = -1;
+    }
+    let seq = advance_room(conn, room, member_delta)?;
+    let entry = Entry {
+        room: room_id.clone(),
+        seq,
+        id: request.id.clone(),
+        from: request.from.clone(),
+        kind: request.kind,
+        user: Some(subject.to_owned()),
+        body: request.body.clone(),
+        ts: request.ts,
+        until: request.details.until.filter(|_| matches!(request.kind, EntryKind::Ban | EntryKind::Mute)),
+        ..Entry::default()
+    };
+    insert_entry(conn, rid, &entry)?;
+    let recipients = deliver(conn, room, seq, retention)?;
+    if removes_member {
+        conn.prepare_cached(MEMBER_REMOVE).and_then(|mut s| s.execute(params![rid, uid])).ctx("remove member")?;
+    }
+    Ok(Appended { delivery: Delivery { entry, recipients }, duplicate: false })
+}
