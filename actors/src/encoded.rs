@@ -11,7 +11,7 @@
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
-use protocol::{Encoding, Entry, EntryKind};
+use protocol::{Encoding, Entry};
 
 use crate::session::Wire;
 
@@ -79,7 +79,7 @@ impl SharedRun {
     pub fn new(entries: Vec<Arc<SharedEntry>>) -> Self {
         assert!(!entries.is_empty(), "a run holds at least one entry");
         let contiguous = entries.windows(2).all(|pair| pair[1].entry.seq == pair[0].entry.seq + 1);
-        let has_leave = entries.iter().any(|shared| shared.entry.kind == EntryKind::Leave);
+        let has_leave = entries.iter().any(|shared| shared.entry.kind.ends_membership());
         SharedRun { entries, contiguous, has_leave, encoded: Encodings::default() }
     }
 

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use protocol::{Entry, EntryKind, ErrorCode, ReqId, RoomInfo, ServerFrame};
+use protocol::{Entry, EntryKind, ErrorCode, ReqId, Role, RoomInfo, ServerFrame};
 use tracing::{error, info};
 
 use crate::hub::Hub;
@@ -61,6 +61,7 @@ pub fn store_error_frame(hub: &Hub, req: Option<ReqId>, err: StoreError) -> Serv
         StoreError::NotAllowed(_) => ErrorCode::Forbidden,
         StoreError::InvalidReference(_) => ErrorCode::InvalidField,
         StoreError::Unchanged(_) => ErrorCode::Unchanged,
+        StoreError::Banned { .. } => ErrorCode::Banned,
         StoreError::Backend(detail) => {
             Metrics::inc(&hub.metrics.store_errors_total);
             error!(error = %detail, "store failure");
@@ -262,7 +263,8 @@ pub async fn create_room(ctx: &Ctx, req: ReqId, name: String, private: bool) -> 
             Ok((record, Some(deliveries))) => {
                 ctx.hub.deliver(&deliveries.iter().collect::<Vec<_>>());
                 info!(user = ctx.user, room = record.id, "room created");
-                return ServerFrame::Room { req, room: room_info(record, 0) };
+                // The creator of a group room owns it.
+                return ServerFrame::Room { req, room: RoomInfo { role: Role::Owner, ..room_info(record, 0) } };
             }
             Ok((_, None)) => continue,
             Err(err) => return store_error_frame(&ctx.hub, Some(req), err),
@@ -315,8 +317,9 @@ pub async fn list_rooms(ctx: &Ctx, req: ReqId) -> ServerFrame {
         Ok(rooms) => {
             let mut rooms: Vec<RoomInfo> = rooms
                 .into_iter()
-                .map(|MyRoom { room, read_seq, unread_mentions, .. }| RoomInfo {
+                .map(|MyRoom { room, read_seq, unread_mentions, role, .. }| RoomInfo {
                     mentions: unread_mentions,
+                    role,
                     ..room_info(room, read_seq)
                 })
                 .collect();
@@ -507,6 +510,9 @@ pub async fn room_reply(
             }
         }
         (EntryKind::Leave, _, Ok(_)) => ServerFrame::Ok { req },
+        (EntryKind::Role | EntryKind::Kick | EntryKind::Ban | EntryKind::Unban | EntryKind::Mute, _, result) => {
+            messages::moderation_reply(ctx, req, room, result).await
+        }
         // Not a member (sending, leaving, inviting), or a private room's self-join: a private
         // room must answer as if it did not exist.
         (_, _, Err(StoreError::NotMember { .. } | StoreError::Forbidden(_))) => refuse_room(ctx, req, room).await,
@@ -535,11 +541,12 @@ pub(crate) async fn require_member(ctx: &Ctx, req: ReqId, room: &str) -> Result<
 
 /// The room as this user sees it, with their read position.
 async fn my_room_info(ctx: &Ctx, record: RoomRecord) -> RoomInfo {
-    let read_seq = match ctx.hub.store.rooms_of(&ctx.user).await {
-        Ok(rooms) => rooms.into_iter().find(|mine| mine.room.id == record.id).map_or(0, |mine| mine.read_seq),
-        Err(_) => 0,
+    let mine = match ctx.hub.store.rooms_of(&ctx.user).await {
+        Ok(rooms) => rooms.into_iter().find(|mine| mine.room.id == record.id),
+        Err(_) => None,
     };
-    room_info(record, read_seq)
+    let (read_seq, role) = mine.map_or((0, Role::Member), |mine| (mine.read_seq, mine.role));
+    RoomInfo { role, ..room_info(record, read_seq) }
 }
 
 fn room_info(record: RoomRecord, read_seq: u64) -> RoomInfo {
@@ -553,6 +560,7 @@ fn room_info(record: RoomRecord, read_seq: u64) -> RoomInfo {
         members: record.members,
         large: record.large_since.is_some(),
         mentions: 0,
+        role: Role::Member,
     }
 }
 

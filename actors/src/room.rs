@@ -352,7 +352,7 @@ impl Committer {
                 entry.seq
             ),
         }
-        if let (EntryKind::Leave, Some(user)) = (entry.kind, subject) {
+        if let (true, Some(user)) = (entry.kind.ends_membership(), subject) {
             Arc::make_mut(members).retain(|member| member != user);
         }
     }

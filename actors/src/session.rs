@@ -472,6 +472,14 @@ where
                     Err(frame) => self.reply_in_order(vec![*frame]),
                 }
             }
+            frame @ (ClientFrame::SetRole { .. }
+            | ClientFrame::Kick { .. }
+            | ClientFrame::Ban { .. }
+            | ClientFrame::Unban { .. }
+            | ClientFrame::Mute { .. }) => match requests::messages::moderation_command(&ctx.user, frame) {
+                Ok((req, room, command)) => self.forward_to_room(req, room, command).await,
+                Err(frame) => self.reply_in_order(vec![*frame]),
+            },
             ClientFrame::Thread { req, room, root, after, limit } => self.pipeline(
                 async move { vec![requests::messages::thread(&ctx, req, room, root, after, limit).await] }.boxed(),
             ),
@@ -903,7 +911,7 @@ where
                 Out::Frame(ServerFrame::Message { entry, .. }) => entry,
                 Out::Frame(_) => continue,
             };
-            left |= entry.kind == EntryKind::Leave;
+            left |= entry.kind.ends_membership();
             if entry.kind == EntryKind::Text && entry.from != ctx.user && room_takes_receipts(&entry.room) {
                 note_delivered(entry);
             }

@@ -25,7 +25,12 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use futures_util::{SinkExt, StreamExt};
-pub use protocol::{ClientFrame, Encoding, Entry, EntryKind, ErrorCode, ServerFrame};
+pub use protocol::{ClientFrame, Encoding, Entry, EntryKind, ErrorCode, Role, ServerFrame};
+
+/// Milliseconds since the Unix epoch (the unit of `until` and `ts` in frames).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};

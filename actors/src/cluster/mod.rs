@@ -231,6 +231,7 @@ impl Cluster {
             target: command.details.target,
             reply_to: command.details.reply_to,
             mentions: command.details.mentions,
+            until: command.details.until,
         });
         if router.cast(message).is_err() {
             self.pending.lock().remove(&id);

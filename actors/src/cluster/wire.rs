@@ -125,6 +125,8 @@ pub struct ForwardedAppend {
     pub reply_to: Option<u64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mentions: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<u64>,
 }
 
 impl ForwardedAppend {
@@ -135,7 +137,12 @@ impl ForwardedAppend {
             id: self.message_id.clone(),
             user: self.user.clone(),
             body: self.body.clone(),
-            details: EntryDetails { target: self.target, reply_to: self.reply_to, mentions: self.mentions.clone() },
+            details: EntryDetails {
+                target: self.target,
+                reply_to: self.reply_to,
+                mentions: self.mentions.clone(),
+                until: self.until,
+            },
         }
     }
 }
@@ -175,6 +182,7 @@ pub enum WireError {
     NotAllowed(String),
     InvalidReference(String),
     Unchanged(String),
+    Banned { room: String, user: String, until: Option<u64> },
 }
 
 impl From<Result<Appended, StoreError>> for WireOutcome {
@@ -198,6 +206,7 @@ impl From<Result<Appended, StoreError>> for WireOutcome {
                 StoreError::NotAllowed(a) => WireError::NotAllowed(a),
                 StoreError::InvalidReference(a) => WireError::InvalidReference(a),
                 StoreError::Unchanged(a) => WireError::Unchanged(a),
+                StoreError::Banned { room, user, until } => WireError::Banned { room, user, until },
             }),
         }
     }
@@ -226,6 +235,7 @@ impl From<WireOutcome> for Result<Appended, StoreError> {
                 WireError::NotAllowed(a) => StoreError::NotAllowed(a),
                 WireError::InvalidReference(a) => StoreError::InvalidReference(a),
                 WireError::Unchanged(a) => StoreError::Unchanged(a),
+                WireError::Banned { room, user, until } => StoreError::Banned { room, user, until },
             }),
         }
     }
@@ -537,6 +547,7 @@ mod tests {
                 target: None,
                 reply_to: None,
                 mentions: Vec::new(),
+                until: None,
             }),
             RouterMessage::Reply(AppendReply {
                 id: 5,

@@ -1,18 +1,19 @@
 //! Requests about messages that change: edit, delete and react (checked here, then appended by
 //! the room's owner like a send), the references a send may carry (the message it replies to,
-//! the members it mentions), threads, and the reactions shown with history.
+//! the members it mentions), threads, the reactions shown with history, and moderation (roles,
+//! kick, ban, unban, mute: checked here, decided by the store in the append's transaction).
 //!
 //! What can be checked without the room's state is checked here, so a malformed request never
 //! reaches the room; who may do what to which message is the store's decision, taken inside the
 //! append's transaction (see `store::AppendRequest`).
 
-use protocol::{ClientFrame, Entry, EntryKind, ErrorCode, ReqId, ServerFrame};
+use protocol::{ClientFrame, Entry, EntryKind, ErrorCode, ReqId, Role, ServerFrame};
 
-use super::{check_send, error_frame, fit_page, require_member, store_error_frame, Ctx};
+use super::{check_send, error_frame, fit_page, refuse_room, require_member, store_error_frame, Ctx};
 use crate::limits::Limits;
 use crate::names;
 use crate::room::AppendCommand;
-use crate::store::{EntryDetails, StoreError};
+use crate::store::{Appended, EntryDetails, StoreError};
 
 /// The references of a `send`, checked: at most `limits.max_mentions` valid user names, each
 /// once (in the order given).
@@ -38,7 +39,7 @@ pub fn send_refs(
     if reply_to == Some(0) {
         return Err(Box::new(error_frame(Some(req), ErrorCode::NoSuchMessage, "`reply_to` 0 names no message")));
     }
-    Ok(EntryDetails { target: None, reply_to, mentions: unique })
+    Ok(EntryDetails { reply_to, mentions: unique, ..EntryDetails::default() })
 }
 
 /// The room and the command for an `edit`, `delete` or `react` frame, or the error reply.
@@ -127,4 +128,62 @@ pub async fn thread(
     let [root] = roots;
     let (replies, cut) = fit_page(replies, false);
     ServerFrame::Thread { req, room, root, replies, more: more || cut }
+}
+
+/// Longest reason a moderator may give for a kick or a ban, in bytes.
+pub const REASON_MAX_BYTES: usize = 512;
+
+/// The room and the command for a `set_role`, `kick`, `ban`, `unban` or `mute` frame, or the
+/// error reply. These entries carry a node-made id, like membership entries: repeating one is
+/// answered by the store (`not_member`, `unchanged`), never applied twice to the same member.
+pub fn moderation_command(user: &str, frame: ClientFrame) -> Result<(ReqId, String, AppendCommand), Box<ServerFrame>> {
+    let (req, room, subject, kind, body, until) = match frame {
+        ClientFrame::SetRole { req, room, user, role } => {
+            let body = match role {
+                Role::Admin => "admin",
+                Role::Member => "member",
+                Role::Owner => {
+                    let message = "a room has one owner, its creator; `role` is `admin` or `member`";
+                    return Err(Box::new(error_frame(Some(req), ErrorCode::InvalidField, message)));
+                }
+            };
+            (req, room, user, EntryKind::Role, body.to_owned(), None)
+        }
+        ClientFrame::Kick { req, room, user, reason } => {
+            (req, room, user, EntryKind::Kick, reason.unwrap_or_default(), None)
+        }
+        ClientFrame::Ban { req, room, user, reason, until } => {
+            (req, room, user, EntryKind::Ban, reason.unwrap_or_default(), until)
+        }
+        ClientFrame::Unban { req, room, user } => (req, room, user, EntryKind::Unban, String::new(), None),
+        ClientFrame::Mute { req, room, user, until } => (req, room, user, EntryKind::Mute, String::new(), until),
+        other => {
+            let message = "not a moderation request";
+            return Err(Box::new(error_frame(Some(other.req()), ErrorCode::Internal, message)));
+        }
+    };
+    if let Err(message) = names::validate_room_id(&room) {
+        return Err(Box::new(error_frame(Some(req), ErrorCode::NoSuchRoom, message)));
+    }
+    if let Err(message) = names::validate_user_name(&subject) {
+        return Err(Box::new(error_frame(Some(req), ErrorCode::InvalidName, message)));
+    }
+    if body.len() > REASON_MAX_BYTES || body.chars().any(char::is_control) {
+        let message = format!("`reason` is at most {REASON_MAX_BYTES} bytes without control characters");
+        return Err(Box::new(error_frame(Some(req), ErrorCode::InvalidField, message)));
+    }
+    let details = EntryDetails { until, ..EntryDetails::default() };
+    let id = super::membership_entry_id(&format!("{kind:?}").to_lowercase());
+    Ok((req, room, AppendCommand { kind, from: user.to_owned(), id, user: Some(subject), body, details }))
+}
+
+/// The reply to a moderation request: `ok`, or the store's refusal. Not being a member
+/// oneself is answered as any request about a room one is not in; the subject not being a
+/// member (kicking someone who left) is said as such.
+pub async fn moderation_reply(ctx: &Ctx, req: ReqId, room: &str, result: Result<Appended, StoreError>) -> ServerFrame {
+    match result {
+        Ok(_) => ServerFrame::Ok { req },
+        Err(StoreError::NotMember { user, .. }) if user == ctx.user => refuse_room(ctx, req, room).await,
+        Err(err) => store_error_frame(&ctx.hub, Some(req), err),
+    }
 }

@@ -122,7 +122,7 @@ impl LargeRooms {
                 Some(seq) if entry.seq <= seq => {}
                 Some(_) => {
                     following = Some(entry.seq);
-                    if own && entry.kind == EntryKind::Leave {
+                    if own && entry.kind.ends_membership() {
                         following = None;
                     }
                     sent.push(shared);
@@ -166,7 +166,7 @@ impl LargeRooms {
         match self.positions.get_mut(&entry.room) {
             Some(seq) if entry.seq <= *seq => Live::Skip,
             Some(seq) if entry.seq == *seq + 1 => {
-                if own && entry.kind == EntryKind::Leave {
+                if own && entry.kind.ends_membership() {
                     self.positions.remove(&entry.room);
                 } else {
                     *seq = entry.seq;
@@ -205,6 +205,7 @@ mod tests {
             read_seq,
             joined_seq,
             unread_mentions: 0,
+            role: Default::default(),
         }
     }
 
