@@ -6,6 +6,8 @@
 #   .ci/fdb-server.sh start DIR   start fdbserver on 127.0.0.1 with DIR/fdb.cluster, configure
 #                                 `single ssd`, wait until the database is available
 #   .ci/fdb-server.sh stop DIR    stop it (SIGTERM, then SIGKILL)
+#   .ci/fdb-server.sh restart DIR start the server of DIR again, on its port and data (after a
+#                                 kill), and wait until the database is available
 #   .ci/fdb-server.sh find        print the prefix holding bin/fdbserver, or exit 3
 #
 # FDB_PREFIX names the prefix (default: /opt/foundationdb, then /usr with /usr/sbin/fdbserver).
@@ -67,6 +69,26 @@ case "${1:-}" in
     done
     echo "FoundationDB did not become available; its output:"
     cat "$dir/fdbserver.out" || true
+    exit 1
+    ;;
+  restart)
+    dir="${2:?usage: fdb-server.sh restart DIR}"
+    prefix="$(find_prefix)" || { echo "FoundationDB is not installed (set FDB_PREFIX)"; exit 3; }
+    fdbserver="$(tool "$prefix" fdbserver)"
+    fdbcli="$(tool "$prefix" fdbcli)"
+    port="$(sed 's/.*://' "$dir/fdb.cluster")"
+    nohup "$fdbserver" -p "127.0.0.1:$port" -C "$dir/fdb.cluster" -d "$dir/data" -L "$dir/logs" \
+      >>"$dir/fdbserver.out" 2>&1 &
+    echo $! >"$dir/fdbserver.pid"
+    for _ in $(seq 1 120); do
+      if timeout 10 "$fdbcli" -C "$dir/fdb.cluster" --exec "status minimal" --timeout 5 2>/dev/null |
+        grep -q "available"; then
+        exit 0
+      fi
+      sleep 1
+    done
+    echo "FoundationDB did not become available again; its output:"
+    tail -20 "$dir/fdbserver.out" || true
     exit 1
     ;;
   stop)
