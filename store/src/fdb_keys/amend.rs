@@ -13,19 +13,20 @@
 //! and mentions and the bodies of its edits are overwritten, its reactions and mention keys
 //! cleared.
 
-use protocol::{Entry, EntryKind, ReactionCount, RoomKind};
+use protocol::{Entry, EntryKind, ReactionCount, Role, RoomKind};
 
 use super::kv::{corrupt, together, KvTxn};
 use super::layout::Keyspace;
 use super::limits::{page_rows, split_page, WriteSet};
+use super::moderate::check_not_muted;
 use super::ops::{decode_at, read, require_room, AppendContext, RoomState, R};
-use super::values::{decode_u64, encode_marker, encode_u64, CodecError, EntryValue};
+use super::values::{decode_u64, encode_marker, encode_u64, CodecError, EntryValue, MemberValue};
 use crate::StoreError;
 
-/// What an entry refers to, checked: `commit_entry` stores it in the entry and writes the
-/// index keys that point back at the entry.
+/// What an entry refers to and carries, checked: `commit_entry` stores it in the entry and
+/// writes the index keys that point back at the entry.
 #[derive(Debug, Default)]
-pub(super) struct CheckedRefs {
+pub(super) struct CheckedDetails {
     /// For a change: the message acted on (an edit gets an `edit` key under it).
     pub target: Option<u64>,
     /// For text: the message replied to (which gets a `reply` key).
@@ -35,6 +36,8 @@ pub(super) struct CheckedRefs {
     /// The mentioned members who get a `ment` key: the sender left out (one's own message is
     /// not unread), each once.
     pub notify: Vec<String>,
+    /// For ban and mute: until when.
+    pub until: Option<u64>,
 }
 
 /// The text entry `seq` of `room`: `NoSuchMessage` if there is none or the entry is not a
@@ -60,7 +63,7 @@ pub(super) async fn check_message_refs<X: KvTxn>(
     t: &X,
     cx: &AppendContext<'_>,
     writes: &mut WriteSet,
-) -> R<CheckedRefs, X> {
+) -> R<CheckedDetails, X> {
     let (ks, request) = (cx.ks, cx.request);
     let room = &request.room;
     if let Some(reply_to) = request.details.reply_to {
@@ -86,22 +89,33 @@ pub(super) async fn check_message_refs<X: KvTxn>(
             notify.push(name.clone());
         }
     }
-    Ok(CheckedRefs { reply_to: request.details.reply_to, mentions: mentions.clone(), notify, ..CheckedRefs::default() })
+    Ok(CheckedDetails {
+        reply_to: request.details.reply_to,
+        mentions: mentions.clone(),
+        notify,
+        ..CheckedDetails::default()
+    })
 }
 
-/// Check an edit, delete, react or unreact against its target and collect its effect on the
-/// target in `writes`; `commit_entry` then appends the change's own entry.
+/// Check an edit, delete, react or unreact by `sender` (the sender's `mem` value) against its
+/// target and collect its effect on the target in `writes`; `commit_entry` then appends the
+/// change's own entry.
 pub(super) async fn apply_change<X: KvTxn>(
     t: &X,
     cx: &AppendContext<'_>,
     state: &RoomState,
+    sender: &MemberValue,
     writes: &mut WriteSet,
-) -> R<CheckedRefs, X> {
+) -> R<CheckedDetails, X> {
     let (ks, request) = (cx.ks, cx.request);
     let room = &request.room;
     let seq = request.details.target.ok_or_else(|| {
         StoreError::Backend(format!("invalid append to `{room}`: a {:?} entry names no target", request.kind))
     })?;
+    // A muted member may still take back what they said.
+    if request.kind != EntryKind::Delete {
+        check_not_muted(room, &request.from, sender, request.ts)?;
+    }
     let target = require_message(t, ks, room, seq, writes).await?;
     if target.deleted {
         return Err(StoreError::MessageDeleted { room: room.clone(), seq }.into());
@@ -124,10 +138,12 @@ pub(super) async fn apply_change<X: KvTxn>(
             writes.set(ks.room_log(room, seq), edited.encode());
         }
         EntryKind::Delete => {
-            let moderates = state.meta.kind == RoomKind::Group && state.meta.created_by == request.from;
+            let moderates =
+                state.meta.kind == RoomKind::Group && sender.role_in(&state.meta, &request.from) >= Role::Admin;
             if target.from != request.from && !moderates {
                 return Err(StoreError::NotAllowed(format!(
-                    "message {seq} of `{room}` is `{}`'s; only its author or the room's creator can delete it",
+                    "message {seq} of `{room}` is `{}`'s; only its author or the room's owner and admins can \
+                     delete it",
                     target.from
                 ))
                 .into());
@@ -141,7 +157,7 @@ pub(super) async fn apply_change<X: KvTxn>(
             )
         }
     }
-    Ok(CheckedRefs { target: Some(seq), ..CheckedRefs::default() })
+    Ok(CheckedDetails { target: Some(seq), ..CheckedDetails::default() })
 }
 
 /// Everything message `seq` said, gone: its body and mentions (a tombstone stays), the bodies

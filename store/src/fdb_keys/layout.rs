@@ -9,15 +9,16 @@
 //! (P, "room",  room)                 room metadata (name, kind, private, creator, large since)
 //! (P, "head",  room)                 room head: last seq, member count
 //! (P, "rlog",  room, seq)            room log entry
-//! (P, "dedup", room, from, id)       seq of the entry with that client message id (every kind
-//!                                    but join and leave)
+//! (P, "dedup", room, from, id)       seq of the entry with that client message id (text, edit,
+//!                                    delete, react, unreact)
 //! (P, "edit",  room, target, seq)    index: entry `seq` is an edit of message `target`
 //! (P, "reply", room, root, seq)      index: entry `seq` replies to message `root`
 //! (P, "react", room, seq, reaction, user)   `user` gave `reaction` to message `seq`
 //! (P, "rsum",  room, seq, reaction)  how many members gave `reaction` to message `seq`
 //! (P, "ment",  user, room, seq)      message `seq` of `room` mentions `user` (not its sender)
-//! (P, "mem",   room, user)           membership, room → user (value: seq of the join)
+//! (P, "mem",   room, user)           membership, room → user (value: join seq, role, mute end)
 //! (P, "memof", user, room)           membership, user → room (value: join seq, read position)
+//! (P, "ban",   room, user)           ban of `user` from `room`: until when, reason (members or not)
 //! (P, "uhead", user)                 user log head, floor and room count
 //! (P, "ulog",  user, cursor)         user log pointer → (room, seq)
 //! (P, "owner", room)                 owner node and epoch
@@ -45,6 +46,7 @@ const REACTION: &str = "react";
 const REACTION_COUNT: &str = "rsum";
 const MENTION: &str = "ment";
 const PRESENCE_NOTE: &str = "pnote";
+const BAN: &str = "ban";
 
 /// A half-open key range `[begin, end)`, as FoundationDB range reads and clears take it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,6 +149,11 @@ impl Keyspace {
     /// The user of a key from [`Self::members_range`].
     pub fn member_user(&self, room: &str, key: &[u8]) -> Result<String, TupleError> {
         last_str(self.tag(MEMBER).str(room).as_bytes(), key)
+    }
+
+    /// `user`'s ban from `room`: kept apart from the membership, which it outlives.
+    pub fn ban(&self, room: &str, user: &str) -> Vec<u8> {
+        self.tag(BAN).str(room).str(user).into_bytes()
     }
 
     pub fn member_of(&self, user: &str, room: &str) -> Vec<u8> {
@@ -333,6 +340,7 @@ mod tests {
         assert_eq!(ks().user_log("bob", 7), b"\x02palaver\x00\x02ulog\x00\x02bob\x00\x15\x07");
         assert_eq!(ks().room_log("r1", 0), b"\x02palaver\x00\x02rlog\x00\x02r1\x00\x14");
         assert_eq!(ks().dedup("r", "a", "m1"), b"\x02palaver\x00\x02dedup\x00\x02r\x00\x02a\x00\x02m1\x00");
+        assert_eq!(ks().ban("r", "a"), b"\x02palaver\x00\x02ban\x00\x02r\x00\x02a\x00");
         let other = Keyspace::new("palaver-test-1");
         assert!(!ks().everything().contains(&other.account("bob")));
         assert!(ks().everything().contains(&ks().account("bob")));
@@ -361,6 +369,10 @@ mod tests {
         assert!(!ks().members_range("r").contains(&ks().member("r2", "x")));
         assert!(ks().members_range("r").contains(&ks().member("r", "x")));
         assert!(!ks().member_of_range("al").contains(&ks().member_of("alice", "r")));
+        // A ban is no membership: no range of members reaches it.
+        assert!(!ks().members_range("r").contains(&ks().ban("r", "x")));
+        assert!(!ks().everything().contains(&Keyspace::new("other").ban("r", "x")));
+        assert_ne!(ks().ban("r", "x"), ks().ban("r", "xy"));
     }
 
     #[test]

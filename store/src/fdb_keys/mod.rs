@@ -14,7 +14,8 @@
 //!   arithmetic, the sorting of FoundationDB errors;
 //! - `options`: [`FdbOptions`];
 //! - `kv`: the transaction seam; `ops`: [`KvStore`], the [`Store`](super::Store) over it;
-//!   `amend`: its messages that change (edits, deletes, reactions, replies, mentions).
+//!   `amend`: its messages that change (edits, deletes, reactions, replies, mentions);
+//!   `moderate`: its roles, kicks, bans and mutes.
 //!
 //! docs/STORAGE.md describes the layout and the reasoning behind it.
 
@@ -24,6 +25,7 @@ pub mod layout;
 pub mod limits;
 #[cfg(test)]
 pub mod mem;
+mod moderate;
 pub mod ops;
 pub mod options;
 pub mod tuple;

@@ -10,20 +10,21 @@
 //! Large rooms: the room's meta value holds `large_since`, set by the join (or creation) that
 //! takes the room past `fanout_max_members` and never cleared. An entry with seq ≥
 //! `large_since` is written to the room log only: its append reads no user-log head and writes
-//! no pointer (a join or leave still rewrites its subject's head, for the room count), and it
-//! reads no member list either: it names no recipients ([`Recipients::Unnamed`]), since the
-//! room's owner tracks its members. So such an append costs the same few reads and writes
-//! whatever the room's size.
+//! no pointer (a join, leave, kick or ban of a member still rewrites its subject's head, for
+//! the room count), and it reads no member list either: it names no recipients
+//! ([`Recipients::Unnamed`]), since the room's owner tracks its members. So such an append costs
+//! the same few reads and writes whatever the room's size.
 //!
 //! `commit_unknown_result`: FoundationDB may not know whether a commit was applied, and then
 //! runs the attempt again with [`Attempt::maybe_committed`] set. Each write that is not
 //! naturally idempotent carries the means to recognise itself:
 //! - an append of text or of a change (edit, delete, react, unreact) finds its client message id
 //!   in the dedup index;
-//! - every entry stores a `writer` number drawn once per call, so a retried join, leave or
-//!   room creation recognises the entry its own first attempt wrote and answers with that
-//!   delivery (recipients recovered from their logs; for an entry of a large room, none named)
-//!   instead of `AlreadyMember`, `NotMember` or "room existed";
+//! - every entry stores a `writer` number drawn once per call, so a retried join, leave,
+//!   moderation (role, kick, ban, unban, mute) or room creation recognises the entry its own
+//!   first attempt wrote and answers with that delivery (recipients recovered from their logs;
+//!   for an entry of a large room, none named) instead of `AlreadyMember`, `NotMember`,
+//!   `Unchanged` or "room existed";
 //! - a retried account creation recognises its own password hash (salted, so unique);
 //! - a retried `claim_room` recognises its own claim by the same kind of number;
 //! - `mark_read` and `set_presence_note` are idempotent; a retried `trim_user_log` leaves the same floor but may count
@@ -33,18 +34,19 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use protocol::{Cursor, Entry, EntryKind, ReactionCount};
+use protocol::{Cursor, Entry, EntryKind, ReactionCount, Role, RoomKind};
 
-use super::amend::{self, CheckedRefs};
+use super::amend::{self, CheckedDetails};
 use super::kv::{corrupt, Attempt, KvDb, KvTxn, TxnError, TxnResult};
 use super::layout::Keyspace;
 use super::limits::{
     auto_trim_through, history_scan, page_rows, split_page, trim_plan, WriteSet, RECOVERY_SCAN_ROWS,
     TRANSACTION_BYTES_BUDGET,
 };
+use super::moderate;
 use super::values::{
-    decode_u64, encode_marker, encode_u64, AccountValue, CodecError, EntryValue, MembershipValue, NoteValue,
-    OwnerValue, Pointer, RoomHead, RoomMeta, UserHead,
+    decode_u64, encode_marker, encode_u64, AccountValue, BanValue, CodecError, EntryValue, MemberValue,
+    MembershipValue, NoteValue, OwnerValue, Pointer, RoomHead, RoomMeta, UserHead,
 };
 use crate::{
     AppendRequest, Appended, Delivery, Epoch, HistoryPage, LogBounds, LogEntry, MembershipLimits, MyRoom, NewRoom,
@@ -175,8 +177,8 @@ async fn member_list<X: KvTxn>(t: &X, ks: &Keyspace, room: &str, writes: &mut Wr
     let mut members = Vec::new();
     for (key, value) in t.get_range(&range, None, false).await? {
         let user = ks.member_user(room, &key).map_err(|e| corrupt(&key, e))?;
-        let join_seq = decode_u64(&value).map_err(|e| corrupt(&key, e))?;
-        members.push((user, join_seq));
+        let member = MemberValue::decode(&value).map_err(|e| corrupt(&key, e))?;
+        members.push((user, member.join_seq));
     }
     members.sort_by_key(|&(_, join_seq)| join_seq);
     Ok(members)
@@ -390,7 +392,8 @@ async fn create_room<X: KvTxn>(
     let mut entries = Vec::with_capacity(names.len());
     for (i, name) in names.iter().enumerate() {
         let seq = i as u64 + 1;
-        writes.set(ks.member(&room.id, name), encode_u64(seq));
+        let role = if room.kind == RoomKind::Group && *name == room.creator { Role::Owner } else { Role::Member };
+        writes.set(ks.member(&room.id, name), MemberValue::joined(seq, role).encode());
         writes.set(ks.member_of(name, &room.id), MembershipValue { join_seq: seq, read_seq: 0 }.encode());
         let value = EntryValue {
             kind: EntryKind::Join,
@@ -482,17 +485,23 @@ async fn rooms_of<X: KvTxn>(t: &X, ks: &Keyspace, user: &str) -> R<Vec<MyRoom>, 
         let membership = MembershipValue::decode(&value).map_err(|e| corrupt(&key, e))?;
         memberships.push((room, membership));
     }
-    let keys: Vec<Vec<u8>> = memberships.iter().flat_map(|(room, _)| [ks.room(room), ks.room_head(room)]).collect();
+    // Each room's meta and head, and the user's `mem` value there (their role).
+    let keys: Vec<Vec<u8>> =
+        memberships.iter().flat_map(|(room, _)| [ks.room(room), ks.room_head(room), ks.member(room, user)]).collect();
     let mut values = t.get_many(&keys).await?.into_iter();
     let positions: Vec<(&str, u64)> = memberships.iter().map(|(room, m)| (room.as_str(), m.read_seq)).collect();
     let mentions = amend::unread_mentions(t, ks, user, &positions).await?;
     let mut rooms = Vec::with_capacity(memberships.len());
-    for (((room, membership), keys), unread_mentions) in memberships.into_iter().zip(keys.chunks(2)).zip(mentions) {
+    for (((room, membership), keys), unread_mentions) in memberships.into_iter().zip(keys.chunks(3)).zip(mentions) {
         let meta = decode_at::<X, _>(&keys[0], values.next().flatten(), RoomMeta::decode)?;
         let head = decode_at::<X, _>(&keys[1], values.next().flatten(), RoomHead::decode)?;
         let (Some(meta), Some(head)) = (meta, head) else {
             return Err(corrupt(&keys[0], CodecError::Empty));
         };
+        // Both directions of a membership are written and cleared together.
+        let member = decode_at::<X, _>(&keys[2], values.next().flatten(), MemberValue::decode)?
+            .ok_or_else(|| corrupt::<X::Error>(&keys[2], CodecError::Empty))?;
+        let role = member.role_in(&meta, user);
         let state = RoomState { meta, head, epoch: 0 };
         debug_assert!(membership.read_seq <= head.last_seq, "read position past the room's last entry");
         rooms.push(MyRoom {
@@ -500,7 +509,7 @@ async fn rooms_of<X: KvTxn>(t: &X, ks: &Keyspace, user: &str) -> R<Vec<MyRoom>, 
             read_seq: membership.read_seq,
             joined_seq: membership.join_seq,
             unread_mentions,
-            role: protocol::Role::Member, // PLACEHOLDER
+            role,
         });
     }
     Ok(rooms)
@@ -550,21 +559,21 @@ async fn append<X: KvTxn>(t: &X, cx: &AppendContext<'_>) -> R<Appended, X> {
             }
             let from_key = ks.member(&request.room, &request.from);
             writes.read(&from_key);
-            if t.get(&from_key).await?.is_none() {
+            let from_value = t.get(&from_key).await?;
+            let Some(sender) = decode_at::<X, _>(&from_key, from_value, MemberValue::decode)? else {
                 return Err(StoreError::NotMember { room: request.room.clone(), user: request.from.clone() }.into());
-            }
+            };
             let details = if kind == EntryKind::Text {
+                moderate::check_not_muted(&request.room, &request.from, &sender, request.ts)?;
                 amend::check_message_refs(t, cx, &mut writes).await?
             } else {
-                amend::apply_change(t, cx, &state, &mut writes).await?
+                amend::apply_change(t, cx, &state, &sender, &mut writes).await?
             };
             commit_entry(t, cx, state, writes, None, details).await
         }
-        // Join and leave: their ids are the node's, so a retry recognises its entry by writer.
+        // Join, leave and moderation: their ids are the node's, so a retry recognises its entry
+        // by writer.
         _ => {
-            if request.kind.is_moderation() {
-                return Err(StoreError::Backend("PLACEHOLDER".into()).into());
-            }
             if attempt.maybe_committed {
                 if let Some((entry, stored_writer)) = entry_at(t, ks, &request.room, state.head.last_seq).await? {
                     if stored_writer == writer {
@@ -572,13 +581,19 @@ async fn append<X: KvTxn>(t: &X, cx: &AppendContext<'_>) -> R<Appended, X> {
                     }
                 }
             }
+            if request.kind.is_moderation() {
+                let (subject, details) = moderate::apply_moderation(t, cx, &state, &mut writes).await?;
+                return commit_entry(t, cx, state, writes, Some(subject), details).await;
+            }
             let user = request.user.clone().unwrap_or_else(|| request.from.clone());
-            if request.kind == EntryKind::Join {
+            let change = if request.kind == EntryKind::Join {
                 check_join(t, cx, &state, &user, &mut writes).await?;
+                MembershipChange::Begins
             } else {
                 check_leave(t, cx, &user, &mut writes).await?;
-            }
-            commit_entry(t, cx, state, writes, Some(user), CheckedRefs::default()).await
+                MembershipChange::Ends
+            };
+            commit_entry(t, cx, state, writes, Some(Subject { user, change }), CheckedDetails::default()).await
         }
     }
 }
@@ -609,7 +624,7 @@ impl<D: KvDb> KvStore<D> {
                     if let Some((entry, _, large_since)) = found {
                         let left: Vec<String> = mine
                             .iter()
-                            .filter(|(other, _, _)| other.kind == EntryKind::Leave && other.seq > entry.seq)
+                            .filter(|(other, _, _)| other.kind.ends_membership() && other.seq > entry.seq)
                             .filter_map(|(other, _, _)| other.user.clone())
                             .collect();
                         outcomes.push(Ok(recovered_among(&t, ks, entry.clone(), *large_since, &left).await?));
@@ -673,13 +688,15 @@ async fn check_join<X: KvTxn>(
     let head_key = ks.user_head(user);
     let user_key = ks.member(room, user);
     let from_key = ks.member(room, &request.from);
-    for key in [&head_key, &user_key, &from_key] {
+    let ban_key = ks.ban(room, user);
+    for key in [&head_key, &user_key, &from_key, &ban_key] {
         writes.read(key);
     }
-    let mut got = t.get_many(&[head_key.clone(), user_key, from_key]).await?.into_iter();
+    let mut got = t.get_many(&[head_key.clone(), user_key, from_key, ban_key.clone()]).await?.into_iter();
     let head = decode_at::<X, _>(&head_key, got.next().flatten(), UserHead::decode)?
         .ok_or_else(|| StoreError::NoSuchUser(user.to_string()))?;
     let (is_member, from_is_member) = (got.next().flatten().is_some(), got.next().flatten().is_some());
+    let ban = decode_at::<X, _>(&ban_key, got.next().flatten(), BanValue::decode)?;
     if is_member {
         return Err(StoreError::AlreadyMember { room: room.clone(), user: user.to_string() }.into());
     }
@@ -690,6 +707,7 @@ async fn check_join<X: KvTxn>(
     } else if !from_is_member {
         return Err(StoreError::NotMember { room: room.clone(), user: request.from.clone() }.into());
     }
+    moderate::check_not_banned(room, user, ban, request.ts)?;
     let limits = request.limits;
     if state.head.members >= limits.max_room_members {
         return Err(StoreError::RoomFull { room: room.clone(), limit: limits.max_room_members }.into());
@@ -720,17 +738,37 @@ async fn check_leave<X: KvTxn>(t: &X, cx: &AppendContext<'_>, user: &str, writes
     Ok(())
 }
 
+/// What an entry does to the membership of the user it names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum MembershipChange {
+    /// They become a member (a join).
+    Begins,
+    /// They stop being one, once the entry has reached them (a leave, a kick, the ban of a
+    /// member).
+    Ends,
+    /// Nothing (a role, a mute, an unban, the ban of a non-member).
+    Keeps,
+}
+
+/// The user an entry names (its `user`) and what it does to their membership.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Subject {
+    pub(super) user: String,
+    pub(super) change: MembershipChange,
+}
+
 /// Write the entry at the next seq with what it refers to (and the index keys that point back
-/// at it), fan it out to every member (the joiner included, the leaver included) unless the
-/// room is large at that seq, and change the membership, then check the limits and send it all
-/// (with whatever the caller collected in `writes`, such as a change's effect on its target).
+/// at it), fan it out to every member (the joiner included, the leaver or removed member
+/// included) unless the room is large at that seq, and change the membership, then check the
+/// limits and send it all (with whatever the caller collected in `writes`, such as a change's
+/// effect on its target or a moderation's on its subject).
 async fn commit_entry<X: KvTxn>(
     t: &X,
     cx: &AppendContext<'_>,
     state: RoomState,
     mut writes: WriteSet,
-    subject: Option<String>,
-    details: CheckedRefs,
+    subject: Option<Subject>,
+    details: CheckedDetails,
 ) -> R<Appended, X> {
     let (ks, request) = (cx.ks, cx.request);
     let room = &request.room;
@@ -745,10 +783,11 @@ async fn commit_entry<X: KvTxn>(
     let mut head = state.head;
     head.last_seq = seq;
     let mut large_since = state.meta.large_since;
-    let joiner = subject.as_ref().filter(|_| request.kind == EntryKind::Join);
-    if let Some(joiner) = joiner {
+    let change = subject.as_ref().map_or(MembershipChange::Keeps, |s| s.change);
+    let subject_user = subject.as_ref().map(|s| s.user.as_str());
+    if let (MembershipChange::Begins, Some(joiner)) = (change, subject_user) {
         // The new member is a member at commit time: their log starts with their own join.
-        members.push(joiner.clone());
+        members.push(joiner.to_string());
         head.members += 1;
         // The join that takes the room past the limit is its first entry kept in the room log
         // only; the switch is stored once and never undone.
@@ -756,16 +795,17 @@ async fn commit_entry<X: KvTxn>(
             large_since = Some(seq);
             writes.set(ks.room(room), RoomMeta { large_since, ..state.meta.clone() }.encode());
         }
-    } else if request.kind == EntryKind::Leave {
+    } else if change == MembershipChange::Ends {
         head.members = head.members.saturating_sub(1);
     }
     let large = in_room_log_only(large_since, seq);
-    // The heads this append rewrites: every member's when it fans out; in a large room only a
-    // join's or leave's subject's (its room count), and no log position moves.
+    // The heads this append rewrites: every member's when it fans out; in a large room only
+    // the head of a subject who joins or stops being a member (its room count), and no log
+    // position moves.
     let moved: &[String] = match &subject {
         _ if !large => &members,
-        Some(user) => std::slice::from_ref(user),
-        None => &[],
+        Some(subject) if subject.change != MembershipChange::Keeps => std::slice::from_ref(&subject.user),
+        _ => &[],
     };
     let found = user_heads(t, ks, moved, &mut writes).await?;
     let mut heads = Vec::with_capacity(moved.len());
@@ -778,7 +818,7 @@ async fn commit_entry<X: KvTxn>(
         kind: request.kind,
         from: request.from.clone(),
         id: request.id.clone(),
-        user: subject.clone(),
+        user: subject_user.map(str::to_string),
         // A delete carries no body: the point is that the text is gone.
         body: if request.kind == EntryKind::Delete { String::new() } else { request.body.clone() },
         ts: request.ts,
@@ -788,6 +828,7 @@ async fn commit_entry<X: KvTxn>(
         mentions: details.mentions,
         edited_at: None,
         deleted: false,
+        until: details.until,
     };
     writes.set(ks.room_log(room, seq), value.encode());
     if request.kind.has_client_id() {
@@ -808,22 +849,24 @@ async fn commit_entry<X: KvTxn>(
     } else {
         Recipients::Logs(fan_out(ks, &mut writes, &mut heads, room, seq, cx.max_entries))
     };
-    match (request.kind, subject.as_deref()) {
-        (EntryKind::Join, Some(user)) => {
-            writes.set(ks.member(room, user), encode_u64(seq));
+    match (change, subject_user) {
+        (MembershipChange::Begins, Some(user)) => {
+            writes.set(ks.member(room, user), MemberValue::joined(seq, Role::Member).encode());
             writes.set(ks.member_of(user, room), MembershipValue { join_seq: seq, read_seq: 0 }.encode());
         }
-        (EntryKind::Leave, Some(user)) => {
+        (MembershipChange::Ends, Some(user)) => {
             writes.clear(ks.member(room, user));
             writes.clear(ks.member_of(user, room));
         }
         _ => {}
     }
     for (user, user_head) in &mut heads {
-        match (request.kind, subject.as_deref()) {
-            (EntryKind::Join, Some(s)) if s == user => user_head.rooms += 1,
-            (EntryKind::Leave, Some(s)) if s == user => user_head.rooms = user_head.rooms.saturating_sub(1),
-            _ => {}
+        if subject_user == Some(user.as_str()) {
+            match change {
+                MembershipChange::Begins => user_head.rooms += 1,
+                MembershipChange::Ends => user_head.rooms = user_head.rooms.saturating_sub(1),
+                MembershipChange::Keeps => {}
+            }
         }
         writes.set(ks.user_head(user), user_head.encode());
     }
@@ -858,11 +901,15 @@ async fn recovered_among<X: KvTxn>(
     }
     let mut candidates: Vec<String> =
         member_list(t, ks, &entry.room, &mut WriteSet::new()).await?.into_iter().map(|(user, _)| user).collect();
-    if entry.kind == EntryKind::Leave {
-        // The leaver got the entry before the membership ended.
-        candidates.extend(entry.user.clone());
+    let mut maybe = maybe.to_vec();
+    match entry.kind {
+        // The leaver or kicked member got the entry before the membership ended.
+        EntryKind::Leave | EntryKind::Kick => candidates.extend(entry.user.clone()),
+        // So did a banned member; a user banned while not a member did not.
+        EntryKind::Ban => maybe.extend(entry.user.clone()),
+        _ => {}
     }
-    let recipients = Recipients::Logs(recover_recipients(t, ks, &entry.room, entry.seq, &candidates, maybe).await?);
+    let recipients = Recipients::Logs(recover_recipients(t, ks, &entry.room, entry.seq, &candidates, &maybe).await?);
     Ok(Appended { delivery: Delivery { entry, recipients }, duplicate: false })
 }
 

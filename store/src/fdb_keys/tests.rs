@@ -154,7 +154,8 @@ async fn seed_members(kv: &MemKv, ks: &Keyspace, room: &str, count: usize, name_
         async move {
             for i in 0..count {
                 let name = format!("{i:0>name_bytes$}");
-                t.set(&ks.member(room, &name), &super::values::encode_u64(1_000 + i as u64));
+                let member = super::values::MemberValue::joined(1_000 + i as u64, protocol::Role::Member);
+                t.set(&ks.member(room, &name), &member.encode());
                 t.set(&ks.user_head(&name), &super::values::UserHead::default().encode());
             }
             Ok(())
@@ -433,4 +434,112 @@ async fn a_batch_of_changes_under_an_unknown_result_applies_each_once() {
     let counts = store.reactions("r", &[seq], "a").await.expect("reactions");
     assert_eq!(counts, vec![vec![protocol::ReactionCount { reaction: "👍".into(), count: 2, me: true }]]);
     assert_eq!(store.room("r").await.unwrap().unwrap().last_seq, seq + 3, "written once");
+}
+
+/// A moderation entry by `from` on `user` (`body`: the reason, or the role given).
+fn moderation(room: &str, epoch: Epoch, kind: EntryKind, from: &str, user: &str, body: &str) -> AppendRequest {
+    AppendRequest { kind, user: Some(user.into()), ..text(room, epoch, from, &format!("{kind:?}-{user}"), body) }
+}
+
+/// In a large room a moderation entry writes the room log and what it changes, and moves no
+/// log: only a member it removes has their head rewritten (their room count), as for a leave.
+#[tokio::test]
+async fn moderation_in_a_large_room_moves_only_a_removed_members_head() {
+    let large = MembershipLimits { fanout_max_members: 2, ..LIMITS };
+    let (kv, store) = mem_store(0);
+    for name in ["a", "b", "c", "d"] {
+        store.create_user(name, &format!("hash-{name}"), 1).await.expect("create user");
+    }
+    let new_room = NewRoom {
+        id: "r".into(),
+        name: "r".into(),
+        kind: RoomKind::Group,
+        private: false,
+        creator: "a".into(),
+        members: named(&["a", "b", "c"]),
+        ts: 1,
+    };
+    let (record, _) = store.create_room(new_room, large).await.expect("create room");
+    assert_eq!(record.large_since, Some(1));
+    let epoch = store.claim_room("r", "node-1").await.expect("claim");
+    let ks = store.keyspace().clone();
+    let mut seq = 3;
+    let cases = [
+        (EntryKind::Role, "b", "admin", None, vec![ks.member("r", "b")]),
+        (EntryKind::Mute, "c", "", Some(10), vec![ks.member("r", "c")]),
+        (EntryKind::Kick, "c", "spam", None, vec![ks.member("r", "c"), ks.member_of("c", "r"), ks.user_head("c")]),
+        (EntryKind::Ban, "d", "", None, vec![ks.ban("r", "d")]),
+        (EntryKind::Unban, "d", "", None, vec![ks.ban("r", "d")]),
+    ];
+    for (kind, user, body, until, mut keys) in cases {
+        let before = kv.snapshot().await;
+        let mut request = AppendRequest { limits: large, ..moderation("r", epoch, kind, "a", user, body) };
+        request.details.until = until;
+        let done = store.append(request).await.expect("moderation");
+        seq += 1;
+        assert_eq!(done.delivery.recipients, Recipients::Unnamed, "{kind:?}");
+        keys.extend([ks.room_log("r", seq), ks.room_head("r")]);
+        keys.sort();
+        assert_eq!(changed_keys(&before, &kv.snapshot().await), keys, "{kind:?}");
+    }
+    assert_eq!(store.members("r").await.unwrap(), named(&["a", "b"]));
+    assert!(store.rooms_of("c").await.unwrap().is_empty());
+}
+
+/// `mem` values written before roles (the join seq alone) take their role from the room: its
+/// creator owns a group room, as the SQLite migration decides, and moderates it.
+#[tokio::test]
+async fn memberships_from_before_roles_take_their_role_from_the_room() {
+    let (kv, store) = mem_store(0);
+    let epoch = setup(&store, "r", &named(&["a", "b", "c"])).await;
+    let seq = store.append(text("r", epoch, "b", "m1", "hi")).await.expect("send").delivery.entry.seq;
+    let ks = store.keyspace().clone();
+    kv.transact("downgrade", |t, _| {
+        let ks = ks.clone();
+        async move {
+            for (join_seq, user) in [(1, "a"), (2, "b"), (3, "c")] {
+                t.set(&ks.member("r", user), &super::values::encode_u64(join_seq));
+            }
+            Ok(())
+        }
+    })
+    .await
+    .expect("downgrade");
+    let role = |user: &'static str| {
+        let store = &store;
+        async move { store.rooms_of(user).await.expect("rooms of")[0].role }
+    };
+    assert_eq!((role("a").await, role("b").await), (protocol::Role::Owner, protocol::Role::Member));
+    let err = store.append(moderation("r", epoch, EntryKind::Kick, "b", "a", "")).await.unwrap_err();
+    assert!(matches!(err, StoreError::NotAllowed(_)), "{err:?}");
+    store.append(change("r", epoch, EntryKind::Delete, "a", "d1", seq, "")).await.expect("the owner deletes");
+    let mut mute = moderation("r", epoch, EntryKind::Mute, "a", "b", "");
+    mute.details.until = Some(1_000);
+    store.append(mute).await.expect("mute");
+    assert_eq!(role("b").await, protocol::Role::Member, "a mute keeps the role");
+    let err = store.append(text("r", epoch, "b", "m2", "let me talk")).await.unwrap_err();
+    assert!(matches!(err, StoreError::NotAllowed(_)), "{err:?}");
+    store.append(moderation("r", epoch, EntryKind::Kick, "a", "c", "")).await.expect("the owner kicks");
+    assert_eq!(store.members("r").await.unwrap(), named(&["a", "b"]));
+}
+
+/// A batch that ends with a kick, whose commit reports an unknown result: the kicked member's
+/// message and the kick itself are each recovered with the kicked member among the recipients,
+/// though they are no longer a member when the batch is retried.
+#[tokio::test]
+async fn a_batch_with_a_kick_under_an_unknown_result_recovers_the_kicked_members_cursors() {
+    let (kv, store) = mem_store(0);
+    let epoch = setup(&store, "r", &named(&["a", "b", "c"])).await;
+    kv.report_unknown_results(&["append batch"]);
+    let batch = vec![text("r", epoch, "c", "m1", "bye?"), moderation("r", epoch, EntryKind::Kick, "a", "c", "")];
+    let outcomes = store.append_batch(batch).await;
+    assert_eq!(kv.unknown_results_reported(), 1);
+    for outcome in outcomes {
+        let delivery = outcome.expect("applied").delivery;
+        let mut users: Vec<&str> = delivery.recipients.users().collect();
+        users.sort_unstable();
+        assert_eq!(users, ["a", "b", "c"], "{:?}", delivery.entry.kind);
+    }
+    assert_eq!(store.members("r").await.unwrap(), named(&["a", "b"]));
+    assert_eq!(store.room("r").await.unwrap().unwrap().last_seq, 5, "written once");
 }

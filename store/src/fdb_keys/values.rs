@@ -10,7 +10,7 @@
 //!   node that meets a format it does not know reports [`CodecError::UnknownFormat`] instead of
 //!   misreading the value.
 
-use protocol::{Entry, EntryKind, RoomKind};
+use protocol::{Entry, EntryKind, Role, RoomKind};
 
 use super::tuple::{TupleError, TupleReader, TupleWriter};
 
@@ -42,7 +42,7 @@ fn reader(bytes: &[u8]) -> Result<TupleReader<'_>, CodecError> {
     }
 }
 
-/// A bare counter or position (join seq of a membership, a read position, a dedup seq).
+/// A bare counter or position (a dedup seq, a reaction count).
 pub fn encode_u64(n: u64) -> Vec<u8> {
     writer().uint(n).into_bytes()
 }
@@ -129,15 +129,15 @@ impl RoomHead {
 }
 
 /// `(P, "rlog", room, seq)`: (kind, from, id, user or null, body, ts, writer, target, reply to,
-/// mention count, mentions…, edited at or null, deleted). Room and seq are in the key and not
-/// repeated. `writer` is a random number drawn once per append call: after
+/// mention count, mentions…, edited at or null, deleted, until or null). Room and seq are in the
+/// key and not repeated. `writer` is a random number drawn once per append call: after
 /// `commit_unknown_result` the retry finds out whether the entry at hand is its own.
 ///
 /// The fields from `target` on were added after format 1 was first written, for messages that
-/// change; values that predate them read as a message never replied to, mentioning nobody,
-/// never edited or deleted. `target` and `reply_to` are seqs, stored as 0 for none (seqs start
-/// at 1); the mentions are a count followed by that many names, so a field added later still
-/// goes after them.
+/// change, and `until` after them, for moderation; values that predate them read as a message
+/// never replied to, mentioning nobody, never edited or deleted, and an entry with no end.
+/// `target` and `reply_to` are seqs, stored as 0 for none (seqs start at 1); the mentions are a
+/// count followed by that many names, so a field added later still goes after them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EntryValue {
     pub kind: EntryKind,
@@ -157,6 +157,9 @@ pub struct EntryValue {
     pub edited_at: Option<u64>,
     /// A deleted message (a tombstone), or an edit of one: the body is gone.
     pub deleted: bool,
+    /// For ban and mute: until when (ms since the Unix epoch); none for good (ban) or for a
+    /// lifted mute.
+    pub until: Option<u64>,
 }
 
 impl EntryValue {
@@ -175,7 +178,7 @@ impl EntryValue {
         for name in &self.mentions {
             w = w.str(name);
         }
-        w.opt_uint(self.edited_at).boolean(self.deleted).into_bytes()
+        w.opt_uint(self.edited_at).boolean(self.deleted).opt_uint(self.until).into_bytes()
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
@@ -196,6 +199,7 @@ impl EntryValue {
             },
             edited_at: if r.is_empty() { None } else { r.opt_uint()? },
             deleted: if r.is_empty() { false } else { r.boolean()? },
+            until: if r.is_empty() { None } else { r.opt_uint()? },
         })
     }
 
@@ -214,7 +218,7 @@ impl EntryValue {
             mentions: self.mentions,
             edited_at: self.edited_at,
             deleted: self.deleted,
-            until: None, // PLACEHOLDER
+            until: self.until,
             reactions: Vec::new(),
         }
     }
@@ -267,6 +271,83 @@ impl Pointer {
     pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
         let mut r = reader(bytes)?;
         Ok(Pointer { room: r.str()?, seq: r.uint()? })
+    }
+}
+
+/// `(P, "mem", room, user)`: (join seq, role, mute end). The member's standing lives on the
+/// room's side of the membership because every append already reads its sender's `mem` key:
+/// the mute check costs no read of its own, and a read position moving (`memof`) never
+/// conflicts with a send. It ends with the membership, as in the SQLite backend: a member who
+/// leaves and comes back is a plain, unmuted member again.
+///
+/// `role` and `muted_until` were added after format 1 was first written. The role is stored as
+/// a code with 0 for none, which is how values from before roles read: such a member's role
+/// follows from the room ([`MemberValue::role_in`]). `muted_until` is 0 for no mute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MemberValue {
+    pub join_seq: u64,
+    pub role: Option<Role>,
+    /// The member may not post while `muted_until` > the append's ts (ms since the Unix epoch).
+    pub muted_until: u64,
+}
+
+impl MemberValue {
+    /// A member who just joined (or was made one by the room's creation) with `role`.
+    pub fn joined(join_seq: u64, role: Role) -> Self {
+        MemberValue { join_seq, role: Some(role), muted_until: 0 }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        writer().uint(self.join_seq).uint(self.role.map_or(0, role_code)).uint(self.muted_until).into_bytes()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
+        let mut r = reader(bytes)?;
+        Ok(MemberValue {
+            join_seq: r.uint()?,
+            role: match r.uint_or(0)? {
+                0 => None,
+                code => Some(role(code)?),
+            },
+            muted_until: r.uint_or(0)?,
+        })
+    }
+
+    /// The role of `user`, this member of the room described by `meta`. A value from before
+    /// roles names none: the creator of a group room owns it, everyone else is a member (what
+    /// the SQLite backend's migration decides for its rows).
+    pub fn role_in(&self, meta: &RoomMeta, user: &str) -> Role {
+        self.role.unwrap_or(if meta.kind == RoomKind::Group && meta.created_by == user {
+            Role::Owner
+        } else {
+            Role::Member
+        })
+    }
+}
+
+/// `(P, "ban", room, user)`: (until or null, reason). Apart from the membership because a ban
+/// outlives it and may name a user who never joined; lifted by an unban, kept (and ignored)
+/// once `until` has passed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BanValue {
+    /// Until when (ms since the Unix epoch); none for good.
+    pub until: Option<u64>,
+    pub reason: String,
+}
+
+impl BanValue {
+    pub fn encode(&self) -> Vec<u8> {
+        writer().opt_uint(self.until).str(&self.reason).into_bytes()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
+        let mut r = reader(bytes)?;
+        Ok(BanValue { until: r.opt_uint()?, reason: r.str()? })
+    }
+
+    /// Whether the ban keeps its user out at `now`.
+    pub fn holds_at(&self, now: u64) -> bool {
+        self.until.is_none_or(|until| until > now)
     }
 }
 
@@ -366,6 +447,23 @@ fn entry_kind(code: u64) -> Result<EntryKind, CodecError> {
     }
 }
 
+fn role_code(role: Role) -> u64 {
+    match role {
+        Role::Member => 1,
+        Role::Admin => 2,
+        Role::Owner => 3,
+    }
+}
+
+fn role(code: u64) -> Result<Role, CodecError> {
+    match code {
+        1 => Ok(Role::Member),
+        2 => Ok(Role::Admin),
+        3 => Ok(Role::Owner),
+        code => Err(CodecError::UnknownCode { what: "role", code }),
+    }
+}
+
 fn room_kind_code(kind: RoomKind) -> u64 {
     match kind {
         RoomKind::Group => 0,
@@ -410,6 +508,23 @@ mod tests {
         }
     }
 
+    /// A ban for a while, using the field added for moderation.
+    fn ban() -> EntryValue {
+        EntryValue { kind: EntryKind::Ban, user: Some("mallory".into()), until: Some(1_700_000_600_000), ..entry() }
+    }
+
+    /// Format 1 as written before moderation: every field but `until`.
+    fn before_moderation(e: &EntryValue) -> Vec<u8> {
+        let mut w = TupleWriter::from_prefix(&old_format(e))
+            .uint(e.target.unwrap_or(0))
+            .uint(e.reply_to.unwrap_or(0))
+            .uint(e.mentions.len() as u64);
+        for name in &e.mentions {
+            w = w.str(name);
+        }
+        w.opt_uint(e.edited_at).boolean(e.deleted).into_bytes()
+    }
+
     /// Format 1 as written before messages could change: the first seven fields only.
     fn old_format(e: &EntryValue) -> Vec<u8> {
         writer()
@@ -434,6 +549,9 @@ mod tests {
         assert_eq!(EntryValue::decode(&tombstone.encode()).unwrap(), tombstone);
         let reaction = EntryValue { kind: EntryKind::React, target: Some(u64::MAX), body: "👍".into(), ..entry() };
         assert_eq!(EntryValue::decode(&reaction.encode()).unwrap(), reaction);
+        assert_eq!(EntryValue::decode(&ban().encode()).unwrap(), ban());
+        let lifted = EntryValue { kind: EntryKind::Mute, until: None, ..ban() };
+        assert_eq!(EntryValue::decode(&lifted.encode()).unwrap(), lifted);
         let a = AccountValue { password_hash: "$argon2id$v=19$...".into(), token_epoch: 3, created_ms: 9 };
         assert_eq!(AccountValue::decode(&a.encode()).unwrap(), a);
         for (kind, private, large_since) in
@@ -450,6 +568,15 @@ mod tests {
         assert_eq!(Pointer::decode(&p.encode()).unwrap(), p);
         let m = MembershipValue { join_seq: 3, read_seq: 99 };
         assert_eq!(MembershipValue::decode(&m.encode()).unwrap(), m);
+        for role in [Role::Member, Role::Admin, Role::Owner] {
+            let m = MemberValue { join_seq: 1 << 40, role: Some(role), muted_until: 1_700_000_000_000 };
+            assert_eq!(MemberValue::decode(&m.encode()).unwrap(), m);
+        }
+        assert_eq!(MemberValue::decode(&MemberValue::joined(4, Role::Owner).encode()).unwrap().muted_until, 0);
+        for until in [None, Some(0), Some(u64::MAX)] {
+            let b = BanValue { until, reason: "spam\0and more ✓".into() };
+            assert_eq!(BanValue::decode(&b.encode()).unwrap(), b);
+        }
         let o = OwnerValue { node: "node-1".into(), epoch: 7, writer: 1 << 60 };
         assert_eq!(OwnerValue::decode(&o.encode()).unwrap(), o);
         assert_eq!(decode_u64(&encode_u64(123_456)).unwrap(), 123_456);
@@ -459,9 +586,11 @@ mod tests {
     fn entry_becomes_the_protocol_entry() {
         let got = entry().into_entry("r", 5);
         assert_eq!(
-            (got.room.as_str(), got.seq, got.kind, got.user.as_deref()),
-            ("r", 5, EntryKind::Leave, Some("alice"))
+            (got.room.as_str(), got.seq, got.kind, got.user.as_deref(), got.until),
+            ("r", 5, EntryKind::Leave, Some("alice"), None)
         );
+        let got = ban().into_entry("r", 6);
+        assert_eq!((got.kind, got.user.as_deref(), got.until), (EntryKind::Ban, Some("mallory"), ban().until));
     }
 
     #[test]
@@ -477,14 +606,16 @@ mod tests {
         assert_eq!(EntryValue::decode(&bytes), Err(CodecError::UnknownFormat(2)));
         assert_eq!(decode_u64(b""), Err(CodecError::Empty));
         assert_eq!(decode_u64(b"\x00\x14"), Err(CodecError::UnknownFormat(0)));
-        let bad_kind = writer().uint(9).str("a").str("b").null().str("").uint(0).uint(0).into_bytes();
-        assert_eq!(EntryValue::decode(&bad_kind), Err(CodecError::UnknownCode { what: "entry kind", code: 9 }));
+        let bad_kind = writer().uint(99).str("a").str("b").null().str("").uint(0).uint(0).into_bytes();
+        assert_eq!(EntryValue::decode(&bad_kind), Err(CodecError::UnknownCode { what: "entry kind", code: 99 }));
+        let bad_role = writer().uint(1).uint(4).uint(0).into_bytes();
+        assert_eq!(MemberValue::decode(&bad_role), Err(CodecError::UnknownCode { what: "role", code: 4 }));
     }
 
     #[test]
     fn additive_changes_stay_readable() {
         // A later version appends a field: this version ignores it.
-        for value in [entry(), message()] {
+        for value in [entry(), message(), ban()] {
             let newer = TupleWriter::from_prefix(&value.encode()).str("a field from the future").into_bytes();
             assert_eq!(EntryValue::decode(&newer).unwrap(), value);
         }
@@ -509,14 +640,48 @@ mod tests {
             let read = EntryValue::decode(&old).unwrap();
             assert_eq!(read, value);
             assert_eq!(
-                (read.target, read.reply_to, read.mentions.len(), read.edited_at, read.deleted),
-                (None, None, 0, None, false)
+                (read.target, read.reply_to, read.mentions.len(), read.edited_at, read.deleted, read.until),
+                (None, None, 0, None, false, None)
             );
             // The added fields follow the old ones, whose bytes stay as they were: older readers
             // read what this version writes.
             assert!(value.encode().starts_with(&old));
         }
         assert!(message().encode().starts_with(&old_format(&message())));
+        // Values from after messages could change but before moderation: no `until`.
+        for value in [entry(), message(), EntryValue { deleted: true, ..message() }] {
+            let old = before_moderation(&value);
+            assert_eq!(EntryValue::decode(&old).unwrap(), value);
+            assert!(value.encode().starts_with(&old));
+        }
+        let old = before_moderation(&ban());
+        assert_eq!(EntryValue::decode(&old).unwrap(), EntryValue { until: None, ..ban() });
+        assert!(ban().encode().starts_with(&old));
+    }
+
+    #[test]
+    fn memberships_from_before_roles_read_with_the_rooms_roles() {
+        // The `mem` value as written before roles: the join seq alone.
+        let old = encode_u64(3);
+        let read = MemberValue::decode(&old).unwrap();
+        assert_eq!(read, MemberValue { join_seq: 3, role: None, muted_until: 0 });
+        let group = RoomMeta {
+            name: "Lobby".into(),
+            kind: RoomKind::Group,
+            private: false,
+            created_by: "bob".into(),
+            large_since: None,
+        };
+        assert_eq!(read.role_in(&group, "bob"), Role::Owner, "the creator owns a group room");
+        assert_eq!(read.role_in(&group, "alice"), Role::Member);
+        let direct = RoomMeta { kind: RoomKind::Direct, ..group.clone() };
+        assert_eq!(read.role_in(&direct, "bob"), Role::Member, "direct conversations have no owner");
+        // A stored role wins: a creator who left and came back is a member.
+        assert_eq!(MemberValue::joined(9, Role::Member).role_in(&group, "bob"), Role::Member);
+        // The new fields follow the join seq, so older readers (`decode_u64`) still read it.
+        let current = MemberValue { join_seq: 3, role: Some(Role::Admin), muted_until: 77 }.encode();
+        assert!(current.starts_with(&old));
+        assert_eq!(decode_u64(&current).unwrap(), 3);
     }
 
     #[test]
