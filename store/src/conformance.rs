@@ -102,6 +102,7 @@ macro_rules! conformance_tests {
             a_mute_stops_posting_until_it_ends,
             admins_delete_any_message,
             direct_conversations_have_no_moderation,
+            users_block_and_unblock,
         );
     };
     (@cases $make:expr; $($case:ident),+ $(,)?) => {

@@ -341,6 +341,14 @@ pub trait Store: Send + Sync + 'static {
     async fn set_presence_note(&self, user: &str, note: PresenceNote) -> StoreResult<()>;
     /// The user's presence note, if they ever set one. `NoSuchUser` for an unknown user.
     async fn presence_note(&self, user: &str) -> StoreResult<Option<PresenceNote>>;
+    /// Block `other` for `user` (no direct messages from them), or with `blocked` false lift
+    /// the block. `NoSuchUser` if either is unknown; blocking twice or unblocking someone not
+    /// blocked changes nothing.
+    async fn set_blocked(&self, user: &str, other: &str, blocked: bool) -> StoreResult<()>;
+    /// The users `user` blocked, sorted by name.
+    async fn blocked_by(&self, user: &str) -> StoreResult<Vec<String>>;
+    /// Whether `user` blocked `other`.
+    async fn is_blocked(&self, user: &str, other: &str) -> StoreResult<bool>;
 
     // Rooms.
     /// Create a room with its initial members (a join entry each). If a room with this id

@@ -428,6 +428,21 @@ impl Store for SqliteStore {
         self.read(move |conn| ops::presence_note(conn, &user)).await
     }
 
+    async fn set_blocked(&self, user: &str, other: &str, blocked: bool) -> StoreResult<()> {
+        let (user, other) = (user.to_owned(), other.to_owned());
+        self.write(0, move |conn| moderate::set_blocked(conn, &user, &other, blocked)).await
+    }
+
+    async fn blocked_by(&self, user: &str) -> StoreResult<Vec<String>> {
+        let user = user.to_owned();
+        self.read(move |conn| moderate::blocked_by(conn, &user)).await
+    }
+
+    async fn is_blocked(&self, user: &str, other: &str) -> StoreResult<bool> {
+        let (user, other) = (user.to_owned(), other.to_owned());
+        self.read(move |conn| moderate::is_blocked(conn, &user, &other)).await
+    }
+
     async fn create_room(
         &self,
         room: NewRoom,

@@ -169,3 +169,21 @@ pub async fn direct_conversations_have_no_moderation(store: Arc<dyn Store>) {
     assert_eq!(role(store, "a", "dm:a:b").await, Some(Role::Member));
     not_allowed(refused(store, act("dm:a:b", epoch, EntryKind::Kick, "a", "b", "")).await);
 }
+
+/// Blocks are a user's own list: set, listed in name order, lifted; unknown users are errors.
+pub async fn users_block_and_unblock(store: Arc<dyn Store>) {
+    let store = store.as_ref();
+    users(store, &["a", "b", "c"]).await;
+    assert!(!store.is_blocked("a", "b").await.expect("is blocked"));
+    store.set_blocked("a", "c", true).await.expect("block");
+    store.set_blocked("a", "b", true).await.expect("block");
+    store.set_blocked("a", "b", true).await.expect("blocking twice changes nothing");
+    assert!(store.is_blocked("a", "b").await.expect("is blocked"));
+    assert!(!store.is_blocked("b", "a").await.expect("is blocked"), "a block goes one way");
+    assert_eq!(store.blocked_by("a").await.expect("blocked by"), ["b", "c"]);
+    store.set_blocked("a", "b", false).await.expect("unblock");
+    store.set_blocked("a", "b", false).await.expect("unblocking twice changes nothing");
+    assert_eq!(store.blocked_by("a").await.expect("blocked by"), ["c"]);
+    assert_eq!(store.set_blocked("a", "nobody", true).await, Err(StoreError::NoSuchUser("nobody".into())));
+    assert!(store.blocked_by("b").await.expect("blocked by").is_empty());
+}

@@ -47,6 +47,7 @@ const REACTION_COUNT: &str = "rsum";
 const MENTION: &str = "ment";
 const PRESENCE_NOTE: &str = "pnote";
 const BAN: &str = "ban";
+const BLOCK: &str = "block";
 
 /// A half-open key range `[begin, end)`, as FoundationDB range reads and clears take it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,6 +155,21 @@ impl Keyspace {
     /// `user`'s ban from `room`: kept apart from the membership, which it outlives.
     pub fn ban(&self, room: &str, user: &str) -> Vec<u8> {
         self.tag(BAN).str(room).str(user).into_bytes()
+    }
+
+    /// `user` blocked `other` (no direct messages from them). Empty value.
+    pub fn block(&self, user: &str, other: &str) -> Vec<u8> {
+        self.tag(BLOCK).str(user).str(other).into_bytes()
+    }
+
+    /// All `block` keys of a user, in name order.
+    pub fn blocks_range(&self, user: &str) -> KeyRange {
+        KeyRange::children(&self.tag(BLOCK).str(user).into_bytes())
+    }
+
+    /// The blocked user of a key from [`Self::blocks_range`].
+    pub fn blocked_user(&self, user: &str, key: &[u8]) -> Result<String, TupleError> {
+        last_str(self.tag(BLOCK).str(user).as_bytes(), key)
     }
 
     pub fn member_of(&self, user: &str, room: &str) -> Vec<u8> {

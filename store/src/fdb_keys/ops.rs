@@ -315,6 +315,31 @@ async fn set_presence_note<X: KvTxn>(t: &X, ks: &Keyspace, user: &str, note: &Pr
     Ok(())
 }
 
+async fn set_blocked<X: KvTxn>(t: &X, ks: &Keyspace, user: &str, other: &str, blocked: bool) -> R<(), X> {
+    for name in [user, other] {
+        if t.get(&ks.account(name)).await?.is_none() {
+            return Err(StoreError::NoSuchUser(name.to_string()).into());
+        }
+    }
+    if blocked {
+        t.set(&ks.block(user, other), &[]);
+    } else {
+        t.clear(&ks.block(user, other));
+    }
+    Ok(())
+}
+
+async fn blocked_by<X: KvTxn>(t: &X, ks: &Keyspace, user: &str) -> R<Vec<String>, X> {
+    if t.get(&ks.account(user)).await?.is_none() {
+        return Err(StoreError::NoSuchUser(user.to_string()).into());
+    }
+    let mut names = Vec::new();
+    for (key, _) in t.get_range(&ks.blocks_range(user), None, false).await? {
+        names.push(ks.blocked_user(user, &key).map_err(|e| corrupt(&key, e))?);
+    }
+    Ok(names)
+}
+
 async fn presence_note<X: KvTxn>(t: &X, ks: &Keyspace, user: &str) -> R<Option<PresenceNote>, X> {
     if t.get(&ks.account(user)).await?.is_none() {
         return Err(StoreError::NoSuchUser(user.to_string()).into());
@@ -1086,6 +1111,21 @@ impl<D: KvDb> Store for KvStore<D> {
     async fn set_presence_note(&self, user: &str, note: PresenceNote) -> StoreResult<()> {
         let (ks, note) = (&self.keys, &note);
         self.db.transact("set presence note", |t, _| async move { set_presence_note(&t, ks, user, note).await }).await
+    }
+
+    async fn set_blocked(&self, user: &str, other: &str, blocked: bool) -> StoreResult<()> {
+        let ks = &self.keys;
+        self.db.transact("set block", |t, _| async move { set_blocked(&t, ks, user, other, blocked).await }).await
+    }
+
+    async fn blocked_by(&self, user: &str) -> StoreResult<Vec<String>> {
+        let ks = &self.keys;
+        self.db.transact("read blocks", |t, _| async move { blocked_by(&t, ks, user).await }).await
+    }
+
+    async fn is_blocked(&self, user: &str, other: &str) -> StoreResult<bool> {
+        let ks = &self.keys;
+        self.db.transact("read block", |t, _| async move { Ok(t.get(&ks.block(user, other)).await?.is_some()) }).await
     }
 
     async fn presence_note(&self, user: &str) -> StoreResult<Option<PresenceNote>> {

@@ -3,7 +3,9 @@
 //!
 //! A member's role and mute live on their `members` row (so they end with the membership: a
 //! member who leaves and comes back is a plain member again); bans live in `bans`, apart from
-//! membership, because they must outlast it and can be set on someone who never joined.
+//! membership, because they must outlast it and can be set on someone who never joined. The
+//! users a user blocked (no direct messages from them) are kept here too: moderation by a user
+//! rather than a room.
 
 use rusqlite::types::Type;
 use rusqlite::{params, Connection, OptionalExtension, Row};
@@ -24,7 +26,8 @@ const BAN_LIFT: &str = "DELETE FROM bans WHERE rid = ?1 AND uid = ?2";
 
 /// Statements on the paths of this module, for the query-plan test.
 #[cfg(test)]
-pub(super) const HOT_QUERIES: &[&str] = &[MEMBER_STANDING, ROLE_SET, MUTE_SET, MEMBER_REMOVE, BAN_BY_USER, BAN_LIFT];
+pub(super) const HOT_QUERIES: &[&str] =
+    &[MEMBER_STANDING, ROLE_SET, MUTE_SET, MEMBER_REMOVE, BAN_BY_USER, BAN_LIFT, BLOCK_EXISTS, BLOCK_LIFT, BLOCKED_BY];
 
 fn sql_int(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
@@ -92,6 +95,35 @@ pub(super) fn check_not_muted(conn: &Connection, room: &RoomRow, from: &str, now
             room.record.id
         ))),
         _ => Ok(()),
+    }
+}
+
+const BLOCK_SET: &str = "INSERT OR IGNORE INTO blocks (uid, blocked) VALUES (?1, ?2)";
+const BLOCK_LIFT: &str = "DELETE FROM blocks WHERE uid = ?1 AND blocked = ?2";
+const BLOCK_EXISTS: &str = "SELECT 1 FROM blocks WHERE uid = ?1 AND blocked = ?2";
+const BLOCKED_BY: &str =
+    "SELECT u.name FROM blocks b JOIN users u ON u.uid = b.blocked WHERE b.uid = ?1 ORDER BY u.name";
+
+pub(super) fn set_blocked(conn: &Connection, user: &str, other: &str, blocked: bool) -> StoreResult<()> {
+    let (uid, other) = (require_uid(conn, user)?, require_uid(conn, other)?);
+    let sql = if blocked { BLOCK_SET } else { BLOCK_LIFT };
+    conn.prepare_cached(sql).and_then(|mut s| s.execute(params![uid, other])).ctx("set block")?;
+    Ok(())
+}
+
+pub(super) fn blocked_by(conn: &Connection, user: &str) -> StoreResult<Vec<String>> {
+    let uid = require_uid(conn, user)?;
+    conn.prepare_cached(BLOCKED_BY)
+        .and_then(|mut s| s.query_map([uid], |r| r.get(0))?.collect())
+        .ctx("read blocked users")
+}
+
+pub(super) fn is_blocked(conn: &Connection, user: &str, other: &str) -> StoreResult<bool> {
+    match (find_uid(conn, user)?, find_uid(conn, other)?) {
+        (Some(uid), Some(other)) => {
+            conn.prepare_cached(BLOCK_EXISTS).and_then(|mut s| s.exists(params![uid, other])).ctx("read block")
+        }
+        _ => Ok(false),
     }
 }
 

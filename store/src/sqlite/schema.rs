@@ -114,7 +114,7 @@ const MIGRATIONS: &[&str] = &[
     // client sends. Reactions and unread mentions get tables of their own, keyed for their one
     // lookup each (a message's reactions; a user's mentions in a room after a seq). Members get
     // a role (the creator of a group room owns it) and a mute; bans are kept per room and user,
-    // members or not.
+    // members or not. Users keep the users they blocked.
     "CREATE TABLE entries_v4 (
         eid       INTEGER PRIMARY KEY,
         rid       INTEGER NOT NULL,
@@ -160,6 +160,11 @@ const MIGRATIONS: &[&str] = &[
     UPDATE members SET role = 'owner' WHERE EXISTS
         (SELECT 1 FROM rooms r JOIN users u ON u.name = r.created_by
          WHERE r.rid = members.rid AND u.uid = members.uid AND r.kind = 'group');
+    CREATE TABLE blocks (
+        uid     INTEGER NOT NULL REFERENCES users (uid),
+        blocked INTEGER NOT NULL REFERENCES users (uid),
+        PRIMARY KEY (uid, blocked)
+    ) WITHOUT ROWID;
     CREATE TABLE bans (
         rid    INTEGER NOT NULL,
         uid    INTEGER NOT NULL,
