@@ -28,6 +28,13 @@
 //   a loop. After STUCK_AFTER such failures in a row at the same point the page stops and says
 //   so, with a button to try again. A `reconnect` frame (node shutting down) retries at once on
 //   the next node.
+// - Messages that change: edits, deletes and reactions are entries of their own (kinds `edit`,
+//   `delete`, `react`, `unreact`) naming a message by `target` seq. They update that message on
+//   screen and never show as entries; kinds this client does not know are skipped, after their
+//   cursor or seq was taken like any entry's. History shows messages in their current state, so
+//   each message on screen remembers the seq its state is known to include (`asOf`) and a change
+//   at or below it is not applied twice. Edits, deletes and reactions go through the outbox like
+//   messages: stored first, sent with a client id, retried with the same id.
 // - Text from the network only ever reaches the page through `textContent`.
 'use strict';
 
@@ -67,6 +74,23 @@
   const SENDS_IN_FLIGHT_MAX = 16;
   /** Until a node says otherwise in `welcome`: the node's defaults. */
   const DEFAULT_LIMITS = { max_body_bytes: 16384, max_frame_bytes: 65536 };
+  /** Entry kinds that change the message named by their `target` (docs/PROTOCOL.md, "Edits,
+   *  deletes, reactions, replies, mentions"): applied to that message, never shown as entries. */
+  const CHANGE_KINDS = new Set(['edit', 'delete', 'react', 'unreact']);
+  /** What the outbox holds besides messages (an item without `op` is a message). */
+  const OUTBOX_OPS = new Set(['edit', 'delete', 'react']);
+  /** The reaction picker: single code points (a variation selector would be refused as invisible). */
+  const REACTIONS = ['👍', '🎉', '😂', '😮', '😢', '🙏'];
+  /** Changes received for messages not on screen, kept until a history page may bring them. */
+  const UNPLACED_CHANGES_MAX = 500;
+  /** Mentions one message may carry: the node's limits.max_mentions default. */
+  const MENTIONS_MAX = 50;
+  /** `@name` in a text: not inside a word or an address (`a@b`). */
+  const MENTION_TOKEN = /(?<![\w.-])@([a-z0-9][a-z0-9_.-]*)/gi;
+  /** A reply's quote of the message it answers: its first words, up to this many characters. */
+  const QUOTE_CHARS_MAX = 60;
+  /** Older pages loaded at most to find the message a clicked quote names. */
+  const SEEK_PAGES_MAX = 20;
   /** Errors after which a send is retried (same id); any other error drops it from the outbox. */
   const RETRYABLE = new Set(['unavailable', 'internal', 'slow_down', 'rate_limited', 'not_authenticated']);
   /** Errors on `authenticate` that mean the token is no good: log in again. */
@@ -435,6 +459,7 @@
       S.view.loading = false;
       $('history-status').textContent = '';
     }
+    if (S.view) forgetQuoteRequests(S.view);
   }
 
   /**
@@ -588,6 +613,8 @@
         return onRoom(frame, ctx);
       case 'history':
         return onHistory(frame, ctx);
+      case 'thread':
+        return onThread(frame, ctx);
       case 'ack':
         return onAck(frame);
       case 'read':
@@ -740,7 +767,7 @@
     S.cursor = Number.isSafeInteger(cursor) && cursor >= 0 ? cursor : null;
     S.positions = storedPositions(user);
     const outbox = storage.get(keys.outbox(user), []);
-    S.outbox = Array.isArray(outbox) ? outbox.filter((m) => m && typeof m.id === 'string' && typeof m.room === 'string') : [];
+    S.outbox = Array.isArray(outbox) ? outbox.filter(validOutboxItem) : [];
     S.failed = [];
     S.rooms = new Map();
     S.maxSeq = new Map();
@@ -906,6 +933,11 @@
       onSendError(frame, ctx);
       return;
     }
+    if (kind === 'quote') {
+      // A quote is an extra: the reply shows without it.
+      onQuoteError(ctx);
+      return;
+    }
     if (kind === 'set_presence') {
       $('presence-error').textContent = describeError(frame);
       return;
@@ -954,6 +986,11 @@
     const room = Object.assign({}, info);
     room.last_seq = Math.max(info.last_seq, S.maxSeq.get(info.id) || 0, known ? known.last_seq : 0);
     room.read_seq = Math.max(info.read_seq, known ? known.read_seq : 0);
+    // The node counted the unread mentions up to its `last_seq`; those seen live after it are
+    // counted here (see mentionsOf).
+    room.mentionBase = Number.isSafeInteger(info.mentions) ? info.mentions : 0;
+    room.listedSeq = info.last_seq;
+    room.mentionSeqs = new Set(known && known.mentionSeqs ? Array.from(known.mentionSeqs).filter((seq) => seq > info.last_seq) : []);
     return room;
   }
 
@@ -1025,6 +1062,34 @@
 
   const unreadOf = (room) => Math.max(0, room.last_seq - room.read_seq);
 
+  /**
+   * Unread messages that mention the user: the node's count as of its room list, unless we have
+   * read past that list since, plus those that arrived after it and are still unread.
+   */
+  function mentionsOf(room) {
+    let count = room.read_seq >= room.listedSeq ? 0 : room.mentionBase || 0;
+    for (const seq of room.mentionSeqs || []) if (seq > room.listedSeq && seq > room.read_seq) count++;
+    return count;
+  }
+
+  /** A message mentioning the user arrived (live or replayed). */
+  function noteMention(entry) {
+    const room = S.rooms.get(entry.room);
+    if (!room || entry.from === S.user || !Array.isArray(entry.mentions) || !entry.mentions.includes(S.user)) return;
+    if (entry.deleted) return;
+    for (const seq of room.mentionSeqs) if (seq <= room.read_seq) room.mentionSeqs.delete(seq);
+    room.mentionSeqs.add(entry.seq);
+  }
+
+  /** A message was deleted: if it was an unread mention, it no longer counts. */
+  function forgetMention(entry) {
+    const room = S.rooms.get(entry.room);
+    if (!room || !Number.isSafeInteger(entry.target)) return;
+    room.mentionSeqs.delete(entry.target);
+    // The node's count may include it; only the node knows, so ask again.
+    if (entry.target > room.read_seq && entry.target <= room.listedSeq && room.mentionBase > 0) refreshRoomsSoon();
+  }
+
   let roomsFrame = 0;
   function renderRooms() {
     if (roomsFrame) return;
@@ -1056,6 +1121,14 @@
       if (peers.length === 1) button.append(presenceBadge(peers[0]));
       button.append(name);
       if (room.kind === 'direct') button.append(el('span', 'sr-only', ' (direct)'));
+      const mentions = mentionsOf(room);
+      li.dataset.mentions = String(mentions);
+      if (mentions > 0) {
+        const badge = el('span', 'badge mention-badge');
+        badge.title = `${mentions} unread ${mentions === 1 ? 'message mentions' : 'messages mention'} you`;
+        badge.append(el('span', '', '@' + (mentions > 999 ? '999+' : mentions)), el('span', 'sr-only', ' mentions'));
+        button.append(badge);
+      }
       if (unread > 0) {
         const badge = el('span', 'badge');
         badge.append(el('span', '', String(unread > 999 ? '999+' : unread)), el('span', 'sr-only', ' unread'));
@@ -1098,6 +1171,27 @@
       membersMore: false,
       /** Receipt standings of the other members, sorted; null when stale. */
       ranks: null,
+      /** Text messages on screen: seq → model (see messageModel). */
+      messages: new Map(),
+      /** Changes that arrived for messages not on screen yet (a history page may bring them). */
+      unplaced: [],
+      /** The lowest seq received for this room, change entries included: the next older page
+       *  starts below it (a page may hold nothing to show). */
+      oldest: null,
+      /** The room's creator (who may delete any message), once its first entry is on screen. */
+      creator: null,
+      /** Messages replied to that are not on screen: seq → { from, body, deleted } | 'loading' | 'missing'. */
+      quotes: new Map(),
+      /** The message being edited inline: { seq } */
+      editing: null,
+      /** The message whose delete is being confirmed. */
+      confirmingDelete: null,
+      /** The message whose reaction picker is open. */
+      pickerSeq: null,
+      /** The message the next message answers. */
+      replyTo: null,
+      /** Older pages are being loaded to show this message: { seq, pages } */
+      seek: null,
     };
     storage.set(keys.room(S.user), id);
     $('messages').replaceChildren();
@@ -1125,6 +1219,7 @@
     $('room-id').textContent = view ? view.room : '';
     $('load-older').hidden = !(view && view.loaded && view.more);
     if (!view) $('messages').replaceChildren();
+    renderReplyBar();
     renderMembers();
     renderPending();
     renderComposerState();
@@ -1135,7 +1230,9 @@
     if (view.loading) return;
     const frame = { type: 'history', room: view.room, limit: HISTORY_PAGE_LEN };
     if (before !== null) frame.before = before;
-    if (request(frame, { kind: 'history', room: view.room, older: before !== null })) {
+    // Every entry up to knownSeq was committed before this request: the page's state includes it.
+    const knownSeq = Math.max(S.maxSeq.get(view.room) || 0, S.rooms.has(view.room) ? S.rooms.get(view.room).last_seq : 0);
+    if (request(frame, { kind: 'history', room: view.room, older: before !== null, knownSeq })) {
       view.loading = true;
       $('history-status').textContent = before !== null ? 'Loading older messages…' : 'Loading…';
     }
@@ -1143,10 +1240,8 @@
 
   function loadOlder() {
     const view = S.view;
-    if (!view || !view.loaded || !view.more || view.loading) return;
-    const oldest = $('messages').firstElementChild;
-    if (!oldest) return;
-    requestHistory(view, Number(oldest.dataset.seq));
+    if (!view || !view.loaded || !view.more || view.loading || view.oldest === null) return;
+    requestHistory(view, view.oldest);
   }
 
   function onHistory(frame, ctx) {
@@ -1161,7 +1256,19 @@
     const topBefore = scroller.scrollTop;
     const list = $('messages');
     list.setAttribute('aria-busy', 'true');
-    for (const entry of frame.entries) insertEntry(view, entry);
+    // The page shows its messages as they are now, so its state includes every change up to its
+    // newest entry and up to what we had seen when asking (`asOf`): such a change, replayed or
+    // live, is not applied again. What a page cannot tell is whether a change committed while it
+    // was being read is in it (the node reads reactions apart from the entries): a reaction given
+    // in that instant may count twice until the room is loaded again.
+    const entries = Array.isArray(frame.entries) ? frame.entries : [];
+    const pageMax = entries.reduce((max, entry) => Math.max(max, entry.seq), 0);
+    const asOf = Math.max(pageMax, ctx && ctx.knownSeq ? ctx.knownSeq : 0);
+    for (const entry of entries) {
+      noteOldest(view, entry.seq);
+      if (entry.kind === 'text' && view.messages.has(entry.seq)) refreshMessage(view, entry, asOf);
+      else insertEntry(view, entry, asOf);
+    }
     list.removeAttribute('aria-busy');
     if (older || !view.loaded) view.more = frame.more;
     const first = !view.loaded;
@@ -1176,6 +1283,7 @@
     $('load-older').hidden = !view.more;
     // A short first page does not fill the pane, so no scroll event would ever ask for more.
     if (view.more && scroller.scrollHeight <= scroller.clientHeight + 8) loadOlder();
+    if (view.seek) continueSeek(view);
     markRead();
   }
 
@@ -1198,32 +1306,18 @@
     return sameDay ? time : `${date.toLocaleDateString([], { month: 'short', day: 'numeric' })} ${time}`;
   }
 
-  /** One log entry as a list item. Text goes in through textContent only. */
-  function renderEntry(entry) {
-    const li = el('li', 'msg');
+  /** A join or leave as a list item. Text goes in through textContent only. */
+  function noticeElement(entry) {
+    const li = el('li', 'msg notice');
     li.dataset.seq = String(entry.seq);
     li.dataset.id = entry.id;
-    if (entry.kind !== 'text') {
-      li.classList.add('notice');
-      let text;
-      if (entry.kind === 'join') {
-        text = !entry.user || entry.user === entry.from ? `${entry.from} joined` : `${entry.from} added ${entry.user}`;
-      } else {
-        text = `${entry.user || entry.from} left`;
-      }
-      li.append(el('span', 'notice-text', text), timeElement(entry.ts));
-      return li;
+    let text;
+    if (entry.kind === 'join') {
+      text = !entry.user || entry.user === entry.from ? `${entry.from} joined` : `${entry.from} added ${entry.user}`;
+    } else {
+      text = `${entry.user || entry.from} left`;
     }
-    const meta = el('div', 'meta');
-    meta.append(el('span', 'from', entry.from), document.createTextNode(' '), timeElement(entry.ts));
-    if (entry.from === S.user) {
-      li.classList.add('mine');
-      const receipt = el('span', 'receipt');
-      receipt.append(el('span', 'receipt-mark'), el('span', 'receipt-text'));
-      receipt.firstChild.setAttribute('aria-hidden', 'true');
-      meta.append(receipt);
-    }
-    li.append(meta, el('p', 'body', entry.body));
+    li.append(el('span', 'notice-text', text), timeElement(entry.ts));
     return li;
   }
 
@@ -1233,10 +1327,26 @@
     return time;
   }
 
-  /** Put an entry in the open room's list in seq order; false when it is already there. */
-  function insertEntry(view, entry) {
+  /**
+   * Put an entry in the open room's list in seq order; false when it is already there or is not
+   * shown (changes to messages, kinds this client does not know). `asOf`: the seq up to which a
+   * text entry's state is known to include changes (its own seq when it arrived as an entry).
+   */
+  function insertEntry(view, entry, asOf) {
     if (view.entries.has(entry.seq)) return false;
-    const li = renderEntry(entry);
+    let li;
+    let model = null;
+    if (entry.kind === 'text') {
+      model = messageModel(entry, asOf === undefined ? entry.seq : asOf);
+      li = messageElement(view, model);
+      view.messages.set(entry.seq, model);
+    } else if (entry.kind === 'join' || entry.kind === 'leave') {
+      li = noticeElement(entry);
+      // A room's first entry is its creator joining it.
+      if (entry.kind === 'join' && entry.seq === 1 && !isDirect(view.room)) view.creator = entry.from;
+    } else {
+      return false;
+    }
     view.entries.set(entry.seq, li);
     const list = $('messages');
     const last = list.lastElementChild;
@@ -1252,10 +1362,18 @@
       }
       list.insertBefore(li, next);
     }
-    // Our own message is committed: its pending copy goes.
-    if (entry.kind === 'text' && entry.from === S.user) {
-      removePendingElement(entry.id);
-      paintReceipt(li, receiptRanks(view), isDirect(view.room));
+    if (model) {
+      // Our own message is committed: its pending copy goes.
+      if (entry.from === S.user) {
+        removePendingElement(entry.id);
+        paintReceipt(li, receiptRanks(view), isDirect(view.room));
+      }
+      applyUnplaced(view, model);
+      paintMessage(view, model);
+      repaintQuotesOf(view, model.seq);
+    } else if (view.creator === S.user && entry.seq === 1) {
+      // Now known to be the creator: delete is offered on every message.
+      for (const m of view.messages.values()) paintActions(view, m);
     }
     return true;
   }
@@ -1278,9 +1396,13 @@
       S.replayed++;
       $('conn').dataset.replayed = String(S.replayed);
     }
-    if (frame.kind === 'text' && frame.from === S.user) outboxRemove(frame.id);
+    if ((frame.kind === 'text' || CHANGE_KINDS.has(frame.kind)) && frame.from === S.user) outboxRemove(frame.id);
     noteSeq(frame.room, frame.seq);
-    if (frame.kind === 'text') dropTyper(frame.room, frame.from);
+    if (frame.kind === 'text') {
+      dropTyper(frame.room, frame.from);
+      noteMention(frame);
+    }
+    if (frame.kind === 'delete') forgetMention(frame);
     if (frame.kind === 'leave' && own) {
       S.receipts.delete(frame.room);
       S.typingForbidden.delete(frame.room);
@@ -1294,11 +1416,15 @@
     const view = S.view;
     if (view && view.room === frame.room) {
       const atBottom = nearBottom();
-      if (insertEntry(view, frame)) {
+      noteOldest(view, frame.seq);
+      if (CHANGE_KINDS.has(frame.kind)) {
+        applyChange(view, frame);
+        if (atBottom) scrollToBottom();
+      } else if (insertEntry(view, frame)) {
         if (atBottom || frame.from === S.user) scrollToBottom();
         else $('jump').hidden = false;
       }
-      if (frame.kind !== 'text') refreshMembersSoon(view);
+      if (frame.kind === 'join' || frame.kind === 'leave') refreshMembersSoon(view);
       markRead();
     }
     renderRooms();
@@ -1316,6 +1442,606 @@
     }
   }
 
+  // ---- Messages that change: edits, deletes, reactions, replies, mentions ---------------------
+  // A text message on screen is a model (its current state) and a list item painted from it.
+  // Changes arrive as entries naming the message by `target`; `asOf` is the highest seq whose
+  // change the model's state is known to include, so no change is applied twice (a history page
+  // already shows the state after the changes it was read after, and a replay may repeat them).
+
+  function messageModel(entry, asOf) {
+    const reactions = new Map();
+    for (const r of Array.isArray(entry.reactions) ? entry.reactions : []) {
+      if (r && typeof r.reaction === 'string' && Number.isSafeInteger(r.count) && r.count > 0) {
+        reactions.set(r.reaction, { count: r.count, me: !!r.me });
+      }
+    }
+    return {
+      seq: entry.seq,
+      id: entry.id,
+      from: entry.from,
+      ts: entry.ts,
+      body: entry.deleted ? '' : String(entry.body ?? ''),
+      edited_at: Number.isSafeInteger(entry.edited_at) ? entry.edited_at : null,
+      deleted: !!entry.deleted,
+      reply_to: Number.isSafeInteger(entry.reply_to) ? entry.reply_to : null,
+      mentions: Array.isArray(entry.mentions) ? entry.mentions.filter((name) => typeof name === 'string') : [],
+      /** reaction → { count, me } */
+      reactions,
+      asOf,
+      li: null,
+      /** The parts of `li` that change: see messageElement. */
+      parts: null,
+      /** A queued edit, delete or reaction is shown on it (see paintChangeStatus). */
+      pendingShown: false,
+    };
+  }
+
+  /** The list item of a text message: fixed parts, filled by paintMessage. */
+  function messageElement(view, model) {
+    const li = el('li', 'msg');
+    li.dataset.seq = String(model.seq);
+    li.dataset.id = model.id;
+    li.dataset.from = model.from;
+    const edited = el('span', 'edited', '(edited)');
+    const status = el('span', 'change-status');
+    const meta = el('div', 'meta');
+    meta.append(el('span', 'from', model.from), document.createTextNode(' '), timeElement(model.ts), edited, status);
+    if (model.from === S.user) {
+      li.classList.add('mine');
+      const receipt = el('span', 'receipt');
+      receipt.append(el('span', 'receipt-mark'), el('span', 'receipt-text'));
+      receipt.firstChild.setAttribute('aria-hidden', 'true');
+      meta.append(receipt);
+    }
+    const quote = el('button', 'reply-quote');
+    quote.type = 'button';
+    quote.title = 'Show the message this answers';
+    quote.addEventListener('click', () => showMessage(view, model.reply_to));
+    const content = el('div', 'content');
+    const reactions = el('ul', 'reactions');
+    reactions.setAttribute('aria-label', 'Reactions');
+    const actions = el('div', 'actions');
+    actions.setAttribute('role', 'group');
+    actions.setAttribute('aria-label', 'Message actions');
+    const picker = el('div', 'reaction-picker');
+    picker.setAttribute('role', 'group');
+    picker.setAttribute('aria-label', 'Pick a reaction');
+    picker.hidden = true;
+    picker.addEventListener('keydown', (event) => {
+      if (event.key === 'Escape') closeReactionPicker(view, true);
+    });
+    li.append(meta, quote, content, reactions, actions, picker);
+    model.li = li;
+    model.parts = { edited, status, quote, content, reactions, actions, picker };
+    return li;
+  }
+
+  function paintMessage(view, model) {
+    const li = model.li;
+    li.classList.toggle('deleted', model.deleted);
+    li.classList.toggle('mentions-me', !model.deleted && model.from !== S.user && model.mentions.includes(S.user));
+    if (model.deleted) {
+      // Nothing more can be done to a deleted message.
+      if (view.editing && view.editing.seq === model.seq) view.editing = null;
+      if (view.confirmingDelete === model.seq) view.confirmingDelete = null;
+      if (view.pickerSeq === model.seq) closeReactionPicker(view, false);
+      if (view.replyTo === model.seq) renderReplyBar();
+    }
+    const edited = model.parts.edited;
+    edited.hidden = !(model.edited_at && !model.deleted);
+    edited.title = model.edited_at ? `edited ${formatTime(model.edited_at)}` : '';
+    paintQuote(view, model);
+    paintContent(view, model);
+    paintReactions(view, model);
+    paintActions(view, model);
+    paintChangeStatus(view, model);
+  }
+
+  /** The text (an edit not yet saved shows already), the tombstone, or the inline editor. */
+  function paintContent(view, model) {
+    if (view.editing && view.editing.seq === model.seq) return; // the editor stays as the user left it
+    const content = model.parts.content;
+    if (model.deleted) {
+      content.replaceChildren(el('p', 'tombstone', 'message deleted'));
+      return;
+    }
+    const unsaved = lastPendingEdit(view.room, model.seq);
+    const body = bodyElement(unsaved ? unsaved.body : model.body, model.mentions);
+    if (unsaved) body.classList.add('unsaved');
+    content.replaceChildren(body);
+  }
+
+  /** A message's text with the members it mentions highlighted (text nodes only). */
+  function bodyElement(text, mentions) {
+    const p = el('p', 'body');
+    let last = 0;
+    for (const found of findMentions(text, new Set(mentions))) {
+      if (found.index > last) p.append(document.createTextNode(text.slice(last, found.index)));
+      const mention = el('span', found.name === S.user ? 'mention mention-me' : 'mention', text.substr(found.index, found.length));
+      p.append(mention);
+      last = found.index + found.length;
+    }
+    if (last < text.length) p.append(document.createTextNode(text.slice(last)));
+    return p;
+  }
+
+  /** `@name` tokens in `text` that name one of `names`: [{ index, length, name }] in order. */
+  function findMentions(text, names) {
+    const found = [];
+    if (!names.size) return found;
+    for (const match of text.matchAll(MENTION_TOKEN)) {
+      let name = match[1].toLowerCase();
+      // A sentence may go on right after a name: "thanks @bob." names bob (names may hold dots).
+      while (name && !names.has(name) && /[.-]$/.test(name)) name = name.slice(0, -1);
+      if (names.has(name)) found.push({ index: match.index, length: name.length + 1, name });
+    }
+    return found;
+  }
+
+  /** The members a message being written names with `@name` (the node refuses non-members). */
+  function mentionsIn(view, body) {
+    const members = isDirect(view.room) ? directPeers(view.room) : view.members || [];
+    // Mentioning oneself counts for nothing.
+    const names = new Set(members.filter((name) => name !== S.user));
+    const unique = Array.from(new Set(findMentions(body, names).map((found) => found.name)));
+    return unique.slice(0, MENTIONS_MAX);
+  }
+
+  function paintReactions(view, model) {
+    const list = model.parts.reactions;
+    const shown = model.deleted ? [] : Array.from(model.reactions).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+    list.replaceChildren(
+      ...shown.map(([reaction, { count, me }]) => {
+        const item = el('li');
+        const button = el('button', 'reaction');
+        button.type = 'button';
+        button.dataset.reaction = reaction;
+        button.setAttribute('aria-pressed', me ? 'true' : 'false');
+        button.title = me ? `You reacted ${reaction}; click to take it back` : `React ${reaction}`;
+        button.append(el('span', 'reaction-emoji', reaction), el('span', 'reaction-count', String(count)));
+        button.addEventListener('click', () => toggleReaction(view, model.seq, reaction));
+        item.append(button);
+        return item;
+      }),
+    );
+    list.hidden = shown.length === 0;
+  }
+
+  function actionButton(label, onClick, className) {
+    const button = el('button', 'action' + (className ? ' ' + className : ''), label);
+    button.type = 'button';
+    button.addEventListener('click', onClick);
+    return button;
+  }
+
+  /** Reply and React on any message; Edit on one's own; Delete where the node would allow it. */
+  function paintActions(view, model) {
+    const bar = model.parts.actions;
+    bar.hidden = model.deleted;
+    if (model.deleted) {
+      bar.replaceChildren();
+      return;
+    }
+    if (view.confirmingDelete === model.seq) {
+      bar.replaceChildren(
+        el('span', 'confirm-text', 'Delete this message for everyone?'),
+        actionButton('Yes, delete', () => deleteMessage(view, model.seq), 'danger'),
+        actionButton('Keep it', () => {
+          view.confirmingDelete = null;
+          paintActions(view, model);
+        }),
+      );
+      return;
+    }
+    const react = actionButton('React', () => toggleReactionPicker(view, model.seq));
+    react.setAttribute('aria-expanded', view.pickerSeq === model.seq ? 'true' : 'false');
+    const buttons = [actionButton('Reply', () => startReply(view, model.seq)), react];
+    if (model.from === S.user) buttons.push(actionButton('Edit', () => startEdit(view, model.seq)));
+    if (mayDelete(view, model)) {
+      buttons.push(
+        actionButton('Delete', () => {
+          view.confirmingDelete = model.seq;
+          paintActions(view, model);
+          model.parts.actions.querySelector('.danger').focus();
+        }),
+      );
+    }
+    bar.replaceChildren(...buttons);
+  }
+
+  /**
+   * The author may delete, and in a group room its creator, whom the page knows once the room's
+   * first entry (the creator's join) is on screen. Where it does not, only the user's own
+   * messages offer Delete; the node decides in any case and its refusal is shown.
+   */
+  function mayDelete(view, model) {
+    return model.from === S.user || (!isDirect(view.room) && view.creator === S.user);
+  }
+
+  /** Edits, deletes and reactions of the user still in the outbox, shown on their message. */
+  function paintChangeStatus(view, model) {
+    const queued = S.outbox.filter((item) => item.op && item.room === view.room && item.seq === model.seq);
+    const status = model.parts.status;
+    const text = queued.map((item) => `${OP_PENDING[item.op]} ${outboxStatus(item)}`).join(', ');
+    if (status.textContent !== text) status.textContent = text;
+    status.hidden = !text;
+    model.pendingShown = queued.length > 0;
+  }
+
+  const OP_PENDING = { edit: 'edit', delete: 'delete', react: 'reaction' };
+
+  /** An edit, delete or reaction entered or left the outbox: repaint its message. */
+  function repaintChangeTarget(item) {
+    const view = S.view;
+    const model = view && view.room === item.room ? view.messages.get(item.seq) : null;
+    if (model) paintMessage(view, model);
+  }
+
+  function lastPendingEdit(room, seq) {
+    let last = null;
+    for (const item of S.outbox) if (item.op === 'edit' && item.room === room && item.seq === seq) last = item;
+    return last;
+  }
+
+  // -- Reactions --
+  function toggleReactionPicker(view, seq) {
+    if (view.pickerSeq === seq) {
+      closeReactionPicker(view, true);
+      return;
+    }
+    closeReactionPicker(view, false);
+    const model = view.messages.get(seq);
+    if (!model || model.deleted) return;
+    const picker = model.parts.picker;
+    picker.replaceChildren(
+      ...REACTIONS.map((reaction) => {
+        const button = el('button', 'pick', reaction);
+        button.type = 'button';
+        button.setAttribute('aria-label', `React with ${reaction}`);
+        const given = model.reactions.get(reaction);
+        button.setAttribute('aria-pressed', given && given.me ? 'true' : 'false');
+        button.addEventListener('click', () => {
+          closeReactionPicker(view, false);
+          toggleReaction(view, seq, reaction);
+        });
+        return button;
+      }),
+    );
+    picker.hidden = false;
+    view.pickerSeq = seq;
+    paintActions(view, model);
+    picker.firstElementChild.focus();
+  }
+
+  function closeReactionPicker(view, refocus) {
+    const seq = view.pickerSeq;
+    view.pickerSeq = null;
+    const model = seq === null || seq === undefined ? null : view.messages.get(seq);
+    if (!model) return;
+    model.parts.picker.hidden = true;
+    paintActions(view, model);
+    if (refocus) {
+      const react = Array.from(model.parts.actions.querySelectorAll('button')).find((b) => b.textContent === 'React');
+      if (react) react.focus();
+    }
+  }
+
+  /** Give `reaction`, or take it back when the user has given it (as far as the page knows). */
+  function toggleReaction(view, seq, reaction) {
+    const model = view.messages.get(seq);
+    if (S.view !== view || !model || model.deleted) return;
+    // A click not yet sent counts: clicking twice quickly gives and takes back.
+    let given = !!(model.reactions.get(reaction) && model.reactions.get(reaction).me);
+    for (const item of S.outbox) {
+      if (item.op === 'react' && item.room === view.room && item.seq === seq && item.reaction === reaction) given = !item.remove;
+    }
+    outboxAdd({ op: 'react', id: newMessageId(), room: view.room, seq, reaction, remove: given, ts: Date.now() });
+    flushOutbox();
+  }
+
+  // -- Editing --
+  function startEdit(view, seq) {
+    const model = view.messages.get(seq);
+    if (S.view !== view || !model || model.deleted || model.from !== S.user) return;
+    if (view.editing) cancelEdit(view, false);
+    view.editing = { seq };
+    const input = el('textarea', 'edit-input');
+    input.value = (lastPendingEdit(view.room, seq) || model).body;
+    input.rows = Math.min(8, Math.max(2, input.value.split('\n').length));
+    input.setAttribute('aria-label', 'Edit message');
+    const hint = el('p', 'hint edit-hint', 'Enter saves · Shift+Enter new line · Escape cancels');
+    const error = el('p', 'form-error edit-error');
+    error.setAttribute('role', 'alert');
+    input.addEventListener('keydown', (event) => {
+      if (event.key === 'Enter' && !event.shiftKey && !event.isComposing) {
+        event.preventDefault();
+        saveEdit(view, seq, input, error);
+      } else if (event.key === 'Escape') {
+        event.preventDefault();
+        cancelEdit(view);
+      }
+    });
+    model.parts.content.replaceChildren(input, hint, error);
+    input.focus();
+    input.setSelectionRange(input.value.length, input.value.length);
+  }
+
+  function saveEdit(view, seq, input, error) {
+    const model = view.messages.get(seq);
+    if (!model || model.deleted) {
+      cancelEdit(view);
+      return;
+    }
+    const body = input.value;
+    if (body === (lastPendingEdit(view.room, seq) || model).body) {
+      cancelEdit(view);
+      return;
+    }
+    const refused = refusal(body);
+    if (refused) {
+      error.textContent = refused;
+      input.setAttribute('aria-invalid', 'true');
+      return;
+    }
+    view.editing = null;
+    // Stored first, like a message: the new text survives a reload and is sent once.
+    outboxAdd({ op: 'edit', id: newMessageId(), room: view.room, seq, body, ts: Date.now() });
+    flushOutbox();
+  }
+
+  function cancelEdit(view, refocus = true) {
+    const editing = view.editing;
+    view.editing = null;
+    const model = editing && view.messages.get(editing.seq);
+    if (!model) return;
+    paintMessage(view, model);
+    const edit = Array.from(model.parts.actions.querySelectorAll('button')).find((b) => b.textContent === 'Edit');
+    if (refocus && edit) edit.focus();
+  }
+
+  // -- Deleting --
+  function deleteMessage(view, seq) {
+    view.confirmingDelete = null;
+    const model = view.messages.get(seq);
+    if (S.view !== view || !model || model.deleted) return;
+    outboxAdd({ op: 'delete', id: newMessageId(), room: view.room, seq, ts: Date.now() });
+    flushOutbox();
+  }
+
+  // -- Replies --
+  function startReply(view, seq) {
+    if (S.view !== view) return;
+    view.replyTo = seq;
+    renderReplyBar();
+    $('message-input').focus();
+  }
+
+  function cancelReply() {
+    if (S.view) S.view.replyTo = null;
+    renderReplyBar();
+  }
+
+  /** Above the composer: the message the next one answers. */
+  function renderReplyBar() {
+    const view = S.view;
+    const bar = $('reply-bar');
+    if (!view || view.replyTo === null) {
+      bar.hidden = true;
+      $('reply-bar-quote').replaceChildren();
+      return;
+    }
+    $('reply-bar-quote').replaceChildren(...quoteParts(quoteOf(view, view.replyTo)));
+    bar.hidden = false;
+  }
+
+  /** What a reply quotes: the message on screen, or fetched with `thread` (null while loading). */
+  function quoteOf(view, seq) {
+    const model = view.messages.get(seq);
+    if (model) return { from: model.from, body: model.body, deleted: model.deleted };
+    const cached = view.quotes.get(seq);
+    if (cached === undefined) requestQuote(view, seq);
+    return cached === 'loading' || cached === undefined ? null : cached;
+  }
+
+  function quoteParts(quote) {
+    let text;
+    if (quote === null) text = '…';
+    else if (quote === 'missing') text = 'a message that is not there';
+    else if (quote.deleted) text = 'message deleted';
+    else text = excerpt(quote.body);
+    return [el('span', 'quote-from', quote && quote.from ? quote.from : ''), el('span', 'quote-text', text)];
+  }
+
+  /** The first words of a text, cut at a word boundary. */
+  function excerpt(text) {
+    const flat = text.replace(/\s+/g, ' ').trim();
+    if (flat.length <= QUOTE_CHARS_MAX) return flat;
+    const cut = flat.slice(0, QUOTE_CHARS_MAX);
+    const space = cut.lastIndexOf(' ');
+    return (space > QUOTE_CHARS_MAX / 2 ? cut.slice(0, space) : cut) + '…';
+  }
+
+  function paintQuote(view, model) {
+    const button = model.parts.quote;
+    if (model.reply_to === null || model.deleted) {
+      button.hidden = true;
+      return;
+    }
+    button.dataset.replyTo = String(model.reply_to);
+    button.replaceChildren(el('span', 'quote-mark', '↩ '), ...quoteParts(quoteOf(view, model.reply_to)));
+    button.hidden = false;
+  }
+
+  /** The message `seq` changed or came on screen: repaint the replies that quote it. */
+  function repaintQuotesOf(view, seq) {
+    for (const model of view.messages.values()) if (model.reply_to === seq) paintQuote(view, model);
+    if (view.replyTo === seq) renderReplyBar();
+  }
+
+  function requestQuote(view, seq) {
+    if (!isAuthed()) return;
+    if (request({ type: 'thread', room: view.room, root: seq, limit: 1 }, { kind: 'quote', room: view.room, seq })) {
+      view.quotes.set(seq, 'loading');
+    }
+  }
+
+  function onThread(frame, ctx) {
+    const view = S.view;
+    if (!ctx || ctx.kind !== 'quote' || !view || view.room !== ctx.room) return;
+    const root = frame.root;
+    const quote =
+      root && root.seq === ctx.seq ? { from: root.from, body: root.deleted ? '' : String(root.body ?? ''), deleted: !!root.deleted } : 'missing';
+    view.quotes.set(ctx.seq, quote);
+    repaintQuotesOf(view, ctx.seq);
+  }
+
+  function onQuoteError(ctx) {
+    const view = S.view;
+    if (!view || view.room !== ctx.room) return;
+    view.quotes.set(ctx.seq, 'missing');
+    repaintQuotesOf(view, ctx.seq);
+  }
+
+  /** The connection is gone: quotes it was fetching are asked again on the next one. */
+  function forgetQuoteRequests(view) {
+    for (const [seq, quote] of Array.from(view.quotes)) if (quote === 'loading') view.quotes.delete(seq);
+  }
+
+  function requestMissingQuotes(view) {
+    for (const model of view.messages.values()) if (model.reply_to !== null && !model.deleted) paintQuote(view, model);
+    renderReplyBar();
+  }
+
+  /** Scroll to a message and flash it; a message above the loaded pages is looked for in them. */
+  function showMessage(view, seq) {
+    if (S.view !== view || seq === null) return;
+    const li = view.entries.get(seq);
+    if (li) {
+      view.seek = null;
+      li.scrollIntoView({ block: 'center' });
+      li.classList.remove('flash');
+      void li.offsetWidth; // restart the animation
+      li.classList.add('flash');
+      li.tabIndex = -1;
+      li.focus({ preventScroll: true });
+      return;
+    }
+    if (view.oldest !== null && seq < view.oldest && view.more) {
+      view.seek = { seq, pages: 0 };
+      loadOlder();
+    }
+  }
+
+  /** A page arrived while looking for a message (showMessage). */
+  function continueSeek(view) {
+    const seek = view.seek;
+    if (view.entries.has(seek.seq)) {
+      showMessage(view, seek.seq);
+    } else if (!view.more || seek.pages >= SEEK_PAGES_MAX) {
+      view.seek = null;
+    } else {
+      seek.pages++;
+      loadOlder();
+    }
+  }
+
+  // -- Applying changes --
+  function noteOldest(view, seq) {
+    if (Number.isSafeInteger(seq) && (view.oldest === null || seq < view.oldest)) view.oldest = seq;
+  }
+
+  /** An edit, delete or reaction entry of the open room, live or replayed. */
+  function applyChange(view, entry) {
+    if (!Number.isSafeInteger(entry.target)) return;
+    const model = view.messages.get(entry.target);
+    if (!model) {
+      updateCachedQuote(view, entry);
+      // A history page on its way may bring the message without this change.
+      view.unplaced.push(entry);
+      if (view.unplaced.length > UNPLACED_CHANGES_MAX) view.unplaced.shift();
+      return;
+    }
+    if (!changeState(model, entry)) return;
+    paintMessage(view, model);
+    if (entry.kind === 'edit' || entry.kind === 'delete') repaintQuotesOf(view, model.seq);
+  }
+
+  /** Apply a change to a model; false when its state already includes it. */
+  function changeState(model, entry) {
+    if (entry.seq <= model.asOf) return false;
+    model.asOf = entry.seq;
+    switch (entry.kind) {
+      case 'edit':
+        // An edit of a message deleted since is read back without its text.
+        if (entry.deleted) markDeleted(model);
+        else if (!model.deleted) {
+          model.body = String(entry.body ?? '');
+          model.edited_at = entry.ts;
+        }
+        break;
+      case 'delete':
+        markDeleted(model);
+        break;
+      case 'react':
+      case 'unreact': {
+        if (model.deleted || typeof entry.body !== 'string') break;
+        const given = model.reactions.get(entry.body) || { count: 0, me: false };
+        const count = given.count + (entry.kind === 'react' ? 1 : -1);
+        const me = entry.from === S.user ? entry.kind === 'react' : given.me;
+        if (count > 0) model.reactions.set(entry.body, { count, me });
+        else model.reactions.delete(entry.body);
+        break;
+      }
+      default:
+        break;
+    }
+    return true;
+  }
+
+  function markDeleted(model) {
+    model.deleted = true;
+    model.body = '';
+    model.edited_at = null;
+    model.mentions = [];
+    model.reactions = new Map();
+  }
+
+  /** Changes that arrived before their message came on screen, and are newer than its state. */
+  function applyUnplaced(view, model) {
+    if (!view.unplaced.length) return;
+    const rest = [];
+    for (const entry of view.unplaced) {
+      if (entry.target === model.seq) changeState(model, entry);
+      else rest.push(entry);
+    }
+    view.unplaced = rest;
+  }
+
+  /** A history page holds a message already on screen: its state replaces ours if newer. */
+  function refreshMessage(view, entry, asOf) {
+    const model = view.messages.get(entry.seq);
+    if (asOf <= model.asOf) return;
+    const fresh = messageModel(entry, asOf);
+    for (const key of ['body', 'edited_at', 'deleted', 'reply_to', 'mentions', 'reactions', 'asOf']) model[key] = fresh[key];
+    applyUnplaced(view, model);
+    paintMessage(view, model);
+    repaintQuotesOf(view, model.seq);
+  }
+
+  /** A replied-to message that is not on screen changed: its quote follows. */
+  function updateCachedQuote(view, entry) {
+    const quote = view.quotes.get(entry.target);
+    if (!quote || typeof quote !== 'object') return;
+    if (entry.kind === 'delete' || (entry.kind === 'edit' && entry.deleted)) {
+      view.quotes.set(entry.target, { from: quote.from, body: '', deleted: true });
+    } else if (entry.kind === 'edit') {
+      view.quotes.set(entry.target, { from: quote.from, body: String(entry.body ?? ''), deleted: false });
+    } else {
+      return;
+    }
+    repaintQuotesOf(view, entry.target);
+  }
+
   // ---- Outbox -------------------------------------------------------------------------------
   /**
    * Apply one change to the stored outbox by read-modify-write, so two tabs of the same user
@@ -1328,16 +2054,25 @@
     storage.set(key, change(Array.isArray(stored) ? stored : []));
   }
 
+  /** A message, or an edit, delete or reaction (`op`), as stored; anything else is dropped. */
+  function validOutboxItem(item) {
+    if (!item || typeof item.id !== 'string' || typeof item.room !== 'string') return false;
+    return item.op === undefined || (OUTBOX_OPS.has(item.op) && Number.isSafeInteger(item.seq));
+  }
+
   function outboxAdd(item) {
     S.outbox.push(item);
     persistOutbox((stored) => (stored.some((m) => m.id === item.id) ? stored : stored.concat([item])));
+    if (item.op) repaintChangeTarget(item);
   }
 
   function outboxRemove(id) {
+    const item = S.outbox.find((m) => m.id === id);
     S.outbox = S.outbox.filter((m) => m.id !== id);
     S.inflight.delete(id);
     persistOutbox((stored) => stored.filter((m) => m.id !== id));
     removePendingElement(id);
+    if (item && item.op) repaintChangeTarget(item);
   }
 
   /** Check a message against the node's limits before it goes anywhere. */
@@ -1368,8 +2103,13 @@
     $('composer-error').textContent = '';
     input.removeAttribute('aria-invalid');
     const item = { id: newMessageId(), room: S.view.room, body, ts: Date.now() };
+    if (S.view.replyTo !== null) item.reply_to = S.view.replyTo;
+    const mentions = mentionsIn(S.view, body);
+    if (mentions.length) item.mentions = mentions;
     // Stored first: a reload or a crash from here on still sends it, once.
     outboxAdd(item);
+    S.view.replyTo = null;
+    renderReplyBar();
     input.value = '';
     updateByteCount();
     renderPending();
@@ -1384,11 +2124,29 @@
     for (const item of S.outbox) {
       if (S.inflight.has(item.id)) continue;
       if (S.inflight.size >= SENDS_IN_FLIGHT_MAX) break;
-      const req = request({ type: 'send', room: item.room, id: item.id, body: item.body }, { kind: 'send', id: item.id });
+      const req = request(outboxFrame(item), { kind: 'send', id: item.id });
       if (!req) break;
       S.inflight.set(item.id, req);
     }
     renderPending();
+  }
+
+  /** The request an outbox item is sent as; a retry sends the same one (the same id). */
+  function outboxFrame(item) {
+    const frame = { room: item.room, id: item.id };
+    switch (item.op) {
+      case 'edit':
+        return Object.assign(frame, { type: 'edit', seq: item.seq, body: item.body });
+      case 'delete':
+        return Object.assign(frame, { type: 'delete', seq: item.seq });
+      case 'react':
+        return Object.assign(frame, { type: 'react', seq: item.seq, reaction: item.reaction }, item.remove ? { remove: true } : {});
+      default:
+        Object.assign(frame, { type: 'send', body: item.body });
+        if (Number.isSafeInteger(item.reply_to)) frame.reply_to = item.reply_to;
+        if (Array.isArray(item.mentions) && item.mentions.length) frame.mentions = item.mentions;
+        return frame;
+    }
   }
 
   function onAck(frame) {
@@ -1408,13 +2166,23 @@
       return;
     }
     const item = S.outbox.find((m) => m.id === ctx.id);
+    if (item && item.op === 'react' && frame.code === 'unchanged') {
+      // The reaction already is as asked (another tab of ours, or a click on a state not yet
+      // shown): nothing was lost, and the entries that arrive show the truth.
+      outboxRemove(ctx.id);
+      renderPending();
+      return;
+    }
     if (item) {
-      S.failed.push(Object.assign({}, item, { error: describeError(frame) }));
+      // What the user wrote is kept in view, with the reason: a message or an edit's new text.
+      if (!item.op || item.op === 'edit') S.failed.push(Object.assign({}, item, { error: describeError(frame) }));
       outboxRemove(ctx.id);
     }
-    showAlert(frame.code, frame.message);
+    showAlert(frame.code, item && item.op ? `${OP_FAILED[item.op]}: ${frame.message}` : frame.message);
     renderPending();
   }
+
+  const OP_FAILED = { edit: 'Edit not saved', delete: 'Message not deleted', react: 'Reaction not saved' };
 
   function removePendingElement(id) {
     for (const li of $('pending').querySelectorAll('li')) {
@@ -1431,15 +2199,20 @@
     }
     const items = [];
     for (const item of S.outbox) {
-      if (item.room !== view.room) continue;
-      const status = S.inflight.has(item.id) ? 'sending…' : S.phase === 'live' ? 'queued' : 'waiting for connection';
-      items.push(pendingElement(item, status, false));
+      // Edits, deletes and reactions show on the message they change (paintChangeStatus).
+      if (item.room !== view.room || item.op) continue;
+      items.push(pendingElement(item, outboxStatus(item), false));
     }
     for (const item of S.failed) {
-      if (item.room === view.room) items.push(pendingElement(item, `not sent: ${item.error}`, true));
+      if (item.room !== view.room) continue;
+      const what = item.op === 'edit' ? 'edit not saved' : 'not sent';
+      items.push(pendingElement(item, `${what}: ${item.error}`, true));
     }
     list.replaceChildren(...items);
+    for (const model of view.messages.values()) if (model.pendingShown) paintChangeStatus(view, model);
   }
+
+  const outboxStatus = (item) => (S.inflight.has(item.id) ? 'sending…' : S.phase === 'live' ? 'queued' : 'waiting for connection');
 
   function pendingElement(item, status, failed) {
     const li = el('li', 'msg mine pending-item' + (failed ? ' failed' : ''));
@@ -1654,6 +2427,7 @@
     if (!isAuthed()) return;
     if (!isDirect(view.room)) request({ type: 'list_members', room: view.room }, { kind: 'members', room: view.room });
     request({ type: 'receipts', room: view.room }, { kind: 'receipts', room: view.room });
+    requestMissingQuotes(view);
   }
 
   let membersTimer = null;
@@ -2021,7 +2795,14 @@
       if (event.key === 'Enter' && !event.shiftKey && !event.isComposing) {
         event.preventDefault();
         submitMessage();
+      } else if (event.key === 'Escape' && S.view && S.view.replyTo !== null) {
+        event.preventDefault();
+        cancelReply();
       }
+    });
+    $('reply-cancel').addEventListener('click', () => {
+      cancelReply();
+      $('message-input').focus();
     });
     $('message-input').addEventListener('input', () => {
       updateByteCount();
@@ -2097,7 +2878,7 @@
       if (S.user && event.key === keys.outbox(S.user)) {
         const outbox = storage.get(event.key, []);
         if (Array.isArray(outbox)) {
-          S.outbox = outbox.filter((m) => m && typeof m.id === 'string' && typeof m.room === 'string');
+          S.outbox = outbox.filter(validOutboxItem);
           for (const id of Array.from(S.inflight.keys())) {
             if (!S.outbox.some((m) => m.id === id)) S.inflight.delete(id);
           }
