@@ -1650,12 +1650,15 @@
   }
 
   /**
-   * The author may delete, and in a group room its creator, whom the page knows once the room's
-   * first entry (the creator's join) is on screen. Where it does not, only the user's own
-   * messages offer Delete; the node decides in any case and its refusal is shown.
+   * The author may delete, and in a group room its owner and admins: the room list says the
+   * user's `role`; before it arrives, the creator is known once the room's first entry (the
+   * creator's join) is on screen. The node decides in any case and its refusal is shown.
    */
   function mayDelete(view, model) {
-    return model.from === S.user || (!isDirect(view.room) && view.creator === S.user);
+    if (model.from === S.user) return true;
+    if (isDirect(view.room)) return false;
+    const role = S.rooms.has(view.room) ? S.rooms.get(view.room).role : null;
+    return role === 'owner' || role === 'admin' || view.creator === S.user;
   }
 
   /** Edits, deletes and reactions of the user still in the outbox, shown on their message. */
