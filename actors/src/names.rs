@@ -130,6 +130,16 @@ pub fn new_room_id() -> String {
     format!("r_{tail}")
 }
 
+/// The other user of the direct conversation `room`, if it is one of `user`'s.
+pub fn direct_peer<'a>(room: &'a str, user: &str) -> Option<&'a str> {
+    let (first, second) = room.strip_prefix("dm:")?.split_once(':')?;
+    match (first == user, second == user) {
+        (true, false) => Some(second),
+        (false, true) => Some(first),
+        _ => None,
+    }
+}
+
 /// The stable id of the direct conversation between two users: `dm:` and both names sorted,
 /// so either side finds the same room.
 pub fn direct_room_id(a: &str, b: &str) -> String {

@@ -286,6 +286,11 @@ pub async fn open_direct(ctx: &Ctx, req: ReqId, other: String) -> ServerFrame {
         Ok(None) => return error_frame(Some(req), ErrorCode::NoSuchUser, format!("no user `{other}`")),
         Err(err) => return store_error_frame(&ctx.hub, Some(req), err),
     }
+    match ctx.hub.store.is_blocked(&other, &ctx.user).await {
+        Ok(false) => {}
+        Ok(true) => return messages::blocked_by(req, &other),
+        Err(err) => return store_error_frame(&ctx.hub, Some(req), err),
+    }
     if let Some(frame) = not_serving(ctx, req) {
         return frame;
     }

@@ -461,6 +461,9 @@ where
                     Ok(details) => details,
                     Err(frame) => return self.reply_in_order(vec![*frame]),
                 };
+                if let Err(frame) = requests::messages::check_not_blocked(&ctx, req, &room).await {
+                    return self.reply_in_order(vec![*frame]);
+                }
                 requests::presence::typing_ended_by_send(&ctx, &room);
                 let command =
                     AppendCommand { kind: EntryKind::Text, from: ctx.user.clone(), id, user: None, body, details };
@@ -468,7 +471,12 @@ where
             }
             frame @ (ClientFrame::Edit { .. } | ClientFrame::Delete { .. } | ClientFrame::React { .. }) => {
                 match requests::messages::change_command(&hub.limits, &ctx.user, frame) {
-                    Ok((req, room, command)) => self.forward_to_room(req, room, command).await,
+                    Ok((req, room, command)) => {
+                        if let Err(frame) = requests::messages::check_not_blocked(&ctx, req, &room).await {
+                            return self.reply_in_order(vec![*frame]);
+                        }
+                        self.forward_to_room(req, room, command).await
+                    }
                     Err(frame) => self.reply_in_order(vec![*frame]),
                 }
             }
@@ -480,6 +488,9 @@ where
                 Ok((req, room, command)) => self.forward_to_room(req, room, command).await,
                 Err(frame) => self.reply_in_order(vec![*frame]),
             },
+            frame @ (ClientFrame::Block { .. } | ClientFrame::Unblock { .. } | ClientFrame::ListBlocked { .. }) => {
+                self.pipeline(async move { vec![requests::messages::blocks(&ctx, frame).await] }.boxed())
+            }
             ClientFrame::Thread { req, room, root, after, limit } => self.pipeline(
                 async move { vec![requests::messages::thread(&ctx, req, room, root, after, limit).await] }.boxed(),
             ),

@@ -211,6 +211,23 @@ pub enum ClientFrame {
         #[serde(default)]
         until: Option<u64>,
     },
+    /// Take no more direct messages from `user` (they are told `forbidden` when they try).
+    Block {
+        #[serde(default)]
+        req: ReqId,
+        user: String,
+    },
+    /// Lift a block.
+    Unblock {
+        #[serde(default)]
+        req: ReqId,
+        user: String,
+    },
+    /// The users this user blocked.
+    ListBlocked {
+        #[serde(default)]
+        req: ReqId,
+    },
     /// A message and the replies to it, a page at a time by seq.
     Thread {
         #[serde(default)]
@@ -314,6 +331,9 @@ impl ClientFrame {
         "ban",
         "unban",
         "mute",
+        "block",
+        "unblock",
+        "list_blocked",
         "history",
         "mark_read",
         "ping",
@@ -348,6 +368,9 @@ impl ClientFrame {
             | ClientFrame::Ban { req, .. }
             | ClientFrame::Unban { req, .. }
             | ClientFrame::Mute { req, .. }
+            | ClientFrame::Block { req, .. }
+            | ClientFrame::Unblock { req, .. }
+            | ClientFrame::ListBlocked { req }
             | ClientFrame::History { req, .. }
             | ClientFrame::MarkRead { req, .. }
             | ClientFrame::Ping { req }
@@ -744,6 +767,11 @@ pub enum ServerFrame {
         entries: Vec<Entry>,
         /// True when more entries exist beyond this page in the paging direction.
         more: bool,
+    },
+    /// Reply to `list_blocked`: the users you blocked, sorted.
+    Blocked {
+        req: ReqId,
+        users: Vec<String>,
     },
     /// Reply to `thread`: the root message and a page of its replies, oldest first.
     Thread {

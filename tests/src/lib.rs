@@ -838,6 +838,7 @@ pub fn reply_req(frame: &ServerFrame) -> Option<u64> {
         | ServerFrame::Ack { req, .. }
         | ServerFrame::History { req, .. }
         | ServerFrame::Thread { req, .. }
+        | ServerFrame::Blocked { req, .. }
         | ServerFrame::PresenceList { req, .. }
         | ServerFrame::Receipts { req, .. }
         | ServerFrame::Pong { req } => Some(*req),

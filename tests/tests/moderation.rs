@@ -145,3 +145,52 @@ async fn roles_kicks_bans_and_mutes() -> anyhow::Result<()> {
     carol.say(&room, "after-mute", "thanks").await?;
     Ok(())
 }
+
+/// A user blocks another: no direct messages from them, in a conversation that existed before
+/// or a new one, until the block is lifted; the blocker may still write.
+#[tokio::test]
+async fn blocked_users_send_no_direct_messages() -> anyhow::Result<()> {
+    let node = Node::start(NodeOptions::default()).await?;
+    let (mut alice, _) = Client::user(&node, Encoding::Json, "alice").await?;
+    let (mut bob, _) = Client::user(&node, Encoding::Json, "bob").await?;
+    let (mut carol, _) = Client::user(&node, Encoding::Json, "carol").await?;
+    let req = bob.next_req();
+    let ServerFrame::Room { room: dm, .. } = bob.request(ClientFrame::OpenDirect { req, user: "alice".into() }).await?
+    else {
+        bail!("open_direct")
+    };
+    bob.say(&dm.id, "b1", "hi alice").await?;
+
+    let req = alice.next_req();
+    ok(&mut alice, ClientFrame::Block { req, user: "bob".into() }).await?;
+    let req = alice.next_req();
+    ok(&mut alice, ClientFrame::Block { req, user: "carol".into() }).await?;
+    let req = alice.next_req();
+    let ServerFrame::Blocked { users, .. } = alice.request(ClientFrame::ListBlocked { req }).await? else {
+        bail!("list")
+    };
+    ensure!(users == ["bob", "carol"], "{users:?}");
+
+    let req = bob.next_req();
+    let send = ClientFrame::Send {
+        req,
+        room: dm.id.clone(),
+        id: "b2".into(),
+        body: "hello?".into(),
+        reply_to: None,
+        mentions: vec![],
+    };
+    ensure!(refused(&mut bob, send).await? == ErrorCode::Forbidden, "a blocked user's direct message");
+    let req = carol.next_req();
+    let open = ClientFrame::OpenDirect { req, user: "alice".into() };
+    ensure!(refused(&mut carol, open).await? == ErrorCode::Forbidden, "a blocked user opening a conversation");
+    alice.say(&dm.id, "a1", "I can still write").await?;
+
+    let req = alice.next_req();
+    ok(&mut alice, ClientFrame::Unblock { req, user: "bob".into() }).await?;
+    bob.say(&dm.id, "b3", "thanks").await?;
+    let req = alice.next_req();
+    let frame = ClientFrame::Block { req, user: "nobody".into() };
+    ensure!(refused(&mut alice, frame).await? == ErrorCode::NoSuchUser);
+    Ok(())
+}

@@ -130,6 +130,46 @@ pub async fn thread(
     ServerFrame::Thread { req, room, root, replies, more: more || cut }
 }
 
+/// Refuse a write to a direct conversation whose other user blocked the caller.
+pub async fn check_not_blocked(ctx: &Ctx, req: ReqId, room: &str) -> Result<(), Box<ServerFrame>> {
+    let Some(other) = names::direct_peer(room, &ctx.user) else { return Ok(()) };
+    match ctx.hub.store.is_blocked(other, &ctx.user).await {
+        Ok(false) => Ok(()),
+        Ok(true) => Err(Box::new(blocked_by(req, other))),
+        Err(err) => Err(Box::new(store_error_frame(&ctx.hub, Some(req), err))),
+    }
+}
+
+/// The refusal of a direct message to `other`, who blocked the caller.
+pub fn blocked_by(req: ReqId, other: &str) -> ServerFrame {
+    error_frame(Some(req), ErrorCode::Forbidden, format!("`{other}` does not take direct messages from you"))
+}
+
+/// `block`, `unblock` and `list_blocked`.
+pub async fn blocks(ctx: &Ctx, frame: ClientFrame) -> ServerFrame {
+    let req = frame.req();
+    let (other, blocked) = match frame {
+        ClientFrame::Block { user, .. } => (user, true),
+        ClientFrame::Unblock { user, .. } => (user, false),
+        _ => {
+            return match ctx.hub.store.blocked_by(&ctx.user).await {
+                Ok(users) => ServerFrame::Blocked { req, users },
+                Err(err) => store_error_frame(&ctx.hub, Some(req), err),
+            }
+        }
+    };
+    if let Err(message) = names::validate_user_name(&other) {
+        return error_frame(Some(req), ErrorCode::InvalidName, message);
+    }
+    if other == ctx.user {
+        return error_frame(Some(req), ErrorCode::InvalidField, "you cannot block yourself");
+    }
+    match ctx.hub.store.set_blocked(&ctx.user, &other, blocked).await {
+        Ok(()) => ServerFrame::Ok { req },
+        Err(err) => store_error_frame(&ctx.hub, Some(req), err),
+    }
+}
+
 /// Longest reason a moderator may give for a kick or a ban, in bytes.
 pub const REASON_MAX_BYTES: usize = 512;
 
