@@ -143,16 +143,17 @@ pub(super) fn append_change(
     if let Some(entry) = entry_by_client_id(conn, room, request)? {
         return Ok(Appended { delivery: Delivery { entry, recipients: Recipients::none() }, duplicate: true });
     }
-    if !is_named_member(conn, room.rid, &request.from)? {
-        return Err(StoreError::NotMember { room: room.record.id.clone(), user: request.from.clone() });
+    if request.kind == EntryKind::Delete {
+        if !is_named_member(conn, room.rid, &request.from)? {
+            return Err(StoreError::NotMember { room: room.record.id.clone(), user: request.from.clone() });
+        }
+    } else {
+        moderate::check_may_post(conn, room, &request.from, request.ts)?;
     }
     let room_id = &room.record.id;
     let seq = request.details.target.ok_or_else(|| {
         StoreError::Backend(format!("invalid append to `{room_id}`: a {:?} entry names no target", request.kind))
     })?;
-    if request.kind != EntryKind::Delete {
-        moderate::check_not_muted(conn, room, &request.from, request.ts)?;
-    }
     let target = require_message(conn, room, seq)?;
     if target.deleted {
         return Err(StoreError::MessageDeleted { room: room_id.clone(), seq });

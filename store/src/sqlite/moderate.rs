@@ -86,15 +86,19 @@ pub(super) fn check_not_banned(conn: &Connection, room: &RoomRow, uid: i64, user
     }
 }
 
-/// `NotAllowed` if the member `from` is muted at `now`.
-pub(super) fn check_not_muted(conn: &Connection, room: &RoomRow, from: &str, now: u64) -> StoreResult<()> {
-    let Some(uid) = find_uid(conn, from)? else { return Ok(()) };
-    match standing(conn, room.rid, uid)? {
+/// `NotMember` unless `from` is a member, `NotAllowed` if they are muted at `now`.
+pub(super) fn check_may_post(conn: &Connection, room: &RoomRow, from: &str, now: u64) -> StoreResult<()> {
+    let standing = match find_uid(conn, from)? {
+        Some(uid) => standing(conn, room.rid, uid)?,
+        None => None,
+    };
+    match standing {
+        None => Err(StoreError::NotMember { room: room.record.id.clone(), user: from.to_owned() }),
         Some((_, until)) if until > now => Err(StoreError::NotAllowed(format!(
             "`{from}` is muted in `{}` until {until} (ms since the Unix epoch)",
             room.record.id
         ))),
-        _ => Ok(()),
+        Some(_) => Ok(()),
     }
 }
 
