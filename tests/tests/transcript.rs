@@ -293,7 +293,7 @@ async fn transcript(t: &mut Transcript) -> anyhow::Result<()> {
         "alice",
         json!({"type": "create_room", "req": 4, "name": "general"}),
         json!({"type": "room", "req": 4, "room": {"id": "$general", "name": "general", "kind": "group", "private": false,
-               "last_seq": 1, "read_seq": 0, "members": 1}}),
+               "last_seq": 1, "read_seq": 0, "members": 1, "role": "owner"}}),
         &[("alice", membership(1, "$general", 1, "join", "alice", "alice"))],
     )
     .await?;
@@ -303,7 +303,7 @@ async fn transcript(t: &mut Transcript) -> anyhow::Result<()> {
         "bob",
         json!({"type": "join", "req": 4, "room": "$general"}),
         json!({"type": "room", "req": 4, "room": {"id": "$general", "name": "general", "kind": "group", "private": false,
-               "last_seq": 2, "read_seq": 0, "members": 2}}),
+               "last_seq": 2, "read_seq": 0, "members": 2, "role": "member"}}),
         &[
             ("bob", membership(1, "$general", 2, "join", "bob", "bob")),
             ("laptop", membership(1, "$general", 2, "join", "bob", "bob")),
@@ -317,7 +317,7 @@ async fn transcript(t: &mut Transcript) -> anyhow::Result<()> {
         "alice",
         json!({"type": "create_room", "req": 5, "name": "plans", "private": true}),
         json!({"type": "room", "req": 5, "room": {"id": "$plans", "name": "plans", "kind": "group", "private": true,
-               "last_seq": 1, "read_seq": 0, "members": 1}}),
+               "last_seq": 1, "read_seq": 0, "members": 1, "role": "owner"}}),
         &[("alice", membership(3, "$plans", 1, "join", "alice", "alice"))],
     )
     .await?;
@@ -339,8 +339,10 @@ async fn transcript(t: &mut Transcript) -> anyhow::Result<()> {
         "bob",
         json!({"type": "list_rooms", "req": 6}),
         json!({"type": "rooms", "req": 6, "rooms": [
-            {"id": "$general", "name": "general", "kind": "group", "private": false, "last_seq": 2, "read_seq": 0, "members": 2},
-            {"id": "$plans", "name": "plans", "kind": "group", "private": true, "last_seq": 2, "read_seq": 0, "members": 2},
+            {"id": "$general", "name": "general", "kind": "group", "private": false, "last_seq": 2, "read_seq": 0, "members": 2,
+             "role": "member"},
+            {"id": "$plans", "name": "plans", "kind": "group", "private": true, "last_seq": 2, "read_seq": 0, "members": 2,
+             "role": "member"},
         ]}),
         &[],
     )
@@ -481,7 +483,7 @@ async fn transcript(t: &mut Transcript) -> anyhow::Result<()> {
 
     t.note("a direct conversation has a stable id, the same from either side");
     let direct = json!({"id": "dm:alice:bob", "name": "alice & bob", "kind": "direct", "private": true,
-                        "last_seq": 2, "read_seq": 0, "members": 2});
+                        "last_seq": 2, "read_seq": 0, "members": 2, "role": "member"});
     t.step(
         "alice",
         json!({"type": "open_direct", "req": 13, "user": "bob"}),
