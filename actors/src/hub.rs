@@ -207,7 +207,9 @@ impl Hub {
         room: &str,
         command: AppendCommand,
     ) -> Result<oneshot::Receiver<Result<Appended, StoreError>>, StoreError> {
-        let mut command = Some(command);
+        // Boxed: a command with its references is several hundred bytes, moved through the
+        // room's mailbox and its committer's queue.
+        let mut command = Some(Box::new(command));
         // A room actor may stop (idle, fenced) between lookup and send; one fresh lookup fixes it.
         for _ in 0..2 {
             let actor = self.room_actor(room).await?;

@@ -61,7 +61,7 @@ pub enum RoomMessage {
     /// message id) or the store's refusal. The instant is when it was handed to the room: its
     /// wait for the commit counts from there, the actor's mailbox included (the rooms' thread
     /// may be busy committing when it arrives).
-    Append(AppendCommand, RpcReplyPort<Result<Appended, StoreError>>, Instant),
+    Append(Box<AppendCommand>, RpcReplyPort<Result<Appended, StoreError>>, Instant),
     /// Periodic: stop if idle for `limits.room_idle_ms`.
     IdleCheck,
     /// Tests only: end the committer task as a panic would, to check that the actor follows it.
@@ -79,7 +79,7 @@ pub struct RoomArgs {
 }
 
 /// An append waiting for the committer, with where its outcome goes and when it was handed to the room.
-type Pending = (AppendCommand, RpcReplyPort<Result<Appended, StoreError>>, Instant);
+type Pending = (Box<AppendCommand>, RpcReplyPort<Result<Appended, StoreError>>, Instant);
 
 pub struct RoomState {
     hub: Arc<Hub>,

@@ -1197,6 +1197,11 @@ const TAKE_MAX_ENTRIES: usize = 64;
 /// connection, encoded straight from the shared entry (no copy of it per recipient) with its
 /// cursor; a large room's entry, whose encoding is shared too; or a run of a large room's
 /// entries, sent as one batch whose bytes are shared too.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "an `Out` lives for one flush (at most a take of entries and the replies ready), so its size costs nothing \
+              lasting, while boxing would cost an allocation for every reply"
+)]
 enum Out {
     Frame(ServerFrame),
     Entry(Option<Cursor>, Arc<Entry>),
