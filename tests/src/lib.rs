@@ -107,6 +107,12 @@ impl TestStore {
     }
 }
 
+/// Say on stdout, past the test harness's capture, that `test` is skipped and why.
+pub fn say_skipped(test: &str, reason: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().write_all(format!("SKIPPED {test}: {reason}\n").as_bytes());
+}
+
 /// Whether the `openssl` command (which makes the TLS tests' certificates) runs; if not, says on
 /// stdout that `test` is skipped and why.
 pub fn openssl_available(test: &str) -> bool {

@@ -89,6 +89,28 @@ async fn changes_through_a_node_that_does_not_own_the_room() -> anyhow::Result<(
         let mentions = rooms.iter().find(|r| r.id == room).map(|r| r.mentions);
         ensure!(mentions == Some(1), "ann's unread mentions: {mentions:?}");
 
+        // Moderation through the non-owner node: the owner (on the first node) makes ben an
+        // admin; ben bans cat (both on the second node), whose join is then refused by the owner
+        // node with `banned`, carried back over the wire.
+        let (mut cat, _) = Client::user(cluster.node(1), Encoding::Json, "cat").await?;
+        cat.join(&room).await?;
+        let req = on_first.next_req();
+        let set_role = ClientFrame::SetRole { req, room: room.clone(), user: "ben".into(), role: tests::Role::Admin };
+        ensure!(on_first.request(set_role).await? == ServerFrame::Ok { req }, "set_role");
+        let req = on_second.next_req();
+        let ban =
+            ClientFrame::Ban { req, room: room.clone(), user: "cat".into(), reason: Some("spam".into()), until: None };
+        ensure!(on_second.request(ban).await? == ServerFrame::Ok { req }, "ban through the non-owner node");
+        // The owner's node delivered the audit entry to its own member too.
+        while !on_first.ledger.iter().any(|(_, e)| e.kind == EntryKind::Ban && e.user.as_deref() == Some("cat")) {
+            on_first.recv().await?;
+        }
+        let req = cat.next_req();
+        match cat.request(ClientFrame::Join { req, room: room.clone() }).await? {
+            ServerFrame::Error { code: ErrorCode::Banned, .. } => {}
+            other => bail!("a banned user's join through the non-owner node: {other:?}"),
+        }
+
         // And a delete by the author reaches the other node's member.
         let req = on_first.next_req();
         acked(&mut on_first, ClientFrame::Delete { req, room: room.clone(), id: "d".into(), seq: question }).await?;

@@ -73,7 +73,7 @@ fn runnable(test: &str) -> bool {
         }
     };
     if let Some(reason) = &reason {
-        println!("SKIPPED {test}: {reason}");
+        tests::say_skipped(test, reason);
     }
     reason.is_none()
 }
