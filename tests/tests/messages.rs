@@ -252,8 +252,9 @@ async fn plain_messages_look_as_they_did() -> anyhow::Result<()> {
 #[tokio::test]
 async fn a_deleted_body_is_gone_from_the_database_file() -> anyhow::Result<()> {
     if TestStore::from_env() != TestStore::Sqlite {
-        println!(
-            "SKIPPED a_deleted_body_is_gone_from_the_database_file: reads the SQLite file; this run uses FoundationDB"
+        tests::say_skipped(
+            "a_deleted_body_is_gone_from_the_database_file",
+            "it reads the SQLite file; this run uses FoundationDB (docs/STORAGE.md says what erasure means there)",
         );
         return Ok(());
     }
