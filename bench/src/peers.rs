@@ -175,14 +175,7 @@ pub async fn next_payload(ws: &mut Ws) -> anyhow::Result<Vec<u8>> {
 pub fn publish(target: &Target, room: &str, run: &str, seq: u64, body: &str) -> Message {
     match target.kind {
         Kind::Palaver => {
-            let frame = ClientFrame::Send {
-                req: seq + 1_000,
-                room: room.to_string(),
-                id: format!("{run}-{seq}"),
-                body: body.to_string(),
-                reply_to: None,
-                mentions: Vec::new(),
-            };
+            let frame = ClientFrame::send(seq + 1_000, room.to_string(), format!("{run}-{seq}"), body.to_string());
             palaver_message(target.palaver_encoding(), &frame)
         }
         Kind::Nats => Message::Binary(format!("PUB {room} {}\r\n{body}\r\n", body.len()).into_bytes().into()),

@@ -343,6 +343,18 @@ impl ClientFrame {
         "receipts",
     ];
 
+    /// A plain `send`: a message that replies to nothing and mentions no one.
+    pub fn send(req: ReqId, room: impl Into<String>, id: impl Into<String>, body: impl Into<String>) -> ClientFrame {
+        ClientFrame::Send {
+            req,
+            room: room.into(),
+            id: id.into(),
+            body: body.into(),
+            reply_to: None,
+            mentions: Vec::new(),
+        }
+    }
+
     /// The request number of this frame (zero for `hello`).
     pub fn req(&self) -> ReqId {
         match self {

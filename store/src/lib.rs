@@ -32,6 +32,7 @@ pub mod conformance;
 #[cfg(feature = "fdb")]
 pub mod fdb;
 pub mod fdb_keys;
+mod rules;
 pub mod sqlite;
 
 /// The owner epoch of a room: bumped by every [`Store::claim_room`].

@@ -584,14 +584,7 @@ impl Chatter {
             }
             let client = self.client.as_mut().expect("connected");
             let req = client.next_req();
-            let frame = ClientFrame::Send {
-                req,
-                room: room.into(),
-                id: id.into(),
-                body: body.into(),
-                reply_to: None,
-                mentions: Vec::new(),
-            };
+            let frame = ClientFrame::send(req, room, id, body);
             let reply = tokio::time::timeout(REQUEST_TIMEOUT, client.request(frame)).await;
             self.take_received();
             match reply {

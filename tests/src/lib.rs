@@ -654,17 +654,7 @@ impl Client {
     /// Send a text message and wait for its ack; returns (seq, duplicate).
     pub async fn say(&mut self, room: &str, id: &str, body: &str) -> anyhow::Result<(u64, bool)> {
         let req = self.next_req();
-        match self
-            .request(ClientFrame::Send {
-                req,
-                room: room.into(),
-                id: id.into(),
-                body: body.into(),
-                reply_to: None,
-                mentions: Vec::new(),
-            })
-            .await?
-        {
+        match self.request(ClientFrame::send(req, room, id, body)).await? {
             ServerFrame::Ack { seq, duplicate, .. } => Ok((seq, duplicate)),
             other => bail!("send: {other:?}"),
         }
@@ -781,15 +771,7 @@ impl Client {
             let mut reqs = Vec::with_capacity(chunk.len());
             for (room, id, body) in chunk {
                 let req = self.next_req();
-                self.send(&ClientFrame::Send {
-                    req,
-                    room: room.clone(),
-                    id: id.clone(),
-                    body: body.clone(),
-                    reply_to: None,
-                    mentions: Vec::new(),
-                })
-                .await?;
+                self.send(&ClientFrame::send(req, room.clone(), id.clone(), body.clone())).await?;
                 reqs.push((req, id));
             }
             for (req, id) in reqs {

@@ -284,14 +284,7 @@ async fn answer(client: &mut Client, frame: ClientFrame, room: &str) -> anyhow::
 fn probes(client: &mut Client, room: &str, named: &str) -> Vec<ClientFrame> {
     let room = room.to_string();
     vec![
-        ClientFrame::Send {
-            req: client.next_req(),
-            room: room.clone(),
-            id: "probe-1".into(),
-            body: "hi".into(),
-            reply_to: None,
-            mentions: Vec::new(),
-        },
+        ClientFrame::send(client.next_req(), room.clone(), "probe-1", "hi"),
         ClientFrame::Join { req: client.next_req(), room: room.clone() },
         ClientFrame::Leave { req: client.next_req(), room: room.clone() },
         ClientFrame::Invite { req: client.next_req(), room: room.clone(), user: named.into() },

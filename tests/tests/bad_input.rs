@@ -122,7 +122,7 @@ fn name(base: &str, encoding: Encoding) -> String {
 }
 
 fn send(req: u64, room: &str, id: &str, body: &str) -> ClientFrame {
-    ClientFrame::Send { req, room: room.into(), id: id.into(), body: body.into(), reply_to: None, mentions: Vec::new() }
+    ClientFrame::send(req, room, id, body)
 }
 
 /// The cases, one per kind of bad input.

@@ -84,14 +84,7 @@ async fn the_minority_side_of_a_partition_does_not_write() -> anyhow::Result<()>
         // store, but without a quorum it serves no room.
         let (mut lonely, _) = Client::user(cluster.node(minority), Encoding::Json, "lonely").await?;
         let req = lonely.next_req();
-        let frame = ClientFrame::Send {
-            req,
-            room: rooms[0].clone(),
-            id: "minority-1".into(),
-            body: "lost?".into(),
-            reply_to: None,
-            mentions: Vec::new(),
-        };
+        let frame = ClientFrame::send(req, rooms[0].clone(), "minority-1", "lost?");
         match lonely.request(frame).await? {
             ServerFrame::Error { code: ErrorCode::Unavailable, message, .. } => {
                 assert!(message.contains("quorum"), "{message}")

@@ -76,17 +76,7 @@ async fn say(client: &mut Client, room: &str, id: &str, body: &str) -> anyhow::R
     let deadline = Instant::now() + DEADLINE;
     loop {
         let req = client.next_req();
-        match client
-            .request(ClientFrame::Send {
-                req,
-                room: room.into(),
-                id: id.into(),
-                body: body.into(),
-                reply_to: None,
-                mentions: Vec::new(),
-            })
-            .await?
-        {
+        match client.request(ClientFrame::send(req, room, id, body)).await? {
             ServerFrame::Ack { seq, .. } => return Ok(seq),
             ServerFrame::Error { code: ErrorCode::Unavailable, .. } if Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(100)).await

@@ -19,16 +19,7 @@ async fn duplicate_sends_messagepack() -> anyhow::Result<()> {
 /// Send and return the whole ack frame.
 async fn send(client: &mut Client, room: &str, id: &str, body: &str) -> anyhow::Result<ServerFrame> {
     let req = client.next_req();
-    let ack = client
-        .request(ClientFrame::Send {
-            req,
-            room: room.into(),
-            id: id.into(),
-            body: body.into(),
-            reply_to: None,
-            mentions: Vec::new(),
-        })
-        .await?;
+    let ack = client.request(ClientFrame::send(req, room, id, body)).await?;
     ensure!(matches!(ack, ServerFrame::Ack { .. }), "send {id}: {ack:?}");
     Ok(ack)
 }

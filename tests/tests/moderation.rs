@@ -71,14 +71,7 @@ async fn roles_kicks_bans_and_mutes() -> anyhow::Result<()> {
     let kick = audit_entry(&mut carol, &room, EntryKind::Kick, "carol").await?;
     ensure!(kick.from == "bob" && kick.body == "off topic", "{kick:?}");
     let req = carol.next_req();
-    let send = ClientFrame::Send {
-        req,
-        room: room.clone(),
-        id: "c1".into(),
-        body: "still here?".into(),
-        reply_to: None,
-        mentions: vec![],
-    };
+    let send = ClientFrame::send(req, room.clone(), "c1", "still here?");
     ensure!(refused(&mut carol, send).await? == ErrorCode::NotMember, "a kicked member cannot post");
     carol.join(&room).await?;
 
@@ -126,14 +119,7 @@ async fn roles_kicks_bans_and_mutes() -> anyhow::Result<()> {
     )
     .await?;
     let req = carol.next_req();
-    let send = ClientFrame::Send {
-        req,
-        room: room.clone(),
-        id: "c2".into(),
-        body: "let me talk".into(),
-        reply_to: None,
-        mentions: vec![],
-    };
+    let send = ClientFrame::send(req, room.clone(), "c2", "let me talk");
     ensure!(refused(&mut carol, send).await? == ErrorCode::Forbidden, "a muted member cannot post");
     let req = bob.next_req();
     match bob.request(ClientFrame::Delete { req, room: room.clone(), id: "mod-del".into(), seq }).await? {
@@ -172,14 +158,7 @@ async fn blocked_users_send_no_direct_messages() -> anyhow::Result<()> {
     ensure!(users == ["bob", "carol"], "{users:?}");
 
     let req = bob.next_req();
-    let send = ClientFrame::Send {
-        req,
-        room: dm.id.clone(),
-        id: "b2".into(),
-        body: "hello?".into(),
-        reply_to: None,
-        mentions: vec![],
-    };
+    let send = ClientFrame::send(req, dm.id.clone(), "b2", "hello?");
     ensure!(refused(&mut bob, send).await? == ErrorCode::Forbidden, "a blocked user's direct message");
     let req = carol.next_req();
     let open = ClientFrame::OpenDirect { req, user: "alice".into() };

@@ -100,14 +100,7 @@ async fn send_until_acked(
     loop {
         ensure!(Instant::now() < deadline, "`{id}` not acknowledged within two minutes");
         let req = client.next_req();
-        let frame = ClientFrame::Send {
-            req,
-            room: room.into(),
-            id: id.into(),
-            body: format!("body of {id}"),
-            reply_to: None,
-            mentions: vec![],
-        };
+        let frame = ClientFrame::send(req, room, id, format!("body of {id}"));
         match client.request(frame).await {
             Ok(ServerFrame::Ack { seq, .. }) => return Ok((seq, refusals)),
             Ok(ServerFrame::Error { code: ErrorCode::Unavailable | ErrorCode::Internal, .. }) => {

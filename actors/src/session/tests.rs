@@ -205,16 +205,7 @@ async fn sends_of_one_connection_keep_their_order_when_pipelined() {
     let mut alice = Conn::open(&f.hub);
     alice.login(&f.hub, "alice", None).await;
     for i in 0..20u64 {
-        alice
-            .send(ClientFrame::Send {
-                req: 100 + i,
-                room: f.room.clone(),
-                id: format!("p{i}"),
-                body: "x".into(),
-                reply_to: None,
-                mentions: Vec::new(),
-            })
-            .await;
+        alice.send(ClientFrame::send(100 + i, f.room.clone(), format!("p{i}"), "x")).await;
     }
     let mut acks = Vec::new();
     while acks.len() < 20 {

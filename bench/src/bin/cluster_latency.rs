@@ -31,16 +31,7 @@ async fn measure(
         let id = format!("{label}-{i}");
         let started = Instant::now();
         let req = sender.next_req();
-        sender
-            .send(&tests::ClientFrame::Send {
-                req,
-                room: room.into(),
-                id: id.clone(),
-                body: "x".into(),
-                reply_to: None,
-                mentions: Vec::new(),
-            })
-            .await?;
+        sender.send(&tests::ClientFrame::send(req, room, id.clone(), "x")).await?;
         receiver
             .wait_for_message(room, &id)
             .await

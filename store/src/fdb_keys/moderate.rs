@@ -8,7 +8,7 @@
 //! outlives the membership and may name someone who never joined; a join reads it with the keys
 //! it reads anyway, in the same round trip.
 
-use protocol::{EntryKind, Role, RoomKind};
+use protocol::{EntryKind, RoomKind};
 
 use super::amend::CheckedDetails;
 use super::kv::KvTxn;
@@ -75,35 +75,20 @@ pub(super) async fn apply_moderation<X: KvTxn>(
     let ban = decode_at::<X, _>(&ban_key, got.next().flatten(), BanValue::decode)?;
 
     let actor = actor.role_in(meta, &request.from);
-    let needed = if request.kind == EntryKind::Role { Role::Owner } else { Role::Admin };
-    if actor < needed {
-        return Err(StoreError::NotAllowed(format!(
-            "only the room's {} can do that in `{room}`",
-            if needed == Role::Owner { "owner" } else { "owner or admins" }
-        ))
-        .into());
-    }
-    if let Some(member) = &member {
-        if member.role_in(meta, subject) >= actor {
-            return Err(StoreError::NotAllowed(format!("`{subject}` ranks as high as you in `{room}`")).into());
-        }
-    }
+    crate::rules::check_moderation(
+        room,
+        request.kind,
+        actor,
+        subject,
+        member.as_ref().map(|m| m.role_in(meta, subject)),
+    )?;
     let require_member =
         || member.ok_or_else(|| StoreError::NotMember { room: room.clone(), user: subject.to_string() });
     let mut change = MembershipChange::Keeps;
     match request.kind {
         EntryKind::Role => {
             let member = require_member()?;
-            let role = match request.body.as_str() {
-                "admin" => Role::Admin,
-                "member" => Role::Member,
-                other => {
-                    return Err(StoreError::InvalidReference(format!(
-                        "a role given is `admin` or `member`, not `{other}`"
-                    ))
-                    .into())
-                }
-            };
+            let role = crate::rules::role_given(&request.body)?;
             writes.set(member_key, MemberValue { role: Some(role), ..member }.encode());
         }
         EntryKind::Kick => {

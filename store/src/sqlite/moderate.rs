@@ -153,18 +153,7 @@ pub(super) fn append_moderation(
         .ok_or_else(|| StoreError::Backend(format!("invalid append to `{room_id}`: moderation names no user")))?;
     let uid = require_uid(conn, subject)?;
     let subject_standing = standing(conn, rid, uid)?;
-    let needed = if request.kind == EntryKind::Role { Role::Owner } else { Role::Admin };
-    if actor < needed {
-        return Err(StoreError::NotAllowed(format!(
-            "only the room's {} can do that in `{room_id}`",
-            if needed == Role::Owner { "owner" } else { "owner or admins" }
-        )));
-    }
-    if let Some((rank, _)) = subject_standing {
-        if rank >= actor {
-            return Err(StoreError::NotAllowed(format!("`{subject}` ranks as high as you in `{room_id}`")));
-        }
-    }
+    crate::rules::check_moderation(room_id, request.kind, actor, subject, subject_standing.map(|(rank, _)| rank))?;
     let not_member = || StoreError::NotMember { room: room_id.clone(), user: subject.to_owned() };
     // Who the subject is to the room after this entry, for the fan-out: a member removed here
     // gets the entry too (they learn why), then stops being a member.
@@ -173,15 +162,7 @@ pub(super) fn append_moderation(
     match request.kind {
         EntryKind::Role => {
             subject_standing.ok_or_else(not_member)?;
-            let role = match request.body.as_str() {
-                "admin" => Role::Admin,
-                "member" => Role::Member,
-                other => {
-                    return Err(StoreError::InvalidReference(format!(
-                        "a role given is `admin` or `member`, not `{other}`"
-                    )))
-                }
-            };
+            let role = crate::rules::role_given(&request.body)?;
             set_role(conn, rid, uid, role)?;
         }
         EntryKind::Kick => {
