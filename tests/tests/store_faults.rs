@@ -169,18 +169,23 @@ async fn run_fault(fault: &str) -> anyhow::Result<()> {
 
     // Sends in flight when the database goes away; they must not be acknowledged before it is
     // back, and each must end up in the room once.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {
         let mut client = Client::connect(&node, Encoding::MessagePack).await?;
         client.authenticate(&token, None).await?;
-        let (room, token, url) = (room.clone(), token.clone(), url.clone());
+        let (room, token, url, stop) = (room.clone(), token.clone(), url.clone(), stop.clone());
+        // Sends one after another, each until acked, from before the fault until the database
+        // is back, so that some are in flight when it goes.
         tokio::spawn(async move {
             let mut acked = BTreeMap::new();
             let mut refused = 0;
-            for i in 0..20 {
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let id = format!("during-{i}");
                 let (seq, refusals) = send_until_acked(&url, &mut client, &token, &room, &id).await?;
                 refused += refusals;
                 acked.insert(id, seq);
+                i += 1;
             }
             anyhow::Ok((acked, refused))
         })
@@ -199,6 +204,7 @@ async fn run_fault(fault: &str) -> anyhow::Result<()> {
     }
     wait_ready(&node, 200, Duration::from_secs(60)).await.context("the node did not become ready again")?;
     let outage = started.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (during, refused) = writer.await??;
     ensure!(refused > 0, "no send was refused during a {outage:?} outage");
     acked.extend(during);
