@@ -515,9 +515,16 @@ pub async fn room_reply(
             }
         }
         (EntryKind::Leave, _, Ok(_)) => ServerFrame::Ok { req },
-        (EntryKind::Role | EntryKind::Kick | EntryKind::Ban | EntryKind::Unban | EntryKind::Mute, _, result) => {
-            messages::moderation_reply(ctx, req, room, result).await
-        }
+        (
+            EntryKind::Role
+            | EntryKind::Kick
+            | EntryKind::Ban
+            | EntryKind::Unban
+            | EntryKind::Mute
+            | EntryKind::Settings,
+            _,
+            result,
+        ) => messages::moderation_reply(ctx, req, room, result).await,
         // Not a member (sending, leaving, inviting), or a private room's self-join: a private
         // room must answer as if it did not exist.
         (_, _, Err(StoreError::NotMember { .. } | StoreError::Forbidden(_))) => refuse_room(ctx, req, room).await,
@@ -566,6 +573,9 @@ fn room_info(record: RoomRecord, read_seq: u64) -> RoomInfo {
         large: record.large_since.is_some(),
         mentions: 0,
         role: Role::Member,
+        topic: record.topic,
+        who_may_post: record.who_may_post,
+        who_may_invite: record.who_may_invite,
     }
 }
 

@@ -488,6 +488,10 @@ where
                 Ok((req, room, command)) => self.forward_to_room(req, room, command).await,
                 Err(frame) => self.reply_in_order(vec![*frame]),
             },
+            frame @ ClientFrame::SetRoom { .. } => match requests::messages::settings_command(&ctx.user, frame) {
+                Ok((req, room, command)) => self.forward_to_room(req, room, command).await,
+                Err(frame) => self.reply_in_order(vec![*frame]),
+            },
             frame @ (ClientFrame::Block { .. } | ClientFrame::Unblock { .. } | ClientFrame::ListBlocked { .. }) => {
                 self.pipeline(async move { vec![requests::messages::blocks(&ctx, frame).await] }.boxed())
             }

@@ -211,6 +211,24 @@ pub enum ClientFrame {
         #[serde(default)]
         until: Option<u64>,
     },
+    /// Change a group room's settings (owner or admin): each field given replaces the current
+    /// one, the others stay. Answered `ok`; every member gets a `settings` entry with all of the
+    /// room's settings as they are now.
+    SetRoom {
+        #[serde(default)]
+        req: ReqId,
+        room: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        topic: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        private: Option<bool>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        who_may_post: Option<Audience>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        who_may_invite: Option<Audience>,
+    },
     /// Take no more direct messages from `user` (they are told `forbidden` when they try).
     Block {
         #[serde(default)]
@@ -331,6 +349,7 @@ impl ClientFrame {
         "ban",
         "unban",
         "mute",
+        "set_room",
         "block",
         "unblock",
         "list_blocked",
@@ -380,6 +399,7 @@ impl ClientFrame {
             | ClientFrame::Ban { req, .. }
             | ClientFrame::Unban { req, .. }
             | ClientFrame::Mute { req, .. }
+            | ClientFrame::SetRoom { req, .. }
             | ClientFrame::Block { req, .. }
             | ClientFrame::Unblock { req, .. }
             | ClientFrame::ListBlocked { req }
@@ -425,6 +445,9 @@ pub enum EntryKind {
     Unban,
     /// `from` muted `user` until `until`, or lifted the mute (no `until`).
     Mute,
+    /// `from` (the owner or an admin) changed the room's settings; `settings` holds all of them
+    /// as they are from this entry on.
+    Settings,
 }
 
 impl EntryKind {
@@ -461,6 +484,74 @@ pub enum Role {
     Admin,
     /// What an admin does, and makes and unmakes admins.
     Owner,
+}
+
+/// Who may do something in a group room.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Audience {
+    /// Every member.
+    #[default]
+    Members,
+    /// The owner and the admins.
+    Moderators,
+}
+
+impl Audience {
+    /// Whether a member of this role is in the audience.
+    pub fn includes(self, role: Role) -> bool {
+        self == Audience::Members || role >= Role::Admin
+    }
+
+    fn is_members(&self) -> bool {
+        *self == Audience::Members
+    }
+}
+
+/// A group room's settings, all of them, as a `settings` entry carries them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomSettings {
+    pub name: String,
+    #[serde(default)]
+    pub topic: String,
+    /// Only members may invite others in; nobody joins by themselves.
+    #[serde(default)]
+    pub private: bool,
+    /// Who may send messages (reactions, edits and deletes of one's own messages stay open to
+    /// every member).
+    #[serde(default)]
+    pub who_may_post: Audience,
+    /// Who may invite users in.
+    #[serde(default)]
+    pub who_may_invite: Audience,
+}
+
+/// The settings a `set_room` changes: each one given replaces the room's, the others stay.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomSettingsChange {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub who_may_post: Option<Audience>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub who_may_invite: Option<Audience>,
+}
+
+impl RoomSettingsChange {
+    /// `current` with this change applied.
+    pub fn applied_to(&self, current: &RoomSettings) -> RoomSettings {
+        RoomSettings {
+            name: self.name.clone().unwrap_or_else(|| current.name.clone()),
+            topic: self.topic.clone().unwrap_or_else(|| current.topic.clone()),
+            private: self.private.unwrap_or(current.private),
+            who_may_post: self.who_may_post.unwrap_or(current.who_may_post),
+            who_may_invite: self.who_may_invite.unwrap_or(current.who_may_invite),
+        }
+    }
 }
 
 /// How many members gave one reaction to a message, and whether the caller is one of them.
@@ -519,6 +610,9 @@ pub struct Entry {
     /// In `history` and `thread` replies: the reactions to a text entry.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reactions: Vec<ReactionCount>,
+    /// For a settings entry: the room's settings from this entry on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<RoomSettings>,
 }
 
 /// Whether a room is a group room or a direct conversation.
@@ -551,6 +645,14 @@ pub struct RoomInfo {
     /// Messages after `read_seq` that mention this user (deleted ones not counted).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub mentions: u32,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub topic: String,
+    /// Who may send messages (every member when absent).
+    #[serde(default, skip_serializing_if = "Audience::is_members")]
+    pub who_may_post: Audience,
+    /// Who may invite users in (every member when absent).
+    #[serde(default, skip_serializing_if = "Audience::is_members")]
+    pub who_may_invite: Audience,
 }
 
 fn is_zero(n: &u32) -> bool {

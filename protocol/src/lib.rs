@@ -12,8 +12,9 @@ pub use codec::{
     DecodeError, Encoding,
 };
 pub use frames::{
-    ClientFrame, Cursor, Entry, EntryKind, ErrorCode, PresenceState, ReactionCount, ReadPosition, ReceiptKind, ReqId,
-    Role, RoomInfo, RoomKind, ServerFrame, UserPresence, SUPPORTED_VERSIONS,
+    Audience, ClientFrame, Cursor, Entry, EntryKind, ErrorCode, PresenceState, ReactionCount, ReadPosition,
+    ReceiptKind, ReqId, Role, RoomInfo, RoomKind, RoomSettings, RoomSettingsChange, ServerFrame, UserPresence,
+    SUPPORTED_VERSIONS,
 };
 
 /// Pick the newest version both sides speak, if any.

@@ -103,6 +103,8 @@ macro_rules! conformance_tests {
             admins_delete_any_message,
             direct_conversations_have_no_moderation,
             users_block_and_unblock,
+            moderators_change_the_room_settings,
+            settings_decide_who_posts_and_invites,
         );
     };
     (@cases $make:expr; $($case:ident),+ $(,)?) => {
@@ -120,7 +122,7 @@ pub(crate) use conformance_tests;
 // Helpers.
 
 pub(crate) const TS: u64 = 1_700_000_000_000;
-const LIMITS: MembershipLimits =
+pub(crate) const LIMITS: MembershipLimits =
     MembershipLimits { max_room_members: 1_000, max_rooms_per_user: 1_000, fanout_max_members: 1_000 };
 /// A minute to edit; three different reactions per message.
 pub const RULES: MessageRules = MessageRules { edit_window_ms: 60_000, max_reactions_per_message: 3 };

@@ -25,7 +25,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use protocol::{Cursor, Entry, EntryKind, ReactionCount, Role, RoomKind};
+use protocol::{Audience, Cursor, Entry, EntryKind, ReactionCount, Role, RoomKind, RoomSettings, RoomSettingsChange};
 
 #[cfg(test)]
 pub mod conformance;
@@ -73,6 +73,34 @@ pub struct RoomRecord {
     /// For a large room, the seq of its first entry that was not fanned out to user logs: entries
     /// from here on live in the room log only. `None` while the room fans out on write.
     pub large_since: Option<u64>,
+    pub topic: String,
+    pub who_may_post: Audience,
+    pub who_may_invite: Audience,
+}
+
+impl RoomRecord {
+    /// The settings a `settings` entry would carry for this room now.
+    pub fn settings(&self) -> RoomSettings {
+        RoomSettings {
+            name: self.name.clone(),
+            topic: self.topic.clone(),
+            private: self.private,
+            who_may_post: self.who_may_post,
+            who_may_invite: self.who_may_invite,
+        }
+    }
+
+    /// This record with `settings` in place of its own.
+    pub fn with_settings(self, settings: RoomSettings) -> RoomRecord {
+        RoomRecord {
+            name: settings.name,
+            topic: settings.topic,
+            private: settings.private,
+            who_may_post: settings.who_may_post,
+            who_may_invite: settings.who_may_invite,
+            ..self
+        }
+    }
 }
 
 /// A room to create, with its first members. Each initial member gets a `join` entry, in order.
@@ -120,6 +148,8 @@ pub struct EntryDetails {
     /// For ban and mute: until when (ms since the Unix epoch); none for good (ban) or to lift
     /// the mute.
     pub until: Option<u64>,
+    /// For settings: what changes.
+    pub settings: Option<RoomSettingsChange>,
 }
 
 /// One append to a room log.
@@ -149,6 +179,11 @@ pub struct EntryDetails {
 ///   `details.until` (lifted without). Each is an entry with `user` the subject, delivered to
 ///   the members at commit time (the subject included when they were one). In direct
 ///   conversations there is no moderation ([`StoreError::NotAllowed`]).
+///
+/// - `Settings`: `from`, the owner or an admin of a group room, changes its settings by
+///   `details.settings` ([`StoreError::Unchanged`] if that changes nothing); the entry carries
+///   all of them as they are after it. `who_may_post` moderators keeps members from appending
+///   text; `who_may_invite` moderators keeps them from inviting (both [`StoreError::NotAllowed`]).
 ///
 /// Text, edit, delete, react and unreact are keyed by (room, from, id) like text, so a retried
 /// request returns its first outcome. Moderation entries, like membership ones, carry a

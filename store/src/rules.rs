@@ -1,7 +1,8 @@
-//! The moderation rules, once for both backends: who may act on whom, and which roles can be
-//! given. Each backend reads the roles in its own transaction and asks here.
+//! The moderation rules, once for both backends: who may act on whom, which roles can be given,
+//! who may change a room's settings and what the settings allow. Each backend reads the roles in
+//! its own transaction and asks here.
 
-use protocol::{EntryKind, Role};
+use protocol::{Audience, EntryKind, Role, RoomKind, RoomSettings, RoomSettingsChange};
 
 use crate::{StoreError, StoreResult};
 
@@ -34,5 +35,46 @@ pub(crate) fn role_given(body: &str) -> StoreResult<Role> {
         "admin" => Ok(Role::Admin),
         "member" => Ok(Role::Member),
         other => Err(StoreError::InvalidReference(format!("a role given is `admin` or `member`, not `{other}`"))),
+    }
+}
+
+/// The room's settings after `change`, which `actor` asks for: an owner or admin of a group
+/// room, changing at least one thing.
+pub(crate) fn settings_after(
+    room: &str,
+    kind: RoomKind,
+    actor: Role,
+    current: &RoomSettings,
+    change: Option<&RoomSettingsChange>,
+) -> StoreResult<RoomSettings> {
+    if kind == RoomKind::Direct {
+        return Err(StoreError::NotAllowed("direct conversations have no settings to change".into()));
+    }
+    if actor < Role::Admin {
+        return Err(StoreError::NotAllowed(format!("only the room's owner or admins change the settings of `{room}`")));
+    }
+    let after = change.map_or_else(|| current.clone(), |change| change.applied_to(current));
+    if after == *current {
+        return Err(StoreError::Unchanged(format!("the settings of `{room}` are already so")));
+    }
+    Ok(after)
+}
+
+/// `NotAllowed` unless a member of rank `role` may send messages in a room where `who_may_post`.
+pub(crate) fn check_may_post(room: &str, who_may_post: Audience, role: Role) -> StoreResult<()> {
+    if who_may_post.includes(role) {
+        Ok(())
+    } else {
+        Err(StoreError::NotAllowed(format!("only the room's owner and admins post in `{room}`")))
+    }
+}
+
+/// `NotAllowed` unless a member of rank `role` may invite others into a room where
+/// `who_may_invite`.
+pub(crate) fn check_may_invite(room: &str, who_may_invite: Audience, role: Role) -> StoreResult<()> {
+    if who_may_invite.includes(role) {
+        Ok(())
+    } else {
+        Err(StoreError::NotAllowed(format!("only the room's owner and admins invite others into `{room}`")))
     }
 }

@@ -25,7 +25,9 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use futures_util::{SinkExt, StreamExt};
-pub use protocol::{ClientFrame, Encoding, Entry, EntryKind, ErrorCode, Role, ServerFrame};
+pub use protocol::{
+    Audience, ClientFrame, Encoding, Entry, EntryKind, ErrorCode, Role, RoomSettings, RoomSettingsChange, ServerFrame,
+};
 
 /// Milliseconds since the Unix epoch (the unit of `until` and `ts` in frames).
 pub fn now_ms() -> u64 {

@@ -4,7 +4,10 @@
 //! rejoin attempts and invitations until they end.
 
 use anyhow::{bail, ensure};
-use tests::{Client, ClientFrame, Encoding, EntryKind, ErrorCode, Node, NodeOptions, Role, ServerFrame};
+use tests::{
+    Audience, Client, ClientFrame, Encoding, EntryKind, ErrorCode, Node, NodeOptions, Role, RoomSettings,
+    RoomSettingsChange, ServerFrame,
+};
 
 async fn ok(client: &mut Client, frame: ClientFrame) -> anyhow::Result<()> {
     match client.request(frame).await? {
@@ -171,5 +174,124 @@ async fn blocked_users_send_no_direct_messages() -> anyhow::Result<()> {
     let req = alice.next_req();
     let frame = ClientFrame::Block { req, user: "nobody".into() };
     ensure!(refused(&mut alice, frame).await? == ErrorCode::NoSuchUser);
+    Ok(())
+}
+
+/// A `set_room` by `client` asking for `change`.
+fn set_room(client: &mut Client, room: &str, change: RoomSettingsChange) -> ClientFrame {
+    let RoomSettingsChange { name, topic, private, who_may_post, who_may_invite } = change;
+    ClientFrame::SetRoom {
+        req: client.next_req(),
+        room: room.to_owned(),
+        name,
+        topic,
+        private,
+        who_may_post,
+        who_may_invite,
+    }
+}
+
+/// The settings entry `client` received last for `room`, waiting for one after `after`.
+async fn settings_entry(client: &mut Client, room: &str, after: u64) -> anyhow::Result<tests::Entry> {
+    loop {
+        let found = client
+            .ledger
+            .iter()
+            .map(|(_, e)| e)
+            .filter(|e| e.room == room && e.kind == EntryKind::Settings && e.seq > after)
+            .last();
+        if let Some(entry) = found {
+            return Ok(entry.clone());
+        }
+        client.recv().await?;
+    }
+}
+
+#[tokio::test]
+async fn room_settings_decide_who_posts_and_invites() -> anyhow::Result<()> {
+    let node = Node::start(NodeOptions::default()).await?;
+    let (mut alice, _) = Client::user(&node, Encoding::Json, "alice").await?;
+    let (mut bob, _) = Client::user(&node, Encoding::MessagePack, "bob").await?;
+    let (mut carol, _) = Client::user(&node, Encoding::Json, "carol").await?;
+    let (mut dave, _) = Client::user(&node, Encoding::Json, "dave").await?;
+    let room = alice.create_room("announcements").await?;
+    bob.join(&room).await?;
+    carol.join(&room).await?;
+    let (first, _) = alice.say(&room, "a1", "welcome").await?;
+
+    // Only the owner and admins change settings; a change names at least one.
+    let frame =
+        set_room(&mut carol, &room, RoomSettingsChange { topic: Some("release notes".into()), ..Default::default() });
+    ensure!(refused(&mut carol, frame).await? == ErrorCode::Forbidden, "a member changes no settings");
+    let frame = set_room(&mut alice, &room, RoomSettingsChange::default());
+    ensure!(refused(&mut alice, frame).await? == ErrorCode::InvalidField, "a change of nothing");
+    let frame =
+        set_room(&mut alice, &room, RoomSettingsChange { topic: Some("bell\u{7}".into()), ..Default::default() });
+    ensure!(refused(&mut alice, frame).await? == ErrorCode::InvalidField, "control characters in a topic");
+    let frame = set_room(&mut alice, &room, RoomSettingsChange { name: Some("x".repeat(200)), ..Default::default() });
+    ensure!(refused(&mut alice, frame).await? == ErrorCode::InvalidField, "a name too long");
+
+    // The owner makes it an announcement room: every member gets the whole settings.
+    let announcements = RoomSettingsChange {
+        topic: Some("release notes".into()),
+        who_may_post: Some(Audience::Moderators),
+        ..Default::default()
+    };
+    let frame = set_room(&mut alice, &room, announcements.clone());
+    ok(&mut alice, frame).await?;
+    let change = settings_entry(&mut bob, &room, first).await?;
+    let expected = RoomSettings {
+        name: "announcements".into(),
+        topic: "release notes".into(),
+        private: false,
+        who_may_post: Audience::Moderators,
+        who_may_invite: Audience::Members,
+    };
+    ensure!(change.from == "alice" && change.settings.as_ref() == Some(&expected), "{change:?}");
+    let again = set_room(&mut alice, &room, announcements);
+    ensure!(refused(&mut alice, again).await? == ErrorCode::Unchanged, "the same settings again");
+    let req = carol.next_req();
+    let ServerFrame::Rooms { rooms, .. } = carol.request(ClientFrame::ListRooms { req }).await? else { bail!("rooms") };
+    let listed = rooms.iter().find(|r| r.id == room).expect("listed");
+    ensure!(listed.topic == "release notes" && listed.who_may_post == Audience::Moderators, "{listed:?}");
+
+    // Members no longer post, but still react; admins post.
+    let req = carol.next_req();
+    let send = ClientFrame::send(req, room.clone(), "c1", "can I?");
+    ensure!(refused(&mut carol, send).await? == ErrorCode::Forbidden, "members do not post");
+    let req = carol.next_req();
+    let react = ClientFrame::React {
+        req,
+        room: room.clone(),
+        id: "c2".into(),
+        seq: first,
+        reaction: "🎉".into(),
+        remove: false,
+    };
+    ensure!(matches!(carol.request(react).await?, ServerFrame::Ack { .. }), "members still react");
+    let req = alice.next_req();
+    ok(&mut alice, ClientFrame::SetRole { req, room: room.clone(), user: "bob".into(), role: Role::Admin }).await?;
+    bob.say(&room, "b1", "v1.2 is out").await?;
+
+    // Invitations for moderators only: carol cannot bring dave in, bob can.
+    let frame = set_room(
+        &mut bob,
+        &room,
+        RoomSettingsChange { who_may_invite: Some(Audience::Moderators), ..Default::default() },
+    );
+    ok(&mut bob, frame).await?;
+    let req = carol.next_req();
+    let invite = ClientFrame::Invite { req, room: room.clone(), user: "dave".into() };
+    ensure!(refused(&mut carol, invite).await? == ErrorCode::Forbidden, "members do not invite");
+    let req = bob.next_req();
+    ok(&mut bob, ClientFrame::Invite { req, room: room.clone(), user: "dave".into() }).await?;
+
+    // A device that was away gets the changes in its history, in order.
+    let req = dave.next_req();
+    let history = ClientFrame::History { req, room: room.clone(), before: None, after: Some(0), limit: None };
+    let ServerFrame::History { entries, .. } = dave.request(history).await? else { bail!("history") };
+    let changes: Vec<_> = entries.iter().filter_map(|e| e.settings.as_ref()).collect();
+    ensure!(changes.len() == 2, "both changes in history: {changes:?}");
+    ensure!(changes[1].who_may_invite == Audience::Moderators && changes[1].topic == "release notes");
     Ok(())
 }

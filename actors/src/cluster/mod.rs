@@ -232,6 +232,7 @@ impl Cluster {
             reply_to: command.details.reply_to,
             mentions: command.details.mentions,
             until: command.details.until,
+            settings: command.details.settings,
         });
         if router.cast(message).is_err() {
             self.pending.lock().remove(&id);

@@ -15,7 +15,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use protocol::{Entry, EntryKind, ServerFrame};
+use protocol::{Entry, EntryKind, RoomSettingsChange, ServerFrame};
 use serde::{Deserialize, Serialize};
 
 use crate::presence::Change;
@@ -127,6 +127,8 @@ pub struct ForwardedAppend {
     pub mentions: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub until: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<RoomSettingsChange>,
 }
 
 impl ForwardedAppend {
@@ -142,6 +144,7 @@ impl ForwardedAppend {
                 reply_to: self.reply_to,
                 mentions: self.mentions.clone(),
                 until: self.until,
+                settings: self.settings.clone(),
             },
         }
     }
@@ -548,6 +551,27 @@ mod tests {
                 reply_to: None,
                 mentions: Vec::new(),
                 until: None,
+                settings: None,
+            }),
+            RouterMessage::Append(ForwardedAppend {
+                id: 6,
+                from: "a".into(),
+                room: "r1".into(),
+                kind: EntryKind::Settings,
+                sender: "alice".into(),
+                message_id: "settings.1".into(),
+                user: None,
+                body: String::new(),
+                trace: 10,
+                target: None,
+                reply_to: None,
+                mentions: Vec::new(),
+                until: None,
+                settings: Some(RoomSettingsChange {
+                    topic: Some("news".into()),
+                    who_may_post: Some(protocol::Audience::Moderators),
+                    ..RoomSettingsChange::default()
+                }),
             }),
             RouterMessage::Reply(AppendReply {
                 id: 5,

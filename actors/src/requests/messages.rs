@@ -1,13 +1,14 @@
 //! Requests about messages that change: edit, delete and react (checked here, then appended by
 //! the room's owner like a send), the references a send may carry (the message it replies to,
 //! the members it mentions), threads, the reactions shown with history, and moderation (roles,
-//! kick, ban, unban, mute: checked here, decided by the store in the append's transaction).
+//! kick, ban, unban, mute) and room settings: checked here, decided by the store in the
+//! append's transaction.
 //!
 //! What can be checked without the room's state is checked here, so a malformed request never
 //! reaches the room; who may do what to which message is the store's decision, taken inside the
 //! append's transaction (see `store::AppendRequest`).
 
-use protocol::{ClientFrame, Entry, EntryKind, ErrorCode, ReqId, Role, ServerFrame};
+use protocol::{ClientFrame, Entry, EntryKind, ErrorCode, ReqId, Role, RoomSettingsChange, ServerFrame};
 
 use super::{check_send, error_frame, fit_page, refuse_room, require_member, store_error_frame, Ctx};
 use crate::limits::Limits;
@@ -215,6 +216,52 @@ pub fn moderation_command(user: &str, frame: ClientFrame) -> Result<(ReqId, Stri
     let details = EntryDetails { until, ..EntryDetails::default() };
     let id = super::membership_entry_id(&format!("{kind:?}").to_lowercase());
     Ok((req, room, AppendCommand { kind, from: user.to_owned(), id, user: Some(subject), body, details }))
+}
+
+/// Longest topic a room may have, in bytes.
+pub const TOPIC_MAX_BYTES: usize = 1024;
+
+/// The room and the command for a `set_room` frame, or the error reply. Like moderation, the
+/// entry carries a node-made id: a repeated request changes nothing and is answered `unchanged`.
+pub fn settings_command(user: &str, frame: ClientFrame) -> Result<(ReqId, String, AppendCommand), Box<ServerFrame>> {
+    let ClientFrame::SetRoom { req, room, name, topic, private, who_may_post, who_may_invite } = frame else {
+        return Err(Box::new(error_frame(Some(frame.req()), ErrorCode::Internal, "not a settings request")));
+    };
+    let invalid = |message: String| Box::new(error_frame(Some(req), ErrorCode::InvalidField, message));
+    if let Err(message) = names::validate_room_id(&room) {
+        return Err(Box::new(error_frame(Some(req), ErrorCode::NoSuchRoom, message)));
+    }
+    let name =
+        name.map(|name| names::validate_room_name(&name)).transpose().map_err(|m| invalid(format!("`name`: {m}")))?;
+    if let Some(topic) = &topic {
+        if topic.len() > TOPIC_MAX_BYTES || topic.chars().any(|c| c.is_control() && c != '\n') {
+            return Err(invalid(format!(
+                "`topic` is at most {TOPIC_MAX_BYTES} bytes, without control characters but line breaks"
+            )));
+        }
+        if let Some(c) = names::hidden_char(topic) {
+            let code = u32::from(c);
+            return Err(invalid(format!(
+                "`topic` must not contain invisible or text-direction characters (found U+{code:04X})"
+            )));
+        }
+    }
+    let change = RoomSettingsChange { name, topic, private, who_may_post, who_may_invite };
+    if change == RoomSettingsChange::default() {
+        return Err(invalid(
+            "`set_room` changes nothing: give one or more of name, topic, private, who_may_post, who_may_invite".into(),
+        ));
+    }
+    let details = EntryDetails { settings: Some(change), ..EntryDetails::default() };
+    let command = AppendCommand {
+        kind: EntryKind::Settings,
+        from: user.to_owned(),
+        id: super::membership_entry_id("settings"),
+        user: None,
+        body: String::new(),
+        details,
+    };
+    Ok((req, room, command))
 }
 
 /// The reply to a moderation request: `ok`, or the store's refusal. Not being a member

@@ -1,11 +1,12 @@
-//! Conformance cases for moderation: roles, kicks, bans and mutes.
+//! Conformance cases for moderation: roles, kicks, bans and mutes, blocks, and room settings.
 
 use std::sync::Arc;
 
-use protocol::{EntryKind, Role};
+use protocol::{Audience, EntryKind, Role, RoomKind, RoomSettings, RoomSettingsChange};
 
 use super::{join, refused, room_with, send, text, users, whole_log, TS};
 use crate::{AppendRequest, EntryDetails, Epoch, Store, StoreError};
+use crate::{HistoryPage, NewRoom};
 
 /// A moderation entry by `from` on `user`.
 fn act(room: &str, epoch: Epoch, kind: EntryKind, from: &str, user: &str, body: &str) -> AppendRequest {
@@ -186,4 +187,103 @@ pub async fn users_block_and_unblock(store: Arc<dyn Store>) {
     assert_eq!(store.blocked_by("a").await.expect("blocked by"), ["c"]);
     assert_eq!(store.set_blocked("a", "nobody", true).await, Err(StoreError::NoSuchUser("nobody".into())));
     assert!(store.blocked_by("b").await.expect("blocked by").is_empty());
+}
+
+/// A settings entry by `from`.
+fn settings(room: &str, epoch: Epoch, from: &str, id: &str, change: RoomSettingsChange) -> AppendRequest {
+    AppendRequest {
+        kind: EntryKind::Settings,
+        details: EntryDetails { settings: Some(change), ..EntryDetails::default() },
+        ..text(room, epoch, from, id, "")
+    }
+}
+
+/// The owner and admins change a room's settings; the entry carries all of them, every member
+/// gets it, and the room reads back changed (alone and in the member's list).
+pub async fn moderators_change_the_room_settings(store: Arc<dyn Store>) {
+    let store = store.as_ref();
+    users(store, &["o", "a", "m"]).await;
+    let epoch = room_with(store, "r", &["o", "a", "m"], false).await;
+    let topic = RoomSettingsChange { topic: Some("plans for the week".into()), ..RoomSettingsChange::default() };
+    not_allowed(refused(store, settings("r", epoch, "m", "s0", topic.clone())).await);
+    let changed = send(store, settings("r", epoch, "o", "s1", topic.clone())).await.delivery;
+    assert_eq!(changed.entry.kind, EntryKind::Settings);
+    let expected = RoomSettings {
+        name: "room r".into(),
+        topic: "plans for the week".into(),
+        private: false,
+        who_may_post: Audience::Members,
+        who_may_invite: Audience::Members,
+    };
+    assert_eq!(changed.entry.settings.as_ref(), Some(&expected), "the entry carries every setting");
+    assert_eq!(super::recipient_names(&changed).len(), 3, "every member sees the change");
+    let err = refused(store, settings("r", epoch, "o", "s2", topic)).await;
+    assert!(matches!(err, StoreError::Unchanged(_)), "the same settings again: {err:?}");
+
+    send(store, act("r", epoch, EntryKind::Role, "o", "a", "admin")).await;
+    let rename = RoomSettingsChange {
+        name: Some("Plans".into()),
+        private: Some(true),
+        who_may_invite: Some(Audience::Moderators),
+        ..RoomSettingsChange::default()
+    };
+    let renamed = send(store, settings("r", epoch, "a", "s3", rename)).await.delivery.entry;
+    let expected =
+        RoomSettings { name: "Plans".into(), private: true, who_may_invite: Audience::Moderators, ..expected };
+    assert_eq!(renamed.settings.as_ref(), Some(&expected), "unchanged settings are kept");
+    let record = store.room("r").await.expect("room").expect("room");
+    assert_eq!(record.settings(), expected);
+    let mine = store.rooms_of("m").await.expect("rooms of");
+    assert_eq!(mine[0].room.settings(), expected, "the member's list shows the new settings");
+    let history = store.history("r", HistoryPage::After(renamed.seq - 1), 1).await.expect("history").0;
+    assert_eq!(history[0].settings.as_ref(), Some(&expected), "history reads the entry back whole");
+    // A private room now: nobody joins by themselves.
+    users(store, &["x"]).await;
+    let err = refused(store, join("r", epoch, "x", "x", "j1")).await;
+    assert!(matches!(err, StoreError::Forbidden(_)), "{err:?}");
+    // Direct conversations have no settings.
+    let direct = NewRoom {
+        id: "dm:m:o".into(),
+        name: String::new(),
+        kind: RoomKind::Direct,
+        private: true,
+        creator: "m".into(),
+        members: vec!["m".into(), "o".into()],
+        ts: TS,
+    };
+    store.create_room(direct, super::LIMITS).await.expect("direct");
+    let epoch = store.claim_room("dm:m:o", "node-1").await.expect("claim");
+    let name = RoomSettingsChange { name: Some("ours".into()), ..RoomSettingsChange::default() };
+    not_allowed(refused(store, settings("dm:m:o", epoch, "m", "s4", name)).await);
+}
+
+/// `who_may_post` and `who_may_invite` set to moderators hold members to them; reactions stay
+/// open, and opening the room again lets members post.
+pub async fn settings_decide_who_posts_and_invites(store: Arc<dyn Store>) {
+    let store = store.as_ref();
+    users(store, &["o", "a", "m", "x", "y"]).await;
+    let epoch = room_with(store, "r", &["o", "a", "m"], false).await;
+    send(store, act("r", epoch, EntryKind::Role, "o", "a", "admin")).await;
+    let first = send(store, text("r", epoch, "m", "m1", "before")).await.delivery.entry.seq;
+    let closed = RoomSettingsChange {
+        who_may_post: Some(Audience::Moderators),
+        who_may_invite: Some(Audience::Moderators),
+        ..RoomSettingsChange::default()
+    };
+    send(store, settings("r", epoch, "o", "s1", closed)).await;
+    not_allowed(refused(store, text("r", epoch, "m", "m2", "now?")).await);
+    not_allowed(refused(store, join("r", epoch, "m", "x", "j1")).await);
+    send(store, text("r", epoch, "a", "a1", "announcement")).await;
+    send(store, text("r", epoch, "o", "o1", "announcement")).await;
+    send(store, join("r", epoch, "a", "x", "j2")).await;
+    let react = AppendRequest {
+        kind: EntryKind::React,
+        details: EntryDetails { target: Some(first), ..EntryDetails::default() },
+        ..text("r", epoch, "m", "r1", "👍")
+    };
+    send(store, react).await;
+    let open = RoomSettingsChange { who_may_post: Some(Audience::Members), ..RoomSettingsChange::default() };
+    send(store, settings("r", epoch, "a", "s2", open)).await;
+    send(store, text("r", epoch, "m", "m3", "thanks")).await;
+    not_allowed(refused(store, join("r", epoch, "m", "y", "j3")).await);
 }

@@ -13,7 +13,7 @@
 //! and mentions and the bodies of its edits are overwritten, its reactions and mention keys
 //! cleared.
 
-use protocol::{Entry, EntryKind, ReactionCount, Role, RoomKind};
+use protocol::{Entry, EntryKind, ReactionCount, Role, RoomKind, RoomSettings};
 
 use super::kv::{corrupt, together, KvTxn};
 use super::layout::Keyspace;
@@ -38,6 +38,8 @@ pub(super) struct CheckedDetails {
     pub notify: Vec<String>,
     /// For ban and mute: until when.
     pub until: Option<u64>,
+    /// For settings: the room's settings after the entry.
+    pub settings: Option<RoomSettings>,
 }
 
 /// The text entry `seq` of `room`: `NoSuchMessage` if there is none or the entry is not a

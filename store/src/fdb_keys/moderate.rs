@@ -6,7 +6,8 @@
 //! its sender, so checking a mute costs no read, and both end with the membership (a member who
 //! leaves and comes back is a plain member again). A ban has a key of its own, `ban`, because it
 //! outlives the membership and may name someone who never joined; a join reads it with the keys
-//! it reads anyway, in the same round trip.
+//! it reads anyway, in the same round trip. A room's settings, changed by its moderators, are
+//! applied here too: they live in the room's `room` value, which every append reads.
 
 use protocol::{EntryKind, RoomKind};
 
@@ -118,4 +119,31 @@ pub(super) async fn apply_moderation<X: KvTxn>(
     }
     let until = request.details.until.filter(|_| matches!(request.kind, EntryKind::Ban | EntryKind::Mute));
     Ok((Subject { user: subject.to_string(), change }, CheckedDetails { until, ..CheckedDetails::default() }))
+}
+
+/// Check a settings entry and collect its effect in `writes` (the room's `room` value).
+pub(super) async fn apply_settings<X: KvTxn>(
+    t: &X,
+    cx: &AppendContext<'_>,
+    state: &RoomState,
+    writes: &mut WriteSet,
+) -> R<CheckedDetails, X> {
+    let (ks, request) = (cx.ks, cx.request);
+    let room = &request.room;
+    let from_key = ks.member(room, &request.from);
+    writes.read(&from_key);
+    let from_value = t.get(&from_key).await?;
+    let Some(actor) = decode_at::<X, _>(&from_key, from_value, MemberValue::decode)? else {
+        return Err(StoreError::NotMember { room: room.clone(), user: request.from.clone() }.into());
+    };
+    let meta = &state.meta;
+    let settings = crate::rules::settings_after(
+        room,
+        meta.kind,
+        actor.role_in(meta, &request.from),
+        &meta.settings(),
+        request.details.settings.as_ref(),
+    )?;
+    writes.set(ks.room(room), meta.with_settings(settings.clone()).encode());
+    Ok(CheckedDetails { settings: Some(settings), ..CheckedDetails::default() })
 }

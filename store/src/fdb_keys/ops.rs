@@ -34,7 +34,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use protocol::{Cursor, Entry, EntryKind, ReactionCount, Role, RoomKind};
+use protocol::{Audience, Cursor, Entry, EntryKind, ReactionCount, Role, RoomKind};
 
 use super::amend::{self, CheckedDetails};
 use super::kv::{corrupt, Attempt, KvDb, KvTxn, TxnError, TxnResult};
@@ -126,6 +126,9 @@ impl RoomState {
             last_seq: self.head.last_seq,
             members: self.head.members,
             large_since: self.meta.large_since,
+            topic: self.meta.topic.clone(),
+            who_may_post: self.meta.who_may_post,
+            who_may_invite: self.meta.who_may_invite,
         }
     }
 }
@@ -412,6 +415,9 @@ async fn create_room<X: KvTxn>(
         private: room.private,
         created_by: room.creator.clone(),
         large_since,
+        topic: String::new(),
+        who_may_post: Audience::Members,
+        who_may_invite: Audience::Members,
     };
     writes.set(ks.room(&room.id), meta.encode());
     let mut entries = Vec::with_capacity(names.len());
@@ -590,6 +596,8 @@ async fn append<X: KvTxn>(t: &X, cx: &AppendContext<'_>) -> R<Appended, X> {
             };
             let details = if kind == EntryKind::Text {
                 moderate::check_not_muted(&request.room, &request.from, &sender, request.ts)?;
+                let role = sender.role_in(&state.meta, &request.from);
+                crate::rules::check_may_post(&request.room, state.meta.who_may_post, role)?;
                 amend::check_message_refs(t, cx, &mut writes).await?
             } else {
                 amend::apply_change(t, cx, &state, &sender, &mut writes).await?
@@ -605,6 +613,10 @@ async fn append<X: KvTxn>(t: &X, cx: &AppendContext<'_>) -> R<Appended, X> {
                         return recovered(t, ks, entry, state.meta.large_since).await;
                     }
                 }
+            }
+            if request.kind == EntryKind::Settings {
+                let details = moderate::apply_settings(t, cx, &state, &mut writes).await?;
+                return commit_entry(t, cx, state, writes, None, details).await;
             }
             if request.kind.is_moderation() {
                 let (subject, details) = moderate::apply_moderation(t, cx, &state, &mut writes).await?;
@@ -717,10 +729,11 @@ async fn check_join<X: KvTxn>(
     for key in [&head_key, &user_key, &from_key, &ban_key] {
         writes.read(key);
     }
-    let mut got = t.get_many(&[head_key.clone(), user_key, from_key, ban_key.clone()]).await?.into_iter();
+    let mut got = t.get_many(&[head_key.clone(), user_key, from_key.clone(), ban_key.clone()]).await?.into_iter();
     let head = decode_at::<X, _>(&head_key, got.next().flatten(), UserHead::decode)?
         .ok_or_else(|| StoreError::NoSuchUser(user.to_string()))?;
-    let (is_member, from_is_member) = (got.next().flatten().is_some(), got.next().flatten().is_some());
+    let is_member = got.next().flatten().is_some();
+    let inviter = decode_at::<X, _>(&from_key, got.next().flatten(), MemberValue::decode)?;
     let ban = decode_at::<X, _>(&ban_key, got.next().flatten(), BanValue::decode)?;
     if is_member {
         return Err(StoreError::AlreadyMember { room: room.clone(), user: user.to_string() }.into());
@@ -729,8 +742,12 @@ async fn check_join<X: KvTxn>(
         if state.meta.private {
             return Err(StoreError::Forbidden(room.clone()).into());
         }
-    } else if !from_is_member {
-        return Err(StoreError::NotMember { room: room.clone(), user: request.from.clone() }.into());
+    } else {
+        let Some(inviter) = inviter else {
+            return Err(StoreError::NotMember { room: room.clone(), user: request.from.clone() }.into());
+        };
+        let role = inviter.role_in(&state.meta, &request.from);
+        crate::rules::check_may_invite(room, state.meta.who_may_invite, role)?;
     }
     moderate::check_not_banned(room, user, ban, request.ts)?;
     let limits = request.limits;
@@ -854,6 +871,7 @@ async fn commit_entry<X: KvTxn>(
         edited_at: None,
         deleted: false,
         until: details.until,
+        settings: details.settings,
     };
     writes.set(ks.room_log(room, seq), value.encode());
     if request.kind.has_client_id() {

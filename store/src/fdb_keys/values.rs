@@ -10,7 +10,7 @@
 //!   node that meets a format it does not know reports [`CodecError::UnknownFormat`] instead of
 //!   misreading the value.
 
-use protocol::{Entry, EntryKind, Role, RoomKind};
+use protocol::{Audience, Entry, EntryKind, Role, RoomKind, RoomSettings};
 
 use super::tuple::{TupleError, TupleReader, TupleWriter};
 
@@ -78,6 +78,10 @@ impl AccountValue {
 /// kept in the room log only, stored as 0 while the room fans out on write (seqs start at 1),
 /// and read as 0 from values that predate it. It lives here rather than in the head so that the
 /// one-way switch is never undone by a rewrite of the head.
+///
+/// `topic`, `who_may_post` and `who_may_invite` (added later still, with room settings) read as
+/// no topic and every member allowed from values that predate them. A settings entry rewrites
+/// the value, with the name and privacy it changes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoomMeta {
     pub name: String,
@@ -85,6 +89,9 @@ pub struct RoomMeta {
     pub private: bool,
     pub created_by: String,
     pub large_since: Option<u64>,
+    pub topic: String,
+    pub who_may_post: Audience,
+    pub who_may_invite: Audience,
 }
 
 impl RoomMeta {
@@ -95,7 +102,33 @@ impl RoomMeta {
             .boolean(self.private)
             .str(&self.created_by)
             .uint(self.large_since.unwrap_or(0))
+            .str(&self.topic)
+            .uint(audience_code(self.who_may_post))
+            .uint(audience_code(self.who_may_invite))
             .into_bytes()
+    }
+
+    /// The settings part of the value.
+    pub fn settings(&self) -> RoomSettings {
+        RoomSettings {
+            name: self.name.clone(),
+            topic: self.topic.clone(),
+            private: self.private,
+            who_may_post: self.who_may_post,
+            who_may_invite: self.who_may_invite,
+        }
+    }
+
+    /// This value with `settings` in place of its own.
+    pub fn with_settings(&self, settings: RoomSettings) -> RoomMeta {
+        RoomMeta {
+            name: settings.name,
+            topic: settings.topic,
+            private: settings.private,
+            who_may_post: settings.who_may_post,
+            who_may_invite: settings.who_may_invite,
+            ..self.clone()
+        }
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
@@ -106,6 +139,9 @@ impl RoomMeta {
             private: r.boolean()?,
             created_by: r.str()?,
             large_since: Some(r.uint_or(0)?).filter(|&seq| seq > 0),
+            topic: if r.is_empty() { String::new() } else { r.str()? },
+            who_may_post: audience(r.uint_or(0)?)?,
+            who_may_invite: audience(r.uint_or(0)?)?,
         })
     }
 }
@@ -134,8 +170,10 @@ impl RoomHead {
 /// `commit_unknown_result` the retry finds out whether the entry at hand is its own.
 ///
 /// The fields from `target` on were added after format 1 was first written, for messages that
-/// change, and `until` after them, for moderation; values that predate them read as a message
-/// never replied to, mentioning nobody, never edited or deleted, and an entry with no end.
+/// change, `until` after them, for moderation, and the settings after that (a flag, then for a
+/// settings entry name, topic, private, who may post, who may invite); values that predate
+/// them read as a message never replied to, mentioning nobody, never edited or deleted, and an
+/// entry with no end and no settings.
 /// `target` and `reply_to` are seqs, stored as 0 for none (seqs start at 1); the mentions are a
 /// count followed by that many names, so a field added later still goes after them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -160,6 +198,8 @@ pub struct EntryValue {
     /// For ban and mute: until when (ms since the Unix epoch); none for good (ban) or for a
     /// lifted mute.
     pub until: Option<u64>,
+    /// For settings: the room's settings from this entry on.
+    pub settings: Option<RoomSettings>,
 }
 
 impl EntryValue {
@@ -178,7 +218,16 @@ impl EntryValue {
         for name in &self.mentions {
             w = w.str(name);
         }
-        w.opt_uint(self.edited_at).boolean(self.deleted).opt_uint(self.until).into_bytes()
+        w = w.opt_uint(self.edited_at).boolean(self.deleted).opt_uint(self.until).boolean(self.settings.is_some());
+        if let Some(settings) = &self.settings {
+            w = w
+                .str(&settings.name)
+                .str(&settings.topic)
+                .boolean(settings.private)
+                .uint(audience_code(settings.who_may_post))
+                .uint(audience_code(settings.who_may_invite));
+        }
+        w.into_bytes()
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
@@ -200,6 +249,17 @@ impl EntryValue {
             edited_at: if r.is_empty() { None } else { r.opt_uint()? },
             deleted: if r.is_empty() { false } else { r.boolean()? },
             until: if r.is_empty() { None } else { r.opt_uint()? },
+            settings: if r.is_empty() || !r.boolean()? {
+                None
+            } else {
+                Some(RoomSettings {
+                    name: r.str()?,
+                    topic: r.str()?,
+                    private: r.boolean()?,
+                    who_may_post: audience(r.uint()?)?,
+                    who_may_invite: audience(r.uint()?)?,
+                })
+            },
         })
     }
 
@@ -220,6 +280,7 @@ impl EntryValue {
             deleted: self.deleted,
             until: self.until,
             reactions: Vec::new(),
+            settings: self.settings,
         }
     }
 }
@@ -426,6 +487,7 @@ fn entry_kind_code(kind: EntryKind) -> u64 {
         EntryKind::Ban => 9,
         EntryKind::Unban => 10,
         EntryKind::Mute => 11,
+        EntryKind::Settings => 12,
     }
 }
 
@@ -443,6 +505,7 @@ fn entry_kind(code: u64) -> Result<EntryKind, CodecError> {
         9 => Ok(EntryKind::Ban),
         10 => Ok(EntryKind::Unban),
         11 => Ok(EntryKind::Mute),
+        12 => Ok(EntryKind::Settings),
         code => Err(CodecError::UnknownCode { what: "entry kind", code }),
     }
 }
@@ -461,6 +524,21 @@ fn role(code: u64) -> Result<Role, CodecError> {
         2 => Ok(Role::Admin),
         3 => Ok(Role::Owner),
         code => Err(CodecError::UnknownCode { what: "role", code }),
+    }
+}
+
+fn audience_code(audience: Audience) -> u64 {
+    match audience {
+        Audience::Members => 0,
+        Audience::Moderators => 1,
+    }
+}
+
+fn audience(code: u64) -> Result<Audience, CodecError> {
+    match code {
+        0 => Ok(Audience::Members),
+        1 => Ok(Audience::Moderators),
+        code => Err(CodecError::UnknownCode { what: "audience", code }),
     }
 }
 
@@ -557,9 +635,27 @@ mod tests {
         for (kind, private, large_since) in
             [(RoomKind::Group, true, None), (RoomKind::Direct, false, Some(1)), (RoomKind::Group, false, Some(1 << 40))]
         {
-            let m = RoomMeta { name: "Lobby".into(), kind, private, created_by: "bob".into(), large_since };
+            let m = RoomMeta {
+                name: "Lobby".into(),
+                kind,
+                private,
+                created_by: "bob".into(),
+                large_since,
+                topic: "what we talk about".into(),
+                who_may_post: Audience::Moderators,
+                who_may_invite: Audience::Members,
+            };
             assert_eq!(RoomMeta::decode(&m.encode()).unwrap(), m);
         }
+        let settings = RoomSettings {
+            name: "News".into(),
+            topic: String::new(),
+            private: true,
+            who_may_post: Audience::Members,
+            who_may_invite: Audience::Moderators,
+        };
+        let changed = EntryValue { kind: EntryKind::Settings, settings: Some(settings), ..entry() };
+        assert_eq!(EntryValue::decode(&changed.encode()).unwrap(), changed);
         let h = RoomHead { last_seq: 1 << 33, members: u32::MAX };
         assert_eq!(RoomHead::decode(&h.encode()).unwrap(), h);
         let u = UserHead { head: 70_000, floor: 12, rooms: 5 };
@@ -671,6 +767,9 @@ mod tests {
             private: false,
             created_by: "bob".into(),
             large_since: None,
+            topic: String::new(),
+            who_may_post: Audience::Members,
+            who_may_invite: Audience::Members,
         };
         assert_eq!(read.role_in(&group, "bob"), Role::Owner, "the creator owns a group room");
         assert_eq!(read.role_in(&group, "alice"), Role::Member);
@@ -694,12 +793,18 @@ mod tests {
             private: true,
             created_by: "bob".into(),
             large_since: None,
+            topic: String::new(),
+            who_may_post: Audience::Members,
+            who_may_invite: Audience::Members,
         };
         assert_eq!(RoomMeta::decode(&old).unwrap(), expected);
-        // The new field is appended, so the old fields keep their bytes: older readers read it.
+        // The new fields are appended, so the old fields keep their bytes: older readers read it.
         let large = RoomMeta { large_since: Some(7), ..expected.clone() };
         assert!(large.encode().starts_with(&old));
-        assert_eq!(large.encode()[old.len()..], *TupleWriter::from_prefix(&[]).uint(7).as_bytes());
+        assert!(large.encode()[old.len()..].starts_with(TupleWriter::from_prefix(&[]).uint(7).as_bytes()));
+        // As written before room settings: no topic, every member may post and invite.
+        let before_settings = TupleWriter::from_prefix(&old).uint(7).into_bytes();
+        assert_eq!(RoomMeta::decode(&before_settings).unwrap(), large);
         assert!(expected.encode().starts_with(&old));
         // A field from a later version after it is ignored.
         let newer = TupleWriter::from_prefix(&large.encode()).str("a field from the future").into_bytes();

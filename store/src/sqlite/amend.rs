@@ -13,7 +13,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use super::moderate;
 use super::ops::{
     advance_room, deliver, entry_by_client_id, entry_columns, find_uid, insert_entry, is_named_member, require_room,
-    RoomRow,
+    sql_int, RoomRow,
 };
 use super::threads::Context;
 use crate::{AppendRequest, Appended, Delivery, Recipients, StoreError, StoreResult};
@@ -34,9 +34,9 @@ const REACTION_DELETE: &str = "DELETE FROM reactions WHERE rid = ?1 AND seq = ?2
 const REACTION_COUNTS: &str = "SELECT reaction, count(*), max(uid = ?3) FROM reactions \
                                WHERE rid = ?1 AND seq = ?2 GROUP BY reaction ORDER BY reaction";
 const THREAD_ROOT: &str = "SELECT seq, id, sender, kind, subject, body, ts, target, reply_to, mentions, edited_ts, \
-                           deleted, until FROM entries WHERE rid = ?1 AND seq = ?2 AND kind = 'text'";
+                           deleted, until, settings FROM entries WHERE rid = ?1 AND seq = ?2 AND kind = 'text'";
 const THREAD_REPLIES: &str = "SELECT seq, id, sender, kind, subject, body, ts, target, reply_to, mentions, \
-                              edited_ts, deleted, until FROM entries \
+                              edited_ts, deleted, until, settings FROM entries \
                               WHERE rid = ?1 AND reply_to = ?2 AND seq > ?3 ORDER BY seq LIMIT ?4";
 
 /// Statements on the paths of this module, for the query-plan test.
@@ -64,10 +64,6 @@ struct Target {
     deleted: bool,
     /// Names, one per line (as stored).
     mentions: Option<String>,
-}
-
-fn sql_int(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
 }
 
 /// The text entry `seq` of `room`: `NoSuchMessage` if there is none (or the entry is not a
@@ -148,7 +144,7 @@ pub(super) fn append_change(
             return Err(StoreError::NotMember { room: room.record.id.clone(), user: request.from.clone() });
         }
     } else {
-        moderate::check_may_post(conn, room, &request.from, request.ts)?;
+        moderate::check_unmuted_member(conn, room, &request.from, request.ts)?;
     }
     let room_id = &room.record.id;
     let seq = request.details.target.ok_or_else(|| {

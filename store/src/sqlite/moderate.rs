@@ -5,12 +5,12 @@
 //! member who leaves and comes back is a plain member again); bans live in `bans`, apart from
 //! membership, because they must outlast it and can be set on someone who never joined. The
 //! users a user blocked (no direct messages from them) are kept here too: moderation by a user
-//! rather than a room.
+//! rather than a room. A room's settings are changed here too, by its moderators.
 
 use rusqlite::types::Type;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use super::ops::{advance_room, deliver, find_uid, insert_entry, require_uid, RoomRow};
+use super::ops::{advance_room, audience_str, deliver, find_uid, insert_entry, require_uid, sql_int, RoomRow};
 use super::threads::Context;
 use crate::{AppendRequest, Appended, Delivery, StoreError, StoreResult};
 use protocol::{Entry, EntryKind, Role, RoomKind};
@@ -23,15 +23,13 @@ const BAN_BY_USER: &str = "SELECT until FROM bans WHERE rid = ?1 AND uid = ?2";
 const BAN_SET: &str = "INSERT INTO bans (rid, uid, until, reason) VALUES (?1, ?2, ?3, ?4) \
                        ON CONFLICT (rid, uid) DO UPDATE SET until = excluded.until, reason = excluded.reason";
 const BAN_LIFT: &str = "DELETE FROM bans WHERE rid = ?1 AND uid = ?2";
+const SETTINGS_SET: &str =
+    "UPDATE rooms SET name = ?2, topic = ?3, private = ?4, who_may_post = ?5, who_may_invite = ?6 WHERE rid = ?1";
 
 /// Statements on the paths of this module, for the query-plan test.
 #[cfg(test)]
 pub(super) const HOT_QUERIES: &[&str] =
     &[MEMBER_STANDING, ROLE_SET, MUTE_SET, MEMBER_REMOVE, BAN_BY_USER, BAN_LIFT, BLOCK_EXISTS, BLOCK_LIFT, BLOCKED_BY];
-
-fn sql_int(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
-}
 
 fn role_str(role: Role) -> &'static str {
     match role {
@@ -86,8 +84,8 @@ pub(super) fn check_not_banned(conn: &Connection, room: &RoomRow, uid: i64, user
     }
 }
 
-/// `NotMember` unless `from` is a member, `NotAllowed` if they are muted at `now`.
-pub(super) fn check_may_post(conn: &Connection, room: &RoomRow, from: &str, now: u64) -> StoreResult<()> {
+/// `from`'s role: `NotMember` unless they are a member, `NotAllowed` if they are muted at `now`.
+pub(super) fn check_unmuted_member(conn: &Connection, room: &RoomRow, from: &str, now: u64) -> StoreResult<Role> {
     let standing = match find_uid(conn, from)? {
         Some(uid) => standing(conn, room.rid, uid)?,
         None => None,
@@ -98,7 +96,7 @@ pub(super) fn check_may_post(conn: &Connection, room: &RoomRow, from: &str, now:
             "`{from}` is muted in `{}` until {until} (ms since the Unix epoch)",
             room.record.id
         ))),
-        Some(_) => Ok(()),
+        Some((role, _)) => Ok(role),
     }
 }
 
@@ -212,5 +210,55 @@ pub(super) fn append_moderation(
     if removes_member {
         conn.prepare_cached(MEMBER_REMOVE).and_then(|mut s| s.execute(params![rid, uid])).ctx("remove member")?;
     }
+    Ok(Appended { delivery: Delivery { entry, recipients }, duplicate: false })
+}
+
+/// Append a settings entry and apply it to the room.
+pub(super) fn append_settings(
+    conn: &Connection,
+    room: &RoomRow,
+    request: &AppendRequest,
+    retention: u64,
+) -> StoreResult<Appended> {
+    let room_id = &room.record.id;
+    let actor = match find_uid(conn, &request.from)? {
+        Some(uid) => standing(conn, room.rid, uid)?,
+        None => None,
+    };
+    let Some((actor, _)) = actor else {
+        return Err(StoreError::NotMember { room: room_id.clone(), user: request.from.clone() });
+    };
+    let settings = crate::rules::settings_after(
+        room_id,
+        room.record.kind,
+        actor,
+        &room.record.settings(),
+        request.details.settings.as_ref(),
+    )?;
+    conn.prepare_cached(SETTINGS_SET)
+        .and_then(|mut s| {
+            s.execute(params![
+                room.rid,
+                settings.name,
+                settings.topic,
+                settings.private,
+                audience_str(settings.who_may_post),
+                audience_str(settings.who_may_invite),
+            ])
+        })
+        .ctx("change room settings")?;
+    let seq = advance_room(conn, room, 0)?;
+    let entry = Entry {
+        room: room_id.clone(),
+        seq,
+        id: request.id.clone(),
+        from: request.from.clone(),
+        kind: EntryKind::Settings,
+        ts: request.ts,
+        settings: Some(settings),
+        ..Entry::default()
+    };
+    insert_entry(conn, room.rid, &entry)?;
+    let recipients = deliver(conn, room, seq, retention)?;
     Ok(Appended { delivery: Delivery { entry, recipients }, duplicate: false })
 }

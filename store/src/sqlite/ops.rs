@@ -20,7 +20,7 @@ use crate::{
     AppendRequest, Appended, Delivery, Epoch, HistoryPage, LogBounds, LogEntry, MembershipLimits, MyRoom, NewRoom,
     PresenceNote, Recipients, RoomRecord, StoreError, StoreResult, UserRecord,
 };
-use protocol::{Cursor, Entry, EntryKind, Role, RoomKind};
+use protocol::{Audience, Cursor, Entry, EntryKind, Role, RoomKind, RoomSettings};
 
 /// Automatic retention trims a user's log only when its head reaches a multiple of this, so the
 /// cost is one range delete per 64 appends instead of a one-row delete on every append, and
@@ -42,7 +42,7 @@ const NOTE_UPSERT: &str = "INSERT INTO presence_notes (uid, status, set_ms) VALU
 const NOTE_BY_UID: &str = "SELECT status, set_ms FROM presence_notes WHERE uid = ?1";
 
 const ROOM_BY_ID: &str = "SELECT rid, id, name, kind, private, created_by, last_seq, members, epoch, owner, \
-                          large_since FROM rooms WHERE id = ?1";
+                          large_since, topic, who_may_post, who_may_invite FROM rooms WHERE id = ?1";
 const ROOM_INSERT: &str = "INSERT INTO rooms (id, name, kind, private, created_by, created_ms) \
                            VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING rid";
 const ROOM_ADVANCE: &str =
@@ -64,22 +64,24 @@ const MARK_READ: &str =
 const READ_POSITIONS: &str = "SELECT u.name, m.read_seq FROM members m JOIN users u ON u.uid = m.uid \
                               WHERE m.rid = ?1 ORDER BY u.name";
 const ROOMS_OF_USER: &str = "SELECT r.rid, r.id, r.name, r.kind, r.private, r.created_by, r.last_seq, r.members, \
-                             r.epoch, r.owner, r.large_since, m.read_seq, m.joined_seq, m.role, \
+                             r.epoch, r.owner, r.large_since, r.topic, r.who_may_post, r.who_may_invite, \
+                             m.read_seq, m.joined_seq, m.role, \
                              (SELECT count(*) FROM mentions x WHERE x.uid = m.uid AND x.rid = m.rid \
                               AND x.seq > m.read_seq) \
                              FROM members m JOIN rooms r ON r.rid = m.rid WHERE m.uid = ?1 ORDER BY m.rid";
 
 const ENTRY_INSERT: &str = "INSERT INTO entries (rid, seq, id, sender, kind, subject, body, ts, target, reply_to, \
-                            mentions, until) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)";
+                            mentions, until, settings) \
+                            VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)";
 // The kinds spelled exactly as in the partial index's WHERE, so the planner can use it.
 pub(super) const ENTRY_BY_CLIENT_ID: &str = "SELECT seq, id, sender, kind, subject, body, ts, target, reply_to, \
-                                  mentions, edited_ts, deleted, until FROM entries \
+                                  mentions, edited_ts, deleted, until, settings FROM entries \
                                   WHERE rid = ?1 AND sender = ?2 AND id = ?3 \
                                   AND kind IN ('text', 'edit', 'delete', 'react', 'unreact')";
 const HISTORY_BEFORE: &str = "SELECT seq, id, sender, kind, subject, body, ts, target, reply_to, mentions, \
-                              edited_ts, deleted, until FROM entries WHERE rid = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3";
+                              edited_ts, deleted, until, settings FROM entries WHERE rid = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3";
 const HISTORY_AFTER: &str = "SELECT seq, id, sender, kind, subject, body, ts, target, reply_to, mentions, \
-                             edited_ts, deleted, until FROM entries WHERE rid = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3";
+                             edited_ts, deleted, until, settings FROM entries WHERE rid = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3";
 
 const LOG_ADVANCE_MEMBERS: &str = "UPDATE user_logs SET head = head + 1 \
                                    WHERE uid IN (SELECT uid FROM members WHERE rid = ?1) RETURNING uid, head, floor";
@@ -92,7 +94,7 @@ const LOG_BOUNDS_BY_NAME: &str =
 const LOG_TRIM: &str = "DELETE FROM user_log WHERE uid = ?1 AND cursor > ?2 AND cursor <= ?3";
 const LOG_SET_FLOOR: &str = "UPDATE user_logs SET floor = ?2 WHERE uid = ?1";
 const LOG_PAGE: &str = "SELECT l.cursor, r.id, e.seq, e.id, e.sender, e.kind, e.subject, e.body, e.ts, \
-                        e.target, e.reply_to, e.mentions, e.edited_ts, e.deleted, e.until \
+                        e.target, e.reply_to, e.mentions, e.edited_ts, e.deleted, e.until, e.settings \
                         FROM user_log l \
                         JOIN entries e ON e.rid = l.rid AND e.seq = l.seq \
                         JOIN rooms r ON r.rid = l.rid \
@@ -123,7 +125,7 @@ pub(super) const HOT_QUERIES: &[&str] = &[
 
 /// A u64 as an SQLite integer parameter. Stored values never exceed `i64::MAX`, so clamping
 /// keeps comparisons right: `seq < u64::MAX` must mean "every entry", not an overflow error.
-fn sql_int(value: u64) -> i64 {
+pub(super) fn sql_int(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
@@ -148,6 +150,7 @@ fn entry_kind_str(kind: EntryKind) -> &'static str {
         EntryKind::Ban => "ban",
         EntryKind::Unban => "unban",
         EntryKind::Mute => "mute",
+        EntryKind::Settings => "settings",
     }
 }
 
@@ -162,6 +165,36 @@ impl std::fmt::Display for CorruptValue {
 }
 
 impl std::error::Error for CorruptValue {}
+
+pub(super) fn audience_str(audience: Audience) -> &'static str {
+    match audience {
+        Audience::Members => "members",
+        Audience::Moderators => "moderators",
+    }
+}
+
+fn audience_column(row: &Row<'_>, index: usize) -> rusqlite::Result<Audience> {
+    let text: String = row.get(index)?;
+    match text.as_str() {
+        "members" => Ok(Audience::Members),
+        "moderators" => Ok(Audience::Moderators),
+        _ => Err(rusqlite::Error::FromSqlConversionFailure(index, Type::Text, Box::new(CorruptValue(text)))),
+    }
+}
+
+/// A settings entry's settings as stored: JSON, NULL for every other kind.
+fn settings_column(settings: Option<&RoomSettings>) -> Option<String> {
+    settings.map(|settings| serde_json::to_string(settings).expect("settings serialise"))
+}
+
+fn settings_from_column(row: &Row<'_>, index: usize) -> rusqlite::Result<Option<RoomSettings>> {
+    let text: Option<String> = row.get(index)?;
+    text.map(|text| {
+        serde_json::from_str(&text)
+            .map_err(|err| rusqlite::Error::FromSqlConversionFailure(index, Type::Text, Box::new(err)))
+    })
+    .transpose()
+}
 
 fn room_kind_column(row: &Row<'_>, index: usize) -> rusqlite::Result<RoomKind> {
     let text: String = row.get(index)?;
@@ -187,12 +220,13 @@ fn entry_kind_column(row: &Row<'_>, index: usize) -> rusqlite::Result<EntryKind>
         "ban" => Ok(EntryKind::Ban),
         "unban" => Ok(EntryKind::Unban),
         "mute" => Ok(EntryKind::Mute),
+        "settings" => Ok(EntryKind::Settings),
         _ => Err(rusqlite::Error::FromSqlConversionFailure(index, Type::Text, Box::new(CorruptValue(text)))),
     }
 }
 
 /// An entry from the columns `seq, id, sender, kind, subject, body, ts, target, reply_to,
-/// mentions, edited_ts, deleted, until` starting at `first`.
+/// mentions, edited_ts, deleted, until, settings` starting at `first`.
 pub(super) fn entry_columns(room: String, row: &Row<'_>, first: usize) -> rusqlite::Result<Entry> {
     let mentions: Option<String> = row.get(first + 9)?;
     Ok(Entry {
@@ -211,6 +245,7 @@ pub(super) fn entry_columns(room: String, row: &Row<'_>, first: usize) -> rusqli
         deleted: row.get(first + 11)?,
         until: row.get(first + 12)?,
         reactions: Vec::new(),
+        settings: settings_from_column(row, first + 13)?,
     })
 }
 
@@ -229,7 +264,8 @@ pub(super) struct RoomRow {
 }
 
 /// A room from the columns `rid, id, name, kind, private, created_by, last_seq, members, epoch,
-/// owner, large_since` (the order of `ROOM_BY_ID` and `ROOMS_OF_USER`).
+/// owner, large_since, topic, who_may_post, who_may_invite` (the order of `ROOM_BY_ID` and
+/// `ROOMS_OF_USER`).
 fn room_columns(row: &Row<'_>) -> rusqlite::Result<RoomRow> {
     Ok(RoomRow {
         rid: row.get(0)?,
@@ -242,6 +278,9 @@ fn room_columns(row: &Row<'_>) -> rusqlite::Result<RoomRow> {
             last_seq: row.get(6)?,
             members: row.get(7)?,
             large_since: row.get(10)?,
+            topic: row.get(11)?,
+            who_may_post: audience_column(row, 12)?,
+            who_may_invite: audience_column(row, 13)?,
         },
         epoch: row.get(8)?,
         owner: row.get(9)?,
@@ -321,6 +360,7 @@ pub(super) fn insert_entry(conn: &Connection, rid: i64, entry: &Entry) -> StoreR
                 entry.reply_to.map(sql_int),
                 mentions_column(&entry.mentions),
                 entry.until.map(sql_int),
+                settings_column(entry.settings.as_ref()),
             ])
         })
         .ctx("insert entry")?;
@@ -518,6 +558,9 @@ pub(super) fn create_room(
             last_seq: 0,
             members: 0,
             large_since: None,
+            topic: String::new(),
+            who_may_post: Audience::Members,
+            who_may_invite: Audience::Members,
         },
         epoch: 0,
         owner: None,
@@ -589,10 +632,10 @@ pub(super) fn rooms_of(conn: &Connection, user: &str) -> StoreResult<Vec<MyRoom>
             s.query_map([uid], |r| {
                 Ok(MyRoom {
                     room: room_columns(r)?.record,
-                    read_seq: r.get(11)?,
-                    joined_seq: r.get(12)?,
-                    role: moderate::role_column(r, 13)?,
-                    unread_mentions: r.get(14)?,
+                    read_seq: r.get(14)?,
+                    joined_seq: r.get(15)?,
+                    role: moderate::role_column(r, 16)?,
+                    unread_mentions: r.get(17)?,
                 })
             })?
             .collect()
@@ -620,6 +663,7 @@ pub(super) fn append(conn: &Connection, request: &AppendRequest, retention: u64)
         EntryKind::Role | EntryKind::Kick | EntryKind::Ban | EntryKind::Unban | EntryKind::Mute => {
             moderate::append_moderation(conn, &room, request, retention)
         }
+        EntryKind::Settings => moderate::append_settings(conn, &room, request, retention),
     }
 }
 
@@ -643,8 +687,9 @@ fn append_text(conn: &Connection, room: &RoomRow, request: &AppendRequest, reten
     if let Some(entry) = entry_by_client_id(conn, room, request)? {
         return Ok(Appended { delivery: Delivery { entry, recipients: Recipients::none() }, duplicate: true });
     }
-    // One read answers both "a member?" and "muted?": it is on every message's path.
-    moderate::check_may_post(conn, room, &request.from, request.ts)?;
+    // One read answers "a member?", "muted?" and "a moderator?": it is on every message's path.
+    let role = moderate::check_unmuted_member(conn, room, &request.from, request.ts)?;
+    crate::rules::check_may_post(&room.record.id, room.record.who_may_post, role)?;
     let mention_uids = amend::check_message_refs(conn, room, request)?;
     let seq = advance_room(conn, room, 0)?;
     let entry = Entry {
@@ -676,8 +721,15 @@ fn append_join(conn: &Connection, room: &RoomRow, request: &AppendRequest, reten
         if room.record.private {
             return Err(StoreError::Forbidden(room_id.clone()));
         }
-    } else if !is_named_member(conn, room.rid, &request.from)? {
-        return Err(StoreError::NotMember { room: room_id.clone(), user: request.from.clone() });
+    } else {
+        let inviter = match find_uid(conn, &request.from)? {
+            Some(from_uid) => moderate::standing(conn, room.rid, from_uid)?,
+            None => None,
+        };
+        let Some((role, _)) = inviter else {
+            return Err(StoreError::NotMember { room: room_id.clone(), user: request.from.clone() });
+        };
+        crate::rules::check_may_invite(room_id, room.record.who_may_invite, role)?;
     }
     moderate::check_not_banned(conn, room, uid, user, request.ts)?;
     let limits = request.limits;

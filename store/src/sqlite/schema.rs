@@ -15,7 +15,7 @@ use super::threads::Context;
 use crate::{StoreError, StoreResult};
 
 /// The schema this build reads and writes, stored in `PRAGMA user_version`.
-pub(super) const SCHEMA_VERSION: i64 = 4;
+pub(super) const SCHEMA_VERSION: i64 = 5;
 
 /// `PRAGMA application_id` of a palaver database ("plvr"), so that pointing `path` at some
 /// other application's SQLite file fails on open instead of growing palaver tables inside it.
@@ -172,6 +172,45 @@ const MIGRATIONS: &[&str] = &[
         reason TEXT NOT NULL,
         PRIMARY KEY (rid, uid)
     ) WITHOUT ROWID;",
+    // 4 → 5: room settings. Rooms gain a topic and who may post and invite; a `settings` entry
+    // keeps all of a room's settings after its change (JSON of the protocol's `RoomSettings`,
+    // read back as they were written). The new kind needs the entries table rebuilt once more
+    // for its CHECK; this rebuild drops the CHECK on kinds instead, so the next new kind costs
+    // no rebuild: every kind is validated where it is read (`entry_kind_column`).
+    "CREATE TABLE entries_v5 (
+        eid       INTEGER PRIMARY KEY,
+        rid       INTEGER NOT NULL,
+        seq       INTEGER NOT NULL,
+        id        TEXT NOT NULL,
+        sender    TEXT NOT NULL,
+        kind      TEXT NOT NULL,
+        subject   TEXT,
+        body      TEXT NOT NULL,
+        ts        INTEGER NOT NULL,
+        target    INTEGER,
+        reply_to  INTEGER,
+        mentions  TEXT,
+        edited_ts INTEGER,
+        deleted   INTEGER NOT NULL DEFAULT 0 CHECK (deleted IN (0, 1)),
+        until     INTEGER,
+        settings  TEXT
+    );
+    INSERT INTO entries_v5 (eid, rid, seq, id, sender, kind, subject, body, ts, target, reply_to, mentions,
+                            edited_ts, deleted, until)
+        SELECT eid, rid, seq, id, sender, kind, subject, body, ts, target, reply_to, mentions,
+               edited_ts, deleted, until FROM entries;
+    DROP TABLE entries;
+    ALTER TABLE entries_v5 RENAME TO entries;
+    CREATE UNIQUE INDEX entries_by_seq ON entries (rid, seq);
+    CREATE UNIQUE INDEX entries_by_client_id ON entries (rid, sender, id)
+        WHERE kind IN ('text', 'edit', 'delete', 'react', 'unreact');
+    CREATE INDEX entries_by_target ON entries (rid, target) WHERE target IS NOT NULL;
+    CREATE INDEX entries_by_reply ON entries (rid, reply_to, seq) WHERE reply_to IS NOT NULL;
+    ALTER TABLE rooms ADD COLUMN topic TEXT NOT NULL DEFAULT '';
+    ALTER TABLE rooms ADD COLUMN who_may_post TEXT NOT NULL DEFAULT 'members'
+        CHECK (who_may_post IN ('members', 'moderators'));
+    ALTER TABLE rooms ADD COLUMN who_may_invite TEXT NOT NULL DEFAULT 'members'
+        CHECK (who_may_invite IN ('members', 'moderators'));",
 ];
 
 /// Open a connection with palaver's per-connection settings.
