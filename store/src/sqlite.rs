@@ -7,7 +7,7 @@
 //! own one-thread runtime commits the rooms' appends itself when the writer connection is free
 //! (`Store::append_batch_on_committing_thread`, see `inline`).
 //!
-//! # Schema (version 3, kept in `PRAGMA user_version`)
+//! # Schema (version 5, kept in `PRAGMA user_version`)
 //!
 //! One table per concept. Names (user names, room ids) are interned to integer ids once, in
 //! `users` and `rooms`, so the tables that grow with traffic (`entries`, `user_log`) carry small
@@ -19,7 +19,7 @@
 //! | `users`     | `uid` (rowid); `name` unique                | password hash, token epoch             |
 //! | `user_logs` | `uid` (rowid)                               | `head` and `floor` of the user's log   |
 //! | `user_log`  | (`uid`, `cursor`), WITHOUT ROWID            | pointer (`rid`, `seq`) to an entry     |
-//! | `rooms`     | `rid` (rowid); `id` unique                  | name, kind, `last_seq`, member count, owner, epoch, `large_since` |
+//! | `rooms`     | `rid` (rowid); `id` unique                  | name, kind, `last_seq`, member count, owner, epoch, `large_since`, topic, `who_may_post`, `who_may_invite` |
 //! | `members`   | (`rid`, `uid`), WITHOUT ROWID; (`uid`, `rid`) | `joined_seq`, `read_seq`             |
 //! | `entries`   | `eid` (rowid); unique (`rid`, `seq`); unique (`rid`, `sender`, `id`) where text | room logs |
 //! | `presence_notes` | `uid` (rowid)                          | the status text a user set last, `set_ms` |
@@ -44,6 +44,11 @@
 //! - `large_since` (version 2) marks a large room and the seq from which its entries have no
 //!   `user_log` rows; an append of a large room reads the member names and writes only the
 //!   entry. NULL for every room of a version 1 file, which the migration leaves fanning out.
+//! - Version 4 added what messages that change and moderation need (see `amend` and
+//!   `moderate`); version 5 room settings: the rooms' new columns, and a `settings` column of
+//!   entries holding a settings entry's settings as JSON. Version 5 rebuilt `entries` without a
+//!   CHECK on `kind`, so a new kind no longer costs a table rebuild; kinds are validated where
+//!   rows are read.
 //! - `presence_notes` (version 3) is apart from `users` so that setting a status rewrites a
 //!   small row and leaves the account row, with its password hash, alone.
 //! - Read positions live in the membership row: they exist exactly as long as the membership,
