@@ -16,6 +16,7 @@ use crate::metrics::Metrics;
 use crate::names::{self, now_ms};
 use crate::store::{Appended, HistoryPage, MyRoom, NewRoom, RoomRecord, StoreError};
 
+pub mod account;
 pub mod messages;
 pub mod presence;
 
@@ -208,12 +209,12 @@ pub async fn login(hub: &Arc<Hub>, req: ReqId, user: String, password: String, a
 /// The client's IP address from the peer's `ip:port`. Limits are per address, not per
 /// connection: the port is new on every connection, so keying on it would let a client reset
 /// its count by reconnecting. A peer without one (only in-process tests) shares one key.
-fn client_ip(addr: &str) -> std::net::IpAddr {
+pub(crate) fn client_ip(addr: &str) -> std::net::IpAddr {
     addr.parse::<std::net::SocketAddr>().map_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |peer| peer.ip())
 }
 
 /// A `rate_limited` refusal carrying when to retry.
-fn rate_limited(req: ReqId, message: &str, retry_after: std::time::Duration) -> ServerFrame {
+pub(crate) fn rate_limited(req: ReqId, message: &str, retry_after: std::time::Duration) -> ServerFrame {
     ServerFrame::Error {
         req: Some(req),
         code: ErrorCode::RateLimited,

@@ -425,6 +425,7 @@ where
         let ctx = Ctx { hub: hub.clone(), user: bound.user.clone(), conn_id: bound.registration.id };
         match frame {
             ClientFrame::LogoutAll { req } => self.logout_all(req).await,
+            ClientFrame::DeleteAccount { req, password } => self.delete_account(req, password).await,
             ClientFrame::CreateRoom { req, name, private } => {
                 self.pipeline(async move { vec![requests::create_room(&ctx, req, name, private).await] }.boxed())
             }
@@ -664,6 +665,20 @@ where
                 self.send(vec![ServerFrame::Ok { req }]).await
             }
             Err(err) => self.send(vec![store_error_frame(&self.hub, Some(req), err)]).await,
+        }
+    }
+
+    async fn delete_account(&mut self, req: ReqId, password: String) -> Flow {
+        self.drain_pending().await?;
+        let Some(user) = self.user().map(str::to_string) else { return Ok(()) };
+        match requests::account::delete_account(&self.hub, req, &user, password, &self.peer.addr).await {
+            Ok(()) => {
+                info!(user, "account deleted");
+                // As for `logout_all`: every connection of the user closes on the signal.
+                self.hub.revoke_user(&user);
+                self.send(vec![ServerFrame::Ok { req }]).await
+            }
+            Err(frame) => self.send(vec![frame]).await,
         }
     }
 

@@ -68,6 +68,15 @@ pub enum ClientFrame {
         #[serde(default)]
         req: ReqId,
     },
+    /// Delete this user's account (the password again, as confirmation): the user leaves every
+    /// room, their log, read positions, presence note and blocks are erased, every connection
+    /// of theirs closes, and the name stays taken. Their messages stay in the rooms under the
+    /// name (docs/PROTOCOL.md, "Deleting an account").
+    DeleteAccount {
+        #[serde(default)]
+        req: ReqId,
+        password: String,
+    },
     /// Create a group room; the creator becomes its first member.
     CreateRoom {
         #[serde(default)]
@@ -332,6 +341,7 @@ impl ClientFrame {
         "login",
         "authenticate",
         "logout_all",
+        "delete_account",
         "create_room",
         "join",
         "leave",
@@ -382,6 +392,7 @@ impl ClientFrame {
             | ClientFrame::Login { req, .. }
             | ClientFrame::Authenticate { req, .. }
             | ClientFrame::LogoutAll { req }
+            | ClientFrame::DeleteAccount { req, .. }
             | ClientFrame::CreateRoom { req, .. }
             | ClientFrame::Join { req, .. }
             | ClientFrame::Leave { req, .. }

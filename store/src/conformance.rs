@@ -30,8 +30,10 @@ use crate::{
 };
 
 mod changes;
+mod erasure;
 mod moderation;
 pub use changes::*;
+pub use erasure::*;
 pub use moderation::*;
 
 /// A fresh, empty store for one case, and whatever must live as long as it (a temporary
@@ -105,6 +107,7 @@ macro_rules! conformance_tests {
             users_block_and_unblock,
             moderators_change_the_room_settings,
             settings_decide_who_posts_and_invites,
+            deleting_an_account_erases_it_and_keeps_the_name,
         );
     };
     (@cases $make:expr; $($case:ident),+ $(,)?) => {

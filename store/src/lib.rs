@@ -377,6 +377,17 @@ pub trait Store: Send + Sync + 'static {
     async fn set_presence_note(&self, user: &str, note: PresenceNote) -> StoreResult<()>;
     /// The user's presence note, if they ever set one. `NoSuchUser` for an unknown user.
     async fn presence_note(&self, user: &str) -> StoreResult<Option<PresenceNote>>;
+    /// Delete `user`'s account at `ts` (ms since the Unix epoch). The user must be a member of
+    /// no room: memberships end by `leave` entries, which only the rooms' owners append, so
+    /// this answers [`StoreError::AlreadyMember`] naming a room they are still in, to be left
+    /// first. Then, in one transaction: the account is gone (`user` returns `None`, so no token
+    /// verifies and no password logs in), and so are the user's log, read positions, mentions,
+    /// presence note and the blocks they made; other users' block lists leave them out. The
+    /// name stays taken ([`Store::create_user`] answers `UserExists`); everything that would
+    /// name the user anew (a join, an invitation, a new room, a block) answers `NoSuchUser`.
+    /// Their entries stay in the room logs under their name, their reactions counted.
+    /// `NoSuchUser` for an unknown or already deleted user.
+    async fn delete_account(&self, user: &str, ts: u64) -> StoreResult<()>;
     /// Block `other` for `user` (no direct messages from them), or with `blocked` false lift
     /// the block. `NoSuchUser` if either is unknown; blocking twice or unblocking someone not
     /// blocked changes nothing.

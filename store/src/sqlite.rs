@@ -45,7 +45,7 @@
 //!   `user_log` rows; an append of a large room reads the member names and writes only the
 //!   entry. NULL for every room of a version 1 file, which the migration leaves fanning out.
 //! - Version 4 added what messages that change and moderation need (see `amend` and
-//!   `moderate`); version 5 room settings: the rooms' new columns, and a `settings` column of
+//!   `moderate`); version 5 deleted accounts (`users.deleted_ms`, see `erase`) and room settings: the rooms' new columns, and a `settings` column of
 //!   entries holding a settings entry's settings as JSON. Version 5 rebuilt `entries` without a
 //!   CHECK on `kind`, so a new kind no longer costs a table rebuild; kinds are validated where
 //!   rows are read.
@@ -81,6 +81,7 @@
 //! cursor below it gets an explicit resync answer rather than a silent gap.
 
 mod amend;
+mod erase;
 mod inline;
 mod invariants;
 mod moderate;
@@ -431,6 +432,14 @@ impl Store for SqliteStore {
     async fn presence_note(&self, user: &str) -> StoreResult<Option<PresenceNote>> {
         let user = user.to_owned();
         self.read(move |conn| ops::presence_note(conn, &user)).await
+    }
+
+    async fn delete_account(&self, user: &str, ts: u64) -> StoreResult<()> {
+        let user = user.to_owned();
+        self.write(REQUEST_OVERHEAD_BYTES + user.len(), move |conn| erase::delete_account(conn, &user, ts)).await?;
+        // The erased rows' old pages leave the WAL as a deleted message's do.
+        self.counters.erasures.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
     async fn set_blocked(&self, user: &str, other: &str, blocked: bool) -> StoreResult<()> {

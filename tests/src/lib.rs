@@ -277,6 +277,23 @@ impl Node {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// The SQLite store files in the node's data directory (database, WAL, shared memory)
+    /// whose bytes contain `text`: how a test checks that erased text is gone from the disk.
+    pub fn store_files_holding(&self, text: &str) -> anyhow::Result<Vec<String>> {
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(&self.data_dir)? {
+            let path = entry?.path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+            if name.starts_with("palaver.db") {
+                let bytes = std::fs::read(&path)?;
+                if bytes.windows(text.len()).any(|w| w == text.as_bytes()) {
+                    found.push(name);
+                }
+            }
+        }
+        Ok(found)
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }

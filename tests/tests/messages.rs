@@ -273,15 +273,15 @@ async fn a_deleted_body_is_gone_from_the_database_file() -> anyhow::Result<()> {
     let seq = acked(&mut alice, send(req, &room, "s", &format!("{first} one {padding}"), None, &[])).await?;
     let req = alice.next_req();
     acked(&mut alice, edit(req, &room, "e", seq, &format!("{first} two {padding}"))).await?;
-    ensure!(!files_holding(&node, first)?.is_empty(), "the test looks in the wrong place");
+    ensure!(!node.store_files_holding(first)?.is_empty(), "the test looks in the wrong place");
     let req = alice.next_req();
     acked(&mut alice, delete(req, &room, "d", seq)).await?;
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-    while !files_holding(&node, first)?.is_empty() {
+    while !node.store_files_holding(first)?.is_empty() {
         ensure!(
             tokio::time::Instant::now() < deadline,
             "the deleted text is still in {:?}",
-            files_holding(&node, first)?
+            node.store_files_holding(first)?
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
@@ -295,29 +295,13 @@ async fn a_deleted_body_is_gone_from_the_database_file() -> anyhow::Result<()> {
     node.kill9().await?;
     node.restart().await?;
     ensure!(
-        files_holding(&node, second)?.is_empty(),
+        node.store_files_holding(second)?.is_empty(),
         "after a restart the text is still in {:?}",
-        files_holding(&node, second)?
+        node.store_files_holding(second)?
     );
     let mut again = Client::connect(&node, Encoding::Json).await?;
     again.authenticate(&token, None).await?;
     let entries = history(&mut again, &room).await?;
     ensure!(entries.iter().any(|e| e.seq == seq && e.deleted), "the delete survived the kill");
     Ok(())
-}
-
-/// The store files (database, WAL, shared memory) whose bytes contain `text`.
-fn files_holding(node: &Node, text: &str) -> anyhow::Result<Vec<String>> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir(&node.data_dir)? {
-        let path = entry?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
-        if name.starts_with("palaver.db") {
-            let bytes = std::fs::read(&path)?;
-            if bytes.windows(text.len()).any(|w| w == text.as_bytes()) {
-                found.push(name);
-            }
-        }
-    }
-    Ok(found)
 }

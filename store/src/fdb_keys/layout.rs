@@ -23,6 +23,8 @@
 //! (P, "ulog",  user, cursor)         user log pointer → (room, seq)
 //! (P, "owner", room)                 owner node and epoch
 //! (P, "pnote", user)                 presence note: status text and when it was set
+//! (P, "block", user, other)          `user` takes no direct messages from `other`
+//! (P, "gone",  user)                 a deleted account: the name stays taken (value: when)
 //! ```
 
 use super::tuple::{TupleError, TupleReader, TupleWriter};
@@ -48,6 +50,7 @@ const MENTION: &str = "ment";
 const PRESENCE_NOTE: &str = "pnote";
 const BAN: &str = "ban";
 const BLOCK: &str = "block";
+const GONE: &str = "gone";
 
 /// A half-open key range `[begin, end)`, as FoundationDB range reads and clears take it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,6 +108,11 @@ impl Keyspace {
 
     pub fn account(&self, user: &str) -> Vec<u8> {
         self.tag(ACCOUNT).str(user).into_bytes()
+    }
+
+    /// The mark a deleted account leaves: its name cannot be registered again.
+    pub fn gone(&self, user: &str) -> Vec<u8> {
+        self.tag(GONE).str(user).into_bytes()
     }
 
     pub fn room(&self, room: &str) -> Vec<u8> {
@@ -307,6 +315,11 @@ impl Keyspace {
 
     /// The messages of `room` that mention `user` with seq > `after`: the unread mentions are
     /// one range read from the read position.
+    /// Every mention of `user`, in every room.
+    pub fn mentions_of(&self, user: &str) -> KeyRange {
+        KeyRange::children(self.tag(MENTION).str(user).as_bytes())
+    }
+
     pub fn mentions_after(&self, user: &str, room: &str, after: u64) -> KeyRange {
         let prefix = self.tag(MENTION).str(user).str(room).into_bytes();
         after_in(&prefix, after, |first| self.mention(user, room, first))

@@ -20,6 +20,7 @@
 //! docs/STORAGE.md describes the layout and the reasoning behind it.
 
 mod amend;
+mod erase;
 pub mod kv;
 pub mod layout;
 pub mod limits;

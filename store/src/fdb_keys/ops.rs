@@ -271,7 +271,14 @@ async fn create_user<X: KvTxn>(
     attempt: Attempt,
 ) -> R<(), X> {
     let key = ks.account(name);
-    if let Some(existing) = read(t, &key, AccountValue::decode).await? {
+    let gone = ks.gone(name);
+    let mut found = t.get_many(&[key.clone(), gone.clone()]).await?.into_iter();
+    let (existing, gone_value) = (found.next().flatten(), found.next().flatten());
+    if gone_value.is_some() {
+        // The name of a deleted account stays taken.
+        return Err(StoreError::UserExists(name.to_string()).into());
+    }
+    if let Some(existing) = decode_at::<X, _>(&key, existing, AccountValue::decode)? {
         // A hash is salted, so an account with this very hash and time is our own earlier
         // attempt, committed after all.
         if attempt.maybe_committed && existing.password_hash == password_hash && existing.created_ms == created_ms {
@@ -281,6 +288,7 @@ async fn create_user<X: KvTxn>(
     }
     let mut writes = WriteSet::new();
     writes.read(&key);
+    writes.read(&gone);
     writes.set(key, AccountValue { password_hash: password_hash.to_string(), token_epoch: 0, created_ms }.encode());
     writes.set(ks.user_head(name), UserHead::default().encode());
     writes.check("create user")?;
@@ -340,7 +348,10 @@ async fn blocked_by<X: KvTxn>(t: &X, ks: &Keyspace, user: &str) -> R<Vec<String>
     for (key, _) in t.get_range(&ks.blocks_range(user), None, false).await? {
         names.push(ks.blocked_user(user, &key).map_err(|e| corrupt(&key, e))?);
     }
-    Ok(names)
+    // Users deleted since are left out (their accounts are gone; see `erase`).
+    let accounts: Vec<Vec<u8>> = names.iter().map(|name| ks.account(name)).collect();
+    let found = if accounts.is_empty() { Vec::new() } else { t.get_many(&accounts).await? };
+    Ok(names.into_iter().zip(found).filter(|(_, account)| account.is_some()).map(|(name, _)| name).collect())
 }
 
 async fn presence_note<X: KvTxn>(t: &X, ks: &Keyspace, user: &str) -> R<Option<PresenceNote>, X> {
@@ -1129,6 +1140,13 @@ impl<D: KvDb> Store for KvStore<D> {
     async fn set_presence_note(&self, user: &str, note: PresenceNote) -> StoreResult<()> {
         let (ks, note) = (&self.keys, &note);
         self.db.transact("set presence note", |t, _| async move { set_presence_note(&t, ks, user, note).await }).await
+    }
+
+    async fn delete_account(&self, user: &str, ts: u64) -> StoreResult<()> {
+        let ks = &self.keys;
+        self.db
+            .transact("delete account", |t, _| async move { super::erase::delete_account(&t, ks, user, ts).await })
+            .await
     }
 
     async fn set_blocked(&self, user: &str, other: &str, blocked: bool) -> StoreResult<()> {

@@ -33,8 +33,10 @@ pub(super) const TRIM_PERIOD: u64 = 64;
 const USER_INSERT: &str = "INSERT INTO users (name, password_hash, created_ms) VALUES (?1, ?2, ?3) \
                            ON CONFLICT (name) DO NOTHING RETURNING uid";
 const USER_LOG_INSERT: &str = "INSERT INTO user_logs (uid) VALUES (?1)";
-const USER_BY_NAME: &str = "SELECT name, password_hash, token_epoch, created_ms FROM users WHERE name = ?1";
-const UID_BY_NAME: &str = "SELECT uid FROM users WHERE name = ?1";
+// A deleted account's row stays (see `erase`); to everything else it is no user.
+const USER_BY_NAME: &str =
+    "SELECT name, password_hash, token_epoch, created_ms FROM users WHERE name = ?1 AND deleted_ms IS NULL";
+const UID_BY_NAME: &str = "SELECT uid FROM users WHERE name = ?1 AND deleted_ms IS NULL";
 const REVOKE_TOKENS: &str = "UPDATE users SET token_epoch = token_epoch + 1 WHERE name = ?1 RETURNING token_epoch";
 const NOTE_UPSERT: &str = "INSERT INTO presence_notes (uid, status, set_ms) VALUES (?1, ?2, ?3) \
                            ON CONFLICT (uid) DO UPDATE SET status = excluded.status, set_ms = excluded.set_ms \

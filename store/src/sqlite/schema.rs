@@ -172,11 +172,12 @@ const MIGRATIONS: &[&str] = &[
         reason TEXT NOT NULL,
         PRIMARY KEY (rid, uid)
     ) WITHOUT ROWID;",
-    // 4 → 5: room settings. Rooms gain a topic and who may post and invite; a `settings` entry
+    // 4 → 5: room settings and deleted accounts. Rooms gain a topic and who may post and invite; a `settings` entry
     // keeps all of a room's settings after its change (JSON of the protocol's `RoomSettings`,
     // read back as they were written). The new kind needs the entries table rebuilt once more
     // for its CHECK; this rebuild drops the CHECK on kinds instead, so the next new kind costs
-    // no rebuild: every kind is validated where it is read (`entry_kind_column`).
+    // no rebuild: every kind is validated where it is read (`entry_kind_column`). A deleted
+    // account keeps its `users` row, marked `deleted_ms` (see `erase`).
     "CREATE TABLE entries_v5 (
         eid       INTEGER PRIMARY KEY,
         rid       INTEGER NOT NULL,
@@ -210,7 +211,8 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE rooms ADD COLUMN who_may_post TEXT NOT NULL DEFAULT 'members'
         CHECK (who_may_post IN ('members', 'moderators'));
     ALTER TABLE rooms ADD COLUMN who_may_invite TEXT NOT NULL DEFAULT 'members'
-        CHECK (who_may_invite IN ('members', 'moderators'));",
+        CHECK (who_may_invite IN ('members', 'moderators'));
+    ALTER TABLE users ADD COLUMN deleted_ms INTEGER;",
 ];
 
 /// Open a connection with palaver's per-connection settings.

@@ -69,7 +69,7 @@ pub(super) struct WriterCounters {
     pub inline_transactions: AtomicU64,
     pub requests: AtomicU64,
     pub failed_transactions: AtomicU64,
-    /// Committed deletes of messages: each asks the checkpointer to truncate the WAL.
+    /// Committed deletes of messages and accounts: each asks the checkpointer to truncate the WAL.
     pub erasures: AtomicU64,
 }
 
