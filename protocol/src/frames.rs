@@ -621,9 +621,10 @@ pub struct Entry {
     /// In `history` and `thread` replies: the reactions to a text entry.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reactions: Vec<ReactionCount>,
-    /// For a settings entry: the room's settings from this entry on.
+    /// For a settings entry: the room's settings from this entry on (boxed: rare, and every
+    /// entry would otherwise carry its size).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub settings: Option<RoomSettings>,
+    pub settings: Option<Box<RoomSettings>>,
 }
 
 /// Whether a room is a group room or a direct conversation.

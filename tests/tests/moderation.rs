@@ -198,8 +198,7 @@ async fn settings_entry(client: &mut Client, room: &str, after: u64) -> anyhow::
             .ledger
             .iter()
             .map(|(_, e)| e)
-            .filter(|e| e.room == room && e.kind == EntryKind::Settings && e.seq > after)
-            .last();
+            .rfind(|e| e.room == room && e.kind == EntryKind::Settings && e.seq > after);
         if let Some(entry) = found {
             return Ok(entry.clone());
         }
@@ -247,7 +246,7 @@ async fn room_settings_decide_who_posts_and_invites() -> anyhow::Result<()> {
         who_may_post: Audience::Moderators,
         who_may_invite: Audience::Members,
     };
-    ensure!(change.from == "alice" && change.settings.as_ref() == Some(&expected), "{change:?}");
+    ensure!(change.from == "alice" && change.settings.as_deref() == Some(&expected), "{change:?}");
     let again = set_room(&mut alice, &room, announcements);
     ensure!(refused(&mut alice, again).await? == ErrorCode::Unchanged, "the same settings again");
     let req = carol.next_req();
@@ -290,7 +289,7 @@ async fn room_settings_decide_who_posts_and_invites() -> anyhow::Result<()> {
     let req = dave.next_req();
     let history = ClientFrame::History { req, room: room.clone(), before: None, after: Some(0), limit: None };
     let ServerFrame::History { entries, .. } = dave.request(history).await? else { bail!("history") };
-    let changes: Vec<_> = entries.iter().filter_map(|e| e.settings.as_ref()).collect();
+    let changes: Vec<_> = entries.iter().filter_map(|e| e.settings.as_deref()).collect();
     ensure!(changes.len() == 2, "both changes in history: {changes:?}");
     ensure!(changes[1].who_may_invite == Audience::Moderators && changes[1].topic == "release notes");
     Ok(())

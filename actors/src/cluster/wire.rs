@@ -162,7 +162,7 @@ pub struct AppendReply {
 /// already delivered it to every node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WireOutcome {
-    Appended { entry: Entry, duplicate: bool },
+    Appended { entry: Box<Entry>, duplicate: bool },
     Error(WireError),
 }
 
@@ -191,7 +191,9 @@ pub enum WireError {
 impl From<Result<Appended, StoreError>> for WireOutcome {
     fn from(result: Result<Appended, StoreError>) -> Self {
         match result {
-            Ok(appended) => WireOutcome::Appended { entry: appended.delivery.entry, duplicate: appended.duplicate },
+            Ok(appended) => {
+                WireOutcome::Appended { entry: Box::new(appended.delivery.entry), duplicate: appended.duplicate }
+            }
             Err(err) => WireOutcome::Error(match err {
                 StoreError::UserExists(a) => WireError::UserExists(a),
                 StoreError::NoSuchUser(a) => WireError::NoSuchUser(a),
@@ -219,7 +221,7 @@ impl From<WireOutcome> for Result<Appended, StoreError> {
     fn from(outcome: WireOutcome) -> Self {
         match outcome {
             WireOutcome::Appended { entry, duplicate } => {
-                Ok(Appended { delivery: Delivery { entry, recipients: Recipients::none() }, duplicate })
+                Ok(Appended { delivery: Delivery { entry: *entry, recipients: Recipients::none() }, duplicate })
             }
             WireOutcome::Error(err) => Err(match err {
                 WireError::UserExists(a) => StoreError::UserExists(a),

@@ -215,7 +215,7 @@ pub async fn moderators_change_the_room_settings(store: Arc<dyn Store>) {
         who_may_post: Audience::Members,
         who_may_invite: Audience::Members,
     };
-    assert_eq!(changed.entry.settings.as_ref(), Some(&expected), "the entry carries every setting");
+    assert_eq!(changed.entry.settings.as_deref(), Some(&expected), "the entry carries every setting");
     assert_eq!(super::recipient_names(&changed).len(), 3, "every member sees the change");
     let err = refused(store, settings("r", epoch, "o", "s2", topic)).await;
     assert!(matches!(err, StoreError::Unchanged(_)), "the same settings again: {err:?}");
@@ -230,13 +230,13 @@ pub async fn moderators_change_the_room_settings(store: Arc<dyn Store>) {
     let renamed = send(store, settings("r", epoch, "a", "s3", rename)).await.delivery.entry;
     let expected =
         RoomSettings { name: "Plans".into(), private: true, who_may_invite: Audience::Moderators, ..expected };
-    assert_eq!(renamed.settings.as_ref(), Some(&expected), "unchanged settings are kept");
+    assert_eq!(renamed.settings.as_deref(), Some(&expected), "unchanged settings are kept");
     let record = store.room("r").await.expect("room").expect("room");
     assert_eq!(record.settings(), expected);
     let mine = store.rooms_of("m").await.expect("rooms of");
     assert_eq!(mine[0].room.settings(), expected, "the member's list shows the new settings");
     let history = store.history("r", HistoryPage::After(renamed.seq - 1), 1).await.expect("history").0;
-    assert_eq!(history[0].settings.as_ref(), Some(&expected), "history reads the entry back whole");
+    assert_eq!(history[0].settings.as_deref(), Some(&expected), "history reads the entry back whole");
     // A private room now: nobody joins by themselves.
     users(store, &["x"]).await;
     let err = refused(store, join("r", epoch, "x", "x", "j1")).await;

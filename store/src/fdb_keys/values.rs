@@ -280,7 +280,7 @@ impl EntryValue {
             deleted: self.deleted,
             until: self.until,
             reactions: Vec::new(),
-            settings: self.settings,
+            settings: self.settings.map(Box::new),
         }
     }
 }

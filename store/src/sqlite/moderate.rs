@@ -255,7 +255,7 @@ pub(super) fn append_settings(
         from: request.from.clone(),
         kind: EntryKind::Settings,
         ts: request.ts,
-        settings: Some(settings),
+        settings: Some(Box::new(settings)),
         ..Entry::default()
     };
     insert_entry(conn, room.rid, &entry)?;

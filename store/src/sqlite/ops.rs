@@ -189,7 +189,7 @@ fn settings_column(settings: Option<&RoomSettings>) -> Option<String> {
     settings.map(|settings| serde_json::to_string(settings).expect("settings serialise"))
 }
 
-fn settings_from_column(row: &Row<'_>, index: usize) -> rusqlite::Result<Option<RoomSettings>> {
+fn settings_from_column(row: &Row<'_>, index: usize) -> rusqlite::Result<Option<Box<RoomSettings>>> {
     let text: Option<String> = row.get(index)?;
     text.map(|text| {
         serde_json::from_str(&text)
@@ -362,7 +362,7 @@ pub(super) fn insert_entry(conn: &Connection, rid: i64, entry: &Entry) -> StoreR
                 entry.reply_to.map(sql_int),
                 mentions_column(&entry.mentions),
                 entry.until.map(sql_int),
-                settings_column(entry.settings.as_ref()),
+                settings_column(entry.settings.as_deref()),
             ])
         })
         .ctx("insert entry")?;
