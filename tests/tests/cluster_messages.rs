@@ -111,6 +111,29 @@ async fn changes_through_a_node_that_does_not_own_the_room() -> anyhow::Result<(
             other => bail!("a banned user's join through the non-owner node: {other:?}"),
         }
 
+        // Room settings through the non-owner node: ben (an admin now) makes it an
+        // announcement room; the change crosses the wire and reaches the owner node's member.
+        let req = on_second.next_req();
+        let set_room = ClientFrame::SetRoom {
+            req,
+            room: room.clone(),
+            name: None,
+            topic: Some("announcements only".into()),
+            private: None,
+            who_may_post: Some(tests::Audience::Moderators),
+            who_may_invite: None,
+        };
+        ensure!(on_second.request(set_room).await? == ServerFrame::Ok { req }, "set_room through the non-owner node");
+        let settings = loop {
+            let found = on_first.ledger.iter().map(|(_, e)| e).find(|e| e.kind == EntryKind::Settings).cloned();
+            if let Some(entry) = found {
+                break entry;
+            }
+            on_first.recv().await?;
+        };
+        let carried = settings.settings.as_deref().map(|s| (s.topic.as_str(), s.who_may_post));
+        ensure!(carried == Some(("announcements only", tests::Audience::Moderators)), "{settings:?}");
+
         // And a delete by the author reaches the other node's member.
         let req = on_first.next_req();
         acked(&mut on_first, ClientFrame::Delete { req, room: room.clone(), id: "d".into(), seq: question }).await?;
