@@ -26,9 +26,12 @@ const EDITS_ERASE: &str = "UPDATE entries SET body = '', deleted = 1 WHERE rid =
 const REACTIONS_ERASE: &str = "DELETE FROM reactions WHERE rid = ?1 AND seq = ?2";
 const MENTION_DELETE: &str = "DELETE FROM mentions WHERE uid = ?1 AND rid = ?2 AND seq = ?3";
 const MENTION_INSERT: &str = "INSERT OR IGNORE INTO mentions (uid, rid, seq) VALUES (?1, ?2, ?3)";
-const REACTION_EXISTS: &str = "SELECT 1 FROM reactions WHERE rid = ?1 AND seq = ?2 AND reaction = ?3 AND uid = ?4";
-const REACTION_GIVEN: &str = "SELECT 1 FROM reactions WHERE rid = ?1 AND seq = ?2 AND reaction = ?3";
-const REACTION_KINDS: &str = "SELECT count(DISTINCT reaction) FROM reactions WHERE rid = ?1 AND seq = ?2";
+// What a reaction needs to know of the message's reactions, in one pass over them: whether
+// this user gave this reaction, whether anyone did, and how many different ones there are.
+// Grouped by reaction in the primary key's order, so no sort.
+const REACTION_STANDING: &str = "SELECT coalesce(max(mine), 0), coalesce(max(reaction = ?3), 0), count(*) FROM \
+                                 (SELECT reaction, max(reaction = ?3 AND uid = ?4) AS mine FROM reactions \
+                                  WHERE rid = ?1 AND seq = ?2 GROUP BY reaction)";
 const REACTION_INSERT: &str = "INSERT INTO reactions (rid, seq, reaction, uid) VALUES (?1, ?2, ?3, ?4)";
 const REACTION_DELETE: &str = "DELETE FROM reactions WHERE rid = ?1 AND seq = ?2 AND reaction = ?3 AND uid = ?4";
 const REACTION_COUNTS: &str = "SELECT reaction, count(*), max(uid = ?3) FROM reactions \
@@ -48,8 +51,7 @@ pub(super) const HOT_QUERIES: &[&str] = &[
     EDITS_ERASE,
     REACTIONS_ERASE,
     MENTION_DELETE,
-    REACTION_EXISTS,
-    REACTION_KINDS,
+    REACTION_STANDING,
     REACTION_DELETE,
     REACTION_COUNTS,
     THREAD_ROOT,
@@ -198,22 +200,19 @@ pub(super) fn append_change(
         EntryKind::React | EntryKind::Unreact => {
             let uid = find_uid(conn, &request.from)?.ok_or_else(|| StoreError::NoSuchUser(request.from.clone()))?;
             let reaction = &request.body;
-            let given = conn
-                .prepare_cached(REACTION_EXISTS)
-                .and_then(|mut s| s.exists(params![rid, target_seq, reaction, uid]))
-                .ctx("read reaction")?;
+            let (given, given_by_anyone, kinds): (bool, bool, u32) = conn
+                .prepare_cached(REACTION_STANDING)
+                .and_then(|mut s| {
+                    s.query_row(params![rid, target_seq, reaction, uid], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                })
+                .ctx("read reactions")?;
             if request.kind == EntryKind::React {
                 if given {
                     return Err(StoreError::Unchanged(format!(
                         "you already reacted `{reaction}` to message {seq} of `{room_id}`"
                     )));
                 }
-                let kinds: u32 = conn
-                    .prepare_cached(REACTION_KINDS)
-                    .and_then(|mut s| s.query_row(params![rid, target_seq], |r| r.get(0)))
-                    .ctx("count reactions")?;
-                let new_kind = !reaction_given_by_anyone(conn, rid, target_seq, reaction)?;
-                if new_kind && kinds >= request.rules.max_reactions_per_message {
+                if !given_by_anyone && kinds >= request.rules.max_reactions_per_message {
                     return Err(StoreError::InvalidReference(format!(
                         "message {seq} of `{room_id}` already has {kinds} different reactions, the limit"
                     )));
@@ -255,10 +254,6 @@ pub(super) fn append_change(
     insert_entry(conn, rid, &entry)?;
     let recipients = deliver(conn, room, new_seq, retention)?;
     Ok(Appended { delivery: Delivery { entry, recipients }, duplicate: false })
-}
-
-fn reaction_given_by_anyone(conn: &Connection, rid: i64, seq: i64, reaction: &str) -> StoreResult<bool> {
-    conn.prepare_cached(REACTION_GIVEN).and_then(|mut s| s.exists(params![rid, seq, reaction])).ctx("read reaction")
 }
 
 pub(super) fn thread(

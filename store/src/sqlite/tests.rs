@@ -411,7 +411,9 @@ fn hot_queries_use_indexes() {
     schema::prepare_database(&conn, Duration::from_secs(5)).expect("schema");
     for sql in ops::HOT_QUERIES.iter().chain(amend::HOT_QUERIES).chain(moderate::HOT_QUERIES) {
         let plan = query_plan(&conn, sql);
-        assert!(!plan.iter().any(|step| step.starts_with("SCAN")), "table scan in `{sql}`: {plan:?}");
+        // A subquery's own rows may be scanned (they were found through an index); a table not.
+        let table_scan = |step: &String| step.starts_with("SCAN") && !step.starts_with("SCAN (subquery");
+        assert!(!plan.iter().any(table_scan), "table scan in `{sql}`: {plan:?}");
         // Members are listed in join order, and read positions by name, with a sort of at most
         // `max_room_members` rows; everything else comes out of an index already ordered.
         if !sql.contains("ORDER BY m.joined_seq") && !sql.contains("ORDER BY u.name") {
