@@ -352,15 +352,9 @@ pub async fn history(
         (None, Some(after)) => HistoryPage::After(after),
         (None, None) => HistoryPage::Before(u64::MAX),
     };
-    let max = ctx.hub.limits.history_page_max;
-    let limit = match limit {
-        None => max.min(50),
-        Some(0) => return error_frame(Some(req), ErrorCode::InvalidField, "`limit` must be at least 1"),
-        Some(limit) if limit > max => {
-            let message = format!("`limit` must be at most limits.history_page_max ({max})");
-            return error_frame(Some(req), ErrorCode::InvalidField, message);
-        }
-        Some(limit) => limit,
+    let limit = match page_limit(&ctx.hub.limits, req, limit) {
+        Ok(limit) => limit,
+        Err(frame) => return *frame,
     };
     if let Err(frame) = require_member(ctx, req, &room).await {
         return frame;
@@ -539,6 +533,20 @@ pub async fn room_reply(
 fn not_serving(ctx: &Ctx, req: ReqId) -> Option<ServerFrame> {
     let reason = ctx.hub.cluster().and_then(|cluster| cluster.view().reason.clone())?;
     Some(error_frame(Some(req), ErrorCode::Unavailable, format!("{reason}; retry, or reconnect to another node")))
+}
+
+/// The page size a `history` or `thread` request asks for: 50 (at most
+/// `limits.history_page_max`) when not given, or the error reply.
+pub(crate) fn page_limit(limits: &Limits, req: ReqId, limit: Option<u32>) -> Result<u32, Box<ServerFrame>> {
+    let max = limits.history_page_max;
+    match limit {
+        None => Ok(max.min(50)),
+        Some(limit) if (1..=max).contains(&limit) => Ok(limit),
+        Some(_) => {
+            let message = format!("`limit` must be 1 to limits.history_page_max ({max})");
+            Err(Box::new(error_frame(Some(req), ErrorCode::InvalidField, message)))
+        }
+    }
 }
 
 pub(crate) async fn require_member(ctx: &Ctx, req: ReqId, room: &str) -> Result<(), ServerFrame> {

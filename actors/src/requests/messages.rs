@@ -102,14 +102,9 @@ pub async fn thread(
     after: Option<u64>,
     limit: Option<u32>,
 ) -> ServerFrame {
-    let max = ctx.hub.limits.history_page_max;
-    let limit = match limit {
-        None => max.min(50),
-        Some(limit) if (1..=max).contains(&limit) => limit,
-        Some(_) => {
-            let message = format!("`limit` must be 1 to limits.history_page_max ({max})");
-            return error_frame(Some(req), ErrorCode::InvalidField, message);
-        }
+    let limit = match super::page_limit(&ctx.hub.limits, req, limit) {
+        Ok(limit) => limit,
+        Err(frame) => return *frame,
     };
     if let Err(frame) = require_member(ctx, req, &room).await {
         return frame;

@@ -141,13 +141,13 @@ pub(super) fn append_change(
     if let Some(entry) = entry_by_client_id(conn, room, request)? {
         return Ok(Appended { delivery: Delivery { entry, recipients: Recipients::none() }, duplicate: true });
     }
-    if request.kind == EntryKind::Delete {
-        if !is_named_member(conn, room.rid, &request.from)? {
-            return Err(StoreError::NotMember { room: room.record.id.clone(), user: request.from.clone() });
-        }
+    // A muted member may still delete their own messages.
+    let role = if request.kind == EntryKind::Delete {
+        moderate::role_of(conn, room.rid, &request.from)?
+            .ok_or_else(|| StoreError::NotMember { room: room.record.id.clone(), user: request.from.clone() })?
     } else {
-        moderate::check_unmuted_member(conn, room, &request.from, request.ts)?;
-    }
+        moderate::check_unmuted_member(conn, room, &request.from, request.ts)?
+    };
     let room_id = &room.record.id;
     let seq = request.details.target.ok_or_else(|| {
         StoreError::Backend(format!("invalid append to `{room_id}`: a {:?} entry names no target", request.kind))
@@ -174,8 +174,7 @@ pub(super) fn append_change(
                 .ctx("edit message")?;
         }
         EntryKind::Delete => {
-            let moderates = room.record.kind == RoomKind::Group
-                && moderate::role_of(conn, rid, &request.from)?.is_some_and(|role| role >= Role::Admin);
+            let moderates = room.record.kind == RoomKind::Group && role >= Role::Admin;
             if target.sender != request.from && !moderates {
                 return Err(StoreError::NotAllowed(format!(
                     "message {seq} of `{room_id}` is `{}`'s; only its author or the room's owner and admins can \
