@@ -314,6 +314,13 @@ async fn a_status_survives_every_node_restarting() -> anyhow::Result<()> {
         set_presence(&mut dave, Away, Some("on a train")).await?;
         check_presence(&next_change(&mut bob, "dave", &known).await?, "dave", Away, Some("on a train"))?;
         drop((dave, bob));
+        // The status reaches the store just after the `ok` (docs/PROTOCOL.md): a node killed
+        // before that forgets it, so wait for the node to say it is stored.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !cluster.node(0).log().contains(r#"presence note stored user="dave""#) {
+            ensure!(Instant::now() < deadline, "the status was never stored");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
 
         // Every node dies; two new ones open the same store and remember nothing.
         cluster.kill(0).await?;

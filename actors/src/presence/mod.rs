@@ -243,8 +243,9 @@ impl Presence {
             let user = user.to_string();
             runtime.spawn(async move {
                 let Some(store) = hub.upgrade().map(|hub| hub.store.clone()) else { return };
-                if let Err(err) = store.set_presence_note(&user, PresenceNote { status, set_ms }).await {
-                    warn!(user, %err, "could not store the presence note");
+                match store.set_presence_note(&user, PresenceNote { status, set_ms }).await {
+                    Ok(()) => debug!(user, "presence note stored"),
+                    Err(err) => warn!(user, %err, "could not store the presence note"),
                 }
             });
         }
