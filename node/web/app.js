@@ -35,6 +35,13 @@
 //   each message on screen remembers the seq its state is known to include (`asOf`) and a change
 //   at or below it is not applied twice. Edits, deletes and reactions go through the outbox like
 //   messages: stored first, sent with a client id, retried with the same id.
+// - Moderation and settings: a group room's owner and admins act on members ranked below them
+//   (owner > admin > member) from the member list, and change the room's settings. Every action
+//   is an entry of the room (kinds `role`, `kick`, `ban`, `unban`, `mute`, `settings`), shown as
+//   a system line like a join. What an entry says about the user's own standing (their role, a
+//   mute, the settings) is remembered with its seq and wins over a room list as of an earlier
+//   seq; other members' roles are known only from the entries on screen (`list_members` does not
+//   say them), so the page may offer an action the node refuses, and then shows the refusal.
 // - Text from the network only ever reaches the page through `textContent`.
 'use strict';
 
@@ -77,6 +84,22 @@
   /** Entry kinds that change the message named by their `target` (docs/PROTOCOL.md, "Edits,
    *  deletes, reactions, replies, mentions"): applied to that message, never shown as entries. */
   const CHANGE_KINDS = new Set(['edit', 'delete', 'react', 'unreact']);
+  /** Entries of a room's audit trail (docs/PROTOCOL.md, "Roles and moderation", "Room
+   *  settings"): shown as system lines, like joins and leaves. */
+  const AUDIT_KINDS = new Set(['role', 'kick', 'ban', 'unban', 'mute', 'settings']);
+  /** Entries that end their subject's (`user`'s) membership of the room. */
+  const ENDS_MEMBERSHIP = new Set(['leave', 'kick', 'ban']);
+  /** Standing in a group room: a moderation action needs a rank above its subject's. */
+  const RANKS = { member: 1, admin: 2, owner: 3 };
+  /** The node's bounds on what moderators write (a kick's or ban's reason, a topic). */
+  const REASON_MAX_BYTES = 512;
+  const TOPIC_MAX_BYTES = 1024;
+  const HOUR_MS = 3600000;
+  /** What the moderation panel offers: [label, ms from now]; a ban without one is for good. */
+  const BAN_DURATIONS = [['good', null], ['1 hour', HOUR_MS], ['1 day', 24 * HOUR_MS], ['1 week', 7 * 24 * HOUR_MS]];
+  const MUTE_DURATIONS = [['10 minutes', HOUR_MS / 6], ['1 hour', HOUR_MS], ['1 day', 24 * HOUR_MS], ['1 week', 7 * 24 * HOUR_MS]];
+  /** setTimeout's longest delay: a mute that ends later is looked at again then. */
+  const TIMER_MAX_MS = 2 ** 31 - 1;
   /** What the outbox holds besides messages (an item without `op` is a message). */
   const OUTBOX_OPS = new Set(['edit', 'delete', 'react']);
   /** The reaction picker: single code points (a variation selector would be refused as invisible). */
@@ -292,6 +315,9 @@
     typers: new Map(),
     /** room → { read: Map user → seq, delivered: Map user → seq } of the other members */
     receipts: new Map(),
+    /** What entries said about the user's standing, room → { role, settings, mutedUntil }, each
+     *  { seq, value }: see learnFrom. */
+    learned: new Map(),
   };
 
   // ---- DOM helpers --------------------------------------------------------------------------
@@ -460,6 +486,8 @@
       $('history-status').textContent = '';
     }
     if (S.view) forgetQuoteRequests(S.view);
+    // Requests whose answer will not come: their forms may be used again.
+    formsLostConnection();
   }
 
   /**
@@ -644,7 +672,7 @@
       case 'receipts':
         return onReceipts(frame);
       case 'ok':
-        return undefined;
+        return onOk(ctx);
       default:
         return undefined; // a newer node's frame: ignore
     }
@@ -738,10 +766,33 @@
     S.view = null;
     S.outbox = [];
     S.failed = [];
+    S.learned = new Map();
     resetPresence();
+    closeRoomPanels();
+    closeDeleteAccount();
     $('presence-menu').open = false;
     if (why) $('auth-error').textContent = why;
     showAuthView();
+  }
+
+  /**
+   * The account is gone (`delete_account` answered `ok`): sign out and forget everything this
+   * browser kept for it, as nothing of it can be used again (the name stays taken, no token
+   * authenticates, the log and its cursor are erased).
+   */
+  function accountDeleted() {
+    const user = S.user;
+    if (user) {
+      for (const key of [keys.cursor, keys.positions, keys.outbox, keys.room, keys.presence]) storage.remove(key(user));
+      if (storage.get(keys.lastUser, null) === user) storage.remove(keys.lastUser);
+    }
+    S.cursor = null;
+    S.positions = new Map();
+    $('auth-user').value = '';
+    signOut('Your account was deleted.');
+    // The node closes every connection of the account: start a fresh one, as after logging out.
+    S.attempt = 0;
+    connect();
   }
 
   function authenticate() {
@@ -773,6 +824,7 @@
     S.maxSeq = new Map();
     S.view = null;
     S.roomsRequested = false;
+    S.learned = new Map();
     resetPresence();
     S.myPresence = validPresenceChoice(storage.get(keys.presence(user), null));
     renderMyPresence();
@@ -942,6 +994,15 @@
       $('presence-error').textContent = describeError(frame);
       return;
     }
+    if (kind === 'moderate' || kind === 'set_room') {
+      // Shown where the user acted; with that form closed meanwhile, as an alert.
+      if (!showFormError(ctx, describeError(frame))) showAlert(frame.code, frame.message);
+      return;
+    }
+    if (kind === 'delete_account') {
+      onDeleteAccountError(frame);
+      return;
+    }
     if (kind === 'watch' || kind === 'members' || kind === 'receipts') {
       // Presence and receipts are extras: without them the chat still works. A watch the node
       // could not answer is asked again with the next change or connection.
@@ -991,6 +1052,10 @@
     room.mentionBase = Number.isSafeInteger(info.mentions) ? info.mentions : 0;
     room.listedSeq = info.last_seq;
     room.mentionSeqs = new Set(known && known.mentionSeqs ? Array.from(known.mentionSeqs).filter((seq) => seq > info.last_seq) : []);
+    // The settings as listed, as of `listedSeq`: what a settings entry after it changed (see
+    // previousSettings). Then what entries after the list said.
+    room.listedSettings = normalSettings(info);
+    applyLearned(room);
     return room;
   }
 
@@ -1158,6 +1223,7 @@
   function openRoom(id, options) {
     const opts = options || {};
     if (S.typingSent && S.typingSent.room !== id) stopTyping();
+    closeRoomPanels();
     S.view = {
       room: id,
       entries: new Map(),
@@ -1192,6 +1258,18 @@
       replyTo: null,
       /** Older pages are being loaded to show this message: { seq, pages } */
       seek: null,
+      /** Members' roles as the entries on screen tell: user → { role, seq } (see noteRole). */
+      roles: new Map(),
+      /** Bans and unbans on screen: user → { seq, banned, until } (for unbanning). */
+      bans: new Map(),
+      /** Settings entries on screen: seq → { settings, from, li, diff } (see repaintSettingsLines). */
+      settingsAt: new Map(),
+      /** Why the user is no longer a member (kicked, banned, left), shown instead of the composer. */
+      removed: null,
+      /** The room's name when it left the room list. */
+      label: null,
+      /** The member whose moderation panel is open. */
+      moderating: null,
     };
     storage.set(keys.room(S.user), id);
     $('messages').replaceChildren();
@@ -1214,11 +1292,12 @@
   function renderView() {
     const view = S.view;
     const room = view && S.rooms.get(view.room);
-    $('room-title').textContent = view ? (room ? roomLabel(room) : view.room) : 'Pick a room';
+    $('room-title').textContent = view ? (room ? roomLabel(room) : view.label || view.room) : 'Pick a room';
     $('room-meta').hidden = !view;
     $('room-id').textContent = view ? view.room : '';
     $('load-older').hidden = !(view && view.loaded && view.more);
     if (!view) $('messages').replaceChildren();
+    renderRoomHead();
     renderReplyBar();
     renderMembers();
     renderPending();
@@ -1241,6 +1320,7 @@
   function loadOlder() {
     const view = S.view;
     if (!view || !view.loaded || !view.more || view.loading || view.oldest === null) return;
+    if (view.removed) return; // no longer a member: the node would refuse
     requestHistory(view, view.oldest);
   }
 
@@ -1264,11 +1344,17 @@
     const entries = Array.isArray(frame.entries) ? frame.entries : [];
     const pageMax = entries.reduce((max, entry) => Math.max(max, entry.seq), 0);
     const asOf = Math.max(pageMax, ctx && ctx.knownSeq ? ctx.knownSeq : 0);
+    let standing = false;
     for (const entry of entries) {
       noteOldest(view, entry.seq);
+      learnFrom(entry);
       if (entry.kind === 'text' && view.messages.has(entry.seq)) refreshMessage(view, entry, asOf);
       else insertEntry(view, entry, asOf);
+      if (entry.kind !== 'text' && !CHANGE_KINDS.has(entry.kind)) standing = true;
     }
+    // Older entries may tell members' roles, bans, and what a settings line changed.
+    if (standing) renderStanding(view);
+    repaintSettingsLines(view);
     list.removeAttribute('aria-busy');
     if (older || !view.loaded) view.more = frame.more;
     const first = !view.loaded;
@@ -1306,19 +1392,21 @@
     return sameDay ? time : `${date.toLocaleDateString([], { month: 'short', day: 'numeric' })} ${time}`;
   }
 
-  /** A join or leave as a list item. Text goes in through textContent only. */
-  function noticeElement(entry) {
+  /** A join, a leave or an audit entry as a system line. Text goes in through textContent only. */
+  function noticeElement(entry, text) {
     const li = el('li', 'msg notice');
     li.dataset.seq = String(entry.seq);
     li.dataset.id = entry.id;
-    let text;
-    if (entry.kind === 'join') {
-      text = !entry.user || entry.user === entry.from ? `${entry.from} joined` : `${entry.from} added ${entry.user}`;
-    } else {
-      text = `${entry.user || entry.from} left`;
-    }
+    li.dataset.kind = entry.kind;
     li.append(el('span', 'notice-text', text), timeElement(entry.ts));
     return li;
+  }
+
+  function membershipText(entry) {
+    if (entry.kind === 'join') {
+      return !entry.user || entry.user === entry.from ? `${entry.from} joined` : `${entry.from} added ${entry.user}`;
+    }
+    return `${entry.user || entry.from} left`;
   }
 
   function timeElement(ts) {
@@ -1341,9 +1429,19 @@
       li = messageElement(view, model);
       view.messages.set(entry.seq, model);
     } else if (entry.kind === 'join' || entry.kind === 'leave') {
-      li = noticeElement(entry);
+      li = noticeElement(entry, membershipText(entry));
       // A room's first entry is its creator joining it.
       if (entry.kind === 'join' && entry.seq === 1 && !isDirect(view.room)) view.creator = entry.from;
+      noteStanding(view, entry);
+    } else if (AUDIT_KINDS.has(entry.kind)) {
+      noteStanding(view, entry);
+      li = noticeElement(entry, entry.kind === 'settings' ? '' : auditText(entry));
+      li.classList.add('audit');
+      if (entry.kind === 'settings') {
+        // What a settings line says depends on the settings before it: see repaintSettingsLines.
+        view.settingsAt.set(entry.seq, { settings: normalSettings(entry.settings || {}), from: entry.from, li, diff: false });
+        repaintSettingsLines(view);
+      }
     } else {
       return false;
     }
@@ -1382,14 +1480,16 @@
   function onMessage(frame) {
     if (typeof frame.room !== 'string' || !Number.isSafeInteger(frame.seq)) return;
     const own = frame.user === S.user;
+    // The user is no longer a member: they left (on another device), were kicked or banned.
+    const gone = own && ENDS_MEMBERSHIP.has(frame.kind);
     if (Number.isSafeInteger(frame.cursor)) {
       if (S.cursor !== null && frame.cursor <= S.cursor) return; // already processed
       setCursor(frame.cursor, false);
     } else {
       // An entry of a large room: no cursor, our place in that room is its seq.
       if (S.positions.get(frame.room) >= frame.seq) return; // already processed
-      // After our own leave the node stops following the room; so do we.
-      if (frame.kind === 'leave' && own) forgetPositions([frame.room]);
+      // Once we are out of the room the node stops following it; so do we.
+      if (gone) forgetPositions([frame.room]);
       else raisePositions([[frame.room, frame.seq]]);
     }
     if (S.phase === 'replaying') {
@@ -1403,14 +1503,13 @@
       noteMention(frame);
     }
     if (frame.kind === 'delete') forgetMention(frame);
-    if (frame.kind === 'leave' && own) {
+    learnFrom(frame);
+    if (gone) {
       S.receipts.delete(frame.room);
       S.typingForbidden.delete(frame.room);
+      leftRoom(frame);
       scheduleWatch();
-    }
-    if (S.rooms.has(frame.room)) {
-      if (frame.kind === 'leave' && own) S.rooms.delete(frame.room);
-    } else if (!(frame.kind === 'leave' && own)) {
+    } else if (!S.rooms.has(frame.room)) {
       refreshRoomsSoon();
     }
     const view = S.view;
@@ -1424,10 +1523,36 @@
         if (atBottom || frame.from === S.user) scrollToBottom();
         else $('jump').hidden = false;
       }
-      if (frame.kind === 'join' || frame.kind === 'leave') refreshMembersSoon(view);
+      // Invited back after being removed: the room is the user's again.
+      if (own && frame.kind === 'join') view.removed = null;
+      if (frame.kind === 'join' || ENDS_MEMBERSHIP.has(frame.kind)) refreshMembersSoon(view);
+      if (frame.kind === 'join' || frame.kind === 'leave' || AUDIT_KINDS.has(frame.kind)) renderStanding(view);
+      if (frame.kind === 'settings') renderView(); // the title may have changed too
       markRead();
     }
     renderRooms();
+  }
+
+  /**
+   * The user is out of a room (`entry` is their leave, kick or ban): it leaves the room list. A
+   * kick or a ban says who did it and why, as the user did not choose it; an open conversation
+   * stays on screen with the reason in place of the composer.
+   */
+  function leftRoom(entry) {
+    const room = S.rooms.get(entry.room);
+    const label = room ? roomLabel(room) : entry.room;
+    S.rooms.delete(entry.room);
+    S.learned.delete(entry.room);
+    const reason = entry.kind !== 'leave' && entry.body ? `: ${entry.body}` : '';
+    if (entry.kind === 'kick') showAlert('kicked', `from “${label}” by ${entry.from}${reason}`);
+    if (entry.kind === 'ban') showAlert('banned', `from “${label}” by ${entry.from} ${untilText(entry.until)}${reason}`);
+    const view = S.view;
+    if (!view || view.room !== entry.room) return;
+    closeRoomPanels();
+    view.label = label;
+    if (entry.kind === 'kick') view.removed = sentence(`${entry.from} removed you from this room${reason}`);
+    else if (entry.kind === 'ban') view.removed = sentence(`${entry.from} banned you from this room ${untilText(entry.until)}${reason}`);
+    else view.removed = 'You left this room.';
   }
 
   function markRead() {
@@ -1633,10 +1758,17 @@
       );
       return;
     }
-    const react = actionButton('React', () => toggleReactionPicker(view, model.seq));
-    react.setAttribute('aria-expanded', view.pickerSeq === model.seq ? 'true' : 'false');
-    const buttons = [actionButton('Reply', () => startReply(view, model.seq)), react];
-    if (model.from === S.user) buttons.push(actionButton('Edit', () => startEdit(view, model.seq)));
+    // What the node would refuse is not offered: a muted member (or one no longer in the room)
+    // neither reacts nor edits, and a reply is a message like any other (see postingBlocked).
+    const muted = !!view.removed || mutedUntil(view.room) > Date.now();
+    const buttons = [];
+    if (!postingBlocked(view)) buttons.push(actionButton('Reply', () => startReply(view, model.seq)));
+    if (!muted) {
+      const react = actionButton('React', () => toggleReactionPicker(view, model.seq));
+      react.setAttribute('aria-expanded', view.pickerSeq === model.seq ? 'true' : 'false');
+      buttons.push(react);
+    }
+    if (model.from === S.user && !muted) buttons.push(actionButton('Edit', () => startEdit(view, model.seq)));
     if (mayDelete(view, model)) {
       buttons.push(
         actionButton('Delete', () => {
@@ -1655,10 +1787,10 @@
    * creator's join) is on screen. The node decides in any case and its refusal is shown.
    */
   function mayDelete(view, model) {
+    if (view.removed) return false;
     if (model.from === S.user) return true;
     if (isDirect(view.room)) return false;
-    const role = S.rooms.has(view.room) ? S.rooms.get(view.room).role : null;
-    return role === 'owner' || role === 'admin' || view.creator === S.user;
+    return rankOf(myRole(view)) >= RANKS.admin;
   }
 
   /** Edits, deletes and reactions of the user still in the outbox, shown on their message. */
@@ -2043,6 +2175,653 @@
       return;
     }
     repaintQuotesOf(view, entry.target);
+  }
+
+  // ---- Roles, moderation and room settings --------------------------------------------------
+  // A group room's owner makes members admins and back; the owner and admins kick, ban, unban
+  // and mute members ranked below them, and change the room's settings (docs/PROTOCOL.md,
+  // "Roles and moderation", "Room settings"). Each action is an entry of the room, shown as a
+  // system line: an audit trail. The node decides; the page offers what it expects allowed.
+
+  /** Settings as a room list, a `room` reply or a settings entry gives them (absent: defaults). */
+  function normalSettings(source) {
+    return {
+      name: typeof source.name === 'string' ? source.name : '',
+      topic: typeof source.topic === 'string' ? source.topic : '',
+      private: !!source.private,
+      who_may_post: source.who_may_post === 'moderators' ? 'moderators' : 'members',
+      who_may_invite: source.who_may_invite === 'moderators' ? 'moderators' : 'members',
+    };
+  }
+
+  /**
+   * Remember what an entry (live, replayed or from history) says about the user's standing in
+   * its room: the settings, their role, their mute. No room list tells a mute; it ends with the
+   * membership (the node keeps it there), as a role does.
+   */
+  function learnFrom(entry) {
+    const mine = entry.user === S.user;
+    if (entry.kind === 'settings' && entry.settings && typeof entry.settings === 'object') {
+      learn(entry.room, 'settings', entry.seq, normalSettings(entry.settings));
+    } else if (mine && entry.kind === 'role' && RANKS[entry.body]) {
+      learn(entry.room, 'role', entry.seq, entry.body);
+    } else if (mine && entry.kind === 'mute') {
+      learn(entry.room, 'mutedUntil', entry.seq, Number.isSafeInteger(entry.until) ? entry.until : 0);
+    } else if (mine && (entry.kind === 'join' || ENDS_MEMBERSHIP.has(entry.kind))) {
+      learn(entry.room, 'mutedUntil', entry.seq, 0);
+    }
+  }
+
+  /** Keep what entry `seq` said about `what` in a room, unless a later entry said otherwise. */
+  function learn(roomId, what, seq, value) {
+    let known = S.learned.get(roomId);
+    if (!known) {
+      known = {};
+      S.learned.set(roomId, known);
+    }
+    if (known[what] && known[what].seq >= seq) return;
+    known[what] = { seq, value };
+    const room = S.rooms.get(roomId);
+    if (room) applyLearned(room);
+  }
+
+  /**
+   * A room list is as of its `last_seq` (the room's `listedSeq`): a role or settings entry after
+   * it is newer and wins, also over a list asked for again that is not as new as the entry.
+   */
+  function applyLearned(room) {
+    const known = S.learned.get(room.id);
+    if (!known) return;
+    if (known.role && known.role.seq > room.listedSeq) room.role = known.role.value;
+    if (known.settings && known.settings.seq > room.listedSeq) Object.assign(room, known.settings.value);
+  }
+
+  function mutedUntil(roomId) {
+    const known = S.learned.get(roomId);
+    return known && known.mutedUntil ? known.mutedUntil.value : 0;
+  }
+
+  const rankOf = (role) => RANKS[role] || 0;
+
+  /**
+   * The user's role in the open room: the room list's (or a later entry's); before the list
+   * came, owner when the room's first entry on screen is the user creating it.
+   */
+  function myRole(view) {
+    const room = S.rooms.get(view.room);
+    if (room && RANKS[room.role]) return room.role;
+    return view.creator === S.user ? 'owner' : null;
+  }
+
+  function isModerator(view) {
+    return !isDirect(view.room) && !view.removed && rankOf(myRole(view)) >= RANKS.admin;
+  }
+
+  /** A member's role as far as the entries on screen tell: a member unless one says otherwise. */
+  function memberRole(view, user) {
+    if (user === S.user) return myRole(view) || 'member';
+    const known = view.roles.get(user);
+    return known ? known.role : 'member';
+  }
+
+  /** The node's rule: moderators act only on members ranked below them. */
+  function mayModerate(view, user) {
+    return user !== S.user && isModerator(view) && rankOf(memberRole(view, user)) < rankOf(myRole(view));
+  }
+
+  /** An entry on screen says `user` has `role` from `seq` on; a later one may say otherwise. */
+  function noteRole(view, user, role, seq) {
+    const known = view.roles.get(user);
+    if (typeof user !== 'string' || (known && known.seq >= seq)) return;
+    view.roles.set(user, { role, seq });
+  }
+
+  /** What a join, leave or audit entry on screen says about members' roles and bans. */
+  function noteStanding(view, entry) {
+    const subject = entry.user || entry.from;
+    switch (entry.kind) {
+      case 'join':
+        // The creator's join is a group room's first entry; anyone joining later is a member.
+        noteRole(view, subject, entry.seq === 1 && !isDirect(view.room) ? 'owner' : 'member', entry.seq);
+        break;
+      case 'leave':
+      case 'kick':
+        // Back in the room they are a plain member (an owner who left gave the room up).
+        noteRole(view, subject, 'member', entry.seq);
+        break;
+      case 'ban':
+        noteRole(view, subject, 'member', entry.seq);
+        noteBan(view, subject, entry.seq, true, Number.isSafeInteger(entry.until) ? entry.until : null);
+        break;
+      case 'unban':
+        noteBan(view, subject, entry.seq, false, null);
+        break;
+      case 'role':
+        if (RANKS[entry.body]) noteRole(view, subject, entry.body, entry.seq);
+        break;
+      default:
+        break;
+    }
+  }
+
+  function noteBan(view, user, seq, banned, until) {
+    const known = view.bans.get(user);
+    if (typeof user !== 'string' || (known && known.seq >= seq)) return;
+    view.bans.set(user, { seq, banned, until });
+  }
+
+  /** Users banned as far as the entries on screen tell, whose ban has not run out. */
+  function knownBans(view) {
+    const now = Date.now();
+    return Array.from(view.bans)
+      .filter(([, ban]) => ban.banned && (ban.until === null || ban.until > now))
+      .sort(([a], [b]) => a.localeCompare(b));
+  }
+
+  /** Why the user cannot post in the open room now (said in the composer's place), or null. */
+  function postingBlocked(view) {
+    if (view.removed) return view.removed;
+    const until = mutedUntil(view.room);
+    if (until > Date.now()) return `You are muted in this room until ${formatTime(until)}. You can still delete your own messages.`;
+    const room = S.rooms.get(view.room);
+    if (room && room.kind !== 'direct' && room.who_may_post === 'moderators' && rankOf(room.role) < RANKS.admin) {
+      return 'Only the owner and admins post in this room. You can still react to messages.';
+    }
+    return null;
+  }
+
+  /** The user's standing, or a member's, changed: repaint what depends on it. */
+  function renderStanding(view) {
+    if (S.view !== view) return;
+    if (view.moderating && !mayModerate(view, view.moderating)) closeModPanel(false);
+    renderRoomHead();
+    renderMembers();
+    renderComposerState();
+    for (const model of view.messages.values()) paintActions(view, model);
+    if (view.moderating && $('mod-panel').dataset.role !== memberRole(view, view.moderating)) buildModPanel(view);
+    if (!$('settings-panel').hidden) renderBans(view);
+  }
+
+  // -- Audit lines --
+  /** "until 14:05" (a date too when not today), or "for good" for a ban without an end. */
+  const untilText = (until) => (Number.isSafeInteger(until) ? `until ${formatTime(until)}` : 'for good');
+
+  const sentence = (text) => (/[.!?…]$/.test(text) ? text : text + '.');
+
+  /** The system line of a moderation entry: who did what to whom, and why when they said. */
+  function auditText(entry) {
+    const by = entry.from;
+    const whom = entry.user || 'someone';
+    const reason = entry.body ? `: ${entry.body}` : '';
+    switch (entry.kind) {
+      case 'role':
+        return entry.body === 'admin' ? `${by} made ${whom} an admin` : `${by} made ${whom} a member again`;
+      case 'kick':
+        return `${by} removed ${whom} from the room${reason}`;
+      case 'ban':
+        return `${by} banned ${whom} ${untilText(entry.until)}${reason}`;
+      case 'unban':
+        return `${by} lifted the ban on ${whom}`;
+      case 'mute':
+        // A mute without an end lifts it.
+        if (!Number.isSafeInteger(entry.until)) return `${by} lifted the mute on ${whom}`;
+        return `${by} muted ${whom} until ${formatTime(entry.until)}`;
+      default:
+        return `${by} changed the room`;
+    }
+  }
+
+  /**
+   * The settings just before the settings entry `seq`, when the page can tell: those of the
+   * previous settings line on screen, or the room list's when every entry after the list up to
+   * `seq` is on screen (the entries on screen run without a gap from the oldest one loaded).
+   * A settings entry holds all the settings after it, not what changed.
+   */
+  function previousSettings(view, seq) {
+    let best = null;
+    for (const [at, line] of view.settingsAt) if (at < seq && (!best || at > best.at)) best = { at, settings: line.settings };
+    if (best) return best.settings;
+    const room = S.rooms.get(view.room);
+    if (room && room.listedSettings && room.listedSeq < seq && view.oldest !== null && view.oldest <= room.listedSeq + 1) {
+      return room.listedSettings;
+    }
+    return null;
+  }
+
+  function settingsChanges(before, after) {
+    const changes = [];
+    if (after.name !== before.name) changes.push(`renamed the room to “${after.name}”`);
+    if (after.topic !== before.topic) {
+      changes.push(after.topic ? `changed the topic to “${excerpt(after.topic)}”` : 'cleared the topic');
+    }
+    if (after.private !== before.private) changes.push(after.private ? 'made the room private' : 'made the room public');
+    if (after.who_may_post !== before.who_may_post) {
+      changes.push(after.who_may_post === 'moderators' ? 'let only the owner and admins post' : 'let every member post');
+    }
+    if (after.who_may_invite !== before.who_may_invite) {
+      changes.push(after.who_may_invite === 'moderators' ? 'let only the owner and admins invite' : 'let every member invite');
+    }
+    return changes;
+  }
+
+  function describeSettings(settings) {
+    return [
+      `name “${settings.name}”`,
+      settings.topic ? `topic “${excerpt(settings.topic)}”` : 'no topic',
+      settings.private ? 'private' : 'public',
+      settings.who_may_post === 'moderators' ? 'only the owner and admins post' : 'every member posts',
+      settings.who_may_invite === 'moderators' ? 'only the owner and admins invite' : 'every member invites',
+    ].join(', ');
+  }
+
+  /** "a", "a and b", "a, b and c". */
+  const listText = (items) => (items.length < 2 ? items.join('') : `${items.slice(0, -1).join(', ')} and ${items[items.length - 1]}`);
+
+  /**
+   * Word the settings lines: what changed when the settings before are known, else all of them.
+   * Older pages or lines may make them known later; a line that says what changed stays.
+   */
+  function repaintSettingsLines(view) {
+    for (const [seq, line] of view.settingsAt) {
+      if (line.diff) continue;
+      const before = previousSettings(view, seq);
+      const changes = before ? settingsChanges(before, line.settings) : [];
+      line.diff = changes.length > 0;
+      const text = line.diff
+        ? `${line.from} ${listText(changes)}`
+        : `${line.from} changed the room's settings: ${describeSettings(line.settings)}`;
+      const span = line.li.querySelector('.notice-text');
+      if (span.textContent !== text) span.textContent = text;
+      if (line.settings.topic) line.li.title = `Topic: ${line.settings.topic}`;
+    }
+  }
+
+  // -- The room's head: topic and settings --
+  /** Under the room's title its topic; beside it the settings button, for the owner and admins. */
+  function renderRoomHead() {
+    const view = S.view;
+    const room = view ? S.rooms.get(view.room) : null;
+    const topic = room && room.kind !== 'direct' && typeof room.topic === 'string' ? room.topic : '';
+    const line = $('room-topic');
+    if (line.textContent !== topic) line.textContent = topic;
+    line.title = topic;
+    line.hidden = !topic;
+    const may = !!view && isModerator(view);
+    $('settings-toggle').hidden = !may;
+    if (!may) closeSettings(false);
+  }
+
+  function toggleSettings() {
+    if ($('settings-panel').hidden) openSettings();
+    else closeSettings(true);
+  }
+
+  function openSettings() {
+    const view = S.view;
+    const room = view && S.rooms.get(view.room);
+    if (!room || !isModerator(view)) return;
+    closeModPanel(false);
+    const settings = normalSettings(room);
+    $('settings-name').value = settings.name;
+    $('settings-topic').value = settings.topic;
+    $('settings-private').checked = settings.private;
+    $('settings-post').value = settings.who_may_post;
+    $('settings-invite').value = settings.who_may_invite;
+    for (const where of ['settings', 'unban']) clearForm(where);
+    $('unban-user').value = '';
+    updateTopicCount();
+    renderBans(view);
+    $('settings-panel').hidden = false;
+    $('settings-toggle').setAttribute('aria-expanded', 'true');
+    $('settings-name').focus();
+  }
+
+  /** Close the settings; `refocus`: back to the button that opened them. */
+  function closeSettings(refocus) {
+    const panel = $('settings-panel');
+    if (panel.hidden) return;
+    panel.hidden = true;
+    $('settings-toggle').setAttribute('aria-expanded', 'false');
+    if (refocus && !$('settings-toggle').hidden) $('settings-toggle').focus();
+  }
+
+  function updateTopicCount() {
+    const bytes = byteLength($('settings-topic').value.trim());
+    const counter = $('settings-topic-count');
+    counter.textContent = `${bytes} / ${TOPIC_MAX_BYTES} bytes`;
+    counter.classList.toggle('over', bytes > TOPIC_MAX_BYTES);
+  }
+
+  /** Send only what differs from the room's settings as the page knows them. */
+  function submitSettings() {
+    const view = S.view;
+    const room = view && S.rooms.get(view.room);
+    if (!room || $('settings-form').dataset.busy) return;
+    const wanted = {
+      name: $('settings-name').value.trim(),
+      topic: $('settings-topic').value.trim(),
+      private: $('settings-private').checked,
+      who_may_post: $('settings-post').value === 'moderators' ? 'moderators' : 'members',
+      who_may_invite: $('settings-invite').value === 'moderators' ? 'moderators' : 'members',
+    };
+    if (!wanted.name) {
+      showFormError({ form: 'settings' }, 'The room needs a name.');
+      return;
+    }
+    const topicBytes = byteLength(wanted.topic);
+    if (topicBytes > TOPIC_MAX_BYTES) {
+      showFormError({ form: 'settings' }, `Topic too long: ${topicBytes} bytes, at most ${TOPIC_MAX_BYTES}.`);
+      return;
+    }
+    const current = normalSettings(room);
+    const frame = { type: 'set_room', room: view.room };
+    for (const [key, value] of Object.entries(wanted)) if (value !== current[key]) frame[key] = value;
+    if (Object.keys(frame).length === 2) {
+      showFormError({ form: 'settings' }, 'Nothing to save: the settings are already so.');
+      return;
+    }
+    sendFormRequest(frame, { kind: 'set_room', room: view.room, form: 'settings' });
+  }
+
+  /** Bans seen in the conversation on screen, each with a button to lift it. */
+  function renderBans(view) {
+    const bans = knownBans(view);
+    $('ban-list').replaceChildren(
+      ...bans.map(([user, ban]) => {
+        const li = el('li', 'ban');
+        li.dataset.user = user;
+        li.append(el('span', 'ban-name', user), el('span', 'ban-until', untilText(ban.until)));
+        const button = el('button', 'link-button', `Unban ${user}`);
+        button.type = 'button';
+        button.addEventListener('click', () => unban(view, user));
+        li.append(button);
+        return li;
+      }),
+    );
+    $('ban-list').hidden = bans.length === 0;
+  }
+
+  function unban(view, user) {
+    if (S.view !== view || !user) return;
+    sendFormRequest({ type: 'unban', room: view.room, user }, { kind: 'moderate', room: view.room, user, form: 'unban' });
+  }
+
+  // -- The moderation panel: actions on one member, opened from the member list --
+  function toggleModPanel(view, user) {
+    if (view.moderating === user) closeModPanel(true);
+    else openModPanel(view, user);
+  }
+
+  function openModPanel(view, user) {
+    if (S.view !== view || !mayModerate(view, user)) return;
+    closeSettings(false);
+    if (view.moderating !== user) $('mod-panel').replaceChildren(); // a new member: a fresh form
+    view.moderating = user;
+    buildModPanel(view);
+    renderMembers();
+    const first = $('mod-panel').querySelector('button, input, select');
+    if (first) first.focus();
+  }
+
+  /** Close the panel; `refocus`: back to the button that opened it. */
+  function closeModPanel(refocus) {
+    const panel = $('mod-panel');
+    panel.hidden = true;
+    panel.replaceChildren();
+    clearForm('mod');
+    delete panel.dataset.role;
+    delete panel.dataset.user;
+    const view = S.view;
+    const user = view ? view.moderating : null;
+    if (!view || user === null) return;
+    view.moderating = null;
+    renderMembers();
+    if (refocus) (moderateButton(user) || $('scroller')).focus();
+  }
+
+  const moderateButton = (user) => $('member-list').querySelector(`[data-moderate="${CSS.escape(user)}"]`);
+
+  /**
+   * The panel's controls for `view.moderating`. Built again when that member's role changes; what
+   * the user typed and chose stays.
+   */
+  function buildModPanel(view) {
+    const user = view.moderating;
+    const panel = $('mod-panel');
+    const kept = {};
+    for (const id of ['mod-reason', 'mod-ban-for', 'mod-mute-for']) if ($(id)) kept[id] = $(id).value;
+    const error = $('mod-error') ? $('mod-error').textContent : '';
+    panel.dataset.user = user;
+    const title = el('h3', 'mod-title', `Moderate ${user}`);
+    title.id = 'mod-title';
+    const parts = [title];
+    if (myRole(view) === 'owner') {
+      // The owner makes members admins and back (the page knows roles from the entries on screen).
+      const admin = memberRole(view, user) === 'admin';
+      parts.push(
+        modRow(
+          el('span', 'mod-label', admin ? `${user} is an admin.` : `${user} is a member.`),
+          panelButton('role', admin ? `Make ${user} a member again` : `Make ${user} an admin`, () =>
+            moderate(view, user, 'set_role', { role: admin ? 'member' : 'admin' }),
+          ),
+        ),
+      );
+    }
+    const reasonLabel = el('label', '', 'Reason for a kick or ban (optional, everyone sees it)');
+    reasonLabel.htmlFor = 'mod-reason';
+    const reason = el('input', 'mod-reason');
+    reason.id = 'mod-reason';
+    reason.dataset.key = 'reason';
+    reason.autocomplete = 'off';
+    reason.maxLength = REASON_MAX_BYTES;
+    parts.push(reasonLabel, reason);
+    parts.push(modRow(panelButton('kick', `Kick ${user}`, () => moderate(view, user, 'kick', {}), 'danger')));
+    const ban = durationSelect('mod-ban-for', 'Ban for', BAN_DURATIONS);
+    parts.push(
+      modRow(...ban, panelButton('ban', `Ban ${user}`, () => moderate(view, user, 'ban', { until: untilFrom('mod-ban-for') }), 'danger')),
+    );
+    const mute = durationSelect('mod-mute-for', 'Mute for', MUTE_DURATIONS);
+    parts.push(
+      modRow(
+        ...mute,
+        panelButton('mute', `Mute ${user}`, () => moderate(view, user, 'mute', { until: untilFrom('mod-mute-for') })),
+        // A mute without an end lifts it (docs/PROTOCOL.md): there is no separate unmute.
+        panelButton('unmute', 'Lift the mute', () => moderate(view, user, 'mute', {}), 'secondary'),
+      ),
+    );
+    const errorLine = el('p', 'form-error', error);
+    errorLine.id = 'mod-error';
+    errorLine.setAttribute('role', 'alert');
+    const close = panelButton('close', 'Close', () => closeModPanel(true), 'link-button');
+    close.setAttribute('aria-label', 'Close the moderation panel');
+    parts.push(errorLine, modRow(close));
+    // Rebuilt while the user is in it (a role changed): the focus stays on the same control.
+    const focused = panel.contains(document.activeElement) ? document.activeElement.dataset.key : null;
+    panel.replaceChildren(...parts);
+    panel.dataset.role = memberRole(view, user);
+    for (const [id, value] of Object.entries(kept)) $(id).value = value;
+    panel.hidden = false;
+    const refocus = focused && panel.querySelector(`[data-key="${focused}"]`);
+    if (refocus) refocus.focus();
+  }
+
+  function panelButton(key, label, onClick, className) {
+    const button = el('button', className || '', label);
+    button.type = 'button';
+    button.dataset.key = key;
+    button.addEventListener('click', onClick);
+    return button;
+  }
+
+  function modRow(...children) {
+    const row = el('div', 'mod-row');
+    row.append(...children);
+    return row;
+  }
+
+  function durationSelect(id, label, durations) {
+    const labelEl = el('label', 'mod-label', label);
+    labelEl.htmlFor = id;
+    const select = el('select', 'mod-duration');
+    select.id = id;
+    select.dataset.key = id;
+    for (const [text, ms] of durations) {
+      const option = el('option', '', text);
+      option.value = ms === null ? '' : String(ms);
+      select.append(option);
+    }
+    return [labelEl, select];
+  }
+
+  /** The end a duration picked in `selectId` gives, from now; undefined for good. */
+  function untilFrom(selectId) {
+    const ms = Number($(selectId).value);
+    return ms > 0 ? Date.now() + ms : undefined;
+  }
+
+  /** A moderation request from the panel; a kick's or ban's reason is the panel's. */
+  function moderate(view, user, type, fields) {
+    if (S.view !== view || view.moderating !== user) return;
+    const frame = Object.assign({ type, room: view.room, user }, fields);
+    if (frame.until === undefined) delete frame.until;
+    if (type === 'kick' || type === 'ban') {
+      const reason = $('mod-reason').value.trim();
+      const bytes = byteLength(reason);
+      if (bytes > REASON_MAX_BYTES) {
+        showFormError({ form: 'mod', room: view.room, user }, `Reason too long: ${bytes} bytes, at most ${REASON_MAX_BYTES}.`);
+        return;
+      }
+      if (reason) frame.reason = reason;
+    }
+    sendFormRequest(frame, { kind: 'moderate', room: view.room, user, form: 'mod' });
+  }
+
+  // -- Forms whose answer comes from the node: busy until it does, its refusal shown in them --
+  const FORMS = { mod: ['mod-panel', 'mod-error'], settings: ['settings-form', 'settings-error'], unban: ['unban-form', 'unban-error'] };
+
+  /** Send a form's request; one at a time per form (a second click waits for the answer). */
+  function sendFormRequest(frame, ctx) {
+    const box = $(FORMS[ctx.form][0]);
+    if (box.dataset.busy) return;
+    clearForm(ctx.form);
+    if (!request(frame, ctx)) {
+      showFormError(ctx, 'Not connected; try again when the connection is back.');
+      return;
+    }
+    box.dataset.busy = 'true';
+    box.setAttribute('aria-busy', 'true');
+  }
+
+  function clearForm(where) {
+    const [boxId, errorId] = FORMS[where];
+    const box = $(boxId);
+    delete box.dataset.busy;
+    box.removeAttribute('aria-busy');
+    if ($(errorId)) $(errorId).textContent = '';
+  }
+
+  /** Is the form a request was sent from still open, for the same room (and member)? */
+  function formOpen(ctx) {
+    const view = S.view;
+    if (!view || (ctx.room && ctx.room !== view.room)) return false;
+    if (ctx.form === 'mod') return !$('mod-panel').hidden && (!ctx.user || view.moderating === ctx.user);
+    return !$('settings-panel').hidden;
+  }
+
+  /** Say `text` in the form `ctx` came from; false when that form is closed. */
+  function showFormError(ctx, text) {
+    if (!formOpen(ctx)) return false;
+    clearForm(ctx.form);
+    $(FORMS[ctx.form][1]).textContent = text;
+    return true;
+  }
+
+  function onOk(ctx) {
+    if (!ctx) return;
+    if (ctx.kind === 'delete_account') {
+      accountDeleted();
+      return;
+    }
+    if ((ctx.kind !== 'moderate' && ctx.kind !== 'set_room') || !formOpen(ctx)) return;
+    // Done: the entry that says so arrives in the conversation.
+    clearForm(ctx.form);
+    if (ctx.form === 'mod') closeModPanel(true);
+    else if (ctx.form === 'settings') closeSettings(true);
+    else $('unban-user').value = '';
+  }
+
+  /** The connection went before the node answered: the forms may be used again. */
+  function formsLostConnection() {
+    for (const [where, [boxId, errorId]] of Object.entries(FORMS)) {
+      if (!$(boxId).dataset.busy) continue;
+      clearForm(where);
+      // The node may have done it: its entry shows in the conversation if so.
+      if ($(errorId)) $(errorId).textContent = 'The connection was lost before an answer came: see the conversation, and try again if nothing happened.';
+    }
+    const form = $('delete-form');
+    if (form && form.dataset.busy) {
+      delete form.dataset.busy;
+      $('delete-confirm').disabled = false;
+      $('delete-error').textContent = 'The connection was lost before an answer came; try again once connected.';
+    }
+  }
+
+  function closeRoomPanels() {
+    closeModPanel(false);
+    closeSettings(false);
+  }
+
+  // -- Deleting the account --
+  function openDeleteAccount() {
+    const dialog = $('delete-dialog');
+    if (dialog.open || !S.user) return;
+    // Built when opened, so the page holds no second password field while signing in.
+    dialog.replaceChildren($('delete-template').content.cloneNode(true));
+    $('delete-form').addEventListener('submit', (event) => {
+      event.preventDefault();
+      submitDeleteAccount();
+    });
+    $('delete-cancel').addEventListener('click', () => dialog.close());
+    dialog.showModal();
+    $('delete-password').focus();
+  }
+
+  function closeDeleteAccount() {
+    const dialog = $('delete-dialog');
+    if (dialog.open) dialog.close();
+    dialog.replaceChildren();
+  }
+
+  function submitDeleteAccount() {
+    const form = $('delete-form');
+    if (form.dataset.busy) return;
+    const password = $('delete-password').value;
+    $('delete-error').textContent = '';
+    if (!password) {
+      $('delete-error').textContent = 'Enter your password to confirm.';
+      return;
+    }
+    if (!isAuthed() || !request({ type: 'delete_account', password }, { kind: 'delete_account' })) {
+      $('delete-error').textContent = 'Not connected; try again when the connection is back.';
+      return;
+    }
+    form.dataset.busy = 'true';
+    $('delete-confirm').disabled = true;
+  }
+
+  function onDeleteAccountError(frame) {
+    const form = $('delete-form');
+    if (!form) {
+      showAlert(frame.code, frame.message);
+      return;
+    }
+    delete form.dataset.busy;
+    $('delete-confirm').disabled = false;
+    // A wrong password changes nothing: the user stays signed in and may try again.
+    $('delete-error').textContent =
+      frame.code === 'invalid_credentials' ? 'Wrong password: your account was not deleted.' : describeError(frame);
+    $('delete-password').select();
+    $('delete-password').focus();
   }
 
   // ---- Outbox -------------------------------------------------------------------------------
@@ -2436,7 +3215,7 @@
   let membersTimer = null;
   /** Someone joined or left the open room: its member page is stale. */
   function refreshMembersSoon(view) {
-    if (membersTimer || isDirect(view.room)) return;
+    if (membersTimer || isDirect(view.room) || view.removed) return;
     membersTimer = setTimeout(() => {
       membersTimer = null;
       if (S.view === view && isAuthed()) request({ type: 'list_members', room: view.room }, { kind: 'members', room: view.room });
@@ -2452,6 +3231,8 @@
     view.membersMore = !!frame.more;
     const presence = Array.isArray(frame.presence) ? frame.presence : [];
     for (const p of presence) if (validPresence(p)) S.presence.set(p.user, p);
+    // The member being moderated left (or was removed by someone else).
+    if (view.moderating && !view.members.includes(view.moderating)) closeModPanel(false);
     renderMembers();
     scheduleWatch();
   }
@@ -2459,22 +3240,41 @@
   function renderMembers() {
     const view = S.view;
     const list = $('member-list');
-    if (!view || isDirect(view.room) || !view.members) {
+    // No longer a member: the list the page has is stale and the node shows no newer one.
+    if (!view || isDirect(view.room) || !view.members || view.removed) {
       list.hidden = true;
       list.replaceChildren();
     } else {
-      list.replaceChildren(
-        ...view.members.map((user) => {
-          const li = el('li', 'member');
-          li.dataset.user = user;
-          li.append(presenceBadge(user), el('span', 'member-name', user));
-          if (user === S.user) li.append(el('span', 'member-you', '(you)'));
-          return li;
-        }),
-      );
+      // Redrawn while the user is on a Moderate button: the focus stays on it.
+      const focused = list.contains(document.activeElement) ? document.activeElement.dataset.moderate : undefined;
+      list.replaceChildren(...view.members.map((user) => memberElement(view, user)));
       list.hidden = view.members.length === 0;
+      const refocus = focused === undefined ? null : moderateButton(focused);
+      if (refocus) refocus.focus();
     }
     renderRoomPresence();
+  }
+
+  /** A member: presence, name, role when above member, and the moderation button when allowed. */
+  function memberElement(view, user) {
+    const li = el('li', 'member');
+    li.dataset.user = user;
+    const role = memberRole(view, user);
+    li.dataset.role = role;
+    li.append(presenceBadge(user), el('span', 'member-name', user));
+    if (role !== 'member') li.append(el('span', 'member-role', role));
+    if (user === S.user) li.append(el('span', 'member-you', '(you)'));
+    if (mayModerate(view, user)) {
+      const button = el('button', 'link-button member-moderate', 'Moderate');
+      button.type = 'button';
+      button.dataset.moderate = user;
+      button.setAttribute('aria-label', `Moderate ${user}`);
+      button.setAttribute('aria-expanded', view.moderating === user ? 'true' : 'false');
+      button.setAttribute('aria-controls', 'mod-panel');
+      button.addEventListener('click', () => toggleModPanel(view, user));
+      li.append(button);
+    }
+    return li;
   }
 
   /** Under the room's title: the peer's presence, or the group's member counts. */
@@ -2501,7 +3301,7 @@
       line.hidden = false;
       return;
     }
-    if (!view.members) {
+    if (!view.members || view.removed) {
       line.hidden = true;
       return;
     }
@@ -2733,10 +3533,26 @@
   }
 
   function renderComposerState() {
-    // Writing works offline too: messages wait in the outbox.
-    const enabled = !!S.view;
+    // Writing works offline too: messages wait in the outbox. Not where the node would refuse
+    // any message (posting for moderators only, a mute, no longer a member): the reason shows.
+    const view = S.view;
+    const blocked = view ? postingBlocked(view) : null;
+    const enabled = !!view && !blocked;
     $('message-input').disabled = !enabled;
     $('send-button').disabled = !enabled;
+    const note = $('composer-note');
+    if (note.textContent !== (blocked || '')) note.textContent = blocked || '';
+    note.hidden = !blocked;
+    scheduleMuteEnd(view);
+  }
+
+  /** A mute ends by itself: the composer and the message actions come back then. */
+  function scheduleMuteEnd(view) {
+    clearTimeout(S.timers.mute);
+    const wait = view ? mutedUntil(view.room) - Date.now() : 0;
+    if (wait > 0) {
+      S.timers.mute = setTimeout(() => renderStanding(view), Math.min(wait + 50, TIMER_MAX_MS));
+    }
   }
 
   // ---- Views --------------------------------------------------------------------------------
@@ -2851,6 +3667,29 @@
       (current || $('create-name')).focus();
     });
     $('copy-id').addEventListener('click', copyRoomId);
+    $('settings-toggle').addEventListener('click', toggleSettings);
+    $('settings-form').addEventListener('submit', (event) => {
+      event.preventDefault();
+      submitSettings();
+    });
+    $('settings-cancel').addEventListener('click', () => closeSettings(true));
+    $('settings-topic').addEventListener('input', updateTopicCount);
+    $('unban-form').addEventListener('submit', (event) => {
+      event.preventDefault();
+      if (S.view) unban(S.view, $('unban-user').value.trim().toLowerCase());
+    });
+    for (const [panel, close] of [['settings-panel', closeSettings], ['mod-panel', closeModPanel]]) {
+      $(panel).addEventListener('keydown', (event) => {
+        if (event.key !== 'Escape') return;
+        event.preventDefault();
+        close(true);
+      });
+    }
+    $('delete-account').addEventListener('click', openDeleteAccount);
+    $('delete-dialog').addEventListener('close', () => {
+      $('delete-dialog').replaceChildren();
+      if (!$('me').hidden) $('delete-account').focus();
+    });
     $('retry-now').addEventListener('click', retryNow);
     $('conn-error-retry').addEventListener('click', retryNow);
     $('logout').addEventListener('click', () => {
