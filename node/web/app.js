@@ -40,8 +40,8 @@
 //   is an entry of the room (kinds `role`, `kick`, `ban`, `unban`, `mute`, `settings`), shown as
 //   a system line like a join. What an entry says about the user's own standing (their role, a
 //   mute, the settings) is remembered with its seq and wins over a room list as of an earlier
-//   seq; other members' roles are known only from the entries on screen (`list_members` does not
-//   say them), so the page may offer an action the node refuses, and then shows the refusal.
+//   seq; other members' roles come from `list_members` (as of the newest entry seen) and the
+//   entries after it. Whatever the page offers, the node decides, and a refusal is shown.
 // - Text from the network only ever reaches the page through `textContent`.
 'use strict';
 
@@ -3231,6 +3231,12 @@
     view.membersMore = !!frame.more;
     const presence = Array.isArray(frame.presence) ? frame.presence : [];
     for (const p of presence) if (validPresence(p)) S.presence.set(p.user, p);
+    // The node's roles as of the newest entry the page has seen; an entry after it says more.
+    const roles = Array.isArray(frame.roles) ? frame.roles : [];
+    const asOf = S.maxSeq.get(view.room) || 0;
+    frame.members.forEach((user, i) => {
+      if (typeof user === 'string' && RANKS[roles[i]] && user !== S.user) noteRole(view, user, roles[i], asOf);
+    });
     // The member being moderated left (or was removed by someone else).
     if (view.moderating && !view.members.includes(view.moderating)) closeModPanel(false);
     renderMembers();

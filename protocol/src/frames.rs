@@ -841,6 +841,9 @@ pub enum ServerFrame {
         members: Vec<String>,
         #[serde(default)]
         presence: Vec<UserPresence>,
+        /// Each member's role, in the same order.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        roles: Vec<Role>,
         /// Members in the room.
         #[serde(default)]
         total: u32,

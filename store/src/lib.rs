@@ -410,6 +410,9 @@ pub trait Store: Send + Sync + 'static {
     /// Members in join order.
     async fn members(&self, room: &str) -> StoreResult<Vec<String>>;
     async fn is_member(&self, room: &str, user: &str) -> StoreResult<bool>;
+    /// The role of each of `users` in `room`, in order (`None` for one who is not a member).
+    /// `NoSuchRoom` for an unknown room.
+    async fn roles(&self, room: &str, users: &[String]) -> StoreResult<Vec<Option<Role>>>;
     async fn rooms_of(&self, user: &str) -> StoreResult<Vec<MyRoom>>;
 
     // Logs.

@@ -99,7 +99,7 @@ use std::thread;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use protocol::{Cursor, Entry, EntryKind, ReactionCount};
+use protocol::{Cursor, Entry, EntryKind, ReactionCount, Role};
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
@@ -432,6 +432,11 @@ impl Store for SqliteStore {
     async fn presence_note(&self, user: &str) -> StoreResult<Option<PresenceNote>> {
         let user = user.to_owned();
         self.read(move |conn| ops::presence_note(conn, &user)).await
+    }
+
+    async fn roles(&self, room: &str, users: &[String]) -> StoreResult<Vec<Option<Role>>> {
+        let (room, users) = (room.to_owned(), users.to_vec());
+        self.read(move |conn| moderate::roles(conn, &room, &users)).await
     }
 
     async fn delete_account(&self, user: &str, ts: u64) -> StoreResult<()> {

@@ -66,6 +66,14 @@ async fn roles_kicks_bans_and_mutes() -> anyhow::Result<()> {
     let made = audit_entry(&mut carol, &room, EntryKind::Role, "bob").await?;
     ensure!(made.from == "alice" && made.body == "admin", "{made:?}");
     ensure!(my_role(&mut bob, &room).await? == Some(Role::Admin));
+    let req = carol.next_req();
+    let list = ClientFrame::ListMembers { req, room: room.clone(), after: None, limit: None };
+    let ServerFrame::Members { members, roles, .. } = carol.request(list).await? else { bail!("members") };
+    let listed: Vec<(&str, Role)> = members.iter().map(String::as_str).zip(roles).collect();
+    ensure!(
+        listed == [("alice", Role::Owner), ("bob", Role::Admin), ("carol", Role::Member)],
+        "every member sees the roles: {listed:?}"
+    );
 
     // The admin kicks carol, who learns why and is out; she may come back.
     let req = bob.next_req();

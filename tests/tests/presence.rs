@@ -55,9 +55,10 @@ async fn list_members(
     let req = client.next_req();
     let frame = ClientFrame::ListMembers { req, room: room.into(), after: after.map(String::from), limit };
     match client.request(frame).await? {
-        ServerFrame::Members { req: got, room: got_room, members, presence, total, online, more }
+        ServerFrame::Members { req: got, room: got_room, members, presence, roles, total, online, more }
             if got == req && got_room == room =>
         {
+            ensure!(roles.len() == members.len(), "a role per member: {roles:?} for {members:?}");
             Ok((members, presence, total, online, more))
         }
         other => bail!("list_members after {after:?} limit {limit:?}: {other:?}"),

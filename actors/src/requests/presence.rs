@@ -231,7 +231,12 @@ pub async fn list_members(
         presence.push(theirs);
     }
     let more = start + page.len() < members.len();
-    ServerFrame::Members { req, room, members: page, presence, total, online, more }
+    // A member who left since the list was read reads as a member: the page is a moment's view.
+    let roles = match ctx.hub.store.roles(&room, &page).await {
+        Ok(roles) => roles.into_iter().map(Option::unwrap_or_default).collect(),
+        Err(err) => return store_error_frame(&ctx.hub, Some(req), err),
+    };
+    ServerFrame::Members { req, room, members: page, presence, roles, total, online, more }
 }
 
 /// A member's place in a `members` page besides the name (listed twice) and status text: field

@@ -53,6 +53,10 @@ pub async fn the_owner_makes_admins_and_ranks_decide(store: Arc<dyn Store>) {
     not_allowed(refused(store, act("r", epoch, EntryKind::Mute, "a", "m", "")).await);
     send(store, act("r", epoch, EntryKind::Role, "o", "m", "member")).await;
     assert_eq!(role(store, "m", "r").await, Some(Role::Member));
+    let names: Vec<String> = ["o", "a", "m", "nobody"].iter().map(|n| n.to_string()).collect();
+    let roles = store.roles("r", &names).await.expect("roles");
+    assert_eq!(roles, [Some(Role::Owner), Some(Role::Admin), Some(Role::Member), None]);
+    assert_eq!(store.roles("nowhere", &names).await, Err(StoreError::NoSuchRoom("nowhere".into())));
     let err = refused(store, act("r", epoch, EntryKind::Role, "o", "n", "king")).await;
     assert!(matches!(err, StoreError::InvalidReference(_)), "{err:?}");
     not_allowed(refused(store, act("r", epoch, EntryKind::Role, "o", "o", "member")).await);

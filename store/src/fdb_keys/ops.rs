@@ -519,6 +519,18 @@ async fn is_member<X: KvTxn>(t: &X, ks: &Keyspace, room: &str, user: &str) -> R<
     Ok(t.get(&ks.member(room, user)).await?.is_some())
 }
 
+async fn roles<X: KvTxn>(t: &X, ks: &Keyspace, room: &str, users: &[String]) -> R<Vec<Option<Role>>, X> {
+    let state = require_room(t, ks, room, &mut WriteSet::new()).await?;
+    let keys: Vec<Vec<u8>> = users.iter().map(|user| ks.member(room, user)).collect();
+    let found = if keys.is_empty() { Vec::new() } else { t.get_many(&keys).await? };
+    let mut roles = Vec::with_capacity(users.len());
+    for ((user, key), value) in users.iter().zip(&keys).zip(found) {
+        let member = decode_at::<X, _>(key, value, MemberValue::decode)?;
+        roles.push(member.map(|member| member.role_in(&state.meta, user)));
+    }
+    Ok(roles)
+}
+
 async fn rooms_of<X: KvTxn>(t: &X, ks: &Keyspace, user: &str) -> R<Vec<MyRoom>, X> {
     require_user_head(t, ks, user).await?;
     let mut memberships = Vec::new();
@@ -1140,6 +1152,11 @@ impl<D: KvDb> Store for KvStore<D> {
     async fn set_presence_note(&self, user: &str, note: PresenceNote) -> StoreResult<()> {
         let (ks, note) = (&self.keys, &note);
         self.db.transact("set presence note", |t, _| async move { set_presence_note(&t, ks, user, note).await }).await
+    }
+
+    async fn roles(&self, room: &str, users: &[String]) -> StoreResult<Vec<Option<Role>>> {
+        let ks = &self.keys;
+        self.db.transact("read roles", |t, _| async move { roles(&t, ks, room, users).await }).await
     }
 
     async fn delete_account(&self, user: &str, ts: u64) -> StoreResult<()> {

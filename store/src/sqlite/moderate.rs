@@ -70,6 +70,12 @@ pub(super) fn role_of(conn: &Connection, rid: i64, name: &str) -> StoreResult<Op
     }
 }
 
+/// The role of each of `users` in `room` (`None` for a non-member).
+pub(super) fn roles(conn: &Connection, room: &str, users: &[String]) -> StoreResult<Vec<Option<Role>>> {
+    let rid = super::ops::require_room(conn, room)?.rid;
+    users.iter().map(|user| role_of(conn, rid, user)).collect()
+}
+
 /// `Banned` if the user is banned from the room at `now`.
 pub(super) fn check_not_banned(conn: &Connection, room: &RoomRow, uid: i64, user: &str, now: u64) -> StoreResult<()> {
     let ban: Option<Option<u64>> = conn
