@@ -493,19 +493,7 @@ mod tests {
         let epoch = crate::conformance::contention_room(fixture.as_ref(), "r").await;
         let (transactions_before, attempts_before) = store.db().retry_counts();
         let started = std::time::Instant::now();
-        let mut tasks = Vec::new();
-        for task in 0..TASKS {
-            let store = Arc::clone(&fixture);
-            tasks.push(tokio::spawn(async move {
-                for n in 0..EACH {
-                    let request = crate::conformance::contention_text("r", epoch, &format!("t{task}-{n}"));
-                    store.append(request).await.expect("a contended append commits");
-                }
-            }));
-        }
-        for task in tasks {
-            task.await.expect("task");
-        }
+        contend(&fixture, epoch, TASKS, EACH).await;
         let (transactions, attempts) = store.db().retry_counts();
         let (transactions, attempts) = (transactions - transactions_before, attempts - attempts_before);
         println!(
@@ -515,6 +503,23 @@ mod tests {
             started.elapsed().as_secs_f64() * 1000.0 / (TASKS * EACH) as f64,
         );
         assert_eq!(transactions, (TASKS * EACH) as u64);
+    }
+
+    /// `tasks` tasks each appending `each` texts to room `r` at once; every append must commit.
+    async fn contend(store: &Arc<dyn crate::Store>, epoch: crate::Epoch, tasks: usize, each: usize) {
+        let mut running = Vec::new();
+        for task in 0..tasks {
+            let store = Arc::clone(store);
+            running.push(tokio::spawn(async move {
+                for n in 0..each {
+                    let request = crate::conformance::contention_text("r", epoch, &format!("t{task}-{n}"));
+                    store.append(request).await.expect("a contended append commits");
+                }
+            }));
+        }
+        for task in running {
+            task.await.expect("task");
+        }
     }
 
     /// With a transaction timeout short enough that contention spends it (1 s, where eight
@@ -532,19 +537,7 @@ mod tests {
         let _clear = ClearOnDrop(Arc::clone(&store));
         let fixture: Arc<dyn crate::Store> = store.clone();
         let epoch = crate::conformance::contention_room(fixture.as_ref(), "r").await;
-        let mut tasks = Vec::new();
-        for task in 0..TASKS {
-            let store = Arc::clone(&fixture);
-            tasks.push(tokio::spawn(async move {
-                for n in 0..EACH {
-                    let request = crate::conformance::contention_text("r", epoch, &format!("t{task}-{n}"));
-                    store.append(request).await.expect("a contended append commits");
-                }
-            }));
-        }
-        for task in tasks {
-            task.await.expect("task");
-        }
+        contend(&fixture, epoch, TASKS, EACH).await;
         let (history, _) = fixture.history("r", crate::HistoryPage::After(0), 1_000).await.expect("history");
         let texts = history.iter().filter(|e| e.kind == protocol::EntryKind::Text).count();
         assert_eq!(texts, TASKS * EACH, "each append once");

@@ -227,11 +227,7 @@ pub(super) fn append_settings(
     retention: u64,
 ) -> StoreResult<Appended> {
     let room_id = &room.record.id;
-    let actor = match find_uid(conn, &request.from)? {
-        Some(uid) => standing(conn, room.rid, uid)?,
-        None => None,
-    };
-    let Some((actor, _)) = actor else {
+    let Some(actor) = role_of(conn, room.rid, &request.from)? else {
         return Err(StoreError::NotMember { room: room_id.clone(), user: request.from.clone() });
     };
     let settings = crate::rules::settings_after(
