@@ -352,7 +352,7 @@ async fn transcript(t: &mut Transcript) -> anyhow::Result<()> {
         json!({"type": "list_members", "req": 7, "room": "$general"}),
         json!({"type": "members", "req": 7, "room": "$general", "members": ["alice", "bob"],
                "presence": [{"user": "alice", "state": "online"}, {"user": "bob", "state": "online"}],
-               "total": 2, "online": 2, "more": false}),
+               "roles": ["owner", "member"], "total": 2, "online": 2, "more": false}),
         &[],
     )
     .await?;
