@@ -102,6 +102,19 @@ pub enum TokenError {
     Expired,
 }
 
+/// What can go wrong setting the authenticator up or hashing a password.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("auth.token_key must be at least 32 bytes")]
+    TokenKeyTooShort,
+    #[error("invalid argon2 parameters: {0}")]
+    Parameters(String),
+    #[error("starting password hash threads: {0}")]
+    HashThreads(#[from] std::io::Error),
+    #[error("hashing a password: {0}")]
+    Hashing(String),
+}
+
 /// Passwords and tokens. Cheap to clone behind an `Arc`.
 pub struct Authenticator {
     config: AuthConfig,
@@ -111,10 +124,12 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
-    pub fn new(config: AuthConfig) -> anyhow::Result<Self> {
-        anyhow::ensure!(config.token_key.len() >= 32, "auth.token_key must be at least 32 bytes");
+    pub fn new(config: AuthConfig) -> Result<Self, AuthError> {
+        if config.token_key.len() < 32 {
+            return Err(AuthError::TokenKeyTooShort);
+        }
         let params = Params::new(config.argon2_memory_kib, config.argon2_iterations, 1, None)
-            .map_err(|err| anyhow::anyhow!("invalid argon2 parameters: {err}"))?;
+            .map_err(|err| AuthError::Parameters(err.to_string()))?;
         let limiter = Limiter::new(LimiterSettings {
             address_max_attempts: config.login_max_failures,
             window: Duration::from_secs(config.login_window_secs),
@@ -125,8 +140,7 @@ impl Authenticator {
             max_keys: LIMITER_MAX_KEYS,
             max_entries: LIMITER_MAX_ENTRIES,
         });
-        let pool = HashPool::new(config.max_concurrent_hashes, config.hash_queue_len)
-            .map_err(|err| anyhow::anyhow!("starting password hash threads: {err}"))?;
+        let pool = HashPool::new(config.max_concurrent_hashes, config.hash_queue_len)?;
         Ok(Authenticator { params, config, limiter, pool })
     }
 
@@ -152,7 +166,7 @@ impl Authenticator {
 
     /// Hash a password on the calling thread (CPU- and memory-heavy; requests use
     /// [`Authenticator::hash_in_pool`]).
-    pub fn hash_password(&self, password: &str) -> anyhow::Result<String> {
+    pub fn hash_password(&self, password: &str) -> Result<String, AuthError> {
         hash_with(&self.params, password.as_bytes(), &mut HashMemory::default())
     }
 
@@ -163,10 +177,10 @@ impl Authenticator {
     }
 
     /// Hash a password in the pool, or `Busy` at once when its queue is full.
-    pub async fn hash_in_pool(&self, password: String) -> Result<anyhow::Result<String>, Busy> {
+    pub async fn hash_in_pool(&self, password: String) -> Result<Result<String, AuthError>, Busy> {
         let params = self.params.clone();
         let result = self.pool.try_run(move |memory| hash_with(&params, password.as_bytes(), memory))?;
-        Ok(result.await.unwrap_or_else(|_| Err(anyhow::anyhow!("password hash thread failed"))))
+        Ok(result.await.unwrap_or_else(|_| Err(AuthError::Hashing("the hash thread failed".into()))))
     }
 
     /// Verify a password in the pool, or `Busy` at once when its queue is full. Without a
@@ -230,21 +244,23 @@ impl Authenticator {
 }
 
 /// Hash `password` with `params` and a fresh salt into a PHC string, using `memory`.
-fn hash_with(params: &Params, password: &[u8], memory: &mut HashMemory) -> anyhow::Result<String> {
-    let salt = SaltString::generate(&mut rand::rngs::OsRng);
-    let mut salt_buf = [0u8; 64];
-    let salt_bytes = salt.decode_b64(&mut salt_buf).map_err(|err| anyhow::anyhow!("encoding salt: {err}"))?;
+fn hash_with(params: &Params, password: &[u8], memory: &mut HashMemory) -> Result<String, AuthError> {
+    let hashing = |err: &dyn std::fmt::Display| AuthError::Hashing(err.to_string());
+    // 16 random bytes, the salt length the PHC string format recommends, from the OS-seeded
+    // thread generator (a CSPRNG).
+    let salt_bytes: [u8; 16] = rand::random();
+    let salt = SaltString::encode_b64(&salt_bytes).map_err(|err| hashing(&err))?;
     let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
     let output_len = params.output_len().unwrap_or(Params::DEFAULT_OUTPUT_LEN);
     let output = Output::init_with(output_len, |out| {
-        argon2.hash_password_into_with_memory(password, salt_bytes, out, memory.blocks(params.block_count()))?;
+        argon2.hash_password_into_with_memory(password, &salt_bytes, out, memory.blocks(params.block_count()))?;
         Ok(())
     })
-    .map_err(|err| anyhow::anyhow!("hashing password: {err}"))?;
+    .map_err(|err| hashing(&err))?;
     let hash = PasswordHash {
         algorithm: Algorithm::Argon2id.ident(),
         version: Some(Version::V0x13.into()),
-        params: ParamsString::try_from(params).map_err(|err| anyhow::anyhow!("argon2 parameters: {err}"))?,
+        params: ParamsString::try_from(params).map_err(|err| AuthError::Parameters(err.to_string()))?,
         salt: Some(salt.as_salt()),
         hash: Some(output),
     };

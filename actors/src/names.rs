@@ -4,7 +4,7 @@
 //! The rules are strict on purpose: user names appear in room ids of direct conversations
 //! (`dm:alice:bob`) and in store keys, so they exclude `:` and anything that needs escaping.
 
-use rand::Rng;
+use rand::RngExt;
 
 /// Longest user name, in bytes (all allowed characters are ASCII).
 pub const MAX_USER_NAME_BYTES: usize = 32;
@@ -125,8 +125,8 @@ pub fn validate_message_id(id: &str) -> Result<(), String> {
 /// caught by the store's create-if-absent and retried).
 pub fn new_room_id() -> String {
     const ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyz23456789";
-    let mut rng = rand::thread_rng();
-    let tail: String = (0..12).map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char).collect();
+    let mut rng = rand::rng();
+    let tail: String = (0..12).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect();
     format!("r_{tail}")
 }
 
