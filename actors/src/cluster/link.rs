@@ -36,19 +36,19 @@ use tracing::{debug, error, info};
 use super::router::{RouterActor, RouterState};
 use super::tls::{HandshakeError, LinkTls};
 use super::wire::RouterMessage;
-use super::{router_group, Cluster, ROUTERS_GROUP};
+use super::{router_group, Cluster, ClusterStartError, ROUTERS_GROUP};
 use crate::hub::Hub;
 use crate::supervise::{spawn_essential, spawn_restarting};
 
 /// Start the node server, the router and the ticker.
-pub(super) async fn start(cluster: &Arc<Cluster>, hub: Arc<Hub>) -> anyhow::Result<()> {
+pub(super) async fn start(cluster: &Arc<Cluster>, hub: Arc<Hub>) -> Result<(), ClusterStartError> {
     let settings = &cluster.settings;
     let host = settings.advertise.rsplit_once(':').map_or(settings.advertise.as_str(), |(host, _)| host).to_string();
     // cluster.listen is ours (gate::serve); ractor_cluster's listener, which it always starts,
     // goes on loopback at a random port and refuses every connection (see the gate module).
     let listener = TcpListener::bind(settings.listen)
         .await
-        .with_context(|| format!("binding cluster.listen {}", settings.listen))?;
+        .map_err(|source| ClusterStartError::Bind { listen: settings.listen, source })?;
     let loopback = if settings.listen.is_ipv4() {
         std::net::IpAddr::from(std::net::Ipv4Addr::LOCALHOST)
     } else {
@@ -67,7 +67,7 @@ pub(super) async fn start(cluster: &Arc<Cluster>, hub: Arc<Hub>) -> anyhow::Resu
     .with_listen_addr(loopback);
     let (server, _) = Actor::spawn(None, server, ())
         .await
-        .with_context(|| format!("starting the cluster listener on cluster.listen {}", settings.listen))?;
+        .map_err(|err| ClusterStartError::Actor { what: "the node server", reason: err.to_string() })?;
     // The name this node gives peers carries the port it was built with: make it the real one.
     let _ = server.cast(NodeServerMessage::PortChanged { port: settings.listen.port() });
     spawn_essential(
@@ -90,12 +90,12 @@ pub(super) async fn start(cluster: &Arc<Cluster>, hub: Arc<Hub>) -> anyhow::Resu
                 state: Default::default(),
             }),
         })
-        .map_err(|err| anyhow::anyhow!("subscribing to link events: {err}"))?;
+        .map_err(|err| ClusterStartError::Actor { what: "the link events", reason: err.to_string() })?;
     let _ = cluster.node_server.set(server);
 
     let (router, _) = Actor::spawn(None, RouterActor, RouterState { cluster: cluster.clone(), hub })
         .await
-        .context("starting the cluster router")?;
+        .map_err(|err| ClusterStartError::Actor { what: "the router", reason: err.to_string() })?;
     ractor::pg::join(ROUTERS_GROUP.to_string(), vec![router.get_cell()]);
     ractor::pg::join(router_group(&settings.node), vec![router.get_cell()]);
 

@@ -523,9 +523,18 @@ pub fn router_of(node: &str) -> Option<ActorRef<RouterMessage>> {
     ractor::pg::get_members(&router_group(node)).into_iter().next().map(ActorRef::from)
 }
 
+/// Why the cluster could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterStartError {
+    #[error("binding cluster.listen {listen}: {source}")]
+    Bind { listen: std::net::SocketAddr, source: std::io::Error },
+    #[error("starting {what}: {reason}")]
+    Actor { what: &'static str, reason: String },
+}
+
 /// Start the cluster for `hub`: node links, the router, the ticker. The node calls this once,
 /// before it accepts clients.
-pub async fn start(hub: &Arc<Hub>, settings: ClusterSettings) -> anyhow::Result<Arc<Cluster>> {
+pub async fn start(hub: &Arc<Hub>, settings: ClusterSettings) -> Result<Arc<Cluster>, ClusterStartError> {
     let cluster = Cluster::new(settings);
     let _ = cluster.hub.set(Arc::downgrade(hub));
     hub.set_cluster(cluster.clone());
