@@ -617,3 +617,17 @@ pub(crate) fn delivery_runs<'a, 'b>(deliveries: &'b [&'a Delivery]) -> impl Iter
 
 #[cfg(test)]
 mod tests;
+
+/// The outcome of an append [`Hub::append`] queued, waited for up to `timeout`. A room that
+/// does not answer in time, or whose actor went away without answering, is `Unavailable`: the
+/// client retries with the same id.
+pub async fn append_outcome(
+    room: &str,
+    outcome: oneshot::Receiver<Result<Appended, StoreError>>,
+    timeout: Duration,
+) -> Result<Appended, StoreError> {
+    match tokio::time::timeout(timeout, outcome).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(_)) | Err(_) => Err(StoreError::Unavailable(format!("room `{room}` did not answer; retry"))),
+    }
+}

@@ -563,12 +563,7 @@ where
             Ok(outcome) => self.pipeline(
                 async move {
                     let timeout = Duration::from_millis(ctx.hub.limits.request_timeout_ms);
-                    let result = match tokio::time::timeout(timeout, outcome).await {
-                        Ok(Ok(result)) => result,
-                        Ok(Err(_)) | Err(_) => {
-                            Err(crate::store::StoreError::Unavailable(format!("room `{room}` did not answer; retry")))
-                        }
-                    };
+                    let result = crate::hub::append_outcome(&room, outcome, timeout).await;
                     vec![requests::room_reply(&ctx, req, &room, kind, invited, result).await]
                 }
                 .boxed(),

@@ -500,10 +500,7 @@ impl Cluster {
             tracing::debug!(room, from = %reply_to, trace = append.trace, "forwarded append");
             tokio::spawn(async move {
                 let result = match outcome {
-                    Ok(receiver) => match tokio::time::timeout(timeout, receiver).await {
-                        Ok(Ok(result)) => result,
-                        _ => Err(StoreError::Unavailable(format!("room `{room}` did not answer; retry"))),
-                    },
+                    Ok(receiver) => crate::hub::append_outcome(&room, receiver, timeout).await,
                     Err(err) => Err(err),
                 };
                 match router_of(&reply_to) {

@@ -14,7 +14,7 @@ use std::time::Duration;
 use protocol::{EntryKind, ErrorCode, ReqId, ServerFrame};
 
 use super::{client_ip, error_frame, membership_entry_id, rate_limited, store_error_frame};
-use crate::hub::Hub;
+use crate::hub::{append_outcome, Hub};
 use crate::names::now_ms;
 use crate::room::AppendCommand;
 use crate::store::{EntryDetails, StoreError};
@@ -79,9 +79,8 @@ async fn leave(hub: &Arc<Hub>, user: &str, room: &str) -> Result<(), StoreError>
     };
     let outcome = hub.append(room, command).await?;
     let timeout = Duration::from_millis(hub.limits.request_timeout_ms);
-    match tokio::time::timeout(timeout, outcome).await {
-        Ok(Ok(Ok(_) | Err(StoreError::NotMember { .. }))) => Ok(()),
-        Ok(Ok(Err(err))) => Err(err),
-        Ok(Err(_)) | Err(_) => Err(StoreError::Unavailable(format!("room `{room}` did not answer; retry"))),
+    match append_outcome(room, outcome, timeout).await {
+        Ok(_) | Err(StoreError::NotMember { .. }) => Ok(()),
+        Err(err) => Err(err),
     }
 }
