@@ -219,8 +219,17 @@ impl SqliteStore {
         let writer = schema::open_connection(&path, busy_timeout, false)?;
         schema::prepare_database(&writer, busy_timeout)?;
         // A node that died after a delete may have left the deleted text in old WAL frames:
-        // they go now, before anything reads or writes (see `threads::checkpointer_loop`).
-        threads::truncate_wal(&writer)?;
+        // they go now, before anything reads or writes (see `threads::checkpointer_loop`). When
+        // other processes share the file and one is reading, the WAL cannot be truncated yet:
+        // the checkpointer then retries every round until it can, as after a delete.
+        let truncate_pending = match threads::truncate_wal(&writer) {
+            Ok(()) => false,
+            Err(StoreError::Unavailable(reason)) => {
+                tracing::info!(%reason, "sqlite: the WAL is in use by another process; truncating it later");
+                true
+            }
+            Err(err) => return Err(err),
+        };
         // Checkpoints run on their own thread (threads.rs), not inside the writer's commits.
         writer.pragma_update(None, "wal_autocheckpoint", 0).map_err(|e| sqlite_error(e, "turn off autocheckpoint"))?;
         // A message to a large room dirties a page of every member's log: with SQLite's default
@@ -235,6 +244,9 @@ impl SqliteStore {
             .collect::<StoreResult<Vec<Connection>>>()?;
 
         let counters = Arc::new(WriterCounters::default());
+        if truncate_pending {
+            counters.erasures.fetch_add(1, Ordering::Relaxed);
+        }
         let (writes, write_queue) = mpsc::channel(options.write_queue_capacity);
         let limits = BatchLimits { max_requests: options.max_batch_requests, max_bytes: options.max_batch_bytes };
         let writer_counters = Arc::clone(&counters);
