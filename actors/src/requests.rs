@@ -14,11 +14,13 @@ use crate::hub::Hub;
 use crate::limits::{Limits, MENTION_MAX_BYTES, PAGE_MAX_BYTES};
 use crate::metrics::Metrics;
 use crate::names::{self, now_ms};
-use crate::store::{Appended, HistoryPage, MyRoom, NewRoom, RoomRecord, StoreError};
+use crate::room::AppendCommand;
+use crate::store::{Appended, EntryDetails, HistoryPage, MyRoom, NewRoom, RoomRecord, StoreError};
 
 pub mod account;
 pub mod messages;
 pub mod presence;
+pub mod service;
 
 /// Who is asking: the hub, the authenticated user and the connection.
 #[derive(Clone)]
@@ -470,6 +472,59 @@ pub fn check_send(limits: &Limits, req: ReqId, room: &str, id: &str, body: &str)
 /// A node-made id for a membership entry (not deduplicated, so only unique).
 pub fn membership_entry_id(prefix: &str) -> String {
     format!("{prefix}.{:016x}", rand::random::<u64>())
+}
+
+/// The command that makes `user` join `room` (`from` themselves) or invites them (`from` a
+/// member), or makes them leave (`Leave`, `from` themselves).
+pub fn membership_command(kind: EntryKind, from: &str, user: &str) -> AppendCommand {
+    let prefix = match kind {
+        EntryKind::Leave => "leave",
+        _ if from == user => "join",
+        _ => "invite",
+    };
+    AppendCommand {
+        kind,
+        from: from.to_owned(),
+        id: membership_entry_id(prefix),
+        user: Some(user.to_owned()),
+        body: String::new(),
+        details: EntryDetails::default(),
+    }
+}
+
+/// The command for a `send` of `ctx.user`'s, checked as far as it can be without the room's
+/// state (a client's `send` and the server API's post both come here), or the error reply.
+pub async fn send_command(
+    ctx: &Ctx,
+    req: ReqId,
+    room: &str,
+    id: String,
+    body: String,
+    reply_to: Option<u64>,
+    mentions: Vec<String>,
+) -> Result<AppendCommand, Box<ServerFrame>> {
+    check_send(&ctx.hub.limits, req, room, &id, &body)?;
+    let details = messages::send_refs(&ctx.hub.limits, req, reply_to, mentions)?;
+    messages::check_not_blocked(ctx, req, room).await?;
+    presence::typing_ended_by_send(ctx, room);
+    Ok(AppendCommand { kind: EntryKind::Text, from: ctx.user.clone(), id, user: None, body, details })
+}
+
+/// Hand `command` to `room`'s owner and wait for its answer, as the reply to request `req`.
+/// A session splits these two steps to pipeline; the server API waits here.
+pub async fn apply(ctx: &Ctx, req: ReqId, room: &str, command: AppendCommand) -> ServerFrame {
+    if let Err(message) = names::validate_room_id(room) {
+        return error_frame(Some(req), ErrorCode::NoSuchRoom, message);
+    }
+    let kind = command.kind;
+    let invited = command.user.clone().filter(|user| *user != command.from);
+    let outcome = match ctx.hub.append(room, command).await {
+        Ok(outcome) => outcome,
+        Err(err) => return store_error_frame(&ctx.hub, Some(req), err),
+    };
+    let timeout = std::time::Duration::from_millis(ctx.hub.limits.request_timeout_ms);
+    let result = crate::hub::append_outcome(room, outcome, timeout).await;
+    room_reply(ctx, req, room, kind, invited, result).await
 }
 
 /// Translate a room's answer to the reply frame of the request that caused it.

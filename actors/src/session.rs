@@ -43,7 +43,7 @@ use crate::hub::{Hub, Outbound, Registration};
 use crate::metrics::Metrics;
 use crate::requests::{self, error_frame, store_error_frame, Ctx};
 use crate::room::AppendCommand;
-use crate::store::{EntryDetails, HistoryPage};
+use crate::store::HistoryPage;
 use crate::store::{LogEntry, StoreResult};
 use large_rooms::{LargeRooms, Live, RoomRead};
 
@@ -456,19 +456,10 @@ where
                 self.pipeline(async move { vec![requests::mark_read(&ctx, req, room, seq).await] }.boxed())
             }
             ClientFrame::Send { req, room, id, body, reply_to, mentions } => {
-                let checked = requests::check_send(&hub.limits, req, &room, &id, &body)
-                    .and_then(|()| requests::messages::send_refs(&hub.limits, req, reply_to, mentions));
-                let details = match checked {
-                    Ok(details) => details,
-                    Err(frame) => return self.reply_in_order(vec![*frame]),
-                };
-                if let Err(frame) = requests::messages::check_not_blocked(&ctx, req, &room).await {
-                    return self.reply_in_order(vec![*frame]);
+                match requests::send_command(&ctx, req, &room, id, body, reply_to, mentions).await {
+                    Ok(command) => self.forward_to_room(req, room, command).await,
+                    Err(frame) => self.reply_in_order(vec![*frame]),
                 }
-                requests::presence::typing_ended_by_send(&ctx, &room);
-                let command =
-                    AppendCommand { kind: EntryKind::Text, from: ctx.user.clone(), id, user: None, body, details };
-                self.forward_to_room(req, room, command).await
             }
             frame @ (ClientFrame::Edit { .. } | ClientFrame::Delete { .. } | ClientFrame::React { .. }) => {
                 match requests::messages::change_command(&hub.limits, &ctx.user, frame) {
@@ -500,44 +491,22 @@ where
                 async move { vec![requests::messages::thread(&ctx, req, room, root, after, limit).await] }.boxed(),
             ),
             ClientFrame::Join { req, room } => {
-                let command = AppendCommand {
-                    kind: EntryKind::Join,
-                    from: ctx.user.clone(),
-                    id: requests::membership_entry_id("join"),
-                    user: Some(ctx.user.clone()),
-                    body: String::new(),
-                    details: EntryDetails::default(),
-                };
-                self.forward_to_room(req, room, command).await
+                self.forward_to_room(req, room, requests::membership_command(EntryKind::Join, &ctx.user, &ctx.user))
+                    .await
             }
             ClientFrame::Leave { req, room } => {
                 if room.starts_with("dm:") {
                     let message = "direct conversations cannot be left";
                     return self.reply_in_order(vec![error_frame(Some(req), ErrorCode::Forbidden, message)]);
                 }
-                let command = AppendCommand {
-                    kind: EntryKind::Leave,
-                    from: ctx.user.clone(),
-                    id: requests::membership_entry_id("leave"),
-                    user: Some(ctx.user.clone()),
-                    body: String::new(),
-                    details: EntryDetails::default(),
-                };
-                self.forward_to_room(req, room, command).await
+                self.forward_to_room(req, room, requests::membership_command(EntryKind::Leave, &ctx.user, &ctx.user))
+                    .await
             }
             ClientFrame::Invite { req, room, user } => {
                 if let Some(frame) = requests::check_invite(&ctx, req, &room, &user).await {
                     return self.reply_in_order(vec![frame]);
                 }
-                let command = AppendCommand {
-                    kind: EntryKind::Join,
-                    from: ctx.user.clone(),
-                    id: requests::membership_entry_id("invite"),
-                    user: Some(user),
-                    body: String::new(),
-                    details: EntryDetails::default(),
-                };
-                self.forward_to_room(req, room, command).await
+                self.forward_to_room(req, room, requests::membership_command(EntryKind::Join, &ctx.user, &user)).await
             }
             ClientFrame::Hello { .. }
             | ClientFrame::Ping { .. }

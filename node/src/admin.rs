@@ -4,7 +4,8 @@
 //!
 //! Routes: `GET /status` (this node: rooms, connections, store), `GET /cluster` (the cluster as
 //! this node sees it; `?room=ID` names the room's owner), `GET /metrics` (Prometheus text) and
-//! `POST /cluster/forget?node=NAME` (node/src/operator.rs).
+//! `POST /cluster/forget?node=NAME` (node/src/operator.rs), and the server API under `/api/v1/`
+//! (node/src/api), which authorises its requests with API keys of its own.
 //!
 //! It listens on loopback by default. With `admin.token` set (from `PALAVER_ADMIN__TOKEN` or
 //! `admin.token_file`, never the configuration file) every request, `/metrics` included, must
@@ -132,11 +133,15 @@ pub async fn serve(listener: TcpListener, hub: Arc<Hub>, token: Option<String>, 
     tasks.abort_all();
 }
 
-async fn handle(mut stream: TcpStream, hub: &Hub, token: Option<&str>) -> std::io::Result<()> {
+async fn handle(mut stream: TcpStream, hub: &Arc<Hub>, token: Option<&str>) -> std::io::Result<()> {
     let request = match request::read_request(&mut stream, tokio::time::Instant::now() + REQUEST_TIMEOUT).await {
         Ok(request) => request,
         Err(err) => return request::answer_read_error(&mut stream, err).await,
     };
+    // The server API authorises its own requests (API keys; the admin token for key management).
+    if request.path.starts_with(crate::api::PREFIX) {
+        return crate::api::handle(&mut stream, request, hub, token).await;
+    }
     if let Some(token) = token {
         let presented = request.header("authorization").and_then(|value| value.strip_prefix("Bearer ")).unwrap_or("");
         if !constant_time_eq(presented.trim().as_bytes(), token.as_bytes()) {
@@ -176,7 +181,7 @@ async fn route(request: &Request, hub: &Hub, token_checked: bool) -> (u16, &'sta
         _ => (
             404,
             "text/plain",
-            "not found: the admin port serves /status, /cluster, /cluster/forget, /metrics\n".into(),
+            "not found: the admin port serves /status, /cluster, /cluster/forget, /metrics and /api/v1/\n".into(),
         ),
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod admission;
+pub mod api;
 pub mod cluster;
 pub mod config;
 pub mod http;

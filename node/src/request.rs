@@ -1,10 +1,11 @@
 //! The minimal HTTP/1.1 both listeners speak (the client port in `http`, the admin port in
-//! `admin`): one request per connection, a request head of bounded size read before a
-//! deadline, and a response that closes the connection. Nothing here knows a route.
+//! `admin` and the server API in `api`): one request per connection, a request head of bounded
+//! size read before a deadline, a body of bounded `Content-Length` where one is expected, and a
+//! response that closes the connection. Nothing here knows a route.
 
 use std::io;
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
 pub use crate::http_head::MAX_HEAD_BYTES;
@@ -75,6 +76,43 @@ pub async fn read_request<S: AsyncRead + Unpin>(stream: &mut S, deadline: Instan
     Ok(Request { method: parsed.method.unwrap_or("").to_string(), path: path.to_string(), query, headers, rest })
 }
 
+/// Why no request body could be read.
+#[derive(Debug)]
+pub enum BodyError {
+    /// No `Content-Length` (a chunked body included): answer 411.
+    LengthRequired,
+    /// Longer than the caller's bound: answer 413 with the bound.
+    TooLarge(usize),
+    /// The peer closed, or the body did not arrive before the deadline.
+    Incomplete,
+    Io(io::Error),
+}
+
+/// Read the request's body of `Content-Length` bytes, at most `max`, before `deadline`.
+/// The bytes read past the head are its start.
+pub async fn read_body<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    request: &mut Request,
+    max: usize,
+    deadline: Instant,
+) -> Result<Vec<u8>, BodyError> {
+    let Some(length) = request.header("content-length").and_then(|value| value.trim().parse::<usize>().ok()) else {
+        return Err(BodyError::LengthRequired);
+    };
+    if length > max || request.rest.len() > length {
+        return Err(BodyError::TooLarge(max));
+    }
+    let mut body = std::mem::take(&mut request.rest);
+    let start = body.len();
+    body.resize(length, 0);
+    match tokio::time::timeout_at(deadline, stream.read_exact(&mut body[start..])).await {
+        Ok(Ok(_)) => Ok(body),
+        Ok(Err(err)) if err.kind() == io::ErrorKind::UnexpectedEof => Err(BodyError::Incomplete),
+        Ok(Err(err)) => Err(BodyError::Io(err)),
+        Err(_) => Err(BodyError::Incomplete),
+    }
+}
+
 /// Answer a read error the peer can still take (too large, malformed); the others end silently.
 pub async fn answer_read_error<S: AsyncWrite + Unpin>(stream: &mut S, err: ReadError) -> io::Result<()> {
     match err {
@@ -112,15 +150,20 @@ pub async fn respond_with<S: AsyncWrite + Unpin>(
 pub fn head(status: u16, content_type: &str, extra_headers: &str, body_len: usize) -> String {
     let reason = match status {
         200 => "OK",
+        201 => "Created",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         409 => "Conflict",
+        411 => "Length Required",
+        413 => "Content Too Large",
+        415 => "Unsupported Media Type",
         426 => "Upgrade Required",
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
         _ => "Service Unavailable",
     };
     format!(

@@ -29,9 +29,11 @@ use crate::{
     MessageRules, MyRoom, NewRoom, PresenceNote, Recipients, Store, StoreError,
 };
 
+mod api_keys;
 mod changes;
 mod erasure;
 mod moderation;
+pub use api_keys::*;
 pub use changes::*;
 pub use erasure::*;
 pub use moderation::*;
@@ -62,6 +64,7 @@ macro_rules! conformance_tests {
             create_user_twice_is_user_exists,
             revoke_tokens_bumps_the_epoch,
             presence_notes_keep_the_newest_setting,
+            api_keys_are_kept_listed_and_revoked,
             unknown_users_and_rooms_are_errors,
             create_room_writes_one_join_per_member,
             create_room_twice_returns_the_existing_room,

@@ -49,6 +49,23 @@ pub struct UserRecord {
     pub created_ms: u64,
 }
 
+/// A key of the server API (`node/src/api`), as stored. The secret is kept only as its SHA-256:
+/// it is 32 random bytes, so a fast hash resists guessing as well as a slow one would, and a
+/// request's check costs microseconds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyRecord {
+    /// Public and random; the key's first part, so a request names the record to check.
+    pub id: String,
+    /// What the operator called it.
+    pub name: String,
+    /// What the key may do (the API's scope names), sorted.
+    pub scopes: Vec<String>,
+    pub secret_sha256: [u8; 32],
+    pub created_ms: u64,
+    /// When it was revoked; a revoked key stays listed and opens nothing.
+    pub revoked_ms: Option<u64>,
+}
+
 /// The presence status text a user set last, and when (ms since the Unix epoch). Kept so the
 /// text a user chose survives every node restarting; whether they are away is not kept (a
 /// user coming back after being offline starts `online`).
@@ -396,6 +413,17 @@ pub trait Store: Send + Sync + 'static {
     async fn blocked_by(&self, user: &str) -> StoreResult<Vec<String>>;
     /// Whether `user` blocked `other`.
     async fn is_blocked(&self, user: &str, other: &str) -> StoreResult<bool>;
+
+    // Server API keys.
+    /// Keep a new key. Ids are random; a taken one is a `Backend` error.
+    async fn create_api_key(&self, key: ApiKeyRecord) -> StoreResult<()>;
+    /// The key `id`, revoked or not.
+    async fn api_key(&self, id: &str) -> StoreResult<Option<ApiKeyRecord>>;
+    /// Every key, revoked ones included, in id order.
+    async fn api_keys(&self) -> StoreResult<Vec<ApiKeyRecord>>;
+    /// Revoke key `id` at `ts`; `false` if there is no such key. Revoking again keeps the first
+    /// time.
+    async fn revoke_api_key(&self, id: &str, ts: u64) -> StoreResult<bool>;
 
     // Rooms.
     /// Create a room with its initial members (a join entry each). If a room with this id

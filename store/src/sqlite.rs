@@ -7,7 +7,7 @@
 //! own one-thread runtime commits the rooms' appends itself when the writer connection is free
 //! (`Store::append_batch_on_committing_thread`, see `inline`).
 //!
-//! # Schema (version 5, kept in `PRAGMA user_version`)
+//! # Schema (version 6, kept in `PRAGMA user_version`)
 //!
 //! One table per concept. Names (user names, room ids) are interned to integer ids once, in
 //! `users` and `rooms`, so the tables that grow with traffic (`entries`, `user_log`) carry small
@@ -23,6 +23,7 @@
 //! | `members`   | (`rid`, `uid`), WITHOUT ROWID; (`uid`, `rid`) | `joined_seq`, `read_seq`             |
 //! | `entries`   | `eid` (rowid); unique (`rid`, `seq`); unique (`rid`, `sender`, `id`) where text | room logs |
 //! | `presence_notes` | `uid` (rowid)                          | the status text a user set last, `set_ms` |
+//! | `api_keys`  | `id`, WITHOUT ROWID                         | server API keys: name, scopes, the secret's SHA-256, created, revoked |
 //!
 //! Why this shape:
 //! - `rooms` holds everything an append must check or bump (epoch, `last_seq`, member count,
@@ -81,6 +82,7 @@
 //! cursor below it gets an explicit resync answer rather than a silent gap.
 
 mod amend;
+mod api_keys;
 mod erase;
 mod inline;
 mod invariants;
@@ -106,8 +108,8 @@ use tokio::sync::{mpsc, oneshot};
 use self::inline::InlineWriter;
 use self::threads::{sqlite_error, BatchLimits, Job, ReadJob, WriteJob, WriterCounters};
 use crate::{
-    AppendRequest, Appended, Delivery, Epoch, HistoryPage, LogBounds, LogEntry, MembershipLimits, MyRoom, NewRoom,
-    PresenceNote, RoomRecord, Store, StoreError, StoreResult, UserRecord, WriteStats,
+    ApiKeyRecord, AppendRequest, Appended, Delivery, Epoch, HistoryPage, LogBounds, LogEntry, MembershipLimits, MyRoom,
+    NewRoom, PresenceNote, RoomRecord, Store, StoreError, StoreResult, UserRecord, WriteStats,
 };
 
 pub use self::invariants::{bounds_ordered, is_dense, read_within_room, seq_follows};
@@ -457,6 +459,24 @@ impl Store for SqliteStore {
         // The erased rows' old pages leave the WAL as a deleted message's do.
         self.counters.erasures.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    async fn create_api_key(&self, key: ApiKeyRecord) -> StoreResult<()> {
+        self.write(REQUEST_OVERHEAD_BYTES, move |conn| api_keys::create(conn, &key)).await
+    }
+
+    async fn api_key(&self, id: &str) -> StoreResult<Option<ApiKeyRecord>> {
+        let id = id.to_owned();
+        self.read(move |conn| api_keys::by_id(conn, &id)).await
+    }
+
+    async fn api_keys(&self) -> StoreResult<Vec<ApiKeyRecord>> {
+        self.read(api_keys::all).await
+    }
+
+    async fn revoke_api_key(&self, id: &str, ts: u64) -> StoreResult<bool> {
+        let id = id.to_owned();
+        self.write(REQUEST_OVERHEAD_BYTES, move |conn| api_keys::revoke(conn, &id, ts)).await
     }
 
     async fn set_blocked(&self, user: &str, other: &str, blocked: bool) -> StoreResult<()> {

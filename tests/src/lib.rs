@@ -11,6 +11,8 @@
 //!
 //! Nothing here is a mock: the node is the same binary users run.
 
+pub mod api;
+
 pub mod cluster;
 
 pub mod docker;

@@ -6,18 +6,17 @@
 //! A room can be joined again between the leaves and the erasure (another device of the user,
 //! still connected, accepts an invitation): the store then names the room, and it is left in
 //! another round. If a round fails midway, the rooms left stay left and the account stays; the
-//! client retries.
+//! client retries. The server API erases an account the same way, without the password.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use protocol::{EntryKind, ErrorCode, ReqId, ServerFrame};
 
-use super::{client_ip, error_frame, membership_entry_id, rate_limited, store_error_frame};
+use super::{client_ip, error_frame, membership_command, rate_limited, store_error_frame};
 use crate::hub::{append_outcome, Hub};
 use crate::names::now_ms;
-use crate::room::AppendCommand;
-use crate::store::{EntryDetails, StoreError};
+use crate::store::StoreError;
 
 /// Rounds of leaving rooms and erasing before giving up (each one after rooms were joined again).
 const ROUNDS: usize = 3;
@@ -52,6 +51,13 @@ pub async fn delete_account(
             return Err(rate_limited(req, "the node is busy hashing passwords; retry later", busy.retry_after));
         }
     }
+    erase(hub, req, user).await
+}
+
+/// Erase `user`'s account once its owner is confirmed (or a server API key asked): leave every
+/// room, then delete what the store keeps of them. `Err` is the reply.
+pub async fn erase(hub: &Arc<Hub>, req: ReqId, user: &str) -> Result<(), ServerFrame> {
+    let fail = |err: StoreError| store_error_frame(hub, Some(req), err);
     for _ in 0..ROUNDS {
         for mine in hub.store.rooms_of(user).await.map_err(fail)? {
             leave(hub, user, &mine.room.id).await.map_err(fail)?;
@@ -69,14 +75,7 @@ pub async fn delete_account(
 /// `user` leaves `room` through its owner, direct conversations included (which a user cannot
 /// leave otherwise). Not being a member (any more) is as good.
 async fn leave(hub: &Arc<Hub>, user: &str, room: &str) -> Result<(), StoreError> {
-    let command = AppendCommand {
-        kind: EntryKind::Leave,
-        from: user.to_owned(),
-        id: membership_entry_id("leave"),
-        user: Some(user.to_owned()),
-        body: String::new(),
-        details: EntryDetails::default(),
-    };
+    let command = membership_command(EntryKind::Leave, user, user);
     let outcome = hub.append(room, command).await?;
     let timeout = Duration::from_millis(hub.limits.request_timeout_ms);
     match append_outcome(room, outcome, timeout).await {

@@ -51,6 +51,7 @@ const PRESENCE_NOTE: &str = "pnote";
 const BAN: &str = "ban";
 const BLOCK: &str = "block";
 const GONE: &str = "gone";
+const API_KEY: &str = "apikey";
 
 /// A half-open key range `[begin, end)`, as FoundationDB range reads and clears take it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -233,6 +234,21 @@ impl Keyspace {
 
     pub fn owner(&self, room: &str) -> Vec<u8> {
         self.tag(OWNER).str(room).into_bytes()
+    }
+
+    /// A server API key, by its public id.
+    pub fn api_key(&self, id: &str) -> Vec<u8> {
+        self.tag(API_KEY).str(id).into_bytes()
+    }
+
+    /// Every `apikey` key, in id order.
+    pub fn api_keys_range(&self) -> KeyRange {
+        KeyRange::children(&self.tag(API_KEY).into_bytes())
+    }
+
+    /// The id of a key from [`Self::api_keys_range`].
+    pub fn api_key_id(&self, key: &[u8]) -> Result<String, TupleError> {
+        last_str(self.tag(API_KEY).as_bytes(), key)
     }
 
     pub fn presence_note(&self, user: &str) -> Vec<u8> {

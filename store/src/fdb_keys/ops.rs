@@ -37,6 +37,7 @@ use async_trait::async_trait;
 use protocol::{Audience, Cursor, Entry, EntryKind, ReactionCount, Role, RoomKind};
 
 use super::amend::{self, CheckedDetails};
+use super::api_keys;
 use super::kv::{corrupt, Attempt, KvDb, KvTxn, TxnError, TxnResult};
 use super::layout::Keyspace;
 use super::limits::{
@@ -49,8 +50,8 @@ use super::values::{
     MembershipValue, NoteValue, OwnerValue, Pointer, RoomHead, RoomMeta, UserHead,
 };
 use crate::{
-    AppendRequest, Appended, Delivery, Epoch, HistoryPage, LogBounds, LogEntry, MembershipLimits, MyRoom, NewRoom,
-    PresenceNote, Recipients, RoomRecord, Store, StoreError, StoreResult, UserRecord,
+    ApiKeyRecord, AppendRequest, Appended, Delivery, Epoch, HistoryPage, LogBounds, LogEntry, MembershipLimits, MyRoom,
+    NewRoom, PresenceNote, Recipients, RoomRecord, Store, StoreError, StoreResult, UserRecord,
 };
 
 pub(super) type R<T, X> = TxnResult<T, <X as KvTxn>::Error>;
@@ -1179,6 +1180,26 @@ impl<D: KvDb> Store for KvStore<D> {
     async fn is_blocked(&self, user: &str, other: &str) -> StoreResult<bool> {
         let ks = &self.keys;
         self.db.transact("read block", |t, _| async move { Ok(t.get(&ks.block(user, other)).await?.is_some()) }).await
+    }
+
+    async fn create_api_key(&self, key: ApiKeyRecord) -> StoreResult<()> {
+        let (ks, key) = (&self.keys, &key);
+        self.db.transact("create api key", |t, _| async move { api_keys::create(&t, ks, key).await }).await
+    }
+
+    async fn api_key(&self, id: &str) -> StoreResult<Option<ApiKeyRecord>> {
+        let ks = &self.keys;
+        self.db.transact("read api key", |t, _| async move { api_keys::by_id(&t, ks, id).await }).await
+    }
+
+    async fn api_keys(&self) -> StoreResult<Vec<ApiKeyRecord>> {
+        let ks = &self.keys;
+        self.db.transact("list api keys", |t, _| async move { api_keys::all(&t, ks).await }).await
+    }
+
+    async fn revoke_api_key(&self, id: &str, ts: u64) -> StoreResult<bool> {
+        let ks = &self.keys;
+        self.db.transact("revoke api key", |t, _| async move { api_keys::revoke(&t, ks, id, ts).await }).await
     }
 
     async fn presence_note(&self, user: &str) -> StoreResult<Option<PresenceNote>> {

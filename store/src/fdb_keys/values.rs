@@ -811,3 +811,35 @@ mod tests {
         assert_eq!(RoomMeta::decode(&newer).unwrap(), large);
     }
 }
+
+/// `(P, "apikey", id)`: (name, scopes separated by spaces, the secret's SHA-256, created ms,
+/// revoked ms or null).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyValue {
+    pub name: String,
+    pub scopes: Vec<String>,
+    pub secret_sha256: [u8; 32],
+    pub created_ms: u64,
+    pub revoked_ms: Option<u64>,
+}
+
+impl ApiKeyValue {
+    pub fn encode(&self) -> Vec<u8> {
+        writer()
+            .str(&self.name)
+            .str(&self.scopes.join(" "))
+            .bytes(&self.secret_sha256)
+            .uint(self.created_ms)
+            .opt_uint(self.revoked_ms)
+            .into_bytes()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
+        let mut r = reader(bytes)?;
+        let name = r.str()?;
+        let scopes = r.str()?.split_whitespace().map(str::to_owned).collect();
+        let secret_sha256 = <[u8; 32]>::try_from(r.bytes()?.as_slice())
+            .map_err(|_| CodecError::Tuple(TupleError::Missing("a 32-byte key hash")))?;
+        Ok(ApiKeyValue { name, scopes, secret_sha256, created_ms: r.uint()?, revoked_ms: r.opt_uint()? })
+    }
+}

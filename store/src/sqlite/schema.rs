@@ -15,7 +15,7 @@ use super::threads::Context;
 use crate::{StoreError, StoreResult};
 
 /// The schema this build reads and writes, stored in `PRAGMA user_version`.
-pub(super) const SCHEMA_VERSION: i64 = 5;
+pub(super) const SCHEMA_VERSION: i64 = 6;
 
 /// `PRAGMA application_id` of a palaver database ("plvr"), so that pointing `path` at some
 /// other application's SQLite file fails on open instead of growing palaver tables inside it.
@@ -213,6 +213,15 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE rooms ADD COLUMN who_may_invite TEXT NOT NULL DEFAULT 'members'
         CHECK (who_may_invite IN ('members', 'moderators'));
     ALTER TABLE users ADD COLUMN deleted_ms INTEGER;",
+    // 5 → 6: keys of the server API. The secret's SHA-256 only; revoked keys stay listed.
+    "CREATE TABLE api_keys (
+        id            TEXT PRIMARY KEY,
+        name          TEXT NOT NULL,
+        scopes        TEXT NOT NULL,
+        secret_sha256 BLOB NOT NULL,
+        created_ms    INTEGER NOT NULL,
+        revoked_ms    INTEGER
+    ) WITHOUT ROWID;",
 ];
 
 /// Open a connection with palaver's per-connection settings.
