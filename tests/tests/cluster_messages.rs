@@ -1,10 +1,11 @@
 //! Messages that change, across nodes: edits, reactions, replies with mentions and deletes sent
 //! through a node that does not own the room reach its owner (the inter-node append carries
 //! their target, reply and mentions), are applied there in the room's one order, and reach the
-//! members on every node; the owner's refusals come back as the same errors.
+//! members on every node; the owner's refusals come back as the same errors. The server API's
+//! posts travel the same way.
 
 use anyhow::{bail, ensure};
-use tests::cluster::Cluster;
+use tests::cluster::{Cluster, ClusterOptions};
 use tests::{Client, ClientFrame, Encoding, EntryKind, ErrorCode, ServerFrame};
 
 async fn acked(client: &mut Client, frame: ClientFrame) -> anyhow::Result<u64> {
@@ -139,6 +140,68 @@ async fn changes_through_a_node_that_does_not_own_the_room() -> anyhow::Result<(
         acked(&mut on_first, ClientFrame::Delete { req, room: room.clone(), id: "d".into(), seq: question }).await?;
         let deleted = on_second.wait_for_message(&room, "d").await?;
         ensure!(deleted.kind == EntryKind::Delete && deleted.target == Some(question), "{deleted:?}");
+        Ok(())
+    }
+    .await;
+    if result.is_err() {
+        eprintln!("{}", cluster.logs());
+    }
+    result
+}
+
+/// The server API is location-transparent too: a key minted on one node opens every node, and a
+/// post through a node that does not own the room is applied by the owner, acked once
+/// committed, deduplicated by its id, and delivered to members on both nodes. A key revoked on
+/// one node is refused on the other at the next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_api_posts_through_a_node_that_does_not_own_the_room() -> anyhow::Result<()> {
+    use serde_json::json;
+    use tests::api::call;
+    const ADMIN_TOKEN: &str = "admin-token-for-tests-0123456789";
+    let options =
+        ClusterOptions { env: vec![("ADMIN__TOKEN".into(), ADMIN_TOKEN.into())], ..ClusterOptions::default() };
+    let cluster = Cluster::start_with(2, options).await?;
+    let result = async {
+        let (first, second) = (cluster.node(0).admin, cluster.node(1).admin);
+        let scopes = json!({ "name": "backend", "scopes": ["users", "rooms", "messages"] });
+        let minted = call(first, "POST", "/api/v1/keys", Some(ADMIN_TOKEN), Some(&scopes)).await?;
+        ensure!(minted.status == 201, "{minted:?}");
+        let key = minted.body["key"].as_str().unwrap_or_default().to_string();
+        let (mut ann, _) = Client::user(cluster.node(0), Encoding::Json, "ann").await?;
+        let (mut ben, _) = Client::user(cluster.node(1), Encoding::MessagePack, "ben").await?;
+        let answer = call(second, "POST", "/api/v1/users", Some(&key), Some(&json!({"name": "bot"}))).await?;
+        ensure!(answer.status == 201, "{answer:?}");
+        // A room the first node owns, with both users and the bot in it.
+        let mut room = None;
+        for i in 0..16 {
+            let id = ann.create_room(&format!("room {i}")).await?;
+            if cluster.owner(0, &id).await? == cluster.member(0).name {
+                room = Some(id);
+                break;
+            }
+        }
+        let Some(room) = room else { bail!("no room landed on the first node in 16 tries") };
+        ben.join(&room).await?;
+        let add = format!("/api/v1/rooms/{room}/members/bot?as=ann");
+        let answer = call(second, "PUT", &add, Some(&key), None).await?;
+        ensure!(answer.status == 200, "{answer:?}");
+
+        let post = json!({ "id": "notice-1", "body": "maintenance at noon" });
+        let path = format!("/api/v1/rooms/{room}/messages?as=bot");
+        let first_post = call(second, "POST", &path, Some(&key), Some(&post)).await?;
+        ensure!(first_post.status == 201, "{first_post:?}");
+        let again = call(second, "POST", &path, Some(&key), Some(&post)).await?;
+        ensure!(again.status == 200 && again.body["seq"] == first_post.body["seq"], "{again:?}");
+        for client in [&mut ann, &mut ben] {
+            let entry = client.wait_for_message(&room, "notice-1").await?;
+            ensure!(entry.from == "bot" && entry.body == "maintenance at noon", "{entry:?}");
+        }
+
+        let id = key.trim_start_matches("pvk_").split('_').next().unwrap_or_default().to_string();
+        let revoked = call(first, "DELETE", &format!("/api/v1/keys/{id}"), Some(ADMIN_TOKEN), None).await?;
+        ensure!(revoked.status == 200, "{revoked:?}");
+        let refused = call(second, "POST", &path, Some(&key), Some(&json!({"id": "notice-2", "body": "x"}))).await?;
+        ensure!(refused.status == 401, "a key revoked on one node still works on another: {refused:?}");
         Ok(())
     }
     .await;

@@ -115,10 +115,7 @@ async fn run_checked(hub: &Arc<Hub>, route: Route, query: Query, body: Option<Ve
             query.only(&["as", "before", "after", "limit"])?;
             let ctx = acting(hub, &query).await?;
             let (before, after) = (query.number("before")?, query.number("after")?);
-            let limit = match query.number("limit")? {
-                Some(limit) => Some(u32::try_from(limit).unwrap_or(u32::MAX)),
-                None => None,
-            };
+            let limit = query.number("limit")?.map(|limit| u32::try_from(limit).unwrap_or(u32::MAX));
             Ok(Reply::from_frame(requests::history(&ctx, REQ, room, before, after, limit).await, 200))
         }
     }
