@@ -6,7 +6,8 @@
 //! the user, the expiry and the user's token epoch at issue time; "log out everywhere" bumps the
 //! epoch in the store, which revokes every older token without a token list. Every node of a
 //! cluster must share the signing key (configuration `auth.token_key`, from the environment or a
-//! file, never the repository).
+//! file, never the repository). JWTs of the product's own identity provider are accepted too
+//! when configured ([`external`]).
 
 use std::time::Duration;
 
@@ -121,6 +122,8 @@ pub struct Authenticator {
     params: Params,
     limiter: Limiter,
     pool: HashPool,
+    /// JWTs of the product's identity provider, when configured.
+    external: Option<ExternalTokens>,
 }
 
 impl Authenticator {
@@ -141,11 +144,22 @@ impl Authenticator {
             max_entries: LIMITER_MAX_ENTRIES,
         });
         let pool = HashPool::new(config.max_concurrent_hashes, config.hash_queue_len)?;
-        Ok(Authenticator { params, config, limiter, pool })
+        Ok(Authenticator { params, config, limiter, pool, external: None })
     }
 
     pub fn config(&self) -> &AuthConfig {
         &self.config
+    }
+
+    /// Also accept JWTs of the identity provider `config` describes (see [`external`]).
+    pub fn with_external(mut self, config: ExternalConfig) -> Self {
+        self.external = Some(ExternalTokens::new(config));
+        self
+    }
+
+    /// The verifier of external tokens, when configured.
+    pub fn external(&self) -> Option<&ExternalTokens> {
+        self.external.as_ref()
     }
 
     pub fn limiter(&self) -> &Limiter {
@@ -290,9 +304,11 @@ fn verify_with(stored: &str, password: &[u8], memory: &mut HashMemory, max_block
     computed.is_ok_and(|computed| computed == expected)
 }
 
+pub mod external;
 pub mod hash_pool;
 pub mod limiter;
 
+pub use external::{ExternalClaims, ExternalConfig, ExternalTokens};
 pub use hash_pool::{Busy, HashMemory, HashPool};
 pub use limiter::{Limiter, LimiterSettings, LoginAttempt, Refused, RegisterAttempt};
 

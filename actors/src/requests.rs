@@ -230,6 +230,9 @@ pub(crate) fn rate_limited(req: ReqId, message: &str, retry_after: std::time::Du
 /// and this is the rare path).
 pub async fn verify_token(hub: &Hub, req: ReqId, token: &str) -> Result<(String, u64), Box<ServerFrame>> {
     let refuse = |code, message: String| Err(Box::new(error_frame(Some(req), code, message)));
+    if let Some(external) = hub.auth.external().filter(|_| crate::auth::ExternalTokens::looks_like_jwt(token)) {
+        return verify_external(hub, req, external, token).await;
+    }
     let claims = match hub.auth.verify_token(token, now_ms()) {
         Ok(claims) => claims,
         Err(err @ crate::auth::TokenError::Expired) => return refuse(ErrorCode::TokenExpired, err.to_string()),
@@ -241,6 +244,45 @@ pub async fn verify_token(hub: &Hub, req: ReqId, token: &str) -> Result<(String,
         Ok(None) => refuse(ErrorCode::TokenInvalid, "token names an unknown user".into()),
         Err(err) => Err(Box::new(store_error_frame(hub, Some(req), err))),
     }
+}
+
+/// [`verify_token`] for a JWT of the identity provider: the user it names, created on first
+/// sight when configured (an erased account's name stays refused: the store keeps it taken).
+async fn verify_external(
+    hub: &Hub,
+    req: ReqId,
+    external: &crate::auth::ExternalTokens,
+    token: &str,
+) -> Result<(String, u64), Box<ServerFrame>> {
+    let refuse = |code, message: &str| Err(Box::new(error_frame(Some(req), code, message)));
+    let claims = match external.verify(token).await {
+        Ok(claims) => claims,
+        Err(crate::auth::TokenError::Expired) => return refuse(ErrorCode::TokenExpired, "token has expired"),
+        Err(crate::auth::TokenError::Invalid) => {
+            let message = "token refused: its signature, algorithm, key id, issuer, audience, expiry or user claim";
+            return refuse(ErrorCode::TokenInvalid, message);
+        }
+    };
+    let found = match hub.store.user(&claims.user).await {
+        Ok(Some(_)) => true,
+        Ok(None) if claims.create_users => {
+            match hub.store.create_user(&claims.user, service::NO_PASSWORD, now_ms()).await {
+                Ok(()) => {
+                    info!(user = claims.user, "account created for an identity provider's token");
+                    true
+                }
+                // Created meanwhile by another connection, or the name of an erased account.
+                Err(StoreError::UserExists(_)) => matches!(hub.store.user(&claims.user).await, Ok(Some(_))),
+                Err(err) => return Err(Box::new(store_error_frame(hub, Some(req), err))),
+            }
+        }
+        Ok(None) => false,
+        Err(err) => return Err(Box::new(store_error_frame(hub, Some(req), err))),
+    };
+    if !found {
+        return refuse(ErrorCode::TokenInvalid, "token names an unknown user");
+    }
+    Ok((claims.user, claims.exp_ms))
 }
 
 pub async fn create_room(ctx: &Ctx, req: ReqId, name: String, private: bool) -> ServerFrame {

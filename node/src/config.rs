@@ -182,6 +182,50 @@ pub struct AuthSection {
     /// Logins and registrations waiting for a hash; beyond them the node answers
     /// `rate_limited` at once. 64 is about a second of waiting on a small machine.
     pub hash_queue_len: usize,
+    /// JWTs of the product's own identity provider, accepted in `authenticate` beside
+    /// palaver's tokens (off while `issuer` is empty).
+    pub jwt: JwtSection,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JwtSection {
+    /// `iss` a token must carry; empty turns external tokens off.
+    pub issuer: String,
+    /// `aud` a token must carry.
+    pub audience: String,
+    /// The provider's JWKS (RS256 and ES256 keys), downloaded on first use and again when a
+    /// token names a key id not held (key rotation).
+    pub jwks_url: Option<String>,
+    /// Shared secret for HS256 tokens (at least 32 bytes). Set it through
+    /// `PALAVER_AUTH__JWT__HS256_SECRET` or `hs256_secret_file`, never in a file.
+    pub hs256_secret: Option<String>,
+    pub hs256_secret_file: Option<PathBuf>,
+    /// The claim naming the palaver user (a valid user name).
+    pub user_claim: String,
+    /// Create the account the first time a valid token names it.
+    pub create_users: bool,
+    /// Clock skew allowed on `exp` and `nbf`.
+    pub leeway_secs: u64,
+    /// The shortest time between two JWKS downloads: tokens with made-up key ids cannot make
+    /// the node hammer the provider.
+    pub jwks_min_refresh_secs: u64,
+}
+
+impl Default for JwtSection {
+    fn default() -> Self {
+        JwtSection {
+            issuer: String::new(),
+            audience: String::new(),
+            jwks_url: None,
+            hs256_secret: None,
+            hs256_secret_file: None,
+            user_claim: "sub".into(),
+            create_users: false,
+            leeway_secs: 30,
+            jwks_min_refresh_secs: 30,
+        }
+    }
 }
 
 impl AuthSection {
@@ -211,6 +255,7 @@ impl Default for AuthSection {
             register_window_secs: 600,
             max_concurrent_hashes: 0,
             hash_queue_len: 64,
+            jwt: JwtSection::default(),
         }
     }
 }
@@ -305,6 +350,23 @@ impl Config {
                 return invalid("auth.token_key", "must be at least 32 bytes");
             }
         }
+        let jwt = &self.auth.jwt;
+        if !jwt.issuer.is_empty() {
+            if jwt.audience.is_empty() {
+                return invalid("auth.jwt.audience", "is needed with auth.jwt.issuer");
+            }
+            if jwt.jwks_url.is_none() && jwt.hs256_secret.is_none() && jwt.hs256_secret_file.is_none() {
+                return invalid("auth.jwt.jwks_url", "auth.jwt needs a jwks_url, an hs256 secret, or both");
+            }
+            if let Some(url) = &jwt.jwks_url {
+                if !(url.starts_with("https://") || url.starts_with("http://")) {
+                    return invalid("auth.jwt.jwks_url", "must be an http:// or https:// URL");
+                }
+            }
+        }
+        if jwt.hs256_secret.as_ref().is_some_and(|secret| secret.len() < 32) {
+            return invalid("auth.jwt.hs256_secret", "must be at least 32 bytes");
+        }
         if self.auth.token_ttl_secs == 0 {
             return invalid("auth.token_ttl_secs", "must be greater than 0");
         }
@@ -375,6 +437,14 @@ fn check_no_secrets_in_file(file: &Path) -> Result<(), ConfigError> {
         .map_err(|err| ConfigError::Load(format!("reading configuration file {}: {err}", file.display())))?;
     let value: toml::Value =
         text.parse().map_err(|err| ConfigError::Load(format!("configuration file {}: {err}", file.display())))?;
+    let jwt = value.get("auth").and_then(|auth| auth.get("jwt"));
+    if jwt.and_then(|jwt| jwt.get("hs256_secret")).is_some() {
+        let message = format!(
+            "is a secret and must not be in {}; set PALAVER_AUTH__JWT__HS256_SECRET or auth.jwt.hs256_secret_file",
+            file.display()
+        );
+        return Err(ConfigError::invalid("auth.jwt.hs256_secret", &message));
+    }
     if value.get("auth").and_then(|auth| auth.get("token_key")).is_some() {
         let message = format!(
             "is a secret and must not be in {}; set PALAVER_AUTH__TOKEN_KEY or auth.token_key_file",

@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actors::auth::{AuthConfig, Authenticator};
+use actors::auth::{AuthConfig, Authenticator, ExternalConfig};
 use actors::hub::Hub;
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -62,7 +62,40 @@ pub async fn build_hub(config: &Config) -> anyhow::Result<Arc<Hub>> {
         max_concurrent_hashes: config.auth.hash_threads(),
         hash_queue_len: config.auth.hash_queue_len,
     })?;
+    let auth = match external_tokens(config)? {
+        Some(external) => auth.with_external(external),
+        None => auth,
+    };
     Ok(Hub::new(config.node.name.clone(), config.limits.clone(), config.presence.clone(), store, auth))
+}
+
+/// What `[auth.jwt]` accepts, when its issuer is set.
+fn external_tokens(config: &Config) -> anyhow::Result<Option<ExternalConfig>> {
+    let jwt = &config.auth.jwt;
+    if jwt.issuer.is_empty() {
+        return Ok(None);
+    }
+    let hs256_secret = match (&jwt.hs256_secret, &jwt.hs256_secret_file) {
+        (Some(secret), _) => Some(secret.as_bytes().to_vec()),
+        (None, Some(file)) => {
+            let secret = std::fs::read(file)
+                .with_context(|| format!("reading auth.jwt.hs256_secret_file {}", file.display()))?;
+            let secret = secret.trim_ascii().to_vec();
+            anyhow::ensure!(secret.len() >= 32, "auth.jwt.hs256_secret_file {}: at least 32 bytes", file.display());
+            Some(secret)
+        }
+        (None, None) => None,
+    };
+    Ok(Some(ExternalConfig {
+        issuer: jwt.issuer.clone(),
+        audience: jwt.audience.clone(),
+        jwks_url: jwt.jwks_url.clone(),
+        hs256_secret,
+        user_claim: jwt.user_claim.clone(),
+        create_users: jwt.create_users,
+        leeway_secs: jwt.leeway_secs,
+        jwks_min_refresh_ms: jwt.jwks_min_refresh_secs.saturating_mul(1000),
+    }))
 }
 
 /// Run a node until `stop` turns true: serve, then drain.

@@ -101,3 +101,23 @@ fn client_and_admin_settings_are_checked() {
     ));
     Config::from_figment(figment).unwrap();
 }
+
+#[test]
+fn an_identity_provider_needs_an_audience_and_a_key_and_keeps_its_secret_out_of_files() {
+    let mut config = Config::default();
+    config.auth.jwt.issuer = "https://login.example.com".into();
+    assert!(config.validate().unwrap_err().to_string().starts_with("auth.jwt.audience"));
+    config.auth.jwt.audience = "chat".into();
+    assert!(config.validate().unwrap_err().to_string().starts_with("auth.jwt.jwks_url"));
+    config.auth.jwt.jwks_url = Some("ftp://login.example.com/keys".into());
+    assert!(config.validate().unwrap_err().to_string().starts_with("auth.jwt.jwks_url"));
+    config.auth.jwt.jwks_url = Some("https://login.example.com/.well-known/jwks.json".into());
+    config.validate().unwrap();
+    config.auth.jwt.hs256_secret = Some("short".into());
+    assert!(config.validate().unwrap_err().to_string().starts_with("auth.jwt.hs256_secret"));
+
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    writeln!(file, "[auth.jwt]\nhs256_secret = \"0123456789abcdef0123456789abcdef\"").unwrap();
+    let err = Config::load(Some(file.path())).unwrap_err().to_string();
+    assert!(err.starts_with("auth.jwt.hs256_secret: is a secret"), "{err}");
+}
