@@ -81,6 +81,8 @@ pub struct Limits {
     pub max_reactions_per_message: u32,
     /// Members one message may mention.
     pub max_mentions: u32,
+    /// Devices one user may register for push notifications.
+    pub max_devices_per_user: u32,
 }
 
 impl Default for Limits {
@@ -110,6 +112,7 @@ impl Default for Limits {
             edit_window_s: 24 * 60 * 60,
             max_reactions_per_message: 20,
             max_mentions: 50,
+            max_devices_per_user: 10,
         }
     }
 }
@@ -175,7 +178,7 @@ impl Limits {
 
     /// Check the values against each other; the error names the key.
     pub fn validate(&self) -> Result<(), String> {
-        let positive: [(&str, u64); 17] = [
+        let positive: [(&str, u64); 18] = [
             ("limits.max_frame_bytes", self.max_frame_bytes.into()),
             ("limits.max_body_bytes", self.max_body_bytes.into()),
             ("limits.outbound_queue_len", self.outbound_queue_len as u64),
@@ -193,6 +196,7 @@ impl Limits {
             ("limits.request_timeout_ms", self.request_timeout_ms),
             ("limits.room_batch_max", self.room_batch_max as u64),
             ("limits.large_room_replay_max", self.large_room_replay_max.into()),
+            ("limits.max_devices_per_user", self.max_devices_per_user.into()),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return Err(format!("{key} must be greater than 0"));

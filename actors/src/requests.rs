@@ -18,6 +18,7 @@ use crate::room::AppendCommand;
 use crate::store::{Appended, EntryDetails, HistoryPage, MyRoom, NewRoom, RoomRecord, StoreError};
 
 pub mod account;
+pub mod devices;
 pub mod messages;
 pub mod presence;
 pub mod service;

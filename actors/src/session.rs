@@ -487,6 +487,15 @@ where
             frame @ (ClientFrame::Block { .. } | ClientFrame::Unblock { .. } | ClientFrame::ListBlocked { .. }) => {
                 self.pipeline(async move { vec![requests::messages::blocks(&ctx, frame).await] }.boxed())
             }
+            ClientFrame::RegisterDevice { req, device } => {
+                self.pipeline(async move { vec![requests::devices::register(&ctx, req, device).await] }.boxed())
+            }
+            ClientFrame::ListDevices { req } => {
+                self.pipeline(async move { vec![requests::devices::list(&ctx, req).await] }.boxed())
+            }
+            ClientFrame::RemoveDevice { req, id } => {
+                self.pipeline(async move { vec![requests::devices::remove(&ctx, req, id).await] }.boxed())
+            }
             ClientFrame::Thread { req, room, root, after, limit } => self.pipeline(
                 async move { vec![requests::messages::thread(&ctx, req, room, root, after, limit).await] }.boxed(),
             ),

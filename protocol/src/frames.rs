@@ -255,6 +255,24 @@ pub enum ClientFrame {
         #[serde(default)]
         req: ReqId,
     },
+    /// Register a device for push notifications (or update it: the same platform and token
+    /// name the same device).
+    RegisterDevice {
+        #[serde(default)]
+        req: ReqId,
+        device: NewDevice,
+    },
+    /// This user's devices.
+    ListDevices {
+        #[serde(default)]
+        req: ReqId,
+    },
+    /// Forget a device.
+    RemoveDevice {
+        #[serde(default)]
+        req: ReqId,
+        id: String,
+    },
     /// A message and the replies to it, a page at a time by seq.
     Thread {
         #[serde(default)]
@@ -363,6 +381,9 @@ impl ClientFrame {
         "block",
         "unblock",
         "list_blocked",
+        "register_device",
+        "list_devices",
+        "remove_device",
         "history",
         "mark_read",
         "ping",
@@ -414,6 +435,9 @@ impl ClientFrame {
             | ClientFrame::Block { req, .. }
             | ClientFrame::Unblock { req, .. }
             | ClientFrame::ListBlocked { req }
+            | ClientFrame::RegisterDevice { req, .. }
+            | ClientFrame::ListDevices { req }
+            | ClientFrame::RemoveDevice { req, .. }
             | ClientFrame::History { req, .. }
             | ClientFrame::MarkRead { req, .. }
             | ClientFrame::Ping { req }
@@ -563,6 +587,91 @@ impl RoomSettingsChange {
             who_may_invite: self.who_may_invite.unwrap_or(current.who_may_invite),
         }
     }
+}
+
+/// The push service a device is reached through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Platform {
+    /// Firebase Cloud Messaging: `token` is the app instance's registration token, `app` the
+    /// Firebase project id.
+    Fcm,
+    /// Apple Push Notification service: `token` the device token (hex), `app` the topic (the
+    /// app's bundle id).
+    Apns,
+    /// Web Push: `subscription` is the browser's push subscription.
+    Webpush,
+    /// A self-hosted gateway: `token` is the URL palaver posts signed JSON to.
+    Webhook,
+}
+
+impl Platform {
+    pub const ALL: [Platform; 4] = [Platform::Fcm, Platform::Apns, Platform::Webpush, Platform::Webhook];
+
+    /// The name on the wire (and in the stores).
+    pub fn name(self) -> &'static str {
+        match self {
+            Platform::Fcm => "fcm",
+            Platform::Apns => "apns",
+            Platform::Webpush => "webpush",
+            Platform::Webhook => "webhook",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Platform> {
+        Platform::ALL.into_iter().find(|platform| platform.name() == name)
+    }
+}
+
+/// A browser's Web Push subscription (`PushSubscription.toJSON()`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebPushSubscription {
+    /// The push service URL (https).
+    pub endpoint: String,
+    pub keys: WebPushKeys,
+}
+
+/// A subscription's keys, base64url: the browser's P-256 public key and the auth secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebPushKeys {
+    pub p256dh: String,
+    pub auth: String,
+}
+
+/// A device as `register_device` gives it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewDevice {
+    pub platform: Platform,
+    /// The platform's token (not for `webpush`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// The Web Push subscription (only for `webpush`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscription: Option<WebPushSubscription>,
+    /// The app: Firebase project id (`fcm`), topic (`apns`); free-form otherwise.
+    #[serde(default)]
+    pub app: String,
+    /// The language notifications are written in, e.g. `en` or `pt-BR`.
+    #[serde(default)]
+    pub locale: String,
+}
+
+/// A registered device, as `list_devices` shows it: the token itself is not repeated (it is a
+/// credential of the push service), only its last characters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    /// Stable for the platform and token: registering them again updates this device.
+    pub id: String,
+    pub platform: Platform,
+    pub app: String,
+    #[serde(default)]
+    pub locale: String,
+    /// The last characters of the token or endpoint, to tell devices apart.
+    pub hint: String,
+    /// When it was registered first, ms since the Unix epoch.
+    pub created_at: u64,
 }
 
 /// How many members gave one reaction to a message, and whether the caller is one of them.
@@ -762,6 +871,8 @@ pub enum ErrorCode {
     BodyTooLarge,
     /// The seq names no message of the room (or an entry that is not a message).
     NoSuchMessage,
+    /// `remove_device` named no device of yours.
+    NoSuchDevice,
     /// The message was deleted; it cannot be edited, reacted to or replied to.
     MessageDeleted,
     /// The request would change nothing: a reaction already given, or one not given taken back.
@@ -901,6 +1012,16 @@ pub enum ServerFrame {
     Blocked {
         req: ReqId,
         users: Vec<String>,
+    },
+    /// Reply to `register_device`: the device as stored.
+    Device {
+        req: ReqId,
+        device: DeviceInfo,
+    },
+    /// Reply to `list_devices`: your devices, oldest first.
+    Devices {
+        req: ReqId,
+        devices: Vec<DeviceInfo>,
     },
     /// Reply to `thread`: the root message and a page of its replies, oldest first.
     Thread {

@@ -31,10 +31,12 @@ use crate::{
 
 mod api_keys;
 mod changes;
+mod devices;
 mod erasure;
 mod moderation;
 pub use api_keys::*;
 pub use changes::*;
+pub use devices::*;
 pub use erasure::*;
 pub use moderation::*;
 
@@ -65,6 +67,7 @@ macro_rules! conformance_tests {
             revoke_tokens_bumps_the_epoch,
             presence_notes_keep_the_newest_setting,
             api_keys_are_kept_listed_and_revoked,
+            devices_are_kept_per_user_bounded_and_erased_with_the_account,
             unknown_users_and_rooms_are_errors,
             create_room_writes_one_join_per_member,
             create_room_twice_returns_the_existing_room,

@@ -25,7 +25,9 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use protocol::{Audience, Cursor, Entry, EntryKind, ReactionCount, Role, RoomKind, RoomSettings, RoomSettingsChange};
+use protocol::{
+    Audience, Cursor, Entry, EntryKind, Platform, ReactionCount, Role, RoomKind, RoomSettings, RoomSettingsChange,
+};
 
 #[cfg(test)]
 pub mod conformance;
@@ -64,6 +66,22 @@ pub struct ApiKeyRecord {
     pub created_ms: u64,
     /// When it was revoked; a revoked key stays listed and opens nothing.
     pub revoked_ms: Option<u64>,
+}
+
+/// A device registered for push notifications, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRecord {
+    /// Derived from the platform and token: registering them again names the same device.
+    pub id: String,
+    pub platform: Platform,
+    pub app: String,
+    pub locale: String,
+    /// The push token, the Web Push endpoint, or the webhook URL.
+    pub token: String,
+    /// Web Push only: the browser's public key and auth secret (base64url); empty otherwise.
+    pub p256dh: String,
+    pub auth: String,
+    pub created_ms: u64,
 }
 
 /// The presence status text a user set last, and when (ms since the Unix epoch). Kept so the
@@ -399,7 +417,7 @@ pub trait Store: Send + Sync + 'static {
     /// this answers [`StoreError::AlreadyMember`] naming a room they are still in, to be left
     /// first. Then, in one transaction: the account is gone (`user` returns `None`, so no token
     /// verifies and no password logs in), and so are the user's log, read positions, mentions,
-    /// presence note and the blocks they made; other users' block lists leave them out. The
+    /// presence note, devices and the blocks they made; other users' block lists leave them out. The
     /// name stays taken ([`Store::create_user`] answers `UserExists`); everything that would
     /// name the user anew (a join, an invitation, a new room, a block) answers `NoSuchUser`.
     /// Their entries stay in the room logs under their name, their reactions counted.
@@ -413,6 +431,16 @@ pub trait Store: Send + Sync + 'static {
     async fn blocked_by(&self, user: &str) -> StoreResult<Vec<String>>;
     /// Whether `user` blocked `other`.
     async fn is_blocked(&self, user: &str, other: &str) -> StoreResult<bool>;
+
+    // Devices for push notifications.
+    /// Register `device` for `user`, or update the device with its id (keeping when it was
+    /// created); returns it as stored. A new device beyond `max` per user is `NotAllowed`;
+    /// `NoSuchUser` for an unknown user.
+    async fn put_device(&self, user: &str, device: DeviceRecord, max: u32) -> StoreResult<DeviceRecord>;
+    /// `user`'s devices, oldest first. `NoSuchUser` for an unknown user.
+    async fn devices(&self, user: &str) -> StoreResult<Vec<DeviceRecord>>;
+    /// Forget `user`'s device `id`; `false` if they have none by that id.
+    async fn remove_device(&self, user: &str, id: &str) -> StoreResult<bool>;
 
     // Server API keys.
     /// Keep a new key. Ids are random; a taken one is a `Backend` error.

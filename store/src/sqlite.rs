@@ -23,6 +23,7 @@
 //! | `members`   | (`rid`, `uid`), WITHOUT ROWID; (`uid`, `rid`) | `joined_seq`, `read_seq`             |
 //! | `entries`   | `eid` (rowid); unique (`rid`, `seq`); unique (`rid`, `sender`, `id`) where text | room logs |
 //! | `presence_notes` | `uid` (rowid)                          | the status text a user set last, `set_ms` |
+//! | `devices`   | (`uid`, `id`), WITHOUT ROWID                | devices for push notifications: platform, app, locale, token or Web Push endpoint and keys |
 //! | `api_keys`  | `id`, WITHOUT ROWID                         | server API keys: name, scopes, the secret's SHA-256, created, revoked |
 //!
 //! Why this shape:
@@ -83,6 +84,7 @@
 
 mod amend;
 mod api_keys;
+mod devices;
 mod erase;
 mod inline;
 mod invariants;
@@ -108,8 +110,9 @@ use tokio::sync::{mpsc, oneshot};
 use self::inline::InlineWriter;
 use self::threads::{sqlite_error, BatchLimits, Job, ReadJob, WriteJob, WriterCounters};
 use crate::{
-    ApiKeyRecord, AppendRequest, Appended, Delivery, Epoch, HistoryPage, LogBounds, LogEntry, MembershipLimits, MyRoom,
-    NewRoom, PresenceNote, RoomRecord, Store, StoreError, StoreResult, UserRecord, WriteStats,
+    ApiKeyRecord, AppendRequest, Appended, Delivery, DeviceRecord, Epoch, HistoryPage, LogBounds, LogEntry,
+    MembershipLimits, MyRoom, NewRoom, PresenceNote, RoomRecord, Store, StoreError, StoreResult, UserRecord,
+    WriteStats,
 };
 
 pub use self::invariants::{bounds_ordered, is_dense, read_within_room, seq_follows};
@@ -459,6 +462,22 @@ impl Store for SqliteStore {
         // The erased rows' old pages leave the WAL as a deleted message's do.
         self.counters.erasures.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    async fn put_device(&self, user: &str, device: DeviceRecord, max: u32) -> StoreResult<DeviceRecord> {
+        let user = user.to_owned();
+        let cost = REQUEST_OVERHEAD_BYTES + device.token.len();
+        self.write(cost, move |conn| devices::put(conn, &user, &device, max)).await
+    }
+
+    async fn devices(&self, user: &str) -> StoreResult<Vec<DeviceRecord>> {
+        let user = user.to_owned();
+        self.read(move |conn| devices::of_user(conn, &user)).await
+    }
+
+    async fn remove_device(&self, user: &str, id: &str) -> StoreResult<bool> {
+        let (user, id) = (user.to_owned(), id.to_owned());
+        self.write(REQUEST_OVERHEAD_BYTES, move |conn| devices::remove(conn, &user, &id)).await
     }
 
     async fn create_api_key(&self, key: ApiKeyRecord) -> StoreResult<()> {

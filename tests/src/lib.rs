@@ -853,6 +853,8 @@ pub fn reply_req(frame: &ServerFrame) -> Option<u64> {
         | ServerFrame::History { req, .. }
         | ServerFrame::Thread { req, .. }
         | ServerFrame::Blocked { req, .. }
+        | ServerFrame::Device { req, .. }
+        | ServerFrame::Devices { req, .. }
         | ServerFrame::PresenceList { req, .. }
         | ServerFrame::Receipts { req, .. }
         | ServerFrame::Pong { req } => Some(*req),

@@ -98,7 +98,7 @@ impl Reply {
 /// The HTTP status a protocol error code stands for.
 fn status_of(code: ErrorCode) -> u16 {
     match code {
-        ErrorCode::NoSuchRoom | ErrorCode::NoSuchUser | ErrorCode::NoSuchMessage => 404,
+        ErrorCode::NoSuchRoom | ErrorCode::NoSuchUser | ErrorCode::NoSuchMessage | ErrorCode::NoSuchDevice => 404,
         ErrorCode::NotMember | ErrorCode::Forbidden | ErrorCode::Banned => 403,
         ErrorCode::UserExists
         | ErrorCode::RoomFull

@@ -1,5 +1,5 @@
 //! Deleting an account over the key-value transaction, by the rules of the SQLite backend's
-//! `erase`: what belongs to the user alone goes (their account, log, mentions, presence note,
+//! `erase`: what belongs to the user alone goes (their account, log, mentions, presence note, devices,
 //! the blocks they made); the name stays taken, marked by a `gone` key, so nobody registers it
 //! again and appears as the author of the entries the user left in room logs.
 //!
@@ -29,6 +29,7 @@ pub(super) async fn delete_account<X: KvTxn>(t: &X, ks: &Keyspace, user: &str, t
     t.clear_range(&ks.user_log_through(user, u64::MAX));
     t.clear_range(&ks.mentions_of(user));
     t.clear(&ks.presence_note(user));
+    t.clear_range(&ks.devices_range(user));
     t.clear_range(&ks.blocks_range(user));
     Ok(())
 }

@@ -52,6 +52,7 @@ const BAN: &str = "ban";
 const BLOCK: &str = "block";
 const GONE: &str = "gone";
 const API_KEY: &str = "apikey";
+const DEVICE: &str = "dev";
 
 /// A half-open key range `[begin, end)`, as FoundationDB range reads and clears take it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -234,6 +235,21 @@ impl Keyspace {
 
     pub fn owner(&self, room: &str) -> Vec<u8> {
         self.tag(OWNER).str(room).into_bytes()
+    }
+
+    /// A device `user` registered for push notifications.
+    pub fn device(&self, user: &str, id: &str) -> Vec<u8> {
+        self.tag(DEVICE).str(user).str(id).into_bytes()
+    }
+
+    /// All `dev` keys of a user.
+    pub fn devices_range(&self, user: &str) -> KeyRange {
+        KeyRange::children(&self.tag(DEVICE).str(user).into_bytes())
+    }
+
+    /// The device id of a key from [`Self::devices_range`].
+    pub fn device_id(&self, user: &str, key: &[u8]) -> Result<String, TupleError> {
+        last_str(self.tag(DEVICE).str(user).as_bytes(), key)
     }
 
     /// A server API key, by its public id.

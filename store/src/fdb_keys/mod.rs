@@ -16,12 +16,13 @@
 //! - `kv`: the transaction seam; `ops`: [`KvStore`], the [`Store`](super::Store) over it;
 //!   `amend`: its messages that change (edits, deletes, reactions, replies, mentions);
 //!   `moderate`: its roles, kicks, bans and mutes; `erase`: account deletion; `api_keys`: the
-//!   server API's keys.
+//!   server API's keys; `devices`: devices for push notifications.
 //!
 //! docs/STORAGE.md describes the layout and the reasoning behind it.
 
 mod amend;
 mod api_keys;
+mod devices;
 mod erase;
 pub mod kv;
 pub mod layout;

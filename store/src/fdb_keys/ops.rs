@@ -38,6 +38,7 @@ use protocol::{Audience, Cursor, Entry, EntryKind, ReactionCount, Role, RoomKind
 
 use super::amend::{self, CheckedDetails};
 use super::api_keys;
+use super::devices;
 use super::kv::{corrupt, Attempt, KvDb, KvTxn, TxnError, TxnResult};
 use super::layout::Keyspace;
 use super::limits::{
@@ -50,8 +51,9 @@ use super::values::{
     MembershipValue, NoteValue, OwnerValue, Pointer, RoomHead, RoomMeta, UserHead,
 };
 use crate::{
-    ApiKeyRecord, AppendRequest, Appended, Delivery, Epoch, HistoryPage, LogBounds, LogEntry, MembershipLimits, MyRoom,
-    NewRoom, PresenceNote, Recipients, RoomRecord, Store, StoreError, StoreResult, UserRecord,
+    ApiKeyRecord, AppendRequest, Appended, Delivery, DeviceRecord, Epoch, HistoryPage, LogBounds, LogEntry,
+    MembershipLimits, MyRoom, NewRoom, PresenceNote, Recipients, RoomRecord, Store, StoreError, StoreResult,
+    UserRecord,
 };
 
 pub(super) type R<T, X> = TxnResult<T, <X as KvTxn>::Error>;
@@ -1180,6 +1182,21 @@ impl<D: KvDb> Store for KvStore<D> {
     async fn is_blocked(&self, user: &str, other: &str) -> StoreResult<bool> {
         let ks = &self.keys;
         self.db.transact("read block", |t, _| async move { Ok(t.get(&ks.block(user, other)).await?.is_some()) }).await
+    }
+
+    async fn put_device(&self, user: &str, device: DeviceRecord, max: u32) -> StoreResult<DeviceRecord> {
+        let (ks, device) = (&self.keys, &device);
+        self.db.transact("store device", |t, _| async move { devices::put(&t, ks, user, device, max).await }).await
+    }
+
+    async fn devices(&self, user: &str) -> StoreResult<Vec<DeviceRecord>> {
+        let ks = &self.keys;
+        self.db.transact("read devices", |t, _| async move { devices::of_user(&t, ks, user).await }).await
+    }
+
+    async fn remove_device(&self, user: &str, id: &str) -> StoreResult<bool> {
+        let ks = &self.keys;
+        self.db.transact("remove device", |t, _| async move { devices::remove(&t, ks, user, id).await }).await
     }
 
     async fn create_api_key(&self, key: ApiKeyRecord) -> StoreResult<()> {

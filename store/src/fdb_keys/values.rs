@@ -10,7 +10,7 @@
 //!   node that meets a format it does not know reports [`CodecError::UnknownFormat`] instead of
 //!   misreading the value.
 
-use protocol::{Audience, Entry, EntryKind, Role, RoomKind, RoomSettings};
+use protocol::{Audience, Entry, EntryKind, Platform, Role, RoomKind, RoomSettings};
 
 use super::tuple::{TupleError, TupleReader, TupleWriter};
 
@@ -841,5 +841,46 @@ impl ApiKeyValue {
         let secret_sha256 = <[u8; 32]>::try_from(r.bytes()?.as_slice())
             .map_err(|_| CodecError::Tuple(TupleError::Missing("a 32-byte key hash")))?;
         Ok(ApiKeyValue { name, scopes, secret_sha256, created_ms: r.uint()?, revoked_ms: r.opt_uint()? })
+    }
+}
+
+/// `(P, "dev", user, id)`: (platform name, app, locale, token, p256dh, auth, created ms).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceValue {
+    pub platform: Platform,
+    pub app: String,
+    pub locale: String,
+    pub token: String,
+    pub p256dh: String,
+    pub auth: String,
+    pub created_ms: u64,
+}
+
+impl DeviceValue {
+    pub fn encode(&self) -> Vec<u8> {
+        writer()
+            .str(self.platform.name())
+            .str(&self.app)
+            .str(&self.locale)
+            .str(&self.token)
+            .str(&self.p256dh)
+            .str(&self.auth)
+            .uint(self.created_ms)
+            .into_bytes()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
+        let mut r = reader(bytes)?;
+        let name = r.str()?;
+        let platform = Platform::from_name(&name).ok_or(CodecError::UnknownCode { what: "platform", code: 0 })?;
+        Ok(DeviceValue {
+            platform,
+            app: r.str()?,
+            locale: r.str()?,
+            token: r.str()?,
+            p256dh: r.str()?,
+            auth: r.str()?,
+            created_ms: r.uint()?,
+        })
     }
 }

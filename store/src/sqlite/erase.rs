@@ -19,6 +19,7 @@ const ERASE: &[&str] = &[
     "DELETE FROM user_logs WHERE uid = ?1",
     "DELETE FROM mentions WHERE uid = ?1",
     "DELETE FROM presence_notes WHERE uid = ?1",
+    "DELETE FROM devices WHERE uid = ?1",
     "DELETE FROM blocks WHERE uid = ?1 OR blocked = ?1",
     "DELETE FROM bans WHERE uid = ?1",
 ];

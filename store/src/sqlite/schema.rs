@@ -213,8 +213,21 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE rooms ADD COLUMN who_may_invite TEXT NOT NULL DEFAULT 'members'
         CHECK (who_may_invite IN ('members', 'moderators'));
     ALTER TABLE users ADD COLUMN deleted_ms INTEGER;",
-    // 5 → 6: keys of the server API. The secret's SHA-256 only; revoked keys stay listed.
-    "CREATE TABLE api_keys (
+    // 5 → 6: keys of the server API (the secret's SHA-256 only; revoked keys stay listed), and
+    // the devices users register for push notifications, by user.
+    "CREATE TABLE devices (
+        uid        INTEGER NOT NULL REFERENCES users (uid),
+        id         TEXT NOT NULL,
+        platform   TEXT NOT NULL CHECK (platform IN ('fcm', 'apns', 'webpush', 'webhook')),
+        app        TEXT NOT NULL,
+        locale     TEXT NOT NULL,
+        token      TEXT NOT NULL,
+        p256dh     TEXT NOT NULL,
+        auth       TEXT NOT NULL,
+        created_ms INTEGER NOT NULL,
+        PRIMARY KEY (uid, id)
+    ) WITHOUT ROWID;
+    CREATE TABLE api_keys (
         id            TEXT PRIMARY KEY,
         name          TEXT NOT NULL,
         scopes        TEXT NOT NULL,
