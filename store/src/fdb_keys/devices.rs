@@ -3,8 +3,8 @@
 
 use super::kv::{corrupt, KvTxn};
 use super::layout::Keyspace;
-use super::ops::{read, R};
-use super::values::DeviceValue;
+use super::ops::R;
+use super::values::{decode_device, encode_device};
 use crate::{DeviceRecord, StoreError};
 
 async fn require_account<X: KvTxn>(t: &X, ks: &Keyspace, user: &str) -> R<(), X> {
@@ -23,8 +23,8 @@ pub(super) async fn put<X: KvTxn>(
 ) -> R<DeviceRecord, X> {
     require_account(t, ks, user).await?;
     let key = ks.device(user, &device.id);
-    let created_ms = match read(t, &key, DeviceValue::decode).await? {
-        Some(stored) => stored.created_ms,
+    let created_ms = match t.get(&key).await? {
+        Some(bytes) => decode_device(device.id.clone(), &bytes).map_err(|e| corrupt(&key, e))?.created_ms,
         None => {
             let held = t.get_range(&ks.devices_range(user), Some(max as usize + 1), false).await?.len();
             if held >= max as usize {
@@ -35,17 +35,9 @@ pub(super) async fn put<X: KvTxn>(
             device.created_ms
         }
     };
-    let value = DeviceValue {
-        platform: device.platform,
-        app: device.app.clone(),
-        locale: device.locale.clone(),
-        token: device.token.clone(),
-        p256dh: device.p256dh.clone(),
-        auth: device.auth.clone(),
-        created_ms,
-    };
-    t.set(&key, &value.encode());
-    Ok(DeviceRecord { created_ms, ..device.clone() })
+    let stored = DeviceRecord { created_ms, ..device.clone() };
+    t.set(&key, &encode_device(&stored));
+    Ok(stored)
 }
 
 pub(super) async fn of_user<X: KvTxn>(t: &X, ks: &Keyspace, user: &str) -> R<Vec<DeviceRecord>, X> {
@@ -54,17 +46,7 @@ pub(super) async fn of_user<X: KvTxn>(t: &X, ks: &Keyspace, user: &str) -> R<Vec
     let mut devices = Vec::new();
     for (key, bytes) in t.get_range(&prefix, None, false).await? {
         let id = ks.device_id(user, &key).map_err(|e| corrupt(&key, e))?;
-        let value = DeviceValue::decode(&bytes).map_err(|e| corrupt(&key, e))?;
-        devices.push(DeviceRecord {
-            id,
-            platform: value.platform,
-            app: value.app,
-            locale: value.locale,
-            token: value.token,
-            p256dh: value.p256dh,
-            auth: value.auth,
-            created_ms: value.created_ms,
-        });
+        devices.push(decode_device(id, &bytes).map_err(|e| corrupt(&key, e))?);
     }
     devices.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
     Ok(devices)

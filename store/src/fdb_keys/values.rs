@@ -13,6 +13,7 @@
 use protocol::{Audience, Entry, EntryKind, Platform, Role, RoomKind, RoomSettings};
 
 use super::tuple::{TupleError, TupleReader, TupleWriter};
+use crate::DeviceRecord;
 
 /// The first byte of every value written by this version of palaver.
 pub const FORMAT_V1: u8 = 1;
@@ -844,43 +845,33 @@ impl ApiKeyValue {
     }
 }
 
-/// `(P, "dev", user, id)`: (platform name, app, locale, token, p256dh, auth, created ms).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeviceValue {
-    pub platform: Platform,
-    pub app: String,
-    pub locale: String,
-    pub token: String,
-    pub p256dh: String,
-    pub auth: String,
-    pub created_ms: u64,
+/// `(P, "dev", user, id)`: (platform name, app, locale, token, p256dh, auth, created ms); the
+/// id is the key's.
+pub fn encode_device(device: &DeviceRecord) -> Vec<u8> {
+    writer()
+        .str(device.platform.name())
+        .str(&device.app)
+        .str(&device.locale)
+        .str(&device.token)
+        .str(&device.p256dh)
+        .str(&device.auth)
+        .uint(device.created_ms)
+        .into_bytes()
 }
 
-impl DeviceValue {
-    pub fn encode(&self) -> Vec<u8> {
-        writer()
-            .str(self.platform.name())
-            .str(&self.app)
-            .str(&self.locale)
-            .str(&self.token)
-            .str(&self.p256dh)
-            .str(&self.auth)
-            .uint(self.created_ms)
-            .into_bytes()
-    }
-
-    pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
-        let mut r = reader(bytes)?;
-        let name = r.str()?;
-        let platform = Platform::from_name(&name).ok_or(CodecError::UnknownCode { what: "platform", code: 0 })?;
-        Ok(DeviceValue {
-            platform,
-            app: r.str()?,
-            locale: r.str()?,
-            token: r.str()?,
-            p256dh: r.str()?,
-            auth: r.str()?,
-            created_ms: r.uint()?,
-        })
-    }
+/// The device `id` from its value.
+pub fn decode_device(id: String, bytes: &[u8]) -> Result<DeviceRecord, CodecError> {
+    let mut r = reader(bytes)?;
+    let name = r.str()?;
+    let platform = Platform::from_name(&name).ok_or(CodecError::UnknownCode { what: "platform", code: 0 })?;
+    Ok(DeviceRecord {
+        id,
+        platform,
+        app: r.str()?,
+        locale: r.str()?,
+        token: r.str()?,
+        p256dh: r.str()?,
+        auth: r.str()?,
+        created_ms: r.uint()?,
+    })
 }
