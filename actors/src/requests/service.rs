@@ -61,6 +61,7 @@ pub async fn issue_token(hub: &Hub, req: ReqId, user: String) -> ServerFrame {
     match hub.store.user(&user).await {
         Ok(Some(record)) => {
             let (token, expires_at) = hub.auth.issue_token(&user, record.token_epoch, now_ms());
+            info!(user, "token issued through the server API");
             ServerFrame::LoggedIn { req, user, token, expires_at }
         }
         Ok(None) => store_error_frame(hub, Some(req), StoreError::NoSuchUser(user)),
