@@ -7,7 +7,8 @@
 //! The node is the release `palaver` beside this program, started on a fresh SQLite store and
 //! pinned to CPU 0 (`taskset`, where there are two CPUs or more); run this program on another:
 //!
-//! `taskset -c 1 target/release/api_posts [--callers 8,32] [--posts 4000] [--members 10]`
+//! `PALAVER_BIN=target/release/palaver taskset -c 1 target/release/api_posts [--callers 1,8,32]`
+//! `[--posts 3000] [--members 10]` (`PALAVER_BIN`: the harness looks beside test executables).
 //!
 //! A program rather than a test, so `cargo test` never spends its time measuring.
 
@@ -61,11 +62,12 @@ async fn main() -> anyhow::Result<()> {
     let options = options()?;
     let node = Node::start(NodeOptions::default().env("ADMIN__TOKEN", ADMIN_TOKEN)).await?;
     let pid = node.pid().context("the node is not running")?;
-    let pinned = std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2
-        && std::process::Command::new("taskset")
-            .args(["-a", "-cp", "0", &pid.to_string()])
-            .output()
-            .is_ok_and(|out| out.status.success());
+    // (This program's own affinity, set by the taskset it runs under, hides the other CPUs
+    // from `available_parallelism`, so taskset's answer is the test.)
+    let pinned = std::process::Command::new("taskset")
+        .args(["-a", "-cp", "0", &pid.to_string()])
+        .output()
+        .is_ok_and(|out| out.status.success());
     let admin = node.admin;
     let scopes = json!({ "name": "bench", "scopes": ["users", "rooms", "messages"] });
     let minted = expect(admin, "POST", "/api/v1/keys", ADMIN_TOKEN, scopes, 201).await?;
