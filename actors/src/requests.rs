@@ -535,6 +535,15 @@ pub fn membership_command(kind: EntryKind, from: &str, user: &str) -> AppendComm
     }
 }
 
+/// The command that makes `user` leave `room`, or the refusal: direct conversations cannot be
+/// left (a client's `leave` and the server API's removal both come here).
+pub fn leave_command(req: ReqId, room: &str, user: &str) -> Result<AppendCommand, Box<ServerFrame>> {
+    if room.starts_with("dm:") {
+        return Err(Box::new(error_frame(Some(req), ErrorCode::Forbidden, "direct conversations cannot be left")));
+    }
+    Ok(membership_command(EntryKind::Leave, user, user))
+}
+
 /// The command for a `send` of `ctx.user`'s, checked as far as it can be without the room's
 /// state (a client's `send` and the server API's post both come here), or the error reply.
 pub async fn send_command(

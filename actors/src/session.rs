@@ -503,14 +503,10 @@ where
                 self.forward_to_room(req, room, requests::membership_command(EntryKind::Join, &ctx.user, &ctx.user))
                     .await
             }
-            ClientFrame::Leave { req, room } => {
-                if room.starts_with("dm:") {
-                    let message = "direct conversations cannot be left";
-                    return self.reply_in_order(vec![error_frame(Some(req), ErrorCode::Forbidden, message)]);
-                }
-                self.forward_to_room(req, room, requests::membership_command(EntryKind::Leave, &ctx.user, &ctx.user))
-                    .await
-            }
+            ClientFrame::Leave { req, room } => match requests::leave_command(req, &room, &ctx.user) {
+                Ok(command) => self.forward_to_room(req, room, command).await,
+                Err(frame) => self.reply_in_order(vec![*frame]),
+            },
             ClientFrame::Invite { req, room, user } => {
                 if let Some(frame) = requests::check_invite(&ctx, req, &room, &user).await {
                     return self.reply_in_order(vec![frame]);

@@ -26,17 +26,11 @@ import websockets
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
-from test_openapi import palaver_binary
+from node_binary import free_port, palaver_binary
 
 ISSUER = "https://login.example.test"
 AUDIENCE = "palaver-chat"
 HS_SECRET = "hs256-shared-secret-for-the-test-0123456789"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Provider:

@@ -10,7 +10,7 @@ Three runs, each with a fixed seed so a failure reproduces:
 - the same with real parameters (a user, a room and a member that exist), so requests reach
   the rooms and the store (erasing users left out, or the fixed member would be gone).
 
-The binary is ``PALAVER_BIN``, else ``$CARGO_TARGET_DIR/debug/palaver`` (``target`` by default).
+The binary is the one `node_binary.palaver_binary` names.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,8 +26,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from node_binary import REPO_ROOT, free_port, palaver_binary
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = REPO_ROOT / "docs" / "openapi.json"
 ADMIN_TOKEN = "admin-token-for-api-tests-0123456789"
 SEED = "20261207"
@@ -39,21 +38,6 @@ RUN_TIMEOUT_S = 600
 # refused on its merits (an unknown user, a room the acting user is not in), and the schema
 # cannot know which names exist.
 CHECKS = ["--checks", "all", "--exclude-checks", "positive_data_acceptance"]
-
-
-def palaver_binary() -> Path:
-    if os.environ.get("PALAVER_BIN"):
-        return Path(os.environ["PALAVER_BIN"])
-    target = Path(os.environ.get("CARGO_TARGET_DIR", "target"))
-    if not target.is_absolute():
-        target = REPO_ROOT / target
-    return target / "debug" / "palaver"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def call(base: str, method: str, path: str, bearer: str, body: dict | None = None) -> tuple[int, dict]:

@@ -52,7 +52,8 @@ pub async fn remove(ctx: &Ctx, req: ReqId, id: String) -> ServerFrame {
 }
 
 fn info(record: &DeviceRecord) -> DeviceInfo {
-    let hint: String = record.token.chars().rev().take(6).collect::<Vec<_>>().into_iter().rev().collect();
+    let start = record.token.char_indices().rev().nth(5).map_or(0, |(at, _)| at);
+    let hint = record.token[start..].to_owned();
     DeviceInfo {
         id: record.id.clone(),
         platform: record.platform,

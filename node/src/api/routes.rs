@@ -86,10 +86,9 @@ async fn run_checked(hub: &Arc<Hub>, route: Route, query: Query, body: Option<Ve
             query.only(&["as", "reason"])?;
             let ctx = acting(hub, &query).await?;
             let (command, room) = if user == ctx.user {
-                if room.starts_with("dm:") {
-                    return Err(Reply::error(403, "forbidden", "direct conversations cannot be left"));
-                }
-                (requests::membership_command(EntryKind::Leave, &ctx.user, &user), room)
+                let leave =
+                    requests::leave_command(REQ, &room, &user).map_err(|frame| Reply::from_frame(*frame, 200))?;
+                (leave, room)
             } else {
                 let reason = query.get("reason").map(str::to_owned);
                 let kick = ClientFrame::Kick { req: REQ, room, user: user.clone(), reason };
