@@ -34,11 +34,13 @@ mod changes;
 mod devices;
 mod erasure;
 mod moderation;
+mod webhooks;
 pub use api_keys::*;
 pub use changes::*;
 pub use devices::*;
 pub use erasure::*;
 pub use moderation::*;
+pub use webhooks::*;
 
 /// A fresh, empty store for one case, and whatever must live as long as it (a temporary
 /// directory, a FoundationDB subspace to clear).
@@ -114,6 +116,10 @@ macro_rules! conformance_tests {
             moderators_change_the_room_settings,
             settings_decide_who_posts_and_invites,
             deleting_an_account_erases_it_and_keeps_the_name,
+            webhooks_are_kept_listed_and_deleted,
+            committed_events_are_queued_per_endpoint_until_acknowledged,
+            account_deletions_are_queued,
+            leases_are_held_until_they_expire,
         );
     };
     (@cases $make:expr; $($case:ident),+ $(,)?) => {

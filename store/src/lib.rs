@@ -36,6 +36,9 @@ pub mod fdb;
 pub mod fdb_keys;
 mod rules;
 pub mod sqlite;
+pub mod webhooks;
+
+pub use webhooks::{EventMask, EventType, OutboxEvent, WebhookHealth, WebhookRecord};
 
 /// The owner epoch of a room: bumped by every [`Store::claim_room`].
 pub type Epoch = u64;
@@ -452,6 +455,27 @@ pub trait Store: Send + Sync + 'static {
     /// Revoke key `id` at `ts`; `false` if there is no such key. Revoking again keeps the first
     /// time.
     async fn revoke_api_key(&self, id: &str, ts: u64) -> StoreResult<bool>;
+
+    // Webhooks (see the `webhooks` module).
+    /// Keep a new endpoint. Ids are random; a taken one is a `Backend` error.
+    async fn create_webhook(&self, hook: WebhookRecord) -> StoreResult<()>;
+    /// Every endpoint, in id order.
+    async fn webhooks(&self) -> StoreResult<Vec<WebhookRecord>>;
+    /// Forget endpoint `id` and every event its outbox holds; `false` if there is none.
+    async fn delete_webhook(&self, id: &str) -> StoreResult<bool>;
+    /// Record how deliveries to endpoint `id` are going; `false` if there is none.
+    async fn set_webhook_health(&self, id: &str, health: WebhookHealth) -> StoreResult<bool>;
+    /// Up to `limit` of the events endpoint `id` has not acknowledged, in (stream, seq) order.
+    async fn webhook_outbox(&self, id: &str, limit: u32) -> StoreResult<Vec<OutboxEvent>>;
+    /// Drop endpoint `id`'s events of `stream` with seq <= `through`: they were delivered.
+    async fn ack_webhook_events(&self, id: &str, stream: &str, through: u64) -> StoreResult<()>;
+
+    // Leases.
+    /// Let `holder` hold the lease `name` until `now_ms + ttl_ms` if nobody does, it expired
+    /// (by `now_ms`) or `holder` holds it already; whether `holder` holds it now. Nodes' clocks
+    /// decide expiry, so a lease is for work that may be done twice, never for exclusion that
+    /// correctness depends on.
+    async fn take_lease(&self, name: &str, holder: &str, now_ms: u64, ttl_ms: u64) -> StoreResult<bool>;
 
     // Rooms.
     /// Create a room with its initial members (a join entry each). If a room with this id

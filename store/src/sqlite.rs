@@ -25,6 +25,9 @@
 //! | `presence_notes` | `uid` (rowid)                          | the status text a user set last, `set_ms` |
 //! | `devices`   | (`uid`, `id`), WITHOUT ROWID                | devices for push notifications: platform, app, locale, token or Web Push endpoint and keys |
 //! | `api_keys`  | `id`, WITHOUT ROWID                         | server API keys: name, scopes, the secret's SHA-256, created, revoked |
+//! | `webhooks`  | `id`, WITHOUT ROWID                         | webhook endpoints: URL, subscribed events (a mask), signing secret, health |
+//! | `webhook_outbox` | (`hook`, `stream`, `seq`), WITHOUT ROWID | events an endpoint has not acknowledged: a pointer to the room entry and its event type |
+//! | `leases`    | `name`, WITHOUT ROWID                       | which node holds a lease (webhook delivery) and until when |
 //!
 //! Why this shape:
 //! - `rooms` holds everything an append must check or bump (epoch, `last_seq`, member count,
@@ -92,6 +95,7 @@ mod moderate;
 mod ops;
 mod schema;
 mod threads;
+mod webhooks;
 
 #[cfg(test)]
 mod tests;
@@ -111,8 +115,8 @@ use self::inline::InlineWriter;
 use self::threads::{sqlite_error, BatchLimits, Job, ReadJob, WriteJob, WriterCounters};
 use crate::{
     ApiKeyRecord, AppendRequest, Appended, Delivery, DeviceRecord, Epoch, HistoryPage, LogBounds, LogEntry,
-    MembershipLimits, MyRoom, NewRoom, PresenceNote, RoomRecord, Store, StoreError, StoreResult, UserRecord,
-    WriteStats,
+    MembershipLimits, MyRoom, NewRoom, OutboxEvent, PresenceNote, RoomRecord, Store, StoreError, StoreResult,
+    UserRecord, WebhookHealth, WebhookRecord, WriteStats,
 };
 
 pub use self::invariants::{bounds_ordered, is_dense, read_within_room, seq_follows};
@@ -496,6 +500,39 @@ impl Store for SqliteStore {
     async fn revoke_api_key(&self, id: &str, ts: u64) -> StoreResult<bool> {
         let id = id.to_owned();
         self.write(REQUEST_OVERHEAD_BYTES, move |conn| api_keys::revoke(conn, &id, ts)).await
+    }
+
+    async fn create_webhook(&self, hook: WebhookRecord) -> StoreResult<()> {
+        self.write(REQUEST_OVERHEAD_BYTES, move |conn| webhooks::create(conn, &hook)).await
+    }
+
+    async fn webhooks(&self) -> StoreResult<Vec<WebhookRecord>> {
+        self.read(webhooks::all).await
+    }
+
+    async fn delete_webhook(&self, id: &str) -> StoreResult<bool> {
+        let id = id.to_owned();
+        self.write(REQUEST_OVERHEAD_BYTES, move |conn| webhooks::delete(conn, &id)).await
+    }
+
+    async fn set_webhook_health(&self, id: &str, health: WebhookHealth) -> StoreResult<bool> {
+        let id = id.to_owned();
+        self.write(REQUEST_OVERHEAD_BYTES, move |conn| webhooks::set_health(conn, &id, &health)).await
+    }
+
+    async fn webhook_outbox(&self, id: &str, limit: u32) -> StoreResult<Vec<OutboxEvent>> {
+        let id = id.to_owned();
+        self.read(move |conn| webhooks::outbox(conn, &id, limit)).await
+    }
+
+    async fn ack_webhook_events(&self, id: &str, stream: &str, through: u64) -> StoreResult<()> {
+        let (id, stream) = (id.to_owned(), stream.to_owned());
+        self.write(REQUEST_OVERHEAD_BYTES, move |conn| webhooks::ack(conn, &id, &stream, through)).await
+    }
+
+    async fn take_lease(&self, name: &str, holder: &str, now_ms: u64, ttl_ms: u64) -> StoreResult<bool> {
+        let (name, holder) = (name.to_owned(), holder.to_owned());
+        self.write(REQUEST_OVERHEAD_BYTES, move |conn| webhooks::take_lease(conn, &name, &holder, now_ms, ttl_ms)).await
     }
 
     async fn set_blocked(&self, user: &str, other: &str, blocked: bool) -> StoreResult<()> {

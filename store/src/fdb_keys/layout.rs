@@ -25,6 +25,9 @@
 //! (P, "pnote", user)                 presence note: status text and when it was set
 //! (P, "block", user, other)          `user` takes no direct messages from `other`
 //! (P, "gone",  user)                 a deleted account: the name stays taken (value: when)
+//! (P, "hook",  id)                   webhook endpoint: URL, events, secret, health
+//! (P, "hookq", id, stream, seq)      an event endpoint `id` has not acknowledged (value: type)
+//! (P, "lease", name)                 who holds a lease and until when
 //! ```
 
 use super::tuple::{TupleError, TupleReader, TupleWriter};
@@ -53,6 +56,9 @@ const BLOCK: &str = "block";
 const GONE: &str = "gone";
 const API_KEY: &str = "apikey";
 const DEVICE: &str = "dev";
+const WEBHOOK: &str = "hook";
+const WEBHOOK_OUTBOX: &str = "hookq";
+const LEASE: &str = "lease";
 
 /// A half-open key range `[begin, end)`, as FoundationDB range reads and clears take it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -265,6 +271,55 @@ impl Keyspace {
     /// The id of a key from [`Self::api_keys_range`].
     pub fn api_key_id(&self, key: &[u8]) -> Result<String, TupleError> {
         last_str(self.tag(API_KEY).as_bytes(), key)
+    }
+
+    /// A webhook endpoint, by its id.
+    pub fn webhook(&self, id: &str) -> Vec<u8> {
+        self.tag(WEBHOOK).str(id).into_bytes()
+    }
+
+    /// Every `hook` key, in id order.
+    pub fn webhooks_range(&self) -> KeyRange {
+        KeyRange::children(&self.tag(WEBHOOK).into_bytes())
+    }
+
+    /// The id of a key from [`Self::webhooks_range`].
+    pub fn webhook_id(&self, key: &[u8]) -> Result<String, TupleError> {
+        last_str(self.tag(WEBHOOK).as_bytes(), key)
+    }
+
+    /// Event `seq` of `stream` in endpoint `id`'s outbox.
+    pub fn outbox_event(&self, id: &str, stream: &str, seq: u64) -> Vec<u8> {
+        self.tag(WEBHOOK_OUTBOX).str(id).str(stream).uint(seq).into_bytes()
+    }
+
+    /// Endpoint `id`'s whole outbox, in (stream, seq) order.
+    pub fn outbox_range(&self, id: &str) -> KeyRange {
+        KeyRange::children(self.tag(WEBHOOK_OUTBOX).str(id).as_bytes())
+    }
+
+    /// Endpoint `id`'s events of `stream` with seq <= `through`.
+    pub fn outbox_through(&self, id: &str, stream: &str, through: u64) -> KeyRange {
+        let all = KeyRange::children(self.tag(WEBHOOK_OUTBOX).str(id).str(stream).as_bytes());
+        match through.checked_add(1) {
+            Some(end) => KeyRange { begin: all.begin, end: self.outbox_event(id, stream, end) },
+            None => all,
+        }
+    }
+
+    /// The (stream, seq) of a key from [`Self::outbox_range`].
+    pub fn outbox_position(&self, id: &str, key: &[u8]) -> Result<(String, u64), TupleError> {
+        let prefix = self.tag(WEBHOOK_OUTBOX).str(id).into_bytes();
+        let rest = key.strip_prefix(prefix.as_slice()).ok_or(TupleError::Missing("the expected key prefix"))?;
+        let mut reader = TupleReader::new(rest);
+        let stream = reader.str()?;
+        let seq = reader.uint()?;
+        reader.finish()?;
+        Ok((stream, seq))
+    }
+
+    pub fn lease(&self, name: &str) -> Vec<u8> {
+        self.tag(LEASE).str(name).into_bytes()
     }
 
     pub fn presence_note(&self, user: &str) -> Vec<u8> {

@@ -16,7 +16,8 @@
 //! - `kv`: the transaction seam; `ops`: [`KvStore`], the [`Store`](super::Store) over it;
 //!   `amend`: its messages that change (edits, deletes, reactions, replies, mentions);
 //!   `moderate`: its roles, kicks, bans and mutes; `erase`: account deletion; `api_keys`: the
-//!   server API's keys; `devices`: devices for push notifications.
+//!   server API's keys; `devices`: devices for push notifications; `webhooks`: webhook
+//!   endpoints, their outboxes and leases.
 //!
 //! docs/STORAGE.md describes the layout and the reasoning behind it.
 
@@ -34,6 +35,7 @@ pub mod ops;
 pub mod options;
 pub mod tuple;
 pub mod values;
+mod webhooks;
 
 pub use layout::{KeyRange, Keyspace, DEFAULT_SUBSPACE_PREFIX};
 pub use ops::KvStore;

@@ -50,10 +50,12 @@ use super::values::{
     decode_u64, encode_marker, encode_u64, AccountValue, BanValue, CodecError, EntryValue, MemberValue,
     MembershipValue, NoteValue, OwnerValue, Pointer, RoomHead, RoomMeta, UserHead,
 };
+use super::webhooks;
+use crate::webhooks::Subscribers;
 use crate::{
     ApiKeyRecord, AppendRequest, Appended, Delivery, DeviceRecord, Epoch, HistoryPage, LogBounds, LogEntry,
-    MembershipLimits, MyRoom, NewRoom, PresenceNote, Recipients, RoomRecord, Store, StoreError, StoreResult,
-    UserRecord,
+    MembershipLimits, MyRoom, NewRoom, OutboxEvent, PresenceNote, Recipients, RoomRecord, Store, StoreError,
+    StoreResult, UserRecord, WebhookHealth, WebhookRecord,
 };
 
 pub(super) type R<T, X> = TxnResult<T, <X as KvTxn>::Error>;
@@ -434,6 +436,7 @@ async fn create_room<X: KvTxn>(
         who_may_invite: Audience::Members,
     };
     writes.set(ks.room(&room.id), meta.encode());
+    let subscribers = webhooks::subscribers(t, ks).await?;
     let mut entries = Vec::with_capacity(names.len());
     for (i, name) in names.iter().enumerate() {
         let seq = i as u64 + 1;
@@ -451,7 +454,9 @@ async fn create_room<X: KvTxn>(
             ..EntryValue::default()
         };
         writes.set(ks.room_log(&room.id, seq), value.encode());
-        entries.push(value.into_entry(&room.id, seq));
+        let entry = value.into_entry(&room.id, seq);
+        webhooks::queue_entry(&mut writes, ks, &subscribers, &entry);
+        entries.push(entry);
     }
     // Every initial member is a member when the transaction commits, so each join reaches all
     // of them, entry by entry so every log lists the joins in seq order; a room created large
@@ -584,6 +589,8 @@ pub(super) struct AppendContext<'a> {
     attempt: Attempt,
     /// Bytes this append wrote to the transaction (a batch stops filling one at its budget).
     spent: AtomicUsize,
+    /// The webhook endpoints, read in this transaction: the entry is queued for them.
+    subscribers: &'a Subscribers,
 }
 
 async fn append<X: KvTxn>(t: &X, cx: &AppendContext<'_>) -> R<Appended, X> {
@@ -677,6 +684,7 @@ impl<D: KvDb> KvStore<D> {
                 } else {
                     Vec::new()
                 };
+                let subscribers = webhooks::subscribers(&t, ks).await?;
                 let mut outcomes = Vec::with_capacity(requests.len());
                 let mut spent = 0usize;
                 for (request, &writer) in requests.iter().zip(writers) {
@@ -700,6 +708,7 @@ impl<D: KvDb> KvStore<D> {
                         writer,
                         attempt: Attempt::default(),
                         spent: AtomicUsize::new(0),
+                        subscribers: &subscribers,
                     };
                     match append(&t, &cx).await {
                         Ok(appended) => outcomes.push(Ok(appended)),
@@ -900,6 +909,8 @@ async fn commit_entry<X: KvTxn>(
         settings: details.settings,
     };
     writes.set(ks.room_log(room, seq), value.encode());
+    let entry = value.into_entry(room, seq);
+    webhooks::queue_entry(&mut writes, ks, cx.subscribers, &entry);
     if request.kind.has_client_id() {
         writes.set(ks.dedup(room, &request.from, &request.id), encode_u64(seq));
     }
@@ -944,7 +955,7 @@ async fn commit_entry<X: KvTxn>(
     cx.spent.store(writes.bytes(), Ordering::Relaxed);
     t.apply(writes);
     debug_assert_eq!(seq, state.head.last_seq + 1, "room {room} seq must follow its last seq");
-    Ok(Appended { delivery: Delivery { entry: value.into_entry(room, seq), recipients }, duplicate: false })
+    Ok(Appended { delivery: Delivery { entry, recipients }, duplicate: false })
 }
 
 /// The answer to an append whose earlier attempt committed after all: the original entry, as
@@ -1219,6 +1230,53 @@ impl<D: KvDb> Store for KvStore<D> {
         self.db.transact("revoke api key", |t, _| async move { api_keys::revoke(&t, ks, id, ts).await }).await
     }
 
+    async fn create_webhook(&self, hook: WebhookRecord) -> StoreResult<()> {
+        let (ks, hook) = (&self.keys, &hook);
+        self.db.transact("create webhook", |t, _| async move { webhooks::create(&t, ks, hook).await }).await
+    }
+
+    async fn webhooks(&self) -> StoreResult<Vec<WebhookRecord>> {
+        let ks = &self.keys;
+        self.db.transact("list webhooks", |t, _| async move { webhooks::all(&t, ks).await }).await
+    }
+
+    async fn delete_webhook(&self, id: &str) -> StoreResult<bool> {
+        let ks = &self.keys;
+        self.db.transact("delete webhook", |t, _| async move { webhooks::delete(&t, ks, id).await }).await
+    }
+
+    async fn set_webhook_health(&self, id: &str, health: WebhookHealth) -> StoreResult<bool> {
+        let (ks, health) = (&self.keys, &health);
+        self.db
+            .transact("set webhook health", |t, _| async move { webhooks::set_health(&t, ks, id, health).await })
+            .await
+    }
+
+    async fn webhook_outbox(&self, id: &str, limit: u32) -> StoreResult<Vec<OutboxEvent>> {
+        let ks = &self.keys;
+        self.db.transact("read webhook outbox", |t, _| async move { webhooks::outbox(&t, ks, id, limit).await }).await
+    }
+
+    async fn ack_webhook_events(&self, id: &str, stream: &str, through: u64) -> StoreResult<()> {
+        let ks = &self.keys;
+        self.db
+            .transact("acknowledge webhook events", |t, _| async move {
+                webhooks::ack(&t, ks, id, stream, through);
+                Ok(())
+            })
+            .await
+    }
+
+    async fn take_lease(&self, name: &str, holder: &str, now_ms: u64, ttl_ms: u64) -> StoreResult<bool> {
+        let ks = &self.keys;
+        self.db
+            .transact(
+                "take lease",
+                |t, _| async move { webhooks::take_lease(&t, ks, name, holder, now_ms, ttl_ms).await },
+            )
+            .await
+    }
+
     async fn presence_note(&self, user: &str) -> StoreResult<Option<PresenceNote>> {
         let ks = &self.keys;
         self.db.transact("read presence note", |t, _| async move { presence_note(&t, ks, user).await }).await
@@ -1264,7 +1322,8 @@ impl<D: KvDb> Store for KvStore<D> {
         self.db
             .transact("append", |t, attempt| async move {
                 let spent = AtomicUsize::new(0);
-                append(&t, &AppendContext { ks, request, max_entries, writer, attempt, spent }).await
+                let subscribers = &webhooks::subscribers(&t, ks).await?;
+                append(&t, &AppendContext { ks, request, max_entries, writer, attempt, spent, subscribers }).await
             })
             .await
     }

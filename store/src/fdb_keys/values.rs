@@ -13,7 +13,7 @@
 use protocol::{Audience, Entry, EntryKind, Platform, Role, RoomKind, RoomSettings};
 
 use super::tuple::{TupleError, TupleReader, TupleWriter};
-use crate::DeviceRecord;
+use crate::{DeviceRecord, EventMask, WebhookHealth, WebhookRecord};
 
 /// The first byte of every value written by this version of palaver.
 pub const FORMAT_V1: u8 = 1;
@@ -556,6 +556,51 @@ fn room_kind(code: u64) -> Result<RoomKind, CodecError> {
         1 => Ok(RoomKind::Direct),
         code => Err(CodecError::UnknownCode { what: "room kind", code }),
     }
+}
+
+/// `(P, "hook", id)`: (URL, event mask, secret, created ms, failures, last error, dead since);
+/// the id is the key's.
+pub fn encode_webhook(hook: &WebhookRecord) -> Vec<u8> {
+    writer()
+        .str(&hook.url)
+        .uint(u64::from(hook.events.0))
+        .str(&hook.secret)
+        .uint(hook.created_ms)
+        .uint(u64::from(hook.health.failures))
+        .str(&hook.health.last_error)
+        .opt_uint(hook.health.dead_since)
+        .into_bytes()
+}
+
+/// The endpoint `id` from its value.
+pub fn decode_webhook(id: String, bytes: &[u8]) -> Result<WebhookRecord, CodecError> {
+    let mut r = reader(bytes)?;
+    let url = r.str()?;
+    let mask = r.uint()?;
+    let events =
+        EventMask(u32::try_from(mask).map_err(|_| CodecError::UnknownCode { what: "event mask", code: mask })?);
+    Ok(WebhookRecord {
+        id,
+        url,
+        events,
+        secret: r.str()?,
+        created_ms: r.uint()?,
+        health: WebhookHealth {
+            failures: u32::try_from(r.uint()?).unwrap_or(u32::MAX),
+            last_error: r.str()?,
+            dead_since: r.opt_uint()?,
+        },
+    })
+}
+
+/// `(P, "lease", name)`: (holder, until ms).
+pub fn encode_lease(holder: &str, until_ms: u64) -> Vec<u8> {
+    writer().str(holder).uint(until_ms).into_bytes()
+}
+
+pub fn decode_lease(bytes: &[u8]) -> Result<(String, u64), CodecError> {
+    let mut r = reader(bytes)?;
+    Ok((r.str()?, r.uint()?))
 }
 
 #[cfg(test)]

@@ -41,5 +41,5 @@ pub(super) fn delete_account(conn: &Connection, user: &str, ts: u64) -> StoreRes
         conn.prepare_cached(sql).and_then(|mut s| s.execute([uid])).ctx("erase account data")?;
     }
     conn.prepare_cached(MARK_DELETED).and_then(|mut s| s.execute(params![uid, sql_int(ts)])).ctx("delete account")?;
-    Ok(())
+    super::webhooks::queue_user_deleted(conn, user, ts)
 }

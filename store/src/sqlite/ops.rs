@@ -16,6 +16,7 @@ use super::amend;
 use super::invariants;
 use super::moderate;
 use super::threads::Context;
+use super::webhooks;
 use crate::{
     AppendRequest, Appended, Delivery, Epoch, HistoryPage, LogBounds, LogEntry, MembershipLimits, MyRoom, NewRoom,
     PresenceNote, Recipients, RoomRecord, StoreError, StoreResult, UserRecord,
@@ -594,6 +595,7 @@ pub(super) fn create_room(
             ..Entry::default()
         };
         insert_entry(conn, rid, &entry)?;
+        webhooks::queue_entry(conn, &entry)?;
         entries.push(entry);
     }
     // A room created large has no owner yet to name its members: the creation names them,
@@ -655,7 +657,7 @@ pub(super) fn append(conn: &Connection, request: &AppendRequest, retention: u64)
     if room.epoch != request.epoch {
         return Err(StoreError::Fenced { room: room.record.id, epoch: request.epoch, current: room.epoch });
     }
-    match request.kind {
+    let appended = match request.kind {
         EntryKind::Text => append_text(conn, &room, request, retention),
         EntryKind::Join => append_join(conn, &room, request, retention),
         EntryKind::Leave => append_leave(conn, &room, request, retention),
@@ -666,7 +668,11 @@ pub(super) fn append(conn: &Connection, request: &AppendRequest, retention: u64)
             moderate::append_moderation(conn, &room, request, retention)
         }
         EntryKind::Settings => moderate::append_settings(conn, &room, request, retention),
+    }?;
+    if !appended.duplicate {
+        webhooks::queue_entry(conn, &appended.delivery.entry)?;
     }
+    Ok(appended)
 }
 
 /// The entry a client id already named in this room, if any (a retried request).

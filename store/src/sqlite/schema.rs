@@ -15,7 +15,7 @@ use super::threads::Context;
 use crate::{StoreError, StoreResult};
 
 /// The schema this build reads and writes, stored in `PRAGMA user_version`.
-pub(super) const SCHEMA_VERSION: i64 = 6;
+pub(super) const SCHEMA_VERSION: i64 = 7;
 
 /// `PRAGMA application_id` of a palaver database ("plvr"), so that pointing `path` at some
 /// other application's SQLite file fails on open instead of growing palaver tables inside it.
@@ -234,6 +234,30 @@ const MIGRATIONS: &[&str] = &[
         secret_sha256 BLOB NOT NULL,
         created_ms    INTEGER NOT NULL,
         revoked_ms    INTEGER
+    ) WITHOUT ROWID;",
+    // 6 → 7: webhook endpoints, their outboxes (a pointer to an entry per subscribed endpoint,
+    // written with the entry) and leases (which node delivers them).
+    "CREATE TABLE webhooks (
+        id         TEXT PRIMARY KEY,
+        url        TEXT NOT NULL,
+        events     INTEGER NOT NULL,
+        secret     TEXT NOT NULL,
+        created_ms INTEGER NOT NULL,
+        failures   INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT NOT NULL DEFAULT '',
+        dead_since INTEGER
+    ) WITHOUT ROWID;
+    CREATE TABLE webhook_outbox (
+        hook   TEXT NOT NULL,
+        stream TEXT NOT NULL,
+        seq    INTEGER NOT NULL,
+        event  INTEGER NOT NULL,
+        PRIMARY KEY (hook, stream, seq)
+    ) WITHOUT ROWID;
+    CREATE TABLE leases (
+        name     TEXT PRIMARY KEY,
+        holder   TEXT NOT NULL,
+        until_ms INTEGER NOT NULL
     ) WITHOUT ROWID;",
 ];
 
