@@ -26,5 +26,6 @@ pub mod requests;
 pub mod room;
 pub mod session;
 pub mod supervise;
+pub mod webhooks;
 
 pub use store;

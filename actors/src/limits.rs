@@ -83,6 +83,8 @@ pub struct Limits {
     pub max_mentions: u32,
     /// Devices one user may register for push notifications.
     pub max_devices_per_user: u32,
+    /// Webhook endpoints that may exist at once (the server API creates them).
+    pub max_webhook_endpoints: u32,
 }
 
 impl Default for Limits {
@@ -113,6 +115,7 @@ impl Default for Limits {
             max_reactions_per_message: 20,
             max_mentions: 50,
             max_devices_per_user: 10,
+            max_webhook_endpoints: 16,
         }
     }
 }
@@ -178,7 +181,7 @@ impl Limits {
 
     /// Check the values against each other; the error names the key.
     pub fn validate(&self) -> Result<(), String> {
-        let positive: [(&str, u64); 18] = [
+        let positive: [(&str, u64); 19] = [
             ("limits.max_frame_bytes", self.max_frame_bytes.into()),
             ("limits.max_body_bytes", self.max_body_bytes.into()),
             ("limits.outbound_queue_len", self.outbound_queue_len as u64),
@@ -197,6 +200,7 @@ impl Limits {
             ("limits.room_batch_max", self.room_batch_max as u64),
             ("limits.large_room_replay_max", self.large_room_replay_max.into()),
             ("limits.max_devices_per_user", self.max_devices_per_user.into()),
+            ("limits.max_webhook_endpoints", self.max_webhook_endpoints.into()),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return Err(format!("{key} must be greater than 0"));

@@ -118,6 +118,17 @@ metrics! {
     /// (one observation per take, timed from the first frame waiting). Grows when the node is
     /// short of CPU for its connections.
     histogram delivery_wait_seconds,
+    /// Webhook events a receiver acknowledged (2xx) from this node.
+    counter webhook_events_delivered_total,
+    /// Webhook requests sent from this node, answered or not.
+    counter webhook_requests_total,
+    /// Of those, the ones that failed: no 2xx answer within `webhooks.timeout_ms`.
+    counter webhook_requests_failed_total,
+    /// Webhook endpoints declared dead after `webhooks.max_attempts` failures in a row (their
+    /// events wait in the store until an operator enables them again).
+    gauge webhook_endpoints_dead,
+    /// 1 while this node holds the webhook delivery lease (one node of a cluster does).
+    gauge webhook_delivering,
 }
 
 /// Upper bounds of every histogram's buckets, in seconds: 100 µs to 10 s in steps of 1-2-5 (and

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use actors::limits::Limits;
 use actors::presence::PresenceSettings;
+use actors::webhooks::WebhookSettings;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
@@ -28,6 +29,8 @@ pub struct Config {
     pub limits: Limits,
     /// Presence, typing and receipts.
     pub presence: PresenceSettings,
+    /// Delivering webhook events (endpoints are created through the server API).
+    pub webhooks: WebhookSettings,
     pub log: LogSection,
     /// Joining a cluster (off by default); see `crate::cluster`.
     pub cluster: crate::cluster::ClusterSection,
@@ -414,6 +417,10 @@ impl Config {
         }
         if let Err(message) = self.presence.validate() {
             let (key, rest) = message.split_once(' ').unwrap_or(("presence", &message));
+            return invalid(key, rest);
+        }
+        if let Err(message) = self.webhooks.validate() {
+            let (key, rest) = message.split_once(' ').unwrap_or(("webhooks", &message));
             return invalid(key, rest);
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {

@@ -19,6 +19,8 @@ pub mod docker;
 
 pub mod presence;
 
+pub mod webhooks;
+
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

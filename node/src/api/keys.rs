@@ -27,10 +27,12 @@ pub enum Scope {
     Messages,
     /// Read room history.
     History,
+    /// Create, list, delete and enable webhook endpoints.
+    Webhooks,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 4] = [Scope::Users, Scope::Rooms, Scope::Messages, Scope::History];
+    pub const ALL: [Scope; 5] = [Scope::Users, Scope::Rooms, Scope::Messages, Scope::History, Scope::Webhooks];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -38,6 +40,7 @@ impl Scope {
             Scope::Rooms => "rooms",
             Scope::Messages => "messages",
             Scope::History => "history",
+            Scope::Webhooks => "webhooks",
         }
     }
 

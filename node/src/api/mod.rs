@@ -48,6 +48,10 @@ enum Route {
     RemoveMember { room: String, user: String },
     PostMessage(String),
     History(String),
+    CreateWebhook,
+    ListWebhooks,
+    DeleteWebhook(String),
+    EnableWebhook(String),
 }
 
 /// What authorises a route.
@@ -59,7 +63,10 @@ enum Needs {
 impl Route {
     /// Whether the route reads a JSON body (the others ignore one).
     fn takes_body(&self) -> bool {
-        matches!(self, Route::CreateKey | Route::CreateUser | Route::CreateRoom | Route::PostMessage(_))
+        matches!(
+            self,
+            Route::CreateKey | Route::CreateUser | Route::CreateRoom | Route::PostMessage(_) | Route::CreateWebhook
+        )
     }
 
     fn needs(&self) -> Needs {
@@ -69,6 +76,9 @@ impl Route {
             Route::CreateRoom | Route::AddMember { .. } | Route::RemoveMember { .. } => Needs::Key(Scope::Rooms),
             Route::PostMessage(_) => Needs::Key(Scope::Messages),
             Route::History(_) => Needs::Key(Scope::History),
+            Route::CreateWebhook | Route::ListWebhooks | Route::DeleteWebhook(_) | Route::EnableWebhook(_) => {
+                Needs::Key(Scope::Webhooks)
+            }
         }
     }
 }
@@ -110,6 +120,12 @@ fn route(method: &str, path: &str) -> Result<Route, Reply> {
                 _ => None,
             },
         ),
+        ["webhooks"] => (
+            "GET, POST",
+            [("POST", Route::CreateWebhook), ("GET", Route::ListWebhooks)].into_iter().find_map(pick(method)),
+        ),
+        ["webhooks", _] => ("DELETE", (method == "DELETE").then(|| Route::DeleteWebhook(take(1)))),
+        ["webhooks", _, "enable"] => ("POST", (method == "POST").then(|| Route::EnableWebhook(take(1)))),
         _ => return Err(Reply::not_found(path)),
     };
     found.ok_or_else(|| Reply::method_not_allowed(method, allowed))
@@ -301,6 +317,8 @@ mod tests {
         assert_eq!(route("PATCH", "rooms/r-1/messages").unwrap_err().status, 405);
         assert_eq!(route("GET", "rooms//messages").unwrap_err().status, 404);
         assert_eq!(route("GET", "nothing").unwrap_err().status, 404);
+        assert_eq!(route("POST", "webhooks/wh_1/enable"), Ok(Route::EnableWebhook("wh_1".into())));
+        assert_eq!(route("GET", "webhooks/wh_1").unwrap_err().status, 405);
         assert_eq!(route("GET", "rooms/%ff/messages").unwrap_err().status, 404);
     }
 

@@ -14,6 +14,7 @@ use super::keys::{self, KeyView, Scope};
 use super::reply::Reply;
 use super::{parse_body, Query, Route};
 use actors::names::{self, now_ms};
+use actors::webhooks::{self, Refused};
 
 /// Longest name of an API key, in characters.
 const KEY_NAME_MAX_CHARS: usize = 64;
@@ -108,6 +109,51 @@ async fn run_checked(hub: &Arc<Hub>, route: Route, query: Query, body: Option<Ve
             match requests::apply(&ctx, REQ, &room, command).await {
                 frame @ ServerFrame::Ack { duplicate: true, .. } => Ok(Reply::from_frame(frame, 200)),
                 frame => Ok(Reply::from_frame(frame, 201)),
+            }
+        }
+        Route::CreateWebhook => {
+            query.only(&[])?;
+            let NewWebhook { url, events } = parse_body(body)?;
+            let max = hub.limits.max_webhook_endpoints;
+            match webhooks::create_endpoint(hub.store.as_ref(), max, &url, &events).await {
+                Ok(hook) => {
+                    let mut view = webhooks::describe(&hook);
+                    view["secret"] = json!(hook.secret);
+                    Ok(Reply::ok(201, view))
+                }
+                Err(Refused::Invalid(message)) => Err(Reply::error(400, "invalid_field", message)),
+                Err(Refused::TooMany(max)) => Err(Reply::error(
+                    409,
+                    "too_many_webhooks",
+                    format!("{max} webhook endpoints exist (limits.max_webhook_endpoints); delete one first"),
+                )),
+                Err(Refused::Store(err)) => Err(Reply::store_error(hub, err)),
+            }
+        }
+        Route::ListWebhooks => {
+            query.only(&[])?;
+            let hooks = hub.store.webhooks().await.map_err(|err| Reply::store_error(hub, err))?;
+            let hooks: Vec<_> = hooks.iter().map(webhooks::describe).collect();
+            Ok(Reply::ok(200, json!({ "webhooks": hooks })))
+        }
+        Route::DeleteWebhook(id) => {
+            query.only(&[])?;
+            match hub.store.delete_webhook(&id).await {
+                Ok(true) => Ok(Reply::ok(200, json!({ "id": id, "deleted": true }))),
+                Ok(false) => Err(no_such_webhook(&id)),
+                Err(err) => Err(Reply::store_error(hub, err)),
+            }
+        }
+        Route::EnableWebhook(id) => {
+            query.only(&[])?;
+            match webhooks::enable_endpoint(hub.store.as_ref(), &id).await {
+                Ok(true) => {
+                    let hooks = hub.store.webhooks().await.map_err(|err| Reply::store_error(hub, err))?;
+                    let hook = hooks.iter().find(|hook| hook.id == id).ok_or_else(|| no_such_webhook(&id))?;
+                    Ok(Reply::ok(200, webhooks::describe(hook)))
+                }
+                Ok(false) => Err(no_such_webhook(&id)),
+                Err(err) => Err(Reply::store_error(hub, err)),
             }
         }
         Route::History(room) => {
@@ -211,4 +257,16 @@ fn membership(frame: ServerFrame, room: &str, user: &str, member: bool) -> Resul
         }
         frame => Err(Reply::from_frame(frame, 200)),
     }
+}
+
+fn no_such_webhook(id: &str) -> Reply {
+    Reply::error(404, "no_such_webhook", format!("no webhook endpoint `{}`", requests::bounded_message(id)))
+}
+
+/// The body of `POST /webhooks`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewWebhook {
+    url: String,
+    events: Vec<String>,
 }
