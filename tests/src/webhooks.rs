@@ -42,6 +42,8 @@ pub struct Seen {
     pub bad_signatures: u64,
     /// The `palaver-webhook-id` header of the last request.
     pub endpoint: String,
+    /// For each event accepted: ms from its `ts` (its commit) to its arrival here.
+    pub lags_ms: Vec<u64>,
 }
 
 pub struct Receiver {
@@ -206,6 +208,9 @@ async fn serve_connection(
         {
             let mut seen = seen.lock().await;
             seen.event_count += events.len() as u64;
+            let now = crate::now_ms();
+            let lags = events.iter().map(|e| now.saturating_sub(e["ts"].as_u64().unwrap_or(now)));
+            seen.lags_ms.extend(lags);
             seen.endpoint = header("palaver-webhook-id").unwrap_or_default();
             if !count_only {
                 seen.events.extend(events);
@@ -272,5 +277,5 @@ pub fn verify(secret: &str, header: &str, body: &[u8]) -> bool {
     mac.update(format!("{t}.").as_bytes());
     mac.update(body);
     let expected: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
-    signatures.iter().any(|signature| *signature == expected)
+    signatures.contains(&expected)
 }

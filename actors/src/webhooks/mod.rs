@@ -245,6 +245,13 @@ struct Deliverer {
     lease_valid_until: Mutex<Option<Instant>>,
 }
 
+/// Where a stream's delivery stopped: after `delivered` events, because of `error`.
+struct Stopped {
+    delivered: u64,
+    error: String,
+    retry_after: Option<Duration>,
+}
+
 /// How one endpoint's pass went.
 enum Outcome {
     Idle,
@@ -365,7 +372,7 @@ impl Deliverer {
                 _ => streams.push(vec![row]),
             }
         }
-        let results: Vec<Result<u64, (u64, String, Option<Duration>)>> = stream::iter(streams)
+        let results: Vec<Result<u64, Stopped>> = stream::iter(streams)
             .map(|rows| self.deliver_stream(hook, rows))
             .buffer_unordered(self.settings.concurrency)
             .collect()
@@ -375,9 +382,9 @@ impl Deliverer {
         for result in results {
             match result {
                 Ok(n) => delivered += n,
-                Err((n, error, retry_after)) => {
-                    delivered += n;
-                    failure.get_or_insert((error, retry_after));
+                Err(stopped) => {
+                    delivered += stopped.delivered;
+                    failure.get_or_insert((stopped.error, stopped.retry_after));
                 }
             }
         }
@@ -390,24 +397,21 @@ impl Deliverer {
     /// Send one stream's rows in order, `batch_max` per request, acknowledging each request's
     /// rows once answered 2xx; stops at the first failure. Events delivered, or those and why
     /// it stopped.
-    async fn deliver_stream(
-        &self,
-        hook: &WebhookRecord,
-        rows: Vec<OutboxEvent>,
-    ) -> Result<u64, (u64, String, Option<Duration>)> {
+    async fn deliver_stream(&self, hook: &WebhookRecord, rows: Vec<OutboxEvent>) -> Result<u64, Stopped> {
         let mut delivered = 0;
+        let stopped = |delivered, error: String, retry_after| Stopped { delivered, error, retry_after };
         for chunk in rows.chunks(self.settings.batch_max) {
-            let events = self.events(chunk).await.map_err(|err| (delivered, format!("store: {err}"), None))?;
+            let events = self.events(chunk).await.map_err(|err| stopped(delivered, format!("store: {err}"), None))?;
             if !self.hold_lease().await.unwrap_or(false) {
-                return Err((delivered, "this node lost the delivery lease".into(), None));
+                return Err(stopped(delivered, "this node lost the delivery lease".into(), None));
             }
-            self.post(hook, &events).await.map_err(|(error, retry)| (delivered, error, retry))?;
+            self.post(hook, &events).await.map_err(|(error, retry)| stopped(delivered, error, retry))?;
             let last = chunk.last().expect("chunks are not empty");
             self.hub
                 .store
                 .ack_webhook_events(&hook.id, &last.stream, last.seq)
                 .await
-                .map_err(|err| (delivered, format!("store: {err}"), None))?;
+                .map_err(|err| stopped(delivered, format!("store: {err}"), None))?;
             delivered += chunk.len() as u64;
             Metrics::add(&self.hub.metrics.webhook_events_delivered_total, chunk.len() as u64);
         }
