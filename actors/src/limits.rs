@@ -85,6 +85,9 @@ pub struct Limits {
     pub max_devices_per_user: u32,
     /// Webhook endpoints that may exist at once (the server API creates them).
     pub max_webhook_endpoints: u32,
+    /// In a large room, how often at most its owner tells the members the reaction counts
+    /// that changed (reactions there are counted, not sent as entries).
+    pub reaction_flush_ms: u64,
 }
 
 impl Default for Limits {
@@ -116,6 +119,7 @@ impl Default for Limits {
             max_mentions: 50,
             max_devices_per_user: 10,
             max_webhook_endpoints: 16,
+            reaction_flush_ms: 500,
         }
     }
 }
@@ -181,7 +185,7 @@ impl Limits {
 
     /// Check the values against each other; the error names the key.
     pub fn validate(&self) -> Result<(), String> {
-        let positive: [(&str, u64); 19] = [
+        let positive: [(&str, u64); 20] = [
             ("limits.max_frame_bytes", self.max_frame_bytes.into()),
             ("limits.max_body_bytes", self.max_body_bytes.into()),
             ("limits.outbound_queue_len", self.outbound_queue_len as u64),
@@ -201,6 +205,7 @@ impl Limits {
             ("limits.large_room_replay_max", self.large_room_replay_max.into()),
             ("limits.max_devices_per_user", self.max_devices_per_user.into()),
             ("limits.max_webhook_endpoints", self.max_webhook_endpoints.into()),
+            ("limits.reaction_flush_ms", self.reaction_flush_ms),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return Err(format!("{key} must be greater than 0"));

@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use protocol::EntryKind;
+use protocol::{EntryKind, MessageReactions, ReactionTotal, ServerFrame};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -118,6 +118,7 @@ impl Actor for RoomActor {
             stopped: stopped.clone(),
             myself: myself.clone(),
             members: None,
+            reactions: ReactionCounts::default(),
         };
         // On the rooms' thread, as this actor is (the hub spawns room actors there).
         let committer = tokio::spawn(committer.run(queue));
@@ -197,13 +198,37 @@ struct Committer {
     /// The room's members after the last committed entry (`None` until loaded): shared with
     /// the deliveries and the hub's fan-out cache, replaced (copied on write) when it changes.
     members: Option<Arc<Vec<String>>>,
+    /// Messages whose reactions were counted (a large room's) since the members were last told.
+    reactions: ReactionCounts,
+}
+
+/// The messages of a large room whose reaction counts changed, and when the members are told.
+/// In a large room a reaction is counted, not logged (`Store::append`), so its members learn
+/// counts from a `reactions` frame instead of an entry per reaction: at most one frame per
+/// `limits.reaction_flush_ms`, listing every message that changed in it. A thousand members
+/// reacting to one message in a second cost each member two frames, not a thousand entries.
+#[derive(Default)]
+struct ReactionCounts {
+    changed: std::collections::BTreeSet<u64>,
+    tell_at: Option<tokio::time::Instant>,
 }
 
 impl Committer {
     async fn run(mut self, mut queue: mpsc::UnboundedReceiver<Pending>) {
         let max = self.hub.limits.room_batch_max.max(1);
         let mut batch: Vec<Pending> = Vec::with_capacity(max);
-        while let Some(first) = queue.recv().await {
+        loop {
+            let next = match self.reactions.tell_at {
+                Some(at) => tokio::select! {
+                    next = queue.recv() => next,
+                    _ = tokio::time::sleep_until(at) => {
+                        self.tell_reactions().await;
+                        continue;
+                    }
+                },
+                None => queue.recv().await,
+            };
+            let Some(first) = next else { break };
             batch.push(first);
             // One turn for the other tasks first: commands already on their way (a session
             // handing over a burst of its client's frames, often on the other core) join this
@@ -233,6 +258,34 @@ impl Committer {
                 return;
             }
         }
+        // Stopping (idle or moved): what was counted is told now, not lost with the timer.
+        self.tell_reactions().await;
+    }
+
+    /// Send the members one `reactions` frame with the current counts of every message whose
+    /// reactions were counted since the last one.
+    async fn tell_reactions(&mut self) {
+        self.reactions.tell_at = None;
+        let seqs: Vec<u64> = std::mem::take(&mut self.reactions.changed).into_iter().collect();
+        let Some(members) = self.members.clone().filter(|_| !seqs.is_empty()) else { return };
+        // No viewer: the frame is the same for every member.
+        let counts = match self.hub.store.reactions(&self.room, &seqs, "").await {
+            Ok(counts) => counts,
+            Err(err) => {
+                // The counts are stored; members see them in `history`.
+                warn!(room = %self.room, error = %err, "reading reaction counts failed; members are not told");
+                return;
+            }
+        };
+        let messages = seqs
+            .into_iter()
+            .zip(counts)
+            .map(|(seq, counts)| MessageReactions {
+                seq,
+                reactions: counts.into_iter().map(|c| ReactionTotal { reaction: c.reaction, count: c.count }).collect(),
+            })
+            .collect();
+        self.hub.push(&members, ServerFrame::Reactions { room: self.room.clone(), messages });
     }
 
     /// Append `batch` (emptying it): deliver the committed entries (in order, together), then
@@ -305,6 +358,11 @@ impl Committer {
                 Ok(mut appended) => {
                     if appended.duplicate {
                         Metrics::inc(&hub.metrics.duplicate_sends_total);
+                    } else if appended.is_counted() {
+                        let target = appended.delivery.entry.target.unwrap_or_default();
+                        self.reactions.changed.insert(target);
+                        let flush = Duration::from_millis(hub.limits.reaction_flush_ms);
+                        self.reactions.tell_at.get_or_insert_with(|| tokio::time::Instant::now() + flush);
                     } else {
                         Metrics::inc(&hub.metrics.entries_appended_total);
                         self.name_recipients(&mut appended.delivery);
@@ -318,7 +376,7 @@ impl Committer {
         let deliveries: Vec<&Delivery> = replies
             .iter()
             .filter_map(|(_, outcome)| match outcome {
-                Ok(appended) if !appended.duplicate => Some(&appended.delivery),
+                Ok(appended) if !appended.duplicate && !appended.is_counted() => Some(&appended.delivery),
                 _ => None,
             })
             .collect();

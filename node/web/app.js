@@ -34,7 +34,9 @@
 //   cursor or seq was taken like any entry's. History shows messages in their current state, so
 //   each message on screen remembers the seq its state is known to include (`asOf`) and a change
 //   at or below it is not applied twice. Edits, deletes and reactions go through the outbox like
-//   messages: stored first, sent with a client id, retried with the same id.
+//   messages: stored first, sent with a client id, retried with the same id. In a large room
+//   reactions are counted, not entries: their ack has seq 0, and the counts arrive in
+//   `reactions` frames (whether a reaction is the user's own, only its ack says).
 // - Moderation and settings: a group room's owner and admins act on members ranked below them
 //   (owner > admin > member) from the member list, and change the room's settings. Every action
 //   is an entry of the room (kinds `role`, `kick`, `ban`, `unban`, `mute`, `settings`), shown as
@@ -671,6 +673,8 @@
         return onReceipt(frame);
       case 'receipts':
         return onReceipts(frame);
+      case 'reactions':
+        return onReactions(frame);
       case 'ok':
         return onOk(ctx);
       default:
@@ -2932,9 +2936,44 @@
   }
 
   function onAck(frame) {
-    noteSeq(frame.room, frame.seq);
+    const item = S.outbox.find((m) => m.id === frame.id);
+    // Seq 0: a reaction of a large room, counted without an entry. Its count arrives in a
+    // `reactions` frame; that it is ours only the ack says.
+    if (frame.seq === 0 && item && item.op === 'react') markOwnReaction(item);
+    else noteSeq(frame.room, frame.seq);
     outboxRemove(frame.id);
     flushOutbox();
+  }
+
+  function markOwnReaction(item) {
+    const view = S.view;
+    const model = view && view.room === item.room ? view.messages.get(item.seq) : null;
+    if (!model || model.deleted) return;
+    const given = model.reactions.get(item.reaction);
+    if (item.remove) {
+      if (given) given.me = false;
+    } else {
+      model.reactions.set(item.reaction, { count: Math.max(given ? given.count : 0, 1), me: true });
+    }
+    paintMessage(view, model);
+  }
+
+  /** A large room's reaction counts that changed: each listed message's reactions in full. */
+  function onReactions(frame) {
+    const view = S.view;
+    if (!view || view.room !== frame.room || !Array.isArray(frame.messages)) return;
+    for (const changed of frame.messages) {
+      const model = changed && view.messages.get(changed.seq);
+      if (!model || model.deleted || !Array.isArray(changed.reactions)) continue;
+      const fresh = new Map();
+      for (const r of changed.reactions) {
+        if (!r || typeof r.reaction !== 'string' || !Number.isSafeInteger(r.count) || r.count <= 0) continue;
+        const before = model.reactions.get(r.reaction);
+        fresh.set(r.reaction, { count: r.count, me: !!(before && before.me) });
+      }
+      model.reactions = fresh;
+      paintMessage(view, model);
+    }
   }
 
   function onSendError(frame, ctx) {

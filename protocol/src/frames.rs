@@ -1085,4 +1085,27 @@ pub enum ServerFrame {
         room: String,
         reads: Vec<ReadPosition>,
     },
+    /// The reaction counts of messages of a large room that changed since the last such frame
+    /// (in a large room reactions are counted, not sent as entries): each listed message's
+    /// reactions in full, sorted by reaction; a message whose last reaction was taken back is
+    /// listed with none.
+    Reactions {
+        room: String,
+        messages: Vec<MessageReactions>,
+    },
+}
+
+/// The reactions of one message, for a `reactions` frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageReactions {
+    pub seq: u64,
+    pub reactions: Vec<ReactionTotal>,
+}
+
+/// How many members gave one reaction (without whether the receiver is one of them: the frame
+/// is the same for every member).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReactionTotal {
+    pub reaction: String,
+    pub count: u32,
 }

@@ -12,9 +12,9 @@ pub use codec::{
     DecodeError, Encoding,
 };
 pub use frames::{
-    Audience, ClientFrame, Cursor, DeviceInfo, Entry, EntryKind, ErrorCode, NewDevice, Platform, PresenceState,
-    ReactionCount, ReadPosition, ReceiptKind, ReqId, Role, RoomInfo, RoomKind, RoomSettings, RoomSettingsChange,
-    ServerFrame, UserPresence, WebPushKeys, WebPushSubscription, SUPPORTED_VERSIONS,
+    Audience, ClientFrame, Cursor, DeviceInfo, Entry, EntryKind, ErrorCode, MessageReactions, NewDevice, Platform,
+    PresenceState, ReactionCount, ReactionTotal, ReadPosition, ReceiptKind, ReqId, Role, RoomInfo, RoomKind,
+    RoomSettings, RoomSettingsChange, ServerFrame, UserPresence, WebPushKeys, WebPushSubscription, SUPPORTED_VERSIONS,
 };
 
 /// Pick the newest version both sides speak, if any.

@@ -103,6 +103,7 @@ macro_rules! conformance_tests {
             delete_erases_the_message_its_edits_reactions_and_mentions,
             the_room_creator_deletes_any_message_other_members_only_their_own,
             reactions_are_once_per_user_and_bounded,
+            reactions_in_large_rooms_are_counted_not_logged,
             replies_form_threads,
             mentions_are_members_and_count_until_read,
             changes_are_deduplicated_by_client_id,
@@ -148,7 +149,7 @@ async fn users(store: &dyn Store, names: &[&str]) {
     }
 }
 
-fn new_room(id: &str, members: &[&str], private: bool) -> NewRoom {
+pub(crate) fn new_room(id: &str, members: &[&str], private: bool) -> NewRoom {
     NewRoom {
         id: id.to_owned(),
         name: format!("room {id}"),

@@ -223,6 +223,13 @@ pub struct EntryDetails {
 ///   all of them as they are after it. `who_may_post` moderators keeps members from appending
 ///   text; `who_may_invite` moderators keeps them from inviting (both [`StoreError::NotAllowed`]).
 ///
+/// - In a **large room** (`large_since` set), `React` and `Unreact` are **counted, not logged**:
+///   the reaction is applied to the message's counts and no entry is written (no seq, no
+///   pointer, no delivery; [`Appended::counted`]), so a popular message in a room of ten
+///   thousand does not send ten thousand entries to each of ten thousand members. Its owner
+///   tells the members the counts instead, coalesced (`actors::room`). Such a reaction has no
+///   client id kept: repeating it answers `Unchanged`.
+///
 /// Text, edit, delete, react and unreact are keyed by (room, from, id) like text, so a retried
 /// request returns its first outcome. Moderation entries, like membership ones, carry a
 /// node-made id.
@@ -289,6 +296,31 @@ pub struct Appended {
     /// For a duplicate text append: the original entry and no recipients (nothing was written).
     pub delivery: Delivery,
     pub duplicate: bool,
+}
+
+impl Appended {
+    /// The outcome of a reaction counted without an entry (a large room's; see
+    /// [`AppendRequest`]): the entry it would have been, with seq 0 (no entry has it), and no
+    /// recipients.
+    pub fn counted(request: &AppendRequest, target: u64) -> Appended {
+        let entry = Entry {
+            room: request.room.clone(),
+            seq: 0,
+            id: request.id.clone(),
+            from: request.from.clone(),
+            kind: request.kind,
+            body: request.body.clone(),
+            ts: request.ts,
+            target: Some(target),
+            ..Entry::default()
+        };
+        Appended { delivery: Delivery { entry, recipients: Recipients::none() }, duplicate: false }
+    }
+
+    /// Whether this is a reaction counted without an entry ([`Appended::counted`]).
+    pub fn is_counted(&self) -> bool {
+        self.delivery.entry.seq == 0
+    }
 }
 
 /// One entry of a user's log.

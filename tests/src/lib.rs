@@ -869,7 +869,8 @@ pub fn reply_req(frame: &ServerFrame) -> Option<u64> {
         | ServerFrame::Reconnect { .. }
         | ServerFrame::Presence { .. }
         | ServerFrame::Typing { .. }
-        | ServerFrame::Receipt { .. } => None,
+        | ServerFrame::Receipt { .. }
+        | ServerFrame::Reactions { .. } => None,
     }
 }
 

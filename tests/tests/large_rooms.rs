@@ -313,3 +313,106 @@ async fn too_many_positions_are_refused_clearly() -> anyhow::Result<()> {
     ensure!(matches!(client.until_live().await?, ServerFrame::Live { .. }), "a normal resume works after it");
     Ok(())
 }
+
+/// In a large room reactions are counted, not entries: each one is acked with seq 0, members
+/// get the counts in `reactions` frames, at most one per `limits.reaction_flush_ms` however
+/// many reactions came in it, never a `react` entry; history shows the counts and whose they
+/// are; the usual rules hold (one of each per user).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reactions_in_a_large_room_arrive_as_coalesced_counts() -> anyhow::Result<()> {
+    let node = Node::start(options().env("LIMITS__REACTION_FLUSH_MS", 400)).await?;
+    let (mut wendy, _) = Client::user(&node, Encoding::Json, "wendy").await?;
+    let (mut walt, _) = Client::user(&node, Encoding::MessagePack, "walt").await?;
+    let (mut rita, _) = Client::user(&node, Encoding::Json, "rita").await?;
+    let room = large_room(&mut wendy, &mut walt, &mut rita).await?;
+    let (seq, _) = wendy.say(&room, "w-1", "react to me").await?;
+    wait_room_entry(&mut rita, |e| e.seq == seq).await?;
+    rita.discard(|_| true);
+
+    // Twelve reactions from three members, pipelined: about a flush interval's worth.
+    let started = std::time::Instant::now();
+    let mut reqs = Vec::new();
+    for (i, reaction) in ["👍", "🎉", "👀", "🔥"].into_iter().enumerate() {
+        for client in [&mut wendy, &mut walt, &mut rita] {
+            let req = client.next_req();
+            let id = format!("r-{i}-{req}");
+            client
+                .send(&ClientFrame::React {
+                    req,
+                    room: room.clone(),
+                    id,
+                    seq,
+                    reaction: reaction.into(),
+                    remove: false,
+                })
+                .await?;
+            reqs.push(req);
+        }
+    }
+    for client in [&mut wendy, &mut walt, &mut rita] {
+        for _ in 0..4 {
+            let ack =
+                client.recv_matching(|f| matches!(f, ServerFrame::Ack { .. } | ServerFrame::Error { .. })).await?;
+            ensure!(
+                matches!(ack, ServerFrame::Ack { seq: 0, duplicate: false, .. }),
+                "a counted reaction's ack: {ack:?}"
+            );
+        }
+    }
+    // rita hears the counts, in few frames; the last shows them all.
+    let mut frames = 0;
+    let mut last = Vec::new();
+    while last.iter().map(|r: &protocol::ReactionTotal| r.count).sum::<u32>() < 12 {
+        match rita.recv_matching(|f| matches!(f, ServerFrame::Reactions { .. })).await? {
+            ServerFrame::Reactions { room: r, messages } if r == room => {
+                frames += 1;
+                ensure!(messages.len() == 1 && messages[0].seq == seq, "{messages:?}");
+                last = messages[0].reactions.clone();
+            }
+            other => bail!("unexpected {other:?}"),
+        }
+    }
+    let window = started.elapsed().as_millis() as usize / 400 + 2;
+    ensure!(frames <= window, "{frames} reactions frames for 12 reactions within {window} flush intervals");
+    ensure!(last.iter().all(|r| r.count == 3) && last.len() == 4, "{last:?}");
+    ensure!(!rita.room_ledger.iter().any(|e| e.kind == EntryKind::React), "no reaction reached a member as an entry");
+
+    // The rules hold, and history has the counts with whose they are.
+    let req = walt.next_req();
+    let again = walt
+        .request(ClientFrame::React {
+            req,
+            room: room.clone(),
+            id: "again".into(),
+            seq,
+            reaction: "👍".into(),
+            remove: false,
+        })
+        .await?;
+    ensure!(matches!(&again, ServerFrame::Error { code: protocol::ErrorCode::Unchanged, .. }), "{again:?}");
+    let req = walt.next_req();
+    let taken = walt
+        .request(ClientFrame::React {
+            req,
+            room: room.clone(),
+            id: "back".into(),
+            seq,
+            reaction: "👍".into(),
+            remove: true,
+        })
+        .await?;
+    ensure!(matches!(taken, ServerFrame::Ack { seq: 0, .. }), "{taken:?}");
+    let req = walt.next_req();
+    let history = walt
+        .request(ClientFrame::History { req, room: room.clone(), before: None, after: Some(seq - 1), limit: Some(1) })
+        .await?;
+    let ServerFrame::History { entries, .. } = history else { bail!("history: {history:?}") };
+    let thumbs = entries[0].reactions.iter().find(|r| r.reaction == "👍").cloned();
+    ensure!(thumbs.as_ref().is_some_and(|r| r.count == 2 && !r.me), "{thumbs:?}");
+    ensure!(
+        entries[0].reactions.iter().filter(|r| r.me).count() == 3,
+        "walt's other three: {:?}",
+        entries[0].reactions
+    );
+    Ok(())
+}

@@ -383,13 +383,13 @@ pub fn encode_push(users: &[String], frame: &ServerFrame) -> Bytes {
     Bytes::from(rmp_serde::to_vec_named(&wire).expect("a push always encodes"))
 }
 
-/// Decode the payload of a [`RouterMessage::Push`]. Only typing and receipt frames are
-/// accepted: other nodes may not make this node send clients anything else.
+/// Decode the payload of a [`RouterMessage::Push`]. Only typing, receipt and reaction-count
+/// frames are accepted: other nodes may not make this node send clients anything else.
 pub fn decode_push(bytes: &[u8]) -> Result<WirePush, String> {
     let wire: WirePush = from_msgpack(bytes).map_err(|err| format!("push: {err}"))?;
     match wire.frame {
-        ServerFrame::Typing { .. } | ServerFrame::Receipt { .. } => Ok(wire),
-        _ => Err("push of a frame kind other than typing or receipt".into()),
+        ServerFrame::Typing { .. } | ServerFrame::Receipt { .. } | ServerFrame::Reactions { .. } => Ok(wire),
+        _ => Err("push of a frame kind other than typing, receipt or reactions".into()),
     }
 }
 
@@ -732,7 +732,7 @@ mod tests {
         assert!(decode_push(&[1, 2, 3]).is_err());
         // A well-formed push of a frame kind nodes may not push is refused too.
         let sneaky = encode_push(&["bob".to_string()], &ServerFrame::Pong { req: 1 });
-        assert!(decode_push(&sneaky).unwrap_err().contains("other than typing or receipt"));
+        assert!(decode_push(&sneaky).unwrap_err().contains("other than typing, receipt or reactions"));
     }
 
     #[test]

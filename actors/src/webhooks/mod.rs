@@ -497,7 +497,8 @@ mod tests {
         assert_eq!(check_url("http://10.0.0.5:8080/x?y=1"), Ok(()));
         assert!(check_url("ftp://example.com/").is_err());
         assert!(check_url("not a url").is_err());
-        assert!(check_url("http:///nohost").is_err());
+        assert!(check_url("http://").is_err());
+        assert!(check_url(&format!("https://example.com/{}", "x".repeat(2_048))).is_err());
     }
 
     #[test]

@@ -225,3 +225,57 @@ pub async fn changes_are_deduplicated_by_client_id(store: Arc<dyn Store>) {
     assert_eq!(retry.delivery.entry, edit);
     assert_eq!(entry_at(store, "r", seq).await.body, "two", "a retried edit applied twice");
 }
+
+/// In a large room a reaction is counted, not logged: no entry, no seq, the same rules (one
+/// per user, the limit of kinds, members only), the counts read back; in a small room of the
+/// same store it is still an entry.
+pub async fn reactions_in_large_rooms_are_counted_not_logged(store: Arc<dyn Store>) {
+    let store = store.as_ref();
+    users(store, &["a", "b", "c", "d"]).await;
+    let limits = crate::MembershipLimits { fanout_max_members: 2, ..super::LIMITS };
+    let (_, _) = store
+        .create_room(
+            crate::NewRoom {
+                members: vec!["a".into(), "b".into(), "c".into()],
+                ..super::new_room("big", &["a"], false)
+            },
+            limits,
+        )
+        .await
+        .expect("create a room created large");
+    let epoch = store.claim_room("big", "node-1").await.expect("claim");
+    assert!(store.room("big").await.expect("room").expect("exists").large_since.is_some());
+    let message = send(store, text("big", epoch, "a", "m1", "hello")).await.delivery.entry.seq;
+    let last = message;
+
+    for (i, from) in ["a", "b", "c"].into_iter().enumerate() {
+        let counted = send(store, change("big", epoch, EntryKind::React, from, &format!("r{i}"), message, "👍")).await;
+        assert!(counted.is_counted(), "{counted:?}");
+        assert_eq!(counted.delivery.entry.target, Some(message));
+        assert_eq!(counted.delivery.recipients.users().count(), 0);
+    }
+    let again = refused(store, change("big", epoch, EntryKind::React, "b", "r9", message, "👍")).await;
+    assert!(matches!(again, StoreError::Unchanged(_)), "{again:?}");
+    let outsider = refused(store, change("big", epoch, EntryKind::React, "d", "r8", message, "👍")).await;
+    assert!(matches!(outsider, StoreError::NotMember { .. }), "{outsider:?}");
+    for (i, reaction) in ["a", "b"].into_iter().enumerate() {
+        send(store, change("big", epoch, EntryKind::React, "a", &format!("k{i}"), message, reaction)).await;
+    }
+    let over = refused(store, change("big", epoch, EntryKind::React, "a", "k9", message, "c")).await;
+    assert!(matches!(over, StoreError::InvalidReference(_)), "the limit of kinds holds: {over:?}");
+    let taken_back = send(store, change("big", epoch, EntryKind::Unreact, "c", "u1", message, "👍")).await;
+    assert!(taken_back.is_counted());
+
+    assert_eq!(store.room("big").await.expect("room").expect("exists").last_seq, last, "no entry was written");
+    let counts = store.reactions("big", &[message], "b").await.expect("reactions");
+    let count = |reaction: &str, count: u32, me: bool| ReactionCount { reaction: reaction.into(), count, me };
+    assert_eq!(counts, vec![vec![count("a", 1, false), count("b", 1, false), count("👍", 2, true)]]);
+    let (history, _) = store.history("big", HistoryPage::After(0), 100).await.expect("history");
+    assert!(history.iter().all(|e| e.kind != EntryKind::React && e.kind != EntryKind::Unreact));
+
+    // A small room still logs its reactions.
+    let small = room_with(store, "small", &["a", "b"], false).await;
+    let m = send(store, text("small", small, "a", "s1", "hi")).await.delivery.entry.seq;
+    let logged = send(store, change("small", small, EntryKind::React, "b", "sr", m, "👍")).await;
+    assert!(!logged.is_counted() && logged.delivery.entry.seq == m + 1);
+}

@@ -591,6 +591,9 @@ pub(super) struct AppendContext<'a> {
     spent: AtomicUsize,
     /// The webhook endpoints, read in this transaction: the entry is queued for them.
     subscribers: &'a Subscribers,
+    /// This transaction runs again after an unknown commit result: what it finds done may be
+    /// its own earlier attempt's.
+    retried: bool,
 }
 
 async fn append<X: KvTxn>(t: &X, cx: &AppendContext<'_>) -> R<Appended, X> {
@@ -632,6 +635,21 @@ async fn append<X: KvTxn>(t: &X, cx: &AppendContext<'_>) -> R<Appended, X> {
                 let role = sender.role_in(&state.meta, &request.from);
                 crate::rules::check_may_post(&request.room, state.meta.who_may_post, role)?;
                 amend::check_message_refs(t, cx, &mut writes).await?
+            } else if matches!(kind, EntryKind::React | EntryKind::Unreact) && state.meta.large_since.is_some() {
+                // Counted, not logged (see `AppendRequest`). After an unknown commit result
+                // the earlier attempt may have counted it already: then it is done.
+                let target = request.details.target.unwrap_or_default();
+                return match amend::apply_change(t, cx, &state, &sender, &mut writes).await {
+                    Ok(_) => {
+                        writes.check("reaction")?;
+                        t.apply(writes);
+                        Ok(Appended::counted(request, target))
+                    }
+                    Err(TxnError::Store(StoreError::Unchanged(_))) if cx.retried => {
+                        Ok(Appended::counted(request, target))
+                    }
+                    Err(err) => Err(err),
+                };
             } else {
                 amend::apply_change(t, cx, &state, &sender, &mut writes).await?
             };
@@ -709,6 +727,7 @@ impl<D: KvDb> KvStore<D> {
                         attempt: Attempt::default(),
                         spent: AtomicUsize::new(0),
                         subscribers: &subscribers,
+                        retried: attempt.maybe_committed,
                     };
                     match append(&t, &cx).await {
                         Ok(appended) => outcomes.push(Ok(appended)),
@@ -1323,7 +1342,9 @@ impl<D: KvDb> Store for KvStore<D> {
             .transact("append", |t, attempt| async move {
                 let spent = AtomicUsize::new(0);
                 let subscribers = &webhooks::subscribers(&t, ks).await?;
-                append(&t, &AppendContext { ks, request, max_entries, writer, attempt, spent, subscribers }).await
+                let retried = attempt.maybe_committed;
+                let cx = AppendContext { ks, request, max_entries, writer, attempt, spent, subscribers, retried };
+                append(&t, &cx).await
             })
             .await
     }

@@ -237,6 +237,9 @@ pub(super) fn append_change(
             )))
         }
     }
+    if matches!(request.kind, EntryKind::React | EntryKind::Unreact) && room.record.large_since.is_some() {
+        return Ok(Appended::counted(request, seq));
+    }
     let new_seq = advance_room(conn, room, 0)?;
     let entry = Entry {
         room: room_id.clone(),
