@@ -200,3 +200,47 @@ def test_large_room_live_and_resume(large_node, pages):
     for page in (alice2, bob, carol):
         expect(page.locator("#alerts .alert")).to_have_count(0, timeout=T)
         assert page.errors == [], f"page errors: {page.errors}"
+
+
+def test_reactions_in_a_large_room_follow_the_counts(large_node, pages):
+    """In a large room reactions are counted, not entries: the page gets `reactions` frames with
+    the counts (no `react` entries) and learns which reactions are its own from the acks (seq 0)."""
+    from test_message_changes import expect_reaction, message, react
+
+    node = large_node
+    received: list[dict] = []
+    sent: list[dict] = []
+    _, alice = pages.open("alice", node.base_url + "/", before_goto=record_frames(received, sent))
+    _, bob = pages.open("bob", node.base_url + "/")
+    _, carol = pages.open("carol", node.base_url + "/")
+    for page, user in ((alice, "alice"), (bob, "bob"), (carol, "carol")):
+        register(page, user)
+    room_id = create_room(alice, "crowd")
+    join_room(bob, room_id)
+    join_room(carol, room_id)  # large from here on
+    send(bob, "react to this")
+    for page in (alice, bob, carol):
+        expect_body(page, "react to this")
+
+    react(alice, "react to this", "👍")
+    react(bob, "react to this", "👍")
+    react(alice, "react to this", "🎉")
+    for page, user in ((alice, "alice"), (bob, "bob"), (carol, "carol")):
+        item = message(page, "react to this")
+        expect_reaction(item, "👍", 2, mine=user in ("alice", "bob"))
+        expect_reaction(item, "🎉", 1, mine=user == "alice")
+
+    react(alice, "react to this", "🎉")  # clicking one's own takes it back
+    for page in (bob, carol):
+        expect(message(page, "react to this").locator('.reaction[data-reaction="🎉"]')).to_have_count(0, timeout=T)
+    expect(message(alice, "react to this").locator('.reaction[data-reaction="🎉"]')).to_have_count(0, timeout=T)
+
+    kinds = {f.get("kind") for f in messages_of(received, room_id)}
+    assert not kinds & {"react", "unreact"}, f"a reaction reached the page as an entry: {kinds}"
+    counts = [f for f in received if f.get("type") == "reactions" and f.get("room") == room_id]
+    assert counts, "no reactions frame reached alice"
+    acks = [f for f in received if f.get("type") == "ack" and f.get("seq") == 0]
+    assert len(acks) == 3, f"alice's three reactions are acked with seq 0: {acks}"
+    for page in (alice, bob, carol):
+        expect(page.locator("#alerts .alert")).to_have_count(0, timeout=T)
+        assert page.errors == [], f"page errors: {page.errors}"
