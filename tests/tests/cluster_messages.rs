@@ -210,3 +210,63 @@ async fn server_api_posts_through_a_node_that_does_not_own_the_room() -> anyhow:
     }
     result
 }
+
+/// Reactions in a large room whose owner is another node: counted there (acked with seq 0),
+/// and the coalesced counts reach the members connected to both nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reaction_counts_of_a_large_room_reach_members_on_every_node() -> anyhow::Result<()> {
+    let options = ClusterOptions {
+        env: vec![
+            ("LIMITS__FANOUT_MAX_MEMBERS".into(), "2".into()),
+            ("LIMITS__REACTION_FLUSH_MS".into(), "200".into()),
+        ],
+        ..ClusterOptions::default()
+    };
+    let cluster = Cluster::start_with(2, options).await?;
+    let result = async {
+        let (mut ann, _) = Client::user(cluster.node(0), Encoding::Json, "ann").await?;
+        let (mut ben, _) = Client::user(cluster.node(1), Encoding::MessagePack, "ben").await?;
+        let (mut cat, _) = Client::user(cluster.node(1), Encoding::Json, "cat").await?;
+        let mut room = None;
+        for i in 0..16 {
+            let id = ann.create_room(&format!("room {i}")).await?;
+            if cluster.owner(0, &id).await? == cluster.member(0).name {
+                room = Some(id);
+                break;
+            }
+        }
+        let Some(room) = room else { bail!("no room landed on the first node in 16 tries") };
+        ben.join(&room).await?;
+        cat.join(&room).await?; // the third member: large from here on
+        let (seq, _) = ann.say(&room, "m", "hello all").await?;
+        for (i, client) in [&mut ben, &mut cat].into_iter().enumerate() {
+            let req = client.next_req();
+            let react = ClientFrame::React {
+                req,
+                room: room.clone(),
+                id: format!("r{i}"),
+                seq,
+                reaction: "👍".into(),
+                remove: false,
+            };
+            let ack = client.request(react).await?;
+            ensure!(matches!(ack, ServerFrame::Ack { seq: 0, .. }), "counted through the owner: {ack:?}");
+        }
+        for client in [&mut ann, &mut ben, &mut cat] {
+            loop {
+                let frame = client.recv_matching(|f| matches!(f, ServerFrame::Reactions { .. })).await?;
+                let ServerFrame::Reactions { messages, .. } = frame else { continue };
+                let count = messages.iter().find(|m| m.seq == seq).and_then(|m| m.reactions.first()).map(|r| r.count);
+                if count == Some(2) {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+    .await;
+    if result.is_err() {
+        eprintln!("{}", cluster.logs());
+    }
+    result
+}
