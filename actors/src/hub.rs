@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use protocol::{Cursor, Entry, ServerFrame};
 use ractor::{Actor, ActorRef};
@@ -28,7 +28,7 @@ use crate::encoded::{SharedEntry, SharedRun};
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::presence::{Presence, PresenceSettings};
-use crate::room::{AppendCommand, RoomActor, RoomArgs, RoomMessage, RoomsRuntime};
+use crate::room::{AppendCommand, Handed, RoomActor, RoomArgs, RoomMessage, RoomsRuntime};
 use crate::store::{Appended, Delivery, Recipients, Store, StoreError};
 
 mod queue;
@@ -214,7 +214,7 @@ impl Hub {
         for _ in 0..2 {
             let actor = self.room_actor(room).await?;
             let (reply, outcome) = oneshot::channel();
-            let message = RoomMessage::Append(command.take().expect("command present"), reply.into(), Instant::now());
+            let message = RoomMessage::Append(command.take().expect("command present"), reply.into(), Handed::now());
             match actor.send_message(message) {
                 Ok(()) => return Ok(outcome),
                 Err(err) => {

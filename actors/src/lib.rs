@@ -26,6 +26,7 @@ pub mod requests;
 pub mod room;
 pub mod session;
 pub mod supervise;
+pub mod trace_context;
 pub mod webhooks;
 
 pub use store;

@@ -6,6 +6,7 @@
 //! written; these functions validate, ask, and translate the answers into protocol frames.
 
 use std::sync::Arc;
+use tracing::Instrument;
 
 use protocol::{Entry, EntryKind, ErrorCode, ReqId, Role, RoomInfo, ServerFrame};
 use tracing::{error, info};
@@ -570,13 +571,18 @@ pub async fn apply(ctx: &Ctx, req: ReqId, room: &str, command: AppendCommand) ->
     }
     let kind = command.kind;
     let invited = command.user.clone().filter(|user| *user != command.from);
-    let outcome = match ctx.hub.append(room, command).await {
-        Ok(outcome) => outcome,
-        Err(err) => return store_error_frame(&ctx.hub, Some(req), err),
-    };
-    let timeout = std::time::Duration::from_millis(ctx.hub.limits.request_timeout_ms);
-    let result = crate::hub::append_outcome(room, outcome, timeout).await;
-    room_reply(ctx, req, room, kind, invited, result).await
+    let span = tracing::debug_span!("palaver.request", kind = ?kind, room = %room, user = %ctx.user);
+    async {
+        let outcome = match ctx.hub.append(room, command).await {
+            Ok(outcome) => outcome,
+            Err(err) => return store_error_frame(&ctx.hub, Some(req), err),
+        };
+        let timeout = std::time::Duration::from_millis(ctx.hub.limits.request_timeout_ms);
+        let result = crate::hub::append_outcome(room, outcome, timeout).await;
+        room_reply(ctx, req, room, kind, invited, result).await
+    }
+    .instrument(span)
+    .await
 }
 
 /// Translate a room's answer to the reply frame of the request that caused it.

@@ -58,10 +58,8 @@ pub struct AppendCommand {
 /// Messages of the room actor.
 pub enum RoomMessage {
     /// Append an entry; the reply carries the committed entry (or the original, for a retried
-    /// message id) or the store's refusal. The instant is when it was handed to the room: its
-    /// wait for the commit counts from there, the actor's mailbox included (the rooms' thread
-    /// may be busy committing when it arrives).
-    Append(Box<AppendCommand>, RpcReplyPort<Result<Appended, StoreError>>, Instant),
+    /// message id) or the store's refusal.
+    Append(Box<AppendCommand>, RpcReplyPort<Result<Appended, StoreError>>, Handed),
     /// Periodic: stop if idle for `limits.room_idle_ms`.
     IdleCheck,
     /// Tests only: end the committer task as a panic would, to check that the actor follows it.
@@ -78,8 +76,25 @@ pub struct RoomArgs {
     pub room: String,
 }
 
+/// When and in which request an append was handed to the room.
+#[derive(Debug)]
+pub struct Handed {
+    /// Its wait for the commit counts from here, the actor's mailbox included (the rooms'
+    /// thread may be busy committing when it arrives).
+    pub at: Instant,
+    /// The request's span: the commit and the delivery are its children (exported over OTLP
+    /// when `[tracing]` says so; otherwise a disabled span, which costs nothing).
+    pub span: tracing::Span,
+}
+
+impl Handed {
+    pub fn now() -> Handed {
+        Handed { at: Instant::now(), span: tracing::Span::current() }
+    }
+}
+
 /// An append waiting for the committer, with where its outcome goes and when it was handed to the room.
-type Pending = (Box<AppendCommand>, RpcReplyPort<Result<Appended, StoreError>>, Instant);
+type Pending = (Box<AppendCommand>, RpcReplyPort<Result<Appended, StoreError>>, Handed);
 
 pub struct RoomState {
     hub: Arc<Hub>,
@@ -326,9 +341,17 @@ impl Committer {
             })
             .collect();
         let handed_over = Instant::now();
-        for (_, _, received) in batch.iter() {
-            hub.metrics.append_wait_seconds.observe(handed_over.saturating_duration_since(*received));
+        for (_, _, handed) in batch.iter() {
+            hub.metrics.append_wait_seconds.observe(handed_over.saturating_duration_since(handed.at));
         }
+        // One span per request, covering the batch's commit and delivery: each request's trace
+        // shows the commit it waited for (spans are disabled, and free, unless exported).
+        let commit_spans: Vec<tracing::Span> = batch
+            .iter()
+            .map(|(command, _, handed)| {
+                tracing::debug_span!(parent: &handed.span, "palaver.commit", room = %self.room, kind = ?command.kind, batch = batch.len())
+            })
+            .collect();
         // The committer runs on the rooms' thread, which exists to commit (see `runtime`).
         let outcomes = hub.store.append_batch_on_committing_thread(requests).await;
         hub.metrics.commit_seconds.observe(handed_over.elapsed());
@@ -380,7 +403,13 @@ impl Committer {
                 _ => None,
             })
             .collect();
-        hub.deliver(&deliveries);
+        {
+            let _deliver = commit_spans
+                .first()
+                .map(|first| tracing::debug_span!(parent: first, "palaver.deliver", entries = deliveries.len()));
+            hub.deliver(&deliveries);
+        }
+        drop(commit_spans);
         for (reply, outcome) in replies {
             let _ = reply.send(outcome);
         }

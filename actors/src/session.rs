@@ -36,7 +36,7 @@ use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use protocol::{
     decode_client, encode_server, ClientFrame, Cursor, Encoding, Entry, EntryKind, ErrorCode, ReqId, ServerFrame,
 };
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument};
 
 use crate::encoded::{SharedEntry, SharedRun, SharedText};
 use crate::hub::{Hub, Outbound, Registration};
@@ -533,13 +533,17 @@ where
         let ctx = Ctx { hub: self.hub.clone(), user: bound.user.clone(), conn_id: bound.registration.id };
         let kind = command.kind;
         let invited = command.user.clone().filter(|user| *user != command.from);
-        match self.hub.append(&room, command).await {
+        // The request's span: the room's commit and delivery, on this node or the owner, are its
+        // children (exported when `[tracing]` says so).
+        let span = tracing::debug_span!("palaver.request", kind = ?kind, room = %room, user = %ctx.user);
+        match self.hub.append(&room, command).instrument(span.clone()).await {
             Ok(outcome) => self.pipeline(
                 async move {
                     let timeout = Duration::from_millis(ctx.hub.limits.request_timeout_ms);
                     let result = crate::hub::append_outcome(&room, outcome, timeout).await;
                     vec![requests::room_reply(&ctx, req, &room, kind, invited, result).await]
                 }
+                .instrument(span)
                 .boxed(),
             ),
             Err(err) => self.reply_in_order(vec![store_error_frame(&self.hub, Some(req), err)]),

@@ -32,6 +32,8 @@ pub struct Config {
     /// Delivering webhook events (endpoints are created through the server API).
     pub webhooks: WebhookSettings,
     pub log: LogSection,
+    /// Spans exported over OTLP (off unless an endpoint is set); see `crate::telemetry`.
+    pub tracing: TracingSection,
     /// Joining a cluster (off by default); see `crate::cluster`.
     pub cluster: crate::cluster::ClusterSection,
 }
@@ -278,6 +280,52 @@ impl Default for LogSection {
     }
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TracingSection {
+    /// Where spans go: an OTLP/HTTP traces URL (JSON), e.g.
+    /// `http://collector:4318/v1/traces`. Empty: no export (the default).
+    pub otlp_endpoint: String,
+    /// Traces kept, in percent of the requests that start one (a trace started on another
+    /// node is kept or dropped as that node decided).
+    pub sample_percent: u8,
+    /// Spans are sent in batches at least this often.
+    pub export_interval_ms: u64,
+    /// `service.name` of the exported spans (`service.instance.id` is the node's name).
+    pub service_name: String,
+}
+
+impl Default for TracingSection {
+    fn default() -> Self {
+        TracingSection {
+            otlp_endpoint: String::new(),
+            sample_percent: 100,
+            export_interval_ms: 5_000,
+            service_name: "palaver".into(),
+        }
+    }
+}
+
+impl TracingSection {
+    /// Check the values; the error names the key.
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        let endpoint = &self.otlp_endpoint;
+        if !(endpoint.is_empty() || endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+            return Err(("tracing.otlp_endpoint", "expected an http:// or https:// URL, or nothing".into()));
+        }
+        if self.sample_percent > 100 {
+            return Err(("tracing.sample_percent", "expected 0 to 100".into()));
+        }
+        if self.export_interval_ms == 0 {
+            return Err(("tracing.export_interval_ms", "must be at least 1".into()));
+        }
+        if self.service_name.is_empty() {
+            return Err(("tracing.service_name", "must not be empty".into()));
+        }
+        Ok(())
+    }
+}
+
 /// A configuration problem, naming the key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -422,6 +470,9 @@ impl Config {
         if let Err(message) = self.webhooks.validate() {
             let (key, rest) = message.split_once(' ').unwrap_or(("webhooks", &message));
             return invalid(key, rest);
+        }
+        if let Err((key, message)) = self.tracing.validate() {
+            return invalid(key, &message);
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return invalid("log.format", "expected `text` or `json`");

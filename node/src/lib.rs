@@ -12,6 +12,7 @@ pub mod operator;
 pub mod origin;
 pub mod request;
 pub mod store;
+pub mod telemetry;
 pub mod tls;
 pub mod web;
 

@@ -11,7 +11,9 @@ use std::process::ExitCode;
 use node::config::Config;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 const USAGE: &str = "usage: palaver [check-config] [--config PATH]\n\
   Runs a palaver node. Configuration: defaults, then the TOML file (--config, PALAVER_CONFIG,\n\
@@ -60,7 +62,13 @@ fn main() -> ExitCode {
         println!("configuration OK ({})", path.map_or("defaults and environment".into(), |p| p.display().to_string()));
         return ExitCode::SUCCESS;
     }
-    init_tracing(&config);
+    let telemetry = match init_tracing(&config) {
+        Ok(telemetry) => telemetry,
+        Err(err) => {
+            eprintln!("palaver: configuration error: {err}");
+            return ExitCode::from(2);
+        }
+    };
     let runtime =
         match tokio::runtime::Builder::new_multi_thread().event_interval(IO_POLL_INTERVAL).enable_all().build() {
             Ok(runtime) => runtime,
@@ -74,6 +82,8 @@ fn main() -> ExitCode {
     // the rest end with the runtime. Only then may backends stop.
     drop(runtime);
     node::store::shutdown_backends();
+    // The last spans leave before the process does.
+    drop(telemetry);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -98,15 +108,22 @@ async fn run_until_signal(config: Config) -> anyhow::Result<()> {
     node::run(config, stop_rx).await
 }
 
-fn init_tracing(config: &Config) {
+/// Logs to stderr as `[log]` says, and spans over OTLP if `[tracing]` names an endpoint. Each
+/// has its own filter, so exporting spans changes nothing in the logs. The returned handle
+/// flushes the last spans when dropped.
+fn init_tracing(config: &Config) -> Result<Option<node::telemetry::Telemetry>, String> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.filter));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
-    if config.log.format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
+    let logs = if config.log.format == "json" { logs.json().boxed() } else { logs.boxed() };
+    let export = node::telemetry::layer(&config.tracing, &config.node.name)
+        .map_err(|err| format!("tracing.otlp_endpoint: cannot export spans: {err}"))?;
+    let (spans, telemetry) = match export {
+        Some((layer, telemetry)) => (Some(layer), Some(telemetry)),
+        None => (None, None),
+    };
+    tracing_subscriber::registry().with(logs.with_filter(filter)).with(spans).init();
+    Ok(telemetry)
 }
 
 fn usage_error(message: &str) -> ExitCode {

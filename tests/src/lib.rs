@@ -17,6 +17,8 @@ pub mod cluster;
 
 pub mod docker;
 
+pub mod otlp;
+
 pub mod presence;
 
 pub mod webhooks;

@@ -220,13 +220,16 @@ async fn serve_connection(
     }
 }
 
-async fn respond(stream: &mut TcpStream, status: &str) -> anyhow::Result<()> {
+pub(crate) async fn respond(stream: &mut TcpStream, status: &str) -> anyhow::Result<()> {
     stream.write_all(format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n").as_bytes()).await?;
     Ok(())
 }
 
 /// The next request on the connection: its head and body; `None` when the peer closed.
-async fn read_request(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> anyhow::Result<Option<(String, Vec<u8>)>> {
+pub(crate) async fn read_request(
+    stream: &mut TcpStream,
+    buffer: &mut Vec<u8>,
+) -> anyhow::Result<Option<(String, Vec<u8>)>> {
     let mut chunk = [0u8; 16 * 1024];
     let head_end = loop {
         if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {

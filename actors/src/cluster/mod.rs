@@ -46,6 +46,7 @@ use std::time::{Duration, Instant};
 
 use ractor::ActorRef;
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
 use tracing::{info, warn};
 
 use crate::encoded::SharedEntry;
@@ -233,6 +234,7 @@ impl Cluster {
             mentions: command.details.mentions,
             until: command.details.until,
             settings: command.details.settings,
+            traceparent: crate::trace_context::traceparent(&tracing::Span::current()),
         });
         if router.cast(message).is_err() {
             self.pending.lock().remove(&id);
@@ -488,8 +490,12 @@ impl Cluster {
             let reply_to = append.from.clone();
             let id = append.id;
             let room = append.room.clone();
+            let span = tracing::debug_span!("palaver.forwarded_append", room = %room, from = %reply_to);
+            if let Some(traceparent) = &append.traceparent {
+                crate::trace_context::adopt(&span, traceparent);
+            }
             let outcome = match self.route(&room) {
-                Route::Local => hub.append_here(&room, append.command()).await,
+                Route::Local => hub.append_here(&room, append.command()).instrument(span).await,
                 Route::Remote(owner) => {
                     Err(StoreError::Unavailable(format!("room `{room}` moved to `{owner}`; retry")))
                 }

@@ -129,6 +129,10 @@ pub struct ForwardedAppend {
     pub until: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub settings: Option<RoomSettingsChange>,
+    /// The W3C `traceparent` of the request's span on the origin node, when spans are exported
+    /// (`trace_context`): the owner's spans join the same trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 impl ForwardedAppend {
@@ -554,6 +558,7 @@ mod tests {
                 mentions: Vec::new(),
                 until: None,
                 settings: None,
+                traceparent: None,
             }),
             RouterMessage::Append(ForwardedAppend {
                 id: 6,
@@ -574,6 +579,7 @@ mod tests {
                     who_may_post: Some(protocol::Audience::Moderators),
                     ..RoomSettingsChange::default()
                 }),
+                traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
             }),
             RouterMessage::Reply(AppendReply {
                 id: 5,

@@ -47,6 +47,11 @@ fn invalid_values_are_named() {
         ("[log]\nformat = \"xml\"\n", "log.format"),
         ("[limits]\nmax_body_bytes = 65536\n", "limits.max_body_bytes"),
         ("[client]\nweb_nodes = [\"ws://user:pw@elsewhere.example:7600\"]\n", "client.web_nodes"),
+        ("[tracing]\notlp_endpoint = \"collector:4318\"\n", "tracing.otlp_endpoint"),
+        ("[tracing]\nsample_percent = 101\n", "tracing.sample_percent"),
+        ("[webhooks]\nbatch_max = 0\n", "webhooks.batch_max"),
+        ("[webhooks]\nlease_ms = 100\n", "webhooks.lease_ms"),
+        ("[limits]\nreaction_flush_ms = 0\n", "limits.reaction_flush_ms"),
     ];
     for (toml, key) in cases {
         let err = Config::from_figment(Config::figment(None).merge(Toml::string(toml))).unwrap_err();
