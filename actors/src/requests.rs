@@ -369,9 +369,11 @@ pub async fn list_rooms(ctx: &Ctx, req: ReqId) -> ServerFrame {
         Ok(rooms) => {
             let mut rooms: Vec<RoomInfo> = rooms
                 .into_iter()
-                .map(|MyRoom { room, read_seq, unread_mentions, role, .. }| RoomInfo {
+                .map(|MyRoom { room, read_seq, unread_mentions, role, notify, notify_muted_until, .. }| RoomInfo {
                     mentions: unread_mentions,
                     role,
+                    notify,
+                    notify_muted_until,
                     ..room_info(room, read_seq)
                 })
                 .collect();
@@ -490,6 +492,23 @@ pub async fn mark_read(ctx: &Ctx, req: ReqId, room: String, seq: u64) -> ServerF
             presence::read_receipt(ctx, &room, stored).await;
             ServerFrame::Ok { req }
         }
+        Err(err) => store_error_frame(&ctx.hub, Some(req), err),
+    }
+}
+
+/// `set_notifications`: the caller's own choice for one room, kept with their membership.
+pub async fn set_notifications(
+    ctx: &Ctx,
+    req: ReqId,
+    room: String,
+    level: protocol::NotifyLevel,
+    muted_until: Option<u64>,
+) -> ServerFrame {
+    if let Err(message) = names::validate_room_id(&room) {
+        return error_frame(Some(req), ErrorCode::NoSuchRoom, message);
+    }
+    match ctx.hub.store.set_notifications(&ctx.user, &room, level, muted_until).await {
+        Ok(()) => ServerFrame::Ok { req },
         Err(err) => store_error_frame(&ctx.hub, Some(req), err),
     }
 }
@@ -679,8 +698,14 @@ async fn my_room_info(ctx: &Ctx, record: RoomRecord) -> RoomInfo {
         Ok(rooms) => rooms.into_iter().find(|mine| mine.room.id == record.id),
         Err(_) => None,
     };
-    let (read_seq, role) = mine.map_or((0, Role::Member), |mine| (mine.read_seq, mine.role));
-    RoomInfo { role, ..room_info(record, read_seq) }
+    let Some(mine) = mine else { return room_info(record, 0) };
+    RoomInfo {
+        role: mine.role,
+        notify: mine.notify,
+        notify_muted_until: mine.notify_muted_until,
+        mentions: mine.unread_mentions,
+        ..room_info(record, mine.read_seq)
+    }
 }
 
 fn room_info(record: RoomRecord, read_seq: u64) -> RoomInfo {
@@ -698,6 +723,8 @@ fn room_info(record: RoomRecord, read_seq: u64) -> RoomInfo {
         topic: record.topic,
         who_may_post: record.who_may_post,
         who_may_invite: record.who_may_invite,
+        notify: Default::default(),
+        notify_muted_until: None,
     }
 }
 

@@ -447,6 +447,9 @@ where
             ClientFrame::Typing { req, room, active } => self.pipeline(
                 async move { requests::presence::typing(&ctx, req, room, active).await.into_iter().collect() }.boxed(),
             ),
+            ClientFrame::SetNotifications { req, room, level, muted_until } => self.pipeline(
+                async move { vec![requests::set_notifications(&ctx, req, room, level, muted_until).await] }.boxed(),
+            ),
             ClientFrame::Receipts { req, room } => {
                 self.pipeline(async move { vec![requests::presence::receipts(&ctx, req, room).await] }.boxed())
             }

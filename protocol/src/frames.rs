@@ -345,6 +345,48 @@ pub enum ClientFrame {
         req: ReqId,
         room: String,
     },
+    /// Choose what in `room` may notify you on your devices (push notifications): everything,
+    /// mentions only, or nothing; `muted_until` (ms since the Unix epoch) silences it until
+    /// then whatever the level. Yours alone: other members see nothing of it.
+    SetNotifications {
+        #[serde(default)]
+        req: ReqId,
+        room: String,
+        level: NotifyLevel,
+        #[serde(default)]
+        muted_until: Option<u64>,
+    },
+}
+
+/// What in a room may notify a member on their devices.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NotifyLevel {
+    /// Every message (the default).
+    #[default]
+    All,
+    /// Messages that mention the member (and, in a direct conversation, every message).
+    Mentions,
+    /// Nothing.
+    None,
+}
+
+impl NotifyLevel {
+    pub fn is_all(&self) -> bool {
+        *self == NotifyLevel::All
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            NotifyLevel::All => "all",
+            NotifyLevel::Mentions => "mentions",
+            NotifyLevel::None => "none",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<NotifyLevel> {
+        [NotifyLevel::All, NotifyLevel::Mentions, NotifyLevel::None].into_iter().find(|l| l.name() == name)
+    }
 }
 
 fn yes() -> bool {
@@ -391,6 +433,7 @@ impl ClientFrame {
         "watch_presence",
         "typing",
         "receipts",
+        "set_notifications",
     ];
 
     /// A plain `send`: a message that replies to nothing and mentions no one.
@@ -444,7 +487,8 @@ impl ClientFrame {
             | ClientFrame::SetPresence { req, .. }
             | ClientFrame::WatchPresence { req, .. }
             | ClientFrame::Typing { req, .. }
-            | ClientFrame::Receipts { req, .. } => *req,
+            | ClientFrame::Receipts { req, .. }
+            | ClientFrame::SetNotifications { req, .. } => *req,
         }
     }
 }
@@ -774,6 +818,12 @@ pub struct RoomInfo {
     /// Who may invite users in (every member when absent).
     #[serde(default, skip_serializing_if = "Audience::is_members")]
     pub who_may_invite: Audience,
+    /// What in this room may notify you (`set_notifications`; `all` when absent).
+    #[serde(default, skip_serializing_if = "NotifyLevel::is_all")]
+    pub notify: NotifyLevel,
+    /// Notifications from this room are silenced until then (ms since the Unix epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify_muted_until: Option<u64>,
 }
 
 fn is_zero(n: &u32) -> bool {

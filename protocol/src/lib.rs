@@ -12,8 +12,8 @@ pub use codec::{
     DecodeError, Encoding,
 };
 pub use frames::{
-    Audience, ClientFrame, Cursor, DeviceInfo, Entry, EntryKind, ErrorCode, MessageReactions, NewDevice, Platform,
-    PresenceState, ReactionCount, ReactionTotal, ReadPosition, ReceiptKind, ReqId, Role, RoomInfo, RoomKind,
+    Audience, ClientFrame, Cursor, DeviceInfo, Entry, EntryKind, ErrorCode, MessageReactions, NewDevice, NotifyLevel,
+    Platform, PresenceState, ReactionCount, ReactionTotal, ReadPosition, ReceiptKind, ReqId, Role, RoomInfo, RoomKind,
     RoomSettings, RoomSettingsChange, ServerFrame, UserPresence, WebPushKeys, WebPushSubscription, SUPPORTED_VERSIONS,
 };
 

@@ -104,6 +104,7 @@ macro_rules! conformance_tests {
             the_room_creator_deletes_any_message_other_members_only_their_own,
             reactions_are_once_per_user_and_bounded,
             reactions_in_large_rooms_are_counted_not_logged,
+            notification_settings_are_per_member_and_room,
             replies_form_threads,
             mentions_are_members_and_count_until_read,
             changes_are_deduplicated_by_client_id,
@@ -196,7 +197,7 @@ fn text(room: &str, epoch: Epoch, from: &str, id: &str, body: &str) -> AppendReq
 }
 
 /// `from` joins `user` (a self-join when they are the same).
-fn join(room: &str, epoch: Epoch, from: &str, user: &str, id: &str) -> AppendRequest {
+pub(crate) fn join(room: &str, epoch: Epoch, from: &str, user: &str, id: &str) -> AppendRequest {
     AppendRequest {
         kind: EntryKind::Join,
         user: Some(user.to_owned()),
@@ -205,7 +206,7 @@ fn join(room: &str, epoch: Epoch, from: &str, user: &str, id: &str) -> AppendReq
     }
 }
 
-fn leave(room: &str, epoch: Epoch, user: &str, id: &str) -> AppendRequest {
+pub(crate) fn leave(room: &str, epoch: Epoch, user: &str, id: &str) -> AppendRequest {
     AppendRequest { kind: EntryKind::Leave, user: Some(user.to_owned()), ..text(room, epoch, user, id, "") }
 }
 

@@ -26,7 +26,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use protocol::{
-    Audience, Cursor, Entry, EntryKind, Platform, ReactionCount, Role, RoomKind, RoomSettings, RoomSettingsChange,
+    Audience, Cursor, Entry, EntryKind, NotifyLevel, Platform, ReactionCount, Role, RoomKind, RoomSettings,
+    RoomSettingsChange,
 };
 
 #[cfg(test)]
@@ -357,6 +358,9 @@ pub struct MyRoom {
     /// Messages after `read_seq` that mention the user and are not deleted.
     pub unread_mentions: u32,
     pub role: Role,
+    /// What in the room may notify the user, and until when it is silenced (their own choice).
+    pub notify: NotifyLevel,
+    pub notify_muted_until: Option<u64>,
 }
 
 /// Errors at the store boundary. The variants the client can cause map to protocol error codes;
@@ -571,6 +575,15 @@ pub trait Store: Send + Sync + 'static {
     /// Raise the user's read position in a room to `seq` (clamped to the room's last seq; never
     /// lowered) and return the position now stored.
     async fn mark_read(&self, user: &str, room: &str, seq: u64) -> StoreResult<u64>;
+    /// Set what in `room` may notify `user` (push notifications) and until when it is silenced;
+    /// kept with the membership, gone when it ends. `NotMember` unless `user` is a member.
+    async fn set_notifications(
+        &self,
+        user: &str,
+        room: &str,
+        level: NotifyLevel,
+        muted_until: Option<u64>,
+    ) -> StoreResult<()>;
     /// Every member of `room` with their stored read position (0 if never marked), sorted by user name.
     /// `NoSuchRoom` for an unknown room.
     async fn read_positions(&self, room: &str) -> StoreResult<Vec<(String, u64)>>;

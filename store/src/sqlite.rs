@@ -107,7 +107,7 @@ use std::thread;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use protocol::{Cursor, Entry, EntryKind, ReactionCount, Role};
+use protocol::{Cursor, Entry, EntryKind, NotifyLevel, ReactionCount, Role};
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
@@ -533,6 +533,18 @@ impl Store for SqliteStore {
     async fn take_lease(&self, name: &str, holder: &str, now_ms: u64, ttl_ms: u64) -> StoreResult<bool> {
         let (name, holder) = (name.to_owned(), holder.to_owned());
         self.write(REQUEST_OVERHEAD_BYTES, move |conn| webhooks::take_lease(conn, &name, &holder, now_ms, ttl_ms)).await
+    }
+
+    async fn set_notifications(
+        &self,
+        user: &str,
+        room: &str,
+        level: NotifyLevel,
+        muted_until: Option<u64>,
+    ) -> StoreResult<()> {
+        let (user, room) = (user.to_owned(), room.to_owned());
+        self.write(REQUEST_OVERHEAD_BYTES, move |conn| ops::set_notifications(conn, &user, &room, level, muted_until))
+            .await
     }
 
     async fn set_blocked(&self, user: &str, other: &str, blocked: bool) -> StoreResult<()> {

@@ -122,3 +122,72 @@ async fn a_device_registered_on_one_node_is_seen_on_another() -> anyhow::Result<
     ensure!(seen.len() == 1 && seen[0].id == registered["device"]["id"].as_str().unwrap_or_default(), "{seen:?}");
     Ok(())
 }
+
+/// Notification settings (docs/PROTOCOL.md, "Notification settings"): each member's own per
+/// room, in `list_rooms`, refused for a room one is not in, a bad level refused by name, kept
+/// across a restart.
+#[tokio::test]
+async fn notification_settings_are_kept_per_member_and_room() -> anyhow::Result<()> {
+    let mut node = Node::start(NodeOptions::default()).await?;
+    let (mut ann, token) = Client::user(&node, Encoding::Json, "ann").await?;
+    let (mut bob, _) = Client::user(&node, Encoding::MessagePack, "bob").await?;
+    let room = ann.create_room("quiet please").await?;
+    let other = bob.create_room("bob's own").await?;
+    bob.join(&room).await?;
+
+    let req = ann.next_req();
+    let set = ClientFrame::SetNotifications {
+        req,
+        room: room.clone(),
+        level: protocol::NotifyLevel::Mentions,
+        muted_until: Some(4_102_444_800_000),
+    };
+    ensure!(matches!(ann.request(set).await?, ServerFrame::Ok { .. }), "set");
+    let req = ann.next_req();
+    let not_member =
+        ClientFrame::SetNotifications { req, room: other, level: protocol::NotifyLevel::None, muted_until: None };
+    match ann.request(not_member).await? {
+        ServerFrame::Error { code: ErrorCode::NotMember, .. } => {}
+        other => bail!("a room ann is not in: {other:?}"),
+    }
+    ann.discard(|_| true);
+    let req = ann.next_req();
+    ann.send_value(&json!({ "type": "set_notifications", "req": req, "room": room, "level": "some" })).await?;
+    let refused = loop {
+        let value = ann.recv_value().await?;
+        if value["req"] == req {
+            break value;
+        }
+    };
+    ensure!(
+        refused["code"] == "invalid_field" && refused["message"].as_str().unwrap_or("").contains("some"),
+        "{refused}"
+    );
+
+    let listed =
+        |rooms: &[protocol::RoomInfo]| rooms.iter().find(|r| r.id == room).map(|r| (r.notify, r.notify_muted_until));
+    for (client, want) in [
+        (&mut ann, (protocol::NotifyLevel::Mentions, Some(4_102_444_800_000))),
+        (&mut bob, (protocol::NotifyLevel::All, None)),
+    ] {
+        let req = client.next_req();
+        let ServerFrame::Rooms { rooms, .. } = client.request(ClientFrame::ListRooms { req }).await? else {
+            bail!("list_rooms")
+        };
+        ensure!(listed(&rooms) == Some(want), "{rooms:?}");
+    }
+
+    node.kill9().await?;
+    node.restart().await?;
+    let mut again = Client::connect(&node, Encoding::Json).await?;
+    again.authenticate(&token, None).await?;
+    let req = again.next_req();
+    let ServerFrame::Rooms { rooms, .. } = again.request(ClientFrame::ListRooms { req }).await? else {
+        bail!("list_rooms")
+    };
+    ensure!(
+        listed(&rooms) == Some((protocol::NotifyLevel::Mentions, Some(4_102_444_800_000))),
+        "after a restart: {rooms:?}"
+    );
+    Ok(())
+}

@@ -209,6 +209,8 @@ mod tests {
             joined_seq,
             unread_mentions: 0,
             role: Default::default(),
+            notify: Default::default(),
+            notify_muted_until: None,
         }
     }
 

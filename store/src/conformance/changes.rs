@@ -279,3 +279,40 @@ pub async fn reactions_in_large_rooms_are_counted_not_logged(store: Arc<dyn Stor
     let logged = send(store, change("small", small, EntryKind::React, "b", "sr", m, "👍")).await;
     assert!(!logged.is_counted() && logged.delivery.entry.seq == m + 1);
 }
+
+/// A member's notification settings are theirs per room: kept, listed by `rooms_of`, refused
+/// for non-members, and gone with the membership (a rejoin starts at the defaults).
+pub async fn notification_settings_are_per_member_and_room(store: Arc<dyn Store>) {
+    use protocol::NotifyLevel;
+    let store = store.as_ref();
+    users(store, &["a", "b", "c"]).await;
+    let epoch = room_with(store, "r", &["a", "b"], false).await;
+    room_with(store, "s", &["a"], false).await;
+    let settings = |store_rooms: Vec<crate::MyRoom>, room: &str| {
+        let mine = store_rooms.into_iter().find(|r| r.room.id == room).expect("a member");
+        (mine.notify, mine.notify_muted_until)
+    };
+    assert_eq!(settings(store.rooms_of("a").await.expect("rooms"), "r"), (NotifyLevel::All, None));
+    store.set_notifications("a", "r", NotifyLevel::Mentions, Some(TS + 60_000)).await.expect("set");
+    store.set_notifications("b", "r", NotifyLevel::None, None).await.expect("set");
+    assert_eq!(settings(store.rooms_of("a").await.expect("rooms"), "r"), (NotifyLevel::Mentions, Some(TS + 60_000)));
+    assert_eq!(settings(store.rooms_of("a").await.expect("rooms"), "s"), (NotifyLevel::All, None), "per room");
+    assert_eq!(settings(store.rooms_of("b").await.expect("rooms"), "r"), (NotifyLevel::None, None), "per member");
+    // Reading on keeps them.
+    store.mark_read("a", "r", 2).await.expect("mark read");
+    assert_eq!(settings(store.rooms_of("a").await.expect("rooms"), "r"), (NotifyLevel::Mentions, Some(TS + 60_000)));
+
+    let refused = store.set_notifications("c", "r", NotifyLevel::None, None).await;
+    assert!(matches!(refused, Err(StoreError::NotMember { .. })), "{refused:?}");
+    let unknown = store.set_notifications("a", "nowhere", NotifyLevel::None, None).await;
+    assert!(matches!(unknown, Err(StoreError::NoSuchRoom(_))), "{unknown:?}");
+    send(store, super::leave("r", epoch, "b", "l1")).await;
+    let left = store.set_notifications("b", "r", NotifyLevel::All, None).await;
+    assert!(matches!(left, Err(StoreError::NotMember { .. })), "{left:?}");
+    send(store, super::join("r", epoch, "b", "b", "j1")).await;
+    assert_eq!(
+        settings(store.rooms_of("b").await.expect("rooms"), "r"),
+        (NotifyLevel::All, None),
+        "a rejoin starts afresh"
+    );
+}

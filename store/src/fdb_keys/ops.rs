@@ -34,7 +34,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use protocol::{Audience, Cursor, Entry, EntryKind, ReactionCount, Role, RoomKind};
+use protocol::{Audience, Cursor, Entry, EntryKind, NotifyLevel, ReactionCount, Role, RoomKind};
 
 use super::amend::{self, CheckedDetails};
 use super::api_keys;
@@ -442,7 +442,7 @@ async fn create_room<X: KvTxn>(
         let seq = i as u64 + 1;
         let role = if room.kind == RoomKind::Group && *name == room.creator { Role::Owner } else { Role::Member };
         writes.set(ks.member(&room.id, name), MemberValue::joined(seq, role).encode());
-        writes.set(ks.member_of(name, &room.id), MembershipValue { join_seq: seq, read_seq: 0 }.encode());
+        writes.set(ks.member_of(name, &room.id), MembershipValue::joined(seq).encode());
         let value = EntryValue {
             kind: EntryKind::Join,
             from: room.creator.clone(),
@@ -572,6 +572,8 @@ async fn rooms_of<X: KvTxn>(t: &X, ks: &Keyspace, user: &str) -> R<Vec<MyRoom>, 
             joined_seq: membership.join_seq,
             unread_mentions,
             role,
+            notify: membership.notify,
+            notify_muted_until: membership.notify_muted_until,
         });
     }
     Ok(rooms)
@@ -951,7 +953,7 @@ async fn commit_entry<X: KvTxn>(
     match (change, subject_user) {
         (MembershipChange::Begins, Some(user)) => {
             writes.set(ks.member(room, user), MemberValue::joined(seq, Role::Member).encode());
-            writes.set(ks.member_of(user, room), MembershipValue { join_seq: seq, read_seq: 0 }.encode());
+            writes.set(ks.member_of(user, room), MembershipValue::joined(seq).encode());
         }
         (MembershipChange::Ends, Some(user)) => {
             writes.clear(ks.member(room, user));
@@ -1095,6 +1097,25 @@ async fn mark_read<X: KvTxn>(t: &X, ks: &Keyspace, user: &str, room: &str, seq: 
         t.set(&key, &membership.encode());
     }
     Ok(stored)
+}
+
+async fn set_notifications<X: KvTxn>(
+    t: &X,
+    ks: &Keyspace,
+    user: &str,
+    room: &str,
+    level: NotifyLevel,
+    muted_until: Option<u64>,
+) -> R<(), X> {
+    require_room(t, ks, room, &mut WriteSet::new()).await?;
+    let key = ks.member_of(user, room);
+    let mut membership = read(t, &key, MembershipValue::decode)
+        .await?
+        .ok_or_else(|| StoreError::NotMember { room: room.to_string(), user: user.to_string() })?;
+    membership.notify = level;
+    membership.notify_muted_until = muted_until;
+    t.set(&key, &membership.encode());
+    Ok(())
 }
 
 /// The room's members from one range read of `mem` (keyed by user name, so already in name
@@ -1411,6 +1432,21 @@ impl<D: KvDb> Store for KvStore<D> {
     async fn trim_user_log(&self, user: &str, through: Cursor) -> StoreResult<u64> {
         let ks = &self.keys;
         self.db.transact("trim user log", |t, _| async move { trim_user_log(&t, ks, user, through).await }).await
+    }
+
+    async fn set_notifications(
+        &self,
+        user: &str,
+        room: &str,
+        level: NotifyLevel,
+        muted_until: Option<u64>,
+    ) -> StoreResult<()> {
+        let ks = &self.keys;
+        self.db
+            .transact("set notifications", |t, _| async move {
+                set_notifications(&t, ks, user, room, level, muted_until).await
+            })
+            .await
     }
 
     async fn mark_read(&self, user: &str, room: &str, seq: u64) -> StoreResult<u64> {

@@ -10,7 +10,7 @@
 //!   node that meets a format it does not know reports [`CodecError::UnknownFormat`] instead of
 //!   misreading the value.
 
-use protocol::{Audience, Entry, EntryKind, Platform, Role, RoomKind, RoomSettings};
+use protocol::{Audience, Entry, EntryKind, NotifyLevel, Platform, Role, RoomKind, RoomSettings};
 
 use super::tuple::{TupleError, TupleReader, TupleWriter};
 use crate::{DeviceRecord, EventMask, WebhookHealth, WebhookRecord};
@@ -420,16 +420,50 @@ impl BanValue {
 pub struct MembershipValue {
     pub join_seq: u64,
     pub read_seq: u64,
+    /// The member's own notification level here, and until when it is silenced (fields added
+    /// later: values without them read as `all`, not silenced).
+    pub notify: NotifyLevel,
+    pub notify_muted_until: Option<u64>,
 }
 
 impl MembershipValue {
+    /// A membership that starts at `join_seq`, nothing read, notification settings at defaults.
+    pub fn joined(join_seq: u64) -> Self {
+        MembershipValue { join_seq, read_seq: 0, notify: NotifyLevel::All, notify_muted_until: None }
+    }
+
     pub fn encode(&self) -> Vec<u8> {
-        writer().uint(self.join_seq).uint(self.read_seq).into_bytes()
+        writer()
+            .uint(self.join_seq)
+            .uint(self.read_seq)
+            .uint(notify_code(self.notify))
+            .opt_uint(self.notify_muted_until)
+            .into_bytes()
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
         let mut r = reader(bytes)?;
-        Ok(MembershipValue { join_seq: r.uint()?, read_seq: r.uint()? })
+        let (join_seq, read_seq) = (r.uint()?, r.uint()?);
+        let notify = notify_from_code(r.uint_or(0)?)?;
+        let notify_muted_until = if r.is_empty() { None } else { r.opt_uint()? };
+        Ok(MembershipValue { join_seq, read_seq, notify, notify_muted_until })
+    }
+}
+
+fn notify_code(level: NotifyLevel) -> u64 {
+    match level {
+        NotifyLevel::All => 0,
+        NotifyLevel::Mentions => 1,
+        NotifyLevel::None => 2,
+    }
+}
+
+fn notify_from_code(code: u64) -> Result<NotifyLevel, CodecError> {
+    match code {
+        0 => Ok(NotifyLevel::All),
+        1 => Ok(NotifyLevel::Mentions),
+        2 => Ok(NotifyLevel::None),
+        code => Err(CodecError::UnknownCode { what: "notify level", code }),
     }
 }
 
@@ -708,8 +742,18 @@ mod tests {
         assert_eq!(UserHead::decode(&u.encode()).unwrap(), u);
         let p = Pointer { room: "dm:a:b".into(), seq: 42 };
         assert_eq!(Pointer::decode(&p.encode()).unwrap(), p);
-        let m = MembershipValue { join_seq: 3, read_seq: 99 };
+        let m = MembershipValue { read_seq: 99, ..MembershipValue::joined(3) };
         assert_eq!(MembershipValue::decode(&m.encode()).unwrap(), m);
+        for (notify, until) in [(NotifyLevel::Mentions, Some(1 << 41)), (NotifyLevel::None, None)] {
+            let m = MembershipValue { notify, notify_muted_until: until, ..MembershipValue::joined(3) };
+            assert_eq!(MembershipValue::decode(&m.encode()).unwrap(), m);
+        }
+        // A value written before the notification settings existed reads as the defaults.
+        let old = writer().uint(3).uint(99).into_bytes();
+        assert_eq!(
+            MembershipValue::decode(&old).unwrap(),
+            MembershipValue { read_seq: 99, ..MembershipValue::joined(3) }
+        );
         for role in [Role::Member, Role::Admin, Role::Owner] {
             let m = MemberValue { join_seq: 1 << 40, role: Some(role), muted_until: 1_700_000_000_000 };
             assert_eq!(MemberValue::decode(&m.encode()).unwrap(), m);

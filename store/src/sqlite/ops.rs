@@ -21,7 +21,7 @@ use crate::{
     AppendRequest, Appended, Delivery, Epoch, HistoryPage, LogBounds, LogEntry, MembershipLimits, MyRoom, NewRoom,
     PresenceNote, Recipients, RoomRecord, StoreError, StoreResult, UserRecord,
 };
-use protocol::{Audience, Cursor, Entry, EntryKind, Role, RoomKind, RoomSettings};
+use protocol::{Audience, Cursor, Entry, EntryKind, NotifyLevel, Role, RoomKind, RoomSettings};
 
 /// Automatic retention trims a user's log only when its head reaches a multiple of this, so the
 /// cost is one range delete per 64 appends instead of a one-row delete on every append, and
@@ -70,7 +70,7 @@ const ROOMS_OF_USER: &str = "SELECT r.rid, r.id, r.name, r.kind, r.private, r.cr
                              r.epoch, r.owner, r.large_since, r.topic, r.who_may_post, r.who_may_invite, \
                              m.read_seq, m.joined_seq, m.role, \
                              (SELECT count(*) FROM mentions x WHERE x.uid = m.uid AND x.rid = m.rid \
-                              AND x.seq > m.read_seq) \
+                              AND x.seq > m.read_seq), m.notify, m.notify_muted_until \
                              FROM members m JOIN rooms r ON r.rid = m.rid WHERE m.uid = ?1 ORDER BY m.rid";
 
 const ENTRY_INSERT: &str = "INSERT INTO entries (rid, seq, id, sender, kind, subject, body, ts, target, reply_to, \
@@ -640,6 +640,8 @@ pub(super) fn rooms_of(conn: &Connection, user: &str) -> StoreResult<Vec<MyRoom>
                     joined_seq: r.get(15)?,
                     role: moderate::role_column(r, 16)?,
                     unread_mentions: r.get(17)?,
+                    notify: notify_column(r, 18)?,
+                    notify_muted_until: r.get::<_, Option<i64>>(19)?.map(|ms| ms.max(0) as u64),
                 })
             })?
             .collect()
@@ -647,6 +649,36 @@ pub(super) fn rooms_of(conn: &Connection, user: &str) -> StoreResult<Vec<MyRoom>
         .ctx("read rooms of user")?;
     debug_assert!(rooms.iter().all(|r| invariants::read_within_room(r.read_seq, r.room.last_seq)));
     Ok(rooms)
+}
+
+const SET_NOTIFICATIONS: &str = "UPDATE members SET notify = ?3, notify_muted_until = ?4 \
+                                 WHERE rid = ?1 AND uid = ?2";
+
+fn notify_column(row: &Row<'_>, index: usize) -> rusqlite::Result<NotifyLevel> {
+    let text: String = row.get(index)?;
+    NotifyLevel::from_name(&text).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(index, Type::Text, format!("unknown notify level `{text}`").into())
+    })
+}
+
+pub(super) fn set_notifications(
+    conn: &Connection,
+    user: &str,
+    room: &str,
+    level: NotifyLevel,
+    muted_until: Option<u64>,
+) -> StoreResult<()> {
+    let rid = require_room(conn, room)?.rid;
+    let not_member = || StoreError::NotMember { room: room.to_owned(), user: user.to_owned() };
+    let uid = find_uid(conn, user)?.ok_or_else(not_member)?;
+    let changed = conn
+        .prepare_cached(SET_NOTIFICATIONS)
+        .and_then(|mut s| s.execute(params![rid, uid, level.name(), muted_until.map(sql_int)]))
+        .ctx("set notifications")?;
+    if changed == 0 {
+        return Err(not_member());
+    }
+    Ok(())
 }
 
 // Logs.

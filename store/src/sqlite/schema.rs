@@ -236,7 +236,8 @@ const MIGRATIONS: &[&str] = &[
         revoked_ms    INTEGER
     ) WITHOUT ROWID;",
     // 6 → 7: webhook endpoints, their outboxes (a pointer to an entry per subscribed endpoint,
-    // written with the entry) and leases (which node delivers them).
+    // written with the entry) and leases (which node delivers them); each member's own
+    // notification level and silence in a room.
     "CREATE TABLE webhooks (
         id         TEXT PRIMARY KEY,
         url        TEXT NOT NULL,
@@ -258,7 +259,9 @@ const MIGRATIONS: &[&str] = &[
         name     TEXT PRIMARY KEY,
         holder   TEXT NOT NULL,
         until_ms INTEGER NOT NULL
-    ) WITHOUT ROWID;",
+    ) WITHOUT ROWID;
+    ALTER TABLE members ADD COLUMN notify TEXT NOT NULL DEFAULT 'all' CHECK (notify IN ('all', 'mentions', 'none'));
+    ALTER TABLE members ADD COLUMN notify_muted_until INTEGER;",
 ];
 
 /// Open a connection with palaver's per-connection settings.
