@@ -401,3 +401,29 @@ async fn events_in_a_killed_nodes_outbox_are_delivered_by_another_node() -> anyh
     metric_becomes(&second, "palaver_webhook_delivering", |n| n == 1).await?;
     Ok(())
 }
+
+/// Events are read from the room log when they are sent: a message deleted while its event
+/// waited goes out as a tombstone, never with the text that was taken back.
+#[tokio::test]
+async fn a_message_deleted_before_its_event_is_sent_goes_out_without_its_text() -> anyhow::Result<()> {
+    let node =
+        Node::start(options().env("WEBHOOKS__RETRY_BASE_MS", "100").env("WEBHOOKS__RETRY_MAX_MS", "200")).await?;
+    let key = mint(&node).await?;
+    let mut receiver = Receiver::start().await?;
+    subscribe(&node, &key, &receiver, &["message.posted", "message.deleted"]).await?;
+    let (mut alice, _) = Client::user(&node, Encoding::Json, "alice").await?;
+    let room = alice.create_room("oops").await?;
+    receiver.go_down();
+    let (seq, _) = alice.say(&room, "secret-1", "the wifi password is hunter2").await?;
+    let req = alice.next_req();
+    let deleted = alice.request(ClientFrame::Delete { req, room: room.clone(), id: "del-1".into(), seq }).await?;
+    ensure!(matches!(deleted, ServerFrame::Ack { .. }), "delete: {deleted:?}");
+    receiver.come_back().await?;
+    receiver.wait_until(Duration::from_secs(10), |seen| room_events(&seen.events, &room).len() == 2).await?;
+    let events = room_events(&receiver.events().await, &room);
+    ensure!(types(&events) == ["message.posted", "message.deleted"], "{events:?}");
+    ensure!(events[0]["deleted"] == true && events[0].get("body").is_none(), "{}", events[0]);
+    ensure!(!serde_json::to_string(&events)?.contains("hunter2"), "the deleted text went out: {events:?}");
+    ensure!(events[1]["target"] == seq, "{}", events[1]);
+    Ok(())
+}
