@@ -296,6 +296,19 @@ impl Cluster {
         status["room"]["owner"].as_str().map(String::from).context("no owner")
     }
 
+    /// A room `creator` creates (named `room 0`, `room 1`, …) that node `index` owns: rooms are
+    /// placed by hashing their random ids, so a few tries find one.
+    pub async fn room_owned_by(&self, creator: &mut crate::Client, index: usize) -> anyhow::Result<String> {
+        let owner = self.member(index).name.clone();
+        for i in 0..16 {
+            let room = creator.create_room(&format!("room {i}")).await?;
+            if self.owner(index, &room).await? == owner {
+                return Ok(room);
+            }
+        }
+        anyhow::bail!("no room landed on {owner} in 16 tries")
+    }
+
     pub fn index_of(&self, name: &str) -> Option<usize> {
         self.members.iter().position(|m| m.as_ref().is_some_and(|m| m.name == name))
     }

@@ -22,16 +22,8 @@ async fn changes_through_a_node_that_does_not_own_the_room() -> anyhow::Result<(
         let (mut on_first, _) = Client::user(cluster.node(0), Encoding::Json, "ann").await?;
         let (mut on_second, _) = Client::user(cluster.node(1), Encoding::MessagePack, "ben").await?;
         // Rooms until one is owned by the first node, so the second node's user goes through it.
-        let mut room = None;
-        for i in 0..16 {
-            let id = on_first.create_room(&format!("room {i}")).await?;
-            on_second.join(&id).await?;
-            if cluster.owner(0, &id).await? == cluster.member(0).name {
-                room = Some(id);
-                break;
-            }
-        }
-        let Some(room) = room else { bail!("no room landed on the first node in 16 tries") };
+        let room = cluster.room_owned_by(&mut on_first, 0).await?;
+        on_second.join(&room).await?;
 
         let req = on_first.next_req();
         let send = ClientFrame::Send {
@@ -172,15 +164,7 @@ async fn server_api_posts_through_a_node_that_does_not_own_the_room() -> anyhow:
         let answer = call(second, "POST", "/api/v1/users", Some(&key), Some(&json!({"name": "bot"}))).await?;
         ensure!(answer.status == 201, "{answer:?}");
         // A room the first node owns, with both users and the bot in it.
-        let mut room = None;
-        for i in 0..16 {
-            let id = ann.create_room(&format!("room {i}")).await?;
-            if cluster.owner(0, &id).await? == cluster.member(0).name {
-                room = Some(id);
-                break;
-            }
-        }
-        let Some(room) = room else { bail!("no room landed on the first node in 16 tries") };
+        let room = cluster.room_owned_by(&mut ann, 0).await?;
         ben.join(&room).await?;
         let add = format!("/api/v1/rooms/{room}/members/bot?as=ann");
         let answer = call(second, "PUT", &add, Some(&key), None).await?;
@@ -227,15 +211,7 @@ async fn reaction_counts_of_a_large_room_reach_members_on_every_node() -> anyhow
         let (mut ann, _) = Client::user(cluster.node(0), Encoding::Json, "ann").await?;
         let (mut ben, _) = Client::user(cluster.node(1), Encoding::MessagePack, "ben").await?;
         let (mut cat, _) = Client::user(cluster.node(1), Encoding::Json, "cat").await?;
-        let mut room = None;
-        for i in 0..16 {
-            let id = ann.create_room(&format!("room {i}")).await?;
-            if cluster.owner(0, &id).await? == cluster.member(0).name {
-                room = Some(id);
-                break;
-            }
-        }
-        let Some(room) = room else { bail!("no room landed on the first node in 16 tries") };
+        let room = cluster.room_owned_by(&mut ann, 0).await?;
         ben.join(&room).await?;
         cat.join(&room).await?; // the third member: large from here on
         let (seq, _) = ann.say(&room, "m", "hello all").await?;

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure};
+use anyhow::ensure;
 use tests::cluster::{Cluster, ClusterOptions};
 use tests::otlp::{Collector, ReceivedSpan};
 use tests::{Client, Encoding};
@@ -25,15 +25,7 @@ async fn a_message_is_one_trace_across_nodes() -> anyhow::Result<()> {
         let (owner, other) = (cluster.member(0).name.clone(), cluster.member(1).name.clone());
         let (mut ann, _) = Client::user(cluster.node(0), Encoding::Json, "ann").await?;
         let (mut ben, _) = Client::user(cluster.node(1), Encoding::Json, "ben").await?;
-        let mut room = None;
-        for i in 0..16 {
-            let id = ann.create_room(&format!("room {i}")).await?;
-            if cluster.owner(0, &id).await? == owner {
-                room = Some(id);
-                break;
-            }
-        }
-        let Some(room) = room else { bail!("no room landed on the first node in 16 tries") };
+        let room = cluster.room_owned_by(&mut ann, 0).await?;
         ben.join(&room).await?;
         ben.say(&room, "traced", "follow me").await?;
 
