@@ -164,9 +164,9 @@ fn bad_messages(seed: u64) -> Vec<Bad> {
     );
     let pong = wire::encode_push(&["alice".to_string()], &ServerFrame::Pong { req: 1 });
     add(
-        "a well-formed push of a pong (nodes may push only typing and receipts)",
+        "a well-formed push of a pong (nodes may push only typing, receipts and reaction counts)",
         wire::encode(&RouterMessage::Push(pong)),
-        Some("other than typing or receipt".into()),
+        Some("other than typing, receipt or reactions".into()),
     );
     let mut blob = vec![WIRE_VERSION];
     blob.extend(random_bytes(seed, 1 << 20));
