@@ -13,6 +13,30 @@ use serde::{Deserialize, Serialize};
 
 use crate::store::{MembershipLimits, MessageRules};
 
+/// A setting out of range, by its key in the configuration (`limits.replay_page_len`) and what
+/// is wrong with it: what every section's `validate` returns, so the node reports the key
+/// without parsing it back out of a message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct InvalidSetting {
+    pub key: &'static str,
+    pub message: String,
+}
+
+impl InvalidSetting {
+    pub fn new(key: &'static str, message: impl Into<String>) -> InvalidSetting {
+        InvalidSetting { key, message: message.into() }
+    }
+
+    /// The first of `values` (key, value) that is 0, as "must be greater than 0".
+    pub fn first_zero(values: &[(&'static str, u64)]) -> Result<(), InvalidSetting> {
+        match values.iter().find(|(_, value)| *value == 0) {
+            Some((key, _)) => Err(InvalidSetting::new(key, "must be greater than 0")),
+            None => Ok(()),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
@@ -184,8 +208,8 @@ impl Limits {
     }
 
     /// Check the values against each other; the error names the key.
-    pub fn validate(&self) -> Result<(), String> {
-        let positive: [(&str, u64); 20] = [
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        let positive: [(&'static str, u64); 20] = [
             ("limits.max_frame_bytes", self.max_frame_bytes.into()),
             ("limits.max_body_bytes", self.max_body_bytes.into()),
             ("limits.outbound_queue_len", self.outbound_queue_len as u64),
@@ -207,19 +231,23 @@ impl Limits {
             ("limits.max_webhook_endpoints", self.max_webhook_endpoints.into()),
             ("limits.reaction_flush_ms", self.reaction_flush_ms),
         ];
-        if let Some((key, _)) = positive.iter().find(|(_, value)| *value == 0) {
-            return Err(format!("{key} must be greater than 0"));
-        }
+        InvalidSetting::first_zero(&positive)?;
         if self.max_room_members < 2 {
-            return Err("limits.max_room_members must be at least 2 (direct conversations have two)".into());
+            return Err(InvalidSetting::new(
+                "limits.max_room_members",
+                "must be at least 2 (direct conversations have two)",
+            ));
         }
         // A body must fit in a frame with room for the rest of the `send` frame, mentions included.
         let mentions = u64::from(self.max_mentions) * MENTION_MAX_BYTES as u64;
         if u64::from(self.max_body_bytes) + 512 + mentions > u64::from(self.max_frame_bytes) {
-            return Err(format!(
-                "limits.max_body_bytes ({}) must be at least 512 bytes plus {MENTION_MAX_BYTES} per mention \
-                 (limits.max_mentions {}) below limits.max_frame_bytes ({})",
-                self.max_body_bytes, self.max_mentions, self.max_frame_bytes
+            return Err(InvalidSetting::new(
+                "limits.max_body_bytes",
+                format!(
+                    "{} must be at least 512 bytes plus {MENTION_MAX_BYTES} per mention (limits.max_mentions {}) \
+                     below limits.max_frame_bytes ({})",
+                    self.max_body_bytes, self.max_mentions, self.max_frame_bytes
+                ),
             ));
         }
         Ok(())
@@ -238,9 +266,9 @@ mod tests {
     #[test]
     fn errors_name_the_key() {
         let err = Limits { replay_page_len: 0, ..Limits::default() }.validate().unwrap_err();
-        assert!(err.starts_with("limits.replay_page_len"), "{err}");
+        assert_eq!(err, InvalidSetting::new("limits.replay_page_len", "must be greater than 0"));
         let err = Limits { max_body_bytes: 64 * 1024, ..Limits::default() }.validate().unwrap_err();
-        assert!(err.contains("limits.max_body_bytes"), "{err}");
+        assert_eq!(err.key, "limits.max_body_bytes", "{err}");
     }
 
     /// The worst single entry fits the largest message: 16 KiB of control characters is

@@ -326,6 +326,12 @@ impl TracingSection {
     }
 }
 
+impl From<actors::limits::InvalidSetting> for ConfigError {
+    fn from(invalid: actors::limits::InvalidSetting) -> Self {
+        ConfigError::Invalid { key: invalid.key.to_string(), message: invalid.message }
+    }
+}
+
 /// A configuration problem, naming the key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -463,25 +469,15 @@ impl Config {
         if let Err((key, message)) = self.cluster.validate() {
             return invalid(key, &message);
         }
-        if let Err(message) = self.presence.validate() {
-            let (key, rest) = message.split_once(' ').unwrap_or(("presence", &message));
-            return invalid(key, rest);
-        }
-        if let Err(message) = self.webhooks.validate() {
-            let (key, rest) = message.split_once(' ').unwrap_or(("webhooks", &message));
-            return invalid(key, rest);
-        }
+        self.presence.validate()?;
+        self.webhooks.validate()?;
         if let Err((key, message)) = self.tracing.validate() {
             return invalid(key, &message);
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return invalid("log.format", "expected `text` or `json`");
         }
-        // Limits::validate starts its message with the key.
-        self.limits.validate().map_err(|message| match message.split_once(' ') {
-            Some((key, rest)) => ConfigError::invalid(key, rest),
-            None => ConfigError::invalid("limits", &message),
-        })
+        Ok(self.limits.validate()?)
     }
 
     pub fn sqlite_path(&self) -> PathBuf {

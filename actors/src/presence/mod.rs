@@ -90,8 +90,8 @@ impl Default for PresenceSettings {
 
 impl PresenceSettings {
     /// Check the values; the error names the key.
-    pub fn validate(&self) -> Result<(), String> {
-        let positive: [(&str, u64); 6] = [
+    pub fn validate(&self) -> Result<(), crate::limits::InvalidSetting> {
+        let positive: [(&'static str, u64); 6] = [
             ("presence.flush_ms", self.flush_ms),
             ("presence.typing_ttl_ms", self.typing_ttl_ms),
             ("presence.max_watched", self.max_watched as u64),
@@ -99,10 +99,7 @@ impl PresenceSettings {
             ("presence.status_max_bytes", self.status_max_bytes as u64),
             ("presence.last_seen_retention_ms", self.last_seen_retention_ms),
         ];
-        match positive.iter().find(|(_, value)| *value == 0) {
-            Some((key, _)) => Err(format!("{key} must be greater than 0")),
-            None => Ok(()),
-        }
+        crate::limits::InvalidSetting::first_zero(&positive)
     }
 }
 

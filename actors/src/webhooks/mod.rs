@@ -28,6 +28,7 @@ use serde_json::{json, Value};
 use tracing::{debug, info, warn};
 
 use crate::hub::Hub;
+use crate::limits::InvalidSetting;
 use crate::metrics::Metrics;
 use crate::names::now_ms;
 use crate::store::{
@@ -84,9 +85,9 @@ impl Default for WebhookSettings {
 }
 
 impl WebhookSettings {
-    /// Check the values; the error starts with the key.
-    pub fn validate(&self) -> Result<(), String> {
-        let positive: [(&str, u64); 8] = [
+    /// Check the values; the error names the key.
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        let positive: [(&'static str, u64); 8] = [
             ("webhooks.poll_ms", self.poll_ms),
             ("webhooks.batch_max", self.batch_max as u64),
             ("webhooks.concurrency", self.concurrency as u64),
@@ -96,16 +97,12 @@ impl WebhookSettings {
             ("webhooks.max_attempts", self.max_attempts.into()),
             ("webhooks.lease_ms", self.lease_ms),
         ];
-        for (key, value) in positive {
-            if value == 0 {
-                return Err(format!("{key} must be at least 1"));
-            }
-        }
+        InvalidSetting::first_zero(&positive)?;
         if self.retry_max_ms < self.retry_base_ms {
-            return Err("webhooks.retry_max_ms must be at least webhooks.retry_base_ms".into());
+            return Err(InvalidSetting::new("webhooks.retry_max_ms", "must be at least webhooks.retry_base_ms"));
         }
         if self.lease_ms < 2 * self.poll_ms {
-            return Err("webhooks.lease_ms must be at least twice webhooks.poll_ms".into());
+            return Err(InvalidSetting::new("webhooks.lease_ms", "must be at least twice webhooks.poll_ms"));
         }
         Ok(())
     }
@@ -505,8 +502,8 @@ mod tests {
     fn settings_refuse_zeros_and_a_lease_shorter_than_two_polls() {
         assert_eq!(WebhookSettings::default().validate(), Ok(()));
         let zero = WebhookSettings { batch_max: 0, ..WebhookSettings::default() };
-        assert_eq!(zero.validate(), Err("webhooks.batch_max must be at least 1".into()));
+        assert_eq!(zero.validate(), Err(InvalidSetting::new("webhooks.batch_max", "must be greater than 0")));
         let short = WebhookSettings { lease_ms: 300, poll_ms: 200, ..WebhookSettings::default() };
-        assert!(short.validate().unwrap_err().starts_with("webhooks.lease_ms"));
+        assert_eq!(short.validate().unwrap_err().key, "webhooks.lease_ms");
     }
 }
