@@ -998,6 +998,14 @@
       $('presence-error').textContent = describeError(frame);
       return;
     }
+    if (kind === 'notify') {
+      // Back to what the node keeps, and say why.
+      $('notify-level').disabled = false;
+      const room = S.rooms.get(ctx.room);
+      $('notify-level').value = room && typeof room.notify === 'string' ? room.notify : 'all';
+      showAlert(frame.code, `Notifications not changed: ${frame.message}`);
+      return;
+    }
     if (kind === 'moderate' || kind === 'set_room') {
       // Shown where the user acted; with that form closed meanwhile, as an alert.
       if (!showFormError(ctx, describeError(frame))) showAlert(frame.code, frame.message);
@@ -2450,6 +2458,10 @@
     if (line.textContent !== topic) line.textContent = topic;
     line.title = topic;
     line.hidden = !topic;
+    // The member's own notification level here (push notifications follow it).
+    $('notify-label').hidden = !room;
+    const level = room && typeof room.notify === 'string' ? room.notify : 'all';
+    if (room && $('notify-level').value !== level && document.activeElement !== $('notify-level')) $('notify-level').value = level;
     const may = !!view && isModerator(view);
     $('settings-toggle').hidden = !may;
     if (!may) closeSettings(false);
@@ -2740,8 +2752,25 @@
     return true;
   }
 
+  /** The notification level picked for the open room: kept by the node with the membership. */
+  function setNotifyLevel() {
+    const view = S.view;
+    const room = view && S.rooms.get(view.room);
+    const level = $('notify-level').value;
+    if (!room || !['all', 'mentions', 'none'].includes(level)) return;
+    if (request({ type: 'set_notifications', room: view.room, level }, { kind: 'notify', room: view.room, level })) {
+      $('notify-level').disabled = true;
+    }
+  }
+
   function onOk(ctx) {
     if (!ctx) return;
+    if (ctx.kind === 'notify') {
+      $('notify-level').disabled = false;
+      const room = S.rooms.get(ctx.room);
+      if (room) room.notify = ctx.level;
+      return;
+    }
     if (ctx.kind === 'delete_account') {
       accountDeleted();
       return;
@@ -2756,6 +2785,8 @@
 
   /** The connection went before the node answered: the forms may be used again. */
   function formsLostConnection() {
+    // A notification change without an answer: the list after reconnecting shows what holds.
+    $('notify-level').disabled = false;
     for (const [where, [boxId, errorId]] of Object.entries(FORMS)) {
       if (!$(boxId).dataset.busy) continue;
       clearForm(where);
@@ -3713,6 +3744,7 @@
     });
     $('copy-id').addEventListener('click', copyRoomId);
     $('settings-toggle').addEventListener('click', toggleSettings);
+    $('notify-level').addEventListener('change', setNotifyLevel);
     $('settings-form').addEventListener('submit', (event) => {
       event.preventDefault();
       submitSettings();
