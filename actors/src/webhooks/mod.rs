@@ -223,6 +223,7 @@ pub fn start(hub: &Arc<Hub>, settings: WebhookSettings) {
         client,
         paused_until: Mutex::new(HashMap::new()),
         lease_valid_until: Mutex::new(None),
+        lease_retry_at: Mutex::new(None),
     });
     spawn_restarting("webhooks: deliverer", move || {
         let deliverer = deliverer.clone();
@@ -240,6 +241,8 @@ struct Deliverer {
     /// Until when this node may send under its lease (half the lease, so a slow clock or a
     /// slow renewal cannot overlap another node's).
     lease_valid_until: Mutex<Option<Instant>>,
+    /// When to ask for the lease again after finding it held by another node.
+    lease_retry_at: Mutex<Option<Instant>>,
 }
 
 /// Where a stream's delivery stopped: after `delivered` events, because of `error`.
@@ -302,10 +305,16 @@ impl Deliverer {
         if self.lease_valid_until.lock().is_some_and(|until| Instant::now() < until) {
             return Ok(true);
         }
+        // Another node holds it: ask again a quarter of a lease later, not at every poll (a
+        // write transaction each time, on every node).
+        if self.lease_retry_at.lock().is_some_and(|at| Instant::now() < at) {
+            return Ok(false);
+        }
         let taken_at = Instant::now();
         let held = self.hub.store.take_lease(LEASE, &self.hub.node, now_ms(), self.settings.lease_ms).await?;
         let was = self.lease_valid_until.lock().is_some();
         *self.lease_valid_until.lock() = held.then(|| taken_at + Duration::from_millis(self.settings.lease_ms / 2));
+        *self.lease_retry_at.lock() = (!held).then(|| taken_at + Duration::from_millis(self.settings.lease_ms / 4));
         if held != was {
             info!(
                 node = self.hub.node,
