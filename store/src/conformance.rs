@@ -34,12 +34,14 @@ mod changes;
 mod devices;
 mod erasure;
 mod moderation;
+mod push;
 mod webhooks;
 pub use api_keys::*;
 pub use changes::*;
 pub use devices::*;
 pub use erasure::*;
 pub use moderation::*;
+pub use push::*;
 pub use webhooks::*;
 
 /// A fresh, empty store for one case, and whatever must live as long as it (a temporary
@@ -122,6 +124,9 @@ macro_rules! conformance_tests {
             committed_events_are_queued_per_endpoint_until_acknowledged,
             account_deletions_are_queued,
             leases_are_held_until_they_expire,
+            messages_are_queued_for_push_until_done,
+            push_members_carry_settings_and_read_positions,
+            reads_after_a_push_owe_a_clear,
         );
     };
     (@cases $make:expr; $($case:ident),+ $(,)?) => {
@@ -1107,9 +1112,9 @@ pub async fn read_positions_list_members_by_name(store: Arc<dyn Store>) {
 // Large rooms.
 
 /// Limits under which a room of three or more members is large.
-const SMALL_FANOUT: MembershipLimits = MembershipLimits { fanout_max_members: 2, ..LIMITS };
+pub(crate) const SMALL_FANOUT: MembershipLimits = MembershipLimits { fanout_max_members: 2, ..LIMITS };
 
-fn with_limits(request: AppendRequest, limits: MembershipLimits) -> AppendRequest {
+pub(crate) fn with_limits(request: AppendRequest, limits: MembershipLimits) -> AppendRequest {
     AppendRequest { limits, ..request }
 }
 

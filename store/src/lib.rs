@@ -35,10 +35,12 @@ pub mod conformance;
 #[cfg(feature = "fdb")]
 pub mod fdb;
 pub mod fdb_keys;
+pub mod push;
 mod rules;
 pub mod sqlite;
 pub mod webhooks;
 
+pub use push::{PushClear, PushMember};
 pub use webhooks::{EventMask, EventType, OutboxEvent, WebhookHealth, WebhookRecord};
 
 /// The owner epoch of a room: bumped by every [`Store::claim_room`].
@@ -513,6 +515,23 @@ pub trait Store: Send + Sync + 'static {
     /// correctness depends on.
     async fn take_lease(&self, name: &str, holder: &str, now_ms: u64, ttl_ms: u64) -> StoreResult<bool>;
 
+    // Push notifications (see `push`).
+    /// Up to `limit` entries waiting in the push queue, in (room, seq) order.
+    async fn push_queue(&self, limit: u32) -> StoreResult<Vec<OutboxEvent>> {
+        self.webhook_outbox(push::QUEUE, limit).await
+    }
+    /// Every member of `room` with what decides whether a push tells them of an entry, sorted by
+    /// user name. `NoSuchRoom` for an unknown room.
+    async fn push_members(&self, room: &str) -> StoreResult<Vec<PushMember>>;
+    /// In one transaction: drop `room`'s queued entries with seq <= `through`, and remember for
+    /// each (user, seq) of `told` that a push told the user of the room through that seq (a
+    /// later read reaching it owes their devices a clear).
+    async fn push_done(&self, room: &str, through: u64, told: &[(String, u64)]) -> StoreResult<()>;
+    /// Up to `limit` clears owed (reads that reached what a push told), in (user, room) order.
+    async fn push_clears(&self, limit: u32) -> StoreResult<Vec<PushClear>>;
+    /// Forget `clears`: they were sent (a newer clear of the same room, written since, stays).
+    async fn push_cleared(&self, clears: &[PushClear]) -> StoreResult<()>;
+
     // Rooms.
     /// Create a room with its initial members (a join entry each). If a room with this id
     /// exists already, nothing is written and `Ok((existing, None))` comes back: direct
@@ -573,7 +592,8 @@ pub trait Store: Send + Sync + 'static {
 
     // Read positions.
     /// Raise the user's read position in a room to `seq` (clamped to the room's last seq; never
-    /// lowered) and return the position now stored.
+    /// lowered) and return the position now stored. A position reaching what a push told the
+    /// user of the room owes their devices a clear (see `push`), written in the same transaction.
     async fn mark_read(&self, user: &str, room: &str, seq: u64) -> StoreResult<u64>;
     /// Set what in `room` may notify `user` (push notifications) and until when it is silenced;
     /// kept with the membership, gone when it ends. `NotMember` unless `user` is a member.

@@ -28,6 +28,8 @@
 //! | `webhooks`  | `id`, WITHOUT ROWID                         | webhook endpoints: URL, subscribed events (a mask), signing secret, health |
 //! | `webhook_outbox` | (`hook`, `stream`, `seq`), WITHOUT ROWID | events an endpoint has not acknowledged: a pointer to the room entry and its event type |
 //! | `leases`    | `name`, WITHOUT ROWID                       | which node holds a lease (webhook delivery) and until when |
+//! | `push_told` | (`user`, `room`), WITHOUT ROWID             | the seq of the latest entry a push told the user of, until a read reaches it |
+//! | `push_clears` | (`user`, `room`), WITHOUT ROWID           | clears a read owes the user's devices (see `crate::push`) |
 //!
 //! Why this shape:
 //! - `rooms` holds everything an append must check or bump (epoch, `last_seq`, member count,
@@ -93,6 +95,7 @@ mod inline;
 mod invariants;
 mod moderate;
 mod ops;
+mod push;
 mod schema;
 mod threads;
 mod webhooks;
@@ -115,8 +118,8 @@ use self::inline::InlineWriter;
 use self::threads::{sqlite_error, BatchLimits, Job, ReadJob, WriteJob, WriterCounters};
 use crate::{
     ApiKeyRecord, AppendRequest, Appended, Delivery, DeviceRecord, Epoch, HistoryPage, LogBounds, LogEntry,
-    MembershipLimits, MyRoom, NewRoom, OutboxEvent, PresenceNote, RoomRecord, Store, StoreError, StoreResult,
-    UserRecord, WebhookHealth, WebhookRecord, WriteStats,
+    MembershipLimits, MyRoom, NewRoom, OutboxEvent, PresenceNote, PushClear, PushMember, RoomRecord, Store, StoreError,
+    StoreResult, UserRecord, WebhookHealth, WebhookRecord, WriteStats,
 };
 
 pub use self::invariants::{bounds_ordered, is_dense, read_within_room, seq_follows};
@@ -651,6 +654,27 @@ impl Store for SqliteStore {
         let (user, room) = (user.to_owned(), room.to_owned());
         let cost = REQUEST_OVERHEAD_BYTES + user.len() + room.len();
         self.write(cost, move |conn| ops::mark_read(conn, &user, &room, seq)).await
+    }
+
+    async fn push_members(&self, room: &str) -> StoreResult<Vec<PushMember>> {
+        let room = room.to_owned();
+        self.read(move |conn| push::members(conn, &room)).await
+    }
+
+    async fn push_done(&self, room: &str, through: u64, told: &[(String, u64)]) -> StoreResult<()> {
+        let (room, told) = (room.to_owned(), told.to_vec());
+        let cost = REQUEST_OVERHEAD_BYTES + told.iter().map(|(user, _)| user.len() + 16).sum::<usize>();
+        self.write(cost, move |conn| push::done(conn, &room, through, &told)).await
+    }
+
+    async fn push_clears(&self, limit: u32) -> StoreResult<Vec<PushClear>> {
+        self.read(move |conn| push::clears(conn, limit)).await
+    }
+
+    async fn push_cleared(&self, clears: &[PushClear]) -> StoreResult<()> {
+        let clears = clears.to_vec();
+        let cost = REQUEST_OVERHEAD_BYTES * clears.len().max(1);
+        self.write(cost, move |conn| push::cleared(conn, &clears)).await
     }
 
     async fn read_positions(&self, room: &str) -> StoreResult<Vec<(String, u64)>> {

@@ -24,7 +24,7 @@ fn reply(room: &str, epoch: Epoch, from: &str, id: &str, to: u64) -> AppendReque
     }
 }
 
-fn mentioning(room: &str, epoch: Epoch, from: &str, id: &str, names: &[&str]) -> AppendRequest {
+pub(super) fn mentioning(room: &str, epoch: Epoch, from: &str, id: &str, names: &[&str]) -> AppendRequest {
     let mentions = names.iter().map(|n| (*n).to_owned()).collect();
     AppendRequest { details: EntryDetails { mentions, ..EntryDetails::default() }, ..text(room, epoch, from, id, id) }
 }

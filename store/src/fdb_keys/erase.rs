@@ -31,5 +31,7 @@ pub(super) async fn delete_account<X: KvTxn>(t: &X, ks: &Keyspace, user: &str, t
     t.clear(&ks.presence_note(user));
     t.clear_range(&ks.devices_range(user));
     t.clear_range(&ks.blocks_range(user));
+    t.clear_range(&ks.push_told_range(user));
+    t.clear_range(&ks.push_clears_of(user));
     super::webhooks::queue_user_deleted(t, ks, user, ts).await
 }

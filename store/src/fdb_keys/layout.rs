@@ -59,6 +59,8 @@ const DEVICE: &str = "dev";
 const WEBHOOK: &str = "hook";
 const WEBHOOK_OUTBOX: &str = "hookq";
 const LEASE: &str = "lease";
+const PUSH_TOLD: &str = "ptold";
+const PUSH_CLEAR: &str = "pclr";
 
 /// A half-open key range `[begin, end)`, as FoundationDB range reads and clears take it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -316,6 +318,42 @@ impl Keyspace {
         let seq = reader.uint()?;
         reader.finish()?;
         Ok((stream, seq))
+    }
+
+    /// What a push told `user` of `room`: the seq of the latest entry it covered.
+    pub fn push_told(&self, user: &str, room: &str) -> Vec<u8> {
+        self.tag(PUSH_TOLD).str(user).str(room).into_bytes()
+    }
+
+    /// Every `ptold` key of a user.
+    pub fn push_told_range(&self, user: &str) -> KeyRange {
+        KeyRange::children(&self.tag(PUSH_TOLD).str(user).into_bytes())
+    }
+
+    /// A clear owed to `user`'s devices for `room`.
+    pub fn push_clear(&self, user: &str, room: &str) -> Vec<u8> {
+        self.tag(PUSH_CLEAR).str(user).str(room).into_bytes()
+    }
+
+    /// Every `pclr` key of every user, in (user, room) order.
+    pub fn push_clears_range(&self) -> KeyRange {
+        KeyRange::children(&self.tag(PUSH_CLEAR).into_bytes())
+    }
+
+    /// Every `pclr` key of a user.
+    pub fn push_clears_of(&self, user: &str) -> KeyRange {
+        KeyRange::children(&self.tag(PUSH_CLEAR).str(user).into_bytes())
+    }
+
+    /// The (user, room) of a key from [`Self::push_clears_range`].
+    pub fn push_clear_names(&self, key: &[u8]) -> Result<(String, String), TupleError> {
+        let prefix = self.tag(PUSH_CLEAR).into_bytes();
+        let rest = key.strip_prefix(prefix.as_slice()).ok_or(TupleError::Missing("the expected key prefix"))?;
+        let mut reader = TupleReader::new(rest);
+        let user = reader.str()?;
+        let room = reader.str()?;
+        reader.finish()?;
+        Ok((user, room))
     }
 
     pub fn lease(&self, name: &str) -> Vec<u8> {

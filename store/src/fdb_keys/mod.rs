@@ -33,6 +33,7 @@ pub mod mem;
 mod moderate;
 pub mod ops;
 pub mod options;
+mod push;
 pub mod tuple;
 pub mod values;
 mod webhooks;

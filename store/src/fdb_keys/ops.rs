@@ -46,6 +46,7 @@ use super::limits::{
     TRANSACTION_BYTES_BUDGET,
 };
 use super::moderate;
+use super::push;
 use super::values::{
     decode_u64, encode_marker, encode_u64, AccountValue, BanValue, CodecError, EntryValue, MemberValue,
     MembershipValue, NoteValue, OwnerValue, Pointer, RoomHead, RoomMeta, UserHead,
@@ -54,8 +55,8 @@ use super::webhooks;
 use crate::webhooks::Subscribers;
 use crate::{
     ApiKeyRecord, AppendRequest, Appended, Delivery, DeviceRecord, Epoch, HistoryPage, LogBounds, LogEntry,
-    MembershipLimits, MyRoom, NewRoom, OutboxEvent, PresenceNote, Recipients, RoomRecord, Store, StoreError,
-    StoreResult, UserRecord, WebhookHealth, WebhookRecord,
+    MembershipLimits, MyRoom, NewRoom, OutboxEvent, PresenceNote, PushClear, PushMember, Recipients, RoomRecord, Store,
+    StoreError, StoreResult, UserRecord, WebhookHealth, WebhookRecord,
 };
 
 pub(super) type R<T, X> = TxnResult<T, <X as KvTxn>::Error>;
@@ -932,6 +933,7 @@ async fn commit_entry<X: KvTxn>(
     writes.set(ks.room_log(room, seq), value.encode());
     let entry = value.into_entry(room, seq);
     webhooks::queue_entry(&mut writes, ks, cx.subscribers, &entry);
+    push::queue_entry(&mut writes, ks, &entry, large);
     if request.kind.has_client_id() {
         writes.set(ks.dedup(room, &request.from, &request.id), encode_u64(seq));
     }
@@ -1096,6 +1098,7 @@ async fn mark_read<X: KvTxn>(t: &X, ks: &Keyspace, user: &str, room: &str, seq: 
         membership.read_seq = stored;
         t.set(&key, &membership.encode());
     }
+    push::after_read(t, ks, user, room, stored).await?;
     Ok(stored)
 }
 
@@ -1118,30 +1121,14 @@ async fn set_notifications<X: KvTxn>(
     Ok(())
 }
 
-/// The room's members from one range read of `mem` (keyed by user name, so already in name
-/// order), then their `memof` values, where the read positions live, in one batch of point
-/// reads: three round trips whatever the room's size, and no key outside the room's members.
+/// The room's members with their read positions: `push::members` (one range read of `mem`,
+/// keyed by user name and so already in name order, then one batch of `memof` point reads).
 async fn read_positions<X: KvTxn>(t: &X, ks: &Keyspace, room: &str) -> R<Vec<(String, u64)>, X> {
-    let state = require_room(t, ks, room, &mut WriteSet::new()).await?;
-    let mut users = Vec::new();
-    for (key, _) in t.get_range(&ks.members_range(room), None, false).await? {
-        users.push(ks.member_user(room, &key).map_err(|e| corrupt(&key, e))?);
-    }
+    let members = push::members(t, ks, room).await?;
     // No sort needed: the tuple encoding orders text by its UTF-8 bytes, a name before every
     // name it prefixes, which is `str`'s order (the layout tests check it).
-    debug_assert!(users.windows(2).all(|p| p[0] < p[1]), "room {room} members not in name order");
-    let keys: Vec<Vec<u8>> = users.iter().map(|user| ks.member_of(user, room)).collect();
-    let values = t.get_many(&keys).await?;
-    let mut positions = Vec::with_capacity(users.len());
-    for ((user, key), value) in users.into_iter().zip(&keys).zip(values) {
-        // Both directions of a membership are written and cleared together, so a `mem` key
-        // without its `memof` key is damage, not a member who never read.
-        let membership = decode_at::<X, _>(key, value, MembershipValue::decode)?
-            .ok_or_else(|| corrupt::<X::Error>(key, CodecError::Empty))?;
-        debug_assert!(membership.read_seq <= state.head.last_seq, "read position past the room's last entry");
-        positions.push((user, membership.read_seq));
-    }
-    Ok(positions)
+    debug_assert!(members.windows(2).all(|p| p[0].user < p[1].user), "room {room} members not in name order");
+    Ok(members.into_iter().map(|member| (member.user, member.read_seq)).collect())
 }
 
 // Ownership.
@@ -1452,6 +1439,26 @@ impl<D: KvDb> Store for KvStore<D> {
     async fn mark_read(&self, user: &str, room: &str, seq: u64) -> StoreResult<u64> {
         let ks = &self.keys;
         self.db.transact("mark read", |t, _| async move { mark_read(&t, ks, user, room, seq).await }).await
+    }
+
+    async fn push_members(&self, room: &str) -> StoreResult<Vec<PushMember>> {
+        let ks = &self.keys;
+        self.db.transact("read push members", |t, _| async move { push::members(&t, ks, room).await }).await
+    }
+
+    async fn push_done(&self, room: &str, through: u64, told: &[(String, u64)]) -> StoreResult<()> {
+        let ks = &self.keys;
+        self.db.transact("record pushes", |t, _| async move { push::done(&t, ks, room, through, told).await }).await
+    }
+
+    async fn push_clears(&self, limit: u32) -> StoreResult<Vec<PushClear>> {
+        let ks = &self.keys;
+        self.db.transact("read push clears", |t, _| async move { push::clears(&t, ks, limit).await }).await
+    }
+
+    async fn push_cleared(&self, clears: &[PushClear]) -> StoreResult<()> {
+        let ks = &self.keys;
+        self.db.transact("forget push clears", |t, _| async move { push::cleared(&t, ks, clears).await }).await
     }
 
     async fn read_positions(&self, room: &str) -> StoreResult<Vec<(String, u64)>> {

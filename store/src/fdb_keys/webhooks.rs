@@ -34,8 +34,12 @@ pub(super) async fn all<X: KvTxn>(t: &X, ks: &Keyspace) -> R<Vec<WebhookRecord>,
 pub(super) async fn delete<X: KvTxn>(t: &X, ks: &Keyspace, id: &str) -> R<bool, X> {
     let at = ks.webhook(id);
     let found = t.get(&at).await?.is_some();
-    t.clear(&at);
-    t.clear_range(&ks.outbox_range(id));
+    // Only an endpoint's own outbox: the push queue (`crate::push::QUEUE`) shares the key
+    // family but has no endpoint key, so no id the API is given can clear it.
+    if found {
+        t.clear(&at);
+        t.clear_range(&ks.outbox_range(id));
+    }
     Ok(found)
 }
 

@@ -40,6 +40,9 @@ pub(super) fn delete_account(conn: &Connection, user: &str, ts: u64) -> StoreRes
     for sql in ERASE {
         conn.prepare_cached(sql).and_then(|mut s| s.execute([uid])).ctx("erase account data")?;
     }
+    for sql in super::push::ERASE_USER {
+        conn.prepare_cached(sql).and_then(|mut s| s.execute([user])).ctx("erase push state")?;
+    }
     conn.prepare_cached(MARK_DELETED).and_then(|mut s| s.execute(params![uid, sql_int(ts)])).ctx("delete account")?;
     super::webhooks::queue_user_deleted(conn, user, ts)
 }

@@ -654,7 +654,7 @@ pub(super) fn rooms_of(conn: &Connection, user: &str) -> StoreResult<Vec<MyRoom>
 const SET_NOTIFICATIONS: &str = "UPDATE members SET notify = ?3, notify_muted_until = ?4 \
                                  WHERE rid = ?1 AND uid = ?2";
 
-fn notify_column(row: &Row<'_>, index: usize) -> rusqlite::Result<NotifyLevel> {
+pub(super) fn notify_column(row: &Row<'_>, index: usize) -> rusqlite::Result<NotifyLevel> {
     let text: String = row.get(index)?;
     NotifyLevel::from_name(&text).ok_or_else(|| {
         rusqlite::Error::FromSqlConversionFailure(index, Type::Text, format!("unknown notify level `{text}`").into())
@@ -703,6 +703,7 @@ pub(super) fn append(conn: &Connection, request: &AppendRequest, retention: u64)
     }?;
     if !appended.duplicate {
         webhooks::queue_entry(conn, &appended.delivery.entry)?;
+        super::push::queue_entry(conn, &appended.delivery.entry, in_room_log_only(&room, appended.delivery.entry.seq))?;
     }
     Ok(appended)
 }
@@ -909,6 +910,7 @@ pub(super) fn mark_read(conn: &Connection, user: &str, room: &str, seq: u64) -> 
         .ctx("update read position")?;
     let stored = stored.ok_or_else(|| StoreError::NotMember { room: room.to_owned(), user: user.to_owned() })?;
     debug_assert!(invariants::read_within_room(stored, header.record.last_seq));
+    super::push::after_read(conn, user, room, stored)?;
     Ok(stored)
 }
 

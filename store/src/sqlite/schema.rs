@@ -15,7 +15,7 @@ use super::threads::Context;
 use crate::{StoreError, StoreResult};
 
 /// The schema this build reads and writes, stored in `PRAGMA user_version`.
-pub(super) const SCHEMA_VERSION: i64 = 7;
+pub(super) const SCHEMA_VERSION: i64 = 8;
 
 /// `PRAGMA application_id` of a palaver database ("plvr"), so that pointing `path` at some
 /// other application's SQLite file fails on open instead of growing palaver tables inside it.
@@ -262,6 +262,20 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     ALTER TABLE members ADD COLUMN notify TEXT NOT NULL DEFAULT 'all' CHECK (notify IN ('all', 'mentions', 'none'));
     ALTER TABLE members ADD COLUMN notify_muted_until INTEGER;",
+    // 7 → 8: push notifications. The queue is the webhook outbox under the id `push`;
+    // `push_told` remembers what a push told a user of a room, `push_clears` what a read owes.
+    "CREATE TABLE push_told (
+        user TEXT NOT NULL,
+        room TEXT NOT NULL,
+        seq  INTEGER NOT NULL,
+        PRIMARY KEY (user, room)
+    ) WITHOUT ROWID;
+    CREATE TABLE push_clears (
+        user     TEXT NOT NULL,
+        room     TEXT NOT NULL,
+        read_seq INTEGER NOT NULL,
+        PRIMARY KEY (user, room)
+    ) WITHOUT ROWID;",
 ];
 
 /// Open a connection with palaver's per-connection settings.

@@ -53,8 +53,12 @@ pub(super) fn all(conn: &Connection) -> StoreResult<Vec<WebhookRecord>> {
 }
 
 pub(super) fn delete(conn: &Connection, id: &str) -> StoreResult<bool> {
-    conn.prepare_cached(DELETE_OUTBOX).and_then(|mut s| s.execute([id])).ctx("delete webhook outbox")?;
     let deleted = conn.prepare_cached(DELETE).and_then(|mut s| s.execute([id])).ctx("delete webhook")?;
+    // Only an endpoint's own outbox: the push queue (`crate::push::QUEUE`) shares the table
+    // but has no endpoint row, so no id the API is given can clear it.
+    if deleted > 0 {
+        conn.prepare_cached(DELETE_OUTBOX).and_then(|mut s| s.execute([id])).ctx("delete webhook outbox")?;
+    }
     Ok(deleted > 0)
 }
 
