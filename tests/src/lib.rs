@@ -21,6 +21,8 @@ pub mod otlp;
 
 pub mod presence;
 
+pub mod push_receivers;
+
 pub mod webhooks;
 
 use std::collections::VecDeque;
