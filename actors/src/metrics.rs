@@ -129,6 +129,23 @@ metrics! {
     gauge webhook_endpoints_dead,
     /// 1 while this node holds the webhook delivery lease (one node of a cluster does).
     gauge webhook_delivering,
+    /// Push requests sent from this node to providers, answered or not.
+    counter push_requests_total,
+    /// Of those, the ones the provider accepted.
+    counter push_delivered_total,
+    /// Devices removed because their provider said the token is no longer valid.
+    counter push_devices_removed_total,
+    /// Pushes that failed for good (a request the provider refuses, a provider not configured).
+    counter push_failed_total,
+    /// Pushes to try again (provider down, throttled, timed out).
+    counter push_retries_total,
+    /// Silent clears sent after a read (one per user and room, to all their devices).
+    counter push_clears_sent_total,
+    /// 1 while this node holds the push lease (one node of a cluster sends).
+    gauge push_sending,
+    /// Seconds from a message coming due for push (its commit plus `push.delay_ms`) to a
+    /// provider accepting a notification of it: the worker's lag plus the provider's answer.
+    histogram push_latency_seconds,
 }
 
 /// Upper bounds of every histogram's buckets, in seconds: 100 µs to 10 s in steps of 1-2-5 (and

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use actors::limits::Limits;
 use actors::presence::PresenceSettings;
+use actors::push::PushSettings;
 use actors::webhooks::WebhookSettings;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
@@ -31,6 +32,8 @@ pub struct Config {
     pub presence: PresenceSettings,
     /// Delivering webhook events (endpoints are created through the server API).
     pub webhooks: WebhookSettings,
+    /// Push notifications to users' devices (docs/PUSH.md).
+    pub push: PushSettings,
     pub log: LogSection,
     /// Spans exported over OTLP (off unless an endpoint is set); see `crate::telemetry`.
     pub tracing: TracingSection,
@@ -471,6 +474,7 @@ impl Config {
         }
         self.presence.validate()?;
         self.webhooks.validate()?;
+        self.push.validate()?;
         if let Err((key, message)) = self.tracing.validate() {
             return invalid(key, &message);
         }

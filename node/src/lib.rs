@@ -122,6 +122,7 @@ pub async fn run(config: Config, stop: watch::Receiver<bool>) -> anyhow::Result<
     // both ports only queue connections, so nobody sees a node without its cluster).
     let cluster = cluster::start(&config.cluster, &config.node.name, &hub, config.limits.request_timeout_ms).await?;
     actors::webhooks::start(&hub, config.webhooks.clone());
+    actors::push::start(&hub, config.push.clone()).map_err(|err| anyhow::anyhow!("push: {err}"))?;
     let admin = tokio::spawn(admin::serve(admin_listener, hub.clone(), admin_token, stop.clone()));
     let mut hub_stop = stop.clone();
     let shutdown_hub = hub.clone();

@@ -700,6 +700,10 @@ pub struct NewDevice {
     /// The language notifications are written in, e.g. `en` or `pt-BR`.
     #[serde(default)]
     pub locale: String,
+    /// Whether notifications on this device may show a preview of the message (where the
+    /// server allows previews); without it they say only who wrote in which room.
+    #[serde(default)]
+    pub preview: bool,
 }
 
 /// A registered device, as `list_devices` shows it: the token itself is not repeated (it is a
@@ -714,6 +718,9 @@ pub struct DeviceInfo {
     pub locale: String,
     /// The last characters of the token or endpoint, to tell devices apart.
     pub hint: String,
+    /// Whether its notifications may show a preview of the message.
+    #[serde(default)]
+    pub preview: bool,
     /// When it was registered first, ms since the Unix epoch.
     pub created_at: u64,
 }

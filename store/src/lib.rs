@@ -88,6 +88,9 @@ pub struct DeviceRecord {
     pub p256dh: String,
     pub auth: String,
     pub created_ms: u64,
+    /// Whether its notifications may show a preview of the message (where `push.previews`
+    /// allows them): the user's choice for this device.
+    pub preview: bool,
 }
 
 /// The presence status text a user set last, and when (ms since the Unix epoch). Kept so the

@@ -23,7 +23,7 @@
 //! | `members`   | (`rid`, `uid`), WITHOUT ROWID; (`uid`, `rid`) | `joined_seq`, `read_seq`             |
 //! | `entries`   | `eid` (rowid); unique (`rid`, `seq`); unique (`rid`, `sender`, `id`) where text | room logs |
 //! | `presence_notes` | `uid` (rowid)                          | the status text a user set last, `set_ms` |
-//! | `devices`   | (`uid`, `id`), WITHOUT ROWID                | devices for push notifications: platform, app, locale, token or Web Push endpoint and keys |
+//! | `devices`   | (`uid`, `id`), WITHOUT ROWID                | devices for push notifications: platform, app, locale, token or Web Push endpoint and keys, whether previews may show |
 //! | `api_keys`  | `id`, WITHOUT ROWID                         | server API keys: name, scopes, the secret's SHA-256, created, revoked |
 //! | `webhooks`  | `id`, WITHOUT ROWID                         | webhook endpoints: URL, subscribed events (a mask), signing secret, health |
 //! | `webhook_outbox` | (`hook`, `stream`, `seq`), WITHOUT ROWID | events an endpoint has not acknowledged: a pointer to the room entry and its event type |

@@ -60,13 +60,14 @@ fn info(record: &DeviceRecord) -> DeviceInfo {
         app: record.app.clone(),
         locale: record.locale.clone(),
         hint,
+        preview: record.preview,
         created_at: record.created_ms,
     }
 }
 
 /// The device to store, or what is wrong with it (naming the field).
 pub fn checked(device: NewDevice) -> Result<DeviceRecord, String> {
-    let NewDevice { platform, token, subscription, app, locale } = device;
+    let NewDevice { platform, token, subscription, app, locale, preview } = device;
     if locale.len() > 35 || !locale.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
         return Err("`locale` is a language tag like `en` or `pt-BR` (at most 35 of A-Z a-z 0-9 - _)".into());
     }
@@ -105,7 +106,7 @@ pub fn checked(device: NewDevice) -> Result<DeviceRecord, String> {
     }
     let digest = Sha256::digest(format!("{}\n{token}", platform.name()).as_bytes());
     let id: String = digest[..8].iter().map(|byte| format!("{byte:02x}")).collect();
-    Ok(DeviceRecord { id, platform, app, locale, token, p256dh, auth, created_ms: now_ms() })
+    Ok(DeviceRecord { id, platform, app, locale, token, p256dh, auth, created_ms: now_ms(), preview })
 }
 
 fn check_token(platform: Platform, token: &str, app: &str) -> Result<(), String> {
@@ -166,6 +167,7 @@ mod tests {
             subscription: None,
             app: "my-chat".into(),
             locale: "en".into(),
+            preview: false,
         }
     }
 

@@ -28,6 +28,7 @@ use serde_json::{json, Value};
 use tracing::{debug, info, warn};
 
 use crate::hub::Hub;
+use crate::lease::Lease;
 use crate::limits::InvalidSetting;
 use crate::metrics::Metrics;
 use crate::names::now_ms;
@@ -219,11 +220,10 @@ pub fn start(hub: &Arc<Hub>, settings: WebhookSettings) {
     };
     let deliverer = Arc::new(Deliverer {
         hub: hub.clone(),
+        lease: Lease::new(LEASE, settings.lease_ms),
         settings,
         client,
         paused_until: Mutex::new(HashMap::new()),
-        lease_valid_until: Mutex::new(None),
-        lease_retry_at: Mutex::new(None),
     });
     spawn_restarting("webhooks: deliverer", move || {
         let deliverer = deliverer.clone();
@@ -238,11 +238,8 @@ struct Deliverer {
     client: reqwest::Client,
     /// Endpoints in backoff after a failure, until when.
     paused_until: Mutex<HashMap<String, Instant>>,
-    /// Until when this node may send under its lease (half the lease, so a slow clock or a
-    /// slow renewal cannot overlap another node's).
-    lease_valid_until: Mutex<Option<Instant>>,
-    /// When to ask for the lease again after finding it held by another node.
-    lease_retry_at: Mutex<Option<Instant>>,
+    /// The store lease that makes this node the one delivering.
+    lease: Lease,
 }
 
 /// Where a stream's delivery stopped: after `delivered` events, because of `error`.
@@ -300,29 +297,9 @@ impl Deliverer {
         Ok(busy)
     }
 
-    /// Take or renew the lease when less than half of it is left; whether this node holds it.
+    /// Whether this node holds the delivery lease (taking or renewing it as needed).
     async fn hold_lease(&self) -> StoreResult<bool> {
-        if self.lease_valid_until.lock().is_some_and(|until| Instant::now() < until) {
-            return Ok(true);
-        }
-        // Another node holds it: ask again a quarter of a lease later, not at every poll (a
-        // write transaction each time, on every node).
-        if self.lease_retry_at.lock().is_some_and(|at| Instant::now() < at) {
-            return Ok(false);
-        }
-        let taken_at = Instant::now();
-        let held = self.hub.store.take_lease(LEASE, &self.hub.node, now_ms(), self.settings.lease_ms).await?;
-        let was = self.lease_valid_until.lock().is_some();
-        *self.lease_valid_until.lock() = held.then(|| taken_at + Duration::from_millis(self.settings.lease_ms / 2));
-        *self.lease_retry_at.lock() = (!held).then(|| taken_at + Duration::from_millis(self.settings.lease_ms / 4));
-        if held != was {
-            info!(
-                node = self.hub.node,
-                delivering = held,
-                "webhooks: delivery lease {}",
-                if held { "taken" } else { "lost" }
-            );
-        }
+        let held = self.lease.hold(self.hub.store.as_ref(), &self.hub.node).await?;
         Metrics::set(&self.hub.metrics.webhook_delivering, i64::from(held));
         Ok(held)
     }

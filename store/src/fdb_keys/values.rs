@@ -945,6 +945,7 @@ pub fn encode_device(device: &DeviceRecord) -> Vec<u8> {
         .str(&device.p256dh)
         .str(&device.auth)
         .uint(device.created_ms)
+        .boolean(device.preview)
         .into_bytes()
 }
 
@@ -962,5 +963,7 @@ pub fn decode_device(id: String, bytes: &[u8]) -> Result<DeviceRecord, CodecErro
         p256dh: r.str()?,
         auth: r.str()?,
         created_ms: r.uint()?,
+        // Added later: devices registered before it show no previews.
+        preview: if r.is_empty() { false } else { r.boolean()? },
     })
 }

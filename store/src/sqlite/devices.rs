@@ -11,11 +11,12 @@ use crate::{DeviceRecord, StoreError, StoreResult};
 
 const CREATED: &str = "SELECT created_ms FROM devices WHERE uid = ?1 AND id = ?2";
 const COUNT: &str = "SELECT count(*) FROM devices WHERE uid = ?1";
-const UPSERT: &str = "INSERT INTO devices (uid, id, platform, app, locale, token, p256dh, auth, created_ms) \
-                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+const UPSERT: &str = "INSERT INTO devices (uid, id, platform, app, locale, token, p256dh, auth, created_ms, preview) \
+                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
                       ON CONFLICT (uid, id) DO UPDATE SET platform = excluded.platform, app = excluded.app, \
-                      locale = excluded.locale, token = excluded.token, p256dh = excluded.p256dh, auth = excluded.auth";
-const OF_USER: &str = "SELECT id, platform, app, locale, token, p256dh, auth, created_ms FROM devices \
+                      locale = excluded.locale, token = excluded.token, p256dh = excluded.p256dh, auth = excluded.auth, \
+                      preview = excluded.preview";
+const OF_USER: &str = "SELECT id, platform, app, locale, token, p256dh, auth, created_ms, preview FROM devices \
                        WHERE uid = ?1 ORDER BY created_ms, id";
 const REMOVE: &str = "DELETE FROM devices WHERE uid = ?1 AND id = ?2";
 
@@ -44,7 +45,8 @@ pub(super) fn put(conn: &Connection, user: &str, device: &DeviceRecord, max: u32
                 device.token,
                 device.p256dh,
                 device.auth,
-                sql_int(created_ms)
+                sql_int(created_ms),
+                device.preview
             ])
         })
         .ctx("store device")?;
@@ -76,5 +78,6 @@ fn record(row: &Row<'_>) -> rusqlite::Result<DeviceRecord> {
         p256dh: row.get(5)?,
         auth: row.get(6)?,
         created_ms: row.get::<_, i64>(7)?.max(0) as u64,
+        preview: row.get(8)?,
     })
 }

@@ -275,7 +275,8 @@ const MIGRATIONS: &[&str] = &[
         room     TEXT NOT NULL,
         read_seq INTEGER NOT NULL,
         PRIMARY KEY (user, room)
-    ) WITHOUT ROWID;",
+    ) WITHOUT ROWID;
+    ALTER TABLE devices ADD COLUMN preview INTEGER NOT NULL DEFAULT 0 CHECK (preview IN (0, 1));",
 ];
 
 /// Open a connection with palaver's per-connection settings.
