@@ -106,13 +106,28 @@ pub(super) struct WebPush {
     ttl_secs: u64,
 }
 
+/// The VAPID key pair from `vapid_key_file`, with its public key in base64url (an uncompressed
+/// point): the `k=` of every request, and what browsers subscribe with.
+fn load_key(settings: &WebPushSettings) -> Result<(SigningKey, String), String> {
+    const KEY: &str = "push.webpush.vapid_key_file";
+    let pem = read_file(KEY, &settings.vapid_key_file)?;
+    let key = SigningKey::p256_from_pem(&pem).map_err(|err| format!("{KEY}: {}: {err}", settings.vapid_key_file))?;
+    let public_key = URL_SAFE_NO_PAD.encode(key.public_point().unwrap_or_default());
+    Ok((key, public_key))
+}
+
+/// The VAPID public key the web client subscribes with, if Web Push is configured (every node
+/// serves it, whether or not it is the one sending).
+pub fn public_key_of(settings: &WebPushSettings) -> Result<Option<String>, String> {
+    if settings.vapid_key_file.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(load_key(settings)?.1))
+}
+
 impl WebPush {
     pub(super) fn new(settings: &WebPushSettings, http: reqwest::Client) -> Result<WebPush, String> {
-        const KEY: &str = "push.webpush.vapid_key_file";
-        let pem = read_file(KEY, &settings.vapid_key_file)?;
-        let key =
-            SigningKey::p256_from_pem(&pem).map_err(|err| format!("{KEY}: {}: {err}", settings.vapid_key_file))?;
-        let public_key = URL_SAFE_NO_PAD.encode(key.public_point().unwrap_or_default());
+        let (key, public_key) = load_key(settings)?;
         Ok(WebPush { http, key, public_key, subject: settings.subject.clone(), ttl_secs: settings.ttl_secs })
     }
 
