@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure};
 use protocol::{NewDevice, Platform};
 use serde_json::{json, Value};
+use tests::cluster::{Cluster, ClusterOptions};
 use tests::push_receivers::webhook::Webhook;
 use tests::push_receivers::Receiver;
 use tests::{Client, ClientFrame, Encoding, Node, NodeOptions, ServerFrame, TestStore};
@@ -279,5 +280,69 @@ async fn a_push_queued_on_a_node_killed_before_sending_is_sent_by_another() -> a
     ensure!(got_all.len() == 1, "pushed once by the node that took over: {got_all:?}");
     ensure!(got[0]["count"] == 5 && got[0]["room"] == room, "collapsed into one: {got:?}");
     drop(second);
+    Ok(())
+}
+
+/// Whether node `node` holds the push lease (`palaver_push_sending` 1).
+async fn sending(node: &Node) -> anyhow::Result<bool> {
+    let (status, body) = node.admin_get("/metrics").await?;
+    ensure!(status == 200, "metrics: {status}");
+    Ok(body.lines().any(|line| line == "palaver_push_sending 1"))
+}
+
+/// A cluster: the recipient's devices registered on one node, the message sent on another, the
+/// room owned by a third; a member online on any node is not pushed; and the node holding the
+/// push lease killed -9 after the commit, before the push: another node takes the queue over
+/// and the push arrives once.
+#[tokio::test]
+async fn in_a_cluster_the_push_survives_the_sending_node_and_presence_is_cluster_wide() -> anyhow::Result<()> {
+    let gateway = Receiver::<Webhook>::start(SECRET).await?;
+    let env = options(&gateway).env.into_iter().chain([
+        ("PUSH__DELAY_MS".to_string(), "3000".to_string()),
+        ("PUSH__LEASE_MS".to_string(), "2000".to_string()),
+        ("ADMIN__TOKEN".to_string(), "admin-token-for-the-push-tests-0123".to_string()),
+    ]);
+    let options = ClusterOptions { env: env.collect(), ..ClusterOptions::default() };
+    let mut cluster = Cluster::start_with(3, options).await?;
+    let (mut alice, _) = Client::user(cluster.node(1), Encoding::Json, "alice").await?;
+    let (mut bob, _) = Client::user(cluster.node(0), Encoding::Json, "bob").await?;
+    let (mut carol, _) = Client::user(cluster.node(0), Encoding::Json, "carol").await?;
+    let room = cluster.room_owned_by(&mut alice, 2).await?;
+    bob.join(&room).await?;
+    carol.join(&room).await?;
+    register(&mut bob, &gateway, "bob-phone", false).await?;
+    register(&mut carol, &gateway, "carol-phone", false).await?;
+    go_offline(bob).await?;
+
+    // Wait until one node holds the lease, then write and kill that node before the delay.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let holder = loop {
+        let mut holder = None;
+        for index in 0..3 {
+            if sending(cluster.node(index)).await? {
+                holder = Some(index);
+            }
+        }
+        if let Some(index) = holder {
+            break index;
+        }
+        ensure!(Instant::now() < deadline, "no node took the push lease");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // The writer must survive the kill: alice is on node 1, so move her if that is the holder.
+    if holder == 1 {
+        alice = Client::user(cluster.node(2), Encoding::Json, "alice2").await?.0;
+        alice.join(&room).await?;
+    }
+    let (_, duplicate) = alice.say(&room, "m1", "hello from another node").await?;
+    ensure!(!duplicate, "a fresh message");
+    cluster.kill(holder).await?;
+    let got = wait_for(&gateway, "bob-phone", 1, Duration::from_secs(20)).await?;
+    past_the_delay().await;
+    let got_all = notifications(&gateway, "bob-phone");
+    ensure!(got_all.len() == 1, "once, from the node that took over: {got_all:?}\n{}", cluster.logs());
+    ensure!(got[0]["room"] == room && got[0]["count"] == 1, "{got:?}");
+    ensure!(notifications(&gateway, "carol-phone").is_empty(), "carol is online on another node than the sender's");
+    drop(carol);
     Ok(())
 }
