@@ -51,6 +51,9 @@ fn invalid_values_are_named() {
         ("[tracing]\nsample_percent = 101\n", "tracing.sample_percent"),
         ("[webhooks]\nbatch_max = 0\n", "webhooks.batch_max"),
         ("[webhooks]\nlease_ms = 100\n", "webhooks.lease_ms"),
+        ("[push]\nlease_ms = 100\n", "push.lease_ms"),
+        ("[push.webhook]\nurl_prefixes = [\"https://gw.internal\"]\n", "push.webhook.url_prefixes"),
+        ("[push.webpush]\nsubject = \"admin\"\n", "push.webpush.subject"),
         ("[limits]\nreaction_flush_ms = 0\n", "limits.reaction_flush_ms"),
     ];
     for (toml, key) in cases {
@@ -83,6 +86,14 @@ fn an_admin_token_in_the_file_is_refused() {
     let err = Config::load(Some(file.path())).unwrap_err().to_string();
     assert!(err.starts_with("admin.token: is a secret"), "{err}");
     assert!(err.contains("PALAVER_ADMIN__TOKEN"), "{err}");
+}
+
+#[test]
+fn a_push_gateway_secret_in_the_file_is_refused() {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    writeln!(file, "[push.webhook]\nsecret = \"gateway-key\"\nurl_prefixes = [\"https://gw.internal/\"]").unwrap();
+    let err = Config::load(Some(file.path())).unwrap_err().to_string();
+    assert!(err.starts_with("push.webhook.secret: is a secret"), "{err}");
 }
 
 #[test]
