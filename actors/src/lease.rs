@@ -4,11 +4,13 @@
 //! done twice around a takeover (the store's clocks are the nodes'), so it is only used for
 //! work that is at least once anyway.
 
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use tracing::info;
+use tracing::{debug, info};
 
+use crate::hub::Hub;
 use crate::names::now_ms;
 use crate::store::{Store, StoreResult};
 
@@ -47,5 +49,34 @@ impl Lease {
             info!(node, lease = self.name, held, "{} lease {}", self.name, if held { "taken" } else { "lost" });
         }
         Ok(held)
+    }
+}
+
+/// Run `pass` until the hub shuts down: again at once after a pass that did something (it
+/// returned `true`: there may be more), after `poll` otherwise. A failed pass (the store) is
+/// logged and tried again at the next poll.
+pub async fn run_passes<F, Fut>(hub: &Hub, poll: Duration, what: &'static str, mut pass: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = StoreResult<bool>>,
+{
+    let mut shutdown = hub.shutdown_signal();
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let busy = match pass().await {
+            Ok(busy) => busy,
+            Err(err) => {
+                debug!(%err, "{what}: pass failed; trying again");
+                false
+            }
+        };
+        if !busy {
+            tokio::select! {
+                _ = tokio::time::sleep(poll) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
     }
 }

@@ -160,6 +160,12 @@ pub fn human(value: f64) -> String {
     }
 }
 
+/// A process's CPU time (`ticks` of 10 ms, see [`cpu_ticks`]) over `elapsed`, in percent of one
+/// core: near 100 for the benchmark's own process means it may be what limits the figure.
+pub fn busy_percent(ticks: u64, elapsed: std::time::Duration) -> f64 {
+    ticks as f64 / elapsed.as_secs_f64().max(1e-9)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -511,8 +511,7 @@ fn check_no_secrets_in_file(file: &Path) -> Result<(), ConfigError> {
         return Err(ConfigError::invalid("auth.token_key", &message));
     }
     if value.get("push").and_then(|push| push.get("webhook")).and_then(|hook| hook.get("secret")).is_some() {
-        let message =
-            format!("is a secret and must not be in {}; set PALAVER_PUSH__WEBHOOK__SECRET", file.display());
+        let message = format!("is a secret and must not be in {}; set PALAVER_PUSH__WEBHOOK__SECRET", file.display());
         return Err(ConfigError::invalid("push.webhook.secret", &message));
     }
     // The cluster cookie and the admin token are secrets too.

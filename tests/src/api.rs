@@ -69,3 +69,17 @@ pub async fn raw(addr: SocketAddr, request: &[u8]) -> anyhow::Result<Answer> {
         .collect();
     Ok(Answer { status, headers, body: serde_json::from_str(body).unwrap_or(Value::Null) })
 }
+
+/// [`call`] that must answer `status`; the answer's body.
+pub async fn expect(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    bearer: &str,
+    body: Option<Value>,
+    status: u16,
+) -> anyhow::Result<Value> {
+    let answer = call(addr, method, path, Some(bearer), body.as_ref()).await?;
+    anyhow::ensure!(answer.status == status, "{method} {path}: {answer:?}");
+    Ok(answer.body)
+}

@@ -14,14 +14,14 @@ use std::time::{Duration, Instant};
 use futures_util::stream::{self, StreamExt};
 use parking_lot::Mutex;
 use protocol::{Entry, RoomKind};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use super::notification::{Notification, NotificationKind};
 use super::providers::{Outcome, Providers};
 use super::rule;
 use super::PushSettings;
 use crate::hub::Hub;
-use crate::lease::Lease;
+use crate::lease::{run_passes, Lease};
 use crate::metrics::Metrics;
 use crate::names::now_ms;
 use crate::store::{DeviceRecord, HistoryPage, OutboxEvent, PushClear, RoomRecord, StoreResult};
@@ -88,26 +88,8 @@ struct Worker {
 
 impl Worker {
     async fn run(self: Arc<Self>) {
-        let mut shutdown = self.hub.shutdown_signal();
         let poll = Duration::from_millis(self.settings.poll_ms);
-        loop {
-            if *shutdown.borrow() {
-                return;
-            }
-            let busy = match self.pass().await {
-                Ok(busy) => busy,
-                Err(err) => {
-                    debug!(%err, "push: pass failed; trying again");
-                    false
-                }
-            };
-            if !busy {
-                tokio::select! {
-                    _ = tokio::time::sleep(poll) => {}
-                    _ = shutdown.changed() => {}
-                }
-            }
-        }
+        run_passes(&self.hub, poll, "push", || self.pass()).await;
     }
 
     /// One look at the queue and the clears; whether anything was done (then look again at once).

@@ -25,10 +25,10 @@ use futures_util::stream::{self, StreamExt};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::hub::Hub;
-use crate::lease::Lease;
+use crate::lease::{run_passes, Lease};
 use crate::limits::InvalidSetting;
 use crate::metrics::Metrics;
 use crate::names::now_ms;
@@ -258,26 +258,8 @@ enum Outcome {
 
 impl Deliverer {
     async fn run(self: Arc<Self>) {
-        let mut shutdown = self.hub.shutdown_signal();
         let poll = Duration::from_millis(self.settings.poll_ms);
-        loop {
-            if *shutdown.borrow() {
-                return;
-            }
-            let busy = match self.pass().await {
-                Ok(busy) => busy,
-                Err(err) => {
-                    debug!(%err, "webhooks: pass failed; trying again");
-                    false
-                }
-            };
-            if !busy {
-                tokio::select! {
-                    _ = tokio::time::sleep(poll) => {}
-                    _ = shutdown.changed() => {}
-                }
-            }
-        }
+        run_passes(&self.hub, poll, "webhooks", || self.pass()).await;
     }
 
     /// One look at every live endpoint; whether anything was delivered (then look again at once).

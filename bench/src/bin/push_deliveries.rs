@@ -25,10 +25,10 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
-use bench::{cpu_ticks, new_histogram, rss_kib};
+use bench::{busy_percent, cpu_ticks, new_histogram, rss_kib};
 use protocol::{NewDevice, Platform};
-use serde_json::{json, Value};
-use tests::api::call;
+use serde_json::json;
+use tests::api::{call, expect};
 use tests::push_receivers::webhook::Webhook;
 use tests::push_receivers::Receiver;
 use tests::{Client, ClientFrame, Encoding, Node, NodeOptions, ServerFrame, TestStore};
@@ -60,28 +60,15 @@ fn options() -> anyhow::Result<Options> {
     Ok(options)
 }
 
-async fn expect(
-    node: &Node,
-    method: &str,
-    path: &str,
-    bearer: &str,
-    body: Option<Value>,
-    status: u16,
-) -> anyhow::Result<Value> {
-    let answer = call(node.admin, method, path, Some(bearer), body.as_ref()).await?;
-    ensure!(answer.status == status, "{method} {path}: {answer:?}");
-    Ok(answer.body)
-}
-
 /// Provision user `n`, make them a member of their room, register their gateway device with a
 /// connection of theirs, and close it.
 async fn set_up_user(node: &Node, key: &str, room: &str, n: usize, device_url: String) -> anyhow::Result<()> {
     let user = format!("u{n}");
-    expect(node, "POST", "/api/v1/users", key, Some(json!({ "name": user })), 201).await?;
+    expect(node.admin, "POST", "/api/v1/users", key, Some(json!({ "name": user })), 201).await?;
     let path = format!("/api/v1/rooms/{room}/members/{user}?as={user}");
     let answer = call(node.admin, "PUT", &path, Some(key), None).await?;
     ensure!(answer.status / 100 == 2, "join: {answer:?}");
-    let token = expect(node, "POST", &format!("/api/v1/users/{user}/tokens"), key, None, 201).await?;
+    let token = expect(node.admin, "POST", &format!("/api/v1/users/{user}/tokens"), key, None, 201).await?;
     let token = token["token"].as_str().context("no token")?.to_string();
     let mut client = Client::connect(node, Encoding::Json).await?;
     client.authenticate(&token, None).await?;
@@ -112,7 +99,7 @@ async fn post_round(
     for room in rooms {
         let path = format!("/api/v1/rooms/{room}/messages?as=bot");
         let body = json!({ "id": format!("{tag}-{room}"), "body": "a message of about a hundred bytes, as the fan-out benchmarks send, for a push" });
-        let ack = expect(node, "POST", &path, key, Some(body), 201).await?;
+        let ack = expect(node.admin, "POST", &path, key, Some(body), 201).await?;
         committed.insert((room.clone(), ack["seq"].as_u64().context("seq")?), ack["ts"].as_u64().context("ts")?);
     }
     Ok(committed)
@@ -156,13 +143,13 @@ async fn main() -> anyhow::Result<()> {
     };
     let queuing = Node::start(node_options("queuing", false)).await?;
     let scopes = json!({ "name": "bench", "scopes": ["users", "rooms", "messages"] });
-    let minted = expect(&queuing, "POST", "/api/v1/keys", ADMIN_TOKEN, Some(scopes), 201).await?;
+    let minted = expect(queuing.admin, "POST", "/api/v1/keys", ADMIN_TOKEN, Some(scopes), 201).await?;
     let key = minted["key"].as_str().context("no key")?.to_string();
-    expect(&queuing, "POST", "/api/v1/users", &key, Some(json!({"name": "bot"})), 201).await?;
+    expect(queuing.admin, "POST", "/api/v1/users", &key, Some(json!({"name": "bot"})), 201).await?;
     let mut rooms = Vec::new();
     for i in 0..options.rooms {
         let room =
-            expect(&queuing, "POST", "/api/v1/rooms?as=bot", &key, Some(json!({ "name": format!("r{i}") })), 201)
+            expect(queuing.admin, "POST", "/api/v1/rooms?as=bot", &key, Some(json!({ "name": format!("r{i}") })), 201)
                 .await?;
         rooms.push(room["id"].as_str().context("no room id")?.to_string());
     }
@@ -219,7 +206,7 @@ async fn main() -> anyhow::Result<()> {
         ticks as f64 * 10_000.0 / options.users as f64,
         rss_idle / 1024,
         peak / 1024,
-        busy(mine, elapsed),
+        busy_percent(mine, elapsed),
     );
 
     // Live: one message per room on the sending node, a room every 20 ms.
@@ -245,15 +232,9 @@ async fn main() -> anyhow::Result<()> {
         options.users as f64 / elapsed.as_secs_f64(),
         ticks as f64 * 10_000.0 / options.users as f64,
         peak / 1024,
-        busy(mine, elapsed),
+        busy_percent(mine, elapsed),
         lags.value_at_quantile(0.5),
         lags.value_at_quantile(0.99),
     );
     Ok(())
-}
-
-/// This program's CPU time over `elapsed`, in percent of one core: near 100 means the gateway
-/// may be what limits the figure, not the node.
-fn busy(ticks: u64, elapsed: Duration) -> f64 {
-    ticks as f64 / elapsed.as_secs_f64().max(1e-9)
 }

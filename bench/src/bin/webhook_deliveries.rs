@@ -21,9 +21,9 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
-use bench::{cpu_ticks, new_histogram};
-use serde_json::{json, Value};
-use tests::api::call;
+use bench::{busy_percent, cpu_ticks, new_histogram};
+use serde_json::json;
+use tests::api::{call, expect};
 use tests::webhooks::Receiver;
 use tests::{Node, NodeOptions};
 
@@ -47,19 +47,6 @@ fn options() -> anyhow::Result<Options> {
         }
     }
     Ok(options)
-}
-
-async fn expect(
-    node: &Node,
-    method: &str,
-    path: &str,
-    bearer: &str,
-    body: Option<Value>,
-    status: u16,
-) -> anyhow::Result<Value> {
-    let answer = call(node.admin, method, path, Some(bearer), body.as_ref()).await?;
-    ensure!(answer.status == status, "{method} {path}: {answer:?}");
-    Ok(answer.body)
 }
 
 /// Post `count` messages spread over `rooms`, from `CALLERS` callers at once.
@@ -106,18 +93,19 @@ async fn main() -> anyhow::Result<()> {
         .output()
         .is_ok_and(|out| out.status.success());
     let scopes = json!({ "name": "bench", "scopes": ["users", "rooms", "messages", "webhooks"] });
-    let minted = expect(&node, "POST", "/api/v1/keys", ADMIN_TOKEN, Some(scopes), 201).await?;
+    let minted = expect(node.admin, "POST", "/api/v1/keys", ADMIN_TOKEN, Some(scopes), 201).await?;
     let key = minted["key"].as_str().context("no key")?.to_string();
-    expect(&node, "POST", "/api/v1/users", &key, Some(json!({"name": "bot"})), 201).await?;
+    expect(node.admin, "POST", "/api/v1/users", &key, Some(json!({"name": "bot"})), 201).await?;
     let mut rooms = Vec::new();
     for i in 0..options.rooms {
         let room =
-            expect(&node, "POST", "/api/v1/rooms?as=bot", &key, Some(json!({ "name": format!("r{i}") })), 201).await?;
+            expect(node.admin, "POST", "/api/v1/rooms?as=bot", &key, Some(json!({ "name": format!("r{i}") })), 201)
+                .await?;
         rooms.push(room["id"].as_str().context("no room id")?.to_string());
     }
     let mut receiver = Receiver::start().await?;
     let hook = json!({ "url": receiver.url(), "events": ["message.posted"] });
-    let created = expect(&node, "POST", "/api/v1/webhooks", &key, Some(hook), 201).await?;
+    let created = expect(node.admin, "POST", "/api/v1/webhooks", &key, Some(hook), 201).await?;
     receiver.set_secret(created["secret"].as_str().context("no secret")?).await;
     receiver.count_only().await;
     println!(
@@ -151,7 +139,7 @@ async fn main() -> anyhow::Result<()> {
         "| drain | {:.0} | {requests} | {:.1} µs | {:.0} % | | |",
         events as f64 / elapsed.as_secs_f64(),
         ticks as f64 * 10_000.0 / events as f64,
-        busy(mine, elapsed),
+        busy_percent(mine, elapsed),
     );
 
     // Live: posts and deliveries at once.
@@ -179,16 +167,9 @@ async fn main() -> anyhow::Result<()> {
         events as f64 / elapsed.as_secs_f64(),
         seen.requests,
         ticks as f64 * 10_000.0 / events as f64,
-        busy(mine, elapsed),
+        busy_percent(mine, elapsed),
         lags.value_at_quantile(0.5),
         lags.value_at_quantile(0.99),
     );
     Ok(())
-}
-
-/// This program's CPU time over `elapsed`, in percent of one core: near 100 means the receiver
-/// (and the posting callers) may be what limits the figure, not the node.
-fn busy(ticks: u64, elapsed: Duration) -> f64 {
-    // A tick is 10 ms: ticks per second of wall time is percent of one core.
-    ticks as f64 / elapsed.as_secs_f64().max(1e-9)
 }
