@@ -346,3 +346,33 @@ async fn in_a_cluster_the_push_survives_the_sending_node_and_presence_is_cluster
     drop(carol);
     Ok(())
 }
+
+/// A node with no provider configured does no push work, and its queue does not grow: every
+/// queued message is dropped unsent (SQLite: the queue's rows are read from the file).
+#[tokio::test]
+async fn without_a_provider_the_queue_is_emptied_unsent() -> anyhow::Result<()> {
+    if !matches!(TestStore::from_env(), TestStore::Sqlite) {
+        tests::say_skipped("without_a_provider_the_queue_is_emptied_unsent", "reads the SQLite file");
+        return Ok(());
+    }
+    let node = Node::start(NodeOptions::default().env("PUSH__POLL_MS", 50)).await?;
+    let (mut alice, _) = Client::user(&node, Encoding::Json, "alice").await?;
+    let (mut bob, _) = Client::user(&node, Encoding::Json, "bob").await?;
+    let room = alice.create_room("r").await?;
+    bob.join(&room).await?;
+    drop(bob);
+    for i in 0..3 {
+        alice.say(&room, &format!("m{i}"), "x").await?;
+    }
+    let db = rusqlite::Connection::open(node.data_dir.join("palaver.db"))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let queued: i64 =
+            db.query_row("SELECT count(*) FROM webhook_outbox WHERE hook = 'push'", [], |row| row.get(0))?;
+        if queued == 0 {
+            return Ok(());
+        }
+        ensure!(Instant::now() < deadline, "{queued} messages stay queued for push with no provider");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::stream::{self, StreamExt};
 use parking_lot::Mutex;
-use protocol::{Entry, RoomKind};
+use protocol::{Entry, Platform, RoomKind};
 use tracing::{info, warn};
 
 use super::notification::{Notification, NotificationKind};
@@ -43,7 +43,12 @@ pub fn start(hub: &Arc<Hub>, settings: PushSettings) -> Result<(), String> {
         return Ok(());
     }
     let providers = Providers::new(&settings.providers(), Duration::from_millis(settings.timeout_ms))?;
+    let any_provider = Platform::ALL.into_iter().any(|platform| providers.is_configured(platform));
+    if !any_provider {
+        info!("push: no provider is configured ([push.fcm], [push.apns], [push.webpush], [push.webhook]); queued messages are dropped unsent");
+    }
     let worker = Arc::new(Worker {
+        any_provider,
         hub: hub.clone(),
         lease: Lease::new(LEASE, settings.lease_ms),
         settings,
@@ -78,6 +83,8 @@ struct Worker {
     hub: Arc<Hub>,
     settings: PushSettings,
     providers: Providers,
+    /// Whether any platform is configured on this node; if none, the queue is only emptied.
+    any_provider: bool,
     lease: Lease,
     /// Rooms in backoff.
     paused: Mutex<HashMap<String, Paused>>,
@@ -139,6 +146,11 @@ impl Worker {
     /// Push what is due of `room`'s queued entries `seqs`; whether any row was done.
     async fn room(&self, room: String, seqs: Vec<u64>) -> StoreResult<bool> {
         let (room, seqs) = (room.as_str(), seqs.as_slice());
+        if !self.any_provider {
+            // Nothing could be sent: keep the queue from growing, and read nothing for it.
+            self.hub.store.push_done(room, seqs[seqs.len() - 1], &[]).await?;
+            return Ok(true);
+        }
         if self.is_paused(room) {
             return Ok(false);
         }
