@@ -123,6 +123,9 @@ pub async fn run(config: Config, stop: watch::Receiver<bool>) -> anyhow::Result<
     let cluster = cluster::start(&config.cluster, &config.node.name, &hub, config.limits.request_timeout_ms).await?;
     actors::webhooks::start(&hub, config.webhooks.clone());
     actors::push::start(&hub, config.push.clone()).map_err(|err| anyhow::anyhow!("push: {err}"))?;
+    // The key browsers subscribe with: every node's page offers it, sending or not.
+    let vapid_public_key = actors::push::providers::webpush::public_key_of(&config.push.webpush)
+        .map_err(|err| anyhow::anyhow!("push: {err}"))?;
     let admin = tokio::spawn(admin::serve(admin_listener, hub.clone(), admin_token, stop.clone()));
     let mut hub_stop = stop.clone();
     let shutdown_hub = hub.clone();
@@ -140,7 +143,7 @@ pub async fn run(config: Config, stop: watch::Receiver<bool>) -> anyhow::Result<
     let port = http::ClientPort {
         tls: client_tls,
         origins: origin::AllowedOrigins::new(&config.client.allowed_origins),
-        web: web::WebClient::new(&config.client.web_nodes),
+        web: web::WebClient::new(&config.client.web_nodes, vapid_public_key.as_deref()),
     };
     http::serve(listener, hub, port, stop, Duration::from_millis(config.node.drain_timeout_ms)).await;
     let _ = admin.await;

@@ -44,6 +44,9 @@
 //   mute, the settings) is remembered with its seq and wins over a room list as of an earlier
 //   seq; other members' roles come from `list_members` (as of the newest entry seen) and the
 //   entries after it. Whatever the page offers, the node decides, and a refusal is shown.
+// - Push notifications: "Notifications on this browser" registers the browser's Web Push
+//   subscription with the node as a `webpush` device; the service worker (/sw.js) shows and
+//   clears the notifications, and a click opens the room. See "Push notifications".
 // - Text from the network only ever reaches the page through `textContent`.
 'use strict';
 
@@ -151,6 +154,7 @@
     outbox: (user) => `palaver.outbox.${user}`,
     room: (user) => `palaver.room.${user}`,
     presence: (user) => `palaver.presence.${user}`, // { state, status } the user chose
+    push: (user) => `palaver.push.${user}`, // { id, endpoint, preview } of this browser's push device
   };
   const storage = {
     get(key, fallback) {
@@ -677,6 +681,8 @@
         return onReactions(frame);
       case 'ok':
         return onOk(ctx);
+      case 'device':
+        return onDevice(frame, ctx);
       default:
         return undefined; // a newer node's frame: ignore
     }
@@ -787,6 +793,7 @@
   function accountDeleted() {
     const user = S.user;
     if (user) {
+      forgetPush(user, false);
       for (const key of [keys.cursor, keys.positions, keys.outbox, keys.room, keys.presence]) storage.remove(key(user));
       if (storage.get(keys.lastUser, null) === user) storage.remove(keys.lastUser);
     }
@@ -833,6 +840,7 @@
     S.myPresence = validPresenceChoice(storage.get(keys.presence(user), null));
     renderMyPresence();
     $('me-name').textContent = user;
+    renderPush('');
     renderRooms();
     renderView();
   }
@@ -867,6 +875,7 @@
     markRead();
     renderPending();
     maybeSettle();
+    checkPush();
   }
 
   function onResync(frame) {
@@ -998,6 +1007,15 @@
       $('presence-error').textContent = describeError(frame);
       return;
     }
+    if (kind === 'push_register' || kind === 'push_remove') {
+      onPushError(frame, ctx);
+      return;
+    }
+    if (kind === 'push_forget') {
+      // Forgetting a device the node no longer has (or cannot reach now): nothing to show.
+      if (frame.code !== 'no_such_device') showAlert(frame.code, `A notification device was not removed: ${frame.message}`);
+      return;
+    }
     if (kind === 'notify') {
       // Back to what the node keeps, and say why.
       $('notify-level').disabled = false;
@@ -1101,7 +1119,11 @@
     }
     renderRooms();
     scheduleWatch();
-    if (!S.view) {
+    // A notification's room (or a `#room=` link) wins over the last one open; one that is not
+    // the user's is dropped.
+    const asked = openAskedRoom();
+    push.askedRoom = null;
+    if (!asked && !S.view) {
       const last = storage.get(keys.room(S.user), null);
       if (last && S.rooms.has(last)) openRoom(last, { focus: false, keepPane: true });
     } else {
@@ -2775,6 +2797,10 @@
       accountDeleted();
       return;
     }
+    if (ctx.kind === 'push_remove') {
+      onPushRemoved(ctx);
+      return;
+    }
     if ((ctx.kind !== 'moderate' && ctx.kind !== 'set_room') || !formOpen(ctx)) return;
     // Done: the entry that says so arrives in the conversation.
     clearForm(ctx.form);
@@ -2787,6 +2813,7 @@
   function formsLostConnection() {
     // A notification change without an answer: the list after reconnecting shows what holds.
     $('notify-level').disabled = false;
+    pushLostConnection();
     for (const [where, [boxId, errorId]] of Object.entries(FORMS)) {
       if (!$(boxId).dataset.busy) continue;
       clearForm(where);
@@ -3631,6 +3658,329 @@
     }
   }
 
+  // ---- Push notifications -------------------------------------------------------------------
+  // "Notifications on this browser" (the sidebar). Turning it on asks the browser's permission,
+  // registers the service worker (/sw.js, which shows and clears the notifications), subscribes
+  // with the node's VAPID public key (the `palaver-vapid-key` meta tag) and registers the
+  // subscription with the node as a `webpush` device, with the "show message text" choice as its
+  // `preview`. The device's id is kept per user (localStorage) so turning it off can remove it
+  // (`remove_device`) and end the subscription. Whatever cannot be done (no key configured, a
+  // browser without push, permission refused, a failed subscription) is said under the control,
+  // which stays off. A click on a notification opens its room (see openAskedRoom).
+  const PUSH_WORKER = '/sw.js';
+  /** What `app` a device of this client names (free-form for `webpush`). */
+  const PUSH_APP = 'palaver-web';
+  const push = {
+    /** Turning on or off is under way: the control waits for it, showing what was asked. */
+    busy: false,
+    wanted: false,
+    /** The request to the node under way: 'register' | 'remove' | null. */
+    inflight: null,
+    /** The user whose stored device was compared with the browser's subscription this page. */
+    checkedFor: null,
+    /** A room to open once it is known: from a notification click, or `#room=` in the URL. */
+    askedRoom: null,
+  };
+
+  function vapidKey() {
+    const meta = document.querySelector('meta[name="palaver-vapid-key"]');
+    const key = meta ? meta.content.trim() : '';
+    return /^[A-Za-z0-9_-]+$/.test(key) ? key : '';
+  }
+
+  function base64urlBytes(text) {
+    const base64 = text.replace(/-/g, '+').replace(/_/g, '/') + '==='.slice((text.length + 3) % 4);
+    return Uint8Array.from(atob(base64), (c) => c.charCodeAt(0));
+  }
+
+  /** Whether a subscription was made with `key` (bytes): a node with a new key needs a new one. */
+  function sameKey(subscription, key) {
+    const theirs = subscription.options && subscription.options.applicationServerKey;
+    if (!theirs) return true; // the browser does not say: assume so
+    const bytes = new Uint8Array(theirs);
+    return bytes.length === key.length && bytes.every((b, i) => b === key[i]);
+  }
+
+  /** Why this page cannot offer push notifications, or null when it can. */
+  function pushUnavailable() {
+    if (!vapidKey()) return 'This server does not send push notifications (it has no Web Push key configured).';
+    if (!window.isSecureContext) return 'Notifications need the page to be opened over HTTPS.';
+    if (!('serviceWorker' in navigator) || !('PushManager' in window) || !('Notification' in window)) {
+      return 'This browser cannot receive push notifications.';
+    }
+    return null;
+  }
+
+  /** The device registered for the signed-in user on this browser: { id, endpoint, preview } or null. */
+  function storedDevice() {
+    const stored = S.user ? storage.get(keys.push(S.user), null) : null;
+    return stored && typeof stored.id === 'string' && typeof stored.endpoint === 'string' ? stored : null;
+  }
+
+  /** Show the control as it stands; `status` (when given) replaces the line under it. */
+  function renderPush(status) {
+    const why = pushUnavailable();
+    const device = storedDevice();
+    $('push-enabled').checked = push.busy ? push.wanted : !!device;
+    $('push-enabled').disabled = !!why || push.busy;
+    $('push-preview').disabled = !!why || push.busy;
+    if (device && !push.busy) $('push-preview').checked = !!device.preview;
+    $('push-box').dataset.state = why ? 'unavailable' : push.busy ? 'busy' : device ? 'on' : 'off';
+    $('push-box').setAttribute('aria-busy', String(push.busy));
+    // Why it cannot be had stays said; otherwise the latest outcome.
+    if (why) $('push-status').textContent = why;
+    else if (status !== undefined) $('push-status').textContent = status;
+  }
+
+  /** Turning on failed: say why and leave the control off. */
+  function pushFailed(text) {
+    push.busy = false;
+    renderPush(text);
+  }
+
+  async function pushRegistration() {
+    await navigator.serviceWorker.register(PUSH_WORKER);
+    // Subscribing needs an active worker: `ready` waits for it.
+    return navigator.serviceWorker.ready;
+  }
+
+  async function enablePush() {
+    const why = pushUnavailable();
+    if (why) return pushFailed(why);
+    if (!isAuthed()) return pushFailed('Not connected; try again when the connection is back.');
+    const user = S.user;
+    push.busy = true;
+    push.wanted = true;
+    renderPush('Turning notifications on…');
+    try {
+      const permission = await Notification.requestPermission();
+      if (permission !== 'granted') {
+        return pushFailed(
+          permission === 'denied'
+            ? "Notifications are blocked for this site: allow them in the browser's site settings, then try again."
+            : 'Notifications were not allowed.',
+        );
+      }
+      const registration = await pushRegistration();
+      const key = base64urlBytes(vapidKey());
+      let subscription = await registration.pushManager.getSubscription();
+      if (subscription && !sameKey(subscription, key)) {
+        await subscription.unsubscribe();
+        subscription = null;
+      }
+      if (!subscription) subscription = await registration.pushManager.subscribe({ userVisibleOnly: true, applicationServerKey: key });
+      if (S.user !== user) return pushFailed('');
+      if (!registerDevice(subscription, $('push-preview').checked)) {
+        pushFailed('Not connected; try again when the connection is back.');
+      }
+    } catch (err) {
+      pushFailed(`This browser could not be subscribed to notifications (${(err && err.message) || err}).`);
+    }
+    return undefined;
+  }
+
+  /** Register (or update) this browser's subscription with the node; false when not sent. */
+  function registerDevice(subscription, preview) {
+    const json = subscription.toJSON();
+    if (!json || !json.keys) return false;
+    // As the browser gives it (the node ignores `expirationTime` and anything else it adds).
+    const device = {
+      platform: 'webpush',
+      subscription: json,
+      app: PUSH_APP,
+      preview: !!preview,
+    };
+    const locale = navigator.language || '';
+    if (/^[A-Za-z0-9_-]{1,35}$/.test(locale)) device.locale = locale;
+    if (!request({ type: 'register_device', device }, { kind: 'push_register', user: S.user, subscription, preview: !!preview })) {
+      return false;
+    }
+    push.busy = true;
+    push.wanted = true;
+    push.inflight = 'register';
+    renderPush();
+    return true;
+  }
+
+  function onDevice(frame, ctx) {
+    if (!ctx || ctx.kind !== 'push_register' || ctx.user !== S.user || !frame.device) return;
+    const before = storedDevice();
+    storage.set(keys.push(S.user), { id: frame.device.id, endpoint: ctx.subscription.endpoint, preview: !!frame.device.preview });
+    // A subscription the browser renewed is a new device: the old one would only fail.
+    if (before && before.id !== frame.device.id) request({ type: 'remove_device', id: before.id }, { kind: 'push_forget' });
+    push.busy = false;
+    push.inflight = null;
+    renderPush(
+      frame.device.preview
+        ? 'On: messages you miss while away show here, with their text.'
+        : 'On: messages you miss while away show here (who wrote where, not the text).',
+    );
+  }
+
+  /** The node refused to register or remove the device. */
+  function onPushError(frame, ctx) {
+    if (ctx.user !== S.user) return;
+    if (ctx.kind === 'push_remove' && frame.code === 'no_such_device') {
+      onPushRemoved(ctx);
+      return;
+    }
+    push.busy = false;
+    push.inflight = null;
+    if (ctx.kind === 'push_register') {
+      // Not registered: nothing may arrive for a subscription nobody knows about.
+      if (!storedDevice()) ctx.subscription.unsubscribe().catch(() => {});
+      renderPush(`Notifications not turned on: ${describeError(frame)}`);
+    } else {
+      renderPush(`Notifications not turned off: ${describeError(frame)}`);
+    }
+  }
+
+  async function browserSubscription() {
+    const registration = await navigator.serviceWorker.getRegistration('/');
+    return registration ? registration.pushManager.getSubscription() : null;
+  }
+
+  async function disablePush() {
+    const device = storedDevice();
+    if (!device) return renderPush('');
+    if (!request({ type: 'remove_device', id: device.id }, { kind: 'push_remove', user: S.user })) {
+      return renderPush('Not connected; try again when the connection is back.');
+    }
+    push.busy = true;
+    push.wanted = false;
+    push.inflight = 'remove';
+    renderPush('Turning notifications off…');
+    return undefined;
+  }
+
+  /** The connection went before the node answered. */
+  function pushLostConnection() {
+    const what = push.inflight;
+    if (!what) return;
+    push.inflight = null;
+    push.busy = false;
+    // The node may have registered it: a subscription the page does not count as on must not
+    // stay, or notifications would come with the control off.
+    if (what === 'register' && !storedDevice()) {
+      browserSubscription()
+        .then((subscription) => subscription && subscription.unsubscribe())
+        .catch(() => {});
+    }
+    renderPush('The connection was lost before the node answered; try again.');
+  }
+
+  /** The node forgot the device (or had already): end the subscription too. */
+  async function onPushRemoved(ctx) {
+    if (ctx.user !== S.user) return;
+    storage.remove(keys.push(S.user));
+    push.inflight = null;
+    try {
+      const subscription = await browserSubscription();
+      if (subscription) await subscription.unsubscribe();
+    } catch (_) {
+      // The node no longer pushes to it either way.
+    }
+    push.busy = false;
+    renderPush('Off.');
+  }
+
+  function changePushPreview() {
+    const device = storedDevice();
+    if (!device || push.busy) return;
+    browserSubscription()
+      .then((subscription) => {
+        if (!subscription || !registerDevice(subscription, $('push-preview').checked)) {
+          $('push-preview').checked = device.preview;
+          renderPush('Not changed: not connected, or this browser lost its subscription.');
+        }
+      })
+      .catch(() => renderPush());
+  }
+
+  /**
+   * Once per page and user, when signed in: does the browser still have the subscription the
+   * node knows? The user may have revoked the permission, or the browser renewed the subscription
+   * (a new endpoint) or the node got a new key.
+   */
+  async function checkPush() {
+    const device = storedDevice();
+    if (!device || push.checkedFor === S.user || push.busy) return;
+    const user = S.user;
+    push.checkedFor = user;
+    let subscription = null;
+    try {
+      if (!pushUnavailable() && Notification.permission === 'granted') subscription = await browserSubscription();
+      if (subscription && !sameKey(subscription, base64urlBytes(vapidKey()))) {
+        await subscription.unsubscribe();
+        const registration = await pushRegistration();
+        subscription = await registration.pushManager.subscribe({ userVisibleOnly: true, applicationServerKey: base64urlBytes(vapidKey()) });
+      }
+    } catch (_) {
+      subscription = null;
+    }
+    if (S.user !== user) return;
+    if (!subscription) {
+      request({ type: 'remove_device', id: device.id }, { kind: 'push_forget' });
+      storage.remove(keys.push(user));
+      renderPush('Notifications were turned off in the browser; turn them on here again to get them.');
+    } else if (subscription.endpoint !== device.endpoint) {
+      registerDevice(subscription, device.preview);
+    }
+  }
+
+  /** Logging out or a deleted account: this browser gets nothing more for the user. */
+  function forgetPush(user, tellNode) {
+    const device = user ? storage.get(keys.push(user), null) : null;
+    if (!device) return;
+    storage.remove(keys.push(user));
+    if (tellNode && device.id) request({ type: 'remove_device', id: device.id }, { kind: 'push_forget' });
+    if ('serviceWorker' in navigator) {
+      browserSubscription()
+        .then((subscription) => subscription && subscription.unsubscribe())
+        .catch(() => {});
+    }
+  }
+
+  /** The room a notification (or a `#room=` link) asked for, once it is in the room list. */
+  function openAskedRoom() {
+    const room = push.askedRoom;
+    if (!room || !S.rooms.has(room)) return false;
+    push.askedRoom = null;
+    openRoom(room, { focus: true });
+    return true;
+  }
+
+  function askForRoom(room) {
+    if (typeof room !== 'string' || !room) return;
+    push.askedRoom = room;
+    openAskedRoom();
+  }
+
+  function wirePush() {
+    const match = /^#room=([^&]+)$/.exec(location.hash);
+    if (match) {
+      try {
+        push.askedRoom = decodeURIComponent(match[1]);
+      } catch (_) {
+        /* not a room */
+      }
+      history.replaceState(null, '', location.pathname + location.search);
+    }
+    $('push-enabled').addEventListener('change', () => {
+      if ($('push-enabled').checked) enablePush();
+      else disablePush();
+    });
+    $('push-preview').addEventListener('change', changePushPreview);
+    if ('serviceWorker' in navigator) {
+      // The service worker says which notification was clicked (sw.js, openRoom).
+      navigator.serviceWorker.addEventListener('message', (event) => {
+        if (event.data && event.data.type === 'open_room') askForRoom(event.data.room);
+      });
+      navigator.serviceWorker.startMessages();
+    }
+    renderPush();
+  }
+
   // ---- Views --------------------------------------------------------------------------------
   function showAuthView() {
     document.body.dataset.view = 'auth';
@@ -3770,6 +4120,8 @@
     $('retry-now').addEventListener('click', retryNow);
     $('conn-error-retry').addEventListener('click', retryNow);
     $('logout').addEventListener('click', () => {
+      // Nothing of this user's should show on this browser any more.
+      forgetPush(S.user, true);
       signOut('');
       // A connection cannot be un-authenticated: start a fresh one.
       S.attempt = 0;
@@ -3855,6 +4207,7 @@
 
   function start() {
     wire();
+    wirePush();
     const auth = storage.get(keys.auth, null);
     if (auth && typeof auth.token === 'string' && typeof auth.user === 'string' && auth.expires_at > Date.now()) {
       S.auth = auth;

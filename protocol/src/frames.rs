@@ -667,9 +667,9 @@ impl Platform {
     }
 }
 
-/// A browser's Web Push subscription (`PushSubscription.toJSON()`).
+/// A browser's Web Push subscription (`PushSubscription.toJSON()`), taken as the browser gives
+/// it: fields besides these (`expirationTime`, and whatever browsers add later) are ignored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct WebPushSubscription {
     /// The push service URL (https).
     pub endpoint: String,

@@ -14,8 +14,10 @@ fn fcm(token: &str) -> serde_json::Value {
 fn web_push() -> serde_json::Value {
     // An uncompressed P-256 point (65 bytes, 0x04 first) and a 16-byte auth secret, base64url.
     let p256dh = format!("BA{}", "A".repeat(85));
+    // As `PushSubscription.toJSON()` gives it, `expirationTime` included.
     json!({ "platform": "webpush", "subscription": {
         "endpoint": "https://push.example.net/wpush/v2/abc123",
+        "expirationTime": null,
         "keys": { "p256dh": p256dh, "auth": "AAAAAAAAAAAAAAAAAAAAAA" } } })
 }
 

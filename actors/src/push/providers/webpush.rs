@@ -202,6 +202,7 @@ fn payload(note: &Notification) -> Result<Vec<u8>, String> {
             "count": note.count,
             "seq": note.seq,
             "badge": note.badge,
+            "collapse_id": note.collapse_id(),
         }))
         .map_err(|err| format!("cannot encode the payload: {err}"))?;
         if json.len() <= MAX_PLAINTEXT {
