@@ -135,7 +135,9 @@ async fn main() -> anyhow::Result<()> {
             .env("PUSH__WEBHOOK__URL_PREFIXES", &prefixes)
             .env("PRESENCE__GRACE_MS", 100)
             .env("LIMITS__MAX_ROOM_MEMBERS", options.users / options.rooms + 10)
-            .env("LIMITS__FANOUT_MAX_MEMBERS", options.users / options.rooms + 10);
+            .env("LIMITS__FANOUT_MAX_MEMBERS", options.users / options.rooms + 10)
+            // The bot is in every room.
+            .env("LIMITS__MAX_ROOMS_PER_USER", options.rooms + 10);
         for (key, value) in store.env_for(shared.path()) {
             node = node.env(&key, value);
         }
