@@ -507,7 +507,12 @@ pub trait Store: Send + Sync + 'static {
     /// Record how deliveries to endpoint `id` are going; `false` if there is none.
     async fn set_webhook_health(&self, id: &str, health: WebhookHealth) -> StoreResult<bool>;
     /// Up to `limit` of the events endpoint `id` has not acknowledged, in (stream, seq) order.
-    async fn webhook_outbox(&self, id: &str, limit: u32) -> StoreResult<Vec<OutboxEvent>>;
+    async fn webhook_outbox(&self, id: &str, limit: u32) -> StoreResult<Vec<OutboxEvent>> {
+        self.outbox_from(id, "", limit).await
+    }
+    /// Up to `limit` rows of outbox `id` whose stream is `from` or after it, in (stream, seq)
+    /// order (`""`: from the first).
+    async fn outbox_from(&self, id: &str, from: &str, limit: u32) -> StoreResult<Vec<OutboxEvent>>;
     /// Drop endpoint `id`'s events of `stream` with seq <= `through`: they were delivered.
     async fn ack_webhook_events(&self, id: &str, stream: &str, through: u64) -> StoreResult<()>;
 
@@ -519,9 +524,10 @@ pub trait Store: Send + Sync + 'static {
     async fn take_lease(&self, name: &str, holder: &str, now_ms: u64, ttl_ms: u64) -> StoreResult<bool>;
 
     // Push notifications (see `push`).
-    /// Up to `limit` entries waiting in the push queue, in (room, seq) order.
-    async fn push_queue(&self, limit: u32) -> StoreResult<Vec<OutboxEvent>> {
-        self.webhook_outbox(push::QUEUE, limit).await
+    /// Up to `limit` entries waiting in the push queue, in (room, seq) order, from room `from`
+    /// on (`""`: from the first room).
+    async fn push_queue(&self, from: &str, limit: u32) -> StoreResult<Vec<OutboxEvent>> {
+        self.outbox_from(push::QUEUE, from, limit).await
     }
     /// Every member of `room` with what decides whether a push tells them of an entry, sorted by
     /// user name. `NoSuchRoom` for an unknown room.

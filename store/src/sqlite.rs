@@ -523,9 +523,9 @@ impl Store for SqliteStore {
         self.write(REQUEST_OVERHEAD_BYTES, move |conn| webhooks::set_health(conn, &id, &health)).await
     }
 
-    async fn webhook_outbox(&self, id: &str, limit: u32) -> StoreResult<Vec<OutboxEvent>> {
-        let id = id.to_owned();
-        self.read(move |conn| webhooks::outbox(conn, &id, limit)).await
+    async fn outbox_from(&self, id: &str, from: &str, limit: u32) -> StoreResult<Vec<OutboxEvent>> {
+        let (id, from) = (id.to_owned(), from.to_owned());
+        self.read(move |conn| webhooks::outbox(conn, &id, &from, limit)).await
     }
 
     async fn ack_webhook_events(&self, id: &str, stream: &str, through: u64) -> StoreResult<()> {

@@ -54,6 +54,7 @@ pub fn start(hub: &Arc<Hub>, settings: PushSettings) -> Result<(), String> {
         settings,
         providers,
         paused: Mutex::new(HashMap::new()),
+        next_from: Mutex::new(String::new()),
         accepted: Mutex::new(HashMap::new()),
     });
     spawn_restarting("push: worker", move || {
@@ -88,6 +89,10 @@ struct Worker {
     lease: Lease,
     /// Rooms in backoff.
     paused: Mutex<HashMap<String, Paused>>,
+    /// The room the next pass reads the queue from (`""`: the first). Rows of rooms not due
+    /// yet stay queued, so reading from the start every time would never get past a page of
+    /// them; a full page moves the next pass on to where it ended.
+    next_from: Mutex<String>,
     /// Per room with rows still queued after a failed pass: (device id, seq) sends the provider
     /// accepted, not to be repeated by the retry.
     accepted: Mutex<HashMap<String, HashSet<(String, u64)>>>,
@@ -107,7 +112,9 @@ impl Worker {
             return Ok(false);
         }
         let cleared = self.clears().await?;
-        let rows = self.hub.store.push_queue(ROWS_PER_PASS).await?;
+        let from = self.next_from.lock().clone();
+        let rows = self.hub.store.push_queue(&from, ROWS_PER_PASS).await?;
+        *self.next_from.lock() = next_from(&rows);
         let mut rooms: Vec<(String, Vec<u64>)> = Vec::new();
         for OutboxEvent { stream, seq, .. } in rows {
             match rooms.last_mut() {
@@ -374,6 +381,23 @@ impl Worker {
     }
 }
 
+/// Where the pass after one that read `rows` starts: from the start after a page that was not
+/// full (it saw the whole queue); after a full one, from its last room again (whose rows the
+/// page may have cut), or past it when the page held that room alone.
+fn next_from(rows: &[OutboxEvent]) -> String {
+    match (rows.first(), rows.last()) {
+        (Some(first), Some(last)) if rows.len() >= ROWS_PER_PASS as usize => {
+            if first.stream == last.stream {
+                // The smallest id after this room's: room ids have no control characters.
+                format!("{}\u{1}", last.stream)
+            } else {
+                last.stream.clone()
+            }
+        }
+        _ => String::new(),
+    }
+}
+
 /// What the notification calls the room: its name; none for a direct conversation, whose
 /// notifications are titled with the sender.
 fn room_name(room: &RoomRecord) -> String {
@@ -381,4 +405,34 @@ fn room_name(room: &RoomRecord) -> String {
         return String::new();
     }
     room.name.clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::EventType;
+
+    fn rows(rooms: &[&str]) -> Vec<OutboxEvent> {
+        rooms
+            .iter()
+            .enumerate()
+            .map(|(i, room)| OutboxEvent {
+                stream: room.to_string(),
+                seq: i as u64 + 1,
+                event: EventType::MessagePosted,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_full_page_moves_the_next_pass_on() {
+        let full = ROWS_PER_PASS as usize;
+        assert_eq!(next_from(&rows(&["r_a", "r_b"])), "", "a short page saw the whole queue");
+        assert_eq!(next_from(&[]), "");
+        let mut page = vec!["r_a"; full / 2];
+        page.extend(vec!["r_b"; full - full / 2]);
+        assert_eq!(next_from(&rows(&page)), "r_b", "the last room again: the page may have cut it");
+        let one_room = next_from(&rows(&vec!["r_a"; full]));
+        assert!(one_room.as_str() > "r_a" && one_room.as_str() < "r_a0" && one_room.as_str() < "r_a_", "{one_room:?}");
+    }
 }

@@ -22,19 +22,30 @@ pub async fn messages_are_queued_for_push_until_done(store: Arc<dyn Store>) {
     send(store, text("r", epoch, "a", "m1", "hello")).await;
     assert!(store.append(text("r", epoch, "a", "m1", "hello")).await.expect("retry").duplicate);
     send(store, text("r", epoch, "b", "m2", "hi")).await;
-    assert_eq!(store.push_queue(10).await, Ok(vec![queued("r", 3), queued("r", 4)]), "texts only, once each");
+    assert_eq!(store.push_queue("", 10).await, Ok(vec![queued("r", 3), queued("r", 4)]), "texts only, once each");
     assert_eq!(store.delete_webhook(crate::push::QUEUE).await, Ok(false));
-    assert_eq!(store.push_queue(10).await.expect("queue").len(), 2, "deleting a webhook id cannot clear it");
+    assert_eq!(store.push_queue("", 10).await.expect("queue").len(), 2, "deleting a webhook id cannot clear it");
 
     store.push_done("r", 3, &[]).await.expect("done");
-    assert_eq!(store.push_queue(10).await, Ok(vec![queued("r", 4)]));
+    assert_eq!(store.push_queue("", 10).await, Ok(vec![queued("r", 4)]));
     store.push_done("r", 4, &[]).await.expect("done");
 
     let big = room_with(store, "big", &["a", "b"], false).await;
     send(store, with_limits(join("big", big, "c", "c", "j"), SMALL_FANOUT)).await;
     send(store, with_limits(text("big", big, "a", "x1", "to everyone"), SMALL_FANOUT)).await;
     send(store, with_limits(mentioning("big", big, "a", "x2", &["b"]), SMALL_FANOUT)).await;
-    assert_eq!(store.push_queue(10).await, Ok(vec![queued("big", 5)]), "a large room queues mentions only");
+    assert_eq!(store.push_queue("", 10).await, Ok(vec![queued("big", 5)]), "a large room queues mentions only");
+
+    // Paging by room: from a room on, that room included.
+    let other = room_with(store, "c-room", &["a", "b"], false).await;
+    send(store, text("c-room", other, "a", "c1", "x")).await;
+    send(store, text("r", epoch, "a", "m3", "x")).await;
+    let all = vec![queued("big", 5), queued("c-room", 3), queued("r", 5)];
+    assert_eq!(store.push_queue("", 10).await, Ok(all.clone()));
+    assert_eq!(store.push_queue("c-room", 10).await, Ok(all[1..].to_vec()));
+    assert_eq!(store.push_queue("c", 10).await, Ok(all[1..].to_vec()), "a room id between two");
+    assert_eq!(store.push_queue("s", 10).await, Ok(vec![]));
+    assert_eq!(store.push_queue("", 2).await, Ok(all[..2].to_vec()));
 }
 
 /// The push worker sees each member's join, read position and notification settings.

@@ -300,6 +300,15 @@ impl Keyspace {
         KeyRange::children(self.tag(WEBHOOK_OUTBOX).str(id).as_bytes())
     }
 
+    /// Endpoint `id`'s outbox from stream `from` on (`""`: all of it), in (stream, seq) order.
+    pub fn outbox_from(&self, id: &str, from: &str) -> KeyRange {
+        let all = self.outbox_range(id);
+        // Every key of stream `from` extends this prefix, so it sorts after it, and every key
+        // of an earlier stream before it (the tuple encoding keeps text order).
+        let begin = self.tag(WEBHOOK_OUTBOX).str(id).str(from).into_bytes();
+        KeyRange { begin: begin.max(all.begin), end: all.end }
+    }
+
     /// Endpoint `id`'s events of `stream` with seq <= `through`.
     pub fn outbox_through(&self, id: &str, stream: &str, through: u64) -> KeyRange {
         let all = KeyRange::children(self.tag(WEBHOOK_OUTBOX).str(id).str(stream).as_bytes());

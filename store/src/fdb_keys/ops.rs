@@ -1279,9 +1279,9 @@ impl<D: KvDb> Store for KvStore<D> {
             .await
     }
 
-    async fn webhook_outbox(&self, id: &str, limit: u32) -> StoreResult<Vec<OutboxEvent>> {
+    async fn outbox_from(&self, id: &str, from: &str, limit: u32) -> StoreResult<Vec<OutboxEvent>> {
         let ks = &self.keys;
-        self.db.transact("read webhook outbox", |t, _| async move { webhooks::outbox(&t, ks, id, limit).await }).await
+        self.db.transact("read outbox", |t, _| async move { webhooks::outbox(&t, ks, id, from, limit).await }).await
     }
 
     async fn ack_webhook_events(&self, id: &str, stream: &str, through: u64) -> StoreResult<()> {

@@ -52,9 +52,9 @@ pub(super) async fn set_health<X: KvTxn>(t: &X, ks: &Keyspace, id: &str, health:
     Ok(true)
 }
 
-pub(super) async fn outbox<X: KvTxn>(t: &X, ks: &Keyspace, id: &str, limit: u32) -> R<Vec<OutboxEvent>, X> {
+pub(super) async fn outbox<X: KvTxn>(t: &X, ks: &Keyspace, id: &str, from: &str, limit: u32) -> R<Vec<OutboxEvent>, X> {
     let mut events = Vec::new();
-    for (key, value) in t.get_range(&ks.outbox_range(id), Some(limit as usize), false).await? {
+    for (key, value) in t.get_range(&ks.outbox_from(id, from), Some(limit as usize), false).await? {
         let (stream, seq) = ks.outbox_position(id, &key).map_err(|e| corrupt(&key, e))?;
         let code = value.first().copied().unwrap_or(u8::MAX);
         let event = EventType::from_code(code).ok_or_else(|| {

@@ -302,7 +302,7 @@ async fn version_1_files_migrate_and_keep_their_data() {
     let conn = Connection::open(dir.path().join("palaver.db")).expect("open raw");
     conn.execute_batch(
         "DROP TABLE push_told; DROP TABLE push_clears; DROP TABLE webhooks; DROP TABLE webhook_outbox; DROP TABLE leases; DROP TABLE api_keys; DROP TABLE devices; DROP TABLE presence_notes; DROP TABLE reactions; DROP TABLE mentions; DROP TABLE bans; DROP TABLE blocks; \
-         ALTER TABLE devices DROP COLUMN preview; ALTER TABLE members DROP COLUMN notify; ALTER TABLE members DROP COLUMN notify_muted_until; ALTER TABLE members DROP COLUMN role; ALTER TABLE members DROP COLUMN muted_until; \
+         ALTER TABLE members DROP COLUMN notify; ALTER TABLE members DROP COLUMN notify_muted_until; ALTER TABLE members DROP COLUMN role; ALTER TABLE members DROP COLUMN muted_until; \
          ALTER TABLE rooms DROP COLUMN large_since; ALTER TABLE rooms DROP COLUMN topic; \
          ALTER TABLE rooms DROP COLUMN who_may_post; ALTER TABLE rooms DROP COLUMN who_may_invite; ALTER TABLE users DROP COLUMN deleted_ms; \
          PRAGMA user_version = 1;",

@@ -19,7 +19,8 @@ const DELETE: &str = "DELETE FROM webhooks WHERE id = ?1";
 const DELETE_OUTBOX: &str = "DELETE FROM webhook_outbox WHERE hook = ?1";
 const SET_HEALTH: &str = "UPDATE webhooks SET failures = ?2, last_error = ?3, dead_since = ?4 WHERE id = ?1";
 const QUEUE: &str = "INSERT OR IGNORE INTO webhook_outbox (hook, stream, seq, event) VALUES (?1, ?2, ?3, ?4)";
-const OUTBOX: &str = "SELECT stream, seq, event FROM webhook_outbox WHERE hook = ?1 ORDER BY stream, seq LIMIT ?2";
+const OUTBOX: &str =
+    "SELECT stream, seq, event FROM webhook_outbox WHERE hook = ?1 AND stream >= ?3 ORDER BY stream, seq LIMIT ?2";
 const ACK: &str = "DELETE FROM webhook_outbox WHERE hook = ?1 AND stream = ?2 AND seq <= ?3";
 const LEASE: &str = "INSERT INTO leases (name, holder, until_ms) VALUES (?1, ?2, ?4) \
                      ON CONFLICT (name) DO UPDATE SET holder = ?2, until_ms = ?4 \
@@ -70,10 +71,10 @@ pub(super) fn set_health(conn: &Connection, id: &str, health: &WebhookHealth) ->
     Ok(changed > 0)
 }
 
-pub(super) fn outbox(conn: &Connection, id: &str, limit: u32) -> StoreResult<Vec<OutboxEvent>> {
+pub(super) fn outbox(conn: &Connection, id: &str, from: &str, limit: u32) -> StoreResult<Vec<OutboxEvent>> {
     conn.prepare_cached(OUTBOX)
         .and_then(|mut s| {
-            s.query_map(params![id, limit], |row| {
+            s.query_map(params![id, limit, from], |row| {
                 let code: u8 = row.get(2)?;
                 let event = EventType::from_code(code).ok_or_else(|| {
                     rusqlite::Error::FromSqlConversionFailure(
