@@ -100,29 +100,39 @@ impl Providers {
     pub fn new(settings: &ProviderSettings, timeout: Duration) -> Result<Providers, String> {
         settings.validate().map_err(|err| err.to_string())?;
         // One client (and its connection pool) for FCM, Web Push and webhooks; APNs has its own,
-        // which speaks nothing but HTTP/2.
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(USER_AGENT)
-            .build()
-            .map_err(|err| format!("push: cannot build the HTTP client: {err}"))?;
-        let fcm = if settings.fcm.service_account_file.is_empty() {
-            None
+        // which speaks nothing but HTTP/2. Built only when one of them is configured: a node
+        // without push needs no TLS roots (a bare container may have none).
+        let wanted = !settings.fcm.service_account_file.is_empty()
+            || !settings.webpush.vapid_key_file.is_empty()
+            || !settings.webhook.secret.is_empty();
+        let http = if wanted {
+            let client = reqwest::Client::builder()
+                .timeout(timeout)
+                .redirect(reqwest::redirect::Policy::none())
+                .user_agent(USER_AGENT)
+                .build()
+                .map_err(|err| format!("cannot build the HTTP client: {err}"))?;
+            Some(client)
         } else {
-            Some(fcm::Fcm::new(&settings.fcm, http.clone())?)
+            None
+        };
+        let fcm = match &http {
+            Some(http) if !settings.fcm.service_account_file.is_empty() => {
+                Some(fcm::Fcm::new(&settings.fcm, http.clone())?)
+            }
+            _ => None,
         };
         let apns =
             if settings.apns.key_file.is_empty() { None } else { Some(apns::Apns::new(&settings.apns, timeout)?) };
-        let webpush = if settings.webpush.vapid_key_file.is_empty() {
-            None
-        } else {
-            Some(webpush::WebPush::new(&settings.webpush, http.clone())?)
+        let webpush = match &http {
+            Some(http) if !settings.webpush.vapid_key_file.is_empty() => {
+                Some(webpush::WebPush::new(&settings.webpush, http.clone())?)
+            }
+            _ => None,
         };
-        let webhook = if settings.webhook.secret.is_empty() {
-            None
-        } else {
-            Some(webhook::Webhook::new(&settings.webhook, http))
+        let webhook = match http {
+            Some(http) if !settings.webhook.secret.is_empty() => Some(webhook::Webhook::new(&settings.webhook, http)),
+            _ => None,
         };
         Ok(Providers { fcm, apns, webpush, webhook })
     }
