@@ -443,7 +443,7 @@ async fn webpush_payload_decrypts_to_what_was_sent() -> anyhow::Result<()> {
             json!({
                 "kind": note.kind, "room": note.room, "room_name": note.room_name,
                 "title": note.title(), "body": note.body(),
-                "count": note.count, "seq": note.seq, "badge": note.badge,
+                "count": note.count, "seq": note.seq, "badge": note.badge, "collapse_id": note.collapse_id(),
             })
         );
         assert_eq!(push.endpoint, device.token);
