@@ -190,7 +190,9 @@ export class PalaverClient extends EventTarget {
         if (line) this.onFrame(JSON.parse(line));
       }
     };
-    ws.onclose = () => {
+    // Either event may come alone (a refused connection can end with `error` and no `close`),
+    // or both, in either order: the first one to arrive ends this socket, once.
+    const lost = () => {
       if (this.ws !== ws) return;
       this.ws = null;
       this.inflight.clear();
@@ -199,7 +201,8 @@ export class PalaverClient extends EventTarget {
       this.setState('offline');
       this.scheduleReconnect();
     };
-    ws.onerror = () => {}; // onclose follows
+    ws.onclose = lost;
+    ws.onerror = lost;
   }
 
   scheduleReconnect(now = false) {
