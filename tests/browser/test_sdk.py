@@ -61,7 +61,8 @@ def test_the_sdk_works_in_chromium(node, browser):
         page.wait_for_function("() => !!window.PalaverSDK")
         url = node.base_url.replace("http://", "ws://") + "/ws"
         result = page.evaluate(SCENARIO, {"url": url})
-        assert result["seen"] == ["one", "two", "three"], result
+        # b is still connected when a's outbox is flushed, so it may see that message too.
+        assert result["seen"] in (["one", "two", "three"], ["one", "two", "three", "from the outbox"]), result
         assert result["queued"] == 1 and result["seq"] > 0 and result["duplicate"] is False, result
         assert errors == [], errors
     finally:
