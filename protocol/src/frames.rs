@@ -141,6 +141,10 @@ pub enum ClientFrame {
         /// Members this message mentions (counted in their `list_rooms` until read).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         mentions: Vec<String>,
+        /// Ids of media this user uploaded and has not attached yet (docs/MEDIA.md); with at
+        /// least one, `body` may be empty.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        attachments: Vec<String>,
     },
     /// Replace the body of one's own message (within `rooms.edit_window_s` of sending it).
     /// `id` is a new client id for this request, deduplicated like a send's.
@@ -272,6 +276,13 @@ pub enum ClientFrame {
         #[serde(default)]
         req: ReqId,
         id: String,
+    },
+    /// A short-lived signed address of a media file (and of its thumbnail), for the uploader
+    /// or a member of the room where it was posted.
+    MediaUrl {
+        #[serde(default)]
+        req: ReqId,
+        media: String,
     },
     /// A message and the replies to it, a page at a time by seq.
     Thread {
@@ -426,6 +437,7 @@ impl ClientFrame {
         "register_device",
         "list_devices",
         "remove_device",
+        "media_url",
         "history",
         "mark_read",
         "ping",
@@ -445,6 +457,7 @@ impl ClientFrame {
             body: body.into(),
             reply_to: None,
             mentions: Vec::new(),
+            attachments: Vec::new(),
         }
     }
 
@@ -481,6 +494,7 @@ impl ClientFrame {
             | ClientFrame::RegisterDevice { req, .. }
             | ClientFrame::ListDevices { req }
             | ClientFrame::RemoveDevice { req, .. }
+            | ClientFrame::MediaUrl { req, .. }
             | ClientFrame::History { req, .. }
             | ClientFrame::MarkRead { req, .. }
             | ClientFrame::Ping { req }
@@ -785,6 +799,39 @@ pub struct Entry {
     /// entry would otherwise carry its size).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub settings: Option<Box<RoomSettings>>,
+    /// For a text entry: the files attached to it (gone when it is deleted).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<Attachment>,
+}
+
+/// A file attached to a message, as the node recorded it when it was uploaded: the sender
+/// names only the media id, so nothing here is the sender's word but `name`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    /// The media id; `media_url` turns it into an address to download from.
+    pub media: String,
+    /// The file name given at upload.
+    pub name: String,
+    /// The media type sniffed from the bytes (never the uploader's claim).
+    #[serde(rename = "type")]
+    pub content_type: String,
+    /// Bytes.
+    pub size: u64,
+    /// For an image: its size in pixels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub width: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub height: Option<u32>,
+    /// For an image: the thumbnail the node made of it (its address comes with the image's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thumbnail: Option<Thumbnail>,
+}
+
+/// A thumbnail's size in pixels, so a client can lay it out before it loads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Thumbnail {
+    pub width: u32,
+    pub height: u32,
 }
 
 /// Whether a room is a group room or a direct conversation.
@@ -930,6 +977,11 @@ pub enum ErrorCode {
     NoSuchMessage,
     /// `remove_device` named no device of yours.
     NoSuchDevice,
+    /// The media id names no upload of yours that can be attached (unknown, another user's,
+    /// unfinished or collected), or, for `media_url`, none you may see.
+    NoSuchMedia,
+    /// The media is already attached to a message; upload it again to send it again.
+    MediaInUse,
     /// The message was deleted; it cannot be edited, reacted to or replied to.
     MessageDeleted,
     /// The request would change nothing: a reaction already given, or one not given taken back.
@@ -1074,6 +1126,17 @@ pub enum ServerFrame {
     Device {
         req: ReqId,
         device: DeviceInfo,
+    },
+    /// Reply to `media_url`: where to download the file (and its thumbnail) from, until
+    /// `expires_at` (ms since the Unix epoch). Paths on this node's client port; any node
+    /// serves them.
+    MediaUrl {
+        req: ReqId,
+        media: String,
+        url: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        thumbnail_url: Option<String>,
+        expires_at: u64,
     },
     /// Reply to `list_devices`: your devices, oldest first.
     Devices {

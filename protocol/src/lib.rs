@@ -12,9 +12,10 @@ pub use codec::{
     DecodeError, Encoding,
 };
 pub use frames::{
-    Audience, ClientFrame, Cursor, DeviceInfo, Entry, EntryKind, ErrorCode, MessageReactions, NewDevice, NotifyLevel,
-    Platform, PresenceState, ReactionCount, ReactionTotal, ReadPosition, ReceiptKind, ReqId, Role, RoomInfo, RoomKind,
-    RoomSettings, RoomSettingsChange, ServerFrame, UserPresence, WebPushKeys, WebPushSubscription, SUPPORTED_VERSIONS,
+    Attachment, Audience, ClientFrame, Cursor, DeviceInfo, Entry, EntryKind, ErrorCode, MessageReactions, NewDevice,
+    NotifyLevel, Platform, PresenceState, ReactionCount, ReactionTotal, ReadPosition, ReceiptKind, ReqId, Role,
+    RoomInfo, RoomKind, RoomSettings, RoomSettingsChange, ServerFrame, Thumbnail, UserPresence, WebPushKeys,
+    WebPushSubscription, SUPPORTED_VERSIONS,
 };
 
 /// Pick the newest version both sides speak, if any.

@@ -16,7 +16,9 @@ fn client_frames_round_trip_in_both_encodings() {
             body: "hello".into(),
             reply_to: None,
             mentions: Vec::new(),
+            attachments: vec!["md_0123456789abcdefghijkl".into()],
         },
+        ClientFrame::MediaUrl { req: 8, media: "md_0123456789abcdefghijkl".into() },
         ClientFrame::History { req: 2, room: "r_a".into(), before: Some(10), after: None, limit: Some(5) },
         ClientFrame::Authenticate { req: 1, token: "t".into(), cursor: Some(42), rooms: Default::default() },
         ClientFrame::Authenticate {
@@ -51,6 +53,28 @@ fn server_frames_round_trip_in_both_encodings() {
     let frames = vec![
         ServerFrame::Message { cursor: Some(9), entry: entry.clone() },
         ServerFrame::Message { cursor: None, entry: entry.clone() },
+        ServerFrame::Message {
+            cursor: Some(10),
+            entry: Entry {
+                attachments: vec![crate::frames::Attachment {
+                    media: "md_0123456789abcdefghijkl".into(),
+                    name: "cat.png".into(),
+                    content_type: "image/png".into(),
+                    size: 1234,
+                    width: Some(640),
+                    height: Some(480),
+                    thumbnail: Some(crate::frames::Thumbnail { width: 320, height: 240 }),
+                }],
+                ..entry.clone()
+            },
+        },
+        ServerFrame::MediaUrl {
+            req: 8,
+            media: "md_0123456789abcdefghijkl".into(),
+            url: "/media/md_0123456789abcdefghijkl?e=1&s=x".into(),
+            thumbnail_url: None,
+            expires_at: 1000,
+        },
         ServerFrame::Live { req: 2, cursor: 9, rooms: [("r_big".to_string(), 7)].into_iter().collect() },
         ServerFrame::History { req: 1, room: "r_a".into(), entries: vec![entry], more: false },
         ServerFrame::Error { req: None, code: ErrorCode::NotMember, message: "x".into(), retry_after_ms: None },
