@@ -33,6 +33,7 @@ mod api_keys;
 mod changes;
 mod devices;
 mod erasure;
+mod media;
 mod moderation;
 mod push;
 mod webhooks;
@@ -40,6 +41,7 @@ pub use api_keys::*;
 pub use changes::*;
 pub use devices::*;
 pub use erasure::*;
+pub use media::*;
 pub use moderation::*;
 pub use push::*;
 pub use webhooks::*;
@@ -127,6 +129,17 @@ macro_rules! conformance_tests {
             messages_are_queued_for_push_until_done,
             push_members_carry_settings_and_read_positions,
             reads_after_a_push_owe_a_clear,
+            media_records_are_reserved_completed_and_read_back,
+            completing_needs_an_upload_in_progress,
+            media_quota_is_checked_with_the_reservation,
+            media_usage_leaves_out_doomed_records,
+            attachments_are_posted_with_the_message,
+            attaching_what_is_not_ones_own_ready_upload_appends_nothing,
+            attaching_media_twice_is_media_in_use,
+            a_retried_send_with_attachments_returns_the_original,
+            deleting_a_message_dooms_its_attachments,
+            deleting_an_account_dooms_its_media,
+            the_collector_dooms_stale_uploads_and_lists_the_doomed,
         );
     };
     (@cases $make:expr; $($case:ident),+ $(,)?) => {

@@ -35,11 +35,13 @@ pub mod conformance;
 #[cfg(feature = "fdb")]
 pub mod fdb;
 pub mod fdb_keys;
+pub mod media;
 pub mod push;
 mod rules;
 pub mod sqlite;
 pub mod webhooks;
 
+pub use media::{MediaRecord, MediaState};
 pub use push::{PushClear, PushMember};
 pub use webhooks::{EventMask, EventType, OutboxEvent, WebhookHealth, WebhookRecord};
 
@@ -194,11 +196,20 @@ pub struct EntryDetails {
     pub until: Option<u64>,
     /// For settings: what changes.
     pub settings: Option<RoomSettingsChange>,
+    /// For text: the media it posts, as their records say ([`MediaRecord::attachment`]). Each
+    /// must be a [`MediaState::Ready`] upload of `from` ([`StoreError::NoSuchMedia`] otherwise,
+    /// [`StoreError::MediaInUse`] if it is attached already, or named twice in this list); the
+    /// append attaches them. Only each one's `media` id is read: the entry carries every
+    /// attachment as its record says in the append's transaction, in the order given. Ignored
+    /// for every other kind (they carry no attachments).
+    pub attachments: Vec<protocol::Attachment>,
 }
 
 /// One append to a room log.
 ///
-/// - `Text`: `from` must be a member; keyed by (room, from, id) for idempotence.
+/// - `Text`: `from` must be a member; keyed by (room, from, id) for idempotence. Its
+///   `details.attachments` are checked and attached in the append's transaction (see
+///   [`EntryDetails::attachments`]); a duplicate touches no media.
 /// - `Join`: `user` becomes a member. When `from == user` it is a self-join, refused for private
 ///   rooms; otherwise it is an invitation and `from` must be a member. Joining while already a
 ///   member fails with [`StoreError::AlreadyMember`] and writes nothing.
@@ -208,8 +219,9 @@ pub struct EntryDetails {
 ///   was sent at most `rules.edit_window_ms` before `ts`; its body becomes `body` and its
 ///   `edited_at` `ts`.
 /// - `Delete`: `from` must be the author of `details.target` or the creator of the (group) room.
-///   The target's body, mentions and reactions are erased, and so are the bodies of its edits;
-///   it reads back as a tombstone. Deleting twice fails with [`StoreError::MessageDeleted`].
+///   The target's body, mentions, attachments and reactions are erased, and so are the bodies
+///   of its edits; it reads back as a tombstone. The media it carried become
+///   [`MediaState::Doomed`]. Deleting twice fails with [`StoreError::MessageDeleted`].
 /// - `React` / `Unreact`: `body` is the reaction, given or taken back by `from` on a text entry
 ///   that is not deleted; [`StoreError::Unchanged`] if it was already given (not given).
 ///
@@ -407,6 +419,15 @@ pub enum StoreError {
     Banned { room: String, user: String, until: Option<u64> },
     #[error("room `{room}` is owned under epoch {current}, not {epoch}")]
     Fenced { room: String, epoch: Epoch, current: Epoch },
+    /// No upload of this id that the user may use (unknown, another's, unfinished, collected).
+    #[error("no media `{0}` of yours that can be attached")]
+    NoSuchMedia(String),
+    /// The upload is attached to a message already.
+    #[error("media `{0}` is attached to a message already")]
+    MediaInUse(String),
+    /// The upload would take `user` past their quota of `quota` bytes.
+    #[error("`{user}` would exceed their media quota of {quota} bytes")]
+    QuotaExceeded { user: String, quota: u64 },
     #[error("store unavailable: {0}")]
     Unavailable(String),
     #[error("store failure: {0}")]
@@ -461,7 +482,9 @@ pub trait Store: Send + Sync + 'static {
     /// this answers [`StoreError::AlreadyMember`] naming a room they are still in, to be left
     /// first. Then, in one transaction: the account is gone (`user` returns `None`, so no token
     /// verifies and no password logs in), and so are the user's log, read positions, mentions,
-    /// presence note, devices and the blocks they made; other users' block lists leave them out. The
+    /// presence note, devices and the blocks they made; other users' block lists leave them out;
+    /// every media record they own becomes [`MediaState::Doomed`] (the collector deletes the
+    /// files, so their posted attachments stop downloading). The
     /// name stays taken ([`Store::create_user`] answers `UserExists`); everything that would
     /// name the user anew (a join, an invitation, a new room, a block) answers `NoSuchUser`.
     /// Their entries stay in the room logs under their name, their reactions counted.
@@ -540,6 +563,32 @@ pub trait Store: Send + Sync + 'static {
     async fn push_clears(&self, limit: u32) -> StoreResult<Vec<PushClear>>;
     /// Forget `clears`: they were sent (a newer clear of the same room, written since, stays).
     async fn push_cleared(&self, clears: &[PushClear]) -> StoreResult<()>;
+
+    // Media (see `media`).
+    /// Record an upload about to start (`media.state` is [`MediaState::Uploading`], `media.size`
+    /// the declared length). [`StoreError::QuotaExceeded`] if the owner's usage
+    /// ([`Store::media_usage`]) plus this size would pass `quota_bytes`; nothing is written then.
+    /// The check and the insert are one transaction: of parallel reservations only those that
+    /// fit together are taken. The record is stored `Uploading` whatever `media.state` says;
+    /// `NoSuchUser` for an unknown or deleted owner; a taken id is
+    /// `Backend("media id collision")` (ids are random).
+    async fn reserve_media(&self, media: MediaRecord, quota_bytes: u64) -> StoreResult<()>;
+    /// The upload finished and was checked: replace the record (what was sniffed and measured)
+    /// and make it [`MediaState::Ready`]. [`StoreError::NoSuchMedia`] unless it is still
+    /// `Uploading` (the collector took it meanwhile) and `media.owner` is its owner. The owner
+    /// and `created_ms` stay as reserved; the usage follows the new `size`.
+    async fn complete_media(&self, media: MediaRecord) -> StoreResult<()>;
+    async fn media(&self, id: &str) -> StoreResult<Option<MediaRecord>>;
+    /// The bytes of `user`'s records that are not doomed.
+    async fn media_usage(&self, user: &str) -> StoreResult<u64>;
+    /// Doom the records still `Uploading` or `Ready` that were created before `stale_before_ms`,
+    /// then return up to `limit` doomed records, in id order. A backend may doom a bounded
+    /// number per call (FoundationDB: 256, to keep the transaction small); the collector's next
+    /// call dooms the rest.
+    async fn media_garbage(&self, stale_before_ms: u64, limit: u32) -> StoreResult<Vec<MediaRecord>>;
+    /// Forget these records, whatever their state (their objects are deleted, or were never
+    /// written); unknown ids are skipped.
+    async fn drop_media(&self, ids: &[String]) -> StoreResult<()>;
 
     // Rooms.
     /// Create a room with its initial members (a join entry each). If a room with this id

@@ -7,7 +7,7 @@
 //! own one-thread runtime commits the rooms' appends itself when the writer connection is free
 //! (`Store::append_batch_on_committing_thread`, see `inline`).
 //!
-//! # Schema (version 6, kept in `PRAGMA user_version`)
+//! # Schema (version 9, kept in `PRAGMA user_version`)
 //!
 //! One table per concept. Names (user names, room ids) are interned to integer ids once, in
 //! `users` and `rooms`, so the tables that grow with traffic (`entries`, `user_log`) carry small
@@ -30,6 +30,7 @@
 //! | `leases`    | `name`, WITHOUT ROWID                       | which node holds a lease (webhook delivery) and until when |
 //! | `push_told` | (`user`, `room`), WITHOUT ROWID             | the seq of the latest entry a push told the user of, until a read reaches it |
 //! | `push_clears` | (`user`, `room`), WITHOUT ROWID           | clears a read owes the user's devices (see `crate::push`) |
+//! | `media`     | `id`, WITHOUT ROWID; (`owner`, `state`, `size`); `created_ms` where uploading or ready; `id` where doomed | uploads (see `crate::media`): owner, name, sniffed type, size, SHA-256, image and thumbnail sizes, created, state, and the `room` and `seq` it is attached to |
 //!
 //! Why this shape:
 //! - `rooms` holds everything an append must check or bump (epoch, `last_seq`, member count,
@@ -56,6 +57,12 @@
 //!   entries holding a settings entry's settings as JSON. Version 5 rebuilt `entries` without a
 //!   CHECK on `kind`, so a new kind no longer costs a table rebuild; kinds are validated where
 //!   rows are read.
+//! - Version 9 added media: the `media` table, and an `attachments` column of `entries` holding
+//!   a text entry's attachments as JSON (NULL for none), as they were when it was posted; a
+//!   delete sets it NULL with the body. A media row names its owner by name, like the push
+//!   tables, so an owner's usage is one range of `media_by_owner` (which covers the sizes) and
+//!   an account deletion dooms the owner's rows by name. The collector's two questions (stale
+//!   uploads by age, doomed ones by id) each have a partial index holding only their rows.
 //! - `presence_notes` (version 3) is apart from `users` so that setting a status rewrites a
 //!   small row and leaves the account row, with its password hash, alone.
 //! - Read positions live in the membership row: they exist exactly as long as the membership,
@@ -93,6 +100,7 @@ mod devices;
 mod erase;
 mod inline;
 mod invariants;
+mod media;
 mod moderate;
 mod ops;
 mod push;
@@ -118,8 +126,8 @@ use self::inline::InlineWriter;
 use self::threads::{sqlite_error, BatchLimits, Job, ReadJob, WriteJob, WriterCounters};
 use crate::{
     ApiKeyRecord, AppendRequest, Appended, Delivery, DeviceRecord, Epoch, HistoryPage, LogBounds, LogEntry,
-    MembershipLimits, MyRoom, NewRoom, OutboxEvent, PresenceNote, PushClear, PushMember, RoomRecord, Store, StoreError,
-    StoreResult, UserRecord, WebhookHealth, WebhookRecord, WriteStats,
+    MediaRecord, MembershipLimits, MyRoom, NewRoom, OutboxEvent, PresenceNote, PushClear, PushMember, RoomRecord,
+    Store, StoreError, StoreResult, UserRecord, WebhookHealth, WebhookRecord, WriteStats,
 };
 
 pub use self::invariants::{bounds_ordered, is_dense, read_within_room, seq_follows};
@@ -366,6 +374,12 @@ fn append_cost(request: &AppendRequest) -> usize {
         + request.body.len()
         + request.user.as_ref().map_or(0, String::len)
         + request.details.mentions.iter().map(String::len).sum::<usize>()
+        + request.details.attachments.iter().map(|a| a.media.len() + a.name.len() + a.content_type.len()).sum::<usize>()
+}
+
+/// What a media record counts against the writer's `max_batch_bytes`.
+fn media_cost(media: &MediaRecord) -> usize {
+    REQUEST_OVERHEAD_BYTES + media.id.len() + media.owner.len() + media.name.len() + media.content_type.len()
 }
 
 impl SqliteStore {
@@ -536,6 +550,34 @@ impl Store for SqliteStore {
     async fn take_lease(&self, name: &str, holder: &str, now_ms: u64, ttl_ms: u64) -> StoreResult<bool> {
         let (name, holder) = (name.to_owned(), holder.to_owned());
         self.write(REQUEST_OVERHEAD_BYTES, move |conn| webhooks::take_lease(conn, &name, &holder, now_ms, ttl_ms)).await
+    }
+
+    async fn reserve_media(&self, media: MediaRecord, quota_bytes: u64) -> StoreResult<()> {
+        self.write(media_cost(&media), move |conn| media::reserve(conn, &media, quota_bytes)).await
+    }
+
+    async fn complete_media(&self, media: MediaRecord) -> StoreResult<()> {
+        self.write(media_cost(&media), move |conn| media::complete(conn, &media)).await
+    }
+
+    async fn media(&self, id: &str) -> StoreResult<Option<MediaRecord>> {
+        let id = id.to_owned();
+        self.read(move |conn| media::by_id_in(conn, &id)).await
+    }
+
+    async fn media_usage(&self, user: &str) -> StoreResult<u64> {
+        let user = user.to_owned();
+        self.read(move |conn| media::usage(conn, &user)).await
+    }
+
+    async fn media_garbage(&self, stale_before_ms: u64, limit: u32) -> StoreResult<Vec<MediaRecord>> {
+        self.write(REQUEST_OVERHEAD_BYTES, move |conn| media::garbage(conn, stale_before_ms, limit)).await
+    }
+
+    async fn drop_media(&self, ids: &[String]) -> StoreResult<()> {
+        let ids = ids.to_vec();
+        let cost = REQUEST_OVERHEAD_BYTES + ids.iter().map(String::len).sum::<usize>();
+        self.write(cost, move |conn| media::drop_records(conn, &ids)).await
     }
 
     async fn set_notifications(

@@ -9,9 +9,9 @@
 //! scan of the room log: `edit` (a message's edits, for its delete), `reply` (a thread), `react`
 //! and `rsum` (who gave a reaction; how many did, at most `max_reactions_per_message` keys per
 //! message whatever the room's size) and `ment` (a user's mentions in a room, counted from the
-//! read position). A delete erases for real, in the append's one transaction: the target's body
-//! and mentions and the bodies of its edits are overwritten, its reactions and mention keys
-//! cleared.
+//! read position). A delete erases for real, in the append's one transaction: the target's body,
+//! mentions and attachments and the bodies of its edits are overwritten, its reactions and
+//! mention keys cleared, its attached media doomed.
 
 use protocol::{Entry, EntryKind, ReactionCount, Role, RoomKind, RoomSettings};
 
@@ -21,7 +21,7 @@ use super::limits::{page_rows, split_page, WriteSet};
 use super::moderate::check_not_muted;
 use super::ops::{decode_at, read, require_room, AppendContext, RoomState, R};
 use super::values::{decode_u64, encode_marker, encode_u64, CodecError, EntryValue, MemberValue};
-use crate::StoreError;
+use crate::{MediaRecord, StoreError};
 
 /// What an entry refers to and carries, checked: `commit_entry` stores it in the entry and
 /// writes the index keys that point back at the entry.
@@ -40,6 +40,9 @@ pub(super) struct CheckedDetails {
     pub until: Option<u64>,
     /// For settings: the room's settings after the entry.
     pub settings: Option<RoomSettings>,
+    /// For text: the uploads it attaches, checked ready and the sender's (`commit_entry`
+    /// attaches them to the entry's seq).
+    pub media: Vec<MediaRecord>,
 }
 
 /// The text entry `seq` of `room`: `NoSuchMessage` if there is none or the entry is not a
@@ -91,10 +94,12 @@ pub(super) async fn check_message_refs<X: KvTxn>(
             notify.push(name.clone());
         }
     }
+    let media = super::media::check_attachments(t, ks, request, writes).await?;
     Ok(CheckedDetails {
         reply_to: request.details.reply_to,
         mentions: mentions.clone(),
         notify,
+        media,
         ..CheckedDetails::default()
     })
 }
@@ -162,8 +167,9 @@ pub(super) async fn apply_change<X: KvTxn>(
     Ok(CheckedDetails { target: Some(seq), ..CheckedDetails::default() })
 }
 
-/// Everything message `seq` said, gone: its body and mentions (a tombstone stays), the bodies
-/// of its edits (found by their `edit` keys), its reactions and the unread mentions it made.
+/// Everything message `seq` said, gone: its body, mentions and attachments (a tombstone stays;
+/// the attached media's records are doomed), the bodies of its edits (found by their `edit`
+/// keys), its reactions and the unread mentions it made.
 async fn erase<X: KvTxn>(
     t: &X,
     ks: &Keyspace,
@@ -176,7 +182,9 @@ async fn erase<X: KvTxn>(
     for name in target.mentions.iter().filter(|name| **name != target.from) {
         writes.clear(ks.mention(name, room, seq));
     }
-    let tombstone = EntryValue { body: String::new(), mentions: Vec::new(), deleted: true, ..target };
+    super::media::doom_attachments(t, ks, room, seq, &target.attachments, writes).await?;
+    let tombstone =
+        EntryValue { body: String::new(), mentions: Vec::new(), attachments: Vec::new(), deleted: true, ..target };
     writes.set(ks.room_log(room, seq), tombstone.encode());
 
     let edits = ks.edits_of(room, seq);

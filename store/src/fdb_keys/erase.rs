@@ -1,6 +1,6 @@
 //! Deleting an account over the key-value transaction, by the rules of the SQLite backend's
 //! `erase`: what belongs to the user alone goes (their account, log, mentions, presence note, devices,
-//! the blocks they made); the name stays taken, marked by a `gone` key, so nobody registers it
+//! the blocks they made; their media records are doomed); the name stays taken, marked by a `gone` key, so nobody registers it
 //! again and appears as the author of the entries the user left in room logs.
 //!
 //! Blocks other users made of the deleted user are their keys, under their names: reading a
@@ -8,6 +8,7 @@
 
 use super::kv::{corrupt, KvTxn};
 use super::layout::Keyspace;
+use super::limits::WriteSet;
 use super::ops::R;
 use super::values::encode_u64;
 use crate::StoreError;
@@ -33,5 +34,10 @@ pub(super) async fn delete_account<X: KvTxn>(t: &X, ks: &Keyspace, user: &str, t
     t.clear_range(&ks.blocks_range(user));
     t.clear_range(&ks.push_told_range(user));
     t.clear_range(&ks.push_clears_of(user));
+    // Their uploads, attached or not, are doomed: the collector deletes the files.
+    let mut writes = WriteSet::new();
+    super::media::doom_owner(t, ks, user, &mut writes).await?;
+    writes.check("delete account")?;
+    t.apply(writes);
     super::webhooks::queue_user_deleted(t, ks, user, ts).await
 }

@@ -28,6 +28,11 @@
 //! (P, "hook",  id)                   webhook endpoint: URL, events, secret, health
 //! (P, "hookq", id, stream, seq)      an event endpoint `id` has not acknowledged (value: type)
 //! (P, "lease", name)                 who holds a lease and until when
+//! (P, "media", id)                   an upload's record: owner, what it is, created, state
+//! (P, "mown",  owner, id)            index: upload `id` is `owner`'s
+//! (P, "mused", owner)                bytes of `owner`'s uploads that are not doomed
+//! (P, "mwait", created_ms, id)       index: upload `id` is uploading or ready (not attached)
+//! (P, "mdoom", id)                   index: upload `id` is doomed, for the collector
 //! ```
 
 use super::tuple::{TupleError, TupleReader, TupleWriter};
@@ -61,6 +66,11 @@ const WEBHOOK_OUTBOX: &str = "hookq";
 const LEASE: &str = "lease";
 const PUSH_TOLD: &str = "ptold";
 const PUSH_CLEAR: &str = "pclr";
+const MEDIA: &str = "media";
+const MEDIA_OF: &str = "mown";
+const MEDIA_USAGE: &str = "mused";
+const MEDIA_WAITING: &str = "mwait";
+const MEDIA_DOOMED: &str = "mdoom";
 
 /// A half-open key range `[begin, end)`, as FoundationDB range reads and clears take it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -365,6 +375,69 @@ impl Keyspace {
         Ok((user, room))
     }
 
+    /// An upload's record, by its random id.
+    pub fn media(&self, id: &str) -> Vec<u8> {
+        self.tag(MEDIA).str(id).into_bytes()
+    }
+
+    /// Upload `id` is `owner`'s: what an account deletion reads to doom them all.
+    pub fn media_of(&self, owner: &str, id: &str) -> Vec<u8> {
+        self.tag(MEDIA_OF).str(owner).str(id).into_bytes()
+    }
+
+    /// Every `mown` key of an owner, in id order.
+    pub fn media_of_range(&self, owner: &str) -> KeyRange {
+        KeyRange::children(&self.tag(MEDIA_OF).str(owner).into_bytes())
+    }
+
+    /// The id of a key from [`Self::media_of_range`].
+    pub fn media_of_id(&self, owner: &str, key: &[u8]) -> Result<String, TupleError> {
+        last_str(self.tag(MEDIA_OF).str(owner).as_bytes(), key)
+    }
+
+    /// The bytes of `owner`'s uploads that are not doomed: the quota check's one read.
+    pub fn media_usage(&self, owner: &str) -> Vec<u8> {
+        self.tag(MEDIA_USAGE).str(owner).into_bytes()
+    }
+
+    /// Upload `id`, created at `created_ms`, is uploading or ready: a candidate for dooming once
+    /// it is stale.
+    pub fn media_waiting(&self, created_ms: u64, id: &str) -> Vec<u8> {
+        self.tag(MEDIA_WAITING).uint(created_ms).str(id).into_bytes()
+    }
+
+    /// The `mwait` keys of uploads created before `before_ms`, oldest first.
+    pub fn media_waiting_before(&self, before_ms: u64) -> KeyRange {
+        let all = KeyRange::children(&self.tag(MEDIA_WAITING).into_bytes());
+        KeyRange { begin: all.begin, end: self.tag(MEDIA_WAITING).uint(before_ms).into_bytes() }
+    }
+
+    /// The (created ms, id) of a key from [`Self::media_waiting_before`].
+    pub fn media_waiting_entry(&self, key: &[u8]) -> Result<(u64, String), TupleError> {
+        let prefix = self.tag(MEDIA_WAITING).into_bytes();
+        let rest = key.strip_prefix(prefix.as_slice()).ok_or(TupleError::Missing("the expected key prefix"))?;
+        let mut reader = TupleReader::new(rest);
+        let created_ms = reader.uint()?;
+        let id = reader.str()?;
+        reader.finish()?;
+        Ok((created_ms, id))
+    }
+
+    /// Upload `id` is doomed.
+    pub fn media_doomed(&self, id: &str) -> Vec<u8> {
+        self.tag(MEDIA_DOOMED).str(id).into_bytes()
+    }
+
+    /// Every `mdoom` key, in id order.
+    pub fn media_doomed_range(&self) -> KeyRange {
+        KeyRange::children(&self.tag(MEDIA_DOOMED).into_bytes())
+    }
+
+    /// The id of a key from [`Self::media_doomed_range`].
+    pub fn media_doomed_id(&self, key: &[u8]) -> Result<String, TupleError> {
+        last_str(self.tag(MEDIA_DOOMED).as_bytes(), key)
+    }
+
     pub fn lease(&self, name: &str) -> Vec<u8> {
         self.tag(LEASE).str(name).into_bytes()
     }
@@ -600,6 +673,27 @@ mod tests {
         assert!(!mentions.contains(&ks().mention("bob", "r2", 4)));
         assert!(!mentions.contains(&ks().mention("bobby", "r", 4)));
         assert!(ks().mentions_after("bob", "r", u64::MAX).is_empty());
+    }
+
+    #[test]
+    fn media_keys_stay_within_their_owner_and_time() {
+        let owned = ks().media_of_range("bob");
+        assert!(owned.contains(&ks().media_of("bob", "m1")));
+        assert!(!owned.contains(&ks().media_of("bobby", "m1")));
+        assert_eq!(ks().media_of_id("bob", &ks().media_of("bob", "m-7")).unwrap(), "m-7");
+        // Waiting uploads sort by creation time, numerically; the range ends before `before`.
+        let stale = ks().media_waiting_before(1_000);
+        assert!(stale.contains(&ks().media_waiting(0, "z")));
+        assert!(stale.contains(&ks().media_waiting(999, "z")));
+        assert!(!stale.contains(&ks().media_waiting(1_000, "a")));
+        assert!(!stale.contains(&ks().media_waiting(1 << 40, "a")));
+        assert!(!ks().media_waiting_before(0).contains(&ks().media_waiting(0, "a")));
+        assert_eq!(ks().media_waiting_entry(&ks().media_waiting(77, "id")).unwrap(), (77, "id".into()));
+        let doomed = ks().media_doomed_range();
+        assert!(doomed.contains(&ks().media_doomed("x")));
+        assert!(!doomed.contains(&ks().media("x")));
+        assert_eq!(ks().media_doomed_id(&ks().media_doomed("x")).unwrap(), "x");
+        assert!(!ks().media_of_range("bob").contains(&ks().media_usage("bob")));
     }
 
     #[test]

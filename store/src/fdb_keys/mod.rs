@@ -17,7 +17,7 @@
 //!   `amend`: its messages that change (edits, deletes, reactions, replies, mentions);
 //!   `moderate`: its roles, kicks, bans and mutes; `erase`: account deletion; `api_keys`: the
 //!   server API's keys; `devices`: devices for push notifications; `webhooks`: webhook
-//!   endpoints, their outboxes and leases.
+//!   endpoints, their outboxes and leases; `media`: uploads' records and their indexes.
 //!
 //! docs/STORAGE.md describes the layout and the reasoning behind it.
 
@@ -28,6 +28,7 @@ mod erase;
 pub mod kv;
 pub mod layout;
 pub mod limits;
+mod media;
 #[cfg(test)]
 pub mod mem;
 mod moderate;

@@ -45,6 +45,7 @@ use super::limits::{
     auto_trim_through, history_scan, page_rows, split_page, trim_plan, WriteSet, RECOVERY_SCAN_ROWS,
     TRANSACTION_BYTES_BUDGET,
 };
+use super::media;
 use super::moderate;
 use super::push;
 use super::values::{
@@ -55,8 +56,8 @@ use super::webhooks;
 use crate::webhooks::Subscribers;
 use crate::{
     ApiKeyRecord, AppendRequest, Appended, Delivery, DeviceRecord, Epoch, HistoryPage, LogBounds, LogEntry,
-    MembershipLimits, MyRoom, NewRoom, OutboxEvent, PresenceNote, PushClear, PushMember, Recipients, RoomRecord, Store,
-    StoreError, StoreResult, UserRecord, WebhookHealth, WebhookRecord,
+    MediaRecord, MembershipLimits, MyRoom, NewRoom, OutboxEvent, PresenceNote, PushClear, PushMember, Recipients,
+    RoomRecord, Store, StoreError, StoreResult, UserRecord, WebhookHealth, WebhookRecord,
 };
 
 pub(super) type R<T, X> = TxnResult<T, <X as KvTxn>::Error>;
@@ -929,6 +930,7 @@ async fn commit_entry<X: KvTxn>(
         deleted: false,
         until: details.until,
         settings: details.settings,
+        attachments: media::attach(&mut writes, ks, &details.media, room, seq),
     };
     writes.set(ks.room_log(room, seq), value.encode());
     let entry = value.into_entry(room, seq);
@@ -1302,6 +1304,44 @@ impl<D: KvDb> Store for KvStore<D> {
                 |t, _| async move { webhooks::take_lease(&t, ks, name, holder, now_ms, ttl_ms).await },
             )
             .await
+    }
+
+    async fn reserve_media(&self, record: MediaRecord, quota_bytes: u64) -> StoreResult<()> {
+        let (ks, record) = (&self.keys, &record);
+        self.db
+            .transact("reserve media", |t, attempt| async move {
+                media::reserve(&t, ks, record, quota_bytes, attempt).await
+            })
+            .await
+    }
+
+    async fn complete_media(&self, record: MediaRecord) -> StoreResult<()> {
+        let (ks, record) = (&self.keys, &record);
+        self.db
+            .transact("complete media", |t, attempt| async move { media::complete(&t, ks, record, attempt).await })
+            .await
+    }
+
+    async fn media(&self, id: &str) -> StoreResult<Option<MediaRecord>> {
+        let ks = &self.keys;
+        self.db.transact("read media", |t, _| async move { media::by_id(&t, ks, id).await }).await
+    }
+
+    async fn media_usage(&self, user: &str) -> StoreResult<u64> {
+        let ks = &self.keys;
+        self.db.transact("read media usage", |t, _| async move { media::usage(&t, ks, user).await }).await
+    }
+
+    async fn media_garbage(&self, stale_before_ms: u64, limit: u32) -> StoreResult<Vec<MediaRecord>> {
+        let ks = &self.keys;
+        self.db
+            .transact("media garbage", |t, _| async move { media::garbage(&t, ks, stale_before_ms, limit).await })
+            .await
+    }
+
+    async fn drop_media(&self, ids: &[String]) -> StoreResult<()> {
+        let ks = &self.keys;
+        self.db.transact("drop media", |t, _| async move { media::drop_records(&t, ks, ids).await }).await
     }
 
     async fn presence_note(&self, user: &str) -> StoreResult<Option<PresenceNote>> {

@@ -16,13 +16,34 @@ use crate::conformance::Fixture;
 use crate::{AppendRequest, Epoch, LogBounds, MembershipLimits, NewRoom, Recipients, Store, StoreError};
 
 /// Every operation that writes, by the name `ops` gives its transaction.
-const WRITES: &[&str] =
-    &["create user", "revoke tokens", "create room", "append", "trim user log", "mark read", "claim room"];
+const WRITES: &[&str] = &[
+    "create user",
+    "revoke tokens",
+    "create room",
+    "append",
+    "trim user log",
+    "mark read",
+    "claim room",
+    "reserve media",
+    "complete media",
+    "media garbage",
+    "drop media",
+];
 
 /// Writes that answer exactly as if the commit had been known: all but `revoke tokens` (which
 /// bumps once more, revoking more) and `trim user log` (whose count may read 0 on the retry).
-const EXACT_UNDER_UNKNOWN_RESULT: &[&str] =
-    &["create user", "create room", "append", "append batch", "mark read", "claim room"];
+const EXACT_UNDER_UNKNOWN_RESULT: &[&str] = &[
+    "create user",
+    "create room",
+    "append",
+    "append batch",
+    "mark read",
+    "claim room",
+    "reserve media",
+    "complete media",
+    "media garbage",
+    "drop media",
+];
 
 fn mem_store(max_entries: u64) -> (Arc<MemKv>, KvStore<Arc<MemKv>>) {
     let kv = Arc::new(MemKv::default());
@@ -542,4 +563,99 @@ async fn a_batch_with_a_kick_under_an_unknown_result_recovers_the_kicked_members
     }
     assert_eq!(store.members("r").await.unwrap(), named(&["a", "b"]));
     assert_eq!(store.room("r").await.unwrap().unwrap().last_seq, 5, "written once");
+}
+
+/// An upload of `owner` created at `created_ms`.
+fn upload(id: &str, owner: &str, size: u64, created_ms: u64) -> crate::MediaRecord {
+    crate::MediaRecord {
+        id: id.into(),
+        owner: owner.into(),
+        name: format!("{id}.bin"),
+        content_type: String::new(),
+        size,
+        sha256: String::new(),
+        width: None,
+        height: None,
+        thumbnail: None,
+        created_ms,
+        state: crate::MediaState::Uploading,
+    }
+}
+
+/// The keys of the media families in the map.
+fn media_keys(ks: &Keyspace, snapshot: &BTreeMap<Vec<u8>, Vec<u8>>, owner: &str, id: &str) -> Vec<&'static str> {
+    let mut found = Vec::new();
+    let waiting = ks.media_waiting_before(u64::MAX);
+    for key in snapshot.keys() {
+        if *key == ks.media(id) {
+            found.push("media");
+        } else if *key == ks.media_of(owner, id) {
+            found.push("mown");
+        } else if *key == ks.media_usage(owner) {
+            found.push("mused");
+        } else if waiting.contains(key) && ks.media_waiting_entry(key).is_ok_and(|(_, found)| found == id) {
+            found.push("mwait");
+        } else if *key == ks.media_doomed(id) {
+            found.push("mdoom");
+        }
+    }
+    found.sort_unstable();
+    found
+}
+
+/// Each state of an upload has exactly its index keys: waiting while uploading or ready, none
+/// while attached, doomed once doomed; the usage key goes with the last byte counted, and a
+/// dropped record leaves no key behind.
+#[tokio::test]
+async fn media_index_keys_follow_the_records_state() {
+    let (kv, store) = mem_store(0);
+    let epoch = setup(&store, "r", &named(&["a"])).await;
+    let ks = store.keyspace().clone();
+    let keys = |id: &'static str| {
+        let (kv, ks) = (&kv, &ks);
+        async move { media_keys(ks, &kv.snapshot().await, "a", id) }
+    };
+    store.reserve_media(upload("m1", "a", 10, 5), 100).await.expect("reserve");
+    assert_eq!(keys("m1").await, ["media", "mown", "mused", "mwait"]);
+    let ready = crate::MediaRecord { state: crate::MediaState::Ready, ..upload("m1", "a", 8, 5) };
+    store.complete_media(ready.clone()).await.expect("complete");
+    assert_eq!(keys("m1").await, ["media", "mown", "mused", "mwait"]);
+    assert_eq!(store.media_usage("a").await, Ok(8));
+
+    let mut request = text("r", epoch, "a", "t1", "");
+    request.details.attachments = vec![ready.attachment()];
+    let seq = store.append(request).await.expect("append").delivery.entry.seq;
+    assert_eq!(keys("m1").await, ["media", "mown", "mused"], "an attached upload is no candidate");
+    let delete = change("r", epoch, EntryKind::Delete, "a", "d1", seq, "");
+    store.append(delete).await.expect("delete");
+    assert_eq!(keys("m1").await, ["mdoom", "media", "mown"], "doomed: nothing counted, the collector's");
+    assert_eq!(store.media_usage("a").await, Ok(0));
+    store.drop_media(&["m1".into()]).await.expect("drop");
+    assert!(keys("m1").await.is_empty(), "a dropped record left keys behind");
+
+    // Dropping an upload that never finished frees its bytes with its keys.
+    store.reserve_media(upload("m2", "a", 10, 5), 100).await.expect("reserve");
+    store.drop_media(&["m2".into()]).await.expect("drop");
+    assert!(keys("m2").await.is_empty(), "a dropped upload left keys behind");
+}
+
+/// The collector dooms at most `DOOM_PER_PASS` stale uploads per call, oldest first, and the
+/// next call the rest: one call's transaction stays small however many went stale.
+#[tokio::test]
+async fn the_collector_dooms_a_bounded_number_per_pass() {
+    use super::media::DOOM_PER_PASS;
+    let (_, store) = mem_store(0);
+    setup(&store, "r", &named(&["a"])).await;
+    let total = DOOM_PER_PASS + 5;
+    for n in 0..total {
+        store.reserve_media(upload(&format!("m{n:04}"), "a", 1, n as u64), u64::MAX).await.expect("reserve");
+    }
+    let first = store.media_garbage(u64::MAX, u32::MAX).await.expect("garbage");
+    assert_eq!(first.len(), DOOM_PER_PASS);
+    // The oldest went first (ids were given in creation order).
+    assert_eq!(first.last().map(|m| m.id.clone()), Some(format!("m{:04}", DOOM_PER_PASS - 1)));
+    assert_eq!(store.media_usage("a").await, Ok(5));
+    let second = store.media_garbage(u64::MAX, u32::MAX).await.expect("garbage");
+    assert_eq!(second.len(), total);
+    assert_eq!(store.media_usage("a").await, Ok(0));
 }

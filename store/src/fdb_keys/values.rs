@@ -10,10 +10,12 @@
 //!   node that meets a format it does not know reports [`CodecError::UnknownFormat`] instead of
 //!   misreading the value.
 
-use protocol::{Audience, Entry, EntryKind, NotifyLevel, Platform, Role, RoomKind, RoomSettings};
+use protocol::{
+    Attachment, Audience, Entry, EntryKind, NotifyLevel, Platform, Role, RoomKind, RoomSettings, Thumbnail,
+};
 
 use super::tuple::{TupleError, TupleReader, TupleWriter};
-use crate::{DeviceRecord, EventMask, WebhookHealth, WebhookRecord};
+use crate::{DeviceRecord, EventMask, MediaRecord, MediaState, WebhookHealth, WebhookRecord};
 
 /// The first byte of every value written by this version of palaver.
 pub const FORMAT_V1: u8 = 1;
@@ -166,7 +168,8 @@ impl RoomHead {
 }
 
 /// `(P, "rlog", room, seq)`: (kind, from, id, user or null, body, ts, writer, target, reply to,
-/// mention count, mentions…, edited at or null, deleted, until or null). Room and seq are in the
+/// mention count, mentions…, edited at or null, deleted, until or null, settings flag and
+/// settings…, attachment count, attachments…). Room and seq are in the
 /// key and not repeated. `writer` is a random number drawn once per append call: after
 /// `commit_unknown_result` the retry finds out whether the entry at hand is its own.
 ///
@@ -174,7 +177,9 @@ impl RoomHead {
 /// change, `until` after them, for moderation, and the settings after that (a flag, then for a
 /// settings entry name, topic, private, who may post, who may invite); values that predate
 /// them read as a message never replied to, mentioning nobody, never edited or deleted, and an
-/// entry with no end and no settings.
+/// entry with no end and no settings. The attachments came last (a count, then per attachment
+/// media id, name, type, size, width or null, height or null, thumbnail width or null,
+/// thumbnail height or null); values without them read as carrying none.
 /// `target` and `reply_to` are seqs, stored as 0 for none (seqs start at 1); the mentions are a
 /// count followed by that many names, so a field added later still goes after them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -201,6 +206,8 @@ pub struct EntryValue {
     pub until: Option<u64>,
     /// For settings: the room's settings from this entry on.
     pub settings: Option<RoomSettings>,
+    /// For text: the files it posts (none once deleted).
+    pub attachments: Vec<Attachment>,
 }
 
 impl EntryValue {
@@ -227,6 +234,19 @@ impl EntryValue {
                 .boolean(settings.private)
                 .uint(audience_code(settings.who_may_post))
                 .uint(audience_code(settings.who_may_invite));
+        }
+        w = w.uint(self.attachments.len() as u64);
+        for attachment in &self.attachments {
+            let thumbnail = attachment.thumbnail.map(|t| (t.width, t.height)).unzip();
+            w = w
+                .str(&attachment.media)
+                .str(&attachment.name)
+                .str(&attachment.content_type)
+                .uint(attachment.size)
+                .opt_uint(attachment.width.map(u64::from))
+                .opt_uint(attachment.height.map(u64::from))
+                .opt_uint(thumbnail.0.map(u64::from))
+                .opt_uint(thumbnail.1.map(u64::from));
         }
         w.into_bytes()
     }
@@ -261,6 +281,10 @@ impl EntryValue {
                     who_may_invite: audience(r.uint()?)?,
                 })
             },
+            attachments: {
+                let count = r.uint_or(0)?;
+                (0..count).map(|_| attachment(&mut r)).collect::<Result<_, _>>()?
+            },
         })
     }
 
@@ -282,8 +306,84 @@ impl EntryValue {
             until: self.until,
             reactions: Vec::new(),
             settings: self.settings.map(Box::new),
+            attachments: self.attachments,
         }
     }
+}
+
+fn opt_u32(r: &mut TupleReader<'_>) -> Result<Option<u32>, CodecError> {
+    match r.opt_uint()? {
+        None => Ok(None),
+        Some(n) => u32::try_from(n).map(Some).map_err(|_| CodecError::UnknownCode { what: "pixel size", code: n }),
+    }
+}
+
+/// Two optional sizes that are there together or not at all.
+fn size_pair(width: Option<u32>, height: Option<u32>) -> Option<(u32, u32)> {
+    width.zip(height)
+}
+
+fn attachment(r: &mut TupleReader<'_>) -> Result<Attachment, CodecError> {
+    Ok(Attachment {
+        media: r.str()?,
+        name: r.str()?,
+        content_type: r.str()?,
+        size: r.uint()?,
+        width: opt_u32(r)?,
+        height: opt_u32(r)?,
+        thumbnail: size_pair(opt_u32(r)?, opt_u32(r)?).map(|(width, height)| Thumbnail { width, height }),
+    })
+}
+
+/// `(P, "media", id)`: (owner, name, content type, size, SHA-256, width or null, height or null,
+/// thumbnail width or null, thumbnail height or null, created ms, state, room or null, seq or
+/// null); the id is the key's. The state is a code (uploading 0, ready 1, attached 2, doomed 3);
+/// room and seq are those of the message an attached upload was posted in, null otherwise.
+pub fn encode_media(media: &MediaRecord) -> Vec<u8> {
+    let (thumb_width, thumb_height) = media.thumbnail.unzip();
+    let (code, room, seq) = match &media.state {
+        MediaState::Uploading => (0, None, None),
+        MediaState::Ready => (1, None, None),
+        MediaState::Attached { room, seq } => (2, Some(room.as_str()), Some(*seq)),
+        MediaState::Doomed => (3, None, None),
+    };
+    writer()
+        .str(&media.owner)
+        .str(&media.name)
+        .str(&media.content_type)
+        .uint(media.size)
+        .str(&media.sha256)
+        .opt_uint(media.width.map(u64::from))
+        .opt_uint(media.height.map(u64::from))
+        .opt_uint(thumb_width.map(u64::from))
+        .opt_uint(thumb_height.map(u64::from))
+        .uint(media.created_ms)
+        .uint(code)
+        .opt_str(room)
+        .opt_uint(seq)
+        .into_bytes()
+}
+
+/// The media record `id` from its value.
+pub fn decode_media(id: String, bytes: &[u8]) -> Result<MediaRecord, CodecError> {
+    let mut r = reader(bytes)?;
+    let owner = r.str()?;
+    let name = r.str()?;
+    let content_type = r.str()?;
+    let size = r.uint()?;
+    let sha256 = r.str()?;
+    let width = opt_u32(&mut r)?;
+    let height = opt_u32(&mut r)?;
+    let thumbnail = size_pair(opt_u32(&mut r)?, opt_u32(&mut r)?);
+    let created_ms = r.uint()?;
+    let state = match (r.uint()?, r.opt_str()?, r.opt_uint()?) {
+        (0, _, _) => MediaState::Uploading,
+        (1, _, _) => MediaState::Ready,
+        (2, Some(room), Some(seq)) => MediaState::Attached { room, seq },
+        (3, _, _) => MediaState::Doomed,
+        (code, _, _) => return Err(CodecError::UnknownCode { what: "media state", code }),
+    };
+    Ok(MediaRecord { id, owner, name, content_type, size, sha256, width, height, thumbnail, created_ms, state })
 }
 
 /// A seq field stored as 0 for none.
@@ -843,6 +943,97 @@ mod tests {
         let old = before_moderation(&ban());
         assert_eq!(EntryValue::decode(&old).unwrap(), EntryValue { until: None, ..ban() });
         assert!(ban().encode().starts_with(&old));
+    }
+
+    /// A text entry carrying files, one an image with a thumbnail.
+    fn posted() -> EntryValue {
+        EntryValue {
+            attachments: vec![
+                Attachment {
+                    media: "m-1".into(),
+                    name: "cat\0.png".into(),
+                    content_type: "image/png".into(),
+                    size: 1 << 33,
+                    width: Some(640),
+                    height: Some(480),
+                    thumbnail: Some(Thumbnail { width: 160, height: 120 }),
+                },
+                Attachment { media: "m-2".into(), name: "notes.txt".into(), size: 12, ..Attachment::default() },
+            ],
+            ..message()
+        }
+    }
+
+    #[test]
+    fn entries_carry_their_attachments_and_older_ones_read_with_none() {
+        assert_eq!(EntryValue::decode(&posted().encode()).unwrap(), posted());
+        let read = posted().into_entry("r", 9);
+        assert_eq!(read.attachments, posted().attachments);
+        // A settings entry's fields come before the attachments.
+        let settings = RoomSettings {
+            name: "n".into(),
+            topic: "t".into(),
+            private: false,
+            who_may_post: Audience::Moderators,
+            who_may_invite: Audience::Members,
+        };
+        let both = EntryValue { settings: Some(settings), ..posted() };
+        assert_eq!(EntryValue::decode(&both.encode()).unwrap(), both);
+        // As written before attachments: everything up to the settings, no count after them.
+        for value in [entry(), message(), ban()] {
+            let current = value.encode();
+            assert_eq!(current.last(), Some(&0x14), "an empty attachment list is a count of 0");
+            let old = &current[..current.len() - 1];
+            assert_eq!(EntryValue::decode(old).unwrap(), value);
+        }
+        // The attachments follow the old fields, whose bytes stay: older readers read them.
+        let without = message().encode();
+        assert!(posted().encode().starts_with(&without[..without.len() - 1]));
+        // A field from a later version after the attachments is ignored.
+        let newer = TupleWriter::from_prefix(&posted().encode()).str("a field from the future").into_bytes();
+        assert_eq!(EntryValue::decode(&newer).unwrap(), posted());
+        // An attachment list cut short is an error, not a shorter list.
+        let full = posted().encode();
+        assert!(EntryValue::decode(&full[..full.len() - 3]).is_err());
+    }
+
+    #[test]
+    fn media_records_round_trip_in_every_state() {
+        let record = MediaRecord {
+            id: "m-1".into(),
+            owner: "bob".into(),
+            name: "holiday ✓.jpg".into(),
+            content_type: "image/jpeg".into(),
+            size: 5 << 30,
+            sha256: "ab".repeat(32),
+            width: Some(u32::MAX),
+            height: Some(1),
+            thumbnail: Some((160, 90)),
+            created_ms: 1_700_000_000_000,
+            state: MediaState::Ready,
+        };
+        for state in [
+            MediaState::Uploading,
+            MediaState::Ready,
+            MediaState::Attached { room: "dm:a:b".into(), seq: 1 << 40 },
+            MediaState::Doomed,
+        ] {
+            let r = MediaRecord { state, ..record.clone() };
+            assert_eq!(decode_media(r.id.clone(), &encode_media(&r)).unwrap(), r);
+        }
+        let bare = MediaRecord {
+            width: None,
+            height: None,
+            thumbnail: None,
+            content_type: String::new(),
+            state: MediaState::Uploading,
+            ..record
+        };
+        let encoded = encode_media(&bare);
+        assert_eq!(decode_media("m-1".into(), &encoded).unwrap(), bare);
+        // The state (code 0: one byte) and two nulls end the value; another code is refused.
+        let unknown = TupleWriter::from_prefix(&encoded[..encoded.len() - 3]).uint(9).null().null().into_bytes();
+        assert_eq!(decode_media("m-1".into(), &unknown), Err(CodecError::UnknownCode { what: "media state", code: 9 }));
     }
 
     #[test]

@@ -4,24 +4,26 @@
 //! Every change is a new entry of the room log naming its `target`, appended in the same
 //! transaction that applies it to the target's row, so that reading a message back (history,
 //! threads, replay) shows its current state while the log keeps the order in which things
-//! happened. A delete erases for real: the target's body, mentions and reactions and the bodies
-//! of its edits are overwritten in that transaction, and `secure_delete` (see `schema`) zeroes
-//! the bytes SQLite frees.
+//! happened. A delete erases for real: the target's body, mentions, attachments and reactions
+//! and the bodies of its edits are overwritten in that transaction (the attached media's
+//! records doomed), and `secure_delete` (see `schema`) zeroes the bytes SQLite frees.
 
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::moderate;
 use super::ops::{
-    advance_room, deliver, entry_by_client_id, entry_columns, find_uid, insert_entry, is_named_member, require_room,
-    sql_int, RoomRow,
+    advance_room, attachments_from_column, deliver, entry_by_client_id, entry_columns, find_uid, insert_entry,
+    is_named_member, require_room, sql_int, RoomRow,
 };
 use super::threads::Context;
 use crate::{AppendRequest, Appended, Delivery, Recipients, StoreError, StoreResult};
-use protocol::{Entry, EntryKind, ReactionCount, Role, RoomKind};
+use protocol::{Attachment, Entry, EntryKind, ReactionCount, Role, RoomKind};
 
-const TARGET_BY_SEQ: &str = "SELECT sender, kind, ts, deleted, mentions FROM entries WHERE rid = ?1 AND seq = ?2";
+const TARGET_BY_SEQ: &str =
+    "SELECT sender, kind, ts, deleted, mentions, attachments FROM entries WHERE rid = ?1 AND seq = ?2";
 const TARGET_EDIT: &str = "UPDATE entries SET body = ?3, edited_ts = ?4 WHERE rid = ?1 AND seq = ?2";
-const TARGET_ERASE: &str = "UPDATE entries SET body = '', mentions = NULL, deleted = 1 WHERE rid = ?1 AND seq = ?2";
+const TARGET_ERASE: &str =
+    "UPDATE entries SET body = '', mentions = NULL, attachments = NULL, deleted = 1 WHERE rid = ?1 AND seq = ?2";
 const EDITS_ERASE: &str = "UPDATE entries SET body = '', deleted = 1 WHERE rid = ?1 AND target = ?2 AND kind = 'edit'";
 const REACTIONS_ERASE: &str = "DELETE FROM reactions WHERE rid = ?1 AND seq = ?2";
 const MENTION_DELETE: &str = "DELETE FROM mentions WHERE uid = ?1 AND rid = ?2 AND seq = ?3";
@@ -37,9 +39,10 @@ const REACTION_DELETE: &str = "DELETE FROM reactions WHERE rid = ?1 AND seq = ?2
 const REACTION_COUNTS: &str = "SELECT reaction, count(*), max(uid = ?3) FROM reactions \
                                WHERE rid = ?1 AND seq = ?2 GROUP BY reaction ORDER BY reaction";
 const THREAD_ROOT: &str = "SELECT seq, id, sender, kind, subject, body, ts, target, reply_to, mentions, edited_ts, \
-                           deleted, until, settings FROM entries WHERE rid = ?1 AND seq = ?2 AND kind = 'text'";
+                           deleted, until, settings, attachments FROM entries \
+                           WHERE rid = ?1 AND seq = ?2 AND kind = 'text'";
 const THREAD_REPLIES: &str = "SELECT seq, id, sender, kind, subject, body, ts, target, reply_to, mentions, \
-                              edited_ts, deleted, until, settings FROM entries \
+                              edited_ts, deleted, until, settings, attachments FROM entries \
                               WHERE rid = ?1 AND reply_to = ?2 AND seq > ?3 ORDER BY seq LIMIT ?4";
 
 /// Statements on the paths of this module, for the query-plan test.
@@ -66,6 +69,8 @@ struct Target {
     deleted: bool,
     /// Names, one per line (as stored).
     mentions: Option<String>,
+    /// What it carries (a deleted message: nothing).
+    attachments: Vec<Attachment>,
 }
 
 /// The text entry `seq` of `room`: `NoSuchMessage` if there is none (or the entry is not a
@@ -81,6 +86,7 @@ fn require_message(conn: &Connection, room: &RoomRow, seq: u64) -> StoreResult<T
                     ts: r.get(2)?,
                     deleted: r.get(3)?,
                     mentions: r.get(4)?,
+                    attachments: attachments_from_column(r, 5)?,
                 })
             })
             .optional()
@@ -187,6 +193,8 @@ pub(super) fn append_change(
             {
                 conn.prepare_cached(sql).and_then(|mut s| s.execute(params![rid, target_seq])).ctx(doing)?;
             }
+            // Its files go with it: their records are doomed, for the collector to delete.
+            super::media::doom_attachments(conn, room_id, seq, &target.attachments)?;
             // A deleted message no longer counts as an unread mention of anyone it named.
             for name in target.mentions.iter().flat_map(|names| names.split('\n')) {
                 if let Some(uid) = find_uid(conn, name)? {

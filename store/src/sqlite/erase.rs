@@ -1,5 +1,5 @@
 //! Deleting an account as SQL. What belongs to the user alone goes: their log, mentions,
-//! presence note, bans, and blocks made by them or of them. The `users` row stays, without a
+//! presence note, bans, and blocks made by them or of them; their media records are doomed. The `users` row stays, without a
 //! password hash and marked `deleted_ms`, for two reasons: the name stays taken (the UNIQUE
 //! name), so nobody registers it again and appears as the author of the entries the user left
 //! in room logs; and the `uid` is never handed out again, so the reactions the user gave, kept
@@ -43,6 +43,8 @@ pub(super) fn delete_account(conn: &Connection, user: &str, ts: u64) -> StoreRes
     for sql in super::push::ERASE_USER {
         conn.prepare_cached(sql).and_then(|mut s| s.execute([user])).ctx("erase push state")?;
     }
+    // Their uploads, attached or not, are doomed: the collector deletes the files.
+    conn.prepare_cached(super::media::DOOM_OWNER).and_then(|mut s| s.execute([user])).ctx("doom media")?;
     conn.prepare_cached(MARK_DELETED).and_then(|mut s| s.execute(params![uid, sql_int(ts)])).ctx("delete account")?;
     super::webhooks::queue_user_deleted(conn, user, ts)
 }

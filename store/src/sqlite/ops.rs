@@ -21,7 +21,7 @@ use crate::{
     AppendRequest, Appended, Delivery, Epoch, HistoryPage, LogBounds, LogEntry, MembershipLimits, MyRoom, NewRoom,
     PresenceNote, Recipients, RoomRecord, StoreError, StoreResult, UserRecord,
 };
-use protocol::{Audience, Cursor, Entry, EntryKind, NotifyLevel, Role, RoomKind, RoomSettings};
+use protocol::{Attachment, Audience, Cursor, Entry, EntryKind, NotifyLevel, Role, RoomKind, RoomSettings};
 
 /// Automatic retention trims a user's log only when its head reaches a multiple of this, so the
 /// cost is one range delete per 64 appends instead of a one-row delete on every append, and
@@ -74,17 +74,19 @@ const ROOMS_OF_USER: &str = "SELECT r.rid, r.id, r.name, r.kind, r.private, r.cr
                              FROM members m JOIN rooms r ON r.rid = m.rid WHERE m.uid = ?1 ORDER BY m.rid";
 
 const ENTRY_INSERT: &str = "INSERT INTO entries (rid, seq, id, sender, kind, subject, body, ts, target, reply_to, \
-                            mentions, until, settings) \
-                            VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)";
+                            mentions, until, settings, attachments) \
+                            VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)";
 // The kinds spelled exactly as in the partial index's WHERE, so the planner can use it.
 pub(super) const ENTRY_BY_CLIENT_ID: &str = "SELECT seq, id, sender, kind, subject, body, ts, target, reply_to, \
-                                  mentions, edited_ts, deleted, until, settings FROM entries \
+                                  mentions, edited_ts, deleted, until, settings, attachments FROM entries \
                                   WHERE rid = ?1 AND sender = ?2 AND id = ?3 \
                                   AND kind IN ('text', 'edit', 'delete', 'react', 'unreact')";
 const HISTORY_BEFORE: &str = "SELECT seq, id, sender, kind, subject, body, ts, target, reply_to, mentions, \
-                              edited_ts, deleted, until, settings FROM entries WHERE rid = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3";
+                              edited_ts, deleted, until, settings, attachments FROM entries \
+                              WHERE rid = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3";
 const HISTORY_AFTER: &str = "SELECT seq, id, sender, kind, subject, body, ts, target, reply_to, mentions, \
-                             edited_ts, deleted, until, settings FROM entries WHERE rid = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3";
+                             edited_ts, deleted, until, settings, attachments FROM entries \
+                             WHERE rid = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3";
 
 const LOG_ADVANCE_MEMBERS: &str = "UPDATE user_logs SET head = head + 1 \
                                    WHERE uid IN (SELECT uid FROM members WHERE rid = ?1) RETURNING uid, head, floor";
@@ -97,7 +99,8 @@ const LOG_BOUNDS_BY_NAME: &str =
 const LOG_TRIM: &str = "DELETE FROM user_log WHERE uid = ?1 AND cursor > ?2 AND cursor <= ?3";
 const LOG_SET_FLOOR: &str = "UPDATE user_logs SET floor = ?2 WHERE uid = ?1";
 const LOG_PAGE: &str = "SELECT l.cursor, r.id, e.seq, e.id, e.sender, e.kind, e.subject, e.body, e.ts, \
-                        e.target, e.reply_to, e.mentions, e.edited_ts, e.deleted, e.until, e.settings \
+                        e.target, e.reply_to, e.mentions, e.edited_ts, e.deleted, e.until, e.settings, \
+                        e.attachments \
                         FROM user_log l \
                         JOIN entries e ON e.rid = l.rid AND e.seq = l.seq \
                         JOIN rooms r ON r.rid = l.rid \
@@ -229,7 +232,7 @@ fn entry_kind_column(row: &Row<'_>, index: usize) -> rusqlite::Result<EntryKind>
 }
 
 /// An entry from the columns `seq, id, sender, kind, subject, body, ts, target, reply_to,
-/// mentions, edited_ts, deleted, until, settings` starting at `first`.
+/// mentions, edited_ts, deleted, until, settings, attachments` starting at `first`.
 pub(super) fn entry_columns(room: String, row: &Row<'_>, first: usize) -> rusqlite::Result<Entry> {
     let mentions: Option<String> = row.get(first + 9)?;
     Ok(Entry {
@@ -249,7 +252,23 @@ pub(super) fn entry_columns(room: String, row: &Row<'_>, first: usize) -> rusqli
         until: row.get(first + 12)?,
         reactions: Vec::new(),
         settings: settings_from_column(row, first + 13)?,
+        attachments: attachments_from_column(row, first + 14)?,
     })
+}
+
+/// A text entry's attachments as stored: JSON of the protocol's `Attachment`s, NULL for none.
+fn attachments_column(attachments: &[Attachment]) -> Option<String> {
+    (!attachments.is_empty()).then(|| serde_json::to_string(attachments).expect("attachments serialise"))
+}
+
+pub(super) fn attachments_from_column(row: &Row<'_>, index: usize) -> rusqlite::Result<Vec<Attachment>> {
+    let text: Option<String> = row.get(index)?;
+    text.map(|text| {
+        serde_json::from_str(&text)
+            .map_err(|err| rusqlite::Error::FromSqlConversionFailure(index, Type::Text, Box::new(err)))
+    })
+    .transpose()
+    .map(Option::unwrap_or_default)
 }
 
 /// Mentions as stored: names one per line (names cannot hold a line break), NULL for none.
@@ -364,6 +383,7 @@ pub(super) fn insert_entry(conn: &Connection, rid: i64, entry: &Entry) -> StoreR
                 mentions_column(&entry.mentions),
                 entry.until.map(sql_int),
                 settings_column(entry.settings.as_deref()),
+                attachments_column(&entry.attachments),
             ])
         })
         .ctx("insert entry")?;
@@ -732,7 +752,9 @@ fn append_text(conn: &Connection, room: &RoomRow, request: &AppendRequest, reten
     let role = moderate::check_unmuted_member(conn, room, &request.from, request.ts)?;
     crate::rules::check_may_post(&room.record.id, room.record.who_may_post, role)?;
     let mention_uids = amend::check_message_refs(conn, room, request)?;
+    let media = super::media::check_attachments(conn, request)?;
     let seq = advance_room(conn, room, 0)?;
+    let attachments = super::media::attach(conn, &media, &room.record.id, seq)?;
     let entry = Entry {
         room: room.record.id.clone(),
         seq,
@@ -743,6 +765,7 @@ fn append_text(conn: &Connection, room: &RoomRow, request: &AppendRequest, reten
         ts: request.ts,
         reply_to: request.details.reply_to,
         mentions: request.details.mentions.clone(),
+        attachments,
         ..Entry::default()
     };
     insert_entry(conn, room.rid, &entry)?;

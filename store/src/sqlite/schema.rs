@@ -15,7 +15,7 @@ use super::threads::Context;
 use crate::{StoreError, StoreResult};
 
 /// The schema this build reads and writes, stored in `PRAGMA user_version`.
-pub(super) const SCHEMA_VERSION: i64 = 8;
+pub(super) const SCHEMA_VERSION: i64 = 9;
 
 /// `PRAGMA application_id` of a palaver database ("plvr"), so that pointing `path` at some
 /// other application's SQLite file fails on open instead of growing palaver tables inside it.
@@ -277,6 +277,32 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (user, room)
     ) WITHOUT ROWID;
     ALTER TABLE devices ADD COLUMN preview INTEGER NOT NULL DEFAULT 0 CHECK (preview IN (0, 1));",
+    // 8 → 9: media attachments. One `media` row per upload (see `crate::media`), keyed by its
+    // random id, with what its state needs: the room and seq it is attached to. Indexed for
+    // its three questions besides the id: an owner's usage (covering: owner, state, size), the
+    // unattached uploads by age (what the collector dooms) and the doomed ones by id (what it
+    // deletes). Entries gain the attachments they carry, as JSON (NULL for none).
+    "CREATE TABLE media (
+        id           TEXT PRIMARY KEY,
+        owner        TEXT NOT NULL,
+        name         TEXT NOT NULL,
+        content_type TEXT NOT NULL,
+        size         INTEGER NOT NULL CHECK (size >= 0),
+        sha256       TEXT NOT NULL,
+        width        INTEGER,
+        height       INTEGER,
+        thumb_width  INTEGER,
+        thumb_height INTEGER,
+        created_ms   INTEGER NOT NULL,
+        state        TEXT NOT NULL CHECK (state IN ('uploading', 'ready', 'attached', 'doomed')),
+        room         TEXT,
+        seq          INTEGER,
+        CHECK ((state = 'attached') = (room IS NOT NULL AND seq IS NOT NULL))
+    ) WITHOUT ROWID;
+    CREATE INDEX media_by_owner ON media (owner, state, size);
+    CREATE INDEX media_unattached ON media (created_ms) WHERE state IN ('uploading', 'ready');
+    CREATE INDEX media_doomed ON media (id) WHERE state = 'doomed';
+    ALTER TABLE entries ADD COLUMN attachments TEXT;",
 ];
 
 /// Open a connection with palaver's per-connection settings.

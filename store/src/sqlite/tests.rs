@@ -8,7 +8,7 @@ use protocol::{EntryKind, RoomKind};
 use rusqlite::Connection;
 use tempfile::TempDir;
 
-use super::{amend, moderate, ops, schema, SqliteOptions, SqliteStore};
+use super::{amend, media, moderate, ops, schema, SqliteOptions, SqliteStore};
 use crate::conformance::{conformance_tests, Fixture};
 use crate::{AppendRequest, Epoch, HistoryPage, MembershipLimits, NewRoom, Recipients, Store, StoreError};
 
@@ -301,7 +301,7 @@ async fn version_1_files_migrate_and_keep_their_data() {
     // Turn the file back into what version 1 wrote.
     let conn = Connection::open(dir.path().join("palaver.db")).expect("open raw");
     conn.execute_batch(
-        "DROP TABLE push_told; DROP TABLE push_clears; DROP TABLE webhooks; DROP TABLE webhook_outbox; DROP TABLE leases; DROP TABLE api_keys; DROP TABLE devices; DROP TABLE presence_notes; DROP TABLE reactions; DROP TABLE mentions; DROP TABLE bans; DROP TABLE blocks; \
+        "DROP TABLE media; DROP TABLE push_told; DROP TABLE push_clears; DROP TABLE webhooks; DROP TABLE webhook_outbox; DROP TABLE leases; DROP TABLE api_keys; DROP TABLE devices; DROP TABLE presence_notes; DROP TABLE reactions; DROP TABLE mentions; DROP TABLE bans; DROP TABLE blocks; \
          ALTER TABLE members DROP COLUMN notify; ALTER TABLE members DROP COLUMN notify_muted_until; ALTER TABLE members DROP COLUMN role; ALTER TABLE members DROP COLUMN muted_until; \
          ALTER TABLE rooms DROP COLUMN large_since; ALTER TABLE rooms DROP COLUMN topic; \
          ALTER TABLE rooms DROP COLUMN who_may_post; ALTER TABLE rooms DROP COLUMN who_may_invite; ALTER TABLE users DROP COLUMN deleted_ms; \
@@ -328,6 +328,55 @@ async fn version_1_files_migrate_and_keep_their_data() {
     };
     store.append(join).await.expect("join");
     assert_eq!(store.room("r").await.expect("room").expect("kept").large_since, Some(5));
+    let version: i64 = Connection::open(dir.path().join("palaver.db"))
+        .and_then(|c| c.pragma_query_value(None, "user_version", |r| r.get(0)))
+        .expect("version");
+    assert_eq!(version, schema::SCHEMA_VERSION);
+}
+
+/// A file of schema version 8 (before media) opens and migrates in place: its entries read back
+/// without attachments, and uploads can be reserved, completed and attached to new messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_8_files_migrate_to_media() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqliteStore::open(options(&dir)).expect("open");
+    let epoch = setup(&store, "r", &["a", "b"]).await;
+    store.append(text("r", epoch, "a", "m1")).await.expect("append");
+    drop(store);
+    // Turn the file back into what version 8 wrote.
+    let conn = Connection::open(dir.path().join("palaver.db")).expect("open raw");
+    conn.execute_batch("DROP TABLE media; ALTER TABLE entries DROP COLUMN attachments; PRAGMA user_version = 8;")
+        .expect("downgrade");
+    drop(conn);
+
+    let store = SqliteStore::open(options(&dir)).expect("open a version 8 file");
+    let (history, _) = store.history("r", HistoryPage::After(0), 10).await.expect("history");
+    assert_eq!(history.len(), 3, "entries kept");
+    assert!(history.iter().all(|e| e.attachments.is_empty()), "old entries carry no attachments");
+    let upload = crate::MediaRecord {
+        id: "m-1".into(),
+        owner: "a".into(),
+        name: "cat.png".into(),
+        content_type: String::new(),
+        size: 10,
+        sha256: String::new(),
+        width: None,
+        height: None,
+        thumbnail: None,
+        created_ms: 5,
+        state: crate::MediaState::Uploading,
+    };
+    store.reserve_media(upload.clone(), 100).await.expect("reserve");
+    let ready = crate::MediaRecord { content_type: "image/png".into(), width: Some(4), height: Some(3), ..upload };
+    store.complete_media(ready.clone()).await.expect("complete");
+    let mut request = text("r", epoch, "a", "m2");
+    request.details.attachments = vec![ready.attachment()];
+    let sent = store.append(request).await.expect("append with an attachment");
+    assert_eq!(sent.delivery.entry.attachments, vec![ready.attachment()]);
+    let (history, _) = store.history("r", HistoryPage::After(3), 10).await.expect("history");
+    assert_eq!(history[0].attachments, vec![ready.attachment()]);
+    let stored = store.media("m-1").await.expect("media").expect("kept");
+    assert_eq!(stored.state, crate::MediaState::Attached { room: "r".into(), seq: 4 });
     let version: i64 = Connection::open(dir.path().join("palaver.db"))
         .and_then(|c| c.pragma_query_value(None, "user_version", |r| r.get(0)))
         .expect("version");
@@ -409,10 +458,23 @@ fn hot_queries_use_indexes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let conn = schema::open_connection(&dir.path().join("palaver.db"), Duration::from_secs(5), false).expect("open");
     schema::prepare_database(&conn, Duration::from_secs(5)).expect("schema");
-    for sql in ops::HOT_QUERIES.iter().chain(amend::HOT_QUERIES).chain(moderate::HOT_QUERIES) {
+    // A partial index holds only the rows its query wants (the doomed media, say): scanning it
+    // reads those rows and no others.
+    let partial: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_schema WHERE type = 'index' AND sql LIKE '% WHERE %'")
+        .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+        .expect("partial indexes");
+    let media = media::hot_queries();
+    let hot = [ops::HOT_QUERIES, amend::HOT_QUERIES, moderate::HOT_QUERIES].concat();
+    for sql in hot.into_iter().chain(media.iter().map(String::as_str)) {
         let plan = query_plan(&conn, sql);
-        // A subquery's own rows may be scanned (they were found through an index); a table not.
-        let table_scan = |step: &String| step.starts_with("SCAN") && !step.starts_with("SCAN (subquery");
+        // A subquery's own rows may be scanned (they were found through an index), and so may a
+        // partial index; a table not.
+        let table_scan = |step: &String| {
+            step.starts_with("SCAN")
+                && !step.starts_with("SCAN (subquery")
+                && !partial.iter().any(|index| step.ends_with(&format!("USING INDEX {index}")))
+        };
         assert!(!plan.iter().any(table_scan), "table scan in `{sql}`: {plan:?}");
         // Members are listed in join order, and read positions by name, with a sort of at most
         // `max_room_members` rows; everything else comes out of an index already ordered.
