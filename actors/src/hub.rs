@@ -136,6 +136,8 @@ pub struct Hub {
     shutdown: watch::Sender<bool>,
     /// Set when the node runs in a cluster (actors/src/cluster); unset on a single node.
     cluster: std::sync::OnceLock<Arc<Cluster>>,
+    /// Signs media links (`media_url`); set by the node that serves media.
+    media_links: std::sync::OnceLock<crate::media::MediaLinks>,
     /// Where the room actors and their committers run (`room/runtime.rs` says why not on the
     /// main runtime).
     pub(crate) rooms_runtime: RoomsRuntime,
@@ -163,10 +165,21 @@ impl Hub {
             next_conn_id: AtomicU64::new(1),
             shutdown: watch::channel(false).0,
             cluster: std::sync::OnceLock::new(),
+            media_links: std::sync::OnceLock::new(),
             rooms_runtime: RoomsRuntime::start(),
         });
         Presence::start(&hub);
         hub
+    }
+
+    /// Serve media: `media_url` requests are signed with these links from now on.
+    pub fn set_media_links(&self, links: crate::media::MediaLinks) {
+        let _ = self.media_links.set(links);
+    }
+
+    /// The media link signer, when this node serves media.
+    pub fn media_links(&self) -> Option<&crate::media::MediaLinks> {
+        self.media_links.get()
     }
 
     /// Join a cluster: from now on `append` and `deliver` reach other nodes too.

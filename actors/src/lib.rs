@@ -20,6 +20,7 @@ pub mod encoded;
 pub mod hub;
 pub mod lease;
 pub mod limits;
+pub mod media;
 pub mod metrics;
 pub mod names;
 pub mod presence;

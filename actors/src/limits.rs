@@ -158,6 +158,11 @@ pub const PAGE_MAX_BYTES: usize = 128 * 1024;
 const ENTRY_OVERHEAD_BYTES: usize = 512;
 /// One mention in an entry: a user name of at most 32 bytes, quoted, with its separator.
 pub const MENTION_MAX_BYTES: usize = 40;
+/// The files one message may carry.
+pub const MAX_ATTACHMENTS: usize = 10;
+/// One attachment in an entry: a media id, a file name of at most 255 bytes without control
+/// characters (so JSON escapes each byte to at most two), a media type, numbers, field names.
+const ATTACHMENT_MAX_BYTES: usize = 1024;
 /// One reaction count in a `history` entry: the reaction (at most
 /// [`names::REACTION_MAX_BYTES`](crate::names::REACTION_MAX_BYTES), which JSON may escape to
 /// six bytes each), its count and `me`, with field names.
@@ -173,11 +178,12 @@ const FRAME_OVERHEAD_BYTES: usize = 1024;
 impl Limits {
     /// The most bytes one entry (its `message` frame, or its place in a `history` page) encodes
     /// to: a body of `max_body_bytes` control characters, each of which JSON escapes to six
-    /// bytes (`\u0001`), the most mentions and the most reactions.
+    /// bytes (`\u0001`), the most mentions, reactions and attachments.
     pub fn max_entry_bytes(&self) -> usize {
         6 * self.max_body_bytes as usize
             + self.max_mentions as usize * MENTION_MAX_BYTES
             + self.max_reactions_per_message as usize * REACTION_COUNT_MAX_BYTES
+            + MAX_ATTACHMENTS * ATTACHMENT_MAX_BYTES
             + ENTRY_OVERHEAD_BYTES
     }
 

@@ -130,6 +130,25 @@ pub fn new_room_id() -> String {
     format!("r_{tail}")
 }
 
+/// A fresh media id: `md_` and 22 random URL-safe characters (132 bits: an id is not a secret,
+/// but nobody should find uploads by guessing).
+pub fn new_media_id() -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut rng = rand::rng();
+    let tail: String = (0..22).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect();
+    format!("md_{tail}")
+}
+
+/// Whether `id` has the shape of a media id (so a bad one is refused before the store is asked).
+pub fn validate_media_id(id: &str) -> Result<(), String> {
+    let tail = id.strip_prefix("md_").unwrap_or_default();
+    if tail.len() == 22 && tail.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_')) {
+        Ok(())
+    } else {
+        Err(format!("`{}` is not a media id (`md_` and 22 characters)", truncate_for_message(id)))
+    }
+}
+
 /// The other user of the direct conversation `room`, if it is one of `user`'s.
 pub fn direct_peer<'a>(room: &'a str, user: &str) -> Option<&'a str> {
     let (first, second) = room.strip_prefix("dm:")?.split_once(':')?;
@@ -163,6 +182,16 @@ fn truncate_for_message(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn media_ids_are_fresh_and_well_formed() {
+        let (a, b) = (new_media_id(), new_media_id());
+        assert!(validate_media_id(&a).is_ok() && validate_media_id(&b).is_ok() && a != b, "{a} {b}");
+        assert_eq!(a.len(), 25);
+        assert!(validate_media_id("md_../../../etc/passwd.....").is_err());
+        assert!(validate_media_id("md_short").is_err());
+        assert!(validate_media_id(&format!("xx_{}", &a[3..])).is_err());
+    }
+
     use super::*;
 
     #[test]

@@ -20,6 +20,7 @@ use crate::store::{Appended, EntryDetails, HistoryPage, MyRoom, NewRoom, RoomRec
 
 pub mod account;
 pub mod devices;
+pub mod media;
 pub mod messages;
 pub mod presence;
 pub mod service;
@@ -67,6 +68,9 @@ pub fn store_error_frame(hub: &Hub, req: Option<ReqId>, err: StoreError) -> Serv
         StoreError::InvalidReference(_) => ErrorCode::InvalidField,
         StoreError::Unchanged(_) => ErrorCode::Unchanged,
         StoreError::Banned { .. } => ErrorCode::Banned,
+        StoreError::NoSuchMedia(_) => ErrorCode::NoSuchMedia,
+        StoreError::MediaInUse(_) => ErrorCode::MediaInUse,
+        StoreError::QuotaExceeded { .. } => ErrorCode::Forbidden,
         StoreError::Backend(detail) => {
             Metrics::inc(&hub.metrics.store_errors_total);
             error!(error = %detail, "store failure");
@@ -570,16 +574,28 @@ pub async fn send_command(
     ctx: &Ctx,
     req: ReqId,
     room: &str,
-    id: String,
-    body: String,
-    reply_to: Option<u64>,
-    mentions: Vec<String>,
+    message: NewMessage,
 ) -> Result<AppendCommand, Box<ServerFrame>> {
-    check_send(&ctx.hub.limits, req, room, &id, &body)?;
-    let details = messages::send_refs(&ctx.hub.limits, req, reply_to, mentions)?;
+    let NewMessage { id, body, reply_to, mentions, attachments } = message;
+    // A message of files alone needs no text.
+    let text = if body.is_empty() && !attachments.is_empty() { "-" } else { &body };
+    check_send(&ctx.hub.limits, req, room, &id, text)?;
+    let mut details = messages::send_refs(&ctx.hub.limits, req, reply_to, mentions)?;
+    details.attachments = media::attachments(ctx, req, attachments).await?;
     messages::check_not_blocked(ctx, req, room).await?;
     presence::typing_ended_by_send(ctx, room);
     Ok(AppendCommand { kind: EntryKind::Text, from: ctx.user.clone(), id, user: None, body, details })
+}
+
+/// What a `send` (or the server API's post) asks to post, before it is checked.
+#[derive(Debug, Default)]
+pub struct NewMessage {
+    pub id: String,
+    pub body: String,
+    pub reply_to: Option<u64>,
+    pub mentions: Vec<String>,
+    /// Media ids.
+    pub attachments: Vec<String>,
 }
 
 /// Hand `command` to `room`'s owner and wait for its answer, as the reply to request `req`.

@@ -458,8 +458,9 @@ where
             ClientFrame::MarkRead { req, room, seq } => {
                 self.pipeline(async move { vec![requests::mark_read(&ctx, req, room, seq).await] }.boxed())
             }
-            ClientFrame::Send { req, room, id, body, reply_to, mentions } => {
-                match requests::send_command(&ctx, req, &room, id, body, reply_to, mentions).await {
+            ClientFrame::Send { req, room, id, body, reply_to, mentions, attachments } => {
+                let message = requests::NewMessage { id, body, reply_to, mentions, attachments };
+                match requests::send_command(&ctx, req, &room, message).await {
                     Ok(command) => self.forward_to_room(req, room, command).await,
                     Err(frame) => self.reply_in_order(vec![*frame]),
                 }
@@ -495,6 +496,9 @@ where
             }
             ClientFrame::ListDevices { req } => {
                 self.pipeline(async move { vec![requests::devices::list(&ctx, req).await] }.boxed())
+            }
+            ClientFrame::MediaUrl { req, media } => {
+                self.pipeline(async move { vec![requests::media::media_url(&ctx, req, media).await] }.boxed())
             }
             ClientFrame::RemoveDevice { req, id } => {
                 self.pipeline(async move { vec![requests::devices::remove(&ctx, req, id).await] }.boxed())

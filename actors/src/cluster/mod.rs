@@ -234,6 +234,7 @@ impl Cluster {
             mentions: command.details.mentions,
             until: command.details.until,
             settings: command.details.settings,
+            attachments: command.details.attachments,
             traceparent: crate::trace_context::traceparent(&tracing::Span::current()),
         });
         if router.cast(message).is_err() {

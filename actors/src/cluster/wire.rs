@@ -15,7 +15,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use protocol::{Entry, EntryKind, RoomSettingsChange, ServerFrame};
+use protocol::{Attachment, Entry, EntryKind, RoomSettingsChange, ServerFrame};
 use serde::{Deserialize, Serialize};
 
 use crate::presence::Change;
@@ -129,6 +129,8 @@ pub struct ForwardedAppend {
     pub until: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub settings: Option<RoomSettingsChange>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<Attachment>,
     /// The W3C `traceparent` of the request's span on the origin node, when spans are exported
     /// (`trace_context`): the owner's spans join the same trace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -149,6 +151,7 @@ impl ForwardedAppend {
                 mentions: self.mentions.clone(),
                 until: self.until,
                 settings: self.settings.clone(),
+                attachments: self.attachments.clone(),
             },
         }
     }
@@ -190,6 +193,9 @@ pub enum WireError {
     InvalidReference(String),
     Unchanged(String),
     Banned { room: String, user: String, until: Option<u64> },
+    NoSuchMedia(String),
+    MediaInUse(String),
+    QuotaExceeded { user: String, quota: u64 },
 }
 
 impl From<Result<Appended, StoreError>> for WireOutcome {
@@ -216,6 +222,9 @@ impl From<Result<Appended, StoreError>> for WireOutcome {
                 StoreError::InvalidReference(a) => WireError::InvalidReference(a),
                 StoreError::Unchanged(a) => WireError::Unchanged(a),
                 StoreError::Banned { room, user, until } => WireError::Banned { room, user, until },
+                StoreError::NoSuchMedia(a) => WireError::NoSuchMedia(a),
+                StoreError::MediaInUse(a) => WireError::MediaInUse(a),
+                StoreError::QuotaExceeded { user, quota } => WireError::QuotaExceeded { user, quota },
             }),
         }
     }
@@ -245,6 +254,9 @@ impl From<WireOutcome> for Result<Appended, StoreError> {
                 WireError::InvalidReference(a) => StoreError::InvalidReference(a),
                 WireError::Unchanged(a) => StoreError::Unchanged(a),
                 WireError::Banned { room, user, until } => StoreError::Banned { room, user, until },
+                WireError::NoSuchMedia(a) => StoreError::NoSuchMedia(a),
+                WireError::MediaInUse(a) => StoreError::MediaInUse(a),
+                WireError::QuotaExceeded { user, quota } => StoreError::QuotaExceeded { user, quota },
             }),
         }
     }
@@ -558,6 +570,15 @@ mod tests {
                 mentions: Vec::new(),
                 until: None,
                 settings: None,
+                attachments: vec![Attachment {
+                    media: "md_x".into(),
+                    name: "cat.png".into(),
+                    content_type: "image/png".into(),
+                    size: 10,
+                    width: Some(2),
+                    height: Some(1),
+                    thumbnail: Some(protocol::Thumbnail { width: 2, height: 1 }),
+                }],
                 traceparent: None,
             }),
             RouterMessage::Append(ForwardedAppend {
@@ -574,6 +595,7 @@ mod tests {
                 reply_to: None,
                 mentions: Vec::new(),
                 until: None,
+                attachments: Vec::new(),
                 settings: Some(RoomSettingsChange {
                     topic: Some("news".into()),
                     who_may_post: Some(protocol::Audience::Moderators),

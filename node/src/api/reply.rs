@@ -98,13 +98,18 @@ impl Reply {
 /// The HTTP status a protocol error code stands for.
 fn status_of(code: ErrorCode) -> u16 {
     match code {
-        ErrorCode::NoSuchRoom | ErrorCode::NoSuchUser | ErrorCode::NoSuchMessage | ErrorCode::NoSuchDevice => 404,
+        ErrorCode::NoSuchRoom
+        | ErrorCode::NoSuchUser
+        | ErrorCode::NoSuchMessage
+        | ErrorCode::NoSuchDevice
+        | ErrorCode::NoSuchMedia => 404,
         ErrorCode::NotMember | ErrorCode::Forbidden | ErrorCode::Banned => 403,
         ErrorCode::UserExists
         | ErrorCode::RoomFull
         | ErrorCode::TooManyRooms
         | ErrorCode::Unchanged
-        | ErrorCode::MessageDeleted => 409,
+        | ErrorCode::MessageDeleted
+        | ErrorCode::MediaInUse => 409,
         ErrorCode::RateLimited | ErrorCode::SlowDown => 429,
         ErrorCode::Unavailable => 503,
         ErrorCode::Internal => 500,

@@ -103,7 +103,8 @@ async fn run_checked(hub: &Arc<Hub>, route: Route, query: Query, body: Option<Ve
             query.only(&["as"])?;
             let ctx = acting(hub, &query).await?;
             let Post { id, body, reply_to, mentions } = parse_body(body)?;
-            let command = requests::send_command(&ctx, REQ, &room, id, body, reply_to, mentions)
+            let message = requests::NewMessage { id, body, reply_to, mentions, attachments: Vec::new() };
+            let command = requests::send_command(&ctx, REQ, &room, message)
                 .await
                 .map_err(|frame| Reply::from_frame(*frame, 200))?;
             match requests::apply(&ctx, REQ, &room, command).await {

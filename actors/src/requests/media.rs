@@ -1,0 +1,96 @@
+//! Media in messages: the attachments a `send` names, and `media_url`.
+//!
+//! A sender names uploads by id only; what a message says of each file (name, type, size,
+//! image and thumbnail sizes) is copied from the upload's record, so a client cannot make a
+//! file look like something else. Whether the upload may be attached is decided again by the
+//! store in the append's transaction (it is the sender's, ready, and not attached elsewhere);
+//! the check here only answers the obvious refusals before the room is asked. Downloads go
+//! through signed links (`crate::media`) that this module hands to the uploader or to a member
+//! of the room where the file was posted.
+
+use protocol::{Attachment, ErrorCode, ReqId, ServerFrame};
+
+use super::{error_frame, store_error_frame, Ctx};
+use crate::limits::MAX_ATTACHMENTS;
+use crate::media::Variant;
+use crate::names::{self, now_ms};
+use crate::store::{MediaRecord, MediaState};
+
+/// The attachments of a `send` naming `ids`, from their records, or the error reply.
+pub async fn attachments(ctx: &Ctx, req: ReqId, ids: Vec<String>) -> Result<Vec<Attachment>, Box<ServerFrame>> {
+    let refuse = |code, message: String| Box::new(error_frame(Some(req), code, message));
+    if ids.len() > MAX_ATTACHMENTS {
+        return Err(refuse(
+            ErrorCode::InvalidField,
+            format!("a message carries at most {MAX_ATTACHMENTS} attachments"),
+        ));
+    }
+    let mut attachments = Vec::with_capacity(ids.len());
+    for (i, id) in ids.iter().enumerate() {
+        if let Err(message) = names::validate_media_id(id) {
+            return Err(refuse(ErrorCode::InvalidField, format!("`attachments`: {message}")));
+        }
+        if ids[..i].contains(id) {
+            return Err(refuse(ErrorCode::InvalidField, format!("`attachments` names `{id}` twice")));
+        }
+        let record = match ctx.hub.store.media(id).await {
+            Ok(record) => record,
+            Err(err) => return Err(Box::new(store_error_frame(&ctx.hub, Some(req), err))),
+        };
+        // An attached upload may be this very message's, retried: the store answers that one
+        // with the original ack, and any other with `media_in_use`.
+        match record {
+            Some(record)
+                if record.owner == ctx.user
+                    && matches!(record.state, MediaState::Ready | MediaState::Attached { .. }) =>
+            {
+                attachments.push(record.attachment())
+            }
+            _ => return Err(refuse(ErrorCode::NoSuchMedia, format!("no upload `{id}` of yours to attach"))),
+        }
+    }
+    Ok(attachments)
+}
+
+/// `media_url`: signed links to a media file and its thumbnail, for its uploader or a member of
+/// the room it was posted in. Everyone else is told it does not exist, so an id tells an
+/// outsider nothing.
+pub async fn media_url(ctx: &Ctx, req: ReqId, media: String) -> ServerFrame {
+    let Some(links) = ctx.hub.media_links() else {
+        return error_frame(Some(req), ErrorCode::Unavailable, "this node serves no media");
+    };
+    if let Err(message) = names::validate_media_id(&media) {
+        return error_frame(Some(req), ErrorCode::InvalidField, message);
+    }
+    let record = match ctx.hub.store.media(&media).await {
+        Ok(record) => record,
+        Err(err) => return store_error_frame(&ctx.hub, Some(req), err),
+    };
+    let visible = match &record {
+        Some(record) => match may_see(ctx, req, record).await {
+            Ok(visible) => visible,
+            Err(frame) => return frame,
+        },
+        None => false,
+    };
+    let Some(record) = record.filter(|_| visible) else {
+        return error_frame(Some(req), ErrorCode::NoSuchMedia, format!("no media `{media}` you may see"));
+    };
+    let now = now_ms();
+    let (url, expires_at) = links.sign(&record.id, Variant::File, now);
+    let thumbnail_url = record.thumbnail.map(|_| links.sign(&record.id, Variant::Thumbnail, now).0);
+    ServerFrame::MediaUrl { req, media, url, thumbnail_url, expires_at }
+}
+
+/// Whether the asking user may download `record`: their own upload, finished; or one posted
+/// in a room they are a member of now.
+async fn may_see(ctx: &Ctx, req: ReqId, record: &MediaRecord) -> Result<bool, ServerFrame> {
+    match &record.state {
+        MediaState::Ready => Ok(record.owner == ctx.user),
+        MediaState::Attached { .. } if record.owner == ctx.user => Ok(true),
+        MediaState::Attached { room, .. } => {
+            ctx.hub.store.is_member(room, &ctx.user).await.map_err(|err| store_error_frame(&ctx.hub, Some(req), err))
+        }
+        MediaState::Uploading | MediaState::Doomed => Ok(false),
+    }
+}
