@@ -34,6 +34,8 @@ pub struct Config {
     pub webhooks: WebhookSettings,
     /// Push notifications to users' devices (docs/PUSH.md).
     pub push: PushSettings,
+    /// Uploads, downloads and the collector of unused files (docs/MEDIA.md); see `crate::media`.
+    pub media: crate::media::MediaSettings,
     pub log: LogSection,
     /// Spans exported over OTLP (off unless an endpoint is set); see `crate::telemetry`.
     pub tracing: TracingSection,
@@ -61,8 +63,8 @@ impl Default for NodeSection {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClientSection {
-    /// HTTP and WebSocket for clients: `/ws`, `/healthz`, `/readyz` and the web client at `/`
-    /// (the operator endpoints are on `admin.listen`). Port 0 picks a free port; the node logs
+    /// HTTP and WebSocket for clients: `/ws`, `/healthz`, `/readyz`, the web client at `/` and
+    /// media under `/media` (the operator endpoints are on `admin.listen`). Port 0 picks a free port; the node logs
     /// and prints the one it got.
     pub listen: SocketAddr,
     /// Other nodes the bundled web client may connect to, and so send its token and password
@@ -475,6 +477,7 @@ impl Config {
         self.presence.validate()?;
         self.webhooks.validate()?;
         self.push.validate()?;
+        self.media.validate()?;
         if let Err((key, message)) = self.tracing.validate() {
             return invalid(key, &message);
         }
@@ -513,6 +516,13 @@ fn check_no_secrets_in_file(file: &Path) -> Result<(), ConfigError> {
     if value.get("push").and_then(|push| push.get("webhook")).and_then(|hook| hook.get("secret")).is_some() {
         let message = format!("is a secret and must not be in {}; set PALAVER_PUSH__WEBHOOK__SECRET", file.display());
         return Err(ConfigError::invalid("push.webhook.secret", &message));
+    }
+    let s3 = value.get("media").and_then(|media| media.get("s3"));
+    for (key, env) in [("access_key_id", "AWS_ACCESS_KEY_ID"), ("secret_access_key", "AWS_SECRET_ACCESS_KEY")] {
+        if s3.and_then(|s3| s3.get(key)).is_some() {
+            let message = format!("is a secret and must not be in {}; set {env} in the environment", file.display());
+            return Err(ConfigError::invalid(&format!("media.s3.{key}"), &message));
+        }
     }
     // The cluster cookie and the admin token are secrets too.
     for (section, key, env) in

@@ -2,9 +2,10 @@
 //! health checks and the web client.
 //!
 //! Routes: `GET /ws` (WebSocket, the protocol of docs/PROTOCOL.md), `/healthz` (the process
-//! answers), `/readyz` (the store answers and the node is not draining), and `/` plus `/app/*`
-//! (the bundled web client). The operator endpoints are on the admin port (`crate::admin`), and
-//! answer 404 here.
+//! answers), `/readyz` (the store answers and the node is not draining), `/` plus `/app/*`
+//! (the bundled web client), and the media service's `POST /media` (uploads) and `GET`/`HEAD`
+//! `/media/{id}[/thumb]` (downloads by signed link; `crate::media`). The operator endpoints
+//! are on the admin port (`crate::admin`), and answer 404 here.
 //!
 //! Every connection is admitted first (`crate::admission`: `limits.max_connections` and
 //! `limits.max_connections_per_address`), then, with `client.tls_*` set, the TLS handshake runs
@@ -46,6 +47,8 @@ pub struct ClientPort {
     pub origins: AllowedOrigins,
     /// The bundled web client, with the nodes it may connect to.
     pub web: web::WebClient,
+    /// Uploads and downloads under `/media`.
+    pub media: Arc<crate::media::MediaService>,
 }
 
 /// Accept connections until `stop` turns true, then wait for open connections to finish (the
@@ -146,6 +149,9 @@ where
         Ok(request) => request,
         Err(err) => return request::answer_read_error(&mut stream, err).await,
     };
+    if crate::media::is_media_path(&request.path) {
+        return crate::media::serve(&mut stream, request, &hub, &port.media).await;
+    }
     if request.method != "GET" {
         // Paths not served here (the admin port's among them) are not found whatever the method.
         let served =

@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod http_head;
+pub mod media;
 pub mod operator;
 pub mod origin;
 pub mod request;
@@ -22,6 +23,7 @@ use std::time::Duration;
 
 use actors::auth::{AuthConfig, Authenticator, ExternalConfig};
 use actors::hub::Hub;
+use actors::media::MediaLinks;
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -67,7 +69,11 @@ pub async fn build_hub(config: &Config) -> anyhow::Result<Arc<Hub>> {
         Some(external) => auth.with_external(external),
         None => auth,
     };
-    Ok(Hub::new(config.node.name.clone(), config.limits.clone(), config.presence.clone(), store, auth))
+    let hub = Hub::new(config.node.name.clone(), config.limits.clone(), config.presence.clone(), store, auth);
+    // Media links are signed with a key derived from the token key, which every node of a
+    // cluster shares, so any node serves a link any node made.
+    hub.set_media_links(MediaLinks::new(&hub.auth.config().token_key, config.media.url_ttl_s));
+    Ok(hub)
 }
 
 /// What `[auth.jwt]` accepts, when its issuer is set.
@@ -102,6 +108,7 @@ fn external_tokens(config: &Config) -> anyhow::Result<Option<ExternalConfig>> {
 /// Run a node until `stop` turns true: serve, then drain.
 pub async fn run(config: Config, stop: watch::Receiver<bool>) -> anyhow::Result<()> {
     let hub = build_hub(&config).await?;
+    let media = Arc::new(media::MediaService::open(&config.media, &config.node.data_dir).map_err(anyhow::Error::msg)?);
     let client_tls = config.client.tls().map_err(|(key, message)| anyhow::anyhow!("{key}: {message}"))?;
     let admin_token = config.admin.token()?;
     let admin_listener = TcpListener::bind(config.admin.listen)
@@ -123,6 +130,7 @@ pub async fn run(config: Config, stop: watch::Receiver<bool>) -> anyhow::Result<
     let cluster = cluster::start(&config.cluster, &config.node.name, &hub, config.limits.request_timeout_ms).await?;
     actors::webhooks::start(&hub, config.webhooks.clone());
     actors::push::start(&hub, config.push.clone()).map_err(|err| anyhow::anyhow!("push: {err}"))?;
+    media::collect::start(&hub, media.clone());
     // The key browsers subscribe with: every node's page offers it, sending or not.
     let vapid_public_key = actors::push::providers::webpush::public_key_of(&config.push.webpush)
         .map_err(|err| anyhow::anyhow!("push: {err}"))?;
@@ -144,6 +152,7 @@ pub async fn run(config: Config, stop: watch::Receiver<bool>) -> anyhow::Result<
         tls: client_tls,
         origins: origin::AllowedOrigins::new(&config.client.allowed_origins),
         web: web::WebClient::new(&config.client.web_nodes, vapid_public_key.as_deref()),
+        media,
     };
     http::serve(listener, hub, port, stop, Duration::from_millis(config.node.drain_timeout_ms)).await;
     let _ = admin.await;

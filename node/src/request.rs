@@ -1,7 +1,8 @@
 //! The minimal HTTP/1.1 both listeners speak (the client port in `http`, the admin port in
 //! `admin` and the server API in `api`): one request per connection, a request head of bounded
-//! size read before a deadline, a body of bounded `Content-Length` where one is expected, and a
-//! response that closes the connection. Nothing here knows a route.
+//! size read before a deadline, a body of bounded `Content-Length` where one is expected (the
+//! media service streams its own, `crate::media::upload`), and a response that closes the
+//! connection. Nothing here knows a route.
 
 use std::io;
 
@@ -148,27 +149,75 @@ pub async fn respond_with<S: AsyncWrite + Unpin>(
 
 /// The response head, `Connection: close` included.
 pub fn head(status: u16, content_type: &str, extra_headers: &str, body_len: usize) -> String {
-    let reason = match status {
+    let reason = reason(status);
+    format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {body_len}\r\n{extra_headers}Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n"
+    )
+}
+
+/// A response head with exactly the header lines given (each ending in `\r\n`) and
+/// `Connection: close`: for responses whose caching and type headers are the caller's
+/// (media downloads).
+pub fn bare_head(status: u16, headers: &str) -> String {
+    format!("HTTP/1.1 {status} {}\r\n{headers}Connection: close\r\n\r\n", reason(status))
+}
+
+/// The reason phrase of the statuses these listeners answer with.
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
         200 => "OK",
         201 => "Created",
+        206 => "Partial Content",
+        304 => "Not Modified",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        408 => "Request Timeout",
         409 => "Conflict",
         411 => "Length Required",
         413 => "Content Too Large",
         415 => "Unsupported Media Type",
+        416 => "Range Not Satisfiable",
+        422 => "Unprocessable Content",
         426 => "Upgrade Required",
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         _ => "Service Unavailable",
-    };
-    format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {body_len}\r\n{extra_headers}Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n"
-    )
+    }
+}
+
+/// After answering a request whose body was not read (refused before it), keep reading and
+/// dropping what the peer still sends, until it closes or `within` has passed. Closing with
+/// unread bytes would reset the connection, and the peer might lose the answer before it reads
+/// it. The answer must have been written, and the write side shut, first.
+pub async fn linger<S: AsyncRead + Unpin>(stream: &mut S, within: std::time::Duration) {
+    let mut sink = [0u8; 8 * 1024];
+    let _ = tokio::time::timeout(within, async { while matches!(stream.read(&mut sink).await, Ok(1..)) {} }).await;
+}
+
+/// Percent-decode a query value (`%XX`; anything else, `+` included, stays as it is).
+pub fn percent_decode(value: &str) -> Vec<u8> {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(high), Some(low)) => {
+                out.push((high * 16 + low) as u8);
+                i += 3;
+            }
+            (byte, _, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -193,6 +242,11 @@ mod tests {
         assert_eq!(request.query_param("ro"), None);
         assert_eq!(request.header("authorization"), Some("Bearer t"));
         assert_eq!(request.rest, b"rest");
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("a%20b%2Fc%e2%82%AC+%zz%4"), "a b/c€+%zz%4".as_bytes());
     }
 
     #[tokio::test]

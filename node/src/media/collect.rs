@@ -1,0 +1,95 @@
+//! The collector: deletes the objects of uploads nothing uses, then their records. One node of
+//! the cluster collects at a time, whichever holds the store's `media` lease
+//! (`actors::lease`); every node runs the task and takes over when the holder dies.
+//!
+//! Each pass asks the store for garbage (`Store::media_garbage`), which first dooms the records
+//! still `Uploading` or `Ready` (unattached) `media.orphan_ttl_s` after they were created, and
+//! returns up to [`PAGE`] doomed ones (those include what deleting a message or an account
+//! doomed). Their objects, `media/{id}` and `thumb/{id}`, are deleted (one already gone is
+//! fine), then the records whose objects are gone are dropped (`Store::drop_media`); a record
+//! whose delete failed stays doomed and comes back in the next pass. A full page makes the
+//! collector go again at once, anything else waits `media.collect_poll_ms`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actors::hub::Hub;
+use actors::lease::{run_passes, Lease};
+use actors::names::now_ms;
+use actors::supervise::spawn_restarting;
+use futures_util::{stream, StreamExt};
+use store::StoreResult;
+use tracing::{info, warn};
+
+use super::{objects, MediaCounters, MediaService};
+
+/// The lease that decides which node collects.
+const LEASE: &str = "media";
+
+/// Records handled per pass.
+pub const PAGE: u32 = 100;
+
+/// Objects deleted at once.
+const DELETES_IN_FLIGHT: usize = 8;
+
+/// Start this node's collector; it ends when the hub shuts down (and is restarted if it panics).
+pub fn start(hub: &Arc<Hub>, media: Arc<MediaService>) {
+    let collector = Arc::new(Collector { hub: hub.clone(), lease: Lease::new(LEASE, media.settings.lease_ms), media });
+    spawn_restarting("media: collector", move || {
+        let collector = collector.clone();
+        async move { collector.run().await }
+    });
+}
+
+struct Collector {
+    hub: Arc<Hub>,
+    media: Arc<MediaService>,
+    lease: Lease,
+}
+
+impl Collector {
+    async fn run(self: Arc<Self>) {
+        let poll = Duration::from_millis(self.media.settings.collect_poll_ms);
+        run_passes(&self.hub, poll, "media: collector", || self.pass()).await;
+    }
+
+    /// One pass; whether it made progress on a full page (then there may be more at once).
+    async fn pass(&self) -> StoreResult<bool> {
+        if !self.lease.hold(self.hub.store.as_ref(), &self.hub.node).await? {
+            return Ok(false);
+        }
+        let stale_before_ms = now_ms().saturating_sub(self.media.settings.orphan_ttl_s.saturating_mul(1000));
+        let garbage = self.hub.store.media_garbage(stale_before_ms, PAGE).await?;
+        collect(&self.hub, &self.media, garbage.into_iter().map(|record| record.id).collect(), PAGE).await
+    }
+}
+
+/// Delete the objects of doomed records `ids` (a page of at most `page`), then the records
+/// whose objects are gone. Whether the page was full and something was collected.
+pub async fn collect(hub: &Hub, media: &MediaService, ids: Vec<String>, page: u32) -> StoreResult<bool> {
+    if ids.is_empty() {
+        return Ok(false);
+    }
+    let full = ids.len() >= page as usize;
+    let deleted: Vec<String> = stream::iter(ids)
+        .map(|id| async move {
+            match objects::delete_both(media.objects.as_ref(), &id).await {
+                Ok(()) => Some(id),
+                Err(err) => {
+                    warn!(media = id, error = %err, "media: collector could not delete the objects; trying again later");
+                    None
+                }
+            }
+        })
+        .buffer_unordered(DELETES_IN_FLIGHT)
+        .filter_map(|deleted| async move { deleted })
+        .collect()
+        .await;
+    if deleted.is_empty() {
+        return Ok(false);
+    }
+    hub.store.drop_media(&deleted).await?;
+    MediaCounters::add(&media.counters.collected_total, deleted.len() as u64);
+    info!(collected = deleted.len(), "media: collected unused uploads");
+    Ok(full)
+}
