@@ -47,6 +47,12 @@
 // - Push notifications: "Notifications on this browser" registers the browser's Web Push
 //   subscription with the node as a `webpush` device; the service worker (/sw.js) shows and
 //   clears the notifications, and a click opens the room. See "Push notifications".
+// - Media: files are uploaded over HTTP (`POST /media`, with the user's token) to the node the
+//   socket is connected to, as soon as they are picked or dropped, and go out with the next
+//   message as `send.attachments` (kept in the outbox item, so a retry carries them). Messages
+//   show their attachments: images as thumbnails, other files as download links, through
+//   short-lived signed links asked for (`media_url`) when they come into view and cached until
+//   they expire. See "Media".
 // - Text from the network only ever reaches the page through `textContent`.
 'use strict';
 
@@ -141,6 +147,17 @@
   const RECEIPT_NAMES_MAX = 10;
   /** "last seen 5 min ago" is refreshed this often. */
   const PRESENCE_TICK_MS = 30000;
+  /** Files one message may carry (docs/MEDIA.md). */
+  const ATTACHMENTS_MAX = 10;
+  /** `media_url` requests awaiting their answer at once; the rest wait their turn. */
+  const MEDIA_URL_INFLIGHT_MAX = 8;
+  /** A link is asked for again this long before it expires (a download may take a while). */
+  const MEDIA_LINK_MARGIN_MS = 60000;
+  /** However soon a link says it expires (a clock far off), it is used this long at least:
+   *  otherwise every answer would look stale and be asked for again at once. */
+  const MEDIA_LINK_MIN_MS = 60000;
+  /** After a `media_url` that failed for a passing reason, ask again this much later. */
+  const MEDIA_URL_RETRY_MS = 5000;
   const NARROW = window.matchMedia('(max-width: 720px)');
 
   // ---- Storage ------------------------------------------------------------------------------
@@ -492,6 +509,7 @@
       $('history-status').textContent = '';
     }
     if (S.view) forgetQuoteRequests(S.view);
+    forgetMediaRequests();
     // Requests whose answer will not come: their forms may be used again.
     formsLostConnection();
   }
@@ -683,6 +701,8 @@
         return onOk(ctx);
       case 'device':
         return onDevice(frame, ctx);
+      case 'media_url':
+        return onMediaUrl(frame, ctx);
       default:
         return undefined; // a newer node's frame: ignore
     }
@@ -777,6 +797,7 @@
     S.outbox = [];
     S.failed = [];
     S.learned = new Map();
+    resetMedia();
     resetPresence();
     closeRoomPanels();
     closeDeleteAccount();
@@ -836,6 +857,7 @@
     S.view = null;
     S.roomsRequested = false;
     S.learned = new Map();
+    resetMedia();
     resetPresence();
     S.myPresence = validPresenceChoice(storage.get(keys.presence(user), null));
     renderMyPresence();
@@ -874,6 +896,7 @@
     flushOutbox();
     markRead();
     renderPending();
+    askShownMedia();
     maybeSettle();
     checkPush();
   }
@@ -996,6 +1019,10 @@
     }
     if (kind === 'send') {
       onSendError(frame, ctx);
+      return;
+    }
+    if (kind === 'media_url') {
+      onMediaUrlError(frame, ctx);
       return;
     }
     if (kind === 'quote') {
@@ -1307,6 +1334,7 @@
     };
     storage.set(keys.room(S.user), id);
     $('messages').replaceChildren();
+    stopWatchingAttachments();
     $('jump').hidden = true;
     renderView();
     renderTyping();
@@ -1624,6 +1652,8 @@
       deleted: !!entry.deleted,
       reply_to: Number.isSafeInteger(entry.reply_to) ? entry.reply_to : null,
       mentions: Array.isArray(entry.mentions) ? entry.mentions.filter((name) => typeof name === 'string') : [],
+      /** Files it carries (none once deleted): see validAttachment. */
+      attachments: entry.deleted ? [] : attachmentsOf(entry),
       /** reaction → { count, me } */
       reactions,
       asOf,
@@ -1657,6 +1687,8 @@
     quote.title = 'Show the message this answers';
     quote.addEventListener('click', () => showMessage(view, model.reply_to));
     const content = el('div', 'content');
+    const files = el('div', 'attachments');
+    files.hidden = true;
     const reactions = el('ul', 'reactions');
     reactions.setAttribute('aria-label', 'Reactions');
     const actions = el('div', 'actions');
@@ -1669,9 +1701,9 @@
     picker.addEventListener('keydown', (event) => {
       if (event.key === 'Escape') closeReactionPicker(view, true);
     });
-    li.append(meta, quote, content, reactions, actions, picker);
+    li.append(meta, quote, content, files, reactions, actions, picker);
     model.li = li;
-    model.parts = { edited, status, quote, content, reactions, actions, picker };
+    model.parts = { edited, status, quote, content, files, reactions, actions, picker };
     return li;
   }
 
@@ -1691,6 +1723,7 @@
     edited.title = model.edited_at ? `edited ${formatTime(model.edited_at)}` : '';
     paintQuote(view, model);
     paintContent(view, model);
+    paintAttachments(model);
     paintReactions(view, model);
     paintActions(view, model);
     paintChangeStatus(view, model);
@@ -1705,7 +1738,13 @@
       return;
     }
     const unsaved = lastPendingEdit(view.room, model.seq);
-    const body = bodyElement(unsaved ? unsaved.body : model.body, model.mentions);
+    const text = unsaved ? unsaved.body : model.body;
+    if (text === '' && model.attachments.length) {
+      // Files alone: no empty text line above them.
+      content.replaceChildren();
+      return;
+    }
+    const body = bodyElement(text, model.mentions);
     if (unsaved) body.classList.add('unsaved');
     content.replaceChildren(body);
   }
@@ -2006,7 +2045,7 @@
   /** What a reply quotes: the message on screen, or fetched with `thread` (null while loading). */
   function quoteOf(view, seq) {
     const model = view.messages.get(seq);
-    if (model) return { from: model.from, body: model.body, deleted: model.deleted };
+    if (model) return { from: model.from, body: model.body, deleted: model.deleted, files: model.attachments };
     const cached = view.quotes.get(seq);
     if (cached === undefined) requestQuote(view, seq);
     return cached === 'loading' || cached === undefined ? null : cached;
@@ -2017,7 +2056,7 @@
     if (quote === null) text = '…';
     else if (quote === 'missing') text = 'a message that is not there';
     else if (quote.deleted) text = 'message deleted';
-    else text = excerpt(quote.body);
+    else text = excerpt(quote.body) || filesText(quote.files);
     return [el('span', 'quote-from', quote && quote.from ? quote.from : ''), el('span', 'quote-text', text)];
   }
 
@@ -2059,7 +2098,9 @@
     if (!ctx || ctx.kind !== 'quote' || !view || view.room !== ctx.room) return;
     const root = frame.root;
     const quote =
-      root && root.seq === ctx.seq ? { from: root.from, body: root.deleted ? '' : String(root.body ?? ''), deleted: !!root.deleted } : 'missing';
+      root && root.seq === ctx.seq
+        ? { from: root.from, body: root.deleted ? '' : String(root.body ?? ''), deleted: !!root.deleted, files: root.deleted ? [] : attachmentsOf(root) }
+        : 'missing';
     view.quotes.set(ctx.seq, quote);
     repaintQuotesOf(view, ctx.seq);
   }
@@ -2173,6 +2214,7 @@
     model.edited_at = null;
     model.mentions = [];
     model.reactions = new Map();
+    model.attachments = [];
   }
 
   /** Changes that arrived before their message came on screen, and are newer than its state. */
@@ -2191,7 +2233,7 @@
     const model = view.messages.get(entry.seq);
     if (asOf <= model.asOf) return;
     const fresh = messageModel(entry, asOf);
-    for (const key of ['body', 'edited_at', 'deleted', 'reply_to', 'mentions', 'reactions', 'asOf']) model[key] = fresh[key];
+    for (const key of ['body', 'edited_at', 'deleted', 'reply_to', 'mentions', 'attachments', 'reactions', 'asOf']) model[key] = fresh[key];
     applyUnplaced(view, model);
     paintMessage(view, model);
     repaintQuotesOf(view, model.seq);
@@ -2204,7 +2246,7 @@
     if (entry.kind === 'delete' || (entry.kind === 'edit' && entry.deleted)) {
       view.quotes.set(entry.target, { from: quote.from, body: '', deleted: true });
     } else if (entry.kind === 'edit') {
-      view.quotes.set(entry.target, { from: quote.from, body: String(entry.body ?? ''), deleted: false });
+      view.quotes.set(entry.target, { from: quote.from, body: String(entry.body ?? ''), deleted: false, files: quote.files });
     } else {
       return;
     }
@@ -2919,15 +2961,18 @@
     if (item && item.op) repaintChangeTarget(item);
   }
 
-  /** Check a message against the node's limits before it goes anywhere. */
-  function refusal(body) {
-    if (!body.trim()) return 'The message is empty.';
+  /** Check a message (with the media ids it attaches) against the node's limits before it goes
+   *  anywhere. */
+  function refusal(body, attachments = []) {
+    if (!body.trim() && !attachments.length) return 'The message is empty.';
     const bytes = byteLength(body);
     const max = S.limits.max_body_bytes;
     if (bytes > max) {
       return `Message too long: ${bytes} bytes, the node accepts at most ${max} bytes (max_body_bytes). Shorten it or split it.`;
     }
-    const frame = JSON.stringify({ type: 'send', req: 4294967295, room: S.view.room, id: newMessageId(), body });
+    const frame = JSON.stringify(
+      Object.assign({ type: 'send', req: 4294967295, room: S.view.room, id: newMessageId(), body }, attachments.length ? { attachments } : {}),
+    );
     if (byteLength(frame) > S.limits.max_frame_bytes) {
       return `Message too long once encoded: ${byteLength(frame)} bytes, the node accepts frames of at most ${S.limits.max_frame_bytes} bytes (max_frame_bytes).`;
     }
@@ -2936,22 +2981,37 @@
 
   function submitMessage() {
     const input = $('message-input');
-    const body = input.value;
     if (!S.view) return;
-    const refused = refusal(body);
+    if (uploadsBusy()) {
+      // The send button is disabled meanwhile; Enter says why.
+      $('composer-error').textContent = 'Wait until the files are uploaded, then send.';
+      return;
+    }
+    const files = readyAttachments();
+    const ids = files.map((file) => file.media);
+    // With files, a text of blanks only is no text.
+    const body = files.length && !input.value.trim() ? '' : input.value;
+    const refused = refusal(body, ids);
     if (refused) {
       $('composer-error').textContent = refused;
       input.setAttribute('aria-invalid', 'true');
       return;
     }
     $('composer-error').textContent = '';
+    media.errors = [];
     input.removeAttribute('aria-invalid');
     const item = { id: newMessageId(), room: S.view.room, body, ts: Date.now() };
     if (S.view.replyTo !== null) item.reply_to = S.view.replyTo;
     const mentions = mentionsIn(S.view, body);
     if (mentions.length) item.mentions = mentions;
-    // Stored first: a reload or a crash from here on still sends it, once.
+    if (ids.length) {
+      item.attachments = ids;
+      // What the pending copy shows until the message is committed.
+      item.files = files.map((file) => ({ media: file.media, name: file.name, size: file.size }));
+    }
+    // Stored first: a reload or a crash from here on still sends it, once, with its files.
     outboxAdd(item);
+    if (ids.length) clearUploads();
     S.view.replyTo = null;
     renderReplyBar();
     input.value = '';
@@ -2989,6 +3049,10 @@
         Object.assign(frame, { type: 'send', body: item.body });
         if (Number.isSafeInteger(item.reply_to)) frame.reply_to = item.reply_to;
         if (Array.isArray(item.mentions) && item.mentions.length) frame.mentions = item.mentions;
+        if (Array.isArray(item.attachments)) {
+          const ids = item.attachments.filter((id) => typeof id === 'string');
+          if (ids.length) frame.attachments = ids;
+        }
         return frame;
     }
   }
@@ -3098,7 +3162,18 @@
     li.dataset.id = item.id;
     const meta = el('div', 'meta');
     meta.append(el('span', 'from', S.user || ''), document.createTextNode(' '), el('span', 'status', status));
-    li.append(meta, el('p', 'body', item.body));
+    const files = Array.isArray(item.files) ? item.files.filter((file) => file && typeof file.name === 'string') : [];
+    if (item.body || !files.length) li.append(meta, el('p', 'body', item.body));
+    else li.append(meta);
+    if (files.length) {
+      const list = el('ul', 'pending-files');
+      list.setAttribute('aria-label', 'Attached files');
+      for (const file of files) {
+        const size = Number.isSafeInteger(file.size) ? ` (${humanSize(file.size)})` : '';
+        list.append(el('li', 'pending-file', `📎 ${file.name}${size}`));
+      }
+      li.append(list);
+    }
     if (failed) {
       const dismiss = el('button', 'link-button', 'Dismiss');
       dismiss.type = 'button';
@@ -3111,6 +3186,565 @@
     return li;
   }
 
+
+  // ---- Media --------------------------------------------------------------------------------
+  // Files travel beside the WebSocket (docs/PROTOCOL.md, "Media"; docs/MEDIA.md). Each file the
+  // user picks (the attach button), drops on the conversation or pastes is uploaded at once,
+  // `POST /media?name=…` with the user's token, to the node the socket is connected to (the
+  // page's own while there is none); a chip in the composer shows its progress, then its name
+  // and size. The next message carries the uploaded ones (`send.attachments`: the outbox item
+  // keeps the ids, so a retry sends them again with the same message id) and the chips go.
+  // Sending waits while a file is on its way. A refused upload says why and its chip goes.
+  //
+  // Messages show what they carry: an image as its thumbnail (sized from the attachment before it
+  // loads; a click opens the image in a new tab), any other file as a download link. Links are
+  // signed and short-lived: `media_url` asks for one when an attachment comes into view, and it
+  // is cached per media id until shortly before it expires (asked for again then if the file is
+  // still on screen). A file the node no longer has (`no_such_media`) shows as deleted. Names are
+  // the uploader's words: they reach the page through textContent and attributes only.
+  const media = {
+    /** The composer's files, in order: { key, name, size, loaded, xhr, attachment, li, parts } */
+    uploads: [],
+    nextKey: 0,
+    /** Why uploads were refused since the user last acted (shown in the composer). */
+    errors: [],
+    /** The error line as renderUploadErrors last wrote it. */
+    shownError: '',
+    /** media id → { url, thumb, until } | { pending: true } | { gone: true } */
+    links: new Map(),
+    /** media id → timer renewing its link before it expires */
+    renewals: new Map(),
+    /** Ids waiting for a `media_url` slot (MEDIA_URL_INFLIGHT_MAX), in order. */
+    queue: new Set(),
+    inflight: 0,
+    /** Asks for links as attachments come into view (null until the first one). */
+    observer: null,
+  };
+  /** The attachment each element on screen shows. */
+  const shownAttachment = new WeakMap();
+
+  function humanSize(bytes) {
+    if (!Number.isSafeInteger(bytes) || bytes < 0) return '';
+    if (bytes < 1024) return `${bytes} B`;
+    const units = ['KB', 'MB', 'GB', 'TB'];
+    let value = bytes / 1024;
+    let unit = 0;
+    while (value >= 1024 && unit < units.length - 1) {
+      value /= 1024;
+      unit++;
+    }
+    return `${value < 10 ? value.toFixed(1) : Math.round(value)} ${units[unit]}`;
+  }
+
+  /** An attachment as the node describes it (an upload's answer, a message's), or null. */
+  function validAttachment(a) {
+    if (!a || typeof a !== 'object' || typeof a.media !== 'string' || !a.media) return null;
+    const size = (w, h) => Number.isSafeInteger(w) && Number.isSafeInteger(h) && w > 0 && h > 0;
+    const out = {
+      media: a.media,
+      name: typeof a.name === 'string' && a.name ? a.name : 'file',
+      type: typeof a.type === 'string' ? a.type : 'application/octet-stream',
+      size: Number.isSafeInteger(a.size) && a.size >= 0 ? a.size : null,
+    };
+    if (size(a.width, a.height)) {
+      out.width = a.width;
+      out.height = a.height;
+    }
+    if (a.thumbnail && size(a.thumbnail.width, a.thumbnail.height)) out.thumbnail = { width: a.thumbnail.width, height: a.thumbnail.height };
+    return out;
+  }
+
+  const attachmentsOf = (entry) => (Array.isArray(entry.attachments) ? entry.attachments.map(validAttachment).filter(Boolean) : []);
+
+  /** What a quote of a message of files alone says. */
+  function filesText(files) {
+    if (!Array.isArray(files) || !files.length) return '';
+    return files.length === 1 ? `📎 ${files[0].name}` : `📎 ${files.length} files`;
+  }
+
+  /**
+   * Where files go and come from: the page's own node, whichever node the socket uses. Every node
+   * serves every upload and link (records in the shared store, bytes in shared storage), and the
+   * page's own origin needs no CORS and nothing more in the page's Content-Security-Policy.
+   */
+  function nodeOrigin() {
+    return location.origin;
+  }
+
+  /** A link the node gave (a path on its client port), as an absolute http(s) URL, or null. */
+  function mediaHref(path, origin) {
+    if (typeof path !== 'string' || !path) return null;
+    try {
+      const url = new URL(path, origin);
+      return url.protocol === 'http:' || url.protocol === 'https:' ? url.href : null;
+    } catch (_) {
+      return null;
+    }
+  }
+
+  // -- The composer's files --
+  const uploadsBusy = () => media.uploads.some((upload) => !upload.attachment);
+  const readyAttachments = () => media.uploads.filter((upload) => upload.attachment).map((upload) => upload.attachment);
+  const mayAttach = () => !!(S.auth && S.view && !postingBlocked(S.view));
+
+  /** Files picked, dropped or pasted: each is uploaded at once, up to a message's worth. */
+  function addFiles(fileList) {
+    const files = Array.from(fileList || []);
+    if (!files.length) return;
+    media.errors = [];
+    if (!mayAttach()) {
+      media.errors.push(S.view ? 'Files cannot be sent here now.' : 'Open a room to send files.');
+      renderUploadErrors();
+      return;
+    }
+    const room = Math.max(0, ATTACHMENTS_MAX - media.uploads.length);
+    if (files.length > room) {
+      media.errors.push(`A message carries at most ${ATTACHMENTS_MAX} files: ${files.length - room} not added.`);
+    }
+    renderUploadErrors();
+    for (const file of files.slice(0, room)) startUpload(file);
+  }
+
+  function startUpload(file) {
+    const upload = { key: ++media.nextKey, name: file.name || 'file', size: file.size, loaded: 0, xhr: null, attachment: null, li: null, parts: null };
+    const xhr = new XMLHttpRequest();
+    upload.xhr = xhr;
+    xhr.open('POST', `${nodeOrigin()}/media?name=${encodeURIComponent(upload.name)}`);
+    xhr.setRequestHeader('Authorization', `Bearer ${S.auth.token}`);
+    // The node sniffs the type from the bytes; the browser's guess only has to agree with them.
+    if (file.type) xhr.setRequestHeader('Content-Type', file.type);
+    xhr.upload.onprogress = (event) => {
+      upload.loaded = event.loaded;
+      if (event.lengthComputable && event.total) upload.size = event.total;
+      paintUpload(upload);
+    };
+    xhr.onload = () => uploadAnswered(upload, xhr);
+    xhr.onerror = () => uploadFailed(upload, 'the upload failed (the connection to the node broke)');
+    xhr.ontimeout = () => uploadFailed(upload, 'the upload timed out');
+    media.uploads.push(upload);
+    renderUploads();
+    try {
+      xhr.send(file);
+    } catch (err) {
+      uploadFailed(upload, `the upload could not start (${err.message})`);
+    }
+  }
+
+  function uploadAnswered(upload, xhr) {
+    if (!media.uploads.includes(upload)) return; // removed meanwhile
+    let answer = null;
+    try {
+      answer = JSON.parse(xhr.responseText);
+    } catch (_) {
+      /* said below */
+    }
+    if (xhr.status === 201 || xhr.status === 200) {
+      const attachment = validAttachment(answer);
+      if (!attachment) {
+        uploadFailed(upload, 'the node answered something this page does not understand');
+        return;
+      }
+      upload.attachment = attachment;
+      upload.xhr = null;
+      paintUpload(upload);
+      renderComposerState();
+      return;
+    }
+    const message = answer && typeof answer.message === 'string' && answer.message ? answer.message : `the node answered ${xhr.status}`;
+    uploadFailed(upload, message);
+  }
+
+  function uploadFailed(upload, message) {
+    if (!media.uploads.includes(upload)) return;
+    media.errors.push(`${upload.name}: ${message}`);
+    dropUpload(upload);
+    renderUploadErrors();
+  }
+
+  /** Take a file off the composer; one still uploading is stopped (the node forgets it). */
+  function dropUpload(upload) {
+    media.uploads = media.uploads.filter((u) => u !== upload);
+    if (upload.xhr) {
+      const xhr = upload.xhr;
+      upload.xhr = null;
+      xhr.onload = xhr.onerror = xhr.ontimeout = xhr.upload.onprogress = null;
+      if (xhr.readyState !== XMLHttpRequest.DONE) xhr.abort();
+    }
+    renderUploads();
+  }
+
+  /** The user took a file off: the focus goes to the next file, else to the message box. */
+  function removeUpload(upload) {
+    const index = media.uploads.indexOf(upload);
+    dropUpload(upload);
+    const next = media.uploads[Math.min(index, media.uploads.length - 1)];
+    if (next && next.parts) next.parts.remove.focus();
+    else $('message-input').focus();
+  }
+
+  /** The message that carries them is in the outbox: the chips go. */
+  function clearUploads() {
+    media.uploads = [];
+    renderUploads();
+  }
+
+  /** Sign-out or another user: uploads stop, links and errors are forgotten. */
+  function resetMedia() {
+    for (const upload of media.uploads.slice()) dropUpload(upload);
+    media.errors = [];
+    renderUploadErrors();
+    for (const timer of media.renewals.values()) clearTimeout(timer);
+    media.renewals.clear();
+    media.links.clear();
+    media.queue.clear();
+    media.inflight = 0;
+    clearTimeout(S.timers.mediaRetry);
+  }
+
+  function renderUploads() {
+    const list = $('upload-list');
+    list.replaceChildren(...media.uploads.map((upload) => paintUpload(upload)));
+    list.hidden = media.uploads.length === 0;
+    renderComposerState();
+  }
+
+  /** Why uploads failed, in the composer's error line (without wiping another error there). */
+  function renderUploadErrors() {
+    const text = media.errors.join(' ');
+    const box = $('composer-error');
+    if (text) box.textContent = text;
+    else if (box.textContent === media.shownError) box.textContent = '';
+    media.shownError = text;
+  }
+
+  /** A file's chip: its name and size, a progress bar while it uploads, a remove button. */
+  function paintUpload(upload) {
+    if (!upload.li) {
+      const li = el('li', 'upload-chip');
+      li.dataset.key = String(upload.key);
+      li.dataset.testid = 'upload-chip';
+      const name = el('span', 'upload-name', upload.name);
+      name.title = upload.name;
+      const size = el('span', 'upload-size');
+      const progress = el('progress', 'upload-progress');
+      progress.dataset.testid = 'upload-progress';
+      progress.setAttribute('aria-label', `Uploading ${upload.name}`);
+      const remove = el('button', 'upload-remove', '×');
+      remove.type = 'button';
+      remove.addEventListener('click', () => removeUpload(upload));
+      li.append(name, size, progress, remove);
+      upload.li = li;
+      upload.parts = { size, progress, remove };
+    }
+    const { size, progress, remove } = upload.parts;
+    const ready = !!upload.attachment;
+    upload.li.dataset.state = ready ? 'ready' : 'uploading';
+    const bytes = ready && upload.attachment.size !== null ? upload.attachment.size : upload.size;
+    size.textContent = humanSize(bytes);
+    if (ready) {
+      progress.remove();
+      if (upload.attachment.media) upload.li.dataset.media = upload.attachment.media;
+    } else {
+      progress.max = Math.max(1, upload.size);
+      progress.value = Math.min(upload.loaded, progress.max);
+      progress.title = `${humanSize(upload.loaded)} of ${humanSize(upload.size)}`;
+    }
+    const label = ready ? `Remove ${upload.name}` : `Cancel the upload of ${upload.name}`;
+    remove.setAttribute('aria-label', label);
+    remove.title = label;
+    return upload.li;
+  }
+
+  function wireMedia() {
+    const input = $('file-input');
+    $('attach-button').addEventListener('click', () => input.click());
+    input.addEventListener('change', () => {
+      addFiles(input.files);
+      input.value = ''; // the same file may be picked again
+    });
+    $('message-input').addEventListener('paste', (event) => {
+      const files = event.clipboardData ? event.clipboardData.files : null;
+      if (!files || !files.length) return;
+      event.preventDefault();
+      addFiles(files);
+    });
+    // Files dragged over the conversation (the messages and the composer) are attached when
+    // dropped there; anywhere else, dropping them does nothing (rather than leave the page for
+    // the file).
+    const chat = $('chat');
+    const carriesFiles = (event) => !!event.dataTransfer && Array.from(event.dataTransfer.types || []).includes('Files');
+    let depth = 0;
+    const leave = () => {
+      depth = 0;
+      chat.classList.remove('drop-target');
+    };
+    chat.addEventListener('dragenter', (event) => {
+      if (!carriesFiles(event)) return;
+      event.preventDefault();
+      depth++;
+      chat.classList.toggle('drop-target', mayAttach());
+    });
+    chat.addEventListener('dragover', (event) => {
+      if (!carriesFiles(event)) return;
+      event.preventDefault();
+      event.dataTransfer.dropEffect = mayAttach() ? 'copy' : 'none';
+    });
+    chat.addEventListener('dragleave', (event) => {
+      if (!carriesFiles(event)) return;
+      depth = Math.max(0, depth - 1);
+      if (!depth) leave();
+    });
+    chat.addEventListener('drop', (event) => {
+      if (!carriesFiles(event)) return;
+      event.preventDefault();
+      leave();
+      addFiles(event.dataTransfer.files);
+    });
+    for (const type of ['dragover', 'drop']) {
+      window.addEventListener(type, (event) => {
+        if (event.defaultPrevented || !carriesFiles(event)) return;
+        event.preventDefault();
+        if (type === 'dragover') event.dataTransfer.dropEffect = 'none';
+      });
+    }
+    window.addEventListener('dragend', leave);
+  }
+
+  // -- Attachments of messages --
+  /** Paint what a message carries; built once per set of files, links filled in as they come. */
+  function paintAttachments(model) {
+    const box = model.parts.files;
+    const files = model.deleted ? [] : model.attachments;
+    const key = files.map((file) => file.media).join(' ');
+    if (box.dataset.key === key) return;
+    box.dataset.key = key;
+    if (media.observer) for (const item of box.children) media.observer.unobserve(item);
+    box.replaceChildren(...files.map(attachmentElement));
+    box.hidden = files.length === 0;
+  }
+
+  function attachmentElement(file) {
+    const image = file.type.startsWith('image/') && !!file.thumbnail;
+    const item = el('div', 'attachment ' + (image ? 'attachment-image' : 'attachment-file'));
+    item.dataset.media = file.media;
+    item.dataset.state = 'loading';
+    const link = el('a', 'attachment-link');
+    link.target = '_blank';
+    link.rel = 'noopener noreferrer';
+    const size = humanSize(file.size);
+    if (image) {
+      const img = el('img', 'attachment-thumb');
+      img.alt = file.name;
+      // The thumbnail's size: its place is kept while it loads, so nothing jumps.
+      img.width = file.thumbnail.width;
+      img.height = file.thumbnail.height;
+      img.decoding = 'async';
+      img.addEventListener('error', () => thumbnailFailed(item));
+      const dims = file.width ? `, ${file.width}×${file.height}` : '';
+      link.title = `${file.name} (${size}${dims}): open the full image`;
+      link.append(img);
+    } else {
+      link.download = file.name;
+      link.title = `Download ${file.name}${size ? ` (${size})` : ''}`;
+      link.append(fileIcon(), el('span', 'attachment-name', file.name), el('span', 'attachment-size', size));
+    }
+    item.append(link);
+    shownAttachment.set(item, file);
+    applyLink(item);
+    if (item.dataset.state === 'loading') watchAttachment(item);
+    return item;
+  }
+
+  /** A document outline, drawn (no icon font or emoji needed). */
+  function fileIcon() {
+    const ns = 'http://www.w3.org/2000/svg';
+    const svg = document.createElementNS(ns, 'svg');
+    svg.setAttribute('class', 'icon attachment-icon');
+    svg.setAttribute('viewBox', '0 0 24 24');
+    svg.setAttribute('aria-hidden', 'true');
+    svg.setAttribute('focusable', 'false');
+    for (const d of ['M13 2H6a2 2 0 0 0-2 2v16a2 2 0 0 0 2 2h12a2 2 0 0 0 2-2V9z', 'M13 2v7h7']) {
+      const path = document.createElementNS(ns, 'path');
+      path.setAttribute('d', d);
+      svg.append(path);
+    }
+    return svg;
+  }
+
+  /** The link of an attachment's file, if one is cached and good for a while yet. */
+  function cachedLink(id) {
+    const link = media.links.get(id);
+    if (!link || link.pending) return null;
+    if (link.gone) return link;
+    if (link.until > Date.now()) return link;
+    media.links.delete(id);
+    return null;
+  }
+
+  /** Show what is known of an attachment's link: the file, or that it is gone. */
+  function applyLink(item) {
+    const file = shownAttachment.get(item);
+    const link = file && cachedLink(file.media);
+    if (!file || !link) return;
+    if (link.gone) {
+      item.classList.add('unavailable');
+      item.dataset.state = 'gone';
+      item.replaceChildren(el('span', 'attachment-name', file.name), el('span', 'attachment-gone', 'file deleted'));
+      return;
+    }
+    const anchor = item.querySelector('.attachment-link');
+    if (anchor) anchor.href = link.url;
+    const img = item.querySelector('img.attachment-thumb');
+    // A thumbnail already shown stays: a renewed link names the same bytes.
+    if (img && !(img.complete && img.naturalWidth > 0 && img.getAttribute('src'))) img.src = link.thumb || link.url;
+    item.dataset.state = 'ready';
+  }
+
+  /** A thumbnail did not load: its link may have expired on the way; ask once for a new one. */
+  function thumbnailFailed(item) {
+    const file = shownAttachment.get(item);
+    if (!file || item.dataset.retried) return;
+    item.dataset.retried = '1';
+    const link = media.links.get(file.media);
+    if (link && link.url) media.links.delete(file.media);
+    item.dataset.state = 'loading';
+    askMediaUrl(file.media);
+  }
+
+  /** Links are asked for as attachments come into view (or at once without an observer). */
+  function watchAttachment(item) {
+    if (typeof IntersectionObserver !== 'function') {
+      item.dataset.seen = '1';
+      askMediaUrl(item.dataset.media);
+      return;
+    }
+    if (!media.observer) {
+      media.observer = new IntersectionObserver(
+        (changes) => {
+          for (const change of changes) {
+            if (!change.isIntersecting) continue;
+            media.observer.unobserve(change.target);
+            change.target.dataset.seen = '1';
+            askMediaUrl(change.target.dataset.media);
+          }
+        },
+        { root: $('scroller'), rootMargin: '400px 0px' },
+      );
+    }
+    media.observer.observe(item);
+  }
+
+  /** Another room opens: what was watched is gone from the page. */
+  function stopWatchingAttachments() {
+    if (media.observer) media.observer.disconnect();
+  }
+
+  /** Attachments on screen now showing file `id`. */
+  function shownItems(id) {
+    return Array.from($('messages').querySelectorAll('.attachment')).filter((item) => item.dataset.media === id);
+  }
+
+  function askMediaUrl(id) {
+    if (!id || cachedLink(id)) {
+      for (const item of shownItems(id)) applyLink(item);
+      return;
+    }
+    if (media.links.has(id)) return; // asked already
+    media.queue.add(id);
+    pumpMediaUrls();
+  }
+
+  /** Send the waiting `media_url` requests, a few at a time (when signed in). */
+  function pumpMediaUrls() {
+    if (!isAuthed()) return;
+    for (const id of Array.from(media.queue)) {
+      if (media.inflight >= MEDIA_URL_INFLIGHT_MAX) break;
+      media.queue.delete(id);
+      const items = shownItems(id);
+      if (cachedLink(id)) {
+        for (const item of items) applyLink(item);
+        continue;
+      }
+      // Asked already, or no longer on screen (another room opened meanwhile).
+      if (media.links.has(id) || !items.length) continue;
+      if (!request({ type: 'media_url', media: id }, { kind: 'media_url', media: id })) {
+        media.queue.add(id);
+        break;
+      }
+      media.links.set(id, { pending: true });
+      media.inflight++;
+    }
+  }
+
+  function onMediaUrl(frame, ctx) {
+    if (!ctx || ctx.kind !== 'media_url') return;
+    media.inflight = Math.max(0, media.inflight - 1);
+    const id = ctx.media;
+    const origin = nodeOrigin();
+    const url = mediaHref(frame.url, origin);
+    if (!url) {
+      media.links.delete(id);
+    } else {
+      // Kept until shortly before the node says it expires, by our clock however far off it is.
+      const left = Number.isSafeInteger(frame.expires_at) ? frame.expires_at - Date.now() : 0;
+      const until = Date.now() + Math.max(MEDIA_LINK_MIN_MS, left - MEDIA_LINK_MARGIN_MS);
+      media.links.set(id, { url, thumb: mediaHref(frame.thumbnail_url, origin), until });
+      scheduleRenewal(id, until);
+      for (const item of shownItems(id)) applyLink(item);
+    }
+    pumpMediaUrls();
+  }
+
+  function onMediaUrlError(frame, ctx) {
+    media.inflight = Math.max(0, media.inflight - 1);
+    if (frame.code === 'no_such_media') {
+      // Deleted (its message, or its uploader's account), or not ours to see: nothing to show.
+      media.links.set(ctx.media, { gone: true });
+      for (const item of shownItems(ctx.media)) applyLink(item);
+    } else {
+      // A passing refusal (rate limits, the store unavailable): ask again a little later.
+      media.links.delete(ctx.media);
+      media.queue.add(ctx.media);
+      clearTimeout(S.timers.mediaRetry);
+      S.timers.mediaRetry = setTimeout(pumpMediaUrls, frame.retry_after_ms || MEDIA_URL_RETRY_MS);
+      return;
+    }
+    pumpMediaUrls();
+  }
+
+  /** Before a link expires: a new one if its file is still on screen, else it is forgotten. */
+  function scheduleRenewal(id, until) {
+    clearTimeout(media.renewals.get(id));
+    const wait = Math.min(TIMER_MAX_MS, Math.max(0, until - Date.now()));
+    media.renewals.set(
+      id,
+      setTimeout(() => {
+        media.renewals.delete(id);
+        const link = media.links.get(id);
+        if (link && link.url) media.links.delete(id);
+        if (shownItems(id).length) askMediaUrl(id);
+      }, wait),
+    );
+  }
+
+  /** The connection is gone: requests it carried are asked again on the next one. */
+  function forgetMediaRequests() {
+    for (const [id, link] of Array.from(media.links)) {
+      if (link.pending) {
+        media.links.delete(id);
+        media.queue.add(id);
+      }
+    }
+    media.inflight = 0;
+  }
+
+  /** Live (again): links for attachments in view that have none yet. */
+  function askShownMedia() {
+    for (const item of $('messages').querySelectorAll('.attachment[data-seen]')) {
+      if (item.dataset.state === 'loading') media.queue.add(item.dataset.media);
+    }
+    pumpMediaUrls();
+  }
 
   // ---- Presence -----------------------------------------------------------------------------
   const isAuthed = () => S.phase === 'live' || S.phase === 'replaying';
@@ -3642,7 +4276,10 @@
     const blocked = view ? postingBlocked(view) : null;
     const enabled = !!view && !blocked;
     $('message-input').disabled = !enabled;
-    $('send-button').disabled = !enabled;
+    // Not while a file is on its way: the message would go without it.
+    $('send-button').disabled = !enabled || uploadsBusy();
+    $('attach-button').disabled = !enabled;
+    $('file-input').disabled = !enabled;
     const note = $('composer-note');
     if (note.textContent !== (blocked || '')) note.textContent = blocked || '';
     note.hidden = !blocked;
@@ -4053,6 +4690,7 @@
       updateByteCount();
       noteTyping();
     });
+    wireMedia();
     $('presence-form').addEventListener('submit', (event) => {
       event.preventDefault();
       choosePresence($('presence-state').value === 'away' ? 'away' : 'online', $('presence-status').value.trim());
@@ -4203,6 +4841,7 @@
     watching: S.watchKey === null ? null : S.watchKey.split(',').filter(Boolean),
     myPresence: S.myPresence,
     typingForbidden: Array.from(S.typingForbidden),
+    uploads: media.uploads.map((upload) => ({ name: upload.name, state: upload.attachment ? 'ready' : 'uploading', media: upload.attachment ? upload.attachment.media : null })),
   });
 
   function start() {
