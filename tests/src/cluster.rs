@@ -136,7 +136,9 @@ impl Cluster {
             .env("CLUSTER__COOKIE", TEST_COOKIE)
             .env("CLUSTER__HEARTBEAT_INTERVAL_MS", self.options.heartbeat_interval_ms)
             .env("CLUSTER__HEARTBEAT_TIMEOUT_MS", self.options.heartbeat_timeout_ms)
-            .env("LIMITS__REQUEST_TIMEOUT_MS", 5_000);
+            .env("LIMITS__REQUEST_TIMEOUT_MS", 5_000)
+            // Media on a filesystem every node sees, as a shared volume would be.
+            .env("MEDIA__DIR", self.data_dir().join("media").display());
         if !seeds.is_empty() {
             node_options = node_options.env(
                 "CLUSTER__SEEDS",

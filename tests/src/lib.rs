@@ -17,6 +17,8 @@ pub mod cluster;
 
 pub mod docker;
 
+pub mod media;
+
 pub mod otlp;
 
 pub mod presence;
@@ -151,11 +153,14 @@ pub struct NodeOptions {
     pub env: Vec<(String, String)>,
     /// Port to listen on (0 = any free one).
     pub port: u16,
+    /// Environment variables set as they are, not under `PALAVER_` (an S3 server's
+    /// `AWS_ACCESS_KEY_ID`, say).
+    pub process_env: Vec<(String, String)>,
 }
 
 impl Default for NodeOptions {
     fn default() -> Self {
-        NodeOptions { name: "palaver-1".into(), data_dir: None, env: Vec::new(), port: 0 }
+        NodeOptions { name: "palaver-1".into(), data_dir: None, env: Vec::new(), port: 0, process_env: Vec::new() }
     }
 }
 
@@ -226,6 +231,7 @@ impl Node {
         for (key, value) in &options.env {
             command.env(format!("PALAVER_{key}"), value);
         }
+        command.envs(options.process_env.iter().cloned());
         let mut child = command.spawn().with_context(|| format!("starting {}", palaver_binary().display()))?;
         let stdout = child.stdout.take().expect("piped stdout");
         let mut lines = BufReader::new(stdout).lines();
@@ -861,6 +867,7 @@ pub fn reply_req(frame: &ServerFrame) -> Option<u64> {
         | ServerFrame::Blocked { req, .. }
         | ServerFrame::Device { req, .. }
         | ServerFrame::Devices { req, .. }
+        | ServerFrame::MediaUrl { req, .. }
         | ServerFrame::PresenceList { req, .. }
         | ServerFrame::Receipts { req, .. }
         | ServerFrame::Pong { req } => Some(*req),

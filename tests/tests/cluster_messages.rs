@@ -33,6 +33,7 @@ async fn changes_through_a_node_that_does_not_own_the_room() -> anyhow::Result<(
             body: "ben?".into(),
             reply_to: None,
             mentions: vec!["ben".into()],
+            attachments: Vec::new(),
         };
         let question = acked(&mut on_first, send).await?;
         // From the non-owner: a reply mentioning ann, a reaction, and refused changes.
@@ -44,6 +45,7 @@ async fn changes_through_a_node_that_does_not_own_the_room() -> anyhow::Result<(
             body: "here".into(),
             reply_to: Some(question),
             mentions: vec!["ann".into()],
+            attachments: Vec::new(),
         };
         acked(&mut on_second, reply).await?;
         let req = on_second.next_req();

@@ -24,6 +24,7 @@ fn send(req: u64, room: &str, id: &str, body: &str, reply_to: Option<u64>, menti
         body: body.into(),
         reply_to,
         mentions: mentions.iter().map(|m| (*m).to_owned()).collect(),
+        attachments: Vec::new(),
     }
 }
 

@@ -174,6 +174,7 @@ async fn settings_decide_and_a_read_after_the_push_clears_it() -> anyhow::Result
         body: "bob: look".into(),
         reply_to: None,
         mentions: vec!["bob".into()],
+        attachments: Vec::new(),
     };
     let seq = match alice.request(mention).await? {
         ServerFrame::Ack { seq, .. } => seq,
