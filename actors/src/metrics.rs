@@ -146,6 +146,16 @@ metrics! {
     /// Seconds from a message coming due for push (its commit plus `push.delay_ms`) to a
     /// provider accepting a notification of it: the worker's lag plus the provider's answer.
     histogram push_latency_seconds,
+    /// Uploads stored and checked (docs/MEDIA.md).
+    counter media_uploads_total,
+    /// Their bytes.
+    counter media_upload_bytes_total,
+    /// Uploads refused or failed once their request was read (any 4xx or 5xx answer).
+    counter media_uploads_failed_total,
+    /// Downloads answered with bytes (200 and 206).
+    counter media_downloads_total,
+    /// Uploads the collector deleted (records and objects).
+    counter media_collected_total,
 }
 
 /// Upper bounds of every histogram's buckets, in seconds: 100 µs to 10 s in steps of 1-2-5 (and

@@ -15,13 +15,14 @@ use std::time::Duration;
 
 use actors::hub::Hub;
 use actors::lease::{run_passes, Lease};
+use actors::metrics::Metrics;
 use actors::names::now_ms;
 use actors::supervise::spawn_restarting;
 use futures_util::{stream, StreamExt};
 use store::StoreResult;
 use tracing::{info, warn};
 
-use super::{objects, MediaCounters, MediaService};
+use super::{objects, MediaService};
 
 /// The lease that decides which node collects.
 const LEASE: &str = "media";
@@ -89,7 +90,7 @@ pub async fn collect(hub: &Hub, media: &MediaService, ids: Vec<String>, page: u3
         return Ok(false);
     }
     hub.store.drop_media(&deleted).await?;
-    MediaCounters::add(&media.counters.collected_total, deleted.len() as u64);
+    Metrics::add(&hub.metrics.media_collected_total, deleted.len() as u64);
     info!(collected = deleted.len(), "media: collected unused uploads");
     Ok(full)
 }

@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use actors::hub::Hub;
 use actors::media::{LinkRefused, Variant};
+use actors::metrics::Metrics;
 use actors::names::now_ms;
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -35,7 +36,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tracing::{debug, warn};
 
 use super::reply::{refuse, Refusal};
-use super::{objects, sniff, MediaCounters, MediaService};
+use super::{objects, sniff, MediaService};
 use crate::request::{self, Request};
 
 /// What a download's headers forbid the browser: running anything, loading anything; inline
@@ -129,7 +130,7 @@ where
             Err(err) => return refuse(stream, &missing(id, &err), false).await,
         },
     };
-    MediaCounters::add(&media.counters.downloads_total, 1);
+    Metrics::add(&hub.metrics.media_downloads_total, 1);
     within(slow, stream.write_all(head.as_bytes())).await?;
     match body {
         Body::Bytes(bytes) => within(slow, stream.write_all(&bytes)).await?,

@@ -33,7 +33,6 @@ pub mod upload;
 
 use std::io;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use actors::hub::Hub;
@@ -53,29 +52,6 @@ pub struct MediaService {
     pub(crate) throttle: throttle::Throttle,
     /// Images being decoded at once (`media.thumbnail_concurrency`).
     pub(crate) thumbnails: Semaphore,
-    pub counters: MediaCounters,
-}
-
-/// What the media service has done since the node started (kept here, not yet exported on
-/// `/metrics`).
-#[derive(Debug, Default)]
-pub struct MediaCounters {
-    /// Uploads stored and finished.
-    pub uploads_total: AtomicU64,
-    /// Their bytes.
-    pub upload_bytes_total: AtomicU64,
-    /// Uploads refused or failed after the request was read (any 4xx or 5xx answer).
-    pub uploads_failed_total: AtomicU64,
-    /// Downloads answered with bytes (200 and 206).
-    pub downloads_total: AtomicU64,
-    /// Records the collector deleted, with their objects.
-    pub collected_total: AtomicU64,
-}
-
-impl MediaCounters {
-    pub(crate) fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
-    }
 }
 
 impl MediaService {
@@ -91,7 +67,6 @@ impl MediaService {
         MediaService {
             throttle: throttle::Throttle::new(settings.uploads_per_minute, settings.concurrent_uploads_per_user),
             thumbnails: Semaphore::new(settings.thumbnail_concurrency.max(1)),
-            counters: MediaCounters::default(),
             settings,
             objects,
         }

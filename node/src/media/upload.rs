@@ -35,6 +35,7 @@ use std::io;
 use std::time::{Duration, Instant};
 
 use actors::hub::Hub;
+use actors::metrics::Metrics;
 use actors::names::now_ms;
 use object_store::{ObjectStoreExt, PutPayload, WriteMultipart};
 use protocol::{ErrorCode, ServerFrame};
@@ -45,7 +46,7 @@ use tracing::{debug, info, warn};
 
 use super::reply::{refuse, Refusal};
 use super::throttle::Throttled;
-use super::{objects, sniff, thumbnail, MediaCounters, MediaService};
+use super::{objects, sniff, thumbnail, MediaService};
 use crate::request::{self, Request};
 
 /// Bytes per part of a multipart upload: S3's smallest part (all but the last).
@@ -78,7 +79,7 @@ where
     let admitted = match admit(&request, hub, media).await {
         Ok(admitted) => admitted,
         Err(refusal) => {
-            MediaCounters::add(&media.counters.uploads_failed_total, 1);
+            Metrics::add(&hub.metrics.media_uploads_failed_total, 1);
             refuse(stream, &refusal, false).await?;
             // A client waiting for `100 Continue` sends no body; any other may be sending it.
             if !expects_continue {
@@ -103,7 +104,7 @@ where
         state: MediaState::Uploading,
     };
     if let Err(err) = hub.store.reserve_media(reserved.clone(), media.settings.quota_bytes).await {
-        MediaCounters::add(&media.counters.uploads_failed_total, 1);
+        Metrics::add(&hub.metrics.media_uploads_failed_total, 1);
         refuse(stream, &Refusal::store(err), false).await?;
         if !expects_continue {
             request::linger(stream, LINGER).await;
@@ -122,14 +123,14 @@ where
     .await;
     let refusal = match outcome {
         Ok(record) => {
-            MediaCounters::add(&media.counters.uploads_total, 1);
-            MediaCounters::add(&media.counters.upload_bytes_total, record.size);
+            Metrics::add(&hub.metrics.media_uploads_total, 1);
+            Metrics::add(&hub.metrics.media_upload_bytes_total, record.size);
             info!(media = record.id, user, size = record.size, content_type = record.content_type, "media uploaded");
             let body = serde_json::to_vec(&record.attachment()).expect("an attachment serialises");
             return request::respond(stream, 201, "application/json", &body).await;
         }
         Err(failure) => {
-            MediaCounters::add(&media.counters.uploads_failed_total, 1);
+            Metrics::add(&hub.metrics.media_uploads_failed_total, 1);
             discard(hub, media, &id).await;
             match failure {
                 Failure::Refused(refusal) => refusal,
