@@ -356,9 +356,9 @@ async fn uploads_never_posted_are_collected() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// kill -9 in the middle of an upload: after the restart no file is visible (only the
-/// object store's own staging, if anything), the quota it reserved is given back by the
-/// collector, and uploads work again.
+/// kill -9 in the middle of an upload: no file is visible, before or after the restart (only
+/// the object store's own staging file), the quota it reserved is given back by the collector,
+/// uploads work again, and the staging file is swept.
 #[tokio::test]
 async fn a_node_killed_mid_upload_leaves_no_file_visible() -> anyhow::Result<()> {
     let mut node = Node::start(
@@ -391,6 +391,8 @@ async fn a_node_killed_mid_upload_leaves_no_file_visible() -> anyhow::Result<()>
     }
     ensure!(kept.is_some(), "the dead upload's reservation was never collected");
     ensure!(visible(&dir).len() == 1, "{:?}", visible(&dir));
+    // And the half file's staging bytes are swept once they are older than an upload can be.
+    files_become(&dir, 1).await?;
     Ok(())
 }
 

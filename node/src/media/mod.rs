@@ -32,7 +32,7 @@ pub mod thumbnail;
 pub mod upload;
 
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use actors::hub::Hub;
@@ -52,6 +52,9 @@ pub struct MediaService {
     pub(crate) throttle: throttle::Throttle,
     /// Images being decoded at once (`media.thumbnail_concurrency`).
     pub(crate) thumbnails: Semaphore,
+    /// The `fs` backend's directory, where the collector also sweeps the staging files of
+    /// uploads a crash cut off (`collect::sweep_staging`).
+    pub fs_dir: Option<PathBuf>,
 }
 
 impl MediaService {
@@ -59,7 +62,9 @@ impl MediaService {
     /// `data_dir` if needed). The error names the setting that is wrong.
     pub fn open(settings: &MediaSettings, data_dir: &Path) -> Result<MediaService, String> {
         let objects = objects::open(settings, data_dir)?;
-        Ok(MediaService::with_objects(settings.clone(), objects))
+        let mut service = MediaService::with_objects(settings.clone(), objects);
+        service.fs_dir = (settings.backend == "fs").then(|| settings.fs_dir(data_dir));
+        Ok(service)
     }
 
     /// The service over an object store opened elsewhere (tests: an in-memory one).
@@ -69,6 +74,7 @@ impl MediaService {
             thumbnails: Semaphore::new(settings.thumbnail_concurrency.max(1)),
             settings,
             objects,
+            fs_dir: None,
         }
     }
 }
