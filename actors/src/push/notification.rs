@@ -36,6 +36,15 @@ pub struct Notification {
     pub badge: u64,
 }
 
+/// What a preview shows of `entry`: its text, or for files sent without text, what they are.
+pub fn preview_of(entry: &protocol::Entry) -> String {
+    match (entry.body.trim().is_empty(), entry.attachments.as_slice()) {
+        (true, [file]) => format!("sent {}", file.name),
+        (true, [_, _, ..]) => format!("sent {} files", entry.attachments.len()),
+        _ => entry.body.clone(),
+    }
+}
+
 impl Notification {
     /// The collapse id providers use (`apns-collapse-id`, FCM `collapse_key` and Android tag,
     /// Web Push `Topic`): at most 32 characters of `A-Z a-z 0-9 - _`, so room ids are hashed
@@ -69,5 +78,26 @@ impl Notification {
             (None, 1) => format!("New message from {sender}"),
             (None, n) => format!("{n} new messages, the latest from {sender}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use protocol::{Attachment, Entry};
+
+    use super::preview_of;
+
+    fn file(name: &str) -> Attachment {
+        Attachment { media: "md_x".into(), name: name.into(), ..Attachment::default() }
+    }
+
+    #[test]
+    fn files_sent_without_text_are_named() {
+        let text = Entry { body: "look".into(), attachments: vec![file("a.png")], ..Entry::default() };
+        assert_eq!(preview_of(&text), "look");
+        let one = Entry { attachments: vec![file("a.png")], ..Entry::default() };
+        assert_eq!(preview_of(&one), "sent a.png");
+        let two = Entry { attachments: vec![file("a.png"), file("b.pdf")], ..Entry::default() };
+        assert_eq!(preview_of(&two), "sent 2 files");
     }
 }

@@ -253,7 +253,7 @@ impl Worker {
             seq: latest.seq,
             badge: self.badge(&user).await?,
         };
-        let previewed = Notification { preview: Some(latest.body.clone()), ..note.clone() };
+        let previewed = Notification { preview: Some(super::notification::preview_of(latest)), ..note.clone() };
         let mut retry = None;
         for device in &devices {
             let key = (device.id.clone(), latest.seq);

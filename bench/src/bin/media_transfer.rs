@@ -246,7 +246,7 @@ async fn main() -> anyhow::Result<()> {
         NodeOptions::default()
             .env("MEDIA__MAX_BYTES", bytes)
             .env("MEDIA__QUOTA_BYTES", u64::MAX / 4)
-            .env("MEDIA__UPLOADS_PER_MINUTE", 100_000)
+            .env("MEDIA__UPLOADS_PER_MINUTE", 10_000)
             .env("MEDIA__MAX_IMAGE_PIXELS", options.pixels * 2)
             .env("LOG__FILTER", "warn"),
     )

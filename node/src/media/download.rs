@@ -30,14 +30,17 @@ use actors::metrics::Metrics;
 use actors::names::now_ms;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use object_store::{GetOptions, GetRange, GetResult, ObjectStore};
+use object_store::{GetOptions, GetRange, GetResult, GetResultPayload, ObjectStore};
 use store::{MediaRecord, MediaState};
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWrite, AsyncWriteExt};
 use tracing::{debug, warn};
 
 use super::reply::{refuse, Refusal};
 use super::{objects, sniff, MediaService};
 use crate::request::{self, Request};
+
+/// How much of a file is read at a time when the `fs` backend serves it.
+const FILE_READ_BYTES: usize = 256 * 1024;
 
 /// What a download's headers forbid the browser: running anything, loading anything; inline
 /// styles only, so an SVG or HTML file opened by hand still shows as text-like content.
@@ -134,6 +137,24 @@ where
     within(slow, stream.write_all(head.as_bytes())).await?;
     match body {
         Body::Bytes(bytes) => within(slow, stream.write_all(&bytes)).await?,
+        Body::Object(GetResult { payload: GetResultPayload::File(file, _), range, .. }) => {
+            // A file of the `fs` backend: read in large pieces here, not in the object store's
+            // 8 KiB ones, each a trip to the blocking pool (a quarter of the throughput).
+            let mut file = tokio::fs::File::from_std(file);
+            file.seek(std::io::SeekFrom::Start(range.start)).await?;
+            let mut left = range.end - range.start;
+            let mut buffer = vec![0; FILE_READ_BYTES];
+            while left > 0 {
+                let want = buffer.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                let read = file.read(&mut buffer[..want]).await?;
+                if read == 0 {
+                    warn!(media = id, "media: file shorter than its record mid-download");
+                    return Ok(());
+                }
+                within(slow, stream.write_all(&buffer[..read])).await?;
+                left -= read as u64;
+            }
+        }
         Body::Object(result) => {
             let mut chunks = result.into_stream();
             while let Some(chunk) = chunks.next().await {
