@@ -89,6 +89,8 @@ async fn docker_failover_behind_haproxy() -> anyhow::Result<()> {
 async fn scenario(stack: &Stack, strict: bool) -> anyhow::Result<Vec<StepReport>> {
     let settled = stack.wait_settled(SETTLE).await?;
     progress(&format!("settled in {:.1} s (every node healthy, UP in HAProxy, in every view)", settled.as_secs_f64()));
+    media_on_every_node(stack).await?;
+    progress("a file uploaded through HAProxy is served by every node (the shared media volume)");
     let urls = Arc::new(Mutex::new(vec![stack.lb_url()]));
     let mut chatters = Vec::new();
     for i in 0..CLIENTS {
@@ -209,6 +211,32 @@ async fn scenario(stack: &Stack, strict: bool) -> anyhow::Result<Vec<StepReport>
     rows.push(bad_store(stack).await?);
     rows.push(bad_seeds(stack, strict).await?);
     Ok(rows)
+}
+
+/// Upload a file through the load balancer and fetch it, through its signed link, from inside
+/// every running node's container: the compose files' media volume is one that all nodes see.
+async fn media_on_every_node(stack: &Stack) -> anyhow::Result<()> {
+    use tests::{Client, ClientFrame, Encoding, ServerFrame};
+    let mut client = Client::connect_raw(&stack.lb_url(), Encoding::Json).await?;
+    client.greet().await?;
+    let token = client.register_and_login("dkmedia", "password-of-dkmedia").await?;
+    client.authenticate(&token, None).await?;
+    let lb: std::net::SocketAddr = stack.lb_url().trim_start_matches("ws://").trim_end_matches("/ws").parse()?;
+    let text = b"a file every node serves\n";
+    let uploaded = tests::media::upload(lb, &token, "shared.txt", Some("text/plain"), text).await?;
+    anyhow::ensure!(uploaded.status == 201, "upload through HAProxy: {uploaded:?}");
+    let media = uploaded.json()?["media"].as_str().unwrap_or_default().to_owned();
+    let req = client.next_req();
+    let url = match client.request(ClientFrame::MediaUrl { req, media }).await? {
+        ServerFrame::MediaUrl { url, .. } => url,
+        other => anyhow::bail!("media_url: {other:?}"),
+    };
+    for (id, name) in stack.running_nodes().await? {
+        let (status, body) = stack.node_get(&id, &url).await?;
+        anyhow::ensure!(status == 200 && body.as_bytes() == text, "{name} answered {status}: {body}");
+    }
+    client.close().await?;
+    Ok(())
 }
 
 /// What a fault step did.
