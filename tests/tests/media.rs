@@ -420,3 +420,39 @@ async fn an_upload_to_one_node_is_downloaded_from_another() -> anyhow::Result<()
     ensure!(get(first.addr, "GET", &url, &[]).await?.status == 200);
     Ok(())
 }
+
+/// A bot posts a file through the server API: it uploads with a token the API issued, posts
+/// with the upload's id, and the message carries the attachment in the API's history too.
+#[tokio::test]
+async fn a_bot_posts_a_file_through_the_server_api() -> anyhow::Result<()> {
+    use serde_json::json;
+    use tests::api::expect;
+    const ADMIN: &str = "admin-token-for-the-media-tests";
+    let node = Node::start(NodeOptions::default().env("ADMIN__TOKEN", ADMIN)).await?;
+    let scopes = json!({ "name": "media bot", "scopes": ["users", "rooms", "messages", "history"] });
+    let key = expect(node.admin, "POST", "/api/v1/keys", ADMIN, Some(scopes), 201).await?;
+    let key = key["key"].as_str().context("a key")?.to_owned();
+    expect(node.admin, "POST", "/api/v1/users", &key, Some(json!({ "name": "reportbot" })), 201).await?;
+    let room =
+        expect(node.admin, "POST", "/api/v1/rooms?as=reportbot", &key, Some(json!({ "name": "reports" })), 201).await?;
+    let room = room["id"].as_str().context("a room id")?.to_owned();
+    let token = expect(node.admin, "POST", "/api/v1/users/reportbot/tokens", &key, None, 201).await?;
+    let token = token["token"].as_str().context("a token")?.to_owned();
+    let report = id_of(&uploaded(node.addr, &token, "weekly.csv", Some("text/csv"), b"week,sent\n49,1200\n").await?);
+
+    let path = format!("/api/v1/rooms/{room}/messages?as=reportbot");
+    let post = json!({ "id": "report-49", "body": "", "attachments": [report] });
+    expect(node.admin, "POST", &path, &key, Some(post.clone()), 201).await?;
+    expect(node.admin, "POST", &path, &key, Some(post), 200).await?;
+    let again = json!({ "id": "report-50", "body": "again", "attachments": [report] });
+    let refused = expect(node.admin, "POST", &path, &key, Some(again), 409).await?;
+    ensure!(refused["error"] == "media_in_use", "{refused}");
+    let history = expect(node.admin, "GET", &format!("{path}&limit=10"), &key, None, 200).await?;
+    let entries = history["entries"].as_array().context("entries")?;
+    let posted = entries.iter().find(|e| e["id"] == "report-49").context("the post in history")?;
+    ensure!(
+        posted["attachments"][0]["name"] == "weekly.csv" && posted["attachments"][0]["type"] == "text/plain",
+        "{posted}"
+    );
+    Ok(())
+}

@@ -98,11 +98,10 @@ impl Reply {
 /// The HTTP status a protocol error code stands for.
 fn status_of(code: ErrorCode) -> u16 {
     match code {
-        ErrorCode::NoSuchRoom
-        | ErrorCode::NoSuchUser
-        | ErrorCode::NoSuchMessage
-        | ErrorCode::NoSuchDevice
-        | ErrorCode::NoSuchMedia => 404,
+        ErrorCode::NoSuchRoom | ErrorCode::NoSuchUser | ErrorCode::NoSuchMessage | ErrorCode::NoSuchDevice => 404,
+        // A media id in the body names no usable upload: the request is wrong, like a mention
+        // of a non-member; the route itself exists.
+        ErrorCode::NoSuchMedia => 400,
         ErrorCode::NotMember | ErrorCode::Forbidden | ErrorCode::Banned => 403,
         ErrorCode::UserExists
         | ErrorCode::RoomFull

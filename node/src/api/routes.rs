@@ -102,8 +102,8 @@ async fn run_checked(hub: &Arc<Hub>, route: Route, query: Query, body: Option<Ve
         Route::PostMessage(room) => {
             query.only(&["as"])?;
             let ctx = acting(hub, &query).await?;
-            let Post { id, body, reply_to, mentions } = parse_body(body)?;
-            let message = requests::NewMessage { id, body, reply_to, mentions, attachments: Vec::new() };
+            let Post { id, body, reply_to, mentions, attachments } = parse_body(body)?;
+            let message = requests::NewMessage { id, body, reply_to, mentions, attachments };
             let command = requests::send_command(&ctx, REQ, &room, message)
                 .await
                 .map_err(|frame| Reply::from_frame(*frame, 200))?;
@@ -199,6 +199,9 @@ struct Post {
     reply_to: Option<u64>,
     #[serde(default)]
     mentions: Vec<String>,
+    /// Media ids: uploads of the acting user's (a bot uploads with a token the API issued).
+    #[serde(default)]
+    attachments: Vec<String>,
 }
 
 async fn create_key(hub: &Hub, NewKey { name, scopes }: NewKey) -> Result<Reply, Reply> {
