@@ -35,7 +35,7 @@ use serde_json::{json, Value};
 use tracing::{debug, info, warn};
 
 use super::keys::{read_file, SigningKey};
-use super::{by_status, check_base_url, excerpt, hint, join_path, retry_after, title_and_body, unanswered, unix_secs};
+use super::{by_status, check_base_url, excerpt, hint, join_path, send, title_and_body, unix_secs, Refused};
 use super::{Notification, Outcome, USER_AGENT};
 use crate::limits::InvalidSetting;
 use crate::push::notification::NotificationKind;
@@ -146,7 +146,7 @@ impl Apns {
             Err(err) => return Outcome::Failed(format!("APNs: cannot sign the provider token: {err}")),
         };
         let alert = note.kind == NotificationKind::Alert;
-        let sent = self
+        let request = self
             .http
             .post(url)
             .header("authorization", format!("bearer {jwt}"))
@@ -156,19 +156,11 @@ impl Apns {
             .header("apns-collapse-id", note.collapse_id())
             .header("apns-expiration", (unix_secs() + EXPIRATION_SECS).to_string())
             .header(CONTENT_TYPE, "application/json")
-            .body(body)
-            .send()
-            .await;
-        let response = match sent {
-            Ok(response) => response,
-            Err(err) => return unanswered("APNs", err),
+            .body(body);
+        let Refused { status, after, body: answer } = match send("APNs", request).await {
+            Ok(refused) => refused,
+            Err(outcome) => return outcome,
         };
-        let status = response.status();
-        if status.is_success() {
-            return Outcome::Delivered;
-        }
-        let after = retry_after(response.headers());
-        let answer = response.bytes().await.unwrap_or_default();
         let reason = serde_json::from_slice::<Value>(&answer)
             .ok()
             .and_then(|answer| answer["reason"].as_str().map(str::to_owned))

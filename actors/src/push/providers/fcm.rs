@@ -32,7 +32,10 @@ use serde_json::{json, Value};
 use tracing::{debug, info, warn};
 
 use super::keys::{read_file, SigningKey};
-use super::{by_status, check_base_url, excerpt, hint, join_path, retry_after, title_and_body, unanswered, unix_secs};
+use super::{
+    by_status, check_base_url, excerpt, hint, join_path, retry_after, send, title_and_body, unanswered, unix_secs,
+    Refused,
+};
 use super::{Notification, Outcome};
 use crate::limits::InvalidSetting;
 use crate::push::notification::NotificationKind;
@@ -165,24 +168,12 @@ impl Fcm {
             Ok(token) => token,
             Err(outcome) => return outcome,
         };
-        let sent = self
-            .http
-            .post(url)
-            .bearer_auth(&token)
-            .header(CONTENT_TYPE, "application/json; charset=UTF-8")
-            .body(body)
-            .send()
-            .await;
-        let response = match sent {
-            Ok(response) => response,
-            Err(err) => return unanswered("FCM", err),
+        let request =
+            self.http.post(url).bearer_auth(&token).header(CONTENT_TYPE, "application/json; charset=UTF-8").body(body);
+        let Refused { status, after, body: answer } = match send("FCM", request).await {
+            Ok(refused) => refused,
+            Err(outcome) => return outcome,
         };
-        let status = response.status();
-        if status.is_success() {
-            return Outcome::Delivered;
-        }
-        let after = retry_after(response.headers());
-        let answer = response.bytes().await.unwrap_or_default();
         let code = error_code(&answer);
         let detail = code.clone().unwrap_or_else(|| excerpt(&String::from_utf8_lossy(&answer)));
         if status == StatusCode::NOT_FOUND || code.as_deref() == Some("UNREGISTERED") {

@@ -188,6 +188,27 @@ fn unix_secs() -> u64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
+/// A provider's answer other than a success: what each provider reads its meaning from.
+struct Refused {
+    status: reqwest::StatusCode,
+    /// The pause its `Retry-After` asks for.
+    after: Option<Duration>,
+    body: bytes::Bytes,
+}
+
+/// Send a provider's request: `Ok` with the answer when the provider refused it, for the
+/// provider to read; `Err` with the outcome when nothing is left to read: accepted
+/// ([`Outcome::Delivered`]), or not answered ([`unanswered`]).
+async fn send(provider: &str, request: reqwest::RequestBuilder) -> Result<Refused, Outcome> {
+    let response = request.send().await.map_err(|err| unanswered(provider, err))?;
+    let status = response.status();
+    if status.is_success() {
+        return Err(Outcome::Delivered);
+    }
+    let after = retry_after(response.headers());
+    Ok(Refused { status, after, body: response.bytes().await.unwrap_or_default() })
+}
+
 /// The pause a `Retry-After` header asks for, if any (capped at [`MAX_RETRY_AFTER`]).
 fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tracing::debug;
 
-use super::{by_status, excerpt, hint, retry_after, title_and_body, unanswered, unix_secs};
+use super::{by_status, excerpt, hint, send, title_and_body, unix_secs, Refused};
 use super::{Notification, Outcome};
 use crate::limits::InvalidSetting;
 use crate::store::DeviceRecord;
@@ -93,24 +93,17 @@ impl Webhook {
             Err(err) => return Outcome::Failed(format!("webhook: cannot encode the push: {err}")),
         };
         let signed = signature::sign(&self.secret, unix_secs(), &body);
-        let sent = self
+        let request = self
             .http
             .post(&device.token)
             .header(signature::HEADER, signed)
             .header(CONTENT_TYPE, "application/json")
-            .body(body)
-            .send()
-            .await;
-        let response = match sent {
-            Ok(response) => response,
-            Err(err) => return unanswered("webhook", err),
+            .body(body);
+        let Refused { status, after, body: answer } = match send("webhook", request).await {
+            Ok(refused) => refused,
+            Err(outcome) => return outcome,
         };
-        let status = response.status();
-        if status.is_success() {
-            return Outcome::Delivered;
-        }
-        let after = retry_after(response.headers());
-        let detail = excerpt(&String::from_utf8_lossy(&response.bytes().await.unwrap_or_default()));
+        let detail = excerpt(&String::from_utf8_lossy(&answer));
         if status == StatusCode::GONE {
             debug!(token = hint(&device.token), "push: the webhook gateway says the device is gone");
             return Outcome::Unregistered(format!("webhook: {status}"));

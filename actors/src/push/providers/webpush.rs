@@ -36,7 +36,7 @@ use serde_json::json;
 use tracing::debug;
 
 use super::keys::{read_file, SigningKey};
-use super::{by_status, excerpt, hint, retry_after, shortened, title_and_body, unanswered, unix_secs};
+use super::{by_status, excerpt, hint, send, shortened, title_and_body, unix_secs, Refused};
 use super::{Notification, Outcome, TITLE_MAX_BYTES};
 use crate::limits::InvalidSetting;
 use crate::push::notification::NotificationKind;
@@ -158,7 +158,7 @@ impl WebPush {
             Err(err) => return Outcome::Failed(format!("Web Push: cannot sign the VAPID token: {err}")),
         };
         let alert = note.kind == NotificationKind::Alert;
-        let sent = self
+        let request = self
             .http
             .post(endpoint)
             .header(AUTHORIZATION, format!("vapid t={jwt}, k={}", self.public_key))
@@ -167,19 +167,12 @@ impl WebPush {
             .header(CONTENT_TYPE, "application/octet-stream")
             .header("urgency", if alert { "high" } else { "normal" })
             .header("topic", note.collapse_id())
-            .body(body)
-            .send()
-            .await;
-        let response = match sent {
-            Ok(response) => response,
-            Err(err) => return unanswered("Web Push", err),
+            .body(body);
+        let Refused { status, after, body: answer } = match send("Web Push", request).await {
+            Ok(refused) => refused,
+            Err(outcome) => return outcome,
         };
-        let status = response.status();
-        if status.is_success() {
-            return Outcome::Delivered;
-        }
-        let after = retry_after(response.headers());
-        let detail = excerpt(&String::from_utf8_lossy(&response.bytes().await.unwrap_or_default()));
+        let detail = excerpt(&String::from_utf8_lossy(&answer));
         if matches!(status, StatusCode::NOT_FOUND | StatusCode::GONE) {
             debug!(token = hint(&device.token), %status, "push: the Web Push subscription is gone");
             return Outcome::Unregistered(format!("Web Push: {status}"));
