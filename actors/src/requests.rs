@@ -581,7 +581,7 @@ pub async fn send_command(
     let text = if body.is_empty() && !attachments.is_empty() { "-" } else { &body };
     check_send(&ctx.hub.limits, req, room, &id, text)?;
     let mut details = messages::send_refs(&ctx.hub.limits, req, reply_to, mentions)?;
-    details.attachments = media::attachments(ctx, req, attachments).await?;
+    details.attachments = media::attachments(req, attachments)?;
     messages::check_not_blocked(ctx, req, room).await?;
     presence::typing_ended_by_send(ctx, room);
     Ok(AppendCommand { kind: EntryKind::Text, from: ctx.user.clone(), id, user: None, body, details })

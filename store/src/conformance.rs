@@ -33,7 +33,7 @@ mod api_keys;
 mod changes;
 mod devices;
 mod erasure;
-mod media;
+pub(crate) mod media;
 mod moderation;
 mod push;
 mod webhooks;

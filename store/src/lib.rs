@@ -196,7 +196,7 @@ pub struct EntryDetails {
     pub until: Option<u64>,
     /// For settings: what changes.
     pub settings: Option<RoomSettingsChange>,
-    /// For text: the media it posts, as their records say ([`MediaRecord::attachment`]). Each
+    /// For text: the media it posts, by id (filled in from [`MediaRecord::attachment`]). Each
     /// must be a [`MediaState::Ready`] upload of `from` ([`StoreError::NoSuchMedia`] otherwise,
     /// [`StoreError::MediaInUse`] if it is attached already, or named twice in this list); the
     /// append attaches them. Only each one's `media` id is read: the entry carries every

@@ -1,10 +1,10 @@
 //! Media in messages: the attachments a `send` names, and `media_url`.
 //!
-//! A sender names uploads by id only; what a message says of each file (name, type, size,
-//! image and thumbnail sizes) is copied from the upload's record, so a client cannot make a
-//! file look like something else. Whether the upload may be attached is decided again by the
-//! store in the append's transaction (it is the sender's, ready, and not attached elsewhere);
-//! the check here only answers the obvious refusals before the room is asked. Downloads go
+//! A sender names uploads by id only. What a message says of each file (name, type, size,
+//! image and thumbnail sizes) is filled in by the store from the upload's record, in the
+//! append's transaction, where it also decides whether the upload may be attached (the
+//! sender's, ready, not attached elsewhere): so a client cannot make a file look like something
+//! else, and nothing is read twice. Only the shape of the list is checked here. Downloads go
 //! through signed links (`crate::media`) that this module hands to the uploader or to a member
 //! of the room where the file was posted.
 
@@ -16,40 +16,22 @@ use crate::media::Variant;
 use crate::names::{self, now_ms};
 use crate::store::{MediaRecord, MediaState};
 
-/// The attachments of a `send` naming `ids`, from their records, or the error reply.
-pub async fn attachments(ctx: &Ctx, req: ReqId, ids: Vec<String>) -> Result<Vec<Attachment>, Box<ServerFrame>> {
-    let refuse = |code, message: String| Box::new(error_frame(Some(req), code, message));
+/// The attachments of a `send` naming `ids` (each a media id, at most [`MAX_ATTACHMENTS`], none
+/// twice), for the store to fill in, or the error reply.
+pub fn attachments(req: ReqId, ids: Vec<String>) -> Result<Vec<Attachment>, Box<ServerFrame>> {
+    let refuse = |message: String| Box::new(error_frame(Some(req), ErrorCode::InvalidField, message));
     if ids.len() > MAX_ATTACHMENTS {
-        return Err(refuse(
-            ErrorCode::InvalidField,
-            format!("a message carries at most {MAX_ATTACHMENTS} attachments"),
-        ));
+        return Err(refuse(format!("a message carries at most {MAX_ATTACHMENTS} attachments")));
     }
-    let mut attachments = Vec::with_capacity(ids.len());
     for (i, id) in ids.iter().enumerate() {
         if let Err(message) = names::validate_media_id(id) {
-            return Err(refuse(ErrorCode::InvalidField, format!("`attachments`: {message}")));
+            return Err(refuse(format!("`attachments`: {message}")));
         }
         if ids[..i].contains(id) {
-            return Err(refuse(ErrorCode::InvalidField, format!("`attachments` names `{id}` twice")));
-        }
-        let record = match ctx.hub.store.media(id).await {
-            Ok(record) => record,
-            Err(err) => return Err(Box::new(store_error_frame(&ctx.hub, Some(req), err))),
-        };
-        // An attached upload may be this very message's, retried: the store answers that one
-        // with the original ack, and any other with `media_in_use`.
-        match record {
-            Some(record)
-                if record.owner == ctx.user
-                    && matches!(record.state, MediaState::Ready | MediaState::Attached { .. }) =>
-            {
-                attachments.push(record.attachment())
-            }
-            _ => return Err(refuse(ErrorCode::NoSuchMedia, format!("no upload `{id}` of yours to attach"))),
+            return Err(refuse(format!("`attachments` names `{id}` twice")));
         }
     }
-    Ok(attachments)
+    Ok(ids.into_iter().map(|media| Attachment { media, ..Attachment::default() }).collect())
 }
 
 /// `media_url`: signed links to a media file and its thumbnail, for its uploader or a member of

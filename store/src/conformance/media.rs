@@ -12,7 +12,7 @@ use crate::{AppendRequest, EntryDetails, Epoch, MediaRecord, MediaState, Store, 
 const QUOTA: u64 = 1 << 30;
 
 /// An upload as reserved: declared size, no type or hash yet.
-fn upload(id: &str, owner: &str, size: u64, created_ms: u64) -> MediaRecord {
+pub(crate) fn upload(id: &str, owner: &str, size: u64, created_ms: u64) -> MediaRecord {
     MediaRecord {
         id: id.into(),
         owner: owner.into(),

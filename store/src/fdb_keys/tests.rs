@@ -12,6 +12,7 @@ use super::kv::KvTxn;
 use super::limits::VALUE_BYTES_MAX;
 use super::mem::MemKv;
 use super::{Keyspace, KvStore};
+use crate::conformance::media::upload;
 use crate::conformance::Fixture;
 use crate::{AppendRequest, Epoch, LogBounds, MembershipLimits, NewRoom, Recipients, Store, StoreError};
 
@@ -563,23 +564,6 @@ async fn a_batch_with_a_kick_under_an_unknown_result_recovers_the_kicked_members
     }
     assert_eq!(store.members("r").await.unwrap(), named(&["a", "b"]));
     assert_eq!(store.room("r").await.unwrap().unwrap().last_seq, 5, "written once");
-}
-
-/// An upload of `owner` created at `created_ms`.
-fn upload(id: &str, owner: &str, size: u64, created_ms: u64) -> crate::MediaRecord {
-    crate::MediaRecord {
-        id: id.into(),
-        owner: owner.into(),
-        name: format!("{id}.bin"),
-        content_type: String::new(),
-        size,
-        sha256: String::new(),
-        width: None,
-        height: None,
-        thumbnail: None,
-        created_ms,
-        state: crate::MediaState::Uploading,
-    }
 }
 
 /// The keys of the media families in the map.

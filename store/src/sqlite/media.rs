@@ -22,8 +22,12 @@ use super::ops::{find_uid, sql_int};
 use super::threads::Context;
 use crate::{AppendRequest, MediaRecord, MediaState, StoreError, StoreResult};
 
-const COLUMNS: &str =
-    "id, owner, name, content_type, size, sha256, width, height, thumb_width, thumb_height, created_ms, state, room, seq";
+/// The columns [`record`] reads, in its order.
+macro_rules! columns {
+    () => {
+        "id, owner, name, content_type, size, sha256, width, height, thumb_width, thumb_height, created_ms, state, room, seq"
+    };
+}
 const INSERT: &str = "INSERT INTO media (id, owner, name, content_type, size, sha256, width, height, thumb_width, \
                       thumb_height, created_ms, state) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 'uploading')";
 const EXISTS: &str = "SELECT 1 FROM media WHERE id = ?1";
@@ -41,21 +45,15 @@ pub(super) const DOOM_OWNER: &str =
     "UPDATE media SET state = 'doomed', room = NULL, seq = NULL WHERE owner = ?1 AND state <> 'doomed'";
 const DROP: &str = "DELETE FROM media WHERE id = ?1";
 
-fn by_id() -> String {
-    format!("SELECT {COLUMNS} FROM media WHERE id = ?1")
-}
-
-fn doomed() -> String {
-    format!("SELECT {COLUMNS} FROM media WHERE state = 'doomed' ORDER BY id LIMIT ?1")
-}
+const BY_ID: &str = concat!("SELECT ", columns!(), " FROM media WHERE id = ?1");
+const DOOMED: &str = concat!("SELECT ", columns!(), " FROM media WHERE state = 'doomed' ORDER BY id LIMIT ?1");
 
 /// Statements on the paths of this module, for the query-plan test.
 #[cfg(test)]
 pub(super) fn hot_queries() -> Vec<String> {
-    [EXISTS, USAGE, COMPLETE, DOOM_STALE, ATTACH, DOOM_ATTACHED, DOOM_OWNER, DROP]
+    [EXISTS, USAGE, COMPLETE, DOOM_STALE, ATTACH, DOOM_ATTACHED, DOOM_OWNER, DROP, BY_ID, DOOMED]
         .into_iter()
         .map(str::to_owned)
-        .chain([by_id(), doomed()])
         .collect()
 }
 
@@ -70,7 +68,7 @@ fn opt_u32(row: &Row<'_>, index: usize) -> rusqlite::Result<Option<u32>> {
         .transpose()
 }
 
-/// A record from the columns of [`COLUMNS`].
+/// A record from the columns of `columns!()`, in that order.
 fn record(row: &Row<'_>) -> rusqlite::Result<MediaRecord> {
     let state: String = row.get(11)?;
     let state = match state.as_str() {
@@ -106,7 +104,7 @@ fn record(row: &Row<'_>) -> rusqlite::Result<MediaRecord> {
 }
 
 pub(super) fn by_id_in(conn: &Connection, id: &str) -> StoreResult<Option<MediaRecord>> {
-    conn.prepare_cached(&by_id()).and_then(|mut s| s.query_row([id], record).optional()).ctx("read media")
+    conn.prepare_cached(BY_ID).and_then(|mut s| s.query_row([id], record).optional()).ctx("read media")
 }
 
 fn usage_of(conn: &Connection, user: &str) -> StoreResult<u64> {
@@ -130,47 +128,36 @@ pub(super) fn reserve(conn: &Connection, media: &MediaRecord, quota_bytes: u64) 
     if used.saturating_add(media.size) > quota_bytes {
         return Err(StoreError::QuotaExceeded { user: media.owner.clone(), quota: quota_bytes });
     }
-    let (thumb_width, thumb_height) = media.thumbnail.unzip();
-    conn.prepare_cached(INSERT)
-        .and_then(|mut s| {
-            s.execute(params![
-                media.id,
-                media.owner,
-                media.name,
-                media.content_type,
-                sql_int(media.size),
-                media.sha256,
-                media.width,
-                media.height,
-                thumb_width,
-                thumb_height,
-                sql_int(media.created_ms),
-            ])
-        })
-        .ctx("insert media")?;
+    write_record(conn, INSERT, media, Some(media.created_ms)).ctx("insert media")?;
     Ok(())
+}
+
+/// Run `sql` (INSERT or COMPLETE) with the record's own fields as ?1 to ?10, and `created_ms`
+/// as ?11 when given; the rows changed.
+fn write_record(conn: &Connection, sql: &str, media: &MediaRecord, created_ms: Option<u64>) -> rusqlite::Result<usize> {
+    let (thumb_width, thumb_height) = media.thumbnail.unzip();
+    let (size, created) = (sql_int(media.size), created_ms.map(sql_int));
+    let mut fields: Vec<&dyn rusqlite::ToSql> = vec![
+        &media.id,
+        &media.owner,
+        &media.name,
+        &media.content_type,
+        &size,
+        &media.sha256,
+        &media.width,
+        &media.height,
+        &thumb_width,
+        &thumb_height,
+    ];
+    if let Some(created) = &created {
+        fields.push(created);
+    }
+    conn.prepare_cached(sql)?.execute(&*fields)
 }
 
 /// `Store::complete_media`: owner and creation time stay as reserved.
 pub(super) fn complete(conn: &Connection, media: &MediaRecord) -> StoreResult<()> {
-    let (thumb_width, thumb_height) = media.thumbnail.unzip();
-    let changed = conn
-        .prepare_cached(COMPLETE)
-        .and_then(|mut s| {
-            s.execute(params![
-                media.id,
-                media.owner,
-                media.name,
-                media.content_type,
-                sql_int(media.size),
-                media.sha256,
-                media.width,
-                media.height,
-                thumb_width,
-                thumb_height,
-            ])
-        })
-        .ctx("complete media")?;
+    let changed = write_record(conn, COMPLETE, media, None).ctx("complete media")?;
     if changed == 0 {
         return Err(StoreError::NoSuchMedia(media.id.clone()));
     }
@@ -183,7 +170,7 @@ pub(super) fn usage(conn: &Connection, user: &str) -> StoreResult<u64> {
 
 pub(super) fn garbage(conn: &Connection, stale_before_ms: u64, limit: u32) -> StoreResult<Vec<MediaRecord>> {
     conn.prepare_cached(DOOM_STALE).and_then(|mut s| s.execute([sql_int(stale_before_ms)])).ctx("doom stale media")?;
-    conn.prepare_cached(&doomed())
+    conn.prepare_cached(DOOMED)
         .and_then(|mut s| s.query_map([i64::from(limit)], record)?.collect())
         .ctx("read doomed media")
 }
