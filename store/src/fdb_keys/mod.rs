@@ -7,7 +7,8 @@
 //! layout, the codec and the limits, and run the store logic (`ops`) over an in-memory ordered
 //! map through the same [`kv::KvDb`] seam the adapter implements over FoundationDB.
 //!
-//! - `tuple`: FoundationDB's tuple encoding (the subset palaver uses), order-preserving;
+//! - `tuple`: FoundationDB's tuple encoding (the `foundationdb-tuple` crate), one element at a
+//!   time, order-preserving;
 //! - `layout`: [`Keyspace`], every key under the subspace `(prefix,)`;
 //! - `values`: value types, each encoded as a format byte plus a tuple;
 //! - `limits`: FoundationDB's key, value and transaction limits, page and retention

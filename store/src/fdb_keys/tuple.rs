@@ -1,7 +1,11 @@
-//! The subset of FoundationDB's tuple encoding that palaver's keys and values use.
+//! FoundationDB's tuple encoding, as palaver's keys and values use it.
 //!
-//! The encoding is the one of FoundationDB's tuple layer (the `design/tuple.md` of the
-//! FoundationDB repository), so `fdbcli` and every official binding can read palaver's keys:
+//! The encoding itself comes from the `foundationdb-tuple` crate, the one the official Rust
+//! binding uses, so `fdbcli` and every binding read palaver's keys, and palaver carries no
+//! encoder of its own. This module adds what the store needs around it: a builder that appends
+//! one element at a time after a subspace prefix or a value's format byte, and a reader that
+//! takes one element at a time, each read naming the type it expects, with errors that say
+//! where a key or value went wrong.
 //!
 //! | element     | code        | body                                                        |
 //! |-------------|-------------|-------------------------------------------------------------|
@@ -23,15 +27,23 @@
 
 use std::fmt;
 
+use foundationdb_tuple::{PackError, PackResult, TupleDepth, TuplePack, TupleUnpack};
+
+// The type codes a read checks before the crate decodes the element.
 const NULL: u8 = 0x00;
 const BYTES: u8 = 0x01;
 const STRING: u8 = 0x02;
+const INT_NEG_MIN: u8 = 0x0c;
 const INT_ZERO: u8 = 0x14;
 const INT_POS_MAX: u8 = 0x1c;
-const INT_NEG_MIN: u8 = 0x0c;
 const FALSE: u8 = 0x26;
 const TRUE: u8 = 0x27;
-const ESCAPE: u8 = 0xff;
+
+/// Zero or a positive integer of one to eight bytes: the only integers palaver writes. The
+/// crate would also take the longer form `0x1d`, which no `u64` needs.
+fn is_uint(code: u8) -> bool {
+    (INT_ZERO..=INT_POS_MAX).contains(&code)
+}
 
 /// Why bytes could not be read as the expected tuple elements.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -63,55 +75,39 @@ impl TupleWriter {
         TupleWriter(buf)
     }
 
-    pub fn null(mut self) -> Self {
-        self.0.push(NULL);
+    /// One element, encoded as a top-level element of a tuple.
+    fn element(mut self, value: impl TuplePack) -> Self {
+        value.pack_into_vec(&mut self.0);
         self
     }
 
-    pub fn str(mut self, text: &str) -> Self {
-        self.0.push(STRING);
-        push_escaped(&mut self.0, text.as_bytes());
-        self
+    pub fn null(self) -> Self {
+        self.element(Option::<()>::None)
     }
 
-    pub fn bytes(mut self, bytes: &[u8]) -> Self {
-        self.0.push(BYTES);
-        push_escaped(&mut self.0, bytes);
-        self
+    pub fn str(self, text: &str) -> Self {
+        self.element(text)
+    }
+
+    pub fn bytes(self, bytes: &[u8]) -> Self {
+        self.element(bytes)
     }
 
     pub fn opt_str(self, text: Option<&str>) -> Self {
-        match text {
-            Some(text) => self.str(text),
-            None => self.null(),
-        }
+        self.element(text)
     }
 
     /// Null or a non-negative integer.
     pub fn opt_uint(self, n: Option<u64>) -> Self {
-        match n {
-            Some(n) => self.uint(n),
-            None => self.null(),
-        }
+        self.element(n)
     }
 
-    pub fn uint(mut self, n: u64) -> Self {
-        if n == 0 {
-            self.0.push(INT_ZERO);
-            return self;
-        }
-        let be = n.to_be_bytes();
-        let skip = (n.leading_zeros() / 8) as usize;
-        let len = be.len() - skip;
-        // `len` is 1..=8, so the code stays within 0x15..=0x1c.
-        self.0.push(INT_ZERO + len as u8);
-        self.0.extend_from_slice(&be[skip..]);
-        self
+    pub fn uint(self, n: u64) -> Self {
+        self.element(n)
     }
 
-    pub fn boolean(mut self, value: bool) -> Self {
-        self.0.push(if value { TRUE } else { FALSE });
-        self
+    pub fn boolean(self, value: bool) -> Self {
+        self.element(value)
     }
 
     pub fn into_bytes(self) -> Vec<u8> {
@@ -127,16 +123,6 @@ impl fmt::Debug for TupleWriter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "TupleWriter({})", printable(&self.0))
     }
-}
-
-fn push_escaped(buf: &mut Vec<u8>, bytes: &[u8]) {
-    for &b in bytes {
-        buf.push(b);
-        if b == NULL {
-            buf.push(ESCAPE);
-        }
-    }
-    buf.push(NULL);
 }
 
 /// Reads tuple elements one at a time, each read naming the type it expects.
@@ -164,91 +150,53 @@ impl<'a> TupleReader<'a> {
         }
     }
 
-    fn code(&self, expected: &'static str) -> Result<u8, TupleError> {
-        self.buf.get(self.pos).copied().ok_or(TupleError::Missing(expected))
-    }
-
-    fn unexpected(&self, expected: &'static str, found: u8) -> TupleError {
-        TupleError::UnexpectedType { expected, found, at: self.pos }
-    }
-
-    /// Reads an escaped, terminated body starting after the type code.
-    fn escaped(&mut self) -> Result<Vec<u8>, TupleError> {
-        let start = self.pos;
-        let mut out = Vec::new();
-        let mut i = self.pos + 1;
-        loop {
-            match self.buf.get(i) {
-                None => return Err(TupleError::Truncated(start)),
-                Some(&NULL) if self.buf.get(i + 1) == Some(&ESCAPE) => {
-                    out.push(NULL);
-                    i += 2;
-                }
-                Some(&NULL) => {
-                    self.pos = i + 1;
-                    return Ok(out);
-                }
-                Some(&b) => {
-                    out.push(b);
-                    i += 1;
-                }
-            }
+    /// The next element as a `T`, if its type code is one `accepts`; otherwise the error naming
+    /// what was `expected` and where. Checking the code first reports a wrong type the same way
+    /// whatever `T` is, and keeps the crate from reading forms palaver never writes.
+    fn element<T: TupleUnpack<'a>>(
+        &mut self,
+        expected: &'static str,
+        accepts: fn(u8) -> bool,
+    ) -> Result<T, TupleError> {
+        let at = self.pos;
+        let rest = self.buf.get(at..).unwrap_or_default();
+        let found = *rest.first().ok_or(TupleError::Missing(expected))?;
+        if !accepts(found) {
+            return Err(if accepts(INT_ZERO) && (INT_NEG_MIN..INT_ZERO).contains(&found) {
+                TupleError::NegativeInteger(at)
+            } else {
+                TupleError::UnexpectedType { expected, found, at }
+            });
         }
+        let First(value, left) = foundationdb_tuple::unpack(rest).map_err(|error| match error {
+            PackError::BadStringFormat => TupleError::InvalidUtf8(at),
+            PackError::BadCode { found, .. } => TupleError::UnexpectedType { expected, found, at },
+            _ => TupleError::Truncated(at),
+        })?;
+        self.pos = self.buf.len() - left.len();
+        Ok(value)
     }
 
     pub fn str(&mut self) -> Result<String, TupleError> {
-        let code = self.code("text")?;
-        if code != STRING {
-            return Err(self.unexpected("text", code));
-        }
-        let at = self.pos;
-        String::from_utf8(self.escaped()?).map_err(|_| TupleError::InvalidUtf8(at))
+        self.element("text", |code| code == STRING)
     }
 
     pub fn bytes(&mut self) -> Result<Vec<u8>, TupleError> {
-        let code = self.code("bytes")?;
-        if code != BYTES {
-            return Err(self.unexpected("bytes", code));
-        }
-        self.escaped()
+        self.element("bytes", |code| code == BYTES)
     }
 
     /// Null or text.
     pub fn opt_str(&mut self) -> Result<Option<String>, TupleError> {
-        if self.code("text or null")? == NULL {
-            self.pos += 1;
-            return Ok(None);
-        }
-        self.str().map(Some)
+        self.element("text or null", |code| code == NULL || code == STRING)
     }
 
     /// Null or an integer.
     pub fn opt_uint(&mut self) -> Result<Option<u64>, TupleError> {
-        if self.code("integer or null")? == NULL {
-            self.pos += 1;
-            return Ok(None);
-        }
-        self.uint().map(Some)
+        self.element("integer or null", |code| code == NULL || is_uint(code))
     }
 
     pub fn uint(&mut self) -> Result<u64, TupleError> {
-        let code = self.code("integer")?;
-        match code {
-            INT_ZERO => {
-                self.pos += 1;
-                Ok(0)
-            }
-            c if c > INT_ZERO && c <= INT_POS_MAX => {
-                let len = usize::from(c - INT_ZERO);
-                let body = self.buf.get(self.pos + 1..self.pos + 1 + len).ok_or(TupleError::Truncated(self.pos))?;
-                let mut be = [0u8; 8];
-                be[8 - len..].copy_from_slice(body);
-                self.pos += 1 + len;
-                Ok(u64::from_be_bytes(be))
-            }
-            c if (INT_NEG_MIN..INT_ZERO).contains(&c) => Err(TupleError::NegativeInteger(self.pos)),
-            c => Err(self.unexpected("integer", c)),
-        }
+        self.element("integer", is_uint)
     }
 
     /// An integer that must fit a `u32` (counts such as members).
@@ -259,17 +207,7 @@ impl<'a> TupleReader<'a> {
     }
 
     pub fn boolean(&mut self) -> Result<bool, TupleError> {
-        match self.code("boolean")? {
-            FALSE => {
-                self.pos += 1;
-                Ok(false)
-            }
-            TRUE => {
-                self.pos += 1;
-                Ok(true)
-            }
-            c => Err(self.unexpected("boolean", c)),
-        }
+        self.element("boolean", |code| code == FALSE || code == TRUE)
     }
 
     /// An integer field added after format 1 was first written: absent in older values.
@@ -279,6 +217,18 @@ impl<'a> TupleReader<'a> {
         } else {
             self.uint()
         }
+    }
+}
+
+/// The first element of some bytes, and the bytes after it. The crate decodes whole tuples
+/// from the top (`unpack`) or single elements at a depth only it can make, so this is how a
+/// reader takes one top-level element at a time.
+struct First<'a, T>(T, &'a [u8]);
+
+impl<'a, T: TupleUnpack<'a>> TupleUnpack<'a> for First<'a, T> {
+    fn unpack(input: &'a [u8], depth: TupleDepth) -> PackResult<(&'a [u8], Self)> {
+        let (left, value) = T::unpack(input, depth)?;
+        Ok((&[], First(value, left)))
     }
 }
 
@@ -303,8 +253,9 @@ mod tests {
         TupleWriter::default()
     }
 
-    /// Byte strings produced by FoundationDB's own tuple layer (the `foundationdb-tuple` crate
-    /// 0.11, `pack(&(…))`), so palaver's keys stay readable by every FoundationDB tool.
+    /// The exact bytes palaver's keys and values have always had, written by the tuple layer's
+    /// specification: a version of the crate that wrote anything else would make the data in
+    /// existing databases unreadable.
     #[test]
     fn matches_the_reference_tuple_layer() {
         assert_eq!(w().str("hello").into_bytes(), b"\x02hello\x00");
