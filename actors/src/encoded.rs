@@ -1,5 +1,6 @@
-//! An entry of a large room on its way to many connections, encoded at most once per encoding,
-//! and a run of such entries (one commit's), queued and batched as one.
+//! What goes out on a client's socket: a WebSocket message as the session sees it ([`Wire`]),
+//! and an entry of a large room on its way to many connections, encoded at most once per
+//! encoding, with a run of such entries (one commit's), queued and batched as one.
 //!
 //! A large room's `message` frame carries no cursor, so it is the same bytes for every
 //! recipient. The first connection that sends the entry encodes it; every other connection
@@ -13,7 +14,29 @@ use std::sync::{Arc, OnceLock};
 use bytes::Bytes;
 use protocol::{Encoding, Entry};
 
-use crate::session::Wire;
+/// A WebSocket message as the session sees it, independent of the WebSocket library.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Wire {
+    Text(String),
+    /// Text encoded once and sent to many connections (below); server to client only.
+    SharedText(SharedText),
+    Binary(Bytes),
+    Close {
+        code: u16,
+        reason: String,
+    },
+}
+
+/// Why reading from the socket failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WireError {
+    /// The message exceeded `limits.max_frame_bytes`.
+    TooLarge(String),
+    /// A text message that is not UTF-8; the connection is closed with 1007.
+    InvalidText(String),
+    /// Anything else: the connection is unusable.
+    Broken(String),
+}
 
 /// A committed entry shared by every connection it is delivered to.
 ///

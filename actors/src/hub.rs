@@ -3,8 +3,9 @@
 //! It owns the node's registries: room actors by room id (spawned on first use, stopped when
 //! idle) and live connections by user. Sessions call [`Hub::append`] to reach a room and never
 //! ask where the room lives; rooms call [`Hub::deliver`] to reach members and never ask where
-//! their connections are. On a single node both are local; the cluster adds a router behind
-//! the same two calls.
+//! their connections are. On a single node both are local; in a cluster the hub reaches the
+//! other nodes through [`Peers`](crate::peers::Peers), behind the same two calls, and knows
+//! nothing else of the cluster.
 //!
 //! Supervision: the hub is not an actor; it holds the room actors' references, and each room
 //! actor removes itself from the registry when it stops. Connections register themselves when
@@ -23,10 +24,10 @@ use tokio::sync::{oneshot, watch, Notify, OnceCell};
 use tracing::error;
 
 use crate::auth::Authenticator;
-use crate::cluster::{Cluster, Route};
 use crate::encoded::{SharedEntry, SharedRun};
 use crate::limits::Limits;
 use crate::metrics::Metrics;
+use crate::peers::{Peers, Route};
 use crate::presence::{Presence, PresenceSettings};
 use crate::room::{AppendCommand, Handed, RoomActor, RoomArgs, RoomMessage, RoomsRuntime};
 use crate::store::{Appended, Delivery, Recipients, Store, StoreError};
@@ -134,8 +135,9 @@ pub struct Hub {
     tails: Mutex<RoomTails>,
     next_conn_id: AtomicU64,
     shutdown: watch::Sender<bool>,
-    /// Set when the node runs in a cluster (actors/src/cluster); unset on a single node.
-    cluster: std::sync::OnceLock<Arc<Cluster>>,
+    /// The other nodes, when the node runs in a cluster (actors/src/cluster); unset on a
+    /// single node.
+    peers: std::sync::OnceLock<Arc<dyn Peers>>,
     /// Signs media links (`media_url`); set by the node that serves media.
     media_links: std::sync::OnceLock<crate::media::MediaLinks>,
     /// Where the room actors and their committers run (`room/runtime.rs` says why not on the
@@ -164,7 +166,7 @@ impl Hub {
             connections: Mutex::new(Connections::default()),
             next_conn_id: AtomicU64::new(1),
             shutdown: watch::channel(false).0,
-            cluster: std::sync::OnceLock::new(),
+            peers: std::sync::OnceLock::new(),
             media_links: std::sync::OnceLock::new(),
             rooms_runtime: RoomsRuntime::start(),
         });
@@ -182,13 +184,20 @@ impl Hub {
         self.media_links.get()
     }
 
-    /// Join a cluster: from now on `append` and `deliver` reach other nodes too.
-    pub fn set_cluster(&self, cluster: Arc<Cluster>) {
-        let _ = self.cluster.set(cluster);
+    /// Join a cluster: from now on `append`, `deliver` and `push` reach other nodes too.
+    pub fn set_peers(&self, peers: Arc<dyn Peers>) {
+        let _ = self.peers.set(peers);
     }
 
-    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
-        self.cluster.get()
+    /// The other nodes, in a cluster.
+    pub(crate) fn peers(&self) -> Option<&Arc<dyn Peers>> {
+        self.peers.get()
+    }
+
+    /// Why this node serves no rooms now (in a cluster: joining, no quorum, leaving), or `None`
+    /// if it does. A node that does not serve must not write, whatever the write.
+    pub fn not_serving(&self) -> Option<String> {
+        self.peers.get().and_then(|peers| peers.not_serving())
     }
 
     /// Hand a command to the room's actor and return where its outcome will arrive. For a local
@@ -203,10 +212,10 @@ impl Hub {
     ) -> Result<oneshot::Receiver<Result<Appended, StoreError>>, StoreError> {
         // Cluster: location transparency. A room another node owns is reached through that
         // node's router, and the reply comes back on the same kind of receiver.
-        if let Some(cluster) = self.cluster.get() {
-            match cluster.route(room) {
+        if let Some(peers) = self.peers.get() {
+            match peers.route(room) {
                 Route::Local => {}
-                Route::Remote(owner) => return cluster.forward_append(&owner, room, command),
+                Route::Remote(owner) => return peers.forward_append(&owner, room, command),
                 Route::Unavailable(reason) => return Err(StoreError::Unavailable(reason)),
             }
         }
@@ -314,10 +323,10 @@ impl Hub {
     /// reaches each connection as one push (see [`deliver_local`](Self::deliver_local)).
     pub fn deliver(&self, deliveries: &[&Delivery]) {
         self.fan_out(deliveries, true);
-        if let Some(cluster) = self.cluster.get() {
+        if let Some(peers) = self.peers.get() {
             let named: Vec<&Delivery> =
                 deliveries.iter().copied().filter(|delivery| delivery.recipients != Recipients::Unnamed).collect();
-            cluster.broadcast_deliveries(&named);
+            peers.broadcast_deliveries(&named);
         }
     }
 
@@ -538,15 +547,10 @@ impl Hub {
             return;
         }
         self.push_local(users, &frame);
-        let Some(cluster) = self.cluster.get() else { return };
-        let live = cluster.view();
-        let mut bytes = None;
-        for node in self.presence.remote_nodes_with(users).into_iter().filter(|node| live.live.contains(node)) {
-            let Some(router) = crate::cluster::router_of(&node) else { continue };
-            let bytes = bytes.get_or_insert_with(|| crate::cluster::wire::encode_push(users, &frame)).clone();
-            if router.cast(crate::cluster::wire::RouterMessage::Push(bytes)).is_ok() {
-                Metrics::inc(&self.metrics.ephemeral_pushes_sent_total);
-            }
+        let Some(peers) = self.peers.get() else { return };
+        let nodes = self.presence.remote_nodes_with(users);
+        if !nodes.is_empty() {
+            Metrics::add(&self.metrics.ephemeral_pushes_sent_total, peers.push(&nodes, users, &frame));
         }
     }
 

@@ -1,17 +1,19 @@
 //! palaver's application core: the actors that carry chat traffic and the store they persist to.
 //!
 //! - [`hub`]: one per node; finds room actors and live connections by id.
+//! - [`peers`]: the other nodes as the hub sees them (a trait the cluster implements).
 //! - [`cluster`]: membership, placement and the router that make many nodes one.
 //! - [`room`]: one actor per active room; the single, fenced writer of the room's log.
 //! - [`session`]: one per connection; the protocol state machine, resume and live delivery.
-//! - [`encoded`]: an entry of a large room encoded once for all the connections it goes to.
+//! - [`encoded`]: what goes on a client's socket: a message, and an entry of a large room
+//!   encoded once for all the connections it goes to.
 //! - [`requests`]: the handlers behind each client frame.
 //! - [`presence`]: who is online, typing indicators and receipts, across the cluster.
 //! - [`auth`]: passwords, tokens, login rate limits.
 //!
 //! The durable state lives in the `store` crate below this one (re-exported here as `store`, so
 //! paths read `crate::store::…`); this crate holds caches of it, never the truth. HTTP and the
-//! client WebSocket are the node crate's: it adapts WebSocket messages to [`session::Wire`].
+//! client WebSocket are the node crate's: it adapts WebSocket messages to [`encoded::Wire`].
 //! Node links (TCP, TLS) are [`cluster`]'s. See ARCHITECTURE.md for the whole picture.
 
 pub mod auth;
@@ -23,6 +25,7 @@ pub mod limits;
 pub mod media;
 pub mod metrics;
 pub mod names;
+pub mod peers;
 pub mod presence;
 pub mod push;
 pub mod requests;

@@ -679,7 +679,7 @@ pub async fn room_reply(
 /// same permission as any append: a node outside the quorum (the minority side of a partition,
 /// or not joined yet) must not write.
 fn not_serving(ctx: &Ctx, req: ReqId) -> Option<ServerFrame> {
-    let reason = ctx.hub.cluster().and_then(|cluster| cluster.view().reason.clone())?;
+    let reason = ctx.hub.not_serving()?;
     Some(error_frame(Some(req), ErrorCode::Unavailable, format!("{reason}; retry, or reconnect to another node")))
 }
 

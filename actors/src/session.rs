@@ -38,7 +38,7 @@ use protocol::{
 };
 use tracing::{debug, info, warn, Instrument};
 
-use crate::encoded::{SharedEntry, SharedRun, SharedText};
+use crate::encoded::{SharedEntry, SharedRun, Wire, WireError};
 use crate::hub::{Hub, Outbound, Registration};
 use crate::metrics::Metrics;
 use crate::requests::{self, error_frame, store_error_frame, Ctx};
@@ -46,30 +46,6 @@ use crate::room::AppendCommand;
 use crate::store::HistoryPage;
 use crate::store::{LogEntry, StoreResult};
 use large_rooms::{LargeRooms, Live, RoomRead};
-
-/// A WebSocket message as the session sees it, independent of the WebSocket library.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Wire {
-    Text(String),
-    /// Text encoded once and sent to many connections (see `encoded`); server to client only.
-    SharedText(SharedText),
-    Binary(Bytes),
-    Close {
-        code: u16,
-        reason: String,
-    },
-}
-
-/// Why reading from the socket failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum WireError {
-    /// The message exceeded `limits.max_frame_bytes`.
-    TooLarge(String),
-    /// A text message that is not UTF-8; the connection is closed with 1007.
-    InvalidText(String),
-    /// Anything else: the connection is unusable.
-    Broken(String),
-}
 
 /// WebSocket close codes the session uses (RFC 6455 §7.4.1).
 pub mod close_code {

@@ -19,6 +19,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use actors::cluster::Cluster;
 use actors::hub::Hub;
 use actors::store::WriteStats;
 use anyhow::Context;
@@ -99,8 +100,15 @@ impl AdminSection {
     }
 }
 
-/// Answer admin requests until `stop` turns true.
-pub async fn serve(listener: TcpListener, hub: Arc<Hub>, token: Option<String>, mut stop: watch::Receiver<bool>) {
+/// Answer admin requests until `stop` turns true. `cluster`: this node's membership, for the
+/// operator's `/cluster` view and actions (`None` on a single node).
+pub async fn serve(
+    listener: TcpListener,
+    hub: Arc<Hub>,
+    cluster: Option<Arc<Cluster>>,
+    token: Option<String>,
+    mut stop: watch::Receiver<bool>,
+) {
     let slots = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));
     let token: Arc<Option<String>> = Arc::new(token);
     let mut tasks = JoinSet::new();
@@ -114,10 +122,10 @@ pub async fn serve(listener: TcpListener, hub: Arc<Hub>, token: Option<String>, 
                         debug!(%peer, "admin connection dropped: {MAX_ADMIN_CONNECTIONS} already open");
                         continue;
                     };
-                    let (hub, token) = (hub.clone(), token.clone());
+                    let (hub, cluster, token) = (hub.clone(), cluster.clone(), token.clone());
                     tasks.spawn(async move {
                         let _slot = slot;
-                        if let Err(err) = handle(stream, &hub, token.as_deref()).await {
+                        if let Err(err) = handle(stream, &hub, cluster.as_deref(), token.as_deref()).await {
                             debug!(%peer, error = %err, "admin connection ended with an error");
                         }
                     });
@@ -133,7 +141,12 @@ pub async fn serve(listener: TcpListener, hub: Arc<Hub>, token: Option<String>, 
     tasks.abort_all();
 }
 
-async fn handle(mut stream: TcpStream, hub: &Arc<Hub>, token: Option<&str>) -> std::io::Result<()> {
+async fn handle(
+    mut stream: TcpStream,
+    hub: &Arc<Hub>,
+    cluster: Option<&Cluster>,
+    token: Option<&str>,
+) -> std::io::Result<()> {
     let request = match request::read_request(&mut stream, tokio::time::Instant::now() + REQUEST_TIMEOUT).await {
         Ok(request) => request,
         Err(err) => return request::answer_read_error(&mut stream, err).await,
@@ -156,16 +169,21 @@ async fn handle(mut stream: TcpStream, hub: &Arc<Hub>, token: Option<&str>) -> s
             .await;
         }
     }
-    let (status, content_type, body) = route(&request, hub, token.is_some()).await;
+    let (status, content_type, body) = route(&request, hub, cluster, token.is_some()).await;
     request::respond(&mut stream, status, content_type, body.as_bytes()).await
 }
 
-async fn route(request: &Request, hub: &Hub, token_checked: bool) -> (u16, &'static str, String) {
+async fn route(
+    request: &Request,
+    hub: &Hub,
+    cluster: Option<&Cluster>,
+    token_checked: bool,
+) -> (u16, &'static str, String) {
     const JSON: &str = "application/json";
     match (request.method.as_str(), request.path.as_str()) {
         ("POST", "/cluster/forget") => {
             let (status, body) = crate::operator::forget(
-                hub,
+                cluster,
                 request.query_param("node"),
                 token_checked,
                 request.header("authorization"),
@@ -173,7 +191,9 @@ async fn route(request: &Request, hub: &Hub, token_checked: bool) -> (u16, &'sta
             (status, JSON, body.to_string())
         }
         ("GET", "/status") => (200, JSON, status(hub).to_string()),
-        ("GET", "/cluster") => (200, JSON, crate::cluster::status(hub, request.query_param("room")).await.to_string()),
+        ("GET", "/cluster") => {
+            (200, JSON, crate::cluster::status(hub, cluster, request.query_param("room")).await.to_string())
+        }
         ("GET", "/metrics") => (200, "text/plain; version=0.0.4", metrics(hub)),
         (_, "/status" | "/cluster" | "/metrics") => {
             (405, "text/plain", "only GET is served here (and POST /cluster/forget)\n".into())

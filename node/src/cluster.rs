@@ -233,7 +233,7 @@ pub async fn start(
 /// The operator view at `GET /cluster` on the admin port: the live and known nodes, this node's
 /// rooms and connections, and with `?room=ID` the node that owns that room now (by this node's
 /// view) and the owner recorded in the store (the last node to claim it, and its epoch).
-pub async fn status(hub: &Hub, room: Option<&str>) -> serde_json::Value {
+pub async fn status(hub: &Hub, cluster: Option<&Cluster>, room: Option<&str>) -> serde_json::Value {
     let (users, connections) = hub.connection_counts();
     let mut body = serde_json::json!({
         "node": hub.node,
@@ -242,7 +242,7 @@ pub async fn status(hub: &Hub, room: Option<&str>) -> serde_json::Value {
         "users_online": users,
         "connections": connections,
     });
-    match hub.cluster() {
+    match cluster {
         Some(cluster) => {
             let view = cluster.view();
             body["cluster"] = serde_json::json!({
@@ -256,7 +256,7 @@ pub async fn status(hub: &Hub, room: Option<&str>) -> serde_json::Value {
         None => body["cluster"] = serde_json::Value::Null,
     }
     if let Some(room) = room {
-        let owner = match hub.cluster() {
+        let owner = match cluster {
             Some(cluster) => cluster.owner(room),
             None => Some(hub.node.clone()),
         };

@@ -20,8 +20,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use actors::encoded::{Wire, WireError};
 use actors::hub::Hub;
-use actors::session::{run_session, Peer, Wire, WireError};
+use actors::session::{run_session, Peer};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -219,7 +220,7 @@ async fn readiness(hub: &Hub) -> (u16, String) {
     if hub.is_shutting_down() {
         return (503, "draining\n".into());
     }
-    if let Some(reason) = hub.cluster().and_then(|cluster| cluster.view().reason.clone()) {
+    if let Some(reason) = hub.not_serving() {
         log_unready(&format!("cluster: {reason}"));
         return (503, format!("cluster: {reason}\n"));
     }

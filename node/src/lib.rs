@@ -134,7 +134,7 @@ pub async fn run(config: Config, stop: watch::Receiver<bool>) -> anyhow::Result<
     // The key browsers subscribe with: every node's page offers it, sending or not.
     let vapid_public_key = actors::push::providers::webpush::public_key_of(&config.push.webpush)
         .map_err(|err| anyhow::anyhow!("push: {err}"))?;
-    let admin = tokio::spawn(admin::serve(admin_listener, hub.clone(), admin_token, stop.clone()));
+    let admin = tokio::spawn(admin::serve(admin_listener, hub.clone(), cluster.clone(), admin_token, stop.clone()));
     let mut hub_stop = stop.clone();
     let shutdown_hub = hub.clone();
     let shutdown = tokio::spawn(async move {

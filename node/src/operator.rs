@@ -9,18 +9,18 @@
 //! process: whoever holds the cookie can already join nodes to the cluster, so it grants
 //! nothing new.
 
-use actors::hub::Hub;
+use actors::cluster::Cluster;
 use serde_json::json;
 
 /// Answer `POST /cluster/forget?node=NAME`: (HTTP status, JSON body). `token_checked`: the
 /// admin port checked its token, and no cookie is needed.
 pub fn forget(
-    hub: &Hub,
+    cluster: Option<&Cluster>,
     node: Option<&str>,
     token_checked: bool,
     authorization: Option<&str>,
 ) -> (u16, serde_json::Value) {
-    let Some(cluster) = hub.cluster() else {
+    let Some(cluster) = cluster else {
         return (404, json!({"error": "this node is not in a cluster (cluster.enabled is false)"}));
     };
     let cookie = authorization.and_then(|value| value.strip_prefix("Bearer ")).unwrap_or("");

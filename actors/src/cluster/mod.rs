@@ -1,6 +1,8 @@
 //! The cluster: many nodes serving as one, behind the hub's two calls.
 //!
-//! Application code never asks where a room lives. [`Hub::append`] asks [`Cluster::route`]:
+//! The hub knows the cluster only as [`Peers`] (`peers.rs`), which [`Cluster`] implements; the
+//! dependency runs one way, from here to the hub. Application code never asks where a room
+//! lives. [`Hub::append`] asks [`Peers::route`]:
 //! a room this node owns goes to its local room actor as on a single node; a room another node
 //! owns goes to that node's **router** ([`router`]), which runs it through its own hub and
 //! replies. [`Hub::deliver`] hands a committed entry to the local connections and to every
@@ -44,6 +46,7 @@ use std::sync::{Arc, OnceLock, Weak};
 use parking_lot::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use protocol::ServerFrame;
 use ractor::ActorRef;
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
@@ -52,6 +55,8 @@ use tracing::{info, warn};
 use crate::encoded::SharedEntry;
 use crate::hub::{delivery_runs, Hub};
 use crate::metrics::Metrics;
+use crate::peers::{Peers, Route};
+use crate::presence::PresenceBatch;
 use crate::room::AppendCommand;
 use crate::store::{Appended, Delivery, Recipients, StoreError};
 use crate::supervise::spawn_essential;
@@ -97,15 +102,6 @@ pub struct ClusterSettings {
     /// Deliveries from other nodes queued for this node's fan-out, at most (see
     /// [`Cluster::accept_delivery`]).
     pub delivery_queue_len: usize,
-}
-
-/// Where a room's commands go.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Route {
-    Local,
-    Remote(String),
-    /// This node serves no rooms right now (joining, no quorum, leaving).
-    Unavailable(String),
 }
 
 struct Pending {
@@ -183,106 +179,6 @@ impl Cluster {
     pub fn owner(&self, room: &str) -> Option<String> {
         let view = self.view();
         placement::owner(room, view.live.iter().map(String::as_str)).map(str::to_string)
-    }
-
-    /// Where commands for `room` go.
-    pub fn route(&self, room: &str) -> Route {
-        let view = self.view();
-        if let Some(reason) = &view.reason {
-            return Route::Unavailable(format!("{reason}; retry, or reconnect to another node"));
-        }
-        match placement::owner(room, view.live.iter().map(String::as_str)) {
-            Some(owner) if owner == self.settings.node => Route::Local,
-            Some(owner) => Route::Remote(owner.to_string()),
-            None => Route::Unavailable("no live node".into()),
-        }
-    }
-
-    /// Send an append to `node`'s router; the outcome arrives on the returned receiver (or the
-    /// sender is dropped on timeout or when the node dies, which the session reports as
-    /// `unavailable`, and the client retries with the same message id).
-    pub fn forward_append(
-        &self,
-        node: &str,
-        room: &str,
-        command: AppendCommand,
-    ) -> Result<oneshot::Receiver<Result<Appended, StoreError>>, StoreError> {
-        let unavailable = |why: &str| StoreError::Unavailable(format!("room `{room}` lives on `{node}`, {why}; retry"));
-        let router = router_of(node).ok_or_else(|| unavailable("which is not reachable"))?;
-        let id = self.next_request.fetch_add(1, Ordering::Relaxed);
-        let (reply, outcome) = oneshot::channel();
-        {
-            let mut pending = self.pending.lock();
-            if pending.len() >= self.settings.max_pending_requests {
-                return Err(unavailable("and too many requests wait for other nodes"));
-            }
-            let deadline = Instant::now() + self.settings.request_timeout;
-            pending.insert(id, Pending { node: node.to_string(), reply, deadline });
-        }
-        let message = RouterMessage::Append(ForwardedAppend {
-            id,
-            from: self.settings.node.clone(),
-            room: room.to_string(),
-            kind: command.kind,
-            sender: command.from,
-            message_id: command.id,
-            user: command.user,
-            body: command.body,
-            trace: id ^ self.incarnation,
-            target: command.details.target,
-            reply_to: command.details.reply_to,
-            mentions: command.details.mentions,
-            until: command.details.until,
-            settings: command.details.settings,
-            attachments: command.details.attachments,
-            traceparent: crate::trace_context::traceparent(&tracing::Span::current()),
-        });
-        if router.cast(message).is_err() {
-            self.pending.lock().remove(&id);
-            return Err(unavailable("and its link just closed"));
-        }
-        if let Some(hub) = self.hub() {
-            Metrics::inc(&hub.metrics.cluster_forwarded_total);
-        }
-        Ok(outcome)
-    }
-
-    /// Hand committed entries (in commit order) to every other live node; each fans out to its
-    /// own connections. Broadcast rather than "nodes with recipients online": it needs no
-    /// presence table to keep consistent, and a node without recipients spends one hash lookup
-    /// per recipient on it. A run of a large room's entries under one member list goes as one
-    /// [`RouterMessage::DeliverRun`], the list once, to nodes that read it (a 1,000-member list
-    /// is most of each delivery's bytes); other deliveries, and runs to older nodes, go one
-    /// [`RouterMessage::Deliver`] per entry. Each message is encoded once for every node.
-    pub fn broadcast_deliveries(&self, deliveries: &[&Delivery]) {
-        let view = self.view();
-        let peers: Vec<(ActorRef<RouterMessage>, bool)> = view
-            .live
-            .iter()
-            .filter(|node| **node != self.settings.node)
-            .filter_map(|node| router_of(node).map(|router| (router, view.reads_runs.contains(node))))
-            .collect();
-        if peers.is_empty() {
-            return;
-        }
-        let mut sent = 0;
-        for run in delivery_runs(deliveries) {
-            let mut messages = RunMessages::new(run);
-            for (router, reads_runs) in &peers {
-                for message in messages.for_node(*reads_runs) {
-                    let entries = match &message {
-                        RouterMessage::DeliverRun(_) => run.len() as u64,
-                        _ => 1,
-                    };
-                    if router.cast(message).is_ok() {
-                        sent += entries;
-                    }
-                }
-            }
-        }
-        if let Some(hub) = self.hub() {
-            Metrics::add(&hub.metrics.cluster_deliveries_sent_total, sent);
-        }
     }
 
     /// A reply to one of this node's forwarded appends.
@@ -541,13 +437,162 @@ pub enum ClusterStartError {
 pub async fn start(hub: &Arc<Hub>, settings: ClusterSettings) -> Result<Arc<Cluster>, ClusterStartError> {
     let cluster = Cluster::new(settings);
     let _ = cluster.hub.set(Arc::downgrade(hub));
-    hub.set_cluster(cluster.clone());
+    hub.set_peers(cluster.clone());
     link::start(&cluster, hub.clone()).await?;
     // Each owns its queue's receiving end: a panic there stops the node (supervise.rs).
     spawn_essential("cluster: forwarded appends", cluster.clone().run_forwarded());
     spawn_essential("cluster: deliveries from other nodes", cluster.clone().run_deliveries());
     cluster.refresh();
     Ok(cluster)
+}
+
+/// The hub and presence reach the other nodes through these calls alone (see `peers.rs`).
+impl Peers for Cluster {
+    /// Where commands for `room` go.
+    fn route(&self, room: &str) -> Route {
+        let view = self.view();
+        if let Some(reason) = &view.reason {
+            return Route::Unavailable(format!("{reason}; retry, or reconnect to another node"));
+        }
+        match placement::owner(room, view.live.iter().map(String::as_str)) {
+            Some(owner) if owner == self.settings.node => Route::Local,
+            Some(owner) => Route::Remote(owner.to_string()),
+            None => Route::Unavailable("no live node".into()),
+        }
+    }
+
+    /// Send an append to `node`'s router; the outcome arrives on the returned receiver (or the
+    /// sender is dropped on timeout or when the node dies, which the session reports as
+    /// `unavailable`, and the client retries with the same message id).
+    fn forward_append(
+        &self,
+        node: &str,
+        room: &str,
+        command: AppendCommand,
+    ) -> Result<oneshot::Receiver<Result<Appended, StoreError>>, StoreError> {
+        let unavailable = |why: &str| StoreError::Unavailable(format!("room `{room}` lives on `{node}`, {why}; retry"));
+        let router = router_of(node).ok_or_else(|| unavailable("which is not reachable"))?;
+        let id = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let (reply, outcome) = oneshot::channel();
+        {
+            let mut pending = self.pending.lock();
+            if pending.len() >= self.settings.max_pending_requests {
+                return Err(unavailable("and too many requests wait for other nodes"));
+            }
+            let deadline = Instant::now() + self.settings.request_timeout;
+            pending.insert(id, Pending { node: node.to_string(), reply, deadline });
+        }
+        let message = RouterMessage::Append(ForwardedAppend {
+            id,
+            from: self.settings.node.clone(),
+            room: room.to_string(),
+            kind: command.kind,
+            sender: command.from,
+            message_id: command.id,
+            user: command.user,
+            body: command.body,
+            trace: id ^ self.incarnation,
+            target: command.details.target,
+            reply_to: command.details.reply_to,
+            mentions: command.details.mentions,
+            until: command.details.until,
+            settings: command.details.settings,
+            attachments: command.details.attachments,
+            traceparent: crate::trace_context::traceparent(&tracing::Span::current()),
+        });
+        if router.cast(message).is_err() {
+            self.pending.lock().remove(&id);
+            return Err(unavailable("and its link just closed"));
+        }
+        if let Some(hub) = self.hub() {
+            Metrics::inc(&hub.metrics.cluster_forwarded_total);
+        }
+        Ok(outcome)
+    }
+
+    /// Hand committed entries (in commit order) to every other live node; each fans out to its
+    /// own connections. Broadcast rather than "nodes with recipients online": it needs no
+    /// presence table to keep consistent, and a node without recipients spends one hash lookup
+    /// per recipient on it. A run of a large room's entries under one member list goes as one
+    /// [`RouterMessage::DeliverRun`], the list once, to nodes that read it (a 1,000-member list
+    /// is most of each delivery's bytes); other deliveries, and runs to older nodes, go one
+    /// [`RouterMessage::Deliver`] per entry. Each message is encoded once for every node.
+    fn broadcast_deliveries(&self, deliveries: &[&Delivery]) {
+        let view = self.view();
+        let peers: Vec<(ActorRef<RouterMessage>, bool)> = view
+            .live
+            .iter()
+            .filter(|node| **node != self.settings.node)
+            .filter_map(|node| router_of(node).map(|router| (router, view.reads_runs.contains(node))))
+            .collect();
+        if peers.is_empty() {
+            return;
+        }
+        let mut sent = 0;
+        for run in delivery_runs(deliveries) {
+            let mut messages = RunMessages::new(run);
+            for (router, reads_runs) in &peers {
+                for message in messages.for_node(*reads_runs) {
+                    let entries = match &message {
+                        RouterMessage::DeliverRun(_) => run.len() as u64,
+                        _ => 1,
+                    };
+                    if router.cast(message).is_ok() {
+                        sent += entries;
+                    }
+                }
+            }
+        }
+        if let Some(hub) = self.hub() {
+            Metrics::add(&hub.metrics.cluster_deliveries_sent_total, sent);
+        }
+    }
+
+    fn push(&self, nodes: &[String], users: &[String], frame: &ServerFrame) -> u64 {
+        let view = self.view();
+        // Encoded once, and only if some node is to get it.
+        let mut bytes = None;
+        let mut sent = 0;
+        for node in nodes.iter().filter(|node| view.live.contains(*node)) {
+            let Some(router) = router_of(node) else { continue };
+            let bytes = bytes.get_or_insert_with(|| wire::encode_push(users, frame)).clone();
+            if router.cast(RouterMessage::Push(bytes)).is_ok() {
+                sent += 1;
+            }
+        }
+        sent
+    }
+
+    fn not_serving(&self) -> Option<String> {
+        self.view().reason.clone()
+    }
+
+    fn is_live(&self, node: &str) -> bool {
+        self.view().live.iter().any(|live| live == node)
+    }
+
+    fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
+    fn send_presence(&self, to: Option<&str>, batch: PresenceBatch) -> u64 {
+        let message = RouterMessage::Presence(batch);
+        let Some(node) = to else {
+            let view = self.view();
+            let others = view.live.iter().filter(|node| **node != self.settings.node);
+            return others
+                .filter_map(|node| router_of(node))
+                .filter(|router| router.cast(message.clone()).is_ok())
+                .count() as u64;
+        };
+        router_of(node).is_some_and(|router| router.cast(message).is_ok()).into()
+    }
+
+    fn want_presence(&self, node: &str) {
+        if let Some(router) = router_of(node) {
+            let _ = router.cast(RouterMessage::PresenceWant(self.settings.node.clone()));
+        }
+    }
 }
 
 /// The last member list received per large room. Every delivery decodes its own copy of the

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use protocol::{Attachment, Entry, EntryKind, RoomSettingsChange, ServerFrame};
 use serde::{Deserialize, Serialize};
 
-use crate::presence::Change;
+use crate::presence::PresenceBatch;
 use crate::room::AppendCommand;
 use crate::store::{Appended, Delivery, EntryDetails, Recipients, StoreError};
 
@@ -78,19 +78,6 @@ pub struct Heartbeat {
     /// The sender reads [`RouterMessage::DeliverRun`] (false from nodes older than it).
     #[serde(default)]
     pub delivers_runs: bool,
-}
-
-/// A node's presence changes since its previous batch (`base` → `seq`), or with `snapshot`
-/// all of its records at `seq`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PresenceBatch {
-    pub from: String,
-    pub incarnation: u64,
-    pub base: u64,
-    pub seq: u64,
-    #[serde(default)]
-    pub snapshot: bool,
-    pub changes: Vec<Change>,
 }
 
 /// An ephemeral frame and whom it is for.

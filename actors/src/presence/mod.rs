@@ -25,7 +25,8 @@
 //!   get counts (`online` in `members`) and stored read positions (`receipts`) on request.
 //!
 //! The hub owns one [`Presence`]; sessions and request handlers call it through the hub, the
-//! cluster's router hands it batches, wants and pushes from other nodes.
+//! cluster's router hands it batches, wants and pushes from other nodes, and it reaches the other
+//! nodes through the hub's [`Peers`](crate::peers::Peers).
 
 mod table;
 
@@ -40,15 +41,27 @@ use protocol::{ReceiptKind, ServerFrame, UserPresence};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 
-use crate::cluster::wire::{PresenceBatch, RouterMessage};
-use crate::cluster::{router_of, Cluster};
 use crate::hub::{Hub, Outbound, OutboundQueue};
 use crate::metrics::Metrics;
 use crate::names::now_ms;
+use crate::peers::Peers;
 use crate::store::PresenceNote;
 use crate::supervise::spawn_restarting;
 use table::{Applied, Table};
 pub use table::{Change, Record};
+
+/// A node's presence changes since its previous batch (`base` → `seq`), or with `snapshot`
+/// all of its records at `seq`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceBatch {
+    pub from: String,
+    pub incarnation: u64,
+    pub base: u64,
+    pub seq: u64,
+    #[serde(default)]
+    pub snapshot: bool,
+    pub changes: Vec<Change>,
+}
 
 /// The `[presence]` section of the configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -335,19 +348,19 @@ impl Presence {
             let mut inner = self.inner.lock();
             let (changes, changed) = inner.table.flush(Instant::now(), now_ms());
             if !changes.is_empty() {
-                if let Some(cluster) = hub.cluster() {
+                if let Some(peers) = hub.peers() {
                     let base = inner.seq;
                     inner.seq += 1;
                     let batch = PresenceBatch {
                         from: self.me.clone(),
-                        incarnation: cluster.incarnation,
+                        incarnation: peers.incarnation(),
                         base,
                         seq: inner.seq,
                         snapshot: false,
                         changes,
                     };
                     let records = batch.changes.len() as u64;
-                    let sent = cast_to_peers(cluster, RouterMessage::Presence(batch));
+                    let sent = peers.send_presence(None, batch);
                     Metrics::add(&hub.metrics.presence_batches_sent_total, sent);
                     Metrics::add(&hub.metrics.presence_records_sent_total, sent * records);
                     self.sent_seq.store(inner.seq, Ordering::Release);
@@ -365,10 +378,10 @@ impl Presence {
 
     /// A batch or snapshot from another node.
     pub(crate) fn on_batch(&self, hub: &Hub, batch: PresenceBatch) {
-        let Some(cluster) = hub.cluster() else { return };
+        let Some(peers) = hub.peers() else { return };
         // Records of a node this one counts as dead would bring back its users; it sends a
         // snapshot once it is live again.
-        if !cluster.view().live.contains(&batch.from) {
+        if !peers.is_live(&batch.from) {
             return;
         }
         let from = batch.from.clone();
@@ -383,20 +396,20 @@ impl Presence {
         };
         match applied {
             Applied::Changed(changed) => self.notify(changed),
-            Applied::NeedSnapshot => self.want(cluster, &from),
+            Applied::NeedSnapshot => self.want(peers.as_ref(), &from),
         }
     }
 
     /// A heartbeat from `from` says it has sent batches up to `seq`: ask for a snapshot if this
     /// node is not there (it never was, missed the last batch, or `from` restarted).
-    pub(crate) fn on_heartbeat(&self, cluster: &Cluster, from: &str, incarnation: u64, seq: u64) {
+    pub(crate) fn on_heartbeat(&self, peers: &dyn Peers, from: &str, incarnation: u64, seq: u64) {
         let in_step = self.inner.lock().table.in_step(from, incarnation, seq);
         if !in_step {
-            self.want(cluster, from);
+            self.want(peers, from);
         }
     }
 
-    fn want(&self, cluster: &Cluster, node: &str) {
+    fn want(&self, peers: &dyn Peers, node: &str) {
         {
             let mut wants = self.wants.lock();
             let now = Instant::now();
@@ -406,27 +419,25 @@ impl Presence {
             wants.insert(node.to_string(), now);
         }
         debug!(node, "asking for a presence snapshot");
-        if let Some(router) = router_of(node) {
-            let _ = router.cast(RouterMessage::PresenceWant(cluster.name().to_string()));
-        }
+        peers.want_presence(node);
     }
 
     /// `node` asked for this node's snapshot.
     pub(crate) fn on_want(&self, hub: &Hub, node: &str) {
-        let (Some(cluster), Some(router)) = (hub.cluster(), router_of(node)) else { return };
+        let Some(peers) = hub.peers() else { return };
         let inner = self.inner.lock();
         let changes: Vec<Change> =
             inner.table.snapshot().into_iter().map(|(user, record)| (user, Some(record))).collect();
         let batch = PresenceBatch {
             from: self.me.clone(),
-            incarnation: cluster.incarnation,
+            incarnation: peers.incarnation(),
             base: 0,
             seq: inner.seq,
             snapshot: true,
             changes,
         };
         // Sent under the lock, so no batch with a higher sequence number overtakes it.
-        if router.cast(RouterMessage::Presence(batch)).is_ok() {
+        if peers.send_presence(Some(node), batch) > 0 {
             Metrics::inc(&hub.metrics.presence_snapshots_sent_total);
         }
     }
@@ -544,18 +555,4 @@ pub(crate) enum TypingUpdate {
     /// A stop for an indicator this node does not know (expired, or started elsewhere): tell
     /// the members (after checking the room).
     StopUnknown,
-}
-
-/// Cast `message` to every other live node's router; returns how many took it.
-fn cast_to_peers(cluster: &Cluster, message: RouterMessage) -> u64 {
-    let view = cluster.view();
-    let mut sent = 0;
-    for node in view.live.iter().filter(|node| node.as_str() != cluster.name()) {
-        if let Some(router) = router_of(node) {
-            if router.cast(message.clone()).is_ok() {
-                sent += 1;
-            }
-        }
-    }
-    sent
 }
