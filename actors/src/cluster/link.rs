@@ -26,7 +26,6 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use ractor::{Actor, ActorRef};
 use ractor_cluster::node::NodeServerSessionInformation;
 use ractor_cluster::{IncomingEncryptionMode, NodeEventSubscription, NodeServer, NodeServerMessage};
@@ -172,10 +171,10 @@ async fn reconnect(cluster: &Arc<Cluster>, dialed: &mut HashMap<String, Instant>
             match dial(&server, &addr, bind, tls.as_deref()).await {
                 Ok(()) => debug!(%addr, "dialed cluster peer"),
                 // A refused handshake is a configuration problem: say so, like the acceptor does.
-                Err(err) => match err.downcast_ref::<HandshakeError>() {
-                    Some(handshake) => handshake.log(&node, &addr),
-                    None => debug!(%addr, error = %err, "cluster peer not reachable; will retry"),
-                },
+                Err(DialError::Handshake(handshake)) => handshake.log(&node, &addr),
+                Err(DialError::Unreachable(err)) => {
+                    debug!(%addr, error = %err, "cluster peer not reachable; will retry")
+                }
             }
         });
     }
@@ -190,6 +189,23 @@ fn resolves_to_linked(addr: &str, linked: &HashSet<String>) -> bool {
     addr.parse::<SocketAddr>().is_ok_and(|parsed| linked.contains(&parsed.to_string()))
 }
 
+/// Why a dial failed.
+#[derive(Debug, thiserror::Error)]
+enum DialError {
+    /// The peer was not reached (its name, the connect, the local node server): retried.
+    #[error("{0}")]
+    Unreachable(String),
+    /// The peer's TLS handshake failed: a configuration problem, logged as one.
+    #[error(transparent)]
+    Handshake(#[from] HandshakeError),
+}
+
+impl From<std::io::Error> for DialError {
+    fn from(err: std::io::Error) -> Self {
+        DialError::Unreachable(err.to_string())
+    }
+}
+
 /// Open a TCP link to `addr` (in TLS if configured) and hand it to the node server (which
 /// authenticates it).
 async fn dial(
@@ -197,14 +213,19 @@ async fn dial(
     addr: &str,
     bind: std::net::IpAddr,
     tls: Option<&LinkTls>,
-) -> anyhow::Result<()> {
-    let target = tokio::net::lookup_host(addr).await?.next().with_context(|| format!("{addr} resolves to nothing"))?;
+) -> Result<(), DialError> {
+    let unreachable = DialError::Unreachable;
+    let target = tokio::net::lookup_host(addr)
+        .await?
+        .next()
+        .ok_or_else(|| unreachable(format!("{addr} resolves to nothing")))?;
     let socket = if target.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
     if !bind.is_unspecified() && bind.is_ipv4() == target.is_ipv4() {
         socket.bind(SocketAddr::new(bind, 0))?;
     }
-    let stream =
-        tokio::time::timeout(Duration::from_secs(2), socket.connect(target)).await.context("connect timed out")??;
+    let stream = tokio::time::timeout(Duration::from_secs(2), socket.connect(target))
+        .await
+        .map_err(|_| unreachable("connect timed out".into()))??;
     stream.set_nodelay(true)?;
     let stream = match tls {
         Some(tls) => tls.connect(stream, target).await?,
@@ -212,7 +233,7 @@ async fn dial(
     };
     server
         .cast(NodeServerMessage::ConnectionOpened { stream: Box::new(stream), is_server: false })
-        .map_err(|err| anyhow::anyhow!("node server: {err}"))?;
+        .map_err(|err| unreachable(format!("node server: {err}")))?;
     Ok(())
 }
 
