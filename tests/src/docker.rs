@@ -2,8 +2,8 @@
 //! and the faults operators inject with docker (kill, pause, network disconnect, scale up and
 //! down) while clients with a ledger talk through the load balancer.
 //!
-//! - [`Stack`] brings up `docker/compose.yaml` + `docker/compose.sqlite.yaml` under a project
-//!   name of its own, finds containers by compose's labels, injects faults, reads HAProxy's view
+//! - [`Stack`] brings up `docker/compose.yaml` + `docker/compose.sqlite.yaml` (or, on
+//!   FoundationDB, `docker/compose.yaml` alone) under a project name of its own, finds containers by compose's labels, injects faults, reads HAProxy's view
 //!   (its stats CSV) and each node's own view (`/cluster` on the admin port, `/readyz`, read from
 //!   inside the container), and removes containers, networks, volumes and its image when dropped, whether
 //!   the test passed or not. A run killed before that is cleaned up by the next one.
@@ -13,7 +13,9 @@
 //! This machine kind has a Docker engine but no registry, so [`base_image`] makes a Debian root
 //! with debootstrap (tests/docker/base-image.sh, cached by a hash of the script) and it replaces
 //! every public image through the variables the compose file already has (`RUNTIME_IMAGE`,
-//! `RUST_IMAGE`, `HAPROXY_IMAGE`, `FDB_IMAGE`). The node binary is the one cargo already built
+//! `RUST_IMAGE`, `HAPROXY_IMAGE`, `FDB_IMAGE`); on FoundationDB, [`fdb_image`] packs the
+//! FoundationDB installed on this machine into an image that stands in for the official one
+//! (tests/docker/fdb-image.sh). The node binary is the one cargo already built
 //! for the other tests, handed to the Dockerfile as `PREBUILT_BINARY`, so Rust is not compiled
 //! twice. Everything else is the files users run.
 //!
@@ -126,6 +128,25 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
 }
 
+/// The FoundationDB image made from the FoundationDB installed on this machine
+/// (tests/docker/fdb-image.sh, on `base`): its tag, or `Ok(None)` if none is installed.
+pub async fn fdb_image(base: &str) -> anyhow::Result<Option<String>> {
+    let script = repo_root().join("tests/docker/fdb-image.sh");
+    let installed = run(
+        "bash",
+        &[repo_root().join(".ci/fdb-server.sh").display().to_string(), "find".into()],
+        &[],
+        Duration::from_secs(20),
+    )
+    .await;
+    if installed.is_err() {
+        return Ok(None);
+    }
+    let out = run("bash", &[script.display().to_string(), base.to_string()], &[], BASE_IMAGE_BUILD).await?;
+    let tag = out.lines().last().map(|line| line.trim().to_string()).filter(|tag| !tag.is_empty());
+    tag.map(Some).context("fdb-image.sh printed no tag")
+}
+
 /// The local base image (made on first use, then reused): its tag.
 pub async fn base_image() -> anyhow::Result<String> {
     let script = repo_root().join("tests/docker/base-image.sh");
@@ -153,9 +174,12 @@ pub struct LbServer {
 pub struct StackOptions {
     /// Three named nodes forming a cluster; off: `palaver-1` alone, cluster disabled.
     pub cluster: bool,
+    /// The FoundationDB variant (`docker/compose.yaml` alone: the nodes on a FoundationDB
+    /// container) with this FoundationDB image ([`fdb_image`]); `None`: the sqlite variant.
+    pub fdb_image: Option<String>,
 }
 
-/// A compose project of the sqlite variant, with HAProxy in front.
+/// A compose project of the sqlite or the FoundationDB variant, with HAProxy in front.
 pub struct Stack {
     pub project: String,
     compose: Vec<String>,
@@ -214,12 +238,12 @@ impl Stack {
             ("PALAVER_CLUSTER_ENABLED", options.cluster.to_string()),
             ("RUST_IMAGE", base.to_string()),
             ("RUNTIME_IMAGE", base.to_string()),
-            ("FDB_IMAGE", base.to_string()),
+            ("FDB_IMAGE", options.fdb_image.clone().unwrap_or_else(|| base.to_string())),
             ("HAPROXY_IMAGE", base.to_string()),
             ("PALAVER_BUILD_CONTEXT", context.path().display().to_string()),
             ("PALAVER_PREBUILT_BINARY", "palaver".to_string()),
             ("PALAVER_IMAGE", image.clone()),
-            ("PALAVER_WITH_FDB", "0".to_string()),
+            ("PALAVER_WITH_FDB", if options.fdb_image.is_some() { "1" } else { "0" }.to_string()),
             // Docker picks free ports on 127.0.0.1.
             ("PALAVER_LB_BIND", "127.0.0.1".to_string()),
             ("PALAVER_LB_PORT", "0".to_string()),
@@ -236,7 +260,10 @@ impl Stack {
         let mut stack = Stack {
             project,
             compose,
-            files: vec![root.join("docker/compose.yaml"), root.join("docker/compose.sqlite.yaml")],
+            files: match options.fdb_image {
+                Some(_) => vec![root.join("docker/compose.yaml")],
+                None => vec![root.join("docker/compose.yaml"), root.join("docker/compose.sqlite.yaml")],
+            },
             env,
             _context: context,
             image,
@@ -256,6 +283,10 @@ impl Stack {
         };
         let mut args = vec!["up", "-d", "--no-build"];
         args.extend_from_slice(services);
+        if stack.options.fdb_image.is_some() {
+            // The nodes wait for the cluster file fdb-init writes once the database is up.
+            args.extend(["fdb", "fdb-init"]);
+        }
         stack.compose(&args, COMPOSE_CMD).await?;
         let haproxy = stack.container("haproxy").await?;
         stack.lb_port = published_port(&haproxy, "8080").await?;

@@ -1,7 +1,10 @@
-//! Failover with docker, through the load balancer: the compose stack of `docker/` (sqlite
-//! variant: three nodes sharing the embedded store on one volume, HAProxy in front) under a
+//! Failover with docker, through the load balancer: the compose stack of `docker/` under a
 //! steady chat load, while the test adds a node, `docker kill`s one, `docker pause`s one,
-//! disconnects one from the network and removes one. After each step every acked message must
+//! disconnects one from the network and removes one. The store follows the harness's switch
+//! (`PALAVER_TEST_STORE`): by default the sqlite variant (three nodes sharing the embedded store
+//! on one volume, HAProxy in front); with `fdb`, `docker/compose.yaml` itself (three nodes, HAProxy
+//! and a FoundationDB container, from an image made of the FoundationDB installed here), where
+//! the FoundationDB container is also killed and paused. After each step every acked message must
 //! be in every client's ledger exactly once and in order, and every client must be sending
 //! again. Then bad input: a node whose store cannot be opened and a node whose seeds cannot be
 //! reached must say why in their log, and HAProxy must not send clients to them.
@@ -58,22 +61,45 @@ async fn docker_failover_behind_haproxy() -> anyhow::Result<()> {
     };
     let binary = tests::palaver_binary();
     anyhow::ensure!(binary.exists(), "{} is missing: build it first (cargo build -p node)", binary.display());
+    // The harness's switch; the FoundationDB is the stack's own container, so no cluster file.
+    let on_fdb = std::env::var("PALAVER_TEST_STORE").is_ok_and(|store| store == "fdb");
     let cluster = std::env::var("PALAVER_DOCKER_CLUSTER").map_or(true, |v| v != "off");
     let strict = std::env::var("PALAVER_DOCKER_STRICT").map_or(true, |v| v != "0");
     let started = Instant::now();
     docker::check_fdb_compose_parses().await?;
-    progress("docker/compose.yaml (the FoundationDB variant, not run here) parses");
+    if !on_fdb {
+        progress("docker/compose.yaml (the FoundationDB variant, run with PALAVER_TEST_STORE=fdb) parses");
+    }
     progress(&format!("engine {engine}; the local base image (made by debootstrap on a machine's first run)"));
     let base = docker::base_image().await?;
+    let fdb_image = if on_fdb {
+        match docker::fdb_image(&base).await? {
+            Some(image) => Some(image),
+            None => {
+                say("SKIPPED docker failover on FoundationDB: no FoundationDB installed (see .ci/fdb-server.sh find)");
+                return Ok(());
+            }
+        }
+    } else {
+        None
+    };
+    if let Some(image) = &fdb_image {
+        progress(&format!("FoundationDB image {image}, made from the FoundationDB installed here"));
+    }
     progress(&format!("base image {base}; building the node image from {}", binary.display()));
-    let stack = Stack::up(&base, &binary, StackOptions { cluster }).await?;
+    let stack = Stack::up(&base, &binary, StackOptions { cluster, fdb_image }).await?;
     progress(&format!("stack {} started; load balancer on {}", stack.project, stack.lb_url()));
     let result = scenario(&stack, strict).await;
     match result {
         Ok(rows) => {
             let title = format!(
                 "docker failover summary ({}; {CLIENTS} clients through HAProxy, {ROOMS} rooms; {:.0} s in all)",
-                if cluster { "3-node cluster, shared SQLite volume" } else { "1 node, cluster off" },
+                match (cluster, on_fdb) {
+                    (true, false) => "3-node cluster, shared SQLite volume",
+                    (true, true) => "3-node cluster on a FoundationDB container",
+                    (false, false) => "1 node, cluster off",
+                    (false, true) => "1 node, cluster off, on a FoundationDB container",
+                },
                 started.elapsed().as_secs_f64()
             );
             print_table(&title, &rows, CLIENTS);
@@ -203,6 +229,15 @@ async fn scenario(stack: &Stack, strict: bool) -> anyhow::Result<Vec<StepReport>
         run.skip("remove a node", "needs the cluster (PALAVER_DOCKER_CLUSTER=off)");
     }
 
+    if stack.options.fdb_image.is_some() {
+        run.step("FoundationDB killed", |stack| async move { database_fault(stack, "kill", "start").await }).await?;
+        run.step("FoundationDB paused", |stack| async move { database_fault(stack, "pause", "unpause").await }).await?;
+    } else {
+        for step in ["FoundationDB killed", "FoundationDB paused"] {
+            run.skip(step, "the sqlite variant has no FoundationDB (PALAVER_TEST_STORE=fdb runs it)");
+        }
+    }
+
     let chatters = std::mem::take(&mut run.chatters);
     for chatter in chatters {
         chatter.close().await;
@@ -211,6 +246,37 @@ async fn scenario(stack: &Stack, strict: bool) -> anyhow::Result<Vec<StepReport>
     rows.push(bad_store(stack).await?);
     rows.push(bad_seeds(stack, strict).await?);
     Ok(rows)
+}
+
+/// The database goes away for [`AWAY`] (`docker <stop>` of the FoundationDB container, then
+/// `docker <restore>`): every node answers `unavailable` meanwhile and is unready, and the
+/// clients, which cannot move to a node that has a database, must work again once it is back,
+/// with nothing acked lost or doubled.
+async fn database_fault(stack: &Stack, stop: &str, restore: &str) -> anyhow::Result<Fault> {
+    let id = stack.container("fdb").await?;
+    docker::docker(&[stop, &id]).await?;
+    let stopped = Instant::now();
+    tokio::time::sleep(AWAY / 2).await;
+    // Every node must say it cannot serve while its store does not answer, so that a load
+    // balancer does not send clients to any of them in vain.
+    for (node, name) in stack.running_nodes().await? {
+        let (status, body) = stack.node_get(&node, "/readyz").await?;
+        anyhow::ensure!(status == 503, "{name} answered /readyz {status} without its database: {body}");
+    }
+    tokio::time::sleep(AWAY.saturating_sub(stopped.elapsed())).await;
+    let away = stopped.elapsed();
+    let restored = Instant::now();
+    docker::docker(&[restore, &id]).await?;
+    stack.wait_settled(SETTLE).await?;
+    Ok(Fault {
+        node_back: Some(restored.elapsed()),
+        note: format!(
+            "the fdb container: `docker {stop}`, `docker {restore}` after {:.0} s; every node 503 meanwhile",
+            away.as_secs_f64()
+        ),
+        // The clients have nowhere to go: they wait for the database, which is the point.
+        away: None,
+    })
 }
 
 /// Upload a file through the load balancer and fetch it, through its signed link, from inside
