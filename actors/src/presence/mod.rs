@@ -29,6 +29,7 @@
 //! nodes through the hub's [`Peers`](crate::peers::Peers).
 
 mod table;
+mod typing;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -49,6 +50,8 @@ use crate::store::PresenceNote;
 use crate::supervise::spawn_restarting;
 use table::{Applied, Table};
 pub use table::{Change, Record};
+use typing::TypingTable;
+pub(crate) use typing::TypingUpdate;
 
 /// A node's presence changes since its previous batch (`base` → `seq`), or with `snapshot`
 /// all of its records at `seq`.
@@ -131,14 +134,6 @@ struct Watchers {
     by_conn: HashMap<u64, Vec<String>>,
 }
 
-/// An active typing indicator started on this node.
-struct Typing {
-    expires: Instant,
-    forwarded: Instant,
-    /// The other members, told again when it ends.
-    recipients: Vec<String>,
-}
-
 /// The table and the sequence number of this node's batches, under one lock so that batches
 /// and snapshots leave in sequence order.
 struct Inner {
@@ -153,7 +148,7 @@ pub struct Presence {
     /// The last sequence number sent, for heartbeats (updated after the batch is sent).
     sent_seq: AtomicU64,
     watchers: Mutex<Watchers>,
-    typing: Mutex<HashMap<(String, String), Typing>>,
+    typing: Mutex<TypingTable>,
     /// Room member counts, briefly cached: delivered receipts ask for every write batch.
     room_sizes: Mutex<HashMap<String, (u32, Instant)>>,
     /// When this node last asked each node for a snapshot (at most one a second each).
@@ -169,13 +164,14 @@ impl Presence {
             Duration::from_millis(settings.grace_ms),
             Duration::from_millis(settings.last_seen_retention_ms),
         );
+        let typing = TypingTable::new(Duration::from_millis(settings.typing_ttl_ms));
         Presence {
             settings,
             me: me.to_string(),
             inner: Mutex::new(Inner { table, seq: 0 }),
             sent_seq: AtomicU64::new(0),
             watchers: Mutex::new(Watchers::default()),
-            typing: Mutex::new(HashMap::new()),
+            typing: Mutex::new(typing),
             room_sizes: Mutex::new(HashMap::new()),
             wants: Mutex::new(HashMap::new()),
             hub: OnceLock::new(),
@@ -462,43 +458,20 @@ impl Presence {
     /// now: a repeat within half the lifetime only extends it. `None` means tell no one;
     /// `Some(recipients)` for a stop carries whom the start was told.
     pub(crate) fn typing_update(&self, room: &str, user: &str, active: bool) -> TypingUpdate {
-        let mut typing = self.typing.lock();
-        let key = (room.to_string(), user.to_string());
-        let now = Instant::now();
-        let ttl = Duration::from_millis(self.settings.typing_ttl_ms);
-        match (active, typing.get_mut(&key)) {
-            (true, Some(entry)) if now.duration_since(entry.forwarded) < ttl / 2 => {
-                entry.expires = now + ttl;
-                TypingUpdate::Nothing
-            }
-            (true, _) => TypingUpdate::Start,
-            (false, Some(_)) => {
-                TypingUpdate::Stop(typing.remove(&key).map(|entry| entry.recipients).unwrap_or_default())
-            }
-            (false, None) => TypingUpdate::StopUnknown,
-        }
+        self.typing.lock().update(room, user, active, Instant::now())
     }
 
     /// Record that the start of `user` typing in `room` was told to `recipients`.
     pub(crate) fn typing_started(&self, room: &str, user: &str, recipients: Vec<String>) {
-        let now = Instant::now();
-        let ttl = Duration::from_millis(self.settings.typing_ttl_ms);
-        let entry = Typing { expires: now + ttl, forwarded: now, recipients };
-        self.typing.lock().insert((room.to_string(), user.to_string()), entry);
+        self.typing.lock().started(room, user, recipients, Instant::now());
     }
 
     /// Indicators that were not repeated in time: tell their recipients they stopped.
     fn expire_typing(&self, hub: &Hub) {
-        let now = Instant::now();
-        let expired: Vec<((String, String), Typing)> = {
-            let mut typing = self.typing.lock();
-            let keys: Vec<_> =
-                typing.iter().filter(|(_, entry)| entry.expires <= now).map(|(key, _)| key.clone()).collect();
-            keys.into_iter().filter_map(|key| typing.remove(&key).map(|entry| (key, entry))).collect()
-        };
-        for ((room, user), entry) in expired {
+        let expired = self.typing.lock().take_expired(Instant::now());
+        for ((room, user), recipients) in expired {
             let frame = ServerFrame::Typing { room, user, active: false, expires_in_ms: 0 };
-            hub.push(&entry.recipients, frame);
+            hub.push(&recipients, frame);
         }
     }
 
@@ -541,18 +514,4 @@ impl Presence {
             }
         });
     }
-}
-
-/// What a `typing` frame calls for.
-#[derive(Debug, PartialEq)]
-pub(crate) enum TypingUpdate {
-    /// A repeat: nothing to tell.
-    Nothing,
-    /// Tell the members (after checking the room).
-    Start,
-    /// Tell these recipients it stopped.
-    Stop(Vec<String>),
-    /// A stop for an indicator this node does not know (expired, or started elsewhere): tell
-    /// the members (after checking the room).
-    StopUnknown,
 }
