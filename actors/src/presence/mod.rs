@@ -461,9 +461,15 @@ impl Presence {
         self.typing.lock().update(room, user, active, Instant::now())
     }
 
-    /// Record that the start of `user` typing in `room` was told to `recipients`.
-    pub(crate) fn typing_started(&self, room: &str, user: &str, recipients: Vec<String>) {
-        self.typing.lock().started(room, user, recipients, Instant::now());
+    /// The members of start `start` of `user` typing in `room` are `recipients`: whether to
+    /// tell them (false if the user stopped meanwhile).
+    pub(crate) fn typing_started(&self, room: &str, user: &str, start: u64, recipients: Vec<String>) -> bool {
+        self.typing.lock().started(room, user, start, recipients, Instant::now())
+    }
+
+    /// Start `start` of `user` typing in `room` was refused: forget it.
+    pub(crate) fn typing_abandoned(&self, room: &str, user: &str, start: u64) {
+        self.typing.lock().abandon(room, user, start);
     }
 
     /// Indicators that were not repeated in time: tell their recipients they stopped.

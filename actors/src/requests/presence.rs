@@ -113,14 +113,20 @@ pub async fn typing(ctx: &Ctx, req: ReqId, room: String, active: bool) -> Option
     let recipients = match presence.typing_update(&room, &ctx.user, active) {
         TypingUpdate::Nothing => return None,
         TypingUpdate::Stop(recipients) => recipients,
-        TypingUpdate::Start | TypingUpdate::StopUnknown => match pushable_members(ctx, req, &room, "typing").await {
+        TypingUpdate::Start(start) => match pushable_members(ctx, req, &room, "typing").await {
+            // A stop handled while the members were read ended this start: nobody hears of it.
+            Ok(recipients) if presence.typing_started(&room, &ctx.user, start, recipients.clone()) => recipients,
+            Ok(_) => return None,
+            Err(frame) => {
+                presence.typing_abandoned(&room, &ctx.user, start);
+                return Some(frame);
+            }
+        },
+        TypingUpdate::StopUnknown => match pushable_members(ctx, req, &room, "typing").await {
             Ok(recipients) => recipients,
             Err(frame) => return Some(frame),
         },
     };
-    if active {
-        presence.typing_started(&room, &ctx.user, recipients.clone());
-    }
     let expires_in_ms = if active { ttl } else { 0 };
     ctx.hub.push(&recipients, ServerFrame::Typing { room, user: ctx.user.clone(), active, expires_in_ms });
     None
