@@ -181,6 +181,14 @@ impl Cluster {
         placement::owner(room, view.live.iter().map(String::as_str)).map(str::to_string)
     }
 
+    /// The routers of the other live nodes in `view`, with their names: where a broadcast goes.
+    fn other_routers<'a>(&'a self, view: &'a View) -> impl Iterator<Item = (&'a String, ActorRef<RouterMessage>)> + 'a {
+        view.live
+            .iter()
+            .filter(move |node| **node != self.settings.node)
+            .filter_map(|node| router_of(node).map(|router| (node, router)))
+    }
+
     /// A reply to one of this node's forwarded appends.
     fn complete(&self, reply: AppendReply) {
         let pending = self.pending.lock().remove(&reply.id);
@@ -519,12 +527,8 @@ impl Peers for Cluster {
     /// [`RouterMessage::Deliver`] per entry. Each message is encoded once for every node.
     fn broadcast_deliveries(&self, deliveries: &[&Delivery]) {
         let view = self.view();
-        let peers: Vec<(ActorRef<RouterMessage>, bool)> = view
-            .live
-            .iter()
-            .filter(|node| **node != self.settings.node)
-            .filter_map(|node| router_of(node).map(|router| (router, view.reads_runs.contains(node))))
-            .collect();
+        let peers: Vec<(ActorRef<RouterMessage>, bool)> =
+            self.other_routers(&view).map(|(node, router)| (router, view.reads_runs.contains(node))).collect();
         if peers.is_empty() {
             return;
         }
@@ -579,11 +583,7 @@ impl Peers for Cluster {
         let message = RouterMessage::Presence(batch);
         let Some(node) = to else {
             let view = self.view();
-            let others = view.live.iter().filter(|node| **node != self.settings.node);
-            return others
-                .filter_map(|node| router_of(node))
-                .filter(|router| router.cast(message.clone()).is_ok())
-                .count() as u64;
+            return self.other_routers(&view).filter(|(_, router)| router.cast(message.clone()).is_ok()).count() as u64;
         };
         router_of(node).is_some_and(|router| router.cast(message).is_ok()).into()
     }
