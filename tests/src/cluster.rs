@@ -299,16 +299,17 @@ impl Cluster {
     }
 
     /// A room `creator` creates (named `room 0`, `room 1`, …) that node `index` owns: rooms are
-    /// placed by hashing their random ids, so a few tries find one.
+    /// placed by hashing their random ids, so a few tries find one. Up to 64: with three nodes,
+    /// 16 tries all missing one node failed a CI run.
     pub async fn room_owned_by(&self, creator: &mut crate::Client, index: usize) -> anyhow::Result<String> {
         let owner = self.member(index).name.clone();
-        for i in 0..16 {
+        for i in 0..64 {
             let room = creator.create_room(&format!("room {i}")).await?;
             if self.owner(index, &room).await? == owner {
                 return Ok(room);
             }
         }
-        anyhow::bail!("no room landed on {owner} in 16 tries")
+        anyhow::bail!("no room landed on {owner} in 64 tries")
     }
 
     pub fn index_of(&self, name: &str) -> Option<usize> {
