@@ -7,6 +7,13 @@
 //! other nodes through [`Peers`](crate::peers::Peers), behind the same two calls, and knows
 //! nothing else of the cluster.
 //!
+//! Room actors and presence, which the hub starts and owns, see the hub only through a trait
+//! each declares for what it needs of the node ([`RoomHost`], [`PresenceHost`]), implemented
+//! at the end of this file: they call back into the hub (deliver, push, the store, the
+//! metrics) without importing it, so the hub sits above them as it sits below the cluster.
+//! What the hub and presence push to a connection, and the queue it waits in, are in
+//! [`outbound`](crate::outbound).
+//!
 //! Supervision: the hub is not an actor; it holds the room actors' references, and each room
 //! actor removes itself from the registry when it stops. Connections register themselves when
 //! they authenticate and unregister when they end.
@@ -27,39 +34,14 @@ use crate::auth::Authenticator;
 use crate::encoded::{SharedEntry, SharedRun};
 use crate::limits::Limits;
 use crate::metrics::Metrics;
+use crate::outbound::{outbound_queue, Inbox, Outbound, OutboundQueue};
 use crate::peers::{Peers, Route};
-use crate::presence::{Presence, PresenceSettings};
-use crate::room::{AppendCommand, Handed, RoomActor, RoomArgs, RoomMessage, RoomsRuntime};
+use crate::presence::{Presence, PresenceHost, PresencePeers, PresenceSettings};
+use crate::room::{AppendCommand, Handed, RoomActor, RoomArgs, RoomHost, RoomMessage, RoomsRuntime};
 use crate::store::{Appended, Delivery, Recipients, Store, StoreError};
 
-mod queue;
 mod tails;
-use queue::outbound_queue;
-pub use queue::{Inbox, OutboundQueue};
 use tails::RoomTails;
-
-/// What the hub pushes to a connection.
-#[derive(Debug)]
-pub enum Outbound {
-    /// A committed entry at `cursor` of the connection's user's log.
-    Deliver { cursor: Cursor, entry: Arc<Entry> },
-    /// Committed entries of a large room, consecutive in one commit: in the room log only,
-    /// ordered by their seqs; the same bytes for every recipient, so encoded once.
-    RoomRun(Arc<SharedRun>),
-    /// A frame to send as is (read-position sync). Boxed to keep `Outbound` small: it is the
-    /// size of every queued item.
-    Frame(Box<ServerFrame>),
-}
-
-impl Outbound {
-    /// How many entries (or frames) it carries: what a connection's queue bound counts.
-    pub fn weight(&self) -> usize {
-        match self {
-            Outbound::RoomRun(run) => run.len(),
-            Outbound::Deliver { .. } | Outbound::Frame(_) => 1,
-        }
-    }
-}
 
 /// Out-of-band signals to a connection, which work even when its queue is full.
 #[derive(Debug, Default)]
@@ -170,7 +152,8 @@ impl Hub {
             media_links: std::sync::OnceLock::new(),
             rooms_runtime: RoomsRuntime::start(),
         });
-        Presence::start(&hub);
+        let host = Arc::downgrade(&hub);
+        hub.presence.start(host);
         hub
     }
 
@@ -187,11 +170,6 @@ impl Hub {
     /// Join a cluster: from now on `append`, `deliver` and `push` reach other nodes too.
     pub fn set_peers(&self, peers: Arc<dyn Peers>) {
         let _ = self.peers.set(peers);
-    }
-
-    /// The other nodes, in a cluster.
-    pub(crate) fn peers(&self) -> Option<&Arc<dyn Peers>> {
-        self.peers.get()
     }
 
     /// Why this node serves no rooms now (in a cluster: joining, no quorum, leaving), or `None`
@@ -262,7 +240,7 @@ impl Hub {
                 if self.store.room(room).await?.is_none() {
                     return Err(StoreError::NoSuchRoom(room.to_string()));
                 }
-                let args = RoomArgs { hub: self.clone(), room: room.to_string() };
+                let args = RoomArgs { host: self.clone(), room: room.to_string() };
                 let failed =
                     |err: &dyn std::fmt::Display| StoreError::Unavailable(format!("starting room `{room}`: {err}"));
                 // Spawned from the rooms' thread, so the actor and its committer run there (a
@@ -606,6 +584,63 @@ impl Hub {
 
     pub fn is_shutting_down(&self) -> bool {
         *self.shutdown.borrow()
+    }
+}
+
+/// What a room actor needs of its node: the hub's own fields and calls (`room.rs` says why
+/// it goes through a trait).
+impl RoomHost for Hub {
+    fn node(&self) -> &str {
+        &self.node
+    }
+
+    fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    fn deliver(&self, deliveries: &[&Delivery]) {
+        Hub::deliver(self, deliveries);
+    }
+
+    fn push(&self, users: &[String], frame: ServerFrame) {
+        Hub::push(self, users, frame);
+    }
+
+    fn forget_room(&self, room: &str, actor: ractor::ActorId) {
+        Hub::forget_room(self, room, actor);
+    }
+}
+
+/// What presence needs of its node: the hub's own fields and calls (`presence/mod.rs` says
+/// why it goes through a trait).
+impl PresenceHost for Hub {
+    fn presence(&self) -> &Presence {
+        &self.presence
+    }
+
+    fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    fn peers(&self) -> Option<&dyn PresencePeers> {
+        let peers: &dyn PresencePeers = &**self.peers.get()?;
+        Some(peers)
+    }
+
+    fn push(&self, users: &[String], frame: ServerFrame) {
+        Hub::push(self, users, frame);
     }
 }
 

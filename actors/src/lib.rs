@@ -1,6 +1,7 @@
 //! palaver's application core: the actors that carry chat traffic and the store they persist to.
 //!
 //! - [`hub`]: one per node; finds room actors and live connections by id.
+//! - [`outbound`]: what is pushed to a live connection, and the queue it waits in.
 //! - [`peers`]: the other nodes as the hub sees them (a trait the cluster implements).
 //! - [`cluster`]: membership, placement and the router that make many nodes one.
 //! - [`room`]: one actor per active room; the single, fenced writer of the room's log.
@@ -25,6 +26,7 @@ pub mod limits;
 pub mod media;
 pub mod metrics;
 pub mod names;
+pub mod outbound;
 pub mod peers;
 pub mod presence;
 pub mod push;

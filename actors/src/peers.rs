@@ -8,11 +8,16 @@
 //! cluster: the cluster is the layer above, which calls into the hub (forwarded appends,
 //! deliveries from other nodes) and implements this trait, so a change inside the cluster
 //! (its wire format, its router, its links) never reaches the hub's code.
+//!
+//! Presence's part of the trait (batches, snapshots, liveness, incarnation) is
+//! [`PresencePeers`], declared in `presence` beside the batch it carries: presence reaches the
+//! other nodes through it without importing this module, which imports presence and room for
+//! the types its calls carry.
 
 use protocol::ServerFrame;
 use tokio::sync::oneshot;
 
-use crate::presence::PresenceBatch;
+use crate::presence::PresencePeers;
 use crate::room::AppendCommand;
 use crate::store::{Appended, Delivery, StoreError};
 
@@ -25,8 +30,8 @@ pub enum Route {
     Unavailable(String),
 }
 
-/// What this node can ask of the others.
-pub trait Peers: Send + Sync {
+/// What this node can ask of the others (presence's part is [`PresencePeers`]).
+pub trait Peers: PresencePeers {
     /// Where commands for `room` go now, by this node's view of the live set.
     fn route(&self, room: &str) -> Route;
 
@@ -50,18 +55,4 @@ pub trait Peers: Send + Sync {
 
     /// Why this node serves no rooms now (joining, no quorum, leaving), or `None` if it does.
     fn not_serving(&self) -> Option<String>;
-
-    /// Whether `node` is in this node's live set.
-    fn is_live(&self, node: &str) -> bool;
-
-    /// This process's incarnation: random per start, so that peers tell a restarted node from
-    /// one that missed a beat.
-    fn incarnation(&self) -> u64;
-
-    /// Send a presence batch to `node`, or to every other live node if `None`; how many nodes
-    /// took it.
-    fn send_presence(&self, to: Option<&str>, batch: PresenceBatch) -> u64;
-
-    /// Ask `node` for a snapshot of its presence records.
-    fn want_presence(&self, node: &str);
 }

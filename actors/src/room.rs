@@ -27,6 +27,12 @@
 //! It holds no state the store does not have, so it stops after `limits.room_idle_ms` without
 //! work and is spawned again when needed. Local-only (docs/DESIGN.md §3): rooms are never
 //! registered with the cluster; the hub addresses them.
+//!
+//! The room reaches its node only through [`RoomHost`], which the hub implements: the node's
+//! name, store, limits and metrics, and the three calls back (deliver a batch's entries, push
+//! an ephemeral frame, leave the registry). So the room imports nothing of the hub, which
+//! spawns it and sits above it. A batch goes through the trait a few times (its accessors
+//! once each, then one delivery), never once per entry.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -38,10 +44,10 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, error, warn};
 
-use crate::hub::Hub;
+use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::names::now_ms;
-use crate::store::{AppendRequest, Appended, Delivery, EntryDetails, Epoch, Recipients, StoreError};
+use crate::store::{AppendRequest, Appended, Delivery, EntryDetails, Epoch, Recipients, Store, StoreError};
 
 /// What a session asks a room to append; the room adds epoch, time and limits.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,8 +77,25 @@ pub enum RoomMessage {
 // message types opt in to `Message` explicitly; the defaults keep this one off the wire.
 impl ractor::Message for RoomMessage {}
 
+/// What a room actor needs of the node it runs on; the hub implements it.
+pub trait RoomHost: Send + Sync {
+    /// This node's name: the owner the room's claim records.
+    fn node(&self) -> &str;
+    fn store(&self) -> &Arc<dyn Store>;
+    fn limits(&self) -> &Limits;
+    fn metrics(&self) -> &Metrics;
+    /// Hand a batch's committed entries, in commit order, to their recipients' connections
+    /// on every node (`Hub::deliver`).
+    fn deliver(&self, deliveries: &[&Delivery]);
+    /// Hand an ephemeral frame to every connection of `users` (`Hub::push`).
+    fn push(&self, users: &[String], frame: ServerFrame);
+    /// The room actor `actor` of `room` stopped: drop it from the registry if it is still
+    /// the one there.
+    fn forget_room(&self, room: &str, actor: ractor::ActorId);
+}
+
 pub struct RoomArgs {
-    pub hub: Arc<Hub>,
+    pub host: Arc<dyn RoomHost>,
     pub room: String,
 }
 
@@ -97,7 +120,7 @@ impl Handed {
 type Pending = (Box<AppendCommand>, RpcReplyPort<Result<Appended, StoreError>>, Handed);
 
 pub struct RoomState {
-    hub: Arc<Hub>,
+    host: Arc<dyn RoomHost>,
     room: String,
     last_active: Instant,
     idle_timer: JoinHandle<()>,
@@ -118,16 +141,16 @@ impl Actor for RoomActor {
     type Arguments = RoomArgs;
 
     async fn pre_start(&self, myself: ActorRef<RoomMessage>, args: RoomArgs) -> Result<RoomState, ActorProcessingErr> {
-        let RoomArgs { hub, room } = args;
-        let epoch = hub.store.claim_room(&room, &hub.node).await?;
+        let RoomArgs { host, room } = args;
+        let epoch = host.store().claim_room(&room, host.node()).await?;
         debug!(room, epoch, "room claimed");
-        let idle = Duration::from_millis(hub.limits.room_idle_ms);
+        let idle = Duration::from_millis(host.limits().room_idle_ms);
         let idle_timer = myself.send_interval(idle / 4 + Duration::from_millis(1), || RoomMessage::IdleCheck);
-        Metrics::gauge(&hub.metrics.rooms_active, 1);
+        Metrics::gauge(&host.metrics().rooms_active, 1);
         let (commits, queue) = mpsc::unbounded_channel();
         let stopped = Arc::new(AtomicBool::new(false));
         let committer = Committer {
-            hub: hub.clone(),
+            host: host.clone(),
             room: room.clone(),
             epoch,
             stopped: stopped.clone(),
@@ -141,7 +164,7 @@ impl Actor for RoomActor {
         let committer_abort = committer.abort_handle();
         tokio::spawn(stop_with_committer(committer, myself, room.clone()));
         Ok(RoomState {
-            hub,
+            host,
             room,
             last_active: Instant::now(),
             idle_timer,
@@ -173,7 +196,7 @@ impl Actor for RoomActor {
             #[cfg(test)]
             RoomMessage::KillCommitter => state.committer.abort(),
             RoomMessage::IdleCheck => {
-                if state.last_active.elapsed() >= Duration::from_millis(state.hub.limits.room_idle_ms) {
+                if state.last_active.elapsed() >= Duration::from_millis(state.host.limits().room_idle_ms) {
                     myself.stop(Some("idle".into()));
                 }
             }
@@ -184,8 +207,8 @@ impl Actor for RoomActor {
     async fn post_stop(&self, myself: ActorRef<RoomMessage>, state: &mut RoomState) -> Result<(), ActorProcessingErr> {
         state.stopped.store(true, Ordering::Release);
         state.idle_timer.abort();
-        state.hub.forget_room(&state.room, myself.get_id());
-        Metrics::gauge(&state.hub.metrics.rooms_active, -1);
+        state.host.forget_room(&state.room, myself.get_id());
+        Metrics::gauge(&state.host.metrics().rooms_active, -1);
         Ok(())
     }
 }
@@ -205,7 +228,7 @@ async fn stop_with_committer(committer: JoinHandle<()>, actor: ActorRef<RoomMess
 
 /// The task that runs a room actor's appends, a batch at a time, in the order they arrived.
 struct Committer {
-    hub: Arc<Hub>,
+    host: Arc<dyn RoomHost>,
     room: String,
     epoch: Epoch,
     stopped: Arc<AtomicBool>,
@@ -230,7 +253,7 @@ struct ReactionCounts {
 
 impl Committer {
     async fn run(mut self, mut queue: mpsc::UnboundedReceiver<Pending>) {
-        let max = self.hub.limits.room_batch_max.max(1);
+        let max = self.host.limits().room_batch_max.max(1);
         let mut batch: Vec<Pending> = Vec::with_capacity(max);
         loop {
             let next = match self.reactions.tell_at {
@@ -284,7 +307,7 @@ impl Committer {
         let seqs: Vec<u64> = std::mem::take(&mut self.reactions.changed).into_iter().collect();
         let Some(members) = self.members.clone().filter(|_| !seqs.is_empty()) else { return };
         // No viewer: the frame is the same for every member.
-        let counts = match self.hub.store.reactions(&self.room, &seqs, "").await {
+        let counts = match self.host.store().reactions(&self.room, &seqs, "").await {
             Ok(counts) => counts,
             Err(err) => {
                 // The counts are stored; members see them in `history`.
@@ -300,22 +323,23 @@ impl Committer {
                 reactions: counts.into_iter().map(|c| ReactionTotal { reaction: c.reaction, count: c.count }).collect(),
             })
             .collect();
-        self.hub.push(&members, ServerFrame::Reactions { room: self.room.clone(), messages });
+        self.host.push(&members, ServerFrame::Reactions { room: self.room.clone(), messages });
     }
 
     /// Append `batch` (emptying it): deliver the committed entries (in order, together), then
     /// reply to each command.
     /// `Err` if the room turned out to be fenced (every command from there on is refused).
     async fn commit(&mut self, batch: &mut Vec<Pending>) -> Result<(), ()> {
-        let hub = self.hub.clone();
+        let host = self.host.clone();
+        let (store, limits, metrics) = (host.store(), host.limits(), host.metrics());
         if self.members.is_none() {
             // After the claim, before this owner's first write: the membership this owner
             // continues from.
-            match hub.store.members(&self.room).await {
+            match store.members(&self.room).await {
                 Ok(members) => self.members = Some(Arc::new(members)),
                 Err(err) => {
                     warn!(room = %self.room, error = %err, "reading the room's members failed");
-                    Metrics::inc(&hub.metrics.store_errors_total);
+                    Metrics::inc(&metrics.store_errors_total);
                     for (_, reply, _) in batch.drain(..) {
                         let _ = reply.send(Err(StoreError::Unavailable(format!("room `{}`: {err}", self.room))));
                     }
@@ -335,14 +359,14 @@ impl Committer {
                 user: command.user.clone(),
                 body: command.body.clone(),
                 ts: now,
-                limits: hub.limits.membership(),
+                limits: limits.membership(),
                 details: command.details.clone(),
-                rules: hub.limits.message_rules(),
+                rules: limits.message_rules(),
             })
             .collect();
         let handed_over = Instant::now();
         for (_, _, handed) in batch.iter() {
-            hub.metrics.append_wait_seconds.observe(handed_over.saturating_duration_since(handed.at));
+            metrics.append_wait_seconds.observe(handed_over.saturating_duration_since(handed.at));
         }
         // One span per request, covering the batch's commit and delivery: each request's trace
         // shows the commit it waited for (spans are disabled, and free, unless exported).
@@ -353,8 +377,8 @@ impl Committer {
             })
             .collect();
         // The committer runs on the rooms' thread, which exists to commit (see `runtime`).
-        let outcomes = hub.store.append_batch_on_committing_thread(requests).await;
-        hub.metrics.commit_seconds.observe(handed_over.elapsed());
+        let outcomes = store.append_batch_on_committing_thread(requests).await;
+        metrics.commit_seconds.observe(handed_over.elapsed());
         let mut fenced = false;
         // Replies wait until the batch's entries are delivered (a sender's `sent` never comes
         // before the entry reached the queues), and the entries go to the hub together.
@@ -365,7 +389,7 @@ impl Committer {
                 Err(StoreError::Fenced { current, .. }) => {
                     // Another owner took the room: this actor must never write again.
                     warn!(room = %self.room, epoch = self.epoch, current, "room fenced; stopping its actor");
-                    Metrics::inc(&hub.metrics.fenced_appends_total);
+                    Metrics::inc(&metrics.fenced_appends_total);
                     self.stopped.store(true, Ordering::Release);
                     self.myself.stop(Some("fenced".into()));
                     fenced = true;
@@ -373,21 +397,21 @@ impl Committer {
                 }
                 Err(err) => {
                     if matches!(err, StoreError::Unavailable(_) | StoreError::Backend(_)) {
-                        Metrics::inc(&hub.metrics.store_errors_total);
+                        Metrics::inc(&metrics.store_errors_total);
                         warn!(room = %self.room, error = %err, "append failed");
                     }
                     Err(err)
                 }
                 Ok(mut appended) => {
                     if appended.duplicate {
-                        Metrics::inc(&hub.metrics.duplicate_sends_total);
+                        Metrics::inc(&metrics.duplicate_sends_total);
                     } else if appended.is_counted() {
                         let target = appended.delivery.entry.target.unwrap_or_default();
                         self.reactions.changed.insert(target);
-                        let flush = Duration::from_millis(hub.limits.reaction_flush_ms);
+                        let flush = Duration::from_millis(limits.reaction_flush_ms);
                         self.reactions.tell_at.get_or_insert_with(|| tokio::time::Instant::now() + flush);
                     } else {
-                        Metrics::inc(&hub.metrics.entries_appended_total);
+                        Metrics::inc(&metrics.entries_appended_total);
                         self.name_recipients(&mut appended.delivery);
                     }
                     debug!(room = %self.room, seq = appended.delivery.entry.seq, "appended");
@@ -407,7 +431,7 @@ impl Committer {
             let _deliver = commit_spans
                 .first()
                 .map(|first| tracing::debug_span!(parent: first, "palaver.deliver", entries = deliveries.len()));
-            hub.deliver(&deliveries);
+            host.deliver(&deliveries);
         }
         drop(commit_spans);
         for (reply, outcome) in replies {

@@ -39,8 +39,9 @@ use protocol::{
 use tracing::{debug, info, warn, Instrument};
 
 use crate::encoded::{SharedEntry, SharedRun, Wire, WireError};
-use crate::hub::{Hub, Outbound, Registration};
+use crate::hub::{Hub, Registration};
 use crate::metrics::Metrics;
+use crate::outbound::Outbound;
 use crate::requests::{self, error_frame, store_error_frame, Ctx};
 use crate::room::AppendCommand;
 use crate::store::HistoryPage;
@@ -904,7 +905,7 @@ where
         }
         self.send_outs(encoding, frames).await?;
         if !delivered.is_empty() {
-            crate::presence::Presence::delivered(&ctx.hub, &ctx.user, delivered);
+            crate::presence::Presence::delivered(ctx.hub.clone(), &ctx.user, delivered);
         }
         if left {
             tokio::spawn(async move { requests::presence::revalidate_watch(&ctx).await });
@@ -1191,7 +1192,7 @@ async fn notified(signals: Option<Arc<crate::hub::ConnSignals>>) {
     }
 }
 
-async fn recv_inbox(inbox: Option<&mut crate::hub::Inbox>) -> Option<Outbound> {
+async fn recv_inbox(inbox: Option<&mut crate::outbound::Inbox>) -> Option<Outbound> {
     match inbox {
         Some(inbox) => inbox.recv().await,
         None => std::future::pending().await,

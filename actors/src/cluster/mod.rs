@@ -1,8 +1,9 @@
 //! The cluster: many nodes serving as one, behind the hub's two calls.
 //!
-//! The hub knows the cluster only as [`Peers`] (`peers.rs`), which [`Cluster`] implements; the
-//! dependency runs one way, from here to the hub. Application code never asks where a room
-//! lives. [`Hub::append`] asks [`Peers::route`]:
+//! The hub knows the cluster only as [`Peers`] (`peers.rs`), which [`Cluster`] implements, and
+//! presence only as its part of it, [`PresencePeers`]; the dependency runs one way, from here
+//! to the hub. Application code never asks where a room lives. [`Hub::append`] asks
+//! [`Peers::route`]:
 //! a room this node owns goes to its local room actor as on a single node; a room another node
 //! owns goes to that node's **router** ([`router`]), which runs it through its own hub and
 //! replies. [`Hub::deliver`] hands a committed entry to the local connections and to every
@@ -56,7 +57,7 @@ use crate::encoded::SharedEntry;
 use crate::hub::{delivery_runs, Hub};
 use crate::metrics::Metrics;
 use crate::peers::{Peers, Route};
-use crate::presence::PresenceBatch;
+use crate::presence::{PresenceBatch, PresencePeers};
 use crate::room::AppendCommand;
 use crate::store::{Appended, Delivery, Recipients, StoreError};
 use crate::supervise::spawn_essential;
@@ -454,7 +455,8 @@ pub async fn start(hub: &Arc<Hub>, settings: ClusterSettings) -> Result<Arc<Clus
     Ok(cluster)
 }
 
-/// The hub and presence reach the other nodes through these calls alone (see `peers.rs`).
+/// The hub reaches the other nodes through these calls alone, and presence through those of
+/// [`PresencePeers`] below (see `peers.rs`).
 impl Peers for Cluster {
     /// Where commands for `room` go.
     fn route(&self, room: &str) -> Route {
@@ -570,7 +572,10 @@ impl Peers for Cluster {
     fn not_serving(&self) -> Option<String> {
         self.view().reason.clone()
     }
+}
 
+/// Presence's part of [`Peers`]: batches and snapshots between the nodes' presence tables.
+impl PresencePeers for Cluster {
     fn is_live(&self, node: &str) -> bool {
         self.view().live.iter().any(|live| live == node)
     }

@@ -70,8 +70,8 @@ impl Actor for RouterActor {
                 }
                 Err(reason) => invalid(state, &reason),
             },
-            RouterMessage::Presence(batch) => state.hub.presence.on_batch(&state.hub, batch),
-            RouterMessage::PresenceWant(from) => state.hub.presence.on_want(&state.hub, &from),
+            RouterMessage::Presence(batch) => state.hub.presence.on_batch(state.hub.as_ref(), batch),
+            RouterMessage::PresenceWant(from) => state.hub.presence.on_want(state.hub.as_ref(), &from),
             RouterMessage::Push(bytes) => match wire::decode_push(&bytes) {
                 Ok(push) => state.hub.push_local(&push.users, &push.frame),
                 Err(reason) => invalid(state, &reason),

@@ -6,9 +6,10 @@ use std::sync::Arc;
 
 use protocol::{Entry, EntryKind};
 
-use super::{Hub, Outbound, Registration};
+use super::{Hub, Registration};
 use crate::auth::{AuthConfig, Authenticator};
 use crate::limits::Limits;
+use crate::outbound::Outbound;
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
 use crate::store::{Delivery, Recipients, Store};
 

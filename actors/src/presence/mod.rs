@@ -25,8 +25,12 @@
 //!   get counts (`online` in `members`) and stored read positions (`receipts`) on request.
 //!
 //! The hub owns one [`Presence`]; sessions and request handlers call it through the hub, the
-//! cluster's router hands it batches, wants and pushes from other nodes, and it reaches the other
-//! nodes through the hub's [`Peers`](crate::peers::Peers).
+//! cluster's router hands it batches, wants and pushes from other nodes. Presence sees its node
+//! through [`PresenceHost`] (the store, the metrics, ephemeral pushes to users, the other
+//! nodes), which the hub implements, and the other nodes through [`PresencePeers`]: presence's
+//! part of `Peers` (`peers.rs`), declared here beside the batch it carries and implemented by
+//! the cluster. So presence imports neither the hub nor `peers`, which both import it; it
+//! pushes presence frames into the watching connections' queues (`outbound`) itself.
 
 mod table;
 mod typing;
@@ -42,11 +46,10 @@ use protocol::{ReceiptKind, ServerFrame, UserPresence};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 
-use crate::hub::{Hub, Outbound, OutboundQueue};
 use crate::metrics::Metrics;
 use crate::names::now_ms;
-use crate::peers::Peers;
-use crate::store::PresenceNote;
+use crate::outbound::{Outbound, OutboundQueue};
+use crate::store::{PresenceNote, Store};
 use crate::supervise::spawn_restarting;
 use table::{Applied, Table};
 pub use table::{Change, Record};
@@ -64,6 +67,38 @@ pub struct PresenceBatch {
     #[serde(default)]
     pub snapshot: bool,
     pub changes: Vec<Change>,
+}
+
+/// What presence needs of the node it runs on; the hub implements it.
+pub trait PresenceHost: Send + Sync {
+    /// The node's presence: the one this host owns.
+    fn presence(&self) -> &Presence;
+    /// Where the users' presence notes are kept.
+    fn store(&self) -> &Arc<dyn Store>;
+    fn metrics(&self) -> &Metrics;
+    /// The other nodes, when the node runs in a cluster.
+    fn peers(&self) -> Option<&dyn PresencePeers>;
+    /// Hand an ephemeral frame (typing, receipt) to every connection of `users`, on every
+    /// node (`Hub::push`).
+    fn push(&self, users: &[String], frame: ServerFrame);
+}
+
+/// What presence asks of the other nodes: its part of `Peers` (`peers.rs`), which extends it;
+/// the cluster implements both.
+pub trait PresencePeers: Send + Sync {
+    /// Whether `node` is in this node's live set.
+    fn is_live(&self, node: &str) -> bool;
+
+    /// This process's incarnation: random per start, so that peers tell a restarted node from
+    /// one that missed a beat.
+    fn incarnation(&self) -> u64;
+
+    /// Send a presence batch to `node`, or to every other live node if `None`; how many nodes
+    /// took it.
+    fn send_presence(&self, to: Option<&str>, batch: PresenceBatch) -> u64;
+
+    /// Ask `node` for a snapshot of its presence records.
+    fn want_presence(&self, node: &str);
 }
 
 /// The `[presence]` section of the configuration.
@@ -153,8 +188,8 @@ pub struct Presence {
     room_sizes: Mutex<HashMap<String, (u32, Instant)>>,
     /// When this node last asked each node for a snapshot (at most one a second each).
     wants: Mutex<HashMap<String, Instant>>,
-    /// The hub, for the store (presence notes); set by [`Presence::start`].
-    hub: OnceLock<Weak<Hub>>,
+    /// The node, for the store (presence notes); set by [`Presence::start`].
+    host: OnceLock<Weak<dyn PresenceHost>>,
 }
 
 impl Presence {
@@ -174,33 +209,33 @@ impl Presence {
             typing: Mutex::new(typing),
             room_sizes: Mutex::new(HashMap::new()),
             wants: Mutex::new(HashMap::new()),
-            hub: OnceLock::new(),
+            host: OnceLock::new(),
         }
     }
 
-    /// Run the flush ticker while the hub lives.
-    pub(crate) fn start(hub: &Arc<Hub>) {
-        let _ = hub.presence.hub.set(Arc::downgrade(hub));
-        let hub = Arc::downgrade(hub);
-        spawn_restarting("presence: flush ticker", move || Self::tick(hub.clone()));
+    /// Run the flush ticker while `host`, the node that owns this presence, lives.
+    pub(crate) fn start(&self, host: Weak<dyn PresenceHost>) {
+        let _ = self.host.set(host.clone());
+        spawn_restarting("presence: flush ticker", move || Self::tick(host.clone()));
     }
 
     /// The flush ticker: publish this node's changes, expire typing, refresh the gauges.
-    async fn tick(hub: Weak<Hub>) {
-        let period = hub.upgrade().map_or(200, |hub| hub.presence.settings.flush_ms);
+    async fn tick(host: Weak<dyn PresenceHost>) {
+        let period = host.upgrade().map_or(200, |host| host.presence().settings.flush_ms);
         let mut ticker = tokio::time::interval(Duration::from_millis(period));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut ticks: u64 = 0;
         loop {
             ticker.tick().await;
-            let Some(hub) = Weak::upgrade(&hub) else { return };
-            hub.presence.flush(&hub);
-            hub.presence.expire_typing(&hub);
+            let Some(host) = Weak::upgrade(&host) else { return };
+            let presence = host.presence();
+            presence.flush(host.as_ref());
+            presence.expire_typing(host.as_ref());
             ticks += 1;
             if ticks.is_multiple_of((1_000 / period).max(1)) {
-                let (users, online) = hub.presence.inner.lock().table.counts();
-                Metrics::set(&hub.metrics.presence_users, users as i64);
-                Metrics::set(&hub.metrics.presence_online_users, online as i64);
+                let (users, online) = presence.inner.lock().table.counts();
+                Metrics::set(&host.metrics().presence_users, users as i64);
+                Metrics::set(&host.metrics().presence_online_users, online as i64);
             }
         }
     }
@@ -216,15 +251,15 @@ impl Presence {
     /// note, in case it is newer than what the cluster remembers (every node restarted, or the
     /// records were dropped after `presence.last_seen_retention_ms`).
     fn load_note(&self, user: &str) {
-        let Some(hub) = self.hub.get().cloned() else { return };
+        let Some(host) = self.host.get().cloned() else { return };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
         let user = user.to_string();
         runtime.spawn(async move {
-            let Some(store) = hub.upgrade().map(|hub| hub.store.clone()) else { return };
+            let Some(store) = host.upgrade().map(|host| host.store().clone()) else { return };
             match store.presence_note(&user).await {
                 Ok(Some(note)) => {
-                    if let Some(hub) = hub.upgrade() {
-                        let mut inner = hub.presence.inner.lock();
+                    if let Some(host) = host.upgrade() {
+                        let mut inner = host.presence().inner.lock();
                         inner.table.noted(&user, note.status, note.set_ms);
                     }
                 }
@@ -245,10 +280,10 @@ impl Presence {
     pub fn set_state(&self, user: &str, away: bool, status: Option<String>) -> bool {
         let set_ms = self.inner.lock().table.set_state(user, away, status.clone(), now_ms());
         let Some(set_ms) = set_ms else { return false };
-        if let (Some(hub), Ok(runtime)) = (self.hub.get().cloned(), tokio::runtime::Handle::try_current()) {
+        if let (Some(host), Ok(runtime)) = (self.host.get().cloned(), tokio::runtime::Handle::try_current()) {
             let user = user.to_string();
             runtime.spawn(async move {
-                let Some(store) = hub.upgrade().map(|hub| hub.store.clone()) else { return };
+                let Some(store) = host.upgrade().map(|host| host.store().clone()) else { return };
                 match store.set_presence_note(&user, PresenceNote { status, set_ms }).await {
                     Ok(()) => debug!(user, "presence note stored"),
                     Err(err) => warn!(user, %err, "could not store the presence note"),
@@ -339,12 +374,12 @@ impl Presence {
     }
 
     /// Publish this node's changes: to local watchers, and as one batch to every other node.
-    fn flush(&self, hub: &Hub) {
+    fn flush(&self, host: &dyn PresenceHost) {
         let changed = {
             let mut inner = self.inner.lock();
             let (changes, changed) = inner.table.flush(Instant::now(), now_ms());
             if !changes.is_empty() {
-                if let Some(peers) = hub.peers() {
+                if let Some(peers) = host.peers() {
                     let base = inner.seq;
                     inner.seq += 1;
                     let batch = PresenceBatch {
@@ -357,8 +392,8 @@ impl Presence {
                     };
                     let records = batch.changes.len() as u64;
                     let sent = peers.send_presence(None, batch);
-                    Metrics::add(&hub.metrics.presence_batches_sent_total, sent);
-                    Metrics::add(&hub.metrics.presence_records_sent_total, sent * records);
+                    Metrics::add(&host.metrics().presence_batches_sent_total, sent);
+                    Metrics::add(&host.metrics().presence_records_sent_total, sent * records);
                     self.sent_seq.store(inner.seq, Ordering::Release);
                 }
             }
@@ -373,8 +408,8 @@ impl Presence {
     }
 
     /// A batch or snapshot from another node.
-    pub(crate) fn on_batch(&self, hub: &Hub, batch: PresenceBatch) {
-        let Some(peers) = hub.peers() else { return };
+    pub(crate) fn on_batch(&self, host: &dyn PresenceHost, batch: PresenceBatch) {
+        let Some(peers) = host.peers() else { return };
         // Records of a node this one counts as dead would bring back its users; it sends a
         // snapshot once it is live again.
         if !peers.is_live(&batch.from) {
@@ -392,20 +427,20 @@ impl Presence {
         };
         match applied {
             Applied::Changed(changed) => self.notify(changed),
-            Applied::NeedSnapshot => self.want(peers.as_ref(), &from),
+            Applied::NeedSnapshot => self.want(peers, &from),
         }
     }
 
     /// A heartbeat from `from` says it has sent batches up to `seq`: ask for a snapshot if this
     /// node is not there (it never was, missed the last batch, or `from` restarted).
-    pub(crate) fn on_heartbeat(&self, peers: &dyn Peers, from: &str, incarnation: u64, seq: u64) {
+    pub(crate) fn on_heartbeat(&self, peers: &dyn PresencePeers, from: &str, incarnation: u64, seq: u64) {
         let in_step = self.inner.lock().table.in_step(from, incarnation, seq);
         if !in_step {
             self.want(peers, from);
         }
     }
 
-    fn want(&self, peers: &dyn Peers, node: &str) {
+    fn want(&self, peers: &dyn PresencePeers, node: &str) {
         {
             let mut wants = self.wants.lock();
             let now = Instant::now();
@@ -419,8 +454,8 @@ impl Presence {
     }
 
     /// `node` asked for this node's snapshot.
-    pub(crate) fn on_want(&self, hub: &Hub, node: &str) {
-        let Some(peers) = hub.peers() else { return };
+    pub(crate) fn on_want(&self, host: &dyn PresenceHost, node: &str) {
+        let Some(peers) = host.peers() else { return };
         let inner = self.inner.lock();
         let changes: Vec<Change> =
             inner.table.snapshot().into_iter().map(|(user, record)| (user, Some(record))).collect();
@@ -434,7 +469,7 @@ impl Presence {
         };
         // Sent under the lock, so no batch with a higher sequence number overtakes it.
         if peers.send_presence(Some(node), batch) > 0 {
-            Metrics::inc(&hub.metrics.presence_snapshots_sent_total);
+            Metrics::inc(&host.metrics().presence_snapshots_sent_total);
         }
     }
 
@@ -473,11 +508,11 @@ impl Presence {
     }
 
     /// Indicators that were not repeated in time: tell their recipients they stopped.
-    fn expire_typing(&self, hub: &Hub) {
+    fn expire_typing(&self, host: &dyn PresenceHost) {
         let expired = self.typing.lock().take_expired(Instant::now());
         for ((room, user), recipients) in expired {
             let frame = ServerFrame::Typing { room, user, active: false, expires_in_ms: 0 };
-            hub.push(&recipients, frame);
+            host.push(&recipients, frame);
         }
     }
 
@@ -497,26 +532,26 @@ impl Presence {
 
     /// A connection of `user` was sent text entries from others: tell each sender how far its
     /// room got delivered to `user`. `batch` is (room, highest seq, senders).
-    pub(crate) fn delivered(hub: &Arc<Hub>, user: &str, batch: Vec<(String, u64, Vec<String>)>) {
-        let hub = hub.clone();
+    pub(crate) fn delivered(host: Arc<dyn PresenceHost>, user: &str, batch: Vec<(String, u64, Vec<String>)>) {
         let user = user.to_string();
         tokio::spawn(async move {
+            let presence = host.presence();
             for (room, seq, senders) in batch {
-                let size = match hub.presence.cached_room_size(&room) {
+                let size = match presence.cached_room_size(&room) {
                     Some(size) => size,
-                    None => match hub.store.room(&room).await {
+                    None => match host.store().room(&room).await {
                         Ok(Some(record)) => {
-                            hub.presence.cache_room_size(&room, record.members);
+                            presence.cache_room_size(&room, record.members);
                             record.members
                         }
                         _ => continue,
                     },
                 };
-                if size > hub.presence.settings.room_max_members {
+                if size > presence.settings.room_max_members {
                     continue;
                 }
                 let frame = ServerFrame::Receipt { room, user: user.clone(), kind: ReceiptKind::Delivered, seq };
-                hub.push(&senders, frame);
+                host.push(&senders, frame);
             }
         });
     }

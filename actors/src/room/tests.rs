@@ -10,8 +10,9 @@ use std::time::Duration;
 use protocol::{EntryKind, RoomKind};
 
 use crate::auth::{AuthConfig, Authenticator};
-use crate::hub::{Hub, Outbound, Registration};
+use crate::hub::{Hub, Registration};
 use crate::limits::Limits;
+use crate::outbound::Outbound;
 use crate::room::AppendCommand;
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
 use crate::store::{Appended, NewRoom, Store};

@@ -1,6 +1,12 @@
-//! A connection's delivery queue: the hub (and presence) push into it, the connection's session
-//! takes from it, and it holds at most `limits.outbound_queue_len` entries (a large room's run
-//! counts as its entries; a run longer than the whole bound still goes into an empty queue).
+//! What goes to a live connection, and the queue it waits in: [`Outbound`], the items pushed
+//! to a connection (the hub's committed entries and ephemeral frames, presence's frames to the
+//! connections watching a user), and each connection's delivery queue, whose sending side
+//! ([`OutboundQueue`]) the hub and presence hold and whose receiving side ([`Inbox`]) the
+//! connection's session reads. A module of its own, below both: each pushes into the queue
+//! without going through the other.
+//!
+//! The queue holds at most `limits.outbound_queue_len` entries (a large room's run counts as
+//! its entries; a run longer than the whole bound still goes into an empty queue).
 //!
 //! A vector behind a mutex that the session empties whole, rather than a channel: every
 //! delivery to every connection passes here, and a channel's per-item bookkeeping (a linked
@@ -18,7 +24,32 @@ use parking_lot::Mutex;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
-use super::Outbound;
+use protocol::{Cursor, Entry, ServerFrame};
+
+use crate::encoded::SharedRun;
+
+/// What the hub and presence push to a connection.
+#[derive(Debug)]
+pub enum Outbound {
+    /// A committed entry at `cursor` of the connection's user's log.
+    Deliver { cursor: Cursor, entry: Arc<Entry> },
+    /// Committed entries of a large room, consecutive in one commit: in the room log only,
+    /// ordered by their seqs; the same bytes for every recipient, so encoded once.
+    RoomRun(Arc<SharedRun>),
+    /// A frame to send as is (read-position sync, presence, typing, receipts). Boxed to keep
+    /// `Outbound` small: it is the size of every queued item.
+    Frame(Box<ServerFrame>),
+}
+
+impl Outbound {
+    /// How many entries (or frames) it carries: what a connection's queue bound counts.
+    pub fn weight(&self) -> usize {
+        match self {
+            Outbound::RoomRun(run) => run.len(),
+            Outbound::Deliver { .. } | Outbound::Frame(_) => 1,
+        }
+    }
+}
 
 /// The sending side; cloned by whoever may push to the connection.
 #[derive(Debug)]
