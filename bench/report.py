@@ -416,6 +416,70 @@ def targets_section():
         "\nThe section at the end says what stands between palaver and the targets it misses.\n"
 
 
+def section_fdb(fanout, many, storm):
+    """palaver on FoundationDB beside palaver on SQLite: the fdb-* scenarios."""
+    body = (
+        "### palaver on FoundationDB beside palaver on SQLite\n\n"
+        "The same node binary (built with `--features fdb`) on either store, measured one after the "
+        "other in each scenario: SQLite in WAL mode with synchronous=FULL in the node's process, and "
+        "FoundationDB 7.3 as one `fdbserver` process (`single ssd`, an optimised build) on the "
+        "same core as the node. The node's CPU on FoundationDB includes `fdbserver`'s, as the "
+        "SQLite node's includes SQLite's. A room's messages commit in batches on both stores (one "
+        "transaction per batch on FoundationDB, within its size and time limits, docs/STORAGE.md). "
+        "*Commit* is the node's own histogram of a batch's time in the store (`palaver_commit_seconds`, "
+        "buckets 1-2-5 per decade, so its percentiles read \"at most\" the bucket's bound).\n\n"
+    )
+    if fanout:
+        rows = [r for r in fanout["rows"] if "error" not in r]
+        if (fanout.get("rounds") or 1) > 1:
+            rows = [r for r in rows if r.get("median")]
+        body += (f"Fan-out, one room of {fanout.get('n')} receivers, 100-byte messages; *msgs/s in* at `max` "
+                 "is the busiest rate one room sustains.\n\n")
+        out = []
+        for rate in sorted({r["offered_rate"] for r in rows}, key=lambda v: (v == 0, v)):
+            same = [r for r in rows if r["offered_rate"] == rate]
+            base = next((r for r in same if "FoundationDB" not in r["target"]), None)
+            for r in same:
+                node = r.get("node_ms") or {}
+                le = lambda k: "–" if node.get(k) is None else f"≤ {num(node.get(k), 0)}"
+                out.append([
+                    "max (window %d)" % r.get("window", 0) if not rate else f"{num(rate, 0)}/s",
+                    r["target"], num(r["published_per_s"]), num(r["deliveries_per_s"]), f"{r['delivered_pct']:.1f} %",
+                    num(lat(r, "p50_ms"), 2), num(lat(r, "p99_ms"), 2), num(node.get("commit_ms"), 2),
+                    le("commit_p50_le_ms"), le("commit_p99_le_ms"), num(r.get("server_cpu_us_per_delivery"), 3),
+                    num(r.get("server_cpu_us_per_message"), 1),
+                    "(baseline)" if r is base else ratio(r["published_per_s"], base and base["published_per_s"]),
+                ])
+        body += table(["offered", "server", "msgs/s in", "deliveries/s", "delivered", "p50 ms", "p99 ms",
+                       "commit mean ms", "commit p50 ms", "commit p99 ms", "server CPU µs/delivery", "µs/message",
+                       "msgs/s in ÷ SQLite's"], out)
+        body += "\n" + command_block(fanout)
+    if many:
+        body += (f"\nMany rooms: {many.get('rooms')} rooms of {many.get('size')} members, each member also in a "
+                 f"direct conversation, {many.get('rate')} message(s) per second each.\n\n")
+        rows = many["rows"]
+        base = next((r for r in rows if "FoundationDB" not in r["target"]), None)
+        out = [[r["target"], r["connections"], num(r["published_per_s"]), num(r["deliveries_per_s"]),
+                f"{r['delivered_pct']:.1f} %", num(lat(r, "p50_ms"), 2), num(lat(r, "p99_ms"), 2), num(lat(r, "p999_ms"), 2),
+                "(baseline)" if r is base else ratio(lat(r, "p99_ms"), base and lat(base, "p99_ms"))]
+               for r in rows]
+        body += table(["server", "connections", "published/s", "deliveries/s", "delivered", "p50 ms", "p99 ms",
+                       "p999 ms", "p99 ÷ SQLite's"], out)
+        body += "\n" + command_block(many)
+    if storm:
+        body += "\nReconnect storm: every client resumes from its cursor at once after a backlog.\n\n"
+        rows = storm["rows"]
+        base = next((r for r in rows if "FoundationDB" not in r["target"]), None)
+        out = [[r["target"], r["clients"], r["backlog"], num(r["replayed"]), f"{r['all_live_s']:.2f}",
+                num(r["replayed_per_s"]), r["live_p50_ms"], r["live_p99_ms"], r["failed"],
+                "(baseline)" if r is base else ratio(r["replayed_per_s"], base and base["replayed_per_s"])]
+               for r in rows]
+        body += table(["server", "clients", "backlog each", "replayed", "all live after (s)", "replayed/s",
+                       "live p50 ms", "live p99 ms", "failed", "replayed/s ÷ SQLite's"], out)
+        body += "\n" + command_block(storm)
+    return body
+
+
 def main():
     parts = []
     machine = None
@@ -465,6 +529,13 @@ def main():
                                         "send crosses the other way and the publisher's window paces the fan-out. "
                                         "Compare with palaver's rows in the single-node fan-out table above: same room "
                                         "size, same rates.", ratios=False))
+    fdb_docs = [load(name) for name in ["fdb-fanout", "fdb-many-rooms", "fdb-reconnect-storm"]]
+    if any(fdb_docs):
+        parts.append(section_fdb(*fdb_docs))
+        for doc in filter(None, fdb_docs):
+            machine = machine or doc.get("machine")
+            if doc.get("finished_unix"):
+                finished.append(doc["finished_unix"])
     if not any(load(name) for name in ["fanout", "fanout-xmpp", "saturation", "cross-node"]):
         parts.insert(0, "### Fan-out, saturation and cross-node\n\nNo figures: the earlier ones were taken by a "
                         "load generator that was itself the bottleneck and are withdrawn (bench/findings.md, "

@@ -8,6 +8,10 @@
 #   SKIP_SETUP=1 …               do not install or build
 #   REPORT=FILE …                write the report there instead of docs/BENCHMARKS.md
 #
+# The fdb-* scenarios measure palaver on FoundationDB beside palaver on SQLite (one binary built
+# with --features fdb); they need an installed FoundationDB (.ci/fdb-server.sh finds it) and
+# are skipped, saying so, without one.
+#
 # Results: bench/results/<scenario>.json (and .txt with the load generator's output).
 # Every server is started fresh for each scenario and stopped when it ends (also on ^C).
 set -euo pipefail
@@ -16,7 +20,7 @@ trap stop_servers EXIT
 cd "$ROOT"
 
 QUICK="${QUICK:-0}"
-SCENARIOS="${SCENARIOS:-idle fanout fanout-xmpp cross-node saturation many-rooms reconnect-storm presence}"
+SCENARIOS="${SCENARIOS:-idle fanout fanout-xmpp cross-node saturation many-rooms reconnect-storm presence fdb-fanout fdb-many-rooms fdb-reconnect-storm}"
 RESULTS="${RESULTS:-$BENCH_DIR/results}"
 mkdir -p "$RESULTS"
 chmod 755 "$WORK"
@@ -50,6 +54,17 @@ servers() {
       xmpp) start_ejabberd && TARGETS+=(--xmpp "$XMPP_URL" --xmpp-pid "$EJABBERD_PID") || echo "skipping ejabberd" ;;
     esac
   done
+}
+
+# palaver on SQLite and palaver on FoundationDB, the same binary (built with --features fdb), for
+# the fdb-* scenarios; FoundationDB runs on the servers' core and its CPU counts as the server's.
+fdb_servers() {
+  TARGETS=()
+  start_fdb || return 1
+  start_palaver 17600 palaver-1 "$FDB_NODE_BIN"
+  start_palaver_fdb 17620
+  TARGETS+=(--palaver "$PALAVER_URL" --palaver-pid "$PALAVER_PID" --palaver-admin "$PALAVER_ADMIN")
+  TARGETS+=(--palaver-fdb "$PALAVER_FDB_URL" --palaver-fdb-pid "$PALAVER_FDB_PID,$FDB_PID" --palaver-fdb-admin "$PALAVER_FDB_ADMIN")
 }
 
 run() { # name, loadgen arguments…
@@ -109,6 +124,18 @@ for scenario in $SCENARIOS; do
       run presence presence --n "$PRES_N" --duration "$PRES_DUR" --per-minute 1 --watchers "$PRES_WATCHERS" --watch 100 \
         --sources 4 --settle 5 --tokens "$WORK/presence-tokens" --palaver "$PALAVER_URLS" --palaver-pid "$PALAVER_PIDS" \
         --palaver-admin "$PALAVER_ADMINS"
+      ;;
+    fdb-fanout)
+      fdb_servers || { echo "skipping $scenario"; stop_servers; continue; }
+      run fdb-fanout fanout --n "$FAN_N" --rate "$FAN_RATES" --window 64 --duration "$FAN_DUR" --repeat "$FAN_ROUNDS" "${TARGETS[@]}"
+      ;;
+    fdb-many-rooms)
+      fdb_servers || { echo "skipping $scenario"; stop_servers; continue; }
+      run fdb-many-rooms many-rooms --rooms "$ROOMS" --size 10 --rate 1 --duration 10 "${TARGETS[@]}"
+      ;;
+    fdb-reconnect-storm)
+      fdb_servers || { echo "skipping $scenario"; stop_servers; continue; }
+      run fdb-reconnect-storm reconnect-storm --clients "$STORM" --backlog "$BACKLOG" "${TARGETS[@]}"
       ;;
     *) echo "unknown scenario $scenario" >&2; exit 2 ;;
   esac

@@ -7,6 +7,9 @@ ROOT="$(cd "$BENCH_DIR/.." && pwd)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/work/target}"
 NODE_BIN="${NODE_BIN:-$CARGO_TARGET_DIR/release/palaver}"  # not PALAVER_…: the node reads those as configuration
 LOADGEN="${LOADGEN:-$CARGO_TARGET_DIR/release/loadgen}"
+# The node built with --features fdb (bench/setup.sh builds it where FoundationDB is installed),
+# in a target directory of its own so that it does not replace the default build.
+FDB_NODE_BIN="${FDB_NODE_BIN:-$CARGO_TARGET_DIR/fdb/release/palaver}"
 WORK="${BENCH_WORK:-$(mktemp -d /tmp/palaver-bench.XXXXXX)}"
 # Servers on one core, the load generator on another, where there are two or more: a load
 # generator sharing the server's cores takes CPU from it, and its own limit would pass for
@@ -47,8 +50,9 @@ BENCH_NODE_ENV=(
   PALAVER_LOG__FILTER="${NODE_LOG_FILTER:-warn}"
 )
 
-start_palaver() { # [port] [name]
-  local port="${1:-17600}" name="${2:-palaver-1}"
+start_palaver() { # [port] [name] [binary] [extra NAME=VALUE settings…]
+  local port="${1:-17600}" name="${2:-palaver-1}" bin="${3:-$NODE_BIN}"
+  local extra=("${@:4}")
   mkdir -p "$WORK/$name"
   (
     ulimit -n 20000
@@ -57,7 +61,7 @@ start_palaver() { # [port] [name]
     PALAVER_NODE__DATA_DIR="$WORK/$name" \
     PALAVER_CLIENT__LISTEN="127.0.0.1:$port" \
     PALAVER_ADMIN__LISTEN="127.0.0.1:$((port + 1000))" \
-    exec "${SERVER_PIN[@]}" env -u PALAVER_BIN "${BENCH_NODE_ENV[@]}" "$NODE_BIN" >"$WORK/$name.out" 2>"$WORK/$name.log"
+    exec "${SERVER_PIN[@]}" env -u PALAVER_BIN "${BENCH_NODE_ENV[@]}" "${extra[@]}" "$bin" >"$WORK/$name.out" 2>"$WORK/$name.log"
   ) &
   PALAVER_PID=$!
   STARTED_PIDS+=("$PALAVER_PID")
@@ -123,6 +127,27 @@ stop_palaver_cluster() {
   PALAVER_CLUSTER_PIDS=()
 }
 
+# A single-process FoundationDB (`single ssd`, its data under $WORK) on the servers' core,
+# from an installed FoundationDB (.ci/fdb-server.sh finds it). Sets FDB_PID and FDB_CLUSTER.
+start_fdb() {
+  bash "$ROOT/.ci/fdb-server.sh" find >/dev/null || { echo "FoundationDB is not installed (.ci/fdb-server.sh find)"; return 1; }
+  [[ -x "$FDB_NODE_BIN" ]] || { echo "no node built with --features fdb at $FDB_NODE_BIN (bench/setup.sh)"; return 1; }
+  bash "$ROOT/.ci/fdb-server.sh" start "$WORK/fdb" || return 1
+  FDB_PID="$(cat "$WORK/fdb/fdbserver.pid")"
+  FDB_CLUSTER="$WORK/fdb/fdb.cluster"
+  ((${#SERVER_PIN[@]})) && taskset -a -p -c "${SERVER_CPUS:-0}" "$FDB_PID" >/dev/null
+  FDB_STARTED=1
+}
+
+# palaver on the FoundationDB of start_fdb; sets PALAVER_FDB_PID, _URL and _ADMIN.
+start_palaver_fdb() { # [port] [name]
+  local port="${1:-17620}" saved=("$PALAVER_PID" "$PALAVER_URL" "$PALAVER_ADMIN")
+  start_palaver "$port" "${2:-palaver-fdb}" "$FDB_NODE_BIN" \
+    PALAVER_STORE__BACKEND=fdb PALAVER_STORE__FDB_CLUSTER_FILE="$FDB_CLUSTER"
+  PALAVER_FDB_PID="$PALAVER_PID" PALAVER_FDB_URL="$PALAVER_URL" PALAVER_FDB_ADMIN="$PALAVER_ADMIN"
+  PALAVER_PID="${saved[0]}" PALAVER_URL="${saved[1]}" PALAVER_ADMIN="${saved[2]}"
+}
+
 start_nats() {
   command -v nats-server >/dev/null || { echo "nats-server not installed (bench/setup.sh)"; return 1; }
   ( ulimit -n 20000; exec "${SERVER_PIN[@]}" nats-server -c "$BENCH_DIR/nats.conf" >"$WORK/nats.log" 2>&1 ) &
@@ -161,6 +186,11 @@ stop_servers() {
     kill -TERM "$pid" 2>/dev/null || true
   done
   [[ -f "$WORK/ejabberd/pid" ]] && "$BENCH_DIR/ejabberd.sh" stop "$WORK/ejabberd" || true
+  if [[ "${FDB_STARTED:-0}" == 1 ]]; then
+    bash "$ROOT/.ci/fdb-server.sh" stop "$WORK/fdb" >/dev/null 2>&1 || true
+    rm -rf "$WORK/fdb"
+    FDB_STARTED=0
+  fi
   for pid in "${STARTED_PIDS[@]}"; do
     wait "$pid" 2>/dev/null || true
   done

@@ -23,5 +23,11 @@ python3 -c 'import socketio, aiohttp' 2>/dev/null || pip install -q 'python-sock
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/work/target}"
 cargo build --release -p node -p bench --bin palaver --bin loadgen
+# The fdb-* scenarios' node: with --features fdb, in a target directory of its own (servers.sh).
+if bash .ci/fdb-server.sh find >/dev/null && ldconfig -p | grep -q 'libfdb_c\.so'; then
+  CARGO_TARGET_DIR="$CARGO_TARGET_DIR/fdb" cargo build --release -p node --bin palaver --features fdb
+else
+  echo "FoundationDB is not installed: the fdb-* scenarios will be skipped (docs/STORAGE.md says how to get one)"
+fi
 echo "versions: $(nats-server --version 2>&1 | head -1); ejabberd $(dpkg-query -W -f='${Version}' ejabberd 2>/dev/null);" \
   "python-socketio $(python3 -c 'import socketio; print(socketio.__version__)' 2>/dev/null || pip show python-socketio | awk '/^Version/{print $2}')"

@@ -59,16 +59,22 @@ impl Args {
         }
     }
 
-    /// The servers to measure, in the order palaver, nats, socketio, xmpp:
+    /// The servers to measure, in the order palaver, palaver-fdb, nats, socketio, xmpp:
     /// `--palaver URL[,URL…] [--palaver-pid PID[,PID…]] [--palaver-admin HOST:PORT[,…]]`,
-    /// `--nats URL --nats-pid PID`, …
-    /// `--only KIND[,KIND]` keeps some of them.
+    /// `--palaver-fdb …` alike for a palaver on FoundationDB, `--nats URL --nats-pid PID`, …
+    /// `--only NAME[,NAME]` keeps some of them.
     pub fn targets(&self) -> anyhow::Result<Vec<Target>> {
         let only: Vec<String> =
             self.str("only").map(|s| s.split(',').map(str::to_string).collect()).unwrap_or_default();
         let mut targets = Vec::new();
-        for kind in [Kind::Palaver, Kind::Nats, Kind::Socketio, Kind::Xmpp] {
-            let name = kind.name();
+        let servers = [
+            ("palaver", Kind::Palaver, None),
+            ("palaver-fdb", Kind::Palaver, Some("FoundationDB")),
+            ("nats", Kind::Nats, None),
+            ("socketio", Kind::Socketio, None),
+            ("xmpp", Kind::Xmpp, None),
+        ];
+        for (name, kind, store) in servers {
             let Some(urls) = self.str(name) else { continue };
             if !only.is_empty() && !only.iter().any(|o| o == name) {
                 continue;
@@ -96,6 +102,7 @@ impl Args {
                 encoding: self.str("encoding").unwrap_or("json").to_string(),
                 xmpp_domain: self.str("xmpp-domain").unwrap_or("localhost").to_string(),
                 batch: !self.flag("no-batch"),
+                store: store.map(str::to_string),
             });
         }
         if targets.is_empty() {

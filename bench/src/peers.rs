@@ -69,10 +69,22 @@ pub struct Target {
     /// (`--palaver-admin`); `/metrics` and `/cluster` are read there.
     #[serde(default)]
     pub admin: Vec<String>,
+    /// palaver: the store behind the node when it is not the default (SQLite), as labels show
+    /// it: `--palaver-fdb URL` names a node on FoundationDB, measured beside `--palaver`.
+    #[serde(default)]
+    pub store: Option<String>,
 }
 
 impl Target {
     pub fn label(&self) -> String {
+        let label = self.kind_label();
+        match &self.store {
+            Some(store) => format!("{label} on {store}"),
+            None => label,
+        }
+    }
+
+    fn kind_label(&self) -> String {
         match self.kind {
             Kind::Palaver if !self.batch => {
                 format!("palaver{} (unbatched)", if self.encoding == "msgpack" { " msgpack" } else { "" })
@@ -561,33 +573,78 @@ const NODE_HISTOGRAMS: [(&str, &str); 3] = [
     ("delivery_wait", "palaver_delivery_wait_seconds"),
 ];
 
-/// Sum and count of each of the node's latency histograms, read from `/metrics` on its admin
-/// port.
-pub async fn node_latency_totals(admin: &str) -> anyhow::Result<Vec<(f64, f64)>> {
+/// One reading of the node's latency histograms (`/metrics` on its admin port): sum and count
+/// of each of [`NODE_HISTOGRAMS`], and the commit histogram's cumulative buckets.
+pub struct NodeReading {
+    totals: Vec<(f64, f64)>,
+    /// `(upper bound in seconds, observations at or under it)`, in the order rendered.
+    commit_buckets: Vec<(f64, f64)>,
+}
+
+/// Read the node's latency histograms from `/metrics` on its admin port.
+pub async fn node_latency_totals(admin: &str) -> anyhow::Result<NodeReading> {
     let text = http_get_text(admin, "/metrics").await?;
     let sample = |name: String| {
         text.lines().find_map(|line| line.strip_prefix(name.as_str())?.strip_prefix(' ')?.trim().parse::<f64>().ok())
     };
-    NODE_HISTOGRAMS
+    let totals = NODE_HISTOGRAMS
         .iter()
         .map(|(_, metric)| {
             let sum = sample(format!("{metric}_sum")).with_context(|| format!("{metric}_sum on /metrics"))?;
             let count = sample(format!("{metric}_count")).with_context(|| format!("{metric}_count on /metrics"))?;
             Ok((sum, count))
         })
-        .collect()
+        .collect::<anyhow::Result<_>>()?;
+    let commit_buckets = text
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix("palaver_commit_seconds_bucket{le=\"")?;
+            let (bound, count) = rest.split_once("\"} ")?;
+            let bound = if bound == "+Inf" { f64::INFINITY } else { bound.parse().ok()? };
+            Some((bound, count.trim().parse().ok()?))
+        })
+        .collect();
+    Ok(NodeReading { totals, commit_buckets })
 }
 
 /// The mean of each histogram between two readings of [`node_latency_totals`], in
-/// milliseconds (`null` where nothing was observed).
-pub fn node_latency_means(before: &[(f64, f64)], after: &[(f64, f64)]) -> serde_json::Value {
+/// milliseconds (`null` where nothing was observed), and the commit's p50 and p99 as the upper
+/// bound of the bucket they fall in (`commit_p50_le_ms`, `commit_p99_le_ms`): the node keeps
+/// buckets, not samples, so "at most" is what it can say.
+pub fn node_latency_means(before: &NodeReading, after: &NodeReading) -> serde_json::Value {
     let mut means = serde_json::Map::new();
-    for ((name, _), ((sum0, count0), (sum1, count1))) in NODE_HISTOGRAMS.iter().zip(before.iter().zip(after)) {
+    for ((name, _), ((sum0, count0), (sum1, count1))) in
+        NODE_HISTOGRAMS.iter().zip(before.totals.iter().zip(&after.totals))
+    {
         let count = count1 - count0;
         let mean = (count > 0.0).then(|| 1000.0 * (sum1 - sum0) / count);
         means.insert(format!("{name}_ms"), serde_json::json!(mean));
     }
+    let buckets: Vec<(f64, f64)> = after
+        .commit_buckets
+        .iter()
+        .map(|&(bound, count)| {
+            let earlier = before.commit_buckets.iter().find(|(b, _)| *b == bound).map_or(0.0, |(_, c)| *c);
+            (bound, count - earlier)
+        })
+        .collect();
+    means.insert("commits".into(), serde_json::json!(buckets.last().map_or(0.0, |(_, c)| *c)));
+    for (key, quantile) in [("commit_p50_le_ms", 0.50), ("commit_p99_le_ms", 0.99)] {
+        means.insert(key.into(), serde_json::json!(bucket_quantile_ms(&buckets, quantile)));
+    }
     serde_json::Value::Object(means)
+}
+
+/// The upper bound (ms) of the bucket holding quantile `q` of cumulative `buckets`; `None`
+/// with no observation, or past the last finite bound.
+fn bucket_quantile_ms(buckets: &[(f64, f64)], q: f64) -> Option<f64> {
+    let total = buckets.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    let rank = (q * total).ceil().max(1.0);
+    let (bound, _) = buckets.iter().find(|(_, count)| *count >= rank)?;
+    bound.is_finite().then_some(bound * 1000.0)
 }
 
 /// A fresh connection of user `index` that creates a room and returns its id (the creator is
@@ -604,4 +661,26 @@ pub async fn palaver_new_room(
     let id = palaver_create_room(&mut ws, target.palaver_encoding(), name).await?;
     let _ = ws.close(None).await;
     Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bucket_quantile_ms;
+
+    #[test]
+    fn a_quantile_is_the_bound_of_the_bucket_it_falls_in() {
+        // 10 at ≤ 1 ms, 89 more at ≤ 2 ms, one at ≤ 5 ms.
+        let buckets = [(0.0005, 0.0), (0.001, 10.0), (0.002, 99.0), (0.005, 100.0), (f64::INFINITY, 100.0)];
+        assert_eq!(bucket_quantile_ms(&buckets, 0.10), Some(1.0));
+        assert_eq!(bucket_quantile_ms(&buckets, 0.50), Some(2.0));
+        assert_eq!(bucket_quantile_ms(&buckets, 0.99), Some(2.0));
+        assert_eq!(bucket_quantile_ms(&buckets, 1.0), Some(5.0));
+    }
+
+    #[test]
+    fn no_observation_or_one_past_the_last_bound_has_no_quantile() {
+        assert_eq!(bucket_quantile_ms(&[(0.001, 0.0), (f64::INFINITY, 0.0)], 0.5), None);
+        assert_eq!(bucket_quantile_ms(&[(0.001, 0.0), (f64::INFINITY, 3.0)], 0.5), None);
+        assert_eq!(bucket_quantile_ms(&[], 0.5), None);
+    }
 }

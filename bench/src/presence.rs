@@ -579,6 +579,7 @@ async fn cluster(args: &Args) -> anyhow::Result<Nodes> {
         encoding: args.str("encoding").unwrap_or("json").to_string(),
         xmpp_domain: String::new(),
         batch: !args.flag("no-batch"),
+        store: None,
     };
     eprintln!("cluster: {} (pids {:?})", target.urls.join(", "), target.pids);
     Ok(Nodes { target, _cluster: Some(cluster) })

@@ -39,10 +39,13 @@ pub fn node_latency_text(value: &Value) -> String {
     if value.is_null() {
         return String::new();
     }
+    let at_most = |name: &str| value[name].as_f64().map_or("-".to_string(), |ms| format!("≤ {ms}"));
     format!(
-        "; node means: append wait {} ms, commit {} ms, delivery wait {} ms",
+        "; node means: append wait {} ms, commit {} ms (p50 {} ms, p99 {} ms), delivery wait {} ms",
         mean("append_wait_ms"),
         mean("commit_ms"),
+        at_most("commit_p50_le_ms"),
+        at_most("commit_p99_le_ms"),
         mean("delivery_wait_ms")
     )
 }
