@@ -441,7 +441,7 @@ def section_fdb(fanout, many, storm):
             base = next((r for r in same if "FoundationDB" not in r["target"]), None)
             for r in same:
                 node = r.get("node_ms") or {}
-                le = lambda k: "–" if node.get(k) is None else f"≤ {num(node.get(k), 0)}"
+                le = lambda k: "–" if node.get(k) is None else f"≤ {node.get(k):g}"
                 out.append([
                     "max (window %d)" % r.get("window", 0) if not rate else f"{num(rate, 0)}/s",
                     r["target"], num(r["published_per_s"]), num(r["deliveries_per_s"]), f"{r['delivered_pct']:.1f} %",

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::ops::Bound;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
@@ -24,6 +24,9 @@ type Map = BTreeMap<Vec<u8>, Vec<u8>>;
 #[derive(Clone, Default)]
 pub struct MemTxn {
     state: Arc<Mutex<Map>>,
+    /// Bytes of its mutations as FoundationDB counts them roughly: key and value of each set,
+    /// the key of each clear, both ends of each range clear.
+    written: Arc<AtomicUsize>,
 }
 
 impl MemTxn {
@@ -63,10 +66,12 @@ impl KvTxn for MemTxn {
     }
 
     fn set(&self, key: &[u8], value: &[u8]) {
+        self.written.fetch_add(key.len() + value.len(), Ordering::Relaxed);
         self.map().insert(key.to_vec(), value.to_vec());
     }
 
     fn clear(&self, key: &[u8]) {
+        self.written.fetch_add(key.len(), Ordering::Relaxed);
         self.map().remove(key);
     }
 
@@ -74,6 +79,7 @@ impl KvTxn for MemTxn {
         if range.is_empty() {
             return;
         }
+        self.written.fetch_add(range.begin.len() + range.end.len(), Ordering::Relaxed);
         let mut map = self.map();
         let doomed: Vec<Vec<u8>> = map
             .range::<Vec<u8>, _>((Bound::Included(range.begin.clone()), Bound::Excluded(range.end.clone())))
@@ -94,6 +100,8 @@ pub struct MemKv {
     unknown_after: Mutex<Vec<&'static str>>,
     /// Commits that report an unknown result, counted per operation name.
     unknown_reported: AtomicU32,
+    /// Every commit so far: the operation's name and the bytes its mutations wrote.
+    commits: Mutex<Vec<(&'static str, usize)>>,
 }
 
 impl MemKv {
@@ -106,6 +114,12 @@ impl MemKv {
     /// How many commits reported an unknown result so far.
     pub fn unknown_results_reported(&self) -> u32 {
         self.unknown_reported.load(Ordering::SeqCst)
+    }
+
+    /// The bytes written by each commit of operation `doing` so far, in commit order.
+    pub fn commits_of(&self, doing: &str) -> Vec<usize> {
+        let commits = self.commits.lock().unwrap_or_else(|p| p.into_inner());
+        commits.iter().filter(|(name, _)| *name == doing).map(|(_, bytes)| *bytes).collect()
     }
 
     /// A copy of every key and value (for checks of what was written).
@@ -127,10 +141,12 @@ impl KvDb for MemKv {
         let mut data = self.data.lock().await;
         let mut state = Attempt::default();
         loop {
-            let txn = MemTxn { state: Arc::new(Mutex::new(data.clone())) };
+            let txn = MemTxn { state: Arc::new(Mutex::new(data.clone())), written: Arc::default() };
             match attempt(txn.clone(), state).await {
                 Ok(value) => {
                     *data = std::mem::take(&mut *txn.map());
+                    let written = txn.written.load(Ordering::Relaxed);
+                    self.commits.lock().unwrap_or_else(|p| p.into_inner()).push((doing, written));
                     let unknown = !state.maybe_committed
                         && self.unknown_after.lock().unwrap_or_else(|p| p.into_inner()).contains(&doing);
                     if unknown {

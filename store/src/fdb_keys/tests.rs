@@ -228,6 +228,33 @@ async fn the_transaction_budget_bounds_fan_out() {
     }
 }
 
+/// The largest batch a room hands its store with the default limits: `limits.room_batch_max`
+/// (64) appends of `limits.max_body_bytes` (16 KiB) in a room of `limits.fanout_max_members`
+/// (100) members with the longest names, the last room size that fans out on write. Its
+/// writes are over one transaction's budget, so it commits in several transactions, each
+/// within twice the budget (the last append taken may pass it by its own size) and so far
+/// under FoundationDB's 10 MB; every append in it succeeds, in order.
+#[tokio::test]
+async fn the_largest_batch_commits_in_transactions_within_the_budget() {
+    use super::limits::TRANSACTION_BYTES_BUDGET;
+    let room = "r".repeat(80);
+    let (kv, store) = mem_store(0);
+    let epoch = setup(&store, &room, &named(&["a"])).await;
+    seed_members(&kv, store.keyspace(), &room, 99, 32).await;
+    let head = store.room(&room).await.unwrap().unwrap().last_seq;
+    let body = "x".repeat(16 * 1024);
+    let batch = (0..64).map(|n| text(&room, epoch, "a", &format!("m{n}"), &body)).collect();
+    let outcomes = store.append_batch(batch).await;
+    let seqs: Vec<u64> =
+        outcomes.into_iter().map(|outcome| outcome.expect("append in the batch").delivery.entry.seq).collect();
+    assert_eq!(seqs, (head + 1..=head + 64).collect::<Vec<_>>());
+    let commits = kv.commits_of("append batch");
+    assert!(commits.len() >= 2, "one transaction took {} bytes", commits.iter().sum::<usize>());
+    for bytes in &commits {
+        assert!(*bytes <= 2 * TRANSACTION_BYTES_BUDGET, "a transaction of {bytes} bytes; all: {commits:?}");
+    }
+}
+
 #[tokio::test]
 async fn automatic_retention_range_clears_every_period() {
     let (kv, store) = mem_store(10);
