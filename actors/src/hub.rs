@@ -103,14 +103,17 @@ impl Connections {
     }
 }
 
-/// The node's registries and shared services.
+/// The node's registries and shared services. Its fields are private: the rest of the node
+/// reads the shared services through the accessors below, and reaches rooms only through the
+/// hub's own calls (`append`, `deliver`), so that every write to a room's log goes through its
+/// owner (ARCHITECTURE.md, "Invariants", lists the writes that need no owner).
 pub struct Hub {
-    pub node: String,
-    pub limits: Limits,
-    pub store: Arc<dyn Store>,
-    pub auth: Authenticator,
-    pub metrics: Metrics,
-    pub presence: Presence,
+    node: String,
+    limits: Limits,
+    store: Arc<dyn Store>,
+    auth: Authenticator,
+    metrics: Metrics,
+    presence: Presence,
     rooms: Mutex<HashMap<String, RoomSlot>>,
     connections: Mutex<Connections>,
     /// The newest entries of each large room seen here, for connections that fell behind.
@@ -128,6 +131,34 @@ pub struct Hub {
 }
 
 impl Hub {
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// The bounds the operator set.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The store, for what needs no room owner: reads, a user's own state, and the writes
+    /// ARCHITECTURE.md ("Invariants") names.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn auth(&self) -> &Authenticator {
+        &self.auth
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub fn presence(&self) -> &Presence {
+        &self.presence
+    }
+
     /// The hub, with its presence ticker running on the current tokio runtime.
     pub fn new(
         node: String,
@@ -153,7 +184,7 @@ impl Hub {
             rooms_runtime: RoomsRuntime::start(),
         });
         let host = Arc::downgrade(&hub);
-        hub.presence.start(host);
+        hub.presence().start(host);
         hub
     }
 

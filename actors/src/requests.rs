@@ -72,7 +72,7 @@ pub fn store_error_frame(hub: &Hub, req: Option<ReqId>, err: StoreError) -> Serv
         StoreError::MediaInUse(_) => ErrorCode::MediaInUse,
         StoreError::QuotaExceeded { .. } => ErrorCode::Forbidden,
         StoreError::Backend(detail) => {
-            Metrics::inc(&hub.metrics.store_errors_total);
+            Metrics::inc(&hub.metrics().store_errors_total);
             error!(error = %detail, "store failure");
             return error_frame(req, ErrorCode::Internal, "internal error; retry the request with the same ids");
         }
@@ -92,7 +92,7 @@ pub fn no_such_room(req: Option<ReqId>, room: &str) -> ServerFrame {
 /// outsider nothing, not even whether two users talk (a direct conversation's id is made of
 /// their names).
 pub async fn refuse_room(ctx: &Ctx, req: ReqId, room: &str) -> ServerFrame {
-    match ctx.hub.store.room(room).await {
+    match ctx.hub.store().room(room).await {
         Ok(Some(record)) if !record.private => {
             error_frame(Some(req), ErrorCode::NotMember, format!("you are not a member of `{room}`"))
         }
@@ -121,7 +121,7 @@ pub async fn check_invite(ctx: &Ctx, req: ReqId, room: &str, user: &str) -> Opti
     if user == ctx.user {
         return Some(ServerFrame::Ok { req });
     }
-    match ctx.hub.store.user(user).await {
+    match ctx.hub.store().user(user).await {
         Ok(Some(_)) => None,
         Ok(None) => Some(error_frame(Some(req), ErrorCode::NoSuchUser, format!("no user `{user}`"))),
         Err(err) => Some(store_error_frame(&ctx.hub, Some(req), err)),
@@ -134,10 +134,10 @@ pub async fn register(hub: &Arc<Hub>, req: ReqId, user: String, password: String
     if let Err(message) = names::validate_user_name(&user) {
         return error_frame(Some(req), ErrorCode::InvalidName, message);
     }
-    if let Err(message) = hub.auth.validate_password(&password) {
+    if let Err(message) = hub.auth().validate_password(&password) {
         return error_frame(Some(req), ErrorCode::InvalidPassword, message);
     }
-    let attempt = match hub.auth.limiter().start_register(client_ip(&addr)) {
+    let attempt = match hub.auth().limiter().start_register(client_ip(&addr)) {
         Ok(attempt) => attempt,
         Err(refused) => {
             let message = "too many registrations from this address; wait before trying again";
@@ -145,12 +145,12 @@ pub async fn register(hub: &Arc<Hub>, req: ReqId, user: String, password: String
         }
     };
     // A taken name needs no hash (and `register` tells whether a name is taken anyway).
-    match hub.store.user(&user).await {
+    match hub.store().user(&user).await {
         Ok(Some(_)) => return store_error_frame(hub, Some(req), StoreError::UserExists(user)),
         Ok(None) => {}
         Err(err) => return store_error_frame(hub, Some(req), err),
     }
-    let hash = match hub.auth.hash_in_pool(password).await {
+    let hash = match hub.auth().hash_in_pool(password).await {
         Ok(Ok(hash)) => hash,
         Ok(Err(err)) => return internal(req, err),
         Err(busy) => {
@@ -158,7 +158,7 @@ pub async fn register(hub: &Arc<Hub>, req: ReqId, user: String, password: String
             return rate_limited(req, "the node is busy hashing passwords; retry later", busy.retry_after);
         }
     };
-    match hub.store.create_user(&user, &hash, now_ms()).await {
+    match hub.store().create_user(&user, &hash, now_ms()).await {
         Ok(()) => {
             info!(user, "registered");
             ServerFrame::Registered { req, user }
@@ -176,14 +176,14 @@ pub async fn login(hub: &Arc<Hub>, req: ReqId, user: String, password: String, a
     if let Err(message) = names::validate_user_name(&user) {
         return error_frame(Some(req), ErrorCode::InvalidName, message);
     }
-    let attempt = match hub.auth.limiter().start_login(&user, client_ip(&addr)) {
+    let attempt = match hub.auth().limiter().start_login(&user, client_ip(&addr)) {
         Ok(attempt) => attempt,
         Err(refused) => {
             let message = "too many login attempts; wait before trying again";
             return rate_limited(req, message, refused.retry_after);
         }
     };
-    let record = match hub.store.user(&user).await {
+    let record = match hub.store().user(&user).await {
         Ok(record) => record,
         Err(err) => {
             // Not the client's fault: the attempt does not count.
@@ -192,7 +192,7 @@ pub async fn login(hub: &Arc<Hub>, req: ReqId, user: String, password: String, a
         }
     };
     let stored_hash = record.as_ref().map(|record| record.password_hash.clone());
-    let verified = match hub.auth.verify_in_pool(stored_hash, password).await {
+    let verified = match hub.auth().verify_in_pool(stored_hash, password).await {
         Ok(verified) => verified,
         Err(busy) => {
             attempt.cancel();
@@ -202,12 +202,12 @@ pub async fn login(hub: &Arc<Hub>, req: ReqId, user: String, password: String, a
     match record {
         Some(record) if verified => {
             attempt.succeeded();
-            let (token, expires_at) = hub.auth.issue_token(&user, record.token_epoch, now_ms());
+            let (token, expires_at) = hub.auth().issue_token(&user, record.token_epoch, now_ms());
             ServerFrame::LoggedIn { req, user, token, expires_at }
         }
         _ => {
             drop(attempt);
-            Metrics::inc(&hub.metrics.login_failures_total);
+            Metrics::inc(&hub.metrics().login_failures_total);
             info!(user, addr, "login failed");
             error_frame(Some(req), ErrorCode::InvalidCredentials, "unknown user or wrong password")
         }
@@ -236,15 +236,15 @@ pub(crate) fn rate_limited(req: ReqId, message: &str, retry_after: std::time::Du
 /// and this is the rare path).
 pub async fn verify_token(hub: &Hub, req: ReqId, token: &str) -> Result<(String, u64), Box<ServerFrame>> {
     let refuse = |code, message: String| Err(Box::new(error_frame(Some(req), code, message)));
-    if let Some(external) = hub.auth.external().filter(|_| crate::auth::ExternalTokens::looks_like_jwt(token)) {
+    if let Some(external) = hub.auth().external().filter(|_| crate::auth::ExternalTokens::looks_like_jwt(token)) {
         return verify_external(hub, req, external, token).await;
     }
-    let claims = match hub.auth.verify_token(token, now_ms()) {
+    let claims = match hub.auth().verify_token(token, now_ms()) {
         Ok(claims) => claims,
         Err(err @ crate::auth::TokenError::Expired) => return refuse(ErrorCode::TokenExpired, err.to_string()),
         Err(err @ crate::auth::TokenError::Invalid) => return refuse(ErrorCode::TokenInvalid, err.to_string()),
     };
-    match hub.store.user(&claims.sub).await {
+    match hub.store().user(&claims.sub).await {
         Ok(Some(record)) if record.token_epoch == claims.epo => Ok((claims.sub, claims.exp)),
         Ok(Some(_)) => refuse(ErrorCode::TokenRevoked, "token was revoked; log in again".into()),
         Ok(None) => refuse(ErrorCode::TokenInvalid, "token names an unknown user".into()),
@@ -269,16 +269,16 @@ async fn verify_external(
             return refuse(ErrorCode::TokenInvalid, message);
         }
     };
-    let found = match hub.store.user(&claims.user).await {
+    let found = match hub.store().user(&claims.user).await {
         Ok(Some(_)) => true,
         Ok(None) if claims.create_users => {
-            match hub.store.create_user(&claims.user, service::NO_PASSWORD, now_ms()).await {
+            match hub.store().create_user(&claims.user, service::NO_PASSWORD, now_ms()).await {
                 Ok(()) => {
                     info!(user = claims.user, "account created for an identity provider's token");
                     true
                 }
                 // Created meanwhile by another connection, or the name of an erased account.
-                Err(StoreError::UserExists(_)) => matches!(hub.store.user(&claims.user).await, Ok(Some(_))),
+                Err(StoreError::UserExists(_)) => matches!(hub.store().user(&claims.user).await, Ok(Some(_))),
                 Err(err) => return Err(Box::new(store_error_frame(hub, Some(req), err))),
             }
         }
@@ -310,7 +310,7 @@ pub async fn create_room(ctx: &Ctx, req: ReqId, name: String, private: bool) -> 
             members: vec![ctx.user.clone()],
             ts: now_ms(),
         };
-        match ctx.hub.store.create_room(room, ctx.hub.limits.membership()).await {
+        match ctx.hub.store().create_room(room, ctx.hub.limits().membership()).await {
             Ok((record, Some(deliveries))) => {
                 ctx.hub.deliver(&deliveries.iter().collect::<Vec<_>>());
                 info!(user = ctx.user, room = record.id, "room created");
@@ -332,12 +332,12 @@ pub async fn open_direct(ctx: &Ctx, req: ReqId, other: String) -> ServerFrame {
     if other == ctx.user {
         return error_frame(Some(req), ErrorCode::Forbidden, "a direct conversation needs another user");
     }
-    match ctx.hub.store.user(&other).await {
+    match ctx.hub.store().user(&other).await {
         Ok(Some(_)) => {}
         Ok(None) => return error_frame(Some(req), ErrorCode::NoSuchUser, format!("no user `{other}`")),
         Err(err) => return store_error_frame(&ctx.hub, Some(req), err),
     }
-    match ctx.hub.store.is_blocked(&other, &ctx.user).await {
+    match ctx.hub.store().is_blocked(&other, &ctx.user).await {
         Ok(false) => {}
         Ok(true) => return messages::blocked_by(req, &other),
         Err(err) => return store_error_frame(&ctx.hub, Some(req), err),
@@ -355,7 +355,7 @@ pub async fn open_direct(ctx: &Ctx, req: ReqId, other: String) -> ServerFrame {
         members: vec![ctx.user.clone(), other],
         ts: now_ms(),
     };
-    match ctx.hub.store.create_room(room, ctx.hub.limits.membership()).await {
+    match ctx.hub.store().create_room(room, ctx.hub.limits().membership()).await {
         Ok((record, Some(deliveries))) => {
             ctx.hub.deliver(&deliveries.iter().collect::<Vec<_>>());
             ServerFrame::Room { req, room: room_info(record, 0) }
@@ -369,7 +369,7 @@ pub async fn open_direct(ctx: &Ctx, req: ReqId, other: String) -> ServerFrame {
 /// The caller's rooms, sorted by name (then id): one order on every backend, and the one a
 /// room list shows.
 pub async fn list_rooms(ctx: &Ctx, req: ReqId) -> ServerFrame {
-    match ctx.hub.store.rooms_of(&ctx.user).await {
+    match ctx.hub.store().rooms_of(&ctx.user).await {
         Ok(rooms) => {
             let mut rooms: Vec<RoomInfo> = rooms
                 .into_iter()
@@ -404,14 +404,14 @@ pub async fn history(
         (None, Some(after)) => HistoryPage::After(after),
         (None, None) => HistoryPage::Before(u64::MAX),
     };
-    let limit = match page_limit(&ctx.hub.limits, req, limit) {
+    let limit = match page_limit(ctx.hub.limits(), req, limit) {
         Ok(limit) => limit,
         Err(frame) => return *frame,
     };
     if let Err(frame) = require_member(ctx, req, &room).await {
         return frame;
     }
-    let (mut entries, more) = match ctx.hub.store.history(&room, page, limit).await {
+    let (mut entries, more) = match ctx.hub.store().history(&room, page, limit).await {
         Ok(page) => page,
         Err(err) => return store_error_frame(&ctx.hub, Some(req), err),
     };
@@ -490,7 +490,7 @@ pub async fn mark_read(ctx: &Ctx, req: ReqId, room: String, seq: u64) -> ServerF
     if let Err(frame) = require_member(ctx, req, &room).await {
         return frame;
     }
-    match ctx.hub.store.mark_read(&ctx.user, &room, seq).await {
+    match ctx.hub.store().mark_read(&ctx.user, &room, seq).await {
         Ok(stored) => {
             ctx.hub.broadcast_read(&ctx.user, &room, stored, ctx.conn_id);
             presence::read_receipt(ctx, &room, stored).await;
@@ -511,7 +511,7 @@ pub async fn set_notifications(
     if let Err(message) = names::validate_room_id(&room) {
         return error_frame(Some(req), ErrorCode::NoSuchRoom, message);
     }
-    match ctx.hub.store.set_notifications(&ctx.user, &room, level, muted_until).await {
+    match ctx.hub.store().set_notifications(&ctx.user, &room, level, muted_until).await {
         Ok(()) => ServerFrame::Ok { req },
         Err(err) => store_error_frame(&ctx.hub, Some(req), err),
     }
@@ -579,8 +579,8 @@ pub async fn send_command(
     let NewMessage { id, body, reply_to, mentions, attachments } = message;
     // A message of files alone needs no text.
     let text = if body.is_empty() && !attachments.is_empty() { "-" } else { &body };
-    check_send(&ctx.hub.limits, req, room, &id, text)?;
-    let mut details = messages::send_refs(&ctx.hub.limits, req, reply_to, mentions)?;
+    check_send(ctx.hub.limits(), req, room, &id, text)?;
+    let mut details = messages::send_refs(ctx.hub.limits(), req, reply_to, mentions)?;
     details.attachments = media::attachments(req, attachments)?;
     messages::check_not_blocked(ctx, req, room).await?;
     presence::typing_ended_by_send(ctx, room);
@@ -612,7 +612,7 @@ pub async fn apply(ctx: &Ctx, req: ReqId, room: &str, command: AppendCommand) ->
             Ok(outcome) => outcome,
             Err(err) => return store_error_frame(&ctx.hub, Some(req), err),
         };
-        let timeout = std::time::Duration::from_millis(ctx.hub.limits.request_timeout_ms);
+        let timeout = std::time::Duration::from_millis(ctx.hub.limits().request_timeout_ms);
         let result = crate::hub::append_outcome(room, outcome, timeout).await;
         room_reply(ctx, req, room, kind, invited, result).await
     }
@@ -640,7 +640,7 @@ pub async fn room_reply(
         }
         // Joining twice is not an error: the reply is the room either way.
         (EntryKind::Join, None, Ok(_)) | (EntryKind::Join, None, Err(StoreError::AlreadyMember { .. })) => {
-            match ctx.hub.store.room(room).await {
+            match ctx.hub.store().room(room).await {
                 Ok(Some(record)) => ServerFrame::Room { req, room: my_room_info(ctx, record).await },
                 Ok(None) => no_such_room(Some(req), room),
                 Err(err) => store_error_frame(&ctx.hub, Some(req), err),
@@ -651,7 +651,7 @@ pub async fn room_reply(
         // hear that (as `ok`): anyone else is refused as a non-member, or an outsider could
         // learn who is in any room by inviting them.
         (EntryKind::Join, Some(_), Err(StoreError::AlreadyMember { .. })) => {
-            match ctx.hub.store.is_member(room, &ctx.user).await {
+            match ctx.hub.store().is_member(room, &ctx.user).await {
                 Ok(true) => ServerFrame::Ok { req },
                 Ok(false) => refuse_room(ctx, req, room).await,
                 Err(err) => store_error_frame(&ctx.hub, Some(req), err),
@@ -701,7 +701,7 @@ pub(crate) async fn require_member(ctx: &Ctx, req: ReqId, room: &str) -> Result<
     if let Err(message) = names::validate_room_id(room) {
         return Err(error_frame(Some(req), ErrorCode::NoSuchRoom, message));
     }
-    match ctx.hub.store.is_member(room, &ctx.user).await {
+    match ctx.hub.store().is_member(room, &ctx.user).await {
         Ok(true) => Ok(()),
         Ok(false) | Err(StoreError::NoSuchRoom(_)) => Err(refuse_room(ctx, req, room).await),
         Err(err) => Err(store_error_frame(&ctx.hub, Some(req), err)),
@@ -710,7 +710,7 @@ pub(crate) async fn require_member(ctx: &Ctx, req: ReqId, room: &str) -> Result<
 
 /// The room as this user sees it, with their read position.
 async fn my_room_info(ctx: &Ctx, record: RoomRecord) -> RoomInfo {
-    let mine = match ctx.hub.store.rooms_of(&ctx.user).await {
+    let mine = match ctx.hub.store().rooms_of(&ctx.user).await {
         Ok(rooms) => rooms.into_iter().find(|mine| mine.room.id == record.id),
         Err(_) => None,
     };

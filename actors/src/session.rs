@@ -72,13 +72,13 @@ where
     Tx::Error: Display,
     Rx: Stream<Item = Result<Wire, WireError>> + Unpin + Send,
 {
-    Metrics::gauge(&hub.metrics.connections_open, 1);
-    Metrics::inc(&hub.metrics.connections_total);
+    Metrics::gauge(&hub.metrics().connections_open, 1);
+    Metrics::inc(&hub.metrics().connections_total);
     let mut session = Session::new(hub.clone(), peer, tx);
     let reason = session.run(rx).await;
     debug!(peer = %session.peer.addr, user = session.user().unwrap_or("-"), reason, "session ended");
     drop(session);
-    Metrics::gauge(&hub.metrics.connections_open, -1);
+    Metrics::gauge(&hub.metrics().connections_open, -1);
 }
 
 /// The session's hold on its registration; unregisters when dropped, whatever ends the session.
@@ -164,7 +164,7 @@ where
     Tx::Error: Display,
 {
     fn new(hub: Arc<Hub>, peer: Peer, tx: Tx) -> Self {
-        let bucket = TokenBucket::new(hub.limits.frames_per_second);
+        let bucket = TokenBucket::new(hub.limits().frames_per_second);
         Session {
             hub,
             peer,
@@ -190,7 +190,7 @@ where
         Rx: Stream<Item = Result<Wire, WireError>> + Unpin + Send,
     {
         let mut shutdown = self.hub.shutdown_signal();
-        let hello_deadline = tokio::time::sleep(Duration::from_millis(self.hub.limits.hello_timeout_ms));
+        let hello_deadline = tokio::time::sleep(Duration::from_millis(self.hub.limits().hello_timeout_ms));
         tokio::pin!(hello_deadline);
         // Armed by `hello`: from then on the connection has `limits.auth_timeout_ms` to
         // authenticate.
@@ -202,7 +202,7 @@ where
         let token_deadline = tokio::time::sleep(Duration::from_secs(86_400 * 365));
         tokio::pin!(token_deadline);
         let mut armed: Option<Instant> = None;
-        let max_inflight = self.hub.limits.max_inflight_per_connection;
+        let max_inflight = self.hub.limits().max_inflight_per_connection;
         loop {
             let catching_up = self.catch_up.is_some();
             let greeted = self.encoding.is_some();
@@ -247,8 +247,10 @@ where
                 }
                 Event::Client(None) => Err("client went away"),
                 Event::Client(Some(Err(WireError::TooLarge(detail)))) => {
-                    let message =
-                        format!("frame exceeds limits.max_frame_bytes ({}): {detail}", self.hub.limits.max_frame_bytes);
+                    let message = format!(
+                        "frame exceeds limits.max_frame_bytes ({}): {detail}",
+                        self.hub.limits().max_frame_bytes
+                    );
                     let _ = self.send(vec![error_frame(None, ErrorCode::FrameTooLarge, message)]).await;
                     self.close(close_code::TOO_BIG, "frame too large").await;
                     Err("frame too large")
@@ -272,7 +274,7 @@ where
             }
             if !auth_armed && self.encoding.is_some() {
                 auth_armed = true;
-                let at = Instant::now() + Duration::from_millis(self.hub.limits.auth_timeout_ms);
+                let at = Instant::now() + Duration::from_millis(self.hub.limits().auth_timeout_ms);
                 auth_deadline.as_mut().reset(at.into());
             }
             if self.token_expiry != armed {
@@ -301,12 +303,15 @@ where
                 return Err("client closed");
             }
         };
-        Metrics::inc(&self.hub.metrics.frames_in_total);
+        Metrics::inc(&self.hub.metrics().frames_in_total);
         if let Err(retry_after) = self.bucket.take() {
             let mut frame = error_frame(
                 result.as_ref().ok().map(ClientFrame::req),
                 ErrorCode::SlowDown,
-                format!("more than limits.frames_per_second ({}) frames per second", self.hub.limits.frames_per_second),
+                format!(
+                    "more than limits.frames_per_second ({}) frames per second",
+                    self.hub.limits().frames_per_second
+                ),
             );
             if let ServerFrame::Error { retry_after_ms, .. } = &mut frame {
                 *retry_after_ms = Some(retry_after.as_millis() as u64);
@@ -316,7 +321,7 @@ where
         let frame = match result {
             Ok(frame) => frame,
             Err(err) => {
-                Metrics::inc(&self.hub.metrics.frames_invalid_total);
+                Metrics::inc(&self.hub.metrics().frames_invalid_total);
                 // The decoder's message may quote the input, which can be as large as a frame.
                 let frame = error_frame(err.req, err.code, requests::bounded_message(&err.message));
                 if self.encoding.is_none() {
@@ -344,10 +349,10 @@ where
                 self.encoding = Some(encoding);
                 self.batch = batch;
                 debug!(peer = %self.peer.addr, client = client.as_deref().unwrap_or("-"), version, ?encoding, batch, "greeted");
-                let limits = &self.hub.limits;
+                let limits = self.hub.limits();
                 self.send(vec![ServerFrame::Welcome {
                     version,
-                    node: self.hub.node.clone(),
+                    node: self.hub.node().to_string(),
                     max_frame_bytes: limits.max_frame_bytes,
                     max_body_bytes: limits.max_body_bytes,
                     batch,
@@ -443,7 +448,7 @@ where
                 }
             }
             frame @ (ClientFrame::Edit { .. } | ClientFrame::Delete { .. } | ClientFrame::React { .. }) => {
-                match requests::messages::change_command(&hub.limits, &ctx.user, frame) {
+                match requests::messages::change_command(hub.limits(), &ctx.user, frame) {
                     Ok((req, room, command)) => {
                         if let Err(frame) = requests::messages::check_not_blocked(&ctx, req, &room).await {
                             return self.reply_in_order(vec![*frame]);
@@ -523,7 +528,7 @@ where
         match self.hub.append(&room, command).instrument(span.clone()).await {
             Ok(outcome) => self.pipeline(
                 async move {
-                    let timeout = Duration::from_millis(ctx.hub.limits.request_timeout_ms);
+                    let timeout = Duration::from_millis(ctx.hub.limits().request_timeout_ms);
                     let result = crate::hub::append_outcome(&room, outcome, timeout).await;
                     vec![requests::room_reply(&ctx, req, &room, kind, invited, result).await]
                 }
@@ -544,7 +549,7 @@ where
         rooms: BTreeMap<String, u64>,
     ) -> Flow {
         self.drain_pending().await?;
-        let max_rooms = self.hub.limits.max_rooms_per_user as usize;
+        let max_rooms = self.hub.limits().max_rooms_per_user as usize;
         if rooms.len() > max_rooms {
             let message = format!("`rooms` lists {} rooms; a user is in at most {max_rooms}", rooms.len());
             return self.send(vec![error_frame(Some(req), ErrorCode::InvalidField, message)]).await;
@@ -570,7 +575,7 @@ where
         // Register before reading the log: from here on every commit also reaches the inbox.
         let registration = self.hub.register(&user);
         self.bound = Some(Bound { hub: self.hub.clone(), user: user.clone(), registration });
-        let bounds = match self.hub.store.user_log_bounds(&user).await {
+        let bounds = match self.hub.store().user_log_bounds(&user).await {
             Ok(bounds) => bounds,
             Err(err) => {
                 self.bound = None;
@@ -581,7 +586,7 @@ where
         let mut frames = vec![ServerFrame::Authenticated { req, user: user.clone(), cursor: bounds.head }];
         if cursor.is_none_or(|cursor| cursor > bounds.head || cursor < bounds.floor) {
             // Not resuming: large rooms start live too, from their newest entry.
-            match self.hub.store.rooms_of(&user).await {
+            match self.hub.store().rooms_of(&user).await {
                 Ok(mine) => self.large.start_live(&mine),
                 Err(err) => {
                     self.bound = None;
@@ -614,7 +619,7 @@ where
     async fn logout_all(&mut self, req: ReqId) -> Flow {
         self.drain_pending().await?;
         let Some(user) = self.user().map(str::to_string) else { return Ok(()) };
-        match self.hub.store.revoke_tokens(&user).await {
+        match self.hub.store().revoke_tokens(&user).await {
             Ok(_) => {
                 info!(user, "logged out everywhere");
                 // Every connection of the user, this one included, closes on the signal.
@@ -653,9 +658,9 @@ where
     }
 
     fn read_page(&self, user: String) -> BoxFuture<'static, StoreResult<Page>> {
-        let store = self.hub.store.clone();
+        let store = self.hub.store().clone();
         let after = self.last_cursor;
-        let limit = self.hub.limits.replay_page_len;
+        let limit = self.hub.limits().replay_page_len;
         async move { store.user_log(&user, after, limit).await.map(Page::Log) }.boxed()
     }
 
@@ -666,15 +671,15 @@ where
     /// far more than the live fan-out it replaces (bench/findings.md).
     fn read_rooms(&self, user: String, reads: Option<Vec<RoomPlan>>) -> BoxFuture<'static, StoreResult<Page>> {
         let hub = self.hub.clone();
-        let limit = self.hub.limits.replay_page_len;
-        let replay_max = self.hub.limits.large_room_replay_max;
+        let limit = self.hub.limits().replay_page_len;
+        let replay_max = self.hub.limits().large_room_replay_max;
         let large = self.large.clone();
         let presented = self.catch_up.as_ref().and_then(|catch_up| catch_up.presented.clone());
         async move {
             let reads = match reads {
                 Some(reads) => reads,
                 None => {
-                    let rooms = hub.store.rooms_of(&user).await?;
+                    let rooms = hub.store().rooms_of(&user).await?;
                     let last_seq: HashMap<&str, u64> =
                         rooms.iter().map(|mine| (mine.room.id.as_str(), mine.room.last_seq)).collect();
                     let plan = large.plan(&rooms, presented.as_ref(), replay_max);
@@ -699,13 +704,13 @@ where
                         (entries, last < until)
                     }
                     None => {
-                        let (entries, more) = hub.store.history(room, HistoryPage::After(*after), limit).await?;
+                        let (entries, more) = hub.store().history(room, HistoryPage::After(*after), limit).await?;
                         (entries.into_iter().map(|entry| Arc::new(SharedEntry::new(entry))).collect(), more)
                     }
                 };
                 pages.push((plan, entries, more));
             }
-            Metrics::add(&hub.metrics.replayed_from_memory_total, from_memory);
+            Metrics::add(&hub.metrics().replayed_from_memory_total, from_memory);
             Ok(Page::Rooms(pages))
         }
         .boxed()
@@ -728,7 +733,7 @@ where
 
     /// A page of the user's log: send it, then read the next page or the large rooms.
     async fn on_log_page(&mut self, entries: Vec<LogEntry>) -> Flow {
-        let full_page = entries.len() as u32 >= self.hub.limits.replay_page_len;
+        let full_page = entries.len() as u32 >= self.hub.limits().replay_page_len;
         let mut frames = Vec::with_capacity(entries.len() + 1);
         for LogEntry { cursor, entry } in entries {
             debug_assert_eq!(cursor, self.last_cursor + 1, "user log cursors are dense");
@@ -738,7 +743,7 @@ where
             self.last_cursor = cursor;
             frames.push(ServerFrame::Message { cursor: Some(cursor), entry });
         }
-        Metrics::add(&self.hub.metrics.replayed_total, frames.len() as u64);
+        Metrics::add(&self.hub.metrics().replayed_total, frames.len() as u64);
         let user = self.user().unwrap_or_default().to_string();
         let page = if full_page { self.read_page(user) } else { self.read_rooms(user, None) };
         if let Some(catch_up) = &mut self.catch_up {
@@ -763,7 +768,7 @@ where
             }
             frames.extend(self.large.replayed(&user, &read.room, read.after, entries).into_iter().map(Out::Shared));
         }
-        Metrics::add(&self.hub.metrics.replayed_total, frames.len() as u64);
+        Metrics::add(&self.hub.metrics().replayed_total, frames.len() as u64);
         if !more.is_empty() {
             let page = self.read_rooms(user, Some(more));
             if let Some(catch_up) = &mut self.catch_up {
@@ -844,7 +849,7 @@ where
             }
         }
         if let Some(waited) = self.bound.as_mut().and_then(|bound| bound.registration.inbox.take_wait()) {
-            self.hub.metrics.delivery_wait_seconds.observe(waited);
+            self.hub.metrics().delivery_wait_seconds.observe(waited);
         }
         self.send_entries(frames).await
     }
@@ -857,11 +862,11 @@ where
         let ctx = Ctx { hub: self.hub.clone(), user: bound.user.clone(), conn_id: bound.registration.id };
         let mut delivered: Vec<(String, u64, Vec<String>)> = Vec::new();
         let mut left = false;
-        let max_members = self.hub.presence.settings.room_max_members;
+        let max_members = self.hub.presence().settings.room_max_members;
         // Whether each room of the batch may get receipts, asked of presence once per room (a
         // batch is often dozens of one room's entries, and the lookup takes a shared lock).
         let mut receipts: Vec<(&str, bool)> = Vec::new();
-        let presence = &self.hub.presence;
+        let presence = self.hub.presence();
         let mut room_takes_receipts = |room| {
             takes_receipts(&mut receipts, room, |room| {
                 // Rooms known to be too large for receipts are skipped here, before any work.
@@ -965,7 +970,7 @@ where
             return Ok(());
         }
         let frames = self.split_runs(encoding, frames);
-        let deadline = Instant::now() + Duration::from_millis(self.hub.limits.slow_client_timeout_ms);
+        let deadline = Instant::now() + Duration::from_millis(self.hub.limits().slow_client_timeout_ms);
         // Encoded and written a chunk at a time: a replay page of large entries (256 of 96 KiB
         // each, at worst) never exists encoded all at once.
         let mut rest = frames.into_iter().peekable();
@@ -1071,10 +1076,10 @@ where
     /// rather than a connection the WebSocket layer would have to drop.
     fn encode_frame(&self, encoding: Encoding, frame: &ServerFrame) -> Vec<u8> {
         let bytes = encode_server(encoding, frame);
-        let max = self.hub.limits.max_message_bytes();
+        let max = self.hub.limits().max_message_bytes();
         if bytes.len() <= max {
             if matches!(frame, ServerFrame::Error { .. }) {
-                Metrics::inc(&self.hub.metrics.errors_sent_total);
+                Metrics::inc(&self.hub.metrics().errors_sent_total);
             }
             return bytes;
         }
@@ -1082,7 +1087,7 @@ where
         warn!(peer = %self.peer.addr, bytes = bytes.len(), max, ?req, "reply larger than the largest message; refused");
         let message =
             format!("the reply would take {} bytes, more than the {max} a message may; ask for less", bytes.len());
-        Metrics::inc(&self.hub.metrics.errors_sent_total);
+        Metrics::inc(&self.hub.metrics().errors_sent_total);
         encode_server(encoding, &error_frame(req, ErrorCode::Internal, message))
     }
 
@@ -1103,7 +1108,7 @@ where
                 Err("write failed")
             }
             Err(_) => {
-                Metrics::inc(&self.hub.metrics.slow_clients_closed_total);
+                Metrics::inc(&self.hub.metrics().slow_clients_closed_total);
                 warn!(peer = %self.peer.addr, user = self.user().unwrap_or("-"), "client too slow; closing");
                 Err("slow client")
             }

@@ -210,8 +210,8 @@ async fn route(
 fn status(hub: &Hub) -> serde_json::Value {
     let (users, connections) = hub.connection_counts();
     serde_json::json!({
-        "node": hub.node,
-        "store": hub.store.backend(),
+        "node": hub.node(),
+        "store": hub.store().backend(),
         "draining": hub.is_shutting_down(),
         "users_online": users,
         "connections": connections,
@@ -222,10 +222,10 @@ fn status(hub: &Hub) -> serde_json::Value {
 /// `GET /metrics`: the hub's metrics and the ones computed at request time.
 fn metrics(hub: &Hub) -> String {
     let (users, connections) = hub.connection_counts();
-    let mut body = hub.metrics.render();
+    let mut body = hub.metrics().render();
     body.push_str(&gauge("users_online", "Users with at least one authenticated connection.", users as u64));
     body.push_str(&gauge("connections_authenticated", "Authenticated connections.", connections as u64));
-    if let Some(stats) = hub.store.write_stats() {
+    if let Some(stats) = hub.store().write_stats() {
         body.push_str(&store_metrics(&stats));
     }
     body

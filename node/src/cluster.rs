@@ -236,7 +236,7 @@ pub async fn start(
 pub async fn status(hub: &Hub, cluster: Option<&Cluster>, room: Option<&str>) -> serde_json::Value {
     let (users, connections) = hub.connection_counts();
     let mut body = serde_json::json!({
-        "node": hub.node,
+        "node": hub.node(),
         "draining": hub.is_shutting_down(),
         "rooms": hub.active_rooms(),
         "users_online": users,
@@ -258,9 +258,9 @@ pub async fn status(hub: &Hub, cluster: Option<&Cluster>, room: Option<&str>) ->
     if let Some(room) = room {
         let owner = match cluster {
             Some(cluster) => cluster.owner(room),
-            None => Some(hub.node.clone()),
+            None => Some(hub.node().to_string()),
         };
-        let claimed = match hub.store.room_owner(room).await {
+        let claimed = match hub.store().room_owner(room).await {
             Ok(Some((node, epoch))) => serde_json::json!({"node": node, "epoch": epoch}),
             Ok(None) => serde_json::Value::Null,
             Err(err) => serde_json::json!({"error": err.to_string()}),

@@ -61,7 +61,7 @@ pub async fn serve(
     mut stop: watch::Receiver<bool>,
     drain: Duration,
 ) {
-    let admission = Admission::new(hub.limits.max_connections, hub.limits.max_connections_per_address);
+    let admission = Admission::new(hub.limits().max_connections, hub.limits().max_connections_per_address);
     let port = Arc::new(port);
     let mut tasks = JoinSet::new();
     loop {
@@ -79,7 +79,7 @@ pub async fn serve(
                         });
                     }
                     Err(refused) => {
-                        actors::metrics::Metrics::inc(&hub.metrics.connections_refused_total);
+                        actors::metrics::Metrics::inc(&hub.metrics().connections_refused_total);
                         debug!(%peer, ?refused, "connection refused at accept");
                         if let Some(answer) = admission.refuse(stream, refused) {
                             tasks.spawn(answer);
@@ -108,7 +108,7 @@ pub async fn serve(
 async fn connection(mut stream: TcpStream, peer: SocketAddr, hub: Arc<Hub>, port: &ClientPort) -> io::Result<()> {
     let _ = stream.set_nodelay(true);
     // The handshake and the request head share one deadline.
-    let deadline = Instant::now() + Duration::from_millis(hub.limits.hello_timeout_ms);
+    let deadline = Instant::now() + Duration::from_millis(hub.limits().hello_timeout_ms);
     let Some(acceptor) = &port.tls else {
         return handle(stream, peer, hub, port, deadline).await;
     };
@@ -224,7 +224,7 @@ async fn readiness(hub: &Hub) -> (u16, String) {
         log_unready(&format!("cluster: {reason}"));
         return (503, format!("cluster: {reason}\n"));
     }
-    let unready = match tokio::time::timeout(Duration::from_secs(2), hub.store.room("readyz-probe")).await {
+    let unready = match tokio::time::timeout(Duration::from_secs(2), hub.store().room("readyz-probe")).await {
         Ok(Ok(_)) => return (200, "ready\n".into()),
         Ok(Err(err)) => format!("store: {err}"),
         Err(_) => "store: no answer within 2 s".to_string(),
@@ -252,7 +252,7 @@ async fn websocket<S>(stream: S, rest: Vec<u8>, peer: SocketAddr, hub: Arc<Hub>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let max_frame = hub.limits.max_frame_bytes as usize;
+    let max_frame = hub.limits().max_frame_bytes as usize;
     // Small buffers: tungstenite's defaults (128 KiB each) would cost far more than the whole
     // per-connection budget. Client frames are small; a larger one grows the buffer as needed.
     // A message is refused (and the connection lost) unless it fits the write buffer on top of
@@ -262,7 +262,7 @@ where
     let config = WebSocketConfig::default()
         .read_buffer_size(1024)
         .write_buffer_size(write_buffer)
-        .max_write_buffer_size(write_buffer + hub.limits.max_message_bytes() + 16)
+        .max_write_buffer_size(write_buffer + hub.limits().max_message_bytes() + 16)
         .max_message_size(Some(max_frame))
         .max_frame_size(Some(max_frame));
     let ws = WebSocketStream::from_partially_read(stream, rest, Role::Server, Some(config)).await;

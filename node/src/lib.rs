@@ -72,7 +72,7 @@ pub async fn build_hub(config: &Config) -> anyhow::Result<Arc<Hub>> {
     let hub = Hub::new(config.node.name.clone(), config.limits.clone(), config.presence.clone(), store, auth);
     // Media links are signed with a key derived from the token key, which every node of a
     // cluster shares, so any node serves a link any node made.
-    hub.set_media_links(MediaLinks::new(&hub.auth.config().token_key, config.media.url_ttl_s));
+    hub.set_media_links(MediaLinks::new(&hub.auth().config().token_key, config.media.url_ttl_s));
     Ok(hub)
 }
 
@@ -119,7 +119,7 @@ pub async fn run(config: Config, stop: watch::Receiver<bool>) -> anyhow::Result<
         .await
         .with_context(|| format!("binding client.listen {}", config.client.listen))?;
     let addr = listener.local_addr()?;
-    info!(node = config.node.name, %addr, tls = client_tls.is_some(), store = hub.store.backend(), "listening");
+    info!(node = config.node.name, %addr, tls = client_tls.is_some(), store = hub.store().backend(), "listening");
     info!(node = config.node.name, addr = %admin_addr, token = admin_token.is_some(), "admin port listening");
     // Machine-readable lines for scripts and tests that start the node on port 0; the client
     // port's comes last, so whoever waits for it has seen the admin port's.

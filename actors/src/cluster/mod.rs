@@ -203,7 +203,7 @@ impl Cluster {
         let result = self.membership.lock().on_heartbeat(hb, self.incarnation, Instant::now());
         if let Err(message) = result {
             if let Some(hub) = self.hub() {
-                Metrics::inc(&hub.metrics.cluster_invalid_messages_total);
+                Metrics::inc(&hub.metrics().cluster_invalid_messages_total);
             }
             tracing::error!(node = %self.settings.node, "{message}");
             return;
@@ -211,7 +211,7 @@ impl Cluster {
         self.refresh();
         if !hb.leaving {
             if let Some(hub) = self.hub() {
-                hub.presence.on_heartbeat(self, &hb.from, hb.incarnation, hb.presence_seq);
+                hub.presence().on_heartbeat(self, &hb.from, hb.incarnation, hb.presence_seq);
             }
         }
     }
@@ -237,12 +237,12 @@ impl Cluster {
             );
         }
         let Some(hub) = self.hub() else { return };
-        Metrics::set(&hub.metrics.cluster_nodes_live, new.live.len() as i64);
+        Metrics::set(&hub.metrics().cluster_nodes_live, new.live.len() as i64);
         // Users connected only to nodes that left are offline now (their records stay as
         // last-seen until those nodes are back with a snapshot).
         let gone: Vec<String> = old.live.iter().filter(|node| !new.live.contains(node)).cloned().collect();
         if !gone.is_empty() {
-            hub.presence.on_view(&gone);
+            hub.presence().on_view(&gone);
         }
         // Rooms this node no longer owns: stop their actors (queued commands fail as
         // `unavailable` and are retried at the new owner, which claims the next epoch).
@@ -292,7 +292,7 @@ impl Cluster {
             live,
             known: membership.known(),
             leaving: membership.is_leaving(),
-            presence_seq: self.hub().map_or(0, |hub| hub.presence.sent_seq()),
+            presence_seq: self.hub().map_or(0, |hub| hub.presence().sent_seq()),
             forgotten: membership.tombstones(),
             delivers_runs: true,
         }
@@ -364,7 +364,7 @@ impl Cluster {
     fn queue_run(&self, hub: &Hub, mut run: impl ExactSizeIterator<Item = Delivery>) {
         while let Some(delivery) = run.next() {
             if let Err(mpsc::error::TrySendError::Full(delivery)) = self.deliveries.try_send(delivery) {
-                Metrics::add(&hub.metrics.cluster_deliveries_shed_total, 1 + run.len() as u64);
+                Metrics::add(&hub.metrics().cluster_deliveries_shed_total, 1 + run.len() as u64);
                 hub.lag_recipients(&delivery);
                 return;
             }
@@ -515,7 +515,7 @@ impl Peers for Cluster {
             return Err(unavailable("and its link just closed"));
         }
         if let Some(hub) = self.hub() {
-            Metrics::inc(&hub.metrics.cluster_forwarded_total);
+            Metrics::inc(&hub.metrics().cluster_forwarded_total);
         }
         Ok(outcome)
     }
@@ -550,7 +550,7 @@ impl Peers for Cluster {
             }
         }
         if let Some(hub) = self.hub() {
-            Metrics::add(&hub.metrics.cluster_deliveries_sent_total, sent);
+            Metrics::add(&hub.metrics().cluster_deliveries_sent_total, sent);
         }
     }
 
@@ -707,7 +707,7 @@ mod tests {
         cluster.accept_delivery(&hub, delivery(2));
         assert!(ann.signals.lagged.load(Ordering::Acquire), "shed: ann must read the store");
         assert!(!bob.signals.lagged.load(Ordering::Acquire), "bob is not a recipient");
-        assert_eq!(hub.metrics.cluster_deliveries_shed_total.load(Ordering::Relaxed), 1);
+        assert_eq!(hub.metrics().cluster_deliveries_shed_total.load(Ordering::Relaxed), 1);
     }
 
     /// A run that does not fit the fan-out queue: what fits is queued, the rest of the run is
@@ -724,9 +724,9 @@ mod tests {
         cluster.accept_run(&hub, run);
         let rx = cluster.deliveries_rx.lock().take().expect("receiver");
         assert_eq!(rx.len(), 2, "two fit");
-        assert_eq!(hub.metrics.cluster_deliveries_shed_total.load(Ordering::Relaxed), 3);
+        assert_eq!(hub.metrics().cluster_deliveries_shed_total.load(Ordering::Relaxed), 3);
         assert!(ann.signals.lagged.load(Ordering::Acquire), "ann must read the store");
-        assert_eq!(hub.metrics.deliveries_lagged_total.load(Ordering::Relaxed), 1, "marked once for the run");
+        assert_eq!(hub.metrics().deliveries_lagged_total.load(Ordering::Relaxed), 1, "marked once for the run");
     }
 
     /// A list equal to the last one of its room is replaced by that one (the hub's fan-out cache

@@ -57,21 +57,21 @@ impl Actor for RouterActor {
             RouterMessage::Reply(reply) => state.cluster.complete(reply),
             RouterMessage::Deliver(bytes) => match wire::decode_delivery(&bytes) {
                 Ok(delivery) => {
-                    Metrics::inc(&state.hub.metrics.cluster_deliveries_received_total);
+                    Metrics::inc(&state.hub.metrics().cluster_deliveries_received_total);
                     state.cluster.accept_delivery(&state.hub, delivery);
                 }
                 Err(reason) => invalid(state, &reason),
             },
             RouterMessage::DeliverRun(bytes) => match wire::decode_run(&bytes) {
                 Ok(run) => {
-                    Metrics::inc(&state.hub.metrics.cluster_delivery_runs_received_total);
-                    Metrics::add(&state.hub.metrics.cluster_deliveries_received_total, run.len() as u64);
+                    Metrics::inc(&state.hub.metrics().cluster_delivery_runs_received_total);
+                    Metrics::add(&state.hub.metrics().cluster_deliveries_received_total, run.len() as u64);
                     state.cluster.accept_run(&state.hub, run);
                 }
                 Err(reason) => invalid(state, &reason),
             },
-            RouterMessage::Presence(batch) => state.hub.presence.on_batch(state.hub.as_ref(), batch),
-            RouterMessage::PresenceWant(from) => state.hub.presence.on_want(state.hub.as_ref(), &from),
+            RouterMessage::Presence(batch) => state.hub.presence().on_batch(state.hub.as_ref(), batch),
+            RouterMessage::PresenceWant(from) => state.hub.presence().on_want(state.hub.as_ref(), &from),
             RouterMessage::Push(bytes) => match wire::decode_push(&bytes) {
                 Ok(push) => state.hub.push_local(&push.users, &push.frame),
                 Err(reason) => invalid(state, &reason),
@@ -83,6 +83,6 @@ impl Actor for RouterActor {
 }
 
 fn invalid(state: &RouterState, reason: &str) {
-    Metrics::inc(&state.hub.metrics.cluster_invalid_messages_total);
+    Metrics::inc(&state.hub.metrics().cluster_invalid_messages_total);
     warn!(node = %state.cluster.name(), reason, "dropped an inter-node message that did not decode");
 }

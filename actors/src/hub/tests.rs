@@ -81,7 +81,7 @@ async fn runs_of_a_large_rooms_entries_reach_the_members_of_each_entrys_list_in_
     assert_eq!(seqs(queued_runs(&mut a)), [vec![1, 2], vec![3], vec![4]]);
     let r1 = |seq| ("r1".to_string(), seq);
     assert_eq!(queued(&mut b), [r1(1), r1(2), ("r2".to_string(), 1)]);
-    assert_eq!(hub.metrics.deliveries_total.load(Ordering::Relaxed), 7);
+    assert_eq!(hub.metrics().deliveries_total.load(Ordering::Relaxed), 7);
     assert!(!a.signals.lagged.load(Ordering::Acquire) && !b.signals.lagged.load(Ordering::Acquire));
 }
 
@@ -102,7 +102,7 @@ async fn a_run_that_does_not_fit_a_queue_marks_that_connection_lagged() {
     // b has what was queued before, and reads the whole run from the store.
     assert_eq!(queued(&mut b), [r1(1)]);
     assert!(b.signals.lagged.load(Ordering::Acquire), "b missed seqs 2 to 4");
-    assert_eq!(hub.metrics.deliveries_lagged_total.load(Ordering::Relaxed), 1);
+    assert_eq!(hub.metrics().deliveries_lagged_total.load(Ordering::Relaxed), 1);
 }
 
 /// Entries from another node are kept as they arrive (`keep_recent`); their fan-out shares

@@ -106,14 +106,14 @@ impl Worker {
 
     /// One look at the queue and the clears; whether anything was done (then look again at once).
     async fn pass(&self) -> StoreResult<bool> {
-        let held = self.lease.hold(self.hub.store.as_ref(), &self.hub.node).await?;
-        Metrics::set(&self.hub.metrics.push_sending, i64::from(held));
+        let held = self.lease.hold(self.hub.store().as_ref(), self.hub.node()).await?;
+        Metrics::set(&self.hub.metrics().push_sending, i64::from(held));
         if !held {
             return Ok(false);
         }
         let cleared = self.clears().await?;
         let from = self.next_from.lock().clone();
-        let rows = self.hub.store.push_queue(&from, ROWS_PER_PASS).await?;
+        let rows = self.hub.store().push_queue(&from, ROWS_PER_PASS).await?;
         *self.next_from.lock() = next_from(&rows);
         let mut rooms: Vec<(String, Vec<u64>)> = Vec::new();
         for OutboxEvent { stream, seq, .. } in rows {
@@ -155,7 +155,7 @@ impl Worker {
         let (room, seqs) = (room.as_str(), seqs.as_slice());
         if !self.any_provider {
             // Nothing could be sent: keep the queue from growing, and read nothing for it.
-            self.hub.store.push_done(room, seqs[seqs.len() - 1], &[]).await?;
+            self.hub.store().push_done(room, seqs[seqs.len() - 1], &[]).await?;
             return Ok(true);
         }
         if self.is_paused(room) {
@@ -172,15 +172,15 @@ impl Worker {
         }
         let through = seqs[seqs.len() - 1];
         let due: Vec<&Entry> = seqs.iter().filter_map(|seq| entries.get(seq)).collect();
-        let Some(record) = self.hub.store.room(room).await? else {
+        let Some(record) = self.hub.store().room(room).await? else {
             // The room is gone (never, today): nothing to tell anyone.
-            self.hub.store.push_done(room, through, &[]).await?;
+            self.hub.store().push_done(room, through, &[]).await?;
             return Ok(true);
         };
-        let members = self.hub.store.push_members(room).await?;
+        let members = self.hub.store().push_members(room).await?;
         let mut told: BTreeMap<String, Vec<Entry>> = BTreeMap::new();
         for member in &members {
-            let presence = self.hub.presence.get(&member.user);
+            let presence = self.hub.presence().get(&member.user);
             let theirs: Vec<Entry> = due
                 .iter()
                 .filter(|entry| rule::tells(member, entry, record.kind, &presence, now))
@@ -209,7 +209,7 @@ impl Worker {
             self.pause(room, &retry);
             return Ok(false);
         }
-        self.hub.store.push_done(room, through, &recorded).await?;
+        self.hub.store().push_done(room, through, &recorded).await?;
         self.accepted.lock().remove(room);
         self.paused.lock().remove(room);
         Ok(true)
@@ -222,7 +222,7 @@ impl Worker {
         let mut after = first - 1;
         while after < last {
             let span = u32::try_from(last - after).unwrap_or(u32::MAX).min(ROWS_PER_PASS);
-            let (page, _) = self.hub.store.history(room, HistoryPage::After(after), span).await?;
+            let (page, _) = self.hub.store().history(room, HistoryPage::After(after), span).await?;
             let Some(end) = page.last().map(|e| e.seq) else { break };
             after = end;
             entries.extend(page.into_iter().filter(|e| seqs.binary_search(&e.seq).is_ok()).map(|e| (e.seq, e)));
@@ -266,7 +266,7 @@ impl Worker {
                     self.accepted.lock().entry(room.id.clone()).or_default().insert(key);
                     let due = latest.ts.saturating_add(self.settings.delay_ms);
                     let late = now_ms().saturating_sub(due);
-                    self.hub.metrics.push_latency_seconds.observe(Duration::from_millis(late));
+                    self.hub.metrics().push_latency_seconds.observe(Duration::from_millis(late));
                 }
                 Err(why) => retry = Some(why),
             }
@@ -282,7 +282,7 @@ impl Worker {
         if self.is_paused(CLEARS) {
             return Ok(false);
         }
-        let clears = self.hub.store.push_clears(CLEARS_PER_PASS).await?;
+        let clears = self.hub.store().push_clears(CLEARS_PER_PASS).await?;
         if clears.is_empty() {
             return Ok(false);
         }
@@ -304,7 +304,7 @@ impl Worker {
         } else {
             self.paused.lock().remove(CLEARS);
         }
-        self.hub.store.push_cleared(&done).await?;
+        self.hub.store().push_cleared(&done).await?;
         Ok(!done.is_empty())
     }
 
@@ -326,19 +326,19 @@ impl Worker {
         for device in &devices {
             self.send(&clear.user, device, &note).await?;
         }
-        Metrics::inc(&self.hub.metrics.push_clears_sent_total);
+        Metrics::inc(&self.hub.metrics().push_clears_sent_total);
         Ok(clear)
     }
 
     async fn devices(&self, user: &str) -> Result<Vec<DeviceRecord>, Retry> {
-        self.hub.store.devices(user).await.map_err(|err| Retry { reason: format!("store: {err}"), after: None })
+        self.hub.store().devices(user).await.map_err(|err| Retry { reason: format!("store: {err}"), after: None })
     }
 
     /// The user's unread messages over all their rooms: the badge.
     async fn badge(&self, user: &str) -> Result<u64, Retry> {
         let rooms = self
             .hub
-            .store
+            .store()
             .rooms_of(user)
             .await
             .map_err(|err| Retry { reason: format!("store: {err}"), after: None })?;
@@ -348,14 +348,14 @@ impl Worker {
     /// Hand `note` to `device`'s provider: `Ok` when accepted or when it never will be (a device
     /// the provider no longer knows is removed), `Err` to try again.
     async fn send(&self, user: &str, device: &DeviceRecord, note: &Notification) -> Result<(), Retry> {
-        Metrics::inc(&self.hub.metrics.push_requests_total);
+        Metrics::inc(&self.hub.metrics().push_requests_total);
         match self.providers.send(device, note).await {
             Outcome::Delivered => {
-                Metrics::inc(&self.hub.metrics.push_delivered_total);
+                Metrics::inc(&self.hub.metrics().push_delivered_total);
                 Ok(())
             }
             Outcome::Unregistered(reason) => {
-                Metrics::inc(&self.hub.metrics.push_devices_removed_total);
+                Metrics::inc(&self.hub.metrics().push_devices_removed_total);
                 info!(
                     user,
                     device = device.id,
@@ -363,18 +363,18 @@ impl Worker {
                     reason,
                     "push: device unregistered by its provider; removed"
                 );
-                if let Err(err) = self.hub.store.remove_device(user, &device.id).await {
+                if let Err(err) = self.hub.store().remove_device(user, &device.id).await {
                     return Err(Retry { reason: format!("store: {err}"), after: None });
                 }
                 Ok(())
             }
             Outcome::Failed(reason) => {
-                Metrics::inc(&self.hub.metrics.push_failed_total);
+                Metrics::inc(&self.hub.metrics().push_failed_total);
                 warn!(user, device = device.id, platform = device.platform.name(), reason, "push: failed for good");
                 Ok(())
             }
             Outcome::Retry { reason, after } => {
-                Metrics::inc(&self.hub.metrics.push_retries_total);
+                Metrics::inc(&self.hub.metrics().push_retries_total);
                 Err(Retry { reason: format!("{}: {reason}", device.platform.name()), after })
             }
         }

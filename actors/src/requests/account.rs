@@ -31,18 +31,18 @@ pub async fn delete_account(
     addr: &str,
 ) -> Result<(), ServerFrame> {
     let fail = |err: StoreError| store_error_frame(hub, Some(req), err);
-    let attempt = match hub.auth.limiter().start_login(user, client_ip(addr)) {
+    let attempt = match hub.auth().limiter().start_login(user, client_ip(addr)) {
         Ok(attempt) => attempt,
         Err(refused) => return Err(rate_limited(req, "too many password attempts; wait", refused.retry_after)),
     };
-    let stored = match hub.store.user(user).await {
+    let stored = match hub.store().user(user).await {
         Ok(record) => record.map(|record| record.password_hash),
         Err(err) => {
             attempt.cancel();
             return Err(fail(err));
         }
     };
-    match hub.auth.verify_in_pool(stored, password).await {
+    match hub.auth().verify_in_pool(stored, password).await {
         Ok(true) => attempt.succeeded(),
         // Dropped unfinished, the attempt counts as a failure.
         Ok(false) => return Err(error_frame(Some(req), ErrorCode::InvalidCredentials, "wrong password")),
@@ -59,10 +59,10 @@ pub async fn delete_account(
 pub async fn erase(hub: &Arc<Hub>, req: ReqId, user: &str) -> Result<(), ServerFrame> {
     let fail = |err: StoreError| store_error_frame(hub, Some(req), err);
     for _ in 0..ROUNDS {
-        for mine in hub.store.rooms_of(user).await.map_err(fail)? {
+        for mine in hub.store().rooms_of(user).await.map_err(fail)? {
             leave(hub, user, &mine.room.id).await.map_err(fail)?;
         }
-        match hub.store.delete_account(user, now_ms()).await {
+        match hub.store().delete_account(user, now_ms()).await {
             Ok(()) => return Ok(()),
             Err(StoreError::AlreadyMember { .. }) => continue,
             Err(err) => return Err(fail(err)),
@@ -77,7 +77,7 @@ pub async fn erase(hub: &Arc<Hub>, req: ReqId, user: &str) -> Result<(), ServerF
 async fn leave(hub: &Arc<Hub>, user: &str, room: &str) -> Result<(), StoreError> {
     let command = membership_command(EntryKind::Leave, user, user);
     let outcome = hub.append(room, command).await?;
-    let timeout = Duration::from_millis(hub.limits.request_timeout_ms);
+    let timeout = Duration::from_millis(hub.limits().request_timeout_ms);
     match append_outcome(room, outcome, timeout).await {
         Ok(_) | Err(StoreError::NotMember { .. }) => Ok(()),
         Err(err) => Err(err),

@@ -24,7 +24,7 @@ pub async fn register(ctx: &Ctx, req: ReqId, device: NewDevice) -> ServerFrame {
         Ok(record) => record,
         Err(message) => return error_frame(Some(req), ErrorCode::InvalidField, message),
     };
-    match ctx.hub.store.put_device(&ctx.user, record, ctx.hub.limits.max_devices_per_user).await {
+    match ctx.hub.store().put_device(&ctx.user, record, ctx.hub.limits().max_devices_per_user).await {
         Ok(stored) => ServerFrame::Device { req, device: info(&stored) },
         Err(err) => store_error_frame(&ctx.hub, Some(req), err),
     }
@@ -32,7 +32,7 @@ pub async fn register(ctx: &Ctx, req: ReqId, device: NewDevice) -> ServerFrame {
 
 /// `list_devices`.
 pub async fn list(ctx: &Ctx, req: ReqId) -> ServerFrame {
-    match ctx.hub.store.devices(&ctx.user).await {
+    match ctx.hub.store().devices(&ctx.user).await {
         Ok(devices) => ServerFrame::Devices { req, devices: devices.iter().map(info).collect() },
         Err(err) => store_error_frame(&ctx.hub, Some(req), err),
     }
@@ -40,7 +40,7 @@ pub async fn list(ctx: &Ctx, req: ReqId) -> ServerFrame {
 
 /// `remove_device`.
 pub async fn remove(ctx: &Ctx, req: ReqId, id: String) -> ServerFrame {
-    match ctx.hub.store.remove_device(&ctx.user, &id).await {
+    match ctx.hub.store().remove_device(&ctx.user, &id).await {
         Ok(true) => ServerFrame::Ok { req },
         Ok(false) => error_frame(
             Some(req),

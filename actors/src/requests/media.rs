@@ -44,7 +44,7 @@ pub async fn media_url(ctx: &Ctx, req: ReqId, media: String) -> ServerFrame {
     if let Err(message) = names::validate_media_id(&media) {
         return error_frame(Some(req), ErrorCode::InvalidField, message);
     }
-    let record = match ctx.hub.store.media(&media).await {
+    let record = match ctx.hub.store().media(&media).await {
         Ok(record) => record,
         Err(err) => return store_error_frame(&ctx.hub, Some(req), err),
     };
@@ -71,7 +71,7 @@ async fn may_see(ctx: &Ctx, req: ReqId, record: &MediaRecord) -> Result<bool, Se
         MediaState::Ready => Ok(record.owner == ctx.user),
         MediaState::Attached { .. } if record.owner == ctx.user => Ok(true),
         MediaState::Attached { room, .. } => {
-            ctx.hub.store.is_member(room, &ctx.user).await.map_err(|err| store_error_frame(&ctx.hub, Some(req), err))
+            ctx.hub.store().is_member(room, &ctx.user).await.map_err(|err| store_error_frame(&ctx.hub, Some(req), err))
         }
         MediaState::Uploading | MediaState::Doomed => Ok(false),
     }

@@ -86,7 +86,7 @@ pub async fn add_reactions(ctx: &Ctx, room: &str, entries: &mut [Entry]) -> Resu
         return Ok(());
     }
     let seqs: Vec<u64> = messages.iter().map(|&i| entries[i].seq).collect();
-    let reactions = ctx.hub.store.reactions(room, &seqs, &ctx.user).await?;
+    let reactions = ctx.hub.store().reactions(room, &seqs, &ctx.user).await?;
     for (i, counts) in messages.into_iter().zip(reactions) {
         entries[i].reactions = counts;
     }
@@ -102,14 +102,14 @@ pub async fn thread(
     after: Option<u64>,
     limit: Option<u32>,
 ) -> ServerFrame {
-    let limit = match super::page_limit(&ctx.hub.limits, req, limit) {
+    let limit = match super::page_limit(ctx.hub.limits(), req, limit) {
         Ok(limit) => limit,
         Err(frame) => return *frame,
     };
     if let Err(frame) = require_member(ctx, req, &room).await {
         return frame;
     }
-    let (root, mut replies, more) = match ctx.hub.store.thread(&room, root, after.unwrap_or(0), limit).await {
+    let (root, mut replies, more) = match ctx.hub.store().thread(&room, root, after.unwrap_or(0), limit).await {
         Ok(thread) => thread,
         Err(err) => return store_error_frame(&ctx.hub, Some(req), err),
     };
@@ -129,7 +129,7 @@ pub async fn thread(
 /// Refuse a write to a direct conversation whose other user blocked the caller.
 pub async fn check_not_blocked(ctx: &Ctx, req: ReqId, room: &str) -> Result<(), Box<ServerFrame>> {
     let Some(other) = names::direct_peer(room, &ctx.user) else { return Ok(()) };
-    match ctx.hub.store.is_blocked(other, &ctx.user).await {
+    match ctx.hub.store().is_blocked(other, &ctx.user).await {
         Ok(false) => Ok(()),
         Ok(true) => Err(Box::new(blocked_by(req, other))),
         Err(err) => Err(Box::new(store_error_frame(&ctx.hub, Some(req), err))),
@@ -148,7 +148,7 @@ pub async fn blocks(ctx: &Ctx, frame: ClientFrame) -> ServerFrame {
         ClientFrame::Block { user, .. } => (user, true),
         ClientFrame::Unblock { user, .. } => (user, false),
         _ => {
-            return match ctx.hub.store.blocked_by(&ctx.user).await {
+            return match ctx.hub.store().blocked_by(&ctx.user).await {
                 Ok(users) => ServerFrame::Blocked { req, users },
                 Err(err) => store_error_frame(&ctx.hub, Some(req), err),
             }
@@ -160,7 +160,7 @@ pub async fn blocks(ctx: &Ctx, frame: ClientFrame) -> ServerFrame {
     if other == ctx.user {
         return error_frame(Some(req), ErrorCode::InvalidField, "you cannot block yourself");
     }
-    match ctx.hub.store.set_blocked(&ctx.user, &other, blocked).await {
+    match ctx.hub.store().set_blocked(&ctx.user, &other, blocked).await {
         Ok(()) => ServerFrame::Ok { req },
         Err(err) => store_error_frame(&ctx.hub, Some(req), err),
     }

@@ -13,7 +13,7 @@ use crate::store::StoreError;
 
 /// `set_presence`: online or away, with an optional status text.
 pub fn set_presence(ctx: &Ctx, req: ReqId, state: PresenceState, status: Option<String>) -> ServerFrame {
-    let settings = &ctx.hub.presence.settings;
+    let settings = &ctx.hub.presence().settings;
     let away = match state {
         PresenceState::Online => false,
         PresenceState::Away => true,
@@ -44,7 +44,7 @@ pub fn set_presence(ctx: &Ctx, req: ReqId, state: PresenceState, status: Option<
             return error_frame(Some(req), ErrorCode::InvalidField, message);
         }
     }
-    if ctx.hub.presence.set_state(&ctx.user, away, status) {
+    if ctx.hub.presence().set_state(&ctx.user, away, status) {
         ServerFrame::Ok { req }
     } else {
         error_frame(Some(req), ErrorCode::Unavailable, "this connection is closing; retry on a new one")
@@ -53,7 +53,7 @@ pub fn set_presence(ctx: &Ctx, req: ReqId, state: PresenceState, status: Option<
 
 /// `watch_presence`: replace this connection's watch list with the visible ones of `users`.
 pub async fn watch_presence(ctx: &Ctx, req: ReqId, users: Vec<String>) -> ServerFrame {
-    let max = ctx.hub.presence.settings.max_watched;
+    let max = ctx.hub.presence().settings.max_watched;
     let mut seen = HashSet::new();
     let users: Vec<String> = users.into_iter().filter(|user| seen.insert(user.clone())).collect();
     if users.len() > max {
@@ -65,19 +65,20 @@ pub async fn watch_presence(ctx: &Ctx, req: ReqId, users: Vec<String>) -> Server
         Err(err) => return store_error_frame(&ctx.hub, Some(req), err),
     };
     ctx.hub.watch_presence(&ctx.user, ctx.conn_id, visible.clone());
-    let users = ctx.hub.presence.watch_list(ctx.conn_id, &visible);
+    let users = ctx.hub.presence().watch_list(ctx.conn_id, &visible);
     ServerFrame::PresenceList { req, users, hidden }
 }
 
 /// Split `users` into those the caller may watch (itself, and users sharing a room or direct
 /// conversation with it) and the rest. Unknown users land in the rest, indistinguishable.
 async fn visible_users(ctx: &Ctx, users: Vec<String>) -> Result<(Vec<String>, Vec<String>), StoreError> {
-    let mine: HashSet<String> = ctx.hub.store.rooms_of(&ctx.user).await?.into_iter().map(|mine| mine.room.id).collect();
+    let mine: HashSet<String> =
+        ctx.hub.store().rooms_of(&ctx.user).await?.into_iter().map(|mine| mine.room.id).collect();
     let mut visible = Vec::new();
     let mut hidden = Vec::new();
     for user in users {
         let shares = user == ctx.user
-            || match ctx.hub.store.rooms_of(&user).await {
+            || match ctx.hub.store().rooms_of(&user).await {
                 Ok(theirs) => theirs.iter().any(|theirs| mine.contains(&theirs.room.id)),
                 Err(StoreError::NoSuchUser(_)) => false,
                 Err(err) => return Err(err),
@@ -94,7 +95,7 @@ async fn visible_users(ctx: &Ctx, users: Vec<String>) -> Result<(Vec<String>, Ve
 /// A membership changed somewhere this connection can see: drop watched users it no longer
 /// shares a room with, so a former room-mate's presence stops flowing.
 pub async fn revalidate_watch(ctx: &Ctx) {
-    let watched = ctx.hub.presence.watched_by(ctx.conn_id);
+    let watched = ctx.hub.presence().watched_by(ctx.conn_id);
     if watched.is_empty() {
         return;
     }
@@ -108,7 +109,7 @@ pub async fn revalidate_watch(ctx: &Ctx) {
 /// `typing`: tell the room's other members, on whatever node they are. `None` on success (the
 /// frame has no reply), the error frame otherwise.
 pub async fn typing(ctx: &Ctx, req: ReqId, room: String, active: bool) -> Option<ServerFrame> {
-    let presence = &ctx.hub.presence;
+    let presence = ctx.hub.presence();
     let ttl = presence.settings.typing_ttl_ms;
     let recipients = match presence.typing_update(&room, &ctx.user, active) {
         TypingUpdate::Nothing => return None,
@@ -134,7 +135,7 @@ pub async fn typing(ctx: &Ctx, req: ReqId, room: String, active: bool) -> Option
 
 /// A `send` ends the sender's typing indicator in that room, if this node holds one.
 pub fn typing_ended_by_send(ctx: &Ctx, room: &str) {
-    if let TypingUpdate::Stop(recipients) = ctx.hub.presence.typing_update(room, &ctx.user, false) {
+    if let TypingUpdate::Stop(recipients) = ctx.hub.presence().typing_update(room, &ctx.user, false) {
         let frame =
             ServerFrame::Typing { room: room.to_string(), user: ctx.user.clone(), active: false, expires_in_ms: 0 };
         ctx.hub.push(&recipients, frame);
@@ -145,7 +146,7 @@ pub fn typing_ended_by_send(ctx: &Ctx, room: &str) {
 /// pushes of `what`.
 async fn pushable_members(ctx: &Ctx, req: ReqId, room: &str, what: &str) -> Result<Vec<String>, ServerFrame> {
     let members = members_as_member(ctx, req, room).await?;
-    let max = ctx.hub.presence.settings.room_max_members;
+    let max = ctx.hub.presence().settings.room_max_members;
     if members.len() as u64 > u64::from(max) {
         let message = format!(
             "`{room}` has {} members; {what} is pushed only in rooms of at most presence.room_max_members ({max})",
@@ -159,20 +160,20 @@ async fn pushable_members(ctx: &Ctx, req: ReqId, room: &str, what: &str) -> Resu
 /// The members of `room` if the caller is one of them: one read when it is; otherwise the
 /// refusal is [`require_member`]'s (a private room answers as an unknown one).
 async fn members_as_member(ctx: &Ctx, req: ReqId, room: &str) -> Result<Vec<String>, ServerFrame> {
-    if let Ok(members) = ctx.hub.store.members(room).await {
+    if let Ok(members) = ctx.hub.store().members(room).await {
         if members.contains(&ctx.user) {
             return Ok(members);
         }
     }
     require_member(ctx, req, room).await?;
     // A member after all (joined in between): read again.
-    ctx.hub.store.members(room).await.map_err(|err| store_error_frame(&ctx.hub, Some(req), err))
+    ctx.hub.store().members(room).await.map_err(|err| store_error_frame(&ctx.hub, Some(req), err))
 }
 
 /// After `mark_read` stored `seq`: tell the room's other members (small rooms only).
 pub async fn read_receipt(ctx: &Ctx, room: &str, seq: u64) {
-    let Ok(members) = ctx.hub.store.members(room).await else { return };
-    if members.len() as u64 > u64::from(ctx.hub.presence.settings.room_max_members) {
+    let Ok(members) = ctx.hub.store().members(room).await else { return };
+    if members.len() as u64 > u64::from(ctx.hub.presence().settings.room_max_members) {
         return;
     }
     let others: Vec<String> = members.into_iter().filter(|member| *member != ctx.user).collect();
@@ -185,7 +186,7 @@ pub async fn receipts(ctx: &Ctx, req: ReqId, room: String) -> ServerFrame {
     if let Err(frame) = require_member(ctx, req, &room).await {
         return frame;
     }
-    match ctx.hub.store.read_positions(&room).await {
+    match ctx.hub.store().read_positions(&room).await {
         Ok(reads) => {
             let reads = reads.into_iter().map(|(user, seq)| ReadPosition { user, seq }).collect();
             ServerFrame::Receipts { req, room, reads }
@@ -202,7 +203,7 @@ pub async fn list_members(
     after: Option<String>,
     limit: Option<u32>,
 ) -> ServerFrame {
-    let max = ctx.hub.limits.members_page_max;
+    let max = ctx.hub.limits().members_page_max;
     let limit = match limit {
         None => max,
         Some(0) => return error_frame(Some(req), ErrorCode::InvalidField, "`limit` must be at least 1"),
@@ -218,7 +219,7 @@ pub async fn list_members(
     };
     members.sort();
     let total = members.len() as u32;
-    let online = ctx.hub.presence.count_online(&members) as u32;
+    let online = ctx.hub.presence().count_online(&members) as u32;
     let start = after.map_or(0, |after| members.partition_point(|member| *member <= after));
     let end = (start + limit as usize).min(members.len());
     // The page also ends where its encoding would pass `PAGE_MAX_BYTES` (status texts make a
@@ -227,7 +228,7 @@ pub async fn list_members(
     let mut presence = Vec::new();
     let mut bytes = 0;
     for member in &members[start..end] {
-        let theirs = ctx.hub.presence.get(member);
+        let theirs = ctx.hub.presence().get(member);
         bytes +=
             MEMBER_FIELDS_BYTES + 2 * json_escaped_len(member) + theirs.status.as_deref().map_or(0, json_escaped_len);
         if bytes > PAGE_MAX_BYTES && !page.is_empty() {
@@ -238,7 +239,7 @@ pub async fn list_members(
     }
     let more = start + page.len() < members.len();
     // A member who left since the list was read reads as a member: the page is a moment's view.
-    let roles = match ctx.hub.store.roles(&room, &page).await {
+    let roles = match ctx.hub.store().roles(&room, &page).await {
         Ok(roles) => roles.into_iter().map(Option::unwrap_or_default).collect(),
         Err(err) => return store_error_frame(&ctx.hub, Some(req), err),
     };

@@ -26,15 +26,15 @@ pub async fn provision_user(hub: &Arc<Hub>, req: ReqId, user: String, password: 
     }
     let hash = match password {
         Some(password) => {
-            if let Err(message) = hub.auth.validate_password(&password) {
+            if let Err(message) = hub.auth().validate_password(&password) {
                 return error_frame(Some(req), ErrorCode::InvalidPassword, message);
             }
-            match hub.store.user(&user).await {
+            match hub.store().user(&user).await {
                 Ok(Some(_)) => return store_error_frame(hub, Some(req), StoreError::UserExists(user)),
                 Ok(None) => {}
                 Err(err) => return store_error_frame(hub, Some(req), err),
             }
-            match hub.auth.hash_in_pool(password).await {
+            match hub.auth().hash_in_pool(password).await {
                 Ok(Ok(hash)) => hash,
                 Ok(Err(err)) => return internal(req, err),
                 Err(busy) => {
@@ -44,7 +44,7 @@ pub async fn provision_user(hub: &Arc<Hub>, req: ReqId, user: String, password: 
         }
         None => NO_PASSWORD.to_owned(),
     };
-    match hub.store.create_user(&user, &hash, now_ms()).await {
+    match hub.store().create_user(&user, &hash, now_ms()).await {
         Ok(()) => {
             info!(user, "account provisioned through the server API");
             ServerFrame::Registered { req, user }
@@ -58,9 +58,9 @@ pub async fn issue_token(hub: &Hub, req: ReqId, user: String) -> ServerFrame {
     if let Err(message) = names::validate_user_name(&user) {
         return error_frame(Some(req), ErrorCode::InvalidName, message);
     }
-    match hub.store.user(&user).await {
+    match hub.store().user(&user).await {
         Ok(Some(record)) => {
-            let (token, expires_at) = hub.auth.issue_token(&user, record.token_epoch, now_ms());
+            let (token, expires_at) = hub.auth().issue_token(&user, record.token_epoch, now_ms());
             info!(user, "token issued through the server API");
             ServerFrame::LoggedIn { req, user, token, expires_at }
         }

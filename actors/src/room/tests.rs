@@ -102,7 +102,7 @@ async fn a_large_rooms_entries_reach_exactly_the_members_at_each_commit() {
     )
     .await;
     assert_eq!(first.iter().map(|a| a.delivery.entry.seq).collect::<Vec<_>>(), [3, 4, 5, 6]);
-    assert_eq!(hub.store.room(ROOM).await.unwrap().unwrap().large_since, Some(3));
+    assert_eq!(hub.store().room(ROOM).await.unwrap().unwrap().large_since, Some(3));
 
     // 7–11 handed over together: two joins, a message, a leave and a message, each of which
     // must see the membership its predecessors left.
@@ -148,7 +148,7 @@ async fn a_large_rooms_entries_reach_exactly_the_members_at_each_commit() {
         ("e2", vec![12, 13, 14]),
     ]);
     assert_eq!(got, expected);
-    assert_eq!(hub.store.members(ROOM).await.unwrap(), ["a", "b", "e", "c"], "the store agrees");
+    assert_eq!(hub.store().members(ROOM).await.unwrap(), ["a", "b", "e", "c"], "the store agrees");
 }
 
 /// A room's actor and its committer live and die together: with the committer gone, the room
@@ -158,7 +158,7 @@ async fn a_room_whose_committer_died_restarts_on_the_next_command() {
     let (hub, _dir) = hub().await;
     let before = append_all(&hub, vec![command(EntryKind::Text, "a", "before")]).await;
     let actor = hub.running_room(ROOM).expect("the room runs after an append");
-    let (_, epoch_before) = hub.store.room_owner(ROOM).await.unwrap().expect("claimed");
+    let (_, epoch_before) = hub.store().room_owner(ROOM).await.unwrap().expect("claimed");
     actor.send_message(crate::room::RoomMessage::KillCommitter).unwrap();
     // Appends may race the stop and be refused as unavailable (clients retry); within a
     // second one must commit, in a new actor with a new epoch.
@@ -174,6 +174,6 @@ async fn a_room_whose_committer_died_restarts_on_the_next_command() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert_eq!(appended.delivery.entry.seq, before[0].delivery.entry.seq + 1);
-    let (_, epoch_after) = hub.store.room_owner(ROOM).await.unwrap().expect("claimed");
+    let (_, epoch_after) = hub.store().room_owner(ROOM).await.unwrap().expect("claimed");
     assert!(epoch_after > epoch_before, "a new actor claims the room again");
 }

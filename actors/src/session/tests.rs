@@ -90,7 +90,7 @@ impl Conn {
     async fn login(&mut self, hub: &Hub, user: &str, cursor: Option<u64>) -> u64 {
         self.send(ClientFrame::Hello { versions: vec![1], client: None, batch: false }).await;
         assert!(matches!(self.recv().await, ServerFrame::Welcome { .. }));
-        let (token, _) = hub.auth.issue_token(user, 0, crate::names::now_ms());
+        let (token, _) = hub.auth().issue_token(user, 0, crate::names::now_ms());
         self.send(ClientFrame::Authenticate { req: 1, token, cursor, rooms: Default::default() }).await;
         match self.recv().await {
             ServerFrame::Authenticated { cursor, .. } => cursor,
@@ -161,7 +161,7 @@ async fn a_full_inbox_falls_back_to_the_store_and_loses_nothing() {
     for i in 0..50 {
         post(&f.hub, &f.room, "alice", &format!("m{i}")).await;
     }
-    assert!(f.hub.metrics.deliveries_lagged_total.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    assert!(f.hub.metrics().deliveries_lagged_total.load(std::sync::atomic::Ordering::Relaxed) > 0);
     let seen = collect_until(&mut bob, head, head + 50).await;
     assert_eq!(seen.len(), 50);
 }
@@ -226,8 +226,8 @@ async fn a_room_claimed_elsewhere_fences_the_stale_actor_and_a_retry_succeeds() 
     let fx = fixture(Limits::default()).await;
     let hub = &fx.hub;
     let first = post(hub, &fx.room, "alice", "m1").await;
-    let (_, stale_epoch) = hub.store.room_owner(&fx.room).await.unwrap().expect("claimed by the running actor");
-    let newer = hub.store.claim_room(&fx.room, "other-node").await.unwrap();
+    let (_, stale_epoch) = hub.store().room_owner(&fx.room).await.unwrap().expect("claimed by the running actor");
+    let newer = hub.store().claim_room(&fx.room, "other-node").await.unwrap();
     assert!(newer > stale_epoch);
 
     let command = |id: &str| AppendCommand {
@@ -240,8 +240,8 @@ async fn a_room_claimed_elsewhere_fences_the_stale_actor_and_a_retry_succeeds() 
     };
     let refused = hub.append(&fx.room, command("m2")).await.unwrap().await.unwrap();
     assert!(matches!(refused, Err(StoreError::Unavailable(_))), "the stale actor's append: {refused:?}");
-    assert_eq!(hub.metrics.fenced_appends_total.load(std::sync::atomic::Ordering::Relaxed), 1);
-    let (entries, _) = hub.store.history(&fx.room, HistoryPage::After(first), 10).await.unwrap();
+    assert_eq!(hub.metrics().fenced_appends_total.load(std::sync::atomic::Ordering::Relaxed), 1);
+    let (entries, _) = hub.store().history(&fx.room, HistoryPage::After(first), 10).await.unwrap();
     assert!(entries.is_empty(), "the fenced append wrote {entries:?}");
 
     // The retry spawns a new actor (the fenced one stopped), which claims the room again. A
@@ -260,7 +260,7 @@ async fn a_room_claimed_elsewhere_fences_the_stale_actor_and_a_retry_succeeds() 
     }
     let appended = retried.expect("the retry succeeds on a fresh actor");
     assert_eq!((appended.delivery.entry.seq, appended.duplicate), (first + 1, false));
-    let (_, epoch) = hub.store.room_owner(&fx.room).await.unwrap().unwrap();
+    let (_, epoch) = hub.store().room_owner(&fx.room).await.unwrap().unwrap();
     assert!(epoch > newer, "the fresh actor claimed a newer epoch ({epoch} after {newer})");
 }
 
@@ -277,7 +277,7 @@ async fn collect_room_until(conn: &mut Conn, room: &str, mut last: u64, until: u
 }
 
 fn replayed_from_memory(hub: &Hub) -> u64 {
-    hub.metrics.replayed_from_memory_total.load(std::sync::atomic::Ordering::Relaxed)
+    hub.metrics().replayed_from_memory_total.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// A large room (more members than `fanout_max_members`), a queue of one and a socket that
@@ -296,7 +296,7 @@ async fn a_member_behind_in_a_large_room_catches_up_from_recent_entries() {
         let seq = post(&f.hub, &f.room, "alice", &format!("m{i}")).await;
         first = if i == 0 { seq } else { first };
     }
-    assert!(f.hub.metrics.deliveries_lagged_total.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    assert!(f.hub.metrics().deliveries_lagged_total.load(std::sync::atomic::Ordering::Relaxed) > 0);
     collect_room_until(&mut bob, &f.room, first - 1, first + 49).await;
     assert!(replayed_from_memory(&f.hub) > 0, "the catch-up read the store only");
 
@@ -325,7 +325,7 @@ async fn a_catch_up_reads_the_store_for_what_never_reached_the_recent_entries() 
     collect_room_until(&mut bob, &f.room, first - 1, last).await;
     // Two entries committed by an owner elsewhere whose deliveries never arrived here (a node
     // that died after its commit): the recent entries end at `last`, the store does not.
-    let epoch = f.hub.store.claim_room(&f.room, "other-node").await.unwrap();
+    let epoch = f.hub.store().claim_room(&f.room, "other-node").await.unwrap();
     for id in ["lost-1", "lost-2"] {
         let request = crate::store::AppendRequest {
             room: f.room.clone(),
@@ -336,11 +336,11 @@ async fn a_catch_up_reads_the_store_for_what_never_reached_the_recent_entries() 
             user: None,
             body: id.into(),
             ts: 0,
-            limits: f.hub.limits.membership(),
+            limits: f.hub.limits().membership(),
             details: Default::default(),
             rules: crate::store::MessageRules { edit_window_ms: 60_000, max_reactions_per_message: 20 },
         };
-        f.hub.store.append(request).await.unwrap();
+        f.hub.store().append(request).await.unwrap();
     }
     assert_eq!(f.hub.recent_room_entries(&f.room, last - 1, 10).map(|entries| entries.len()), Some(1));
     // The node learns that deliveries may be lost (a node left) and every connection catches

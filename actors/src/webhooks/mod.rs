@@ -264,9 +264,9 @@ impl Deliverer {
 
     /// One look at every live endpoint; whether anything was delivered (then look again at once).
     async fn pass(&self) -> StoreResult<bool> {
-        let hooks = self.hub.store.webhooks().await?;
+        let hooks = self.hub.store().webhooks().await?;
         let dead = hooks.iter().filter(|h| h.health.dead_since.is_some()).count();
-        Metrics::set(&self.hub.metrics.webhook_endpoints_dead, dead as i64);
+        Metrics::set(&self.hub.metrics().webhook_endpoints_dead, dead as i64);
         let live: Vec<WebhookRecord> = hooks.into_iter().filter(|h| h.health.dead_since.is_none()).collect();
         if live.is_empty() || !self.hold_lease().await? {
             return Ok(false);
@@ -281,8 +281,8 @@ impl Deliverer {
 
     /// Whether this node holds the delivery lease (taking or renewing it as needed).
     async fn hold_lease(&self) -> StoreResult<bool> {
-        let held = self.lease.hold(self.hub.store.as_ref(), &self.hub.node).await?;
-        Metrics::set(&self.hub.metrics.webhook_delivering, i64::from(held));
+        let held = self.lease.hold(self.hub.store().as_ref(), self.hub.node()).await?;
+        Metrics::set(&self.hub.metrics().webhook_delivering, i64::from(held));
         Ok(held)
     }
 
@@ -293,7 +293,7 @@ impl Deliverer {
             Outcome::Delivered => {
                 if hook.health.failures > 0 {
                     info!(id = hook.id, "webhook endpoint recovered");
-                    self.hub.store.set_webhook_health(&hook.id, WebhookHealth::default()).await?;
+                    self.hub.store().set_webhook_health(&hook.id, WebhookHealth::default()).await?;
                 }
                 Ok(true)
             }
@@ -304,7 +304,7 @@ impl Deliverer {
                 warn!(id = hook.id, url = hook.url, failures, dead, error, "webhook delivery failed");
                 self.paused_until.lock().insert(hook.id.clone(), Instant::now() + pause);
                 let health = WebhookHealth { failures, last_error: error, dead_since: dead.then(now_ms) };
-                self.hub.store.set_webhook_health(&hook.id, health).await?;
+                self.hub.store().set_webhook_health(&hook.id, health).await?;
                 Ok(delivered > 0)
             }
         }
@@ -325,7 +325,7 @@ impl Deliverer {
         if self.paused_until.lock().get(&hook.id).is_some_and(|until| Instant::now() < *until) {
             return Outcome::Idle;
         }
-        let rows = match self.hub.store.webhook_outbox(&hook.id, ROWS_PER_PASS).await {
+        let rows = match self.hub.store().webhook_outbox(&hook.id, ROWS_PER_PASS).await {
             Ok(rows) if rows.is_empty() => return Outcome::Idle,
             Ok(rows) => rows,
             Err(err) => return Outcome::Failed { delivered: 0, error: format!("store: {err}"), retry_after: None },
@@ -373,12 +373,12 @@ impl Deliverer {
             self.post(hook, &events).await.map_err(|(error, retry)| stopped(delivered, error, retry))?;
             let last = chunk.last().expect("chunks are not empty");
             self.hub
-                .store
+                .store()
                 .ack_webhook_events(&hook.id, &last.stream, last.seq)
                 .await
                 .map_err(|err| stopped(delivered, format!("store: {err}"), None))?;
             delivered += chunk.len() as u64;
-            Metrics::add(&self.hub.metrics.webhook_events_delivered_total, chunk.len() as u64);
+            Metrics::add(&self.hub.metrics().webhook_events_delivered_total, chunk.len() as u64);
         }
         Ok(delivered)
     }
@@ -390,7 +390,7 @@ impl Deliverer {
             return Ok(rows.iter().map(|row| events::user_deleted(row, user)).collect());
         }
         let room = if rows.iter().any(|row| row.event == EventType::RoomCreated) {
-            self.hub.store.room(stream).await?
+            self.hub.store().room(stream).await?
         } else {
             None
         };
@@ -400,7 +400,7 @@ impl Deliverer {
         let mut after = first - 1;
         while after < last {
             let span = u32::try_from(last - after).unwrap_or(u32::MAX).min(ROWS_PER_PASS);
-            let (page, _) = self.hub.store.history(stream, HistoryPage::After(after), span).await?;
+            let (page, _) = self.hub.store().history(stream, HistoryPage::After(after), span).await?;
             let Some(end) = page.last().map(|e| e.seq) else { break };
             after = end;
             entries.extend(page.into_iter().map(|e| (e.seq, e)));
@@ -422,7 +422,7 @@ impl Deliverer {
         let body = serde_json::to_vec(&json!({ "events": events })).expect("JSON values serialize");
         let now_secs = now_ms() / 1_000;
         let signature = signature::sign(&hook.secret, now_secs, &body);
-        Metrics::inc(&self.hub.metrics.webhook_requests_total);
+        Metrics::inc(&self.hub.metrics().webhook_requests_total);
         let sent = self
             .client
             .post(&hook.url)
@@ -447,7 +447,7 @@ impl Deliverer {
             Err(err) if err.is_connect() => ("could not connect".to_string(), None),
             Err(err) => (format!("request failed: {err}"), None),
         };
-        Metrics::inc(&self.hub.metrics.webhook_requests_failed_total);
+        Metrics::inc(&self.hub.metrics().webhook_requests_failed_total);
         Err(failed)
     }
 }

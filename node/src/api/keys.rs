@@ -109,7 +109,7 @@ pub async fn check(hub: &Hub, authorization: Option<&str>, scope: Scope) -> Resu
     if id.len() != 16 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(Refusal::Unauthorized);
     }
-    let record = hub.store.api_key(id).await.map_err(Refusal::Store)?.ok_or(Refusal::Unauthorized)?;
+    let record = hub.store().api_key(id).await.map_err(Refusal::Store)?.ok_or(Refusal::Unauthorized)?;
     let presented: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
     if !constant_time_eq(&presented, &record.secret_sha256) || record.revoked_ms.is_some() {
         return Err(Refusal::Unauthorized);

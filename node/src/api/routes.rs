@@ -36,13 +36,13 @@ async fn run_checked(hub: &Arc<Hub>, route: Route, query: Query, body: Option<Ve
         }
         Route::ListKeys => {
             query.only(&[])?;
-            let keys = hub.store.api_keys().await.map_err(|err| Reply::store_error(hub, err))?;
+            let keys = hub.store().api_keys().await.map_err(|err| Reply::store_error(hub, err))?;
             let keys: Vec<KeyView> = keys.into_iter().map(KeyView::from).collect();
             Ok(Reply::ok(200, json!({ "keys": keys })))
         }
         Route::RevokeKey(id) => {
             query.only(&[])?;
-            match hub.store.revoke_api_key(&id, now_ms()).await {
+            match hub.store().revoke_api_key(&id, now_ms()).await {
                 Ok(true) => Ok(Reply::ok(200, json!({ "id": id, "revoked": true }))),
                 Ok(false) => {
                     Err(Reply::error(404, "no_such_key", format!("no API key `{}`", requests::bounded_message(&id))))
@@ -115,8 +115,8 @@ async fn run_checked(hub: &Arc<Hub>, route: Route, query: Query, body: Option<Ve
         Route::CreateWebhook => {
             query.only(&[])?;
             let NewWebhook { url, events } = parse_body(body)?;
-            let max = hub.limits.max_webhook_endpoints;
-            match webhooks::create_endpoint(hub.store.as_ref(), max, &url, &events).await {
+            let max = hub.limits().max_webhook_endpoints;
+            match webhooks::create_endpoint(hub.store().as_ref(), max, &url, &events).await {
                 Ok(hook) => {
                     let mut view = webhooks::describe(&hook);
                     view["secret"] = json!(hook.secret);
@@ -133,13 +133,13 @@ async fn run_checked(hub: &Arc<Hub>, route: Route, query: Query, body: Option<Ve
         }
         Route::ListWebhooks => {
             query.only(&[])?;
-            let hooks = hub.store.webhooks().await.map_err(|err| Reply::store_error(hub, err))?;
+            let hooks = hub.store().webhooks().await.map_err(|err| Reply::store_error(hub, err))?;
             let hooks: Vec<_> = hooks.iter().map(webhooks::describe).collect();
             Ok(Reply::ok(200, json!({ "webhooks": hooks })))
         }
         Route::DeleteWebhook(id) => {
             query.only(&[])?;
-            match hub.store.delete_webhook(&id).await {
+            match hub.store().delete_webhook(&id).await {
                 Ok(true) => Ok(Reply::ok(200, json!({ "id": id, "deleted": true }))),
                 Ok(false) => Err(no_such_webhook(&id)),
                 Err(err) => Err(Reply::store_error(hub, err)),
@@ -147,9 +147,9 @@ async fn run_checked(hub: &Arc<Hub>, route: Route, query: Query, body: Option<Ve
         }
         Route::EnableWebhook(id) => {
             query.only(&[])?;
-            match webhooks::enable_endpoint(hub.store.as_ref(), &id).await {
+            match webhooks::enable_endpoint(hub.store().as_ref(), &id).await {
                 Ok(true) => {
-                    let hooks = hub.store.webhooks().await.map_err(|err| Reply::store_error(hub, err))?;
+                    let hooks = hub.store().webhooks().await.map_err(|err| Reply::store_error(hub, err))?;
                     let hook = hooks.iter().find(|hook| hook.id == id).ok_or_else(|| no_such_webhook(&id))?;
                     Ok(Reply::ok(200, webhooks::describe(hook)))
                 }
@@ -224,7 +224,7 @@ async fn create_key(hub: &Hub, NewKey { name, scopes }: NewKey) -> Result<Reply,
         return Err(Reply::error(400, "invalid_field", "`scopes` names at least one scope"));
     }
     let (record, key) = keys::mint(name, parsed, now_ms());
-    hub.store.create_api_key(record.clone()).await.map_err(|err| Reply::store_error(hub, err))?;
+    hub.store().create_api_key(record.clone()).await.map_err(|err| Reply::store_error(hub, err))?;
     tracing::info!(id = record.id, name = record.name, scopes = ?record.scopes, "API key created");
     let mut body = serde_json::to_value(KeyView::from(record)).unwrap_or_default();
     body["key"] = key.into();
@@ -238,7 +238,7 @@ async fn acting(hub: &Arc<Hub>, query: &Query) -> Result<Ctx, Reply> {
     if let Err(message) = names::validate_user_name(user) {
         return Err(Reply::error(400, "invalid_name", format!("`as`: {message}")));
     }
-    match hub.store.user(user).await {
+    match hub.store().user(user).await {
         Ok(Some(_)) => Ok(Ctx { hub: hub.clone(), user: user.to_owned(), conn_id: 0 }),
         Ok(None) => Err(Reply::error(404, "no_such_user", format!("`as`: no user `{user}`"))),
         Err(err) => Err(Reply::store_error(hub, err)),

@@ -72,11 +72,11 @@ impl Collector {
 
     /// One pass; whether it made progress on a full page (then there may be more at once).
     async fn pass(&self) -> StoreResult<bool> {
-        if !self.lease.hold(self.hub.store.as_ref(), &self.hub.node).await? {
+        if !self.lease.hold(self.hub.store().as_ref(), self.hub.node()).await? {
             return Ok(false);
         }
         let stale_before_ms = now_ms().saturating_sub(self.media.settings.orphan_ttl_s.saturating_mul(1000));
-        let garbage = self.hub.store.media_garbage(stale_before_ms, PAGE).await?;
+        let garbage = self.hub.store().media_garbage(stale_before_ms, PAGE).await?;
         let busy = collect(&self.hub, &self.media, garbage.into_iter().map(|record| record.id).collect(), PAGE).await?;
         let quiet = self.quiet_passes.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         if let (false, Some(dir)) = (busy, &self.media.fs_dir) {
@@ -117,8 +117,8 @@ pub async fn collect(hub: &Hub, media: &MediaService, ids: Vec<String>, page: u3
     if deleted.is_empty() {
         return Ok(false);
     }
-    hub.store.drop_media(&deleted).await?;
-    Metrics::add(&hub.metrics.media_collected_total, deleted.len() as u64);
+    hub.store().drop_media(&deleted).await?;
+    Metrics::add(&hub.metrics().media_collected_total, deleted.len() as u64);
     info!(collected = deleted.len(), "media: collected unused uploads");
     Ok(full)
 }

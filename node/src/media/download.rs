@@ -121,7 +121,7 @@ where
         let _ = write!(headers, "Content-Range: bytes {start}-{}/{length}\r\n", end - 1);
     }
     let head = request::bare_head(status, &headers);
-    let slow = Duration::from_millis(hub.limits.slow_client_timeout_ms);
+    let slow = Duration::from_millis(hub.limits().slow_client_timeout_ms);
     if head_only {
         stream.write_all(head.as_bytes()).await?;
         return stream.shutdown().await;
@@ -133,7 +133,7 @@ where
             Err(err) => return refuse(stream, &missing(id, &err), false).await,
         },
     };
-    Metrics::add(&hub.metrics.media_downloads_total, 1);
+    Metrics::add(&hub.metrics().media_downloads_total, 1);
     within(slow, stream.write_all(head.as_bytes())).await?;
     match body {
         Body::Bytes(bytes) => within(slow, stream.write_all(&bytes)).await?,
@@ -193,7 +193,7 @@ async fn authorise(request: &Request, hub: &Hub) -> Result<(MediaRecord, Variant
         LinkRefused::Expired => Refusal::new(403, "link_expired", refused.to_string()),
         LinkRefused::BadSignature => Refusal::new(403, "link_invalid", refused.to_string()),
     })?;
-    let record = hub.store.media(id).await.map_err(Refusal::store)?.ok_or_else(not_found)?;
+    let record = hub.store().media(id).await.map_err(Refusal::store)?.ok_or_else(not_found)?;
     if !matches!(record.state, MediaState::Ready | MediaState::Attached { .. }) {
         return Err(not_found());
     }

@@ -79,7 +79,7 @@ where
     let admitted = match admit(&request, hub, media).await {
         Ok(admitted) => admitted,
         Err(refusal) => {
-            Metrics::add(&hub.metrics.media_uploads_failed_total, 1);
+            Metrics::add(&hub.metrics().media_uploads_failed_total, 1);
             refuse(stream, &refusal, false).await?;
             // A client waiting for `100 Continue` sends no body; any other may be sending it.
             if !expects_continue {
@@ -103,8 +103,8 @@ where
         created_ms: now_ms(),
         state: MediaState::Uploading,
     };
-    if let Err(err) = hub.store.reserve_media(reserved.clone(), media.settings.quota_bytes).await {
-        Metrics::add(&hub.metrics.media_uploads_failed_total, 1);
+    if let Err(err) = hub.store().reserve_media(reserved.clone(), media.settings.quota_bytes).await {
+        Metrics::add(&hub.metrics().media_uploads_failed_total, 1);
         refuse(stream, &Refusal::store(err), false).await?;
         if !expects_continue {
             request::linger(stream, LINGER).await;
@@ -123,14 +123,14 @@ where
     .await;
     let refusal = match outcome {
         Ok(record) => {
-            Metrics::add(&hub.metrics.media_uploads_total, 1);
-            Metrics::add(&hub.metrics.media_upload_bytes_total, record.size);
+            Metrics::add(&hub.metrics().media_uploads_total, 1);
+            Metrics::add(&hub.metrics().media_upload_bytes_total, record.size);
             info!(media = record.id, user, size = record.size, content_type = record.content_type, "media uploaded");
             let body = serde_json::to_vec(&record.attachment()).expect("an attachment serialises");
             return request::respond(stream, 201, "application/json", &body).await;
         }
         Err(failure) => {
-            Metrics::add(&hub.metrics.media_uploads_failed_total, 1);
+            Metrics::add(&hub.metrics().media_uploads_failed_total, 1);
             discard(hub, media, &id).await;
             match failure {
                 Failure::Refused(refusal) => refusal,
@@ -407,7 +407,7 @@ async fn store_upload<S: AsyncRead + Unpin>(
         media.objects.put(&objects::thumb_key(&record.id), payload).await.map_err(|err| Refusal::objects(&err))?;
     }
     record.state = MediaState::Ready;
-    match hub.store.complete_media(record.clone()).await {
+    match hub.store().complete_media(record.clone()).await {
         Ok(()) => Ok(record),
         Err(StoreError::NoSuchMedia(_)) => Err(Refusal::new(
             409,
@@ -446,7 +446,7 @@ async fn discard(hub: &Hub, media: &MediaService, id: &str) {
         warn!(media = id, error = %err, "media: could not delete an unfinished upload; the collector will");
         return;
     }
-    if let Err(err) = hub.store.drop_media(&[id.to_string()]).await {
+    if let Err(err) = hub.store().drop_media(&[id.to_string()]).await {
         warn!(media = id, error = %err, "media: could not drop an unfinished upload's record; the collector will");
     }
 }
