@@ -120,7 +120,7 @@ pub struct Hub {
     tails: Mutex<RoomTails>,
     next_conn_id: AtomicU64,
     shutdown: watch::Sender<bool>,
-    /// The other nodes, when the node runs in a cluster (actors/src/cluster); unset on a
+    /// The other nodes, when the node runs in a cluster (the `cluster` crate); unset on a
     /// single node.
     peers: std::sync::OnceLock<Arc<dyn Peers>>,
     /// Signs media links (`media_url`); set by the node that serves media.
@@ -233,7 +233,7 @@ impl Hub {
 
     /// [`Hub::append`] to this node's own room actor (the cluster's router calls this for
     /// appends forwarded to this node, after checking that it owns the room).
-    pub(crate) async fn append_here(
+    pub async fn append_here(
         self: &Arc<Self>,
         room: &str,
         command: AppendCommand,
@@ -414,7 +414,7 @@ impl Hub {
     /// Keep entries of large rooms that arrived from another node among the node's recent
     /// ones, as they arrive and before any is shed (a shed entry is what the connections that
     /// missed it will ask for). `entries` are one room's, in seq order.
-    pub(crate) fn keep_recent(&self, room: &str, entries: &[Arc<SharedEntry>]) {
+    pub fn keep_recent(&self, room: &str, entries: &[Arc<SharedEntry>]) {
         let mut tails = self.tails.lock();
         tails.append(room, entries);
         Metrics::set(&self.metrics.recent_entries_bytes, tails.bytes() as i64);
@@ -480,7 +480,7 @@ impl Hub {
 
     /// Stop the room actors of rooms for which `moved` is true (the cluster calls this when
     /// ownership changes); returns how many. Commands already queued fail as `unavailable`.
-    pub(crate) fn stop_rooms_where(&self, moved: impl Fn(&str) -> bool) -> usize {
+    pub fn stop_rooms_where(&self, moved: impl Fn(&str) -> bool) -> usize {
         let rooms = self.rooms.lock();
         let mut stopped = 0;
         for (room, slot) in rooms.iter() {
@@ -494,7 +494,7 @@ impl Hub {
 
     /// Make every connection re-read its log from the store (the cluster calls this when the
     /// live set changes, since a delivery in flight from a lost node may be gone).
-    pub(crate) fn catch_up_all(&self) {
+    pub fn catch_up_all(&self) {
         let connections = self.connections.lock();
         for conn in connections.by_user.values().flatten() {
             conn.signals.lagged.store(true, Ordering::Release);
@@ -678,7 +678,7 @@ impl PresenceHost for Hub {
 /// `deliveries` (in order) as runs: consecutive entries of one large room under one member
 /// list (the same `Arc`: no membership change between them) form one run; any other delivery
 /// is a run of its own. Never yields an empty run.
-pub(crate) fn delivery_runs<'a, 'b>(deliveries: &'b [&'a Delivery]) -> impl Iterator<Item = &'b [&'a Delivery]> {
+pub fn delivery_runs<'a, 'b>(deliveries: &'b [&'a Delivery]) -> impl Iterator<Item = &'b [&'a Delivery]> {
     let mut rest = deliveries;
     std::iter::from_fn(move || {
         let first = rest.first()?;

@@ -2,8 +2,7 @@
 //!
 //! - [`hub`]: one per node; finds room actors and live connections by id.
 //! - [`outbound`]: what is pushed to a live connection, and the queue it waits in.
-//! - [`peers`]: the other nodes as the hub sees them (a trait the cluster implements).
-//! - [`cluster`]: membership, placement and the router that make many nodes one.
+//! - [`peers`]: the other nodes as the hub sees them (a trait the `cluster` crate implements).
 //! - [`room`]: one actor per active room; the single, fenced writer of the room's log.
 //! - [`session`]: one per connection; the protocol state machine, resume and live delivery.
 //! - [`encoded`]: what goes on a client's socket: a message, and an entry of a large room
@@ -15,10 +14,12 @@
 //! The durable state lives in the `store` crate below this one (re-exported here as `store`, so
 //! paths read `crate::store::…`); this crate holds caches of it, never the truth. HTTP and the
 //! client WebSocket are the node crate's: it adapts WebSocket messages to [`encoded::Wire`].
-//! Node links (TCP, TLS) are [`cluster`]'s. See ARCHITECTURE.md for the whole picture.
+//! The cluster (membership, placement, the inter-node router, node links over TCP and TLS) is
+//! the `cluster` crate above this one: it implements [`peers::Peers`] and
+//! [`presence::PresencePeers`] and calls into the hub, and nothing here imports it. See
+//! ARCHITECTURE.md for the whole picture.
 
 pub mod auth;
-pub mod cluster;
 pub mod encoded;
 pub mod hub;
 pub mod lease;

@@ -5,9 +5,10 @@
 //! and the cluster's start hands it to the hub (`Hub::set_peers`):
 //! the hub routes appends, broadcasts committed entries and sends ephemeral frames through
 //! these calls alone, and presence exchanges its batches through them. Neither imports the
-//! cluster: the cluster is the layer above, which calls into the hub (forwarded appends,
-//! deliveries from other nodes) and implements this trait, so a change inside the cluster
-//! (its wire format, its router, its links) never reaches the hub's code.
+//! cluster: the cluster is the layer above (the `cluster` crate, which depends on this one),
+//! which calls into the hub (forwarded appends, deliveries from other nodes) and implements
+//! this trait, so a change inside the cluster (its wire format, its router, its links) never
+//! reaches the hub's code.
 //!
 //! Presence's part of the trait (batches, snapshots, liveness, incarnation) is
 //! [`PresencePeers`], declared in `presence` beside the batch it carries: presence reaches the

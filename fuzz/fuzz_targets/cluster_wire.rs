@@ -1,9 +1,9 @@
-//! The inter-node decoder (`actors::cluster::wire`): any bytes from a peer decode to a message or
+//! The inter-node decoder (`cluster::wire`): any bytes from a peer decode to a message or
 //! to `RouterMessage::Invalid`, never a panic, and so do the payloads nested in it (deliveries,
 //! runs of deliveries, pushes); a message that decodes encodes back to one that decodes.
 #![no_main]
 
-use actors::cluster::wire::{self, RouterMessage};
+use cluster::wire::{self, RouterMessage};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

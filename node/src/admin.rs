@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actors::cluster::Cluster;
+use ::cluster::Cluster;
 use actors::hub::Hub;
 use actors::store::WriteStats;
 use anyhow::Context;

@@ -4,7 +4,7 @@
 //! With it, the node listens for other nodes on `cluster.listen`, joins through
 //! `cluster.seeds`, and proves membership with the cluster cookie, a secret that comes from
 //! `PALAVER_CLUSTER__COOKIE` or `cluster.cookie_file`, never from the configuration file.
-//! Optionally the links are mutual TLS (`cluster.tls_*`, actors/src/cluster/tls.rs): all three
+//! Optionally the links are mutual TLS (`cluster.tls_*`, cluster/src/tls.rs): all three
 //! files set turn it on, none leaves it off, and anything in between is a configuration error.
 
 use std::net::SocketAddr;
@@ -12,8 +12,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actors::cluster::tls::{LinkTls, TlsFiles};
-use actors::cluster::{Cluster, ClusterSettings};
+use ::cluster::tls::{LinkTls, TlsFiles};
+use ::cluster::{Cluster, ClusterSettings};
 use actors::hub::Hub;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
@@ -54,7 +54,7 @@ pub struct ClusterSection {
     pub heartbeat_timeout_ms: u64,
     /// An accepted node link must finish its handshake (TLS and the cookie check) within this,
     /// or it is closed: until then a connection to the cluster port is nobody's, and may hold
-    /// only a small, bounded amount of the node (actors/src/cluster/gate.rs). A handshake takes
+    /// only a small, bounded amount of the node (cluster/src/gate.rs). A handshake takes
     /// milliseconds, so the default leaves room for a loaded machine.
     pub handshake_timeout_ms: u64,
     /// Appends forwarded to other nodes and not yet answered, at most (flow control above
@@ -78,7 +78,7 @@ impl Default for ClusterSection {
             tls_cert_file: None,
             tls_key_file: None,
             tls_ca_file: None,
-            tls_server_name: actors::cluster::tls::DEFAULT_SERVER_NAME.into(),
+            tls_server_name: ::cluster::tls::DEFAULT_SERVER_NAME.into(),
             heartbeat_interval_ms: 500,
             heartbeat_timeout_ms: 3_000,
             handshake_timeout_ms: 5_000,
@@ -131,7 +131,7 @@ impl ClusterSection {
                 "a cluster needs a cookie: set PALAVER_CLUSTER__COOKIE or cluster.cookie_file".into(),
             ));
         }
-        actors::cluster::tls::check_server_name(&self.tls_server_name).map_err(|err| (err.key, err.message))?;
+        ::cluster::tls::check_server_name(&self.tls_server_name).map_err(|err| (err.key, err.message))?;
         if self.enabled {
             self.tls().map_err(|err| (err.key, err.message))?;
         } else {
@@ -169,8 +169,8 @@ impl ClusterSection {
     }
 
     /// Load TLS for node links, if configured.
-    fn tls(&self) -> Result<Option<LinkTls>, actors::cluster::tls::TlsConfigError> {
-        let files = self.tls_files().map_err(|(key, message)| actors::cluster::tls::TlsConfigError { key, message })?;
+    fn tls(&self) -> Result<Option<LinkTls>, ::cluster::tls::TlsConfigError> {
+        let files = self.tls_files().map_err(|(key, message)| ::cluster::tls::TlsConfigError { key, message })?;
         files.map(LinkTls::load).transpose()
     }
 
@@ -226,7 +226,7 @@ pub async fn start(
         max_pending_requests: section.max_pending_requests,
         delivery_queue_len: section.delivery_queue_len,
     };
-    let cluster = actors::cluster::start(hub, settings).await?;
+    let cluster = ::cluster::start(hub, settings).await?;
     Ok(Some(cluster))
 }
 

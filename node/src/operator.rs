@@ -9,7 +9,7 @@
 //! process: whoever holds the cookie can already join nodes to the cluster, so it grants
 //! nothing new.
 
-use actors::cluster::Cluster;
+use ::cluster::Cluster;
 use serde_json::json;
 
 /// Answer `POST /cluster/forget?node=NAME`: (HTTP status, JSON body). `token_checked`: the

@@ -1,7 +1,7 @@
 //! TLS on the client port (optional): `client.tls_cert_file` and `client.tls_key_file` set turn
 //! it on, and the port then serves HTTPS and WSS only (the web client, `/healthz`, `/readyz`,
 //! `/ws`). Browsers speak TLS 1.2 and 1.3, so both are offered; there is no client certificate.
-//! The crypto provider is aws-lc-rs, which the cluster's TLS (actors/src/cluster/tls.rs) already
+//! The crypto provider is aws-lc-rs, which the cluster's TLS (cluster/src/tls.rs) already
 //! builds, handed to the builder explicitly as there.
 
 use std::path::Path;

@@ -869,7 +869,7 @@ impl Traffic {
 /// The owner of `room` among `nodes`, by the node's own rendezvous hashing, so tests can pick
 /// rooms that will move. Tests also compare it with what nodes answer on `/cluster?room=`.
 pub fn placement_owner<'a>(room: &str, nodes: &[&'a str]) -> &'a str {
-    actors::cluster::placement::owner(room, nodes.iter().copied()).expect("at least one node")
+    ::cluster::placement::owner(room, nodes.iter().copied()).expect("at least one node")
 }
 
 /// One chatter per running node (chatter i starts on node i), all members of `rooms` rooms

@@ -1,4 +1,4 @@
-//! The cluster port before a link authenticates (actors/src/cluster/gate.rs), against a real
+//! The cluster port before a link authenticates (cluster/src/gate.rs), against a real
 //! node: a stranger may send only small handshake frames, must finish the handshake within
 //! `cluster.handshake_timeout_ms`, and may hold only so many connections; none of it costs the
 //! node memory worth measuring, and real nodes still form a cluster.

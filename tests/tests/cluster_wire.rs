@@ -13,7 +13,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use actors::cluster::wire::{self, Heartbeat, RouterMessage, WIRE_VERSION};
+use ::cluster::wire::{self, Heartbeat, RouterMessage, WIRE_VERSION};
 use anyhow::{bail, ensure, Context};
 use ractor::message::SerializedMessage;
 use ractor::{Actor, ActorCell};
@@ -285,7 +285,7 @@ async fn intrude(cluster: &mut Cluster) -> anyhow::Result<()> {
         .map_err(|err| anyhow::anyhow!("connecting to n1 at {n1_cluster}: {err}"))?;
 
     // n1's router shows up here once the link is authenticated and process groups synced.
-    let group = actors::cluster::router_group("n1");
+    let group = ::cluster::router_group("n1");
     let deadline = Instant::now() + PATIENCE;
     let router = loop {
         if let Some(cell) = ractor::pg::get_members(&group).into_iter().find(|cell| !cell.get_id().is_local()) {

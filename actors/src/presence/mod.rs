@@ -403,12 +403,12 @@ impl Presence {
     }
 
     /// The sequence number this node's heartbeats announce.
-    pub(crate) fn sent_seq(&self) -> u64 {
+    pub fn sent_seq(&self) -> u64 {
         self.sent_seq.load(Ordering::Acquire)
     }
 
     /// A batch or snapshot from another node.
-    pub(crate) fn on_batch(&self, host: &dyn PresenceHost, batch: PresenceBatch) {
+    pub fn on_batch(&self, host: &dyn PresenceHost, batch: PresenceBatch) {
         let Some(peers) = host.peers() else { return };
         // Records of a node this one counts as dead would bring back its users; it sends a
         // snapshot once it is live again.
@@ -433,7 +433,7 @@ impl Presence {
 
     /// A heartbeat from `from` says it has sent batches up to `seq`: ask for a snapshot if this
     /// node is not there (it never was, missed the last batch, or `from` restarted).
-    pub(crate) fn on_heartbeat(&self, peers: &dyn PresencePeers, from: &str, incarnation: u64, seq: u64) {
+    pub fn on_heartbeat(&self, peers: &dyn PresencePeers, from: &str, incarnation: u64, seq: u64) {
         let in_step = self.inner.lock().table.in_step(from, incarnation, seq);
         if !in_step {
             self.want(peers, from);
@@ -454,7 +454,7 @@ impl Presence {
     }
 
     /// `node` asked for this node's snapshot.
-    pub(crate) fn on_want(&self, host: &dyn PresenceHost, node: &str) {
+    pub fn on_want(&self, host: &dyn PresenceHost, node: &str) {
         let Some(peers) = host.peers() else { return };
         let inner = self.inner.lock();
         let changes: Vec<Change> =
@@ -474,7 +474,7 @@ impl Presence {
     }
 
     /// The live set changed: nodes that left take their users' connections with them.
-    pub(crate) fn on_view(&self, gone: &[String]) {
+    pub fn on_view(&self, gone: &[String]) {
         let now = now_ms();
         let changed: Vec<UserPresence> = {
             let mut inner = self.inner.lock();

@@ -1,10 +1,13 @@
-//! The cluster: many nodes serving as one, behind the hub's two calls.
+//! palaver's cluster: many nodes serving as one, behind the hub's two calls.
 //!
-//! The hub knows the cluster only as [`Peers`] (`peers.rs`), which [`Cluster`] implements, and
-//! presence only as its part of it, [`PresencePeers`]; the dependency runs one way, from here
-//! to the hub. Application code never asks where a room lives. [`Hub::append`] asks
-//! [`Peers::route`]:
-//! a room this node owns goes to its local room actor as on a single node; a room another node
+//! Layers: this crate sits above `actors` (and `protocol`, and `store` through
+//! `actors::store`) and below `node`, which starts it after the hub. `actors` does not depend
+//! on it: the hub knows the cluster only as [`Peers`] (`actors/src/peers.rs`), which
+//! [`Cluster`] implements, and presence only as its part of it, [`PresencePeers`]; the
+//! dependency runs one way, from here to the hub, and the crate boundary enforces it.
+//!
+//! Application code never asks where a room lives. [`Hub::append`] asks [`Peers::route`]: a
+//! room this node owns goes to its local room actor as on a single node; a room another node
 //! owns goes to that node's **router** ([`router`]), which runs it through its own hub and
 //! replies. [`Hub::deliver`] hands a committed entry to the local connections and to every
 //! other live node's router, which hands it to its own connections (two-tier fan-out).
@@ -53,14 +56,14 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 use tracing::{info, warn};
 
-use crate::encoded::SharedEntry;
-use crate::hub::{delivery_runs, Hub};
-use crate::metrics::Metrics;
-use crate::peers::{Peers, Route};
-use crate::presence::{PresenceBatch, PresencePeers};
-use crate::room::AppendCommand;
-use crate::store::{Appended, Delivery, Recipients, StoreError};
-use crate::supervise::spawn_essential;
+use actors::encoded::SharedEntry;
+use actors::hub::{delivery_runs, Hub};
+use actors::metrics::Metrics;
+use actors::peers::{Peers, Route};
+use actors::presence::{PresenceBatch, PresencePeers};
+use actors::room::AppendCommand;
+use actors::store::{Appended, Delivery, Recipients, StoreError};
+use actors::supervise::spawn_essential;
 use membership::{Membership, View};
 use wire::{AppendReply, ForwardedAppend, Heartbeat, RouterMessage, RunMessages};
 
@@ -398,7 +401,7 @@ impl Cluster {
             let room = append.room.clone();
             let span = tracing::debug_span!("palaver.forwarded_append", room = %room, from = %reply_to);
             if let Some(traceparent) = &append.traceparent {
-                crate::trace_context::adopt(&span, traceparent);
+                actors::trace_context::adopt(&span, traceparent);
             }
             let outcome = match self.route(&room) {
                 Route::Local => hub.append_here(&room, append.command()).instrument(span).await,
@@ -412,7 +415,7 @@ impl Cluster {
             tracing::debug!(room, from = %reply_to, trace = append.trace, "forwarded append");
             tokio::spawn(async move {
                 let result = match outcome {
-                    Ok(receiver) => crate::hub::append_outcome(&room, receiver, timeout).await,
+                    Ok(receiver) => actors::hub::append_outcome(&room, receiver, timeout).await,
                     Err(err) => Err(err),
                 };
                 match router_of(&reply_to) {
@@ -508,7 +511,7 @@ impl Peers for Cluster {
             until: command.details.until,
             settings: command.details.settings,
             attachments: command.details.attachments,
-            traceparent: crate::trace_context::traceparent(&tracing::Span::current()),
+            traceparent: actors::trace_context::traceparent(&tracing::Span::current()),
         });
         if router.cast(message).is_err() {
             self.pending.lock().remove(&id);
@@ -649,10 +652,10 @@ mod tests {
     use protocol::{Entry, EntryKind};
 
     use super::*;
-    use crate::auth::{AuthConfig, Authenticator};
-    use crate::limits::Limits;
-    use crate::store::sqlite::{SqliteOptions, SqliteStore};
-    use crate::store::Store;
+    use actors::auth::{AuthConfig, Authenticator};
+    use actors::limits::Limits;
+    use actors::store::sqlite::{SqliteOptions, SqliteStore};
+    use actors::store::Store;
 
     fn settings(delivery_queue_len: usize) -> ClusterSettings {
         ClusterSettings {

@@ -36,8 +36,8 @@ use super::router::{RouterActor, RouterState};
 use super::tls::{HandshakeError, LinkTls};
 use super::wire::RouterMessage;
 use super::{router_group, Cluster, ClusterStartError, ROUTERS_GROUP};
-use crate::hub::Hub;
-use crate::supervise::{spawn_essential, spawn_restarting};
+use actors::hub::Hub;
+use actors::supervise::{spawn_essential, spawn_restarting};
 
 /// Start the node server, the router and the ticker.
 pub(super) async fn start(cluster: &Arc<Cluster>, hub: Arc<Hub>) -> Result<(), ClusterStartError> {

@@ -18,9 +18,9 @@ use bytes::Bytes;
 use protocol::{Attachment, Entry, EntryKind, RoomSettingsChange, ServerFrame};
 use serde::{Deserialize, Serialize};
 
-use crate::presence::PresenceBatch;
-use crate::room::AppendCommand;
-use crate::store::{Appended, Delivery, EntryDetails, Recipients, StoreError};
+use actors::presence::PresenceBatch;
+use actors::room::AppendCommand;
+use actors::store::{Appended, Delivery, EntryDetails, Recipients, StoreError};
 
 /// The version byte in front of every inter-node message.
 pub const WIRE_VERSION: u8 = 1;
@@ -610,7 +610,7 @@ mod tests {
                 changes: vec![
                     (
                         "alice".into(),
-                        Some(crate::presence::Record {
+                        Some(actors::presence::Record {
                             online: true,
                             away: true,
                             status: Some("lunch".into()),

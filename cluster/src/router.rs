@@ -18,8 +18,8 @@ use tracing::warn;
 
 use super::wire::{self, RouterMessage};
 use super::Cluster;
-use crate::hub::Hub;
-use crate::metrics::Metrics;
+use actors::hub::Hub;
+use actors::metrics::Metrics;
 
 pub struct RouterActor;
 
