@@ -127,15 +127,16 @@ stop_palaver_cluster() {
   PALAVER_CLUSTER_PIDS=()
 }
 
-# A single-process FoundationDB (`single ssd`, its data under $WORK) on the servers' core,
-# from an installed FoundationDB (.ci/fdb-server.sh finds it). Sets FDB_PID and FDB_CLUSTER.
+# A single-process FoundationDB (`single ssd`, its data under $WORK) on the servers' core
+# (FDB_CPUS chooses another, as if the database ran on a machine of its own), from an installed
+# FoundationDB (.ci/fdb-server.sh finds it). Sets FDB_PID and FDB_CLUSTER.
 start_fdb() {
   bash "$ROOT/.ci/fdb-server.sh" find >/dev/null || { echo "FoundationDB is not installed (.ci/fdb-server.sh find)"; return 1; }
   [[ -x "$FDB_NODE_BIN" ]] || { echo "no node built with --features fdb at $FDB_NODE_BIN (bench/setup.sh)"; return 1; }
   bash "$ROOT/.ci/fdb-server.sh" start "$WORK/fdb" || return 1
   FDB_PID="$(cat "$WORK/fdb/fdbserver.pid")"
   FDB_CLUSTER="$WORK/fdb/fdb.cluster"
-  ((${#SERVER_PIN[@]})) && taskset -a -p -c "${SERVER_CPUS:-0}" "$FDB_PID" >/dev/null
+  ((${#SERVER_PIN[@]})) && taskset -a -p -c "${FDB_CPUS:-${SERVER_CPUS:-0}}" "$FDB_PID" >/dev/null
   FDB_STARTED=1
 }
 
