@@ -142,7 +142,7 @@ start_fdb() {
 
 # palaver on the FoundationDB of start_fdb; sets PALAVER_FDB_PID, _URL and _ADMIN.
 start_palaver_fdb() { # [port] [name]
-  local port="${1:-17620}" saved=("$PALAVER_PID" "$PALAVER_URL" "$PALAVER_ADMIN")
+  local port="${1:-17620}" saved=("${PALAVER_PID:-}" "${PALAVER_URL:-}" "${PALAVER_ADMIN:-}")
   start_palaver "$port" "${2:-palaver-fdb}" "$FDB_NODE_BIN" \
     PALAVER_STORE__BACKEND=fdb PALAVER_STORE__FDB_CLUSTER_FILE="$FDB_CLUSTER"
   PALAVER_FDB_PID="$PALAVER_PID" PALAVER_FDB_URL="$PALAVER_URL" PALAVER_FDB_ADMIN="$PALAVER_ADMIN"
