@@ -64,8 +64,10 @@ where
         )
         .build();
     let tracer = provider.tracer("palaver");
+    // Every palaver crate that opens spans: a forwarded append's span is the cluster's.
     let only_palaver = Targets::new()
         .with_target("actors", tracing::Level::DEBUG)
+        .with_target("cluster", tracing::Level::DEBUG)
         .with_target("node", tracing::Level::DEBUG)
         .with_target("store", tracing::Level::DEBUG);
     let layer = tracing_opentelemetry::layer().with_tracer(tracer).with_filter(only_palaver).boxed();

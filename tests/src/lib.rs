@@ -217,7 +217,7 @@ impl Node {
             // Scenarios register many accounts from one address; tests/tests/auth_abuse.rs
             // sets the limit where it is the thing tested.
             .env("PALAVER_AUTH__REGISTER_MAX_PER_ADDRESS", "0")
-            .env("PALAVER_LOG__FILTER", "info,actors=debug")
+            .env("PALAVER_LOG__FILTER", "info,actors=debug,cluster=debug")
             .envs(
                 TestStore::from_env()
                     .env_for(&data_dir)
