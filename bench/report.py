@@ -494,17 +494,13 @@ def section_fdb(fanout, many, storm):
 
 def main():
     parts = []
-    machine = None
-    finished = []
+    loaded = []  # every result read, for the header's run times and machine
     pinned = False
     for name in ["idle", "fanout", "fanout-xmpp", "saturation", "many-rooms", "reconnect-storm", "cross-node", "presence"]:
         doc = load(name)
         if not doc:
             continue
-        if doc.get("finished_unix"):
-            if not finished or doc["finished_unix"] > max(finished):
-                machine = doc.get("machine") or machine  # the newest run's
-            finished.append(doc["finished_unix"])
+        loaded.append(doc)
         pinned = pinned or any(r.get("loadgen_cpus") for r in doc.get("rows", []))
         if name == "idle":
             parts.append(section_idle(doc))
@@ -545,11 +541,10 @@ def main():
     fdb_docs = [load(name) for name in ["fdb-fanout", "fdb-many-rooms", "fdb-reconnect-storm"]]
     if any(fdb_docs):
         parts.append(section_fdb(*fdb_docs))
-        for doc in filter(None, fdb_docs):
-            if doc.get("finished_unix"):
-                if not finished or doc["finished_unix"] > max(finished):
-                    machine = doc.get("machine") or machine
-                finished.append(doc["finished_unix"])
+        loaded.extend(filter(None, fdb_docs))
+    timed = sorted((d for d in loaded if d.get("finished_unix")), key=lambda d: d["finished_unix"])
+    finished = [d["finished_unix"] for d in timed]
+    machine = next((d["machine"] for d in reversed(timed) if d.get("machine")), None)  # the newest run's
     if not any(load(name) for name in ["fanout", "fanout-xmpp", "saturation", "cross-node"]):
         parts.insert(0, "### Fan-out, saturation and cross-node\n\nNo figures: the earlier ones were taken by a "
                         "load generator that was itself the bottleneck and are withdrawn (bench/findings.md, "
