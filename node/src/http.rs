@@ -105,13 +105,27 @@ pub async fn serve(
 }
 
 /// One admitted TCP connection: the TLS handshake if the port has TLS, then the request.
-async fn connection(mut stream: TcpStream, peer: SocketAddr, hub: Arc<Hub>, port: &ClientPort) -> io::Result<()> {
+async fn connection(stream: TcpStream, peer: SocketAddr, hub: Arc<Hub>, port: &ClientPort) -> io::Result<()> {
     let _ = stream.set_nodelay(true);
     // The handshake and the request head share one deadline.
     let deadline = Instant::now() + Duration::from_millis(hub.limits().hello_timeout_ms);
-    let Some(acceptor) = &port.tls else {
-        return handle(stream, peer, hub, port, deadline).await;
-    };
+    match &port.tls {
+        None => handle(stream, peer, hub, port, deadline).await,
+        // Boxed: inline, the TLS handshake's and stream's state would size every plain
+        // connection's task (a task is as large as its largest branch for as long as it lives).
+        Some(acceptor) => Box::pin(tls_connection(stream, peer, hub, port, acceptor, deadline)).await,
+    }
+}
+
+/// The TLS handshake, then the request over TLS.
+async fn tls_connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    hub: Arc<Hub>,
+    port: &ClientPort,
+    acceptor: &TlsAcceptor,
+    deadline: Instant,
+) -> io::Result<()> {
     let mut first = [0u8; 1];
     match tokio::time::timeout_at(deadline, stream.peek(&mut first)).await {
         Ok(Ok(1)) => {}
@@ -146,12 +160,14 @@ async fn handle<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let request = match request::read_request(&mut stream, deadline).await {
+    let mut request = match request::read_request(&mut stream, deadline).await {
         Ok(request) => request,
         Err(err) => return request::answer_read_error(&mut stream, err).await,
     };
     if crate::media::is_media_path(&request.path) {
-        return crate::media::serve(&mut stream, request, &hub, &port.media).await;
+        // Boxed: an upload's or download's state is twice a WebSocket session's, and a
+        // connection's task is as large as its largest branch for as long as it lives.
+        return Box::pin(crate::media::serve(&mut stream, request, &hub, &port.media)).await;
     }
     if request.method != "GET" {
         // Paths not served here (the admin port's among them) are not found whatever the method.
@@ -195,8 +211,11 @@ where
                 "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
             );
             stream.write_all(response.as_bytes()).await?;
-            // Only the bytes past the head are needed from here on.
-            websocket(stream, request.rest, peer, hub).await;
+            // Only the bytes past the head are needed from here on: the rest of the request
+            // (its headers on the heap) is dropped rather than held for the session's life.
+            let rest = std::mem::take(&mut request.rest);
+            drop((request, response));
+            websocket(stream, rest, peer, hub).await;
             Ok(())
         }
         "/healthz" => respond(&mut stream, 200, "text/plain", b"ok\n").await,
@@ -296,4 +315,33 @@ where
         }
     });
     run_session(hub, Peer { addr: peer.to_string() }, Box::pin(sink), Box::pin(stream)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of the future `make` would return, without calling it.
+    fn future_size<A, B, C, D, F: std::future::Future>(_make: impl FnOnce(A, B, C, D) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// Every open connection holds its task's future, which is as large as its largest branch
+    /// for as long as the connection lives, so a large rare branch (a media transfer, TLS) left
+    /// inline costs every idle WebSocket its size. The bound is for this unoptimised test build
+    /// (an optimised build's futures are smaller); inline, the media branch alone is larger.
+    #[test]
+    fn a_connection_task_is_not_sized_by_its_rare_branches() {
+        let connection = future_size(|s: TcpStream, p: SocketAddr, h: Arc<Hub>, port: &'static ClientPort| {
+            connection(s, p, h, port)
+        });
+        let media = future_size(
+            |s: &'static mut TcpStream,
+             r: request::Request,
+             h: &'static Hub,
+             m: &'static crate::media::MediaService| { crate::media::serve(s, r, h, m) },
+        );
+        assert!(connection <= 6 * 1024, "a connection's future is {connection} bytes");
+        assert!(media > connection, "the media branch ({media} bytes) is no longer the large one: revisit this bound");
+    }
 }
