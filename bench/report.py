@@ -500,7 +500,7 @@ def main():
         doc = load(name)
         if not doc:
             continue
-        loaded.append(doc)
+        loaded.append((name, doc))
         pinned = pinned or any(r.get("loadgen_cpus") for r in doc.get("rows", []))
         if name == "idle":
             parts.append(section_idle(doc))
@@ -541,10 +541,20 @@ def main():
     fdb_docs = [load(name) for name in ["fdb-fanout", "fdb-many-rooms", "fdb-reconnect-storm"]]
     if any(fdb_docs):
         parts.append(section_fdb(*fdb_docs))
-        loaded.extend(filter(None, fdb_docs))
-    timed = sorted((d for d in loaded if d.get("finished_unix")), key=lambda d: d["finished_unix"])
+        loaded.extend((name, d) for name, d in zip(["fdb-fanout", "fdb-many-rooms", "fdb-reconnect-storm"], fdb_docs) if d)
+    timed = sorted((d for _, d in loaded if d.get("finished_unix")), key=lambda d: d["finished_unix"])
     finished = [d["finished_unix"] for d in timed]
     machine = next((d["machine"] for d in reversed(timed) if d.get("machine")), None)  # the newest run's
+    # The same kind of machine is not always the same processor: say which tables ran on which.
+    describe = lambda m: f"{m.get('cores', '?')} cores ({m.get('cpu', '?')}), {m.get('memory_gib', '?')} GiB"
+    by_machine = {}
+    for name, d in loaded:
+        if d.get("machine"):
+            by_machine.setdefault(describe(d["machine"]), []).append(name)
+    machines_note = ("" if len(by_machine) < 2 else
+                     "\n  The tables were not all measured on one processor: " +
+                     "; ".join(f"{', '.join(names)} on {desc}" for desc, names in by_machine.items()) +
+                     ". Ratios within a table hold; compare absolute figures only within one processor.")
     if not any(load(name) for name in ["fanout", "fanout-xmpp", "saturation", "cross-node"]):
         parts.insert(0, "### Fan-out, saturation and cross-node\n\nNo figures: the earlier ones were taken by a "
                         "load generator that was itself the bottleneck and are withdrawn (bench/findings.md, "
@@ -575,7 +585,7 @@ bench/run.sh            # about 25 minutes; QUICK=1 bench/run.sh for a small ver
 
 - Machine: {m.get('cores', '?')} cores ({m.get('cpu', '?')}), {m.get('memory_gib', '?')} GiB, Linux {m.get('kernel', '?')};
   load average when the newest run started: {m.get('loadavg_at_start', '?')} (each fan-out row's last column
-  says whether anything else took the CPUs while it ran).
+  says whether anything else took the CPUs while it ran).{machines_note}
   {placement}
 - Servers: palaver (release build, SQLite store, WAL, synchronous=FULL, JSON frames batched per
   WebSocket message as the load generator asks with `hello.batch`; `--no-batch` for one frame per message), NATS
