@@ -374,8 +374,7 @@ def targets_section():
             v = pal["kib_per_connection"]
             rows.append(["≤ 12 KB resident per idle authenticated connection", f"{v:.2f} KiB ({v * 1.024:.1f} KB)",
                          "met" if v * 1.024 <= 12 else "not met"])
-    fan = load("fanout")
-    if fan:
+    for fan in filter(None, [load("fanout"), load("fanout-10k")]):
         ok = [r for r in fan["rows"] if "error" not in r and not r["offered_rate"]
               and ((fan.get("rounds") or 1) == 1 or r.get("median"))]
         pal = next((r for r in ok if r["kind"] == "palaver"), None)
@@ -496,7 +495,7 @@ def main():
     parts = []
     loaded = []  # every result read, for the header's run times and machine
     pinned = False
-    for name in ["idle", "fanout", "fanout-xmpp", "saturation", "many-rooms", "reconnect-storm", "cross-node", "presence"]:
+    for name in ["idle", "fanout", "fanout-10k", "fanout-xmpp", "saturation", "many-rooms", "reconnect-storm", "cross-node", "presence"]:
         doc = load(name)
         if not doc:
             continue
@@ -514,6 +513,10 @@ def main():
                                         "(SQLite WAL, synchronous=FULL) before the ack; a room of more than 100 members is "
                                         "a large room (ARCHITECTURE.md), whose messages are written once, to the room log, "
                                         "rather than once per member; no peer persists anything."))
+        elif name == "fanout-10k":
+            parts.append(section_fanout(doc, f"Fan-out: one room, {doc.get('n')} receivers",
+                                        "The table above with ten times the receivers and a tenth of the fixed rate "
+                                        "(the same deliveries per second); `max_room_members` is raised for it."))
         elif name == "fanout-xmpp":
             parts.append(section_fanout(doc, f"Fan-out against ejabberd: one room, {doc.get('n')} receivers",
                                         "ejabberd multi-user chat joins are slow (every join is broadcast to every "
@@ -555,7 +558,7 @@ def main():
                      "\n  The tables were not all measured on one processor: " +
                      "; ".join(f"{', '.join(names)} on {desc}" for desc, names in by_machine.items()) +
                      ". Ratios within a table hold; compare absolute figures only within one processor.")
-    if not any(load(name) for name in ["fanout", "fanout-xmpp", "saturation", "cross-node"]):
+    if not any(load(name) for name in ["fanout", "fanout-10k", "fanout-xmpp", "saturation", "cross-node"]):
         parts.insert(0, "### Fan-out, saturation and cross-node\n\nNo figures: the earlier ones were taken by a "
                         "load generator that was itself the bottleneck and are withdrawn (bench/findings.md, "
                         "\"Fan-out figures withdrawn\"); `bench/run.sh` measures them again the way described "

@@ -20,7 +20,7 @@ trap stop_servers EXIT
 cd "$ROOT"
 
 QUICK="${QUICK:-0}"
-SCENARIOS="${SCENARIOS:-idle fanout fanout-xmpp cross-node saturation many-rooms reconnect-storm presence fdb-fanout fdb-many-rooms fdb-reconnect-storm}"
+SCENARIOS="${SCENARIOS:-idle fanout fanout-10k fanout-xmpp cross-node saturation many-rooms reconnect-storm presence fdb-fanout fdb-many-rooms fdb-reconnect-storm}"
 RESULTS="${RESULTS:-$BENCH_DIR/results}"
 mkdir -p "$RESULTS"
 chmod 755 "$WORK"
@@ -33,10 +33,10 @@ export EJABBERD_VERSION="$(dpkg-query -W -f='${Version}' ejabberd 2>/dev/null ||
 export SOCKETIO_VERSION="$(python3 -c 'import socketio; print(socketio.__version__)' 2>/dev/null || pip show python-socketio 2>/dev/null | awk '/^Version/{print $2}')"
 
 if [[ "$QUICK" == 1 ]]; then
-  IDLE_N=1000; FAN_N=200; FAN_RATES=100,0; FAN_DUR=5; FAN_ROUNDS=1; XMPP_N=50; SAT_N=50; SAT_STEPS=5; ROOMS=20; STORM=200; BACKLOG=50
+  IDLE_N=1000; FAN_N=200; FAN_RATES=100,0; FAN10K_N=2000; FAN10K_RATES=10,0; FAN_DUR=5; FAN_ROUNDS=1; XMPP_N=50; SAT_N=50; SAT_STEPS=5; ROOMS=20; STORM=200; BACKLOG=50
   PRES_N=1000; PRES_DUR=20
 else
-  IDLE_N=10000; FAN_N=1000; FAN_RATES=200,0; FAN_DUR=10; FAN_ROUNDS=3; XMPP_N=300; SAT_N=100; SAT_STEPS=14; ROOMS=100; STORM=1000; BACKLOG=200
+  IDLE_N=10000; FAN_N=1000; FAN_RATES=200,0; FAN10K_N=10000; FAN10K_RATES=20,0; FAN_DUR=10; FAN_ROUNDS=3; XMPP_N=300; SAT_N=100; SAT_STEPS=14; ROOMS=100; STORM=1000; BACKLOG=200
   PRES_N=10000; PRES_DUR=60
 fi
 PRES_N="${PRESENCE_N:-$PRES_N}"; PRES_DUR="${PRESENCE_DURATION:-$PRES_DUR}"; PRES_WATCHERS="${PRESENCE_WATCHERS:-10}"
@@ -87,6 +87,12 @@ for scenario in $SCENARIOS; do
     fanout)
       servers nats socketio
       run fanout fanout --n "$FAN_N" --rate "$FAN_RATES" --window 64 --duration "$FAN_DUR" --repeat "$FAN_ROUNDS" "${TARGETS[@]}"
+      ;;
+    fanout-10k)
+      # Ten times the receivers (bench/servers.sh raises max_room_members for it); a tenth of
+      # the fixed rate, so the deliveries per second are the same.
+      servers nats
+      run fanout-10k fanout --n "$FAN10K_N" --rate "$FAN10K_RATES" --window 64 --duration "$FAN_DUR" --repeat "$FAN_ROUNDS" "${TARGETS[@]}"
       ;;
     fanout-xmpp)
       servers xmpp
