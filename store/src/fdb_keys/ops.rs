@@ -706,9 +706,7 @@ impl<D: KvDb> KvStore<D> {
                 } else {
                     Vec::new()
                 };
-                // The batch's first reads go out together with the endpoints' (see `first_reads`).
-                let first = first_reads(ks, requests);
-                let (subscribers, _) = tokio::try_join!(webhooks::subscribers(&t, ks), t.get_many(&first))?;
+                let subscribers = webhooks::subscribers(&t, ks).await?;
                 let mut outcomes = Vec::with_capacity(requests.len());
                 let mut spent = 0usize;
                 for (request, &writer) in requests.iter().zip(writers) {
@@ -747,25 +745,6 @@ impl<D: KvDb> KvStore<D> {
             })
             .await
     }
-}
-
-/// The keys each append of a batch reads before anything else: the room's state, and for a
-/// send or change its dedup key and its sender's membership. Appends read one after another,
-/// each waiting for its reads, but a transaction answers a key it has read before from its own
-/// cache (FoundationDB's read-your-writes layer does), so reading them all at once first costs
-/// the batch one round trip instead of two for each of its appends. It changes no answer:
-/// what an earlier append writes is still what a later one reads.
-fn first_reads(ks: &Keyspace, requests: &[AppendRequest]) -> Vec<Vec<u8>> {
-    let room = &requests[0].room;
-    let mut keys = vec![ks.room(room), ks.room_head(room), ks.owner(room)];
-    let mut senders = std::collections::HashSet::new();
-    for request in requests.iter().filter(|r| r.kind.has_client_id()) {
-        keys.push(ks.dedup(room, &request.from, &request.id));
-        if senders.insert(request.from.as_str()) {
-            keys.push(ks.member(room, &request.from));
-        }
-    }
-    keys
 }
 
 /// The entries among the room's newest `writers.len()` that one of `writers` wrote, with each
