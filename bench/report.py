@@ -541,10 +541,11 @@ def main():
                                         "send crosses the other way and the publisher's window paces the fan-out. "
                                         "Compare with palaver's rows in the single-node fan-out table above: same room "
                                         "size, same rates.", ratios=False))
-    fdb_docs = [load(name) for name in ["fdb-fanout", "fdb-many-rooms", "fdb-reconnect-storm"]]
+    fdb_names = ["fdb-fanout", "fdb-many-rooms", "fdb-reconnect-storm"]
+    fdb_docs = [load(name) for name in fdb_names]
     if any(fdb_docs):
         parts.append(section_fdb(*fdb_docs))
-        loaded.extend((name, d) for name, d in zip(["fdb-fanout", "fdb-many-rooms", "fdb-reconnect-storm"], fdb_docs) if d)
+        loaded.extend((name, d) for name, d in zip(fdb_names, fdb_docs) if d)
     timed = sorted((d for _, d in loaded if d.get("finished_unix")), key=lambda d: d["finished_unix"])
     finished = [d["finished_unix"] for d in timed]
     machine = next((d["machine"] for d in reversed(timed) if d.get("machine")), None)  # the newest run's
@@ -558,7 +559,7 @@ def main():
                      "\n  The tables were not all measured on one processor: " +
                      "; ".join(f"{', '.join(names)} on {desc}" for desc, names in by_machine.items()) +
                      ". Ratios within a table hold; compare absolute figures only within one processor.")
-    if not any(load(name) for name in ["fanout", "fanout-10k", "fanout-xmpp", "saturation", "cross-node"]):
+    if not {name for name, _ in loaded} & {"fanout", "fanout-10k", "fanout-xmpp", "saturation", "cross-node"}:
         parts.insert(0, "### Fan-out, saturation and cross-node\n\nNo figures: the earlier ones were taken by a "
                         "load generator that was itself the bottleneck and are withdrawn (bench/findings.md, "
                         "\"Fan-out figures withdrawn\"); `bench/run.sh` measures them again the way described "
