@@ -93,7 +93,8 @@ metrics! {
     /// Cluster: deliveries from other nodes not queued because the local fan-out was behind
     /// (`cluster.delivery_queue_len`); their recipients read them from the store instead.
     counter cluster_deliveries_shed_total,
-    /// Cluster: inter-node messages that did not decode, or were refused (dropped and logged).
+    /// Cluster: inter-node messages that did not decode, or were refused (dropped and logged),
+    /// replies that answer another request among them.
     counter cluster_invalid_messages_total,
     /// Presence: batches of changed presence records sent to other nodes.
     counter presence_batches_sent_total,

@@ -50,7 +50,7 @@ use std::sync::{Arc, OnceLock, Weak};
 use parking_lot::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use protocol::ServerFrame;
+use protocol::{EntryKind, ServerFrame};
 use ractor::ActorRef;
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
@@ -65,7 +65,7 @@ use actors::room::AppendCommand;
 use actors::store::{Appended, Delivery, Recipients, StoreError};
 use actors::supervise::spawn_essential;
 use membership::{Membership, View};
-use wire::{AppendReply, ForwardedAppend, Heartbeat, RouterMessage, RunMessages};
+use wire::{AppendReply, ForwardedAppend, Heartbeat, RouterMessage, RunMessages, WireOutcome};
 
 /// Process group of every node's router.
 pub const ROUTERS_GROUP: &str = "palaver.routers";
@@ -110,8 +110,41 @@ pub struct ClusterSettings {
 
 struct Pending {
     node: String,
+    /// What was asked, to check the reply against (see [`Pending::answers`]).
+    asked: Asked,
     reply: oneshot::Sender<Result<Appended, StoreError>>,
     deadline: Instant,
+}
+
+/// The part of a forwarded append that its committed entry must repeat.
+struct Asked {
+    room: String,
+    kind: EntryKind,
+    sender: String,
+    message_id: String,
+}
+
+impl Pending {
+    /// Whether `reply` can be the answer to this request: it comes from the node asked and,
+    /// if it carries an entry, the entry is of the room asked (and for a message, is that
+    /// message: a retry's answer is the original entry, which has the same sender and id).
+    /// Anything else is a reply meant for another request, which must not become this one's
+    /// ack: the client would be told its message has another message's seq.
+    fn answers(&self, reply: &AppendReply) -> bool {
+        if reply.from != self.node {
+            return false;
+        }
+        match &reply.outcome {
+            WireOutcome::Appended { entry, .. } => {
+                entry.room == self.asked.room
+                    && (self.asked.kind != EntryKind::Text
+                        || (entry.kind == EntryKind::Text
+                            && entry.from == self.asked.sender
+                            && entry.id == self.asked.message_id))
+            }
+            WireOutcome::Error(_) => true,
+        }
+    }
 }
 
 /// One node's membership in the cluster, shared by the hub, the router and the ticker.
@@ -156,7 +189,9 @@ impl Cluster {
             membership: Mutex::new(membership),
             view: RwLock::new(Arc::new(view)),
             pending: Mutex::new(HashMap::new()),
-            next_request: AtomicU64::new(1),
+            // From a random point, so that a reply to a request of this node's previous
+            // process (same name, same counter) cannot match one of this process's.
+            next_request: AtomicU64::new(rand::random()),
             hub: OnceLock::new(),
             forwarded,
             forwarded_rx: Mutex::new(Some(forwarded_rx)),
@@ -193,11 +228,26 @@ impl Cluster {
             .filter_map(|node| router_of(node).map(|router| (node, router)))
     }
 
-    /// A reply to one of this node's forwarded appends.
+    /// A reply to one of this node's forwarded appends. One that does not answer the request
+    /// of its id is dropped and counted, and the request stays pending: its own answer may
+    /// still come, and otherwise it times out and the client retries with the same id.
     fn complete(&self, reply: AppendReply) {
-        let pending = self.pending.lock().remove(&reply.id);
-        if let Some(pending) = pending {
-            let _ = pending.reply.send(reply.outcome.into());
+        let mut pending = self.pending.lock();
+        match pending.get(&reply.id) {
+            Some(waiting) if waiting.answers(&reply) => {
+                let waiting = pending.remove(&reply.id).expect("present");
+                drop(pending);
+                let _ = waiting.reply.send(reply.outcome.into());
+            }
+            Some(waiting) => {
+                let asked = format!("{}/{} to {}", waiting.asked.room, waiting.asked.message_id, waiting.node);
+                drop(pending);
+                warn!(id = reply.id, from = %reply.from, asked, "dropped a reply that answers another request");
+                if let Some(hub) = self.hub() {
+                    Metrics::inc(&hub.metrics().cluster_invalid_messages_total);
+                }
+            }
+            None => {}
         }
     }
 
@@ -493,7 +543,13 @@ impl Peers for Cluster {
                 return Err(unavailable("and too many requests wait for other nodes"));
             }
             let deadline = Instant::now() + self.settings.request_timeout;
-            pending.insert(id, Pending { node: node.to_string(), reply, deadline });
+            let asked = Asked {
+                room: room.to_string(),
+                kind: command.kind,
+                sender: command.from.clone(),
+                message_id: command.id.clone(),
+            };
+            pending.insert(id, Pending { node: node.to_string(), asked, reply, deadline });
         }
         let message = RouterMessage::Append(ForwardedAppend {
             id,
@@ -730,6 +786,36 @@ mod tests {
         assert_eq!(hub.metrics().cluster_deliveries_shed_total.load(Ordering::Relaxed), 3);
         assert!(ann.signals.lagged.load(Ordering::Acquire), "ann must read the store");
         assert_eq!(hub.metrics().deliveries_lagged_total.load(Ordering::Relaxed), 1, "marked once for the run");
+    }
+
+    /// A reply is taken as the answer to the request of its id only if it answers it: from the
+    /// node asked, about the room and message asked. Anything else (a reply routed to the wrong
+    /// node, or to a restarted node whose counter met the same id) is dropped, and the request
+    /// waits on for its own answer.
+    #[tokio::test]
+    async fn a_reply_that_answers_another_request_is_not_taken() {
+        let cluster = Cluster::new(settings(1));
+        let (reply, mut outcome) = oneshot::channel();
+        let asked = Asked { room: "r".into(), kind: EntryKind::Text, sender: "ann".into(), message_id: "m7".into() };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        cluster.pending.lock().insert(42, Pending { node: "n2".into(), asked, reply, deadline });
+        let appended = |from: &str, entry: Entry| AppendReply {
+            id: 42,
+            from: from.into(),
+            outcome: WireOutcome::Appended { entry: Box::new(entry), duplicate: false },
+        };
+        let mine = Entry { seq: 7, id: "m7".into(), ..delivery(7).entry };
+        let someone_elses = Entry { seq: 9, id: "m9".into(), from: "bob".into(), ..delivery(9).entry };
+        let another_room = Entry { room: "r2".into(), ..mine.clone() };
+        for wrong in [appended("n3", mine.clone()), appended("n2", someone_elses), appended("n2", another_room)] {
+            cluster.complete(wrong);
+            assert!(outcome.try_recv().is_err(), "a reply to another request was taken");
+        }
+        assert_eq!(cluster.pending.lock().len(), 1, "the request still waits");
+        cluster.complete(appended("n2", mine));
+        let taken = outcome.try_recv().expect("answered").expect("appended");
+        assert_eq!((taken.delivery.entry.id.as_str(), taken.delivery.entry.seq), ("m7", 7));
+        assert!(cluster.pending.lock().is_empty());
     }
 
     /// A list equal to the last one of its room is replaced by that one (the hub's fan-out cache

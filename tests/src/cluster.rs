@@ -604,7 +604,14 @@ impl Chatter {
             let reply = tokio::time::timeout(REQUEST_TIMEOUT, client.request(frame)).await;
             self.take_received();
             match reply {
-                Ok(Ok(ServerFrame::Ack { seq, duplicate, .. })) => {
+                Ok(Ok(ServerFrame::Ack { seq, duplicate, room: acked_room, id: acked_id, .. })) => {
+                    // An ack names the message it is for: one naming another is a reply
+                    // delivered to the wrong request, which would corrupt every check below.
+                    anyhow::ensure!(
+                        acked_room == room && acked_id == id,
+                        "{}: send of {room}/{id} acked as {acked_room}/{acked_id} seq {seq}",
+                        self.user
+                    );
                     self.acked.push((room.to_string(), id.to_string(), seq, duplicate));
                     return Ok(seq);
                 }
