@@ -7,10 +7,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, ensure, Context};
 use protocol::{PresenceState, UserPresence};
 
-use crate::{reply_req, Client, ClientFrame, ErrorCode, ServerFrame};
+use crate::{reply_req, Client, ClientFrame, ErrorCode, Node, ServerFrame};
 
 /// How long to wait for something that must happen.
 pub const DEADLINE: Duration = Duration::from_secs(15);
+
+/// How long to pause between two looks while polling for something that must happen.
+pub const POLL: Duration = Duration::from_millis(25);
 
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_millis() as u64
@@ -32,6 +35,36 @@ pub async fn set_presence(client: &mut Client, state: PresenceState, status: Opt
         ServerFrame::Ok { req: got } if got == req => Ok(()),
         other => bail!("set_presence {state:?} {status:?}: expected ok, got {other:?}"),
     }
+}
+
+/// Ask (`watch_presence`, so this replaces the client's watch list) until every one of `users`
+/// is visible to `client` and listed online, within [`DEADLINE`]. For tests whose subject is
+/// something else, so that they do not rely on a fresh connection being listed at once (on the
+/// node it is on, or elsewhere within a flush interval or so).
+pub async fn wait_listed_online(client: &mut Client, users: &[&str]) -> anyhow::Result<()> {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let (list, hidden) = watch(client, users).await?;
+        if hidden.is_empty() && list.len() == users.len() && list.iter().all(|p| p.state == PresenceState::Online) {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "{:?}: {users:?} not all listed online within {DEADLINE:?}: {list:?}, hidden {hidden:?}",
+            client.user
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// The value of the counter or gauge `name` in `node`'s `/metrics` (admin port), if listed.
+pub async fn metric(node: &Node, name: &str) -> anyhow::Result<Option<f64>> {
+    let (status, body) = node.admin_get("/metrics").await?;
+    ensure!(status == 200, "GET /metrics: status {status}: {body}");
+    Ok(body
+        .lines()
+        .find_map(|line| line.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|value| value.trim().parse().ok()))
 }
 
 /// Send a request that must be refused with `code` (and its `req`), then check the connection

@@ -102,6 +102,26 @@ async fn watch_until_online(client: &mut Client, users: &[&str]) -> anyhow::Resu
     Ok(list)
 }
 
+/// Presence batches node `k` has handed to other nodes so far (each batch counts once per node
+/// that took it).
+async fn batches_sent(cluster: &Cluster, k: usize) -> anyhow::Result<f64> {
+    Ok(metric(cluster.node(k), "palaver_presence_batches_sent_total").await?.unwrap_or(0.0))
+}
+
+/// Wait until node `k` has handed other nodes `at_least` presence batches in all: what its
+/// table held before its latest one is on its way to them, ahead of anything it sends later.
+async fn wait_batches_sent(cluster: &Cluster, k: usize, at_least: f64) -> anyhow::Result<()> {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let sent = batches_sent(cluster, k).await?;
+        if sent >= at_least {
+            return Ok(());
+        }
+        ensure!(Instant::now() < deadline, "n{}: {sent} presence batches sent, expected {at_least}", k + 1);
+        tokio::time::sleep(POLL).await;
+    }
+}
+
 async fn next_frame(
     client: &mut Client,
     what: &str,
@@ -165,10 +185,12 @@ async fn a_user_on_two_nodes_stays_online_until_both_connections_go() -> anyhow:
         let carol_knows = watch_until_online(&mut carol, &["alice"]).await?.remove(0);
         let bob_knows = watch_until_online(&mut bob, &["alice"]).await?.remove(0);
 
-        // A second device on n1; then that one goes. n2's connection keeps her online, on n1
-        // (which has no connection of hers left) and on n3 alike.
+        // A second device on n1, kept until n1 has published it (a batch to each other node since
+        // it connected); then that one goes. n2's connection keeps her online, on n1 (which has
+        // no connection of hers left) and on n3 alike.
+        let before = batches_sent(&cluster, 0).await?;
         let alice_n1 = connect_at(&cluster, 0, Encoding::MessagePack, &token).await?;
-        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        wait_batches_sent(&cluster, 0, before + 2.0).await.context("n1 publishing alice's second device")?;
         alice_n1.close().await?;
         no_change(&mut carol, "alice", &carol_knows, Duration::from_millis(3_000))
             .await
@@ -377,8 +399,9 @@ async fn kill_9_of_a_node_turns_its_users_offline_elsewhere() -> anyhow::Result<
         join(&mut alice, &room).await?;
         join(&mut dave_n3, &room).await?;
         let known = watch_until_online(&mut bob, &["alice", "dave"]).await?;
-        // Let n1's record of dave spread too.
-        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        // n1's record of dave spreads too: dave is n1's only user, so a batch from n1 to each
+        // other node carries his connection.
+        wait_batches_sent(&cluster, 0, 2.0).await.context("n1 publishing dave's connection")?;
 
         let killed_ms = now_ms();
         let killed_at = Instant::now();
@@ -529,8 +552,9 @@ async fn a_non_members_presence_is_never_revealed_across_nodes() -> anyhow::Resu
         let room = create_room(&mut alice, "no carol").await?;
         join(&mut bob, &room).await?;
         create_room(&mut carol, "carol's own").await?;
-        // Past a flush interval (a fresh connection listed at once is the single-node tests' job).
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Carol is listed online to herself (a fresh connection listed at once is the
+        // single-node tests' job).
+        wait_listed_online(&mut carol, &["carol"]).await?;
 
         let (users, hidden) = watch(&mut carol, &["alice", "nosuchuser", "carol"]).await?;
         ensure!(users.len() == 1, "carol on n2 sees only herself: {users:?}");

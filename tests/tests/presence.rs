@@ -24,10 +24,12 @@ const QUIET: Duration = Duration::from_millis(1000);
 const GRACE_MS: u64 = 300;
 const FLUSH_MS: u64 = 50;
 
-/// Long enough for a flush interval to pass. Tests about other guarantees wait this after their
-/// users connect before the first `watch_presence`; that a fresh connection is listed online
-/// at once is `a_fresh_connection_is_listed_online_at_once`.
-const SETTLE: Duration = Duration::from_millis(300);
+/// How long `a_former_room_mate_stops_being_watched` gives the node to re-check a watch after a
+/// leave: the re-check runs in the background, and nothing a client can see marks its end.
+/// (Tests about other guarantees poll with `wait_listed_online` before their first
+/// `watch_presence`; that a fresh connection is listed online at once is
+/// `a_fresh_connection_is_listed_online_at_once`.)
+const RECHECK: Duration = Duration::from_millis(300);
 const TYPING_TTL_MS: u64 = 800;
 
 fn options() -> NodeOptions {
@@ -127,7 +129,7 @@ async fn presence_lifecycle(alice_encoding: Encoding, bob_encoding: Encoding) ->
         carol.close().await?;
         let room = alice.create_room("lobby").await?;
         bob.join(&room).await?;
-        tokio::time::sleep(SETTLE).await;
+        wait_listed_online(&mut bob, &["alice", "bob"]).await?;
 
         // The list: request order, duplicates removed, the caller itself visible, carol (no
         // shared room) hidden.
@@ -195,7 +197,7 @@ async fn a_reconnect_within_the_grace_is_invisible() -> anyhow::Result<()> {
         let (mut bob, _) = Client::user(&node, Encoding::Json, "bob").await?;
         let room = alice.create_room("flaky wifi").await?;
         bob.join(&room).await?;
-        tokio::time::sleep(SETTLE).await;
+        wait_listed_online(&mut bob, &["alice"]).await?;
         let (users, _) = watch(&mut bob, &["alice"]).await?;
         check_presence(&users[0], "alice", Online, None)?;
         let known = users[0].clone();
@@ -274,7 +276,9 @@ async fn presence_is_private_to_users_sharing_a_room() -> anyhow::Result<()> {
             ServerFrame::Room { .. } => {}
             other => bail!("open_direct: {other:?}"),
         }
-        tokio::time::sleep(SETTLE).await;
+        wait_listed_online(&mut bob, &["alice"]).await?;
+        wait_listed_online(&mut dave, &["alice"]).await?;
+        wait_listed_online(&mut carol, &["carol"]).await?;
 
         let (users, hidden) = watch(&mut carol, &["carol", "alice"]).await?;
         ensure!(users.len() == 1, "carol sees only herself: {users:?}");
@@ -366,6 +370,7 @@ async fn typing_reaches_the_other_members_and_lapses_after_the_ttl() -> anyhow::
         send_typing(&mut alice, &room, true).await?;
         let frame = next_typing(&mut bob, &room).await?;
         ensure!(frame == active, "typing again: expected {active:?}, got {frame:?}");
+        // Real time on purpose: the repeat comes a while after the first, so the lapse tells them apart.
         tokio::time::sleep(Duration::from_millis(150)).await;
         let repeat_at = Instant::now();
         send_typing(&mut alice, &room, true).await?;
@@ -640,7 +645,7 @@ async fn members_and_bad_requests(encoding: Encoding) -> anyhow::Result<()> {
                 break;
             }
             ensure!(Instant::now() < deadline, "members never settled: online {online}, presence {presence:?}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(POLL).await;
         }
 
         // Pages of two, by name, presence in the same order.
@@ -717,7 +722,7 @@ async fn a_former_room_mate_stops_being_watched() -> anyhow::Result<()> {
         let (mut bob, _) = Client::user(&node, Encoding::MessagePack, "bob").await?;
         let room = alice.create_room("only shared room").await?;
         bob.join(&room).await?;
-        tokio::time::sleep(SETTLE).await;
+        wait_listed_online(&mut alice, &["bob"]).await?;
         let (users, hidden) = watch(&mut alice, &["bob"]).await?;
         check_presence(&users[0], "bob", Online, None)?;
         ensure!(hidden.is_empty(), "{hidden:?}");
@@ -736,7 +741,8 @@ async fn a_former_room_mate_stops_being_watched() -> anyhow::Result<()> {
             )
             .await?;
         // The watch is re-checked after the leave is delivered; give that a moment, then change.
-        tokio::time::sleep(SETTLE).await;
+        // Real time: the re-check shows no sign, and a fresh watch_presence would replace the watch.
+        tokio::time::sleep(RECHECK).await;
         set_presence(&mut bob, Away, Some("gone")).await?;
         no_change(&mut alice, "bob", &known, QUIET).await.context("bob's presence still reaches alice")?;
         let (users, hidden) = watch(&mut alice, &["bob"]).await?;
