@@ -20,10 +20,10 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use protocol::{Cursor, Entry, ServerFrame};
 use ractor::{Actor, ActorRef};
@@ -52,6 +52,21 @@ pub struct ConnSignals {
     /// The user logged out everywhere: close.
     pub revoked: AtomicBool,
 }
+
+/// A connection opened while the other nodes may not know of it yet: they learn of it from
+/// this node's presence batch `seq`, and until they have applied it they may leave this node
+/// out of its user's deliveries (targeted delivery, `Presence::peers_for`).
+struct Unannounced {
+    seq: u64,
+    since: Instant,
+    signals: Weak<ConnSignals>,
+}
+
+/// How long a connection waits for every peer to acknowledge its announcement before it reads
+/// the store anyway. Only a peer that is out of step with this node's presence (which then
+/// sends this node every delivery) or older than targeted delivery (which sends every delivery
+/// too) takes that long; the bound keeps the waiting list from growing on their account.
+const UNANNOUNCED_LIMIT: Duration = Duration::from_secs(10);
 
 /// The hub's side of one live connection.
 #[derive(Debug, Clone)]
@@ -118,6 +133,8 @@ pub struct Hub {
     connections: Mutex<Connections>,
     /// The newest entries of each large room seen here, for connections that fell behind.
     tails: Mutex<RoomTails>,
+    /// Connections the other nodes may not know of yet (see [`Hub::announced`]).
+    unannounced: Mutex<Vec<Unannounced>>,
     next_conn_id: AtomicU64,
     shutdown: watch::Sender<bool>,
     /// The other nodes, when the node runs in a cluster (the `cluster` crate); unset on a
@@ -170,6 +187,7 @@ impl Hub {
         let hub = Arc::new(Hub {
             presence: Presence::new(&node, presence),
             tails: Mutex::new(RoomTails::new(limits.large_room_tail_bytes)),
+            unannounced: Mutex::new(Vec::new()),
             node,
             limits,
             store,
@@ -335,7 +353,7 @@ impl Hub {
         if let Some(peers) = self.peers.get() {
             let named: Vec<&Delivery> =
                 deliveries.iter().copied().filter(|delivery| delivery.recipients != Recipients::Unnamed).collect();
-            peers.broadcast_deliveries(&named);
+            peers.send_deliveries(&named);
         }
     }
 
@@ -513,8 +531,33 @@ impl Hub {
             connections.by_user.entry(user.to_string()).or_default().push(handle);
             connections.room_fanouts.clear();
         }
-        self.presence.connected(user);
+        let announced_in = self.presence.connected(user);
+        if let (Some(seq), Some(_)) = (announced_in, self.peers.get()) {
+            let waiting = Unannounced { seq, since: Instant::now(), signals: Arc::downgrade(&signals) };
+            self.unannounced.lock().push(waiting);
+        }
         Registration { id, inbox, signals }
+    }
+
+    /// Every live peer has applied this node's presence batches through `through`: each
+    /// connection announced up to it (or waiting longer than [`UNANNOUNCED_LIMIT`]) reads the
+    /// store once. That brings what a peer committed before it knew of the connection; from
+    /// then on the peers send its deliveries here. Closed connections are dropped.
+    pub fn announced(&self, through: u64) {
+        let mut waiting = self.unannounced.lock();
+        if waiting.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        waiting.retain(|conn| {
+            let Some(signals) = conn.signals.upgrade() else { return false };
+            if conn.seq > through && now.duration_since(conn.since) < UNANNOUNCED_LIMIT {
+                return true;
+            }
+            signals.lagged.store(true, Ordering::Release);
+            signals.notify.notify_one();
+            false
+        });
     }
 
     pub fn unregister(&self, user: &str, id: u64) {
@@ -672,6 +715,10 @@ impl PresenceHost for Hub {
 
     fn push(&self, users: &[String], frame: ServerFrame) {
         Hub::push(self, users, frame);
+    }
+
+    fn announced(&self, seq: u64) {
+        Hub::announced(self, seq);
     }
 }
 

@@ -85,6 +85,9 @@ metrics! {
     counter cluster_forwarded_total,
     /// Cluster: deliveries sent to other nodes (one per node per entry).
     counter cluster_deliveries_sent_total,
+    /// Cluster: deliveries not sent to a live node because no recipient has a connection
+    /// there (one per node per entry; targeted delivery).
+    counter cluster_deliveries_spared_total,
     /// Cluster: deliveries received from other nodes.
     counter cluster_deliveries_received_total,
     /// Cluster: runs of a large room's entries received as one message (their entries count

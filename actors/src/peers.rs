@@ -46,9 +46,9 @@ pub trait Peers: PresencePeers {
         command: AppendCommand,
     ) -> Result<oneshot::Receiver<Result<Appended, StoreError>>, StoreError>;
 
-    /// Hand committed entries (a room's, in commit order) to every other live node, which fans
-    /// them out to its own connections.
-    fn broadcast_deliveries(&self, deliveries: &[&Delivery]);
+    /// Hand committed entries (a room's, in commit order) to the other live nodes where a
+    /// recipient may have a connection, which fan them out to their own connections.
+    fn send_deliveries(&self, deliveries: &[&Delivery]);
 
     /// Send an ephemeral frame for `users` to those of `nodes` that are live; how many did
     /// take it.

@@ -264,7 +264,13 @@ impl Cluster {
         self.refresh();
         if !hb.leaving {
             if let Some(hub) = self.hub() {
-                hub.presence().on_heartbeat(self, &hb.from, hb.incarnation, hb.presence_seq);
+                // How far the sender applied this process's presence batches.
+                let acked = hb
+                    .presence_applied
+                    .iter()
+                    .find(|(node, incarnation, _)| *node == self.settings.node && *incarnation == self.incarnation)
+                    .map_or(0, |(_, _, seq)| *seq);
+                hub.presence().on_heartbeat(self, &hb.from, hb.incarnation, hb.presence_seq, acked);
             }
         }
     }
@@ -336,6 +342,8 @@ impl Cluster {
 
     /// The heartbeat this node sends now.
     fn heartbeat(&self) -> Heartbeat {
+        // Read before the membership lock: presence is never read under it.
+        let presence_applied = self.hub().map_or_else(Vec::new, |hub| hub.presence().applied());
         let membership = self.membership.lock();
         let live = self.view().live.clone();
         Heartbeat {
@@ -348,6 +356,8 @@ impl Cluster {
             presence_seq: self.hub().map_or(0, |hub| hub.presence().sent_seq()),
             forgotten: membership.tombstones(),
             delivers_runs: true,
+            presence_applied,
+            targeted: true,
         }
     }
 
@@ -579,25 +589,30 @@ impl Peers for Cluster {
         Ok(outcome)
     }
 
-    /// Hand committed entries (in commit order) to every other live node; each fans out to its
-    /// own connections. Broadcast rather than "nodes with recipients online": it needs no
-    /// presence table to keep consistent, and a node without recipients spends one hash lookup
-    /// per recipient on it. A run of a large room's entries under one member list goes as one
+    /// Hand committed entries (in commit order) to the other live nodes that have a connection
+    /// of a recipient; each fans out to its own connections. Which nodes those are comes from
+    /// the presence table (`Presence::peers_for`), which also names nodes it is not in step
+    /// with, and nodes older than targeted delivery get everything; a connection the table did
+    /// not know of yet is caught up from the store by its node once every peer knows of it
+    /// (`Hub::announced`). A run of a large room's entries under one member list goes as one
     /// [`RouterMessage::DeliverRun`], the list once, to nodes that read it (a 1,000-member list
     /// is most of each delivery's bytes); other deliveries, and runs to older nodes, go one
     /// [`RouterMessage::Deliver`] per entry. Each message is encoded once for every node.
-    fn broadcast_deliveries(&self, deliveries: &[&Delivery]) {
+    fn send_deliveries(&self, deliveries: &[&Delivery]) {
         let view = self.view();
-        let peers: Vec<(ActorRef<RouterMessage>, bool)> =
-            self.other_routers(&view).map(|(node, router)| (router, view.reads_runs.contains(node))).collect();
-        if peers.is_empty() {
-            return;
-        }
-        let mut sent = 0;
+        let peers: Vec<(&String, ActorRef<RouterMessage>)> = self.other_routers(&view).collect();
+        let Some(hub) = self.hub().filter(|_| !peers.is_empty()) else { return };
+        let (mut sent, mut spared) = (0, 0);
         for run in delivery_runs(deliveries) {
+            let first = run[0];
+            let wanted = hub.presence().peers_for(&first.entry.room, &first.recipients, &view.targeted);
             let mut messages = RunMessages::new(run);
-            for (router, reads_runs) in &peers {
-                for message in messages.for_node(*reads_runs) {
+            for (node, router) in &peers {
+                if view.targeted.contains(node) && !wanted.contains(node) {
+                    spared += run.len() as u64;
+                    continue;
+                }
+                for message in messages.for_node(view.reads_runs.contains(node)) {
                     let entries = match &message {
                         RouterMessage::DeliverRun(_) => run.len() as u64,
                         _ => 1,
@@ -608,9 +623,8 @@ impl Peers for Cluster {
                 }
             }
         }
-        if let Some(hub) = self.hub() {
-            Metrics::add(&hub.metrics().cluster_deliveries_sent_total, sent);
-        }
+        Metrics::add(&hub.metrics().cluster_deliveries_sent_total, sent);
+        Metrics::add(&hub.metrics().cluster_deliveries_spared_total, spared);
     }
 
     fn push(&self, nodes: &[String], users: &[String], frame: &ServerFrame) -> u64 {
@@ -656,6 +670,10 @@ impl PresencePeers for Cluster {
         if let Some(router) = router_of(node) {
             let _ = router.cast(RouterMessage::PresenceWant(self.settings.node.clone()));
         }
+    }
+
+    fn live_peers(&self) -> Vec<String> {
+        self.view().live.iter().filter(|node| **node != self.settings.node).cloned().collect()
     }
 }
 

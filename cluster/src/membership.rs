@@ -30,6 +30,8 @@ struct Peer {
     sees_me: bool,
     /// Whether the peer's last heartbeat said it reads runs of deliveries.
     delivers_runs: bool,
+    /// Whether the peer's last heartbeat said it may be sent only its members' deliveries.
+    targeted: bool,
 }
 
 /// The part of membership the rest of the node reads: cheap to clone and compare.
@@ -46,6 +48,10 @@ pub struct View {
     /// Live peers whose latest heartbeat says they read a run of deliveries as one message
     /// (`Heartbeat::delivers_runs`); the others get one delivery per entry.
     pub reads_runs: Vec<String>,
+    /// Live peers whose latest heartbeat says they catch up connections the others did not
+    /// know of yet (`Heartbeat::targeted`): they get only the deliveries of rooms with a member
+    /// connected there. The others get every delivery.
+    pub targeted: Vec<String>,
     /// Why not serving, for errors and the operator view.
     pub reason: Option<String>,
 }
@@ -130,7 +136,13 @@ impl Membership {
         }
         self.link_down.remove(&hb.from);
         let sees_me = hb.live.contains(&self.me);
-        let peer = Peer { incarnation: hb.incarnation, last_seen: now, sees_me, delivers_runs: hb.delivers_runs };
+        let peer = Peer {
+            incarnation: hb.incarnation,
+            last_seen: now,
+            sees_me,
+            delivers_runs: hb.delivers_runs,
+            targeted: hb.targeted,
+        };
         self.peers.insert(hb.from.clone(), peer);
         self.known.insert(hb.from.clone(), hb.addr.clone());
         for (name, addr) in &hb.known {
@@ -231,7 +243,16 @@ impl Membership {
         };
         let seen_by = live_peers(|peer| peer.sees_me);
         let reads_runs = live_peers(|peer| peer.delivers_runs);
-        View { live: live.into_iter().collect(), known, serving: reason.is_none(), seen_by, reads_runs, reason }
+        let targeted = live_peers(|peer| peer.targeted);
+        View {
+            live: live.into_iter().collect(),
+            known,
+            serving: reason.is_none(),
+            seen_by,
+            reads_runs,
+            targeted,
+            reason,
+        }
     }
 }
 
@@ -250,6 +271,8 @@ mod tests {
             presence_seq: 0,
             forgotten: vec![],
             delivers_runs: true,
+            presence_applied: vec![],
+            targeted: true,
         }
     }
 

@@ -78,6 +78,16 @@ pub struct Heartbeat {
     /// The sender reads [`RouterMessage::DeliverRun`] (false from nodes older than it).
     #[serde(default)]
     pub delivers_runs: bool,
+    /// How far the sender has applied each node's presence batches: (node, incarnation, seq).
+    /// A node learns from it when every peer knows of a connection it opened (see
+    /// `Presence::acked_through`).
+    #[serde(default)]
+    pub presence_applied: Vec<(String, u64, u64)>,
+    /// The sender catches a new connection up from the store once every peer has applied the
+    /// presence batch that announced it, so owners may send it only the deliveries of rooms
+    /// with a member connected there (false from nodes older than that: they get every one).
+    #[serde(default)]
+    pub targeted: bool,
 }
 
 /// An ephemeral frame and whom it is for.
@@ -541,6 +551,8 @@ mod tests {
                 presence_seq: 4,
                 forgotten: vec![("c".into(), 7)],
                 delivers_runs: true,
+                presence_applied: vec![("b".into(), 9, 3)],
+                targeted: true,
             }),
             RouterMessage::Append(ForwardedAppend {
                 id: 5,
@@ -732,6 +744,8 @@ mod tests {
             presence_seq: 0,
             forgotten: vec![],
             delivers_runs: false,
+            presence_applied: vec![],
+            targeted: false,
         }));
         truncated.truncate(truncated.len() / 2);
         assert!(matches!(decode(&truncated), RouterMessage::Invalid(_)));

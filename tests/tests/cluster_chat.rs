@@ -3,12 +3,14 @@
 //! operator view and the single-node default (no cluster port unless configured). The chat test
 //! also runs with large rooms (every room past two members), where entries travel without a
 //! user-log cursor and clients resume from their position in each room, and members on a node
-//! other than the owner come and go while a large room runs.
+//! other than the owner come and go while a large room runs. Deliveries go only to nodes with
+//! a member connected, and a member moving between nodes under traffic misses nothing.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use tests::cluster::{check_everyone, Chatter, Cluster, ClusterOptions};
+use tests::cluster::{check_everyone, Chatter, Cluster, ClusterOptions, Traffic};
 use tests::{Client, Encoding, Node, NodeOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -304,6 +306,52 @@ async fn joins_and_leaves_on_another_node_change_who_gets_a_large_rooms_entries(
         anyhow::ensure!(texts(xia) == ["m1", "m4"], "xia (left, came back): {:?}", texts(xia));
         anyhow::ensure!(texts(yan) == ["m1", "m2", "m3", "m4"], "yan: {:?}", texts(yan));
         anyhow::ensure!(texts(zed) == ["m3", "m4"], "zed (joined late): {:?}", texts(zed));
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    result.map_err(|err| anyhow::anyhow!("{err:#}\n{}", cluster.logs()))
+}
+
+/// Targeted delivery: a room's entries go only to the nodes where a member is connected. A
+/// member that keeps moving between the two nodes that do not own the room, while another
+/// member sends, must still get every message once and in order: what the owner commits before
+/// it has heard of the member's new connection reaches it through the store, read once every
+/// peer has applied the presence batch that announced the connection. And the owner must have
+/// spared the node the member was not on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_moving_between_nodes_misses_nothing_under_targeted_delivery() -> anyhow::Result<()> {
+    let mut options = ClusterOptions::default();
+    // A short grace: by the member's next visit to a node its record there has lapsed, so each
+    // visit is a connection the owner has not heard of.
+    options.env.push(("PRESENCE__GRACE_MS".into(), "100".into()));
+    let cluster = Cluster::start_with(3, options).await?;
+    let result = async {
+        let (mut creator, _) = Client::user(cluster.node(0), Encoding::Json, "creator").await?;
+        let room = cluster.room_owned_by(&mut creator, 0).await?;
+        let urls = cluster.urls();
+        let owner_side = Arc::new(Mutex::new(vec![urls[0].clone()]));
+        let elsewhere = Arc::new(Mutex::new(vec![urls[1].clone(), urls[2].clone()]));
+        let mut sender = Chatter::new(owner_side, "sender", 0).await?;
+        let mut mover = Chatter::new(elsewhere, "mover", 0).await?;
+        sender.join(&room).await?;
+        mover.join(&room).await?;
+        let traffic = Traffic::start(vec![sender], std::slice::from_ref(&room), 200, Duration::from_millis(15));
+        // Visits of 300 ms, alternating between the two nodes: each new connection starts
+        // while messages keep coming.
+        while traffic.acked.load(std::sync::atomic::Ordering::Relaxed) < 190 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            mover.disconnect();
+            // Any request reconnects (to the other node) and resumes; joining again is one.
+            mover.join(&room).await?;
+        }
+        let mut chatters = traffic.finish().await?;
+        chatters.push(mover);
+        let checked = check_everyone(&mut chatters).await?;
+        let moves = chatters[1].reconnects;
+        let spared = metric(&cluster, 0, "palaver_cluster_deliveries_spared_total").await?;
+        anyhow::ensure!(moves >= 4, "the member moved only {moves} times: the test proved little");
+        anyhow::ensure!(spared > 0, "the owner sent every delivery to both other nodes: nothing was targeted");
+        println!("{checked} messages, the member moved {moves} times, {spared} deliveries spared");
         Ok::<_, anyhow::Error>(())
     }
     .await;

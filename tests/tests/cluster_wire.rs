@@ -109,6 +109,8 @@ fn heartbeat() -> RouterMessage {
         presence_seq: 0,
         forgotten: vec![],
         delivers_runs: false,
+        presence_applied: vec![],
+        targeted: false,
     })
 }
 

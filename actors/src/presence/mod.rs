@@ -33,6 +33,8 @@
 //! pushes presence frames into the watching connections' queues (`outbound`) itself.
 
 mod table;
+#[cfg(test)]
+mod tests;
 mod typing;
 
 use std::collections::HashMap;
@@ -49,7 +51,7 @@ use tracing::{debug, warn};
 use crate::metrics::Metrics;
 use crate::names::now_ms;
 use crate::outbound::{Outbound, OutboundQueue};
-use crate::store::{PresenceNote, Store};
+use crate::store::{PresenceNote, Recipients, Store};
 use crate::supervise::spawn_restarting;
 use table::{Applied, Table};
 pub use table::{Change, Record};
@@ -81,6 +83,9 @@ pub trait PresenceHost: Send + Sync {
     /// Hand an ephemeral frame (typing, receipt) to every connection of `users`, on every
     /// node (`Hub::push`).
     fn push(&self, users: &[String], frame: ServerFrame);
+    /// Every live peer has applied this node's presence batches through `seq`: connections
+    /// announced up to it can be caught up from the store (`Hub::announced`).
+    fn announced(&self, seq: u64);
 }
 
 /// What presence asks of the other nodes: its part of `Peers` (`peers.rs`), which extends it;
@@ -99,6 +104,9 @@ pub trait PresencePeers: Send + Sync {
 
     /// Ask `node` for a snapshot of its presence records.
     fn want_presence(&self, node: &str);
+
+    /// The other live nodes.
+    fn live_peers(&self) -> Vec<String>;
 }
 
 /// The `[presence]` section of the configuration.
@@ -174,7 +182,32 @@ struct Watchers {
 struct Inner {
     table: Table,
     seq: u64,
+    /// What the peers' heartbeats say about presence replication (targeted delivery).
+    peers: PeerSync,
 }
+
+/// What each peer's latest heartbeat said about presence: how far it applied this node's
+/// batches, and how far its own go. Targeted delivery rests on both (see [`Presence::peers_for`]
+/// and [`Presence::acked_through`]).
+#[derive(Default)]
+struct PeerSync {
+    /// The highest of this node's batches (this incarnation) the peer has applied.
+    acked: HashMap<String, u64>,
+    /// The peer's incarnation and the last batch it sent.
+    announced: HashMap<String, (u64, u64)>,
+}
+
+/// The nodes a large room's deliveries go to, for one member list and one table version.
+struct Targets {
+    /// The member list (by address: the owner shares one list until membership changes).
+    members: usize,
+    version: u64,
+    nodes: Vec<String>,
+}
+
+/// Rooms whose targets are remembered, at most: beyond it the memory is cleared (it is only a
+/// cache of what the table answers).
+const TARGETS_KEPT: usize = 4_096;
 
 pub struct Presence {
     pub settings: PresenceSettings,
@@ -188,6 +221,8 @@ pub struct Presence {
     room_sizes: Mutex<HashMap<String, (u32, Instant)>>,
     /// When this node last asked each node for a snapshot (at most one a second each).
     wants: Mutex<HashMap<String, Instant>>,
+    /// Per large room, the nodes its members are connected on (see [`Presence::peers_for`]).
+    targets: Mutex<HashMap<String, Targets>>,
     /// The node, for the store (presence notes); set by [`Presence::start`].
     host: OnceLock<Weak<dyn PresenceHost>>,
 }
@@ -203,12 +238,13 @@ impl Presence {
         Presence {
             settings,
             me: me.to_string(),
-            inner: Mutex::new(Inner { table, seq: 0 }),
+            inner: Mutex::new(Inner { table, seq: 0, peers: PeerSync::default() }),
             sent_seq: AtomicU64::new(0),
             watchers: Mutex::new(Watchers::default()),
             typing: Mutex::new(typing),
             room_sizes: Mutex::new(HashMap::new()),
             wants: Mutex::new(HashMap::new()),
+            targets: Mutex::new(HashMap::new()),
             host: OnceLock::new(),
         }
     }
@@ -230,6 +266,9 @@ impl Presence {
             let Some(host) = Weak::upgrade(&host) else { return };
             let presence = host.presence();
             presence.flush(host.as_ref());
+            if let Some(peers) = host.peers() {
+                host.announced(presence.acked_through(&peers.live_peers()));
+            }
             presence.expire_typing(host.as_ref());
             ticks += 1;
             if ticks.is_multiple_of((1_000 / period).max(1)) {
@@ -240,11 +279,21 @@ impl Presence {
         }
     }
 
-    pub(crate) fn connected(&self, user: &str) {
-        let back = self.inner.lock().table.connected(user);
+    /// A connection of `user` opened here. `Some(seq)` if the user had no live record on this
+    /// node before: the other nodes learn of the connection from this node's batch `seq` (the
+    /// next one), and until one has applied it, it may leave this node out of the user's
+    /// deliveries (see [`Presence::acked_through`]).
+    pub(crate) fn connected(&self, user: &str) -> Option<u64> {
+        let (back, announced_in) = {
+            let mut inner = self.inner.lock();
+            let new_here = !inner.table.online_here(user);
+            let back = inner.table.connected(user);
+            (back, new_here.then_some(inner.seq + 1))
+        };
         if back {
             self.load_note(user);
         }
+        announced_in
     }
 
     /// The user came back after being offline everywhere this node knows of: read their stored
@@ -431,13 +480,78 @@ impl Presence {
         }
     }
 
-    /// A heartbeat from `from` says it has sent batches up to `seq`: ask for a snapshot if this
-    /// node is not there (it never was, missed the last batch, or `from` restarted).
-    pub fn on_heartbeat(&self, peers: &dyn PresencePeers, from: &str, incarnation: u64, seq: u64) {
-        let in_step = self.inner.lock().table.in_step(from, incarnation, seq);
+    /// A heartbeat from `from` says it has sent batches up to `seq`, and applied this node's
+    /// up to `acked` (0: none of this incarnation's): ask for a snapshot if this node is not
+    /// where `from` is (it never was, missed the last batch, or `from` restarted).
+    pub fn on_heartbeat(&self, peers: &dyn PresencePeers, from: &str, incarnation: u64, seq: u64, acked: u64) {
+        let in_step = {
+            let mut inner = self.inner.lock();
+            inner.peers.acked.insert(from.to_string(), acked);
+            inner.peers.announced.insert(from.to_string(), (incarnation, seq));
+            inner.table.in_step(from, incarnation, seq)
+        };
         if !in_step {
             self.want(peers, from);
         }
+    }
+
+    /// How far this node has applied each other node's batches, for its heartbeats.
+    pub fn applied(&self) -> Vec<(String, u64, u64)> {
+        self.inner.lock().table.applied()
+    }
+
+    /// The last of this node's batches that every one of `peers` has applied (`u64::MAX` with no
+    /// peers). A connection announced in a batch up to it is known to all of them: from here
+    /// on they send this node its user's deliveries, and what they committed before is in the
+    /// store, so one read of the store completes what the connection has.
+    pub fn acked_through(&self, peers: &[String]) -> u64 {
+        let inner = self.inner.lock();
+        peers.iter().map(|peer| inner.peers.acked.get(peer).copied().unwrap_or(0)).min().unwrap_or(u64::MAX)
+    }
+
+    /// Which of `peers` a delivery to `recipients` of `room` must go to: those where a recipient
+    /// has a connection by this node's table, and those whose batches this node has not applied
+    /// as far as their last heartbeat announced (a connection there may be one it has not heard
+    /// of yet). Their connections announced since are caught up by their node from the store
+    /// once this node has applied the batch (see [`Presence::acked_through`]).
+    pub fn peers_for<'a>(&self, room: &str, recipients: &Recipients, peers: &'a [String]) -> Vec<&'a String> {
+        let inner = self.inner.lock();
+        let behind = |peer: &String| {
+            inner
+                .peers
+                .announced
+                .get(peer)
+                .is_none_or(|(incarnation, seq)| !inner.table.in_step(peer, *incarnation, *seq))
+        };
+        let members = match recipients {
+            Recipients::Members(members) => members,
+            // A small room: few users, looked up each time.
+            _ => {
+                return peers
+                    .iter()
+                    .filter(|peer| behind(peer) || inner.table.any_on(peer, recipients.users()))
+                    .collect()
+            }
+        };
+        let version = inner.table.version();
+        let mut targets = self.targets.lock();
+        let key = Arc::as_ptr(members) as usize;
+        if !targets.get(room).is_some_and(|t| t.members == key && t.version == version) {
+            if targets.len() >= TARGETS_KEPT {
+                targets.clear();
+            }
+            // Every node of the table, not only today's peers: the answer is kept for as long
+            // as the table does not change, and the live set may change meanwhile.
+            let nodes = inner
+                .table
+                .node_names()
+                .filter(|node| inner.table.any_on(node, members.iter().map(String::as_str)))
+                .cloned()
+                .collect();
+            targets.insert(room.to_string(), Targets { members: key, version, nodes });
+        }
+        let nodes = &targets[room].nodes;
+        peers.iter().filter(|peer| nodes.contains(peer) || behind(peer)).collect()
     }
 
     fn want(&self, peers: &dyn PresencePeers, node: &str) {
@@ -478,6 +592,10 @@ impl Presence {
         let now = now_ms();
         let changed: Vec<UserPresence> = {
             let mut inner = self.inner.lock();
+            for node in gone {
+                inner.peers.acked.remove(node);
+                inner.peers.announced.remove(node);
+            }
             gone.iter().flat_map(|node| inner.table.node_down(node, now)).collect()
         };
         self.notify(changed);

@@ -101,6 +101,9 @@ pub struct Table {
     grace_queue: VecDeque<(Instant, String)>,
     sync: HashMap<String, Sync>,
     last_sweep: Option<Instant>,
+    /// Bumped whenever a user comes online or goes offline on some node: what
+    /// [`Table::nodes_with`] answers can only have changed if this did.
+    version: u64,
 }
 
 impl Table {
@@ -119,6 +122,7 @@ impl Table {
             grace_queue: VecDeque::new(),
             sync: HashMap::new(),
             last_sweep: None,
+            version: 0,
         }
     }
 
@@ -344,10 +348,15 @@ impl Table {
             }
         }
         let held = self.nodes.entry(node.to_string()).or_default();
-        match record {
+        let online = record.as_ref().is_some_and(|record| record.online);
+        let was_online = match record {
             Some(record) => held.insert(user.to_string(), record),
             None => held.remove(user),
-        };
+        }
+        .is_some_and(|record| record.online);
+        if online != was_online {
+            self.version += 1;
+        }
         let after = self.presence(user);
         (after != before).then_some(after)
     }
@@ -407,6 +416,33 @@ impl Table {
     /// Whether `user` is online or away.
     pub fn is_online(&self, user: &str) -> bool {
         self.records(user).any(|record| record.online)
+    }
+
+    /// How far this node has applied each other node's batches: (node, incarnation, seq).
+    pub fn applied(&self) -> Vec<(String, u64, u64)> {
+        self.sync.iter().map(|(node, sync)| (node.clone(), sync.incarnation, sync.seq)).collect()
+    }
+
+    /// Changes whenever a user's connection appears on or leaves some node (see `version`).
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Every node this table holds records of (this one included).
+    pub fn node_names(&self) -> impl Iterator<Item = &String> {
+        self.nodes.keys()
+    }
+
+    /// Whether any of `users` has a connection on `node` (by its published records).
+    pub fn any_on<'a>(&self, node: &str, mut users: impl Iterator<Item = &'a str>) -> bool {
+        let Some(held) = self.nodes.get(node) else { return false };
+        users.any(|user| held.get(user).is_some_and(|record| record.online))
+    }
+
+    /// Whether this node holds a live record of `user` (a connection here, or one closed less
+    /// than the grace ago): other nodes count the user as connected here.
+    pub fn online_here(&self, user: &str) -> bool {
+        self.local.get(user).is_some_and(|local| local.record.online)
     }
 
     /// Nodes where any of `users` has a connection (by their published records).
