@@ -427,6 +427,45 @@ def targets_section():
         "\nThe section at the end says what stands between palaver and the targets it misses.\n"
 
 
+def section_cross8():
+    """Targeted delivery: eight nodes, the receivers on 1, 3 or 7 of the seven that do not own
+    the room; deliveries/s from cross-node-8-k*.json, the owner's counters per committed entry
+    from cross-node-8.tsv (bench/run.sh reads them around each run)."""
+    docs = [(k, load(f"cross-node-8-k{k}")) for k in (1, 3, 7)]
+    docs = [(k, d) for k, d in docs if d]
+    if not docs:
+        return None
+    counters = {}
+    tsv = os.path.join(RESULTS, "cross-node-8.tsv")
+    if os.path.exists(tsv):
+        with open(tsv) as f:
+            for line in f.read().splitlines()[1:]:
+                k, entries, sent, spared = (int(v) for v in line.split("\t"))
+                counters[k] = (entries, sent, spared)
+    out = []
+    for k, doc in docs:
+        entries, sent, spared = counters.get(k, (0, 0, 0))
+        per_entry = lambda v: num(v / entries, 2) if entries else "–"
+        for r in (r for r in doc["rows"] if "error" not in r):
+            rate = "max (window %d)" % r.get("window", 0) if not r["offered_rate"] else f"{num(r['offered_rate'], 0)}/s"
+            out.append([k, rate, r["receivers"], num(r["published_per_s"]), num(r["deliveries_per_s"]),
+                        num(lat(r, "p99_ms"), 2), num(r.get("server_cpu_us_per_delivery"), 3),
+                        entries, per_entry(sent), per_entry(spared)])
+    body = ("### Cross-node fan-out on eight nodes: deliveries go where the receivers are\n\n"
+            "palaver alone, eight nodes on one shared store, every node and the load generator pinned as in the "
+            "tables above (the eight nodes share the servers' core). The room is on the publisher's node; its "
+            "receivers are spread over the first K of the seven other nodes, and the load generator is given only "
+            "those. The owner sends a committed entry only to nodes where a recipient is connected "
+            "(ARCHITECTURE.md, \"Two-tier fan-out, targeted\"): the last two columns are the owner's "
+            "`palaver_cluster_deliveries_sent_total` and `palaver_cluster_deliveries_spared_total` per entry it "
+            "committed over the run (the receivers' joins included), read on its admin port around each run. "
+            "Sent should be K and spared 7 − K; before targeted delivery every entry went to all seven.\n\n")
+    body += table(["receiver nodes K", "offered", "receivers", "published/s", "deliveries/s", "p99 ms",
+                   "server CPU µs/delivery", "entries committed", "sent to other nodes per entry",
+                   "spared per entry"], out)
+    return body + "\n" + command_block(docs[-1][1])
+
+
 def section_fdb(fanout, many, storm):
     """palaver on FoundationDB beside palaver on SQLite: the fdb-* scenarios."""
     body = (
@@ -541,6 +580,10 @@ def main():
                                         "send crosses the other way and the publisher's window paces the fan-out. "
                                         "Compare with palaver's rows in the single-node fan-out table above: same room "
                                         "size, same rates.", ratios=False))
+    cross8 = section_cross8()
+    if cross8:
+        parts.append(cross8)
+        loaded.extend((f"cross-node-8-k{k}", d) for k in (1, 3, 7) if (d := load(f"cross-node-8-k{k}")))
     fdb_names = ["fdb-fanout", "fdb-many-rooms", "fdb-reconnect-storm"]
     fdb_docs = [load(name) for name in fdb_names]
     if any(fdb_docs):

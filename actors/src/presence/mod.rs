@@ -18,6 +18,12 @@
 //!   (peers that push every member's changes to every member switch presence off there). Each
 //!   watching connection is pushed a user's presence only when it differs from what that
 //!   connection was last told (its `presence_list` or an earlier push).
+//! - **Where a room's entries go** between nodes is read from the table too: an owner sends a
+//!   committed entry only to the nodes where a recipient is connected, or whose batches it has
+//!   not applied as far as they announced ([`Presence::peers_for`]). Heartbeats say how far each
+//!   node applied the others' batches, so a node knows when every peer has heard of a new
+//!   connection ([`Presence::acked_through`]); until then the connection may miss entries, which
+//!   it then reads from the store once (ARCHITECTURE.md, "Two-tier fan-out, targeted").
 //! - **Typing** and **receipts** are pushed to the room's members on whatever node they are:
 //!   to the nodes where the presence table says they have connections. Only in rooms of at most
 //!   `presence.room_max_members` members: each such event costs one push per member, and every
