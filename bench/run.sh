@@ -67,16 +67,6 @@ fdb_servers() {
   TARGETS+=(--palaver-fdb "$PALAVER_FDB_URL" --palaver-fdb-pid "$PALAVER_FDB_PID,$FDB_PID" --palaver-fdb-admin "$PALAVER_FDB_ADMIN")
 }
 
-# The publisher's node's entries appended, deliveries sent to other nodes and deliveries spared
-# (no recipient connected there), from its admin port: three numbers on one line.
-owner_counters() { # admin host:port
-  curl -s "http://$1/metrics" | awk '
-    $1 == "palaver_entries_appended_total" { e = $2 }
-    $1 == "palaver_cluster_deliveries_sent_total" { s = $2 }
-    $1 == "palaver_cluster_deliveries_spared_total" { p = $2 }
-    END { printf "%d %d %d\n", e, s, p }'
-}
-
 run() { # name, loadgen arguments…
   local name="$1"; shift
   echo "== $name: loadgen $*"
@@ -119,27 +109,20 @@ for scenario in $SCENARIOS; do
       ;;
     cross-node-8)
       # Targeted delivery: eight nodes on one shared store, the room on the publisher's node and
-      # its receivers on the first K of the seven others (K = 1, 3, 7; the load generator is
-      # given only those nodes). The owner should send each entry to K nodes, not to all seven:
-      # its counters, read around each run, say how many it sent and spared per entry. At a fixed
-      # rate the nodes keep up, so the server CPU per delivery compares the two ways of sending; at
-      # full speed the owner outruns the receivers' nodes (see the cross-node table) and the
-      # eight nodes on one core starve each other's heartbeats.
+      # its receivers on the first K of the seven others (K = 1, 3, 7; the load generator is given
+      # only those nodes). The owner should send each entry to K nodes, not to all seven: the
+      # load generator reads its counters around each phase (sent and spared per entry). At a
+      # fixed rate the nodes keep up; at full speed the owner outruns the receivers' nodes (see
+      # the cross-node table) and the eight nodes on one core delay each other's heartbeats.
       start_palaver_cluster 17610 8
       IFS=, read -r -a node_urls <<<"$PALAVER_URLS"
       IFS=, read -r -a node_admins <<<"$PALAVER_ADMINS"
-      summary="$RESULTS/cross-node-8.tsv"
-      printf 'receiver_nodes\tentries\tsent\tspared\n' >"$summary"
       for k in 1 3 7; do
         urls_k=$(IFS=,; echo "${node_urls[*]:0:k+1}")
         admins_k=$(IFS=,; echo "${node_admins[*]:0:k+1}")
-        read -r entries0 sent0 spared0 < <(owner_counters "${node_admins[0]}")
         run "cross-node-8-k$k" cross-node --owner publisher --n "$CROSS8_N" --rate "$CROSS8_RATE" --window 64 --duration "$FAN_DUR" \
           --palaver "$urls_k" --palaver-pid "$PALAVER_PIDS" --palaver-admin "$admins_k"
-        read -r entries1 sent1 spared1 < <(owner_counters "${node_admins[0]}")
-        printf '%s\t%s\t%s\t%s\n' "$k" $((entries1 - entries0)) $((sent1 - sent0)) $((spared1 - spared0)) >>"$summary"
       done
-      cat "$summary"
       ;;
     saturation)
       servers nats

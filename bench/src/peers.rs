@@ -573,10 +573,22 @@ const NODE_HISTOGRAMS: [(&str, &str); 3] = [
     ("delivery_wait", "palaver_delivery_wait_seconds"),
 ];
 
+/// Counters read with the histograms: the entries the node committed, and what it sent to other
+/// nodes and spared them (targeted delivery), so a phase can say how many inter-node
+/// deliveries each of its entries cost. A node without a counter (one before targeted
+/// delivery has no `spared`) reads 0 for it.
+const NODE_COUNTERS: [(&str, &str); 3] = [
+    ("entries", "palaver_entries_appended_total"),
+    ("sent_to_nodes", "palaver_cluster_deliveries_sent_total"),
+    ("spared_nodes", "palaver_cluster_deliveries_spared_total"),
+];
+
 /// One reading of the node's latency histograms (`/metrics` on its admin port): sum and count
-/// of each of [`NODE_HISTOGRAMS`], and the commit histogram's cumulative buckets.
+/// of each of [`NODE_HISTOGRAMS`], the commit histogram's cumulative buckets, and
+/// [`NODE_COUNTERS`].
 pub struct NodeReading {
     totals: Vec<(f64, f64)>,
+    counters: Vec<f64>,
     /// `(upper bound in seconds, observations at or under it)`, in the order rendered.
     commit_buckets: Vec<(f64, f64)>,
 }
@@ -595,6 +607,7 @@ pub async fn node_latency_totals(admin: &str) -> anyhow::Result<NodeReading> {
             Ok((sum, count))
         })
         .collect::<anyhow::Result<_>>()?;
+    let counters = NODE_COUNTERS.iter().map(|(_, metric)| sample(metric.to_string()).unwrap_or(0.0)).collect();
     let commit_buckets = text
         .lines()
         .filter_map(|line| {
@@ -604,13 +617,14 @@ pub async fn node_latency_totals(admin: &str) -> anyhow::Result<NodeReading> {
             Some((bound, count.trim().parse().ok()?))
         })
         .collect();
-    Ok(NodeReading { totals, commit_buckets })
+    Ok(NodeReading { totals, counters, commit_buckets })
 }
 
 /// The mean of each histogram between two readings of [`node_latency_totals`], in
 /// milliseconds (`null` where nothing was observed), and the commit's p50 and p99 as the upper
 /// bound of the bucket they fall in (`commit_p50_le_ms`, `commit_p99_le_ms`): the node keeps
-/// buckets, not samples, so "at most" is what it can say.
+/// buckets, not samples, so "at most" is what it can say. Also how much each of
+/// [`NODE_COUNTERS`] grew.
 pub fn node_latency_means(before: &NodeReading, after: &NodeReading) -> serde_json::Value {
     let mut means = serde_json::Map::new();
     for ((name, _), ((sum0, count0), (sum1, count1))) in
@@ -629,6 +643,9 @@ pub fn node_latency_means(before: &NodeReading, after: &NodeReading) -> serde_js
         })
         .collect();
     means.insert("commits".into(), serde_json::json!(buckets.last().map_or(0.0, |(_, c)| *c)));
+    for ((name, _), (c0, c1)) in NODE_COUNTERS.iter().zip(before.counters.iter().zip(&after.counters)) {
+        means.insert((*name).into(), serde_json::json!(c1 - c0));
+    }
     for (key, quantile) in [("commit_p50_le_ms", 0.50), ("commit_p99_le_ms", 0.99)] {
         means.insert(key.into(), serde_json::json!(bucket_quantile_ms(&buckets, quantile)));
     }
