@@ -630,14 +630,34 @@ impl Stack {
 
     /// The last lines of a container's log (stdout and stderr).
     pub async fn logs(&self, id: &str, lines: usize) -> String {
-        let (program, args) = ("docker".to_string(), strings(&["logs", "--tail", &lines.to_string(), id]));
-        let mut command = tokio::process::Command::new(program);
+        self.log_of(id, &["--tail", &lines.to_string()]).await
+    }
+
+    /// A container's log (stdout and stderr), `docker logs` with `options`.
+    async fn log_of(&self, id: &str, options: &[&str]) -> String {
+        let mut args = strings(&["logs"]);
+        args.extend(strings(options));
+        args.push(id.to_string());
+        let mut command = tokio::process::Command::new("docker");
         command.args(&args).stdin(Stdio::null()).kill_on_drop(true);
         match tokio::time::timeout(DOCKER_CMD, command.output()).await {
             Ok(Ok(out)) => format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
             Ok(Err(err)) => format!("(docker logs failed: {err})"),
             Err(_) => "(docker logs timed out)".into(),
         }
+    }
+
+    /// Whether a node logged, since `since_unix` (seconds), that SQLite's write lock stayed taken
+    /// past its busy timeout: another process (a frozen node, in the sqlite variant) held it.
+    pub async fn store_lock_waits_since(&self, since_unix: u64) -> bool {
+        for service in ["palaver-1", "palaver-2", "palaver-3", "palaver-extra"] {
+            for id in self.containers(service).await.unwrap_or_default() {
+                if self.log_of(&id, &["--since", &since_unix.to_string()]).await.contains("database still locked") {
+                    return true;
+                }
+            }
+        }
+        false
     }
 
     /// Every node's and HAProxy's recent log, for failure messages.

@@ -337,6 +337,7 @@ impl<'a> Run<'a> {
         let load = Load::start(std::mem::take(&mut self.chatters), &self.rooms, &tag(name), GAP);
         tokio::time::sleep(STEADY).await;
         let fault_at = Instant::now();
+        let fault_unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
         progress(&format!("step `{name}`: fault"));
         let outcome = fault(self.stack).await;
         // Every client must work again (bounded wait); the node coming back is part of the
@@ -357,12 +358,26 @@ impl<'a> Run<'a> {
             CLIENTS
         ));
         // With the cluster, clients resume on the other nodes: they must not wait for the one
-        // that went away to come back.
+        // that went away to come back. Except in one case the sqlite variant cannot avoid: the
+        // nodes share one SQLite file, whose write lock belongs to the process holding it, so a
+        // node frozen inside a write transaction (`docker pause`) holds it until it runs again,
+        // and every node's writes wait (they answer `unavailable`, and clients retry). The
+        // other nodes' logs say so ("database still locked"); that is reported, not failed.
         if let (true, Some(away)) = (self.stack.options.cluster, fault.away) {
-            anyhow::ensure!(
-                recovery < away,
-                "step `{name}`: clients took {recovery:?} to work again, but the node was only away {away:?}: they waited for it"
-            );
+            if recovery >= away {
+                let sqlite_lock = self.stack.options.fdb_image.is_none()
+                    && self.stack.store_lock_waits_since(fault_unix.saturating_sub(1)).await;
+                anyhow::ensure!(
+                    sqlite_lock,
+                    "step `{name}`: clients took {recovery:?} to work again, but the node was only away {away:?}: they waited for it"
+                );
+                progress(&format!(
+                    "step `{name}`: clients waited {:.1} s, for the node away {:.1} s: it was frozen holding SQLite's \
+                     write lock, which every node's writes need (the sqlite variant's limit; docker/README.md)",
+                    recovery.as_secs_f64(),
+                    away.as_secs_f64()
+                ));
+            }
         }
         self.chatters = stopped.map_err(|err| anyhow::anyhow!("step `{name}`: {err:#}"))?;
         progress(&format!("step `{name}`: stopped; checking {} ledgers", self.chatters.len()));
