@@ -24,7 +24,7 @@ python3 -c 'import socketio, aiohttp' 2>/dev/null || pip install -q 'python-sock
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/work/target}"
 cargo build --release -p node -p bench --bin palaver --bin loadgen
 # The fdb-* scenarios' node: with --features fdb, in a target directory of its own (servers.sh).
-if bash .ci/fdb-server.sh find >/dev/null && ldconfig -p | grep -q 'libfdb_c\.so'; then
+if bash .ci/fdb-server.sh find >/dev/null && ldconfig -p | grep -c 'libfdb_c\.so' >/dev/null; then
   CARGO_TARGET_DIR="$CARGO_TARGET_DIR/fdb" cargo build --release -p node --bin palaver --features fdb
 else
   echo "FoundationDB is not installed: the fdb-* scenarios will be skipped (docs/STORAGE.md says how to get one)"
